@@ -1,0 +1,97 @@
+# memtrain: build, install missing dependencies, test, benchmark, demo.
+#
+#   make demo    install what is missing, build, fetch data, train a small model with mpirun
+#   make test    install what is missing, build, run every test
+#   make bench   print the speed and memory figures
+#   make SANITIZER=address test   (or undefined) the same tests under a sanitizer
+
+SHELL := /bin/bash
+CC := mpicc
+PKGS := hdf5-openmpi openblas check
+SANITIZER ?=
+# The kernels use AVX-512 when the compiler is allowed to; ARCH= gives a portable build.
+ARCH ?= -march=native
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS ?= -O2 -g
+CFLAGS += -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wstrict-prototypes \
+          -fno-fast-math $(ARCH) -I. $(PKG_CFLAGS)
+LDLIBS = $(PKG_LIBS) -lz -lm
+
+ifneq ($(SANITIZER),)
+CFLAGS += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZER)
+BUILD := build-$(SANITIZER)
+else
+BUILD := build
+endif
+BIN := $(BUILD)/bin
+
+LIB_SRC := $(wildcard layers/*.c io/*.c comm/*.c trainer/*.c)
+LIB_SRC := $(filter-out trainer/main.c,$(LIB_SRC))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB := $(BUILD)/libmemtrain.a
+
+TEST_SRC := $(wildcard tests/check_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BIN)/%)
+BENCH_SRC := $(wildcard tests/bench_*.c)
+BENCH_BIN := $(BENCH_SRC:tests/%.c=$(BIN)/%)
+TESTUTIL_OBJ := $(BUILD)/tests/testutil.o
+MAIN := $(BIN)/memtrain
+
+# Debian packages the build, the tests, the data and the job scripts need.
+DEB_PKGS := libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev \
+            check pkg-config zlib1g-dev dataset-fashion-mnist npm python3-h5py \
+            gnuplot-nox slurm-wlm munge
+
+.PHONY: all deps test demo bench data clean
+all: $(MAIN) $(TEST_BIN) $(BENCH_BIN)
+
+# Installs only what is missing, never asks. A second run does nothing.
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(BUILD)/%.o: %.c $(wildcard */*.h) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN)/%: $(BUILD)/tests/%.o $(TESTUTIL_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(MAIN): $(BUILD)/trainer/main.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+data: deps
+	@bash io/fetch-data.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory data
+	@BUILD=$(BUILD) bash tests/run-tests.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) bash tests/run-bench.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory data
+	@BUILD=$(BUILD) bash jobs/demo.sh
+
+clean:
+	rm -rf build build-address build-undefined

@@ -1,0 +1,72 @@
+/* Checked allocation, assertion reporting and the xoshiro256** RNG for all modules. */
+#include "layers/common.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+void layer_fail(const char *file, int line, const char *what) {
+    fprintf(stderr, "memtrain: internal check failed at %s:%d: %s\n", file, line, what);
+    fflush(stderr);
+    abort();
+}
+
+void *layer_xmalloc_at(size_t n, const char *file, int line) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "memtrain: out of memory allocating %zu bytes at %s:%d\n", n, file, line);
+        abort();
+    }
+    return p;
+}
+
+void *layer_xcalloc_at(size_t n, size_t size, const char *file, int line) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "memtrain: out of memory allocating %zu x %zu bytes at %s:%d\n", n, size,
+                file, line);
+        abort();
+    }
+    return p;
+}
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void layer_rng_seed(layer_rng *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t layer_rng_next(layer_rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+float layer_rng_uniform(layer_rng *r) {
+    return (float)(layer_rng_next(r) >> 40) * (1.0f / 16777216.0f);
+}
+
+float layer_rng_normal(layer_rng *r) {
+    /* 1 - u keeps the log argument in (0, 1]. */
+    double u1 = 1.0 - (double)(layer_rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+    double u2 = (double)(layer_rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void layer_fill_normal(float *x, size_t n, float std, layer_rng *r) {
+    for (size_t i = 0; i < n; i++) x[i] = std * layer_rng_normal(r);
+}

@@ -1,0 +1,41 @@
+/* Shared helpers of the math layers: checked allocation, always-on assertions, a seeded RNG. */
+#ifndef MEMTRAIN_LAYERS_COMMON_H
+#define MEMTRAIN_LAYERS_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Shape legend used in every comment of layers/:
+ *   N  rows (tokens), B batch (streams), T sequence length, Tq/Tk query/key lengths,
+ *   C  channels (d_model), OC output channels, NH heads, HS head size (C / NH),
+ *   V  vocabulary, K hash chunks (tables) of a projection, TAU bits per chunk,
+ *   R  rows of a row store (K * 2^TAU for a local table set). */
+
+/* Stays on in release builds; prints file:line and the condition, then aborts. */
+#define LAYER_ASSERT(cond) \
+    do { if (!(cond)) layer_fail(__FILE__, __LINE__, #cond); } while (0)
+
+void layer_fail(const char *file, int line, const char *what);
+
+/* Allocation that never returns NULL: on failure it reports size and site and aborts.
+ * Memory from layer_xmalloc/layer_xcalloc is released with free(). */
+#define layer_xmalloc(n) layer_xmalloc_at((n), __FILE__, __LINE__)
+#define layer_xcalloc(n, sz) layer_xcalloc_at((n), (sz), __FILE__, __LINE__)
+void *layer_xmalloc_at(size_t n, const char *file, int line);
+void *layer_xcalloc_at(size_t n, size_t size, const char *file, int line);
+
+/* xoshiro256** generator: the same seed gives the same stream on every machine. */
+typedef struct layer_rng {
+    uint64_t s[4];
+} layer_rng;
+
+void layer_rng_seed(layer_rng *r, uint64_t seed);
+uint64_t layer_rng_next(layer_rng *r);
+/* Uniform in [0, 1). */
+float layer_rng_uniform(layer_rng *r);
+/* Standard normal (Box-Muller, both values drawn each call, one returned). */
+float layer_rng_normal(layer_rng *r);
+/* x[i] = std * normal, i < n. */
+void layer_fill_normal(float *x, size_t n, float std, layer_rng *r);
+
+#endif

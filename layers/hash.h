@@ -1,0 +1,111 @@
+/* MemoryFormer memory layer: hash-addressed lookup tables replacing a dense projection (DESIGN.md 1.1). */
+#ifndef MEMTRAIN_LAYERS_HASH_H
+#define MEMTRAIN_LAYERS_HASH_H
+
+#include <stdint.h>
+
+#include "layers/common.h"
+
+/* A hashed projection maps x (N, K*TAU) to y (N,OC). Chunk k of a row is z = x[k*TAU:(k+1)*TAU];
+ * its bucket idx = sum_i [z_i >= 0] 2^(TAU-1-i) (first element most significant) selects row
+ * idx of table k; y = sum_k s_k * T_k[idx_k] + b with the score s_k of the chosen mode.
+ *
+ * Rows are addressed through a row store: rows (R,OC) and a row id per (token, chunk), so the
+ * same kernels serve the local layout (tables (K, 2^TAU, OC), rowid = k*2^TAU + idx, see
+ * layer_hash_rowid_local) and a compact store of rows fetched from other ranks. */
+
+typedef enum layer_score_mode {
+    LAYER_SCORE_PROB = 0, /* p = prod_i sigmoid(2|z_i|/t)                    */
+    LAYER_SCORE_L1PROB,   /* s = (sum_i |z_i|) * prod_i sigmoid(2|z_i|)      */
+} layer_score_mode;
+
+/* idx (N,K) bucket per chunk, s (N,K) score per chunk; x (N,K*TAU). temp only used by PROB. */
+void layer_hash_index(int32_t *idx, float *s, const float *x, int N, int K, int TAU,
+                      layer_score_mode mode, float temp);
+/* dx (N,K*TAU) += gs[n,k] * ds_k/dx (no gradient through idx; sign'(0) = 0); gs (N,K). */
+void layer_hash_score_backward(float *dx, const float *gs, const float *x, int N, int K, int TAU,
+                               layer_score_mode mode, float temp);
+
+/* rowid (N,K) = k * 2^TAU + idx[n,k]. */
+void layer_hash_rowid_local(int32_t *rowid, const int32_t *idx, int N, int K, int TAU);
+
+/* y (N,OC) = sum_k s[n,k] * rows[rowid[n,k]] + b; rows (R,OC); b (OC) or NULL. */
+void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const float *rows,
+                        const float *b, int N, int K, int R, int OC);
+/* With g = dy (N,OC):
+ *   drows[rowid[n,k]] += s[n,k] * g[n]  (only hit rows are written; drows may be NULL),
+ *   gs[n,k]           += <g[n], rows[rowid[n,k]]>  (gs may be NULL),
+ *   db                += sum_n g[n]                (db may be NULL). */
+void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
+                         const int32_t *rowid, const float *s, const float *rows, int N, int K,
+                         int R, int OC);
+/* Plain-loop references of the two above, same contracts. */
+void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
+                            const float *b, int N, int K, int R, int OC);
+void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy,
+                             const int32_t *rowid, const float *s, const float *rows, int N,
+                             int K, int R, int OC);
+
+/* Writes the distinct values of rowid[0..n) in increasing order to uniq and returns their
+ * number (the rows touched by a batch: what the sparse optimizer and the exchange need).
+ * Values must lie in [0,R). */
+int layer_hash_unique_rows(int32_t *uniq, const int32_t *rowid, int n, int R);
+
+/* Shared hash for Q/K/V: one index and score, three row stores, three biases.
+ * q, k, v (N,OC). Backward adds the three <g, row> terms into the one gs (N,K). */
+void layer_hashqkv_forward(float *q, float *k, float *v, const int32_t *rowid, const float *s,
+                           const float *rows_q, const float *rows_k, const float *rows_v,
+                           const float *bq, const float *bk, const float *bv, int N, int K, int R,
+                           int OC);
+void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, float *gs, float *dbq,
+                            float *dbk, float *dbv, const float *dq, const float *dk,
+                            const float *dv, const int32_t *rowid, const float *s,
+                            const float *rows_q, const float *rows_k, const float *rows_v, int N,
+                            int K, int R, int OC);
+
+/* ---- memory block (memblock.c): ML1 -> LayerNorm -> ML2, DESIGN.md 1.2 ----
+ * u (N,C), C = K*TAU. ML1 hashes u with TAU bits into K tables of width H = K*(TAU+E);
+ * LayerNorm over H; ML2 hashes that with TAU+E bits into K tables of width C. out (N,C) is
+ * ML2's output (the caller adds the residual). No activation. */
+
+/* Where a projection's rows live for one batch: filled by a resolver. */
+typedef struct layer_hash_rows {
+    const float *rows; /* (R,OC) */
+    float *drows;      /* (R,OC) gradient store with the same row ids, NULL when not training */
+    int R;
+} layer_hash_rows;
+
+/* Maps the buckets idx (N,K) of projection `which` (0 = ML1, 1 = ML2) to row ids (N,K) and
+ * says where those rows and their gradients live. Called once per forward per projection. */
+typedef void (*layer_hash_resolve_fn)(void *ctx, int which, const int32_t *idx, int N,
+                                      int32_t *rowid, layer_hash_rows *out);
+
+typedef struct layer_memblock {
+    int C, K, TAU, E;
+    layer_score_mode mode;
+    float temp;
+    const float *b1, *ln_w, *ln_b, *b2; /* (H), (H), (H), (C) */
+    float *db1, *dln_w, *dln_b, *db2;   /* gradients, same shapes; NULL when not training */
+    layer_hash_resolve_fn resolve;
+    void *ctx;
+} layer_memblock;
+
+/* Activations of one forward, kept for backward. Owned by the caller: create/free pair. */
+typedef struct layer_memblock_act {
+    int N;
+    int32_t *idx1, *rowid1, *idx2, *rowid2; /* (N,K) */
+    float *s1, *s2;                         /* (N,K) */
+    float *v, *vn;                          /* (N,H) before / after LayerNorm */
+    float *mean, *rstd;                     /* (N) */
+    layer_hash_rows r1, r2;
+} layer_memblock_act;
+
+layer_memblock_act *layer_memblock_act_create(const layer_memblock *m, int N);
+void layer_memblock_act_free(layer_memblock_act *a); /* NULL is fine */
+void layer_memblock_forward(float *out, layer_memblock_act *a, const layer_memblock *m,
+                            const float *u, int N);
+/* du (N,C) += gradient; row and parameter gradients go to the resolved drows and m->d*. */
+void layer_memblock_backward(float *du, const layer_memblock *m, const layer_memblock_act *a,
+                             const float *dout, const float *u, int N);
+
+#endif

@@ -1,0 +1,67 @@
+/* Random tensors, finite-difference gradient checks and the suite runner for the Check tests. */
+#include "tests/testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+void tu_seed(layer_rng *r, const char *name) {
+    uint64_t h = 1469598103934665603ull;
+    for (const char *c = name; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    layer_rng_seed(r, h);
+}
+
+float *tu_randn(layer_rng *r, size_t n, float std) {
+    float *x = layer_xmalloc(n * sizeof(float));
+    layer_fill_normal(x, n, std, r);
+    return x;
+}
+
+float *tu_zeros(size_t n) { return layer_xcalloc(n, sizeof(float)); }
+
+int tu_randint(layer_rng *r, int lo, int hi) {
+    return lo + (int)(layer_rng_next(r) % (uint64_t)(hi - lo + 1));
+}
+
+double tu_gradcheck(tu_loss_fn loss, void *ctx, float *p, const float *g, int n, float eps,
+                    double floor, int max_checks, layer_rng *r) {
+    double worst = 0.0;
+    int checks = n <= max_checks ? n : max_checks;
+    for (int c = 0; c < checks; c++) {
+        int i = n <= max_checks ? c : (int)(layer_rng_next(r) % (uint64_t)n);
+        float keep = p[i];
+        p[i] = keep + eps;
+        double lp = loss(ctx);
+        p[i] = keep - eps;
+        double lm = loss(ctx);
+        p[i] = keep;
+        /* the actual step taken in float, not the nominal eps */
+        double h = (double)(keep + eps) - (double)(keep - eps);
+        double fd = (lp - lm) / h;
+        double err = fabs(g[i] - fd) / fmax(fabs(g[i]) + fabs(fd), floor);
+        if (err > worst) worst = err;
+    }
+    return worst;
+}
+
+double tu_max_relerr(const float *a, const float *b, size_t n, double floor) {
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)a[i] - b[i]) / fmax(fabs(a[i]) + fabs(b[i]), floor);
+        if (err > worst) worst = err;
+    }
+    return worst;
+}
+
+double tu_dot(const float *w, const float *y, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)w[i] * y[i];
+    return s;
+}
+
+int tu_run(Suite *s) {
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

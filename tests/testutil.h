@@ -1,0 +1,39 @@
+/* Helpers shared by the Check test programs: random tensors, finite-difference gradient checks. */
+#ifndef MEMTRAIN_TESTS_TESTUTIL_H
+#define MEMTRAIN_TESTS_TESTUTIL_H
+
+#include <check.h>
+#include <stdint.h>
+
+#include "layers/common.h"
+
+/* The test's RNG, seeded from the test name so every test is reproducible on its own. */
+void tu_seed(layer_rng *r, const char *name);
+/* Fresh (n) array of normal(0, std) values; free() it. */
+float *tu_randn(layer_rng *r, size_t n, float std);
+/* Fresh (n) array of zeros; free() it. */
+float *tu_zeros(size_t n);
+/* Random integer in [lo, hi]. */
+int tu_randint(layer_rng *r, int lo, int hi);
+
+/* A scalar loss of the current parameter values (double, so finite differences stay exact). */
+typedef double (*tu_loss_fn)(void *ctx);
+
+/* Central-difference check of the analytic gradient g (n) of loss(ctx) with respect to p (n):
+ * for up to max_checks entries of p (all if n <= max_checks, else a random subset) compares
+ * g[i] with (loss(p_i + eps) - loss(p_i - eps)) / 2eps and returns the largest
+ *   |g - fd| / max(|g| + |fd|, floor).
+ * p is restored afterwards. */
+double tu_gradcheck(tu_loss_fn loss, void *ctx, float *p, const float *g, int n, float eps,
+                    double floor, int max_checks, layer_rng *r);
+
+/* Largest |a - b| / max(|a| + |b|, floor) over n entries. */
+double tu_max_relerr(const float *a, const float *b, size_t n, double floor);
+
+/* sum_i w[i] * y[i] in double: projects an output onto random weights to make a scalar loss. */
+double tu_dot(const float *w, const float *y, size_t n);
+
+/* Runs a suite, prints Check's summary, returns the process exit code. */
+int tu_run(Suite *s);
+
+#endif
