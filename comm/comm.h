@@ -1,0 +1,44 @@
+/* The only gateway to MPI: a communicator context and collectives named by what they mean. */
+#ifndef MEMTRAIN_COMM_H
+#define MEMTRAIN_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A process group. Every function takes it explicitly; nothing below uses MPI_COMM_WORLD
+ * except comm_init, which duplicates it. */
+typedef struct comm_ctx comm_ctx;
+
+/* Starts MPI (if not started) and returns the world group. Never returns NULL. */
+comm_ctx *comm_init(int *argc, char ***argv);
+/* Releases the context and finalizes MPI if comm_init started it. NULL is fine. */
+void comm_finalize(comm_ctx *c);
+int comm_rank(const comm_ctx *c);
+int comm_size(const comm_ctx *c);
+double comm_time(void);
+
+/* In-place sums over all ranks (every rank gets the result). Any length: large buffers are
+ * reduced in chunks so MPI's int counts cannot overflow. */
+void comm_sum_floats(comm_ctx *c, float *buf, size_t n);
+void comm_sum_doubles(comm_ctx *c, double *buf, int n);
+void comm_sum_i64(comm_ctx *c, int64_t *buf, int n);
+void comm_max_doubles(comm_ctx *c, double *buf, int n);
+void comm_barrier(comm_ctx *c);
+/* Copies n bytes from root's buffer to every rank's. */
+void comm_broadcast(comm_ctx *c, void *buf, size_t n, int root);
+
+/* Collective error agreement: every rank says whether it failed (with a one-line message).
+ * Returns 1 on every rank if any rank failed, and then `msg` holds the message of the lowest
+ * failing rank on every rank. Returns 0 when all succeeded. */
+int comm_any_failed(comm_ctx *c, int failed, char *msg, size_t n);
+/* A user-facing error known to all ranks: rank 0 prints "memtrain: <msg>", every rank
+ * finalizes MPI and exits with status 2. */
+void comm_exit_error(comm_ctx *c, const char *msg);
+/* An error only this rank knows of: prints it with the rank and aborts the whole job
+ * (MPI_Abort), so no rank is left waiting. */
+void comm_abort(comm_ctx *c, const char *msg);
+
+/* Rank-0-only printf (other ranks print nothing). */
+void comm_print0(const comm_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,255 @@
+/* Whole-model checks: gradients of the four configurations against finite differences, MRBP against full BPTT. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/testutil.h"
+#include "trainer/model.h"
+#include "trainer/rollout.h"
+
+static trainer_model_spec tiny_spec(int memformer, int hash) {
+    trainer_model_spec s = {
+        .memformer = memformer, .hash = hash, .C = 12, .NH = 2, .n_layers = 2, .enc_layers = 1,
+        .dec_layers = 1, .L = 5, .S = 3, .memory = 1, .forgetting = 1, .write_temp = 0.5f,
+        .rope_dims = 2, .tau = 3, .expand_bits = 1, .score = LAYER_SCORE_L1PROB,
+        .hash_temp = 1.0f, .vocab = 7, .seed = 11,
+    };
+    return s;
+}
+
+/* Random segments: some streams restart their document at t = 0 and one restarts later. */
+static void fill_random(trainer_rollout *r, int vocab, layer_rng *rng) {
+    size_t n = (size_t)r->T * r->B * r->L;
+    for (size_t i = 0; i < n; i++) {
+        r->enc[i] = tu_randint(rng, 0, vocab);
+        r->dec[i] = tu_randint(rng, 0, vocab);
+        r->tgt[i] = tu_randint(rng, 0, vocab - 1);
+    }
+    r->tgt[3] = -1; /* an unscored position */
+    for (int t = 0; t < r->T; t++)
+        for (int b = 0; b < r->B; b++) r->reset[t * r->B + b] = (uint8_t)(t == 0 && b == 0);
+    if (r->T > 2) r->reset[2 * r->B + 1] = 1;
+}
+
+typedef struct fd_ctx {
+    trainer_model *m;
+    trainer_rollout *r;
+    float *M0;
+    float *M; /* scratch carried memory */
+    size_t msize;
+} fd_ctx;
+
+static double rollout_loss(void *p) {
+    fd_ctx *c = p;
+    if (c->msize) memcpy(c->M, c->M0, c->msize * sizeof(float));
+    int64_t cnt;
+    return trainer_rollout_forward(c->r, c->m, c->M, &cnt);
+}
+
+/* FD at eps and eps/2 must agree, or the step crossed a sign boundary of a hash bucket (the
+ * loss is discontinuous there) and the entry is skipped. Returns the worst error of the rest
+ * and counts the skipped entries. */
+static double gradcheck_robust(fd_ctx *c, float *p, const float *g, size_t n, int checks,
+                               layer_rng *rng, int *skipped, int *checked) {
+    double worst = 0.0;
+    float eps = 1e-2f;
+    for (int k = 0; k < checks; k++) {
+        size_t i = n <= (size_t)checks ? (size_t)k : (size_t)(layer_rng_next(rng) % n);
+        if (i >= n) break;
+        float keep = p[i];
+        double f[4];
+        const float steps[4] = {eps, -eps, eps / 2, -eps / 2};
+        for (int s = 0; s < 4; s++) {
+            p[i] = keep + steps[s];
+            f[s] = rollout_loss(c);
+        }
+        p[i] = keep;
+        double fd1 = (f[0] - f[1]) / (2.0 * eps), fd2 = (f[2] - f[3]) / (double)eps;
+        if (fabs(fd1 - fd2) > 0.05 * fmax(fabs(fd1), fabs(fd2)) + 2e-3) {
+            (*skipped)++;
+            continue;
+        }
+        (*checked)++;
+        double err = fabs(g[i] - fd2) / fmax(fabs(g[i]) + fabs(fd2), 2e-3);
+        if (err > worst) worst = err;
+    }
+    return worst;
+}
+
+static void check_config(int memformer, int hash, trainer_bptt_mode mode) {
+    layer_rng rng;
+    tu_seed(&rng, memformer ? (hash ? "mf-hash" : "mf-dense") : (hash ? "dec-hash" : "dec-dense"));
+    trainer_model_spec spec = tiny_spec(memformer, hash);
+    trainer_model *m = trainer_model_create(&spec);
+    int T = memformer ? 3 : 2, B = 2;
+    trainer_rollout *r = trainer_rollout_create(m, T, B, mode);
+    fill_random(r, spec.vocab, &rng);
+    size_t ms = trainer_model_memory_size(m) * B;
+    fd_ctx c = {.m = m, .r = r, .msize = ms};
+    c.M0 = tu_randn(&rng, ms + 1, 0.3f);
+    c.M = tu_zeros(ms + 1);
+    /* analytic gradient of the summed loss */
+    rollout_loss(&c);
+    trainer_rollout_backward(r, m, 1.0f);
+    trainer_params *P = trainer_model_params(m);
+    float *gd = layer_xmalloc(P->total * sizeof(float));
+    memcpy(gd, P->grad, P->total * sizeof(float));
+    int skipped = 0, checked = 0;
+    double worst = 0.0;
+    for (int i = 0; i < P->n; i++) {
+        const trainer_tensor *t = &P->t[i];
+        double e = gradcheck_robust(&c, P->data + t->off, gd + t->off, t->size, 6, &rng, &skipped,
+                                    &checked);
+        if (e > 5e-2) fprintf(stderr, "tensor %s: relerr %.3g\n", t->name, e);
+        if (e > worst) worst = e;
+    }
+    trainer_tables *tb = trainer_model_tables(m);
+    for (int g = 0; g < trainer_tables_ngroups(tb); g++) {
+        const trainer_table_group *grp = trainer_tables_group(tb, g);
+        size_t n = ((size_t)grp->K << grp->tau) * grp->OC;
+        for (int j = 0; j < grp->nout; j++) {
+            float *data = trainer_tables_data(tb, g, j, NULL, NULL);
+            float *grad = trainer_tables_grad(tb, g, j);
+            /* check rows that were hit (non-zero gradient) plus a few random ones */
+            float *gcopy = layer_xmalloc(n * sizeof(float));
+            memcpy(gcopy, grad, n * sizeof(float));
+            int hit_checks = 0;
+            for (size_t i = 0; i < n && hit_checks < 4; i += 1 + (i % 13)) {
+                if (gcopy[i] == 0.0f) continue;
+                double e = gradcheck_robust(&c, data + i, gcopy + i, 1, 1, &rng, &skipped, &checked);
+                if (e > 5e-2) fprintf(stderr, "table %s/%d[%zu]: relerr %.3g\n", grp->name, j, i, e);
+                if (e > worst) worst = e;
+                hit_checks++;
+            }
+            double e = gradcheck_robust(&c, data, gcopy, n, 3, &rng, &skipped, &checked);
+            if (e > worst) worst = e;
+            free(gcopy);
+        }
+    }
+    fprintf(stderr, "memformer=%d hash=%d: %d entries checked, %d skipped, worst relerr %.3g\n",
+            memformer, hash, checked, skipped, worst);
+    ck_assert_int_gt(checked, 20);
+    ck_assert_int_le(skipped, checked / 4);
+    ck_assert_double_lt(worst, 5e-2);
+    free(gd);
+    free(c.M0);
+    free(c.M);
+    trainer_rollout_free(r);
+    trainer_model_free(m);
+}
+
+START_TEST(test_gradcheck_decoder_dense) { check_config(0, 0, TRAINER_BPTT_MRBP_MODE); }
+END_TEST
+START_TEST(test_gradcheck_decoder_hash) { check_config(0, 1, TRAINER_BPTT_MRBP_MODE); }
+END_TEST
+START_TEST(test_gradcheck_memformer_dense) { check_config(1, 0, TRAINER_BPTT_FULL_MODE); }
+END_TEST
+START_TEST(test_gradcheck_memformer_hash) { check_config(1, 1, TRAINER_BPTT_MRBP_MODE); }
+END_TEST
+
+/* Gradients of all parameters and tables after one rollout; returns them concatenated. */
+static float *rollout_grads(int hash, trainer_bptt_mode mode, size_t *n_out, double *loss_out) {
+    layer_rng rng;
+    tu_seed(&rng, "mrbp-vs-full");
+    trainer_model_spec spec = tiny_spec(1, hash);
+    spec.C = 16;
+    spec.tau = 4;
+    spec.L = 6;
+    spec.S = 4;
+    trainer_model *m = trainer_model_create(&spec);
+    int T = 4, B = 3;
+    trainer_rollout *r = trainer_rollout_create(m, T, B, mode);
+    fill_random(r, spec.vocab, &rng);
+    size_t ms = trainer_model_memory_size(m) * B;
+    float *M = tu_randn(&rng, ms, 0.25f);
+    int64_t cnt;
+    *loss_out = trainer_rollout_forward(r, m, M, &cnt);
+    trainer_rollout_backward(r, m, 1.0f / (float)cnt);
+    trainer_params *P = trainer_model_params(m);
+    trainer_tables *tb = trainer_model_tables(m);
+    size_t n = P->total + trainer_tables_numel(tb);
+    float *g = layer_xmalloc(n * sizeof(float));
+    memcpy(g, P->grad, P->total * sizeof(float));
+    size_t off = P->total;
+    for (int gi = 0; gi < trainer_tables_ngroups(tb); gi++) {
+        const trainer_table_group *grp = trainer_tables_group(tb, gi);
+        size_t tn = ((size_t)grp->K << grp->tau) * grp->OC;
+        for (int j = 0; j < grp->nout; j++, off += tn)
+            memcpy(g + off, trainer_tables_grad(tb, gi, j), tn * sizeof(float));
+    }
+    *n_out = n;
+    free(M);
+    trainer_rollout_free(r);
+    trainer_model_free(m);
+    return g;
+}
+
+static void check_mrbp_equals_full(int hash) {
+    size_t n1, n2;
+    double l1, l2;
+    float *g1 = rollout_grads(hash, TRAINER_BPTT_MRBP_MODE, &n1, &l1);
+    float *g2 = rollout_grads(hash, TRAINER_BPTT_FULL_MODE, &n2, &l2);
+    ck_assert_uint_eq(n1, n2);
+    ck_assert_double_eq_tol(l1, l2, 1e-9 * fabs(l1));
+    /* relative to the overall gradient scale, entry by entry */
+    double gmax = 0.0, nonzero = 0;
+    for (size_t i = 0; i < n1; i++) {
+        gmax = fmax(gmax, fabs(g2[i]));
+        nonzero += g2[i] != 0.0f;
+    }
+    ck_assert(gmax > 0.0);
+    ck_assert(nonzero > 100);
+    double err = tu_max_relerr(g1, g2, n1, 1e-3 * gmax);
+    fprintf(stderr, "hash=%d: MRBP vs full BPTT max relerr %.3g over %zu gradients\n", hash, err, n1);
+    ck_assert_double_lt(err, 1e-4);
+    free(g1);
+    free(g2);
+}
+
+START_TEST(test_mrbp_equals_full_dense) { check_mrbp_equals_full(0); }
+END_TEST
+START_TEST(test_mrbp_equals_full_hash) { check_mrbp_equals_full(1); }
+END_TEST
+
+/* The memory really carries information: gradients reach the first segment's memory, and
+ * changing the carried memory changes a later segment's loss. */
+START_TEST(test_memory_carries) {
+    layer_rng rng;
+    tu_seed(&rng, "carry");
+    trainer_model_spec spec = tiny_spec(1, 0);
+    trainer_model *m = trainer_model_create(&spec);
+    trainer_rollout *r = trainer_rollout_create(m, 3, 2, TRAINER_BPTT_MRBP_MODE);
+    fill_random(r, spec.vocab, &rng);
+    memset(r->reset, 0, 6);
+    size_t ms = trainer_model_memory_size(m) * 2;
+    float *M = tu_randn(&rng, ms, 0.3f), *M2 = layer_xmalloc(ms * sizeof(float));
+    memcpy(M2, M, ms * sizeof(float));
+    int64_t cnt;
+    double l1 = trainer_rollout_forward(r, m, M, &cnt);
+    for (size_t i = 0; i < ms; i++) M2[i] = -M2[i];
+    double l2 = trainer_rollout_forward(r, m, M2, &cnt);
+    ck_assert(fabs(l1 - l2) > 1e-6 * fabs(l1));
+    free(M);
+    free(M2);
+    trainer_rollout_free(r);
+    trainer_model_free(m);
+}
+END_TEST
+
+static Suite *model_suite(void) {
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("gradients");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_gradcheck_decoder_dense);
+    tcase_add_test(tc, test_gradcheck_decoder_hash);
+    tcase_add_test(tc, test_gradcheck_memformer_dense);
+    tcase_add_test(tc, test_gradcheck_memformer_hash);
+    tcase_add_test(tc, test_mrbp_equals_full_dense);
+    tcase_add_test(tc, test_mrbp_equals_full_hash);
+    tcase_add_test(tc, test_memory_carries);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return tu_run(model_suite()); }

@@ -1,0 +1,131 @@
+/* Building blocks of the models (projections, attention, FFN / memory block, memory writer): forward keeps activations, backward uses them. */
+#ifndef MEMTRAIN_TRAINER_BLOCKS_H
+#define MEMTRAIN_TRAINER_BLOCKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layers/hash.h"
+#include "layers/layers.h"
+#include "trainer/arena.h"
+#include "trainer/params.h"
+#include "trainer/tables.h"
+
+/* What every block needs from the model: parameter blocks, table store, scratch arena. */
+typedef struct mt_ctx {
+    trainer_params *params;
+    trainer_tables *tables;
+    trainer_arena *arena;
+    int NH;
+    layer_score_mode score;
+    float hash_temp;
+    int rope_dims; /* 0: learned positions, no rotation */
+    int prof_hash; /* unused by blocks; room for timers */
+} mt_ctx;
+
+#define MT_W(ctx, off) ((ctx)->params->data + (off))
+#define MT_G(ctx, off) ((ctx)->params->grad + (off))
+
+/* nout projections of one input, dense (w (OC,C) each) or hashed (one shared index). */
+typedef struct mt_proj {
+    int nout, C, OC, hash;
+    size_t w[3], b[3];
+    int group; /* table group when hashed */
+    int K, tau;
+} mt_proj;
+
+typedef struct mt_proj_act {
+    int32_t *idx, *rowid; /* (N,K) */
+    float *s;             /* (N,K) */
+    layer_hash_rows rows[3];
+} mt_proj_act;
+
+void mt_proj_define(mt_ctx *c, mt_proj *p, const char *name, int nout, int C, int OC, int hash,
+                    int tau);
+void mt_proj_forward(mt_ctx *c, const mt_proj *p, mt_proj_act *a, float **out, const float *in,
+                     int N);
+/* din (N,C) += ..., may be NULL; dout[j] (N,OC). */
+void mt_proj_backward(mt_ctx *c, const mt_proj *p, const mt_proj_act *a, float *din,
+                      float *const *dout, const float *in, int N);
+
+/* Pre-norm attention sublayer: x1 = x0 + O(Attn(Q(h), K(src), V(src))), h = RMSNorm(x0).
+ * Self-attention when src is NULL (src = h, rotary positions if configured), cross-attention
+ * otherwise (no positions). O is a dense projection for proj = dense and absent for hash. */
+typedef struct mt_attn {
+    int self, C;
+    layer_attn_mask mask;
+    size_t norm_w;
+    mt_proj q, kv, qkv; /* self uses qkv; cross uses q and kv */
+    int has_o;
+    mt_proj o;
+} mt_attn;
+
+typedef struct mt_attn_act {
+    int B, Tq, Tk;
+    const float *x0, *src;
+    float *h, *rstd, *q, *k, *v, *att, *y, *x1;
+    mt_proj_act pa_q, pa_kv, pa_o;
+} mt_attn_act;
+
+void mt_attn_define(mt_ctx *c, mt_attn *m, const char *name, int C, int self,
+                    layer_attn_mask mask, int hash, int tau);
+/* x0 (B,Tq,C); src (B,Tk,C) or NULL; returns x1 (B,Tq,C) from the arena. */
+float *mt_attn_forward(mt_ctx *c, const mt_attn *m, mt_attn_act *a, const float *x0,
+                       const float *src, int B, int Tq, int Tk);
+/* dx0 (B,Tq,C) += from dx1 (residual included); dsrc (B,Tk,C) += when cross. */
+void mt_attn_backward(mt_ctx *c, const mt_attn *m, const mt_attn_act *a, float *dx0, float *dsrc,
+                      const float *dx1);
+
+/* Pre-norm feed-forward sublayer: x1 = x0 + F(RMSNorm(x0)), F = GELU MLP (dense) or the
+ * memory block ML1 -> LayerNorm -> ML2 (hash). */
+typedef struct mt_ffn {
+    int C, hash, H;
+    size_t norm_w;
+    mt_proj fc1, fc2;            /* dense */
+    size_t b1, ln_w, ln_b, b2;
+    int g1, g2;
+    trainer_tables *tables; /* resolver context of the memory block */
+} mt_ffn;
+
+typedef struct mt_ffn_act {
+    int N;
+    const float *x0;
+    float *h, *rstd, *u, *gl, *x1;
+    mt_proj_act pa1, pa2;
+    layer_memblock_act mba; /* buffers from the arena */
+} mt_ffn_act;
+
+void mt_ffn_define(mt_ctx *c, mt_ffn *m, const char *name, int C, int hash, int tau, int E);
+float *mt_ffn_forward(mt_ctx *c, const mt_ffn *m, mt_ffn_act *a, const float *x0, int N);
+void mt_ffn_backward(mt_ctx *c, const mt_ffn *m, const mt_ffn_act *a, float *dx0, const float *dx1);
+
+/* Memory writer (Memformer): slot i attends over [m_i ; E] with logits / write_temp, values
+ * [m_i ; E W_V]; then biased memory normalisation m = (m' + v_i) / |m' + v_i| (forgetting
+ * on) or m = m' / |m'| (forgetting off). */
+typedef struct mt_writer {
+    int C, S, forgetting;
+    float temp;
+    mt_proj q, kv;
+    size_t vbias; /* (S,C), also gives M_0 = v / |v| */
+} mt_writer;
+
+typedef struct mt_writer_act {
+    int B, L;
+    const float *M, *E;
+    float *cat, *q, *k, *v, *att, *mp, *u, *norm, *Mout;
+    mt_proj_act pa_q, pa_kv;
+} mt_writer_act;
+
+void mt_writer_define(mt_ctx *c, mt_writer *w, int C, int S, float temp, int forgetting, int hash,
+                      int tau);
+/* M (B,S,C), E (B,L,C) -> Mout (B,S,C) (from the arena). */
+float *mt_writer_forward(mt_ctx *c, const mt_writer *w, mt_writer_act *a, const float *M,
+                         const float *E, int B, int L);
+/* dM (B,S,C) +=, dE (B,L,C) += from dMout. */
+void mt_writer_backward(mt_ctx *c, const mt_writer *w, const mt_writer_act *a, float *dM, float *dE,
+                        const float *dMout);
+/* M0 (S,C) = v / |v| per slot; backward adds into the gradient of v. */
+void mt_writer_initial(mt_ctx *c, const mt_writer *w, float *M0);
+void mt_writer_initial_backward(mt_ctx *c, const mt_writer *w, const float *dM0);
+
+#endif

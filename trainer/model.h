@@ -1,0 +1,72 @@
+/* The four model configurations (decoder | memformer) x (dense | hash): one segment step forward and backward. */
+#ifndef MEMTRAIN_TRAINER_MODEL_H
+#define MEMTRAIN_TRAINER_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layers/hash.h"
+#include "trainer/arena.h"
+#include "trainer/params.h"
+#include "trainer/tables.h"
+
+/* What the model computes; filled from the run config (trainer_model_spec_from_config). */
+typedef struct trainer_model_spec {
+    int memformer;   /* 0: GPT-style decoder over windows; 1: Memformer encoder-decoder */
+    int hash;        /* projections: 0 dense GEMMs, 1 MemoryFormer memory layers */
+    int C, NH;       /* d_model, heads */
+    int n_layers;    /* decoder arch */
+    int enc_layers, dec_layers;
+    int L;           /* seg_len */
+    int S;           /* mem_slots */
+    int memory;      /* memformer: external memory on */
+    int forgetting;  /* memformer: biased memory normalisation on */
+    float write_temp;
+    int rope_dims;   /* rotary dims per head; 0 = learned positions */
+    int tau, expand_bits;
+    layer_score_mode score;
+    float hash_temp;
+    int vocab;       /* output classes; input ids also take BOS = vocab */
+    uint64_t seed;
+} trainer_model_spec;
+
+/* One segment of B streams. Ids are in [0, vocab]; vocab is BOS (also used for padding). */
+typedef struct trainer_batch {
+    int B, L;
+    const int32_t *enc_tok; /* (B,L) previous segment (memformer encoder input) */
+    const int32_t *dec_tok; /* (B,L) inputs: targets shifted right by one */
+    const int32_t *tgt;     /* (B,L) targets in [0,vocab), -1 = not scored */
+    const uint8_t *reset;   /* (B) 1: a document starts here, memory restarts at M_0 */
+} trainer_batch;
+
+typedef struct trainer_model trainer_model;
+typedef struct trainer_step_act trainer_step_act;
+
+/* Builds the model: registers and initialises dense parameters and hash tables.
+ * The model owns its params and tables. */
+trainer_model *trainer_model_create(const trainer_model_spec *spec);
+void trainer_model_free(trainer_model *m); /* NULL is fine */
+const trainer_model_spec *trainer_model_get_spec(const trainer_model *m);
+trainer_params *trainer_model_params(trainer_model *m);
+trainer_tables *trainer_model_tables(trainer_model *m);
+/* Width of the carried memory per stream in floats (S*C), 0 when the model carries none. */
+size_t trainer_model_memory_size(const trainer_model *m);
+/* Multiply-adds per token of one forward pass (projections, attention, head), for FLOP figures. */
+double trainer_model_flops_per_token(const trainer_model *m);
+
+/* Forward of one segment. M_prev (B,S,C) is the carried memory (read only for streams that do
+ * not reset; may be NULL when nothing is carried); M_next (B,S,C) receives the written memory.
+ * All activations come from `arena` and stay there for trainer_model_backward until the arena
+ * is reset. Returns the summed loss over scored targets, *count their number; *act receives
+ * the activation record (NULL allowed when no backward follows). */
+double trainer_model_forward(trainer_model *m, trainer_arena *arena, const trainer_batch *b,
+                             const float *M_prev, float *M_next, int *count,
+                             trainer_step_act **act);
+/* Backward of the segment recorded in act: the loss gradient is grad_scale * d(sum loss),
+ * plus <dM_next, M_next> when dM_next (B,S,C) is not NULL. Adds into the parameter and table
+ * gradients; writes dM_prev (B,S,C) (zero for streams that reset) when not NULL. Uses the
+ * arena the forward used. */
+void trainer_model_backward(trainer_model *m, trainer_step_act *act, float grad_scale,
+                            const float *dM_next, float *dM_prev);
+
+#endif
