@@ -41,9 +41,10 @@ BENCH_BIN := $(BENCH_SRC:tests/%.c=$(BIN)/%)
 TESTUTIL_OBJ := $(BUILD)/tests/testutil.o
 MAIN := $(BIN)/memtrain
 
-# Debian packages the build, the tests, the data and the job scripts need.
+# Debian packages the build, the tests, the data and the job scripts need (plus npm, for
+# the Brown corpus, unless a Node.js installation already provides it).
 DEB_PKGS := libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev \
-            check pkg-config zlib1g-dev dataset-fashion-mnist npm python3-h5py \
+            check pkg-config zlib1g-dev dataset-fashion-mnist python3-h5py \
             gnuplot-nox slurm-wlm munge
 
 .PHONY: all deps test demo bench data clean
@@ -58,6 +59,11 @@ deps:
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi; \
+	if ! command -v npm >/dev/null; then \
+	  echo "installing: npm"; SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  [ -n "$$missing" ] || $$SUDO apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm >/dev/null; \
 	fi
 
 $(BUILD)/%.o: %.c $(wildcard */*.h) | deps

@@ -1,5 +1,6 @@
 /* MPI wrappers: context, reductions, broadcast, collective error handling. */
 #include "comm/comm.h"
+#include "comm/comm_internal.h"
 
 #include <mpi.h>
 #include <stdarg.h>
@@ -122,3 +123,4 @@ void comm_print0(const comm_ctx *c, const char *fmt, ...) {
     va_end(ap);
     fflush(stdout);
 }
+MPI_Comm comm_mpi(const comm_ctx *c) { return c->comm; }

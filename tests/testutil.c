@@ -2,6 +2,9 @@
 #include "tests/testutil.h"
 
 #include <math.h>
+#include <string.h>
+
+#include "trainer/rollout.h"
 #include <stdlib.h>
 
 void tu_seed(layer_rng *r, const char *name) {
@@ -60,8 +63,21 @@ double tu_dot(const float *w, const float *y, size_t n) {
 
 int tu_run(Suite *s) {
     SRunner *sr = srunner_create(s);
+    /* no fork: test programs may hold an MPI context, and MPI processes must not fork */
+    srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+void tu_random_rollout(struct trainer_rollout *r, int vocab, layer_rng *rng) {
+    size_t n = (size_t)r->T * r->B * r->L;
+    for (size_t i = 0; i < n; i++) {
+        r->enc[i] = tu_randint(rng, 0, vocab);
+        r->dec[i] = tu_randint(rng, 0, vocab);
+        r->tgt[i] = tu_randint(rng, 0, vocab - 1);
+    }
+    memset(r->reset, 0, (size_t)r->T * r->B);
+    r->reset[0] = 1;
 }

@@ -33,7 +33,12 @@ double tu_max_relerr(const float *a, const float *b, size_t n, double floor);
 /* sum_i w[i] * y[i] in double: projects an output onto random weights to make a scalar loss. */
 double tu_dot(const float *w, const float *y, size_t n);
 
-/* Runs a suite, prints Check's summary, returns the process exit code. */
+/* Random inputs for every segment of a rollout (ids in [0,vocab], targets in [0,vocab)),
+ * documents restarting in stream 0 at the first segment. */
+struct trainer_rollout;
+void tu_random_rollout(struct trainer_rollout *r, int vocab, layer_rng *rng);
+
+/* Runs a suite without forking, prints Check's summary, returns the process exit code. */
 int tu_run(Suite *s);
 
 #endif

@@ -38,14 +38,14 @@ struct trainer_step_act {
 
 static int uses_memory(const trainer_model *m) { return m->spec.memformer && m->spec.memory; }
 
-trainer_model *trainer_model_create(const trainer_model_spec *spec) {
+trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *comm) {
     trainer_model *m = layer_xcalloc(1, sizeof(*m));
     m->spec = *spec;
     const trainer_model_spec *s = &m->spec;
     int C = s->C, hash = s->hash;
     LAYER_ASSERT(C % s->NH == 0);
     trainer_params_init(&m->params);
-    m->tables = trainer_tables_create();
+    m->tables = trainer_tables_create(comm);
     m->ctx = (mt_ctx){.params = &m->params, .tables = m->tables, .NH = s->NH,
                       .score = s->score, .hash_temp = s->hash_temp, .rope_dims = s->rope_dims};
     mt_ctx *c = &m->ctx;
@@ -154,9 +154,10 @@ static void embed_backward(trainer_model *m, const float *dx, const int32_t *tok
     layer_embedding_backward(m->ctx.params->grad + m->wte, dx, tok, B * L, s->C);
 }
 
-double trainer_model_forward(trainer_model *m, trainer_arena *arena, const trainer_batch *b,
-                             const float *M_prev, float *M_next, int *count,
-                             trainer_step_act **act_out) {
+/* decode = 0 stops after the memory writer: all a memory-only pass needs. */
+static double forward_impl(trainer_model *m, trainer_arena *arena, const trainer_batch *b,
+                           const float *M_prev, float *M_next, int *count,
+                           trainer_step_act **act_out, int decode) {
     const trainer_model_spec *s = &m->spec;
     mt_ctx *c = &m->ctx;
     c->arena = arena;
@@ -198,6 +199,7 @@ double trainer_model_forward(trainer_model *m, trainer_arena *arena, const train
             if (M_next) memcpy(M_next, Mout, (size_t)B * S * C * sizeof(float));
         }
     }
+    if (!decode) return 0.0;
     a->dec_self = (mt_attn_act *)trainer_arena_zeros(arena, m->n_dec * sizeof(mt_attn_act) / 4 + 1);
     a->dec_cross = (mt_attn_act *)trainer_arena_zeros(arena, m->n_dec * sizeof(mt_attn_act) / 4 + 1);
     a->dec_ffn = (mt_ffn_act *)trainer_arena_zeros(arena, m->n_dec * sizeof(mt_ffn_act) / 4 + 1);
@@ -220,6 +222,17 @@ double trainer_model_forward(trainer_model *m, trainer_arena *arena, const train
     if (count) *count = cnt;
     if (act_out) *act_out = a;
     return loss;
+}
+
+double trainer_model_forward(trainer_model *m, trainer_arena *arena, const trainer_batch *b,
+                             const float *M_prev, float *M_next, int *count,
+                             trainer_step_act **act) {
+    return forward_impl(m, arena, b, M_prev, M_next, count, act, 1);
+}
+
+void trainer_model_write_memory(trainer_model *m, trainer_arena *arena, const trainer_batch *b,
+                                const float *M_prev, float *M_next) {
+    if (uses_memory(m)) forward_impl(m, arena, b, M_prev, M_next, NULL, NULL, 0);
 }
 
 void trainer_model_backward(trainer_model *m, trainer_step_act *a, float grad_scale,

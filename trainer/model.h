@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm/comm.h"
 #include "layers/hash.h"
 #include "trainer/arena.h"
 #include "trainer/params.h"
@@ -42,9 +43,10 @@ typedef struct trainer_batch {
 typedef struct trainer_model trainer_model;
 typedef struct trainer_step_act trainer_step_act;
 
-/* Builds the model: registers and initialises dense parameters and hash tables.
- * The model owns its params and tables. */
-trainer_model *trainer_model_create(const trainer_model_spec *spec);
+/* Builds the model: registers and initialises dense parameters (replicated on every rank) and
+ * hash tables (each unit on its owner rank of comm). The model owns its params and tables;
+ * comm must outlive it. Collective. */
+trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *comm);
 void trainer_model_free(trainer_model *m); /* NULL is fine */
 const trainer_model_spec *trainer_model_get_spec(const trainer_model *m);
 trainer_params *trainer_model_params(trainer_model *m);
@@ -62,6 +64,10 @@ double trainer_model_flops_per_token(const trainer_model *m);
 double trainer_model_forward(trainer_model *m, trainer_arena *arena, const trainer_batch *b,
                              const float *M_prev, float *M_next, int *count,
                              trainer_step_act **act);
+/* Only what produces M_next (encoder and memory writer; nothing for models without memory):
+ * the no-gradient pass of MRBP. Same M_next as trainer_model_forward, bit for bit. */
+void trainer_model_write_memory(trainer_model *m, trainer_arena *arena, const trainer_batch *b,
+                                const float *M_prev, float *M_next);
 /* Backward of the segment recorded in act: the loss gradient is grad_scale * d(sum loss),
  * plus <dM_next, M_next> when dM_next (B,S,C) is not NULL. Adds into the parameter and table
  * gradients; writes dM_prev (B,S,C) (zero for streams that reset) when not NULL. Uses the

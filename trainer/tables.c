@@ -1,93 +1,187 @@
-/* Hash-table store kept whole in this process: rows, gradients and lazy-Adam moments per group. */
+/* Table-parallel hash-table store: ownership plan, per-step row cache filled by all-to-all fetches, owner-side lazy Adam. */
 #include "trainer/tables.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm/exchange.h"
 #include "layers/common.h"
 #include "trainer/optim.h"
 #include "trainer/params.h"
 
-typedef struct group_store {
+/* Rows of one (group, chunk) this rank owns. */
+typedef struct unit_store {
+    float *data[3], *m[3], *v[3], *grad[3]; /* (2^tau, OC) each */
+    uint8_t *touched;                       /* (2^tau) */
+    int32_t *uniq;                          /* (2^tau) scratch */
+} unit_store;
+
+typedef struct group_state {
     trainer_table_group g;
-    size_t rows;                 /* K * 2^tau */
-    float *data[3], *grad[3], *m[3], *v[3];
-    uint8_t *touched;            /* (rows) */
-    int32_t *uniq;               /* (rows) scratch */
-    float *gcompact;             /* (rows, OC) scratch */
-} group_store;
+    int *owner;          /* (K) */
+    unit_store **units;  /* (K), NULL where another rank owns the chunk */
+    /* row cache of this step: local key = k * 2^tau + bucket */
+    int32_t *slot_of;    /* (K << tau), -1 when not cached */
+    int32_t *slot_key;   /* (K << tau) */
+    int nslots;
+    float *rows[3], *drows[3]; /* (K << tau, OC): capacity for every key, so ids never move */
+} group_state;
 
 struct trainer_tables {
-    int n, cap;
-    group_store *gs;
-    int allocated;
+    comm_ctx *comm;
+    comm_exchange *x;
+    int n, cap, allocated;
+    group_state *gs;
+    int64_t lookups, misses;
+    uint64_t digest;
+    /* scratch for exchanges */
+    int64_t *keys;
+    int *owners;
+    float *buf;
+    size_t scratch_keys, scratch_floats;
 };
 
-trainer_tables *trainer_tables_create(void) { return layer_xcalloc(1, sizeof(trainer_tables)); }
+static float *falloc0(size_t n) {
+    /* calloc: pages of a row cache that are never written never become resident */
+    float *p = calloc(n ? n : 1, sizeof(float));
+    LAYER_ASSERT(p != NULL);
+    return p;
+}
+
+trainer_tables *trainer_tables_create(comm_ctx *comm) {
+    trainer_tables *t = layer_xcalloc(1, sizeof(*t));
+    t->comm = comm;
+    t->x = comm_exchange_create(comm);
+    return t;
+}
 
 void trainer_tables_free(trainer_tables *t) {
     if (!t) return;
     for (int i = 0; i < t->n; i++) {
-        group_store *s = &t->gs[i];
-        for (int j = 0; j < s->g.nout; j++) {
-            free(s->data[j]);
-            free(s->grad[j]);
-            free(s->m[j]);
-            free(s->v[j]);
+        group_state *s = &t->gs[i];
+        for (int k = 0; s->units && k < s->g.K; k++) {
+            unit_store *u = s->units[k];
+            if (!u) continue;
+            for (int j = 0; j < s->g.nout; j++) {
+                free(u->data[j]);
+                free(u->m[j]);
+                free(u->v[j]);
+                free(u->grad[j]);
+            }
+            free(u->touched);
+            free(u->uniq);
+            free(u);
         }
-        free(s->touched);
-        free(s->uniq);
-        free(s->gcompact);
+        for (int j = 0; j < s->g.nout; j++) {
+            free(s->rows[j]);
+            free(s->drows[j]);
+        }
+        free(s->units);
+        free(s->owner);
+        free(s->slot_of);
+        free(s->slot_key);
     }
+    comm_exchange_free(t->x);
     free(t->gs);
+    free(t->keys);
+    free(t->owners);
+    free(t->buf);
     free(t);
 }
 
 int trainer_tables_add(trainer_tables *t, const char *name, int nout, int K, int tau, int OC) {
-    LAYER_ASSERT(!t->allocated && nout >= 1 && nout <= 3 && tau >= 1 && tau <= 16);
+    LAYER_ASSERT(!t->allocated && nout >= 1 && nout <= 3 && tau >= 1 && tau <= 16 && K >= 1);
     if (t->n == t->cap) {
         t->cap = t->cap ? 2 * t->cap : 16;
         t->gs = realloc(t->gs, (size_t)t->cap * sizeof(*t->gs));
         LAYER_ASSERT(t->gs != NULL);
     }
-    group_store *s = &t->gs[t->n];
+    group_state *s = &t->gs[t->n];
     memset(s, 0, sizeof(*s));
     snprintf(s->g.name, sizeof(s->g.name), "%s", name);
     s->g.nout = nout;
     s->g.K = K;
     s->g.tau = tau;
     s->g.OC = OC;
-    s->rows = (size_t)K << tau;
     return t->n++;
 }
 
-static float *falloc0(size_t n) {
-    float *p = aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64);
-    LAYER_ASSERT(p != NULL);
-    memset(p, 0, n * sizeof(float));
-    return p;
+static size_t unit_bytes(const trainer_table_group *g) {
+    return (size_t)g->nout * ((size_t)1 << g->tau) * g->OC * sizeof(float);
+}
+
+typedef struct unit_ref {
+    int g, k;
+    size_t bytes;
+} unit_ref;
+
+static int unit_cmp(const void *a, const void *b) {
+    const unit_ref *x = a, *y = b;
+    if (x->bytes != y->bytes) return x->bytes > y->bytes ? -1 : 1;
+    if (x->g != y->g) return x->g - y->g;
+    return x->k - y->k;
 }
 
 void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
+    int P = comm_size(t->comm), me = comm_rank(t->comm);
+    size_t nunits = 0;
+    for (int i = 0; i < t->n; i++) nunits += t->gs[i].g.K;
+    unit_ref *list = layer_xcalloc(nunits ? nunits : 1, sizeof(unit_ref));
+    size_t u = 0;
+    for (int i = 0; i < t->n; i++)
+        for (int k = 0; k < t->gs[i].g.K; k++)
+            list[u++] = (unit_ref){i, k, unit_bytes(&t->gs[i].g)};
+    qsort(list, nunits, sizeof(unit_ref), unit_cmp);
+    size_t *load = layer_xcalloc(P, sizeof(size_t));
     for (int i = 0; i < t->n; i++) {
-        group_store *s = &t->gs[i];
-        size_t per_table = ((size_t)1 << s->g.tau) * (size_t)s->g.OC;
-        for (int j = 0; j < s->g.nout; j++) {
-            s->data[j] = falloc0(s->rows * s->g.OC);
-            s->grad[j] = falloc0(s->rows * s->g.OC);
-            s->m[j] = falloc0(s->rows * s->g.OC);
-            s->v[j] = falloc0(s->rows * s->g.OC);
-            for (int k = 0; k < s->g.K; k++) {
+        t->gs[i].owner = layer_xcalloc(t->gs[i].g.K, sizeof(int));
+        t->gs[i].units = layer_xcalloc(t->gs[i].g.K, sizeof(unit_store *));
+    }
+    for (size_t i = 0; i < nunits; i++) {
+        int best = 0;
+        for (int r = 1; r < P; r++)
+            if (load[r] < load[best]) best = r;
+        load[best] += list[i].bytes;
+        t->gs[list[i].g].owner[list[i].k] = best;
+    }
+    free(load);
+    free(list);
+    size_t maxkeys = 0, maxfloats = 0;
+    for (int i = 0; i < t->n; i++) {
+        group_state *s = &t->gs[i];
+        size_t rows = (size_t)1 << s->g.tau, keys = (size_t)s->g.K << s->g.tau;
+        for (int k = 0; k < s->g.K; k++) {
+            if (s->owner[k] != me) continue;
+            unit_store *us = layer_xcalloc(1, sizeof(unit_store));
+            for (int j = 0; j < s->g.nout; j++) {
+                us->data[j] = falloc0(rows * s->g.OC);
+                us->m[j] = falloc0(rows * s->g.OC);
+                us->v[j] = falloc0(rows * s->g.OC);
+                us->grad[j] = falloc0(rows * s->g.OC);
                 layer_rng r;
                 layer_rng_seed(&r, trainer_seed_for(seed, s->g.name, (uint64_t)(j * 65536 + k)));
-                layer_fill_normal(s->data[j] + (size_t)k * per_table, per_table, 0.02f, &r);
+                layer_fill_normal(us->data[j], rows * s->g.OC, 0.02f, &r);
             }
+            us->touched = layer_xcalloc(rows, 1);
+            us->uniq = layer_xmalloc(rows * sizeof(int32_t));
+            s->units[k] = us;
         }
-        s->touched = layer_xcalloc(s->rows, 1);
-        s->uniq = layer_xmalloc(s->rows * sizeof(int32_t));
-        s->gcompact = falloc0(s->rows * s->g.OC);
+        s->slot_of = layer_xmalloc(keys * sizeof(int32_t));
+        for (size_t q = 0; q < keys; q++) s->slot_of[q] = -1;
+        s->slot_key = layer_xmalloc(keys * sizeof(int32_t));
+        for (int j = 0; j < s->g.nout; j++) {
+            s->rows[j] = falloc0(keys * s->g.OC);
+            s->drows[j] = falloc0(keys * s->g.OC);
+        }
+        if (keys > maxkeys) maxkeys = keys;
+        if (keys * s->g.nout * s->g.OC > maxfloats) maxfloats = keys * s->g.nout * s->g.OC;
     }
+    t->keys = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int64_t));
+    t->owners = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int));
+    t->buf = falloc0(maxfloats);
+    t->scratch_keys = maxkeys;
+    t->scratch_floats = maxfloats;
     t->allocated = 1;
 }
 
@@ -100,81 +194,234 @@ const trainer_table_group *trainer_tables_group(const trainer_tables *t, int g) 
 
 size_t trainer_tables_numel(const trainer_tables *t) {
     size_t n = 0;
-    for (int i = 0; i < t->n; i++) n += t->gs[i].rows * t->gs[i].g.OC * t->gs[i].g.nout;
+    for (int i = 0; i < t->n; i++) n += unit_bytes(&t->gs[i].g) / sizeof(float) * t->gs[i].g.K;
     return n;
+}
+
+int trainer_tables_owner(const trainer_tables *t, int g, int k) { return t->gs[g].owner[k]; }
+
+int trainer_tables_owned_units(const trainer_tables *t) {
+    int n = 0;
+    for (int i = 0; i < t->n; i++)
+        for (int k = 0; k < t->gs[i].g.K; k++) n += t->gs[i].units[k] != NULL;
+    return n;
+}
+
+size_t trainer_tables_owned_bytes(const trainer_tables *t) {
+    size_t b = 0;
+    for (int i = 0; i < t->n; i++)
+        for (int k = 0; k < t->gs[i].g.K; k++)
+            if (t->gs[i].units[k]) b += 4 * unit_bytes(&t->gs[i].g); /* rows, m, v, grad */
+    return b;
+}
+
+void trainer_tables_print_plan(trainer_tables *t) {
+    int P = comm_size(t->comm), me = comm_rank(t->comm);
+    double *mine = layer_xcalloc(2 * (size_t)P, sizeof(double));
+    mine[me] = trainer_tables_owned_units(t);
+    mine[P + me] = (double)trainer_tables_owned_bytes(t);
+    comm_sum_doubles(t->comm, mine, 2 * P);
+    if (me == 0) {
+        double total = 0, mx = 0;
+        for (int r = 0; r < P; r++) {
+            total += mine[P + r];
+            if (mine[P + r] > mx) mx = mine[P + r];
+        }
+        printf("tables: %d groups, %.1f MiB with Adam state over %d rank%s (imbalance %.3f):", t->n,
+               total / 1048576.0, P, P > 1 ? "s" : "", total > 0 ? mx / (total / P) : 1.0);
+        for (int r = 0; r < P; r++)
+            printf(" r%d %d units %.1f MiB%s", r, (int)mine[r], mine[P + r] / 1048576.0,
+                   r + 1 < P ? "," : "\n");
+        fflush(stdout);
+    }
+    free(mine);
+}
+
+/* ---- fetch ---- */
+
+typedef struct serve_ctx {
+    trainer_tables *t;
+} serve_ctx;
+
+static void serve_rows(void *ctx, const int64_t *keys, int m, float *out) {
+    trainer_tables *t = ctx;
+    for (int i = 0; i < m; i++) {
+        int g = (int)(keys[i] >> 32);
+        group_state *s = &t->gs[g];
+        int local = (int)(keys[i] & 0xffffffff), k = local >> s->g.tau;
+        int b = local & ((1 << s->g.tau) - 1);
+        unit_store *u = s->units[k];
+        LAYER_ASSERT(u != NULL);
+        for (int j = 0; j < s->g.nout; j++)
+            memcpy(out + ((size_t)i * s->g.nout + j) * s->g.OC, u->data[j] + (size_t)b * s->g.OC,
+                   s->g.OC * sizeof(float));
+    }
 }
 
 void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N, int32_t *rowid,
                             layer_hash_rows *rows) {
-    group_store *s = &t->gs[g];
-    layer_hash_rowid_local(rowid, idx, N, s->g.K, s->g.tau);
-    for (size_t i = 0; i < (size_t)N * s->g.K; i++) s->touched[rowid[i]] = 1;
-    for (int j = 0; j < s->g.nout; j++) {
-        rows[j].rows = s->data[j];
-        rows[j].drows = s->grad[j];
-        rows[j].R = (int)s->rows;
+    group_state *s = &t->gs[g];
+    int K = s->g.K, tau = s->g.tau, nout = s->g.nout, OC = s->g.OC;
+    int first = s->nslots, nmiss = 0;
+    uint64_t h = t->digest ^ ((uint64_t)g * 0x9e3779b97f4a7c15ull);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            int32_t key = (k << tau) | idx[(size_t)n * K + k];
+            h = (h ^ (uint64_t)key) * 1099511628211ull;
+            int32_t slot = s->slot_of[key];
+            if (slot < 0) {
+                slot = s->slot_of[key] = s->nslots++;
+                s->slot_key[slot] = key;
+                t->keys[nmiss] = ((int64_t)g << 32) | key;
+                t->owners[nmiss] = s->owner[k];
+                nmiss++;
+            }
+            rowid[(size_t)n * K + k] = slot;
+        }
+    t->lookups += (int64_t)N * K;
+    t->misses += nmiss;
+    t->digest = h;
+    comm_exchange_fetch(t->x, t->keys, t->owners, nmiss, nout * OC, t->buf, serve_rows, t);
+    for (int i = 0; i < nmiss; i++)
+        for (int j = 0; j < nout; j++)
+            memcpy(s->rows[j] + (size_t)(first + i) * OC, t->buf + ((size_t)i * nout + j) * OC,
+                   OC * sizeof(float));
+    for (int j = 0; j < nout; j++) {
+        rows[j].rows = s->rows[j];
+        rows[j].drows = s->drows[j];
+        rows[j].R = s->nslots > 0 ? s->nslots : 1;
     }
 }
 
-/* Row ids marked since the last step, ascending. */
-static int touched_rows(group_store *s) {
-    int nu = 0;
-    for (size_t r = 0; r < s->rows; r++)
-        if (s->touched[r]) s->uniq[nu++] = (int32_t)r;
-    return nu;
+/* ---- gradients ---- */
+
+static void accumulate_grads(void *ctx, int src, const int64_t *keys, const float *gr, int m) {
+    (void)src; /* the exchange calls in increasing source rank: the order is already fixed */
+    trainer_tables *t = ctx;
+    for (int i = 0; i < m; i++) {
+        int g = (int)(keys[i] >> 32);
+        group_state *s = &t->gs[g];
+        int local = (int)(keys[i] & 0xffffffff), k = local >> s->g.tau;
+        int b = local & ((1 << s->g.tau) - 1), OC = s->g.OC;
+        unit_store *u = s->units[k];
+        LAYER_ASSERT(u != NULL);
+        for (int j = 0; j < s->g.nout; j++) {
+            float *dst = u->grad[j] + (size_t)b * OC;
+            const float *src_row = gr + ((size_t)i * s->g.nout + j) * OC;
+            for (int c = 0; c < OC; c++) dst[c] += src_row[c];
+        }
+        u->touched[b] = 1;
+    }
+}
+
+void trainer_tables_reduce_grads(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        int nout = s->g.nout, OC = s->g.OC;
+        for (int i = 0; i < s->nslots; i++) {
+            int32_t key = s->slot_key[i];
+            t->keys[i] = ((int64_t)g << 32) | key;
+            t->owners[i] = s->owner[key >> s->g.tau];
+            for (int j = 0; j < nout; j++)
+                memcpy(t->buf + ((size_t)i * nout + j) * OC, s->drows[j] + (size_t)i * OC,
+                       OC * sizeof(float));
+        }
+        comm_exchange_push(t->x, t->keys, t->owners, t->buf, s->nslots, nout * OC,
+                           accumulate_grads, t);
+    }
 }
 
 double trainer_tables_grad_sumsq(const trainer_tables *t) {
     double sum = 0.0;
     for (int i = 0; i < t->n; i++) {
-        const group_store *s = &t->gs[i];
-        int OC = s->g.OC;
-        for (size_t r = 0; r < s->rows; r++) {
-            if (!s->touched[r]) continue;
-            for (int j = 0; j < s->g.nout; j++) sum += trainer_sumsq(s->grad[j] + r * OC, OC);
+        const group_state *s = &t->gs[i];
+        int rows = 1 << s->g.tau, OC = s->g.OC;
+        for (int k = 0; k < s->g.K; k++) {
+            const unit_store *u = s->units[k];
+            if (!u) continue;
+            for (int b = 0; b < rows; b++) {
+                if (!u->touched[b]) continue;
+                for (int j = 0; j < s->g.nout; j++)
+                    sum += trainer_sumsq(u->grad[j] + (size_t)b * OC, OC);
+            }
         }
     }
     return sum;
 }
 
-int64_t trainer_tables_touched(const trainer_tables *t) {
-    int64_t n = 0;
+void trainer_tables_clear_cache(trainer_tables *t) {
     for (int i = 0; i < t->n; i++) {
-        const group_store *s = &t->gs[i];
-        for (size_t r = 0; r < s->rows; r++) n += s->touched[r] ? s->g.nout : 0;
+        group_state *s = &t->gs[i];
+        for (int q = 0; q < s->nslots; q++) s->slot_of[s->slot_key[q]] = -1;
+        for (int j = 0; j < s->g.nout; j++)
+            memset(s->drows[j], 0, (size_t)s->nslots * s->g.OC * sizeof(float));
+        s->nslots = 0;
     }
-    return n;
 }
 
 void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, float eps,
                          int64_t step, float grad_scale) {
     for (int i = 0; i < t->n; i++) {
-        group_store *s = &t->gs[i];
-        int OC = s->g.OC;
-        int nu = touched_rows(s);
-        for (int j = 0; j < s->g.nout; j++) {
-            for (int u = 0; u < nu; u++) {
-                float *g = s->grad[j] + (size_t)s->uniq[u] * OC;
-                memcpy(s->gcompact + (size_t)u * OC, g, OC * sizeof(float));
-                memset(g, 0, OC * sizeof(float));
+        group_state *s = &t->gs[i];
+        int rows = 1 << s->g.tau, OC = s->g.OC;
+        for (int k = 0; k < s->g.K; k++) {
+            unit_store *u = s->units[k];
+            if (!u) continue;
+            int nu = 0;
+            for (int b = 0; b < rows; b++)
+                if (u->touched[b]) u->uniq[nu++] = b;
+            if (nu == 0) continue;
+            for (int j = 0; j < s->g.nout; j++) {
+                /* compact the touched rows' gradients in place, in ascending row order */
+                for (int q = 0; q < nu; q++)
+                    if (q != u->uniq[q])
+                        memcpy(u->grad[j] + (size_t)q * OC, u->grad[j] + (size_t)u->uniq[q] * OC,
+                               OC * sizeof(float));
+                trainer_sparse_adam_step(u->data[j], u->m[j], u->v[j], u->grad[j], u->uniq, nu,
+                                         OC, lr, beta1, beta2, eps, step, grad_scale);
+                memset(u->grad[j], 0, (size_t)rows * OC * sizeof(float));
             }
-            trainer_sparse_adam_step(s->data[j], s->m[j], s->v[j], s->gcompact, s->uniq, nu, OC, lr,
-                                     beta1, beta2, eps, step, grad_scale);
+            memset(u->touched, 0, rows);
         }
-        for (int u = 0; u < nu; u++) s->touched[s->uniq[u]] = 0;
     }
+    trainer_tables_clear_cache(t);
 }
 
-float *trainer_tables_data(trainer_tables *t, int g, int out, float **m, float **v) {
-    group_store *s = &t->gs[g];
-    LAYER_ASSERT(out >= 0 && out < s->g.nout);
-    if (m) *m = s->m[out];
-    if (v) *v = s->v[out];
-    return s->data[out];
+void trainer_tables_discard_grads(trainer_tables *t) {
+    for (int i = 0; i < t->n; i++) {
+        group_state *s = &t->gs[i];
+        size_t rows = (size_t)1 << s->g.tau;
+        for (int k = 0; k < s->g.K; k++) {
+            unit_store *u = s->units[k];
+            if (!u) continue;
+            for (int j = 0; j < s->g.nout; j++) memset(u->grad[j], 0, rows * s->g.OC * sizeof(float));
+            memset(u->touched, 0, rows);
+        }
+    }
+    trainer_tables_clear_cache(t);
 }
 
-float *trainer_tables_grad(trainer_tables *t, int g, int out) {
-    group_store *s = &t->gs[g];
-    LAYER_ASSERT(out >= 0 && out < s->g.nout);
-    return s->grad[out];
+float *trainer_tables_unit(trainer_tables *t, int g, int k, int out, float **m, float **v,
+                           float **grad) {
+    group_state *s = &t->gs[g];
+    LAYER_ASSERT(k >= 0 && k < s->g.K && out >= 0 && out < s->g.nout);
+    unit_store *u = s->units[k];
+    if (!u) return NULL;
+    if (m) *m = u->m[out];
+    if (v) *v = u->v[out];
+    if (grad) *grad = u->grad[out];
+    return u->data[out];
+}
+
+void trainer_tables_get_stats(const trainer_tables *t, trainer_tables_stats *st) {
+    st->lookups = t->lookups;
+    st->misses = t->misses;
+    st->key_digest = t->digest;
+    comm_exchange_stats(t->x, &st->bytes_sent, &st->exchange_seconds, &st->exchanges);
+}
+
+void trainer_tables_reset_stats(trainer_tables *t) {
+    t->lookups = t->misses = 0;
+    t->digest = 0;
+    comm_exchange_reset_stats(t->x);
 }

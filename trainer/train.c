@@ -12,6 +12,7 @@
 #include "layers/common.h"
 #include "trainer/optim.h"
 #include "trainer/rollout.h"
+#include "trainer/step.h"
 
 void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg, int vocab) {
     memset(spec, 0, sizeof(*spec));
@@ -27,11 +28,7 @@ void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cf
     spec->memory = cfg->memory;
     spec->forgetting = cfg->forgetting;
     spec->write_temp = cfg->write_temp;
-    if (cfg->pos == TRAINER_POS_ROPE) {
-        int hs = cfg->d_model / cfg->n_heads;
-        int rot = (int)(cfg->rope_frac * hs) & ~1;
-        spec->rope_dims = rot < 2 ? 2 : rot;
-    }
+    spec->rope_dims = trainer_config_rope_dim(cfg);
     spec->tau = cfg->tau;
     spec->expand_bits = cfg->expand_bits;
     spec->score = cfg->score == TRAINER_SCORE_PROB ? LAYER_SCORE_PROB : LAYER_SCORE_L1PROB;
@@ -47,10 +44,6 @@ typedef struct stream_state {
     int32_t last;  /* last token of the previous segment */
 } stream_state;
 
-typedef struct run_timers {
-    double compute, comm, io;
-} run_timers;
-
 typedef struct run {
     comm_ctx *comm;
     const trainer_config *cfg;
@@ -60,7 +53,6 @@ typedef struct run {
     int B, first_stream, L, bos;
     stream_state *streams;
     float *M; /* (B, S*C) carried memory */
-    run_timers tm;
     FILE *csv;
 } run;
 
@@ -102,27 +94,55 @@ static void fill_rollout(run *r) {
         }
 }
 
-/* Validation perplexity over eval_segments segments of every stream, from fresh streams. */
+/* Validation perplexity from fresh streams over the validation documents: eval_segments
+ * segments of every stream, or with eval_segments = 0 every validation document once (stream j
+ * reads documents j, j + streams, ...). Collective: every rank runs the same number of
+ * segments, since each lookup of a hashed projection is an exchange. */
 static double evaluate(run *r) {
     const trainer_config *cfg = r->cfg;
     int B = r->B, L = r->L;
     size_t ms = trainer_model_memory_size(r->model);
     stream_state *vs = layer_xcalloc(B, sizeof(stream_state));
     stream_states_init(vs, B, r->first_stream, cfg->streams, L);
+    int64_t *quota = layer_xcalloc(B, sizeof(int64_t));
+    uint8_t *done = layer_xcalloc(B, 1);
+    for (int b = 0; b < B; b++) {
+        int64_t j = r->first_stream + b;
+        quota[b] = j < r->val->ndocs ? (r->val->ndocs - j + cfg->streams - 1) / cfg->streams : 0;
+    }
     size_t n = (size_t)B * L;
     int32_t *enc = layer_xmalloc(n * sizeof(int32_t)), *dec = layer_xmalloc(n * sizeof(int32_t));
     int32_t *tgt = layer_xmalloc(n * sizeof(int32_t));
-    uint8_t *reset = layer_xmalloc(B ? B : 1);
+    uint8_t *reset = layer_xmalloc(B);
     float *M = layer_xcalloc(B * ms + 1, sizeof(float)), *Mn = layer_xcalloc(B * ms + 1, sizeof(float));
     trainer_arena *arena = trainer_arena_create((size_t)16 << 20);
     double sums[2] = {0, 0};
-    for (int t = 0; t < cfg->eval_segments; t++) {
-        for (int b = 0; b < B; b++)
-            fill_segment(&vs[b], r->val, L, r->bos, enc + b * L, dec + b * L, tgt + b * L, reset + b);
+    for (int t = 0;; t++) {
+        if (cfg->eval_segments > 0 && t >= cfg->eval_segments) break;
+        int64_t active = 0;
+        for (int b = 0; b < B; b++) {
+            int32_t *e = enc + (size_t)b * L, *d = dec + (size_t)b * L, *g = tgt + (size_t)b * L;
+            if (!done[b]) {
+                fill_segment(&vs[b], r->val, L, r->bos, e, d, g, reset + b);
+                if (cfg->eval_segments == 0 && vs[b].io.doc_count > quota[b]) done[b] = 1;
+            }
+            if (done[b]) { /* an idle stream: nothing scored */
+                for (int i = 0; i < L; i++) {
+                    e[i] = d[i] = r->bos;
+                    g[i] = -1;
+                }
+                reset[b] = 1;
+            }
+            active += !done[b];
+        }
+        if (cfg->eval_segments == 0) {
+            comm_sum_i64(r->comm, &active, 1);
+            if (active == 0) break;
+        }
         trainer_batch bt = {.B = B, .L = L, .enc_tok = enc, .dec_tok = dec, .tgt = tgt, .reset = reset};
         trainer_arena_reset(arena);
         int cnt = 0;
-        if (B > 0) sums[0] += trainer_model_forward(r->model, arena, &bt, ms ? M : NULL, ms ? Mn : NULL, &cnt, NULL);
+        sums[0] += trainer_model_forward(r->model, arena, &bt, ms ? M : NULL, ms ? Mn : NULL, &cnt, NULL);
         sums[1] += cnt;
         float *tmp = M;
         M = Mn;
@@ -131,6 +151,8 @@ static double evaluate(run *r) {
     comm_sum_doubles(r->comm, sums, 2);
     trainer_arena_free(arena);
     stream_states_free(vs, B);
+    free(quota);
+    free(done);
     free(enc);
     free(dec);
     free(tgt);
@@ -140,16 +162,68 @@ static double evaluate(run *r) {
     return sums[1] > 0 ? exp(sums[0] / sums[1]) : NAN;
 }
 
-/* AdamW over every dense tensor: weight decay only where the tensor asks for it. */
-static void dense_step(trainer_params *p, const trainer_config *cfg, float lr, int64_t t,
-                       float scale) {
-    for (int i = 0; i < p->n; i++) {
-        const trainer_tensor *x = &p->t[i];
-        trainer_adamw_step(p->data + x->off, p->grad + x->off, p->m + x->off, p->v + x->off,
-                           x->size, lr, cfg->beta1, cfg->beta2, 1e-8f,
-                           x->decay ? cfg->weight_decay : 0.0f, t, scale);
+static void fmt_eta(char *buf, size_t n, double s) {
+    if (!(s >= 0) || s > 1e7) { snprintf(buf, n, "?"); return; }
+    int h = (int)(s / 3600), m = (int)(s / 60) % 60, sec = (int)s % 60;
+    if (h) snprintf(buf, n, "%dh%02dm", h, m);
+    else snprintf(buf, n, "%dm%02ds", m, sec);
+}
+
+/* Figures summed over the steps since the last log line. */
+typedef struct log_window {
+    int steps;
+    double loss, tokens, time, io, alltoall, allreduce, eval;
+    double bytes, lookups, misses;
+} log_window;
+
+#define CSV_HEADER                                                                           \
+    "step,train_loss,train_ppl,lr,grad_norm,tokens_per_s,ms_compute,ms_alltoall,ms_allreduce," \
+    "ms_io,bytes_sent_per_rank,cache_hit_rate,val_ppl"
+
+static void window_add(log_window *w, const trainer_step_info *si) {
+    w->steps++;
+    w->loss += si->loss_sum;
+    w->tokens += si->tokens;
+    w->time += si->sec_total;
+    w->alltoall += si->sec_alltoall;
+    w->allreduce += si->sec_allreduce;
+    w->bytes += (double)si->bytes_sent;
+    w->lookups += (double)si->lookups;
+    w->misses += (double)si->misses;
+}
+
+/* Rank 0 prints one line and appends the same figures to metrics.csv. Collective (the byte
+ * and cache counters are averaged over ranks). */
+static void log_line(run *r, log_window *w, int64_t step, const trainer_step_info *si,
+                     double val_ppl, double elapsed) {
+    double avg[3] = {w->bytes, w->lookups, w->misses};
+    comm_sum_doubles(r->comm, avg, 3);
+    if (comm_rank(r->comm) != 0 || w->steps == 0) return;
+    const trainer_config *cfg = r->cfg;
+    int P = comm_size(r->comm);
+    double k = 1000.0 / w->steps;
+    double loss = w->tokens > 0 ? w->loss / w->tokens : 0.0;
+    double tps = w->tokens / (w->time + w->io > 0 ? w->time + w->io : 1e-9);
+    double ms_compute = (w->time - w->alltoall - w->allreduce) * k;
+    double bytes = avg[0] / P / w->steps, hit = avg[1] > 0 ? 1.0 - avg[2] / avg[1] : 1.0;
+    char eta[32];
+    fmt_eta(eta, sizeof(eta), elapsed / (double)(step + 1) * (double)(cfg->steps - step - 1));
+    printf("step %lld/%lld | loss %.4f ppl %.3f | lr %.2e | gnorm %.3f | %.0f tok/s | ms/step "
+           "compute %.1f a2a %.1f allreduce %.1f io %.1f",
+           (long long)step + 1, (long long)cfg->steps, loss, exp(loss), si->lr, si->grad_norm,
+           tps, ms_compute, w->alltoall * k, w->allreduce * k, w->io * k);
+    if (avg[1] > 0) printf(" | sent %.1f KiB/rank/step, cache hit %.1f%%", bytes / 1024, 100 * hit);
+    if (!isnan(val_ppl)) printf(" | val ppl %.3f", val_ppl);
+    printf(" | eta %s\n", eta);
+    fflush(stdout);
+    if (r->csv) {
+        fprintf(r->csv, "%lld,%.6f,%.6f,%.6e,%.6f,%.1f,%.3f,%.3f,%.3f,%.3f,%.0f,%.4f,",
+                (long long)step + 1, loss, exp(loss), si->lr, si->grad_norm, tps, ms_compute,
+                w->alltoall * k, w->allreduce * k, w->io * k, bytes, hit);
+        if (!isnan(val_ppl)) fprintf(r->csv, "%.6f", val_ppl);
+        fprintf(r->csv, "\n");
+        fflush(r->csv);
     }
-    memset(p->grad, 0, p->total * sizeof(float));
 }
 
 static int make_dir(const char *path) {
@@ -162,13 +236,6 @@ static int make_dir(const char *path) {
         *s = '/';
     }
     return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
-}
-
-static void fmt_eta(char *buf, size_t n, double s) {
-    if (!(s >= 0) || s > 1e7) { snprintf(buf, n, "?"); return; }
-    int h = (int)(s / 3600), m = (int)(s / 60) % 60, sec = (int)s % 60;
-    if (h) snprintf(buf, n, "%dh%02dm", h, m);
-    else snprintf(buf, n, "%dm%02ds", m, sec);
 }
 
 static void load_data(run *r) {
@@ -194,12 +261,10 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
                  cfg->streams, P);
         comm_exit_error(comm, err);
     }
-    double t0 = comm_time();
     load_data(r);
-    r->tm.io += comm_time() - t0;
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, cfg, r->train->vocab);
-    r->model = trainer_model_create(&spec);
+    r->model = trainer_model_create(&spec, comm);
     r->L = cfg->seg_len;
     r->bos = r->train->vocab;
     /* streams are dealt in contiguous blocks, as evenly as the count allows */
@@ -207,12 +272,13 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
     r->B = (int)((int64_t)cfg->streams * (rank + 1) / P) - r->first_stream;
     r->streams = layer_xcalloc(r->B, sizeof(stream_state));
     stream_states_init(r->streams, r->B, r->first_stream, cfg->streams, r->L);
-    trainer_bptt_mode mode = cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_BPTT_FULL_MODE : TRAINER_BPTT_MRBP_MODE;
+    trainer_rollout_mode mode = cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
     r->rollout = trainer_rollout_create(r->model, cfg->horizon, r->B, mode);
     size_t ms = trainer_model_memory_size(r->model);
     r->M = layer_xcalloc((size_t)r->B * ms + 1, sizeof(float));
     trainer_params *params = trainer_model_params(r->model);
     trainer_tables *tables = trainer_model_tables(r->model);
+    trainer_tables_print_plan(tables);
 
     if (rank == 0) {
         char d1[256], d2[256];
@@ -230,97 +296,37 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
             snprintf(path, sizeof(path), "%s/metrics.csv", cfg->run_dir);
             r->csv = fopen(path, "a");
             if (r->csv && ftell(r->csv) == 0)
-                fprintf(r->csv, "step,train_loss,train_ppl,lr,grad_norm,tokens_per_s,ms_compute,"
-                                "ms_comm,ms_io,val_ppl\n");
+                fprintf(r->csv, "%s\n", CSV_HEADER);
         }
         if (!r->csv) fprintf(stderr, "memtrain: warning: cannot write %s/metrics.csv\n", cfg->run_dir);
         fflush(stdout);
     }
 
     double run_start = comm_time();
-    double win_loss = 0, win_tokens = 0, win_time = 0;
-    int win_steps = 0;
-    run_timers win = {0, 0, 0};
+    log_window w;
+    memset(&w, 0, sizeof(w));
     int fail = 0;
     for (int64_t step = 0; step < cfg->steps; step++) {
-        double ts = comm_time();
-        run_timers before = r->tm;
         double t = comm_time();
         fill_rollout(r);
-        r->tm.io += comm_time() - t;
-
-        t = comm_time();
-        int64_t count = 0;
-        double loss = r->B ? trainer_rollout_forward(r->rollout, r->model, r->M, &count) : 0.0;
-        r->tm.compute += comm_time() - t;
-        t = comm_time();
-        double red[2] = {loss, (double)count};
-        comm_sum_doubles(comm, red, 2);
-        r->tm.comm += comm_time() - t;
-        double mean_loss = red[1] > 0 ? red[0] / red[1] : 0.0;
-        if (!isfinite(mean_loss)) {
-            snprintf(err, sizeof(err), "training loss is %s at step %lld; lower lr (now %g) or grad_clip",
-                     isnan(mean_loss) ? "NaN" : "infinite", (long long)step + 1, cfg->lr);
+        w.io += comm_time() - t;
+        trainer_step_info si;
+        if (trainer_step(r->model, r->rollout, r->M, comm, cfg, step, &si, err, sizeof(err)) != 0) {
             fail = 1;
             break;
         }
-        t = comm_time();
-        if (r->B) trainer_rollout_backward(r->rollout, r->model, red[1] > 0 ? (float)(1.0 / red[1]) : 0.0f);
-        r->tm.compute += comm_time() - t;
-
-        t = comm_time();
-        comm_sum_floats(comm, params->grad, params->total);
-        r->tm.comm += comm_time() - t;
-        t = comm_time();
-        double sq = trainer_sumsq(params->grad, params->total) + trainer_tables_grad_sumsq(tables);
-        double gnorm = sqrt(sq);
-        float scale = trainer_clip_scale(gnorm, cfg->grad_clip);
-        float lr = trainer_lr_at(step, cfg);
-        dense_step(params, cfg, lr, step + 1, scale);
-        trainer_tables_step(tables, lr * cfg->table_lr_scale, cfg->beta1, cfg->beta2, 1e-8f,
-                            step + 1, scale);
-        r->tm.compute += comm_time() - t;
-
-        double dt = comm_time() - ts;
-        win_loss += red[0];
-        win_tokens += red[1];
-        win_time += dt;
-        win.compute += r->tm.compute - before.compute;
-        win.comm += r->tm.comm - before.comm;
-        win.io += r->tm.io - before.io;
+        window_add(&w, &si);
         int last = step + 1 == cfg->steps;
         double val_ppl = NAN;
         if (cfg->eval_every > 0 && ((step + 1) % cfg->eval_every == 0 || last)) {
             t = comm_time();
             val_ppl = evaluate(r);
-            r->tm.compute += comm_time() - t;
+            trainer_tables_clear_cache(tables);
+            w.eval += comm_time() - t;
         }
-        win_steps++;
         if ((cfg->log_every > 0 && (step + 1) % cfg->log_every == 0) || last || !isnan(val_ppl)) {
-            if (rank == 0 && win_tokens > 0) {
-                double wl = win_loss / win_tokens, elapsed = comm_time() - run_start;
-                char eta[32];
-                fmt_eta(eta, sizeof(eta), elapsed / (double)(step + 1) * (double)(cfg->steps - step - 1));
-                /* averages over the steps since the previous line */
-                double k = 1000.0 / win_steps, tps = win_tokens / (win_time > 0 ? win_time : 1e-9);
-                printf("step %lld/%lld | loss %.4f | ppl %.3f | lr %.2e | gnorm %.3f | %.0f tok/s | "
-                       "ms/step compute %.1f comm %.1f io %.1f | eta %s",
-                       (long long)step + 1, (long long)cfg->steps, wl, exp(wl), lr, gnorm, tps,
-                       win.compute * k, win.comm * k, win.io * k, eta);
-                if (!isnan(val_ppl)) printf(" | val ppl %.3f", val_ppl);
-                printf("\n");
-                fflush(stdout);
-                if (r->csv) {
-                    fprintf(r->csv, "%lld,%.6f,%.6f,%.6e,%.6f,%.1f,%.3f,%.3f,%.3f,", (long long)step + 1,
-                            wl, exp(wl), lr, gnorm, tps, win.compute * k, win.comm * k, win.io * k);
-                    if (!isnan(val_ppl)) fprintf(r->csv, "%.6f", val_ppl);
-                    fprintf(r->csv, "\n");
-                    fflush(r->csv);
-                }
-            }
-            win_loss = win_tokens = win_time = 0;
-            win_steps = 0;
-            win = (run_timers){0, 0, 0};
+            log_line(r, &w, step, &si, val_ppl, comm_time() - run_start);
+            memset(&w, 0, sizeof(w));
         }
     }
     if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);

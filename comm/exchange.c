@@ -1,0 +1,243 @@
+/* Table-parallel row exchange over MPI_Alltoallv: keys grouped by owner, rows or gradients in reply. */
+#include "comm/exchange.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/comm_internal.h"
+#include "layers/common.h"
+
+/* MPI errors are system or programming errors here: report the call site and stop every rank. */
+#define MPI_CHECK(comm, call)                                                             \
+    do {                                                                                  \
+        int rc_ = (call);                                                                 \
+        if (rc_ != MPI_SUCCESS) {                                                         \
+            char es_[MPI_MAX_ERROR_STRING];                                               \
+            int len_ = 0;                                                                 \
+            MPI_Error_string(rc_, es_, &len_);                                            \
+            fprintf(stderr, "memtrain: MPI error at %s:%d: %s\n", __FILE__, __LINE__, es_); \
+            MPI_Abort((comm), 3);                                                         \
+        }                                                                                 \
+    } while (0)
+
+/* Which exchange a header belongs to: a rank in fetch while a peer is in push must be caught,
+ * since the message sizes could match and silently mix keys with gradients. */
+enum { OP_FETCH = 0x4645, OP_PUSH = 0x5055 };
+enum { HDR_INTS = 3 };
+_Static_assert(COMM_EXCHANGE_HEADER_BYTES == HDR_INTS * sizeof(int), "header size");
+
+typedef struct row_type {
+    int W;
+    MPI_Datatype t;
+} row_type;
+
+struct comm_exchange {
+    MPI_Comm comm;
+    int rank, P;
+    /* per peer (P): key counts and offsets of the grouped send and receive buffers */
+    int *scount, *sdispl, *rcount, *rdispl, *pos;
+    int *shdr, *rhdr; /* (P, HDR_INTS) */
+    /* grown on demand, kept between calls */
+    int *slot; /* (n) place of caller's key i in the owner-grouped order */
+    int64_t *skeys, *rkeys;
+    float *sbuf, *rbuf;
+    size_t slot_cap, skeys_cap, rkeys_cap, sbuf_cap, rbuf_cap;
+    /* committed row datatypes, one per W seen, so Alltoallv counts are in rows, not floats */
+    row_type *types;
+    int ntypes, types_cap;
+    int64_t bytes, calls;
+    double seconds;
+};
+
+comm_exchange *comm_exchange_create(comm_ctx *c) {
+    comm_exchange *x = layer_xcalloc(1, sizeof(*x));
+    x->comm = comm_mpi(c);
+    x->rank = comm_rank(c);
+    x->P = comm_size(c);
+    size_t P = (size_t)x->P;
+    x->scount = layer_xcalloc(P, sizeof(int));
+    x->sdispl = layer_xcalloc(P, sizeof(int));
+    x->rcount = layer_xcalloc(P, sizeof(int));
+    x->rdispl = layer_xcalloc(P, sizeof(int));
+    x->pos = layer_xcalloc(P, sizeof(int));
+    x->shdr = layer_xcalloc(P * HDR_INTS, sizeof(int));
+    x->rhdr = layer_xcalloc(P * HDR_INTS, sizeof(int));
+    return x;
+}
+
+void comm_exchange_free(comm_exchange *x) {
+    if (!x) return;
+    for (int i = 0; i < x->ntypes; i++) MPI_CHECK(x->comm, MPI_Type_free(&x->types[i].t));
+    free(x->types);
+    free(x->scount);
+    free(x->sdispl);
+    free(x->rcount);
+    free(x->rdispl);
+    free(x->pos);
+    free(x->shdr);
+    free(x->rhdr);
+    free(x->slot);
+    free(x->skeys);
+    free(x->rkeys);
+    free(x->sbuf);
+    free(x->rbuf);
+    free(x);
+}
+
+void comm_exchange_stats(const comm_exchange *x, int64_t *bytes_sent, double *seconds,
+                         int64_t *calls) {
+    if (bytes_sent) *bytes_sent = x->bytes;
+    if (seconds) *seconds = x->seconds;
+    if (calls) *calls = x->calls;
+}
+
+void comm_exchange_reset_stats(comm_exchange *x) {
+    x->bytes = 0;
+    x->seconds = 0.0;
+    x->calls = 0;
+}
+
+int comm_exchange_check_count(int64_t n) { return n >= 0 && n <= INT_MAX; }
+
+int64_t comm_exchange_offsets(const int *counts, int P, int *displs) {
+    int64_t total = 0;
+    for (int p = 0; p < P; p++) {
+        if (!comm_exchange_check_count(total) || !comm_exchange_check_count(counts[p]))
+            return -1;
+        displs[p] = (int)total;
+        total += counts[p];
+    }
+    return comm_exchange_check_count(total) ? total : -1;
+}
+
+/* Makes *buf hold at least need elements of size sz. The old contents are not kept: every
+ * caller overwrites the buffer completely. Never shrinks, so steady-state steps allocate
+ * nothing. */
+static void grow(void **buf, size_t *cap, size_t need, size_t sz) {
+    if (need <= *cap && *buf) return;
+    size_t n = need > 2 * *cap ? need : 2 * *cap;
+    if (n == 0) n = 1; /* MPI gets a valid pointer even for empty exchanges */
+    free(*buf);
+    *buf = layer_xmalloc(n * sz);
+    *cap = n;
+}
+
+static MPI_Datatype row_type_of(comm_exchange *x, int W) {
+    for (int i = 0; i < x->ntypes; i++)
+        if (x->types[i].W == W) return x->types[i].t;
+    if (x->ntypes == x->types_cap) {
+        int cap = x->types_cap ? 2 * x->types_cap : 4;
+        row_type *t = layer_xmalloc((size_t)cap * sizeof(*t));
+        if (x->ntypes) memcpy(t, x->types, (size_t)x->ntypes * sizeof(*t));
+        free(x->types);
+        x->types = t;
+        x->types_cap = cap;
+    }
+    row_type *r = &x->types[x->ntypes++];
+    r->W = W;
+    MPI_CHECK(x->comm, MPI_Type_contiguous(W, MPI_FLOAT, &r->t));
+    MPI_CHECK(x->comm, MPI_Type_commit(&r->t));
+    return r->t;
+}
+
+/* Shared first half of fetch and push: groups the caller's keys by owner (stable, so each
+ * owner sees them in the caller's order), agrees on counts with every peer and sends the keys.
+ * Afterwards skeys/slot hold the grouped keys, rkeys the keys of every source in source order,
+ * and the counts and offsets describe both sides. Returns the number of keys received. */
+static int route_keys(comm_exchange *x, const int64_t *keys, const int *owner, int n, int W,
+                      int op) {
+    int P = x->P;
+    LAYER_ASSERT(n >= 0 && W >= 1);
+    LAYER_ASSERT(n == 0 || (keys && owner));
+    x->calls++;
+
+    memset(x->scount, 0, (size_t)P * sizeof(int));
+    for (int i = 0; i < n; i++) {
+        LAYER_ASSERT(owner[i] >= 0 && owner[i] < P && "exchange: key owner is not a rank");
+        x->scount[owner[i]]++;
+    }
+    /* n is an int, so the send side always fits */
+    LAYER_ASSERT(comm_exchange_offsets(x->scount, P, x->sdispl) == n);
+    grow((void **)&x->slot, &x->slot_cap, (size_t)n, sizeof(int));
+    grow((void **)&x->skeys, &x->skeys_cap, (size_t)n, sizeof(int64_t));
+    memcpy(x->pos, x->sdispl, (size_t)P * sizeof(int));
+    for (int i = 0; i < n; i++) {
+        int s = x->pos[owner[i]]++;
+        x->slot[i] = s;
+        x->skeys[s] = keys[i];
+    }
+
+    for (int p = 0; p < P; p++) {
+        x->shdr[HDR_INTS * p + 0] = x->scount[p];
+        x->shdr[HDR_INTS * p + 1] = W;
+        x->shdr[HDR_INTS * p + 2] = op;
+    }
+    double t0 = MPI_Wtime();
+    MPI_CHECK(x->comm,
+              MPI_Alltoall(x->shdr, HDR_INTS, MPI_INT, x->rhdr, HDR_INTS, MPI_INT, x->comm));
+    x->seconds += MPI_Wtime() - t0;
+    for (int p = 0; p < P; p++) {
+        x->rcount[p] = x->rhdr[HDR_INTS * p + 0];
+        LAYER_ASSERT(x->rhdr[HDR_INTS * p + 2] == op &&
+                     "exchange: ranks called fetch and push out of step");
+        LAYER_ASSERT(x->rhdr[HDR_INTS * p + 1] == W && "exchange: ranks passed different W");
+    }
+    int64_t m = comm_exchange_offsets(x->rcount, P, x->rdispl);
+    LAYER_ASSERT(m >= 0 && "exchange: keys requested from this rank exceed MPI's int counts; "
+                           "use more ranks or fewer tokens per step");
+
+    grow((void **)&x->rkeys, &x->rkeys_cap, (size_t)m, sizeof(int64_t));
+    t0 = MPI_Wtime();
+    MPI_CHECK(x->comm, MPI_Alltoallv(x->skeys, x->scount, x->sdispl, MPI_INT64_T, x->rkeys,
+                                     x->rcount, x->rdispl, MPI_INT64_T, x->comm));
+    x->seconds += MPI_Wtime() - t0;
+    x->bytes += (int64_t)COMM_EXCHANGE_HEADER_BYTES * (P - 1) +
+                (int64_t)sizeof(int64_t) * (n - x->scount[x->rank]);
+    return (int)m;
+}
+
+void comm_exchange_fetch(comm_exchange *x, const int64_t *keys, const int *owner, int n, int W,
+                         float *rows, comm_exchange_serve_fn serve, void *ctx) {
+    int m = route_keys(x, keys, owner, n, W, OP_FETCH);
+    size_t w = (size_t)W;
+    grow((void **)&x->sbuf, &x->sbuf_cap, (size_t)m * w, sizeof(float));
+    if (m > 0) serve(ctx, x->rkeys, m, x->sbuf);
+
+    /* the replies retrace the requests: what came in from p goes back to p */
+    grow((void **)&x->rbuf, &x->rbuf_cap, (size_t)n * w, sizeof(float));
+    MPI_Datatype row = row_type_of(x, W);
+    double t0 = MPI_Wtime();
+    MPI_CHECK(x->comm, MPI_Alltoallv(x->sbuf, x->rcount, x->rdispl, row, x->rbuf, x->scount,
+                                     x->sdispl, row, x->comm));
+    x->seconds += MPI_Wtime() - t0;
+    x->bytes += (int64_t)sizeof(float) * W * (m - x->rcount[x->rank]);
+
+    for (int i = 0; i < n; i++)
+        memcpy(rows + (size_t)i * w, x->rbuf + (size_t)x->slot[i] * w, w * sizeof(float));
+}
+
+void comm_exchange_push(comm_exchange *x, const int64_t *keys, const int *owner,
+                        const float *grads, int n, int W, comm_exchange_accumulate_fn accumulate,
+                        void *ctx) {
+    LAYER_ASSERT(n == 0 || grads);
+    int m = route_keys(x, keys, owner, n, W, OP_PUSH);
+    size_t w = (size_t)W;
+    grow((void **)&x->sbuf, &x->sbuf_cap, (size_t)n * w, sizeof(float));
+    for (int i = 0; i < n; i++)
+        memcpy(x->sbuf + (size_t)x->slot[i] * w, grads + (size_t)i * w, w * sizeof(float));
+
+    grow((void **)&x->rbuf, &x->rbuf_cap, (size_t)m * w, sizeof(float));
+    MPI_Datatype row = row_type_of(x, W);
+    double t0 = MPI_Wtime();
+    MPI_CHECK(x->comm, MPI_Alltoallv(x->sbuf, x->scount, x->sdispl, row, x->rbuf, x->rcount,
+                                     x->rdispl, row, x->comm));
+    x->seconds += MPI_Wtime() - t0;
+    x->bytes += (int64_t)sizeof(float) * W * (n - x->scount[x->rank]);
+
+    for (int src = 0; src < x->P; src++)
+        if (x->rcount[src] > 0)
+            accumulate(ctx, src, x->rkeys + x->rdispl[src], x->rbuf + (size_t)x->rdispl[src] * w,
+                       x->rcount[src]);
+}

@@ -1,0 +1,78 @@
+/* Table-parallel row exchange: fetch rows of hashed keys from their owner ranks, push row gradients back. */
+#ifndef MEMTRAIN_COMM_EXCHANGE_H
+#define MEMTRAIN_COMM_EXCHANGE_H
+
+#include <stdint.h>
+
+#include "comm/comm.h"
+
+/* Every table row lives on one owner rank (DESIGN.md 2). A key is an int64 the caller encodes
+ * (for example (table unit << 32) | bucket); its data is W floats, which may be several table
+ * rows that share the key (the Q, K and V tables of one chunk).
+ *
+ *   comm_exchange *x = comm_exchange_create(c);
+ *   comm_exchange_fetch(x, keys, owner, n, W, rows, serve_rows, store);    // forward
+ *   comm_exchange_push(x, keys, owner, grads, n, W, add_grads, store);     // backward
+ *   comm_exchange_free(x);                                                 // before comm_finalize
+ *
+ * Both exchanges are collective over the context's communicator: every rank calls them in the
+ * same order with the same W, also a rank with n = 0. Each one is an MPI_Alltoall of a small
+ * header per peer (key count, W, which exchange) and two MPI_Alltoallv (keys, then rows).
+ * A rank that finds a mismatched W or exchange kind in a header aborts the job, since the
+ * ranks have lost step with each other. */
+typedef struct comm_exchange comm_exchange;
+
+/* Bytes of the header every call sends to each other rank (three ints). */
+enum { COMM_EXCHANGE_HEADER_BYTES = 12 };
+
+/* Buffers and counters for exchanges over c, which must outlive the result. Never returns NULL.
+ * Release with comm_exchange_free. */
+comm_exchange *comm_exchange_create(comm_ctx *c);
+/* Releases buffers and cached MPI datatypes; call before comm_finalize. NULL is fine. */
+void comm_exchange_free(comm_exchange *x);
+
+/* Owner-side callback of a fetch: fill out (m, W) with the data of keys (m), all owned by this
+ * rank. The keys are the requests of every source rank (this one included) concatenated in
+ * increasing source rank, each source's keys in the order that source listed them. */
+typedef void (*comm_exchange_serve_fn)(void *ctx, const int64_t *keys, int m, float *out);
+
+/* Owner-side callback of a push: add the gradient rows g (m, W) of keys (m), sent by rank src,
+ * into this rank's store. */
+typedef void (*comm_exchange_accumulate_fn)(void *ctx, int src, const int64_t *keys,
+                                            const float *g, int m);
+
+/* Forward lookup. keys (n) are this rank's keys, each once (duplicates are fetched twice);
+ * owner (n) their owner ranks in [0, P). On return rows (n, W) holds the data of key i in
+ * row i. serve is called at most once per call, and not at all when no rank asks this rank
+ * for anything. keys, owner and rows may be NULL when n = 0. W >= 1. Aborts (LAYER_ASSERT)
+ * on an owner out of range or when the keys this rank must serve exceed MPI's int counts. */
+void comm_exchange_fetch(comm_exchange *x, const int64_t *keys, const int *owner, int n, int W,
+                         float *rows, comm_exchange_serve_fn serve, void *ctx);
+
+/* Backward push. Sends grads (n, W), row i being the gradient of keys[i], to the owners
+ * (owner (n) as for fetch); the caller has already summed its own contributions per key.
+ * On the owner, accumulate is called once per source rank that sent it at least one key, in
+ * increasing source rank, with that source's keys in the order the source listed them, so
+ * the owner adds contributions in a fixed order and the result is the same on every run.
+ * Failure behaviour as for fetch. */
+void comm_exchange_push(comm_exchange *x, const int64_t *keys, const int *owner,
+                        const float *grads, int n, int W, comm_exchange_accumulate_fn accumulate,
+                        void *ctx);
+
+/* Counters since create or the last reset: bytes this rank sent to other ranks (headers, keys
+ * at 8 bytes, rows at 4W bytes; data a rank keeps for itself is not counted), wall seconds
+ * spent inside the all-to-all calls, and the number of fetch and push calls. Any output
+ * pointer may be NULL. */
+void comm_exchange_stats(const comm_exchange *x, int64_t *bytes_sent, double *seconds,
+                         int64_t *calls);
+void comm_exchange_reset_stats(comm_exchange *x);
+
+/* 1 if a count of n items (rows or keys) can be an MPI int count, else 0. */
+int comm_exchange_check_count(int64_t n);
+/* Start offsets of P consecutive blocks of counts (P) items, into displs (P), as
+ * MPI_Alltoallv wants them. Returns the total, or -1 when an offset or the total does not
+ * fit an int (MPI's displacements are int as well as its counts); displs is then partly
+ * written. Exposed so its limits can be tested without allocating 2^31 rows. */
+int64_t comm_exchange_offsets(const int *counts, int P, int *displs);
+
+#endif
