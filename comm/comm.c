@@ -65,8 +65,11 @@ void comm_sum_floats(comm_ctx *c, float *buf, size_t n) {
     }
 }
 
-void comm_sum_doubles(comm_ctx *c, double *buf, int n) {
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_SUM, c->comm));
+void comm_sum_doubles(comm_ctx *c, double *buf, size_t n) {
+    for (size_t off = 0; off < n; off += CHUNK) {
+        int len = (int)(n - off < CHUNK ? n - off : CHUNK);
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + off, len, MPI_DOUBLE, MPI_SUM, c->comm));
+    }
 }
 
 void comm_sum_i64(comm_ctx *c, int64_t *buf, int n) {

@@ -30,9 +30,9 @@ static void fill_random(trainer_rollout *r, int vocab, layer_rng *rng) {
         r->tgt[i] = tu_randint(rng, 0, vocab - 1);
     }
     r->tgt[3] = -1; /* an unscored position */
-    for (int t = 0; t < r->T; t++)
-        for (int b = 0; b < r->B; b++) r->reset[t * r->B + b] = (uint8_t)(t == 0 && b == 0);
-    if (r->T > 2) r->reset[2 * r->B + 1] = 1;
+    for (int b = 0; b < r->B; b++)
+        for (int t = 0; t < r->T; t++) r->reset[b * r->T + t] = (uint8_t)(t == 0 && b == 0);
+    if (r->T > 2) r->reset[1 * r->T + 2] = 1;
 }
 
 typedef struct fd_ctx {
@@ -108,8 +108,7 @@ static void check_config(int memformer, int hash, trainer_rollout_mode mode) {
     c.M = tu_zeros(ms + 1);
     /* analytic gradient of the summed loss */
     memcpy(c.M, c.M0, (ms + 1) * sizeof(float));
-    trainer_rollout_forward(r, m, c.M);
-    double l_bwd = trainer_rollout_backward(r, m, 1.0f);
+    double l_bwd = trainer_rollout_train(r, m, c.M, 1.0f, NULL, NULL);
     trainer_tables_reduce_grads(trainer_model_tables(m));
     ck_assert_double_eq_tol(l_bwd, rollout_loss(&c), 1e-9 * fabs(l_bwd));
     trainer_params *P = trainer_model_params(m);
@@ -186,8 +185,8 @@ static float *rollout_grads(int hash, trainer_rollout_mode mode, size_t *n_out, 
     fill_random(r, spec.vocab, &rng);
     size_t ms = trainer_model_memory_size(m) * B;
     float *M = tu_randn(&rng, ms, 0.25f);
-    int64_t cnt = trainer_rollout_forward(r, m, M);
-    *loss_out = trainer_rollout_backward(r, m, 1.0f / (float)cnt);
+    int64_t cnt = trainer_rollout_count(r);
+    *loss_out = trainer_rollout_train(r, m, M, 1.0f / (float)cnt, NULL, NULL);
     trainer_params *P = trainer_model_params(m);
     trainer_tables *tb = trainer_model_tables(m);
     trainer_tables_reduce_grads(tb);

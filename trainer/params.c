@@ -42,7 +42,8 @@ void trainer_params_alloc(trainer_params *p, uint64_t seed) {
     p->grad = aligned_alloc(64, bytes);
     p->m = aligned_alloc(64, bytes);
     p->v = aligned_alloc(64, bytes);
-    LAYER_ASSERT(p->data && p->grad && p->m && p->v);
+    p->grad64 = calloc(p->total ? p->total : 1, sizeof(double));
+    LAYER_ASSERT(p->data && p->grad && p->m && p->v && p->grad64);
     memset(p->data, 0, bytes);
     memset(p->grad, 0, bytes);
     memset(p->m, 0, bytes);
@@ -64,9 +65,24 @@ void trainer_params_release(trainer_params *p) {
     free(p->t);
     free(p->data);
     free(p->grad);
+    free(p->grad64);
     free(p->m);
     free(p->v);
     memset(p, 0, sizeof(*p));
+}
+
+void trainer_params_fold(trainer_params *p) {
+    for (size_t i = 0; i < p->total; i++) {
+        p->grad64[i] += p->grad[i];
+        p->grad[i] = 0.0f;
+    }
+}
+
+void trainer_params_unfold(trainer_params *p) {
+    for (size_t i = 0; i < p->total; i++) {
+        p->grad[i] = (float)p->grad64[i];
+        p->grad64[i] = 0.0;
+    }
 }
 
 const trainer_tensor *trainer_params_find(const trainer_params *p, const char *name) {

@@ -26,6 +26,7 @@ typedef struct trainer_params {
     trainer_tensor *t;
     size_t total;
     float *data, *grad, *m, *v;
+    double *grad64; /* sum of the folded per-stream gradients */
 } trainer_params;
 
 void trainer_params_init(trainer_params *p);
@@ -36,6 +37,11 @@ size_t trainer_params_add(trainer_params *p, const char *name, size_t size, trai
  * (seed, name), so values do not depend on registration order or on the rank count. */
 void trainer_params_alloc(trainer_params *p, uint64_t seed);
 void trainer_params_release(trainer_params *p);
+/* grad64 += grad, grad = 0: one stream's gradient joins the step's sum in double, so the sum
+ * does not depend on how streams are split over ranks (to float rounding, almost always). */
+void trainer_params_fold(trainer_params *p);
+/* grad = (float)grad64, grad64 = 0: after the sum over ranks. */
+void trainer_params_unfold(trainer_params *p);
 const trainer_tensor *trainer_params_find(const trainer_params *p, const char *name);
 /* Seed for the stream of a named tensor. */
 uint64_t trainer_seed_for(uint64_t seed, const char *name, uint64_t extra);

@@ -1,10 +1,12 @@
-/* Memory replay back-propagation and full back-propagation through time over one rollout. */
+/* Memory replay back-propagation and full back-propagation through time over one rollout, stream by stream. */
 #include "trainer/rollout.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "layers/common.h"
+
+static int narenas(const trainer_rollout *r) { return r->mode == TRAINER_ROLLOUT_FULL ? r->T : 1; }
 
 trainer_rollout *trainer_rollout_create(const trainer_model *m, int T, int B, trainer_rollout_mode mode) {
     const trainer_model_spec *s = trainer_model_get_spec(m);
@@ -14,25 +16,23 @@ trainer_rollout *trainer_rollout_create(const trainer_model *m, int T, int B, tr
     r->L = s->L;
     r->mode = mode;
     r->msize = trainer_model_memory_size(m);
-    size_t n = (size_t)T * B * r->L;
+    size_t n = (size_t)T * B * r->L, ms = r->msize ? r->msize : 1;
     r->enc = layer_xmalloc(n * sizeof(int32_t));
     r->dec = layer_xmalloc(n * sizeof(int32_t));
     r->tgt = layer_xmalloc(n * sizeof(int32_t));
     r->reset = layer_xcalloc((size_t)T * B, 1);
-    r->replay = layer_xcalloc((size_t)(T + 1) * B * (r->msize ? r->msize : 1), sizeof(float));
-    r->dM = layer_xcalloc((size_t)B * (r->msize ? r->msize : 1), sizeof(float));
-    r->dM_prev = layer_xcalloc((size_t)B * (r->msize ? r->msize : 1), sizeof(float));
-    int na = mode == TRAINER_ROLLOUT_FULL ? T : 1;
-    r->arenas = layer_xcalloc(na, sizeof(trainer_arena *));
-    for (int i = 0; i < na; i++) r->arenas[i] = trainer_arena_create((size_t)16 << 20);
+    r->replay = layer_xcalloc((size_t)B * (T + 1) * ms, sizeof(float));
+    r->dM = layer_xcalloc(ms, sizeof(float));
+    r->dM_prev = layer_xcalloc(ms, sizeof(float));
+    r->arenas = layer_xcalloc(narenas(r), sizeof(trainer_arena *));
+    for (int i = 0; i < narenas(r); i++) r->arenas[i] = trainer_arena_create((size_t)4 << 20);
     r->acts = layer_xcalloc(T, sizeof(trainer_step_act *));
     return r;
 }
 
 void trainer_rollout_free(trainer_rollout *r) {
     if (!r) return;
-    int na = r->mode == TRAINER_ROLLOUT_FULL ? r->T : 1;
-    for (int i = 0; i < na; i++) trainer_arena_free(r->arenas[i]);
+    for (int i = 0; i < narenas(r); i++) trainer_arena_free(r->arenas[i]);
     free(r->arenas);
     free(r->acts);
     free(r->enc);
@@ -45,15 +45,17 @@ void trainer_rollout_free(trainer_rollout *r) {
     free(r);
 }
 
-static trainer_batch batch_at(const trainer_rollout *r, int t) {
-    size_t off = (size_t)t * r->B * r->L;
-    trainer_batch b = {.B = r->B, .L = r->L, .enc_tok = r->enc + off, .dec_tok = r->dec + off,
-                       .tgt = r->tgt + off, .reset = r->reset + (size_t)t * r->B};
-    return b;
+/* Segment t of stream b as a batch of one. */
+static trainer_batch batch_at(const trainer_rollout *r, int b, int t) {
+    size_t off = ((size_t)b * r->T + t) * r->L;
+    trainer_batch bt = {.B = 1, .L = r->L, .enc_tok = r->enc + off, .dec_tok = r->dec + off,
+                        .tgt = r->tgt + off, .reset = r->reset + (size_t)b * r->T + t};
+    return bt;
 }
 
-static float *replay_at(const trainer_rollout *r, int t) {
-    return r->msize ? r->replay + (size_t)t * r->B * r->msize : NULL;
+/* M_t of stream b (t = 0..T). */
+static float *replay_at(const trainer_rollout *r, int b, int t) {
+    return r->msize ? r->replay + ((size_t)b * (r->T + 1) + t) * r->msize : NULL;
 }
 
 int64_t trainer_rollout_count(const trainer_rollout *r) {
@@ -62,66 +64,70 @@ int64_t trainer_rollout_count(const trainer_rollout *r) {
     return n;
 }
 
-int64_t trainer_rollout_forward(trainer_rollout *r, trainer_model *m, float *M) {
-    size_t mbytes = (size_t)r->B * r->msize * sizeof(float);
-    if (r->msize) memcpy(replay_at(r, 0), M, mbytes);
-    r->loss = 0.0;
+/* Memory pass of MRBP for stream b: M_1..M_T into the replay buffer, nothing else kept. */
+static void memory_pass(trainer_rollout *r, trainer_model *m, int b) {
     for (int t = 0; t < r->T; t++) {
-        trainer_batch b = batch_at(r, t);
-        if (r->mode == TRAINER_ROLLOUT_FULL) {
-            trainer_arena_reset(r->arenas[t]);
-            int cnt;
-            r->loss += trainer_model_forward(m, r->arenas[t], &b, replay_at(r, t),
-                                             replay_at(r, t + 1), &cnt, &r->acts[t]);
-        } else if (r->msize) {
-            /* MRBP keeps nothing of the segment but the memory it writes */
-            trainer_arena_reset(r->arenas[0]);
-            trainer_model_write_memory(m, r->arenas[0], &b, replay_at(r, t), replay_at(r, t + 1));
-        }
+        trainer_batch bt = batch_at(r, b, t);
+        trainer_arena_reset(r->arenas[0]);
+        trainer_model_write_memory(m, r->arenas[0], &bt, replay_at(r, b, t), replay_at(r, b, t + 1));
     }
-    if (r->msize) memcpy(M, replay_at(r, r->T), mbytes);
-    return trainer_rollout_count(r);
 }
 
-double trainer_rollout_backward(trainer_rollout *r, trainer_model *m, float grad_scale) {
-    size_t mfloats = (size_t)r->B * r->msize;
-    if (r->msize) memset(r->dM, 0, mfloats * sizeof(float));
+double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale,
+                             trainer_rollout_stream_fn done, void *ctx) {
     double loss = 0.0;
-    for (int t = r->T - 1; t >= 0; t--) {
-        trainer_step_act *act;
-        if (r->mode == TRAINER_ROLLOUT_FULL) {
-            act = r->acts[t];
-        } else {
-            trainer_batch b = batch_at(r, t);
-            trainer_arena_reset(r->arenas[0]);
-            int cnt;
-            /* recompute from the replayed input memory, this time keeping activations */
-            loss += trainer_model_forward(m, r->arenas[0], &b, replay_at(r, t), NULL, &cnt, &act);
+    for (int b = 0; b < r->B; b++) {
+        if (r->msize) memcpy(replay_at(r, b, 0), M + b * r->msize, r->msize * sizeof(float));
+        if (r->mode == TRAINER_ROLLOUT_FULL) { /* every segment's activations at once */
+            for (int t = 0; t < r->T; t++) {
+                trainer_batch bt = batch_at(r, b, t);
+                trainer_arena_reset(r->arenas[t]);
+                int cnt;
+                loss += trainer_model_forward(m, r->arenas[t], &bt, replay_at(r, b, t),
+                                              replay_at(r, b, t + 1), &cnt, &r->acts[t]);
+            }
+        } else if (r->msize) {
+            memory_pass(r, m, b);
         }
-        /* the last memory of the rollout is carried on detached */
-        const float *dnext = (r->msize && t < r->T - 1) ? r->dM : NULL;
-        trainer_model_backward(m, act, grad_scale, dnext, r->msize ? r->dM_prev : NULL);
-        if (r->msize) memcpy(r->dM, r->dM_prev, mfloats * sizeof(float));
+        if (r->msize) memset(r->dM, 0, r->msize * sizeof(float));
+        for (int t = r->T - 1; t >= 0; t--) {
+            trainer_step_act *act = r->acts[t];
+            if (r->mode == TRAINER_ROLLOUT_MRBP) {
+                /* recompute from the replayed input memory, this time keeping activations */
+                trainer_batch bt = batch_at(r, b, t);
+                trainer_arena_reset(r->arenas[0]);
+                int cnt;
+                loss += trainer_model_forward(m, r->arenas[0], &bt, replay_at(r, b, t), NULL,
+                                              &cnt, &act);
+            }
+            /* the last memory of the rollout is carried on detached */
+            const float *dnext = (r->msize && t < r->T - 1) ? r->dM : NULL;
+            trainer_model_backward(m, act, grad_scale, dnext, r->msize ? r->dM_prev : NULL);
+            if (r->msize) memcpy(r->dM, r->dM_prev, r->msize * sizeof(float));
+        }
+        if (r->msize) memcpy(M + b * r->msize, replay_at(r, b, r->T), r->msize * sizeof(float));
+        if (done) done(ctx, b);
     }
-    return r->mode == TRAINER_ROLLOUT_FULL ? r->loss : loss;
+    return loss;
 }
 
 double trainer_rollout_loss(trainer_rollout *r, trainer_model *m, const float *M) {
     double loss = 0.0;
-    if (r->msize) memcpy(replay_at(r, 0), M, (size_t)r->B * r->msize * sizeof(float));
-    for (int t = 0; t < r->T; t++) {
-        trainer_batch b = batch_at(r, t);
-        trainer_arena *a = r->arenas[0];
-        trainer_arena_reset(a);
-        int cnt;
-        loss += trainer_model_forward(m, a, &b, replay_at(r, t), replay_at(r, t + 1), &cnt, NULL);
+    for (int b = 0; b < r->B; b++) {
+        if (r->msize) memcpy(replay_at(r, b, 0), M + b * r->msize, r->msize * sizeof(float));
+        for (int t = 0; t < r->T; t++) {
+            trainer_batch bt = batch_at(r, b, t);
+            trainer_arena_reset(r->arenas[0]);
+            int cnt;
+            loss += trainer_model_forward(m, r->arenas[0], &bt, replay_at(r, b, t),
+                                          replay_at(r, b, t + 1), &cnt, NULL);
+        }
     }
     return loss;
 }
 
 size_t trainer_rollout_peak_bytes(const trainer_rollout *r) {
-    int na = r->mode == TRAINER_ROLLOUT_FULL ? r->T : 1;
     size_t s = 0;
-    for (int i = 0; i < na; i++) s += trainer_arena_peak(r->arenas[i]);
+    for (int i = 0; i < narenas(r); i++) s += trainer_arena_peak(r->arenas[i]);
     return s;
 }

@@ -19,6 +19,14 @@ static void dense_step(trainer_params *p, const trainer_config *cfg, float lr, i
     memset(p->grad, 0, p->total * sizeof(float));
 }
 
+/* After each stream: its gradients join the step's double sums. */
+static void fold_stream(void *ctx, int b) {
+    (void)b;
+    trainer_model *m = ctx;
+    trainer_params_fold(trainer_model_params(m));
+    trainer_tables_fold(trainer_model_tables(m));
+}
+
 static int not_finite(char *err, size_t n, const char *what, double v, int64_t step,
                       const trainer_config *cfg) {
     snprintf(err, n, "%s is %s at step %lld; lower lr (now %g) or set grad_clip", what,
@@ -36,16 +44,18 @@ int trainer_step(trainer_model *m, trainer_rollout *ro, float *M, comm_ctx *comm
     memset(info, 0, sizeof(*info));
     double t0 = comm_time(), t;
 
-    int64_t count = trainer_rollout_forward(ro, m, M);
+    int64_t count = trainer_rollout_count(ro);
     t = comm_time();
     comm_sum_i64(comm, &count, 1);
     info->sec_allreduce += comm_time() - t;
-    double loss = trainer_rollout_backward(ro, m, count > 0 ? (float)(1.0 / (double)count) : 0.0f);
+    double loss = trainer_rollout_train(ro, m, M, count > 0 ? (float)(1.0 / (double)count) : 0.0f,
+                                        fold_stream, m);
 
     t = comm_time();
     comm_sum_doubles(comm, &loss, 1);
-    comm_sum_floats(comm, params->grad, params->total);
+    comm_sum_doubles(comm, params->grad64, params->total);
     info->sec_allreduce += comm_time() - t;
+    trainer_params_unfold(params);
     trainer_tables_reduce_grads(tables);
     /* dense gradients are the same on every rank after the sum; a table row lives on one */
     double sq = trainer_tables_grad_sumsq(tables);
@@ -65,10 +75,10 @@ int trainer_step(trainer_model *m, trainer_rollout *ro, float *M, comm_ctx *comm
     } else if (!isfinite(info->grad_norm)) {
         rc = not_finite(err, n, "gradient norm", info->grad_norm, step, cfg);
     } else {
-        float scale = trainer_clip_scale(info->grad_norm, cfg->grad_clip);
-        dense_step(params, cfg, info->lr, step + 1, scale);
+        float clip = trainer_clip_scale(info->grad_norm, cfg->grad_clip);
+        dense_step(params, cfg, info->lr, step + 1, clip);
         trainer_tables_step(tables, info->lr * cfg->table_lr_scale, cfg->beta1, cfg->beta2,
-                            cfg->adam_eps, step + 1, scale);
+                            cfg->adam_eps, step + 1, clip);
     }
     if (rc != 0) { /* leave the parameters as they were */
         memset(params->grad, 0, params->total * sizeof(float));

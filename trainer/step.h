@@ -20,12 +20,15 @@ typedef struct trainer_step_info {
     int64_t lookups, misses;
 } trainer_step_info;
 
-/* Trains on the rollout the caller filled: forward from the carried memory M (replaced by the
- * rollout's last memory), backward, one all-reduce of the dense gradients, table gradients to
- * their owners, global-norm clipping, AdamW on dense and lazy Adam on table rows, at the
- * learning rate of `step` (0-based). Collective. Returns 0, or -1 with a one-line message in
- * err when the loss or the gradient norm is not finite; then no parameter was changed and
- * every rank returns -1. */
+/* Trains on the rollout the caller filled (B = this rank's streams): stream by stream, forward
+ * from its carried memory M + b*msize (replaced by the stream's last memory) and backward, its
+ * gradients folded into double sums; then one all-reduce of
+ * the dense gradients, table gradients to their owners, global-norm clipping, AdamW on dense
+ * and lazy Adam on table rows, at the learning rate of `step` (0-based). Every stream is
+ * computed alone and the sums are kept in double, so the result does not depend on how the
+ * streams are dealt to ranks. Collective. Returns 0, or -1 with a one-line message in err
+ * when the loss or the gradient norm is not finite; then no parameter was changed and every
+ * rank returns -1. */
 int trainer_step(trainer_model *m, trainer_rollout *ro, float *M, comm_ctx *comm,
                  const trainer_config *cfg, int64_t step, trainer_step_info *info, char *err,
                  size_t n);

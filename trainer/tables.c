@@ -13,6 +13,7 @@
 /* Rows of one (group, chunk) this rank owns. */
 typedef struct unit_store {
     float *data[3], *m[3], *v[3], *grad[3]; /* (2^tau, OC) each */
+    double *grad64[3];                      /* (2^tau, OC) sums received from the ranks */
     uint8_t *touched;                       /* (2^tau) */
     int32_t *uniq;                          /* (2^tau) scratch */
 } unit_store;
@@ -26,6 +27,10 @@ typedef struct group_state {
     int32_t *slot_key;   /* (K << tau) */
     int nslots;
     float *rows[3], *drows[3]; /* (K << tau, OC): capacity for every key, so ids never move */
+    double *acc[3];            /* (K << tau, OC): folded gradients of finished streams */
+    int32_t *dirty;            /* slots written since the last fold */
+    uint8_t *is_dirty;         /* (K << tau) */
+    int ndirty;
 } group_state;
 
 struct trainer_tables {
@@ -68,6 +73,7 @@ void trainer_tables_free(trainer_tables *t) {
                 free(u->m[j]);
                 free(u->v[j]);
                 free(u->grad[j]);
+                free(u->grad64[j]);
             }
             free(u->touched);
             free(u->uniq);
@@ -76,7 +82,10 @@ void trainer_tables_free(trainer_tables *t) {
         for (int j = 0; j < s->g.nout; j++) {
             free(s->rows[j]);
             free(s->drows[j]);
+            free(s->acc[j]);
         }
+        free(s->dirty);
+        free(s->is_dirty);
         free(s->units);
         free(s->owner);
         free(s->slot_of);
@@ -159,6 +168,8 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
                 us->m[j] = falloc0(rows * s->g.OC);
                 us->v[j] = falloc0(rows * s->g.OC);
                 us->grad[j] = falloc0(rows * s->g.OC);
+                us->grad64[j] = calloc(rows * s->g.OC, sizeof(double));
+                LAYER_ASSERT(us->grad64[j] != NULL);
                 layer_rng r;
                 layer_rng_seed(&r, trainer_seed_for(seed, s->g.name, (uint64_t)(j * 65536 + k)));
                 layer_fill_normal(us->data[j], rows * s->g.OC, 0.02f, &r);
@@ -173,9 +184,14 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
         for (int j = 0; j < s->g.nout; j++) {
             s->rows[j] = falloc0(keys * s->g.OC);
             s->drows[j] = falloc0(keys * s->g.OC);
+            s->acc[j] = calloc(keys * s->g.OC, sizeof(double));
+            LAYER_ASSERT(s->acc[j] != NULL);
         }
+        s->dirty = layer_xmalloc(keys * sizeof(int32_t));
+        s->is_dirty = layer_xcalloc(keys, 1);
         if (keys > maxkeys) maxkeys = keys;
-        if (keys * s->g.nout * s->g.OC > maxfloats) maxfloats = keys * s->g.nout * s->g.OC;
+        /* a pushed gradient travels as two floats per value (see reduce_grads) */
+        if (2 * keys * s->g.nout * s->g.OC > maxfloats) maxfloats = 2 * keys * s->g.nout * s->g.OC;
     }
     t->keys = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int64_t));
     t->owners = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int));
@@ -211,7 +227,7 @@ size_t trainer_tables_owned_bytes(const trainer_tables *t) {
     size_t b = 0;
     for (int i = 0; i < t->n; i++)
         for (int k = 0; k < t->gs[i].g.K; k++)
-            if (t->gs[i].units[k]) b += 4 * unit_bytes(&t->gs[i].g); /* rows, m, v, grad */
+            if (t->gs[i].units[k]) b += 6 * unit_bytes(&t->gs[i].g); /* rows, m, v, grad, grad64 */
     return b;
 }
 
@@ -277,6 +293,10 @@ void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N,
                 nmiss++;
             }
             rowid[(size_t)n * K + k] = slot;
+            if (!s->is_dirty[slot]) {
+                s->is_dirty[slot] = 1;
+                s->dirty[s->ndirty++] = slot;
+            }
         }
     t->lookups += (int64_t)N * K;
     t->misses += nmiss;
@@ -302,32 +322,79 @@ static void accumulate_grads(void *ctx, int src, const int64_t *keys, const floa
         int g = (int)(keys[i] >> 32);
         group_state *s = &t->gs[g];
         int local = (int)(keys[i] & 0xffffffff), k = local >> s->g.tau;
-        int b = local & ((1 << s->g.tau) - 1), OC = s->g.OC;
+        int b = local & ((1 << s->g.tau) - 1), OC = s->g.OC, W = s->g.nout * OC;
         unit_store *u = s->units[k];
         LAYER_ASSERT(u != NULL);
+        const float *hi = gr + (size_t)i * 2 * W, *lo = hi + W;
         for (int j = 0; j < s->g.nout; j++) {
-            float *dst = u->grad[j] + (size_t)b * OC;
-            const float *src_row = gr + ((size_t)i * s->g.nout + j) * OC;
-            for (int c = 0; c < OC; c++) dst[c] += src_row[c];
+            double *dst = u->grad64[j] + (size_t)b * OC;
+            for (int c = 0; c < OC; c++) dst[c] += (double)hi[j * OC + c] + (double)lo[j * OC + c];
         }
         u->touched[b] = 1;
     }
 }
 
-void trainer_tables_reduce_grads(trainer_tables *t) {
+void trainer_tables_fold(trainer_tables *t) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
-        int nout = s->g.nout, OC = s->g.OC;
+        int OC = s->g.OC;
+        for (int q = 0; q < s->ndirty; q++) {
+            size_t slot = (size_t)s->dirty[q];
+            for (int j = 0; j < s->g.nout; j++) {
+                float *d = s->drows[j] + slot * OC;
+                double *a = s->acc[j] + slot * OC;
+                for (int c = 0; c < OC; c++) {
+                    a[c] += d[c];
+                    d[c] = 0.0f;
+                }
+            }
+            s->is_dirty[slot] = 0;
+        }
+        s->ndirty = 0;
+    }
+}
+
+void trainer_tables_reduce_grads(trainer_tables *t) {
+    trainer_tables_fold(t);
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        int nout = s->g.nout, OC = s->g.OC, W = nout * OC;
         for (int i = 0; i < s->nslots; i++) {
             int32_t key = s->slot_key[i];
             t->keys[i] = ((int64_t)g << 32) | key;
             t->owners[i] = s->owner[key >> s->g.tau];
-            for (int j = 0; j < nout; j++)
-                memcpy(t->buf + ((size_t)i * nout + j) * OC, s->drows[j] + (size_t)i * OC,
-                       OC * sizeof(float));
+            /* a double travels as float hi + float lo: 48 bits of it, enough that the owner's
+               sum rounds to the same float whatever the split of streams over ranks */
+            float *hi = t->buf + (size_t)i * 2 * W, *lo = hi + W;
+            for (int j = 0; j < nout; j++) {
+                const double *a = s->acc[j] + (size_t)i * OC;
+                for (int c = 0; c < OC; c++) {
+                    float h = (float)a[c];
+                    hi[j * OC + c] = h;
+                    lo[j * OC + c] = (float)(a[c] - (double)h);
+                }
+            }
         }
-        comm_exchange_push(t->x, t->keys, t->owners, t->buf, s->nslots, nout * OC,
-                           accumulate_grads, t);
+        comm_exchange_push(t->x, t->keys, t->owners, t->buf, s->nslots, 2 * W, accumulate_grads, t);
+        for (int j = 0; j < nout; j++) memset(s->acc[j], 0, (size_t)s->nslots * OC * sizeof(double));
+    }
+    /* owners: the float gradient the optimizer and the norm use */
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        int rows = 1 << s->g.tau, OC = s->g.OC;
+        for (int k = 0; k < s->g.K; k++) {
+            unit_store *u = s->units[k];
+            if (!u) continue;
+            for (int b = 0; b < rows; b++) {
+                if (!u->touched[b]) continue;
+                for (int j = 0; j < s->g.nout; j++)
+                    for (int c = 0; c < OC; c++) {
+                        size_t i = (size_t)b * OC + c;
+                        u->grad[j][i] = (float)u->grad64[j][i];
+                        u->grad64[j][i] = 0.0;
+                    }
+            }
+        }
     }
 }
 
@@ -353,8 +420,12 @@ void trainer_tables_clear_cache(trainer_tables *t) {
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
         for (int q = 0; q < s->nslots; q++) s->slot_of[s->slot_key[q]] = -1;
-        for (int j = 0; j < s->g.nout; j++)
+        for (int j = 0; j < s->g.nout; j++) {
             memset(s->drows[j], 0, (size_t)s->nslots * s->g.OC * sizeof(float));
+            memset(s->acc[j], 0, (size_t)s->nslots * s->g.OC * sizeof(double));
+        }
+        for (int q = 0; q < s->ndirty; q++) s->is_dirty[s->dirty[q]] = 0;
+        s->ndirty = 0;
         s->nslots = 0;
     }
 }
@@ -394,7 +465,10 @@ void trainer_tables_discard_grads(trainer_tables *t) {
         for (int k = 0; k < s->g.K; k++) {
             unit_store *u = s->units[k];
             if (!u) continue;
-            for (int j = 0; j < s->g.nout; j++) memset(u->grad[j], 0, rows * s->g.OC * sizeof(float));
+            for (int j = 0; j < s->g.nout; j++) {
+                memset(u->grad[j], 0, rows * s->g.OC * sizeof(float));
+                memset(u->grad64[j], 0, rows * s->g.OC * sizeof(double));
+            }
             memset(u->touched, 0, rows);
         }
     }

@@ -61,8 +61,11 @@ void trainer_tables_print_plan(trainer_tables *t);
  * gradient stores those ids index. Collective (see above). */
 void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N, int32_t *rowid,
                             layer_hash_rows *rows);
-/* Sends the cached gradients to the owners, which add them in a fixed order (source rank,
- * then key). Collective. */
+/* Adds the gradients written since the last fold (one stream's) into double accumulators
+ * and clears them, so the step's sum does not depend on how streams are split over ranks. */
+void trainer_tables_fold(trainer_tables *t);
+/* Folds, then sends the accumulated gradients to the owners, which add them in double in a
+ * fixed order (source rank, then key) and round once to float. Collective. */
 void trainer_tables_reduce_grads(trainer_tables *t);
 /* Sum of squares of the reduced gradients of the rows this rank owns (double, fixed order). */
 double trainer_tables_grad_sumsq(const trainer_tables *t);

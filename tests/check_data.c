@@ -1,0 +1,609 @@
+/* Tests of the data layer: every dataset reader, the train/validation split, streams, error messages. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "io/data.h"
+#include "tests/testutil.h"
+
+#define MNIST_SYSTEM_DIR "/usr/share/datasets/fashion-mnist"
+/* Tests run from the repo top (tests/run-tests.sh), after `make data`. */
+#define DATA_DIR "data"
+
+static char err[1024];
+
+/* Removes a directory tree made by a test (links are removed, not followed). */
+static void remove_tree(const char *path) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0) return;
+    if (S_ISDIR(sb.st_mode)) {
+        DIR *dir = opendir(path);
+        struct dirent *e;
+        char sub[512];
+        while (dir && (e = readdir(dir)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            remove_tree(sub);
+        }
+        if (dir) closedir(dir);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+/* Creates a fresh temporary directory into dir (n >= 32); remove it with remove_tree. */
+static void make_tmpdir(char *dir, size_t n) {
+    snprintf(dir, n, "/tmp/memtrain-check-data.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void write_file(const char *path, const void *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(p, 1, n, f), n);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+static void write_gz(const char *path, const void *p, size_t n) {
+    gzFile g = gzopen(path, "wb");
+    ck_assert_ptr_nonnull(g);
+    ck_assert_int_eq(gzwrite(g, p, (unsigned)n), (int)n);
+    ck_assert_int_eq(gzclose(g), Z_OK);
+}
+
+static void put_be32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static int64_t doc_len(const io_dataset *d, int64_t i) { return d->doc_off[i + 1] - d->doc_off[i]; }
+
+static int64_t doc_sum(const io_dataset *d, int64_t i) {
+    int64_t s = 0;
+    for (int64_t k = d->doc_off[i]; k < d->doc_off[i + 1]; k++) s += d->tok[k];
+    return s;
+}
+
+/* Document i as a NUL-terminated string (byte tokens); free() it. */
+static char *doc_str(const io_dataset *d, int64_t i) {
+    int64_t n = doc_len(d, i);
+    char *s = layer_xmalloc((size_t)n + 1);
+    for (int64_t k = 0; k < n; k++) s[k] = (char)d->tok[d->doc_off[i] + k];
+    s[n] = '\0';
+    return s;
+}
+
+#define ASSERT_ERR_HAS(s) ck_assert_msg(strstr(err, (s)) != NULL, "error '%s' lacks '%s'", err, (s))
+
+/* Loads and expects failure; the dataset pointer must come back NULL. */
+static void expect_fail(const char *spec, io_split split, const char *data_dir) {
+    io_dataset *d = (io_dataset *)1;
+    err[0] = '\0';
+    ck_assert_int_eq(io_dataset_load(&d, spec, split, data_dir, err, sizeof err), -1);
+    ck_assert_ptr_null(d);
+    ck_assert_msg(err[0] != '\0', "no error message for %s", spec);
+    ck_assert_msg(strchr(err, '\n') == NULL, "error is not one line: %s", err);
+}
+
+static io_dataset *expect_load(const char *spec, io_split split, const char *data_dir) {
+    io_dataset *d = NULL;
+    int rc = io_dataset_load(&d, spec, split, data_dir, err, sizeof err);
+    ck_assert_msg(rc == 0, "loading %s failed: %s", spec, err);
+    ck_assert_ptr_nonnull(d);
+    return d;
+}
+
+/* ---- Fashion-MNIST ---- */
+
+/* Sums and pixels below were read once from the .gz files with Python's gzip module. */
+START_TEST(test_fashion_train) {
+    unsetenv("MEMTRAIN_FASHION_MNIST_DIR");
+    io_dataset *d = expect_load("fashion-mnist", IO_SPLIT_TRAIN, NULL);
+    ck_assert_int_eq(d->ndocs, 60000);
+    ck_assert_int_eq(d->vocab, 256);
+    ck_assert_int_eq(d->doc_off[d->ndocs], 60000LL * 784);
+    for (int64_t i = 0; i < d->ndocs; i += 997) ck_assert_int_eq(doc_len(d, i), 784);
+    ck_assert_int_eq(doc_sum(d, 0), 76247);
+    ck_assert_int_eq(doc_sum(d, 59999), 16684);
+    static const int px[10] = {222, 220, 218, 203, 198, 221, 215, 213, 222, 220};
+    for (int k = 0; k < 10; k++) ck_assert_int_eq(d->tok[350 + k], px[k]);
+    int lo = 255, hi = 0;
+    for (int64_t k = 0; k < d->doc_off[d->ndocs]; k++) {
+        if (d->tok[k] < lo) lo = d->tok[k];
+        if (d->tok[k] > hi) hi = d->tok[k];
+    }
+    ck_assert_int_eq(lo, 0);
+    ck_assert_int_eq(hi, 255);
+    char buf[256];
+    io_dataset_describe(d, buf, sizeof buf);
+    ck_assert_str_eq(buf, "fashion-mnist/train: 60000 documents, 47040000 tokens, vocab 256");
+    io_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_fashion_val) {
+    unsetenv("MEMTRAIN_FASHION_MNIST_DIR");
+    io_dataset *d = expect_load("fashion-mnist", IO_SPLIT_VAL, NULL);
+    ck_assert_int_eq(d->ndocs, 10000);
+    ck_assert_int_eq(d->doc_off[d->ndocs], 10000LL * 784);
+    ck_assert_int_eq(doc_sum(d, 0), 33456);
+    ck_assert_int_eq(doc_sum(d, 9999), 24390);
+    int64_t total = 0;
+    for (int64_t i = 0; i < d->ndocs; i++) total += doc_sum(d, i);
+    ck_assert_int_eq(total, 573469082LL);
+    ck_assert_str_eq(d->name, "fashion-mnist/val");
+    io_dataset_free(d);
+}
+END_TEST
+
+/* A tiny idx file written here: checks byte order of the header and row-major pixel order. */
+START_TEST(test_fashion_small_file) {
+    char dir[64];
+    make_tmpdir(dir, sizeof dir);
+    unsigned char buf[16 + 2 * 784];
+    put_be32(buf, 0x803);
+    put_be32(buf + 4, 2);
+    put_be32(buf + 8, 28);
+    put_be32(buf + 12, 28);
+    for (int i = 0; i < 2 * 784; i++) buf[16 + i] = (unsigned char)((i * 31 + 7) % 256);
+    char path[128];
+    snprintf(path, sizeof path, "%s/t10k-images-idx3-ubyte.gz", dir);
+    write_gz(path, buf, sizeof buf);
+    setenv("MEMTRAIN_FASHION_MNIST_DIR", dir, 1);
+    io_dataset *d = expect_load("fashion-mnist", IO_SPLIT_VAL, NULL);
+    ck_assert_int_eq(d->ndocs, 2);
+    ck_assert_int_eq(d->doc_off[1], 784);
+    for (int i = 0; i < 2 * 784; i++) ck_assert_int_eq(d->tok[i], (i * 31 + 7) % 256);
+    io_dataset_free(d);
+    /* the train file is absent from this directory */
+    expect_fail("fashion-mnist", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS(dir);
+    ASSERT_ERR_HAS("/train-images-idx3-ubyte.gz: missing");
+    unsetenv("MEMTRAIN_FASHION_MNIST_DIR");
+    remove_tree(dir);
+}
+END_TEST
+
+START_TEST(test_fashion_errors) {
+    char dir[64], path[128];
+    make_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/train-images-idx3-ubyte.gz", dir);
+    setenv("MEMTRAIN_FASHION_MNIST_DIR", dir, 1);
+
+    /* truncated: the first 1 MiB of the real compressed file */
+    FILE *f = fopen(MNIST_SYSTEM_DIR "/train-images-idx3-ubyte.gz", "rb");
+    ck_assert_ptr_nonnull(f);
+    size_t n = 1 << 20;
+    unsigned char *raw = layer_xmalloc(n);
+    ck_assert_uint_eq(fread(raw, 1, n, f), n);
+    fclose(f);
+    write_file(path, raw, n);
+    free(raw);
+    expect_fail("fashion-mnist", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS(path);
+    ASSERT_ERR_HAS("truncated: expected 47040016 bytes");
+
+    unsigned char hdr[16 + 785];
+    memset(hdr, 0, sizeof hdr);
+    put_be32(hdr, 0x801);
+    put_be32(hdr + 4, 1);
+    put_be32(hdr + 8, 28);
+    put_be32(hdr + 12, 28);
+    write_gz(path, hdr, 16 + 784);
+    expect_fail("fashion-mnist", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS(path);
+    ASSERT_ERR_HAS("bad magic 0x00000801");
+
+    put_be32(hdr, 0x803);
+    put_be32(hdr + 12, 27);
+    write_gz(path, hdr, 16 + 784);
+    expect_fail("fashion-mnist", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS(path);
+    ASSERT_ERR_HAS("bad dimensions 28x27");
+
+    put_be32(hdr + 4, 0);
+    put_be32(hdr + 12, 28);
+    write_gz(path, hdr, 16);
+    expect_fail("fashion-mnist", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("empty");
+
+    /* one pixel more than the header announces */
+    put_be32(hdr + 4, 1);
+    write_gz(path, hdr, sizeof hdr);
+    expect_fail("fashion-mnist", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS(path);
+    ASSERT_ERR_HAS("trailing data");
+
+    write_gz(path, hdr, 10);
+    expect_fail("fashion-mnist", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("truncated: expected a 16-byte idx header, found 10 bytes");
+
+    setenv("MEMTRAIN_FASHION_MNIST_DIR", "/nonexistent/fmnist", 1);
+    expect_fail("fashion-mnist", IO_SPLIT_VAL, NULL);
+    ASSERT_ERR_HAS("/nonexistent/fmnist/t10k-images-idx3-ubyte.gz: missing");
+    unsetenv("MEMTRAIN_FASHION_MNIST_DIR");
+    remove_tree(dir);
+}
+END_TEST
+
+/* ---- Brown ---- */
+
+/* Counts and texts below come from an independent Python conversion of the same files. */
+START_TEST(test_brown) {
+    io_dataset *tr = expect_load("brown", IO_SPLIT_TRAIN, DATA_DIR);
+    io_dataset *va = expect_load("brown", IO_SPLIT_VAL, DATA_DIR);
+    ck_assert_int_eq(tr->ndocs + va->ndocs, 500);
+    ck_assert_int_eq(va->ndocs, 50);
+    ck_assert_int_eq(tr->doc_off[tr->ndocs], 5511587);
+    ck_assert_int_eq(va->doc_off[va->ndocs], 615487);
+    ck_assert_int_eq(tr->vocab, 256);
+
+    char *first = doc_str(tr, 0);
+    const char *want = "The Fulton County Grand Jury said Friday an investigation of Atlanta's "
+                       "recent primary election produced `` no evidence '' that any "
+                       "irregularities took place .\nThe jury further said";
+    ck_assert_msg(strncmp(first, want, strlen(want)) == 0, "ca01 starts: %.160s", first);
+    /* ca01 has no fractions, so any '/' would be a tag remnant */
+    ck_assert_ptr_null(strchr(first, '/'));
+    ck_assert_int_eq(doc_len(tr, 0), 12496);
+    ck_assert_int_eq(doc_sum(tr, 0), 1137743);
+    free(first);
+
+    /* every 10th document validates: ca10 first, cr09 (the 500th) last */
+    char *v0 = doc_str(va, 0);
+    ck_assert_msg(strncmp(v0, "Vincent G. Ierulli has been appointed", 37) == 0, "%.80s", v0);
+    free(v0);
+    char *vl = doc_str(va, 49);
+    const char *end = "boucle dress was stupefying .\n";
+    ck_assert_int_eq(doc_len(va, 49), 11980);
+    ck_assert_str_eq(vl + strlen(vl) - strlen(end), end);
+    free(vl);
+
+    /* tags like "/at" or "/nn" must be gone everywhere */
+    char *all = layer_xmalloc((size_t)tr->doc_off[tr->ndocs] + 1);
+    for (int64_t k = 0; k < tr->doc_off[tr->ndocs]; k++) all[k] = (char)tr->tok[k];
+    all[tr->doc_off[tr->ndocs]] = '\0';
+    ck_assert_ptr_null(strstr(all, "/at "));
+    ck_assert_ptr_null(strstr(all, "/nn"));
+    ck_assert_ptr_null(strstr(all, "/in "));
+    ck_assert_ptr_nonnull(strstr(all, "1-1/2"));
+    free(all);
+    io_dataset_free(tr);
+    io_dataset_free(va);
+}
+END_TEST
+
+START_TEST(test_brown_errors) {
+    expect_fail("brown", IO_SPLIT_TRAIN, "/nonexistent/data");
+    ASSERT_ERR_HAS("/nonexistent/data/brown/cats.txt");
+    ASSERT_ERR_HAS("make data");
+
+    /* a copy of the corpus made of links, then one sample removed or spoiled */
+    char dir[64], bdir[96], src[512], dst[160];
+    make_tmpdir(dir, sizeof dir);
+    snprintf(bdir, sizeof bdir, "%s/brown", dir);
+    ck_assert_int_eq(mkdir(bdir, 0700), 0);
+    char *cwd = getcwd(NULL, 0);
+    snprintf(src, sizeof src, "%s/" DATA_DIR "/brown/cats.txt", cwd);
+    snprintf(dst, sizeof dst, "%s/cats.txt", bdir);
+    ck_assert_int_eq(symlink(src, dst), 0);
+    FILE *cats = fopen(src, "r");
+    ck_assert_ptr_nonnull(cats);
+    char id[64], cat[64];
+    while (fscanf(cats, "%63s %63s", id, cat) == 2) {
+        if (strcmp(id, "ca05") == 0) continue;
+        snprintf(src, sizeof src, "%s/" DATA_DIR "/brown/%s", cwd, id);
+        snprintf(dst, sizeof dst, "%s/%s", bdir, id);
+        ck_assert_int_eq(symlink(src, dst), 0);
+    }
+    fclose(cats);
+    free(cwd);
+    expect_fail("brown", IO_SPLIT_TRAIN, dir);
+    ASSERT_ERR_HAS("/brown/ca05: cannot open");
+
+    snprintf(dst, sizeof dst, "%s/ca05", bdir);
+    const char *bad = "\tThe/at jury/nn\n\n\tsaid/vbd nothing .\n";
+    write_file(dst, bad, strlen(bad));
+    expect_fail("brown", IO_SPLIT_TRAIN, dir);
+    ASSERT_ERR_HAS("/brown/ca05: line 3: malformed word 'nothing'");
+
+    write_file(dst, "\n\n", 2);
+    expect_fail("brown", IO_SPLIT_VAL, dir);
+    ASSERT_ERR_HAS("/brown/ca05: empty");
+    remove_tree(dir);
+}
+END_TEST
+
+/* ---- text, u8, u16 ---- */
+
+START_TEST(test_text_separators) {
+    char dir[64], path[128], spec[160];
+    make_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/a.txt", dir);
+    /* one blank line stays inside a document; two split; form feeds split; whitespace-only
+     * documents vanish; "\r\n" blank lines count as blank */
+    const char *text = "A1\n\nA2\n\n\nB\n\f\n \n\fC\r\n\r\n\r\nD";
+    write_file(path, text, strlen(text));
+    snprintf(spec, sizeof spec, "text:%s", path);
+    io_dataset *tr = expect_load(spec, IO_SPLIT_TRAIN, NULL);
+    io_dataset *va = expect_load(spec, IO_SPLIT_VAL, NULL);
+    ck_assert_int_eq(tr->ndocs, 3);
+    ck_assert_int_eq(va->ndocs, 1);
+    const char *want[3] = {"A1\n\nA2\n", "B\n", "C\r\n"};
+    for (int i = 0; i < 3; i++) {
+        char *s = doc_str(tr, i);
+        ck_assert_str_eq(s, want[i]);
+        free(s);
+    }
+    char *s = doc_str(va, 0);
+    ck_assert_str_eq(s, "D");
+    free(s);
+    ck_assert_int_eq(tr->vocab, 256);
+    io_dataset_free(tr);
+    io_dataset_free(va);
+    remove_tree(dir);
+}
+END_TEST
+
+START_TEST(test_text_fixed_cut) {
+    char dir[64], path[128], spec[160];
+    make_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/b.txt", dir);
+    size_t n = 2 * IO_DOC_TOKENS + 100;
+    unsigned char *p = layer_xmalloc(n);
+    for (size_t i = 0; i < n; i++) p[i] = (unsigned char)('a' + (i * 7 + i / 1000) % 26);
+    write_file(path, p, n);
+    snprintf(spec, sizeof spec, "text:%s", path);
+    io_dataset *tr = expect_load(spec, IO_SPLIT_TRAIN, NULL);
+    io_dataset *va = expect_load(spec, IO_SPLIT_VAL, NULL);
+    ck_assert_int_eq(tr->ndocs, 2);
+    ck_assert_int_eq(doc_len(tr, 1), IO_DOC_TOKENS);
+    ck_assert_int_eq(va->ndocs, 1);
+    ck_assert_int_eq(doc_len(va, 0), 100);
+    for (int k = 0; k < 100; k++) ck_assert_int_eq(va->tok[k], p[2 * IO_DOC_TOKENS + k]);
+    ck_assert_int_eq(tr->tok[IO_DOC_TOKENS + 5], p[IO_DOC_TOKENS + 5]);
+    free(p);
+    io_dataset_free(tr);
+    io_dataset_free(va);
+    remove_tree(dir);
+}
+END_TEST
+
+START_TEST(test_u8) {
+    char dir[64], path[128], spec[160];
+    make_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/t.u8", dir);
+    size_t n = 10 * (size_t)IO_DOC_TOKENS + 5; /* 11 documents: number 9 validates */
+    unsigned char *p = layer_xmalloc(n);
+    for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(i / IO_DOC_TOKENS * 20 + i % IO_DOC_TOKENS % 7);
+    write_file(path, p, n);
+    snprintf(spec, sizeof spec, "u8:%s", path);
+    io_dataset *tr = expect_load(spec, IO_SPLIT_TRAIN, NULL);
+    io_dataset *va = expect_load(spec, IO_SPLIT_VAL, NULL);
+    ck_assert_int_eq(tr->ndocs, 10);
+    ck_assert_int_eq(va->ndocs, 1);
+    ck_assert_int_eq(va->tok[0], 180);        /* document 9 */
+    ck_assert_int_eq(tr->tok[tr->doc_off[8]], 160); /* document 8 */
+    ck_assert_int_eq(tr->tok[tr->doc_off[9]], 200); /* document 10, the short tail */
+    ck_assert_int_eq(doc_len(tr, 9), 5);
+    ck_assert_int_eq(tr->vocab, 256);
+    io_dataset_free(tr);
+    io_dataset_free(va);
+
+    /* the largest byte is 200 + 4 = 204 */
+    snprintf(spec, sizeof spec, "u8:%s:205", path);
+    io_dataset *d = expect_load(spec, IO_SPLIT_VAL, NULL);
+    ck_assert_int_eq(d->vocab, 205);
+    io_dataset_free(d);
+    snprintf(spec, sizeof spec, "u8:%s:204", path);
+    expect_fail(spec, IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS(path);
+    ASSERT_ERR_HAS("token value 204 at token index 655364 out of range (vocab 204)");
+    free(p);
+    remove_tree(dir);
+}
+END_TEST
+
+START_TEST(test_u16) {
+    char dir[64], path[128], spec[160];
+    make_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/t.u16", dir);
+    int ntok = 3 * IO_DOC_TOKENS;
+    unsigned char *p = layer_xmalloc(2 * (size_t)ntok);
+    for (int i = 0; i < ntok; i++) {
+        int t = i == 1 ? 0x1234 : (i * 13) % 4000;
+        p[2 * i] = (unsigned char)(t & 0xff);
+        p[2 * i + 1] = (unsigned char)(t >> 8);
+    }
+    write_file(path, p, 2 * (size_t)ntok);
+    snprintf(spec, sizeof spec, "u16:%s", path);
+    io_dataset *tr = expect_load(spec, IO_SPLIT_TRAIN, NULL);
+    ck_assert_int_eq(tr->ndocs, 2);
+    ck_assert_int_eq(tr->tok[1], 0x1234); /* little-endian */
+    ck_assert_int_eq(tr->tok[IO_DOC_TOKENS + 1], ((IO_DOC_TOKENS + 1) * 13) % 4000);
+    ck_assert_int_eq(tr->vocab, 0x1234 + 1); /* the vocab is max + 1 over the whole file */
+    io_dataset_free(tr);
+
+    snprintf(spec, sizeof spec, "u16:%s:65536", path);
+    io_dataset *va = expect_load(spec, IO_SPLIT_VAL, NULL);
+    ck_assert_int_eq(va->vocab, 65536);
+    ck_assert_int_eq(va->ndocs, 1);
+    ck_assert_int_eq(va->tok[3], ((2 * IO_DOC_TOKENS + 3) * 13) % 4000);
+    io_dataset_free(va);
+
+    snprintf(spec, sizeof spec, "u16:%s:4000", path);
+    expect_fail(spec, IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS(path);
+    ASSERT_ERR_HAS("token value 4660 at token index 1 out of range (vocab 4000)");
+
+    snprintf(spec, sizeof spec, "u16:%s:70000", path);
+    expect_fail(spec, IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("vocab 70000 out of range 1..65536");
+
+    write_file(path, p, 7);
+    snprintf(spec, sizeof spec, "u16:%s", path);
+    expect_fail(spec, IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS(path);
+    ASSERT_ERR_HAS("size 7 bytes is not a multiple of 2");
+    free(p);
+    remove_tree(dir);
+}
+END_TEST
+
+START_TEST(test_spec_errors) {
+    char dir[64], path[128], spec[160];
+    make_tmpdir(dir, sizeof dir);
+
+    expect_fail("foo:bar", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("unknown dataset spec prefix 'foo'");
+    expect_fail("mnist", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("unknown dataset 'mnist'");
+    expect_fail("u16:", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("no file path");
+
+    snprintf(spec, sizeof spec, "text:%s/missing.txt", dir);
+    expect_fail(spec, IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("/missing.txt: cannot open: No such file");
+
+    snprintf(path, sizeof path, "%s/empty.txt", dir);
+    write_file(path, "", 0);
+    snprintf(spec, sizeof spec, "text:%s", path);
+    expect_fail(spec, IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("empty.txt: empty file");
+
+    write_file(path, "\f \n\n\n\f", 6);
+    expect_fail(spec, IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("empty.txt: empty: only whitespace");
+
+    /* one document: training only */
+    snprintf(path, sizeof path, "%s/one.u8", dir);
+    write_file(path, "abc", 3);
+    snprintf(spec, sizeof spec, "u8:%s", path);
+    io_dataset *d = expect_load(spec, IO_SPLIT_TRAIN, NULL);
+    ck_assert_int_eq(d->ndocs, 1);
+    io_dataset_free(d);
+    expect_fail(spec, IO_SPLIT_VAL, NULL);
+    ASSERT_ERR_HAS("one.u8: validation split is empty (1 document");
+    remove_tree(dir);
+}
+END_TEST
+
+/* ---- streams ---- */
+
+/* Three documents of lengths 5, 3, 8 holding 100+k, 200+k, 300+k. */
+static io_dataset *small_dataset(void) {
+    io_dataset *d = layer_xcalloc(1, sizeof *d);
+    static const int len[3] = {5, 3, 8};
+    d->vocab = 400;
+    d->ndocs = 3;
+    d->doc_off = layer_xmalloc(4 * sizeof(int64_t));
+    d->tok = layer_xmalloc(16 * sizeof(uint16_t));
+    d->doc_off[0] = 0;
+    for (int i = 0; i < 3; i++) {
+        d->doc_off[i + 1] = d->doc_off[i] + len[i];
+        for (int k = 0; k < len[i]; k++) d->tok[d->doc_off[i] + k] = (uint16_t)(100 * (i + 1) + k);
+    }
+    return d;
+}
+
+/* Expects segment `want` (L = 4) and flag; -1 is padding. */
+static void expect_seg(io_stream *st, const io_dataset *d, int flag, int a, int b, int c, int e) {
+    int32_t seg[4] = {7, 7, 7, 7};
+    int want[4] = {a, b, c, e};
+    int got = io_stream_next(st, d, seg, 4);
+    ck_assert_int_eq(got, flag);
+    for (int k = 0; k < 4; k++) ck_assert_int_eq(seg[k], want[k]);
+}
+
+START_TEST(test_stream_segments) {
+    io_dataset *d = small_dataset();
+    io_stream st;
+    io_stream_init(&st, 0, 2);
+    /* stream 0 of 2 reads documents 0, 2, 1, 0, ... */
+    expect_seg(&st, d, IO_SEG_DOC_START, 100, 101, 102, 103);
+    ck_assert_int_eq(st.doc_count, 1);
+    ck_assert_int_eq(st.pos, 4);
+    expect_seg(&st, d, 0, 104, -1, -1, -1);
+    ck_assert_int_eq(st.pos, 0);
+    /* a document of exactly two segments gets no third, all-padding one */
+    expect_seg(&st, d, IO_SEG_DOC_START, 300, 301, 302, 303);
+    expect_seg(&st, d, 0, 304, 305, 306, 307);
+    ck_assert_int_eq(st.doc_count, 2);
+    ck_assert_int_eq(st.pos, 0);
+    expect_seg(&st, d, IO_SEG_DOC_START, 200, 201, 202, -1);
+    expect_seg(&st, d, IO_SEG_DOC_START, 100, 101, 102, 103);
+
+    /* stream 1 of 2 reads documents 1, 0, 2: together the streams deal out every document */
+    io_stream s1;
+    io_stream_init(&s1, 1, 2);
+    expect_seg(&s1, d, IO_SEG_DOC_START, 200, 201, 202, -1);
+    expect_seg(&s1, d, IO_SEG_DOC_START, 100, 101, 102, 103);
+    expect_seg(&s1, d, 0, 104, -1, -1, -1);
+    expect_seg(&s1, d, IO_SEG_DOC_START, 300, 301, 302, 303);
+    io_dataset_free(d);
+}
+END_TEST
+
+/* The state (doc_count, pos) alone resumes a stream, and long segments still stop at doc ends. */
+START_TEST(test_stream_resume) {
+    io_dataset *d = small_dataset();
+    io_stream a, b;
+    io_stream_init(&a, 2, 5);
+    int32_t sa[3], sb[3], big[10];
+    for (int i = 0; i < 7; i++) io_stream_next(&a, d, sa, 3);
+    b.stream = 2;
+    b.nstreams = 5;
+    b.doc_count = a.doc_count;
+    b.pos = a.pos;
+    for (int i = 0; i < 20; i++) {
+        int fa = io_stream_next(&a, d, sa, 3), fb = io_stream_next(&b, d, sb, 3);
+        ck_assert_int_eq(fa, fb);
+        for (int k = 0; k < 3; k++) ck_assert_int_eq(sa[k], sb[k]);
+    }
+    /* stream 2 of 5 over 3 documents: i-th document is (2 + 5i) mod 3 = 2, 1, 0, 2 */
+    io_stream c;
+    io_stream_init(&c, 2, 5);
+    static const int first[4] = {300, 200, 100, 300};
+    static const int lens[4] = {8, 3, 5, 8};
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(io_stream_next(&c, d, big, 10), IO_SEG_DOC_START);
+        ck_assert_int_eq(big[0], first[i]);
+        ck_assert_int_eq(big[lens[i] - 1], first[i] + lens[i] - 1);
+        ck_assert_int_eq(big[lens[i]], -1);
+        ck_assert_int_eq(big[9], -1);
+    }
+    ck_assert_int_eq(c.doc_count, 4);
+    io_dataset_free(d);
+    io_dataset_free(NULL);
+}
+END_TEST
+
+static Suite *data_suite(void) {
+    Suite *s = suite_create("data");
+    TCase *tc = tcase_create("data");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_fashion_train);
+    tcase_add_test(tc, test_fashion_val);
+    tcase_add_test(tc, test_fashion_small_file);
+    tcase_add_test(tc, test_fashion_errors);
+    tcase_add_test(tc, test_brown);
+    tcase_add_test(tc, test_brown_errors);
+    tcase_add_test(tc, test_text_separators);
+    tcase_add_test(tc, test_text_fixed_cut);
+    tcase_add_test(tc, test_u8);
+    tcase_add_test(tc, test_u16);
+    tcase_add_test(tc, test_spec_errors);
+    tcase_add_test(tc, test_stream_segments);
+    tcase_add_test(tc, test_stream_resume);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return tu_run(data_suite()); }
