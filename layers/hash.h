@@ -46,6 +46,10 @@ void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy
                              const int32_t *rowid, const float *s, const float *rows, int N,
                              int K, int R, int OC);
 
+/* The fast kernels keep their scratch panels (tens of MiB at training shapes) per thread
+ * between calls; this releases the calling thread's. Safe to call at any time. */
+void layer_hash_workspace_free(void);
+
 /* Writes the distinct values of rowid[0..n) in increasing order to uniq and returns their
  * number (the rows touched by a batch: what the sparse optimizer and the exchange need).
  * Values must lie in [0,R). */

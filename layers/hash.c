@@ -1,0 +1,215 @@
+/* MemoryFormer hashing: bucket index, scores and their backward, row ids, unique rows, reference kernels. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers/hash.h"
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+/* The score needs exp(-2|z|/t) for every element; a per-element libm call costs more than the
+ * whole forward lookup at tau = 8, so the AVX-512 build evaluates it 16 lanes at a time.
+ *   ope (n) = 1 + exp(-2|x|/t),  sig (n) = exp(-2|x|/t) / (1 + exp(-2|x|/t)) (sig may be NULL). */
+static void hash_exp_terms(float *ope, float *sig, const float *x, int n, float temp) {
+    const float c = -2.0f / temp;
+    int i = 0;
+#ifdef __AVX512F__
+    /* Cephes expf: exp(v) = 2^m * p(r), v = m ln2 + r, |r| <= ln2/2; about 1 ulp. The argument
+     * is never positive; below -104 the float result is 0, which scalef reproduces. */
+    const __m512 vc = _mm512_set1_ps(c), lo = _mm512_set1_ps(-104.0f);
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2hi = _mm512_set1_ps(0.693359375f), ln2lo = _mm512_set1_ps(-2.12194440e-4f);
+    const __m512 p0 = _mm512_set1_ps(1.9875691500e-4f), p1 = _mm512_set1_ps(1.3981999507e-3f);
+    const __m512 p2 = _mm512_set1_ps(8.3334519073e-3f), p3 = _mm512_set1_ps(4.1665795894e-2f);
+    const __m512 p4 = _mm512_set1_ps(1.6666665459e-1f), p5 = _mm512_set1_ps(5.0000001201e-1f);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), vc);
+        v = _mm512_max_ps(v, lo);
+        __m512 m = _mm512_roundscale_ps(_mm512_mul_ps(v, log2e),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(m, ln2hi, v);
+        r = _mm512_fnmadd_ps(m, ln2lo, r);
+        __m512 p = _mm512_fmadd_ps(p0, r, p1);
+        p = _mm512_fmadd_ps(p, r, p2);
+        p = _mm512_fmadd_ps(p, r, p3);
+        p = _mm512_fmadd_ps(p, r, p4);
+        p = _mm512_fmadd_ps(p, r, p5);
+        p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, one));
+        __m512 e = _mm512_scalef_ps(p, m);
+        __m512 o = _mm512_add_ps(one, e);
+        _mm512_storeu_ps(ope + i, o);
+        if (sig) _mm512_storeu_ps(sig + i, _mm512_div_ps(e, o));
+    }
+#endif
+    for (; i < n; i++) {
+        float e = expf(c * fabsf(x[i]));
+        ope[i] = 1.0f + e;
+        if (sig) sig[i] = e / (1.0f + e);
+    }
+}
+
+static void hash_check_sizes(int N, int K, int TAU, layer_score_mode mode, float temp) {
+    LAYER_ASSERT(N >= 0 && K > 0);
+    LAYER_ASSERT(TAU >= 1 && TAU <= 30);
+    LAYER_ASSERT(mode == LAYER_SCORE_PROB || mode == LAYER_SCORE_L1PROB);
+    LAYER_ASSERT(mode != LAYER_SCORE_PROB || temp > 0.0f);
+}
+
+/* idx (N,K), s (N,K); x (N,K*TAU). */
+void layer_hash_index(int32_t *idx, float *s, const float *x, int N, int K, int TAU,
+                      layer_score_mode mode, float temp) {
+    hash_check_sizes(N, K, TAU, mode, temp);
+    const int D = K * TAU;
+    /* l1prob was trained without a temperature: its sigmoid is always at t = 1. */
+    const float t = mode == LAYER_SCORE_PROB ? temp : 1.0f;
+    float *ope = layer_xmalloc((size_t)D * sizeof(float)); /* (K*TAU) one row's 1 + exp(-2a/t) */
+    for (int n = 0; n < N; n++) {
+        const float *xn = x + (size_t)n * D; /* (K*TAU) */
+        hash_exp_terms(ope, NULL, xn, D, t);
+        for (int k = 0; k < K; k++) {
+            const float *z = xn + k * TAU, *o = ope + k * TAU;
+            int32_t b = 0;
+            float prod = 1.0f, sum = 0.0f;
+            for (int i = 0; i < TAU; i++) {
+                /* -0.0 >= 0 holds, so both zeros give bit 1. */
+                b = (b << 1) | (z[i] >= 0.0f);
+                prod *= o[i];
+                sum += fabsf(z[i]);
+            }
+            /* prod_i 1/(1+e_i) as one division: each factor is in [1,2], so no overflow. */
+            idx[(size_t)n * K + k] = b;
+            s[(size_t)n * K + k] = mode == LAYER_SCORE_PROB ? 1.0f / prod : sum / prod;
+        }
+    }
+    free(ope);
+}
+
+/* dx (N,K*TAU) += gs * ds/dx; gs (N,K); x (N,K*TAU). */
+void layer_hash_score_backward(float *dx, const float *gs, const float *x, int N, int K, int TAU,
+                               layer_score_mode mode, float temp) {
+    hash_check_sizes(N, K, TAU, mode, temp);
+    const int D = K * TAU;
+    const float t = mode == LAYER_SCORE_PROB ? temp : 1.0f;
+    const int prob = mode == LAYER_SCORE_PROB;
+    float *ope = layer_xmalloc((size_t)D * sizeof(float)); /* (K*TAU) 1 + e */
+    float *sig = layer_xmalloc((size_t)D * sizeof(float)); /* (K*TAU) sigmoid(-2a/t) = e/(1+e) */
+    float *ca = layer_xmalloc((size_t)D * sizeof(float));  /* (K*TAU) per-element factors: */
+    float *cb = layer_xmalloc((size_t)D * sizeof(float));  /* dz = sign(z) (ca + cb * sig) */
+    for (int n = 0; n < N; n++) {
+        const float *xn = x + (size_t)n * D; /* (K*TAU) */
+        float *dxn = dx + (size_t)n * D;     /* (K*TAU) */
+        hash_exp_terms(ope, sig, xn, D, t);
+        for (int k = 0; k < K; k++) {
+            float g = gs[(size_t)n * K + k];
+            const float *z = xn + k * TAU, *o = ope + k * TAU;
+            float prod = 1.0f, sum = 0.0f;
+            for (int i = 0; i < TAU; i++) {
+                prod *= o[i];
+                sum += fabsf(z[i]);
+            }
+            /* prob:   d/da_j prod_i sigmoid(2a_i/t) = p (2/t) sigmoid(-2a_j/t), p = 1/prod;
+             * l1prob: s = S/prod(1+e) gives ds/da_j = (1 + 2 S sigmoid(-2a_j)) / prod(1+e). */
+            float a = prob ? 0.0f : g / prod, c = prob ? g * (2.0f / t) / prod : 2.0f * sum * g / prod;
+            for (int i = 0; i < TAU; i++) {
+                ca[k * TAU + i] = a;
+                cb[k * TAU + i] = c;
+            }
+        }
+        int i = 0;
+#ifdef __AVX512F__
+        const __m512 zero = _mm512_setzero_ps();
+        for (; i + 16 <= D; i += 16) {
+            __m512 z = _mm512_loadu_ps(xn + i);
+            __m512 d = _mm512_fmadd_ps(_mm512_loadu_ps(cb + i), _mm512_loadu_ps(sig + i),
+                                       _mm512_loadu_ps(ca + i));
+            /* sign(z) * d with sign(0) = 0 */
+            __mmask16 pos = _mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ);
+            __mmask16 neg = _mm512_cmp_ps_mask(z, zero, _CMP_LT_OQ);
+            __m512 sd = _mm512_mask_sub_ps(_mm512_maskz_mov_ps(pos, d), neg, zero, d);
+            _mm512_storeu_ps(dxn + i, _mm512_add_ps(_mm512_loadu_ps(dxn + i), sd));
+        }
+#endif
+        for (; i < D; i++) {
+            float d = ca[i] + cb[i] * sig[i];
+            dxn[i] += xn[i] > 0.0f ? d : xn[i] < 0.0f ? -d : 0.0f;
+        }
+    }
+    free(ope);
+    free(sig);
+    free(ca);
+    free(cb);
+}
+
+/* rowid (N,K); idx (N,K). */
+void layer_hash_rowid_local(int32_t *rowid, const int32_t *idx, int N, int K, int TAU) {
+    LAYER_ASSERT(N >= 0 && K > 0 && TAU >= 1 && TAU <= 30);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            int32_t i = idx[(size_t)n * K + k];
+            LAYER_ASSERT(i >= 0 && i < (1 << TAU));
+            rowid[(size_t)n * K + k] = (int32_t)(k << TAU) + i;
+        }
+}
+
+/* y (N,OC); rowid, s (N,K); rows (R,OC); b (OC) or NULL. */
+void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
+                            const float *b, int N, int K, int R, int OC) {
+    LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
+    for (int n = 0; n < N; n++) {
+        float *yn = y + (size_t)n * OC; /* (OC) */
+        for (int o = 0; o < OC; o++) yn[o] = b ? b[o] : 0.0f;
+        for (int k = 0; k < K; k++) {
+            int32_t r = rowid[(size_t)n * K + k];
+            LAYER_ASSERT(r >= 0 && r < R);
+            float sv = s[(size_t)n * K + k];
+            const float *row = rows + (size_t)r * OC; /* (OC) */
+            for (int o = 0; o < OC; o++) yn[o] += sv * row[o];
+        }
+    }
+}
+
+/* drows (R,OC), gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC). */
+void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy,
+                             const int32_t *rowid, const float *s, const float *rows, int N,
+                             int K, int R, int OC) {
+    LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
+    for (int n = 0; n < N; n++) {
+        const float *g = dy + (size_t)n * OC; /* (OC) */
+        if (db)
+            for (int o = 0; o < OC; o++) db[o] += g[o];
+        for (int k = 0; k < K; k++) {
+            int32_t r = rowid[(size_t)n * K + k];
+            LAYER_ASSERT(r >= 0 && r < R);
+            float sv = s[(size_t)n * K + k];
+            if (drows) {
+                float *dr = drows + (size_t)r * OC; /* (OC) */
+                for (int o = 0; o < OC; o++) dr[o] += sv * g[o];
+            }
+            if (gs) {
+                const float *row = rows + (size_t)r * OC; /* (OC) */
+                float d = 0.0f;
+                for (int o = 0; o < OC; o++) d += g[o] * row[o];
+                gs[(size_t)n * K + k] += d;
+            }
+        }
+    }
+}
+
+/* uniq (<= n) distinct values of rowid (n), increasing. */
+int layer_hash_unique_rows(int32_t *uniq, const int32_t *rowid, int n, int R) {
+    LAYER_ASSERT(n >= 0 && R > 0);
+    /* A flag per row rather than a sort: O(n + R), and R is the size of a store that exists. */
+    unsigned char *seen = layer_xcalloc((size_t)R, 1); /* (R) */
+    for (int i = 0; i < n; i++) {
+        LAYER_ASSERT(rowid[i] >= 0 && rowid[i] < R);
+        seen[rowid[i]] = 1;
+    }
+    int m = 0;
+    for (int r = 0; r < R; r++)
+        if (seen[r]) uniq[m++] = r;
+    free(seen);
+    return m;
+}

@@ -1,0 +1,542 @@
+/* Cache-blocked forward and backward of the hashed projection, and the shared-hash Q/K/V variant. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers/hash.h"
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+/* Why the blocking: a local table set at tau = 8, OC = 512 is K * 512 KiB (32 MiB at K = 64),
+ * far beyond L2, and a token touches one row of every table. Visiting tokens in their own
+ * order would fetch a row from memory for every (token, chunk).
+ *
+ * Forward: the chunks are cut into groups whose distinct rows, taken one column block of
+ * HK_FWD_NV vectors at a time, fit in L2. A group's rows are copied whole, in increasing order,
+ * into a panel laid out by column block; then, per column block, every token accumulates its
+ * group's rows from the panel in registers and touches its partial output once. Each table
+ * byte thus comes from memory once per call, in sequence.
+ *
+ * Backward: the (token, chunk) entries are counting-sorted by row id, and hit rows are visited
+ * in increasing order, whole (so rows and row gradients stream from memory in sequence), in
+ * column blocks of HK_BWD_NV vectors: one pass over a row's tokens sums s * g in registers,
+ * adds it to the row gradient once, and forms the partial <g, row> of every hit for gs.
+ * (Column-blocked variants with the token gradients in an L2 panel measured slower here: the
+ * strided or panel-staged row traffic cost more than the token gradients saved.)
+ *
+ * The forward panel matters as much as the order: rows are OC floats apart, a power of two
+ * at the usual widths, so column slices read in place would crowd into a few cache sets and
+ * come from memory at a quarter of the sequential rate. */
+
+/* Blocking parameters, tuned on Zen 4 (1 MiB L2) at N = 2048, OC = 512; -D overrides them. */
+#ifndef HK_FWD_PANEL
+#define HK_FWD_PANEL (256 * 1024) /* bytes of L2 for one column block of a group's rows */
+#endif
+#ifndef HK_FWD_NV
+#define HK_FWD_NV 4               /* forward column block, in 16-float vectors */
+#endif
+#ifndef HK_BWD_NV
+#define HK_BWD_NV 16              /* backward column block, in 16-float vectors */
+#endif
+#define HK_NVMAX 16 /* largest column block the kernels are instantiated for */
+_Static_assert(HK_FWD_NV <= HK_NVMAX && HK_BWD_NV <= HK_NVMAX, "column block too wide");
+#ifndef HK_PREFETCH
+#define HK_PREFETCH 4             /* rows ahead that are prefetched */
+#endif
+
+static void hk_check(const int32_t *rowid, int N, int K, int R, int OC) {
+    LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
+    /* One pass over the ids here so the inner loops can trust them. */
+    size_t n = (size_t)N * K;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) bad |= (rowid[i] < 0) | (rowid[i] >= R);
+    LAYER_ASSERT(!bad);
+}
+
+/* Scratch buffers, one per purpose, kept between calls and grown when too small: the kernels
+ * need tens of MiB of panels at training shapes, and fresh pages for them on every call cost
+ * as much as a third of the forward. Per thread, so concurrent callers do not share them;
+ * layer_hash_workspace_free() returns them. */
+enum {
+    HK_WS_OWNER, HK_WS_POS, HK_WS_CNT, HK_WS_GK0, HK_WS_GOFF, HK_WS_LIST, HK_WS_SLOT, HK_WS_SV,
+    HK_WS_PANEL, HK_WS_YP, HK_WS_START, HK_WS_TOK, HK_WS_ENT, HK_WS_HSV, HK_WS_HIT, HK_WS_GSH,
+    HK_WS_COUNT
+};
+static _Thread_local struct { void *base; size_t cap; } hk_ws_buf[HK_WS_COUNT];
+
+/* A 64-byte aligned buffer of at least `bytes` for purpose id; valid until the next call
+ * with the same id. */
+static void *hk_ws(int id, size_t bytes) {
+    if (hk_ws_buf[id].cap < bytes || !hk_ws_buf[id].base) {
+        free(hk_ws_buf[id].base);
+        /* grow by half again, so slowly rising sizes do not reallocate every call */
+        size_t cap = bytes + bytes / 2 + 64;
+        hk_ws_buf[id].base = layer_xmalloc(cap + 64);
+        hk_ws_buf[id].cap = cap;
+    }
+    char *p = hk_ws_buf[id].base;
+    return p + (64 - (uintptr_t)p % 64) % 64;
+}
+
+void layer_hash_workspace_free(void) {
+    for (int i = 0; i < HK_WS_COUNT; i++) {
+        free(hk_ws_buf[i].base);
+        hk_ws_buf[i].base = NULL;
+        hk_ws_buf[i].cap = 0;
+    }
+}
+
+/* Forward schedule: chunks [gk0[g], gk0[g+1]) form group g; its distinct rows, increasing, are
+ * list[goff[g] .. goff[g+1]). Entry (n, k) of group g is at N*gk0[g] + n*G + (k - gk0[g])
+ * (G the group's chunk count) in slot (its row's position in the group's list) and sv. */
+typedef struct hk_plan {
+    int ngroups, maxrows;
+    int *gk0, *goff;  /* (ngroups+1) */
+    int32_t *list;    /* (<= N*K) */
+    int32_t *slot;    /* (N*K) */
+    float *sv;        /* (N*K) */
+} hk_plan;
+
+static void hk_plan_build(hk_plan *pl, const int32_t *rowid, const float *s, int N, int K, int R,
+                          int cap) {
+    size_t nk = (size_t)N * K;
+    int32_t *owner = hk_ws(HK_WS_OWNER, (size_t)R * sizeof(int32_t)); /* (R) last chunk/group seen */
+    int32_t *pos = hk_ws(HK_WS_POS, (size_t)R * sizeof(int32_t)); /* (R) slot within the group */
+    int *cnt = hk_ws(HK_WS_CNT, (size_t)K * sizeof(int)); /* (K) distinct rows per chunk */
+    for (int r = 0; r < R; r++) owner[r] = -1;
+    for (int k = 0; k < K; k++) {
+        int c = 0;
+        for (int n = 0; n < N; n++) {
+            int32_t r = rowid[(size_t)n * K + k];
+            if (owner[r] != k) owner[r] = k, c++;
+        }
+        cnt[k] = c;
+    }
+    pl->gk0 = hk_ws(HK_WS_GK0, (size_t)(K + 1) * sizeof(int));
+    pl->goff = hk_ws(HK_WS_GOFF, (size_t)(K + 1) * sizeof(int));
+    pl->list = hk_ws(HK_WS_LIST, nk * sizeof(int32_t));
+    pl->slot = hk_ws(HK_WS_SLOT, nk * sizeof(int32_t));
+    pl->sv = hk_ws(HK_WS_SV, nk * sizeof(float));
+    pl->ngroups = 0;
+    pl->maxrows = 0;
+    pl->goff[0] = 0;
+    int k = 0;
+    while (k < K) {
+        /* Greedy: add chunks while the summed distinct counts (a bound on the group's) fit. */
+        int g = pl->ngroups, k0 = k, sum = 0;
+        while (k < K && (k == k0 || sum + cnt[k] <= cap)) sum += cnt[k++];
+        int G = k - k0, tag = K + g; /* tags above K cannot clash with the chunk pass */
+        for (int kk = k0; kk < k; kk++)
+            for (int n = 0; n < N; n++) owner[rowid[(size_t)n * K + kk]] = tag;
+        int m = 0, off = pl->goff[g];
+        for (int r = 0; r < R; r++)
+            if (owner[r] == tag) pos[r] = m, pl->list[off + m++] = r;
+        int32_t *sl = pl->slot + (size_t)N * k0;
+        float *sp = pl->sv + (size_t)N * k0;
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < G; j++) {
+                size_t e = (size_t)n * K + k0 + j;
+                sl[(size_t)n * G + j] = pos[rowid[e]];
+                sp[(size_t)n * G + j] = s[e];
+            }
+        pl->gk0[g] = k0;
+        pl->goff[g + 1] = off + m;
+        if (m > pl->maxrows) pl->maxrows = m;
+        pl->ngroups++;
+    }
+    pl->gk0[pl->ngroups] = K;
+}
+
+/* Entries (token, chunk) grouped by row id: the hits of row r are [start[r], start[r+1]). */
+typedef struct hk_sorted {
+    int32_t *start; /* (R+1) */
+    int32_t *tok;   /* (N*K) token of each hit */
+    int32_t *ent;   /* (N*K) flat entry n*K + k of each hit */
+    float *sv;      /* (N*K) score of each hit */
+    int32_t *hit;   /* (nhit) the rows with at least one hit, increasing */
+    int nhit;
+} hk_sorted;
+
+static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, int K, int R) {
+    size_t n = (size_t)N * K;
+    st->start = hk_ws(HK_WS_START, ((size_t)R + 1) * sizeof(int32_t));
+    memset(st->start, 0, ((size_t)R + 1) * sizeof(int32_t));
+    st->tok = hk_ws(HK_WS_TOK, n * sizeof(int32_t));
+    st->ent = hk_ws(HK_WS_ENT, n * sizeof(int32_t));
+    st->sv = hk_ws(HK_WS_HSV, n * sizeof(float));
+    for (size_t e = 0; e < n; e++) st->start[rowid[e] + 1]++;
+    int nhit = 0;
+    for (int r = 0; r < R; r++) {
+        nhit += st->start[r + 1] != 0;
+        st->start[r + 1] += st->start[r];
+    }
+    st->hit = hk_ws(HK_WS_HIT, (size_t)nhit * sizeof(int32_t));
+    st->nhit = nhit;
+    for (int r = 0, m = 0; r < R; r++)
+        if (st->start[r + 1] != st->start[r]) st->hit[m++] = r;
+    int32_t *fill = hk_ws(HK_WS_POS, (size_t)R * sizeof(int32_t)); /* (R) next free slot per row */
+    memcpy(fill, st->start, (size_t)R * sizeof(int32_t));
+    /* Entries in increasing (n, k) order within a row, so sums over a row's tokens run in a
+     * fixed order whatever the blocking. */
+    for (int t = 0; t < N; t++)
+        for (int k = 0; k < K; k++) {
+            size_t e = (size_t)t * K + k;
+            int32_t p = fill[rowid[e]]++;
+            st->tok[p] = t;
+            st->ent[p] = (int32_t)e;
+            st->sv[p] = s[e];
+        }
+}
+
+#ifdef __AVX512F__
+
+#define HK_INLINE static inline __attribute__((always_inline))
+
+/* Lane mask of vector j of a block of nv vectors whose last vector has `last` lanes set. */
+HK_INLINE __mmask16 hk_mask(int j, int nv, __mmask16 last) {
+    return j == nv - 1 ? last : (__mmask16)0xFFFF;
+}
+
+/* One (column block, chunk group) of the forward over a panel (rows, stride) holding the
+ * group's rows' columns [c0, c0+16nv), zero past OC. yp (N, stride) carries partial sums
+ * between groups; the first group starts from b (or 0), the last writes y. */
+HK_INLINE void hk_fwd_sweep(float *y, float *yp, const float *panel, const int32_t *slot,
+                            const float *sv, int G, const float *b, int N, int OC, int c0,
+                            const int nv, const int stride, __mmask16 last, int first,
+                            int final) {
+    __m512 seed[HK_NVMAX];
+#pragma GCC unroll 16
+    for (int j = 0; j < nv; j++)
+        seed[j] = b ? _mm512_maskz_loadu_ps(hk_mask(j, nv, last), b + c0 + 16 * j)
+                    : _mm512_setzero_ps();
+    for (int n = 0; n < N; n++) {
+        float *ypn = yp + (size_t)n * stride;
+        const int32_t *sl = slot + (size_t)n * G;
+        const float *sp = sv + (size_t)n * G;
+        __m512 acc[HK_NVMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) acc[j] = first ? seed[j] : _mm512_load_ps(ypn + 16 * j);
+        for (int k = 0; k < G; k++) {
+            __m512 s1 = _mm512_set1_ps(sp[k]);
+            const float *pr = panel + (size_t)sl[k] * stride;
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++)
+                acc[j] = _mm512_fmadd_ps(s1, _mm512_load_ps(pr + 16 * j), acc[j]);
+        }
+        if (final) {
+            float *yn = y + (size_t)n * OC + c0;
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++) _mm512_mask_storeu_ps(yn + 16 * j, hk_mask(j, nv, last), acc[j]);
+        } else {
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++) _mm512_store_ps(ypn + 16 * j, acc[j]);
+        }
+    }
+}
+
+static void hk_fwd_avx512(float *y, const int32_t *rowid, const float *s, const float *rows,
+                          const float *b, int N, int K, int R, int OC) {
+    const int cb = 16 * HK_FWD_NV, ncb = (OC + cb - 1) / cb;
+    hk_plan pl;
+    hk_plan_build(&pl, rowid, s, N, K, R, HK_FWD_PANEL / (cb * (int)sizeof(float)));
+    /* panel (ncb, maxrows, cb): the group's rows cut into column blocks */
+    float *panel = hk_ws(HK_WS_PANEL, (size_t)pl.maxrows * ncb * cb * sizeof(float));
+    /* yp (ncb, N, cb): partial outputs between groups */
+    float *yp = pl.ngroups > 1 ? hk_ws(HK_WS_YP, (size_t)N * ncb * cb * sizeof(float)) : NULL;
+    for (int g = 0; g < pl.ngroups; g++) {
+        int k0 = pl.gk0[g], G = pl.gk0[g + 1] - k0;
+        const int32_t *list = pl.list + pl.goff[g];
+        int m = pl.goff[g + 1] - pl.goff[g];
+        /* Whole rows, in increasing order: memory streams them at full speed, where column
+         * slices of rows OC floats apart would come at a quarter of it. */
+        for (int u = 0; u < m; u++) {
+            const float *src = rows + (size_t)list[u] * OC;
+            if (u + HK_PREFETCH < m) {
+                const char *ahead = (const char *)(rows + (size_t)list[u + HK_PREFETCH] * OC);
+                for (int o = 0; o < OC * (int)sizeof(float); o += 64)
+                    _mm_prefetch(ahead + o, _MM_HINT_T0);
+            }
+            for (int c = 0; c < ncb; c++) {
+                float *q = panel + ((size_t)c * m + u) * cb;
+                int rem = OC - c * cb < cb ? OC - c * cb : cb;
+                for (int j = 0; j < HK_FWD_NV; j++) {
+                    int lanes = rem - 16 * j;
+                    __mmask16 mk = lanes >= 16 ? 0xFFFF : lanes <= 0 ? 0 : (__mmask16)(0xFFFFu >> (16 - lanes));
+                    _mm512_store_ps(q + 16 * j, _mm512_maskz_loadu_ps(mk, src + c * cb + 16 * j));
+                }
+            }
+        }
+        const int32_t *slot = pl.slot + (size_t)N * k0;
+        const float *sv = pl.sv + (size_t)N * k0;
+        int first = g == 0, final = g == pl.ngroups - 1;
+        for (int c = 0; c < ncb; c++) {
+            int c0 = c * cb, rem = OC - c0 < cb ? OC - c0 : cb;
+            int nv = (rem + 15) / 16;
+            __mmask16 last = (__mmask16)(0xFFFFu >> (16 * nv - rem));
+            const float *pc = panel + (size_t)c * m * cb;
+            float *ypc = yp ? yp + (size_t)c * N * cb : NULL;
+#define HK_FWD_CASE(V)                                                                          \
+    case V:                                                                                     \
+        hk_fwd_sweep(y, ypc, pc, slot, sv, G, b, N, OC, c0, V, cb, last, first, final);         \
+        break;
+            switch (nv) {
+                HK_FWD_CASE(1) HK_FWD_CASE(2) HK_FWD_CASE(3) HK_FWD_CASE(4)
+                HK_FWD_CASE(5) HK_FWD_CASE(6) HK_FWD_CASE(7) HK_FWD_CASE(8)
+                default: LAYER_ASSERT(0);
+            }
+#undef HK_FWD_CASE
+        }
+    }
+}
+
+/* Backward of hit row r, columns [c0, c0+16nv): one pass over its tokens sums s * g into
+ * registers and forms the partial <g, row> of each hit in gsh (set when `first`, else added);
+ * gsh and drows may be NULL. */
+HK_INLINE void hk_bwd_rowblock(float *drows, float *gsh, const float *dy, const hk_sorted *st,
+                               const float *rows, int OC, int32_t r, int c0, const int nv,
+                               __mmask16 last, int first) {
+    __m512 acc[HK_NVMAX];
+    const float *rp = rows + (size_t)r * OC + c0;
+#pragma GCC unroll 16
+    for (int j = 0; j < nv; j++) acc[j] = _mm512_setzero_ps();
+    for (int32_t h = st->start[r]; h < st->start[r + 1]; h++) {
+        const float *g = dy + (size_t)st->tok[h] * OC + c0;
+        __m512 s1 = _mm512_set1_ps(st->sv[h]);
+        __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) {
+            __mmask16 m = hk_mask(j, nv, last);
+            __m512 gv = _mm512_maskz_loadu_ps(m, g + 16 * j);
+            acc[j] = _mm512_fmadd_ps(s1, gv, acc[j]);
+            if (gsh) {
+                if (j & 1)
+                    d1 = _mm512_fmadd_ps(gv, _mm512_maskz_loadu_ps(m, rp + 16 * j), d1);
+                else
+                    d0 = _mm512_fmadd_ps(gv, _mm512_maskz_loadu_ps(m, rp + 16 * j), d0);
+            }
+        }
+        if (gsh) {
+            float d = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
+            gsh[h] = first ? d : gsh[h] + d;
+        }
+    }
+    if (drows) {
+        float *dp = drows + (size_t)r * OC + c0;
+#pragma GCC unroll 16
+        for (int j = 0; j < nv; j++) {
+            __mmask16 m = hk_mask(j, nv, last);
+            _mm512_mask_storeu_ps(dp + 16 * j, m,
+                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m, dp + 16 * j), acc[j]));
+        }
+    }
+}
+
+static void hk_bwd_avx512(float *drows, float *gs, const float *dy, const hk_sorted *st,
+                          const float *rows, int N, int OC) {
+    (void)N;
+    const int cb = 16 * HK_BWD_NV;
+    size_t nh = st->nhit ? (size_t)st->start[st->hit[st->nhit - 1] + 1] : 0;
+    /* gsh (hits) <g, row> per hit in row order: written in sequence, scattered once at the end */
+    float *gsh = gs ? hk_ws(HK_WS_GSH, nh * sizeof(float)) : NULL;
+    for (int i = 0; i < st->nhit; i++) {
+        int32_t r = st->hit[i];
+        if (i + HK_PREFETCH < st->nhit) {
+            size_t ahead = (size_t)st->hit[i + HK_PREFETCH] * OC;
+            for (int o = 0; o < OC; o += 16) {
+                if (gs) _mm_prefetch((const char *)(rows + ahead + o), _MM_HINT_T0);
+                if (drows) _mm_prefetch((const char *)(drows + ahead + o), _MM_HINT_T0);
+            }
+        }
+        for (int c0 = 0; c0 < OC; c0 += cb) {
+            int rem = OC - c0 < cb ? OC - c0 : cb;
+            int nv = (rem + 15) / 16;
+            __mmask16 last = (__mmask16)(0xFFFFu >> (16 * nv - rem));
+            int first = c0 == 0;
+            if (nv == HK_BWD_NV)
+                hk_bwd_rowblock(drows, gsh, dy, st, rows, OC, r, c0, HK_BWD_NV, last, first);
+            else
+                switch (nv) {
+#define HK_BWD_CASE(V) \
+    case V: hk_bwd_rowblock(drows, gsh, dy, st, rows, OC, r, c0, V, last, first); break;
+                    HK_BWD_CASE(1) HK_BWD_CASE(2) HK_BWD_CASE(3) HK_BWD_CASE(4)
+                    HK_BWD_CASE(5) HK_BWD_CASE(6) HK_BWD_CASE(7) HK_BWD_CASE(8)
+                    HK_BWD_CASE(9) HK_BWD_CASE(10) HK_BWD_CASE(11) HK_BWD_CASE(12)
+                    HK_BWD_CASE(13) HK_BWD_CASE(14) HK_BWD_CASE(15)
+#undef HK_BWD_CASE
+                    default: LAYER_ASSERT(0);
+                }
+        }
+    }
+    if (gs)
+        for (size_t h = 0; h < nh; h++) gs[st->ent[h]] += gsh[h];
+}
+
+typedef hk_sorted hk_bwd_prep;
+
+static void hk_bwd_prepare(hk_bwd_prep *st, const int32_t *rowid, const float *s, int N, int K,
+                           int R) {
+    hk_sort(st, rowid, s, N, K, R);
+}
+
+static void hk_bwd_run(float *drows, float *gs, const float *dy, const hk_bwd_prep *st,
+                       const float *rows, int N, int K, int OC) {
+    (void)K;
+    hk_bwd_avx512(drows, gs, dy, st, rows, N, OC);
+}
+
+static void hk_db(float *db, const float *dy, int N, int OC) {
+    int o = 0;
+    for (; o + 64 <= OC; o += 64) {
+        __m512 a0 = _mm512_loadu_ps(db + o), a1 = _mm512_loadu_ps(db + o + 16);
+        __m512 a2 = _mm512_loadu_ps(db + o + 32), a3 = _mm512_loadu_ps(db + o + 48);
+        for (int n = 0; n < N; n++) {
+            const float *g = dy + (size_t)n * OC + o;
+            a0 = _mm512_add_ps(a0, _mm512_loadu_ps(g));
+            a1 = _mm512_add_ps(a1, _mm512_loadu_ps(g + 16));
+            a2 = _mm512_add_ps(a2, _mm512_loadu_ps(g + 32));
+            a3 = _mm512_add_ps(a3, _mm512_loadu_ps(g + 48));
+        }
+        _mm512_storeu_ps(db + o, a0);
+        _mm512_storeu_ps(db + o + 16, a1);
+        _mm512_storeu_ps(db + o + 32, a2);
+        _mm512_storeu_ps(db + o + 48, a3);
+    }
+    for (; o < OC; o += 16) {
+        __mmask16 m = (__mmask16)(OC - o >= 16 ? 0xFFFFu : 0xFFFFu >> (16 - (OC - o)));
+        __m512 a = _mm512_maskz_loadu_ps(m, db + o);
+        for (int n = 0; n < N; n++) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, dy + (size_t)n * OC + o));
+        _mm512_mask_storeu_ps(db + o, m, a);
+    }
+}
+
+#else /* portable fallback: plain loops, the forward on the same schedule */
+
+static void hk_fwd_portable(float *y, const int32_t *rowid, const float *s, const float *rows,
+                            const float *b, int N, int K, int R, int OC) {
+    const int cb = 16 * HK_FWD_NV;
+    hk_plan pl;
+    hk_plan_build(&pl, rowid, s, N, K, R, HK_FWD_PANEL / (cb * (int)sizeof(float)));
+    float *panel = hk_ws(HK_WS_PANEL, (size_t)pl.maxrows * cb * sizeof(float));
+    for (int c0 = 0; c0 < OC; c0 += cb) {
+        int w = OC - c0 < cb ? OC - c0 : cb;
+        for (int g = 0; g < pl.ngroups; g++) {
+            int k0 = pl.gk0[g], G = pl.gk0[g + 1] - k0;
+            const int32_t *list = pl.list + pl.goff[g];
+            int m = pl.goff[g + 1] - pl.goff[g];
+            for (int u = 0; u < m; u++)
+                memcpy(panel + (size_t)u * cb, rows + (size_t)list[u] * OC + c0, w * sizeof(float));
+            for (int n = 0; n < N; n++) {
+                float acc[16 * HK_FWD_NV];
+                float *yn = y + (size_t)n * OC + c0;
+                for (int c = 0; c < w; c++) acc[c] = g ? yn[c] : b ? b[c0 + c] : 0.0f;
+                for (int j = 0; j < G; j++) {
+                    size_t e = (size_t)N * k0 + (size_t)n * G + j;
+                    float sv = pl.sv[e];
+                    const float *r = panel + (size_t)pl.slot[e] * cb;
+                    for (int c = 0; c < w; c++) acc[c] += sv * r[c];
+                }
+                for (int c = 0; c < w; c++) yn[c] = acc[c];
+            }
+        }
+    }
+}
+
+static void hk_bwd_portable(float *drows, float *gs, const float *dy, const hk_sorted *st,
+                            const float *rows, int N, int OC) {
+    (void)N;
+    const int cb = 16 * HK_NVMAX;
+    for (int i = 0; i < st->nhit; i++) {
+        int32_t r = st->hit[i];
+        for (int c0 = 0; c0 < OC; c0 += cb) {
+            int w = OC - c0 < cb ? OC - c0 : cb;
+            const float *rp = rows + (size_t)r * OC + c0;
+            float acc[16 * HK_NVMAX];
+            for (int c = 0; c < w; c++) acc[c] = 0.0f;
+            for (int32_t h = st->start[r]; h < st->start[r + 1]; h++) {
+                const float *g = dy + (size_t)st->tok[h] * OC + c0;
+                float sv = st->sv[h], d = 0.0f;
+                for (int c = 0; c < w; c++) {
+                    acc[c] += sv * g[c];
+                    d += g[c] * rp[c];
+                }
+                if (gs) gs[st->ent[h]] += d;
+            }
+            if (drows) {
+                float *dp = drows + (size_t)r * OC + c0;
+                for (int c = 0; c < w; c++) dp[c] += acc[c];
+            }
+        }
+    }
+}
+
+typedef hk_sorted hk_bwd_prep;
+
+static void hk_bwd_prepare(hk_bwd_prep *st, const int32_t *rowid, const float *s, int N, int K,
+                           int R) {
+    hk_sort(st, rowid, s, N, K, R);
+}
+
+static void hk_bwd_run(float *drows, float *gs, const float *dy, const hk_bwd_prep *st,
+                       const float *rows, int N, int K, int OC) {
+    (void)K;
+    hk_bwd_portable(drows, gs, dy, st, rows, N, OC);
+}
+
+static void hk_db(float *db, const float *dy, int N, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) db[o] += dy[(size_t)n * OC + o];
+}
+
+#endif
+
+/* y (N,OC); rowid, s (N,K); rows (R,OC); b (OC) or NULL. */
+void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const float *rows,
+                        const float *b, int N, int K, int R, int OC) {
+    hk_check(rowid, N, K, R, OC);
+#ifdef __AVX512F__
+    hk_fwd_avx512(y, rowid, s, rows, b, N, K, R, OC);
+#else
+    hk_fwd_portable(y, rowid, s, rows, b, N, K, R, OC);
+#endif
+}
+
+/* drows (R,OC), gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC). */
+void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
+                         const int32_t *rowid, const float *s, const float *rows, int N, int K,
+                         int R, int OC) {
+    hk_check(rowid, N, K, R, OC);
+    if (db) hk_db(db, dy, N, OC);
+    if (!drows && !gs) return;
+    hk_bwd_prep prep;
+    hk_bwd_prepare(&prep, rowid, s, N, K, R);
+    hk_bwd_run(drows, gs, dy, &prep, rows, N, K, OC);
+}
+
+/* q, k, v (N,OC); rowid, s (N,K); rows_* (R,OC); b* (OC) or NULL. */
+void layer_hashqkv_forward(float *q, float *k, float *v, const int32_t *rowid, const float *s,
+                           const float *rows_q, const float *rows_k, const float *rows_v,
+                           const float *bq, const float *bk, const float *bv, int N, int K, int R,
+                           int OC) {
+    layer_hash_forward(q, rowid, s, rows_q, bq, N, K, R, OC);
+    layer_hash_forward(k, rowid, s, rows_k, bk, N, K, R, OC);
+    layer_hash_forward(v, rowid, s, rows_v, bv, N, K, R, OC);
+}
+
+/* drows_* (R,OC), gs (N,K), db* (OC) += gradients; dq, dk, dv (N,OC). The row sort is shared. */
+void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, float *gs, float *dbq,
+                            float *dbk, float *dbv, const float *dq, const float *dk,
+                            const float *dv, const int32_t *rowid, const float *s,
+                            const float *rows_q, const float *rows_k, const float *rows_v, int N,
+                            int K, int R, int OC) {
+    hk_check(rowid, N, K, R, OC);
+    if (dbq) hk_db(dbq, dq, N, OC);
+    if (dbk) hk_db(dbk, dk, N, OC);
+    if (dbv) hk_db(dbv, dv, N, OC);
+    if (!gs && !drows_q && !drows_k && !drows_v) return;
+    hk_bwd_prep prep;
+    hk_bwd_prepare(&prep, rowid, s, N, K, R);
+    if (gs || drows_q) hk_bwd_run(drows_q, gs, dq, &prep, rows_q, N, K, OC);
+    if (gs || drows_k) hk_bwd_run(drows_k, gs, dk, &prep, rows_k, N, K, OC);
+    if (gs || drows_v) hk_bwd_run(drows_v, gs, dv, &prep, rows_v, N, K, OC);
+}
