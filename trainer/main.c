@@ -43,6 +43,15 @@ int main(int argc, char **argv) {
             failed = 1;
         }
     }
+    /* `srun memtrain` without MPI support starts N unrelated one-process jobs */
+    const char *ntasks = getenv("SLURM_NTASKS");
+    if (!failed && ntasks && atoi(ntasks) > 1 && comm_size(comm) == 1) {
+        snprintf(err, sizeof(err),
+                 "started as a single MPI process but Slurm allocated SLURM_NTASKS=%s tasks: launch "
+                 "with 'mpirun memtrain ...' inside the allocation (or 'srun --mpi=pmix memtrain ...')",
+                 ntasks);
+        failed = 1;
+    }
     /* every rank parsed the same command line, but agree anyway so no rank runs alone */
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
     int rc = trainer_train(comm, &cfg);

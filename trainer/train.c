@@ -278,8 +278,6 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
     r->M = layer_xcalloc((size_t)r->B * ms + 1, sizeof(float));
     trainer_params *params = trainer_model_params(r->model);
     trainer_tables *tables = trainer_model_tables(r->model);
-    trainer_tables_print_plan(tables);
-
     if (rank == 0) {
         char d1[256], d2[256];
         io_dataset_describe(r->train, d1, sizeof(d1));
@@ -301,6 +299,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
         if (!r->csv) fprintf(stderr, "memtrain: warning: cannot write %s/metrics.csv\n", cfg->run_dir);
         fflush(stdout);
     }
+    trainer_tables_print_plan(tables);
 
     double run_start = comm_time();
     log_window w;

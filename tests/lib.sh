@@ -1,0 +1,31 @@
+# Shared helpers of the shell tests: paths, MPI environment, assertions.
+# shellcheck shell=bash
+set -euo pipefail
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=$TOP/${BUILD:-build}/bin
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+export OMPI_MCA_btl_base_warn_component_unused=0 OMPI_MCA_rmaps_base_oversubscribe=1
+TMP=$(mktemp -d /tmp/memtrain-test.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+pass() { echo "ok: $*"; }
+
+# mt NP ARGS...: runs memtrain on NP ranks, output in $TMP/out, status in $status
+mt() {
+  local np=$1; shift
+  status=0
+  mpirun --oversubscribe -np "$np" "$BIN/memtrain" "$@" >"$TMP/out" 2>&1 || status=$?
+}
+
+# expect_error NP MESSAGE ARGS...: memtrain must fail with MESSAGE on one line, printed once
+expect_error() {
+  local np=$1 msg=$2; shift 2
+  mt "$np" "$@"
+  [ "$status" -ne 0 ] || fail "memtrain $* exited 0, expected an error"
+  local n
+  n=$(grep -cF -- "$msg" "$TMP/out" || true)
+  [ "$n" -eq 1 ] || { cat "$TMP/out" >&2; fail "expected '$msg' once (found $n) from memtrain $*"; }
+  grep -F -- "$msg" "$TMP/out" | grep -q '^memtrain: ' || fail "message does not start with 'memtrain: ': $msg"
+  pass "np=$np: $msg (exit $status)"
+}

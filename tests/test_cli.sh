@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Config and data errors: one clear line from rank 0, a non-zero exit from every rank together.
+source "$(dirname "$0")/lib.sh"
+
+for np in 1 2; do
+  expect_error "$np" "unknown config key 'foo' (see memtrain --help)" --foo=1
+  expect_error "$np" "d_model = abc: expected a positive integer" --d_model=abc
+  expect_error "$np" "score = max: expected one of prob|l1prob" --score=max
+done
+# an inconsistent combination names both keys
+mt 2 --d_model=100 --n_heads=4 --tau=8 --proj=hash
+[ "$status" -ne 0 ] && grep -q "d_model" "$TMP/out" && grep -q "tau" "$TMP/out" \
+  || { cat "$TMP/out"; fail "d_model not divisible by tau accepted"; }
+pass "d_model % tau refused: $(grep memtrain: "$TMP/out")"
+
+# a config file with a bad line: file and line named
+printf 'arch = memformer\n# comment\nd_model = 64\nlr = fast\n' >"$TMP/bad.conf"
+expect_error 2 "$TMP/bad.conf:4" --config "$TMP/bad.conf"
+expect_error 1 "cannot open" --config "$TMP/missing.conf"
+
+# data files: missing, truncated, malformed
+expect_error 2 "/nonexistent/tokens.bin" --data=u8:/nonexistent/tokens.bin --steps=1 --warmup=1
+mkdir -p "$TMP/fm"
+for f in /usr/share/datasets/fashion-mnist/*.gz; do cp "$f" "$TMP/fm/"; done
+head -c 100000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz >"$TMP/fm/train-images-idx3-ubyte.gz"
+MEMTRAIN_FASHION_MNIST_DIR=$TMP/fm expect_error 2 "train-images-idx3-ubyte.gz" --steps=1 --warmup=1
+grep -q -i "truncated\|corrupt" "$TMP/out" || { cat "$TMP/out"; fail "truncation not named"; }
+printf '\x01\x02\x03' >"$TMP/odd.u16"
+expect_error 2 "odd.u16" --data=u16:"$TMP/odd.u16" --steps=1 --warmup=1
+
+# the singleton trap: one process where Slurm allocated several tasks
+status=0
+SLURM_NTASKS=4 "$BIN/memtrain" --steps=1 --warmup=1 >"$TMP/out" 2>&1 || status=$?
+[ "$status" -ne 0 ] && grep -q "SLURM_NTASKS=4" "$TMP/out" || { cat "$TMP/out"; fail "singleton trap not caught"; }
+pass "singleton trap: $(cat "$TMP/out")"
+
+# --help lists every key with its default
+"$BIN/memtrain" --help >"$TMP/help"
+for key in arch proj d_model tau expand_bits score horizon bptt streams lr warmup min_lr \
+           weight_decay grad_clip steps seed data eval_every log_every run_dir; do
+  grep -qE "^  $key\*? " "$TMP/help" || fail "--help does not list $key"
+done
+pass "--help lists the keys"
+echo "test_cli: all passed"

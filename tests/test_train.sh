@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Short real training runs on 2 ranks must beat the best context-free predictor on held-out data.
+#
+# The bound: a model that ignores context can do no better than the unigram distribution of the
+# training tokens, whose perplexity exp(H) this script computes from the data itself (about 30
+# for Fashion-MNIST pixels, about 22 for Brown bytes). A memformer that has learned anything
+# from context (neighbouring pixels, letters within words) must land well below it; 0.75 of
+# the unigram perplexity leaves room for noise while a broken model (ppl near 256, or stuck at
+# the unigram) fails.
+source "$(dirname "$0")/lib.sh"
+cd "$TOP"
+
+unigram_ppl() { # dataset -> perplexity of the training tokens' unigram distribution
+  /usr/bin/python3 - "$1" <<'PY'
+import collections, gzip, math, os, re, sys
+if sys.argv[1] == "fashion-mnist":
+    data = gzip.open("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").read()[16:]
+else:
+    names = [l.split()[0] for l in open("data/brown/cats.txt") if l.strip()]
+    data = b"".join(re.sub(rb"/\S+", b"", open("data/brown/" + n, "rb").read())
+                    for i, n in enumerate(names) if i % 10 != 9)
+c = collections.Counter(data); n = len(data)
+print(math.exp(-sum(v / n * math.log(v / n) for v in c.values())))
+PY
+}
+
+check_run() { # dataset seg_len steps
+  local data=$1 seg=$2 steps=$3
+  mt 2 --config jobs/configs/demo.conf --data="$data" --seg_len="$seg" --steps="$steps" \
+     --warmup=20 --eval_every="$steps" --eval_segments=32 --log_every=50 --run_dir="$TMP/$data"
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$data training exited $status"; }
+  local val bound
+  val=$(grep -o 'val ppl [0-9.]*' "$TMP/out" | tail -1 | awk '{print $3}')
+  bound=$(unigram_ppl "$data")
+  [ -n "$val" ] || { cat "$TMP/out"; fail "$data: no validation perplexity printed"; }
+  /usr/bin/python3 -c "import sys; sys.exit(0 if $val < 0.75 * $bound else 1)" \
+    || { cat "$TMP/out"; fail "$data: val ppl $val not below 0.75 x unigram ppl $bound"; }
+  # metrics.csv holds the same figures as the log line
+  /usr/bin/python3 - "$TMP/$data/metrics.csv" "$steps" "$val" <<'PY' || fail "$data: metrics.csv disagrees with the log"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+last = rows[-1]
+assert int(last["step"]) == int(sys.argv[2]), last
+assert abs(float(last["val_ppl"]) - float(sys.argv[3])) < 1e-3, (last["val_ppl"], sys.argv[3])
+PY
+  pass "$data: val ppl $val < 0.75 x unigram $bound after $steps steps"
+}
+
+check_run fashion-mnist 49 150
+check_run brown 64 150
+echo "test_train: all passed"
