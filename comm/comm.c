@@ -45,6 +45,16 @@ comm_ctx *comm_init(int *argc, char ***argv) {
     return c;
 }
 
+comm_ctx *comm_self(const comm_ctx *parent) {
+    (void)parent;
+    comm_ctx *c = layer_xcalloc(1, sizeof(*c));
+    MPI_CHECK(MPI_Comm_dup(MPI_COMM_SELF, &c->comm));
+    MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
+    c->rank = 0;
+    c->size = 1;
+    return c;
+}
+
 void comm_finalize(comm_ctx *c) {
     if (!c) return;
     MPI_Comm_free(&c->comm);

@@ -11,6 +11,9 @@ typedef struct comm_ctx comm_ctx;
 
 /* Starts MPI (if not started) and returns the world group. Never returns NULL. */
 comm_ctx *comm_init(int *argc, char ***argv);
+/* A group of this process alone (for one-rank reference runs next to a distributed one).
+ * Release with comm_finalize, which leaves MPI running since this context did not start it. */
+comm_ctx *comm_self(const comm_ctx *parent);
 /* Releases the context and finalizes MPI if comm_init started it. NULL is fine. */
 void comm_finalize(comm_ctx *c);
 int comm_rank(const comm_ctx *c);

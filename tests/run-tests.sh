@@ -19,7 +19,8 @@ failed=()
 run() { # name, command...
   local name=$1; shift
   local t0=$SECONDS
-  if "$@" >"$log/$name.log" 2>&1; then
+  # a hung collective must fail the test, not the CI job
+  if timeout -k 10 "${TEST_TIMEOUT:-600}" "$@" >"$log/$name.log" 2>&1; then
     pass=$((pass + 1)); echo "PASS $name ($((SECONDS - t0)) s)"
   else
     fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name ($((SECONDS - t0)) s)"

@@ -73,9 +73,29 @@ static void memory_pass(trainer_rollout *r, trainer_model *m, int b) {
     }
 }
 
+/* A stream pass with no tokens: the same sequence of model calls, and so of collective row
+ * exchanges, as a real stream, contributing nothing. Ranks with fewer streams run these so
+ * that every rank makes the same exchanges in the same order. */
+static void ghost_pass(trainer_rollout *r, trainer_model *m) {
+    trainer_batch bt = {.B = 0, .L = r->L};
+    int cnt;
+    if (r->msize)
+        for (int t = 0; t < r->T; t++) {
+            trainer_arena_reset(r->arenas[0]);
+            trainer_model_write_memory(m, r->arenas[0], &bt, NULL, NULL);
+        }
+    for (int t = r->T - 1; t >= 0; t--) {
+        trainer_step_act *act;
+        trainer_arena_reset(r->arenas[0]);
+        trainer_model_forward(m, r->arenas[0], &bt, NULL, NULL, &cnt, &act);
+        trainer_model_backward(m, act, 0.0f, NULL, NULL);
+    }
+}
+
 double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale,
-                             trainer_rollout_stream_fn done, void *ctx) {
+                             int passes, trainer_rollout_stream_fn done, void *ctx) {
     double loss = 0.0;
+    for (int b = r->B; b < passes; b++) ghost_pass(r, m);
     for (int b = 0; b < r->B; b++) {
         if (r->msize) memcpy(replay_at(r, b, 0), M + b * r->msize, r->msize * sizeof(float));
         if (r->mode == TRAINER_ROLLOUT_FULL) { /* every segment's activations at once */

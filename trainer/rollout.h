@@ -40,9 +40,11 @@ typedef void (*trainer_rollout_stream_fn)(void *ctx, int b);
  * activations alive at a time. Full BPTT: all T segments run forward keeping their
  * activations, then back-propagate. Both add grad_scale * d(summed loss) into the model's
  * gradients (M_T detached) and call done(ctx, b) after stream b when done is not NULL.
- * Returns the summed loss. */
+ * Every lookup of a hashed projection is a collective exchange, so all ranks must make the
+ * same number of stream passes: `passes` (>= B, the largest B of any rank); a rank with fewer
+ * streams makes empty passes. Returns the summed loss. */
 double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale,
-                             trainer_rollout_stream_fn done, void *ctx);
+                             int passes, trainer_rollout_stream_fn done, void *ctx);
 /* Summed loss of the rollout from memories M (B,S*C), no gradients, nothing kept. */
 double trainer_rollout_loss(trainer_rollout *r, trainer_model *m, const float *M);
 /* Scored target tokens of the filled inputs. */

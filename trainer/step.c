@@ -45,11 +45,13 @@ int trainer_step(trainer_model *m, trainer_rollout *ro, float *M, comm_ctx *comm
     double t0 = comm_time(), t;
 
     int64_t count = trainer_rollout_count(ro);
+    double passes = ro->B;
     t = comm_time();
     comm_sum_i64(comm, &count, 1);
+    comm_max_doubles(comm, &passes, 1);
     info->sec_allreduce += comm_time() - t;
     double loss = trainer_rollout_train(ro, m, M, count > 0 ? (float)(1.0 / (double)count) : 0.0f,
-                                        fold_stream, m);
+                                        (int)passes, fold_stream, m);
 
     t = comm_time();
     comm_sum_doubles(comm, &loss, 1);
