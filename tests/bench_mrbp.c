@@ -35,10 +35,10 @@ static void config_for(trainer_config *cfg, const char *proj, int full) {
     cfg->n_heads = 4;
     cfg->enc_layers = 1;
     cfg->dec_layers = 2;
-    cfg->seg_len = 64;
+    cfg->seg_len = 128;
     cfg->mem_slots = 16;
     cfg->horizon = 16;
-    cfg->streams = 16;
+    cfg->streams = 4;
     cfg->bptt = full ? TRAINER_BPTT_FULL : TRAINER_BPTT_MRBP;
     cfg->warmup = 1;
 }
@@ -105,8 +105,8 @@ int main(int argc, char **argv) {
     if (argc == 5 && strcmp(argv[1], "--child") == 0)
         return child(argv[2], atoi(argv[3]), atoi(argv[4]));
     int steps = argc > 1 ? atoi(argv[1]) : 3;
-    printf("MRBP against full BPTT: memformer d_model 256, 1 enc + 2 dec layers, 16 slots, seg_len 64,\n"
-           "16 streams, horizon 16, one rank, one thread; each mode in its own process, %d timed steps\n",
+    printf("MRBP against full BPTT: memformer d_model 256, 1 enc + 2 dec layers, 16 slots, seg_len 128,\n"
+           "4 streams, horizon 16, one rank, one thread; each mode in its own process, %d timed steps\n",
            steps);
     printf("%-6s %-5s %12s %12s %16s\n", "proj", "mode", "peak RSS MiB", "ms/step", "activations MiB");
     const char *projs[2] = {"dense", "hash"};
