@@ -18,12 +18,15 @@
  * group's rows from the panel in registers and touches its partial output once. Each table
  * byte thus comes from memory once per call, in sequence.
  *
- * Backward: the (token, chunk) entries are counting-sorted by row id, and hit rows are visited
- * in increasing order, whole (so rows and row gradients stream from memory in sequence), in
- * column blocks of HK_BWD_NV vectors: one pass over a row's tokens sums s * g in registers,
- * adds it to the row gradient once, and forms the partial <g, row> of every hit for gs.
- * (Column-blocked variants with the token gradients in an L2 panel measured slower here: the
- * strided or panel-staged row traffic cost more than the token gradients saved.)
+ * Backward: the (token, chunk) entries are counting-sorted by row id, and the hit rows, in
+ * increasing order, are cut into runs. The token gradients are copied once into a layout by
+ * column block, so one block's slice is contiguous. Per run: its rows are packed whole into a
+ * panel (as the forward does); per column block, each row's slice sits in registers while one
+ * pass over its hits sums s * g and forms every hit's partial <g, row> for gs; the sum
+ * replaces the row's slice in the panel, and the panel is added to the row gradients, whole
+ * rows in sequence, at the end of the run. Each gradient row is thus read and written once.
+ * (Walking whole rows with the token gradients in their own layout read 2 KiB of g from L3
+ * per hit, and that bounded the kernel.)
  *
  * The forward panel matters as much as the order: rows are OC floats apart, a power of two
  * at the usual widths, so column slices read in place would crowd into a few cache sets and
@@ -37,7 +40,10 @@
 #define HK_FWD_NV 4               /* forward column block, in 16-float vectors */
 #endif
 #ifndef HK_BWD_NV
-#define HK_BWD_NV 16              /* backward column block, in 16-float vectors */
+#define HK_BWD_NV 8               /* backward column block, in 16-float vectors */
+#endif
+#ifndef HK_BWD_PANEL
+#define HK_BWD_PANEL (256 * 1024) /* bytes of L2 for one column block of a run of hit rows */
 #endif
 #define HK_NVMAX 16 /* largest column block the kernels are instantiated for */
 _Static_assert(HK_FWD_NV <= HK_NVMAX && HK_BWD_NV <= HK_NVMAX, "column block too wide");
@@ -61,6 +67,7 @@ static void hk_check(const int32_t *rowid, int N, int K, int R, int OC) {
 enum {
     HK_WS_OWNER, HK_WS_POS, HK_WS_CNT, HK_WS_GK0, HK_WS_GOFF, HK_WS_LIST, HK_WS_SLOT, HK_WS_SV,
     HK_WS_PANEL, HK_WS_YP, HK_WS_START, HK_WS_TOK, HK_WS_ENT, HK_WS_HSV, HK_WS_HIT, HK_WS_GSH,
+    HK_WS_GBLK,
     HK_WS_COUNT
 };
 static _Thread_local struct { void *base; size_t cap; } hk_ws_buf[HK_WS_COUNT];
@@ -162,7 +169,9 @@ static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, 
     size_t n = (size_t)N * K;
     st->start = hk_ws(HK_WS_START, ((size_t)R + 1) * sizeof(int32_t));
     memset(st->start, 0, ((size_t)R + 1) * sizeof(int32_t));
-    st->tok = hk_ws(HK_WS_TOK, n * sizeof(int32_t));
+    /* tok (n + HK_PREFETCH): the slack lets the backward read tokens ahead without a test */
+    st->tok = hk_ws(HK_WS_TOK, (n + HK_PREFETCH) * sizeof(int32_t));
+    memset(st->tok + n, 0, HK_PREFETCH * sizeof(int32_t));
     st->ent = hk_ws(HK_WS_ENT, n * sizeof(int32_t));
     st->sv = hk_ws(HK_WS_HSV, n * sizeof(float));
     for (size_t e = 0; e < n; e++) st->start[rowid[e] + 1]++;
@@ -196,6 +205,30 @@ static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, 
 /* Lane mask of vector j of a block of nv vectors whose last vector has `last` lanes set. */
 HK_INLINE __mmask16 hk_mask(int j, int nv, __mmask16 last) {
     return j == nv - 1 ? last : (__mmask16)0xFFFF;
+}
+
+/* Copies rows list[0..m) (each OC floats), whole and in the list's order, into panel
+ * (ceil(OC/cb), m, cb), cb = 16nv, zero past OC: whole rows stream from memory at full speed,
+ * where column slices of rows OC floats apart would come at a quarter of it. */
+HK_INLINE void hk_pack(float *panel, const float *rows, const int32_t *list, int m, int OC,
+                       const int nv) {
+    const int cb = 16 * nv, ncb = (OC + cb - 1) / cb;
+    for (int u = 0; u < m; u++) {
+        const float *src = rows + (size_t)list[u] * OC;
+        if (u + HK_PREFETCH < m) {
+            const char *ahead = (const char *)(rows + (size_t)list[u + HK_PREFETCH] * OC);
+            for (int o = 0; o < OC * (int)sizeof(float); o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+        }
+        for (int c = 0; c < ncb; c++) {
+            float *q = panel + ((size_t)c * m + u) * cb;
+            int rem = OC - c * cb < cb ? OC - c * cb : cb;
+            for (int j = 0; j < nv; j++) {
+                int lanes = rem - 16 * j;
+                __mmask16 mk = lanes >= 16 ? 0xFFFF : lanes <= 0 ? 0 : (__mmask16)(0xFFFFu >> (16 - lanes));
+                _mm512_store_ps(q + 16 * j, _mm512_maskz_loadu_ps(mk, src + c * cb + 16 * j));
+            }
+        }
+    }
 }
 
 /* One (column block, chunk group) of the forward over a panel (rows, stride) holding the
@@ -248,25 +281,7 @@ static void hk_fwd_avx512(float *y, const int32_t *rowid, const float *s, const 
         int k0 = pl.gk0[g], G = pl.gk0[g + 1] - k0;
         const int32_t *list = pl.list + pl.goff[g];
         int m = pl.goff[g + 1] - pl.goff[g];
-        /* Whole rows, in increasing order: memory streams them at full speed, where column
-         * slices of rows OC floats apart would come at a quarter of it. */
-        for (int u = 0; u < m; u++) {
-            const float *src = rows + (size_t)list[u] * OC;
-            if (u + HK_PREFETCH < m) {
-                const char *ahead = (const char *)(rows + (size_t)list[u + HK_PREFETCH] * OC);
-                for (int o = 0; o < OC * (int)sizeof(float); o += 64)
-                    _mm_prefetch(ahead + o, _MM_HINT_T0);
-            }
-            for (int c = 0; c < ncb; c++) {
-                float *q = panel + ((size_t)c * m + u) * cb;
-                int rem = OC - c * cb < cb ? OC - c * cb : cb;
-                for (int j = 0; j < HK_FWD_NV; j++) {
-                    int lanes = rem - 16 * j;
-                    __mmask16 mk = lanes >= 16 ? 0xFFFF : lanes <= 0 ? 0 : (__mmask16)(0xFFFFu >> (16 - lanes));
-                    _mm512_store_ps(q + 16 * j, _mm512_maskz_loadu_ps(mk, src + c * cb + 16 * j));
-                }
-            }
-        }
+        hk_pack(panel, rows, list, m, OC, HK_FWD_NV);
         const int32_t *slot = pl.slot + (size_t)N * k0;
         const float *sv = pl.sv + (size_t)N * k0;
         int first = g == 0, final = g == pl.ngroups - 1;
@@ -290,82 +305,139 @@ static void hk_fwd_avx512(float *y, const int32_t *rowid, const float *s, const 
     }
 }
 
-/* Backward of hit row r, columns [c0, c0+16nv): one pass over its tokens sums s * g into
- * registers and forms the partial <g, row> of each hit in gsh (set when `first`, else added);
- * gsh and drows may be NULL. */
-HK_INLINE void hk_bwd_rowblock(float *drows, float *gsh, const float *dy, const hk_sorted *st,
-                               const float *rows, int OC, int32_t r, int c0, const int nv,
-                               __mmask16 last, int first) {
-    __m512 acc[HK_NVMAX];
-    const float *rp = rows + (size_t)r * OC + c0;
-#pragma GCC unroll 16
-    for (int j = 0; j < nv; j++) acc[j] = _mm512_setzero_ps();
-    for (int32_t h = st->start[r]; h < st->start[r + 1]; h++) {
-        const float *g = dy + (size_t)st->tok[h] * OC + c0;
-        __m512 s1 = _mm512_set1_ps(st->sv[h]);
-        __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+/* The sums of 16 vectors v[0..16) as one vector (lane i = sum of v[i]): a transposing tree of
+ * 15 shuffle-and-add steps, against 4 per vector for one horizontal sum at a time. */
+HK_INLINE __m512 hk_sum16(const float *v) {
+    __m512 x[8], y[4], z[2];
+    for (int i = 0; i < 8; i++) {
+        __m512 a = _mm512_load_ps(v + 32 * i), b = _mm512_load_ps(v + 32 * i + 16);
+        /* per 128-bit lane: a0+a2, b0+b2, a1+a3, b1+b3 */
+        x[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    for (int i = 0; i < 4; i++) /* per lane: the lane's partial of v[4i], v[4i+1], v[4i+2], v[4i+3] */
+        y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
+    for (int i = 0; i < 2; i++) /* lanes 0,1 from y[2i] and 2,3 from y[2i+1], pairs of lanes added */
+        z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88),
+                         _mm512_shuffle_f32x4(z[0], z[1], 0xDD));
+}
+
+/* One column block of the backward for the hit rows hit[0..m): pc (m, 16nv) holds their
+ * columns (zero past OC), gb (N, 16nv) the token gradients' same columns. Per row, one pass
+ * over its hits sums s * g in registers and forms each hit's partial <g, row> in gsh (set
+ * when `first`, else added); the sum replaces the row's columns in pc (when `dr`). */
+HK_INLINE void hk_bwd_sweep(float *pc, float *gsh, const float *gb, const hk_sorted *st,
+                            const int32_t *hit, int m, const int nv, int first, int dr) {
+    const int cb = 16 * nv;
+    /* dv (16, 16): the partial-dot vectors of the last 16 hits, summed together */
+    _Alignas(64) float dv[16 * 16];
+    const int32_t hb = m ? st->start[hit[0]] : 0;
+    for (int u = 0; u < m; u++) {
+        int32_t r = hit[u], h0 = st->start[r], h1 = st->start[r + 1];
+        float *pu = pc + (size_t)u * cb;
+        __m512 rv[HK_NVMAX], acc[HK_NVMAX];
 #pragma GCC unroll 16
         for (int j = 0; j < nv; j++) {
-            __mmask16 m = hk_mask(j, nv, last);
-            __m512 gv = _mm512_maskz_loadu_ps(m, g + 16 * j);
-            acc[j] = _mm512_fmadd_ps(s1, gv, acc[j]);
-            if (gsh) {
+            rv[j] = gsh ? _mm512_load_ps(pu + 16 * j) : _mm512_setzero_ps();
+            acc[j] = _mm512_setzero_ps();
+        }
+        for (int32_t h = h0; h < h1; h++) {
+            /* The slice is in L2 after its first use, but that first use is a random read
+             * from L3: fetch a few hits ahead (the token list is known). */
+            const float *ga = gb + (size_t)st->tok[h + HK_PREFETCH] * cb;
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j += 4) _mm_prefetch((const char *)(ga + 16 * j), _MM_HINT_T0);
+            const float *g = gb + (size_t)st->tok[h] * cb;
+            __m512 s1 = _mm512_set1_ps(st->sv[h]);
+            __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++) {
+                __m512 gv = _mm512_load_ps(g + 16 * j);
+                acc[j] = _mm512_fmadd_ps(s1, gv, acc[j]);
                 if (j & 1)
-                    d1 = _mm512_fmadd_ps(gv, _mm512_maskz_loadu_ps(m, rp + 16 * j), d1);
+                    d1 = _mm512_fmadd_ps(gv, rv[j], d1);
                 else
-                    d0 = _mm512_fmadd_ps(gv, _mm512_maskz_loadu_ps(m, rp + 16 * j), d0);
+                    d0 = _mm512_fmadd_ps(gv, rv[j], d0);
+            }
+            if (gsh) {
+                int32_t i = (h - hb) & 15;
+                _mm512_store_ps(dv + 16 * i, _mm512_add_ps(d0, d1));
+                if (i == 15) {
+                    __m512 d = hk_sum16(dv);
+                    float *gp = gsh + h - 15;
+                    _mm512_storeu_ps(gp, first ? d : _mm512_add_ps(_mm512_loadu_ps(gp), d));
+                }
             }
         }
-        if (gsh) {
-            float d = _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
-            gsh[h] = first ? d : gsh[h] + d;
+        if (dr) {
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++) _mm512_store_ps(pu + 16 * j, acc[j]);
         }
     }
-    if (drows) {
-        float *dp = drows + (size_t)r * OC + c0;
-#pragma GCC unroll 16
-        for (int j = 0; j < nv; j++) {
-            __mmask16 m = hk_mask(j, nv, last);
-            _mm512_mask_storeu_ps(dp + 16 * j, m,
-                                  _mm512_add_ps(_mm512_maskz_loadu_ps(m, dp + 16 * j), acc[j]));
+    if (gsh && m) { /* the last, incomplete batch */
+        int32_t he = st->start[hit[m - 1] + 1];
+        for (int32_t h = he - (he - hb) % 16; h < he; h++) {
+            float d = _mm512_reduce_add_ps(_mm512_load_ps(dv + 16 * ((h - hb) & 15)));
+            gsh[h] = first ? d : gsh[h] + d;
         }
     }
 }
 
 static void hk_bwd_avx512(float *drows, float *gs, const float *dy, const hk_sorted *st,
                           const float *rows, int N, int OC) {
-    (void)N;
-    const int cb = 16 * HK_BWD_NV;
+    const int nv = HK_BWD_NV, cb = 16 * nv, ncb = (OC + cb - 1) / cb;
+    const int cap = HK_BWD_PANEL / (cb * (int)sizeof(float)); /* rows per run */
     size_t nh = st->nhit ? (size_t)st->start[st->hit[st->nhit - 1] + 1] : 0;
-    /* gsh (hits) <g, row> per hit in row order: written in sequence, scattered once at the end */
+    /* gsh (nh + HK_PREFETCH) <g, row> per hit in row order: written in sequence, scattered
+     * once at the end; tok is read HK_PREFETCH hits ahead, hence the slack in hk_sort. */
     float *gsh = gs ? hk_ws(HK_WS_GSH, nh * sizeof(float)) : NULL;
-    for (int i = 0; i < st->nhit; i++) {
-        int32_t r = st->hit[i];
-        if (i + HK_PREFETCH < st->nhit) {
-            size_t ahead = (size_t)st->hit[i + HK_PREFETCH] * OC;
-            for (int o = 0; o < OC; o += 16) {
-                if (gs) _mm_prefetch((const char *)(rows + ahead + o), _MM_HINT_T0);
-                if (drows) _mm_prefetch((const char *)(drows + ahead + o), _MM_HINT_T0);
+    /* gblk (ncb, N, cb): the token gradients by column block, zero past OC, so that a block's
+     * slice is contiguous and stays in L2 while every hit row of a run visits it. */
+    float *gblk = hk_ws(HK_WS_GBLK, (size_t)ncb * N * cb * sizeof(float));
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < ncb; c++) {
+            float *q = gblk + ((size_t)c * N + n) * cb;
+            const float *src = dy + (size_t)n * OC + c * cb;
+            int rem = OC - c * cb < cb ? OC - c * cb : cb;
+            for (int j = 0; j < nv; j++) {
+                int lanes = rem - 16 * j;
+                __mmask16 mk = lanes >= 16 ? 0xFFFF : lanes <= 0 ? 0 : (__mmask16)(0xFFFFu >> (16 - lanes));
+                _mm512_store_ps(q + 16 * j, _mm512_maskz_loadu_ps(mk, src + 16 * j));
             }
         }
-        for (int c0 = 0; c0 < OC; c0 += cb) {
-            int rem = OC - c0 < cb ? OC - c0 : cb;
-            int nv = (rem + 15) / 16;
-            __mmask16 last = (__mmask16)(0xFFFFu >> (16 * nv - rem));
-            int first = c0 == 0;
-            if (nv == HK_BWD_NV)
-                hk_bwd_rowblock(drows, gsh, dy, st, rows, OC, r, c0, HK_BWD_NV, last, first);
-            else
-                switch (nv) {
-#define HK_BWD_CASE(V) \
-    case V: hk_bwd_rowblock(drows, gsh, dy, st, rows, OC, r, c0, V, last, first); break;
-                    HK_BWD_CASE(1) HK_BWD_CASE(2) HK_BWD_CASE(3) HK_BWD_CASE(4)
-                    HK_BWD_CASE(5) HK_BWD_CASE(6) HK_BWD_CASE(7) HK_BWD_CASE(8)
-                    HK_BWD_CASE(9) HK_BWD_CASE(10) HK_BWD_CASE(11) HK_BWD_CASE(12)
-                    HK_BWD_CASE(13) HK_BWD_CASE(14) HK_BWD_CASE(15)
-#undef HK_BWD_CASE
-                    default: LAYER_ASSERT(0);
-                }
+    /* panel (ncb, cap, cb): a run's rows, then their gradients */
+    float *panel = hk_ws(HK_WS_PANEL, (size_t)cap * ncb * cb * sizeof(float));
+    /* Runs of consecutive hit rows: each row belongs to one run, so its gradient is formed
+     * once, and the run's column block (cap rows) plus a g slice fit L2 together. */
+    for (int i0 = 0; i0 < st->nhit; i0 += cap) {
+        int m = st->nhit - i0 < cap ? st->nhit - i0 : cap;
+        const int32_t *hit = st->hit + i0;
+        if (gs) hk_pack(panel, rows, hit, m, OC, nv);
+        for (int c = 0; c < ncb; c++) {
+            float *pc = panel + (size_t)c * m * cb;
+            const float *gb = gblk + (size_t)c * N * cb;
+            hk_bwd_sweep(pc, gsh, gb, st, hit, m, nv, c == 0, drows != NULL);
+        }
+        if (!drows) continue;
+        for (int u = 0; u < m; u++) {
+            float *dst = drows + (size_t)hit[u] * OC;
+            if (u + HK_PREFETCH < m) { /* the row gradient ahead will be written: fetch for writing */
+                const char *ahead = (const char *)(drows + (size_t)hit[u + HK_PREFETCH] * OC);
+                for (int o = 0; o < OC * (int)sizeof(float); o += 64) _mm_prefetch(ahead + o, _MM_HINT_ET0);
+            }
+            int o = 0;
+            for (; o + 16 <= OC; o += 16) {
+                const float *q = panel + ((size_t)(o / cb) * m + u) * cb + o % cb;
+                _mm512_storeu_ps(dst + o, _mm512_add_ps(_mm512_loadu_ps(dst + o), _mm512_load_ps(q)));
+            }
+            if (o < OC) {
+                __mmask16 mk = (__mmask16)(0xFFFFu >> (16 - (OC - o)));
+                const float *q = panel + ((size_t)(o / cb) * m + u) * cb + o % cb;
+                _mm512_mask_storeu_ps(dst + o, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, dst + o),
+                                                                 _mm512_load_ps(q)));
+            }
         }
     }
     if (gs)
