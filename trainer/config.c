@@ -381,9 +381,8 @@ static char *find_comment(char *line) {
     return NULL;
 }
 
-int trainer_config_load_file(trainer_config *c, const char *path, char *err, size_t n) {
-    FILE *f = fopen(path, "r");
-    if (!f) return fail(err, n, "cannot open config file '%s': %s", path, strerror(errno));
+/* The `key = value` lines of f, named `path` in messages. */
+static int load_stream(trainer_config *c, FILE *f, const char *path, char *err, size_t n) {
     int seen[sizeof(keys) / sizeof(keys[0])] = {0}; /* line where each key was set, 0 = not */
     char *line = NULL;
     size_t cap = 0;
@@ -426,6 +425,22 @@ int trainer_config_load_file(trainer_config *c, const char *path, char *err, siz
     if (rc == 0 && ferror(f))
         rc = fail(err, n, "error reading config file '%s': %s", path, strerror(errno));
     free(line);
+    return rc;
+}
+
+int trainer_config_load_file(trainer_config *c, const char *path, char *err, size_t n) {
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, n, "cannot open config file '%s': %s", path, strerror(errno));
+    int rc = load_stream(c, f, path, err, n);
+    fclose(f);
+    return rc;
+}
+
+int trainer_config_load_text(trainer_config *c, const char *text, const char *name, char *err,
+                             size_t n) {
+    FILE *f = fmemopen((void *)text, strlen(text), "r");
+    if (!f) return fail(err, n, "%s: cannot read the config text", name);
+    int rc = load_stream(c, f, name, err, n);
     fclose(f);
     return rc;
 }

@@ -124,6 +124,11 @@ void trainer_config_defaults(trainer_config *c);
  * on failure the keys of earlier lines have already been applied. err may be NULL. */
 int trainer_config_load_file(trainer_config *c, const char *path, char *err, size_t n);
 
+/* The same for the lines of `text` (a checkpoint's stored config); `name` stands for the file
+ * in messages. */
+int trainer_config_load_text(trainer_config *c, const char *text, const char *name, char *err,
+                             size_t n);
+
 /* Sets one key from its text value (surrounding whitespace ignored; '-' in the key is read
  * as '_', so --d-model works). Returns 0, or -1 with c unchanged and a message in err:
  *   unknown config key 'foo' (see memtrain --help)

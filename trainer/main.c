@@ -1,20 +1,47 @@
-/* memtrain command line: `memtrain [train] [--config FILE] [--key=value ...]`, `memtrain --help`. */
+/* memtrain command line: train (from scratch or --resume), eval and sample from checkpoints. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "comm/comm.h"
+#include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/generate.h"
 #include "trainer/train.h"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: mpirun -np P memtrain [train] [--config FILE] [--key=value ...]\n"
+            "       mpirun -np P memtrain [train] --resume RUN_DIR [--key=value ...]\n"
+            "       mpirun -np P memtrain eval --ckpt FILE [--key=value ...]\n"
+            "       mpirun -np P memtrain sample --ckpt FILE [--out FILE.png] [--prompt TEXT]\n"
+            "                                    [--count N] [--length N] [--temperature T]\n"
+            "       mpirun -np P memtrain inspect --ckpt FILE\n"
             "       memtrain --help\n\n"
             "Trains a decoder or Memformer, with dense or hash-table projections, over MPI.\n"
-            "A config file holds `key = value` lines; --key=value overrides it.\n\n"
-            "keys:\n");
+            "A config file holds `key = value` lines; --key=value overrides it. --resume continues\n"
+            "from the newest valid checkpoint in RUN_DIR/ckpt with the configuration stored in it\n"
+            "(plus any overrides: keys that change the model's shape are refused). eval prints the\n"
+            "validation perplexity of a checkpoint; sample writes a PNG grid of generated images\n"
+            "(image data) or prints a continuation of the prompt (text data); inspect prints a few stored\n"
+            "values (step, a table row, a carried memory) to compare with other readers.\n\n");
     trainer_config_help(f);
+}
+
+/* Value of a caller flag given as `--flag VALUE` or `--flag=VALUE` in argv[first..argc). */
+static const char *flag_value(int argc, char **argv, int first, const char *flag, int *used) {
+    size_t n = strlen(flag);
+    for (int i = first; i < argc; i++) {
+        if (strcmp(argv[i], flag) == 0 && i + 1 < argc) {
+            used[i] = used[i + 1] = 1;
+            return argv[i + 1];
+        }
+        if (strncmp(argv[i], flag, n) == 0 && argv[i][n] == '=') {
+            used[i] = 1;
+            return argv[i] + n + 1;
+        }
+    }
+    return NULL;
 }
 
 int main(int argc, char **argv) {
@@ -24,23 +51,76 @@ int main(int argc, char **argv) {
             return 0;
         }
     comm_ctx *comm = comm_init(&argc, &argv);
-    trainer_config cfg;
-    char err[512] = "";
-    int first = argc;
-    static const char *const mine[] = {NULL};
+    char err[512] = "", path[1100] = "";
+    int failed = 0;
+    static const char *const mine[] = {"--resume", "--ckpt", "--out", "--prompt", "--count",
+                                       "--length", "--temperature", NULL};
+    /* the flags the config parser leaves to us, found before it reorders argv */
+    int *used = calloc((size_t)argc + 1, sizeof(int));
+    const char *resume = flag_value(argc, argv, 1, "--resume", used);
+    const char *ckpt = flag_value(argc, argv, 1, "--ckpt", used);
+    trainer_sample_options so = {.out = flag_value(argc, argv, 1, "--out", used),
+                                 .prompt = flag_value(argc, argv, 1, "--prompt", used)};
+    const char *count = flag_value(argc, argv, 1, "--count", used);
+    const char *length = flag_value(argc, argv, 1, "--length", used);
+    const char *temp = flag_value(argc, argv, 1, "--temperature", used);
+    so.count = count ? atoi(count) : 16;
+    so.length = length ? atoi(length) : 400;
+    so.temperature = temp ? (float)atof(temp) : 1.0f;
+
+    /* the base configuration: defaults, or what the checkpoint was trained with */
+    trainer_config cfg, stored;
     trainer_config_defaults(&cfg);
-    int failed = trainer_config_parse_args(&cfg, argc, argv, mine, &first, err, sizeof(err)) != 0 ||
+    if (resume || ckpt) {
+        int rc = resume ? trainer_ckpt_peek_config(comm, resume, &cfg, path, sizeof(path), err, sizeof(err))
+                        : trainer_ckpt_read_config(comm, ckpt, &cfg, err, sizeof(err));
+        failed = rc != 0;
+        /* a resumed run goes on writing where it was found, unless told otherwise */
+        if (!failed && resume) snprintf(cfg.run_dir, sizeof(cfg.run_dir), "%s", resume);
+    }
+    stored = cfg;
+    int first = argc;
+    if (!failed)
+        failed = trainer_config_parse_args(&cfg, argc, argv, mine, &first, err, sizeof(err)) != 0 ||
                  trainer_config_validate(&cfg, err, sizeof(err)) != 0;
     const char *cmd = "train";
-    if (!failed && first < argc) {
-        cmd = argv[first];
-        if (strcmp(cmd, "train") != 0) {
-            snprintf(err, sizeof(err), "unknown command '%s' (commands: train; see memtrain --help)", cmd);
+    if (!failed) {
+        /* what remains after the config parser: the command and our flags with their values */
+        int *left = calloc((size_t)argc + 1, sizeof(int));
+        for (int i = first; i < argc; i++) {
+            if (strncmp(argv[i], "--", 2) == 0 && strchr(argv[i], '=') == NULL) {
+                left[i] = left[i + 1 < argc ? i + 1 : i] = 1; /* flag and its value */
+                i++;
+            } else if (strncmp(argv[i], "--", 2) == 0) {
+                left[i] = 1;
+            }
+        }
+        for (int i = first; i < argc && !failed; i++) {
+            if (left[i]) continue;
+            if (strcmp(argv[i], "train") == 0 || strcmp(argv[i], "eval") == 0 ||
+                strcmp(argv[i], "sample") == 0 || strcmp(argv[i], "inspect") == 0) {
+                cmd = argv[i];
+            } else {
+                snprintf(err, sizeof(err),
+                         "unexpected argument '%s' (commands: train, eval, sample, inspect; options are "
+                         "--key=value; see memtrain --help)", argv[i]);
+                failed = 1;
+            }
+        }
+        free(left);
+    }
+    if (!failed && strcmp(cmd, "train") != 0 && !ckpt) {
+        snprintf(err, sizeof(err), "memtrain %s needs --ckpt FILE", cmd);
+        failed = 1;
+    }
+    if (!failed && resume) {
+        char diff[400];
+        if (trainer_config_diff_shape(&stored, &cfg, diff, sizeof(diff)) > 0) {
+            snprintf(err, sizeof(err), "cannot resume %s: the model's shape would change: %s", path, diff);
             failed = 1;
-        } else if (first + 1 < argc) {
-            snprintf(err, sizeof(err), "unexpected argument '%s' (options are --key=value; see memtrain --help)",
-                     argv[first + 1]);
-            failed = 1;
+        } else if (comm_rank(comm) == 0 &&
+                   trainer_config_diff_other(&stored, &cfg, diff, sizeof(diff)) > 0) {
+            printf("resume: changed settings: %s\n", diff);
         }
     }
     /* `srun memtrain` without MPI support starts N unrelated one-process jobs */
@@ -52,9 +132,18 @@ int main(int argc, char **argv) {
                  ntasks);
         failed = 1;
     }
+    free(used);
     /* every rank parsed the same command line, but agree anyway so no rank runs alone */
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
-    int rc = trainer_train(comm, &cfg);
+    int rc;
+    if (strcmp(cmd, "eval") == 0)
+        rc = trainer_eval_checkpoint(comm, &cfg, ckpt);
+    else if (strcmp(cmd, "inspect") == 0)
+        rc = trainer_inspect_checkpoint(comm, &cfg, ckpt);
+    else if (strcmp(cmd, "sample") == 0)
+        rc = trainer_sample_checkpoint(comm, &cfg, ckpt, &so);
+    else
+        rc = trainer_train(comm, &cfg, resume);
     comm_finalize(comm);
     return rc;
 }

@@ -230,6 +230,8 @@ double trainer_model_forward(trainer_model *m, trainer_arena *arena, const train
     return forward_impl(m, arena, b, M_prev, M_next, count, act, 1);
 }
 
+const float *trainer_step_logits(const trainer_step_act *act) { return act->logits; }
+
 void trainer_model_write_memory(trainer_model *m, trainer_arena *arena, const trainer_batch *b,
                                 const float *M_prev, float *M_next) {
     if (uses_memory(m)) forward_impl(m, arena, b, M_prev, M_next, NULL, NULL, 0);

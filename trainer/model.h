@@ -68,6 +68,8 @@ double trainer_model_forward(trainer_model *m, trainer_arena *arena, const train
  * the no-gradient pass of MRBP. Same M_next as trainer_model_forward, bit for bit. */
 void trainer_model_write_memory(trainer_model *m, trainer_arena *arena, const trainer_batch *b,
                                 const float *M_prev, float *M_next);
+/* Logits (B*L, vocab) the forward recorded in act computed. */
+const float *trainer_step_logits(const trainer_step_act *act);
 /* Backward of the segment recorded in act: the loss gradient is grad_scale * d(sum loss),
  * plus <dM_next, M_next> when dM_next (B,S,C) is not NULL. Adds into the parameter and table
  * gradients; writes dM_prev (B,S,C) (zero for streams that reset) when not NULL. Uses the

@@ -2,6 +2,7 @@
 #include "trainer/train.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "trainer/optim.h"
 #include "trainer/rollout.h"
 #include "trainer/step.h"
+#include "trainer/checkpoint.h"
 
 void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg, int vocab) {
     memset(spec, 0, sizeof(*spec));
@@ -94,26 +96,26 @@ static void fill_rollout(run *r) {
         }
 }
 
-/* Validation perplexity from fresh streams over the validation documents: eval_segments
- * segments of every stream, or with eval_segments = 0 every validation document once (stream j
- * reads documents j, j + streams, ...). Collective: every rank runs the same number of
- * segments, since each lookup of a hashed projection is an exchange. */
-static double evaluate(run *r) {
-    const trainer_config *cfg = r->cfg;
-    int B = r->B, L = r->L;
-    size_t ms = trainer_model_memory_size(r->model);
-    stream_state *vs = layer_xcalloc(B, sizeof(stream_state));
-    stream_states_init(vs, B, r->first_stream, cfg->streams, L);
-    int64_t *quota = layer_xcalloc(B, sizeof(int64_t));
-    uint8_t *done = layer_xcalloc(B, 1);
+/* Every rank runs the same number of segments, since each lookup of a hashed projection is an
+ * exchange. */
+double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
+                              const io_dataset *val) {
+    int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = val->vocab;
+    int first = (int)((int64_t)cfg->streams * rank / P);
+    int B = (int)((int64_t)cfg->streams * (rank + 1) / P) - first;
+    size_t ms = trainer_model_memory_size(model);
+    stream_state *vs = layer_xcalloc(B + 1, sizeof(stream_state));
+    stream_states_init(vs, B, first, cfg->streams, L);
+    int64_t *quota = layer_xcalloc(B + 1, sizeof(int64_t));
+    uint8_t *done = layer_xcalloc(B + 1, 1);
     for (int b = 0; b < B; b++) {
-        int64_t j = r->first_stream + b;
-        quota[b] = j < r->val->ndocs ? (r->val->ndocs - j + cfg->streams - 1) / cfg->streams : 0;
+        int64_t j = first + b;
+        quota[b] = j < val->ndocs ? (val->ndocs - j + cfg->streams - 1) / cfg->streams : 0;
     }
     size_t n = (size_t)B * L;
     int32_t *enc = layer_xmalloc(n * sizeof(int32_t)), *dec = layer_xmalloc(n * sizeof(int32_t));
     int32_t *tgt = layer_xmalloc(n * sizeof(int32_t));
-    uint8_t *reset = layer_xmalloc(B);
+    uint8_t *reset = layer_xmalloc(B + 1);
     float *M = layer_xcalloc(B * ms + 1, sizeof(float)), *Mn = layer_xcalloc(B * ms + 1, sizeof(float));
     trainer_arena *arena = trainer_arena_create((size_t)16 << 20);
     double sums[2] = {0, 0};
@@ -123,12 +125,12 @@ static double evaluate(run *r) {
         for (int b = 0; b < B; b++) {
             int32_t *e = enc + (size_t)b * L, *d = dec + (size_t)b * L, *g = tgt + (size_t)b * L;
             if (!done[b]) {
-                fill_segment(&vs[b], r->val, L, r->bos, e, d, g, reset + b);
+                fill_segment(&vs[b], val, L, bos, e, d, g, reset + b);
                 if (cfg->eval_segments == 0 && vs[b].io.doc_count > quota[b]) done[b] = 1;
             }
             if (done[b]) { /* an idle stream: nothing scored */
                 for (int i = 0; i < L; i++) {
-                    e[i] = d[i] = r->bos;
+                    e[i] = d[i] = bos;
                     g[i] = -1;
                 }
                 reset[b] = 1;
@@ -136,19 +138,20 @@ static double evaluate(run *r) {
             active += !done[b];
         }
         if (cfg->eval_segments == 0) {
-            comm_sum_i64(r->comm, &active, 1);
+            comm_sum_i64(comm, &active, 1);
             if (active == 0) break;
         }
         trainer_batch bt = {.B = B, .L = L, .enc_tok = enc, .dec_tok = dec, .tgt = tgt, .reset = reset};
         trainer_arena_reset(arena);
         int cnt = 0;
-        sums[0] += trainer_model_forward(r->model, arena, &bt, ms ? M : NULL, ms ? Mn : NULL, &cnt, NULL);
+        sums[0] += trainer_model_forward(model, arena, &bt, ms ? M : NULL, ms ? Mn : NULL, &cnt, NULL);
         sums[1] += cnt;
         float *tmp = M;
         M = Mn;
         Mn = tmp;
     }
-    comm_sum_doubles(r->comm, sums, 2);
+    comm_sum_doubles(comm, sums, 2);
+    trainer_tables_clear_cache(trainer_model_tables(model));
     trainer_arena_free(arena);
     stream_states_free(vs, B);
     free(quota);
@@ -217,7 +220,8 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
     printf(" | eta %s\n", eta);
     fflush(stdout);
     if (r->csv) {
-        fprintf(r->csv, "%lld,%.6f,%.6f,%.6e,%.6f,%.1f,%.3f,%.3f,%.3f,%.3f,%.0f,%.4f,",
+        /* the loss in full: runs can be compared bit for bit */
+        fprintf(r->csv, "%lld,%.17g,%.6f,%.6e,%.6f,%.1f,%.3f,%.3f,%.3f,%.3f,%.0f,%.4f,",
                 (long long)step + 1, loss, exp(loss), si->lr, si->grad_norm, tps, ms_compute,
                 w->alltoall * k, w->allreduce * k, w->io * k, bytes, hit);
         if (!isnan(val_ppl)) fprintf(r->csv, "%.6f", val_ppl);
@@ -248,7 +252,92 @@ static void load_data(run *r) {
     if (comm_any_failed(r->comm, failed, err, sizeof(err))) comm_exit_error(r->comm, err);
 }
 
-int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
+/* Set by SIGUSR1/SIGTERM; the ranks agree on it at the next step boundary. */
+static volatile sig_atomic_t stop_signal = 0;
+
+static void on_signal(int sig) { stop_signal = sig; }
+
+static void install_signal_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* The streams' state in the flat form of a checkpoint, and back. */
+static void streams_export(const run *r, trainer_stream_state *st) {
+    for (int b = 0; b < r->B; b++) {
+        st->cursor[2 * b] = r->streams[b].io.doc_count;
+        st->cursor[2 * b + 1] = r->streams[b].io.pos;
+        memcpy(st->prev + (size_t)b * r->L, r->streams[b].prev, (size_t)r->L * sizeof(int32_t));
+        st->last[b] = r->streams[b].last;
+    }
+}
+
+static void streams_import(run *r, const trainer_stream_state *st) {
+    for (int b = 0; b < r->B; b++) {
+        r->streams[b].io.doc_count = st->cursor[2 * b];
+        r->streams[b].io.pos = st->cursor[2 * b + 1];
+        memcpy(r->streams[b].prev, st->prev + (size_t)b * r->L, (size_t)r->L * sizeof(int32_t));
+        r->streams[b].last = st->last[b];
+    }
+}
+
+static trainer_stream_state stream_state_alloc(const run *r) {
+    trainer_stream_state st = {
+        .nstreams = r->cfg->streams, .first = r->first_stream, .B = r->B, .L = r->L,
+        .msize = trainer_model_memory_size(r->model), .M = r->M,
+    };
+    st.cursor = layer_xcalloc(2 * (size_t)r->B + 1, sizeof(int64_t));
+    st.prev = layer_xcalloc((size_t)r->B * r->L + 1, sizeof(int32_t));
+    st.last = layer_xcalloc((size_t)r->B + 1, sizeof(int32_t));
+    return st;
+}
+
+static void stream_state_release(trainer_stream_state *st) {
+    free(st->cursor);
+    free(st->prev);
+    free(st->last);
+}
+
+/* Collective checkpoint of the state after `step` optimizer steps; failures end the job. */
+static void save_checkpoint(run *r, int64_t step) {
+    char err[512];
+    double t = comm_time();
+    trainer_stream_state st = stream_state_alloc(r);
+    streams_export(r, &st);
+    int rc = trainer_ckpt_save(r->comm, r->cfg, r->model, &st, step, err, sizeof(err));
+    stream_state_release(&st);
+    if (rc != 0) comm_exit_error(r->comm, err);
+    if (comm_rank(r->comm) == 0) {
+        printf("checkpoint: %s/ckpt/ckpt-%08lld.h5 written in %.2f s\n", r->cfg->run_dir,
+               (long long)step, comm_time() - t);
+        fflush(stdout);
+    }
+}
+
+/* Restores the newest valid checkpoint of resume_dir; returns the steps it had done. */
+static int64_t resume_run(run *r, const char *resume_dir) {
+    char err[512], path[1100];
+    int64_t step = 0;
+    double t = comm_time();
+    trainer_stream_state st = stream_state_alloc(r);
+    int rc = trainer_ckpt_resume(r->comm, resume_dir, r->model, &st, &step, path, sizeof(path),
+                                 err, sizeof(err));
+    if (rc == 0) streams_import(r, &st);
+    stream_state_release(&st);
+    if (rc != 0) comm_exit_error(r->comm, err);
+    if (comm_rank(r->comm) == 0) {
+        printf("resumed from %s at step %lld (read in %.2f s)\n", path, (long long)step,
+               comm_time() - t);
+        fflush(stdout);
+    }
+    return step;
+}
+
+int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir) {
     run R;
     memset(&R, 0, sizeof(R));
     run *r = &R;
@@ -261,6 +350,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
                  cfg->streams, P);
         comm_exit_error(comm, err);
     }
+    install_signal_handlers();
     load_data(r);
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, cfg, r->train->vocab);
@@ -300,12 +390,14 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
         fflush(stdout);
     }
     trainer_tables_print_plan(tables);
+    int64_t first_step = resume_dir ? resume_run(r, resume_dir) : 0;
 
     double run_start = comm_time();
     log_window w;
     memset(&w, 0, sizeof(w));
-    int fail = 0;
-    for (int64_t step = 0; step < cfg->steps; step++) {
+    int fail = 0, interrupted = 0;
+    int64_t done = first_step;
+    for (int64_t step = first_step; step < cfg->steps; step++) {
         double t = comm_time();
         fill_rollout(r);
         w.io += comm_time() - t;
@@ -314,21 +406,40 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
             fail = 1;
             break;
         }
+        done = step + 1;
         window_add(&w, &si);
-        int last = step + 1 == cfg->steps;
+        int last = done == cfg->steps;
         double val_ppl = NAN;
-        if (cfg->eval_every > 0 && ((step + 1) % cfg->eval_every == 0 || last)) {
+        if (cfg->eval_every > 0 && (done % cfg->eval_every == 0 || last)) {
             t = comm_time();
-            val_ppl = evaluate(r);
-            trainer_tables_clear_cache(tables);
+            val_ppl = trainer_validation_ppl(comm, cfg, r->model, r->val);
             w.eval += comm_time() - t;
         }
-        if ((cfg->log_every > 0 && (step + 1) % cfg->log_every == 0) || last || !isnan(val_ppl)) {
-            log_line(r, &w, step, &si, val_ppl, comm_time() - run_start);
+        if ((cfg->log_every > 0 && done % cfg->log_every == 0) || last || !isnan(val_ppl)) {
+            log_line(r, &w, step, &si, val_ppl, (comm_time() - run_start) * (double)cfg->steps /
+                                                    (double)(cfg->steps - first_step));
             memset(&w, 0, sizeof(w));
+        }
+        /* a signal reaches the ranks at different moments: agree at the step boundary */
+        int64_t sig = stop_signal;
+        comm_sum_i64(comm, &sig, 1);
+        if (sig != 0 && !last) {
+            interrupted = 1;
+            break;
+        }
+        if (!last && cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0) {
+            t = comm_time();
+            save_checkpoint(r, done);
+            w.io += comm_time() - t;
         }
     }
     if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);
+    if (done > first_step || !resume_dir) save_checkpoint(r, done);
+    if (interrupted && rank == 0) {
+        printf("memtrain: stopped by a signal after step %lld; resume with --resume %s\n",
+               (long long)done, cfg->run_dir);
+        fflush(stdout);
+    }
     if (r->csv) fclose(r->csv);
     stream_states_free(r->streams, r->B);
     trainer_rollout_free(r->rollout);
@@ -336,5 +447,5 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg) {
     io_dataset_free(r->train);
     io_dataset_free(r->val);
     free(r->M);
-    return 0;
+    return interrupted ? TRAINER_EXIT_INTERRUPTED : 0;
 }

@@ -1,0 +1,337 @@
+/* Writing checkpoints: collective parallel-HDF5 create, slice-distributed array writes with crc32s, atomic commit. */
+#include "io/ckpt.h"
+#include "io/ckpt_internal.h"
+
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* The one place outside comm/ that sees the MPI communicator: HDF5's MPI-IO driver needs it. */
+#include "comm/comm_internal.h"
+#include "layers/common.h"
+
+int64_t io_h5_check_at(int64_t value, const char *file, int line, const char *what) {
+    if (value < 0) {
+        H5Eprint2(H5E_DEFAULT, stderr);
+        layer_fail(file, line, what);
+    }
+    return value;
+}
+
+size_t io_dtype_size(io_dtype t) { return t == IO_I64 ? 8 : 4; }
+
+hid_t io_dtype_file_type(io_dtype t) {
+    LAYER_ASSERT(t == IO_F32 || t == IO_I64 || t == IO_I32);
+    return t == IO_F32 ? H5T_IEEE_F32LE : t == IO_I64 ? H5T_STD_I64LE : H5T_STD_I32LE;
+}
+
+hid_t io_dtype_mem_type(io_dtype t) {
+    LAYER_ASSERT(t == IO_F32 || t == IO_I64 || t == IO_I32);
+    return t == IO_F32 ? H5T_NATIVE_FLOAT : t == IO_I64 ? H5T_NATIVE_INT64 : H5T_NATIVE_INT32;
+}
+
+const char *io_dtype_name(io_dtype t) {
+    return t == IO_F32 ? "float32" : t == IO_I64 ? "int64" : t == IO_I32 ? "int32" : "?";
+}
+
+hid_t io_ckpt_fapl(comm_ctx *c) {
+    hid_t fapl = H5_CHECK(H5Pcreate(H5P_FILE_ACCESS));
+    H5_CHECK(H5Pset_fapl_mpio(fapl, comm_mpi(c), MPI_INFO_NULL));
+    /* The 1.8 format stores large attributes densely: the crc32 attribute of an array with
+     * more than 16384 slices exceeds the 64 KiB the oldest format allows. */
+    H5_CHECK(H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST));
+    /* Metadata goes out in one collective write at flush/close, not rank by rank. */
+    H5_CHECK(H5Pset_coll_metadata_write(fapl, 1));
+    return fapl;
+}
+
+hid_t io_ckpt_dxpl(void) {
+    hid_t dxpl = H5_CHECK(H5Pcreate(H5P_DATASET_XFER));
+    H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    return dxpl;
+}
+
+uint32_t io_crc32(const void *p, size_t len) {
+    uLong crc = crc32(0L, Z_NULL, 0);
+    const Bytef *b = p;
+    /* zlib takes uInt lengths */
+    while (len > 0) {
+        uInt step = len > (1u << 30) ? (1u << 30) : (uInt)len;
+        crc = crc32(crc, b, step);
+        b += step;
+        len -= step;
+    }
+    return (uint32_t)crc;
+}
+
+typedef struct slot {
+    int64_t s;
+    int i;
+} slot;
+
+static int slot_cmp(const void *a, const void *b) {
+    const slot *x = a, *y = b;
+    if (x->s != y->s) return x->s < y->s ? -1 : 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+io_slice_plan *io_slice_plan_create(const int64_t *slices, int n) {
+    LAYER_ASSERT(n >= 0 && (n == 0 || slices));
+    io_slice_plan *p = layer_xcalloc(1, sizeof(*p));
+    size_t cap = (size_t)(n ? n : 1);
+    p->slice = layer_xmalloc(cap * sizeof(int64_t));
+    p->pos = layer_xmalloc(cap * sizeof(int));
+    p->uniq = layer_xmalloc(cap * sizeof(int64_t));
+    p->n = n;
+    p->in_order = 1;
+    for (int i = 1; i < n; i++)
+        if (slices[i] <= slices[i - 1]) p->in_order = 0;
+    slot *sl = layer_xmalloc(cap * sizeof(slot));
+    for (int i = 0; i < n; i++) sl[i] = (slot){slices[i], i};
+    if (!p->in_order) qsort(sl, (size_t)n, sizeof(slot), slot_cmp);
+    for (int i = 0; i < n; i++) {
+        p->slice[i] = sl[i].s;
+        p->pos[i] = sl[i].i;
+        if (i == 0 || sl[i].s != sl[i - 1].s) p->uniq[p->nuniq++] = sl[i].s;
+    }
+    free(sl);
+    return p;
+}
+
+void io_slice_plan_free(io_slice_plan *p) {
+    if (!p) return;
+    free(p->slice);
+    free(p->pos);
+    free(p->uniq);
+    free(p);
+}
+
+hid_t io_slice_select(hid_t file_space, const io_slice_plan *p, int ndims, const int64_t *dims) {
+    hsize_t start[4] = {0}, count[4], mdims[4];
+    for (int d = 0; d < ndims; d++) count[d] = mdims[d] = (hsize_t)dims[d];
+    if (p->nuniq == 0) {
+        H5_CHECK(H5Sselect_none(file_space));
+        mdims[0] = 1;
+        hid_t m = H5_CHECK(H5Screate_simple(ndims, mdims, NULL));
+        H5_CHECK(H5Sselect_none(m));
+        return m;
+    }
+    H5S_seloper_t op = H5S_SELECT_SET;
+    for (int a = 0; a < p->nuniq;) {
+        int b = a + 1;
+        while (b < p->nuniq && p->uniq[b] == p->uniq[b - 1] + 1) b++;
+        start[0] = (hsize_t)p->uniq[a];
+        count[0] = (hsize_t)(b - a);
+        H5_CHECK(H5Sselect_hyperslab(file_space, op, start, NULL, count, NULL));
+        op = H5S_SELECT_OR;
+        a = b;
+    }
+    mdims[0] = (hsize_t)p->nuniq;
+    return H5_CHECK(H5Screate_simple(ndims, mdims, NULL));
+}
+
+void io_dims_text(char *buf, size_t n, int ndims, const int64_t *dims) {
+    size_t off = 0;
+    buf[0] = '\0';
+    for (int d = 0; d < ndims && off < n; d++) {
+        int w = snprintf(buf + off, n - off, d ? "x%lld" : "%lld", (long long)dims[d]);
+        if (w < 0) break;
+        off += (size_t)w;
+    }
+}
+
+io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, size_t n) {
+    LAYER_ASSERT(c && dir && step >= 0);
+    io_ckpt *ck = layer_xcalloc(1, sizeof(*ck));
+    ck->c = c;
+    ck->file = -1;
+    ck->writing = 1;
+    ck->step = step;
+    int failed = 0;
+    if (snprintf(ck->dir, sizeof ck->dir, "%s", dir) >= (int)sizeof ck->dir) {
+        snprintf(err, n, "%s: checkpoint directory name too long", dir);
+        failed = 1;
+    }
+    if (!failed) failed = io_ckpt_file_name(ck->path, dir, step, ".tmp", err, n) != 0;
+    if (!failed && comm_rank(c) == 0) failed = io_ckpt_mkdirs(dir, err, n) != 0;
+    if (comm_any_failed(c, failed, err, n)) {
+        free(ck);
+        return NULL;
+    }
+    hid_t fapl = io_ckpt_fapl(c);
+    H5E_BEGIN_TRY { ck->file = H5Fcreate(ck->path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl); }
+    H5E_END_TRY;
+    H5_CHECK(H5Pclose(fapl));
+    failed = ck->file < 0;
+    if (failed) snprintf(err, n, "%s: cannot create (permissions, space or MPI-IO problem)", ck->path);
+    /* MPI_File_open is collective, so ranks succeed or fail together; the agreement only
+     * makes the message the same everywhere. */
+    if (comm_any_failed(c, failed, err, n)) {
+        if (ck->file >= 0) H5Fclose(ck->file);
+        free(ck);
+        return NULL;
+    }
+    return ck;
+}
+
+/* Sums over ranks in pieces MPI's int counts can take. */
+static void sum_i64(comm_ctx *c, int64_t *buf, int64_t n) {
+    for (int64_t off = 0; off < n; off += 1 << 28) {
+        int64_t len = n - off < (1 << 28) ? n - off : (1 << 28);
+        comm_sum_i64(c, buf + off, (int)len);
+    }
+}
+
+int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int64_t *dims,
+                  int nslices, const int64_t *slices, const void *data, char *err, size_t n) {
+    LAYER_ASSERT(ck && ck->writing && ck->file >= 0 && name && name[0]);
+    LAYER_ASSERT(ndims >= 1 && ndims <= 4 && dims && nslices >= 0);
+    LAYER_ASSERT(nslices == 0 || (slices && data));
+    int64_t d0 = dims[0], per = 1;
+    for (int d = 0; d < ndims; d++) LAYER_ASSERT(dims[d] >= 0);
+    for (int d = 1; d < ndims; d++) per *= dims[d];
+    size_t sbytes = (size_t)per * io_dtype_size(t);
+    const char *bytes = data;
+
+    /* Slice counts then crcs, summed over ranks: each slice has exactly one writer, so the
+     * sum is its crc, and a count other than 1 shows a slice missing or written twice. */
+    int64_t *sum = layer_xcalloc((size_t)(2 * d0 + 1), sizeof(int64_t));
+    for (int i = 0; i < nslices; i++) {
+        int64_t s = slices[i];
+        LAYER_ASSERT(s >= 0 && s < d0);
+        sum[s]++;
+        sum[d0 + s] = io_crc32(bytes + (size_t)i * sbytes, sbytes);
+    }
+    sum_i64(ck->c, sum, 2 * d0);
+    for (int64_t s = 0; s < d0; s++) {
+        if (sum[s] == 1) continue;
+        if (comm_rank(ck->c) == 0)
+            fprintf(stderr, "memtrain: checkpoint array %s: slice %lld provided by %lld ranks\n",
+                    name, (long long)s, (long long)sum[s]);
+        LAYER_ASSERT(sum[s] == 1);
+    }
+
+    hsize_t hd[4];
+    for (int d = 0; d < ndims; d++) hd[d] = (hsize_t)dims[d];
+    hid_t fspace = H5_CHECK(H5Screate_simple(ndims, hd, NULL));
+    hid_t lcpl = H5_CHECK(H5Pcreate(H5P_LINK_CREATE));
+    H5_CHECK(H5Pset_create_intermediate_group(lcpl, 1));
+    hid_t dcpl = H5_CHECK(H5Pcreate(H5P_DATASET_CREATE));
+    /* Every element is written below; HDF5's zero fill would write the array twice. */
+    H5_CHECK(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));
+    hid_t ds = H5_CHECK(
+        H5Dcreate2(ck->file, name, io_dtype_file_type(t), fspace, lcpl, dcpl, H5P_DEFAULT));
+    H5_CHECK(H5Pclose(dcpl));
+    H5_CHECK(H5Pclose(lcpl));
+
+    int failed = 0;
+    /* Dims are the same on every rank, so an empty array skips the collective on all. */
+    if (d0 > 0 && per > 0) {
+        io_slice_plan *p = io_slice_plan_create(slices, nslices);
+        const void *buf = data;
+        char *packed = NULL;
+        if (!p->in_order) {
+            /* HDF5 walks a selection in file order: hand it the slices in that order. */
+            packed = layer_xmalloc((size_t)nslices * sbytes);
+            for (int j = 0; j < nslices; j++)
+                memcpy(packed + (size_t)j * sbytes, bytes + (size_t)p->pos[j] * sbytes, sbytes);
+            buf = packed;
+        }
+        hid_t mspace = io_slice_select(fspace, p, ndims, dims);
+        hid_t dxpl = io_ckpt_dxpl();
+        herr_t rc;
+        H5E_BEGIN_TRY { rc = H5Dwrite(ds, io_dtype_mem_type(t), mspace, fspace, dxpl, buf); }
+        H5E_END_TRY;
+        failed = rc < 0;
+        H5_CHECK(H5Pclose(dxpl));
+        H5_CHECK(H5Sclose(mspace));
+        free(packed);
+        io_slice_plan_free(p);
+    }
+
+    uint32_t *crc = layer_xmalloc((size_t)(d0 ? d0 : 1) * sizeof(uint32_t));
+    for (int64_t s = 0; s < d0; s++) crc[s] = (uint32_t)sum[d0 + s];
+    hsize_t ad = (hsize_t)d0;
+    hid_t aspace = H5_CHECK(H5Screate_simple(1, &ad, NULL));
+    hid_t attr = H5_CHECK(H5Acreate2(ds, "crc32", H5T_STD_U32LE, aspace, H5P_DEFAULT, H5P_DEFAULT));
+    H5_CHECK(H5Awrite(attr, H5T_NATIVE_UINT32, crc));
+    H5_CHECK(H5Aclose(attr));
+    H5_CHECK(H5Sclose(aspace));
+    H5_CHECK(H5Dclose(ds));
+    H5_CHECK(H5Sclose(fspace));
+    free(crc);
+    free(sum);
+    if (failed) snprintf(err, n, "%s: writing dataset %s failed (I/O error or disk full)", ck->path, name);
+    return comm_any_failed(ck->c, failed, err, n) ? -1 : 0;
+}
+
+static void replace_attr(hid_t loc, const char *name, hid_t ftype, hid_t mtype, const void *v) {
+    if (H5_CHECK(H5Aexists(loc, name)) > 0) H5_CHECK(H5Adelete(loc, name));
+    hid_t space = H5_CHECK(H5Screate(H5S_SCALAR));
+    hid_t attr = H5_CHECK(H5Acreate2(loc, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT));
+    H5_CHECK(H5Awrite(attr, mtype, v));
+    H5_CHECK(H5Aclose(attr));
+    H5_CHECK(H5Sclose(space));
+}
+
+void io_ckpt_set_attr_i64(io_ckpt *ck, const char *name, int64_t value) {
+    LAYER_ASSERT(ck && ck->writing && ck->file >= 0 && name && name[0]);
+    replace_attr(ck->file, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+
+void io_ckpt_set_attr_str(io_ckpt *ck, const char *name, const char *value) {
+    LAYER_ASSERT(ck && ck->writing && ck->file >= 0 && name && name[0] && value);
+    /* Fixed-length, NUL-terminated: h5dump prints it as text and h5py returns bytes. */
+    hid_t type = H5_CHECK(H5Tcopy(H5T_C_S1));
+    H5_CHECK(H5Tset_size(type, strlen(value) + 1));
+    H5_CHECK(H5Tset_strpad(type, H5T_STR_NULLTERM));
+    H5_CHECK(H5Tset_cset(type, H5T_CSET_UTF8));
+    replace_attr(ck->file, name, type, type, value);
+    H5_CHECK(H5Tclose(type));
+}
+
+int io_ckpt_commit(io_ckpt *ck, int keep, char *err, size_t n) {
+    LAYER_ASSERT(ck && ck->writing && ck->file >= 0 && keep >= 0);
+    comm_ctx *c = ck->c;
+    io_ckpt_set_attr_str(ck, "magic", IO_CKPT_MAGIC);
+    io_ckpt_set_attr_i64(ck, "format_version", IO_CKPT_FORMAT_VERSION);
+    io_ckpt_set_attr_i64(ck, "step", ck->step);
+    herr_t rc;
+    H5E_BEGIN_TRY { rc = H5Fclose(ck->file); }
+    H5E_END_TRY;
+    ck->file = -1;
+    int failed = rc < 0;
+    if (failed) snprintf(err, n, "%s: closing failed (I/O error or disk full)", ck->path);
+    failed = comm_any_failed(c, failed, err, n);
+    if (!failed) {
+        int bad = 0;
+        if (comm_rank(c) == 0) {
+            char final[IO_CKPT_PATH_MAX];
+            bad = io_ckpt_file_name(final, ck->dir, ck->step, "", err, n) != 0 ||
+                  io_ckpt_publish(ck->dir, ck->path, final, err, n) != 0;
+            if (!bad) io_ckpt_prune(ck->dir, keep, ck->step);
+        }
+        failed = comm_any_failed(c, bad, err, n);
+    }
+    if (failed && comm_rank(c) == 0) unlink(ck->path);
+    free(ck);
+    return failed ? -1 : 0;
+}
+
+void io_ckpt_abort(io_ckpt *ck) {
+    if (!ck) return;
+    LAYER_ASSERT(ck->writing);
+    if (ck->file >= 0) {
+        H5E_BEGIN_TRY { H5Fclose(ck->file); }
+        H5E_END_TRY;
+    }
+    /* every rank's handle is closed before the file goes */
+    comm_barrier(ck->c);
+    if (comm_rank(ck->c) == 0) unlink(ck->path);
+    free(ck);
+}
+
+const char *io_ckpt_path(const io_ckpt *ck) { return ck->path; }

@@ -1,0 +1,222 @@
+/* The file-system side of checkpoints: directory creation, durable rename, the LATEST marker, pruning, listing. */
+#include "io/ckpt.h"
+#include "io/ckpt_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "layers/common.h"
+
+int io_ckpt_mkdirs(const char *dir, char *err, size_t n) {
+    char p[IO_CKPT_PATH_MAX];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p || p[0] == '\0') {
+        snprintf(err, n, "%s: checkpoint directory name empty or too long", dir);
+        return -1;
+    }
+    /* Each prefix ending before a '/' is a parent; EEXIST is fine for all of them, and the
+     * final stat catches a prefix that exists as a plain file. */
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char saved = *s;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            snprintf(err, n, "%s: cannot create (%s)", p, strerror(errno));
+            return -1;
+        }
+        *s = saved;
+        if (saved == '\0') break;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, n, "%s: cannot create (not a directory)", dir);
+        return -1;
+    }
+    return 0;
+}
+
+int io_ckpt_file_name(char *out, const char *dir, int64_t step, const char *suffix, char *err,
+                      size_t n) {
+    int len = snprintf(out, IO_CKPT_PATH_MAX, "%s/ckpt-%08lld.h5%s", dir, (long long)step, suffix);
+    if (len < 0 || len >= IO_CKPT_PATH_MAX) {
+        snprintf(err, n, "%s: checkpoint directory name too long", dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* fsync of a file or directory by name; directories need it so a rename survives a crash. */
+static int fsync_path(const char *path, int is_dir) {
+    int fd = open(path, is_dir ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+static const char *base_name(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+int io_ckpt_publish(const char *dir, const char *tmp, const char *final, char *err, size_t n) {
+    if (fsync_path(tmp, 0) != 0) {
+        snprintf(err, n, "%s: cannot fsync (%s)", tmp, strerror(errno));
+        return -1;
+    }
+    if (rename(tmp, final) != 0) {
+        snprintf(err, n, "%s: cannot rename to %s (%s)", tmp, final, strerror(errno));
+        return -1;
+    }
+    if (fsync_path(dir, 1) != 0) {
+        snprintf(err, n, "%s: cannot fsync directory (%s)", dir, strerror(errno));
+        return -1;
+    }
+    char latest[IO_CKPT_PATH_MAX], latest_tmp[IO_CKPT_PATH_MAX + 8];
+    snprintf(latest, sizeof latest, "%s/LATEST", dir);
+    snprintf(latest_tmp, sizeof latest_tmp, "%s/LATEST.tmp", dir);
+    char line[IO_CKPT_PATH_MAX];
+    int len = snprintf(line, sizeof line, "%s\n", base_name(final));
+    int fd = open(latest_tmp, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+    if (fd < 0) {
+        snprintf(err, n, "%s: cannot create (%s)", latest_tmp, strerror(errno));
+        return -1;
+    }
+    int ok = write(fd, line, (size_t)len) == len && fsync(fd) == 0;
+    int saved = errno;
+    close(fd);
+    if (!ok || rename(latest_tmp, latest) != 0) {
+        snprintf(err, n, "%s: cannot write (%s)", latest, strerror(ok ? errno : saved));
+        unlink(latest_tmp);
+        return -1;
+    }
+    if (fsync_path(dir, 1) != 0) {
+        snprintf(err, n, "%s: cannot fsync directory (%s)", dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* "ckpt-<digits>.h5" (tmp = 0) or "ckpt-<digits>.h5.tmp" (tmp = 1) → 0 and the step; else -1. */
+static int parse_name(const char *name, int64_t *step, int *tmp) {
+    if (strncmp(name, "ckpt-", 5) != 0) return -1;
+    const char *s = name + 5, *d = s;
+    while (*d >= '0' && *d <= '9') d++;
+    if (d == s || d - s > 18) return -1;
+    if (strcmp(d, ".h5") == 0)
+        *tmp = 0;
+    else if (strcmp(d, ".h5.tmp") == 0)
+        *tmp = 1;
+    else
+        return -1;
+    *step = strtoll(s, NULL, 10);
+    return 0;
+}
+
+typedef struct entry {
+    int64_t step;
+    char name[256];
+} entry;
+
+static int by_step_desc(const void *a, const void *b) {
+    int64_t x = ((const entry *)a)->step, y = ((const entry *)b)->step;
+    if (x != y) return x > y ? -1 : 1;
+    /* same step, different zero padding: any fixed order keeps the listing deterministic */
+    return strcmp(((const entry *)a)->name, ((const entry *)b)->name);
+}
+
+/* The complete (tmp = 0) or unfinished (tmp = 1) checkpoints of dir, newest first; *count
+ * of them in a fresh array the caller frees (NULL when none or dir unreadable). */
+static entry *scan(const char *dir, int want_tmp, int *count) {
+    *count = 0;
+    DIR *d = opendir(dir);
+    if (!d) return NULL;
+    entry *e = NULL;
+    int cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        int64_t step;
+        int tmp;
+        if (parse_name(de->d_name, &step, &tmp) != 0 || tmp != want_tmp) continue;
+        if (strlen(de->d_name) >= sizeof e[0].name) continue;
+        if (*count == cap) {
+            cap = cap ? 2 * cap : 16;
+            entry *grown = layer_xmalloc((size_t)cap * sizeof(entry));
+            if (e) memcpy(grown, e, (size_t)*count * sizeof(entry));
+            free(e);
+            e = grown;
+        }
+        e[*count].step = step;
+        snprintf(e[*count].name, sizeof e[0].name, "%s", de->d_name);
+        (*count)++;
+    }
+    closedir(d);
+    if (*count > 1) qsort(e, (size_t)*count, sizeof(entry), by_step_desc);
+    return e;
+}
+
+void io_ckpt_prune(const char *dir, int keep, int64_t current) {
+    char path[IO_CKPT_PATH_MAX + 256];
+    int count;
+    entry *e = scan(dir, 0, &count);
+    for (int i = keep; keep > 0 && i < count; i++) {
+        if (e[i].step == current) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e[i].name);
+        unlink(path);
+    }
+    free(e);
+    e = scan(dir, 1, &count);
+    for (int i = 0; i < count; i++) {
+        if (e[i].step >= current) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e[i].name);
+        unlink(path);
+    }
+    free(e);
+}
+
+/* The file name LATEST holds (without the newline), or "" when it is missing or malformed. */
+static void read_latest(const char *dir, char *out, size_t n) {
+    out[0] = '\0';
+    char path[IO_CKPT_PATH_MAX + 8];
+    snprintf(path, sizeof path, "%s/LATEST", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char line[300];
+    if (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        int64_t step;
+        int tmp;
+        if (parse_name(line, &step, &tmp) == 0 && !tmp) snprintf(out, n, "%s", line);
+    }
+    fclose(f);
+}
+
+int io_ckpt_list(const char *dir, char (*paths)[IO_CKPT_PATH_MAX], int max) {
+    int count;
+    entry *e = scan(dir, 0, &count);
+    char latest[300];
+    read_latest(dir, latest, sizeof latest);
+    /* LATEST's file moves to the front, the rest keep their order; a LATEST naming a file
+     * that is gone (deleted by hand) is ignored. */
+    for (int i = 0; latest[0] && i < count; i++) {
+        if (strcmp(e[i].name, latest) != 0) continue;
+        entry first = e[i];
+        memmove(e + 1, e, (size_t)i * sizeof(entry));
+        e[0] = first;
+        break;
+    }
+    int stored = 0;
+    for (int i = 0; i < count && stored < max; i++) {
+        int len = snprintf(paths[stored], IO_CKPT_PATH_MAX, "%s/%s", dir, e[i].name);
+        if (len >= 0 && len < IO_CKPT_PATH_MAX) stored++;
+    }
+    free(e);
+    return stored;
+}

@@ -1,0 +1,358 @@
+/* Reading checkpoints: validated collective open, resharding slice reads verified against their crc32s, attributes. */
+#include "io/ckpt.h"
+#include "io/ckpt_internal.h"
+
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "layers/common.h"
+
+/* Reads string attribute `name` of loc into a fresh *out. Returns 0, or -1 with a message
+ * naming `path` (missing, not a string). */
+static int attr_str(hid_t loc, const char *path, const char *name, char **out, char *err,
+                    size_t n) {
+    *out = NULL;
+    htri_t has;
+    H5E_BEGIN_TRY { has = H5Aexists(loc, name); }
+    H5E_END_TRY;
+    if (has <= 0) {
+        snprintf(err, n, "%s: attribute %s missing", path, name);
+        return -1;
+    }
+    hid_t attr = H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT));
+    hid_t type = H5_CHECK(H5Aget_type(attr));
+    hid_t space = H5_CHECK(H5Aget_space(attr));
+    int rc = -1;
+    if (H5Tget_class(type) != H5T_STRING || H5_CHECK(H5Sget_simple_extent_npoints(space)) != 1) {
+        snprintf(err, n, "%s: attribute %s is not a string", path, name);
+    } else if (H5_CHECK(H5Tis_variable_str(type)) > 0) {
+        /* as h5py writes strings by default */
+        hid_t mtype = H5_CHECK(H5Tcopy(H5T_C_S1));
+        H5_CHECK(H5Tset_size(mtype, H5T_VARIABLE));
+        char *v = NULL;
+        H5_CHECK(H5Aread(attr, mtype, &v));
+        size_t len = v ? strlen(v) : 0;
+        *out = layer_xmalloc(len + 1);
+        if (len) memcpy(*out, v, len);
+        (*out)[len] = '\0';
+        H5free_memory(v);
+        H5_CHECK(H5Tclose(mtype));
+        rc = 0;
+    } else {
+        size_t size = H5Tget_size(type);
+        *out = layer_xcalloc(size + 1, 1);
+        H5_CHECK(H5Aread(attr, type, *out));
+        rc = 0;
+    }
+    H5_CHECK(H5Sclose(space));
+    H5_CHECK(H5Tclose(type));
+    H5_CHECK(H5Aclose(attr));
+    return rc;
+}
+
+/* Reads integer attribute `name` of loc. Returns 0, or -1 with a message naming `path`. */
+static int attr_i64(hid_t loc, const char *path, const char *name, int64_t *out, char *err,
+                    size_t n) {
+    htri_t has;
+    H5E_BEGIN_TRY { has = H5Aexists(loc, name); }
+    H5E_END_TRY;
+    if (has <= 0) {
+        snprintf(err, n, "%s: attribute %s missing", path, name);
+        return -1;
+    }
+    hid_t attr = H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT));
+    hid_t type = H5_CHECK(H5Aget_type(attr));
+    hid_t space = H5_CHECK(H5Aget_space(attr));
+    int rc = -1;
+    if (H5Tget_class(type) != H5T_INTEGER || H5_CHECK(H5Sget_simple_extent_npoints(space)) != 1) {
+        snprintf(err, n, "%s: attribute %s is not an integer", path, name);
+    } else {
+        H5_CHECK(H5Aread(attr, H5T_NATIVE_INT64, out));
+        rc = 0;
+    }
+    H5_CHECK(H5Sclose(space));
+    H5_CHECK(H5Tclose(type));
+    H5_CHECK(H5Aclose(attr));
+    return rc;
+}
+
+/* Checks a file opened by rank 0 alone is a memtrain checkpoint this build reads. */
+static int check_identity(hid_t f, const char *path, char *err, size_t n) {
+    char *magic = NULL;
+    int ok = attr_str(f, path, "magic", &magic, err, n) == 0 && strcmp(magic, IO_CKPT_MAGIC) == 0;
+    free(magic);
+    int64_t version = 0;
+    if (!ok || attr_i64(f, path, "format_version", &version, err, n) != 0) {
+        snprintf(err, n, "%s: not a memtrain checkpoint", path);
+        return -1;
+    }
+    if (version > IO_CKPT_FORMAT_VERSION) {
+        snprintf(err, n, "%s: format version %lld is newer than this memtrain (%d)", path,
+                 (long long)version, IO_CKPT_FORMAT_VERSION);
+        return -1;
+    }
+    if (version < 1) {
+        snprintf(err, n, "%s: format version %lld is invalid", path, (long long)version);
+        return -1;
+    }
+    return 0;
+}
+
+/* Rank 0's look at the file through HDF5's serial driver, before every rank opens it: a
+ * foreign or damaged file is then refused with one message and no collective open that could
+ * fail on some ranks only. */
+static int precheck(const char *path, char *err, size_t n) {
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(err, n, "%s: cannot open (no such file or not readable)", path);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, n, "%s: not a regular file", path);
+        return -1;
+    }
+    hid_t f;
+    H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
+    H5E_END_TRY;
+    if (f < 0) {
+        snprintf(err, n, "%s: not an HDF5 file or truncated", path);
+        return -1;
+    }
+    int rc = check_identity(f, path, err, n);
+    H5_CHECK(H5Fclose(f));
+    return rc;
+}
+
+io_ckpt *io_ckpt_open(comm_ctx *c, const char *path, char *err, size_t n) {
+    LAYER_ASSERT(c && path);
+    io_ckpt *ck = layer_xcalloc(1, sizeof(*ck));
+    ck->c = c;
+    ck->file = -1;
+    int failed = 0;
+    if (snprintf(ck->path, sizeof ck->path, "%s", path) >= (int)sizeof ck->path) {
+        snprintf(err, n, "%.200s...: path too long", path);
+        failed = 1;
+    }
+    if (!failed && comm_rank(c) == 0) failed = precheck(path, err, n) != 0;
+    if (comm_any_failed(c, failed, err, n)) {
+        free(ck);
+        return NULL;
+    }
+    hid_t fapl = io_ckpt_fapl(c);
+    H5E_BEGIN_TRY { ck->file = H5Fopen(path, H5F_ACC_RDONLY, fapl); }
+    H5E_END_TRY;
+    H5_CHECK(H5Pclose(fapl));
+    failed = ck->file < 0;
+    if (failed) snprintf(err, n, "%s: cannot open with MPI-IO", path);
+    if (comm_any_failed(c, failed, err, n)) {
+        if (ck->file >= 0) H5Fclose(ck->file);
+        free(ck);
+        return NULL;
+    }
+    return ck;
+}
+
+/* Opens dataset `name`, or returns -1 when it (or a group on its path) does not exist or is
+ * not a dataset. H5Lexists is asked about each prefix because it fails, rather than answering
+ * 0, when an intermediate group is missing. */
+static hid_t open_dataset(hid_t f, const char *name) {
+    char part[IO_CKPT_PATH_MAX];
+    size_t len = strlen(name);
+    if (len == 0 || len >= sizeof part) return -1;
+    for (size_t i = 1; i <= len; i++) {
+        if (name[i] != '/' && name[i] != '\0') continue;
+        memcpy(part, name, i);
+        part[i] = '\0';
+        htri_t e;
+        H5E_BEGIN_TRY { e = H5Lexists(f, part, H5P_DEFAULT); }
+        H5E_END_TRY;
+        if (e <= 0) return -1;
+    }
+    hid_t ds;
+    H5E_BEGIN_TRY { ds = H5Dopen2(f, name, H5P_DEFAULT); }
+    H5E_END_TRY;
+    return ds;
+}
+
+/* "float32", "uint8", ... for messages. */
+static void type_text(hid_t type, char *buf, size_t n) {
+    H5T_class_t cl = H5Tget_class(type);
+    int bits = (int)H5Tget_size(type) * 8;
+    if (cl == H5T_FLOAT)
+        snprintf(buf, n, "float%d", bits);
+    else if (cl == H5T_INTEGER)
+        snprintf(buf, n, "%sint%d", H5Tget_sign(type) == H5T_SGN_NONE ? "u" : "", bits);
+    else
+        snprintf(buf, n, "a non-numeric type");
+}
+
+static int type_matches(hid_t type, io_dtype t) {
+    H5T_class_t cl = H5Tget_class(type);
+    size_t size = H5Tget_size(type);
+    if (t == IO_F32) return cl == H5T_FLOAT && size == 4;
+    return cl == H5T_INTEGER && size == io_dtype_size(t) && H5Tget_sign(type) == H5T_SGN_2;
+}
+
+/* Checks an open dataset against the caller's declaration and reads its crc32 attribute into
+ * a fresh *crc (dims[0] entries). Returns 0, or -1 with a message. */
+static int check_dataset(io_ckpt *ck, hid_t ds, const char *name, io_dtype t, int ndims,
+                         const int64_t *dims, uint32_t **crc, char *err, size_t n) {
+    *crc = NULL;
+    hid_t type = H5_CHECK(H5Dget_type(ds));
+    int ok = type_matches(type, t);
+    if (!ok) {
+        char have[32];
+        type_text(type, have, sizeof have);
+        snprintf(err, n, "%s: dataset %s has type %s, expected %s", ck->path, name, have,
+                 io_dtype_name(t));
+    }
+    H5_CHECK(H5Tclose(type));
+    if (!ok) return -1;
+    hid_t space = H5_CHECK(H5Dget_space(ds));
+    int fnd = (int)H5_CHECK(H5Sget_simple_extent_ndims(space));
+    hsize_t fd[H5S_MAX_RANK];
+    int64_t fdims[H5S_MAX_RANK];
+    H5_CHECK(H5Sget_simple_extent_dims(space, fd, NULL));
+    H5_CHECK(H5Sclose(space));
+    ok = fnd == ndims;
+    for (int d = 0; d < fnd; d++) {
+        fdims[d] = (int64_t)fd[d];
+        if (ok && fdims[d] != dims[d]) ok = 0;
+    }
+    if (!ok) {
+        char have[128], want[128];
+        io_dims_text(have, sizeof have, fnd, fdims);
+        io_dims_text(want, sizeof want, ndims, dims);
+        snprintf(err, n, "%s: dataset %s has dims %s, expected %s", ck->path, name, have, want);
+        return -1;
+    }
+    htri_t has;
+    H5E_BEGIN_TRY { has = H5Aexists(ds, "crc32"); }
+    H5E_END_TRY;
+    if (has <= 0) {
+        snprintf(err, n, "%s: dataset %s has no crc32 attribute", ck->path, name);
+        return -1;
+    }
+    hid_t attr = H5_CHECK(H5Aopen(ds, "crc32", H5P_DEFAULT));
+    hid_t atype = H5_CHECK(H5Aget_type(attr));
+    hid_t aspace = H5_CHECK(H5Aget_space(attr));
+    ok = H5Tget_class(atype) == H5T_INTEGER &&
+         H5_CHECK(H5Sget_simple_extent_npoints(aspace)) == dims[0];
+    if (ok) {
+        *crc = layer_xmalloc((size_t)(dims[0] ? dims[0] : 1) * sizeof(uint32_t));
+        H5_CHECK(H5Aread(attr, H5T_NATIVE_UINT32, *crc));
+    } else {
+        snprintf(err, n, "%s: dataset %s has a crc32 attribute of the wrong shape or type",
+                 ck->path, name);
+    }
+    H5_CHECK(H5Sclose(aspace));
+    H5_CHECK(H5Tclose(atype));
+    H5_CHECK(H5Aclose(attr));
+    return ok ? 0 : -1;
+}
+
+int io_ckpt_read(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int64_t *dims,
+                 int nslices, const int64_t *slices, void *out, char *err, size_t n) {
+    LAYER_ASSERT(ck && !ck->writing && ck->file >= 0 && name);
+    LAYER_ASSERT(ndims >= 1 && ndims <= 4 && dims && nslices >= 0);
+    LAYER_ASSERT(nslices == 0 || (slices && out));
+    int64_t d0 = dims[0], per = 1;
+    for (int d = 0; d < ndims; d++) LAYER_ASSERT(dims[d] >= 0);
+    for (int d = 1; d < ndims; d++) per *= dims[d];
+    for (int i = 0; i < nslices; i++) LAYER_ASSERT(slices[i] >= 0 && slices[i] < d0);
+    size_t sbytes = (size_t)per * io_dtype_size(t);
+
+    /* Metadata first, agreed over ranks, because the data read below is collective: either
+     * every rank takes part or none does. */
+    uint32_t *crc = NULL;
+    hid_t ds = open_dataset(ck->file, name);
+    int failed = 0;
+    if (ds < 0) {
+        snprintf(err, n, "%s: dataset %s missing", ck->path, name);
+        failed = 1;
+    } else {
+        failed = check_dataset(ck, ds, name, t, ndims, dims, &crc, err, n) != 0;
+    }
+    if (comm_any_failed(ck->c, failed, err, n)) {
+        if (ds >= 0) H5_CHECK(H5Dclose(ds));
+        free(crc);
+        return -1;
+    }
+
+    if (d0 > 0 && per > 0) {
+        io_slice_plan *p = io_slice_plan_create(slices, nslices);
+        /* HDF5 fills a selection in file order, once per distinct slice: read straight into
+         * out when that is the list's order, else into a buffer and copy out. */
+        char *buf = p->in_order ? out : layer_xmalloc((size_t)p->nuniq * sbytes);
+        hid_t fspace = H5_CHECK(H5Dget_space(ds));
+        hid_t mspace = io_slice_select(fspace, p, ndims, dims);
+        hid_t dxpl = io_ckpt_dxpl();
+        herr_t rc;
+        H5E_BEGIN_TRY { rc = H5Dread(ds, io_dtype_mem_type(t), mspace, fspace, dxpl, buf); }
+        H5E_END_TRY;
+        H5_CHECK(H5Pclose(dxpl));
+        H5_CHECK(H5Sclose(mspace));
+        H5_CHECK(H5Sclose(fspace));
+        if (rc < 0) {
+            snprintf(err, n, "%s: reading dataset %s failed (I/O error)", ck->path, name);
+            failed = 1;
+        }
+        for (int u = 0; !failed && u < p->nuniq; u++) {
+            if (io_crc32(buf + (size_t)u * sbytes, sbytes) == crc[p->uniq[u]]) continue;
+            snprintf(err, n, "%s: dataset %s slice %lld fails its checksum (corrupt file)",
+                     ck->path, name, (long long)p->uniq[u]);
+            failed = 1;
+        }
+        if (!p->in_order && !failed) {
+            char *o = out;
+            for (int j = 0, u = -1; j < p->n; j++) {
+                if (j == 0 || p->slice[j] != p->slice[j - 1]) u++;
+                memcpy(o + (size_t)p->pos[j] * sbytes, buf + (size_t)u * sbytes, sbytes);
+            }
+        }
+        if (!p->in_order) free(buf);
+        io_slice_plan_free(p);
+    }
+    H5_CHECK(H5Dclose(ds));
+    free(crc);
+    return comm_any_failed(ck->c, failed, err, n) ? -1 : 0;
+}
+
+int io_ckpt_get_attr_i64(io_ckpt *ck, const char *name, int64_t *out, char *err, size_t n) {
+    LAYER_ASSERT(ck && ck->file >= 0 && name && out);
+    int64_t v = 0;
+    int failed = attr_i64(ck->file, ck->path, name, &v, err, n) != 0;
+    if (comm_any_failed(ck->c, failed, err, n)) return -1;
+    *out = v;
+    return 0;
+}
+
+int io_ckpt_get_attr_str(io_ckpt *ck, const char *name, char **out, char *err, size_t n) {
+    LAYER_ASSERT(ck && ck->file >= 0 && name && out);
+    int failed = attr_str(ck->file, ck->path, name, out, err, n) != 0;
+    if (comm_any_failed(ck->c, failed, err, n)) {
+        free(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+int io_ckpt_has(io_ckpt *ck, const char *name) {
+    LAYER_ASSERT(ck && ck->file >= 0 && name);
+    hid_t ds = open_dataset(ck->file, name);
+    int64_t found = ds >= 0;
+    if (ds >= 0) H5_CHECK(H5Dclose(ds));
+    comm_sum_i64(ck->c, &found, 1);
+    return found == comm_size(ck->c);
+}
+
+void io_ckpt_close(io_ckpt *ck) {
+    if (!ck) return;
+    LAYER_ASSERT(!ck->writing);
+    if (ck->file >= 0) H5_CHECK(H5Fclose(ck->file));
+    free(ck);
+}

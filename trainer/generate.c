@@ -1,0 +1,225 @@
+/* Evaluation and sampling from checkpoints. */
+#include "trainer/generate.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/ckpt.h"
+#include "io/data.h"
+#include "io/png.h"
+#include "layers/common.h"
+#include "trainer/arena.h"
+#include "trainer/checkpoint.h"
+#include "trainer/model.h"
+#include "trainer/train.h"
+
+/* Model of cfg with the checkpoint's parameters and tables. */
+static trainer_model *load_model(comm_ctx *comm, const trainer_config *cfg, const char *path,
+                                 int vocab, int64_t *step) {
+    char err[512];
+    trainer_model_spec spec;
+    trainer_spec_from_config(&spec, cfg, vocab);
+    trainer_model *m = trainer_model_create(&spec, comm);
+    if (trainer_ckpt_load(comm, path, m, NULL, step, err, sizeof(err)) != 0)
+        comm_exit_error(comm, err);
+    return m;
+}
+
+static io_dataset *load_split(comm_ctx *comm, const trainer_config *cfg, io_split split) {
+    char err[512] = "";
+    io_dataset *d = NULL;
+    int failed = io_dataset_load(&d, cfg->data, split, cfg->data_dir, err, sizeof(err)) != 0;
+    if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
+    return d;
+}
+
+int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
+    io_dataset *val = load_split(comm, cfg, IO_SPLIT_VAL);
+    int64_t step = 0;
+    trainer_model *m = load_model(comm, cfg, path, val->vocab, &step);
+    double t = comm_time();
+    double ppl = trainer_validation_ppl(comm, cfg, m, val);
+    if (comm_rank(comm) == 0) {
+        printf("%s (step %lld): validation perplexity %.4f on %s (%s, %.1f s)\n", path,
+               (long long)step, ppl, cfg->data,
+               cfg->eval_segments > 0 ? "eval_segments segments per stream" : "every document",
+               comm_time() - t);
+        fflush(stdout);
+    }
+    trainer_model_free(m);
+    io_dataset_free(val);
+    return 0;
+}
+
+/* Draws from softmax(logits / temperature) over V classes. */
+static int32_t draw(const float *logits, int V, float temperature, layer_rng *rng) {
+    double mx = -INFINITY, sum = 0.0;
+    for (int v = 0; v < V; v++) mx = fmax(mx, logits[v]);
+    double *p = layer_xmalloc((size_t)V * sizeof(double));
+    for (int v = 0; v < V; v++) sum += p[v] = exp((logits[v] - mx) / temperature);
+    double u = layer_rng_uniform(rng) * sum, acc = 0.0;
+    int32_t pick = V - 1;
+    for (int v = 0; v < V; v++) {
+        acc += p[v];
+        if (u < acc) {
+            pick = v;
+            break;
+        }
+    }
+    free(p);
+    return pick;
+}
+
+/* Generates B sequences of total tokens: tok (B, total) holds the given prefix (first `given`
+ * tokens of each row) and receives the rest. Segments follow training: the encoder reads the
+ * previous segment, the memory is carried, the decoder sees the segment shifted right. */
+static void generate(trainer_model *m, int32_t *tok, int B, int total, int given, int bos,
+                     float temperature, layer_rng *rng) {
+    const trainer_model_spec *s = trainer_model_get_spec(m);
+    int L = s->L, V = s->vocab;
+    size_t ms = trainer_model_memory_size(m);
+    int32_t *enc = layer_xmalloc((size_t)B * L * sizeof(int32_t));
+    int32_t *dec = layer_xmalloc((size_t)B * L * sizeof(int32_t));
+    int32_t *tgt = layer_xmalloc((size_t)B * L * sizeof(int32_t));
+    uint8_t *reset = layer_xmalloc((size_t)B);
+    float *M = layer_xcalloc((size_t)B * ms + 1, sizeof(float));
+    float *Mn = layer_xcalloc((size_t)B * ms + 1, sizeof(float));
+    trainer_arena *arena = trainer_arena_create((size_t)4 << 20);
+    for (int i = 0; i < B * L; i++) tgt[i] = -1;
+    for (int seg0 = 0; seg0 < total; seg0 += L) {
+        for (int b = 0; b < B; b++) {
+            reset[b] = seg0 == 0;
+            for (int i = 0; i < L; i++) {
+                int p = seg0 - L + i; /* the previous segment */
+                enc[b * L + i] = (seg0 == 0 || p >= total) ? bos : tok[(size_t)b * total + p];
+            }
+        }
+        for (int i = 0; i < L && seg0 + i < total; i++) {
+            /* decoder inputs up to position i are known; later ones cannot affect it */
+            for (int b = 0; b < B; b++)
+                for (int j = 0; j < L; j++) {
+                    int p = seg0 + j - 1;
+                    dec[b * L + j] = (p < 0 || j > i) ? bos : tok[(size_t)b * total + p];
+                }
+            if (seg0 + i < given) continue;
+            trainer_arena_reset(arena);
+            trainer_step_act *act;
+            int cnt;
+            trainer_batch bt = {.B = B, .L = L, .enc_tok = enc, .dec_tok = dec, .tgt = tgt, .reset = reset};
+            trainer_model_forward(m, arena, &bt, ms ? M : NULL, ms ? Mn : NULL, &cnt, &act);
+            const float *logits = trainer_step_logits(act);
+            for (int b = 0; b < B; b++)
+                tok[(size_t)b * total + seg0 + i] = draw(logits + ((size_t)b * L + i) * V, V, temperature, rng);
+        }
+        /* the memory after this segment: written from the encoder's view of the previous one */
+        trainer_arena_reset(arena);
+        trainer_batch bt = {.B = B, .L = L, .enc_tok = enc, .dec_tok = dec, .tgt = tgt, .reset = reset};
+        trainer_model_write_memory(m, arena, &bt, ms ? M : NULL, ms ? Mn : NULL);
+        float *x = M;
+        M = Mn;
+        Mn = x;
+    }
+    trainer_tables_clear_cache(trainer_model_tables(m));
+    trainer_arena_free(arena);
+    free(enc);
+    free(dec);
+    free(tgt);
+    free(reset);
+    free(M);
+    free(Mn);
+}
+
+int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path,
+                              const trainer_sample_options *opt) {
+    char err[512];
+    io_dataset *train = load_split(comm, cfg, IO_SPLIT_TRAIN);
+    int64_t step = 0;
+    trainer_model *m = load_model(comm, cfg, path, train->vocab, &step);
+    layer_rng rng;
+    layer_rng_seed(&rng, (uint64_t)cfg->seed * 7919u + 17u);
+    float temp = opt->temperature > 0 ? opt->temperature : 1.0f;
+    int image = strcmp(cfg->data, "fashion-mnist") == 0;
+    int fail = 0;
+    if (image) {
+        int B = opt->count > 0 ? opt->count : 16, side = 28, total = side * side;
+        int cols = (int)ceil(sqrt((double)B)), rows = (B + cols - 1) / cols, pad = 2;
+        int32_t *tok = layer_xcalloc((size_t)B * total, sizeof(int32_t));
+        generate(m, tok, B, total, 0, train->vocab, temp, &rng);
+        int W = cols * (side + pad) + pad, H = rows * (side + pad) + pad;
+        uint8_t *pix = layer_xcalloc((size_t)W * H, 1);
+        memset(pix, 128, (size_t)W * H);
+        for (int b = 0; b < B; b++)
+            for (int y = 0; y < side; y++)
+                for (int x = 0; x < side; x++) {
+                    int gx = pad + (b % cols) * (side + pad) + x, gy = pad + (b / cols) * (side + pad) + y;
+                    pix[(size_t)gy * W + gx] = (uint8_t)tok[(size_t)b * total + y * side + x];
+                }
+        char out[1200];
+        if (opt->out) snprintf(out, sizeof(out), "%s", opt->out);
+        else snprintf(out, sizeof(out), "%s/samples.png", cfg->run_dir);
+        if (comm_rank(comm) == 0) {
+            fail = io_png_write_gray(out, pix, W, H, err, sizeof(err)) != 0;
+            if (!fail) printf("%s (step %lld): %d samples written to %s\n", path, (long long)step, B, out);
+        }
+        free(pix);
+        free(tok);
+    } else {
+        const char *prompt = opt->prompt ? opt->prompt : "The ";
+        int given = (int)strlen(prompt), total = given + (opt->length > 0 ? opt->length : 400);
+        int32_t *tok = layer_xcalloc((size_t)total, sizeof(int32_t));
+        for (int i = 0; i < given; i++) tok[i] = (unsigned char)prompt[i] % train->vocab;
+        generate(m, tok, 1, total, given, train->vocab, temp, &rng);
+        if (comm_rank(comm) == 0) {
+            printf("%s (step %lld), prompt '%s':\n", path, (long long)step, prompt);
+            for (int i = 0; i < total; i++) putchar(tok[i] < 256 ? tok[i] : '?');
+            printf("\n");
+        }
+        free(tok);
+    }
+    fflush(stdout);
+    if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);
+    trainer_model_free(m);
+    io_dataset_free(train);
+    return 0;
+}
+
+int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
+    char err[512], name[256];
+    /* the model's shape gives every array's dims */
+    trainer_model_spec spec;
+    trainer_spec_from_config(&spec, cfg, cfg->vocab);
+    trainer_model *m = trainer_model_create(&spec, comm);
+    io_ckpt *ck = io_ckpt_open(comm, path, err, sizeof(err));
+    if (!ck) comm_exit_error(comm, err);
+    int64_t step = 0, zero = 0;
+    if (io_ckpt_get_attr_i64(ck, "step", &step, err, sizeof(err)) != 0) comm_exit_error(comm, err);
+    if (comm_rank(comm) == 0) printf("%s: step %lld\n", path, (long long)step);
+    trainer_tables *tb = trainer_model_tables(m);
+    if (trainer_tables_ngroups(tb) > 0) {
+        const trainer_table_group *g = trainer_tables_group(tb, 0);
+        int64_t dims[3] = {g->K, (int64_t)1 << g->tau, g->OC};
+        float *row = layer_xmalloc((size_t)dims[1] * g->OC * sizeof(float));
+        snprintf(name, sizeof(name), "tables/%s/out0/data", g->name);
+        if (io_ckpt_read(ck, name, IO_F32, 3, dims, 1, &zero, row, err, sizeof(err)) != 0)
+            comm_exit_error(comm, err);
+        if (comm_rank(comm) == 0)
+            printf("%s[0][0][0:4] = %.9g %.9g %.9g %.9g\n", name, row[0], row[1], row[2], row[3]);
+        free(row);
+    }
+    size_t ms = trainer_model_memory_size(m);
+    if (ms) {
+        int64_t dims[2] = {cfg->streams, (int64_t)ms};
+        float *mem = layer_xmalloc(ms * sizeof(float));
+        if (io_ckpt_read(ck, "streams/memory", IO_F32, 2, dims, 1, &zero, mem, err, sizeof(err)) != 0)
+            comm_exit_error(comm, err);
+        if (comm_rank(comm) == 0)
+            printf("streams/memory[0][0:4] = %.9g %.9g %.9g %.9g\n", mem[0], mem[1], mem[2], mem[3]);
+        free(mem);
+    }
+    fflush(stdout);
+    io_ckpt_close(ck);
+    trainer_model_free(m);
+    return 0;
+}
