@@ -45,7 +45,7 @@ MAIN := $(BIN)/memtrain
 # the Brown corpus, unless a Node.js installation already provides it).
 DEB_PKGS := libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenblas-dev \
             check pkg-config zlib1g-dev dataset-fashion-mnist python3-h5py \
-            gnuplot-nox slurm-wlm munge
+            gnuplot-nox slurm-wlm munge iproute2 procps
 
 .PHONY: all deps test demo bench data clean
 all: $(MAIN) $(TEST_BIN) $(BENCH_BIN)

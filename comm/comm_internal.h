@@ -1,4 +1,4 @@
-/* What the comm/ sources share beyond comm.h: the MPI communicator inside a comm_ctx. Only comm/ includes it. */
+/* What the comm/ sources share beyond comm.h: the MPI communicator inside a comm_ctx. Only comm/ includes it, and io/ckpt.c, which hands the communicator to HDF5's MPI-IO driver. */
 #ifndef MEMTRAIN_COMM_INTERNAL_H
 #define MEMTRAIN_COMM_INTERNAL_H
 

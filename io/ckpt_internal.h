@@ -52,8 +52,8 @@ io_slice_plan *io_slice_plan_create(const int64_t *slices, int n);
 void io_slice_plan_free(io_slice_plan *p);
 
 /* Selects the plan's distinct slices of a (ndims, dims) file dataspace (none when nuniq is 0),
- * as one hyperslab per run of consecutive slices, and returns a matching memory dataspace of
- * (nuniq, dims[1], ...) elements, which the caller H5Sclose()s. */
+ * in time about linear in the number of runs of consecutive slices, and returns a matching
+ * memory dataspace of (nuniq, dims[1], ...) elements, which the caller H5Sclose()s. */
 hid_t io_slice_select(hid_t file_space, const io_slice_plan *p, int ndims, const int64_t *dims);
 
 /* "64x256x128" into buf. */

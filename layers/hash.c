@@ -10,35 +10,34 @@
 #endif
 
 /* The score needs exp(-2|z|/t) for every element; a per-element libm call costs more than the
- * whole forward lookup at tau = 8, so the AVX-512 build evaluates it 16 lanes at a time.
- *   ope (n) = 1 + exp(-2|x|/t),  sig (n) = exp(-2|x|/t) / (1 + exp(-2|x|/t)) (sig may be NULL). */
+ * whole forward lookup at tau = 8, so the AVX-512 build evaluates it 16 lanes at a time. */
+#ifdef __AVX512F__
+/* exp(v) for v <= 0, 16 lanes. Cephes expf: exp(v) = 2^m * p(r), v = m ln2 + r, |r| <= ln2/2;
+ * about 1 ulp. Below -104 the float result is 0, which scalef reproduces. */
+static inline __m512 hash_exp_nonpos_ps(__m512 v) {
+    v = _mm512_max_ps(v, _mm512_set1_ps(-104.0f));
+    __m512 m = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(m, _mm512_set1_ps(0.693359375f), v);
+    r = _mm512_fnmadd_ps(m, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, m);
+}
+#endif
+
+/*   ope (n) = 1 + exp(-2|x|/t),  sig (n) = exp(-2|x|/t) / (1 + exp(-2|x|/t)) (sig may be NULL). */
 static void hash_exp_terms(float *ope, float *sig, const float *x, int n, float temp) {
     const float c = -2.0f / temp;
     int i = 0;
 #ifdef __AVX512F__
-    /* Cephes expf: exp(v) = 2^m * p(r), v = m ln2 + r, |r| <= ln2/2; about 1 ulp. The argument
-     * is never positive; below -104 the float result is 0, which scalef reproduces. */
-    const __m512 vc = _mm512_set1_ps(c), lo = _mm512_set1_ps(-104.0f);
-    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
-    const __m512 ln2hi = _mm512_set1_ps(0.693359375f), ln2lo = _mm512_set1_ps(-2.12194440e-4f);
-    const __m512 p0 = _mm512_set1_ps(1.9875691500e-4f), p1 = _mm512_set1_ps(1.3981999507e-3f);
-    const __m512 p2 = _mm512_set1_ps(8.3334519073e-3f), p3 = _mm512_set1_ps(4.1665795894e-2f);
-    const __m512 p4 = _mm512_set1_ps(1.6666665459e-1f), p5 = _mm512_set1_ps(5.0000001201e-1f);
-    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 vc = _mm512_set1_ps(c), one = _mm512_set1_ps(1.0f);
     for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_mul_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), vc);
-        v = _mm512_max_ps(v, lo);
-        __m512 m = _mm512_roundscale_ps(_mm512_mul_ps(v, log2e),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(m, ln2hi, v);
-        r = _mm512_fnmadd_ps(m, ln2lo, r);
-        __m512 p = _mm512_fmadd_ps(p0, r, p1);
-        p = _mm512_fmadd_ps(p, r, p2);
-        p = _mm512_fmadd_ps(p, r, p3);
-        p = _mm512_fmadd_ps(p, r, p4);
-        p = _mm512_fmadd_ps(p, r, p5);
-        p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, one));
-        __m512 e = _mm512_scalef_ps(p, m);
+        __m512 e = hash_exp_nonpos_ps(_mm512_mul_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), vc));
         __m512 o = _mm512_add_ps(one, e);
         _mm512_storeu_ps(ope + i, o);
         if (sig) _mm512_storeu_ps(sig + i, _mm512_div_ps(e, o));
@@ -50,6 +49,27 @@ static void hash_exp_terms(float *ope, float *sig, const float *x, int n, float 
         if (sig) sig[i] = e / (1.0f + e);
     }
 }
+
+#ifdef __AVX512F__
+/* With TAU dividing 16, a vector holds 16/TAU whole chunks; one shuffle per step of a
+ * butterfly leaves every lane with the product (or sum) over its chunk, so no element has to
+ * leave its lane. (The factors are multiplied pairwise rather than left to right: a few ulp.) */
+static inline __m512 hash_chunk_mul(__m512 v, int TAU) {
+    if (TAU > 1) v = _mm512_mul_ps(v, _mm512_permute_ps(v, 0xB1));           /* lanes ^ 1 */
+    if (TAU > 2) v = _mm512_mul_ps(v, _mm512_permute_ps(v, 0x4E));           /* lanes ^ 2 */
+    if (TAU > 4) v = _mm512_mul_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));     /* lanes ^ 4 */
+    if (TAU > 8) v = _mm512_mul_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));     /* lanes ^ 8 */
+    return v;
+}
+static inline __m512 hash_chunk_add(__m512 v, int TAU) {
+    if (TAU > 1) v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
+    if (TAU > 2) v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+    if (TAU > 4) v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    if (TAU > 8) v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));
+    return v;
+}
+static inline int hash_tau_in_lanes(int TAU) { return TAU == 2 || TAU == 4 || TAU == 8 || TAU == 16; }
+#endif
 
 static void hash_check_sizes(int N, int K, int TAU, layer_score_mode mode, float temp) {
     LAYER_ASSERT(N >= 0 && K > 0);
@@ -65,11 +85,38 @@ void layer_hash_index(int32_t *idx, float *s, const float *x, int N, int K, int 
     const int D = K * TAU;
     /* l1prob was trained without a temperature: its sigmoid is always at t = 1. */
     const float t = mode == LAYER_SCORE_PROB ? temp : 1.0f;
+    const int prob = mode == LAYER_SCORE_PROB;
     float *ope = layer_xmalloc((size_t)D * sizeof(float)); /* (K*TAU) one row's 1 + exp(-2a/t) */
     for (int n = 0; n < N; n++) {
         const float *xn = x + (size_t)n * D; /* (K*TAU) */
-        hash_exp_terms(ope, NULL, xn, D, t);
-        for (int k = 0; k < K; k++) {
+        int k = 0;
+#ifdef __AVX512F__
+        if (hash_tau_in_lanes(TAU)) {
+            const __m512 vc = _mm512_set1_ps(-2.0f / t), one = _mm512_set1_ps(1.0f);
+            const int cpv = 16 / TAU;                              /* chunks per vector */
+            const __mmask16 first = (__mmask16)(0xFFFFu / ((1u << TAU) - 1) & 0xFFFF);
+            for (; k + cpv <= K; k += cpv) {
+                __m512 z = _mm512_loadu_ps(xn + k * TAU), a = _mm512_abs_ps(z);
+                __m512 prod = hash_chunk_mul(_mm512_add_ps(one, hash_exp_nonpos_ps(_mm512_mul_ps(a, vc))), TAU);
+                __m512 sv = _mm512_div_ps(prob ? one : hash_chunk_add(a, TAU), prod);
+                /* lane j*TAU holds chunk j's score; pack them to the front */
+                _mm512_mask_storeu_ps(s + (size_t)n * K + k, (__mmask16)((1u << cpv) - 1),
+                                      _mm512_maskz_compress_ps(first, sv));
+                /* -0.0 >= 0 holds, so both zeros give bit 1. Bit i of the mask is element i;
+                 * reversed, element 0 becomes the most significant bit of its chunk. */
+                unsigned m = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ);
+                m = (m & 0x5555u) << 1 | (m >> 1 & 0x5555u);
+                m = (m & 0x3333u) << 2 | (m >> 2 & 0x3333u);
+                m = (m & 0x0F0Fu) << 4 | (m >> 4 & 0x0F0Fu);
+                m = (m & 0x00FFu) << 8 | (m >> 8 & 0x00FFu);
+                for (int j = 0; j < cpv; j++)
+                    idx[(size_t)n * K + k + j] = (int32_t)(m >> (16 - (j + 1) * TAU) & ((1u << TAU) - 1));
+            }
+        }
+#endif
+        /* the chunks left over (all of them without AVX-512) */
+        hash_exp_terms(ope + k * TAU, NULL, xn + k * TAU, (K - k) * TAU, t);
+        for (; k < K; k++) {
             const float *z = xn + k * TAU, *o = ope + k * TAU;
             int32_t b = 0;
             float prod = 1.0f, sum = 0.0f;
@@ -81,7 +128,7 @@ void layer_hash_index(int32_t *idx, float *s, const float *x, int N, int K, int 
             }
             /* prod_i 1/(1+e_i) as one division: each factor is in [1,2], so no overflow. */
             idx[(size_t)n * K + k] = b;
-            s[(size_t)n * K + k] = mode == LAYER_SCORE_PROB ? 1.0f / prod : sum / prod;
+            s[(size_t)n * K + k] = prob ? 1.0f / prod : sum / prod;
         }
     }
     free(ope);

@@ -119,6 +119,45 @@ START_TEST(test_index_bits_hand_made) {
 }
 END_TEST
 
+START_TEST(test_index_bits_wide_rows) {
+    /* Rows long enough for the vector paths (TAU dividing 16: several chunks per vector) and a
+     * chunk count that leaves a tail; zeros of both signs and tiny values included. Bits are
+     * checked against the definition, scores against a double-precision evaluation. */
+    layer_rng r;
+    tu_seed(&r, "index_wide");
+    const int taus[] = {1, 2, 4, 8, 16, 3, 10};
+    for (size_t ti = 0; ti < sizeof(taus) / sizeof(taus[0]); ti++) {
+        int TAU = taus[ti], K = 37, N = 3;
+        size_t nx = (size_t)N * K * TAU, nk = (size_t)N * K;
+        float *x = tu_randn(&r, nx, 1.0f);
+        for (size_t i = 0; i < nx; i += 7) x[i] = (i / 7) % 2 ? -0.0f : 0.0f;
+        for (size_t i = 3; i < nx; i += 11) x[i] = x[i] * 1e-30f;
+        int32_t *idx = malloc(nk * sizeof(int32_t));
+        float *s = malloc(nk * sizeof(float));
+        for (int mode = 0; mode < 2; mode++) {
+            layer_score_mode md = mode ? LAYER_SCORE_L1PROB : LAYER_SCORE_PROB;
+            double t = mode ? 1.0 : 0.7;
+            layer_hash_index(idx, s, x, N, K, TAU, md, (float)t);
+            for (size_t e = 0; e < nk; e++) {
+                const float *z = x + e * TAU;
+                int32_t want = 0;
+                double p = 1.0, S = 0.0;
+                for (int i = 0; i < TAU; i++) {
+                    want |= (int32_t)(!signbit(z[i]) || z[i] == 0.0f) << (TAU - 1 - i);
+                    p /= 1.0 + exp(-2.0 * fabs((double)z[i]) / t);
+                    S += fabs((double)z[i]);
+                }
+                double sw = mode ? S * p : p;
+                ck_assert_msg(idx[e] == want, "TAU=%d entry %zu: idx %d, want %d", TAU, e, idx[e], want);
+                ck_assert_msg(fabs(s[e] - sw) <= 2e-6 * sw + 1e-30, "TAU=%d mode %d entry %zu: %g vs %g",
+                              TAU, mode, e, s[e], sw);
+            }
+        }
+        free(x); free(idx); free(s);
+    }
+}
+END_TEST
+
 /* The paper's score: the probability of the chosen code c* = sign(z) under a softmax over all
  * codes c in {-1,+1}^tau of <z, c>/t, summed here term by term in double. Since
  * sum_c exp(<z,c>/t) = prod_i (e^{z_i/t} + e^{-z_i/t}) and <z,c*> = sum_i |z_i|, it equals
@@ -521,6 +560,7 @@ static Suite *hash_suite(void) {
     tcase_add_test(tc, test_layernorm_forward_values);
     tcase_add_test(tc, test_layernorm_backward_fd);
     tcase_add_test(tc, test_index_bits_hand_made);
+    tcase_add_test(tc, test_index_bits_wide_rows);
     tcase_add_test(tc, test_score_vs_softmax_over_codes);
     tcase_add_test(tc, test_score_backward_fd);
     tcase_add_test(tc, test_layer_backward_fd);

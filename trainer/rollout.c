@@ -13,6 +13,8 @@ trainer_rollout *trainer_rollout_create(const trainer_model *m, int T, int B, tr
     trainer_rollout *r = layer_xcalloc(1, sizeof(*r));
     r->T = T;
     r->B = B;
+    r->first = 0;
+    r->nstreams = B;
     r->L = s->L;
     r->mode = mode;
     r->msize = trainer_model_memory_size(m);
@@ -94,9 +96,10 @@ static void ghost_pass(trainer_rollout *r, trainer_model *m) {
 
 double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale,
                              int passes, trainer_rollout_stream_fn done, void *ctx) {
-    double loss = 0.0;
+    double total = 0.0;
     for (int b = r->B; b < passes; b++) ghost_pass(r, m);
     for (int b = 0; b < r->B; b++) {
+        double loss = 0.0;
         if (r->msize) memcpy(replay_at(r, b, 0), M + b * r->msize, r->msize * sizeof(float));
         if (r->mode == TRAINER_ROLLOUT_FULL) { /* every segment's activations at once */
             for (int t = 0; t < r->T; t++) {
@@ -126,9 +129,10 @@ double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, flo
             if (r->msize) memcpy(r->dM, r->dM_prev, r->msize * sizeof(float));
         }
         if (r->msize) memcpy(M + b * r->msize, replay_at(r, b, r->T), r->msize * sizeof(float));
-        if (done) done(ctx, b);
+        if (done) done(ctx, b, loss);
+        total += loss;
     }
-    return loss;
+    return total;
 }
 
 double trainer_rollout_loss(trainer_rollout *r, trainer_model *m, const float *M) {

@@ -19,6 +19,7 @@ typedef enum trainer_rollout_mode {
  * activation arenas are shared by the streams. */
 typedef struct trainer_rollout {
     int T, B, L;
+    int first, nstreams; /* these are streams first..first+B-1 of nstreams (default 0 of B) */
     size_t msize; /* S*C, 0 when no memory is carried */
     trainer_rollout_mode mode;
     int32_t *enc, *dec, *tgt;
@@ -32,8 +33,9 @@ typedef struct trainer_rollout {
 
 trainer_rollout *trainer_rollout_create(const trainer_model *m, int T, int B, trainer_rollout_mode mode);
 void trainer_rollout_free(trainer_rollout *r); /* NULL is fine */
-/* Called after each stream's backward, e.g. to fold its gradients away. */
-typedef void (*trainer_rollout_stream_fn)(void *ctx, int b);
+/* Called after the backward of stream b, whose summed loss was `loss`, e.g. to fold its
+ * gradients away. */
+typedef void (*trainer_rollout_stream_fn)(void *ctx, int b, double loss);
 /* Trains on every stream in turn, from its carried memory M + b*msize, which is replaced by
  * the stream's M_T. MRBP: a memory pass keeps only M_1..M_T (the replay buffer), then segment
  * T down to 1 is recomputed from its replayed memory and back-propagated, one segment's

@@ -3,8 +3,10 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "layers/common.h"
 #include "trainer/optim.h"
 
 /* AdamW over every dense tensor: weight decay only where the tensor asks for it. */
@@ -19,12 +21,18 @@ static void dense_step(trainer_params *p, const trainer_config *cfg, float lr, i
     memset(p->grad, 0, p->total * sizeof(float));
 }
 
-/* After each stream: its gradients join the step's double sums. */
-static void fold_stream(void *ctx, int b) {
-    (void)b;
-    trainer_model *m = ctx;
-    trainer_params_fold(trainer_model_params(m));
-    trainer_tables_fold(trainer_model_tables(m));
+typedef struct fold_ctx {
+    trainer_model *m;
+    double *loss; /* (nstreams) by global stream */
+    int first;
+} fold_ctx;
+
+/* After each stream: its gradients join the step's double sums, its loss its slot. */
+static void fold_stream(void *ctx, int b, double loss) {
+    fold_ctx *f = ctx;
+    f->loss[f->first + b] = loss;
+    trainer_params_fold(trainer_model_params(f->m));
+    trainer_tables_fold(trainer_model_tables(f->m));
 }
 
 static int not_finite(char *err, size_t n, const char *what, double v, int64_t step,
@@ -50,11 +58,16 @@ int trainer_step(trainer_model *m, trainer_rollout *ro, float *M, comm_ctx *comm
     comm_sum_i64(comm, &count, 1);
     comm_max_doubles(comm, &passes, 1);
     info->sec_allreduce += comm_time() - t;
-    double loss = trainer_rollout_train(ro, m, M, count > 0 ? (float)(1.0 / (double)count) : 0.0f,
-                                        (int)passes, fold_stream, m);
+    fold_ctx f = {m, layer_xcalloc((size_t)ro->nstreams, sizeof(double)), ro->first};
+    trainer_rollout_train(ro, m, M, count > 0 ? (float)(1.0 / (double)count) : 0.0f, (int)passes,
+                          fold_stream, &f);
 
     t = comm_time();
-    comm_sum_doubles(comm, &loss, 1);
+    /* each stream's loss in its slot, added in stream order: the same sum for any rank count */
+    comm_sum_doubles(comm, f.loss, (size_t)ro->nstreams);
+    double loss = 0.0;
+    for (int s = 0; s < ro->nstreams; s++) loss += f.loss[s];
+    free(f.loss);
     comm_sum_doubles(comm, params->grad64, params->total);
     info->sec_allreduce += comm_time() - t;
     trainer_params_unfold(params);

@@ -364,6 +364,8 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     stream_states_init(r->streams, r->B, r->first_stream, cfg->streams, r->L);
     trainer_rollout_mode mode = cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
     r->rollout = trainer_rollout_create(r->model, cfg->horizon, r->B, mode);
+    r->rollout->first = r->first_stream;
+    r->rollout->nstreams = cfg->streams;
     size_t ms = trainer_model_memory_size(r->model);
     r->M = layer_xcalloc((size_t)r->B * ms + 1, sizeof(float));
     trainer_params *params = trainer_model_params(r->model);
