@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checkpoints end to end: exact resume, resume on another rank count, fallback past corrupt or
 # truncated files, kill -9 during writes, h5py reading what memtrain stored, eval and sample.
+# shellcheck source=tests/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$TOP"
 

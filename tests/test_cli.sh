@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Config and data errors: one clear line from rank 0, a non-zero exit from every rank together.
+# shellcheck source=tests/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 for np in 1 2; do

@@ -4,52 +4,11 @@
 # allocation; a job signalled with USR1 passes it on to its ranks, requeues itself, and its second
 # run appends to the same output file; no job leaves a process behind.
 # Run: bash tests/test_slurm_basic.sh (as root; about 20 s). Exit status 0 = pass.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-repo=$(pwd)
-
-dir=$(mktemp -d /tmp/memtrain-slurm.XXXXXX)
-cleanup() {
-  "$repo/jobs/local-slurm.sh" stop "$dir" || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-
-fail() {
-  echo "FAIL: $*" >&2
-  for f in "$dir"/*.out "$dir"/log/slurmctld.log "$dir"/log/slurmd.log; do
-    [ -e "$f" ] || continue
-    echo "---- $f (last 20 lines)" >&2
-    tail -n 20 "$f" >&2
-  done
-  exit 1
-}
-
-# Prints field $2 (e.g. JobState) of job $1 from `scontrol show job` (no accounting here).
-job_field() {
-  scontrol show job -o "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"
-}
-
-# Waits up to $2 seconds until job $1 is in one of the states $3 (a regex); prints the state.
-wait_state() {
-  local id=$1 limit=$2 want=$3 state="" deadline=$((SECONDS + $2))
-  while [ $SECONDS -lt $deadline ]; do
-    state=$(job_field "$id" JobState)
-    if [[ $state =~ ^($want)$ ]]; then
-      echo "$state"
-      return 0
-    fi
-    sleep 0.3
-  done
-  fail "job $id still '$state' after $limit s (wanted $want)"
-}
-
+# shellcheck source=tests/slurm_lib.sh
+source "$(dirname "$0")/slurm_lib.sh"
 t0=$SECONDS
-"$repo/jobs/local-slurm.sh" start "$dir"
-eval "$("$repo/jobs/local-slurm.sh" env "$dir")"
-"$repo/jobs/local-slurm.sh" status "$dir" >/dev/null || fail "status reports a daemon down"
-echo "cluster up after $((SECONDS - t0)) s"
-cd "$dir"
+start_cluster
+cd "$dir" || exit 1
 ompi_env="export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
 ompi_env+=" OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_base_warn_component_unused=0"
 

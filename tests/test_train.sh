@@ -7,6 +7,7 @@
 # from context (neighbouring pixels, letters within words) must land well below it; 0.75 of
 # the unigram perplexity leaves room for noise while a broken model (ppl near 256, or stuck at
 # the unigram) fails.
+# shellcheck source=tests/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$TOP"
 

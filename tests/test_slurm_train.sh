@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The real job scripts on a real (private, single-node) Slurm: a training job gets USR1 mid-run,
+# checkpoints, is requeued, resumes and ends with the same final loss as an uninterrupted run;
+# killing one rank of a running job ends the whole job with a non-zero exit within 60 s and
+# leaves the last checkpoint loadable.
+# shellcheck source=tests/slurm_lib.sh
+source "$(dirname "$0")/slurm_lib.sh"
+BIN=$repo/${BUILD:-build}/bin
+export MEMTRAIN=$BIN/memtrain OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OPENBLAS_NUM_THREADS=1 OMPI_MCA_btl_base_warn_component_unused=0
+CONF=(--d_model=32 --seg_len=28 --streams=4 --horizon=2 --steps=300 --warmup=5 --log_every=10
+      --eval_every=0 --ckpt_every=50)
+final_loss() { tail -n 1 "$1/metrics.csv" | cut -d, -f1,2; }
+
+# the uninterrupted reference, outside Slurm
+mpirun --oversubscribe -np 2 "$MEMTRAIN" --config jobs/configs/demo.conf "${CONF[@]}" \
+  --run_dir="$dir/ref" >"$dir/ref.log" 2>&1 || { cat "$dir/ref.log"; fail "reference run"; }
+echo "reference: step,loss = $(final_loss "$dir/ref")"
+
+start_cluster
+
+# 1. USR1 mid-run -> checkpoint -> requeue -> resume -> the same final loss
+export RUN_DIR=$dir/job
+job=$(sbatch --parsable -n 2 --requeue --open-mode=append -o "$dir/job.out" \
+  jobs/train.sbatch jobs/configs/demo.conf "${CONF[@]}")
+wait_state "$job" 60 RUNNING >/dev/null
+# signal once training is under way and before it ends
+for _ in $(seq 600); do
+  [ -s "$RUN_DIR/metrics.csv" ] && [ "$(wc -l <"$RUN_DIR/metrics.csv")" -ge 3 ] && break
+  sleep 0.1
+done
+scancel --signal=USR1 --batch "$job"
+echo "USR1 sent at step $(tail -n 1 "$RUN_DIR/metrics.csv" | cut -d, -f1)"
+wait_state "$job" 120 "PENDING|REQUEUED" >/dev/null || true
+state=$(wait_state "$job" 180 "COMPLETED|FAILED|CANCELLED|TIMEOUT")
+[ "$state" = COMPLETED ] || fail "job ended $state"
+grep -q "stopped by a signal after step" "$dir/job.out" || fail "no checkpoint-on-signal message"
+grep -q "job requeued" "$dir/job.out" || fail "not requeued"
+grep -q "restart 1): resuming" "$dir/job.out" || fail "second run did not resume"
+grep -q "resumed from $RUN_DIR/ckpt/ckpt-" "$dir/job.out" || fail "no resume message"
+[ "$(job_field "$job" Restarts)" = 1 ] || fail "Restarts=$(job_field "$job" Restarts)"
+[ "$(final_loss "$dir/ref")" = "$(final_loss "$RUN_DIR")" ] \
+  || fail "final loss $(final_loss "$RUN_DIR") differs from the uninterrupted $(final_loss "$dir/ref")"
+echo "ok: USR1 at a step boundary, requeue, resume; final step,loss $(final_loss "$RUN_DIR") as uninterrupted"
+
+# 2. kill -9 one rank: the job ends non-zero within 60 s; the last checkpoint still loads
+export RUN_DIR=$dir/kill
+job=$(sbatch --parsable -n 2 -o "$dir/kill.out" jobs/train.sbatch jobs/configs/demo.conf \
+  "${CONF[@]}" --steps=100000)
+wait_state "$job" 60 RUNNING >/dev/null
+for _ in $(seq 600); do [ -e "$RUN_DIR/ckpt/LATEST" ] && break; sleep 0.1; done
+[ -e "$RUN_DIR/ckpt/LATEST" ] || fail "no checkpoint before the kill"
+victim=$(pgrep -f "$MEMTRAIN.*--run_dir=$RUN_DIR" | tail -n 1)
+[ -n "$victim" ] || fail "no rank process found"
+t0=$SECONDS
+kill -9 "$victim"
+state=$(wait_state "$job" 60 "COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL")
+[ "$state" != COMPLETED ] || fail "job with a killed rank reported COMPLETED"
+code=$(job_field "$job" ExitCode)
+[ "$code" != "0:0" ] || fail "job with a killed rank exited 0"
+pgrep -f "$MEMTRAIN.*--run_dir=$RUN_DIR" >/dev/null && fail "ranks left running"
+mpirun --oversubscribe -np 2 "$MEMTRAIN" eval --ckpt "$RUN_DIR/ckpt/$(cat "$RUN_DIR/ckpt/LATEST")" \
+  --eval_segments=2 >"$dir/eval.log" 2>&1 || { cat "$dir/eval.log"; fail "last checkpoint does not load"; }
+echo "ok: rank killed -> job $state (exit $code) after $((SECONDS - t0)) s; $(grep -o 'validation perplexity [0-9.]*' "$dir/eval.log") from the last checkpoint"
+echo "test_slurm_train: all passed"
