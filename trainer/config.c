@@ -148,10 +148,10 @@ static const key_def keys[] = {
     FLT_KEY(table_lr_scale, "1", 0, 0, NOHI, NULL,
             "learning-rate multiplier for hash-table rows (0 freezes them)"),
     I64_KEY(steps, "200", 1, 0, "optimizer steps (rollouts) of the whole run"),
-    I64_KEY(seed, "1", 0, 0, "seed of initialisation and data order"),
+    I64_KEY(seed, "1", 0, 0, "seed of parameter and table initialisation (and of sampling)"),
     /* data, evaluation, files */
     STR_KEY(data, "fashion-mnist", S,
-            "training data: fashion-mnist, brown, or the path of a text or uint8/uint16 token file"),
+            "training data: fashion-mnist, brown, text:PATH, u8:PATH or u16:PATH[:VOCAB]"),
     STR_KEY(data_dir, "data", 0, "directory of the downloaded datasets"),
     INT_KEY(eval_every, "50", 0, 0, NOHI, NULL, "steps between validation passes (0: never)"),
     INT_KEY(eval_segments, "64", 0, 0, NOHI, NULL,
