@@ -16,18 +16,6 @@ struct comm_ctx {
     int started_mpi;
 };
 
-/* MPI errors are programming or system errors here: report the call site and abort all. */
-#define MPI_CHECK(call)                                                                   \
-    do {                                                                                  \
-        int rc_ = (call);                                                                 \
-        if (rc_ != MPI_SUCCESS) {                                                         \
-            char es_[MPI_MAX_ERROR_STRING];                                               \
-            int len_ = 0;                                                                 \
-            MPI_Error_string(rc_, es_, &len_);                                            \
-            fprintf(stderr, "memtrain: MPI error at %s:%d: %s\n", __FILE__, __LINE__, es_); \
-            MPI_Abort(MPI_COMM_WORLD, 3);                                                 \
-        }                                                                                 \
-    } while (0)
 
 comm_ctx *comm_init(int *argc, char ***argv) {
     comm_ctx *c = layer_xcalloc(1, sizeof(*c));
@@ -38,7 +26,7 @@ comm_ctx *comm_init(int *argc, char ***argv) {
         c->started_mpi = 1;
     }
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &c->comm));
+    MPI_CHECK(MPI_COMM_WORLD, MPI_Comm_dup(MPI_COMM_WORLD, &c->comm));
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(c->comm, &c->rank);
     MPI_Comm_size(c->comm, &c->size);
@@ -48,7 +36,7 @@ comm_ctx *comm_init(int *argc, char ***argv) {
 comm_ctx *comm_self(const comm_ctx *parent) {
     (void)parent;
     comm_ctx *c = layer_xcalloc(1, sizeof(*c));
-    MPI_CHECK(MPI_Comm_dup(MPI_COMM_SELF, &c->comm));
+    MPI_CHECK(MPI_COMM_WORLD, MPI_Comm_dup(MPI_COMM_SELF, &c->comm));
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
     c->rank = 0;
     c->size = 1;
@@ -71,43 +59,43 @@ enum { CHUNK = 1 << 28 };
 void comm_sum_floats(comm_ctx *c, float *buf, size_t n) {
     for (size_t off = 0; off < n; off += CHUNK) {
         int len = (int)(n - off < CHUNK ? n - off : CHUNK);
-        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + off, len, MPI_FLOAT, MPI_SUM, c->comm));
+        MPI_CHECK(c->comm, MPI_Allreduce(MPI_IN_PLACE, buf + off, len, MPI_FLOAT, MPI_SUM, c->comm));
     }
 }
 
 void comm_sum_doubles(comm_ctx *c, double *buf, size_t n) {
     for (size_t off = 0; off < n; off += CHUNK) {
         int len = (int)(n - off < CHUNK ? n - off : CHUNK);
-        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + off, len, MPI_DOUBLE, MPI_SUM, c->comm));
+        MPI_CHECK(c->comm, MPI_Allreduce(MPI_IN_PLACE, buf + off, len, MPI_DOUBLE, MPI_SUM, c->comm));
     }
 }
 
 void comm_sum_i64(comm_ctx *c, int64_t *buf, int n) {
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_INT64_T, MPI_SUM, c->comm));
+    MPI_CHECK(c->comm, MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_INT64_T, MPI_SUM, c->comm));
 }
 
 void comm_max_doubles(comm_ctx *c, double *buf, int n) {
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_MAX, c->comm));
+    MPI_CHECK(c->comm, MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_MAX, c->comm));
 }
 
-void comm_barrier(comm_ctx *c) { MPI_CHECK(MPI_Barrier(c->comm)); }
+void comm_barrier(comm_ctx *c) { MPI_CHECK(c->comm, MPI_Barrier(c->comm)); }
 
 void comm_broadcast(comm_ctx *c, void *buf, size_t n, int root) {
     for (size_t off = 0; off < n; off += CHUNK) {
         int len = (int)(n - off < CHUNK ? n - off : CHUNK);
-        MPI_CHECK(MPI_Bcast((char *)buf + off, len, MPI_BYTE, root, c->comm));
+        MPI_CHECK(c->comm, MPI_Bcast((char *)buf + off, len, MPI_BYTE, root, c->comm));
     }
 }
 
 int comm_any_failed(comm_ctx *c, int failed, char *msg, size_t n) {
     /* lowest failing rank, or size when none failed */
     int mine = failed ? c->rank : c->size, first = c->size;
-    MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, c->comm));
+    MPI_CHECK(c->comm, MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, c->comm));
     if (first == c->size) return 0;
     char line[512];
     memset(line, 0, sizeof(line));
     if (c->rank == first) snprintf(line, sizeof(line), "%s", msg);
-    MPI_CHECK(MPI_Bcast(line, sizeof(line), MPI_CHAR, first, c->comm));
+    MPI_CHECK(c->comm, MPI_Bcast(line, sizeof(line), MPI_CHAR, first, c->comm));
     snprintf(msg, n, "%s", line);
     return 1;
 }

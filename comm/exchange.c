@@ -9,18 +9,6 @@
 #include "comm/comm_internal.h"
 #include "layers/common.h"
 
-/* MPI errors are system or programming errors here: report the call site and stop every rank. */
-#define MPI_CHECK(comm, call)                                                             \
-    do {                                                                                  \
-        int rc_ = (call);                                                                 \
-        if (rc_ != MPI_SUCCESS) {                                                         \
-            char es_[MPI_MAX_ERROR_STRING];                                               \
-            int len_ = 0;                                                                 \
-            MPI_Error_string(rc_, es_, &len_);                                            \
-            fprintf(stderr, "memtrain: MPI error at %s:%d: %s\n", __FILE__, __LINE__, es_); \
-            MPI_Abort((comm), 3);                                                         \
-        }                                                                                 \
-    } while (0)
 
 /* Which exchange a header belongs to: a rank in fetch while a peer is in push must be caught,
  * since the message sizes could match and silently mix keys with gradients. */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "comm/comm.h"
+#include "tests/testutil.h"
 #include "io/ckpt.h"
 #include "layers/common.h"
 
@@ -716,13 +717,7 @@ static Suite *ckpt_suite(void) {
 
 int main(int argc, char **argv) {
     g_comm = comm_init(&argc, &argv);
-    SRunner *sr = srunner_create(ckpt_suite());
-    srunner_set_fork_status(sr, CK_NOFORK); /* MPI processes must not fork */
-    int rank = comm_rank(g_comm);
-    srunner_run_all(sr, rank == 0 ? CK_NORMAL : CK_SILENT);
-    int failed = srunner_ntests_failed(sr);
-    if (rank != 0 && failed) srunner_print(sr, CK_NORMAL);
-    srunner_free(sr);
+    int rc = tu_run_mpi(ckpt_suite(), g_comm);
     comm_finalize(g_comm);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return rc;
 }

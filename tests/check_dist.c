@@ -201,8 +201,7 @@ static Suite *dist_suite(void) {
 
 int main(int argc, char **argv) {
     world = comm_init(&argc, &argv);
-    int rc = tu_run(dist_suite());
-    /* all ranks report the same result, but only rank 0's summary is needed */
+    int rc = tu_run_mpi(dist_suite(), world);
     comm_finalize(world);
     return rc;
 }

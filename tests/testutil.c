@@ -81,3 +81,14 @@ void tu_random_rollout(struct trainer_rollout *r, int vocab, layer_rng *rng) {
     memset(r->reset, 0, (size_t)r->T * r->B);
     r->reset[0] = 1;
 }
+
+int tu_run_mpi(Suite *s, comm_ctx *c) {
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK); /* MPI processes must not fork */
+    int rank = comm_rank(c);
+    srunner_run_all(sr, rank == 0 ? CK_NORMAL : CK_SILENT);
+    int failed = srunner_ntests_failed(sr);
+    if (rank != 0 && failed) srunner_print(sr, CK_NORMAL);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -5,6 +5,7 @@
 #include <check.h>
 #include <stdint.h>
 
+#include "comm/comm.h"
 #include "layers/common.h"
 
 /* The test's RNG, seeded from the test name so every test is reproducible on its own. */
@@ -40,5 +41,8 @@ void tu_random_rollout(struct trainer_rollout *r, int vocab, layer_rng *rng);
 
 /* Runs a suite without forking, prints Check's summary, returns the process exit code. */
 int tu_run(Suite *s);
+/* The same for a test program on every rank of c: rank 0 prints the summary, another rank
+ * prints only when it saw a failure. */
+int tu_run_mpi(Suite *s, comm_ctx *c);
 
 #endif
