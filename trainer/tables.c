@@ -450,9 +450,12 @@ void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, 
                                OC * sizeof(float));
                 trainer_sparse_adam_step(u->data[j], u->m[j], u->v[j], u->grad[j], u->uniq, nu,
                                          OC, lr, beta1, beta2, eps, step, grad_scale);
-                memset(u->grad[j], 0, (size_t)rows * OC * sizeof(float));
+                /* only rows 0..nu (the compacted copy) and the touched rows hold anything */
+                memset(u->grad[j], 0, (size_t)nu * OC * sizeof(float));
+                for (int q = 0; q < nu; q++)
+                    memset(u->grad[j] + (size_t)u->uniq[q] * OC, 0, OC * sizeof(float));
             }
-            memset(u->touched, 0, rows);
+            for (int q = 0; q < nu; q++) u->touched[u->uniq[q]] = 0;
         }
     }
     trainer_tables_clear_cache(t);

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Smoke test of jobs/scaling.sh and jobs/comm_model.py (about 30 s on two cores).
+#
+# Runs a tiny sweep (P = 1, 2; 6 steps; one repeat) and checks scaling.csv's columns and rows,
+# positive figures, no bytes on one rank, and that the plots are PNG files. Then checks the
+# communication model: a hand-computed prediction for a one-layer decoder, the measured counter
+# of that decoder against it (every bucket of its 4-row tables gets hit, so the uniform model
+# is almost exact there), 0 bytes at P = 1, and on the demo Memformer at P = 2 the calibrated
+# prediction within a factor of 2 of the measured counter and the uniform one above it.
+#
+# Run: bash tests/test_scaling_script.sh   (after make all)
+set -euo pipefail
+# shellcheck source=tests/lib.sh disable=SC1091
+source "$(dirname "$0")/lib.sh"
+cd "$TOP" || exit 1
+export BUILD=${BUILD:-build}
+
+# ---- the sweep script ----
+out=$TMP/scaling
+MAXP=2 STEPS=6 REPEATS=1 jobs/scaling.sh "$out" >"$TMP/sweep.log" 2>&1 \
+  || { cat "$TMP/sweep.log"; fail "jobs/scaling.sh exited non-zero"; }
+grep -q 'oversubscribed' "$TMP/sweep.log" || fail "sweep output does not explain oversubscribed runs"
+/usr/bin/python3 - "$out/scaling.csv" <<'PY' || fail "scaling.csv is not as expected"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+need = ["mode", "P", "streams", "oversubscribed", "tokens_per_s", "efficiency",
+        "bytes_per_rank_step", "pred_bytes_uniform", "pred_bytes_calibrated", "a2a_share",
+        "ms_compute", "ms_alltoall", "ms_allreduce", "cache_hit_rate"]
+missing = [c for c in need if c not in rows[0]]
+assert not missing, "missing columns %s" % missing
+got = sorted((r["mode"], int(r["P"]), int(r["streams"])) for r in rows)
+assert got == [("strong", 1, 8), ("strong", 2, 8), ("weak", 1, 4), ("weak", 2, 8)], got
+for r in rows:
+    P = int(r["P"])
+    for c in ("tokens_per_s", "efficiency", "ms_compute"):
+        assert float(r[c]) > 0, (c, r)
+    assert 0 < float(r["cache_hit_rate"]) <= 1, r
+    assert 0 <= float(r["a2a_share"]) < 1, r
+    if P == 1:
+        assert float(r["bytes_per_rank_step"]) == 0, r
+        assert float(r["pred_bytes_uniform"]) == 0, r
+        assert abs(float(r["efficiency"]) - 1) < 1e-9, r
+    else:
+        for c in ("bytes_per_rank_step", "pred_bytes_uniform", "pred_bytes_calibrated"):
+            assert float(r[c]) > 0, (c, r)
+print("scaling.csv: %d rows, %d columns" % (len(rows), len(rows[0])))
+PY
+for f in tokens_per_s efficiency bytes a2a_share; do
+  [ -s "$out/$f.png" ] || fail "no $f.png"
+  [ "$(head -c 8 "$out/$f.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] \
+    || fail "$f.png does not start with the PNG signature"
+done
+grep -q '^| 2 |' "$out/comm_model.md" || fail "comm_model.md has no P = 2 row"
+pass "scaling.sh: CSV rows and columns, PNG plots, comm_model.md"
+
+# ---- the model by hand ----
+# decoder, 1 layer, d_model 8, tau 2, expand_bits 0: K = 4 tables of 4 rows per group;
+# groups qkv (W = 3*8), ml1 (OC = K*(tau+e) = 8), ml2 (OC = 8). m = 784 lookups per table
+# fill all 4 rows: U = 4(1 - (3/4)^784) = 4. Per key 16 + 12 W bytes: 304, 112, 112.
+# P = 2: 12 * 1 * (1 pass * 3 fetches + 3 pushes) + 1/2 * 4 * 4 * (304 + 112 + 112) = 72 + 4224.
+tiny=(--arch=decoder --n_layers=1 --d_model=8 --n_heads=1 --tau=2 --expand_bits=0 --horizon=1
+      --seg_len=784)
+pred() { # P -> uniform prediction in bytes
+  jobs/comm_model.py --bin "$BIN/memtrain" "${tiny[@]}" --streams="$1" --ranks "$1" --format csv \
+    | tail -1 | cut -d, -f4
+}
+[ "$(pred 2)" = 4296 ] || fail "comm_model.py predicts $(pred 2) bytes for the tiny decoder at P=2, hand count 4296"
+[ "$(pred 1)" = 0 ] || fail "comm_model.py predicts $(pred 1) bytes at P=1, expected 0"
+pass "comm_model.py: hand-counted 4296 bytes at P=2, 0 at P=1"
+
+# the real counter: at most the saturated count, and at least 90% of it (nearly every bucket hit)
+mpirun --oversubscribe -np 2 "$BIN/memtrain" "${tiny[@]}" --streams=2 --steps=2 --warmup=1 \
+  --log_every=1 --eval_every=0 --ckpt_every=0 --run_dir="$TMP/tiny" >"$TMP/out" 2>&1 \
+  || { cat "$TMP/out"; fail "tiny decoder run failed"; }
+/usr/bin/python3 - "$TMP/tiny/metrics.csv" <<'PY' || fail "tiny decoder: measured bytes outside [0.9, 1] x 4296"
+import csv, sys
+for r in csv.DictReader(open(sys.argv[1])):
+    b = float(r["bytes_sent_per_rank"])
+    assert 0.9 * 4296 <= b <= 4296, b
+    print("tiny decoder step %s: measured %.0f bytes = %.3f x 4296" % (r["step"], b, b / 4296))
+PY
+pass "tiny decoder: measured counter within [0.9, 1] of the saturated prediction"
+
+# ---- the demo Memformer at P = 2, from the sweep's weak run ----
+jobs/comm_model.py --bin "$BIN/memtrain" --config jobs/configs/demo.conf --streams=8 --ranks 2 \
+  --metrics "$out/weak-p2/metrics.csv" --format csv | tail -1 >"$TMP/p2.csv"
+/usr/bin/python3 - "$TMP/p2.csv" <<'PY' || fail "demo at P=2: prediction and measurement disagree"
+import sys
+f = open(sys.argv[1]).read().strip().split(",")
+uni, cal, meas = float(f[3]), float(f[4]), float(f[5])
+print("demo P=2: measured %.0f B, calibrated %.0f B (ratio %.2f), uniform %.0f B (ratio %.2f)"
+      % (meas, cal, cal / meas, uni, uni / meas))
+assert 0.5 <= cal / meas <= 2.0, "calibrated / measured = %.2f" % (cal / meas)
+assert uni >= meas, "the uniform-bucket estimate should bound the measurement from above"
+PY
+pass "demo P=2: calibrated model within a factor of 2, uniform model above the measurement"
+echo "test_scaling_script: all passed"
