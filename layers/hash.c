@@ -134,23 +134,71 @@ void layer_hash_index(int32_t *idx, float *s, const float *x, int N, int K, int 
     free(ope);
 }
 
+#ifdef __AVX512F__
+/* dx += gs * ds/dz for chunks [0, returned) of nch, TAU dividing 16 (whole chunks per vector):
+ * the layout of layer_hash_score_backward with rows run together. */
+static size_t hash_score_backward_lanes(float *dx, const float *gs, const float *x, size_t nch,
+                                        int TAU, int prob, float t) {
+    const __m512 vc = _mm512_set1_ps(-2.0f / t), one = _mm512_set1_ps(1.0f);
+    const __m512 two = _mm512_set1_ps(2.0f), gain = _mm512_set1_ps(2.0f / t);
+    const __m512 zero = _mm512_setzero_ps();
+    const size_t cpv = (size_t)(16 / TAU);                     /* chunks per vector */
+    const __mmask16 gm = (__mmask16)((1u << cpv) - 1);
+    /* lane i takes gs of chunk i / TAU */
+    const __m512i bcast = _mm512_srlv_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(__builtin_ctz((unsigned)TAU)));
+    size_t e = 0;
+    for (; e + cpv <= nch; e += cpv) {
+        const float *xe = x + e * TAU;
+        float *dxe = dx + e * TAU;
+        __m512 z = _mm512_loadu_ps(xe), a = _mm512_abs_ps(z);
+        __m512 ex = hash_exp_nonpos_ps(_mm512_mul_ps(a, vc)), o = _mm512_add_ps(one, ex);
+        /* o * prod(1+e) <= 2^(TAU+1): one division serves both 1/(1+e_j) and 1/prod */
+        __m512 den = _mm512_mul_ps(o, hash_chunk_mul(o, TAU));
+        __m512 g = _mm512_permutexvar_ps(bcast, _mm512_maskz_loadu_ps(gm, gs + e));
+        /* the scalar path's ds/da_j over one denominator:
+         * prob:   (2/t) e_j / (o_j prod);  l1prob: (1 + 2 S e_j/o_j) / prod = (o_j + 2 S e_j) / (o_j prod) */
+        __m512 num = prob ? _mm512_mul_ps(gain, ex)
+                          : _mm512_fmadd_ps(_mm512_mul_ps(two, hash_chunk_add(a, TAU)), ex, o);
+        __m512 d = _mm512_div_ps(_mm512_mul_ps(g, num), den);
+        /* sign(z) * d with sign(0) = 0 */
+        __mmask16 pos = _mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ);
+        __mmask16 neg = _mm512_cmp_ps_mask(z, zero, _CMP_LT_OQ);
+        __m512 sd = _mm512_mask_sub_ps(_mm512_maskz_mov_ps(pos, d), neg, zero, d);
+        _mm512_storeu_ps(dxe, _mm512_add_ps(_mm512_loadu_ps(dxe), sd));
+    }
+    return e;
+}
+#endif
+
 /* dx (N,K*TAU) += gs * ds/dx; gs (N,K); x (N,K*TAU). */
 void layer_hash_score_backward(float *dx, const float *gs, const float *x, int N, int K, int TAU,
                                layer_score_mode mode, float temp) {
     hash_check_sizes(N, K, TAU, mode, temp);
-    const int D = K * TAU;
     const float t = mode == LAYER_SCORE_PROB ? temp : 1.0f;
     const int prob = mode == LAYER_SCORE_PROB;
+    /* Chunk e = n*K + k sits at x + e*TAU and its gradient weight at gs[e]: the rows are one
+     * array of N*K chunks, so only the last few chunks of the whole call miss the vector path. */
+    const size_t nch = (size_t)N * K;
+    size_t e0 = 0;
+#ifdef __AVX512F__
+    if (hash_tau_in_lanes(TAU)) e0 = hash_score_backward_lanes(dx, gs, x, nch, TAU, prob, t);
+#endif
+    if (e0 == nch) return;
+    /* the chunks left over (all of them for other TAU or without AVX-512), a row's worth at a time */
+    const int D = K * TAU;
     float *ope = layer_xmalloc((size_t)D * sizeof(float)); /* (K*TAU) 1 + e */
     float *sig = layer_xmalloc((size_t)D * sizeof(float)); /* (K*TAU) sigmoid(-2a/t) = e/(1+e) */
     float *ca = layer_xmalloc((size_t)D * sizeof(float));  /* (K*TAU) per-element factors: */
     float *cb = layer_xmalloc((size_t)D * sizeof(float));  /* dz = sign(z) (ca + cb * sig) */
-    for (int n = 0; n < N; n++) {
-        const float *xn = x + (size_t)n * D; /* (K*TAU) */
-        float *dxn = dx + (size_t)n * D;     /* (K*TAU) */
-        hash_exp_terms(ope, sig, xn, D, t);
-        for (int k = 0; k < K; k++) {
-            float g = gs[(size_t)n * K + k];
+    while (e0 < nch) {
+        const int nc = nch - e0 < (size_t)K ? (int)(nch - e0) : K, nd = nc * TAU;
+        const float *xn = x + e0 * TAU; /* (nc*TAU) */
+        float *dxn = dx + e0 * TAU;     /* (nc*TAU) */
+        hash_exp_terms(ope, sig, xn, nd, t);
+        for (int k = 0; k < nc; k++) {
+            float g = gs[e0 + k];
             const float *z = xn + k * TAU, *o = ope + k * TAU;
             float prod = 1.0f, sum = 0.0f;
             for (int i = 0; i < TAU; i++) {
@@ -168,7 +216,7 @@ void layer_hash_score_backward(float *dx, const float *gs, const float *x, int N
         int i = 0;
 #ifdef __AVX512F__
         const __m512 zero = _mm512_setzero_ps();
-        for (; i + 16 <= D; i += 16) {
+        for (; i + 16 <= nd; i += 16) {
             __m512 z = _mm512_loadu_ps(xn + i);
             __m512 d = _mm512_fmadd_ps(_mm512_loadu_ps(cb + i), _mm512_loadu_ps(sig + i),
                                        _mm512_loadu_ps(ca + i));
@@ -179,10 +227,11 @@ void layer_hash_score_backward(float *dx, const float *gs, const float *x, int N
             _mm512_storeu_ps(dxn + i, _mm512_add_ps(_mm512_loadu_ps(dxn + i), sd));
         }
 #endif
-        for (; i < D; i++) {
+        for (; i < nd; i++) {
             float d = ca[i] + cb[i] * sig[i];
             dxn[i] += xn[i] > 0.0f ? d : xn[i] < 0.0f ? -d : 0.0f;
         }
+        e0 += (size_t)nc;
     }
     free(ope);
     free(sig);

@@ -248,6 +248,58 @@ START_TEST(test_score_backward_fd) {
 }
 END_TEST
 
+START_TEST(test_score_backward_wide_rows) {
+    /* The vector path (TAU dividing 16, several chunks per vector, chunks running on across
+     * rows) and its tail against ds/dz evaluated in double, with a distinct gs per chunk so a
+     * chunk given its neighbour's weight shows; zeros of both signs, tiny and large values. */
+    layer_rng r;
+    tu_seed(&r, "score_bwd_wide");
+    const int taus[] = {1, 2, 4, 8, 16, 3, 10};
+    for (size_t ti = 0; ti < sizeof(taus) / sizeof(taus[0]); ti++) {
+        int TAU = taus[ti], K = 37, N = 3;
+        size_t nx = (size_t)N * K * TAU, nk = (size_t)N * K;
+        float *x = tu_randn(&r, nx, 1.0f), *gs = tu_randn(&r, nk, 1.0f);
+        for (size_t i = 0; i < nx; i += 7) x[i] = (i / 7) % 2 ? -0.0f : 0.0f;
+        for (size_t i = 3; i < nx; i += 11) x[i] = x[i] * 1e-30f;
+        for (size_t i = 5; i < nx; i += 13) x[i] = x[i] * 30.0f;
+        float *dx = tu_zeros(nx);
+        for (int mode = 0; mode < 2; mode++) {
+            layer_score_mode md = mode ? LAYER_SCORE_L1PROB : LAYER_SCORE_PROB;
+            double t = mode ? 1.0 : 0.7;
+            memset(dx, 0, nx * sizeof(float));
+            layer_hash_score_backward(dx, gs, x, N, K, TAU, md, (float)t);
+            for (size_t e = 0; e < nk; e++) {
+                const float *z = x + e * TAU;
+                /* exp's argument rounded to float as the layer forms it: at |arg| ~ 70 that
+                 * rounding alone moves exp by 4e-6, which no kernel can recover */
+                const float c = -2.0f / (float)t;
+                double D = 1.0, S = 0.0;
+                for (int i = 0; i < TAU; i++) {
+                    D *= 1.0 + exp((double)(c * fabsf(z[i])));
+                    S += fabs((double)z[i]);
+                }
+                for (int j = 0; j < TAU; j++) {
+                    double ej = exp((double)(c * fabsf(z[j]))), sg = ej / (1.0 + ej);
+                    double sz = z[j] > 0.0f ? 1.0 : z[j] < 0.0f ? -1.0 : 0.0;
+                    double w = gs[e] * sz * (mode ? (1.0 + 2.0 * S * sg) / D : (2.0 / t) * sg / D);
+                    float got = dx[e * TAU + j];
+                    ck_assert_msg(fabs(got - w) <= 4e-6 * fabs(w) + 1e-37,
+                                  "%s TAU=%d chunk %zu elem %d: %g vs %g", mode_name(md), TAU, e, j,
+                                  got, w);
+                }
+            }
+            /* the gradient is added to dx, not stored: a second call doubles it exactly */
+            float *once = malloc(nx * sizeof(float));
+            memcpy(once, dx, nx * sizeof(float));
+            layer_hash_score_backward(dx, gs, x, N, K, TAU, md, (float)t);
+            for (size_t i = 0; i < nx; i++) ck_assert(dx[i] == 2.0f * once[i]);
+            free(once);
+        }
+        free(x); free(gs); free(dx);
+    }
+}
+END_TEST
+
 /* ---------------- hashed projection end to end ---------------- */
 
 typedef struct layer_ctx {
@@ -563,6 +615,7 @@ static Suite *hash_suite(void) {
     tcase_add_test(tc, test_index_bits_wide_rows);
     tcase_add_test(tc, test_score_vs_softmax_over_codes);
     tcase_add_test(tc, test_score_backward_fd);
+    tcase_add_test(tc, test_score_backward_wide_rows);
     tcase_add_test(tc, test_layer_backward_fd);
     tcase_add_test(tc, test_fast_vs_ref_edges);
     tcase_add_test(tc, test_unique_rows);
