@@ -78,6 +78,12 @@ float *trainer_arena_zeros(trainer_arena *a, size_t n) {
 
 int32_t *trainer_arena_ints(trainer_arena *a, size_t n) { return arena_bytes(a, n * sizeof(int32_t)); }
 
+void *trainer_arena_struct(trainer_arena *a, size_t n) {
+    void *p = arena_bytes(a, n);
+    memset(p, 0, n);
+    return p;
+}
+
 void trainer_arena_reset(trainer_arena *a) {
     a->cur = a->head;
     if (a->cur) a->cur->used = 0;

@@ -15,6 +15,8 @@ void trainer_arena_free(trainer_arena *a); /* NULL is fine */
 float *trainer_arena_floats(trainer_arena *a, size_t n);
 float *trainer_arena_zeros(trainer_arena *a, size_t n);
 int32_t *trainer_arena_ints(trainer_arena *a, size_t n);
+/* n zeroed bytes, 64-byte aligned: for records of activation pointers. */
+void *trainer_arena_struct(trainer_arena *a, size_t n);
 /* Forgets everything handed out; the memory stays reserved for the next use. */
 void trainer_arena_reset(trainer_arena *a);
 /* Bytes reserved from the system, and the most ever handed out at once. */

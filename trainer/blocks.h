@@ -20,7 +20,6 @@ typedef struct mt_ctx {
     layer_score_mode score;
     float hash_temp;
     int rope_dims; /* 0: learned positions, no rotation */
-    int prof_hash; /* unused by blocks; room for timers */
 } mt_ctx;
 
 #define MT_W(ctx, off) ((ctx)->params->data + (off))

@@ -28,18 +28,12 @@ static void usage(FILE *f) {
     trainer_config_help(f);
 }
 
-/* Value of a caller flag given as `--flag VALUE` or `--flag=VALUE` in argv[first..argc). */
-static const char *flag_value(int argc, char **argv, int first, const char *flag, int *used) {
+/* Value of a caller flag given as `--flag VALUE` or `--flag=VALUE` in argv[1..argc). */
+static const char *flag_value(int argc, char **argv, const char *flag) {
     size_t n = strlen(flag);
-    for (int i = first; i < argc; i++) {
-        if (strcmp(argv[i], flag) == 0 && i + 1 < argc) {
-            used[i] = used[i + 1] = 1;
-            return argv[i + 1];
-        }
-        if (strncmp(argv[i], flag, n) == 0 && argv[i][n] == '=') {
-            used[i] = 1;
-            return argv[i] + n + 1;
-        }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], flag) == 0 && i + 1 < argc) return argv[i + 1];
+        if (strncmp(argv[i], flag, n) == 0 && argv[i][n] == '=') return argv[i] + n + 1;
     }
     return NULL;
 }
@@ -56,14 +50,13 @@ int main(int argc, char **argv) {
     static const char *const mine[] = {"--resume", "--ckpt", "--out", "--prompt", "--count",
                                        "--length", "--temperature", NULL};
     /* the flags the config parser leaves to us, found before it reorders argv */
-    int *used = calloc((size_t)argc + 1, sizeof(int));
-    const char *resume = flag_value(argc, argv, 1, "--resume", used);
-    const char *ckpt = flag_value(argc, argv, 1, "--ckpt", used);
-    trainer_sample_options so = {.out = flag_value(argc, argv, 1, "--out", used),
-                                 .prompt = flag_value(argc, argv, 1, "--prompt", used)};
-    const char *count = flag_value(argc, argv, 1, "--count", used);
-    const char *length = flag_value(argc, argv, 1, "--length", used);
-    const char *temp = flag_value(argc, argv, 1, "--temperature", used);
+    const char *resume = flag_value(argc, argv, "--resume");
+    const char *ckpt = flag_value(argc, argv, "--ckpt");
+    trainer_sample_options so = {.out = flag_value(argc, argv, "--out"),
+                                 .prompt = flag_value(argc, argv, "--prompt")};
+    const char *count = flag_value(argc, argv, "--count");
+    const char *length = flag_value(argc, argv, "--length");
+    const char *temp = flag_value(argc, argv, "--temperature");
     so.count = count ? atoi(count) : 16;
     so.length = length ? atoi(length) : 400;
     so.temperature = temp ? (float)atof(temp) : 1.0f;
@@ -132,7 +125,6 @@ int main(int argc, char **argv) {
                  ntasks);
         failed = 1;
     }
-    free(used);
     /* every rank parsed the same command line, but agree anyway so no rank runs alone */
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
     int rc;

@@ -163,8 +163,7 @@ static double forward_impl(trainer_model *m, trainer_arena *arena, const trainer
     c->arena = arena;
     int B = b->B, L = b->L, C = s->C, S = s->S, N = B * L;
     LAYER_ASSERT(L <= s->L || s->rope_dims > 0);
-    trainer_step_act *a = (trainer_step_act *)trainer_arena_zeros(
-        arena, (sizeof(trainer_step_act) + sizeof(float) - 1) / sizeof(float));
+    trainer_step_act *a = trainer_arena_struct(arena, sizeof(trainer_step_act));
     a->b = *b;
     a->arena = arena;
     const float *E = NULL;
@@ -178,9 +177,9 @@ static double forward_impl(trainer_model *m, trainer_arena *arena, const trainer
                 memcpy(a->M_in + i * ms, (b->reset[i] || !M_prev) ? M0 : M_prev + i * ms,
                        ms * sizeof(float));
         }
-        a->enc_self = (mt_attn_act *)trainer_arena_zeros(arena, m->n_enc * sizeof(mt_attn_act) / 4 + 1);
-        a->enc_reader = (mt_attn_act *)trainer_arena_zeros(arena, m->n_enc * sizeof(mt_attn_act) / 4 + 1);
-        a->enc_ffn = (mt_ffn_act *)trainer_arena_zeros(arena, m->n_enc * sizeof(mt_ffn_act) / 4 + 1);
+        a->enc_self = trainer_arena_struct(arena, m->n_enc * sizeof(mt_attn_act));
+        a->enc_reader = trainer_arena_struct(arena, m->n_enc * sizeof(mt_attn_act));
+        a->enc_ffn = trainer_arena_struct(arena, m->n_enc * sizeof(mt_ffn_act));
         float *x = a->xe0 = trainer_arena_floats(arena, (size_t)N * C);
         embed(m, x, b->enc_tok, B, L);
         for (int l = 0; l < m->n_enc; l++) {
@@ -200,9 +199,9 @@ static double forward_impl(trainer_model *m, trainer_arena *arena, const trainer
         }
     }
     if (!decode) return 0.0;
-    a->dec_self = (mt_attn_act *)trainer_arena_zeros(arena, m->n_dec * sizeof(mt_attn_act) / 4 + 1);
-    a->dec_cross = (mt_attn_act *)trainer_arena_zeros(arena, m->n_dec * sizeof(mt_attn_act) / 4 + 1);
-    a->dec_ffn = (mt_ffn_act *)trainer_arena_zeros(arena, m->n_dec * sizeof(mt_ffn_act) / 4 + 1);
+    a->dec_self = trainer_arena_struct(arena, m->n_dec * sizeof(mt_attn_act));
+    a->dec_cross = trainer_arena_struct(arena, m->n_dec * sizeof(mt_attn_act));
+    a->dec_ffn = trainer_arena_struct(arena, m->n_dec * sizeof(mt_ffn_act));
     float *x = a->xd0 = trainer_arena_floats(arena, (size_t)N * C);
     embed(m, x, b->dec_tok, B, L);
     for (int l = 0; l < m->n_dec; l++) {

@@ -255,10 +255,6 @@ void trainer_tables_print_plan(trainer_tables *t) {
 
 /* ---- fetch ---- */
 
-typedef struct serve_ctx {
-    trainer_tables *t;
-} serve_ctx;
-
 static void serve_rows(void *ctx, const int64_t *keys, int m, float *out) {
     trainer_tables *t = ctx;
     for (int i = 0; i < m; i++) {
