@@ -43,6 +43,8 @@ struct trainer_tables {
     /* scratch for exchanges */
     int64_t *keys;
     int *owners;
+    int32_t *slots; /* the cache slot of each exchanged key */
+    int me;
     float *buf;
     size_t scratch_keys, scratch_floats;
 };
@@ -57,6 +59,7 @@ static float *falloc0(size_t n) {
 trainer_tables *trainer_tables_create(comm_ctx *comm) {
     trainer_tables *t = layer_xcalloc(1, sizeof(*t));
     t->comm = comm;
+    t->me = comm_rank(comm);
     t->x = comm_exchange_create(comm);
     return t;
 }
@@ -95,6 +98,7 @@ void trainer_tables_free(trainer_tables *t) {
     free(t->gs);
     free(t->keys);
     free(t->owners);
+    free(t->slots);
     free(t->buf);
     free(t);
 }
@@ -195,6 +199,7 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
     }
     t->keys = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int64_t));
     t->owners = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int));
+    t->slots = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int32_t));
     t->buf = falloc0(maxfloats);
     t->scratch_keys = maxkeys;
     t->scratch_floats = maxfloats;
@@ -274,19 +279,26 @@ void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N,
                             layer_hash_rows *rows) {
     group_state *s = &t->gs[g];
     int K = s->g.K, tau = s->g.tau, nout = s->g.nout, OC = s->g.OC;
-    int first = s->nslots, nmiss = 0;
+    int nmiss = 0, nremote = 0;
     uint64_t h = t->digest ^ ((uint64_t)g * 0x9e3779b97f4a7c15ull);
     for (int n = 0; n < N; n++)
         for (int k = 0; k < K; k++) {
-            int32_t key = (k << tau) | idx[(size_t)n * K + k];
+            int32_t b = idx[(size_t)n * K + k], key = (k << tau) | b;
             h = (h ^ (uint64_t)key) * 1099511628211ull;
             int32_t slot = s->slot_of[key];
             if (slot < 0) {
                 slot = s->slot_of[key] = s->nslots++;
                 s->slot_key[slot] = key;
-                t->keys[nmiss] = ((int64_t)g << 32) | key;
-                t->owners[nmiss] = s->owner[k];
                 nmiss++;
+                if (s->owner[k] == t->me) { /* this rank's own rows: no exchange needed */
+                    for (int j = 0; j < nout; j++)
+                        memcpy(s->rows[j] + (size_t)slot * OC,
+                               s->units[k]->data[j] + (size_t)b * OC, OC * sizeof(float));
+                } else {
+                    t->keys[nremote] = ((int64_t)g << 32) | key;
+                    t->owners[nremote] = s->owner[k];
+                    t->slots[nremote++] = slot;
+                }
             }
             rowid[(size_t)n * K + k] = slot;
             if (!s->is_dirty[slot]) {
@@ -297,10 +309,10 @@ void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N,
     t->lookups += (int64_t)N * K;
     t->misses += nmiss;
     t->digest = h;
-    comm_exchange_fetch(t->x, t->keys, t->owners, nmiss, nout * OC, t->buf, serve_rows, t);
-    for (int i = 0; i < nmiss; i++)
+    comm_exchange_fetch(t->x, t->keys, t->owners, nremote, nout * OC, t->buf, serve_rows, t);
+    for (int i = 0; i < nremote; i++)
         for (int j = 0; j < nout; j++)
-            memcpy(s->rows[j] + (size_t)(first + i) * OC, t->buf + ((size_t)i * nout + j) * OC,
+            memcpy(s->rows[j] + (size_t)t->slots[i] * OC, t->buf + ((size_t)i * nout + j) * OC,
                    OC * sizeof(float));
     for (int j = 0; j < nout; j++) {
         rows[j].rows = s->rows[j];
@@ -311,22 +323,28 @@ void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N,
 
 /* ---- gradients ---- */
 
+/* Adds one key's gradient, sent as float hi + lo per value (see reduce_grads), in double. */
+static void add_key_grad(trainer_tables *t, int64_t gkey, const float *hi, const float *lo) {
+    int g = (int)(gkey >> 32);
+    group_state *s = &t->gs[g];
+    int local = (int)(gkey & 0xffffffff), k = local >> s->g.tau;
+    int b = local & ((1 << s->g.tau) - 1), OC = s->g.OC;
+    unit_store *u = s->units[k];
+    LAYER_ASSERT(u != NULL);
+    for (int j = 0; j < s->g.nout; j++) {
+        double *dst = u->grad64[j] + (size_t)b * OC;
+        for (int c = 0; c < OC; c++) dst[c] += (double)hi[j * OC + c] + (double)lo[j * OC + c];
+    }
+    u->touched[b] = 1;
+}
+
 static void accumulate_grads(void *ctx, int src, const int64_t *keys, const float *gr, int m) {
     (void)src; /* the exchange calls in increasing source rank: the order is already fixed */
     trainer_tables *t = ctx;
     for (int i = 0; i < m; i++) {
-        int g = (int)(keys[i] >> 32);
-        group_state *s = &t->gs[g];
-        int local = (int)(keys[i] & 0xffffffff), k = local >> s->g.tau;
-        int b = local & ((1 << s->g.tau) - 1), OC = s->g.OC, W = s->g.nout * OC;
-        unit_store *u = s->units[k];
-        LAYER_ASSERT(u != NULL);
-        const float *hi = gr + (size_t)i * 2 * W, *lo = hi + W;
-        for (int j = 0; j < s->g.nout; j++) {
-            double *dst = u->grad64[j] + (size_t)b * OC;
-            for (int c = 0; c < OC; c++) dst[c] += (double)hi[j * OC + c] + (double)lo[j * OC + c];
-        }
-        u->touched[b] = 1;
+        int W = t->gs[keys[i] >> 32].g.nout * t->gs[keys[i] >> 32].g.OC;
+        const float *hi = gr + (size_t)i * 2 * W;
+        add_key_grad(t, keys[i], hi, hi + W);
     }
 }
 
@@ -354,14 +372,14 @@ void trainer_tables_reduce_grads(trainer_tables *t) {
     trainer_tables_fold(t);
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
-        int nout = s->g.nout, OC = s->g.OC, W = nout * OC;
+        int nout = s->g.nout, OC = s->g.OC, W = nout * OC, nremote = 0;
         for (int i = 0; i < s->nslots; i++) {
             int32_t key = s->slot_key[i];
-            t->keys[i] = ((int64_t)g << 32) | key;
-            t->owners[i] = s->owner[key >> s->g.tau];
+            int owner = s->owner[key >> s->g.tau];
             /* a double travels as float hi + float lo: 48 bits of it, enough that the owner's
-               sum rounds to the same float whatever the split of streams over ranks */
-            float *hi = t->buf + (size_t)i * 2 * W, *lo = hi + W;
+               sum rounds to the same float whatever the split of streams over ranks; this
+               rank's own keys take the same arithmetic without the exchange */
+            float *hi = t->buf + (size_t)nremote * 2 * W, *lo = hi + W;
             for (int j = 0; j < nout; j++) {
                 const double *a = s->acc[j] + (size_t)i * OC;
                 for (int c = 0; c < OC; c++) {
@@ -370,8 +388,15 @@ void trainer_tables_reduce_grads(trainer_tables *t) {
                     lo[j * OC + c] = (float)(a[c] - (double)h);
                 }
             }
+            int64_t gkey = ((int64_t)g << 32) | key;
+            if (owner == t->me) {
+                add_key_grad(t, gkey, hi, lo);
+            } else {
+                t->keys[nremote] = gkey;
+                t->owners[nremote++] = owner;
+            }
         }
-        comm_exchange_push(t->x, t->keys, t->owners, t->buf, s->nslots, 2 * W, accumulate_grads, t);
+        comm_exchange_push(t->x, t->keys, t->owners, t->buf, nremote, 2 * W, accumulate_grads, t);
         for (int j = 0; j < nout; j++) memset(s->acc[j], 0, (size_t)s->nslots * OC * sizeof(double));
     }
     /* owners: the float gradient the optimizer and the norm use */
