@@ -29,6 +29,10 @@ grep -q -i "truncated\|corrupt" "$TMP/out" || { cat "$TMP/out"; fail "truncation
 printf '\x01\x02\x03' >"$TMP/odd.u16"
 expect_error 2 "odd.u16" --data=u16:"$TMP/odd.u16" --steps=1 --warmup=1
 
+# tokens beyond the configured vocabulary: the fix is named
+/usr/bin/python3 -c "import struct; open('$TMP/big.u16','wb').write(struct.pack('<6H', 1, 2, 300, 4, 5, 6) * 4000)"
+expect_error 2 "set vocab = 301" --data=u16:"$TMP/big.u16" --steps=1 --warmup=1
+
 # the singleton trap: one process where Slurm allocated several tasks
 status=0
 SLURM_NTASKS=4 "$BIN/memtrain" --steps=1 --warmup=1 >"$TMP/out" 2>&1 || status=$?

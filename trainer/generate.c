@@ -17,28 +17,21 @@
 
 /* Model of cfg with the checkpoint's parameters and tables. */
 static trainer_model *load_model(comm_ctx *comm, const trainer_config *cfg, const char *path,
-                                 int vocab, int64_t *step) {
+                                 int64_t *step) {
     char err[512];
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg, vocab);
+    trainer_spec_from_config(&spec, cfg, cfg->vocab);
     trainer_model *m = trainer_model_create(&spec, comm);
     if (trainer_ckpt_load(comm, path, m, NULL, step, err, sizeof(err)) != 0)
         comm_exit_error(comm, err);
     return m;
 }
 
-static io_dataset *load_split(comm_ctx *comm, const trainer_config *cfg, io_split split) {
-    char err[512] = "";
-    io_dataset *d = NULL;
-    int failed = io_dataset_load(&d, cfg->data, split, cfg->data_dir, err, sizeof(err)) != 0;
-    if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
-    return d;
-}
 
 int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
-    io_dataset *val = load_split(comm, cfg, IO_SPLIT_VAL);
+    io_dataset *val = trainer_load_split(comm, cfg, IO_SPLIT_VAL);
     int64_t step = 0;
-    trainer_model *m = load_model(comm, cfg, path, val->vocab, &step);
+    trainer_model *m = load_model(comm, cfg, path, &step);
     double t = comm_time();
     double ppl = trainer_validation_ppl(comm, cfg, m, val);
     if (comm_rank(comm) == 0) {
@@ -134,9 +127,9 @@ static void generate(trainer_model *m, int32_t *tok, int B, int total, int given
 int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path,
                               const trainer_sample_options *opt) {
     char err[512];
-    io_dataset *train = load_split(comm, cfg, IO_SPLIT_TRAIN);
+    io_dataset *train = trainer_load_split(comm, cfg, IO_SPLIT_TRAIN);
     int64_t step = 0;
-    trainer_model *m = load_model(comm, cfg, path, train->vocab, &step);
+    trainer_model *m = load_model(comm, cfg, path, &step);
     layer_rng rng;
     layer_rng_seed(&rng, (uint64_t)cfg->seed * 7919u + 17u);
     float temp = opt->temperature > 0 ? opt->temperature : 1.0f;
@@ -146,7 +139,7 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
         int B = opt->count > 0 ? opt->count : 16, side = 28, total = side * side;
         int cols = (int)ceil(sqrt((double)B)), rows = (B + cols - 1) / cols, pad = 2;
         int32_t *tok = layer_xcalloc((size_t)B * total, sizeof(int32_t));
-        generate(m, tok, B, total, 0, train->vocab, temp, &rng);
+        generate(m, tok, B, total, 0, cfg->vocab, temp, &rng);
         int W = cols * (side + pad) + pad, H = rows * (side + pad) + pad;
         uint8_t *pix = layer_xcalloc((size_t)W * H, 1);
         memset(pix, 128, (size_t)W * H);
@@ -169,8 +162,8 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
         const char *prompt = opt->prompt ? opt->prompt : "The ";
         int given = (int)strlen(prompt), total = given + (opt->length > 0 ? opt->length : 400);
         int32_t *tok = layer_xcalloc((size_t)total, sizeof(int32_t));
-        for (int i = 0; i < given; i++) tok[i] = (unsigned char)prompt[i] % train->vocab;
-        generate(m, tok, 1, total, given, train->vocab, temp, &rng);
+        for (int i = 0; i < given; i++) tok[i] = (unsigned char)prompt[i] % cfg->vocab;
+        generate(m, tok, 1, total, given, cfg->vocab, temp, &rng);
         if (comm_rank(comm) == 0) {
             printf("%s (step %lld), prompt '%s':\n", path, (long long)step, prompt);
             for (int i = 0; i < total; i++) putchar(tok[i] < 256 ? tok[i] : '?');

@@ -100,7 +100,7 @@ static void fill_rollout(run *r) {
  * exchange. */
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
                               const io_dataset *val) {
-    int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = val->vocab;
+    int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = cfg->vocab;
     int first = (int)((int64_t)cfg->streams * rank / P);
     int B = (int)((int64_t)cfg->streams * (rank + 1) / P) - first;
     size_t ms = trainer_model_memory_size(model);
@@ -242,14 +242,22 @@ static int make_dir(const char *path) {
     return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
 }
 
-static void load_data(run *r) {
+io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split) {
     char err[512] = "";
-    int failed = io_dataset_load(&r->train, r->cfg->data, IO_SPLIT_TRAIN, r->cfg->data_dir, err,
-                                 sizeof(err)) != 0;
-    if (!failed)
-        failed = io_dataset_load(&r->val, r->cfg->data, IO_SPLIT_VAL, r->cfg->data_dir, err,
-                                 sizeof(err)) != 0;
-    if (comm_any_failed(r->comm, failed, err, sizeof(err))) comm_exit_error(r->comm, err);
+    io_dataset *d = NULL;
+    int failed = io_dataset_load(&d, cfg->data, split, cfg->data_dir, err, sizeof(err)) != 0;
+    if (!failed && d->vocab > cfg->vocab) {
+        snprintf(err, sizeof(err), "vocab = %d is smaller than the %d token values of %s: set vocab = %d",
+                 cfg->vocab, d->vocab, cfg->data, d->vocab);
+        failed = 1;
+    }
+    if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
+    return d;
+}
+
+static void load_data(run *r) {
+    r->train = trainer_load_split(r->comm, r->cfg, IO_SPLIT_TRAIN);
+    r->val = trainer_load_split(r->comm, r->cfg, IO_SPLIT_VAL);
 }
 
 /* Set by SIGUSR1/SIGTERM; the ranks agree on it at the next step boundary. */
@@ -353,10 +361,10 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     install_signal_handlers();
     load_data(r);
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg, r->train->vocab);
+    trainer_spec_from_config(&spec, cfg, cfg->vocab);
     r->model = trainer_model_create(&spec, comm);
     r->L = cfg->seg_len;
-    r->bos = r->train->vocab;
+    r->bos = cfg->vocab;
     /* streams are dealt in contiguous blocks, as evenly as the count allows */
     r->first_stream = (int)((int64_t)cfg->streams * rank / P);
     r->B = (int)((int64_t)cfg->streams * (rank + 1) / P) - r->first_stream;

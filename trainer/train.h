@@ -10,6 +10,10 @@
 /* Fills a model spec from a validated config and the data's vocabulary. */
 void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg, int vocab);
 
+/* Loads one split of cfg's data on every rank; a missing or malformed file, or tokens beyond
+ * cfg->vocab, end the job with one message from all ranks. */
+io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split);
+
 /* Validation perplexity of model over val from fresh streams (the config's streams, dealt
  * over the ranks of comm as in training): eval_segments segments of every stream, or with
  * eval_segments = 0 every validation document once (stream j reads documents j, j + streams,
