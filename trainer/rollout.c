@@ -79,19 +79,25 @@ static void memory_pass(trainer_rollout *r, trainer_model *m, int b) {
  * exchanges, as a real stream, contributing nothing. Ranks with fewer streams run these so
  * that every rank makes the same exchanges in the same order. */
 static void ghost_pass(trainer_rollout *r, trainer_model *m) {
+    trainer_tables *tb = trainer_model_tables(m);
     trainer_batch bt = {.B = 0, .L = r->L};
     int cnt;
-    if (r->msize)
+    int mrbp = r->mode == TRAINER_ROLLOUT_MRBP && r->msize;
+    if (mrbp) {
+        trainer_tables_set_phase(tb, TRAINER_TABLES_MEMORY_PASS);
         for (int t = 0; t < r->T; t++) {
             trainer_arena_reset(r->arenas[0]);
             trainer_model_write_memory(m, r->arenas[0], &bt, NULL, NULL);
         }
+    }
+    trainer_tables_set_phase(tb, mrbp ? TRAINER_TABLES_RECOMPUTE : TRAINER_TABLES_PLAIN);
     for (int t = r->T - 1; t >= 0; t--) {
         trainer_step_act *act;
         trainer_arena_reset(r->arenas[0]);
         trainer_model_forward(m, r->arenas[0], &bt, NULL, NULL, &cnt, &act);
         trainer_model_backward(m, act, 0.0f, NULL, NULL);
     }
+    trainer_tables_set_phase(tb, TRAINER_TABLES_PLAIN);
 }
 
 double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale,
@@ -110,7 +116,9 @@ double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, flo
                                               replay_at(r, b, t + 1), &cnt, &r->acts[t]);
             }
         } else if (r->msize) {
+            trainer_tables_set_phase(trainer_model_tables(m), TRAINER_TABLES_MEMORY_PASS);
             memory_pass(r, m, b);
+            trainer_tables_set_phase(trainer_model_tables(m), TRAINER_TABLES_RECOMPUTE);
         }
         if (r->msize) memset(r->dM, 0, r->msize * sizeof(float));
         for (int t = r->T - 1; t >= 0; t--) {
@@ -128,6 +136,7 @@ double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, flo
             trainer_model_backward(m, act, grad_scale, dnext, r->msize ? r->dM_prev : NULL);
             if (r->msize) memcpy(r->dM, r->dM_prev, r->msize * sizeof(float));
         }
+        trainer_tables_set_phase(trainer_model_tables(m), TRAINER_TABLES_PLAIN);
         if (r->msize) memcpy(M + b * r->msize, replay_at(r, b, r->T), r->msize * sizeof(float));
         if (done) done(ctx, b, loss);
         total += loss;

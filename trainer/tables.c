@@ -31,6 +31,7 @@ typedef struct group_state {
     int32_t *dirty;            /* slots written since the last fold */
     uint8_t *is_dirty;         /* (K << tau) */
     int ndirty;
+    int in_memory_pass;        /* looked up by this step's MRBP memory pass */
 } group_state;
 
 struct trainer_tables {
@@ -45,6 +46,7 @@ struct trainer_tables {
     int *owners;
     int32_t *slots; /* the cache slot of each exchanged key */
     int me;
+    trainer_tables_phase phase;
     float *buf;
     size_t scratch_keys, scratch_floats;
 };
@@ -309,7 +311,13 @@ void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N,
     t->lookups += (int64_t)N * K;
     t->misses += nmiss;
     t->digest = h;
-    comm_exchange_fetch(t->x, t->keys, t->owners, nremote, nout * OC, t->buf, serve_rows, t);
+    if (t->phase == TRAINER_TABLES_MEMORY_PASS) s->in_memory_pass = 1;
+    if (t->phase == TRAINER_TABLES_RECOMPUTE && s->in_memory_pass) {
+        /* every rank knows these rows are cached: no exchange to agree on */
+        LAYER_ASSERT(nremote == 0);
+    } else {
+        comm_exchange_fetch(t->x, t->keys, t->owners, nremote, nout * OC, t->buf, serve_rows, t);
+    }
     for (int i = 0; i < nremote; i++)
         for (int j = 0; j < nout; j++)
             memcpy(s->rows[j] + (size_t)t->slots[i] * OC, t->buf + ((size_t)i * nout + j) * OC,
@@ -448,6 +456,7 @@ void trainer_tables_clear_cache(trainer_tables *t) {
         for (int q = 0; q < s->ndirty; q++) s->is_dirty[s->dirty[q]] = 0;
         s->ndirty = 0;
         s->nslots = 0;
+        s->in_memory_pass = 0;
     }
 }
 
@@ -481,6 +490,8 @@ void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, 
     }
     trainer_tables_clear_cache(t);
 }
+
+void trainer_tables_set_phase(trainer_tables *t, trainer_tables_phase phase) { t->phase = phase; }
 
 void trainer_tables_discard_grads(trainer_tables *t) {
     for (int i = 0; i < t->n; i++) {

@@ -61,6 +61,16 @@ void trainer_tables_print_plan(trainer_tables *t);
  * gradient stores those ids index. Collective (see above). */
 void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N, int32_t *rowid,
                             layer_hash_rows *rows);
+/* What the lookups that follow belong to. Every rank sets the same phases in the same order.
+ * The MRBP recompute repeats the memory pass's lookups of the groups that pass used, with the
+ * same buckets, so those find every row cached on every rank and skip the exchange. */
+typedef enum trainer_tables_phase {
+    TRAINER_TABLES_PLAIN = 0,
+    TRAINER_TABLES_MEMORY_PASS,
+    TRAINER_TABLES_RECOMPUTE,
+} trainer_tables_phase;
+void trainer_tables_set_phase(trainer_tables *t, trainer_tables_phase phase);
+
 /* Adds the gradients written since the last fold (one stream's) into double accumulators
  * and clears them, so the step's sum does not depend on how streams are split over ranks. */
 void trainer_tables_fold(trainer_tables *t);
