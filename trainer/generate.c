@@ -10,7 +10,6 @@
 #include "io/data.h"
 #include "io/png.h"
 #include "layers/common.h"
-#include "trainer/arena.h"
 #include "trainer/checkpoint.h"
 #include "trainer/model.h"
 #include "trainer/train.h"
@@ -35,10 +34,14 @@ int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const cha
     double t = comm_time();
     double ppl = trainer_validation_ppl(comm, cfg, m, val);
     if (comm_rank(comm) == 0) {
-        printf("%s (step %lld): validation perplexity %.4f on %s (%s, %.1f s)\n", path,
-               (long long)step, ppl, cfg->data,
-               cfg->eval_segments > 0 ? "eval_segments segments per stream" : "every document",
-               comm_time() - t);
+        char scope[64];
+        if (cfg->eval_segments > 0)
+            snprintf(scope, sizeof(scope), "%d segments of each of %d streams", cfg->eval_segments,
+                     cfg->streams);
+        else
+            snprintf(scope, sizeof(scope), "every validation document");
+        printf("%s (step %lld): validation perplexity %.4f on %s, %s (%.1f s)\n", path,
+               (long long)step, ppl, cfg->data, scope, comm_time() - t);
         fflush(stdout);
     }
     trainer_model_free(m);
@@ -72,21 +75,14 @@ static void generate(trainer_model *m, int32_t *tok, int B, int total, int given
                      float temperature, layer_rng *rng) {
     const trainer_model_spec *s = trainer_model_get_spec(m);
     int L = s->L, V = s->vocab;
-    size_t ms = trainer_model_memory_size(m);
-    int32_t *enc = layer_xmalloc((size_t)B * L * sizeof(int32_t));
-    int32_t *dec = layer_xmalloc((size_t)B * L * sizeof(int32_t));
-    int32_t *tgt = layer_xmalloc((size_t)B * L * sizeof(int32_t));
-    uint8_t *reset = layer_xmalloc((size_t)B);
-    float *M = layer_xcalloc((size_t)B * ms + 1, sizeof(float));
-    float *Mn = layer_xcalloc((size_t)B * ms + 1, sizeof(float));
-    trainer_arena *arena = trainer_arena_create((size_t)4 << 20);
-    for (int i = 0; i < B * L; i++) tgt[i] = -1;
+    trainer_segments *sg = trainer_segments_create(m, B);
+    for (int i = 0; i < B * L; i++) sg->tgt[i] = -1;
     for (int seg0 = 0; seg0 < total; seg0 += L) {
         for (int b = 0; b < B; b++) {
-            reset[b] = seg0 == 0;
+            sg->reset[b] = seg0 == 0;
             for (int i = 0; i < L; i++) {
                 int p = seg0 - L + i; /* the previous segment */
-                enc[b * L + i] = (seg0 == 0 || p >= total) ? bos : tok[(size_t)b * total + p];
+                sg->enc[b * L + i] = (seg0 == 0 || p >= total) ? bos : tok[(size_t)b * total + p];
             }
         }
         for (int i = 0; i < L && seg0 + i < total; i++) {
@@ -94,34 +90,21 @@ static void generate(trainer_model *m, int32_t *tok, int B, int total, int given
             for (int b = 0; b < B; b++)
                 for (int j = 0; j < L; j++) {
                     int p = seg0 + j - 1;
-                    dec[b * L + j] = (p < 0 || j > i) ? bos : tok[(size_t)b * total + p];
+                    sg->dec[b * L + j] = (p < 0 || j > i) ? bos : tok[(size_t)b * total + p];
                 }
             if (seg0 + i < given) continue;
-            trainer_arena_reset(arena);
             trainer_step_act *act;
             int cnt;
-            trainer_batch bt = {.B = B, .L = L, .enc_tok = enc, .dec_tok = dec, .tgt = tgt, .reset = reset};
-            trainer_model_forward(m, arena, &bt, ms ? M : NULL, ms ? Mn : NULL, &cnt, &act);
+            trainer_segments_forward(m, sg, &cnt, &act);
             const float *logits = trainer_step_logits(act);
             for (int b = 0; b < B; b++)
                 tok[(size_t)b * total + seg0 + i] = draw(logits + ((size_t)b * L + i) * V, V, temperature, rng);
         }
         /* the memory after this segment: written from the encoder's view of the previous one */
-        trainer_arena_reset(arena);
-        trainer_batch bt = {.B = B, .L = L, .enc_tok = enc, .dec_tok = dec, .tgt = tgt, .reset = reset};
-        trainer_model_write_memory(m, arena, &bt, ms ? M : NULL, ms ? Mn : NULL);
-        float *x = M;
-        M = Mn;
-        Mn = x;
+        trainer_segments_advance(m, sg, 0);
     }
     trainer_tables_clear_cache(trainer_model_tables(m));
-    trainer_arena_free(arena);
-    free(enc);
-    free(dec);
-    free(tgt);
-    free(reset);
-    free(M);
-    free(Mn);
+    trainer_segments_free(sg);
 }
 
 int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path,

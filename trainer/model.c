@@ -305,3 +305,57 @@ void trainer_model_backward(trainer_model *m, trainer_step_act *a, float grad_sc
     }
     if (dM0) mt_writer_initial_backward(c, &m->writer, dM0);
 }
+
+trainer_segments *trainer_segments_create(const trainer_model *m, int B) {
+    trainer_segments *s = layer_xcalloc(1, sizeof(*s));
+    s->B = B;
+    s->L = m->spec.L;
+    s->msize = trainer_model_memory_size(m);
+    size_t n = (size_t)B * s->L + 1;
+    s->enc = layer_xmalloc(n * sizeof(int32_t));
+    s->dec = layer_xmalloc(n * sizeof(int32_t));
+    s->tgt = layer_xmalloc(n * sizeof(int32_t));
+    s->reset = layer_xcalloc((size_t)B + 1, 1);
+    s->M = layer_xcalloc((size_t)B * s->msize + 1, sizeof(float));
+    s->Mn = layer_xcalloc((size_t)B * s->msize + 1, sizeof(float));
+    s->arena = trainer_arena_create((size_t)4 << 20);
+    return s;
+}
+
+void trainer_segments_free(trainer_segments *s) {
+    if (!s) return;
+    trainer_arena_free(s->arena);
+    free(s->enc);
+    free(s->dec);
+    free(s->tgt);
+    free(s->reset);
+    free(s->M);
+    free(s->Mn);
+    free(s);
+}
+
+static trainer_batch segments_batch(const trainer_segments *s) {
+    trainer_batch b = {.B = s->B, .L = s->L, .enc_tok = s->enc, .dec_tok = s->dec,
+                       .tgt = s->tgt, .reset = s->reset};
+    return b;
+}
+
+double trainer_segments_forward(trainer_model *m, trainer_segments *s, int *count,
+                                trainer_step_act **act) {
+    trainer_batch b = segments_batch(s);
+    trainer_arena_reset(s->arena);
+    return trainer_model_forward(m, s->arena, &b, s->msize ? s->M : NULL,
+                                 s->msize ? s->Mn : NULL, count, act);
+}
+
+void trainer_segments_advance(trainer_model *m, trainer_segments *s, int written) {
+    if (!written) {
+        trainer_batch b = segments_batch(s);
+        trainer_arena_reset(s->arena);
+        trainer_model_write_memory(m, s->arena, &b, s->msize ? s->M : NULL,
+                                   s->msize ? s->Mn : NULL);
+    }
+    float *x = s->M;
+    s->M = s->Mn;
+    s->Mn = x;
+}

@@ -77,4 +77,25 @@ const float *trainer_step_logits(const trainer_step_act *act);
 void trainer_model_backward(trainer_model *m, trainer_step_act *act, float grad_scale,
                             const float *dM_next, float *dM_prev);
 
+/* Buffers for running B streams segment by segment outside a rollout (evaluation, sampling):
+ * one segment's inputs, the carried memory before (M) and after (Mn) it, and an arena. */
+typedef struct trainer_segments {
+    int B, L;
+    size_t msize;
+    int32_t *enc, *dec, *tgt; /* (B,L) */
+    uint8_t *reset;           /* (B) */
+    float *M, *Mn;            /* (B, msize) */
+    trainer_arena *arena;
+} trainer_segments;
+
+trainer_segments *trainer_segments_create(const trainer_model *m, int B);
+void trainer_segments_free(trainer_segments *s); /* NULL is fine */
+/* Forward of the current inputs from M (writing Mn), activations in the reset arena; returns
+ * the summed loss, *count the scored targets, *act the record (may be NULL). */
+double trainer_segments_forward(trainer_model *m, trainer_segments *s, int *count,
+                                trainer_step_act **act);
+/* Mn = the memory written after the current inputs (when no forward wrote it), unless
+ * `written`; then M and Mn trade places: the next segment starts from it. */
+void trainer_segments_advance(trainer_model *m, trainer_segments *s, int written);
+
 #endif

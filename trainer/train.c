@@ -103,7 +103,6 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
     int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = cfg->vocab;
     int first = (int)((int64_t)cfg->streams * rank / P);
     int B = (int)((int64_t)cfg->streams * (rank + 1) / P) - first;
-    size_t ms = trainer_model_memory_size(model);
     stream_state *vs = layer_xcalloc(B + 1, sizeof(stream_state));
     stream_states_init(vs, B, first, cfg->streams, L);
     int64_t *quota = layer_xcalloc(B + 1, sizeof(int64_t));
@@ -112,20 +111,16 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
         int64_t j = first + b;
         quota[b] = j < val->ndocs ? (val->ndocs - j + cfg->streams - 1) / cfg->streams : 0;
     }
-    size_t n = (size_t)B * L;
-    int32_t *enc = layer_xmalloc(n * sizeof(int32_t)), *dec = layer_xmalloc(n * sizeof(int32_t));
-    int32_t *tgt = layer_xmalloc(n * sizeof(int32_t));
-    uint8_t *reset = layer_xmalloc(B + 1);
-    float *M = layer_xcalloc(B * ms + 1, sizeof(float)), *Mn = layer_xcalloc(B * ms + 1, sizeof(float));
-    trainer_arena *arena = trainer_arena_create((size_t)16 << 20);
+    trainer_segments *sg = trainer_segments_create(model, B);
     double sums[2] = {0, 0};
     for (int t = 0;; t++) {
         if (cfg->eval_segments > 0 && t >= cfg->eval_segments) break;
         int64_t active = 0;
         for (int b = 0; b < B; b++) {
-            int32_t *e = enc + (size_t)b * L, *d = dec + (size_t)b * L, *g = tgt + (size_t)b * L;
+            int32_t *e = sg->enc + (size_t)b * L, *d = sg->dec + (size_t)b * L;
+            int32_t *g = sg->tgt + (size_t)b * L;
             if (!done[b]) {
-                fill_segment(&vs[b], val, L, bos, e, d, g, reset + b);
+                fill_segment(&vs[b], val, L, bos, e, d, g, sg->reset + b);
                 if (cfg->eval_segments == 0 && vs[b].io.doc_count > quota[b]) done[b] = 1;
             }
             if (done[b]) { /* an idle stream: nothing scored */
@@ -133,7 +128,7 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
                     e[i] = d[i] = bos;
                     g[i] = -1;
                 }
-                reset[b] = 1;
+                sg->reset[b] = 1;
             }
             active += !done[b];
         }
@@ -141,27 +136,17 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
             comm_sum_i64(comm, &active, 1);
             if (active == 0) break;
         }
-        trainer_batch bt = {.B = B, .L = L, .enc_tok = enc, .dec_tok = dec, .tgt = tgt, .reset = reset};
-        trainer_arena_reset(arena);
         int cnt = 0;
-        sums[0] += trainer_model_forward(model, arena, &bt, ms ? M : NULL, ms ? Mn : NULL, &cnt, NULL);
+        sums[0] += trainer_segments_forward(model, sg, &cnt, NULL);
         sums[1] += cnt;
-        float *tmp = M;
-        M = Mn;
-        Mn = tmp;
+        trainer_segments_advance(model, sg, 1);
     }
     comm_sum_doubles(comm, sums, 2);
     trainer_tables_clear_cache(trainer_model_tables(model));
-    trainer_arena_free(arena);
+    trainer_segments_free(sg);
     stream_states_free(vs, B);
     free(quota);
     free(done);
-    free(enc);
-    free(dec);
-    free(tgt);
-    free(reset);
-    free(M);
-    free(Mn);
     return sums[1] > 0 ? exp(sums[0] / sums[1]) : NAN;
 }
 
