@@ -10,11 +10,11 @@
 
 #include "layers/common.h"
 
-/* Reads string attribute `name` of loc into a fresh *out. Returns 0, or -1 with a message
- * naming `path` (missing, not a string). */
-static int attr_str(hid_t loc, const char *path, const char *name, char **out, char *err,
-                    size_t n) {
-    *out = NULL;
+/* Opens scalar attribute `name` of loc if it exists and has type class `cls` (what is
+ * `kind`); the caller reads it from *attr / *type and closes both. Returns 0, or -1 with a
+ * message naming `path` (missing, or not a `kind`). */
+static int attr_open(hid_t loc, const char *path, const char *name, H5T_class_t cls,
+                     const char *kind, hid_t *attr, hid_t *type, char *err, size_t n) {
     htri_t has;
     H5E_BEGIN_TRY { has = H5Aexists(loc, name); }
     H5E_END_TRY;
@@ -22,13 +22,26 @@ static int attr_str(hid_t loc, const char *path, const char *name, char **out, c
         snprintf(err, n, "%s: attribute %s missing", path, name);
         return -1;
     }
-    hid_t attr = H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT));
-    hid_t type = H5_CHECK(H5Aget_type(attr));
-    hid_t space = H5_CHECK(H5Aget_space(attr));
-    int rc = -1;
-    if (H5Tget_class(type) != H5T_STRING || H5_CHECK(H5Sget_simple_extent_npoints(space)) != 1) {
-        snprintf(err, n, "%s: attribute %s is not a string", path, name);
-    } else if (H5_CHECK(H5Tis_variable_str(type)) > 0) {
+    *attr = H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT));
+    *type = H5_CHECK(H5Aget_type(*attr));
+    hid_t space = H5_CHECK(H5Aget_space(*attr));
+    int ok = H5Tget_class(*type) == cls && H5_CHECK(H5Sget_simple_extent_npoints(space)) == 1;
+    H5_CHECK(H5Sclose(space));
+    if (ok) return 0;
+    snprintf(err, n, "%s: attribute %s is not %s", path, name, kind);
+    H5_CHECK(H5Tclose(*type));
+    H5_CHECK(H5Aclose(*attr));
+    return -1;
+}
+
+/* Reads string attribute `name` of loc into a fresh *out. Returns 0, or -1 with a message
+ * naming `path` (missing, not a string). */
+static int attr_str(hid_t loc, const char *path, const char *name, char **out, char *err,
+                    size_t n) {
+    *out = NULL;
+    hid_t attr, type;
+    if (attr_open(loc, path, name, H5T_STRING, "a string", &attr, &type, err, n) != 0) return -1;
+    if (H5_CHECK(H5Tis_variable_str(type)) > 0) {
         /* as h5py writes strings by default */
         hid_t mtype = H5_CHECK(H5Tcopy(H5T_C_S1));
         H5_CHECK(H5Tset_size(mtype, H5T_VARIABLE));
@@ -40,43 +53,26 @@ static int attr_str(hid_t loc, const char *path, const char *name, char **out, c
         (*out)[len] = '\0';
         H5free_memory(v);
         H5_CHECK(H5Tclose(mtype));
-        rc = 0;
     } else {
         size_t size = H5Tget_size(type);
         *out = layer_xcalloc(size + 1, 1);
         H5_CHECK(H5Aread(attr, type, *out));
-        rc = 0;
     }
-    H5_CHECK(H5Sclose(space));
     H5_CHECK(H5Tclose(type));
     H5_CHECK(H5Aclose(attr));
-    return rc;
+    return 0;
 }
 
 /* Reads integer attribute `name` of loc. Returns 0, or -1 with a message naming `path`. */
 static int attr_i64(hid_t loc, const char *path, const char *name, int64_t *out, char *err,
                     size_t n) {
-    htri_t has;
-    H5E_BEGIN_TRY { has = H5Aexists(loc, name); }
-    H5E_END_TRY;
-    if (has <= 0) {
-        snprintf(err, n, "%s: attribute %s missing", path, name);
+    hid_t attr, type;
+    if (attr_open(loc, path, name, H5T_INTEGER, "an integer", &attr, &type, err, n) != 0)
         return -1;
-    }
-    hid_t attr = H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT));
-    hid_t type = H5_CHECK(H5Aget_type(attr));
-    hid_t space = H5_CHECK(H5Aget_space(attr));
-    int rc = -1;
-    if (H5Tget_class(type) != H5T_INTEGER || H5_CHECK(H5Sget_simple_extent_npoints(space)) != 1) {
-        snprintf(err, n, "%s: attribute %s is not an integer", path, name);
-    } else {
-        H5_CHECK(H5Aread(attr, H5T_NATIVE_INT64, out));
-        rc = 0;
-    }
-    H5_CHECK(H5Sclose(space));
+    H5_CHECK(H5Aread(attr, H5T_NATIVE_INT64, out));
     H5_CHECK(H5Tclose(type));
     H5_CHECK(H5Aclose(attr));
-    return rc;
+    return 0;
 }
 
 /* Checks a file opened by rank 0 alone is a memtrain checkpoint this build reads. */

@@ -385,7 +385,7 @@ HK_INLINE void hk_bwd_sweep(float *pc, float *gsh, const float *gb, const hk_sor
     }
 }
 
-static void hk_bwd_avx512(float *drows, float *gs, const float *dy, const hk_sorted *st,
+static void hk_bwd(float *drows, float *gs, const float *dy, const hk_sorted *st,
                           const float *rows, int N, int OC) {
     const int nv = HK_BWD_NV, cb = 16 * nv, ncb = (OC + cb - 1) / cb;
     const int cap = HK_BWD_PANEL / (cb * (int)sizeof(float)); /* rows per run */
@@ -442,19 +442,6 @@ static void hk_bwd_avx512(float *drows, float *gs, const float *dy, const hk_sor
     }
     if (gs)
         for (size_t h = 0; h < nh; h++) gs[st->ent[h]] += gsh[h];
-}
-
-typedef hk_sorted hk_bwd_prep;
-
-static void hk_bwd_prepare(hk_bwd_prep *st, const int32_t *rowid, const float *s, int N, int K,
-                           int R) {
-    hk_sort(st, rowid, s, N, K, R);
-}
-
-static void hk_bwd_run(float *drows, float *gs, const float *dy, const hk_bwd_prep *st,
-                       const float *rows, int N, int K, int OC) {
-    (void)K;
-    hk_bwd_avx512(drows, gs, dy, st, rows, N, OC);
 }
 
 static void hk_db(float *db, const float *dy, int N, int OC) {
@@ -514,7 +501,7 @@ static void hk_fwd_portable(float *y, const int32_t *rowid, const float *s, cons
     }
 }
 
-static void hk_bwd_portable(float *drows, float *gs, const float *dy, const hk_sorted *st,
+static void hk_bwd(float *drows, float *gs, const float *dy, const hk_sorted *st,
                             const float *rows, int N, int OC) {
     (void)N;
     const int cb = 16 * HK_NVMAX;
@@ -542,19 +529,6 @@ static void hk_bwd_portable(float *drows, float *gs, const float *dy, const hk_s
     }
 }
 
-typedef hk_sorted hk_bwd_prep;
-
-static void hk_bwd_prepare(hk_bwd_prep *st, const int32_t *rowid, const float *s, int N, int K,
-                           int R) {
-    hk_sort(st, rowid, s, N, K, R);
-}
-
-static void hk_bwd_run(float *drows, float *gs, const float *dy, const hk_bwd_prep *st,
-                       const float *rows, int N, int K, int OC) {
-    (void)K;
-    hk_bwd_portable(drows, gs, dy, st, rows, N, OC);
-}
-
 static void hk_db(float *db, const float *dy, int N, int OC) {
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) db[o] += dy[(size_t)n * OC + o];
@@ -580,9 +554,9 @@ void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
     hk_check(rowid, N, K, R, OC);
     if (db) hk_db(db, dy, N, OC);
     if (!drows && !gs) return;
-    hk_bwd_prep prep;
-    hk_bwd_prepare(&prep, rowid, s, N, K, R);
-    hk_bwd_run(drows, gs, dy, &prep, rows, N, K, OC);
+    hk_sorted st;
+    hk_sort(&st, rowid, s, N, K, R);
+    hk_bwd(drows, gs, dy, &st, rows, N, OC);
 }
 
 /* q, k, v (N,OC); rowid, s (N,K); rows_* (R,OC); b* (OC) or NULL. */
@@ -606,9 +580,9 @@ void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, floa
     if (dbk) hk_db(dbk, dk, N, OC);
     if (dbv) hk_db(dbv, dv, N, OC);
     if (!gs && !drows_q && !drows_k && !drows_v) return;
-    hk_bwd_prep prep;
-    hk_bwd_prepare(&prep, rowid, s, N, K, R);
-    if (gs || drows_q) hk_bwd_run(drows_q, gs, dq, &prep, rows_q, N, K, OC);
-    if (gs || drows_k) hk_bwd_run(drows_k, gs, dk, &prep, rows_k, N, K, OC);
-    if (gs || drows_v) hk_bwd_run(drows_v, gs, dv, &prep, rows_v, N, K, OC);
+    hk_sorted st;
+    hk_sort(&st, rowid, s, N, K, R);  /* one sort serves the three tables */
+    if (gs || drows_q) hk_bwd(drows_q, gs, dq, &st, rows_q, N, OC);
+    if (gs || drows_k) hk_bwd(drows_k, gs, dk, &st, rows_k, N, OC);
+    if (gs || drows_v) hk_bwd(drows_v, gs, dv, &st, rows_v, N, OC);
 }

@@ -85,6 +85,7 @@ static void generate(trainer_model *m, int32_t *tok, int B, int total, int given
                 sg->enc[b * L + i] = (seg0 == 0 || p >= total) ? bos : tok[(size_t)b * total + p];
             }
         }
+        int wrote = 0; /* a forward of this segment has written its memory already */
         for (int i = 0; i < L && seg0 + i < total; i++) {
             /* decoder inputs up to position i are known; later ones cannot affect it */
             for (int b = 0; b < B; b++)
@@ -96,12 +97,14 @@ static void generate(trainer_model *m, int32_t *tok, int B, int total, int given
             trainer_step_act *act;
             int cnt;
             trainer_segments_forward(m, sg, &cnt, &act);
+            wrote = 1;
             const float *logits = trainer_step_logits(act);
             for (int b = 0; b < B; b++)
                 tok[(size_t)b * total + seg0 + i] = draw(logits + ((size_t)b * L + i) * V, V, temperature, rng);
         }
-        /* the memory after this segment: written from the encoder's view of the previous one */
-        trainer_segments_advance(m, sg, 0);
+        /* the memory after this segment: written from the encoder's view of the previous one,
+           so any forward of the segment wrote it; a prompt-only segment needs the writer run */
+        trainer_segments_advance(m, sg, wrote);
     }
     trainer_tables_clear_cache(trainer_model_tables(m));
     trainer_segments_free(sg);
