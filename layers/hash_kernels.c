@@ -110,15 +110,17 @@ static void hk_plan_build(hk_plan *pl, const int32_t *rowid, const float *s, int
     size_t nk = (size_t)N * K;
     int32_t *owner = hk_ws(HK_WS_OWNER, (size_t)R * sizeof(int32_t)); /* (R) last chunk/group seen */
     int32_t *pos = hk_ws(HK_WS_POS, (size_t)R * sizeof(int32_t)); /* (R) slot within the group */
-    int *cnt = hk_ws(HK_WS_CNT, (size_t)K * sizeof(int)); /* (K) distinct rows per chunk */
+    int *cnt = hk_ws(HK_WS_CNT, (size_t)K * sizeof(int)); /* (K) rows per chunk, an upper bound */
     for (int r = 0; r < R; r++) owner[r] = -1;
-    for (int k = 0; k < K; k++) {
-        int c = 0;
-        for (int n = 0; n < N; n++) {
-            int32_t r = rowid[(size_t)n * K + k];
-            if (owner[r] != k) owner[r] = k, c++;
+    for (int k = 0; k < K; k++) cnt[k] = 0;
+    /* In token order, so rowid is read in sequence. A row shared by chunks could be counted
+     * more than once; the counts only bound the group sizes, so that is safe. */
+    for (int n = 0; n < N; n++) {
+        const int32_t *rn = rowid + (size_t)n * K;
+        for (int k = 0; k < K; k++) {
+            int32_t r = rn[k];
+            if (owner[r] != k) owner[r] = k, cnt[k]++;
         }
-        cnt[k] = c;
     }
     pl->gk0 = hk_ws(HK_WS_GK0, (size_t)(K + 1) * sizeof(int));
     pl->goff = hk_ws(HK_WS_GOFF, (size_t)(K + 1) * sizeof(int));
@@ -130,14 +132,23 @@ static void hk_plan_build(hk_plan *pl, const int32_t *rowid, const float *s, int
     pl->goff[0] = 0;
     int k = 0;
     while (k < K) {
-        /* Greedy: add chunks while the summed distinct counts (a bound on the group's) fit. */
+        /* Greedy: add chunks while the summed counts (a bound on the group's rows) fit. */
         int g = pl->ngroups, k0 = k, sum = 0;
         while (k < K && (k == k0 || sum + cnt[k] <= cap)) sum += cnt[k++];
         int G = k - k0, tag = K + g; /* tags above K cannot clash with the chunk pass */
-        for (int kk = k0; kk < k; kk++)
-            for (int n = 0; n < N; n++) owner[rowid[(size_t)n * K + kk]] = tag;
+        int32_t lo = R, hi = -1;
+        for (int n = 0; n < N; n++) {
+            const int32_t *rn = rowid + (size_t)n * K + k0;
+            for (int j = 0; j < G; j++) {
+                int32_t r = rn[j];
+                owner[r] = tag;
+                lo = r < lo ? r : lo;
+                hi = r > hi ? r : hi;
+            }
+        }
+        /* the group's rows in increasing order, so the pack reads memory in sequence */
         int m = 0, off = pl->goff[g];
-        for (int r = 0; r < R; r++)
+        for (int32_t r = lo; r <= hi; r++)
             if (owner[r] == tag) pos[r] = m, pl->list[off + m++] = r;
         int32_t *sl = pl->slot + (size_t)N * k0;
         float *sp = pl->sv + (size_t)N * k0;
