@@ -51,7 +51,7 @@ static int child(const char *proj, int full, int steps) {
     char err[256];
     config_for(&cfg, proj, full);
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, &cfg, 256);
+    trainer_spec_from_config(&spec, &cfg);
     trainer_model *m = trainer_model_create(&spec, comm);
     trainer_rollout *r = trainer_rollout_create(m, cfg.horizon, cfg.streams,
                                                 full ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP);

@@ -37,7 +37,7 @@ static result run_config(comm_ctx *comm, int memformer, int hash, int steps) {
         exit(1);
     }
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, &cfg, 256);
+    trainer_spec_from_config(&spec, &cfg);
     trainer_model *m = trainer_model_create(&spec, comm);
     trainer_rollout *r = trainer_rollout_create(m, cfg.horizon, cfg.streams, TRAINER_ROLLOUT_MRBP);
     float *M = calloc((size_t)cfg.streams * trainer_model_memory_size(m) + 1, sizeof(float));

@@ -63,7 +63,7 @@ static void train(comm_ctx *comm, run_result *res) {
     trainer_config cfg;
     small_config(&cfg);
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, &cfg, 256);
+    trainer_spec_from_config(&spec, &cfg);
     res->model = trainer_model_create(&spec, comm);
     int P = comm_size(comm), me = comm_rank(comm);
     int first = STREAMS * me / P, B = STREAMS * (me + 1) / P - first;
@@ -155,7 +155,7 @@ START_TEST(test_each_rank_holds_its_tables_only) {
     trainer_config cfg;
     small_config(&cfg);
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, &cfg, 256);
+    trainer_spec_from_config(&spec, &cfg);
     trainer_model *m = trainer_model_create(&spec, world);
     trainer_tables *t = trainer_model_tables(m);
     int me = comm_rank(world), P = comm_size(world);

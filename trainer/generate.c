@@ -19,13 +19,12 @@ static trainer_model *load_model(comm_ctx *comm, const trainer_config *cfg, cons
                                  int64_t *step) {
     char err[512];
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg, cfg->vocab);
+    trainer_spec_from_config(&spec, cfg);
     trainer_model *m = trainer_model_create(&spec, comm);
     if (trainer_ckpt_load(comm, path, m, NULL, step, err, sizeof(err)) != 0)
         comm_exit_error(comm, err);
     return m;
 }
-
 
 int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
     io_dataset *val = trainer_load_split(comm, cfg, IO_SPLIT_VAL);
@@ -168,7 +167,7 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
     char err[512], name[256];
     /* the model's shape gives every array's dims */
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg, cfg->vocab);
+    trainer_spec_from_config(&spec, cfg);
     trainer_model *m = trainer_model_create(&spec, comm);
     io_ckpt *ck = io_ckpt_open(comm, path, err, sizeof(err));
     if (!ck) comm_exit_error(comm, err);

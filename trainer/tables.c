@@ -350,7 +350,8 @@ static void accumulate_grads(void *ctx, int src, const int64_t *keys, const floa
     (void)src; /* the exchange calls in increasing source rank: the order is already fixed */
     trainer_tables *t = ctx;
     for (int i = 0; i < m; i++) {
-        int W = t->gs[keys[i] >> 32].g.nout * t->gs[keys[i] >> 32].g.OC;
+        const group_state *s = &t->gs[keys[i] >> 32];
+        int W = s->g.nout * s->g.OC;
         const float *hi = gr + (size_t)i * 2 * W;
         add_key_grad(t, keys[i], hi, hi + W);
     }

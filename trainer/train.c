@@ -16,7 +16,7 @@
 #include "trainer/step.h"
 #include "trainer/checkpoint.h"
 
-void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg, int vocab) {
+void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg) {
     memset(spec, 0, sizeof(*spec));
     spec->memformer = cfg->arch == TRAINER_ARCH_MEMFORMER;
     spec->hash = cfg->proj == TRAINER_PROJ_HASH;
@@ -35,7 +35,7 @@ void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cf
     spec->expand_bits = cfg->expand_bits;
     spec->score = cfg->score == TRAINER_SCORE_PROB ? LAYER_SCORE_PROB : LAYER_SCORE_L1PROB;
     spec->hash_temp = cfg->hash_temp;
-    spec->vocab = vocab;
+    spec->vocab = cfg->vocab;
     spec->seed = (uint64_t)cfg->seed;
 }
 
@@ -346,7 +346,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     install_signal_handlers();
     load_data(r);
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg, cfg->vocab);
+    trainer_spec_from_config(&spec, cfg);
     r->model = trainer_model_create(&spec, comm);
     r->L = cfg->seg_len;
     r->bos = cfg->vocab;

@@ -7,8 +7,8 @@
 #include "trainer/config.h"
 #include "trainer/model.h"
 
-/* Fills a model spec from a validated config and the data's vocabulary. */
-void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg, int vocab);
+/* Fills a model spec from a validated config. */
+void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg);
 
 /* Loads one split of cfg's data on every rank; a missing or malformed file, or tokens beyond
  * cfg->vocab, end the job with one message from all ranks. */
