@@ -250,7 +250,40 @@ void layer_hash_rowid_local(int32_t *rowid, const int32_t *idx, int N, int K, in
         }
 }
 
-/* y (N,OC); rowid, s (N,K); rows (R,OC); b (OC) or NULL. */
+float *layer_hash_store_new(int R, int OC) {
+    LAYER_ASSERT(R > 0 && OC > 0);
+    /* calloc for its untouched zero pages, then aligned by hand: the pointer calloc gave is
+     * kept just before the store (malloc aligns to 16, so there are at least 16 bytes) */
+    char *base = layer_xcalloc(layer_hash_store_floats(R, OC) * sizeof(float) + 64, 1);
+    char *p = base + 64 - (uintptr_t)base % 64;
+    memcpy(p - sizeof(char *), &base, sizeof(char *));
+    return (float *)p;
+}
+
+void layer_hash_store_free(float *store) {
+    if (!store) return;
+    char *base;
+    memcpy(&base, (char *)store - sizeof(char *), sizeof(char *));
+    free(base);
+}
+
+void layer_hash_store_put(float *store, int R, int OC, int r, const float *row) {
+    LAYER_ASSERT(r >= 0 && r < R);
+    for (int o = 0; o < OC; o += LAYER_HASH_TILE) {
+        int w = OC - o < LAYER_HASH_TILE ? OC - o : LAYER_HASH_TILE;
+        memcpy(store + layer_hash_store_at(R, r, o), row + o, (size_t)w * sizeof(float));
+    }
+}
+
+void layer_hash_store_get(float *row, const float *store, int R, int OC, int r) {
+    LAYER_ASSERT(r >= 0 && r < R);
+    for (int o = 0; o < OC; o += LAYER_HASH_TILE) {
+        int w = OC - o < LAYER_HASH_TILE ? OC - o : LAYER_HASH_TILE;
+        memcpy(row + o, store + layer_hash_store_at(R, r, o), (size_t)w * sizeof(float));
+    }
+}
+
+/* y (N,OC); rowid, s (N,K); rows a store of R rows; b (OC) or NULL. */
 void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
                             const float *b, int N, int K, int R, int OC) {
     LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
@@ -261,13 +294,12 @@ void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, cons
             int32_t r = rowid[(size_t)n * K + k];
             LAYER_ASSERT(r >= 0 && r < R);
             float sv = s[(size_t)n * K + k];
-            const float *row = rows + (size_t)r * OC; /* (OC) */
-            for (int o = 0; o < OC; o++) yn[o] += sv * row[o];
+            for (int o = 0; o < OC; o++) yn[o] += sv * rows[layer_hash_store_at(R, r, o)];
         }
     }
 }
 
-/* drows (R,OC), gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC). */
+/* drows, gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC); stores of R rows. */
 void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy,
                              const int32_t *rowid, const float *s, const float *rows, int N,
                              int K, int R, int OC) {
@@ -280,14 +312,11 @@ void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy
             int32_t r = rowid[(size_t)n * K + k];
             LAYER_ASSERT(r >= 0 && r < R);
             float sv = s[(size_t)n * K + k];
-            if (drows) {
-                float *dr = drows + (size_t)r * OC; /* (OC) */
-                for (int o = 0; o < OC; o++) dr[o] += sv * g[o];
-            }
+            if (drows)
+                for (int o = 0; o < OC; o++) drows[layer_hash_store_at(R, r, o)] += sv * g[o];
             if (gs) {
-                const float *row = rows + (size_t)r * OC; /* (OC) */
                 float d = 0.0f;
-                for (int o = 0; o < OC; o++) d += g[o] * row[o];
+                for (int o = 0; o < OC; o++) d += g[o] * rows[layer_hash_store_at(R, r, o)];
                 gs[(size_t)n * K + k] += d;
             }
         }

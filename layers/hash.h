@@ -10,9 +10,37 @@
  * its bucket idx = sum_i [z_i >= 0] 2^(TAU-1-i) (first element most significant) selects row
  * idx of table k; y = sum_k s_k * T_k[idx_k] + b with the score s_k of the chosen mode.
  *
- * Rows are addressed through a row store: rows (R,OC) and a row id per (token, chunk), so the
- * same kernels serve the local layout (tables (K, 2^TAU, OC), rowid = k*2^TAU + idx, see
- * layer_hash_rowid_local) and a compact store of rows fetched from other ranks. */
+ * Rows are addressed through a row store of R rows and a row id per (token, chunk), so the
+ * same kernels serve the local layout (tables of 2^TAU rows one after another, rowid =
+ * k*2^TAU + idx, see layer_hash_rowid_local) and a store of rows fetched from other ranks.
+ *
+ * A store keeps its rows cut into tiles of LAYER_HASH_TILE columns: tile c holds columns
+ * [c*TILE, (c+1)*TILE) of every row, rows one after another, so element (r, o) lives at
+ * layer_hash_store_at(R, r, o) and a store takes layer_hash_store_floats(R, OC) floats. Columns
+ * past OC in the last tile are padding: the kernels neither read them into results nor change
+ * them beyond adding zero. Why tiles: a token touches one row of every table, and the kernels
+ * serve all tokens from one tile of a few tables at a time; in this layout that is one
+ * contiguous block, which streams from memory in sequence and spreads over every cache set. */
+
+#define LAYER_HASH_TILE 32
+
+/* Floats in a store of R rows of OC columns. */
+static inline size_t layer_hash_store_floats(int R, int OC) {
+    return (size_t)((OC + LAYER_HASH_TILE - 1) / LAYER_HASH_TILE) * (size_t)R * LAYER_HASH_TILE;
+}
+/* Offset of element (r, o) in a store of R rows. */
+static inline size_t layer_hash_store_at(int R, int r, int o) {
+    return ((size_t)(o / LAYER_HASH_TILE) * (size_t)R + (size_t)r) * LAYER_HASH_TILE +
+           (size_t)(o % LAYER_HASH_TILE);
+}
+/* A zeroed store, 64-byte aligned as the kernels want it (the row slices of a tile then sit
+ * on whole cache lines); pages never written are never made resident. Release it with
+ * layer_hash_store_free (NULL is fine). */
+float *layer_hash_store_new(int R, int OC);
+void layer_hash_store_free(float *store);
+/* Row r of a store from / to a plain row (OC). */
+void layer_hash_store_put(float *store, int R, int OC, int r, const float *row);
+void layer_hash_store_get(float *row, const float *store, int R, int OC, int r);
 
 typedef enum layer_score_mode {
     LAYER_SCORE_PROB = 0, /* p = prod_i sigmoid(2|z_i|/t)                    */
@@ -29,10 +57,10 @@ void layer_hash_score_backward(float *dx, const float *gs, const float *x, int N
 /* rowid (N,K) = k * 2^TAU + idx[n,k]. */
 void layer_hash_rowid_local(int32_t *rowid, const int32_t *idx, int N, int K, int TAU);
 
-/* y (N,OC) = sum_k s[n,k] * rows[rowid[n,k]] + b; rows (R,OC); b (OC) or NULL. */
+/* y (N,OC) = sum_k s[n,k] * rows[rowid[n,k]] + b; rows a store of R rows; b (OC) or NULL. */
 void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const float *rows,
                         const float *b, int N, int K, int R, int OC);
-/* With g = dy (N,OC):
+/* With g = dy (N,OC), rows and drows stores of R rows:
  *   drows[rowid[n,k]] += s[n,k] * g[n]  (only hit rows are written; drows may be NULL),
  *   gs[n,k]           += <g[n], rows[rowid[n,k]]>  (gs may be NULL),
  *   db                += sum_n g[n]                (db may be NULL). */
@@ -74,8 +102,8 @@ void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, floa
 
 /* Where a projection's rows live for one batch: filled by a resolver. */
 typedef struct layer_hash_rows {
-    const float *rows; /* (R,OC) */
-    float *drows;      /* (R,OC) gradient store with the same row ids, NULL when not training */
+    const float *rows; /* store of R rows of OC */
+    float *drows;      /* gradient store with the same row ids, NULL when not training */
     int R;
 } layer_hash_rows;
 

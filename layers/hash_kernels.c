@@ -12,44 +12,35 @@
  * far beyond L2, and a token touches one row of every table. Visiting tokens in their own
  * order would fetch a row from memory for every (token, chunk).
  *
- * Forward: the chunks are cut into groups whose distinct rows, taken one column block of
- * HK_FWD_NV vectors at a time, fit in L2. A group's rows are copied whole, in increasing order,
- * into a panel laid out by column block; then, per column block, every token accumulates its
- * group's rows from the panel in registers and touches its partial output once. Each table
- * byte thus comes from memory once per call, in sequence.
+ * Forward: the chunks are cut into groups whose rows lie in a span of row ids that, in one
+ * tile of the store, fits a share of L2 (a region: 256 KiB, 8 tables at tau = 8). Per tile and
+ * group, every token sums its group's rows from the region in registers and touches its
+ * partial output once; meanwhile the next region, contiguous in the store, is prefetched a
+ * few lines per token, so each table byte comes from memory once per call, in sequence and
+ * under the arithmetic.
  *
- * Backward: the (token, chunk) entries are counting-sorted by row id, and the hit rows, in
- * increasing order, are cut into runs. The token gradients are copied once into a layout by
- * column block, so one block's slice is contiguous. Per run: its rows are packed whole into a
- * panel (as the forward does); per column block, each row's slice sits in registers while one
- * pass over its hits sums s * g and forms every hit's partial <g, row> for gs; the sum
- * replaces the row's slice in the panel, and the panel is added to the row gradients, whole
- * rows in sequence, at the end of the run. Each gradient row is thus read and written once.
- * (Walking whole rows with the token gradients in their own layout read 2 KiB of g from L3
- * per hit, and that bounded the kernel.)
- *
- * The forward panel matters as much as the order: rows are OC floats apart, a power of two
- * at the usual widths, so column slices read in place would crowd into a few cache sets and
- * come from memory at a quarter of the sequential rate. */
+ * Backward: the (token, chunk) entries are counting-sorted by row id. The token gradients are
+ * copied once into a layout by pass (HK_BWD_TILES tiles), so one pass's slice is contiguous
+ * and stays in L2. Per pass, the hit rows are visited in increasing order: each row's slice
+ * sits in registers while one pass over its hits sums s * g and forms every hit's partial
+ * <g, row> for gs, and the sum is added to the row's gradient slice once. Rows and gradient
+ * rows are thus read (and written) once, in sequence, each tile a stream of its own. */
 
 /* Blocking parameters, tuned on Zen 4 (1 MiB L2) at N = 2048, OC = 512; -D overrides them. */
-#ifndef HK_FWD_PANEL
-#define HK_FWD_PANEL (256 * 1024) /* bytes of L2 for one column block of a group's rows */
+#define HK_T LAYER_HASH_TILE      /* columns per tile: 2 vectors */
+#ifndef HK_FWD_REGION
+#define HK_FWD_REGION (256 * 1024) /* bytes of one tile of a chunk group's rows */
 #endif
-#ifndef HK_FWD_NV
-#define HK_FWD_NV 4               /* forward column block, in 16-float vectors */
+#ifndef HK_FWD_GMAX
+#define HK_FWD_GMAX 16            /* chunks per group when the rows are scattered anyway */
 #endif
-#ifndef HK_BWD_NV
-#define HK_BWD_NV 8               /* backward column block, in 16-float vectors */
+#ifndef HK_BWD_TILES
+#define HK_BWD_TILES 2            /* tiles per backward pass */
 #endif
-#ifndef HK_BWD_PANEL
-#define HK_BWD_PANEL (256 * 1024) /* bytes of L2 for one column block of a run of hit rows */
-#endif
-#define HK_NVMAX 16 /* largest column block the kernels are instantiated for */
-_Static_assert(HK_FWD_NV <= HK_NVMAX && HK_BWD_NV <= HK_NVMAX, "column block too wide");
-#ifndef HK_PREFETCH
-#define HK_PREFETCH 4             /* rows ahead that are prefetched */
-#endif
+#define HK_BW (HK_BWD_TILES * HK_T) /* columns per backward pass */
+#define HK_BNV (HK_BW / 16)
+_Static_assert(HK_T == 32, "the kernels are written for tiles of two vectors");
+_Static_assert(HK_BWD_TILES >= 1 && HK_BWD_TILES <= 4, "backward pass of 1 to 4 tiles");
 
 static void hk_check(const int32_t *rowid, int N, int K, int R, int OC) {
     LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
@@ -61,13 +52,12 @@ static void hk_check(const int32_t *rowid, int N, int K, int R, int OC) {
 }
 
 /* Scratch buffers, one per purpose, kept between calls and grown when too small: the kernels
- * need tens of MiB of panels at training shapes, and fresh pages for them on every call cost
- * as much as a third of the forward. Per thread, so concurrent callers do not share them;
+ * need MiB of scratch at training shapes, and fresh pages for them on every call cost as
+ * much as a third of the forward. Per thread, so concurrent callers do not share them;
  * layer_hash_workspace_free() returns them. */
 enum {
-    HK_WS_OWNER, HK_WS_POS, HK_WS_CNT, HK_WS_GK0, HK_WS_GOFF, HK_WS_LIST, HK_WS_SLOT, HK_WS_SV,
-    HK_WS_PANEL, HK_WS_YP, HK_WS_START, HK_WS_TOK, HK_WS_ENT, HK_WS_HSV, HK_WS_HIT, HK_WS_GSH,
-    HK_WS_GBLK,
+    HK_WS_LO, HK_WS_HI, HK_WS_GK0, HK_WS_YP, HK_WS_START, HK_WS_FILL, HK_WS_TOK, HK_WS_ENT,
+    HK_WS_HSV, HK_WS_HIT, HK_WS_GSH, HK_WS_GBLK, HK_WS_DB,
     HK_WS_COUNT
 };
 static _Thread_local struct { void *base; size_t cap; } hk_ws_buf[HK_WS_COUNT];
@@ -94,76 +84,46 @@ void layer_hash_workspace_free(void) {
     }
 }
 
-/* Forward schedule: chunks [gk0[g], gk0[g+1]) form group g; its distinct rows, increasing, are
- * list[goff[g] .. goff[g+1]). Entry (n, k) of group g is at N*gk0[g] + n*G + (k - gk0[g])
- * (G the group's chunk count) in slot (its row's position in the group's list) and sv. */
-typedef struct hk_plan {
-    int ngroups, maxrows;
-    int *gk0, *goff;  /* (ngroups+1) */
-    int32_t *list;    /* (<= N*K) */
-    int32_t *slot;    /* (N*K) */
-    float *sv;        /* (N*K) */
-} hk_plan;
+/* Forward schedule: chunks [gk0[g], gk0[g+1]) form group g, its rows in [lo[g], hi[g]]. */
+typedef struct hk_groups {
+    int n;
+    int *gk0;        /* (n+1) */
+    int32_t *lo, *hi; /* (n) */
+} hk_groups;
 
-static void hk_plan_build(hk_plan *pl, const int32_t *rowid, const float *s, int N, int K, int R,
-                          int cap) {
-    size_t nk = (size_t)N * K;
-    int32_t *owner = hk_ws(HK_WS_OWNER, (size_t)R * sizeof(int32_t)); /* (R) last chunk/group seen */
-    int32_t *pos = hk_ws(HK_WS_POS, (size_t)R * sizeof(int32_t)); /* (R) slot within the group */
-    int *cnt = hk_ws(HK_WS_CNT, (size_t)K * sizeof(int)); /* (K) rows per chunk, an upper bound */
-    for (int r = 0; r < R; r++) owner[r] = -1;
-    for (int k = 0; k < K; k++) cnt[k] = 0;
-    /* In token order, so rowid is read in sequence. A row shared by chunks could be counted
-     * more than once; the counts only bound the group sizes, so that is safe. */
-    for (int n = 0; n < N; n++) {
+/* Greedy: a chunk joins the group while the group's span of row ids stays within cap rows
+ * (so its region fits L2), or, once the span is past cap (rows scattered, as in a store
+ * filled in order of first use), up to HK_FWD_GMAX chunks. */
+static void hk_groups_build(hk_groups *gr, const int32_t *rowid, int N, int K, int R, int cap) {
+    int32_t *lo = hk_ws(HK_WS_LO, (size_t)K * sizeof(int32_t));
+    int32_t *hi = hk_ws(HK_WS_HI, (size_t)K * sizeof(int32_t));
+    gr->gk0 = hk_ws(HK_WS_GK0, (size_t)(K + 1) * sizeof(int));
+    for (int k = 0; k < K; k++) lo[k] = R, hi[k] = -1;
+    for (int n = 0; n < N; n++) { /* in token order, so rowid is read in sequence */
         const int32_t *rn = rowid + (size_t)n * K;
         for (int k = 0; k < K; k++) {
-            int32_t r = rn[k];
-            if (owner[r] != k) owner[r] = k, cnt[k]++;
+            lo[k] = rn[k] < lo[k] ? rn[k] : lo[k];
+            hi[k] = rn[k] > hi[k] ? rn[k] : hi[k];
         }
     }
-    pl->gk0 = hk_ws(HK_WS_GK0, (size_t)(K + 1) * sizeof(int));
-    pl->goff = hk_ws(HK_WS_GOFF, (size_t)(K + 1) * sizeof(int));
-    pl->list = hk_ws(HK_WS_LIST, nk * sizeof(int32_t));
-    pl->slot = hk_ws(HK_WS_SLOT, nk * sizeof(int32_t));
-    pl->sv = hk_ws(HK_WS_SV, nk * sizeof(float));
-    pl->ngroups = 0;
-    pl->maxrows = 0;
-    pl->goff[0] = 0;
-    int k = 0;
+    /* the groups' spans overwrite the chunks' in place: group g <= its first chunk */
+    int g = 0, k = 0;
     while (k < K) {
-        /* Greedy: add chunks while the summed counts (a bound on the group's rows) fit. */
-        int g = pl->ngroups, k0 = k, sum = 0;
-        while (k < K && (k == k0 || sum + cnt[k] <= cap)) sum += cnt[k++];
-        int G = k - k0, tag = K + g; /* tags above K cannot clash with the chunk pass */
-        int32_t lo = R, hi = -1;
-        for (int n = 0; n < N; n++) {
-            const int32_t *rn = rowid + (size_t)n * K + k0;
-            for (int j = 0; j < G; j++) {
-                int32_t r = rn[j];
-                owner[r] = tag;
-                lo = r < lo ? r : lo;
-                hi = r > hi ? r : hi;
-            }
+        int k0 = k;
+        int32_t l = lo[k], h = hi[k];
+        for (k++; k < K && k - k0 < HK_FWD_GMAX; k++) {
+            int32_t l2 = lo[k] < l ? lo[k] : l, h2 = hi[k] > h ? hi[k] : h;
+            if (h - l + 1 <= cap && h2 - l2 + 1 > cap) break;
+            l = l2, h = h2;
         }
-        /* the group's rows in increasing order, so the pack reads memory in sequence */
-        int m = 0, off = pl->goff[g];
-        for (int32_t r = lo; r <= hi; r++)
-            if (owner[r] == tag) pos[r] = m, pl->list[off + m++] = r;
-        int32_t *sl = pl->slot + (size_t)N * k0;
-        float *sp = pl->sv + (size_t)N * k0;
-        for (int n = 0; n < N; n++)
-            for (int j = 0; j < G; j++) {
-                size_t e = (size_t)n * K + k0 + j;
-                sl[(size_t)n * G + j] = pos[rowid[e]];
-                sp[(size_t)n * G + j] = s[e];
-            }
-        pl->gk0[g] = k0;
-        pl->goff[g + 1] = off + m;
-        if (m > pl->maxrows) pl->maxrows = m;
-        pl->ngroups++;
+        gr->gk0[g] = k0;
+        lo[g] = l, hi[g] = h;
+        g++;
     }
-    pl->gk0[pl->ngroups] = K;
+    gr->gk0[g] = K;
+    gr->n = g;
+    gr->lo = lo;
+    gr->hi = hi;
 }
 
 /* Entries (token, chunk) grouped by row id: the hits of row r are [start[r], start[r+1]). */
@@ -180,9 +140,7 @@ static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, 
     size_t n = (size_t)N * K;
     st->start = hk_ws(HK_WS_START, ((size_t)R + 1) * sizeof(int32_t));
     memset(st->start, 0, ((size_t)R + 1) * sizeof(int32_t));
-    /* tok (n + HK_PREFETCH): the slack lets the backward read tokens ahead without a test */
-    st->tok = hk_ws(HK_WS_TOK, (n + HK_PREFETCH) * sizeof(int32_t));
-    memset(st->tok + n, 0, HK_PREFETCH * sizeof(int32_t));
+    st->tok = hk_ws(HK_WS_TOK, n * sizeof(int32_t));
     st->ent = hk_ws(HK_WS_ENT, n * sizeof(int32_t));
     st->sv = hk_ws(HK_WS_HSV, n * sizeof(float));
     for (size_t e = 0; e < n; e++) st->start[rowid[e] + 1]++;
@@ -195,7 +153,7 @@ static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, 
     st->nhit = nhit;
     for (int r = 0, m = 0; r < R; r++)
         if (st->start[r + 1] != st->start[r]) st->hit[m++] = r;
-    int32_t *fill = hk_ws(HK_WS_POS, (size_t)R * sizeof(int32_t)); /* (R) next free slot per row */
+    int32_t *fill = hk_ws(HK_WS_FILL, (size_t)R * sizeof(int32_t)); /* (R) next free slot per row */
     memcpy(fill, st->start, (size_t)R * sizeof(int32_t));
     /* Entries in increasing (n, k) order within a row, so sums over a row's tokens run in a
      * fixed order whatever the blocking. */
@@ -209,109 +167,72 @@ static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, 
         }
 }
 
+/* Lane mask of the 16 columns from o of OC columns. */
+static inline uint32_t hk_lanes(int o, int OC) {
+    int l = OC - o;
+    return l >= 16 ? 0xFFFFu : l <= 0 ? 0u : 0xFFFFu >> (16 - l);
+}
+
 #ifdef __AVX512F__
 
 #define HK_INLINE static inline __attribute__((always_inline))
 
-/* Lane mask of vector j of a block of nv vectors whose last vector has `last` lanes set. */
-HK_INLINE __mmask16 hk_mask(int j, int nv, __mmask16 last) {
-    return j == nv - 1 ? last : (__mmask16)0xFFFF;
-}
-
-/* Copies rows list[0..m) (each OC floats), whole and in the list's order, into panel
- * (ceil(OC/cb), m, cb), cb = 16nv, zero past OC: whole rows stream from memory at full speed,
- * where column slices of rows OC floats apart would come at a quarter of it. */
-HK_INLINE void hk_pack(float *panel, const float *rows, const int32_t *list, int m, int OC,
-                       const int nv) {
-    const int cb = 16 * nv, ncb = (OC + cb - 1) / cb;
-    for (int u = 0; u < m; u++) {
-        const float *src = rows + (size_t)list[u] * OC;
-        if (u + HK_PREFETCH < m) {
-            const char *ahead = (const char *)(rows + (size_t)list[u + HK_PREFETCH] * OC);
-            for (int o = 0; o < OC * (int)sizeof(float); o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
-        }
-        for (int c = 0; c < ncb; c++) {
-            float *q = panel + ((size_t)c * m + u) * cb;
-            int rem = OC - c * cb < cb ? OC - c * cb : cb;
-            for (int j = 0; j < nv; j++) {
-                int lanes = rem - 16 * j;
-                __mmask16 mk = lanes >= 16 ? 0xFFFF : lanes <= 0 ? 0 : (__mmask16)(0xFFFFu >> (16 - lanes));
-                _mm512_store_ps(q + 16 * j, _mm512_maskz_loadu_ps(mk, src + c * cb + 16 * j));
-            }
-        }
-    }
-}
-
-/* One (column block, chunk group) of the forward over a panel (rows, stride) holding the
- * group's rows' columns [c0, c0+16nv), zero past OC. yp (N, stride) carries partial sums
- * between groups; the first group starts from b (or 0), the last writes y. */
-HK_INLINE void hk_fwd_sweep(float *y, float *yp, const float *panel, const int32_t *slot,
-                            const float *sv, int G, const float *b, int N, int OC, int c0,
-                            const int nv, const int stride, __mmask16 last, int first,
-                            int final) {
-    __m512 seed[HK_NVMAX];
-#pragma GCC unroll 16
-    for (int j = 0; j < nv; j++)
-        seed[j] = b ? _mm512_maskz_loadu_ps(hk_mask(j, nv, last), b + c0 + 16 * j)
-                    : _mm512_setzero_ps();
+/* One (tile, chunk group) of the forward: tile (R, HK_T) is the store's tile of columns
+ * [c0, c0+HK_T). yp (N, HK_T) carries partial sums between groups; the first group starts
+ * from b (or 0), the last writes y. Spread over the tokens, lines [0, pfl) from pf are
+ * prefetched: the next region. */
+HK_INLINE void hk_fwd_sweep(float *y, float *yp, const float *tile, const int32_t *rowid,
+                            const float *s, int K, int k0, int G, const float *b, int N, int OC,
+                            int c0, int first, int final, const char *pf, size_t pfl) {
+    const __mmask16 m0 = (__mmask16)hk_lanes(c0, OC), m1 = (__mmask16)hk_lanes(c0 + 16, OC);
+    const __m512 seed0 = b ? _mm512_maskz_loadu_ps(m0, b + c0) : _mm512_setzero_ps();
+    const __m512 seed1 = b ? _mm512_maskz_loadu_ps(m1, b + c0 + 16) : _mm512_setzero_ps();
+    const size_t per = N ? (pfl + (size_t)N - 1) / (size_t)N : 0;
+    size_t done = 0;
     for (int n = 0; n < N; n++) {
-        float *ypn = yp + (size_t)n * stride;
-        const int32_t *sl = slot + (size_t)n * G;
-        const float *sp = sv + (size_t)n * G;
-        __m512 acc[HK_NVMAX];
-#pragma GCC unroll 16
-        for (int j = 0; j < nv; j++) acc[j] = first ? seed[j] : _mm512_load_ps(ypn + 16 * j);
+        float *ypn = yp + (size_t)n * HK_T;
+        __m512 a0 = first ? seed0 : _mm512_load_ps(ypn);
+        __m512 a1 = first ? seed1 : _mm512_load_ps(ypn + 16);
+        for (size_t q = 0; q < per && done < pfl; q++, done++) _mm_prefetch(pf + done * 64, _MM_HINT_T0);
+        const int32_t *rn = rowid + (size_t)n * K + k0;
+        const float *sn = s + (size_t)n * K + k0;
         for (int k = 0; k < G; k++) {
-            __m512 s1 = _mm512_set1_ps(sp[k]);
-            const float *pr = panel + (size_t)sl[k] * stride;
-#pragma GCC unroll 16
-            for (int j = 0; j < nv; j++)
-                acc[j] = _mm512_fmadd_ps(s1, _mm512_load_ps(pr + 16 * j), acc[j]);
+            __m512 s1 = _mm512_set1_ps(sn[k]);
+            const float *pr = tile + (size_t)rn[k] * HK_T;
+            a0 = _mm512_fmadd_ps(s1, _mm512_loadu_ps(pr), a0);
+            a1 = _mm512_fmadd_ps(s1, _mm512_loadu_ps(pr + 16), a1);
         }
         if (final) {
             float *yn = y + (size_t)n * OC + c0;
-#pragma GCC unroll 16
-            for (int j = 0; j < nv; j++) _mm512_mask_storeu_ps(yn + 16 * j, hk_mask(j, nv, last), acc[j]);
+            _mm512_mask_storeu_ps(yn, m0, a0);
+            _mm512_mask_storeu_ps(yn + 16, m1, a1);
         } else {
-#pragma GCC unroll 16
-            for (int j = 0; j < nv; j++) _mm512_store_ps(ypn + 16 * j, acc[j]);
+            _mm512_store_ps(ypn, a0);
+            _mm512_store_ps(ypn + 16, a1);
         }
     }
 }
 
-static void hk_fwd_avx512(float *y, const int32_t *rowid, const float *s, const float *rows,
-                          const float *b, int N, int K, int R, int OC) {
-    const int cb = 16 * HK_FWD_NV, ncb = (OC + cb - 1) / cb;
-    hk_plan pl;
-    hk_plan_build(&pl, rowid, s, N, K, R, HK_FWD_PANEL / (cb * (int)sizeof(float)));
-    /* panel (ncb, maxrows, cb): the group's rows cut into column blocks */
-    float *panel = hk_ws(HK_WS_PANEL, (size_t)pl.maxrows * ncb * cb * sizeof(float));
-    /* yp (ncb, N, cb): partial outputs between groups */
-    float *yp = pl.ngroups > 1 ? hk_ws(HK_WS_YP, (size_t)N * ncb * cb * sizeof(float)) : NULL;
-    for (int g = 0; g < pl.ngroups; g++) {
-        int k0 = pl.gk0[g], G = pl.gk0[g + 1] - k0;
-        const int32_t *list = pl.list + pl.goff[g];
-        int m = pl.goff[g + 1] - pl.goff[g];
-        hk_pack(panel, rows, list, m, OC, HK_FWD_NV);
-        const int32_t *slot = pl.slot + (size_t)N * k0;
-        const float *sv = pl.sv + (size_t)N * k0;
-        int first = g == 0, final = g == pl.ngroups - 1;
-        for (int c = 0; c < ncb; c++) {
-            int c0 = c * cb, rem = OC - c0 < cb ? OC - c0 : cb;
-            int nv = (rem + 15) / 16;
-            __mmask16 last = (__mmask16)(0xFFFFu >> (16 * nv - rem));
-            const float *pc = panel + (size_t)c * m * cb;
-            float *ypc = yp ? yp + (size_t)c * N * cb : NULL;
-#define HK_FWD_CASE(V)                                                                          \
-    case V:                                                                                     \
-        hk_fwd_sweep(y, ypc, pc, slot, sv, G, b, N, OC, c0, V, cb, last, first, final);         \
-        break;
-            switch (nv) {
-                HK_FWD_CASE(1) HK_FWD_CASE(2) HK_FWD_CASE(3) HK_FWD_CASE(4)
-                HK_FWD_CASE(5) HK_FWD_CASE(6) HK_FWD_CASE(7) HK_FWD_CASE(8)
-                default: LAYER_ASSERT(0);
+static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *rows,
+                   const float *b, int N, int K, int R, int OC) {
+    const int ncb = (OC + HK_T - 1) / HK_T, cap = HK_FWD_REGION / (HK_T * (int)sizeof(float));
+    hk_groups gr;
+    hk_groups_build(&gr, rowid, N, K, R, cap);
+    float *yp = hk_ws(HK_WS_YP, (size_t)N * HK_T * sizeof(float)); /* (N, HK_T) */
+    for (int c = 0; c < ncb; c++) {
+        const float *tile = rows + (size_t)c * R * HK_T;
+        for (int g = 0; g < gr.n; g++) {
+            /* the next region, when the rows are in one (else there is nothing to stream) */
+            int nc = g + 1 < gr.n ? c : c + 1, ng = g + 1 < gr.n ? g + 1 : 0;
+            const char *pf = NULL;
+            size_t pfl = 0;
+            if (nc < ncb && gr.hi[ng] - gr.lo[ng] + 1 <= cap) {
+                pf = (const char *)(rows + ((size_t)nc * R + (size_t)gr.lo[ng]) * HK_T);
+                pfl = (size_t)(gr.hi[ng] - gr.lo[ng] + 1) * HK_T * sizeof(float) / 64;
             }
-#undef HK_FWD_CASE
+            int k0 = gr.gk0[g];
+            hk_fwd_sweep(y, yp, tile, rowid, s, K, k0, gr.gk0[g + 1] - k0, b, N, OC, c * HK_T,
+                         g == 0, g == gr.n - 1, pf, pfl);
         }
     }
 }
@@ -335,32 +256,29 @@ HK_INLINE __m512 hk_sum16(const float *v) {
                          _mm512_shuffle_f32x4(z[0], z[1], 0xDD));
 }
 
-/* One column block of the backward for the hit rows hit[0..m): pc (m, 16nv) holds their
- * columns (zero past OC), gb (N, 16nv) the token gradients' same columns. Per row, one pass
- * over its hits sums s * g in registers and forms each hit's partial <g, row> in gsh (set
- * when `first`, else added); the sum replaces the row's columns in pc (when `dr`). */
-HK_INLINE void hk_bwd_sweep(float *pc, float *gsh, const float *gb, const hk_sorted *st,
-                            const int32_t *hit, int m, const int nv, int first, int dr) {
-    const int cb = 16 * nv;
+/* One pass of the backward: vector j of a row's slice is at tile[j/2] + r*HK_T + 16*(j%2) in
+ * rows (dtile in drows), gb (N, HK_BW) holds the token gradients' same columns (zero past OC).
+ * Per hit row, one pass over its hits sums s * g in registers and forms each hit's partial
+ * <g, row> in gsh (set when `first`, else added); the sum is added to the row's gradient. */
+HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float *gsh,
+                            const float *gb, const hk_sorted *st, int OC, int c0, const int nv,
+                            int first) {
     /* dv (16, 16): the partial-dot vectors of the last 16 hits, summed together */
     _Alignas(64) float dv[16 * 16];
-    const int32_t hb = m ? st->start[hit[0]] : 0;
-    for (int u = 0; u < m; u++) {
-        int32_t r = hit[u], h0 = st->start[r], h1 = st->start[r + 1];
-        float *pu = pc + (size_t)u * cb;
-        __m512 rv[HK_NVMAX], acc[HK_NVMAX];
+    __mmask16 mk[HK_BNV];
+#pragma GCC unroll 16
+    for (int j = 0; j < nv; j++) mk[j] = (__mmask16)hk_lanes(c0 + 16 * j, OC);
+    for (int u = 0; u < st->nhit; u++) {
+        int32_t r = st->hit[u], h0 = st->start[r], h1 = st->start[r + 1];
+        __m512 rv[HK_BNV], acc[HK_BNV];
 #pragma GCC unroll 16
         for (int j = 0; j < nv; j++) {
-            rv[j] = gsh ? _mm512_load_ps(pu + 16 * j) : _mm512_setzero_ps();
+            rv[j] = gsh ? _mm512_maskz_loadu_ps(mk[j], tile[j / 2] + (size_t)r * HK_T + 16 * (j % 2))
+                        : _mm512_setzero_ps();
             acc[j] = _mm512_setzero_ps();
         }
         for (int32_t h = h0; h < h1; h++) {
-            /* The slice is in L2 after its first use, but that first use is a random read
-             * from L3: fetch a few hits ahead (the token list is known). */
-            const float *ga = gb + (size_t)st->tok[h + HK_PREFETCH] * cb;
-#pragma GCC unroll 16
-            for (int j = 0; j < nv; j += 4) _mm_prefetch((const char *)(ga + 16 * j), _MM_HINT_T0);
-            const float *g = gb + (size_t)st->tok[h] * cb;
+            const float *g = gb + (size_t)st->tok[h] * HK_BW;
             __m512 s1 = _mm512_set1_ps(st->sv[h]);
             __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
 #pragma GCC unroll 16
@@ -373,155 +291,148 @@ HK_INLINE void hk_bwd_sweep(float *pc, float *gsh, const float *gb, const hk_sor
                     d0 = _mm512_fmadd_ps(gv, rv[j], d0);
             }
             if (gsh) {
-                int32_t i = (h - hb) & 15;
+                int32_t i = h & 15;
                 _mm512_store_ps(dv + 16 * i, _mm512_add_ps(d0, d1));
                 if (i == 15) {
                     __m512 d = hk_sum16(dv);
                     float *gp = gsh + h - 15;
-                    _mm512_storeu_ps(gp, first ? d : _mm512_add_ps(_mm512_loadu_ps(gp), d));
+                    _mm512_store_ps(gp, first ? d : _mm512_add_ps(_mm512_load_ps(gp), d));
                 }
             }
         }
-        if (dr) {
+        if (dtile[0]) {
 #pragma GCC unroll 16
-            for (int j = 0; j < nv; j++) _mm512_store_ps(pu + 16 * j, acc[j]);
+            for (int j = 0; j < nv; j++) {
+                float *dp = dtile[j / 2] + (size_t)r * HK_T + 16 * (j % 2);
+                _mm512_storeu_ps(dp, _mm512_add_ps(_mm512_loadu_ps(dp), acc[j]));
+            }
         }
     }
-    if (gsh && m) { /* the last, incomplete batch */
-        int32_t he = st->start[hit[m - 1] + 1];
-        for (int32_t h = he - (he - hb) % 16; h < he; h++) {
-            float d = _mm512_reduce_add_ps(_mm512_load_ps(dv + 16 * ((h - hb) & 15)));
+    if (gsh) { /* the last, incomplete batch */
+        int32_t he = st->nhit ? st->start[st->hit[st->nhit - 1] + 1] : 0;
+        for (int32_t h = he - he % 16; h < he; h++) {
+            float d = _mm512_reduce_add_ps(_mm512_load_ps(dv + 16 * (h & 15)));
             gsh[h] = first ? d : gsh[h] + d;
         }
     }
 }
 
-static void hk_bwd(float *drows, float *gs, const float *dy, const hk_sorted *st,
-                          const float *rows, int N, int OC) {
-    const int nv = HK_BWD_NV, cb = 16 * nv, ncb = (OC + cb - 1) / cb;
-    const int cap = HK_BWD_PANEL / (cb * (int)sizeof(float)); /* rows per run */
-    size_t nh = st->nhit ? (size_t)st->start[st->hit[st->nhit - 1] + 1] : 0;
-    /* gsh (nh + HK_PREFETCH) <g, row> per hit in row order: written in sequence, scattered
-     * once at the end; tok is read HK_PREFETCH hits ahead, hence the slack in hk_sort. */
-    float *gsh = gs ? hk_ws(HK_WS_GSH, nh * sizeof(float)) : NULL;
-    /* gblk (ncb, N, cb): the token gradients by column block, zero past OC, so that a block's
-     * slice is contiguous and stays in L2 while every hit row of a run visits it. */
-    float *gblk = hk_ws(HK_WS_GBLK, (size_t)ncb * N * cb * sizeof(float));
+/* dy (N,OC) into gblk (npass, N, HK_BW), zero past OC; db (OC) += sum_n dy[n] on the way, in
+ * the order of n (as hk_db). */
+static void hk_gblk(float *gblk, float *db, const float *dy, int N, int OC, int npass) {
+    float *dbv = NULL;
+    if (db) {
+        dbv = hk_ws(HK_WS_DB, (size_t)npass * HK_BW * sizeof(float));
+        memset(dbv, 0, (size_t)npass * HK_BW * sizeof(float));
+        memcpy(dbv, db, (size_t)OC * sizeof(float));
+    }
     for (int n = 0; n < N; n++)
-        for (int c = 0; c < ncb; c++) {
-            float *q = gblk + ((size_t)c * N + n) * cb;
-            const float *src = dy + (size_t)n * OC + c * cb;
-            int rem = OC - c * cb < cb ? OC - c * cb : cb;
-            for (int j = 0; j < nv; j++) {
-                int lanes = rem - 16 * j;
-                __mmask16 mk = lanes >= 16 ? 0xFFFF : lanes <= 0 ? 0 : (__mmask16)(0xFFFFu >> (16 - lanes));
-                _mm512_store_ps(q + 16 * j, _mm512_maskz_loadu_ps(mk, src + 16 * j));
+        for (int p = 0; p < npass; p++) {
+            float *q = gblk + ((size_t)p * N + n) * HK_BW;
+            const float *src = dy + (size_t)n * OC + p * HK_BW;
+#pragma GCC unroll 16
+            for (int j = 0; j < HK_BNV; j++) {
+                __m512 v = _mm512_maskz_loadu_ps((__mmask16)hk_lanes(p * HK_BW + 16 * j, OC), src + 16 * j);
+                _mm512_store_ps(q + 16 * j, v);
+                if (dbv) {
+                    float *a = dbv + p * HK_BW + 16 * j;
+                    _mm512_store_ps(a, _mm512_add_ps(_mm512_load_ps(a), v));
+                }
             }
         }
-    /* panel (ncb, cap, cb): a run's rows, then their gradients */
-    float *panel = hk_ws(HK_WS_PANEL, (size_t)cap * ncb * cb * sizeof(float));
-    /* Runs of consecutive hit rows: each row belongs to one run, so its gradient is formed
-     * once, and the run's column block (cap rows) plus a g slice fit L2 together. */
-    for (int i0 = 0; i0 < st->nhit; i0 += cap) {
-        int m = st->nhit - i0 < cap ? st->nhit - i0 : cap;
-        const int32_t *hit = st->hit + i0;
-        if (gs) hk_pack(panel, rows, hit, m, OC, nv);
-        for (int c = 0; c < ncb; c++) {
-            float *pc = panel + (size_t)c * m * cb;
-            const float *gb = gblk + (size_t)c * N * cb;
-            hk_bwd_sweep(pc, gsh, gb, st, hit, m, nv, c == 0, drows != NULL);
+    if (db) memcpy(db, dbv, (size_t)OC * sizeof(float));
+}
+
+static void hk_bwd(float *drows, float *gs, float *db, const float *dy, const hk_sorted *st,
+                   const float *rows, int N, int R, int OC) {
+    const int ncb = (OC + HK_T - 1) / HK_T, npass = (ncb + HK_BWD_TILES - 1) / HK_BWD_TILES;
+    /* gblk (npass, N, HK_BW): a pass's slice is contiguous and stays in L2 while every hit row
+     * visits it. */
+    float *gblk = hk_ws(HK_WS_GBLK, (size_t)npass * N * HK_BW * sizeof(float));
+    hk_gblk(gblk, db, dy, N, OC, npass);
+    size_t nh = st->nhit ? (size_t)st->start[st->hit[st->nhit - 1] + 1] : 0;
+    /* gsh (nh) <g, row> per hit in row order: written in sequence, scattered once at the end */
+    float *gsh = gs ? hk_ws(HK_WS_GSH, (nh + 16) * sizeof(float)) : NULL;
+    for (int p = 0; p < npass; p++) {
+        const float *tile[HK_BWD_TILES];
+        float *dtile[HK_BWD_TILES];
+        int nt = ncb - p * HK_BWD_TILES < HK_BWD_TILES ? ncb - p * HK_BWD_TILES : HK_BWD_TILES;
+        for (int i = 0; i < HK_BWD_TILES; i++) {
+            int c = p * HK_BWD_TILES + (i < nt ? i : nt - 1);
+            tile[i] = rows + (size_t)c * R * HK_T;
+            dtile[i] = drows ? drows + (size_t)c * R * HK_T : NULL;
         }
-        if (!drows) continue;
-        for (int u = 0; u < m; u++) {
-            float *dst = drows + (size_t)hit[u] * OC;
-            if (u + HK_PREFETCH < m) { /* the row gradient ahead will be written: fetch for writing */
-                const char *ahead = (const char *)(drows + (size_t)hit[u + HK_PREFETCH] * OC);
-                for (int o = 0; o < OC * (int)sizeof(float); o += 64) _mm_prefetch(ahead + o, _MM_HINT_ET0);
-            }
-            int o = 0;
-            for (; o + 16 <= OC; o += 16) {
-                const float *q = panel + ((size_t)(o / cb) * m + u) * cb + o % cb;
-                _mm512_storeu_ps(dst + o, _mm512_add_ps(_mm512_loadu_ps(dst + o), _mm512_load_ps(q)));
-            }
-            if (o < OC) {
-                __mmask16 mk = (__mmask16)(0xFFFFu >> (16 - (OC - o)));
-                const float *q = panel + ((size_t)(o / cb) * m + u) * cb + o % cb;
-                _mm512_mask_storeu_ps(dst + o, mk, _mm512_add_ps(_mm512_maskz_loadu_ps(mk, dst + o),
-                                                                 _mm512_load_ps(q)));
-            }
+        const float *gb = gblk + (size_t)p * N * HK_BW;
+        int c0 = p * HK_BW;
+#define HK_BWD_CASE(V)                                                                          \
+    case V:                                                                                     \
+        hk_bwd_sweep(tile, dtile, gsh, gb, st, OC, c0, V, p == 0);                              \
+        break;
+        switch (2 * nt) { /* instantiated for each tile count up to HK_BWD_TILES */
+            HK_BWD_CASE(2)
+#if HK_BWD_TILES >= 2
+            HK_BWD_CASE(4)
+#endif
+#if HK_BWD_TILES >= 3
+            HK_BWD_CASE(6)
+#endif
+#if HK_BWD_TILES >= 4
+            HK_BWD_CASE(8)
+#endif
+            default: LAYER_ASSERT(0);
         }
+#undef HK_BWD_CASE
     }
     if (gs)
         for (size_t h = 0; h < nh; h++) gs[st->ent[h]] += gsh[h];
 }
 
 static void hk_db(float *db, const float *dy, int N, int OC) {
-    int o = 0;
-    for (; o + 64 <= OC; o += 64) {
-        __m512 a0 = _mm512_loadu_ps(db + o), a1 = _mm512_loadu_ps(db + o + 16);
-        __m512 a2 = _mm512_loadu_ps(db + o + 32), a3 = _mm512_loadu_ps(db + o + 48);
-        for (int n = 0; n < N; n++) {
-            const float *g = dy + (size_t)n * OC + o;
-            a0 = _mm512_add_ps(a0, _mm512_loadu_ps(g));
-            a1 = _mm512_add_ps(a1, _mm512_loadu_ps(g + 16));
-            a2 = _mm512_add_ps(a2, _mm512_loadu_ps(g + 32));
-            a3 = _mm512_add_ps(a3, _mm512_loadu_ps(g + 48));
-        }
-        _mm512_storeu_ps(db + o, a0);
-        _mm512_storeu_ps(db + o + 16, a1);
-        _mm512_storeu_ps(db + o + 32, a2);
-        _mm512_storeu_ps(db + o + 48, a3);
-    }
-    for (; o < OC; o += 16) {
-        __mmask16 m = (__mmask16)(OC - o >= 16 ? 0xFFFFu : 0xFFFFu >> (16 - (OC - o)));
+    for (int o = 0; o < OC; o += 16) {
+        __mmask16 m = (__mmask16)hk_lanes(o, OC);
         __m512 a = _mm512_maskz_loadu_ps(m, db + o);
         for (int n = 0; n < N; n++) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, dy + (size_t)n * OC + o));
         _mm512_mask_storeu_ps(db + o, m, a);
     }
 }
 
-#else /* portable fallback: plain loops, the forward on the same schedule */
+#else /* portable fallback: plain loops on the same schedule */
 
-static void hk_fwd_portable(float *y, const int32_t *rowid, const float *s, const float *rows,
-                            const float *b, int N, int K, int R, int OC) {
-    const int cb = 16 * HK_FWD_NV;
-    hk_plan pl;
-    hk_plan_build(&pl, rowid, s, N, K, R, HK_FWD_PANEL / (cb * (int)sizeof(float)));
-    float *panel = hk_ws(HK_WS_PANEL, (size_t)pl.maxrows * cb * sizeof(float));
-    for (int c0 = 0; c0 < OC; c0 += cb) {
-        int w = OC - c0 < cb ? OC - c0 : cb;
-        for (int g = 0; g < pl.ngroups; g++) {
-            int k0 = pl.gk0[g], G = pl.gk0[g + 1] - k0;
-            const int32_t *list = pl.list + pl.goff[g];
-            int m = pl.goff[g + 1] - pl.goff[g];
-            for (int u = 0; u < m; u++)
-                memcpy(panel + (size_t)u * cb, rows + (size_t)list[u] * OC + c0, w * sizeof(float));
+static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *rows,
+                   const float *b, int N, int K, int R, int OC) {
+    const int cap = HK_FWD_REGION / (HK_T * (int)sizeof(float));
+    hk_groups gr;
+    hk_groups_build(&gr, rowid, N, K, R, cap);
+    for (int c0 = 0; c0 < OC; c0 += HK_T) {
+        int w = OC - c0 < HK_T ? OC - c0 : HK_T;
+        const float *tile = rows + (size_t)(c0 / HK_T) * R * HK_T;
+        for (int g = 0; g < gr.n; g++) {
+            int k0 = gr.gk0[g], k1 = gr.gk0[g + 1];
             for (int n = 0; n < N; n++) {
-                float acc[16 * HK_FWD_NV];
                 float *yn = y + (size_t)n * OC + c0;
-                for (int c = 0; c < w; c++) acc[c] = g ? yn[c] : b ? b[c0 + c] : 0.0f;
-                for (int j = 0; j < G; j++) {
-                    size_t e = (size_t)N * k0 + (size_t)n * G + j;
-                    float sv = pl.sv[e];
-                    const float *r = panel + (size_t)pl.slot[e] * cb;
-                    for (int c = 0; c < w; c++) acc[c] += sv * r[c];
+                for (int c = 0; c < w; c++) {
+                    float a = g ? yn[c] : b ? b[c0 + c] : 0.0f;
+                    for (int k = k0; k < k1; k++) {
+                        size_t e = (size_t)n * K + k;
+                        a += s[e] * tile[(size_t)rowid[e] * HK_T + c];
+                    }
+                    yn[c] = a;
                 }
-                for (int c = 0; c < w; c++) yn[c] = acc[c];
             }
         }
     }
 }
 
-static void hk_bwd(float *drows, float *gs, const float *dy, const hk_sorted *st,
-                            const float *rows, int N, int OC) {
-    (void)N;
-    const int cb = 16 * HK_NVMAX;
+static void hk_bwd(float *drows, float *gs, float *db, const float *dy, const hk_sorted *st,
+                   const float *rows, int N, int R, int OC) {
+    for (int n = 0; db && n < N; n++)
+        for (int o = 0; o < OC; o++) db[o] += dy[(size_t)n * OC + o];
     for (int i = 0; i < st->nhit; i++) {
         int32_t r = st->hit[i];
-        for (int c0 = 0; c0 < OC; c0 += cb) {
-            int w = OC - c0 < cb ? OC - c0 : cb;
-            const float *rp = rows + (size_t)r * OC + c0;
-            float acc[16 * HK_NVMAX];
+        for (int c0 = 0; c0 < OC; c0 += HK_T) {
+            int w = OC - c0 < HK_T ? OC - c0 : HK_T;
+            const float *rp = rows + ((size_t)(c0 / HK_T) * R + r) * HK_T;
+            float acc[HK_T];
             for (int c = 0; c < w; c++) acc[c] = 0.0f;
             for (int32_t h = st->start[r]; h < st->start[r + 1]; h++) {
                 const float *g = dy + (size_t)st->tok[h] * OC + c0;
@@ -533,7 +444,7 @@ static void hk_bwd(float *drows, float *gs, const float *dy, const hk_sorted *st
                 if (gs) gs[st->ent[h]] += d;
             }
             if (drows) {
-                float *dp = drows + (size_t)r * OC + c0;
+                float *dp = drows + ((size_t)(c0 / HK_T) * R + r) * HK_T;
                 for (int c = 0; c < w; c++) dp[c] += acc[c];
             }
         }
@@ -547,30 +458,28 @@ static void hk_db(float *db, const float *dy, int N, int OC) {
 
 #endif
 
-/* y (N,OC); rowid, s (N,K); rows (R,OC); b (OC) or NULL. */
+/* y (N,OC); rowid, s (N,K); rows a store of R rows; b (OC) or NULL. */
 void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const float *rows,
                         const float *b, int N, int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
-#ifdef __AVX512F__
-    hk_fwd_avx512(y, rowid, s, rows, b, N, K, R, OC);
-#else
-    hk_fwd_portable(y, rowid, s, rows, b, N, K, R, OC);
-#endif
+    hk_fwd(y, rowid, s, rows, b, N, K, R, OC);
 }
 
-/* drows (R,OC), gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC). */
+/* drows, gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC); stores of R rows. */
 void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
                          const int32_t *rowid, const float *s, const float *rows, int N, int K,
                          int R, int OC) {
     hk_check(rowid, N, K, R, OC);
-    if (db) hk_db(db, dy, N, OC);
-    if (!drows && !gs) return;
+    if (!drows && !gs) {
+        if (db) hk_db(db, dy, N, OC);
+        return;
+    }
     hk_sorted st;
     hk_sort(&st, rowid, s, N, K, R);
-    hk_bwd(drows, gs, dy, &st, rows, N, OC);
+    hk_bwd(drows, gs, db, dy, &st, rows, N, R, OC);
 }
 
-/* q, k, v (N,OC); rowid, s (N,K); rows_* (R,OC); b* (OC) or NULL. */
+/* q, k, v (N,OC); rowid, s (N,K); rows_* stores of R rows; b* (OC) or NULL. */
 void layer_hashqkv_forward(float *q, float *k, float *v, const int32_t *rowid, const float *s,
                            const float *rows_q, const float *rows_k, const float *rows_v,
                            const float *bq, const float *bk, const float *bv, int N, int K, int R,
@@ -580,20 +489,21 @@ void layer_hashqkv_forward(float *q, float *k, float *v, const int32_t *rowid, c
     layer_hash_forward(v, rowid, s, rows_v, bv, N, K, R, OC);
 }
 
-/* drows_* (R,OC), gs (N,K), db* (OC) += gradients; dq, dk, dv (N,OC). The row sort is shared. */
+/* drows_*, gs (N,K), db* (OC) += gradients; dq, dk, dv (N,OC). The row sort is shared. */
 void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, float *gs, float *dbq,
                             float *dbk, float *dbv, const float *dq, const float *dk,
                             const float *dv, const int32_t *rowid, const float *s,
                             const float *rows_q, const float *rows_k, const float *rows_v, int N,
                             int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
-    if (dbq) hk_db(dbq, dq, N, OC);
-    if (dbk) hk_db(dbk, dk, N, OC);
-    if (dbv) hk_db(dbv, dv, N, OC);
-    if (!gs && !drows_q && !drows_k && !drows_v) return;
+    float *dr[3] = {drows_q, drows_k, drows_v}, *db[3] = {dbq, dbk, dbv};
+    const float *d[3] = {dq, dk, dv}, *rows[3] = {rows_q, rows_k, rows_v};
     hk_sorted st;
-    hk_sort(&st, rowid, s, N, K, R);  /* one sort serves the three tables */
-    if (gs || drows_q) hk_bwd(drows_q, gs, dq, &st, rows_q, N, OC);
-    if (gs || drows_k) hk_bwd(drows_k, gs, dk, &st, rows_k, N, OC);
-    if (gs || drows_v) hk_bwd(drows_v, gs, dv, &st, rows_v, N, OC);
+    if (gs || drows_q || drows_k || drows_v) hk_sort(&st, rowid, s, N, K, R); /* one sort serves the three tables */
+    for (int p = 0; p < 3; p++) {
+        if (gs || dr[p])
+            hk_bwd(dr[p], gs, db[p], d[p], &st, rows[p], N, R, OC);
+        else if (db[p])
+            hk_db(db[p], d[p], N, OC);
+    }
 }

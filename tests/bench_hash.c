@@ -30,10 +30,13 @@ static void bench_shape(int N, int din_want, int dout, int tau) {
     const int K = din_want / tau, din = K * tau, R = K << tau;
     layer_rng rng;
     layer_rng_seed(&rng, 1234);
-    size_t nx = (size_t)N * din, ny = (size_t)N * dout, nk = (size_t)N * K, nr = (size_t)R * dout;
+    size_t nx = (size_t)N * din, ny = (size_t)N * dout, nk = (size_t)N * K;
+    size_t nr = layer_hash_store_floats(R, dout);
     float *x = randn(&rng, nx, 1.0f), *dy = randn(&rng, ny, 1.0f);
-    float *rows = randn(&rng, nr, 0.02f), *b = randn(&rng, dout, 0.001f);
-    float *drows = layer_xcalloc(nr, sizeof(float)), *db = layer_xcalloc(dout, sizeof(float));
+    /* row stores: random rows (the padding of a last partial tile too, which is never used) */
+    float *rows = layer_hash_store_new(R, dout), *drows = layer_hash_store_new(R, dout);
+    layer_fill_normal(rows, nr, 0.02f, &rng);
+    float *b = randn(&rng, dout, 0.001f), *db = layer_xcalloc(dout, sizeof(float));
     float *y = layer_xmalloc(ny * sizeof(float)), *dx = layer_xcalloc(nx, sizeof(float));
     float *s = layer_xmalloc(nk * sizeof(float)), *gs = layer_xmalloc(nk * sizeof(float));
     int32_t *idx = layer_xmalloc(nk * sizeof(int32_t)), *rowid = layer_xmalloc(nk * sizeof(int32_t));
@@ -92,7 +95,7 @@ static void bench_shape(int N, int din_want, int dout, int tau) {
            fl_f / t_fwd * 1e-9, hits * rowb / t_fwd * 1e-9, nuniq * rowb / t_fwd * 1e-9,
            fl_b / t_bk * 1e-9, 2.0 * hits * rowb / t_bk * 1e-9, 3.0 * nuniq * rowb / t_bk * 1e-9);
     fflush(stdout);
-    free(x); free(dy); free(rows); free(b); free(drows); free(db); free(y); free(dx); free(s);
+    free(x); free(dy); layer_hash_store_free(rows); free(b); layer_hash_store_free(drows); free(db); free(y); free(dx); free(s);
     free(gs); free(idx); free(rowid); free(w); free(dw); free(out); free(dinp);
 }
 

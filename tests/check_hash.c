@@ -10,6 +10,15 @@
 
 /* Normal values pushed at least `margin` away from 0, so a finite-difference step of less than
  * margin never flips a bucket bit (the layer is discontinuous there). */
+/* A store of R rows of OC (padding zero) holding R*OC normal draws, row after row: the draws
+ * do not depend on the store's layout. Released with free(). */
+static float *store_randn(layer_rng *r, int R, int OC, float std) {
+    float *rows = tu_randn(r, (size_t)R * OC, std), *st = tu_zeros(layer_hash_store_floats(R, OC));
+    for (int i = 0; i < R; i++) layer_hash_store_put(st, R, OC, i, rows + (size_t)i * OC);
+    free(rows);
+    return st;
+}
+
 static float *rand_away(layer_rng *r, size_t n, float margin) {
     float *x = tu_randn(r, n, 1.0f);
     for (size_t i = 0; i < n; i++) x[i] = x[i] >= 0.0f ? margin + x[i] : -margin + x[i];
@@ -303,7 +312,7 @@ END_TEST
 /* ---------------- hashed projection end to end ---------------- */
 
 typedef struct layer_ctx {
-    float *x, *rows, *b, *w, *s, *y; /* x (N,K*TAU); rows (R,OC); b (OC); w, y (N,OC); s (N,K) */
+    float *x, *rows, *b, *w, *s, *y; /* x (N,K*TAU); rows a store; b (OC); w, y (N,OC); s (N,K) */
     int32_t *idx, *rowid;            /* (N,K) */
     int N, K, TAU, OC, R;
     layer_score_mode mode;
@@ -330,9 +339,9 @@ START_TEST(test_layer_backward_fd) {
             c.OC = trial == 0 ? 13 : tu_randint(&r, 1, 40);
             c.R = c.K << c.TAU;
             size_t nx = (size_t)c.N * c.K * c.TAU, nk = (size_t)c.N * c.K;
-            size_t nr = (size_t)c.R * c.OC, ny = (size_t)c.N * c.OC;
+            size_t nr = layer_hash_store_floats(c.R, c.OC), ny = (size_t)c.N * c.OC;
             c.x = rand_away(&r, nx, 0.1f);
-            c.rows = tu_randn(&r, nr, 1.0f);
+            c.rows = store_randn(&r, c.R, c.OC, 1.0f);
             c.b = tu_randn(&r, c.OC, 1.0f);
             c.w = tu_randn(&r, ny, 1.0f);
             c.s = tu_zeros(nk);
@@ -354,7 +363,7 @@ START_TEST(test_layer_backward_fd) {
             for (size_t e = 0; e < nk; e++) hit[c.rowid[e]] = 1;
             for (int row = 0; row < c.R; row++) {
                 int nz = 0;
-                for (int o = 0; o < c.OC; o++) nz |= drows[(size_t)row * c.OC + o] != 0.0f;
+                for (int o = 0; o < c.OC; o++) nz |= drows[layer_hash_store_at(c.R, row, o)] != 0.0f;
                 if (!hit[row]) ck_assert_msg(!nz, "row %d not hit but has gradient", row);
             }
             free(hit);
@@ -369,7 +378,7 @@ END_TEST
 /* One comparison of fast against reference on a given shape; `local` uses the k*2^TAU + idx
  * layout, otherwise row ids are arbitrary in [0,R) (a compact store). */
 static void compare_fast_ref(layer_rng *r, int N, int K, int R, int OC, int local, int TAU) {
-    size_t nk = (size_t)N * K, nr = (size_t)R * OC, ny = (size_t)N * OC;
+    size_t nk = (size_t)N * K, nr = layer_hash_store_floats(R, OC), ny = (size_t)N * OC;
     int32_t *rowid = malloc(nk * sizeof(int32_t));
     for (int n = 0; n < N; n++)
         for (int k = 0; k < K; k++)
@@ -428,6 +437,72 @@ START_TEST(test_fast_vs_ref_edges) {
 }
 END_TEST
 
+/* The store layout: put/get round trip, element addresses, and a fresh store zeroed and on
+ * whole cache lines. */
+START_TEST(test_store_layout) {
+    layer_rng r;
+    tu_seed(&r, "store_layout");
+    const int R = 7, OC = 45; /* two tiles, the second partial */
+    float *st = layer_hash_store_new(R, OC);
+    ck_assert_uint_eq((uintptr_t)st % 64, 0);
+    ck_assert_uint_eq(layer_hash_store_floats(R, OC), (size_t)2 * R * LAYER_HASH_TILE);
+    for (size_t i = 0; i < layer_hash_store_floats(R, OC); i++) ck_assert(st[i] == 0.0f);
+    float *rows = tu_randn(&r, (size_t)R * OC, 1.0f), back[45];
+    for (int i = 0; i < R; i++) layer_hash_store_put(st, R, OC, i, rows + (size_t)i * OC);
+    for (int i = 0; i < R; i++) {
+        layer_hash_store_get(back, st, R, OC, i);
+        for (int o = 0; o < OC; o++) {
+            ck_assert(back[o] == rows[(size_t)i * OC + o]);
+            ck_assert(st[layer_hash_store_at(R, i, o)] == rows[(size_t)i * OC + o]);
+        }
+    }
+    /* column 33 of row 2: tile 1, after the R rows of tile 0 and the 2 rows before it */
+    ck_assert_uint_eq(layer_hash_store_at(R, 2, 33), (size_t)(R + 2) * LAYER_HASH_TILE + 1);
+    free(rows);
+    layer_hash_store_free(st);
+    layer_hash_store_free(NULL);
+}
+END_TEST
+
+/* The padding past OC is never read into a result: NaN there changes nothing, and the
+ * gradient store's padding is left as it was. */
+START_TEST(test_store_padding_unused) {
+    layer_rng r;
+    tu_seed(&r, "store_padding");
+    const int N = 50, K = 6, TAU = 4, R = K << TAU, OC = 37;
+    size_t nk = (size_t)N * K, ny = (size_t)N * OC, nr = layer_hash_store_floats(R, OC);
+    int32_t *rowid = malloc(nk * sizeof(int32_t));
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) rowid[(size_t)n * K + k] = (k << TAU) + tu_randint(&r, 0, 15);
+    float *s = tu_randn(&r, nk, 1.0f), *dy = tu_randn(&r, ny, 1.0f);
+    float *rows = store_randn(&r, R, OC, 1.0f), *nanrows = malloc(nr * sizeof(float));
+    memcpy(nanrows, rows, nr * sizeof(float));
+    float *dr_nan = tu_zeros(nr), *dr_ref = tu_zeros(nr);
+    for (int i = 0; i < R; i++)
+        for (int o = OC; o < 2 * LAYER_HASH_TILE; o++) {
+            nanrows[layer_hash_store_at(R, i, o)] = NAN;
+            dr_nan[layer_hash_store_at(R, i, o)] = NAN;
+        }
+    float *y1 = tu_zeros(ny), *y2 = tu_zeros(ny), *gs1 = tu_zeros(nk), *gs2 = tu_zeros(nk);
+    layer_hash_forward(y1, rowid, s, nanrows, NULL, N, K, R, OC);
+    layer_hash_forward_ref(y2, rowid, s, rows, NULL, N, K, R, OC);
+    layer_hash_backward(dr_nan, gs1, NULL, dy, rowid, s, nanrows, N, K, R, OC);
+    layer_hash_backward_ref(dr_ref, gs2, NULL, dy, rowid, s, rows, N, K, R, OC);
+    for (size_t i = 0; i < ny; i++) ck_assert(isfinite(y1[i]) && fabsf(y1[i] - y2[i]) <= 1e-4f * (1.0f + fabsf(y2[i])));
+    for (size_t i = 0; i < nk; i++) ck_assert(isfinite(gs1[i]) && fabsf(gs1[i] - gs2[i]) <= 1e-4f * (1.0f + fabsf(gs2[i])));
+    for (int i = 0; i < R; i++)
+        for (int o = 0; o < 2 * LAYER_HASH_TILE; o++) {
+            float a = dr_nan[layer_hash_store_at(R, i, o)], b = dr_ref[layer_hash_store_at(R, i, o)];
+            if (o >= OC)
+                ck_assert(isnan(a));
+            else
+                ck_assert(isfinite(a) && fabsf(a - b) <= 1e-4f * (1.0f + fabsf(b)));
+        }
+    free(rowid); free(s); free(dy); free(rows); free(nanrows); free(dr_nan); free(dr_ref);
+    free(y1); free(y2); free(gs1); free(gs2);
+}
+END_TEST
+
 START_TEST(test_unique_rows) {
     const int32_t rowid[9] = {7, 3, 7, 0, 9, 3, 3, 0, 5};
     int32_t uniq[9];
@@ -443,7 +518,8 @@ START_TEST(test_hashqkv_matches_three_projections) {
     layer_rng r;
     tu_seed(&r, "hashqkv");
     int N = 17, K = 4, TAU = 3, OC = 21, R = K << TAU;
-    size_t nx = (size_t)N * K * TAU, nk = (size_t)N * K, nr = (size_t)R * OC, ny = (size_t)N * OC;
+    size_t nx = (size_t)N * K * TAU, nk = (size_t)N * K, ny = (size_t)N * OC;
+    size_t nr = layer_hash_store_floats(R, OC);
     float *x = tu_randn(&r, nx, 1.0f), *s = tu_zeros(nk);
     int32_t *idx = malloc(nk * sizeof(int32_t)), *rowid = malloc(nk * sizeof(int32_t));
     layer_hash_index(idx, s, x, N, K, TAU, LAYER_SCORE_L1PROB, 1.0f);
@@ -486,7 +562,7 @@ END_TEST
 
 /* Local tables for ML1 and ML2; optionally a permuted (compact-store-like) layout. */
 typedef struct mb_store {
-    float *t[2], *dt[2]; /* (R_w, OC_w) */
+    float *t[2], *dt[2]; /* stores of R_w rows of OC_w */
     int R[2], TAUw[2], K;
     int permute;         /* store row of local row i is (i * 7 + 3) mod R (R a power of 2 times K) */
     int32_t *seen[2];    /* (N,K) last idx passed, to notice bucket changes under a FD step */
@@ -534,9 +610,9 @@ static void mb_run(layer_score_mode mode, float temp, int permute, const char *s
     st.R[0] = K << TAU;
     st.R[1] = K << (TAU + E);
     st.permute = permute;
-    size_t n1 = (size_t)st.R[0] * H, n2 = (size_t)st.R[1] * C;
-    st.t[0] = tu_randn(&r, n1, 1.0f);
-    st.t[1] = tu_randn(&r, n2, 1.0f);
+    size_t n1 = layer_hash_store_floats(st.R[0], H), n2 = layer_hash_store_floats(st.R[1], C);
+    st.t[0] = store_randn(&r, st.R[0], H, 1.0f);
+    st.t[1] = store_randn(&r, st.R[1], C, 1.0f);
     st.dt[0] = tu_zeros(n1);
     st.dt[1] = tu_zeros(n2);
     c.st = &st;
@@ -619,6 +695,8 @@ static Suite *hash_suite(void) {
     tcase_add_test(tc, test_layer_backward_fd);
     tcase_add_test(tc, test_fast_vs_ref_edges);
     tcase_add_test(tc, test_unique_rows);
+    tcase_add_test(tc, test_store_layout);
+    tcase_add_test(tc, test_store_padding_unused);
     tcase_add_test(tc, test_hashqkv_matches_three_projections);
     tcase_add_test(tc, test_memblock_fd_prob);
     tcase_add_test(tc, test_memblock_fd_l1prob_compact);

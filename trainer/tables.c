@@ -26,7 +26,8 @@ typedef struct group_state {
     int32_t *slot_of;    /* (K << tau), -1 when not cached */
     int32_t *slot_key;   /* (K << tau) */
     int nslots;
-    float *rows[3], *drows[3]; /* (K << tau, OC): capacity for every key, so ids never move */
+    /* row stores (layer_hash_store_*) with capacity for every key, so ids and layout never move */
+    float *rows[3], *drows[3];
     double *acc[3];            /* (K << tau, OC): folded gradients of finished streams */
     int32_t *dirty;            /* slots written since the last fold */
     uint8_t *is_dirty;         /* (K << tau) */
@@ -85,8 +86,8 @@ void trainer_tables_free(trainer_tables *t) {
             free(u);
         }
         for (int j = 0; j < s->g.nout; j++) {
-            free(s->rows[j]);
-            free(s->drows[j]);
+            layer_hash_store_free(s->rows[j]);
+            layer_hash_store_free(s->drows[j]);
             free(s->acc[j]);
         }
         free(s->dirty);
@@ -188,8 +189,8 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
         for (size_t q = 0; q < keys; q++) s->slot_of[q] = -1;
         s->slot_key = layer_xmalloc(keys * sizeof(int32_t));
         for (int j = 0; j < s->g.nout; j++) {
-            s->rows[j] = falloc0(keys * s->g.OC);
-            s->drows[j] = falloc0(keys * s->g.OC);
+            s->rows[j] = layer_hash_store_new((int)keys, s->g.OC);
+            s->drows[j] = layer_hash_store_new((int)keys, s->g.OC);
             s->acc[j] = calloc(keys * s->g.OC, sizeof(double));
             LAYER_ASSERT(s->acc[j] != NULL);
         }
@@ -294,8 +295,8 @@ void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N,
                 nmiss++;
                 if (s->owner[k] == t->me) { /* this rank's own rows: no exchange needed */
                     for (int j = 0; j < nout; j++)
-                        memcpy(s->rows[j] + (size_t)slot * OC,
-                               s->units[k]->data[j] + (size_t)b * OC, OC * sizeof(float));
+                        layer_hash_store_put(s->rows[j], K << tau, OC, slot,
+                                             s->units[k]->data[j] + (size_t)b * OC);
                 } else {
                     t->keys[nremote] = ((int64_t)g << 32) | key;
                     t->owners[nremote] = s->owner[k];
@@ -320,12 +321,12 @@ void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N,
     }
     for (int i = 0; i < nremote; i++)
         for (int j = 0; j < nout; j++)
-            memcpy(s->rows[j] + (size_t)t->slots[i] * OC, t->buf + ((size_t)i * nout + j) * OC,
-                   OC * sizeof(float));
+            layer_hash_store_put(s->rows[j], K << tau, OC, t->slots[i],
+                                 t->buf + ((size_t)i * nout + j) * OC);
     for (int j = 0; j < nout; j++) {
         rows[j].rows = s->rows[j];
         rows[j].drows = s->drows[j];
-        rows[j].R = s->nslots > 0 ? s->nslots : 1;
+        rows[j].R = K << tau; /* the stores' capacity: their layout depends on it */
     }
 }
 
@@ -360,15 +361,18 @@ static void accumulate_grads(void *ctx, int src, const int64_t *keys, const floa
 void trainer_tables_fold(trainer_tables *t) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
-        int OC = s->g.OC;
+        int OC = s->g.OC, R = s->g.K << s->g.tau;
         for (int q = 0; q < s->ndirty; q++) {
-            size_t slot = (size_t)s->dirty[q];
+            int slot = s->dirty[q];
             for (int j = 0; j < s->g.nout; j++) {
-                float *d = s->drows[j] + slot * OC;
-                double *a = s->acc[j] + slot * OC;
-                for (int c = 0; c < OC; c++) {
-                    a[c] += d[c];
-                    d[c] = 0.0f;
+                double *a = s->acc[j] + (size_t)slot * OC;
+                for (int o = 0; o < OC; o += LAYER_HASH_TILE) { /* the row, a tile at a time */
+                    float *d = s->drows[j] + layer_hash_store_at(R, slot, o);
+                    int w = OC - o < LAYER_HASH_TILE ? OC - o : LAYER_HASH_TILE;
+                    for (int c = 0; c < w; c++) {
+                        a[o + c] += d[c];
+                        d[c] = 0.0f;
+                    }
                 }
             }
             s->is_dirty[slot] = 0;
@@ -450,8 +454,11 @@ void trainer_tables_clear_cache(trainer_tables *t) {
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
         for (int q = 0; q < s->nslots; q++) s->slot_of[s->slot_key[q]] = -1;
+        int R = s->g.K << s->g.tau;
         for (int j = 0; j < s->g.nout; j++) {
-            memset(s->drows[j], 0, (size_t)s->nslots * s->g.OC * sizeof(float));
+            for (int o = 0; o < s->g.OC; o += LAYER_HASH_TILE) /* slots [0, nslots) of each tile */
+                memset(s->drows[j] + layer_hash_store_at(R, 0, o), 0,
+                       (size_t)s->nslots * LAYER_HASH_TILE * sizeof(float));
             memset(s->acc[j], 0, (size_t)s->nslots * s->g.OC * sizeof(double));
         }
         for (int q = 0; q < s->ndirty; q++) s->is_dirty[s->dirty[q]] = 0;
