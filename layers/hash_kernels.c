@@ -37,6 +37,9 @@
 #ifndef HK_BWD_TILES
 #define HK_BWD_TILES 2            /* tiles per backward pass */
 #endif
+#ifndef HK_BWD_AHEAD
+#define HK_BWD_AHEAD 16           /* hit rows ahead whose slices the backward prefetches */
+#endif
 #define HK_BW (HK_BWD_TILES * HK_T) /* columns per backward pass */
 #define HK_BNV (HK_BW / 16)
 _Static_assert(HK_T == 32, "the kernels are written for tiles of two vectors");
@@ -57,7 +60,7 @@ static void hk_check(const int32_t *rowid, int N, int K, int R, int OC) {
  * layer_hash_workspace_free() returns them. */
 enum {
     HK_WS_LO, HK_WS_HI, HK_WS_GK0, HK_WS_YP, HK_WS_START, HK_WS_FILL, HK_WS_TOK, HK_WS_ENT,
-    HK_WS_HSV, HK_WS_HIT, HK_WS_GSH, HK_WS_GBLK, HK_WS_DB,
+    HK_WS_HSV, HK_WS_HIT, HK_WS_GSH, HK_WS_GBLK, HK_WS_DB, HK_WS_FENT,
     HK_WS_COUNT
 };
 static _Thread_local struct { void *base; size_t cap; } hk_ws_buf[HK_WS_COUNT];
@@ -85,6 +88,7 @@ void layer_hash_workspace_free(void) {
 }
 
 /* Forward schedule: chunks [gk0[g], gk0[g+1]) form group g, its rows in [lo[g], hi[g]]. */
+typedef struct hk_ent { int32_t row; float s; } hk_ent; /* one (token, chunk) of a group */
 typedef struct hk_groups {
     int n;
     int *gk0;        /* (n+1) */
@@ -178,12 +182,12 @@ static inline uint32_t hk_lanes(int o, int OC) {
 #define HK_INLINE static inline __attribute__((always_inline))
 
 /* One (tile, chunk group) of the forward: tile (R, HK_T) is the store's tile of columns
- * [c0, c0+HK_T). yp (N, HK_T) carries partial sums between groups; the first group starts
- * from b (or 0), the last writes y. Spread over the tokens, lines [0, pfl) from pf are
- * prefetched: the next region. */
-HK_INLINE void hk_fwd_sweep(float *y, float *yp, const float *tile, const int32_t *rowid,
-                            const float *s, int K, int k0, int G, const float *b, int N, int OC,
-                            int c0, int first, int final, const char *pf, size_t pfl) {
+ * [c0, c0+HK_T), ent (N, G) the group's entries. yp (N, HK_T) carries partial sums between
+ * groups; the first group starts from b (or 0), the last writes y. Spread over the tokens,
+ * lines [0, pfl) from pf are prefetched: the next region. */
+HK_INLINE void hk_fwd_sweep(float *y, float *yp, const float *tile, const hk_ent *ent, int G,
+                            const float *b, int N, int OC, int c0, int first, int final,
+                            const char *pf, size_t pfl) {
     const __mmask16 m0 = (__mmask16)hk_lanes(c0, OC), m1 = (__mmask16)hk_lanes(c0 + 16, OC);
     const __m512 seed0 = b ? _mm512_maskz_loadu_ps(m0, b + c0) : _mm512_setzero_ps();
     const __m512 seed1 = b ? _mm512_maskz_loadu_ps(m1, b + c0 + 16) : _mm512_setzero_ps();
@@ -194,11 +198,10 @@ HK_INLINE void hk_fwd_sweep(float *y, float *yp, const float *tile, const int32_
         __m512 a0 = first ? seed0 : _mm512_load_ps(ypn);
         __m512 a1 = first ? seed1 : _mm512_load_ps(ypn + 16);
         for (size_t q = 0; q < per && done < pfl; q++, done++) _mm_prefetch(pf + done * 64, _MM_HINT_T0);
-        const int32_t *rn = rowid + (size_t)n * K + k0;
-        const float *sn = s + (size_t)n * K + k0;
+        const hk_ent *en = ent + (size_t)n * G;
         for (int k = 0; k < G; k++) {
-            __m512 s1 = _mm512_set1_ps(sn[k]);
-            const float *pr = tile + (size_t)rn[k] * HK_T;
+            __m512 s1 = _mm512_set1_ps(en[k].s);
+            const float *pr = tile + (size_t)en[k].row * HK_T;
             a0 = _mm512_fmadd_ps(s1, _mm512_loadu_ps(pr), a0);
             a1 = _mm512_fmadd_ps(s1, _mm512_loadu_ps(pr + 16), a1);
         }
@@ -219,6 +222,18 @@ static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *
     hk_groups gr;
     hk_groups_build(&gr, rowid, N, K, R, cap);
     float *yp = hk_ws(HK_WS_YP, (size_t)N * HK_T * sizeof(float)); /* (N, HK_T) */
+    /* ent: group g's entries (n, j) at N*gk0[g] + n*G + j, so that every sweep reads its
+     * entries as one sequence rather than G of every K ids and scores */
+    hk_ent *ent = hk_ws(HK_WS_FENT, (size_t)N * K * sizeof(hk_ent));
+    for (int g = 0; g < gr.n; g++) {
+        int k0 = gr.gk0[g], G = gr.gk0[g + 1] - k0;
+        hk_ent *eg = ent + (size_t)N * k0;
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < G; j++) {
+                size_t e = (size_t)n * K + k0 + j;
+                eg[(size_t)n * G + j] = (hk_ent){rowid[e], s[e]};
+            }
+    }
     for (int c = 0; c < ncb; c++) {
         const float *tile = rows + (size_t)c * R * HK_T;
         for (int g = 0; g < gr.n; g++) {
@@ -231,8 +246,8 @@ static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *
                 pfl = (size_t)(gr.hi[ng] - gr.lo[ng] + 1) * HK_T * sizeof(float) / 64;
             }
             int k0 = gr.gk0[g];
-            hk_fwd_sweep(y, yp, tile, rowid, s, K, k0, gr.gk0[g + 1] - k0, b, N, OC, c * HK_T,
-                         g == 0, g == gr.n - 1, pf, pfl);
+            hk_fwd_sweep(y, yp, tile, ent + (size_t)N * k0, gr.gk0[g + 1] - k0, b, N, OC,
+                         c * HK_T, g == 0, g == gr.n - 1, pf, pfl);
         }
     }
 }
@@ -270,6 +285,18 @@ HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float
     for (int j = 0; j < nv; j++) mk[j] = (__mmask16)hk_lanes(c0 + 16 * j, OC);
     for (int u = 0; u < st->nhit; u++) {
         int32_t r = st->hit[u], h0 = st->start[r], h1 = st->start[r + 1];
+        if (u + HK_BWD_AHEAD < st->nhit) { /* the slices a few rows on: two lines per tile */
+            int32_t ra = st->hit[u + HK_BWD_AHEAD];
+#pragma GCC unroll 4
+            for (int t = 0; t < nv / 2; t++) {
+                const char *tp = (const char *)(tile[t] + (size_t)ra * HK_T);
+                if (gsh) _mm_prefetch(tp, _MM_HINT_T0), _mm_prefetch(tp + 64, _MM_HINT_T0);
+                if (dtile[0]) {
+                    const char *dp = (const char *)(dtile[t] + (size_t)ra * HK_T);
+                    _mm_prefetch(dp, _MM_HINT_T0), _mm_prefetch(dp + 64, _MM_HINT_T0);
+                }
+            }
+        }
         __m512 rv[HK_BNV], acc[HK_BNV];
 #pragma GCC unroll 16
         for (int j = 0; j < nv; j++) {
