@@ -74,7 +74,7 @@ void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy
                              const int32_t *rowid, const float *s, const float *rows, int N,
                              int K, int R, int OC);
 
-/* The fast kernels keep their scratch panels (tens of MiB at training shapes) per thread
+/* The fast kernels keep their scratch buffers (MiB at training shapes) per thread
  * between calls; this releases the calling thread's. Safe to call at any time. */
 void layer_hash_workspace_free(void);
 
