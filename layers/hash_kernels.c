@@ -40,6 +40,9 @@
 #ifndef HK_BWD_AHEAD
 #define HK_BWD_AHEAD 16           /* hit rows ahead whose slices the backward prefetches */
 #endif
+#ifndef HK_BWD_GAHEAD
+#define HK_BWD_GAHEAD 8           /* hits ahead whose token gradients it prefetches */
+#endif
 #define HK_BW (HK_BWD_TILES * HK_T) /* columns per backward pass */
 #define HK_BNV (HK_BW / 16)
 _Static_assert(HK_T == 32, "the kernels are written for tiles of two vectors");
@@ -144,7 +147,8 @@ static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, 
     size_t n = (size_t)N * K;
     st->start = hk_ws(HK_WS_START, ((size_t)R + 1) * sizeof(int32_t));
     memset(st->start, 0, ((size_t)R + 1) * sizeof(int32_t));
-    st->tok = hk_ws(HK_WS_TOK, n * sizeof(int32_t));
+    st->tok = hk_ws(HK_WS_TOK, (n + HK_BWD_GAHEAD) * sizeof(int32_t));
+    memset(st->tok + n, 0, HK_BWD_GAHEAD * sizeof(int32_t)); /* read ahead, never used */
     st->ent = hk_ws(HK_WS_ENT, n * sizeof(int32_t));
     st->sv = hk_ws(HK_WS_HSV, n * sizeof(float));
     for (size_t e = 0; e < n; e++) st->start[rowid[e] + 1]++;
@@ -305,6 +309,12 @@ HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float
             acc[j] = _mm512_setzero_ps();
         }
         for (int32_t h = h0; h < h1; h++) {
+            /* The token gradients are in L2, but each row's hit loop ends in a branch the
+             * predictor misses, and the loads after it would start from nothing: fetch them
+             * into L1 some hits ahead, across rows (tok has slack past its end). */
+            const char *ga = (const char *)(gb + (size_t)st->tok[h + HK_BWD_GAHEAD] * HK_BW);
+#pragma GCC unroll 16
+            for (int j = 0; j < nv; j++) _mm_prefetch(ga + 64 * j, _MM_HINT_T0);
             const float *g = gb + (size_t)st->tok[h] * HK_BW;
             __m512 s1 = _mm512_set1_ps(st->sv[h]);
             __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
