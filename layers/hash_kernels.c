@@ -32,7 +32,7 @@
 #define HK_FWD_REGION (256 * 1024) /* bytes of one tile of a chunk group's rows */
 #endif
 #ifndef HK_FWD_GMAX
-#define HK_FWD_GMAX 16            /* chunks per group when the rows are scattered anyway */
+#define HK_FWD_GMAX 16            /* most chunks in a group */
 #endif
 #ifndef HK_BWD_TILES
 #define HK_BWD_TILES 2            /* tiles per backward pass */
@@ -98,9 +98,9 @@ typedef struct hk_groups {
     int32_t *lo, *hi; /* (n) */
 } hk_groups;
 
-/* Greedy: a chunk joins the group while the group's span of row ids stays within cap rows
- * (so its region fits L2), or, once the span is past cap (rows scattered, as in a store
- * filled in order of first use), up to HK_FWD_GMAX chunks. */
+/* Greedy, at most HK_FWD_GMAX chunks a group: a chunk joins while the group's span of row
+ * ids stays within cap rows (so its region fits L2), or whatever its span once the span is
+ * past cap (rows scattered, as in a store filled in order of first use: nothing to stream). */
 static void hk_groups_build(hk_groups *gr, const int32_t *rowid, int N, int K, int R, int cap) {
     int32_t *lo = hk_ws(HK_WS_LO, (size_t)K * sizeof(int32_t));
     int32_t *hi = hk_ws(HK_WS_HI, (size_t)K * sizeof(int32_t));
