@@ -141,6 +141,7 @@ typedef struct hk_sorted {
     float *sv;      /* (N*K) score of each hit */
     int32_t *hit;   /* (nhit) the rows with at least one hit, increasing */
     int nhit;
+    size_t nh;      /* hits: N*K */
 } hk_sorted;
 
 static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, int K, int R) {
@@ -159,6 +160,7 @@ static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, 
     }
     st->hit = hk_ws(HK_WS_HIT, (size_t)nhit * sizeof(int32_t));
     st->nhit = nhit;
+    st->nh = n;
     for (int r = 0, m = 0; r < R; r++)
         if (st->start[r + 1] != st->start[r]) st->hit[m++] = r;
     int32_t *fill = hk_ws(HK_WS_FILL, (size_t)R * sizeof(int32_t)); /* (R) next free slot per row */
@@ -346,8 +348,7 @@ HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float
         }
     }
     if (gsh) { /* the last, incomplete batch */
-        int32_t he = st->nhit ? st->start[st->hit[st->nhit - 1] + 1] : 0;
-        for (int32_t h = he - he % 16; h < he; h++) {
+        for (size_t h = st->nh - st->nh % 16; h < st->nh; h++) {
             float d = _mm512_reduce_add_ps(_mm512_load_ps(dv + 16 * (h & 15)));
             gsh[h] = first ? d : gsh[h] + d;
         }
@@ -387,7 +388,7 @@ static void hk_bwd(float *drows, float *gs, float *db, const float *dy, const hk
      * visits it. */
     float *gblk = hk_ws(HK_WS_GBLK, (size_t)npass * N * HK_BW * sizeof(float));
     hk_gblk(gblk, db, dy, N, OC, npass);
-    size_t nh = st->nhit ? (size_t)st->start[st->hit[st->nhit - 1] + 1] : 0;
+    size_t nh = st->nh;
     /* gsh (nh) <g, row> per hit in row order: written in sequence, scattered once at the end */
     float *gsh = gs ? hk_ws(HK_WS_GSH, (nh + 16) * sizeof(float)) : NULL;
     for (int p = 0; p < npass; p++) {

@@ -26,8 +26,7 @@ typedef struct group_state {
     int32_t *slot_of;    /* (K << tau), -1 when not cached */
     int32_t *slot_key;   /* (K << tau) */
     int nslots;
-    /* row stores (layer_hash_store_*) with capacity for every key, so ids and layout never move */
-    float *rows[3], *drows[3];
+    float *rows[3], *drows[3]; /* row stores (layer_hash_store_*) of cache_rows() rows */
     double *acc[3];            /* (K << tau, OC): folded gradients of finished streams */
     int32_t *dirty;            /* slots written since the last fold */
     uint8_t *is_dirty;         /* (K << tau) */
@@ -51,6 +50,9 @@ struct trainer_tables {
     float *buf;
     size_t scratch_keys, scratch_floats;
 };
+
+/* Rows of the group's row stores: one per key, so ids and the stores' layout never move. */
+static int cache_rows(const group_state *s) { return s->g.K << s->g.tau; }
 
 static float *falloc0(size_t n) {
     /* calloc: pages of a row cache that are never written never become resident */
@@ -189,8 +191,8 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
         for (size_t q = 0; q < keys; q++) s->slot_of[q] = -1;
         s->slot_key = layer_xmalloc(keys * sizeof(int32_t));
         for (int j = 0; j < s->g.nout; j++) {
-            s->rows[j] = layer_hash_store_new((int)keys, s->g.OC);
-            s->drows[j] = layer_hash_store_new((int)keys, s->g.OC);
+            s->rows[j] = layer_hash_store_new(cache_rows(s), s->g.OC);
+            s->drows[j] = layer_hash_store_new(cache_rows(s), s->g.OC);
             s->acc[j] = calloc(keys * s->g.OC, sizeof(double));
             LAYER_ASSERT(s->acc[j] != NULL);
         }
@@ -295,7 +297,7 @@ void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N,
                 nmiss++;
                 if (s->owner[k] == t->me) { /* this rank's own rows: no exchange needed */
                     for (int j = 0; j < nout; j++)
-                        layer_hash_store_put(s->rows[j], K << tau, OC, slot,
+                        layer_hash_store_put(s->rows[j], cache_rows(s), OC, slot,
                                              s->units[k]->data[j] + (size_t)b * OC);
                 } else {
                     t->keys[nremote] = ((int64_t)g << 32) | key;
@@ -321,12 +323,12 @@ void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N,
     }
     for (int i = 0; i < nremote; i++)
         for (int j = 0; j < nout; j++)
-            layer_hash_store_put(s->rows[j], K << tau, OC, t->slots[i],
+            layer_hash_store_put(s->rows[j], cache_rows(s), OC, t->slots[i],
                                  t->buf + ((size_t)i * nout + j) * OC);
     for (int j = 0; j < nout; j++) {
         rows[j].rows = s->rows[j];
         rows[j].drows = s->drows[j];
-        rows[j].R = K << tau; /* the stores' capacity: their layout depends on it */
+        rows[j].R = cache_rows(s); /* the stores' capacity: their layout depends on it */
     }
 }
 
@@ -361,7 +363,7 @@ static void accumulate_grads(void *ctx, int src, const int64_t *keys, const floa
 void trainer_tables_fold(trainer_tables *t) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
-        int OC = s->g.OC, R = s->g.K << s->g.tau;
+        int OC = s->g.OC, R = cache_rows(s);
         for (int q = 0; q < s->ndirty; q++) {
             int slot = s->dirty[q];
             for (int j = 0; j < s->g.nout; j++) {
@@ -454,7 +456,7 @@ void trainer_tables_clear_cache(trainer_tables *t) {
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
         for (int q = 0; q < s->nslots; q++) s->slot_of[s->slot_key[q]] = -1;
-        int R = s->g.K << s->g.tau;
+        int R = cache_rows(s);
         for (int j = 0; j < s->g.nout; j++) {
             for (int o = 0; o < s->g.OC; o += LAYER_HASH_TILE) /* slots [0, nslots) of each tile */
                 memset(s->drows[j] + layer_hash_store_at(R, 0, o), 0,
