@@ -87,10 +87,17 @@ $(MAIN): $(BUILD)/trainer/main.o $(LIB)
 data: deps
 	@bash io/fetch-data.sh
 
+# The kernels' portable paths (no AVX-512) are tested too, from a second build of the tests
+# that exercise them.
+PORTABLE := $(BUILD)-portable
+PORTABLE_TESTS := check_ops check_hash
+
 test: deps
 	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory ARCH=-march=x86-64-v2 BUILD=$(PORTABLE) \
+	    $(PORTABLE_TESTS:%=$(PORTABLE)/bin/%)
 	@$(MAKE) --no-print-directory data
-	@BUILD=$(BUILD) bash tests/run-tests.sh
+	@BUILD=$(BUILD) PORTABLE_BUILD=$(PORTABLE) bash tests/run-tests.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory all
@@ -102,4 +109,5 @@ demo: deps
 	@BUILD=$(BUILD) bash jobs/demo.sh
 
 clean:
-	rm -rf build build-address build-undefined
+	rm -rf build build-address build-undefined build-portable build-address-portable \
+	       build-undefined-portable

@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "layers/simd.h"
+
 /* Whether query i may see key j under the mask (Tq is the query count). */
 static inline int attn_visible(layer_attn_mask mask, int i, int j, int Tq) {
     return mask == LAYER_ATTN_FULL || (mask == LAYER_ATTN_CAUSAL ? j <= i : (j == i || j >= Tq));
@@ -26,19 +28,42 @@ static void attn_check(int Tq, int Tk, int C, int NH, layer_attn_mask mask) {
 
 /* In place over one head's rows: a (Tq,Tk) holds scaled scores on entry, probabilities on exit.
  * Every row has at least one visible key (FULL: all; CAUSAL: the diagonal; SLOT: key i), so the
- * normaliser is >= 1 after the max shift. Masked entries become exactly 0. */
+ * normaliser is >= 1 after the max shift. Masked entries become exactly 0. The visible keys
+ * of a FULL or CAUSAL row are [0, end): max, exp and sum run 16 lanes at a time, the lanes
+ * added in a fixed order. A SLOT row (the memory writer's few slots) takes the plain loop. */
 static void attn_softmax_rows(float *a, int Tq, int Tk, layer_attn_mask mask) {
     for (int i = 0; i < Tq; i++) {
         float *row = a + (size_t)i * Tk;
         int end = attn_row_end(mask, i, Tk);
-        float mx = -INFINITY;
-        for (int j = 0; j < end; j++)
-            if (attn_visible(mask, i, j, Tq) && row[j] > mx) mx = row[j];
         float sum = 0.0f;
-        for (int j = 0; j < end; j++) {
-            float e = attn_visible(mask, i, j, Tq) ? expf(row[j] - mx) : 0.0f;
-            row[j] = e;
-            sum += e;
+#ifdef __AVX512F__
+        if (mask != LAYER_ATTN_SLOT) {
+            __m512 vmx = _mm512_set1_ps(-INFINITY);
+            for (int j = 0; j < end; j += 16) {
+                __mmask16 m = layer_lanes(end - j);
+                vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, row + j));
+            }
+            vmx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
+            __m512 vs = _mm512_setzero_ps();
+            for (int j = 0; j < end; j += 16) {
+                __mmask16 m = layer_lanes(end - j);
+                __m512 e = _mm512_maskz_mov_ps(
+                    m, layer_exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), vmx)));
+                vs = _mm512_add_ps(vs, e);
+                _mm512_mask_storeu_ps(row + j, m, e);
+            }
+            sum = _mm512_reduce_add_ps(vs);
+        } else
+#endif
+        {
+            float mx = -INFINITY;
+            for (int j = 0; j < end; j++)
+                if (attn_visible(mask, i, j, Tq) && row[j] > mx) mx = row[j];
+            for (int j = 0; j < end; j++) {
+                float e = attn_visible(mask, i, j, Tq) ? layer_expf(row[j] - mx) : 0.0f;
+                row[j] = e;
+                sum += e;
+            }
         }
         float inv = 1.0f / sum;
         for (int j = 0; j < end; j++) row[j] *= inv;
@@ -52,8 +77,19 @@ static void attn_softmax_backward_rows(float *d, const float *a, int Tq, int Tk,
     for (int i = 0; i < Tq; i++) {
         float *dr = d + (size_t)i * Tk;
         const float *ar = a + (size_t)i * Tk;
-        float dot = 0.0f;
-        for (int j = 0; j < Tk; j++) dot += ar[j] * dr[j];
+        float dot;
+#ifdef __AVX512F__
+        __m512 vd = _mm512_setzero_ps();
+        for (int j = 0; j < Tk; j += 16) {
+            __mmask16 m = layer_lanes(Tk - j);
+            vd = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, ar + j), _mm512_maskz_loadu_ps(m, dr + j), vd);
+        }
+        dot = _mm512_reduce_add_ps(vd);
+#else
+        float p[4] = {0, 0, 0, 0};
+        for (int j = 0; j < Tk; j++) p[j & 3] += ar[j] * dr[j];
+        dot = (p[0] + p[1]) + (p[2] + p[3]);
+#endif
         for (int j = 0; j < Tk; j++) dr[j] = scale * ar[j] * (dr[j] - dot);
     }
 }

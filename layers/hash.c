@@ -4,31 +4,14 @@
 #include <string.h>
 
 #include "layers/hash.h"
+#include "layers/simd.h"
 
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
 
 /* The score needs exp(-2|z|/t) for every element; a per-element libm call costs more than the
- * whole forward lookup at tau = 8, so the AVX-512 build evaluates it 16 lanes at a time. */
-#ifdef __AVX512F__
-/* exp(v) for v <= 0, 16 lanes. Cephes expf: exp(v) = 2^m * p(r), v = m ln2 + r, |r| <= ln2/2;
- * about 1 ulp. Below -104 the float result is 0, which scalef reproduces. */
-static inline __m512 hash_exp_nonpos_ps(__m512 v) {
-    v = _mm512_max_ps(v, _mm512_set1_ps(-104.0f));
-    __m512 m = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(m, _mm512_set1_ps(0.693359375f), v);
-    r = _mm512_fnmadd_ps(m, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, m);
-}
-#endif
+ * whole forward lookup at tau = 8, so it is evaluated 16 lanes at a time (layers/simd.h). */
 
 /*   ope (n) = 1 + exp(-2|x|/t),  sig (n) = exp(-2|x|/t) / (1 + exp(-2|x|/t)) (sig may be NULL). */
 static void hash_exp_terms(float *ope, float *sig, const float *x, int n, float temp) {
@@ -37,14 +20,14 @@ static void hash_exp_terms(float *ope, float *sig, const float *x, int n, float 
 #ifdef __AVX512F__
     const __m512 vc = _mm512_set1_ps(c), one = _mm512_set1_ps(1.0f);
     for (; i + 16 <= n; i += 16) {
-        __m512 e = hash_exp_nonpos_ps(_mm512_mul_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), vc));
+        __m512 e = layer_exp_ps(_mm512_mul_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i)), vc));
         __m512 o = _mm512_add_ps(one, e);
         _mm512_storeu_ps(ope + i, o);
         if (sig) _mm512_storeu_ps(sig + i, _mm512_div_ps(e, o));
     }
 #endif
     for (; i < n; i++) {
-        float e = expf(c * fabsf(x[i]));
+        float e = layer_expf(c * fabsf(x[i]));
         ope[i] = 1.0f + e;
         if (sig) sig[i] = e / (1.0f + e);
     }
@@ -97,7 +80,7 @@ void layer_hash_index(int32_t *idx, float *s, const float *x, int N, int K, int 
             const __mmask16 first = (__mmask16)(0xFFFFu / ((1u << TAU) - 1) & 0xFFFF);
             for (; k + cpv <= K; k += cpv) {
                 __m512 z = _mm512_loadu_ps(xn + k * TAU), a = _mm512_abs_ps(z);
-                __m512 prod = hash_chunk_mul(_mm512_add_ps(one, hash_exp_nonpos_ps(_mm512_mul_ps(a, vc))), TAU);
+                __m512 prod = hash_chunk_mul(_mm512_add_ps(one, layer_exp_ps(_mm512_mul_ps(a, vc))), TAU);
                 __m512 sv = _mm512_div_ps(prob ? one : hash_chunk_add(a, TAU), prod);
                 /* lane j*TAU holds chunk j's score; pack them to the front */
                 _mm512_mask_storeu_ps(s + (size_t)n * K + k, (__mmask16)((1u << cpv) - 1),
@@ -153,7 +136,7 @@ static size_t hash_score_backward_lanes(float *dx, const float *gs, const float 
         const float *xe = x + e * TAU;
         float *dxe = dx + e * TAU;
         __m512 z = _mm512_loadu_ps(xe), a = _mm512_abs_ps(z);
-        __m512 ex = hash_exp_nonpos_ps(_mm512_mul_ps(a, vc)), o = _mm512_add_ps(one, ex);
+        __m512 ex = layer_exp_ps(_mm512_mul_ps(a, vc)), o = _mm512_add_ps(one, ex);
         /* o * prod(1+e) <= 2^(TAU+1): one division serves both 1/(1+e_j) and 1/prod */
         __m512 den = _mm512_mul_ps(o, hash_chunk_mul(o, TAU));
         __m512 g = _mm512_permutexvar_ps(bcast, _mm512_maskz_loadu_ps(gm, gs + e));

@@ -34,12 +34,24 @@ void layer_rope_backward(float *dx, const float *dout, int B, int T, int C, int 
 void layer_rmsnorm_forward(float *out, float *rstd, const float *in, const float *w, int N, int C);
 void layer_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in,
                             const float *w, const float *rstd, int N, int C);
+/* Plain loops with double sums: the references of the two above. */
+void layer_rmsnorm_forward_ref(float *out, float *rstd, const float *in, const float *w, int N,
+                               int C);
+void layer_rmsnorm_backward_ref(float *dinp, float *dw, const float *dout, const float *in,
+                                const float *w, const float *rstd, int N, int C);
 /* out (N,C) = (in - mean) * rstd * w + b; mean, rstd (N) kept for backward; w, b (C). */
 void layer_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *w,
                              const float *b, int N, int C);
 void layer_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                               const float *in, const float *w, const float *mean,
                               const float *rstd, int N, int C);
+void layer_layernorm_forward_ref(float *out, float *mean, float *rstd, const float *in,
+                                 const float *w, const float *b, int N, int C);
+void layer_layernorm_backward_ref(float *dinp, float *dw, float *db, const float *dout,
+                                  const float *in, const float *w, const float *mean,
+                                  const float *rstd, int N, int C);
+/* The fast norms sum a row in 16 float lanes added in a fixed order; the references sum in
+ * double. Either way a row's result depends on its own values and C only. */
 
 /* ---- dense linear (linear.c): OpenBLAS sgemm, with the plain loops kept as reference ---- */
 /* out (N,OC) = in (N,C) @ w^T + b; w (OC,C); b (OC) or NULL. */
@@ -54,9 +66,13 @@ void layer_linear_backward_ref(float *dinp, float *dw, float *db, const float *d
                                const float *in, const float *w, int N, int C, int OC);
 
 /* ---- GELU, tanh form (gelu.c) ---- */
+/* out (N) = gelu(in), as x * sigmoid(2u) with one vector exp per element. */
 void layer_gelu_forward(float *out, const float *in, int N);
 /* dinp (N) += gelu'(in) * dout. */
 void layer_gelu_backward(float *dinp, const float *in, const float *dout, int N);
+/* The references: 0.5 x (1 + tanhf(u)) through libm. */
+void layer_gelu_forward_ref(float *out, const float *in, int N);
+void layer_gelu_backward_ref(float *dinp, const float *in, const float *dout, int N);
 
 /* ---- multi-head attention core (attention.c) ----
  * Projections are not part of it: q (B,Tq,C), k and v (B,Tk,C) are already projected and
@@ -97,5 +113,10 @@ void layer_attention_backward_ref(float *dq, float *dk, float *dv, const float *
  * The mean loss is sum / count; pass grad_scale = 1/count for the gradient of the mean. */
 double layer_crossentropy(float *dlogits, int *count, const float *logits,
                           const int32_t *targets, int N, int V, float grad_scale);
+/* The reference: exp and the row sum in double through libm. The fast form above sums a
+ * row's exponentials in float lanes (relative error ~1e-7 of the loss, far below what
+ * training resolves); both sum the rows' losses in double in row order. */
+double layer_crossentropy_ref(float *dlogits, int *count, const float *logits,
+                              const int32_t *targets, int N, int V, float grad_scale);
 
 #endif

@@ -44,6 +44,13 @@ for src in tests/check_*.c; do
     run "$name" env CK_DEFAULT_TIMEOUT=600 "$BIN/$name"
   fi
 done
+# the same tests built without AVX-512 (make test builds them): the kernels' portable paths
+for b in ${PORTABLE_BUILD:+$PORTABLE_BUILD/bin/check_*}; do
+  [ -x "$b" ] || continue
+  name=$(basename "$b")-portable
+  [ -n "$only" ] && [[ $name != *$only* ]] && continue
+  run "$name" env CK_DEFAULT_TIMEOUT=600 "$b"
+done
 for sh in tests/test_*.sh; do
   [ -e "$sh" ] || continue
   name=$(basename "$sh" .sh)
