@@ -11,24 +11,50 @@
 #include "trainer/params.h"
 #include "trainer/tables.h"
 
-/* What every block needs from the model: parameter blocks, table store, scratch arena. */
-typedef struct mt_ctx {
+/* How a block sees its parameters: each one a named field of the block's struct, pointing
+ * into the model's one parameter block (w) and its gradient block (g), resolved once when
+ * the block is allocated (mt_builder_bind). Nothing is looked up at run time.
+ *
+ *   mt_builder bld = {.params = &params, .tables = tables};
+ *   mt_attn_define(&bld, &attn, "dec0.self", C, 1, LAYER_ATTN_CAUSAL, hash, tau);
+ *   trainer_params_alloc(&params, seed);
+ *   mt_builder_bind(&bld);                    // attn.norm.w, attn.qkv.b[0].w, ... are valid
+ *   mt_attn_forward(&env, arena, &attn, &act, x0, NULL, B, T, T);
+ */
+typedef struct mt_param {
+    float *w, *g; /* the tensor and its gradient, after mt_builder_bind */
+    size_t off;   /* offset in the parameter block, set at definition */
+} mt_param;
+
+/* Collects the parameters blocks define, to point them in after allocation. */
+typedef struct mt_builder {
     trainer_params *params;
     trainer_tables *tables;
-    trainer_arena *arena;
+    mt_param **refs; /* every defined field, in definition order */
+    int n, cap;
+} mt_builder;
+
+/* Registers a dense tensor (see trainer_params_add) and remembers field p for binding. */
+void mt_builder_param(mt_builder *b, mt_param *p, const char *name, size_t size, trainer_init init,
+                      float std, int decay);
+/* After trainer_params_alloc: every registered field's w and g point into the blocks. Frees
+ * the list (the builder is done). */
+void mt_builder_bind(mt_builder *b);
+
+/* What the blocks read at run time besides their own parameters. */
+typedef struct mt_env {
+    trainer_tables *tables; /* resolves hashed rows */
     int NH;
     layer_score_mode score;
     float hash_temp;
     int rope_dims; /* 0: learned positions, no rotation */
-} mt_ctx;
+} mt_env;
 
-#define MT_W(ctx, off) ((ctx)->params->data + (off))
-#define MT_G(ctx, off) ((ctx)->params->grad + (off))
-
-/* nout projections of one input, dense (w (OC,C) each) or hashed (one shared index). */
+/* nout projections of one input (nout <= 3), dense (w[j] (OC,C)) or hashed (one shared index
+ * into the table group `group`, biases b[j] (OC)). */
 typedef struct mt_proj {
     int nout, C, OC, hash;
-    size_t w[3], b[3];
+    mt_param w[3], b[3];
     int group; /* table group when hashed */
     int K, tau;
 } mt_proj;
@@ -39,13 +65,14 @@ typedef struct mt_proj_act {
     layer_hash_rows rows[3];
 } mt_proj_act;
 
-void mt_proj_define(mt_ctx *c, mt_proj *p, const char *name, int nout, int C, int OC, int hash,
+void mt_proj_define(mt_builder *b, mt_proj *p, const char *name, int nout, int C, int OC, int hash,
                     int tau);
-void mt_proj_forward(mt_ctx *c, const mt_proj *p, mt_proj_act *a, float **out, const float *in,
-                     int N);
+/* out[j] (N,OC) from in (N,C); activations from the arena. */
+void mt_proj_forward(const mt_env *e, trainer_arena *ar, const mt_proj *p, mt_proj_act *a,
+                     float **out, const float *in, int N);
 /* din (N,C) += ..., may be NULL; dout[j] (N,OC). */
-void mt_proj_backward(mt_ctx *c, const mt_proj *p, const mt_proj_act *a, float *din,
-                      float *const *dout, const float *in, int N);
+void mt_proj_backward(const mt_env *e, trainer_arena *ar, const mt_proj *p, const mt_proj_act *a,
+                      float *din, float *const *dout, const float *in, int N);
 
 /* Pre-norm attention sublayer: x1 = x0 + O(Attn(Q(h), K(src), V(src))), h = RMSNorm(x0).
  * Self-attention when src is NULL (src = h, rotary positions if configured), cross-attention
@@ -53,7 +80,7 @@ void mt_proj_backward(mt_ctx *c, const mt_proj *p, const mt_proj_act *a, float *
 typedef struct mt_attn {
     int self, C;
     layer_attn_mask mask;
-    size_t norm_w;
+    mt_param norm;      /* (C) */
     mt_proj q, kv, qkv; /* self uses qkv; cross uses q and kv */
     int has_o;
     mt_proj o;
@@ -66,24 +93,24 @@ typedef struct mt_attn_act {
     mt_proj_act pa_q, pa_kv, pa_o;
 } mt_attn_act;
 
-void mt_attn_define(mt_ctx *c, mt_attn *m, const char *name, int C, int self,
+void mt_attn_define(mt_builder *b, mt_attn *m, const char *name, int C, int self,
                     layer_attn_mask mask, int hash, int tau);
 /* x0 (B,Tq,C); src (B,Tk,C) or NULL; returns x1 (B,Tq,C) from the arena. */
-float *mt_attn_forward(mt_ctx *c, const mt_attn *m, mt_attn_act *a, const float *x0,
-                       const float *src, int B, int Tq, int Tk);
+float *mt_attn_forward(const mt_env *e, trainer_arena *ar, const mt_attn *m, mt_attn_act *a,
+                       const float *x0, const float *src, int B, int Tq, int Tk);
 /* dx0 (B,Tq,C) += from dx1 (residual included); dsrc (B,Tk,C) += when cross. */
-void mt_attn_backward(mt_ctx *c, const mt_attn *m, const mt_attn_act *a, float *dx0, float *dsrc,
-                      const float *dx1);
+void mt_attn_backward(const mt_env *e, trainer_arena *ar, const mt_attn *m, const mt_attn_act *a,
+                      float *dx0, float *dsrc, const float *dx1);
 
 /* Pre-norm feed-forward sublayer: x1 = x0 + F(RMSNorm(x0)), F = GELU MLP (dense) or the
  * memory block ML1 -> LayerNorm -> ML2 (hash). */
 typedef struct mt_ffn {
     int C, hash, H;
-    size_t norm_w;
-    mt_proj fc1, fc2;            /* dense */
-    size_t b1, ln_w, ln_b, b2;
-    int g1, g2;
-    trainer_tables *tables; /* resolver context of the memory block */
+    mt_param norm;           /* (C) */
+    mt_proj fc1, fc2;        /* dense: (H,C), (C,H) */
+    mt_param b1, ln_w, ln_b; /* hash: (H) each */
+    mt_param b2;             /* hash: (C) */
+    int g1, g2;              /* hash: table groups of ML1 and ML2 */
 } mt_ffn;
 
 typedef struct mt_ffn_act {
@@ -94,9 +121,11 @@ typedef struct mt_ffn_act {
     layer_memblock_act mba; /* buffers from the arena */
 } mt_ffn_act;
 
-void mt_ffn_define(mt_ctx *c, mt_ffn *m, const char *name, int C, int hash, int tau, int E);
-float *mt_ffn_forward(mt_ctx *c, const mt_ffn *m, mt_ffn_act *a, const float *x0, int N);
-void mt_ffn_backward(mt_ctx *c, const mt_ffn *m, const mt_ffn_act *a, float *dx0, const float *dx1);
+void mt_ffn_define(mt_builder *b, mt_ffn *m, const char *name, int C, int hash, int tau, int E);
+float *mt_ffn_forward(const mt_env *e, trainer_arena *ar, const mt_ffn *m, mt_ffn_act *a,
+                      const float *x0, int N);
+void mt_ffn_backward(const mt_env *e, trainer_arena *ar, const mt_ffn *m, const mt_ffn_act *a,
+                     float *dx0, const float *dx1);
 
 /* Memory writer (Memformer): slot i attends over [m_i ; E] with logits / write_temp, values
  * [m_i ; E W_V]; then biased memory normalisation m = (m' + v_i) / |m' + v_i| (forgetting
@@ -105,7 +134,7 @@ typedef struct mt_writer {
     int C, S, forgetting;
     float temp;
     mt_proj q, kv;
-    size_t vbias; /* (S,C), also gives M_0 = v / |v| */
+    mt_param vbias; /* (S,C), also gives M_0 = v / |v| */
 } mt_writer;
 
 typedef struct mt_writer_act {
@@ -115,16 +144,16 @@ typedef struct mt_writer_act {
     mt_proj_act pa_q, pa_kv;
 } mt_writer_act;
 
-void mt_writer_define(mt_ctx *c, mt_writer *w, int C, int S, float temp, int forgetting, int hash,
-                      int tau);
+void mt_writer_define(mt_builder *b, mt_writer *w, int C, int S, float temp, int forgetting,
+                      int hash, int tau);
 /* M (B,S,C), E (B,L,C) -> Mout (B,S,C) (from the arena). */
-float *mt_writer_forward(mt_ctx *c, const mt_writer *w, mt_writer_act *a, const float *M,
-                         const float *E, int B, int L);
+float *mt_writer_forward(const mt_env *e, trainer_arena *ar, const mt_writer *w, mt_writer_act *a,
+                         const float *M, const float *E, int B, int L);
 /* dM (B,S,C) +=, dE (B,L,C) += from dMout. */
-void mt_writer_backward(mt_ctx *c, const mt_writer *w, const mt_writer_act *a, float *dM, float *dE,
-                        const float *dMout);
+void mt_writer_backward(const mt_env *e, trainer_arena *ar, const mt_writer *w,
+                        const mt_writer_act *a, float *dM, float *dE, const float *dMout);
 /* M0 (S,C) = v / |v| per slot; backward adds into the gradient of v. */
-void mt_writer_initial(mt_ctx *c, const mt_writer *w, float *M0);
-void mt_writer_initial_backward(mt_ctx *c, const mt_writer *w, const float *dM0);
+void mt_writer_initial(trainer_arena *ar, const mt_writer *w, float *M0);
+void mt_writer_initial_backward(trainer_arena *ar, const mt_writer *w, const float *dM0);
 
 #endif

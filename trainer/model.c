@@ -13,9 +13,12 @@ struct trainer_model {
     trainer_model_spec spec;
     trainer_params params;
     trainer_tables *tables;
-    mt_ctx ctx;
+    mt_env env;
     int Vin;                      /* input ids: vocab + BOS */
-    size_t wte, wpe, enc_norm, dec_norm, lm_head;
+    mt_param wte;                 /* (Vin, C) */
+    mt_param wpe;                 /* (L, C), learned positions only */
+    mt_param enc_norm, dec_norm;  /* (C) */
+    mt_param lm_head;             /* (vocab, C) */
     int n_dec, n_enc;
     mt_attn *dec_self, *dec_cross, *enc_self, *enc_reader;
     mt_ffn *dec_ffn, *enc_ffn;
@@ -46,13 +49,14 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
     LAYER_ASSERT(C % s->NH == 0);
     trainer_params_init(&m->params);
     m->tables = trainer_tables_create(comm);
-    m->ctx = (mt_ctx){.params = &m->params, .tables = m->tables, .NH = s->NH,
-                      .score = s->score, .hash_temp = s->hash_temp, .rope_dims = s->rope_dims};
-    mt_ctx *c = &m->ctx;
+    m->env = (mt_env){.tables = m->tables, .NH = s->NH, .score = s->score,
+                      .hash_temp = s->hash_temp, .rope_dims = s->rope_dims};
+    mt_builder bld = {.params = &m->params, .tables = m->tables};
+    mt_builder *c = &bld;
     m->Vin = s->vocab + 1;
-    m->wte = trainer_params_add(&m->params, "wte", (size_t)m->Vin * C, TRAINER_INIT_NORMAL, 0.02f, 0);
+    mt_builder_param(c, &m->wte, "wte", (size_t)m->Vin * C, TRAINER_INIT_NORMAL, 0.02f, 0);
     if (s->rope_dims == 0)
-        m->wpe = trainer_params_add(&m->params, "wpe", (size_t)s->L * C, TRAINER_INIT_NORMAL, 0.01f, 0);
+        mt_builder_param(c, &m->wpe, "wpe", (size_t)s->L * C, TRAINER_INIT_NORMAL, 0.01f, 0);
     char nm[64];
     m->n_dec = s->memformer ? s->dec_layers : s->n_layers;
     m->dec_self = layer_xcalloc(m->n_dec, sizeof(mt_attn));
@@ -83,14 +87,14 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
             snprintf(nm, sizeof(nm), "enc%d.ffn", l);
             mt_ffn_define(c, &m->enc_ffn[l], nm, C, hash, s->tau, s->expand_bits);
         }
-        m->enc_norm = trainer_params_add(&m->params, "enc.norm", C, TRAINER_INIT_ONES, 0, 0);
+        mt_builder_param(c, &m->enc_norm, "enc.norm", C, TRAINER_INIT_ONES, 0, 0);
         if (s->memory)
             mt_writer_define(c, &m->writer, C, s->S, s->write_temp, s->forgetting, hash, s->tau);
     }
-    m->dec_norm = trainer_params_add(&m->params, "dec.norm", C, TRAINER_INIT_ONES, 0, 0);
-    m->lm_head = trainer_params_add(&m->params, "lm_head", (size_t)s->vocab * C,
-                                    TRAINER_INIT_NORMAL, 0.02f, 1);
+    mt_builder_param(c, &m->dec_norm, "dec.norm", C, TRAINER_INIT_ONES, 0, 0);
+    mt_builder_param(c, &m->lm_head, "lm_head", (size_t)s->vocab * C, TRAINER_INIT_NORMAL, 0.02f, 1);
     trainer_params_alloc(&m->params, s->seed);
+    mt_builder_bind(c);
     trainer_tables_alloc(m->tables, s->seed);
     return m;
 }
@@ -143,15 +147,15 @@ double trainer_model_flops_per_token(const trainer_model *m) {
 
 static void embed(trainer_model *m, float *x, const int32_t *tok, int B, int L) {
     const trainer_model_spec *s = &m->spec;
-    layer_embedding_forward(x, tok, m->ctx.params->data + m->wte, B * L, s->C);
-    if (s->rope_dims == 0) layer_posemb_forward(x, x, m->ctx.params->data + m->wpe, B, L, s->C);
+    layer_embedding_forward(x, tok, m->wte.w, B * L, s->C);
+    if (s->rope_dims == 0) layer_posemb_forward(x, x, m->wpe.w, B, L, s->C);
 }
 
 static void embed_backward(trainer_model *m, const float *dx, const int32_t *tok, int B, int L) {
     const trainer_model_spec *s = &m->spec;
     if (s->rope_dims == 0)
-        layer_posemb_backward(NULL, m->ctx.params->grad + m->wpe, dx, B, L, s->C);
-    layer_embedding_backward(m->ctx.params->grad + m->wte, dx, tok, B * L, s->C);
+        layer_posemb_backward(NULL, m->wpe.g, dx, B, L, s->C);
+    layer_embedding_backward(m->wte.g, dx, tok, B * L, s->C);
 }
 
 /* decode = 0 stops after the memory writer: all a memory-only pass needs. */
@@ -159,8 +163,7 @@ static double forward_impl(trainer_model *m, trainer_arena *arena, const trainer
                            const float *M_prev, float *M_next, int *count,
                            trainer_step_act **act_out, int decode) {
     const trainer_model_spec *s = &m->spec;
-    mt_ctx *c = &m->ctx;
-    c->arena = arena;
+    const mt_env *c = &m->env;
     int B = b->B, L = b->L, C = s->C, S = s->S, N = B * L;
     LAYER_ASSERT(L <= s->L || s->rope_dims > 0);
     trainer_step_act *a = trainer_arena_struct(arena, sizeof(trainer_step_act));
@@ -172,7 +175,7 @@ static double forward_impl(trainer_model *m, trainer_arena *arena, const trainer
             size_t ms = (size_t)S * C;
             a->M_in = trainer_arena_floats(arena, (size_t)B * ms);
             float *M0 = trainer_arena_floats(arena, ms);
-            mt_writer_initial(c, &m->writer, M0);
+            mt_writer_initial(arena, &m->writer, M0);
             for (int i = 0; i < B; i++)
                 memcpy(a->M_in + i * ms, (b->reset[i] || !M_prev) ? M0 : M_prev + i * ms,
                        ms * sizeof(float));
@@ -183,18 +186,18 @@ static double forward_impl(trainer_model *m, trainer_arena *arena, const trainer
         float *x = a->xe0 = trainer_arena_floats(arena, (size_t)N * C);
         embed(m, x, b->enc_tok, B, L);
         for (int l = 0; l < m->n_enc; l++) {
-            x = mt_attn_forward(c, &m->enc_self[l], &a->enc_self[l], x, NULL, B, L, L);
+            x = mt_attn_forward(c, arena, &m->enc_self[l], &a->enc_self[l], x, NULL, B, L, L);
             if (s->memory)
-                x = mt_attn_forward(c, &m->enc_reader[l], &a->enc_reader[l], x, a->M_in, B, L, S);
-            x = mt_ffn_forward(c, &m->enc_ffn[l], &a->enc_ffn[l], x, N);
+                x = mt_attn_forward(c, arena, &m->enc_reader[l], &a->enc_reader[l], x, a->M_in, B, L, S);
+            x = mt_ffn_forward(c, arena, &m->enc_ffn[l], &a->enc_ffn[l], x, N);
         }
         a->xe_last = x;
         a->E = trainer_arena_floats(arena, (size_t)N * C);
         a->enc_rstd = trainer_arena_floats(arena, N);
-        layer_rmsnorm_forward(a->E, a->enc_rstd, x, c->params->data + m->enc_norm, N, C);
+        layer_rmsnorm_forward(a->E, a->enc_rstd, x, m->enc_norm.w, N, C);
         E = a->E;
         if (s->memory) {
-            const float *Mout = mt_writer_forward(c, &m->writer, &a->writer, a->M_in, E, B, L);
+            const float *Mout = mt_writer_forward(c, arena, &m->writer, &a->writer, a->M_in, E, B, L);
             if (M_next) memcpy(M_next, Mout, (size_t)B * S * C * sizeof(float));
         }
     }
@@ -205,17 +208,17 @@ static double forward_impl(trainer_model *m, trainer_arena *arena, const trainer
     float *x = a->xd0 = trainer_arena_floats(arena, (size_t)N * C);
     embed(m, x, b->dec_tok, B, L);
     for (int l = 0; l < m->n_dec; l++) {
-        x = mt_attn_forward(c, &m->dec_self[l], &a->dec_self[l], x, NULL, B, L, L);
+        x = mt_attn_forward(c, arena, &m->dec_self[l], &a->dec_self[l], x, NULL, B, L, L);
         if (s->memformer)
-            x = mt_attn_forward(c, &m->dec_cross[l], &a->dec_cross[l], x, E, B, L, L);
-        x = mt_ffn_forward(c, &m->dec_ffn[l], &a->dec_ffn[l], x, N);
+            x = mt_attn_forward(c, arena, &m->dec_cross[l], &a->dec_cross[l], x, E, B, L, L);
+        x = mt_ffn_forward(c, arena, &m->dec_ffn[l], &a->dec_ffn[l], x, N);
     }
     a->xd_last = x;
     a->hfin = trainer_arena_floats(arena, (size_t)N * C);
     a->dec_rstd = trainer_arena_floats(arena, N);
-    layer_rmsnorm_forward(a->hfin, a->dec_rstd, x, c->params->data + m->dec_norm, N, C);
+    layer_rmsnorm_forward(a->hfin, a->dec_rstd, x, m->dec_norm.w, N, C);
     a->logits = trainer_arena_floats(arena, (size_t)N * s->vocab);
-    layer_linear_forward(a->logits, a->hfin, c->params->data + m->lm_head, NULL, N, C, s->vocab);
+    layer_linear_forward(a->logits, a->hfin, m->lm_head.w, NULL, N, C, s->vocab);
     int cnt = 0;
     double loss = layer_crossentropy(NULL, &cnt, a->logits, b->tgt, N, s->vocab, 0.0f);
     if (count) *count = cnt;
@@ -239,9 +242,8 @@ void trainer_model_write_memory(trainer_model *m, trainer_arena *arena, const tr
 void trainer_model_backward(trainer_model *m, trainer_step_act *a, float grad_scale,
                             const float *dM_next, float *dM_prev) {
     const trainer_model_spec *s = &m->spec;
-    mt_ctx *c = &m->ctx;
+    const mt_env *c = &m->env;
     trainer_arena *arena = a->arena;
-    c->arena = arena;
     const trainer_batch *b = &a->b;
     int B = b->B, L = b->L, C = s->C, S = s->S, N = B * L;
     size_t nx = (size_t)N * C;
@@ -249,23 +251,21 @@ void trainer_model_backward(trainer_model *m, trainer_step_act *a, float grad_sc
     int cnt;
     layer_crossentropy(dlogits, &cnt, a->logits, b->tgt, N, s->vocab, grad_scale);
     float *dh = trainer_arena_zeros(arena, nx);
-    layer_linear_backward(dh, c->params->grad + m->lm_head, NULL, dlogits, a->hfin,
-                          c->params->data + m->lm_head, N, C, s->vocab);
+    layer_linear_backward(dh, m->lm_head.g, NULL, dlogits, a->hfin, m->lm_head.w, N, C, s->vocab);
     float *dx = trainer_arena_zeros(arena, nx);
-    layer_rmsnorm_backward(dx, c->params->grad + m->dec_norm, dh, a->xd_last,
-                           c->params->data + m->dec_norm, a->dec_rstd, N, C);
+    layer_rmsnorm_backward(dx, m->dec_norm.g, dh, a->xd_last, m->dec_norm.w, a->dec_rstd, N, C);
     float *dE = s->memformer ? trainer_arena_zeros(arena, nx) : NULL;
     for (int l = m->n_dec - 1; l >= 0; l--) {
         float *dp = trainer_arena_zeros(arena, nx);
-        mt_ffn_backward(c, &m->dec_ffn[l], &a->dec_ffn[l], dp, dx);
+        mt_ffn_backward(c, arena, &m->dec_ffn[l], &a->dec_ffn[l], dp, dx);
         dx = dp;
         if (s->memformer) {
             dp = trainer_arena_zeros(arena, nx);
-            mt_attn_backward(c, &m->dec_cross[l], &a->dec_cross[l], dp, dE, dx);
+            mt_attn_backward(c, arena, &m->dec_cross[l], &a->dec_cross[l], dp, dE, dx);
             dx = dp;
         }
         dp = trainer_arena_zeros(arena, nx);
-        mt_attn_backward(c, &m->dec_self[l], &a->dec_self[l], dp, NULL, dx);
+        mt_attn_backward(c, arena, &m->dec_self[l], &a->dec_self[l], dp, NULL, dx);
         dx = dp;
     }
     embed_backward(m, dx, b->dec_tok, B, L);
@@ -273,21 +273,20 @@ void trainer_model_backward(trainer_model *m, trainer_step_act *a, float grad_sc
 
     size_t ms = (size_t)S * C;
     float *dM_in = s->memory ? trainer_arena_zeros(arena, (size_t)B * ms) : NULL;
-    if (s->memory && dM_next) mt_writer_backward(c, &m->writer, &a->writer, dM_in, dE, dM_next);
+    if (s->memory && dM_next) mt_writer_backward(c, arena, &m->writer, &a->writer, dM_in, dE, dM_next);
     dx = trainer_arena_zeros(arena, nx);
-    layer_rmsnorm_backward(dx, c->params->grad + m->enc_norm, dE, a->xe_last,
-                           c->params->data + m->enc_norm, a->enc_rstd, N, C);
+    layer_rmsnorm_backward(dx, m->enc_norm.g, dE, a->xe_last, m->enc_norm.w, a->enc_rstd, N, C);
     for (int l = m->n_enc - 1; l >= 0; l--) {
         float *dp = trainer_arena_zeros(arena, nx);
-        mt_ffn_backward(c, &m->enc_ffn[l], &a->enc_ffn[l], dp, dx);
+        mt_ffn_backward(c, arena, &m->enc_ffn[l], &a->enc_ffn[l], dp, dx);
         dx = dp;
         if (s->memory) {
             dp = trainer_arena_zeros(arena, nx);
-            mt_attn_backward(c, &m->enc_reader[l], &a->enc_reader[l], dp, dM_in, dx);
+            mt_attn_backward(c, arena, &m->enc_reader[l], &a->enc_reader[l], dp, dM_in, dx);
             dx = dp;
         }
         dp = trainer_arena_zeros(arena, nx);
-        mt_attn_backward(c, &m->enc_self[l], &a->enc_self[l], dp, NULL, dx);
+        mt_attn_backward(c, arena, &m->enc_self[l], &a->enc_self[l], dp, NULL, dx);
         dx = dp;
     }
     embed_backward(m, dx, b->enc_tok, B, L);
@@ -303,7 +302,7 @@ void trainer_model_backward(trainer_model *m, trainer_step_act *a, float grad_sc
             memcpy(dM_prev + i * ms, dM_in + i * ms, ms * sizeof(float));
         }
     }
-    if (dM0) mt_writer_initial_backward(c, &m->writer, dM0);
+    if (dM0) mt_writer_initial_backward(arena, &m->writer, dM0);
 }
 
 trainer_segments *trainer_segments_create(const trainer_model *m, int B) {
