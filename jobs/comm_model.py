@@ -4,7 +4,7 @@
 Predicts `bytes_sent_per_rank` of metrics.csv: the bytes one rank sends to the
 other ranks per optimizer step, averaged over ranks.
 
-    B(P) = 12 (P-1) X  +  (P-1)/P * sum_g K_g * U_g * (16 + 12 W_g)
+    B(P) = 12 (P-1) X  +  (P-1)/P * sum_g K_g (U_g + sum_blocks U_g,b) (8 + 4 W_g)
 
     U_g  = 2^b_g * (1 - (1 - 2^-b_g)^m_g)
 
@@ -15,34 +15,34 @@ other ranks per optimizer step, averaged over ranks.
   b = tau+e bits); for Memformer also the encoder's memory reader q and k/v
   and the memory writer's q and k/v. K_g = d_model/tau tables of 2^b_g rows.
 - W_g = nout * OC floats per key. A key owned by another rank costs
-  8 B (key) + 4 W B (the row) on the fetch and 8 B + 8 W B (key and the
-  gradient as float hi + lo) on the push: 16 + 12 W bytes.
-- m_g: rows hashed per table per step on one rank, with B = streams/P streams
-  per rank and n = horizon * seg_len * B tokens per rank per step:
-  decoder self, cross-q, cross-k/v (encoder outputs) and memory-block groups
-  see n rows; encoder groups n rows (the previous segment's tokens); the
-  memory reader k/v horizon * mem_slots * B rows; the writer q the slots
-  (horizon * mem_slots * B) and the writer k/v the slots plus the encoder
-  outputs (horizon * (mem_slots + seg_len) * B). The MRBP recompute pass
-  hashes the same rows again and finds them in the step's row cache.
+  8 B (key) + 4 W B (the row) when it is fetched, and the same again each time
+  a block pushes its gradient row to the owner.
+- m_g: rows hashed per table per step on one rank, with B streams on the rank
+  and n = horizon * seg_len * B tokens per rank per step: decoder self,
+  cross-q, cross-k/v (encoder outputs) and memory-block groups see n rows;
+  encoder groups n rows (the previous segment's tokens); the memory reader k/v
+  horizon * mem_slots * B rows; the writer q the slots (horizon * mem_slots *
+  B) and the writer k/v the slots plus the encoder outputs (horizon *
+  (mem_slots + seg_len) * B). A fetched row stays until the step ends, so
+  U_g (m_g over the rank's streams) counts the fetches; U_g,b (m_g over one
+  block's streams) counts one block's pushes.
 - U_g: expected distinct buckets among m_g lookups spread uniformly over
-  2^b_g buckets. Each distinct (table, bucket) key is fetched once and pushed
-  once per step. Real buckets are skewed (repeated pixels, trained hashes
+  2^b_g buckets. Real buckets are skewed (repeated pixels, trained hashes
   that concentrate), so this is an upper-bound-style estimate: it
   overestimates, increasingly as training makes the buckets skewed.
 - (P-1)/P: a table has one owner; averaged over ranks, its keys leave every
   rank but the owner.
-- X = ceil(streams/P) * F + G exchanges per step, each with a 12-byte header
-  to every peer: F fetch calls per stream pass (one per group per forward
-  call: twice per segment for the encoder and writer under MRBP, once for the
-  decoder) and G pushes (one per group).
+- X = passes * (F + G) exchanges per step, each with a 12-byte header to
+  every peer: passes = the most blocks (of stream_block streams) any rank
+  owns; per block F fetch calls (one per group per forward call, per segment
+  when a memory is carried, once when the block's segments are one batch;
+  MRBP's recompute exchanges nothing) and G pushes (one per group).
 
-The calibrated prediction keeps the structure but replaces sum_g K_g U_g by
-the distinct keys actually fetched, D = (1 - cache_hit_rate) * lookups, from
-the same metrics.csv (lookups per step are exact: sum over groups of forward
-calls * rows * K). It scales every group's U_g by D / sum_g K_g U_g, so it
-tests the byte accounting (W, (P-1)/P, headers) rather than the bucket
-statistics.
+The calibrated prediction keeps the structure but scales the row bytes by
+the remote keys actually fetched, D = (1 - cache_hit_rate) * lookups (the
+log's hit rate counts fetched rows), against the predicted (P-1)/P sum_g K_g
+U_g, so it tests the byte accounting (W, (P-1)/P, headers, pushes per
+block) rather than the bucket statistics.
 
 Usage:
   jobs/comm_model.py --config jobs/configs/demo.conf --streams=8 --ranks 1,2,4
@@ -62,7 +62,8 @@ import sys
 HEADER_BYTES = 12       # three ints per peer per exchange
 KEY_BYTES = 8           # int64 (group << 32 | chunk << bits | bucket)
 NEEDED = ("arch", "proj", "d_model", "n_layers", "enc_layers", "dec_layers", "seg_len",
-          "mem_slots", "memory", "tau", "expand_bits", "horizon", "bptt", "streams")
+          "mem_slots", "memory", "tau", "expand_bits", "horizon", "bptt", "streams",
+          "stream_block")
 
 
 def die(msg):
@@ -163,9 +164,12 @@ def distinct(bits, m):
     return R * (1.0 - (1.0 - 1.0 / R) ** m)
 
 
-def rank_streams(streams, P):
-    """Streams of each rank: contiguous blocks, as memtrain deals them."""
-    return [streams * (r + 1) // P - streams * r // P for r in range(P)]
+def rank_blocks(streams, block, P):
+    """Stream counts of the blocks of each rank: blocks of `block` streams (the last one
+    shorter), dealt to ranks in contiguous runs, as memtrain's schedule deals them."""
+    sizes = [min(block, streams - i) for i in range(0, streams, block)]
+    n = len(sizes)
+    return [sizes[n * r // P:n * (r + 1) // P] for r in range(P)]
 
 
 def predict(c, P, hit_rate=None):
@@ -173,27 +177,35 @@ def predict(c, P, hit_rate=None):
     gs = model_groups(c)
     if P < 1:
         die("P must be at least 1")
-    if c["streams"] < P:
-        die("streams = %d is fewer than %d ranks" % (c["streams"], P))
+    block = c.get("stream_block", 1)
+    per_rank = rank_blocks(c["streams"], block, P)
+    if min(len(b) for b in per_rank) == 0:
+        die("streams = %d in blocks of %d are fewer blocks than %d ranks" % (c["streams"], block, P))
     T = c["horizon"]
-    per_rank = rank_streams(c["streams"], P)
-    passes = max(per_rank)
-    F = T * sum(g.calls for g in gs)
-    exchanges = passes * F + len(gs)
+    memory = c["arch"] == "memformer" and c["memory"] == "on"
+    passes = max(len(b) for b in per_rank)
+    # a block's fetch calls: one per group per forward call, per segment when the memory
+    # makes segments sequential, once when the block's segments are one batch
+    F = (T if memory else 1) * sum(g.calls for g in gs)
+    exchanges = passes * (F + len(gs))
     header = HEADER_BYTES * (P - 1) * exchanges if gs else 0
     frac = (P - 1) / P
-    key_bytes = keys = lookups = 0.0
-    for B in per_rank:  # average over ranks
+    fetch = push = keys = lookups = 0.0
+    for blocks in per_rank:  # average over ranks
+        B = sum(blocks)
         for g in gs:
-            u = distinct(g.bits, T * B * g.rows)
+            u = distinct(g.bits, T * B * g.rows)  # fetched once per step
             keys += g.K * u / P
-            key_bytes += g.K * u * (2 * KEY_BYTES + 12 * g.W) / P
+            fetch += g.K * u * (KEY_BYTES + 4 * g.W) / P
+            for nb in blocks:  # pushed once per block
+                push += g.K * distinct(g.bits, T * nb * g.rows) * (KEY_BYTES + 4 * g.W) / P
             lookups += g.calls * T * B * g.rows * g.K / P
-    uniform = header + frac * key_bytes
+    uniform = header + frac * (fetch + push)
     calibrated = None
     if hit_rate is not None and keys > 0:
-        scale = (1.0 - hit_rate) * lookups / keys
-        calibrated = header + frac * key_bytes * scale
+        # the log's hit rate: 1 - (remote rows fetched) / lookups
+        scale = (1.0 - hit_rate) * lookups / (frac * keys) if frac > 0 else 1.0
+        calibrated = header + frac * (fetch + push) * scale
     info = {"groups": gs, "exchanges": exchanges, "header": header, "keys": keys,
             "lookups": lookups, "tokens": T * c["seg_len"] * c["streams"] / P}
     return uniform, calibrated, info
@@ -316,7 +328,8 @@ def main():
 
 def markdown(c, args, rows, ratio, fmt):
     gs = rows[0][6]["groups"]
-    F = c["horizon"] * sum(g.calls for g in gs)
+    memory = c["arch"] == "memformer" and c["memory"] == "on"
+    F = (c["horizon"] if memory else 1) * sum(g.calls for g in gs)
     shares = [info["header"] / uni for _, _, uni, _, _, _, info in rows if uni > 0]
     share = ("%.2f%%-%.2f%%" % (100 * min(shares), 100 * max(shares))) if shares else "none"
     weak = ("streams = %d x P" % args.per_rank_streams if args.per_rank_streams
@@ -327,7 +340,7 @@ def markdown(c, args, rows, ratio, fmt):
         "Bytes a rank sends to the other ranks per optimizer step (the `sent KiB/rank/step` "
         "figure of the log):",
         "",
-        "    B(P) = 12 (P-1) X + (P-1)/P * sum_g K_g U_g (16 + 12 W_g),"
+        "    B(P) = 12 (P-1) X + (P-1)/P * sum_g K_g (U_g + sum_b U_g,b) (8 + 4 W_g),"
         "    U_g = 2^b_g (1 - (1 - 2^-b_g)^m_g)",
         "",
         "- g: the hashed projection groups (%d for this model), each K_g = d_model/tau tables of "
@@ -337,18 +350,17 @@ def markdown(c, args, rows, ratio, fmt):
         "for the decoder, encoder and memory-block groups, horizon x mem_slots x streams/P "
         "for the memory reader's k/v and the writer's q, horizon x (mem_slots + seg_len) x "
         "streams/P for the writer's k/v. The MRBP recompute finds its rows in the step's cache.",
-        "- U_g: distinct keys of m_g lookups if buckets were uniform; each is fetched once "
-        "(8 B key + 4W B row) and pushed once (8 B key + 8W B gradient as float hi + lo). "
-        "Real buckets are skewed, so U_g overestimates.",
+        "- U_g: distinct keys of m_g lookups if buckets were uniform, each fetched once per step "
+        "(8 B key + 4W B row); U_g,b the same over one block's streams, each pushed once per "
+        "block (8 B key + 4W B gradient). Real buckets are skewed, so U_g overestimates.",
         "- (P-1)/P: the share of a rank's keys that live in tables owned by other ranks.",
-        "- X = ceil(streams/P) x F + G exchanges per step: F = %d fetches per stream pass (one "
-        "per group per forward call; MRBP runs the encoder and writer twice per segment), "
-        "G = %d pushes (one per group); each sends a 12-byte header to every peer (%s of the "
-        "uniform prediction here)." % (F, len(gs), share),
-        "- Calibrated: the same formula with sum_g K_g U_g scaled to the distinct keys "
-        "measured through the cache hit rate, (1 - hit) x lookups, alike for every group. "
-        "It checks the byte accounting; the gap between uniform and measured is the bucket "
-        "skew, which grows as training goes on (the hit rate rises).",
+        "- X = passes x (F + G) exchanges per step: per block of streams F = %d fetch calls "
+        "(one per group per forward call) and G = %d pushes (one per group); each sends a "
+        "12-byte header to every peer (%s of the uniform prediction here)." % (F, len(gs), share),
+        "- Calibrated: the row bytes scaled to the remote keys measured through the log's "
+        "fetch rate, (1 - hit) x lookups, alike for every group. It checks the byte "
+        "accounting; the gap between uniform and measured is the bucket skew, which grows as "
+        "training goes on.",
         "",
         "Measured: Fashion-MNIST demo model (`jobs/configs/demo.conf`, %s, %s), mean over the "
         "log windows after the first, from `jobs/scaling.sh`." %

@@ -3,7 +3,9 @@
 #
 # Runs the demo Memformer (hashed projections, Fashion-MNIST) on P = 1..MAXP ranks twice:
 # weak scaling (PER_RANK streams per rank: streams = PER_RANK * P) and strong scaling
-# (STRONG_STREAMS streams in all). The first log window of each run is discarded as warm-up.
+# (STRONG_STREAMS streams in all). Every rank computes its streams as one block
+# (stream_block = streams / P), the fastest batching for the rank count. The first log window
+# of each run is discarded as warm-up.
 # Runs on P <= CORES ranks are repeated REPEATS times (interleaved: the whole sweep, then again)
 # and each point keeps its fastest repeat: the cores are shared with whatever else runs, and a
 # busy neighbour stalls every rank that waits for the slowed one at the next exchange (load1 in
@@ -65,7 +67,8 @@ run() {
   cut -d' ' -f1 /proc/loadavg >"$dir/load1"
   # shellcheck disable=SC2086 # MPIRUN_ARGS is a list of options
   if ! mpirun --oversubscribe $MPIRUN_ARGS -np "$p" "$BIN" train --config "$CONF" \
-      --streams="$streams" --steps="$STEPS" --warmup="$WARMUP" --log_every="$LOG_EVERY" \
+      --streams="$streams" --stream_block=$(( streams / p )) --steps="$STEPS" \
+      --warmup="$WARMUP" --log_every="$LOG_EVERY" \
       --eval_every=0 --ckpt_every=0 --run_dir="$dir" </dev/null >"$dir/log.txt" 2>&1; then
     cat "$dir/log.txt" >&2
     die "$mode run on $p ranks failed (log: $dir/log.txt)"
@@ -91,7 +94,8 @@ fi
 # predicted bytes per run from the communication model (byte counts and cache hits are the
 # same in every repeat: same seed and rank count give the same keys), then one CSV row per run
 while read -r _ p streams dir; do
-  jobs/comm_model.py --bin "$BIN" --config "$CONF" --streams="$streams" --ranks "$p" \
+  jobs/comm_model.py --bin "$BIN" --config "$CONF" --streams="$streams" \
+    --stream_block=$(( streams / p )) --ranks "$p" \
     --metrics "$dir/r1/metrics.csv" --format csv | tail -1 >"$dir/comm_model.csv"
 done <"$ROWS"
 
@@ -180,7 +184,7 @@ ranks=$(seq -s, 2 "$MAXP" || true)
 if [ -n "$ranks" ]; then
   {
     jobs/comm_model.py --bin "$BIN" --config "$CONF" --per-rank-streams "$PER_RANK" \
-      --ranks "$ranks" --metrics "$OUT/weak-p{P}/metrics.csv" --format markdown
+      --stream_block="$PER_RANK" --ranks "$ranks" --metrics "$OUT/weak-p{P}/metrics.csv" --format markdown
     echo
     echo "Byte counts do not depend on timing, so the oversubscribed runs (P > $CORES on this" \
          "$CORES-core machine) measure them as well as the others; $STEPS steps per run."

@@ -24,8 +24,12 @@ measure() { # name np steps args...
   file=$(ls "$d"/ckpt/ckpt-*.h5)
   write=$(sed -n 's/^checkpoint: .* written in \([0-9.]*\) s$/\1/p' "$d.log" | tail -n 1)
   read=$(sed -n 's/.*(read in \([0-9.]*\) s)$/\1/p' "$d.resume.log")
-  ms=$(sed -n 's/.*ms\/step compute \([0-9.]*\) a2a \([0-9.]*\) allreduce \([0-9.]*\) io \([0-9.]*\).*/\1 \2 \3 \4/p' "$d.log" \
-       | tail -n 1 | awk '{print $1 + $2 + $3 + $4}')
+  # training time per step: every ms_ column of the last log window but eval and ckpt
+  ms=$(/usr/bin/python3 -c '
+import csv, sys
+r = list(csv.DictReader(open(sys.argv[1])))[-1]
+print(sum(float(v) for k, v in r.items() if k.startswith("ms_") and k not in ("ms_eval", "ms_ckpt")))
+' "$d/metrics.csv")
   tables=$(sed -n 's/.*table params \([0-9]*\).*/\1/p' "$d.log")
   awk -v n="$name" -v np="$np" -v sz="$(stat -c %s "$file")" -v w="$write" -v r="$read" \
       -v ms="$ms" -v t="$tables" 'BEGIN {

@@ -11,6 +11,7 @@
 #include "comm/comm.h"
 #include "tests/testutil.h"
 #include "trainer/config.h"
+#include "trainer/schedule.h"
 #include "trainer/step.h"
 #include "trainer/train.h"
 
@@ -55,6 +56,9 @@ static int child(const char *proj, int full, int steps) {
     trainer_model *m = trainer_model_create(&spec, comm);
     trainer_rollout *r = trainer_rollout_create(m, cfg.horizon, cfg.streams,
                                                 full ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP);
+    trainer_schedule sched = trainer_schedule_make(cfg.streams, cfg.stream_block, 1, 0);
+    trainer_rollout_set_block(r, cfg.stream_block);
+    trainer_schedule_attach(&sched, m);
     float *M = calloc((size_t)cfg.streams * trainer_model_memory_size(m) + 1, sizeof(float));
     layer_rng rng;
     tu_seed(&rng, "bench-mrbp");
@@ -62,11 +66,11 @@ static int child(const char *proj, int full, int steps) {
     for (int s = 0; s < steps + 1; s++) {
         tu_random_rollout(r, 256, &rng);
         trainer_step_info si;
-        if (trainer_step(m, r, M, comm, &cfg, s, &si, err, sizeof(err)) != 0) {
+        if (trainer_step(m, r, &sched, M, comm, &cfg, s, &si, err, sizeof(err)) != 0) {
             fprintf(stderr, "bench: %s\n", err);
             return 1;
         }
-        if (s > 0) secs += si.sec_total;
+        if (s > 0) secs += trainer_timers_total(&si.time);
     }
     printf("%ld %.3f %zu\n", peak_rss_kib(), 1000 * secs / steps, trainer_rollout_peak_bytes(r));
     fflush(stdout);

@@ -6,6 +6,7 @@
 #include "comm/comm.h"
 #include "tests/testutil.h"
 #include "trainer/config.h"
+#include "trainer/schedule.h"
 #include "trainer/step.h"
 #include "trainer/train.h"
 
@@ -40,6 +41,9 @@ static result run_config(comm_ctx *comm, int memformer, int hash, int steps) {
     trainer_spec_from_config(&spec, &cfg);
     trainer_model *m = trainer_model_create(&spec, comm);
     trainer_rollout *r = trainer_rollout_create(m, cfg.horizon, cfg.streams, TRAINER_ROLLOUT_MRBP);
+    trainer_schedule sched = trainer_schedule_make(cfg.streams, cfg.stream_block, 1, 0);
+    trainer_rollout_set_block(r, cfg.stream_block);
+    trainer_schedule_attach(&sched, m);
     float *M = calloc((size_t)cfg.streams * trainer_model_memory_size(m) + 1, sizeof(float));
     layer_rng rng;
     tu_seed(&rng, "bench-train");
@@ -47,13 +51,13 @@ static result run_config(comm_ctx *comm, int memformer, int hash, int steps) {
     for (int s = 0; s < steps + 2; s++) {
         tu_random_rollout(r, spec.vocab, &rng);
         trainer_step_info si;
-        if (trainer_step(m, r, M, comm, &cfg, s, &si, err, sizeof(err)) != 0) {
+        if (trainer_step(m, r, &sched, M, comm, &cfg, s, &si, err, sizeof(err)) != 0) {
             fprintf(stderr, "bench: %s\n", err);
             exit(1);
         }
         if (s >= 2) { /* the first steps warm caches and page in the tables */
             tokens += si.tokens;
-            secs += si.sec_total;
+            secs += trainer_timers_total(&si.time);
         }
     }
     result res = {tokens / secs, trainer_model_flops_per_token(m) * 2, 1000 * secs / steps};

@@ -102,7 +102,14 @@ START_TEST(test_sparse_untouched_rows) {
     const int32_t uniq[2] = {4, 1};
     float *grad = tu_randn(&r, 2 * W, 1.0f);
     const int64_t t = 7;
-    trainer_sparse_adam_step(rows, m, v, grad, uniq, 2, W, 0.01f, 0.9f, 0.95f, 1e-8f, t, 0.7f);
+    /* the lazy pass: only the touched rows, each with its gradient row (cleared after) */
+    trainer_adam k = trainer_adam_at(0.01f, 0.9f, 0.95f, 1e-8f, 0.0f, t, 0.7f);
+    float *gcopy = malloc(sizeof(float) * 2 * W);
+    memcpy(gcopy, grad, sizeof(float) * 2 * W);
+    for (int i = 0; i < 2; i++)
+        trainer_adam_apply(rows + uniq[i] * W, m + uniq[i] * W, v + uniq[i] * W, gcopy + i * W, W, &k);
+    for (int i = 0; i < 2 * W; i++) ck_assert(gcopy[i] == 0.0f);
+    free(gcopy);
     for (int row = 0; row < R; row++) {
         size_t o = (size_t)row * W;
         if (row == 4 || row == 1) {
@@ -141,7 +148,15 @@ START_TEST(test_sparse_matches_dense_all_rows) {
     for (int64_t t = 1; t <= 3; t++) {
         float *gd = tu_randn(&r, N, 1.0f), gs[N];
         for (int i = 0; i < R; i++) memcpy(gs + i * W, gd + uniq[i] * W, sizeof(float) * W);
-        trainer_sparse_adam_step(ps, ms, vs, gs, uniq, R, W, 0.05f, 0.9f, 0.95f, 1e-8f, t, 0.7f);
+        trainer_adam k = trainer_adam_at(0.05f, 0.9f, 0.95f, 1e-8f, 0.0f, t, 0.7f);
+        for (int i = 0; i < R; i++) { /* the double form, from the same float values */
+            double g64[W];
+            for (int j = 0; j < W; j++) g64[j] = gs[i * W + j];
+            if (i % 2)
+                trainer_adam_apply(ps + uniq[i] * W, ms + uniq[i] * W, vs + uniq[i] * W, gs + i * W, W, &k);
+            else
+                trainer_adam_apply64(ps + uniq[i] * W, ms + uniq[i] * W, vs + uniq[i] * W, g64, W, &k);
+        }
         trainer_adamw_step(pd, gd, md, vd, N, 0.05f, 0.9f, 0.95f, 1e-8f, 0.0f, t, 0.7f);
         free(gd);
     }

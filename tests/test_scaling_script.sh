@@ -56,28 +56,29 @@ pass "scaling.sh: CSV rows and columns, PNG plots, comm_model.md"
 # ---- the model by hand ----
 # decoder, 1 layer, d_model 8, tau 2, expand_bits 0: K = 4 tables of 4 rows per group;
 # groups qkv (W = 3*8), ml1 (OC = K*(tau+e) = 8), ml2 (OC = 8). m = 784 lookups per table
-# fill all 4 rows: U = 4(1 - (3/4)^784) = 4. Per key 16 + 12 W bytes: 304, 112, 112.
-# P = 2: 12 * 1 * (1 pass * 3 fetches + 3 pushes) + 1/2 * 4 * 4 * (304 + 112 + 112) = 72 + 4224.
+# fill all 4 rows: U = 4(1 - (3/4)^784) = 4. Per key 8 + 4 W bytes fetched and as much pushed
+# (one block per rank): 2 * 104, 2 * 40, 2 * 40.
+# P = 2: 12 * 1 * (1 pass * (3 fetches + 3 pushes)) + 1/2 * 4 * 4 * 2 * (104 + 40 + 40) = 72 + 2944.
 tiny=(--arch=decoder --n_layers=1 --d_model=8 --n_heads=1 --tau=2 --expand_bits=0 --horizon=1
-      --seg_len=784)
+      --seg_len=784 --stream_block=1)
 pred() { # P -> uniform prediction in bytes
   jobs/comm_model.py --bin "$BIN/memtrain" "${tiny[@]}" --streams="$1" --ranks "$1" --format csv \
     | tail -1 | cut -d, -f4
 }
-[ "$(pred 2)" = 4296 ] || fail "comm_model.py predicts $(pred 2) bytes for the tiny decoder at P=2, hand count 4296"
+[ "$(pred 2)" = 3016 ] || fail "comm_model.py predicts $(pred 2) bytes for the tiny decoder at P=2, hand count 3016"
 [ "$(pred 1)" = 0 ] || fail "comm_model.py predicts $(pred 1) bytes at P=1, expected 0"
-pass "comm_model.py: hand-counted 4296 bytes at P=2, 0 at P=1"
+pass "comm_model.py: hand-counted 3016 bytes at P=2, 0 at P=1"
 
 # the real counter: at most the saturated count, and at least 90% of it (nearly every bucket hit)
 mpirun --oversubscribe -np 2 "$BIN/memtrain" "${tiny[@]}" --streams=2 --steps=2 --warmup=1 \
   --log_every=1 --eval_every=0 --ckpt_every=0 --run_dir="$TMP/tiny" >"$TMP/out" 2>&1 \
   || { cat "$TMP/out"; fail "tiny decoder run failed"; }
-/usr/bin/python3 - "$TMP/tiny/metrics.csv" <<'PY' || fail "tiny decoder: measured bytes outside [0.9, 1] x 4296"
+/usr/bin/python3 - "$TMP/tiny/metrics.csv" <<'PY' || fail "tiny decoder: measured bytes outside [0.9, 1] x 3016"
 import csv, sys
 for r in csv.DictReader(open(sys.argv[1])):
     b = float(r["bytes_sent_per_rank"])
-    assert 0.9 * 4296 <= b <= 4296, b
-    print("tiny decoder step %s: measured %.0f bytes = %.3f x 4296" % (r["step"], b, b / 4296))
+    assert 0.9 * 3016 <= b <= 3016, b
+    print("tiny decoder step %s: measured %.0f bytes = %.3f x 3016" % (r["step"], b, b / 3016))
 PY
 pass "tiny decoder: measured counter within [0.9, 1] of the saturated prediction"
 

@@ -8,7 +8,7 @@ source "$(dirname "$0")/slurm_lib.sh"
 BIN=$repo/${BUILD:-build}/bin
 export MEMTRAIN=$BIN/memtrain OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OPENBLAS_NUM_THREADS=1 OMPI_MCA_btl_base_warn_component_unused=0
-CONF=(--d_model=32 --seg_len=28 --streams=4 --horizon=2 --steps=300 --warmup=5 --log_every=10
+CONF=(--d_model=32 --seg_len=28 --streams=4 --stream_block=2 --horizon=2 --steps=300 --warmup=5 --log_every=10
       --eval_every=0 --ckpt_every=50)
 final_loss() { tail -n 1 "$1/metrics.csv" | cut -d, -f1,2; }
 

@@ -54,16 +54,16 @@ static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state
         int64_t *mine = layer_xmalloc(((size_t)grp->K + 1) * sizeof(int64_t));
         int nk = 0;
         for (int k = 0; k < grp->K; k++)
-            if (trainer_tables_unit(tb, g, k, 0, NULL, NULL, NULL)) mine[nk++] = k;
+            if (trainer_tables_owner(tb, g, k) == comm_rank(c)) mine[nk++] = k;
         float *buf = layer_xmalloc(((size_t)nk * unit + 1) * sizeof(float));
         for (int j = 0; j < grp->nout; j++) {
             const char *what[3] = {"data", "m", "v"};
             for (int a = 0; a < 3; a++) {
-                float *ptr[3];
                 if (x->writing)
                     for (int q = 0; q < nk; q++) {
-                        ptr[0] = trainer_tables_unit(tb, g, (int)mine[q], j, &ptr[1], &ptr[2], NULL);
-                        memcpy(buf + q * unit, ptr[a], unit * sizeof(float));
+                        float *dst[3] = {NULL, NULL, NULL};
+                        dst[a] = buf + q * unit;
+                        trainer_tables_unit_get(tb, g, (int)mine[q], j, dst[0], dst[1], dst[2], NULL);
                     }
                 snprintf(name, sizeof(name), "tables/%s/out%d/%s", grp->name, j, what[a]);
                 if (move(x, name, IO_F32, 3, dims, nk, mine, buf) != 0) {
@@ -73,8 +73,9 @@ static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state
                 }
                 if (!x->writing)
                     for (int q = 0; q < nk; q++) {
-                        ptr[0] = trainer_tables_unit(tb, g, (int)mine[q], j, &ptr[1], &ptr[2], NULL);
-                        memcpy(ptr[a], buf + q * unit, unit * sizeof(float));
+                        const float *src[3] = {NULL, NULL, NULL};
+                        src[a] = buf + q * unit;
+                        trainer_tables_unit_set(tb, g, (int)mine[q], j, src[0], src[1], src[2]);
                     }
             }
         }

@@ -91,6 +91,7 @@ typedef struct trainer_config {
     int horizon; /* segments per rollout, one optimizer step each */
     trainer_bptt bptt;
     int streams; /* global number of sequences in flight */
+    int stream_block; /* streams computed together; ranks own whole blocks */
     /* optimizer and schedule */
     float lr;
     int warmup;

@@ -2,6 +2,7 @@
 #include "trainer/optim.h"
 
 #include <math.h>
+#include <string.h>
 
 #include "layers/common.h"
 
@@ -55,16 +56,27 @@ void trainer_adamw_step(float *p, const float *g, float *m, float *v, size_t n, 
     adam_range(p, m, v, g, n, lr, beta1, beta2, bc1, bc2, eps, wd, grad_scale);
 }
 
-void trainer_sparse_adam_step(float *rows, float *m, float *v, const float *grad,
-                              const int32_t *uniq, int nu, int W, float lr, float beta1,
-                              float beta2, float eps, int64_t t, float grad_scale) {
-    float bc1, bc2;
-    bias_corrections(beta1, beta2, t, &bc1, &bc2);
-    for (int i = 0; i < nu; i++) {
-        LAYER_ASSERT(uniq[i] >= 0);
-        size_t off = (size_t)uniq[i] * (size_t)W;
-        adam_range(rows + off, m + off, v + off, grad + (size_t)i * (size_t)W, (size_t)W, lr,
-                   beta1, beta2, bc1, bc2, eps, 0.0f, grad_scale);
+trainer_adam trainer_adam_at(float lr, float beta1, float beta2, float eps, float wd, int64_t t,
+                             float grad_scale) {
+    trainer_adam k = {lr, beta1, beta2, 0, 0, eps, wd, grad_scale};
+    bias_corrections(beta1, beta2, t, &k.bc1, &k.bc2);
+    return k;
+}
+
+void trainer_adam_apply(float *restrict p, float *restrict m, float *restrict v,
+                        float *restrict g, size_t n, const trainer_adam *k) {
+    adam_range(p, m, v, g, n, k->lr, k->beta1, k->beta2, k->bc1, k->bc2, k->eps, k->wd,
+               k->grad_scale);
+    memset(g, 0, n * sizeof(float));
+}
+
+void trainer_adam_apply64(float *restrict p, float *restrict m, float *restrict v,
+                          double *restrict g, size_t n, const trainer_adam *k) {
+    const float lr = k->lr, b1 = k->beta1, b2 = k->beta2, bc1 = k->bc1, bc2 = k->bc2, eps = k->eps,
+                wd = k->wd, gs = k->grad_scale;
+    for (size_t i = 0; i < n; i++) {
+        adam_update(&p[i], &m[i], &v[i], (float)g[i] * gs, lr, b1, b2, bc1, bc2, eps, wd);
+        g[i] = 0.0;
     }
 }
 

@@ -14,8 +14,8 @@
  *   float scale = trainer_clip_scale(sqrt(ss), c->grad_clip);
  *   float lr = trainer_lr_at(step, c);            // step counts from 0
  *   trainer_adamw_step(p, g, m, v, n, lr, c->beta1, c->beta2, c->adam_eps, wd, step + 1, scale);
- *   trainer_sparse_adam_step(rows, m, v, grad, uniq, nu, W, lr * c->table_lr_scale, ...,
- *                            step + 1, scale);
+ *   trainer_adam k = trainer_adam_at(lr * c->table_lr_scale, ..., step + 1, scale);
+ *   trainer_adam_apply(row, m_row, v_row, grad_row, W, &k);   // each touched table row
  *
  * Moments m and v start at zero and belong to the caller, one float per parameter. */
 
@@ -36,16 +36,21 @@ void trainer_adamw_step(float *p, const float *g, float *m, float *v, size_t n, 
                         float beta1, float beta2, float eps, float wd, int64_t t,
                         float grad_scale);
 
-/* Lazy Adam on a row store rows (R,W) with moments m, v (R,W): only the nu rows listed in uniq
- * are updated, row uniq[i] with gradient row grad[i] (grad is (nu,W), compact). Rows not listed,
- * and their moments, are left exactly as they are: their moments do not decay. Bias
- * correction uses the global step t (1-based), as dense Adam would. No weight decay: table
- * rows are looked up, not multiplied, so shrinking them has no regularising meaning.
- * The entries of uniq must be distinct and within [0, R); a repeated row would be updated
- * twice. Each touched row gets bitwise the same result as trainer_adamw_step with wd = 0. */
-void trainer_sparse_adam_step(float *rows, float *m, float *v, const float *grad,
-                              const int32_t *uniq, int nu, int W, float lr, float beta1,
-                              float beta2, float eps, int64_t t, float grad_scale);
+/* The constants of one Adam update at 1-based step t: learning rate, betas, bias
+ * corrections 1 - beta^t, eps, weight decay and the factor the gradient is multiplied by. */
+typedef struct trainer_adam {
+    float lr, beta1, beta2, bc1, bc2, eps, wd, grad_scale;
+} trainer_adam;
+
+trainer_adam trainer_adam_at(float lr, float beta1, float beta2, float eps, float wd, int64_t t,
+                             float grad_scale);
+/* Lazy Adam's pass over one touched table row (or a slice of it): Adam on n entries p, m, v
+ * with gradient g, which is cleared (the next step's sum starts from zero). Entries not
+ * passed, and their moments, stay exactly as they are: untouched rows' moments do not decay.
+ * Each entry gets bitwise what trainer_adamw_step gives it (with the same wd). The 64 form
+ * reads a gradient summed in double and rounds it to float first. */
+void trainer_adam_apply(float *p, float *m, float *v, float *g, size_t n, const trainer_adam *k);
+void trainer_adam_apply64(float *p, float *m, float *v, double *g, size_t n, const trainer_adam *k);
 
 /* sum_i g[i]^2 accumulated in double, in an order fixed by n alone, so equal inputs give
  * bitwise-equal sums on every rank and run. */

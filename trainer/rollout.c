@@ -1,34 +1,56 @@
-/* Memory replay back-propagation and full back-propagation through time over one rollout, stream by stream. */
+/* Memory replay back-propagation and full back-propagation through time over one rollout, a block of streams at a time. */
 #include "trainer/rollout.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "layers/common.h"
+#include "trainer/tables.h"
 
 static int narenas(const trainer_rollout *r) { return r->mode == TRAINER_ROLLOUT_FULL ? r->T : 1; }
 
-trainer_rollout *trainer_rollout_create(const trainer_model *m, int T, int B, trainer_rollout_mode mode) {
+static void free_block_buffers(trainer_rollout *r) {
+    free(r->benc);
+    free(r->bdec);
+    free(r->btgt);
+    free(r->breset);
+    free(r->replay);
+    free(r->dM);
+    free(r->dM_prev);
+}
+
+void trainer_rollout_set_block(trainer_rollout *r, int block) {
+    LAYER_ASSERT(block >= 1);
+    free_block_buffers(r);
+    r->block = block;
+    size_t n = (size_t)r->T * block * r->L + 1, ms = r->msize ? r->msize : 1;
+    r->benc = layer_xmalloc(n * sizeof(int32_t));
+    r->bdec = layer_xmalloc(n * sizeof(int32_t));
+    r->btgt = layer_xmalloc(n * sizeof(int32_t));
+    r->breset = layer_xcalloc((size_t)r->T * block + 1, 1);
+    r->replay = layer_xcalloc((size_t)(r->T + 1) * block * ms, sizeof(float));
+    r->dM = layer_xcalloc((size_t)block * ms, sizeof(float));
+    r->dM_prev = layer_xcalloc((size_t)block * ms, sizeof(float));
+}
+
+trainer_rollout *trainer_rollout_create(const trainer_model *m, int T, int B,
+                                        trainer_rollout_mode mode) {
     const trainer_model_spec *s = trainer_model_get_spec(m);
     trainer_rollout *r = layer_xcalloc(1, sizeof(*r));
     r->T = T;
     r->B = B;
-    r->first = 0;
-    r->nstreams = B;
     r->L = s->L;
     r->mode = mode;
     r->msize = trainer_model_memory_size(m);
-    size_t n = (size_t)T * B * r->L, ms = r->msize ? r->msize : 1;
+    size_t n = (size_t)T * B * r->L + 1;
     r->enc = layer_xmalloc(n * sizeof(int32_t));
     r->dec = layer_xmalloc(n * sizeof(int32_t));
     r->tgt = layer_xmalloc(n * sizeof(int32_t));
-    r->reset = layer_xcalloc((size_t)T * B, 1);
-    r->replay = layer_xcalloc((size_t)B * (T + 1) * ms, sizeof(float));
-    r->dM = layer_xcalloc(ms, sizeof(float));
-    r->dM_prev = layer_xcalloc(ms, sizeof(float));
+    r->reset = layer_xcalloc((size_t)T * B + 1, 1);
     r->arenas = layer_xcalloc(narenas(r), sizeof(trainer_arena *));
     for (int i = 0; i < narenas(r); i++) r->arenas[i] = trainer_arena_create((size_t)4 << 20);
     r->acts = layer_xcalloc(T, sizeof(trainer_step_act *));
+    trainer_rollout_set_block(r, B > 0 ? B : 1);
     return r;
 }
 
@@ -41,23 +63,8 @@ void trainer_rollout_free(trainer_rollout *r) {
     free(r->dec);
     free(r->tgt);
     free(r->reset);
-    free(r->replay);
-    free(r->dM);
-    free(r->dM_prev);
+    free_block_buffers(r);
     free(r);
-}
-
-/* Segment t of stream b as a batch of one. */
-static trainer_batch batch_at(const trainer_rollout *r, int b, int t) {
-    size_t off = ((size_t)b * r->T + t) * r->L;
-    trainer_batch bt = {.B = 1, .L = r->L, .enc_tok = r->enc + off, .dec_tok = r->dec + off,
-                        .tgt = r->tgt + off, .reset = r->reset + (size_t)b * r->T + t};
-    return bt;
-}
-
-/* M_t of stream b (t = 0..T). */
-static float *replay_at(const trainer_rollout *r, int b, int t) {
-    return r->msize ? r->replay + ((size_t)b * (r->T + 1) + t) * r->msize : NULL;
 }
 
 int64_t trainer_rollout_count(const trainer_rollout *r) {
@@ -66,94 +73,124 @@ int64_t trainer_rollout_count(const trainer_rollout *r) {
     return n;
 }
 
-/* Memory pass of MRBP for stream b: M_1..M_T into the replay buffer, nothing else kept. */
-static void memory_pass(trainer_rollout *r, trainer_model *m, int b) {
-    for (int t = 0; t < r->T; t++) {
-        trainer_batch bt = batch_at(r, b, t);
-        trainer_arena_reset(r->arenas[0]);
-        trainer_model_write_memory(m, r->arenas[0], &bt, replay_at(r, b, t), replay_at(r, b, t + 1));
-    }
+/* Without carried memory: the block's nb x T segments as one batch (stream-major, as they
+ * lie in the inputs). */
+static trainer_batch whole_block(const trainer_rollout *r, int b0, int nb) {
+    size_t off = trainer_rollout_at(r, b0, 0);
+    trainer_batch bt = {.B = nb * r->T, .L = r->L, .enc_tok = r->enc + off, .dec_tok = r->dec + off,
+                        .tgt = r->tgt + off, .reset = r->reset + (size_t)b0 * r->T};
+    return bt;
 }
 
-/* A stream pass with no tokens: the same sequence of model calls, and so of collective row
- * exchanges, as a real stream, contributing nothing. Ranks with fewer streams run these so
- * that every rank makes the same exchanges in the same order. */
-static void ghost_pass(trainer_rollout *r, trainer_model *m) {
+/* Segment t of the block's nb streams side by side, from the gathered buffers. */
+static trainer_batch segment_of_block(const trainer_rollout *r, int nb, int t) {
+    size_t off = (size_t)t * nb * r->L;
+    trainer_batch bt = {.B = nb, .L = r->L, .enc_tok = r->benc + off, .dec_tok = r->bdec + off,
+                        .tgt = r->btgt + off, .reset = r->breset + (size_t)t * nb};
+    return bt;
+}
+
+static void gather_block(trainer_rollout *r, int b0, int nb) {
+    size_t L = (size_t)r->L;
+    for (int t = 0; t < r->T; t++)
+        for (int i = 0; i < nb; i++) {
+            size_t src = trainer_rollout_at(r, b0 + i, t), dst = ((size_t)t * nb + i) * L;
+            memcpy(r->benc + dst, r->enc + src, L * sizeof(int32_t));
+            memcpy(r->bdec + dst, r->dec + src, L * sizeof(int32_t));
+            memcpy(r->btgt + dst, r->tgt + src, L * sizeof(int32_t));
+            r->breset[(size_t)t * nb + i] = r->reset[(size_t)(b0 + i) * r->T + t];
+        }
+}
+
+/* M_t of the block's streams (t = 0..T): (nb, msize). */
+static float *replay_at(const trainer_rollout *r, int nb, int t) {
+    return r->replay + (size_t)t * nb * r->msize;
+}
+
+double trainer_rollout_block(trainer_rollout *r, trainer_model *m, int b0, int nb, float *M,
+                             float grad_scale) {
+    LAYER_ASSERT(nb >= 0 && nb <= r->block && b0 >= 0 && b0 + nb <= (r->B > b0 ? r->B : b0));
     trainer_tables *tb = trainer_model_tables(m);
-    trainer_batch bt = {.B = 0, .L = r->L};
+    double loss = 0.0;
     int cnt;
-    int mrbp = r->mode == TRAINER_ROLLOUT_MRBP && r->msize;
-    if (mrbp) {
+    trainer_step_act *act;
+    if (!r->msize) { /* nothing carried: every segment is an independent sequence */
+        trainer_batch bt = whole_block(r, b0, nb);
+        trainer_arena_reset(r->arenas[0]);
+        loss = trainer_model_forward(m, r->arenas[0], &bt, NULL, NULL, &cnt, &act);
+        trainer_model_backward(m, act, grad_scale, NULL, NULL);
+        return loss;
+    }
+    size_t mb = (size_t)nb * r->msize * sizeof(float);
+    gather_block(r, b0, nb);
+    if (nb) memcpy(replay_at(r, nb, 0), M, mb);
+    if (r->mode == TRAINER_ROLLOUT_FULL) { /* every segment's activations at once */
+        for (int t = 0; t < r->T; t++) {
+            trainer_batch bt = segment_of_block(r, nb, t);
+            trainer_arena_reset(r->arenas[t]);
+            loss += trainer_model_forward(m, r->arenas[t], &bt, replay_at(r, nb, t),
+                                          replay_at(r, nb, t + 1), &cnt, &r->acts[t]);
+        }
+    } else { /* MRBP memory pass: only what writes the memory, only the memories kept */
         trainer_tables_set_phase(tb, TRAINER_TABLES_MEMORY_PASS);
         for (int t = 0; t < r->T; t++) {
+            trainer_batch bt = segment_of_block(r, nb, t);
             trainer_arena_reset(r->arenas[0]);
-            trainer_model_write_memory(m, r->arenas[0], &bt, NULL, NULL);
+            trainer_model_write_memory(m, r->arenas[0], &bt, replay_at(r, nb, t),
+                                       replay_at(r, nb, t + 1));
         }
+        trainer_tables_set_phase(tb, TRAINER_TABLES_RECOMPUTE);
     }
-    trainer_tables_set_phase(tb, mrbp ? TRAINER_TABLES_RECOMPUTE : TRAINER_TABLES_PLAIN);
+    memset(r->dM, 0, mb);
     for (int t = r->T - 1; t >= 0; t--) {
-        trainer_step_act *act;
-        trainer_arena_reset(r->arenas[0]);
-        trainer_model_forward(m, r->arenas[0], &bt, NULL, NULL, &cnt, &act);
-        trainer_model_backward(m, act, 0.0f, NULL, NULL);
+        act = r->acts[t];
+        if (r->mode == TRAINER_ROLLOUT_MRBP) {
+            /* recompute from the replayed input memory, this time keeping activations */
+            trainer_batch bt = segment_of_block(r, nb, t);
+            trainer_arena_reset(r->arenas[0]);
+            loss += trainer_model_forward(m, r->arenas[0], &bt, replay_at(r, nb, t), NULL, &cnt,
+                                          &act);
+        }
+        /* the last memory of the rollout is carried on detached */
+        trainer_model_backward(m, act, grad_scale, t < r->T - 1 ? r->dM : NULL, r->dM_prev);
+        float *x = r->dM;
+        r->dM = r->dM_prev;
+        r->dM_prev = x;
     }
     trainer_tables_set_phase(tb, TRAINER_TABLES_PLAIN);
+    if (nb) memcpy(M, replay_at(r, nb, r->T), mb);
+    return loss;
 }
 
-double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale,
-                             int passes, trainer_rollout_stream_fn done, void *ctx) {
+double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale) {
     double total = 0.0;
-    for (int b = r->B; b < passes; b++) ghost_pass(r, m);
-    for (int b = 0; b < r->B; b++) {
-        double loss = 0.0;
-        if (r->msize) memcpy(replay_at(r, b, 0), M + b * r->msize, r->msize * sizeof(float));
-        if (r->mode == TRAINER_ROLLOUT_FULL) { /* every segment's activations at once */
-            for (int t = 0; t < r->T; t++) {
-                trainer_batch bt = batch_at(r, b, t);
-                trainer_arena_reset(r->arenas[t]);
-                int cnt;
-                loss += trainer_model_forward(m, r->arenas[t], &bt, replay_at(r, b, t),
-                                              replay_at(r, b, t + 1), &cnt, &r->acts[t]);
-            }
-        } else if (r->msize) {
-            trainer_tables_set_phase(trainer_model_tables(m), TRAINER_TABLES_MEMORY_PASS);
-            memory_pass(r, m, b);
-            trainer_tables_set_phase(trainer_model_tables(m), TRAINER_TABLES_RECOMPUTE);
-        }
-        if (r->msize) memset(r->dM, 0, r->msize * sizeof(float));
-        for (int t = r->T - 1; t >= 0; t--) {
-            trainer_step_act *act = r->acts[t];
-            if (r->mode == TRAINER_ROLLOUT_MRBP) {
-                /* recompute from the replayed input memory, this time keeping activations */
-                trainer_batch bt = batch_at(r, b, t);
-                trainer_arena_reset(r->arenas[0]);
-                int cnt;
-                loss += trainer_model_forward(m, r->arenas[0], &bt, replay_at(r, b, t), NULL,
-                                              &cnt, &act);
-            }
-            /* the last memory of the rollout is carried on detached */
-            const float *dnext = (r->msize && t < r->T - 1) ? r->dM : NULL;
-            trainer_model_backward(m, act, grad_scale, dnext, r->msize ? r->dM_prev : NULL);
-            if (r->msize) memcpy(r->dM, r->dM_prev, r->msize * sizeof(float));
-        }
-        trainer_tables_set_phase(trainer_model_tables(m), TRAINER_TABLES_PLAIN);
-        if (r->msize) memcpy(M + b * r->msize, replay_at(r, b, r->T), r->msize * sizeof(float));
-        if (done) done(ctx, b, loss);
-        total += loss;
+    for (int b0 = 0; b0 < r->B; b0 += r->block) {
+        int nb = r->B - b0 < r->block ? r->B - b0 : r->block;
+        total += trainer_rollout_block(r, m, b0, nb, M ? M + (size_t)b0 * r->msize : NULL,
+                                       grad_scale);
+        trainer_tables_block_end(trainer_model_tables(m));
     }
     return total;
 }
 
 double trainer_rollout_loss(trainer_rollout *r, trainer_model *m, const float *M) {
     double loss = 0.0;
-    for (int b = 0; b < r->B; b++) {
-        if (r->msize) memcpy(replay_at(r, b, 0), M + b * r->msize, r->msize * sizeof(float));
-        for (int t = 0; t < r->T; t++) {
-            trainer_batch bt = batch_at(r, b, t);
+    int cnt;
+    for (int b0 = 0; b0 < r->B; b0 += r->block) {
+        int nb = r->B - b0 < r->block ? r->B - b0 : r->block;
+        if (!r->msize) {
+            trainer_batch bt = whole_block(r, b0, nb);
             trainer_arena_reset(r->arenas[0]);
-            int cnt;
-            loss += trainer_model_forward(m, r->arenas[0], &bt, replay_at(r, b, t),
-                                          replay_at(r, b, t + 1), &cnt, NULL);
+            loss += trainer_model_forward(m, r->arenas[0], &bt, NULL, NULL, &cnt, NULL);
+            continue;
+        }
+        gather_block(r, b0, nb);
+        memcpy(replay_at(r, nb, 0), M + (size_t)b0 * r->msize, (size_t)nb * r->msize * sizeof(float));
+        for (int t = 0; t < r->T; t++) {
+            trainer_batch bt = segment_of_block(r, nb, t);
+            trainer_arena_reset(r->arenas[0]);
+            loss += trainer_model_forward(m, r->arenas[0], &bt, replay_at(r, nb, t),
+                                          replay_at(r, nb, t + 1), &cnt, NULL);
         }
     }
     return loss;

@@ -1,4 +1,4 @@
-/* One rollout of `horizon` segments per stream: MRBP (replay buffer of memories, recompute backward) or full BPTT. */
+/* One rollout of `horizon` segments per stream, a block of streams at a time: MRBP (replay buffer of memories, recompute backward) or full BPTT. */
 #ifndef MEMTRAIN_TRAINER_ROLLOUT_H
 #define MEMTRAIN_TRAINER_ROLLOUT_H
 
@@ -13,41 +13,53 @@ typedef enum trainer_rollout_mode {
     TRAINER_ROLLOUT_FULL,
 } trainer_rollout_mode;
 
-/* Inputs of T segments of B streams, filled by the caller before trainer_rollout_train:
- * enc/dec/tgt (B,T,L), reset (B,T). Streams are computed one at a time (a batch of one), so
- * what a stream contributes does not depend on which other streams share its process; the
- * activation arenas are shared by the streams. */
+/* Inputs of T segments of B streams, filled by the caller before training: enc/dec/tgt
+ * (B,T,L), reset (B,T), stream-major (trainer_rollout_at gives stream b's segment t).
+ * Streams are computed in blocks of up to `block` streams (trainer_rollout_block): a block
+ * is one batch for every kernel, and what a block contributes depends only on its streams'
+ * data, not on which rank or which other blocks share the process. */
 typedef struct trainer_rollout {
     int T, B, L;
-    int first, nstreams; /* these are streams first..first+B-1 of nstreams (default 0 of B) */
+    int block;    /* most streams computed together (default B) */
     size_t msize; /* S*C, 0 when no memory is carried */
     trainer_rollout_mode mode;
-    int32_t *enc, *dec, *tgt;
-    uint8_t *reset;
-    float *replay;          /* (B, T+1, S*C): M_0..M_T of every stream */
-    trainer_arena **arenas; /* MRBP: 1, full: T */
+    int32_t *enc, *dec, *tgt; /* (B,T,L) */
+    uint8_t *reset;           /* (B,T) */
+    /* per block, (T, block, ...): segment t of the block's streams side by side */
+    int32_t *benc, *bdec, *btgt; /* (T, block, L) */
+    uint8_t *breset;             /* (T, block) */
+    float *replay;               /* (T+1, block, msize): M_0..M_T of the block's streams */
+    trainer_arena **arenas;      /* MRBP: 1, full: T */
     trainer_step_act **acts;
-    float *dM, *dM_prev;    /* (S*C) */
-    double loss;            /* full BPTT: summed loss of the stream being processed */
+    float *dM, *dM_prev;         /* (block, msize) */
 } trainer_rollout;
 
-trainer_rollout *trainer_rollout_create(const trainer_model *m, int T, int B, trainer_rollout_mode mode);
+trainer_rollout *trainer_rollout_create(const trainer_model *m, int T, int B,
+                                        trainer_rollout_mode mode);
 void trainer_rollout_free(trainer_rollout *r); /* NULL is fine */
-/* Called after the backward of stream b, whose summed loss was `loss`, e.g. to fold its
- * gradients away. */
-typedef void (*trainer_rollout_stream_fn)(void *ctx, int b, double loss);
-/* Trains on every stream in turn, from its carried memory M + b*msize, which is replaced by
- * the stream's M_T. MRBP: a memory pass keeps only M_1..M_T (the replay buffer), then segment
- * T down to 1 is recomputed from its replayed memory and back-propagated, one segment's
- * activations alive at a time. Full BPTT: all T segments run forward keeping their
- * activations, then back-propagate. Both add grad_scale * d(summed loss) into the model's
- * gradients (M_T detached) and call done(ctx, b) after stream b when done is not NULL.
- * Every lookup of a hashed projection is a collective exchange, so all ranks must make the
- * same number of stream passes: `passes` (>= B, the largest B of any rank); a rank with fewer
- * streams makes empty passes. Returns the summed loss. */
-double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale,
-                             int passes, trainer_rollout_stream_fn done, void *ctx);
-/* Summed loss of the rollout from memories M (B,S*C), no gradients, nothing kept. */
+/* Computes streams in blocks of `block` (1 <= block); reallocates the block buffers. */
+void trainer_rollout_set_block(trainer_rollout *r, int block);
+/* Offset of stream b's segment t in enc, dec and tgt (L entries from there). */
+static inline size_t trainer_rollout_at(const trainer_rollout *r, int b, int t) {
+    return ((size_t)b * r->T + t) * r->L;
+}
+
+/* Trains on streams [b0, b0+nb) (nb <= block; nb = 0 is an empty block that makes the same
+ * model calls, and so the same exchanges, as a real one), from their carried memories M
+ * (nb, msize), which are replaced by the streams' M_T. Without carried memory the block's
+ * nb x T segments are one batch of independent sequences: one forward, one backward. With
+ * memory, MRBP: a memory pass keeps only M_1..M_T (the replay buffer), then segment T down
+ * to 1 is recomputed from its replayed memories and back-propagated, one segment's
+ * activations alive at a time; full BPTT keeps all T segments' activations instead. Adds
+ * grad_scale * d(summed loss) into the model's gradients (M_T detached). Returns the block's
+ * summed loss (in the order stream, segment, token). */
+double trainer_rollout_block(trainer_rollout *r, trainer_model *m, int b0, int nb, float *M,
+                             float grad_scale);
+/* Every block in turn on this process (no exchange partner: one rank, or tests); returns
+ * the summed loss. The gradients of all blocks add up in the model's float gradients. */
+double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale);
+/* Summed loss of the rollout from memories M (B, msize), no gradients, nothing kept; the
+ * same batches as training, so the same values. */
 double trainer_rollout_loss(trainer_rollout *r, trainer_model *m, const float *M);
 /* Scored target tokens of the filled inputs. */
 int64_t trainer_rollout_count(const trainer_rollout *r);

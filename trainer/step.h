@@ -1,4 +1,4 @@
-/* One optimizer step: rollout forward and backward, gradient reduction, clipping, AdamW and lazy Adam. */
+/* One optimizer step: the rank's blocks forward and backward, gradient sums, clipping, AdamW and lazy Adam. */
 #ifndef MEMTRAIN_TRAINER_STEP_H
 #define MEMTRAIN_TRAINER_STEP_H
 
@@ -9,28 +9,33 @@
 #include "trainer/config.h"
 #include "trainer/model.h"
 #include "trainer/rollout.h"
+#include "trainer/schedule.h"
+#include "trainer/timers.h"
 
 typedef struct trainer_step_info {
     double loss_sum;      /* summed loss over all ranks */
     double tokens;        /* scored tokens over all ranks */
     double grad_norm;     /* global, before clipping */
     float lr;
-    double sec_total, sec_alltoall, sec_allreduce; /* wall time; row exchanges; all-reduces */
+    trainer_timers time;  /* compute, alltoall, allreduce, optimizer of this step */
     int64_t bytes_sent;   /* this rank, row exchanges */
     int64_t lookups, misses;
 } trainer_step_info;
 
-/* Trains on the rollout the caller filled (B = this rank's streams): stream by stream, forward
- * from its carried memory M + b*msize (replaced by the stream's last memory) and backward, its
- * gradients folded into double sums; then one all-reduce of
- * the dense gradients, table gradients to their owners, global-norm clipping, AdamW on dense
- * and lazy Adam on table rows, at the learning rate of `step` (0-based). Every stream is
- * computed alone and the sums are kept in double, so the result does not depend on how the
- * streams are dealt to ranks. Collective. Returns 0, or -1 with a one-line message in err
- * when the loss or the gradient norm is not finite; then no parameter was changed and every
- * rank returns -1. */
-int trainer_step(trainer_model *m, trainer_rollout *ro, float *M, comm_ctx *comm,
-                 const trainer_config *cfg, int64_t step, trainer_step_info *info, char *err,
-                 size_t n);
+/* Trains on the rollout the caller filled (this rank's streams of the schedule), at the
+ * learning rate of `step` (0-based). The phases, each timed by its trainer_timer:
+ *   - COMPUTE: the scored tokens are counted over ranks, then every block pass of the
+ *     schedule runs forward and backward from the carried memories M (replaced by the
+ *     rollout's last ones); row exchanges inside it count as ALLTOALL;
+ *   - ALLREDUCE: the blocks' losses, summed in block order, and the dense gradients (their
+ *     double sums when the run has several blocks) over all ranks;
+ *   - OPTIMIZER: the global gradient norm (dense and owned table rows), clipping, AdamW on
+ *     the dense parameters and one lazy-Adam pass over every touched table row.
+ * The result does not depend on how the blocks are dealt to ranks (trainer/schedule.h).
+ * Collective. Returns 0, or -1 with a one-line message in err when the loss or the gradient
+ * norm is not finite; then no parameter was changed and every rank returns -1. */
+int trainer_step(trainer_model *m, trainer_rollout *ro, const trainer_schedule *sched, float *M,
+                 comm_ctx *comm, const trainer_config *cfg, int64_t step, trainer_step_info *info,
+                 char *err, size_t n);
 
 #endif

@@ -1,64 +1,77 @@
-/* Table-parallel hash-table store: ownership plan, per-step row cache filled by all-to-all fetches, owner-side lazy Adam. */
+/* Table-parallel hash-table store: ownership plan, rows resolved into natural-id row stores, block-end gradient sums, fused lazy Adam. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "trainer/tables.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "comm/exchange.h"
 #include "layers/common.h"
 #include "trainer/optim.h"
 #include "trainer/params.h"
 
-/* Rows of one (group, chunk) this rank owns. */
-typedef struct unit_store {
-    float *data[3], *m[3], *v[3], *grad[3]; /* (2^tau, OC) each */
-    double *grad64[3];                      /* (2^tau, OC) sums received from the ranks */
-    uint8_t *touched;                       /* (2^tau) */
-    int32_t *uniq;                          /* (2^tau) scratch */
-} unit_store;
+/* Bits of a key's state (one byte per row id). */
+enum {
+    ST_FETCHED = 1, /* a row of another rank's chunk, present until the step ends */
+    ST_BLOCK = 2,   /* looked up by the current block (and listed in blk) */
+    ST_TOUCHED = 4, /* an owned row with a gradient this step */
+};
+
+#define TILE LAYER_HASH_TILE
 
 typedef struct group_state {
     trainer_table_group g;
-    int *owner;          /* (K) */
-    unit_store **units;  /* (K), NULL where another rank owns the chunk */
-    /* row cache of this step: local key = k * 2^tau + bucket */
-    int32_t *slot_of;    /* (K << tau), -1 when not cached */
-    int32_t *slot_key;   /* (K << tau) */
-    int nslots;
-    float *rows[3], *drows[3]; /* row stores (layer_hash_store_*) of cache_rows() rows */
-    double *acc[3];            /* (K << tau, OC): folded gradients of finished streams */
-    int32_t *dirty;            /* slots written since the last fold */
-    uint8_t *is_dirty;         /* (K << tau) */
-    int ndirty;
-    int in_memory_pass;        /* looked up by this step's MRBP memory pass */
+    int R;          /* K << tau: rows of every store; row id = key = k << tau | bucket */
+    int *owner;     /* (K) */
+    uint8_t *state; /* (R) ST_* */
+    /* stores of R rows of OC (layer_hash_store_at addressing; acc in doubles) */
+    float *rows[3];  /* master rows of owned chunks, fetched rows of the others */
+    float *drows[3]; /* the current block's row gradients */
+    float *m[3], *v[3];
+    double *acc[3];  /* the step's gradient sum over blocks, owned rows (several blocks) */
+    int32_t *blk;     /* (R) keys of the current block */
+    int nblk;
+    int32_t *fetched; /* (R) remote keys fetched since the last step */
+    int nfetched;
+    int in_memory_pass; /* looked up by this step's MRBP memory pass */
 } group_state;
 
 struct trainer_tables {
     comm_ctx *comm;
     comm_exchange *x;
-    int n, cap, allocated;
+    int n, cap, allocated, me;
+    int single; /* one block per step in the whole run: the block's gradient is the step's */
     group_state *gs;
     int64_t lookups, misses;
     uint64_t digest;
-    /* scratch for exchanges */
+    trainer_tables_phase phase;
+    /* exchange scratch: keys (with their group in the high half), owners, rows */
     int64_t *keys;
     int *owners;
-    int32_t *slots; /* the cache slot of each exchanged key */
-    int me;
-    trainer_tables_phase phase;
     float *buf;
-    size_t scratch_keys, scratch_floats;
 };
 
-/* Rows of the group's row stores: one per key, so ids and the stores' layout never move. */
-static int cache_rows(const group_state *s) { return s->g.K << s->g.tau; }
-
-static float *falloc0(size_t n) {
-    /* calloc: pages of a row cache that are never written never become resident */
-    float *p = calloc(n ? n : 1, sizeof(float));
-    LAYER_ASSERT(p != NULL);
+/* Stores are anonymous mappings: zero, page-aligned, and resident only where written, so the
+ * chunks another rank owns cost address space, not memory, until their rows are fetched. */
+static void *store_map(size_t bytes) {
+    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED) {
+        char what[96];
+        snprintf(what, sizeof(what), "mapping %zu bytes for a table store", bytes);
+        layer_fail(__FILE__, __LINE__, what);
+    }
     return p;
+}
+
+static size_t store_bytes(const group_state *s, size_t elem) {
+    return layer_hash_store_floats(s->R, s->g.OC) * elem;
+}
+
+static void store_unmap(void *p, size_t bytes) {
+    if (p) munmap(p, bytes ? bytes : 1);
 }
 
 trainer_tables *trainer_tables_create(comm_ctx *comm) {
@@ -73,37 +86,23 @@ void trainer_tables_free(trainer_tables *t) {
     if (!t) return;
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
-        for (int k = 0; s->units && k < s->g.K; k++) {
-            unit_store *u = s->units[k];
-            if (!u) continue;
+        if (t->allocated)
             for (int j = 0; j < s->g.nout; j++) {
-                free(u->data[j]);
-                free(u->m[j]);
-                free(u->v[j]);
-                free(u->grad[j]);
-                free(u->grad64[j]);
+                store_unmap(s->rows[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->drows[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->m[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->v[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->acc[j], store_bytes(s, sizeof(double)));
             }
-            free(u->touched);
-            free(u->uniq);
-            free(u);
-        }
-        for (int j = 0; j < s->g.nout; j++) {
-            layer_hash_store_free(s->rows[j]);
-            layer_hash_store_free(s->drows[j]);
-            free(s->acc[j]);
-        }
-        free(s->dirty);
-        free(s->is_dirty);
-        free(s->units);
         free(s->owner);
-        free(s->slot_of);
-        free(s->slot_key);
+        free(s->state);
+        free(s->blk);
+        free(s->fetched);
     }
     comm_exchange_free(t->x);
     free(t->gs);
     free(t->keys);
     free(t->owners);
-    free(t->slots);
     free(t->buf);
     free(t);
 }
@@ -125,8 +124,8 @@ int trainer_tables_add(trainer_tables *t, const char *name, int nout, int K, int
     return t->n++;
 }
 
-static size_t unit_bytes(const trainer_table_group *g) {
-    return (size_t)g->nout * ((size_t)1 << g->tau) * g->OC * sizeof(float);
+static size_t unit_floats(const trainer_table_group *g) {
+    return (size_t)g->nout * ((size_t)1 << g->tau) * g->OC;
 }
 
 typedef struct unit_ref {
@@ -142,20 +141,17 @@ static int unit_cmp(const void *a, const void *b) {
 }
 
 void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
-    int P = comm_size(t->comm), me = comm_rank(t->comm);
+    int P = comm_size(t->comm);
     size_t nunits = 0;
     for (int i = 0; i < t->n; i++) nunits += t->gs[i].g.K;
     unit_ref *list = layer_xcalloc(nunits ? nunits : 1, sizeof(unit_ref));
     size_t u = 0;
     for (int i = 0; i < t->n; i++)
         for (int k = 0; k < t->gs[i].g.K; k++)
-            list[u++] = (unit_ref){i, k, unit_bytes(&t->gs[i].g)};
+            list[u++] = (unit_ref){i, k, unit_floats(&t->gs[i].g) * sizeof(float)};
     qsort(list, nunits, sizeof(unit_ref), unit_cmp);
     size_t *load = layer_xcalloc(P, sizeof(size_t));
-    for (int i = 0; i < t->n; i++) {
-        t->gs[i].owner = layer_xcalloc(t->gs[i].g.K, sizeof(int));
-        t->gs[i].units = layer_xcalloc(t->gs[i].g.K, sizeof(unit_store *));
-    }
+    for (int i = 0; i < t->n; i++) t->gs[i].owner = layer_xcalloc(t->gs[i].g.K, sizeof(int));
     for (size_t i = 0; i < nunits; i++) {
         int best = 0;
         for (int r = 1; r < P; r++)
@@ -165,50 +161,40 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
     }
     free(load);
     free(list);
-    size_t maxkeys = 0, maxfloats = 0;
+    size_t maxkeys = 1, maxfloats = 1;
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
-        size_t rows = (size_t)1 << s->g.tau, keys = (size_t)s->g.K << s->g.tau;
-        for (int k = 0; k < s->g.K; k++) {
-            if (s->owner[k] != me) continue;
-            unit_store *us = layer_xcalloc(1, sizeof(unit_store));
-            for (int j = 0; j < s->g.nout; j++) {
-                us->data[j] = falloc0(rows * s->g.OC);
-                us->m[j] = falloc0(rows * s->g.OC);
-                us->v[j] = falloc0(rows * s->g.OC);
-                us->grad[j] = falloc0(rows * s->g.OC);
-                us->grad64[j] = calloc(rows * s->g.OC, sizeof(double));
-                LAYER_ASSERT(us->grad64[j] != NULL);
+        int rows = 1 << s->g.tau, OC = s->g.OC;
+        s->R = s->g.K << s->g.tau;
+        s->state = layer_xcalloc((size_t)s->R, 1);
+        s->blk = layer_xmalloc((size_t)s->R * sizeof(int32_t));
+        s->fetched = layer_xmalloc((size_t)s->R * sizeof(int32_t));
+        float *init = layer_xmalloc((size_t)rows * OC * sizeof(float)); /* (2^tau, OC) */
+        for (int j = 0; j < s->g.nout; j++) {
+            s->rows[j] = store_map(store_bytes(s, sizeof(float)));
+            s->drows[j] = store_map(store_bytes(s, sizeof(float)));
+            s->m[j] = store_map(store_bytes(s, sizeof(float)));
+            s->v[j] = store_map(store_bytes(s, sizeof(float)));
+            s->acc[j] = store_map(store_bytes(s, sizeof(double)));
+            for (int k = 0; k < s->g.K; k++) {
+                if (s->owner[k] != t->me) continue;
                 layer_rng r;
                 layer_rng_seed(&r, trainer_seed_for(seed, s->g.name, (uint64_t)(j * 65536 + k)));
-                layer_fill_normal(us->data[j], rows * s->g.OC, 0.02f, &r);
+                layer_fill_normal(init, (size_t)rows * OC, 0.02f, &r);
+                for (int b = 0; b < rows; b++)
+                    layer_hash_store_put(s->rows[j], s->R, OC, (k << s->g.tau) | b,
+                                         init + (size_t)b * OC);
             }
-            us->touched = layer_xcalloc(rows, 1);
-            us->uniq = layer_xmalloc(rows * sizeof(int32_t));
-            s->units[k] = us;
         }
-        s->slot_of = layer_xmalloc(keys * sizeof(int32_t));
-        for (size_t q = 0; q < keys; q++) s->slot_of[q] = -1;
-        s->slot_key = layer_xmalloc(keys * sizeof(int32_t));
-        for (int j = 0; j < s->g.nout; j++) {
-            s->rows[j] = layer_hash_store_new(cache_rows(s), s->g.OC);
-            s->drows[j] = layer_hash_store_new(cache_rows(s), s->g.OC);
-            s->acc[j] = calloc(keys * s->g.OC, sizeof(double));
-            LAYER_ASSERT(s->acc[j] != NULL);
-        }
-        s->dirty = layer_xmalloc(keys * sizeof(int32_t));
-        s->is_dirty = layer_xcalloc(keys, 1);
-        if (keys > maxkeys) maxkeys = keys;
-        /* a pushed gradient travels as two floats per value (see reduce_grads) */
-        if (2 * keys * s->g.nout * s->g.OC > maxfloats) maxfloats = 2 * keys * s->g.nout * s->g.OC;
+        free(init);
+        if ((size_t)s->R > maxkeys) maxkeys = (size_t)s->R;
+        if ((size_t)s->R * s->g.nout * OC > maxfloats) maxfloats = (size_t)s->R * s->g.nout * OC;
     }
-    t->keys = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int64_t));
-    t->owners = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int));
-    t->slots = layer_xmalloc((maxkeys ? maxkeys : 1) * sizeof(int32_t));
-    t->buf = falloc0(maxfloats);
-    t->scratch_keys = maxkeys;
-    t->scratch_floats = maxfloats;
+    t->keys = layer_xmalloc(maxkeys * sizeof(int64_t));
+    t->owners = layer_xmalloc(maxkeys * sizeof(int));
+    t->buf = layer_xmalloc(maxfloats * sizeof(float));
     t->allocated = 1;
+    t->single = 0;
 }
 
 int trainer_tables_ngroups(const trainer_tables *t) { return t->n; }
@@ -220,7 +206,7 @@ const trainer_table_group *trainer_tables_group(const trainer_tables *t, int g) 
 
 size_t trainer_tables_numel(const trainer_tables *t) {
     size_t n = 0;
-    for (int i = 0; i < t->n; i++) n += unit_bytes(&t->gs[i].g) / sizeof(float) * t->gs[i].g.K;
+    for (int i = 0; i < t->n; i++) n += unit_floats(&t->gs[i].g) * t->gs[i].g.K;
     return n;
 }
 
@@ -229,15 +215,16 @@ int trainer_tables_owner(const trainer_tables *t, int g, int k) { return t->gs[g
 int trainer_tables_owned_units(const trainer_tables *t) {
     int n = 0;
     for (int i = 0; i < t->n; i++)
-        for (int k = 0; k < t->gs[i].g.K; k++) n += t->gs[i].units[k] != NULL;
+        for (int k = 0; k < t->gs[i].g.K; k++) n += t->gs[i].owner[k] == t->me;
     return n;
 }
 
 size_t trainer_tables_owned_bytes(const trainer_tables *t) {
-    size_t b = 0;
+    /* rows, m, v in float; the gradient sum in double unless the block's float is the sum */
+    size_t per = 3 * sizeof(float) + (t->single ? sizeof(float) : sizeof(double)), b = 0;
     for (int i = 0; i < t->n; i++)
         for (int k = 0; k < t->gs[i].g.K; k++)
-            if (t->gs[i].units[k]) b += 6 * unit_bytes(&t->gs[i].g); /* rows, m, v, grad, grad64 */
+            if (t->gs[i].owner[k] == t->me) b += unit_floats(&t->gs[i].g) * per;
     return b;
 }
 
@@ -263,273 +250,277 @@ void trainer_tables_print_plan(trainer_tables *t) {
     free(mine);
 }
 
-/* ---- fetch ---- */
+void trainer_tables_set_blocks(trainer_tables *t, int blocks) {
+    LAYER_ASSERT(blocks >= 1);
+    /* one block in the run means one rank: nobody else could hold a part of the sum */
+    LAYER_ASSERT(blocks > 1 || comm_size(t->comm) == 1);
+    t->single = blocks == 1;
+}
+
+/* ---- lookups ---- */
 
 static void serve_rows(void *ctx, const int64_t *keys, int m, float *out) {
     trainer_tables *t = ctx;
     for (int i = 0; i < m; i++) {
-        int g = (int)(keys[i] >> 32);
-        group_state *s = &t->gs[g];
-        int local = (int)(keys[i] & 0xffffffff), k = local >> s->g.tau;
-        int b = local & ((1 << s->g.tau) - 1);
-        unit_store *u = s->units[k];
-        LAYER_ASSERT(u != NULL);
-        for (int j = 0; j < s->g.nout; j++)
-            memcpy(out + ((size_t)i * s->g.nout + j) * s->g.OC, u->data[j] + (size_t)b * s->g.OC,
-                   s->g.OC * sizeof(float));
+        group_state *s = &t->gs[keys[i] >> 32];
+        int key = (int)(keys[i] & 0xffffffff), nout = s->g.nout, OC = s->g.OC;
+        LAYER_ASSERT(s->owner[key >> s->g.tau] == t->me);
+        for (int j = 0; j < nout; j++)
+            layer_hash_store_get(out + ((size_t)i * nout + j) * OC, s->rows[j], s->R, OC, key);
     }
 }
 
 void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N, int32_t *rowid,
                             layer_hash_rows *rows) {
     group_state *s = &t->gs[g];
-    int K = s->g.K, tau = s->g.tau, nout = s->g.nout, OC = s->g.OC;
-    int nmiss = 0, nremote = 0;
+    int K = s->g.K, tau = s->g.tau, nout = s->g.nout, OC = s->g.OC, nremote = 0;
     uint64_t h = t->digest ^ ((uint64_t)g * 0x9e3779b97f4a7c15ull);
     for (int n = 0; n < N; n++)
         for (int k = 0; k < K; k++) {
-            int32_t b = idx[(size_t)n * K + k], key = (k << tau) | b;
+            int32_t key = (k << tau) | idx[(size_t)n * K + k];
             h = (h ^ (uint64_t)key) * 1099511628211ull;
-            int32_t slot = s->slot_of[key];
-            if (slot < 0) {
-                slot = s->slot_of[key] = s->nslots++;
-                s->slot_key[slot] = key;
-                nmiss++;
-                if (s->owner[k] == t->me) { /* this rank's own rows: no exchange needed */
-                    for (int j = 0; j < nout; j++)
-                        layer_hash_store_put(s->rows[j], cache_rows(s), OC, slot,
-                                             s->units[k]->data[j] + (size_t)b * OC);
-                } else {
-                    t->keys[nremote] = ((int64_t)g << 32) | key;
-                    t->owners[nremote] = s->owner[k];
-                    t->slots[nremote++] = slot;
-                }
+            rowid[(size_t)n * K + k] = key;
+            uint8_t st = s->state[key];
+            if (st & ST_BLOCK) continue;
+            st |= ST_BLOCK;
+            s->blk[s->nblk++] = key;
+            if (s->owner[k] != t->me && !(st & ST_FETCHED)) {
+                st |= ST_FETCHED;
+                t->keys[nremote] = ((int64_t)g << 32) | key;
+                t->owners[nremote++] = s->owner[k];
+                s->fetched[s->nfetched++] = key;
             }
-            rowid[(size_t)n * K + k] = slot;
-            if (!s->is_dirty[slot]) {
-                s->is_dirty[slot] = 1;
-                s->dirty[s->ndirty++] = slot;
-            }
+            s->state[key] = st;
         }
     t->lookups += (int64_t)N * K;
-    t->misses += nmiss;
+    t->misses += nremote;
     t->digest = h;
     if (t->phase == TRAINER_TABLES_MEMORY_PASS) s->in_memory_pass = 1;
     if (t->phase == TRAINER_TABLES_RECOMPUTE && s->in_memory_pass) {
-        /* every rank knows these rows are cached: no exchange to agree on */
+        /* every rank knows these rows are present: no exchange to agree on */
         LAYER_ASSERT(nremote == 0);
     } else {
         comm_exchange_fetch(t->x, t->keys, t->owners, nremote, nout * OC, t->buf, serve_rows, t);
+        for (int i = 0; i < nremote; i++)
+            for (int j = 0; j < nout; j++)
+                layer_hash_store_put(s->rows[j], s->R, OC, (int)(t->keys[i] & 0xffffffff),
+                                     t->buf + ((size_t)i * nout + j) * OC);
     }
-    for (int i = 0; i < nremote; i++)
-        for (int j = 0; j < nout; j++)
-            layer_hash_store_put(s->rows[j], cache_rows(s), OC, t->slots[i],
-                                 t->buf + ((size_t)i * nout + j) * OC);
     for (int j = 0; j < nout; j++) {
         rows[j].rows = s->rows[j];
         rows[j].drows = s->drows[j];
-        rows[j].R = cache_rows(s); /* the stores' capacity: their layout depends on it */
+        rows[j].R = s->R;
     }
 }
+
+void trainer_tables_set_phase(trainer_tables *t, trainer_tables_phase phase) { t->phase = phase; }
 
 /* ---- gradients ---- */
 
-/* Adds one key's gradient, sent as float hi + lo per value (see reduce_grads), in double. */
-static void add_key_grad(trainer_tables *t, int64_t gkey, const float *hi, const float *lo) {
-    int g = (int)(gkey >> 32);
-    group_state *s = &t->gs[g];
-    int local = (int)(gkey & 0xffffffff), k = local >> s->g.tau;
-    int b = local & ((1 << s->g.tau) - 1), OC = s->g.OC;
-    unit_store *u = s->units[k];
-    LAYER_ASSERT(u != NULL);
-    for (int j = 0; j < s->g.nout; j++) {
-        double *dst = u->grad64[j] + (size_t)b * OC;
-        for (int c = 0; c < OC; c++) dst[c] += (double)hi[j * OC + c] + (double)lo[j * OC + c];
-    }
-    u->touched[b] = 1;
+/* acc[key] += g, one tile slice after another; g is a row of nout*OC floats. */
+static void acc_add_row(group_state *s, int key, const float *g) {
+    int OC = s->g.OC;
+    for (int j = 0; j < s->g.nout; j++)
+        for (int o = 0; o < OC; o += TILE) {
+            double *a = s->acc[j] + layer_hash_store_at(s->R, key, o);
+            const float *gj = g + (size_t)j * OC + o;
+            int w = OC - o < TILE ? OC - o : TILE;
+            for (int c = 0; c < w; c++) a[c] += (double)gj[c];
+        }
+    s->state[key] |= ST_TOUCHED;
 }
 
 static void accumulate_grads(void *ctx, int src, const int64_t *keys, const float *gr, int m) {
-    (void)src; /* the exchange calls in increasing source rank: the order is already fixed */
+    (void)src; /* sums in double of float terms: the order does not change them */
     trainer_tables *t = ctx;
     for (int i = 0; i < m; i++) {
-        const group_state *s = &t->gs[keys[i] >> 32];
-        int W = s->g.nout * s->g.OC;
-        const float *hi = gr + (size_t)i * 2 * W;
-        add_key_grad(t, keys[i], hi, hi + W);
+        group_state *s = &t->gs[keys[i] >> 32];
+        LAYER_ASSERT(s->owner[(int)(keys[i] & 0xffffffff) >> s->g.tau] == t->me);
+        acc_add_row(s, (int)(keys[i] & 0xffffffff),
+                    gr + (size_t)i * s->g.nout * s->g.OC);
     }
 }
 
-void trainer_tables_fold(trainer_tables *t) {
+void trainer_tables_block_end(trainer_tables *t) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
-        int OC = s->g.OC, R = cache_rows(s);
-        for (int q = 0; q < s->ndirty; q++) {
-            int slot = s->dirty[q];
-            for (int j = 0; j < s->g.nout; j++) {
-                double *a = s->acc[j] + (size_t)slot * OC;
-                for (int o = 0; o < OC; o += LAYER_HASH_TILE) { /* the row, a tile at a time */
-                    float *d = s->drows[j] + layer_hash_store_at(R, slot, o);
-                    int w = OC - o < LAYER_HASH_TILE ? OC - o : LAYER_HASH_TILE;
-                    for (int c = 0; c < w; c++) {
-                        a[o + c] += d[c];
-                        d[c] = 0.0f;
-                    }
-                }
-            }
-            s->is_dirty[slot] = 0;
+        int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau, nremote = 0;
+        if (t->single) { /* the only block: its gradient stays in drows for the step */
+            for (int q = 0; q < s->nblk; q++)
+                s->state[s->blk[q]] = (uint8_t)((s->state[s->blk[q]] & ~ST_BLOCK) | ST_TOUCHED);
+            s->nblk = 0;
+            continue;
         }
-        s->ndirty = 0;
-    }
-}
-
-void trainer_tables_reduce_grads(trainer_tables *t) {
-    trainer_tables_fold(t);
-    for (int g = 0; g < t->n; g++) {
-        group_state *s = &t->gs[g];
-        int nout = s->g.nout, OC = s->g.OC, W = nout * OC, nremote = 0;
-        for (int i = 0; i < s->nslots; i++) {
-            int32_t key = s->slot_key[i];
-            int owner = s->owner[key >> s->g.tau];
-            /* a double travels as float hi + float lo: 48 bits of it, enough that the owner's
-               sum rounds to the same float whatever the split of streams over ranks; this
-               rank's own keys take the same arithmetic without the exchange */
-            float *hi = t->buf + (size_t)nremote * 2 * W, *lo = hi + W;
+        for (int q = 0; q < s->nblk; q++) {
+            int key = s->blk[q];
+            float *row = t->buf + (size_t)nremote * W; /* the row's gradient, plain */
             for (int j = 0; j < nout; j++) {
-                const double *a = s->acc[j] + (size_t)i * OC;
-                for (int c = 0; c < OC; c++) {
-                    float h = (float)a[c];
-                    hi[j * OC + c] = h;
-                    lo[j * OC + c] = (float)(a[c] - (double)h);
-                }
+                layer_hash_store_get(row + (size_t)j * OC, s->drows[j], s->R, OC, key);
+                for (int o = 0; o < OC; o += TILE)
+                    memset(s->drows[j] + layer_hash_store_at(s->R, key, o), 0, TILE * sizeof(float));
             }
-            int64_t gkey = ((int64_t)g << 32) | key;
+            s->state[key] &= (uint8_t)~ST_BLOCK;
+            int owner = s->owner[key >> tau];
             if (owner == t->me) {
-                add_key_grad(t, gkey, hi, lo);
+                acc_add_row(s, key, row);
             } else {
-                t->keys[nremote] = gkey;
+                t->keys[nremote] = ((int64_t)g << 32) | key;
                 t->owners[nremote++] = owner;
             }
         }
-        comm_exchange_push(t->x, t->keys, t->owners, t->buf, nremote, 2 * W, accumulate_grads, t);
-        for (int j = 0; j < nout; j++) memset(s->acc[j], 0, (size_t)s->nslots * OC * sizeof(double));
-    }
-    /* owners: the float gradient the optimizer and the norm use */
-    for (int g = 0; g < t->n; g++) {
-        group_state *s = &t->gs[g];
-        int rows = 1 << s->g.tau, OC = s->g.OC;
-        for (int k = 0; k < s->g.K; k++) {
-            unit_store *u = s->units[k];
-            if (!u) continue;
-            for (int b = 0; b < rows; b++) {
-                if (!u->touched[b]) continue;
-                for (int j = 0; j < s->g.nout; j++)
-                    for (int c = 0; c < OC; c++) {
-                        size_t i = (size_t)b * OC + c;
-                        u->grad[j][i] = (float)u->grad64[j][i];
-                        u->grad64[j][i] = 0.0;
-                    }
-            }
-        }
+        s->nblk = 0;
+        comm_exchange_push(t->x, t->keys, t->owners, t->buf, nremote, W, accumulate_grads, t);
     }
 }
+
+/* Calls fn(s, j, off) for every tile slice of every touched row this rank owns, tile after
+ * tile and rows in increasing order inside a tile, so the stores stream in sequence. */
+#define FOR_TOUCHED_SLICES(t, s, j, off, body)                                               \
+    for (int g_ = 0; g_ < (t)->n; g_++) {                                                    \
+        group_state *s = &(t)->gs[g_];                                                       \
+        int rows_ = 1 << s->g.tau;                                                           \
+        for (int k_ = 0; k_ < s->g.K; k_++) {                                                \
+            if (s->owner[k_] != (t)->me) continue;                                           \
+            for (int o_ = 0; o_ < s->g.OC; o_ += TILE)                                       \
+                for (int r_ = k_ * rows_; r_ < (k_ + 1) * rows_; r_++) {                     \
+                    if (!(s->state[r_] & ST_TOUCHED)) continue;                              \
+                    size_t off = layer_hash_store_at(s->R, r_, o_);                          \
+                    for (int j = 0; j < s->g.nout; j++) { body }                             \
+                }                                                                            \
+        }                                                                                    \
+    }
 
 double trainer_tables_grad_sumsq(const trainer_tables *t) {
     double sum = 0.0;
-    for (int i = 0; i < t->n; i++) {
-        const group_state *s = &t->gs[i];
-        int rows = 1 << s->g.tau, OC = s->g.OC;
-        for (int k = 0; k < s->g.K; k++) {
-            const unit_store *u = s->units[k];
-            if (!u) continue;
-            for (int b = 0; b < rows; b++) {
-                if (!u->touched[b]) continue;
-                for (int j = 0; j < s->g.nout; j++)
-                    sum += trainer_sumsq(u->grad[j] + (size_t)b * OC, OC);
+    FOR_TOUCHED_SLICES(t, s, j, off, {
+        /* padding columns hold zero: the whole tile adds the same as its OC columns */
+        if (t->single) {
+            const float *gp = s->drows[j] + off;
+            for (int c = 0; c < TILE; c++) sum += (double)gp[c] * gp[c];
+        } else {
+            const double *gp = s->acc[j] + off;
+            for (int c = 0; c < TILE; c++) {
+                double x = (double)(float)gp[c];
+                sum += x * x;
             }
         }
-    }
+    })
     return sum;
 }
 
-void trainer_tables_clear_cache(trainer_tables *t) {
-    for (int i = 0; i < t->n; i++) {
-        group_state *s = &t->gs[i];
-        for (int q = 0; q < s->nslots; q++) s->slot_of[s->slot_key[q]] = -1;
-        int R = cache_rows(s);
-        for (int j = 0; j < s->g.nout; j++) {
-            for (int o = 0; o < s->g.OC; o += LAYER_HASH_TILE) /* slots [0, nslots) of each tile */
-                memset(s->drows[j] + layer_hash_store_at(R, 0, o), 0,
-                       (size_t)s->nslots * LAYER_HASH_TILE * sizeof(float));
-            memset(s->acc[j], 0, (size_t)s->nslots * s->g.OC * sizeof(double));
-        }
-        for (int q = 0; q < s->ndirty; q++) s->is_dirty[s->dirty[q]] = 0;
-        s->ndirty = 0;
-        s->nslots = 0;
+static void forget_fetched(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        for (int q = 0; q < s->nfetched; q++) s->state[s->fetched[q]] &= (uint8_t)~ST_FETCHED;
+        s->nfetched = 0;
         s->in_memory_pass = 0;
+    }
+}
+
+static void clear_touched(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        for (int r = 0; r < s->R; r++) s->state[r] &= (uint8_t)~ST_TOUCHED;
     }
 }
 
 void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, float eps,
                          int64_t step, float grad_scale) {
-    for (int i = 0; i < t->n; i++) {
-        group_state *s = &t->gs[i];
-        int rows = 1 << s->g.tau, OC = s->g.OC;
-        for (int k = 0; k < s->g.K; k++) {
-            unit_store *u = s->units[k];
-            if (!u) continue;
-            int nu = 0;
-            for (int b = 0; b < rows; b++)
-                if (u->touched[b]) u->uniq[nu++] = b;
-            if (nu == 0) continue;
-            for (int j = 0; j < s->g.nout; j++) {
-                /* compact the touched rows' gradients in place, in ascending row order */
-                for (int q = 0; q < nu; q++)
-                    if (q != u->uniq[q])
-                        memcpy(u->grad[j] + (size_t)q * OC, u->grad[j] + (size_t)u->uniq[q] * OC,
-                               OC * sizeof(float));
-                trainer_sparse_adam_step(u->data[j], u->m[j], u->v[j], u->grad[j], u->uniq, nu,
-                                         OC, lr, beta1, beta2, eps, step, grad_scale);
-                /* only rows 0..nu (the compacted copy) and the touched rows hold anything */
-                memset(u->grad[j], 0, (size_t)nu * OC * sizeof(float));
-                for (int q = 0; q < nu; q++)
-                    memset(u->grad[j] + (size_t)u->uniq[q] * OC, 0, OC * sizeof(float));
-            }
-            for (int q = 0; q < nu; q++) u->touched[u->uniq[q]] = 0;
-        }
-    }
-    trainer_tables_clear_cache(t);
+    /* no weight decay: table rows are looked up, not multiplied, so shrinking them has no
+     * regularising meaning */
+    trainer_adam k = trainer_adam_at(lr, beta1, beta2, eps, 0.0f, step, grad_scale);
+    /* a whole tile per slice: padding has p = m = v = g = 0, which Adam leaves at 0 */
+    FOR_TOUCHED_SLICES(t, s, j, off, {
+        if (t->single)
+            trainer_adam_apply(s->rows[j] + off, s->m[j] + off, s->v[j] + off, s->drows[j] + off,
+                               TILE, &k);
+        else
+            trainer_adam_apply64(s->rows[j] + off, s->m[j] + off, s->v[j] + off, s->acc[j] + off,
+                                 TILE, &k);
+    })
+    clear_touched(t);
+    forget_fetched(t);
 }
 
-void trainer_tables_set_phase(trainer_tables *t, trainer_tables_phase phase) { t->phase = phase; }
+void trainer_tables_clear_cache(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        for (int q = 0; q < s->nblk; q++) s->state[s->blk[q]] &= (uint8_t)~ST_BLOCK;
+        s->nblk = 0;
+    }
+    forget_fetched(t);
+}
 
 void trainer_tables_discard_grads(trainer_tables *t) {
-    for (int i = 0; i < t->n; i++) {
-        group_state *s = &t->gs[i];
-        size_t rows = (size_t)1 << s->g.tau;
-        for (int k = 0; k < s->g.K; k++) {
-            unit_store *u = s->units[k];
-            if (!u) continue;
-            for (int j = 0; j < s->g.nout; j++) {
-                memset(u->grad[j], 0, rows * s->g.OC * sizeof(float));
-                memset(u->grad64[j], 0, rows * s->g.OC * sizeof(double));
-            }
-            memset(u->touched, 0, rows);
-        }
+    for (int g = 0; g < t->n; g++) { /* the current block's gradients */
+        group_state *s = &t->gs[g];
+        for (int q = 0; q < s->nblk; q++)
+            for (int j = 0; j < s->g.nout; j++)
+                for (int o = 0; o < s->g.OC; o += TILE)
+                    memset(s->drows[j] + layer_hash_store_at(s->R, s->blk[q], o), 0,
+                           TILE * sizeof(float));
     }
+    FOR_TOUCHED_SLICES(t, s, j, off, { /* the step's sums */
+        if (t->single)
+            memset(s->drows[j] + off, 0, TILE * sizeof(float));
+        else
+            memset(s->acc[j] + off, 0, TILE * sizeof(double));
+    })
+    clear_touched(t);
     trainer_tables_clear_cache(t);
 }
 
-float *trainer_tables_unit(trainer_tables *t, int g, int k, int out, float **m, float **v,
-                           float **grad) {
-    group_state *s = &t->gs[g];
+/* ---- units, for checkpoints and tests ---- */
+
+static int owns(const trainer_tables *t, int g, int k, int out) {
+    LAYER_ASSERT(g >= 0 && g < t->n);
+    const group_state *s = &t->gs[g];
     LAYER_ASSERT(k >= 0 && k < s->g.K && out >= 0 && out < s->g.nout);
-    unit_store *u = s->units[k];
-    if (!u) return NULL;
-    if (m) *m = u->m[out];
-    if (v) *v = u->v[out];
-    if (grad) *grad = u->grad[out];
-    return u->data[out];
+    return s->owner[k] == t->me;
+}
+
+int trainer_tables_unit_get(const trainer_tables *t, int g, int k, int out, float *data, float *m,
+                            float *v, float *grad) {
+    if (!owns(t, g, k, out)) return -1;
+    const group_state *s = &t->gs[g];
+    int rows = 1 << s->g.tau, OC = s->g.OC;
+    for (int b = 0; b < rows; b++) {
+        int key = (k << s->g.tau) | b;
+        size_t o = (size_t)b * OC;
+        if (data) layer_hash_store_get(data + o, s->rows[out], s->R, OC, key);
+        if (m) layer_hash_store_get(m + o, s->m[out], s->R, OC, key);
+        if (v) layer_hash_store_get(v + o, s->v[out], s->R, OC, key);
+        if (grad) {
+            if (t->single)
+                layer_hash_store_get(grad + o, s->drows[out], s->R, OC, key);
+            else
+                for (int c = 0; c < OC; c++)
+                    grad[o + c] = (float)s->acc[out][layer_hash_store_at(s->R, key, c)];
+        }
+    }
+    return 0;
+}
+
+int trainer_tables_unit_set(trainer_tables *t, int g, int k, int out, const float *data,
+                            const float *m, const float *v) {
+    if (!owns(t, g, k, out)) return -1;
+    group_state *s = &t->gs[g];
+    int rows = 1 << s->g.tau, OC = s->g.OC;
+    for (int b = 0; b < rows; b++) {
+        int key = (k << s->g.tau) | b;
+        size_t o = (size_t)b * OC;
+        if (data) layer_hash_store_put(s->rows[out], s->R, OC, key, data + o);
+        if (m) layer_hash_store_put(s->m[out], s->R, OC, key, m + o);
+        if (v) layer_hash_store_put(s->v[out], s->R, OC, key, v + o);
+    }
+    return 0;
+}
+
+float *trainer_tables_entry(trainer_tables *t, int g, int k, int out, int bucket, int col) {
+    if (!owns(t, g, k, out)) return NULL;
+    group_state *s = &t->gs[g];
+    LAYER_ASSERT(bucket >= 0 && bucket < (1 << s->g.tau) && col >= 0 && col < s->g.OC);
+    return s->rows[out] + layer_hash_store_at(s->R, (k << s->g.tau) | bucket, col);
 }
 
 void trainer_tables_get_stats(const trainer_tables *t, trainer_tables_stats *st) {

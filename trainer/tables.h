@@ -1,4 +1,4 @@
-/* Hash-table store of a model: table-parallel ownership, row lookup through a per-step row cache, sparse optimizer. */
+/* Hash-table store of a model: table-parallel ownership, rows resolved per block of streams, block-end gradient sums, fused owner-side lazy Adam. */
 #ifndef MEMTRAIN_TRAINER_TABLES_H
 #define MEMTRAIN_TRAINER_TABLES_H
 
@@ -11,14 +11,26 @@
 /* A group is one hashed projection site: nout (1..3) projections of the same input (Q/K/V share
  * the bucket index), each with K tables of 2^tau rows of width OC. The unit of ownership is
  * (group, chunk k): the nout tables of chunk k live on exactly one rank, which alone stores
- * their rows and Adam moments.
+ * their master rows and Adam moments.
  *
- * The model sees rows only through trainer_tables_resolve, which returns row ids into a row
- * cache of this step: rows that are not cached yet are fetched from their owners (one
- * collective exchange per call, so every rank must resolve the same groups in the same order).
- * Cached rows stay valid, with the same ids, until trainer_tables_step, so the recompute pass
- * of MRBP fetches nothing it already has. Gradients accumulate in the cache (one row per
- * distinct key: the sender-side sum) and go to the owners in trainer_tables_reduce_grads. */
+ * Rows. Each group has row stores (layer_hash_store_*) of R = K << tau rows addressed by the
+ * natural row id key = k << tau | bucket: the chunks this rank owns hold their master rows
+ * there, the other chunks' rows are fetched into the same places when a lookup first needs
+ * them and stay valid until the optimizer step (trainer_tables_step) or a cache clear. So a
+ * row id is the key itself, and the kernels stream a group's rows in the order they lie in.
+ *
+ * Gradients. A gradient store of the same layout collects the row gradients of the block of
+ * streams being computed. trainer_tables_block_end hands them on: the rows this rank owns
+ * join the step's sum (kept in double when the run has several blocks, so the sum does not
+ * depend on which rank computed which block), the others are pushed to their owners, which
+ * add them the same way. With a single block in the run the block's float gradient is the
+ * step's gradient and stays where it is. trainer_tables_step then makes one pass over every
+ * owned row looked up in the step: it reads the summed gradient, applies lazy Adam and
+ * clears the gradient.
+ *
+ * Every rank must make the same sequence of trainer_tables_resolve and
+ * trainer_tables_block_end calls (trainer/schedule.c sees to it): each may exchange rows with
+ * every other rank. */
 typedef struct trainer_tables trainer_tables;
 
 typedef struct trainer_table_group {
@@ -27,7 +39,7 @@ typedef struct trainer_table_group {
 } trainer_table_group;
 
 typedef struct trainer_tables_stats {
-    int64_t lookups, misses;  /* (token, chunk) lookups and the ones that had to be fetched */
+    int64_t lookups, misses;  /* (token, chunk) lookups and the remote rows they fetched */
     int64_t bytes_sent;       /* by this rank in row exchanges */
     double exchange_seconds;  /* in the all-to-alls */
     int64_t exchanges;
@@ -51,19 +63,25 @@ const trainer_table_group *trainer_tables_group(const trainer_tables *t, int g);
 size_t trainer_tables_numel(const trainer_tables *t);
 /* Owner rank of unit (g, k). */
 int trainer_tables_owner(const trainer_tables *t, int g, int k);
-/* Units and bytes (rows + Adam moments) this rank stores. */
+/* Units and bytes (rows, Adam moments and the gradient sum) this rank stores. */
 int trainer_tables_owned_units(const trainer_tables *t);
 size_t trainer_tables_owned_bytes(const trainer_tables *t);
 /* Rank 0 prints the ownership plan: units and bytes per rank, and the imbalance. Collective. */
 void trainer_tables_print_plan(trainer_tables *t);
 
-/* Maps buckets idx (N,K) of group g to row ids (N,K) and fills rows[0..nout) with the row and
- * gradient stores those ids index. Collective (see above). */
+/* How many blocks of streams contribute gradients to a step, over all ranks: with one, the
+ * block's float gradient is used as it is; with more, the sum is kept in double. Set before
+ * the first step (the default is 2: the summing path). */
+void trainer_tables_set_blocks(trainer_tables *t, int blocks);
+
+/* Maps buckets idx (N,K) of group g to row ids (N,K) (the keys k << tau | bucket) and fills
+ * rows[0..nout) with the row and gradient stores they index, after fetching the rows this
+ * rank lacks. Collective (see above). */
 void trainer_tables_resolve(trainer_tables *t, int g, const int32_t *idx, int N, int32_t *rowid,
                             layer_hash_rows *rows);
 /* What the lookups that follow belong to. Every rank sets the same phases in the same order.
  * The MRBP recompute repeats the memory pass's lookups of the groups that pass used, with the
- * same buckets, so those find every row cached on every rank and skip the exchange. */
+ * same buckets, so those find every row present on every rank and skip the exchange. */
 typedef enum trainer_tables_phase {
     TRAINER_TABLES_PLAIN = 0,
     TRAINER_TABLES_MEMORY_PASS,
@@ -71,27 +89,34 @@ typedef enum trainer_tables_phase {
 } trainer_tables_phase;
 void trainer_tables_set_phase(trainer_tables *t, trainer_tables_phase phase);
 
-/* Adds the gradients written since the last fold (one stream's) into double accumulators
- * and clears them, so the step's sum does not depend on how streams are split over ranks. */
-void trainer_tables_fold(trainer_tables *t);
-/* Folds, then sends the accumulated gradients to the owners, which add them in double in a
- * fixed order (source rank, then key) and round once to float. Collective. */
-void trainer_tables_reduce_grads(trainer_tables *t);
-/* Sum of squares of the reduced gradients of the rows this rank owns (double, fixed order). */
+/* The end of a block of streams: its row gradients join the step's sums on their owners
+ * (see above) and the gradient store is emptied. Collective. */
+void trainer_tables_block_end(trainer_tables *t);
+/* Sum of squares of the step's gradients of the rows this rank owns (double, fixed order). */
 double trainer_tables_grad_sumsq(const trainer_tables *t);
 /* Lazy Adam on the owned rows that were looked up this step (gradient times grad_scale),
- * clears their gradients and empties the row cache. Local: call after reduce_grads. */
+ * clearing their gradients, then forgets the fetched rows. Local: call after the last
+ * trainer_tables_block_end of the step. */
 void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, float eps,
                          int64_t step, float grad_scale);
-/* Empties the row cache without an update (after evaluation). */
+/* Forgets the fetched rows and the lookups of the current block, without an update (after
+ * evaluation; a block's gradients must have been handed on or discarded). */
 void trainer_tables_clear_cache(trainer_tables *t);
-/* Drops every gradient and touched mark without an update, and empties the cache. */
+/* Drops every gradient and touched mark without an update, and forgets the fetched rows. */
 void trainer_tables_discard_grads(trainer_tables *t);
 
-/* The (2^tau, OC) table of output `out` of unit (g, k) with its Adam moments and reduced
- * gradient, or NULL when this rank does not own the unit. */
-float *trainer_tables_unit(trainer_tables *t, int g, int k, int out, float **m, float **v,
-                           float **grad);
+/* Unit (g, k), output `out`: copies its table (2^tau, OC), row-major, and its Adam moments
+ * and the step's summed gradient into the arrays given (any may be NULL). Returns 0, or -1
+ * when this rank does not own the unit. */
+int trainer_tables_unit_get(const trainer_tables *t, int g, int k, int out, float *data, float *m,
+                            float *v, float *grad);
+/* Sets the table and Adam moments of an owned unit from row-major arrays (any may be NULL).
+ * Returns 0, or -1 when this rank does not own the unit. */
+int trainer_tables_unit_set(trainer_tables *t, int g, int k, int out, const float *data,
+                            const float *m, const float *v);
+/* The master entry (bucket, col) of table (g, k, out) on its owner, for tests that perturb
+ * one parameter; NULL when this rank does not own the unit. */
+float *trainer_tables_entry(trainer_tables *t, int g, int k, int out, int bucket, int col);
 
 void trainer_tables_get_stats(const trainer_tables *t, trainer_tables_stats *s);
 void trainer_tables_reset_stats(trainer_tables *t);

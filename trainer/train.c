@@ -12,9 +12,11 @@
 #include "io/data.h"
 #include "layers/common.h"
 #include "trainer/optim.h"
-#include "trainer/rollout.h"
-#include "trainer/step.h"
 #include "trainer/checkpoint.h"
+#include "trainer/rollout.h"
+#include "trainer/schedule.h"
+#include "trainer/step.h"
+#include "trainer/timers.h"
 
 void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg) {
     memset(spec, 0, sizeof(*spec));
@@ -52,6 +54,7 @@ typedef struct run {
     io_dataset *train, *val;
     trainer_model *model;
     trainer_rollout *rollout;
+    trainer_schedule sched;
     int B, first_stream, L, bos;
     stream_state *streams;
     float *M; /* (B, S*C) carried memory */
@@ -132,10 +135,7 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
             }
             active += !done[b];
         }
-        if (cfg->eval_segments == 0) {
-            comm_sum_i64(comm, &active, 1);
-            if (active == 0) break;
-        }
+        if (cfg->eval_segments == 0 && !trainer_schedule_any_active(comm, active > 0)) break;
         int cnt = 0;
         sums[0] += trainer_segments_forward(model, sg, &cnt, NULL);
         sums[1] += cnt;
@@ -160,28 +160,31 @@ static void fmt_eta(char *buf, size_t n, double s) {
 /* Figures summed over the steps since the last log line. */
 typedef struct log_window {
     int steps;
-    double loss, tokens, time, io, alltoall, allreduce, eval;
+    double loss, tokens;
+    trainer_timers time;
     double bytes, lookups, misses;
 } log_window;
-
-#define CSV_HEADER                                                                           \
-    "step,train_loss,train_ppl,lr,grad_norm,tokens_per_s,ms_compute,ms_alltoall,ms_allreduce," \
-    "ms_io,bytes_sent_per_rank,cache_hit_rate,val_ppl"
 
 static void window_add(log_window *w, const trainer_step_info *si) {
     w->steps++;
     w->loss += si->loss_sum;
     w->tokens += si->tokens;
-    w->time += si->sec_total;
-    w->alltoall += si->sec_alltoall;
-    w->allreduce += si->sec_allreduce;
+    trainer_timers_add(&w->time, &si->time);
     w->bytes += (double)si->bytes_sent;
     w->lookups += (double)si->lookups;
     w->misses += (double)si->misses;
 }
 
+/* The metrics columns: the step's figures, then ms_<timer> per step for every trainer_timer. */
+static void csv_header(FILE *f) {
+    fprintf(f, "step,train_loss,train_ppl,lr,grad_norm,tokens_per_s");
+    for (int i = 0; i < TRAINER_TIMER_COUNT; i++) fprintf(f, ",ms_%s", trainer_timer_name(i));
+    fprintf(f, ",bytes_sent_per_rank,cache_hit_rate,val_ppl\n");
+}
+
 /* Rank 0 prints one line and appends the same figures to metrics.csv. Collective (the byte
- * and cache counters are averaged over ranks). */
+ * and cache counters are averaged over ranks). Throughput counts training time only:
+ * evaluation and checkpoints are reported but not charged to the tokens. */
 static void log_line(run *r, log_window *w, int64_t step, const trainer_step_info *si,
                      double val_ppl, double elapsed) {
     double avg[3] = {w->bytes, w->lookups, w->misses};
@@ -191,24 +194,27 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
     int P = comm_size(r->comm);
     double k = 1000.0 / w->steps;
     double loss = w->tokens > 0 ? w->loss / w->tokens : 0.0;
-    double tps = w->tokens / (w->time + w->io > 0 ? w->time + w->io : 1e-9);
-    double ms_compute = (w->time - w->alltoall - w->allreduce) * k;
+    double train = trainer_timers_total(&w->time) - w->time.sec[TRAINER_TIMER_EVAL] -
+                   w->time.sec[TRAINER_TIMER_CKPT];
+    double tps = w->tokens / (train > 0 ? train : 1e-9);
     double bytes = avg[0] / P / w->steps, hit = avg[1] > 0 ? 1.0 - avg[2] / avg[1] : 1.0;
     char eta[32];
     fmt_eta(eta, sizeof(eta), elapsed / (double)(step + 1) * (double)(cfg->steps - step - 1));
-    printf("step %lld/%lld | loss %.4f ppl %.3f | lr %.2e | gnorm %.3f | %.0f tok/s | ms/step "
-           "compute %.1f a2a %.1f allreduce %.1f io %.1f",
-           (long long)step + 1, (long long)cfg->steps, loss, exp(loss), si->lr, si->grad_norm,
-           tps, ms_compute, w->alltoall * k, w->allreduce * k, w->io * k);
-    if (avg[1] > 0) printf(" | sent %.1f KiB/rank/step, cache hit %.1f%%", bytes / 1024, 100 * hit);
+    printf("step %lld/%lld | loss %.4f ppl %.3f | lr %.2e | gnorm %.3f | %.0f tok/s | ms/step",
+           (long long)step + 1, (long long)cfg->steps, loss, exp(loss), si->lr, si->grad_norm, tps);
+    for (int i = 0; i < TRAINER_TIMER_COUNT; i++)
+        if (w->time.sec[i] > 0 || i <= TRAINER_TIMER_OPTIMIZER)
+            printf(" %s %.1f", trainer_timer_name(i), w->time.sec[i] * k);
+    if (avg[1] > 0) printf(" | sent %.1f KiB/rank/step, rows fetched for %.1f%% of lookups", bytes / 1024, 100 * (1 - hit));
     if (!isnan(val_ppl)) printf(" | val ppl %.3f", val_ppl);
     printf(" | eta %s\n", eta);
     fflush(stdout);
     if (r->csv) {
         /* the loss in full: runs can be compared bit for bit */
-        fprintf(r->csv, "%lld,%.17g,%.6f,%.6e,%.6f,%.1f,%.3f,%.3f,%.3f,%.3f,%.0f,%.4f,",
-                (long long)step + 1, loss, exp(loss), si->lr, si->grad_norm, tps, ms_compute,
-                w->alltoall * k, w->allreduce * k, w->io * k, bytes, hit);
+        fprintf(r->csv, "%lld,%.17g,%.6f,%.6e,%.6f,%.1f", (long long)step + 1, loss, exp(loss),
+                si->lr, si->grad_norm, tps);
+        for (int i = 0; i < TRAINER_TIMER_COUNT; i++) fprintf(r->csv, ",%.3f", w->time.sec[i] * k);
+        fprintf(r->csv, ",%.0f,%.4f,", bytes, hit);
         if (!isnan(val_ppl)) fprintf(r->csv, "%.6f", val_ppl);
         fprintf(r->csv, "\n");
         fflush(r->csv);
@@ -338,11 +344,9 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     r->cfg = cfg;
     int P = comm_size(comm), rank = comm_rank(comm);
     char err[512];
-    if (cfg->streams < P) {
-        snprintf(err, sizeof(err), "streams = %d is fewer than the %d ranks: every rank needs a stream",
-                 cfg->streams, P);
+    if (trainer_schedule_check(cfg->streams, cfg->stream_block, P, err, sizeof(err)) != 0)
         comm_exit_error(comm, err);
-    }
+    r->sched = trainer_schedule_make(cfg->streams, cfg->stream_block, P, rank);
     install_signal_handlers();
     load_data(r);
     trainer_model_spec spec;
@@ -350,15 +354,15 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     r->model = trainer_model_create(&spec, comm);
     r->L = cfg->seg_len;
     r->bos = cfg->vocab;
-    /* streams are dealt in contiguous blocks, as evenly as the count allows */
-    r->first_stream = (int)((int64_t)cfg->streams * rank / P);
-    r->B = (int)((int64_t)cfg->streams * (rank + 1) / P) - r->first_stream;
+    /* streams are dealt in whole blocks (trainer/schedule.h) */
+    r->first_stream = r->sched.first_stream;
+    r->B = r->sched.nstreams_mine;
     r->streams = layer_xcalloc(r->B, sizeof(stream_state));
     stream_states_init(r->streams, r->B, r->first_stream, cfg->streams, r->L);
     trainer_rollout_mode mode = cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
     r->rollout = trainer_rollout_create(r->model, cfg->horizon, r->B, mode);
-    r->rollout->first = r->first_stream;
-    r->rollout->nstreams = cfg->streams;
+    trainer_rollout_set_block(r->rollout, cfg->stream_block);
+    trainer_schedule_attach(&r->sched, r->model);
     size_t ms = trainer_model_memory_size(r->model);
     r->M = layer_xcalloc((size_t)r->B * ms + 1, sizeof(float));
     trainer_params *params = trainer_model_params(r->model);
@@ -378,8 +382,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
             char path[1200];
             snprintf(path, sizeof(path), "%s/metrics.csv", cfg->run_dir);
             r->csv = fopen(path, "a");
-            if (r->csv && ftell(r->csv) == 0)
-                fprintf(r->csv, "%s\n", CSV_HEADER);
+            if (r->csv && ftell(r->csv) == 0) csv_header(r->csv);
         }
         if (!r->csv) fprintf(stderr, "memtrain: warning: cannot write %s/metrics.csv\n", cfg->run_dir);
         fflush(stdout);
@@ -393,11 +396,12 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     int fail = 0, interrupted = 0;
     int64_t done = first_step;
     for (int64_t step = first_step; step < cfg->steps; step++) {
-        double t = comm_time();
+        trainer_timer_start(&w.time, TRAINER_TIMER_DATA);
         fill_rollout(r);
-        w.io += comm_time() - t;
+        trainer_timer_stop(&w.time, TRAINER_TIMER_DATA);
         trainer_step_info si;
-        if (trainer_step(r->model, r->rollout, r->M, comm, cfg, step, &si, err, sizeof(err)) != 0) {
+        if (trainer_step(r->model, r->rollout, &r->sched, r->M, comm, cfg, step, &si, err,
+                         sizeof(err)) != 0) {
             fail = 1;
             break;
         }
@@ -406,9 +410,9 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         int last = done == cfg->steps;
         double val_ppl = NAN;
         if (cfg->eval_every > 0 && (done % cfg->eval_every == 0 || last)) {
-            t = comm_time();
+            trainer_timer_start(&w.time, TRAINER_TIMER_EVAL);
             val_ppl = trainer_validation_ppl(comm, cfg, r->model, r->val);
-            w.eval += comm_time() - t;
+            trainer_timer_stop(&w.time, TRAINER_TIMER_EVAL);
         }
         if ((cfg->log_every > 0 && done % cfg->log_every == 0) || last || !isnan(val_ppl)) {
             log_line(r, &w, step, &si, val_ppl, (comm_time() - run_start) * (double)cfg->steps /
@@ -423,9 +427,9 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
             break;
         }
         if (!last && cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0) {
-            t = comm_time();
+            trainer_timer_start(&w.time, TRAINER_TIMER_CKPT);
             save_checkpoint(r, done);
-            w.io += comm_time() - t;
+            trainer_timer_stop(&w.time, TRAINER_TIMER_CKPT);
         }
     }
     if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);

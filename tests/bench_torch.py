@@ -1,0 +1,130 @@
+#!/usr/bin/python3
+"""PyTorch reference for `make bench`: a dense GPT decoder of memtrain's benchmark shape.
+
+The same blocks as memtrain's `arch = decoder, proj = dense` model: pre-RMSNorm, Q/K/V/O with
+biases, causal attention with rotary positions on half of every head's dims, a 4d tanh-GELU
+feed-forward, final RMSNorm and an untied LM head; AdamW, one thread. A step trains on
+streams x horizon sequences of seg_len tokens, every token a scored target, as memtrain's
+decoder step does (its horizon segments are independent sequences); tokens/s counts those
+targets. Prints one line: `torch decoder dense <tokens/s> <ms/step>`, the median over
+--reps timed windows.
+"""
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(c))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.w
+
+
+def rope_tables(T, rot, base=10000.0):
+    inv = base ** (-torch.arange(0, rot, 2, dtype=torch.float32) / rot)
+    ang = torch.arange(T, dtype=torch.float32)[:, None] * inv[None, :]
+    return torch.cos(ang), torch.sin(ang)  # (T, rot/2)
+
+
+def rope(x, cos, sin, rot):
+    # x (B, NH, T, HS): pairs (2i, 2i+1) of the first rot dims rotate
+    xr, xp = x[..., :rot], x[..., rot:]
+    a, b = xr[..., 0::2], xr[..., 1::2]
+    r = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+    return torch.cat((r, xp), dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, c, nh, rot):
+        super().__init__()
+        self.nh, self.rot = nh, rot
+        self.n1, self.n2 = RMSNorm(c), RMSNorm(c)
+        self.qkv = nn.Linear(c, 3 * c)
+        self.o = nn.Linear(c, c)
+        self.fc1 = nn.Linear(c, 4 * c)
+        self.fc2 = nn.Linear(4 * c, c)
+
+    def forward(self, x, cos, sin, mask):
+        B, T, C = x.shape
+        hs = C // self.nh
+        q, k, v = self.qkv(self.n1(x)).split(C, dim=-1)
+        q, k, v = (t.view(B, T, self.nh, hs).transpose(1, 2) for t in (q, k, v))
+        q, k = rope(q, cos, sin, self.rot), rope(k, cos, sin, self.rot)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+        att = att.masked_fill(mask, float("-inf")).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + self.o(y)
+        return x + self.fc2(F.gelu(self.fc1(self.n2(x)), approximate="tanh"))
+
+
+class Decoder(nn.Module):
+    def __init__(self, vocab, c, nh, layers, T, rope_frac):
+        super().__init__()
+        self.rot = int(rope_frac * (c // nh))
+        self.wte = nn.Embedding(vocab + 1, c)  # + BOS, as memtrain
+        self.blocks = nn.ModuleList(Block(c, nh, self.rot) for _ in range(layers))
+        self.norm = RMSNorm(c)
+        self.head = nn.Linear(c, vocab, bias=False)
+        cos, sin = rope_tables(T, self.rot)
+        self.register_buffer("cos", cos)
+        self.register_buffer("sin", sin)
+        self.register_buffer("mask", torch.triu(torch.ones(T, T, dtype=torch.bool), 1))
+
+    def forward(self, idx):
+        x = self.wte(idx)
+        for b in self.blocks:
+            x = b(x, self.cos, self.sin, self.mask)
+        return self.head(self.norm(x))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--seg-len", type=int, default=64)
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--horizon", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per window")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3, help="timed windows; the median is printed")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = Decoder(a.vocab, a.d_model, a.heads, a.layers, a.seg_len, 0.5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    B, T = a.streams * a.horizon, a.seg_len
+    gen = torch.Generator().manual_seed(1)
+
+    def step():
+        idx = torch.randint(0, a.vocab + 1, (B, T), generator=gen)
+        tgt = torch.randint(0, a.vocab, (B, T), generator=gen)
+        loss = F.cross_entropy(model(idx).view(-1, a.vocab), tgt.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(a.warmup):
+        step()
+    rates = []
+    for _ in range(a.reps):
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            step()
+        dt = time.perf_counter() - t0
+        rates.append(B * T * a.steps / dt)
+    tps = statistics.median(rates)
+    print(f"torch decoder dense {tps:.0f} {1000 * B * T / tps:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
