@@ -16,7 +16,7 @@ typedef struct result {
     double tok_s, flops_tok, ms_step;
 } result;
 
-static result run_config(comm_ctx *comm, int memformer, int hash, int steps) {
+static result run_config(comm_ctx *comm, int memformer, int hash, int steps, int block) {
     trainer_config cfg;
     char err[256];
     trainer_config_defaults(&cfg);
@@ -31,6 +31,7 @@ static result run_config(comm_ctx *comm, int memformer, int hash, int steps) {
     cfg.mem_slots = 16;
     cfg.horizon = 4;
     cfg.streams = 8;
+    if (block > 0) cfg.stream_block = block;
     cfg.steps = steps + 2;
     cfg.warmup = 1;
     if (trainer_config_validate(&cfg, err, sizeof(err)) != 0) {
@@ -71,6 +72,8 @@ int main(int argc, char **argv) {
     comm_ctx *comm = comm_init(&argc, &argv);
     openblas_set_num_threads(1);
     int steps = argc > 1 ? atoi(argv[1]) : 6;
+    const char *only = argc > 2 ? argv[2] : ""; /* e.g. decoder-hash */
+    int block = argc > 3 ? atoi(argv[3]) : 0;   /* stream_block; 0: the default */
     const char *arch[2] = {"decoder", "memformer"}, *proj[2] = {"dense", "hash"};
     result res[2][2];
     printf("training throughput, one rank, one thread: d_model 256, 4 heads, 3 layers (memformer 1 enc + 2 dec),\n"
@@ -78,7 +81,13 @@ int main(int argc, char **argv) {
     printf("%-10s %-6s %12s %10s %14s\n", "arch", "proj", "tokens/s", "ms/step", "MFLOP/token");
     for (int a = 0; a < 2; a++)
         for (int p = 0; p < 2; p++) {
-            res[a][p] = run_config(comm, a, p, steps);
+            char name[32];
+            snprintf(name, sizeof(name), "%s-%s", arch[a], proj[p]);
+            if (*only && !strstr(name, only)) {
+                res[a][p] = (result){1, 1, 1};
+                continue;
+            }
+            res[a][p] = run_config(comm, a, p, steps, block);
             printf("%-10s %-6s %12.0f %10.1f %14.2f\n", arch[a], proj[p], res[a][p].tok_s,
                    res[a][p].ms_step, res[a][p].flops_tok / 1e6);
             fflush(stdout);

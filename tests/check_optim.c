@@ -149,14 +149,8 @@ START_TEST(test_sparse_matches_dense_all_rows) {
         float *gd = tu_randn(&r, N, 1.0f), gs[N];
         for (int i = 0; i < R; i++) memcpy(gs + i * W, gd + uniq[i] * W, sizeof(float) * W);
         trainer_adam k = trainer_adam_at(0.05f, 0.9f, 0.95f, 1e-8f, 0.0f, t, 0.7f);
-        for (int i = 0; i < R; i++) { /* the double form, from the same float values */
-            double g64[W];
-            for (int j = 0; j < W; j++) g64[j] = gs[i * W + j];
-            if (i % 2)
-                trainer_adam_apply(ps + uniq[i] * W, ms + uniq[i] * W, vs + uniq[i] * W, gs + i * W, W, &k);
-            else
-                trainer_adam_apply64(ps + uniq[i] * W, ms + uniq[i] * W, vs + uniq[i] * W, g64, W, &k);
-        }
+        for (int i = 0; i < R; i++)
+            trainer_adam_apply(ps + uniq[i] * W, ms + uniq[i] * W, vs + uniq[i] * W, gs + i * W, W, &k);
         trainer_adamw_step(pd, gd, md, vd, N, 0.05f, 0.9f, 0.95f, 1e-8f, 0.0f, t, 0.7f);
         free(gd);
     }

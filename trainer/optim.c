@@ -70,16 +70,6 @@ void trainer_adam_apply(float *restrict p, float *restrict m, float *restrict v,
     memset(g, 0, n * sizeof(float));
 }
 
-void trainer_adam_apply64(float *restrict p, float *restrict m, float *restrict v,
-                          double *restrict g, size_t n, const trainer_adam *k) {
-    const float lr = k->lr, b1 = k->beta1, b2 = k->beta2, bc1 = k->bc1, bc2 = k->bc2, eps = k->eps,
-                wd = k->wd, gs = k->grad_scale;
-    for (size_t i = 0; i < n; i++) {
-        adam_update(&p[i], &m[i], &v[i], (float)g[i] * gs, lr, b1, b2, bc1, bc2, eps, wd);
-        g[i] = 0.0;
-    }
-}
-
 double trainer_sumsq(const float *g, size_t n) {
     /* Four running sums break the add dependency chain; the grouping depends only on n. */
     double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;

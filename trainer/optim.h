@@ -47,10 +47,8 @@ trainer_adam trainer_adam_at(float lr, float beta1, float beta2, float eps, floa
 /* Lazy Adam's pass over one touched table row (or a slice of it): Adam on n entries p, m, v
  * with gradient g, which is cleared (the next step's sum starts from zero). Entries not
  * passed, and their moments, stay exactly as they are: untouched rows' moments do not decay.
- * Each entry gets bitwise what trainer_adamw_step gives it (with the same wd). The 64 form
- * reads a gradient summed in double and rounds it to float first. */
+ * Each entry gets bitwise what trainer_adamw_step gives it (with the same wd). */
 void trainer_adam_apply(float *p, float *m, float *v, float *g, size_t n, const trainer_adam *k);
-void trainer_adam_apply64(float *p, float *m, float *v, double *g, size_t n, const trainer_adam *k);
 
 /* sum_i g[i]^2 accumulated in double, in an order fixed by n alone, so equal inputs give
  * bitwise-equal sums on every rank and run. */

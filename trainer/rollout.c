@@ -168,7 +168,7 @@ double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, flo
         int nb = r->B - b0 < r->block ? r->B - b0 : r->block;
         total += trainer_rollout_block(r, m, b0, nb, M ? M + (size_t)b0 * r->msize : NULL,
                                        grad_scale);
-        trainer_tables_block_end(trainer_model_tables(m));
+        trainer_tables_block_end(trainer_model_tables(m), b0 + nb >= r->B);
     }
     return total;
 }

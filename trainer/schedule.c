@@ -45,7 +45,8 @@ void trainer_schedule_train(const trainer_schedule *s, trainer_rollout *r, train
         int nb = p < s->nmine ? s->block : 0;           /* 0: an empty pass */
         if (nb > r->B - b0) nb = r->B - b0;
         double loss = trainer_rollout_block(r, m, b0, nb, M ? M + (size_t)b0 * ms : NULL, grad_scale);
-        trainer_tables_block_end(tb);
+        /* the rank's last pass: its own rows' gradients stay where the block left them */
+        trainer_tables_block_end(tb, p == s->passes - 1);
         /* several blocks: each one's dense gradient joins a double sum, so the step's sum does
            not depend on how blocks are dealt to ranks */
         if (s->nblocks > 1) trainer_params_fold(params);

@@ -16,7 +16,8 @@
 enum {
     ST_FETCHED = 1, /* a row of another rank's chunk, present until the step ends */
     ST_BLOCK = 2,   /* looked up by the current block (and listed in blk) */
-    ST_TOUCHED = 4, /* an owned row with a gradient this step */
+    ST_TOUCHED = 4, /* an owned row with a gradient this step: in acc, in drows, or both */
+    ST_ACC = 8,     /* an owned row whose acc holds a sum this step */
 };
 
 #define TILE LAYER_HASH_TILE
@@ -30,10 +31,10 @@ typedef struct group_state {
     float *rows[3];  /* master rows of owned chunks, fetched rows of the others */
     float *drows[3]; /* the current block's row gradients */
     float *m[3], *v[3];
-    double *acc[3];  /* the step's gradient sum over blocks, owned rows (several blocks) */
+    double *acc[3];  /* owned rows: the double sum of the step's contributions handed on */
     int32_t *blk;     /* (R) keys of the current block */
     int nblk;
-    int32_t *fetched; /* (R) remote keys fetched since the last step */
+    int32_t *fetched; /* (2R) remote keys fetched since the last step; scratch after them */
     int nfetched;
     int in_memory_pass; /* looked up by this step's MRBP memory pass */
 } group_state;
@@ -42,7 +43,7 @@ struct trainer_tables {
     comm_ctx *comm;
     comm_exchange *x;
     int n, cap, allocated, me;
-    int single; /* one block per step in the whole run: the block's gradient is the step's */
+    int blocks; /* blocks of streams a step sums over (for the memory accounting) */
     group_state *gs;
     int64_t lookups, misses;
     uint64_t digest;
@@ -168,7 +169,7 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
         s->R = s->g.K << s->g.tau;
         s->state = layer_xcalloc((size_t)s->R, 1);
         s->blk = layer_xmalloc((size_t)s->R * sizeof(int32_t));
-        s->fetched = layer_xmalloc((size_t)s->R * sizeof(int32_t));
+        s->fetched = layer_xmalloc(2 * (size_t)s->R * sizeof(int32_t));
         float *init = layer_xmalloc((size_t)rows * OC * sizeof(float)); /* (2^tau, OC) */
         for (int j = 0; j < s->g.nout; j++) {
             s->rows[j] = store_map(store_bytes(s, sizeof(float)));
@@ -194,7 +195,7 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
     t->owners = layer_xmalloc(maxkeys * sizeof(int));
     t->buf = layer_xmalloc(maxfloats * sizeof(float));
     t->allocated = 1;
-    t->single = 0;
+    t->blocks = 2;
 }
 
 int trainer_tables_ngroups(const trainer_tables *t) { return t->n; }
@@ -220,8 +221,9 @@ int trainer_tables_owned_units(const trainer_tables *t) {
 }
 
 size_t trainer_tables_owned_bytes(const trainer_tables *t) {
-    /* rows, m, v in float; the gradient sum in double unless the block's float is the sum */
-    size_t per = 3 * sizeof(float) + (t->single ? sizeof(float) : sizeof(double)), b = 0;
+    /* rows, m, v and the last block's gradient in float; with several blocks the sum of the
+       others in double */
+    size_t per = 4 * sizeof(float) + (t->blocks > 1 ? sizeof(double) : 0), b = 0;
     for (int i = 0; i < t->n; i++)
         for (int k = 0; k < t->gs[i].g.K; k++)
             if (t->gs[i].owner[k] == t->me) b += unit_floats(&t->gs[i].g) * per;
@@ -252,9 +254,7 @@ void trainer_tables_print_plan(trainer_tables *t) {
 
 void trainer_tables_set_blocks(trainer_tables *t, int blocks) {
     LAYER_ASSERT(blocks >= 1);
-    /* one block in the run means one rank: nobody else could hold a part of the sum */
-    LAYER_ASSERT(blocks > 1 || comm_size(t->comm) == 1);
-    t->single = blocks == 1;
+    t->blocks = blocks;
 }
 
 /* ---- lookups ---- */
@@ -317,17 +317,22 @@ void trainer_tables_set_phase(trainer_tables *t, trainer_tables_phase phase) { t
 
 /* ---- gradients ---- */
 
-/* acc[key] += g, one tile slice after another; g is a row of nout*OC floats. */
-static void acc_add_row(group_state *s, int key, const float *g) {
-    int OC = s->g.OC;
-    for (int j = 0; j < s->g.nout; j++)
-        for (int o = 0; o < OC; o += TILE) {
-            double *a = s->acc[j] + layer_hash_store_at(s->R, key, o);
-            const float *gj = g + (size_t)j * OC + o;
-            int w = OC - o < TILE ? OC - o : TILE;
-            for (int c = 0; c < w; c++) a[c] += (double)gj[c];
-        }
-    s->state[key] |= ST_TOUCHED;
+/* How a step's row gradient is summed, so that it does not depend on the rank count:
+ * every contribution (a block's sum over its tokens, in float) is added in double, and
+ * the sum rounded once; a double sum of a few floats is exact unless their magnitudes
+ * differ by more than ~2^29, so its order does not matter. The owner keeps the sum of what
+ * was handed on in acc (ST_ACC) and its own last block's contribution where the block left
+ * it, in drows, so the common cases move nothing: one block per step (the float gradient
+ * is the sum, acc is never used) and one block per rank (acc holds the other ranks').
+ * The step's gradient of a touched row is (float)(acc + drows), or drows without ST_ACC. */
+
+/* acc slice += g slice, or = for the row's first contribution this step (acc is never
+ * cleared: it holds something only under ST_ACC). */
+static inline void acc_slice(double *restrict a, const float *restrict g, int w, int first) {
+    if (first)
+        for (int c = 0; c < w; c++) a[c] = (double)g[c];
+    else
+        for (int c = 0; c < w; c++) a[c] += (double)g[c];
 }
 
 static void accumulate_grads(void *ctx, int src, const int64_t *keys, const float *gr, int m) {
@@ -335,47 +340,73 @@ static void accumulate_grads(void *ctx, int src, const int64_t *keys, const floa
     trainer_tables *t = ctx;
     for (int i = 0; i < m; i++) {
         group_state *s = &t->gs[keys[i] >> 32];
-        LAYER_ASSERT(s->owner[(int)(keys[i] & 0xffffffff) >> s->g.tau] == t->me);
-        acc_add_row(s, (int)(keys[i] & 0xffffffff),
-                    gr + (size_t)i * s->g.nout * s->g.OC);
+        int key = (int)(keys[i] & 0xffffffff), OC = s->g.OC;
+        LAYER_ASSERT(s->owner[key >> s->g.tau] == t->me);
+        int first = !(s->state[key] & ST_ACC);
+        const float *g = gr + (size_t)i * s->g.nout * OC;
+        for (int j = 0; j < s->g.nout; j++)
+            for (int o = 0; o < OC; o += TILE)
+                acc_slice(s->acc[j] + layer_hash_store_at(s->R, key, o), g + (size_t)j * OC + o,
+                          OC - o < TILE ? OC - o : TILE, first);
+        s->state[key] |= ST_TOUCHED | ST_ACC;
     }
 }
 
-void trainer_tables_block_end(trainer_tables *t) {
+void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
         int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau, nremote = 0;
-        if (t->single) { /* the only block: its gradient stays in drows for the step */
-            for (int q = 0; q < s->nblk; q++)
-                s->state[s->blk[q]] = (uint8_t)((s->state[s->blk[q]] & ~ST_BLOCK) | ST_TOUCHED);
-            s->nblk = 0;
-            continue;
-        }
-        for (int q = 0; q < s->nblk; q++) {
-            int key = s->blk[q];
-            float *row = t->buf + (size_t)nremote * W; /* the row's gradient, plain */
-            for (int j = 0; j < nout; j++) {
-                layer_hash_store_get(row + (size_t)j * OC, s->drows[j], s->R, OC, key);
-                for (int o = 0; o < OC; o += TILE)
-                    memset(s->drows[j] + layer_hash_store_at(s->R, key, o), 0, TILE * sizeof(float));
-            }
-            s->state[key] &= (uint8_t)~ST_BLOCK;
-            int owner = s->owner[key >> tau];
-            if (owner == t->me) {
-                acc_add_row(s, key, row);
-            } else {
+        /* the block's keys in increasing order (so every tile streams in sequence); per key
+           what happens to its gradient: the remote ones are numbered for the push */
+        int n = 0;
+        for (int r = 0; r < s->R; r++)
+            if (s->state[r] & ST_BLOCK) s->blk[n++] = r;
+        LAYER_ASSERT(n == s->nblk);
+        enum { KEEP = -1, FOLD_FIRST = -2, FOLD = -3 };
+        int32_t *slot = s->fetched + s->nfetched; /* scratch past the fetched list: (n) */
+        int moved = 0;
+        for (int q = 0; q < n; q++) {
+            int key = s->blk[q], owner = s->owner[key >> tau];
+            if (owner != t->me) {
+                slot[q] = nremote;
                 t->keys[nremote] = ((int64_t)g << 32) | key;
                 t->owners[nremote++] = owner;
+            } else if (keep_owned) {
+                slot[q] = KEEP;
+            } else {
+                slot[q] = (s->state[key] & ST_ACC) ? FOLD : FOLD_FIRST;
             }
+            moved += slot[q] != KEEP;
+            s->state[key] = (uint8_t)((s->state[key] & ~ST_BLOCK) |
+                                      (owner == t->me ? ST_TOUCHED : 0) |
+                                      (slot[q] == FOLD || slot[q] == FOLD_FIRST ? ST_ACC : 0));
         }
+        for (int j = 0; moved && j < nout; j++)
+            for (int o = 0; o < OC; o += TILE) {
+                int w = OC - o < TILE ? OC - o : TILE;
+                float *dt = s->drows[j] + layer_hash_store_at(s->R, 0, o);
+                double *at = s->acc[j] + layer_hash_store_at(s->R, 0, o);
+                for (int q = 0; q < n; q++) {
+                    if (slot[q] == KEEP) continue;
+                    size_t off = (size_t)s->blk[q] * TILE;
+                    if (slot[q] >= 0)
+                        memcpy(t->buf + (size_t)slot[q] * W + (size_t)j * OC + o, dt + off,
+                               (size_t)w * sizeof(float));
+                    else
+                        acc_slice(at + off, dt + off, TILE, slot[q] == FOLD_FIRST);
+                    memset(dt + off, 0, TILE * sizeof(float));
+                }
+            }
         s->nblk = 0;
         comm_exchange_push(t->x, t->keys, t->owners, t->buf, nremote, W, accumulate_grads, t);
     }
 }
 
-/* Calls fn(s, j, off) for every tile slice of every touched row this rank owns, tile after
- * tile and rows in increasing order inside a tile, so the stores stream in sequence. */
-#define FOR_TOUCHED_SLICES(t, s, j, off, body)                                               \
+/* Runs body for every tile slice (group s, output j, offset off into its stores) of every
+ * touched row this rank owns: chunk after chunk, tile after tile, rows in increasing order
+ * inside a tile, so the stores stream in sequence. `has_acc` tells whether acc holds part of
+ * the row's sum. */
+#define FOR_TOUCHED_SLICES(t, s, j, off, has_acc, body)                                       \
     for (int g_ = 0; g_ < (t)->n; g_++) {                                                    \
         group_state *s = &(t)->gs[g_];                                                       \
         int rows_ = 1 << s->g.tau;                                                           \
@@ -385,25 +416,29 @@ void trainer_tables_block_end(trainer_tables *t) {
                 for (int r_ = k_ * rows_; r_ < (k_ + 1) * rows_; r_++) {                     \
                     if (!(s->state[r_] & ST_TOUCHED)) continue;                              \
                     size_t off = layer_hash_store_at(s->R, r_, o_);                          \
+                    int has_acc = (s->state[r_] & ST_ACC) != 0;                              \
                     for (int j = 0; j < s->g.nout; j++) { body }                             \
                 }                                                                            \
         }                                                                                    \
     }
 
+/* The step's gradient slice (TILE) of a touched row: (float)(acc + drows) under ST_ACC. */
+static inline void grad_slice(float *restrict out, const double *restrict a,
+                              const float *restrict d) {
+    for (int c = 0; c < TILE; c++) out[c] = (float)(a[c] + (double)d[c]);
+}
+
 double trainer_tables_grad_sumsq(const trainer_tables *t) {
     double sum = 0.0;
-    FOR_TOUCHED_SLICES(t, s, j, off, {
+    _Alignas(64) float gbuf[TILE];
+    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
         /* padding columns hold zero: the whole tile adds the same as its OC columns */
-        if (t->single) {
-            const float *gp = s->drows[j] + off;
-            for (int c = 0; c < TILE; c++) sum += (double)gp[c] * gp[c];
-        } else {
-            const double *gp = s->acc[j] + off;
-            for (int c = 0; c < TILE; c++) {
-                double x = (double)(float)gp[c];
-                sum += x * x;
-            }
+        const float *gp = s->drows[j] + off;
+        if (has_acc) {
+            grad_slice(gbuf, s->acc[j] + off, gp);
+            gp = gbuf;
         }
+        for (int c = 0; c < TILE; c++) sum += (double)gp[c] * gp[c];
     })
     return sum;
 }
@@ -420,7 +455,7 @@ static void forget_fetched(trainer_tables *t) {
 static void clear_touched(trainer_tables *t) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
-        for (int r = 0; r < s->R; r++) s->state[r] &= (uint8_t)~ST_TOUCHED;
+        for (int r = 0; r < s->R; r++) s->state[r] &= (uint8_t)~(ST_TOUCHED | ST_ACC);
     }
 }
 
@@ -429,14 +464,17 @@ void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, 
     /* no weight decay: table rows are looked up, not multiplied, so shrinking them has no
      * regularising meaning */
     trainer_adam k = trainer_adam_at(lr, beta1, beta2, eps, 0.0f, step, grad_scale);
+    _Alignas(64) float gbuf[TILE];
     /* a whole tile per slice: padding has p = m = v = g = 0, which Adam leaves at 0 */
-    FOR_TOUCHED_SLICES(t, s, j, off, {
-        if (t->single)
-            trainer_adam_apply(s->rows[j] + off, s->m[j] + off, s->v[j] + off, s->drows[j] + off,
-                               TILE, &k);
-        else
-            trainer_adam_apply64(s->rows[j] + off, s->m[j] + off, s->v[j] + off, s->acc[j] + off,
-                                 TILE, &k);
+    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
+        float *d = s->drows[j] + off;
+        if (has_acc) {
+            grad_slice(gbuf, s->acc[j] + off, d);
+            memset(d, 0, TILE * sizeof(float));
+            trainer_adam_apply(s->rows[j] + off, s->m[j] + off, s->v[j] + off, gbuf, TILE, &k);
+        } else {
+            trainer_adam_apply(s->rows[j] + off, s->m[j] + off, s->v[j] + off, d, TILE, &k);
+        }
     })
     clear_touched(t);
     forget_fetched(t);
@@ -460,11 +498,10 @@ void trainer_tables_discard_grads(trainer_tables *t) {
                     memset(s->drows[j] + layer_hash_store_at(s->R, s->blk[q], o), 0,
                            TILE * sizeof(float));
     }
-    FOR_TOUCHED_SLICES(t, s, j, off, { /* the step's sums */
-        if (t->single)
-            memset(s->drows[j] + off, 0, TILE * sizeof(float));
-        else
-            memset(s->acc[j] + off, 0, TILE * sizeof(double));
+    /* the owned rows' kept contributions (acc needs no clearing: see acc_slice) */
+    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
+        (void)has_acc;
+        memset(s->drows[j] + off, 0, TILE * sizeof(float));
     })
     clear_touched(t);
     trainer_tables_clear_cache(t);
@@ -490,12 +527,12 @@ int trainer_tables_unit_get(const trainer_tables *t, int g, int k, int out, floa
         if (data) layer_hash_store_get(data + o, s->rows[out], s->R, OC, key);
         if (m) layer_hash_store_get(m + o, s->m[out], s->R, OC, key);
         if (v) layer_hash_store_get(v + o, s->v[out], s->R, OC, key);
-        if (grad) {
-            if (t->single)
-                layer_hash_store_get(grad + o, s->drows[out], s->R, OC, key);
-            else
+        if (grad) { /* the step's gradient as trainer_tables_step will read it */
+            layer_hash_store_get(grad + o, s->drows[out], s->R, OC, key);
+            if (s->state[key] & ST_ACC)
                 for (int c = 0; c < OC; c++)
-                    grad[o + c] = (float)s->acc[out][layer_hash_store_at(s->R, key, c)];
+                    grad[o + c] = (float)(s->acc[out][layer_hash_store_at(s->R, key, c)] +
+                                          (double)grad[o + c]);
         }
     }
     return 0;

@@ -20,13 +20,12 @@
  * row id is the key itself, and the kernels stream a group's rows in the order they lie in.
  *
  * Gradients. A gradient store of the same layout collects the row gradients of the block of
- * streams being computed. trainer_tables_block_end hands them on: the rows this rank owns
- * join the step's sum (kept in double when the run has several blocks, so the sum does not
- * depend on which rank computed which block), the others are pushed to their owners, which
- * add them the same way. With a single block in the run the block's float gradient is the
- * step's gradient and stays where it is. trainer_tables_step then makes one pass over every
- * owned row looked up in the step: it reads the summed gradient, applies lazy Adam and
- * clears the gradient.
+ * streams being computed. trainer_tables_block_end hands them on: rows owned elsewhere are
+ * pushed to their owners; the owner adds every contribution to a row in double and rounds
+ * the sum once, so the step's gradient does not depend on which rank computed which block.
+ * An owner's own last block stays where it is, so one block per step (or per rank) moves no
+ * gradient at all. trainer_tables_step then makes one pass over every owned row looked up
+ * in the step: it reads the summed gradient, applies lazy Adam and clears the gradient.
  *
  * Every rank must make the same sequence of trainer_tables_resolve and
  * trainer_tables_block_end calls (trainer/schedule.c sees to it): each may exchange rows with
@@ -63,15 +62,14 @@ const trainer_table_group *trainer_tables_group(const trainer_tables *t, int g);
 size_t trainer_tables_numel(const trainer_tables *t);
 /* Owner rank of unit (g, k). */
 int trainer_tables_owner(const trainer_tables *t, int g, int k);
-/* Units and bytes (rows, Adam moments and the gradient sum) this rank stores. */
+/* Units and bytes (rows, Adam moments, gradient and its double sum) this rank stores. */
 int trainer_tables_owned_units(const trainer_tables *t);
 size_t trainer_tables_owned_bytes(const trainer_tables *t);
 /* Rank 0 prints the ownership plan: units and bytes per rank, and the imbalance. Collective. */
 void trainer_tables_print_plan(trainer_tables *t);
 
-/* How many blocks of streams contribute gradients to a step, over all ranks: with one, the
- * block's float gradient is used as it is; with more, the sum is kept in double. Set before
- * the first step (the default is 2: the summing path). */
+/* How many blocks of streams contribute gradients to a step, over all ranks (1: no double
+ * sums are ever kept; this only changes what trainer_tables_owned_bytes counts). */
 void trainer_tables_set_blocks(trainer_tables *t, int blocks);
 
 /* Maps buckets idx (N,K) of group g to row ids (N,K) (the keys k << tau | bucket) and fills
@@ -90,8 +88,9 @@ typedef enum trainer_tables_phase {
 void trainer_tables_set_phase(trainer_tables *t, trainer_tables_phase phase);
 
 /* The end of a block of streams: its row gradients join the step's sums on their owners
- * (see above) and the gradient store is emptied. Collective. */
-void trainer_tables_block_end(trainer_tables *t);
+ * (see above) and the gradient store is emptied, except, when keep_owned, for the rows this
+ * rank owns (pass it for the rank's last block of the step). Collective. */
+void trainer_tables_block_end(trainer_tables *t, int keep_owned);
 /* Sum of squares of the step's gradients of the rows this rank owns (double, fixed order). */
 double trainer_tables_grad_sumsq(const trainer_tables *t);
 /* Lazy Adam on the owned rows that were looked up this step (gradient times grad_scale),
