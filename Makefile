@@ -99,7 +99,13 @@ test: deps
 	@$(MAKE) --no-print-directory data
 	@BUILD=$(BUILD) PORTABLE_BUILD=$(PORTABLE) bash tests/run-tests.sh
 
+# PyTorch (Debian's python3-torch) is for the comparison benchmark only: make bench
+# installs it, make test and make demo never need it.
 bench: deps
+	@dpkg-query -W -f='$${Status}\n' python3-torch 2>/dev/null | grep -q '^install ok installed' || { \
+	  echo "installing: python3-torch"; SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends python3-torch >/dev/null; }
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bash tests/run-bench.sh
 

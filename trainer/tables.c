@@ -428,8 +428,15 @@ static inline void grad_slice(float *restrict out, const double *restrict a,
     for (int c = 0; c < TILE; c++) out[c] = (float)(a[c] + (double)d[c]);
 }
 
+/* sum[l] += g[c + l]^2 for every eighth entry: eight independent double sums (one vector),
+ * added in an order fixed by the layout. */
+static inline void sumsq_slice(double *restrict sum, const float *restrict g) {
+    for (int c = 0; c < TILE; c += 8)
+        for (int l = 0; l < 8; l++) sum[l] += (double)g[c + l] * g[c + l];
+}
+
 double trainer_tables_grad_sumsq(const trainer_tables *t) {
-    double sum = 0.0;
+    _Alignas(64) double sum[8] = {0};
     _Alignas(64) float gbuf[TILE];
     FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
         /* padding columns hold zero: the whole tile adds the same as its OC columns */
@@ -438,9 +445,9 @@ double trainer_tables_grad_sumsq(const trainer_tables *t) {
             grad_slice(gbuf, s->acc[j] + off, gp);
             gp = gbuf;
         }
-        for (int c = 0; c < TILE; c++) sum += (double)gp[c] * gp[c];
+        sumsq_slice(sum, gp);
     })
-    return sum;
+    return ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
 }
 
 static void forget_fetched(trainer_tables *t) {
