@@ -6,8 +6,12 @@ biases, causal attention with rotary positions on half of every head's dims, a 4
 feed-forward, final RMSNorm and an untied LM head; AdamW, one thread. A step trains on
 streams x horizon sequences of seg_len tokens, every token a scored target, as memtrain's
 decoder step does (its horizon segments are independent sequences); tokens/s counts those
-targets. Prints one line: `torch decoder dense <tokens/s> <ms/step>`, the median over
---reps timed windows.
+targets. Prints one line: `torch decoder dense <tokens/s> <ms/step> <cpu/wall>`, the
+median over --reps timed windows, and the process's CPU time over wall time in them.
+
+Debian's PyTorch runs its matrix products in OpenBLAS, whose threads torch.set_num_threads
+does not govern: run it with OPENBLAS_NUM_THREADS=1 for one thread (without, it used 1.8
+cores here); cpu/wall near 1 confirms one thread.
 """
 import argparse
 import math
@@ -116,14 +120,17 @@ def main():
     for _ in range(a.warmup):
         step()
     rates = []
+    cpu = wall = 0.0
     for _ in range(a.reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(a.steps):
             step()
         dt = time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        wall += dt
         rates.append(B * T * a.steps / dt)
     tps = statistics.median(rates)
-    print(f"torch decoder dense {tps:.0f} {1000 * B * T / tps:.1f}", flush=True)
+    print(f"torch decoder dense {tps:.0f} {1000 * B * T / tps:.1f} {cpu / wall:.2f}", flush=True)
 
 
 if __name__ == "__main__":

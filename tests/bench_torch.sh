@@ -10,7 +10,9 @@
 #           windows after the first)
 # and prints tokens/s and the ratios memtrain / PyTorch of that round; the summary gives each
 # figure's median and range over ROUNDS (default 3) rounds. memtrain computes its 8 streams
-# as one block (stream_block = 8), the batching a one-rank run would choose.
+# as one block (stream_block = 8), the batching a one-rank run would choose. Both sides run
+# with OPENBLAS_NUM_THREADS=1: PyTorch's matrix products are OpenBLAS's, which
+# torch.set_num_threads does not limit.
 #   ROUNDS=5 bash tests/bench_torch.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +45,9 @@ print("%.0f" % statistics.median(float(r["tokens_per_s"]) for r in rows))' "$d/m
 
 : >"$tmp/rows"
 for round in $(seq 1 "$ROUNDS"); do
-  torch=$(/usr/bin/python3 tests/bench_torch.py --steps 10 --warmup 5 --reps 1 | awk '{print $4}')
+  read -r _ _ _ torch _ cpu < <(/usr/bin/python3 tests/bench_torch.py --steps 10 --warmup 5 --reps 1)
+  awk -v c="$cpu" 'BEGIN { exit !(c < 1.2) }' ||
+    echo "bench_torch: PyTorch used $cpu cores' worth of CPU time, not one" >&2
   "$BIN/bench_train" 10 >"$tmp/bt.txt"
   rnd() { awk -v a="$1" -v p="$2" '$1 == a && $2 == p {print $3}' "$tmp/bt.txt"; }
   dd=$(rnd decoder dense) dh=$(rnd decoder hash) md=$(rnd memformer dense) mh=$(rnd memformer hash)
