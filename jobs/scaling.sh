@@ -22,7 +22,8 @@
 # measure overheads (oversubscription, synchronisation), not speedup; their byte counts are exact.
 #
 # Usage: jobs/scaling.sh [OUT_DIR]
-# Environment: STEPS (40), MAXP (8), PER_RANK (4), STRONG_STREAMS (8), LOG_EVERY (STEPS/4),
+# Environment: CONF (jobs/configs/demo.conf), STEPS (40), MAXP (8), PER_RANK (4),
+#              STRONG_STREAMS (8), LOG_EVERY (STEPS/4),
 #              REPEATS (2), CORES (nproc), MPIRUN_ARGS (--bind-to none: let the scheduler move
 #              ranks away from busy cores), BUILD (build: binaries in $BUILD/bin),
 #              PLOT_ONLY (1: no runs, redo the CSV, model and plots from OUT_DIR's runs).
@@ -41,7 +42,7 @@ PLOT_ONLY=${PLOT_ONLY:-0}
 CORES=${CORES:-$(nproc)}
 MPIRUN_ARGS=${MPIRUN_ARGS:---bind-to none}
 BIN=$TOP/${BUILD:-build}/bin/memtrain
-CONF=jobs/configs/demo.conf
+CONF=${CONF:-jobs/configs/demo.conf}
 WARMUP=$(( STEPS < 30 ? STEPS : 30 ))
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 export OMPI_MCA_btl_base_warn_component_unused=0
