@@ -135,7 +135,7 @@ static const key_def keys[] = {
              "kept); same gradients"),
     INT_KEY(streams, "8", 1, 0, S | NOHI, NULL,
             "sequences in flight over all ranks, each with its own memory and data cursor"),
-    INT_KEY(stream_block, "8", 1, 0, NOHI, NULL,
+    INT_KEY(stream_block, "4", 1, 0, NOHI, NULL,
             "streams computed together as one batch; ranks own whole blocks, so any rank count "
             "up to streams/stream_block gives the same result"),
     /* optimizer and schedule */
