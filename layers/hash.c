@@ -272,12 +272,18 @@ void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, cons
     LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
     for (int n = 0; n < N; n++) {
         float *yn = y + (size_t)n * OC; /* (OC) */
-        for (int o = 0; o < OC; o++) yn[o] = b ? b[o] : 0.0f;
-        for (int k = 0; k < K; k++) {
-            int32_t r = rowid[(size_t)n * K + k];
-            LAYER_ASSERT(r >= 0 && r < R);
-            float sv = s[(size_t)n * K + k];
-            for (int o = 0; o < OC; o++) yn[o] += sv * rows[layer_hash_store_at(R, r, o)];
+        for (int o = 0; o < OC; o++) {
+            float run = 0.0f;
+            for (int k0 = 0; k0 < K; k0 += LAYER_HASH_SHARD) { /* shard by shard */
+                float a = 0.0f;
+                for (int k = k0; k < K && k < k0 + LAYER_HASH_SHARD; k++) {
+                    int32_t r = rowid[(size_t)n * K + k];
+                    LAYER_ASSERT(r >= 0 && r < R);
+                    a += s[(size_t)n * K + k] * rows[layer_hash_store_at(R, r, o)];
+                }
+                run = k0 ? run + a : b ? b[o] + a : a;
+            }
+            yn[o] = run;
         }
     }
 }

@@ -24,6 +24,14 @@
 
 #define LAYER_HASH_TILE 32
 
+/* Chunks are summed in shards of LAYER_HASH_SHARD (the last shard of a projection may be
+ * shorter): y = b + S_0 + S_1 + ..., added left to right, where S_i sums shard i's chunks
+ * s_k * T_k[idx_k] in order of k, starting from zero. Every path computes exactly this
+ * expression (the fused kernels, a rank that sums another rank's partials), so the result
+ * does not depend on which rank computed which shard. Without b, y = S_0 + S_1 + ...; one
+ * shard's partial alone is layer_hash_forward over that shard's chunks without b. */
+#define LAYER_HASH_SHARD 8
+
 /* Floats in a store of R rows of OC columns. */
 static inline size_t layer_hash_store_floats(int R, int OC) {
     return (size_t)((OC + LAYER_HASH_TILE - 1) / LAYER_HASH_TILE) * (size_t)R * LAYER_HASH_TILE;

@@ -98,9 +98,10 @@ typedef struct hk_groups {
     int32_t *lo, *hi; /* (n) */
 } hk_groups;
 
-/* Greedy, at most HK_FWD_GMAX chunks a group: a chunk joins while the group's span of row
- * ids stays within cap rows (so its region fits L2), or whatever its span once the span is
- * past cap (rows scattered, as in a store filled in order of first use: nothing to stream). */
+/* Greedy, at most HK_FWD_GMAX chunks a group and never across a shard boundary: a chunk
+ * joins while the group's span of row ids stays within cap rows (so its region fits L2), or
+ * whatever its span once the span is past cap (rows scattered, as in a store filled in order
+ * of first use: nothing to stream). */
 static void hk_groups_build(hk_groups *gr, const int32_t *rowid, int N, int K, int R, int cap) {
     int32_t *lo = hk_ws(HK_WS_LO, (size_t)K * sizeof(int32_t));
     int32_t *hi = hk_ws(HK_WS_HI, (size_t)K * sizeof(int32_t));
@@ -118,7 +119,7 @@ static void hk_groups_build(hk_groups *gr, const int32_t *rowid, int N, int K, i
     while (k < K) {
         int k0 = k;
         int32_t l = lo[k], h = hi[k];
-        for (k++; k < K && k - k0 < HK_FWD_GMAX; k++) {
+        for (k++; k < K && k - k0 < HK_FWD_GMAX && k % LAYER_HASH_SHARD != 0; k++) {
             int32_t l2 = lo[k] < l ? lo[k] : l, h2 = hi[k] > h ? hi[k] : h;
             if (h - l + 1 <= cap && h2 - l2 + 1 > cap) break;
             l = l2, h = h2;
@@ -188,21 +189,23 @@ static inline uint32_t hk_lanes(int o, int OC) {
 #define HK_INLINE static inline __attribute__((always_inline))
 
 /* One (tile, chunk group) of the forward: tile (R, HK_T) is the store's tile of columns
- * [c0, c0+HK_T), ent (N, G) the group's entries. yp (N, HK_T) carries partial sums between
- * groups; the first group starts from b (or 0), the last writes y. Spread over the tokens,
- * lines [0, pfl) from pf are prefetched: the next region. */
-HK_INLINE void hk_fwd_sweep(float *y, float *yp, const float *tile, const hk_ent *ent, int G,
-                            const float *b, int N, int OC, int c0, int first, int final,
-                            const char *pf, size_t pfl) {
+ * [c0, c0+HK_T), ent (N, G) the group's entries. A shard's partial sum starts from zero in
+ * its first group (`open`) and is carried between its groups in yp (N, HK_T); its last group
+ * (`close`) adds it to the running sum, which is b + the first shard's partial (the partial
+ * alone without b) at the first shard (`first`) and is carried between shards in yr
+ * (N, HK_T); the last shard (`final`) writes y. Spread over the tokens, lines [0, pfl) from pf are prefetched: the next region. */
+HK_INLINE void hk_fwd_sweep(float *y, float *yp, float *yr, const float *tile, const hk_ent *ent,
+                            int G, const float *b, int N, int OC, int c0, int open, int close,
+                            int first, int final, const char *pf, size_t pfl) {
     const __mmask16 m0 = (__mmask16)hk_lanes(c0, OC), m1 = (__mmask16)hk_lanes(c0 + 16, OC);
     const __m512 seed0 = b ? _mm512_maskz_loadu_ps(m0, b + c0) : _mm512_setzero_ps();
     const __m512 seed1 = b ? _mm512_maskz_loadu_ps(m1, b + c0 + 16) : _mm512_setzero_ps();
     const size_t per = N ? (pfl + (size_t)N - 1) / (size_t)N : 0;
     size_t done = 0;
     for (int n = 0; n < N; n++) {
-        float *ypn = yp + (size_t)n * HK_T;
-        __m512 a0 = first ? seed0 : _mm512_load_ps(ypn);
-        __m512 a1 = first ? seed1 : _mm512_load_ps(ypn + 16);
+        float *ypn = yp + (size_t)n * HK_T, *yrn = yr + (size_t)n * HK_T;
+        __m512 a0 = open ? _mm512_setzero_ps() : _mm512_load_ps(ypn);
+        __m512 a1 = open ? _mm512_setzero_ps() : _mm512_load_ps(ypn + 16);
         for (size_t q = 0; q < per && done < pfl; q++, done++) _mm_prefetch(pf + done * 64, _MM_HINT_T0);
         const hk_ent *en = ent + (size_t)n * G;
         for (int k = 0; k < G; k++) {
@@ -211,13 +214,25 @@ HK_INLINE void hk_fwd_sweep(float *y, float *yp, const float *tile, const hk_ent
             a0 = _mm512_fmadd_ps(s1, _mm512_loadu_ps(pr), a0);
             a1 = _mm512_fmadd_ps(s1, _mm512_loadu_ps(pr + 16), a1);
         }
+        if (!close) {
+            _mm512_store_ps(ypn, a0);
+            _mm512_store_ps(ypn + 16, a1);
+            continue;
+        }
+        if (!first) {
+            a0 = _mm512_add_ps(_mm512_load_ps(yrn), a0);
+            a1 = _mm512_add_ps(_mm512_load_ps(yrn + 16), a1);
+        } else if (b) { /* without a bias the first shard's partial is the running sum */
+            a0 = _mm512_add_ps(seed0, a0);
+            a1 = _mm512_add_ps(seed1, a1);
+        }
         if (final) {
             float *yn = y + (size_t)n * OC + c0;
             _mm512_mask_storeu_ps(yn, m0, a0);
             _mm512_mask_storeu_ps(yn + 16, m1, a1);
         } else {
-            _mm512_store_ps(ypn, a0);
-            _mm512_store_ps(ypn + 16, a1);
+            _mm512_store_ps(yrn, a0);
+            _mm512_store_ps(yrn + 16, a1);
         }
     }
 }
@@ -227,7 +242,8 @@ static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *
     const int ncb = (OC + HK_T - 1) / HK_T, cap = HK_FWD_REGION / (HK_T * (int)sizeof(float));
     hk_groups gr;
     hk_groups_build(&gr, rowid, N, K, R, cap);
-    float *yp = hk_ws(HK_WS_YP, (size_t)N * HK_T * sizeof(float)); /* (N, HK_T) */
+    float *yp = hk_ws(HK_WS_YP, 2 * (size_t)N * HK_T * sizeof(float)); /* (2, N, HK_T) */
+    float *yr = yp + (size_t)N * HK_T;
     /* ent: group g's entries (n, j) at N*gk0[g] + n*G + j, so that every sweep reads its
      * entries as one sequence rather than G of every K ids and scores */
     hk_ent *ent = hk_ws(HK_WS_FENT, (size_t)N * K * sizeof(hk_ent));
@@ -251,9 +267,10 @@ static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *
                 pf = (const char *)(rows + ((size_t)nc * R + (size_t)gr.lo[ng]) * HK_T);
                 pfl = (size_t)(gr.hi[ng] - gr.lo[ng] + 1) * HK_T * sizeof(float) / 64;
             }
-            int k0 = gr.gk0[g];
-            hk_fwd_sweep(y, yp, tile, ent + (size_t)N * k0, gr.gk0[g + 1] - k0, b, N, OC,
-                         c * HK_T, g == 0, g == gr.n - 1, pf, pfl);
+            int k0 = gr.gk0[g], k1 = gr.gk0[g + 1];
+            int open = k0 % LAYER_HASH_SHARD == 0, close = k1 == K || k1 % LAYER_HASH_SHARD == 0;
+            hk_fwd_sweep(y, yp, yr, tile, ent + (size_t)N * k0, k1 - k0, b, N, OC, c * HK_T, open,
+                         close, k0 < LAYER_HASH_SHARD, k1 == K, pf, pfl);
         }
     }
 }
@@ -347,11 +364,13 @@ HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float
             }
         }
     }
-    if (gsh) { /* the last, incomplete batch */
-        for (size_t h = st->nh - st->nh % 16; h < st->nh; h++) {
-            float d = _mm512_reduce_add_ps(_mm512_load_ps(dv + 16 * (h & 15)));
-            gsh[h] = first ? d : gsh[h] + d;
-        }
+    if (gsh && st->nh % 16) { /* the last, incomplete batch: the same tree as the full ones,
+                                  so a hit's sum does not depend on its place in the order */
+        size_t h0 = st->nh - st->nh % 16;
+        for (size_t i = st->nh % 16; i < 16; i++) _mm512_store_ps(dv + 16 * i, _mm512_setzero_ps());
+        _Alignas(64) float d[16];
+        _mm512_store_ps(d, hk_sum16(dv));
+        for (size_t h = h0; h < st->nh; h++) gsh[h] = first ? d[h - h0] : gsh[h] + d[h - h0];
     }
 }
 
@@ -438,24 +457,23 @@ static void hk_db(float *db, const float *dy, int N, int OC) {
 
 static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *rows,
                    const float *b, int N, int K, int R, int OC) {
-    const int cap = HK_FWD_REGION / (HK_T * (int)sizeof(float));
-    hk_groups gr;
-    hk_groups_build(&gr, rowid, N, K, R, cap);
     for (int c0 = 0; c0 < OC; c0 += HK_T) {
         int w = OC - c0 < HK_T ? OC - c0 : HK_T;
         const float *tile = rows + (size_t)(c0 / HK_T) * R * HK_T;
-        for (int g = 0; g < gr.n; g++) {
-            int k0 = gr.gk0[g], k1 = gr.gk0[g + 1];
-            for (int n = 0; n < N; n++) {
-                float *yn = y + (size_t)n * OC + c0;
-                for (int c = 0; c < w; c++) {
-                    float a = g ? yn[c] : b ? b[c0 + c] : 0.0f;
+        for (int n = 0; n < N; n++) {
+            float *yn = y + (size_t)n * OC + c0;
+            for (int c = 0; c < w; c++) {
+                float run = 0.0f;
+                for (int k0 = 0; k0 < K; k0 += LAYER_HASH_SHARD) { /* a shard's partial from 0 */
+                    int k1 = k0 + LAYER_HASH_SHARD < K ? k0 + LAYER_HASH_SHARD : K;
+                    float a = 0.0f;
                     for (int k = k0; k < k1; k++) {
                         size_t e = (size_t)n * K + k;
                         a += s[e] * tile[(size_t)rowid[e] * HK_T + c];
                     }
-                    yn[c] = a;
+                    run = k0 ? run + a : b ? b[c0 + c] + a : a;
                 }
+                yn[c] = run;
             }
         }
     }

@@ -386,6 +386,55 @@ START_TEST(test_fast_vs_ref_edges) {
 }
 END_TEST
 
+/* Shards: a rank that owns some shards of a projection computes their partial sums and the
+ * rows' gradients and score gradients of their chunks alone; the requester adds the
+ * partials in shard order. All of it must be bitwise what one call over every chunk gives,
+ * or results would depend on how shards are dealt to ranks. */
+START_TEST(test_shards_bitwise) {
+    layer_rng r;
+    tu_seed(&r, "shards");
+    const int shapes[][4] = {{37, 20, 3, 45}, {300, 12, 8, 64}, {64, 9, 10, 33}, {5, 8, 6, 17}};
+    for (int c = 0; c < 4; c++) {
+        int N = shapes[c][0], K = shapes[c][1], TAU = shapes[c][2], OC = shapes[c][3];
+        int R = K << TAU, nsh = (K + LAYER_HASH_SHARD - 1) / LAYER_HASH_SHARD;
+        size_t nk = (size_t)N * K, ny = (size_t)N * OC, nr = layer_hash_store_floats(R, OC);
+        int32_t *rowid = malloc(nk * sizeof(int32_t));
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++)
+                rowid[(size_t)n * K + k] = (k << TAU) + tu_randint(&r, 0, (1 << TAU) - 1);
+        float *sc = tu_randn(&r, nk, 1.0f), *rows = store_randn(&r, R, OC, 1.0f);
+        float *b = tu_randn(&r, OC, 1.0f), *dy = tu_randn(&r, ny, 1.0f);
+        float *y = tu_zeros(ny), *yc = tu_zeros(ny), *part = tu_zeros(ny);
+        float *dr = tu_zeros(nr), *gs = tu_zeros(nk), *drs = tu_zeros(nr), *gss = tu_zeros(nk);
+        layer_hash_forward(y, rowid, sc, rows, b, N, K, R, OC);
+        layer_hash_backward(dr, gs, NULL, dy, rowid, sc, rows, N, K, R, OC);
+        for (int i = 0; i < nsh; i++) {
+            int k0 = i * LAYER_HASH_SHARD, Ks = K - k0 < LAYER_HASH_SHARD ? K - k0 : LAYER_HASH_SHARD;
+            int32_t *rid = malloc((size_t)N * Ks * sizeof(int32_t));
+            float *ss = malloc((size_t)N * Ks * sizeof(float)), *g = tu_zeros((size_t)N * Ks);
+            for (int n = 0; n < N; n++)
+                for (int j = 0; j < Ks; j++) {
+                    rid[(size_t)n * Ks + j] = rowid[(size_t)n * K + k0 + j];
+                    ss[(size_t)n * Ks + j] = sc[(size_t)n * K + k0 + j];
+                }
+            layer_hash_forward(part, rid, ss, rows, NULL, N, Ks, R, OC);
+            for (size_t e = 0; e < ny; e++) yc[e] = i ? yc[e] + part[e] : b[e % OC] + part[e];
+            layer_hash_backward(drs, g, NULL, dy, rid, ss, rows, N, Ks, R, OC);
+            for (int n = 0; n < N; n++)
+                for (int j = 0; j < Ks; j++) gss[(size_t)n * K + k0 + j] = g[(size_t)n * Ks + j];
+            free(rid), free(ss), free(g);
+        }
+        ck_assert_msg(memcmp(y, yc, ny * sizeof(float)) == 0,
+                      "N=%d K=%d TAU=%d OC=%d: partials summed by shard differ from one call", N, K,
+                      TAU, OC);
+        ck_assert_msg(memcmp(dr, drs, nr * sizeof(float)) == 0, "row gradients by shard differ");
+        ck_assert_msg(memcmp(gs, gss, nk * sizeof(float)) == 0, "score gradients by shard differ");
+        free(rowid), free(sc), free(rows), free(b), free(dy), free(y), free(yc), free(part);
+        free(dr), free(gs), free(drs), free(gss);
+    }
+}
+END_TEST
+
 /* The store layout: put/get round trip, element addresses, and a fresh store zeroed and on
  * whole cache lines. */
 START_TEST(test_store_layout) {
@@ -643,6 +692,7 @@ static Suite *hash_suite(void) {
     tcase_add_test(tc, test_layer_backward_fd);
     tcase_add_test(tc, test_fast_vs_ref_edges);
     tcase_add_test(tc, test_unique_rows);
+    tcase_add_test(tc, test_shards_bitwise);
     tcase_add_test(tc, test_store_layout);
     tcase_add_test(tc, test_store_padding_unused);
     tcase_add_test(tc, test_hashqkv_matches_three_projections);
