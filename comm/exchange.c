@@ -87,6 +87,12 @@ void comm_exchange_reset_stats(comm_exchange *x) {
     x->calls = 0;
 }
 
+void comm_exchange_count(comm_exchange *x, int64_t bytes, double seconds) {
+    x->bytes += bytes;
+    x->seconds += seconds;
+    x->calls++;
+}
+
 int comm_exchange_check_count(int64_t n) { return n >= 0 && n <= INT_MAX; }
 
 int64_t comm_exchange_offsets(const int *counts, int P, int *displs) {
@@ -228,4 +234,83 @@ void comm_exchange_push(comm_exchange *x, const int64_t *keys, const int *owner,
         if (x->rcount[src] > 0)
             accumulate(ctx, src, x->rkeys + x->rdispl[src], x->rbuf + (size_t)x->rdispl[src] * w,
                        x->rcount[src]);
+}
+
+/* ---- words ---- */
+
+struct comm_words {
+    comm_exchange *x;
+    MPI_Request req;
+    int active;
+    int *scount, *sdispl, *rcount, *rdispl; /* (P) in words */
+    uint32_t *rbuf;
+    size_t rbuf_cap;
+};
+
+comm_words *comm_words_create(comm_exchange *x) {
+    comm_words *w = layer_xcalloc(1, sizeof(*w));
+    size_t P = (size_t)x->P;
+    w->x = x;
+    w->req = MPI_REQUEST_NULL;
+    w->scount = layer_xcalloc(P, sizeof(int));
+    w->sdispl = layer_xcalloc(P, sizeof(int));
+    w->rcount = layer_xcalloc(P, sizeof(int));
+    w->rdispl = layer_xcalloc(P, sizeof(int));
+    return w;
+}
+
+void comm_words_free(comm_words *w) {
+    if (!w) return;
+    if (w->active) comm_words_wait(w, NULL, NULL);
+    free(w->scount);
+    free(w->sdispl);
+    free(w->rcount);
+    free(w->rdispl);
+    free(w->rbuf);
+    free(w);
+}
+
+void comm_words_start(comm_words *w, const void *send, const int64_t *scount) {
+    comm_exchange *x = w->x;
+    int P = x->P;
+    LAYER_ASSERT(!w->active && "comm_words: an exchange is already in flight");
+    x->calls++;
+    for (int p = 0; p < P; p++) {
+        LAYER_ASSERT(comm_exchange_check_count(scount[p]) && "comm_words: count exceeds MPI's int");
+        w->scount[p] = (int)scount[p];
+    }
+    LAYER_ASSERT(comm_exchange_offsets(w->scount, P, w->sdispl) >= 0);
+    double t0 = MPI_Wtime();
+    MPI_CHECK(x->comm, MPI_Alltoall(w->scount, 1, MPI_INT, w->rcount, 1, MPI_INT, x->comm));
+    int64_t m = comm_exchange_offsets(w->rcount, P, w->rdispl);
+    LAYER_ASSERT(m >= 0 && "comm_words: words received exceed MPI's int counts");
+    grow((void **)&w->rbuf, &w->rbuf_cap, (size_t)m, sizeof(uint32_t));
+    MPI_CHECK(x->comm, MPI_Ialltoallv(send, w->scount, w->sdispl, MPI_UINT32_T, w->rbuf,
+                                      w->rcount, w->rdispl, MPI_UINT32_T, x->comm, &w->req));
+    x->seconds += MPI_Wtime() - t0;
+    x->bytes += (int64_t)sizeof(int) * (P - 1) +
+                (int64_t)sizeof(uint32_t) * ((int64_t)w->sdispl[P - 1] + w->scount[P - 1] -
+                                             w->scount[x->rank]);
+    w->active = 1;
+}
+
+int comm_words_test(comm_words *w) {
+    if (!w->active) return 1;
+    int done = 0;
+    double t0 = MPI_Wtime();
+    MPI_CHECK(w->x->comm, MPI_Test(&w->req, &done, MPI_STATUS_IGNORE));
+    w->x->seconds += MPI_Wtime() - t0;
+    return done;
+}
+
+const uint32_t *comm_words_wait(comm_words *w, const int **rcount, const int **rdispl) {
+    if (w->active) {
+        double t0 = MPI_Wtime();
+        MPI_CHECK(w->x->comm, MPI_Wait(&w->req, MPI_STATUS_IGNORE));
+        w->x->seconds += MPI_Wtime() - t0;
+        w->active = 0;
+    }
+    if (rcount) *rcount = w->rcount;
+    if (rdispl) *rdispl = w->rdispl;
+    return w->rbuf;
 }

@@ -59,6 +59,31 @@ void comm_exchange_push(comm_exchange *x, const int64_t *keys, const int *owner,
                         const float *grads, int n, int W, comm_exchange_accumulate_fn accumulate,
                         void *ctx);
 
+/* ---- personalised all-to-all of 4-byte words, blocking or overlapped ----
+ *
+ *   comm_words *w = comm_words_create(x);
+ *   comm_words_start(w, send, scount);          // scount (P): words for each rank, in order
+ *   ... compute ...                               // the payload moves meanwhile
+ *   const int *rc, *rd;
+ *   const uint32_t *in = comm_words_wait(w, &rc, &rd);   // rank p's words: in + rd[p], rc[p]
+ *   comm_words_free(w);
+ *
+ * Collective over the exchange's communicator: every rank starts and waits the same
+ * exchanges in the same order. The counts are agreed with a blocking MPI_Alltoall, the
+ * words move with MPI_Ialltoallv; the send buffer must stay unchanged until the wait. Bytes
+ * sent to other ranks (counts header included), seconds spent in the calls and calls count
+ * into the exchange's counters. A handle holds one exchange at a time. */
+typedef struct comm_words comm_words;
+
+comm_words *comm_words_create(comm_exchange *x);
+void comm_words_free(comm_words *w); /* NULL is fine; waits for an exchange in flight */
+void comm_words_start(comm_words *w, const void *send, const int64_t *scount);
+/* Lets MPI move the payload along; returns 1 when it has arrived (comm_words_wait then
+ * returns at once). */
+int comm_words_test(comm_words *w);
+/* The received words, rank after rank; valid until the next start or free. */
+const uint32_t *comm_words_wait(comm_words *w, const int **rcount, const int **rdispl);
+
 /* Counters since create or the last reset: bytes this rank sent to other ranks (headers, keys
  * at 8 bytes, rows at 4W bytes; data a rank keeps for itself is not counted), wall seconds
  * spent inside the all-to-all calls, and the number of fetch and push calls. Any output
@@ -66,6 +91,9 @@ void comm_exchange_push(comm_exchange *x, const int64_t *keys, const int *owner,
 void comm_exchange_stats(const comm_exchange *x, int64_t *bytes_sent, double *seconds,
                          int64_t *calls);
 void comm_exchange_reset_stats(comm_exchange *x);
+/* Adds an exchange made outside this module (an all-reduce of table gradients) to the
+ * counters: bytes sent to other ranks, seconds, one call. */
+void comm_exchange_count(comm_exchange *x, int64_t bytes, double seconds);
 
 /* 1 if a count of n items (rows or keys) can be an MPI int count, else 0. */
 int comm_exchange_check_count(int64_t n);

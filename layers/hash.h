@@ -103,49 +103,11 @@ void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, floa
                             const float *rows_q, const float *rows_k, const float *rows_v, int N,
                             int K, int R, int OC);
 
-/* ---- memory block (memblock.c): ML1 -> LayerNorm -> ML2, DESIGN.md 1.2 ----
- * u (N,C), C = K*TAU. ML1 hashes u with TAU bits into K tables of width H = K*(TAU+E);
- * LayerNorm over H; ML2 hashes that with TAU+E bits into K tables of width C. out (N,C) is
- * ML2's output (the caller adds the residual). No activation. */
-
-/* Where a projection's rows live for one batch: filled by a resolver. */
+/* Where a projection's rows live for one batch (the trainer's table store fills it). */
 typedef struct layer_hash_rows {
     const float *rows; /* store of R rows of OC */
     float *drows;      /* gradient store with the same row ids, NULL when not training */
     int R;
 } layer_hash_rows;
-
-/* Maps the buckets idx (N,K) of projection `which` (0 = ML1, 1 = ML2) to row ids (N,K) and
- * says where those rows and their gradients live. Called once per forward per projection. */
-typedef void (*layer_hash_resolve_fn)(void *ctx, int which, const int32_t *idx, int N,
-                                      int32_t *rowid, layer_hash_rows *out);
-
-typedef struct layer_memblock {
-    int C, K, TAU, E;
-    layer_score_mode mode;
-    float temp;
-    const float *b1, *ln_w, *ln_b, *b2; /* (H), (H), (H), (C) */
-    float *db1, *dln_w, *dln_b, *db2;   /* gradients, same shapes; NULL when not training */
-    layer_hash_resolve_fn resolve;
-    void *ctx;
-} layer_memblock;
-
-/* Activations of one forward, kept for backward. Owned by the caller: create/free pair. */
-typedef struct layer_memblock_act {
-    int N;
-    int32_t *idx1, *rowid1, *idx2, *rowid2; /* (N,K) */
-    float *s1, *s2;                         /* (N,K) */
-    float *v, *vn;                          /* (N,H) before / after LayerNorm */
-    float *mean, *rstd;                     /* (N) */
-    layer_hash_rows r1, r2;
-} layer_memblock_act;
-
-layer_memblock_act *layer_memblock_act_create(const layer_memblock *m, int N);
-void layer_memblock_act_free(layer_memblock_act *a); /* NULL is fine */
-void layer_memblock_forward(float *out, layer_memblock_act *a, const layer_memblock *m,
-                            const float *u, int N);
-/* du (N,C) += gradient; row and parameter gradients go to the resolved drows and m->d*. */
-void layer_memblock_backward(float *du, const layer_memblock *m, const layer_memblock_act *a,
-                             const float *dout, const float *u, int N);
 
 #endif

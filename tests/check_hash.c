@@ -558,126 +558,6 @@ END_TEST
 
 /* ---------------- memory block ---------------- */
 
-/* Local tables for ML1 and ML2; optionally a permuted (compact-store-like) layout. */
-typedef struct mb_store {
-    float *t[2], *dt[2]; /* stores of R_w rows of OC_w */
-    int R[2], TAUw[2], K;
-    int permute;         /* store row of local row i is (i * 7 + 3) mod R (R a power of 2 times K) */
-    int32_t *seen[2];    /* (N,K) last idx passed, to notice bucket changes under a FD step */
-    int changed;
-} mb_store;
-
-static void mb_resolve(void *ctx, int which, const int32_t *idx, int N, int32_t *rowid,
-                       layer_hash_rows *out) {
-    mb_store *st = ctx;
-    layer_hash_rowid_local(rowid, idx, N, st->K, st->TAUw[which]);
-    if (st->permute)
-        for (int e = 0; e < N * st->K; e++) rowid[e] = (rowid[e] * 7 + 3) % st->R[which];
-    if (st->seen[which]) {
-        st->changed |= memcmp(st->seen[which], idx, (size_t)N * st->K * sizeof(int32_t)) != 0;
-    }
-    out->rows = st->t[which];
-    out->drows = st->dt[which];
-    out->R = st->R[which];
-}
-
-typedef struct mb_ctx {
-    layer_memblock m;
-    layer_memblock_act *a;
-    mb_store *st;
-    float *u, *out, *w; /* (N,C) */
-    float *b1, *lnw, *lnb, *b2;
-    int N;
-} mb_ctx;
-
-static double mb_loss(void *p) {
-    mb_ctx *c = p;
-    layer_memblock_forward(c->out, c->a, &c->m, c->u, c->N);
-    return tu_dot(c->w, c->out, (size_t)c->N * c->m.C);
-}
-
-static void mb_run(layer_score_mode mode, float temp, int permute, const char *seed) {
-    layer_rng r;
-    tu_seed(&r, seed);
-    mb_ctx c = {0};
-    mb_store st = {0};
-    int K = 3, TAU = 3, E = 2, C = K * TAU, H = K * (TAU + E), N = 4;
-    st.K = K;
-    st.TAUw[0] = TAU;
-    st.TAUw[1] = TAU + E;
-    st.R[0] = K << TAU;
-    st.R[1] = K << (TAU + E);
-    st.permute = permute;
-    size_t n1 = layer_hash_store_floats(st.R[0], H), n2 = layer_hash_store_floats(st.R[1], C);
-    st.t[0] = store_randn(&r, st.R[0], H, 1.0f);
-    st.t[1] = store_randn(&r, st.R[1], C, 1.0f);
-    st.dt[0] = tu_zeros(n1);
-    st.dt[1] = tu_zeros(n2);
-    c.st = &st;
-    c.N = N;
-    c.b1 = tu_randn(&r, H, 0.3f);
-    c.lnw = tu_randn(&r, H, 0.2f);
-    for (int i = 0; i < H; i++) c.lnw[i] += 1.0f;
-    c.lnb = tu_randn(&r, H, 0.2f);
-    c.b2 = tu_randn(&r, C, 0.3f);
-    float *db1 = tu_zeros(H), *dlnw = tu_zeros(H), *dlnb = tu_zeros(H), *db2 = tu_zeros(C);
-    c.m = (layer_memblock){.C = C, .K = K, .TAU = TAU, .E = E, .mode = mode, .temp = temp,
-                           .b1 = c.b1, .ln_w = c.lnw, .ln_b = c.lnb, .b2 = c.b2,
-                           .db1 = db1, .dln_w = dlnw, .dln_b = dlnb, .db2 = db2,
-                           .resolve = mb_resolve, .ctx = &st};
-    c.w = tu_randn(&r, (size_t)N * C, 1.0f);
-    c.out = tu_zeros((size_t)N * C);
-    c.a = layer_memblock_act_create(&c.m, N);
-    /* ML2 hashes the LayerNorm output, which the test does not set directly: draw inputs until
-     * no element of it lies within 0.05 of a bucket boundary. */
-    float margin = 0.0f;
-    for (int tries = 0; tries < 100 && margin < 0.05f; tries++) {
-        free(c.u);
-        c.u = rand_away(&r, (size_t)N * C, 0.1f);
-        mb_loss(&c);
-        margin = INFINITY;
-        for (int i = 0; i < N * H; i++) margin = fminf(margin, fabsf(c.a->vn[i]));
-    }
-    ck_assert_float_ge(margin, 0.05f);
-    float *du = tu_zeros((size_t)N * C);
-    layer_memblock_backward(du, &c.m, c.a, c.w, c.u, N);
-    /* From now on every loss evaluation reports whether a bucket moved. */
-    size_t nk = (size_t)N * K;
-    st.seen[0] = malloc(nk * sizeof(int32_t));
-    st.seen[1] = malloc(nk * sizeof(int32_t));
-    memcpy(st.seen[0], c.a->idx1, nk * sizeof(int32_t));
-    memcpy(st.seen[1], c.a->idx2, nk * sizeof(int32_t));
-    const float eps = 5e-3f;
-    const double tol = 1e-2, fl = 1e-2;
-    double e[7];
-    e[0] = tu_gradcheck(mb_loss, &c, c.u, du, N * C, eps, fl, 1000, &r);
-    e[1] = tu_gradcheck(mb_loss, &c, st.t[0], st.dt[0], (int)n1, eps, fl, 100000, &r);
-    e[2] = tu_gradcheck(mb_loss, &c, st.t[1], st.dt[1], (int)n2, eps, fl, 100000, &r);
-    e[3] = tu_gradcheck(mb_loss, &c, c.b1, db1, H, eps, fl, 1000, &r);
-    e[4] = tu_gradcheck(mb_loss, &c, c.lnw, dlnw, H, eps, fl, 1000, &r);
-    e[5] = tu_gradcheck(mb_loss, &c, c.lnb, dlnb, H, eps, fl, 1000, &r);
-    e[6] = tu_gradcheck(mb_loss, &c, c.b2, db2, C, eps, fl, 1000, &r);
-    ck_assert_msg(!st.changed, "a finite-difference step moved a bucket; choose another seed");
-    for (int i = 0; i < 7; i++)
-        ck_assert_msg(e[i] < tol, "%s permute=%d: gradient %d rel err %g", mode_name(mode),
-                      permute, i, e[i]);
-    /* Gradients reached both tables (a missing term would leave one all zero). */
-    double s1 = 0.0, s2 = 0.0;
-    for (size_t i = 0; i < n1; i++) s1 += fabs(st.dt[0][i]);
-    for (size_t i = 0; i < n2; i++) s2 += fabs(st.dt[1][i]);
-    ck_assert(s1 > 0.0 && s2 > 0.0);
-    layer_memblock_act_free(c.a);
-    layer_memblock_act_free(NULL);
-    free(st.t[0]); free(st.t[1]); free(st.dt[0]); free(st.dt[1]); free(st.seen[0]);
-    free(st.seen[1]); free(c.b1); free(c.lnw); free(c.lnb); free(c.b2); free(db1); free(dlnw);
-    free(dlnb); free(db2); free(c.u); free(c.w); free(c.out); free(du);
-}
-
-START_TEST(test_memblock_fd_prob) { mb_run(LAYER_SCORE_PROB, 0.8f, 0, "memblock_prob"); }
-END_TEST
-
-START_TEST(test_memblock_fd_l1prob_compact) { mb_run(LAYER_SCORE_L1PROB, 1.0f, 1, "memblock_l1"); }
-END_TEST
 
 static Suite *hash_suite(void) {
     Suite *s = suite_create("hash");
@@ -696,8 +576,6 @@ static Suite *hash_suite(void) {
     tcase_add_test(tc, test_store_layout);
     tcase_add_test(tc, test_store_padding_unused);
     tcase_add_test(tc, test_hashqkv_matches_three_projections);
-    tcase_add_test(tc, test_memblock_fd_prob);
-    tcase_add_test(tc, test_memblock_fd_l1prob_compact);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -38,29 +38,39 @@ void mt_builder_bind(mt_builder *b) {
 
 /* ---------------- projections ---------------- */
 
-void mt_proj_define(mt_builder *c, mt_proj *p, const char *name, int nout, int C, int OC, int hash,
-                    int tau) {
+/* A hashed projection of nout outputs whose table group is `group` and biases `bias%d`. */
+static void proj_hashed(mt_builder *c, mt_proj *p, const char *group, const char *bias, int nout,
+                        int C, int OC, int tau, int rows) {
     char nm[96];
+    LAYER_ASSERT(C % tau == 0);
+    p->tau = tau;
+    p->K = C / tau;
+    for (int j = 0; j < nout; j++) {
+        snprintf(nm, sizeof(nm), bias, j);
+        /* MemoryFormer biases start at N(0, 0.001^2) */
+        mt_builder_param(c, &p->b[j], nm, OC, TRAINER_INIT_NORMAL, 0.001f, 0);
+    }
+    p->group = trainer_tables_add(c->tables, group, nout, p->K, tau, OC, rows);
+}
+
+void mt_proj_define(mt_builder *c, mt_proj *p, const char *name, int nout, int C, int OC, int hash,
+                    int tau, int rows) {
+    char nm[96], bias[96];
     memset(p, 0, sizeof(*p));
     p->nout = nout;
     p->C = C;
     p->OC = OC;
     p->hash = hash;
-    for (int j = 0; j < nout; j++) {
-        if (!hash) {
-            snprintf(nm, sizeof(nm), "%s.w%d", name, j);
-            mt_builder_param(c, &p->w[j], nm, (size_t)OC * C, TRAINER_INIT_NORMAL, 0.02f, 1);
-        }
-        snprintf(nm, sizeof(nm), "%s.b%d", name, j);
-        /* MemoryFormer biases start at N(0, 0.001^2); dense biases at zero */
-        mt_builder_param(c, &p->b[j], nm, OC, hash ? TRAINER_INIT_NORMAL : TRAINER_INIT_ZEROS,
-                         0.001f, 0);
-    }
+    snprintf(bias, sizeof(bias), "%s.b%%d", name);
     if (hash) {
-        LAYER_ASSERT(C % tau == 0);
-        p->tau = tau;
-        p->K = C / tau;
-        p->group = trainer_tables_add(c->tables, name, nout, p->K, tau, OC);
+        proj_hashed(c, p, name, bias, nout, C, OC, tau, rows);
+        return;
+    }
+    for (int j = 0; j < nout; j++) {
+        snprintf(nm, sizeof(nm), "%s.w%d", name, j);
+        mt_builder_param(c, &p->w[j], nm, (size_t)OC * C, TRAINER_INIT_NORMAL, 0.02f, 1);
+        snprintf(nm, sizeof(nm), "%s.b%d", name, j);
+        mt_builder_param(c, &p->b[j], nm, OC, TRAINER_INIT_ZEROS, 0, 0);
     }
 }
 
@@ -73,19 +83,10 @@ void mt_proj_forward(const mt_env *c, trainer_arena *ar, const mt_proj *p, mt_pr
     }
     size_t nk = (size_t)N * p->K;
     a->idx = trainer_arena_ints(ar, nk);
-    a->rowid = trainer_arena_ints(ar, nk);
     a->s = A(ar, nk);
     layer_hash_index(a->idx, a->s, in, N, p->K, p->tau, c->score, c->hash_temp);
-    trainer_tables_resolve(c->tables, p->group, a->idx, N, a->rowid, a->rows);
-    if (p->nout == 3) {
-        layer_hashqkv_forward(out[0], out[1], out[2], a->rowid, a->s, a->rows[0].rows,
-                              a->rows[1].rows, a->rows[2].rows, p->b[0].w, p->b[1].w,
-                              p->b[2].w, N, p->K, a->rows[0].R, p->OC);
-    } else {
-        for (int j = 0; j < p->nout; j++)
-            layer_hash_forward(out[j], a->rowid, a->s, a->rows[j].rows, p->b[j].w, N, p->K,
-                               a->rows[j].R, p->OC);
-    }
+    const float *b[3] = {p->b[0].w, p->b[1].w, p->b[2].w};
+    trainer_tables_forward(c->tables, p->group, a->idx, a->s, N, out, b, &a->tact, ar);
 }
 
 void mt_proj_backward(const mt_env *c, trainer_arena *ar, const mt_proj *p, const mt_proj_act *a,
@@ -97,23 +98,15 @@ void mt_proj_backward(const mt_env *c, trainer_arena *ar, const mt_proj *p, cons
         return;
     }
     float *gs = din ? Z(ar, (size_t)N * p->K) : NULL;
-    if (p->nout == 3) {
-        layer_hashqkv_backward(a->rows[0].drows, a->rows[1].drows, a->rows[2].drows, gs,
-                               p->b[0].g, p->b[1].g, p->b[2].g, dout[0],
-                               dout[1], dout[2], a->rowid, a->s, a->rows[0].rows, a->rows[1].rows,
-                               a->rows[2].rows, N, p->K, a->rows[0].R, p->OC);
-    } else {
-        for (int j = 0; j < p->nout; j++)
-            layer_hash_backward(a->rows[j].drows, gs, p->b[j].g, dout[j], a->rowid, a->s,
-                                a->rows[j].rows, N, p->K, a->rows[j].R, p->OC);
-    }
+    float *db[3] = {p->b[0].g, p->b[1].g, p->b[2].g};
+    trainer_tables_backward(c->tables, p->group, &a->tact, (const float *const *)dout, gs, db, ar);
     if (din) layer_hash_score_backward(din, gs, in, N, p->K, p->tau, c->score, c->hash_temp);
 }
 
 /* ---------------- attention sublayer ---------------- */
 
 void mt_attn_define(mt_builder *c, mt_attn *m, const char *name, int C, int self,
-                    layer_attn_mask mask, int hash, int tau) {
+                    layer_attn_mask mask, int hash, int tau, int q_rows, int kv_rows) {
     char nm[96];
     memset(m, 0, sizeof(*m));
     m->self = self;
@@ -123,17 +116,17 @@ void mt_attn_define(mt_builder *c, mt_attn *m, const char *name, int C, int self
     mt_builder_param(c, &m->norm, nm, C, TRAINER_INIT_ONES, 0, 0);
     if (self) {
         snprintf(nm, sizeof(nm), "%s.qkv", name);
-        mt_proj_define(c, &m->qkv, nm, 3, C, C, hash, tau);
+        mt_proj_define(c, &m->qkv, nm, 3, C, C, hash, tau, q_rows);
     } else {
         snprintf(nm, sizeof(nm), "%s.q", name);
-        mt_proj_define(c, &m->q, nm, 1, C, C, hash, tau);
+        mt_proj_define(c, &m->q, nm, 1, C, C, hash, tau, q_rows);
         snprintf(nm, sizeof(nm), "%s.kv", name);
-        mt_proj_define(c, &m->kv, nm, 2, C, C, hash, tau);
+        mt_proj_define(c, &m->kv, nm, 2, C, C, hash, tau, kv_rows);
     }
     m->has_o = !hash;
     if (m->has_o) {
         snprintf(nm, sizeof(nm), "%s.o", name);
-        mt_proj_define(c, &m->o, nm, 1, C, C, 0, tau);
+        mt_proj_define(c, &m->o, nm, 1, C, C, 0, tau, q_rows);
     }
 }
 
@@ -221,8 +214,9 @@ void mt_attn_backward(const mt_env *c, trainer_arena *ar, const mt_attn *m, cons
 
 /* ---------------- feed-forward sublayer ---------------- */
 
-void mt_ffn_define(mt_builder *c, mt_ffn *m, const char *name, int C, int hash, int tau, int E) {
-    char nm[96];
+void mt_ffn_define(mt_builder *c, mt_ffn *m, const char *name, int C, int hash, int tau, int E,
+                   int rows) {
+    char nm[96], bias[96];
     memset(m, 0, sizeof(*m));
     m->C = C;
     m->hash = hash;
@@ -231,58 +225,32 @@ void mt_ffn_define(mt_builder *c, mt_ffn *m, const char *name, int C, int hash, 
     if (!hash) {
         m->H = 4 * C;
         snprintf(nm, sizeof(nm), "%s.fc1", name);
-        mt_proj_define(c, &m->fc1, nm, 1, C, m->H, 0, tau);
+        mt_proj_define(c, &m->fc1, nm, 1, C, m->H, 0, tau, rows);
         snprintf(nm, sizeof(nm), "%s.fc2", name);
-        mt_proj_define(c, &m->fc2, nm, 1, m->H, C, 0, tau);
+        mt_proj_define(c, &m->fc2, nm, 1, m->H, C, 0, tau, rows);
         return;
     }
-    int K = C / tau;
+    /* the memory block: ML1 (tau bits) -> LayerNorm -> ML2 (tau + E bits), no activation */
     LAYER_ASSERT(C % tau == 0);
-    m->H = K * (tau + E);
+    m->H = C / tau * (tau + E);
+    m->fc1 = (mt_proj){.nout = 1, .C = C, .OC = m->H, .hash = 1};
+    m->fc2 = (mt_proj){.nout = 1, .C = m->H, .OC = C, .hash = 1};
     snprintf(nm, sizeof(nm), "%s.ml1", name);
-    m->g1 = trainer_tables_add(c->tables, nm, 1, K, tau, m->H);
-    snprintf(nm, sizeof(nm), "%s.ml1.b", name);
-    mt_builder_param(c, &m->b1, nm, m->H, TRAINER_INIT_NORMAL, 0.001f, 0);
+    snprintf(bias, sizeof(bias), "%s.ml1.b", name);
+    proj_hashed(c, &m->fc1, nm, bias, 1, C, m->H, tau, rows);
     snprintf(nm, sizeof(nm), "%s.ln.w", name);
     mt_builder_param(c, &m->ln_w, nm, m->H, TRAINER_INIT_ONES, 0, 0);
     snprintf(nm, sizeof(nm), "%s.ln.b", name);
     mt_builder_param(c, &m->ln_b, nm, m->H, TRAINER_INIT_ZEROS, 0, 0);
     snprintf(nm, sizeof(nm), "%s.ml2", name);
-    m->g2 = trainer_tables_add(c->tables, nm, 1, K, tau + E, C);
-    snprintf(nm, sizeof(nm), "%s.ml2.b", name);
-    mt_builder_param(c, &m->b2, nm, C, TRAINER_INIT_NORMAL, 0.001f, 0);
-}
-
-/* The memory block's resolver context: which store, which groups. */
-typedef struct memblock_ctx {
-    trainer_tables *tables;
-    int g1, g2;
-} memblock_ctx;
-
-static void memblock_resolve(void *ctx, int which, const int32_t *idx, int N, int32_t *rowid,
-                             layer_hash_rows *out) {
-    const memblock_ctx *mc = ctx;
-    trainer_tables_resolve(mc->tables, which == 0 ? mc->g1 : mc->g2, idx, N, rowid, out);
-}
-
-static layer_memblock memblock_of(const mt_env *c, const mt_ffn *m, memblock_ctx *mc) {
-    const trainer_table_group *g1 = trainer_tables_group(c->tables, m->g1);
-    const trainer_table_group *g2 = trainer_tables_group(c->tables, m->g2);
-    *mc = (memblock_ctx){c->tables, m->g1, m->g2};
-    layer_memblock mb = {
-        .C = m->C, .K = g1->K, .TAU = g1->tau, .E = g2->tau - g1->tau,
-        .mode = c->score, .temp = c->hash_temp,
-        .b1 = m->b1.w, .ln_w = m->ln_w.w, .ln_b = m->ln_b.w, .b2 = m->b2.w,
-        .db1 = m->b1.g, .dln_w = m->ln_w.g, .dln_b = m->ln_b.g, .db2 = m->b2.g,
-        .resolve = memblock_resolve, .ctx = mc,
-    };
-    return mb;
+    snprintf(bias, sizeof(bias), "%s.ml2.b", name);
+    proj_hashed(c, &m->fc2, nm, bias, 1, m->H, C, tau + E, rows);
 }
 
 float *mt_ffn_forward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, mt_ffn_act *a,
                       const float *x0, int N) {
     int C = m->C;
-    size_t n = (size_t)N * C;
+    size_t n = (size_t)N * C, nh = (size_t)N * m->H;
     a->N = N;
     a->x0 = x0;
     a->h = A(ar, n);
@@ -290,32 +258,18 @@ float *mt_ffn_forward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, mt_ff
     layer_rmsnorm_forward(a->h, a->rstd, x0, m->norm.w, N, C);
     a->x1 = A(ar, n);
     float *f = A(ar, n);
+    a->u = A(ar, nh);
+    a->gl = A(ar, nh);
+    float *o1[1] = {a->u}, *o2[1] = {f};
+    mt_proj_forward(c, ar, &m->fc1, &a->pa1, o1, a->h, N);
     if (!m->hash) {
-        a->u = A(ar, (size_t)N * m->H);
-        a->gl = A(ar, (size_t)N * m->H);
-        float *o1[1] = {a->u}, *o2[1] = {f};
-        mt_proj_forward(c, ar, &m->fc1, &a->pa1, o1, a->h, N);
         layer_gelu_forward(a->gl, a->u, N * m->H);
-        mt_proj_forward(c, ar, &m->fc2, &a->pa2, o2, a->gl, N);
     } else {
-        memblock_ctx mc;
-        layer_memblock mb = memblock_of(c, m, &mc);
-        /* the block's activations come from the step arena like every other activation */
-        size_t nk = (size_t)N * mb.K, nh = (size_t)N * m->H;
-        layer_memblock_act *ma = &a->mba;
-        ma->N = N;
-        ma->idx1 = trainer_arena_ints(ar, nk);
-        ma->rowid1 = trainer_arena_ints(ar, nk);
-        ma->idx2 = trainer_arena_ints(ar, nk);
-        ma->rowid2 = trainer_arena_ints(ar, nk);
-        ma->s1 = A(ar, nk);
-        ma->s2 = A(ar, nk);
-        ma->v = A(ar, nh);
-        ma->vn = A(ar, nh);
-        ma->mean = A(ar, N);
-        ma->rstd = A(ar, N);
-        layer_memblock_forward(f, ma, &mb, a->h, N);
+        a->lmean = A(ar, N);
+        a->lrstd = A(ar, N);
+        layer_layernorm_forward(a->gl, a->lmean, a->lrstd, a->u, m->ln_w.w, m->ln_b.w, N, m->H);
     }
+    mt_proj_forward(c, ar, &m->fc2, &a->pa2, o2, a->gl, N);
     for (size_t i = 0; i < n; i++) a->x1[i] = x0[i] + f[i];
     return a->x1;
 }
@@ -323,35 +277,32 @@ float *mt_ffn_forward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, mt_ff
 void mt_ffn_backward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, const mt_ffn_act *a,
                      float *dx0, const float *dx1) {
     int C = m->C, N = a->N;
-    size_t n = (size_t)N * C;
+    size_t n = (size_t)N * C, nh = (size_t)N * m->H;
     for (size_t i = 0; i < n; i++) dx0[i] += dx1[i];
-    float *dh = Z(ar, n);
-    if (!m->hash) {
-        float *dgl = Z(ar, (size_t)N * m->H), *du = Z(ar, (size_t)N * m->H);
-        float *const d2[1] = {(float *)dx1};
-        mt_proj_backward(c, ar, &m->fc2, &a->pa2, dgl, d2, a->gl, N);
+    float *dh = Z(ar, n), *dgl = Z(ar, nh), *du = Z(ar, nh);
+    float *const d2[1] = {(float *)dx1};
+    mt_proj_backward(c, ar, &m->fc2, &a->pa2, dgl, d2, a->gl, N);
+    if (!m->hash)
         layer_gelu_backward(du, a->u, dgl, N * m->H);
-        float *const d1[1] = {du};
-        mt_proj_backward(c, ar, &m->fc1, &a->pa1, dh, d1, a->h, N);
-    } else {
-        memblock_ctx mc;
-        layer_memblock mb = memblock_of(c, m, &mc);
-        layer_memblock_backward(dh, &mb, &a->mba, dx1, a->h, N);
-    }
+    else
+        layer_layernorm_backward(du, m->ln_w.g, m->ln_b.g, dgl, a->u, m->ln_w.w, a->lmean,
+                                 a->lrstd, N, m->H);
+    float *const d1[1] = {du};
+    mt_proj_backward(c, ar, &m->fc1, &a->pa1, dh, d1, a->h, N);
     layer_rmsnorm_backward(dx0, m->norm.g, dh, a->x0, m->norm.w, a->rstd, N, C);
 }
 
 /* ---------------- memory writer ---------------- */
 
-void mt_writer_define(mt_builder *c, mt_writer *w, int C, int S, float temp, int forgetting,
-                      int hash, int tau) {
+void mt_writer_define(mt_builder *c, mt_writer *w, int C, int S, int L, float temp,
+                      int forgetting, int hash, int tau) {
     memset(w, 0, sizeof(*w));
     w->C = C;
     w->S = S;
     w->temp = temp;
     w->forgetting = forgetting;
-    mt_proj_define(c, &w->q, "writer.q", 1, C, C, hash, tau);
-    mt_proj_define(c, &w->kv, "writer.kv", 2, C, C, hash, tau);
+    mt_proj_define(c, &w->q, "writer.q", 1, C, C, hash, tau, S);
+    mt_proj_define(c, &w->kv, "writer.kv", 2, C, C, hash, tau, S + L);
     mt_builder_param(c, &w->vbias, "writer.vbias", (size_t)S * C, TRAINER_INIT_NORMAL, 1.0f, 0);
 }
 

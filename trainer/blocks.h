@@ -60,13 +60,14 @@ typedef struct mt_proj {
 } mt_proj;
 
 typedef struct mt_proj_act {
-    int32_t *idx, *rowid; /* (N,K) */
-    float *s;             /* (N,K) */
-    layer_hash_rows rows[3];
+    int32_t *idx;            /* (N,K) buckets */
+    float *s;                /* (N,K) scores */
+    trainer_tables_act tact; /* what the table store keeps for the backward */
 } mt_proj_act;
 
+/* `rows`: input rows per segment per stream (for the table planner; hashed only). */
 void mt_proj_define(mt_builder *b, mt_proj *p, const char *name, int nout, int C, int OC, int hash,
-                    int tau);
+                    int tau, int rows);
 /* out[j] (N,OC) from in (N,C); activations from the arena. */
 void mt_proj_forward(const mt_env *e, trainer_arena *ar, const mt_proj *p, mt_proj_act *a,
                      float **out, const float *in, int N);
@@ -93,8 +94,9 @@ typedef struct mt_attn_act {
     mt_proj_act pa_q, pa_kv, pa_o;
 } mt_attn_act;
 
+/* q_rows, kv_rows: query and key/value rows per segment per stream (for the planner). */
 void mt_attn_define(mt_builder *b, mt_attn *m, const char *name, int C, int self,
-                    layer_attn_mask mask, int hash, int tau);
+                    layer_attn_mask mask, int hash, int tau, int q_rows, int kv_rows);
 /* x0 (B,Tq,C); src (B,Tk,C) or NULL; returns x1 (B,Tq,C) from the arena. */
 float *mt_attn_forward(const mt_env *e, trainer_arena *ar, const mt_attn *m, mt_attn_act *a,
                        const float *x0, const float *src, int B, int Tq, int Tk);
@@ -107,21 +109,23 @@ void mt_attn_backward(const mt_env *e, trainer_arena *ar, const mt_attn *m, cons
 typedef struct mt_ffn {
     int C, hash, H;
     mt_param norm;           /* (C) */
-    mt_proj fc1, fc2;        /* dense: (H,C), (C,H) */
-    mt_param b1, ln_w, ln_b; /* hash: (H) each */
-    mt_param b2;             /* hash: (C) */
-    int g1, g2;              /* hash: table groups of ML1 and ML2 */
+    mt_proj fc1, fc2;        /* dense: C -> H = 4C -> C; hash: ML1 C -> H = K(tau+E) with tau
+                                bits, ML2 H -> C with tau+E bits */
+    mt_param ln_w, ln_b;     /* hash: LayerNorm between them, (H) each */
 } mt_ffn;
 
 typedef struct mt_ffn_act {
     int N;
     const float *x0;
-    float *h, *rstd, *u, *gl, *x1;
+    float *h, *rstd;         /* (N,C), (N) */
+    float *u, *gl;           /* (N,H): fc1 / ML1 output, GELU / LayerNorm output */
+    float *lmean, *lrstd;    /* (N) LayerNorm statistics (hash) */
+    float *x1;               /* (N,C) */
     mt_proj_act pa1, pa2;
-    layer_memblock_act mba; /* buffers from the arena */
 } mt_ffn_act;
 
-void mt_ffn_define(mt_builder *b, mt_ffn *m, const char *name, int C, int hash, int tau, int E);
+void mt_ffn_define(mt_builder *b, mt_ffn *m, const char *name, int C, int hash, int tau, int E,
+                   int rows);
 float *mt_ffn_forward(const mt_env *e, trainer_arena *ar, const mt_ffn *m, mt_ffn_act *a,
                       const float *x0, int N);
 void mt_ffn_backward(const mt_env *e, trainer_arena *ar, const mt_ffn *m, const mt_ffn_act *a,
@@ -144,8 +148,8 @@ typedef struct mt_writer_act {
     mt_proj_act pa_q, pa_kv;
 } mt_writer_act;
 
-void mt_writer_define(mt_builder *b, mt_writer *w, int C, int S, float temp, int forgetting,
-                      int hash, int tau);
+void mt_writer_define(mt_builder *b, mt_writer *w, int C, int S, int L, float temp,
+                      int forgetting, int hash, int tau);
 /* M (B,S,C), E (B,L,C) -> Mout (B,S,C) (from the arena). */
 float *mt_writer_forward(const mt_env *e, trainer_arena *ar, const mt_writer *w, mt_writer_act *a,
                          const float *M, const float *E, int B, int L);

@@ -53,8 +53,12 @@ static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state
         size_t unit = (size_t)rows * grp->OC;
         int64_t *mine = layer_xmalloc(((size_t)grp->K + 1) * sizeof(int64_t));
         int nk = 0;
+        /* each chunk is written by its owner; read by every rank that holds it (every rank,
+           for a replicated group) */
         for (int k = 0; k < grp->K; k++)
-            if (trainer_tables_owner(tb, g, k) == comm_rank(c)) mine[nk++] = k;
+            if (x->writing ? trainer_tables_owner(tb, g, k) == comm_rank(c)
+                           : trainer_tables_holds(tb, g, k))
+                mine[nk++] = k;
         float *buf = layer_xmalloc(((size_t)nk * unit + 1) * sizeof(float));
         for (int j = 0; j < grp->nout; j++) {
             const char *what[3] = {"data", "m", "v"};

@@ -60,6 +60,8 @@ static const char *const score_words[] = {"prob", "l1prob", NULL};
 static const char *const pos_words[] = {"learned", "rope", NULL};
 static const char *const bptt_words[] = {"mrbp", "full", NULL};
 static const char *const bool_words[] = {"off", "on", NULL};
+static const char *const strategy_words[] = {"auto", "fetch", "owner", "replicate", NULL};
+static const char *const rowfmt_words[] = {"f32", "bf16", NULL};
 
 #define NWORDS(w) (sizeof(w) / sizeof((w)[0]) - 1)
 static_assert(NWORDS(arch_words) == TRAINER_ARCH_COUNT, "arch_words out of step with trainer_arch");
@@ -67,10 +69,13 @@ static_assert(NWORDS(proj_words) == TRAINER_PROJ_COUNT, "proj_words out of step 
 static_assert(NWORDS(score_words) == TRAINER_SCORE_COUNT, "score_words out of step");
 static_assert(NWORDS(pos_words) == TRAINER_POS_COUNT, "pos_words out of step with trainer_pos");
 static_assert(NWORDS(bptt_words) == TRAINER_BPTT_COUNT, "bptt_words out of step");
+static_assert(NWORDS(strategy_words) == TRAINER_TABLES_COUNT, "strategy_words out of step");
+static_assert(NWORDS(rowfmt_words) == TRAINER_ROWS_COUNT, "rowfmt_words out of step");
 /* Enum fields are read and written through an int. */
 static_assert(sizeof(trainer_arch) == sizeof(int) && sizeof(trainer_proj) == sizeof(int) &&
                   sizeof(trainer_score) == sizeof(int) && sizeof(trainer_pos) == sizeof(int) &&
-                  sizeof(trainer_bptt) == sizeof(int),
+                  sizeof(trainer_bptt) == sizeof(int) && sizeof(trainer_tables_choice) == sizeof(int) &&
+                  sizeof(trainer_row_format) == sizeof(int),
               "enum fields must be int-sized");
 
 #define OFF(f) offsetof(trainer_config, f)
@@ -138,6 +143,19 @@ static const key_def keys[] = {
     INT_KEY(stream_block, "4", 1, 0, NOHI, NULL,
             "streams computed together as one batch; ranks own whole blocks, so any rank count "
             "up to streams/stream_block gives the same result"),
+    /* table parallelism */
+    ENUM_KEY(table_strategy, "auto", strategy_words, 0, applies_hash,
+             "how table groups are served across ranks: the planner's choice per group, or one "
+             "for all (fetch rows, owner-side lookup, replicate); all give the same result"),
+    INT_KEY(row_cache_mb, "256", 1, 0, NOHI, applies_hash,
+            "MiB of fetched table rows a rank may hold; groups beyond it fetch per block"),
+    ENUM_KEY(row_format, "f32", rowfmt_words, S, applies_hash,
+             "how hashed projections read table rows: f32, or rounded to bf16 (half the bytes "
+             "read and fetched; master rows and Adam state stay f32)"),
+    FLT_KEY(net_gbps, "100", 0, 0, NOHI | KF_LO_OPEN, applies_hash,
+            "network bandwidth per rank the table planner assumes, Gb/s"),
+    FLT_KEY(net_latency_us, "20", 0, 0, NOHI, applies_hash,
+            "time per exchange the table planner assumes, microseconds"),
     /* optimizer and schedule */
     FLT_KEY(lr, "0.001", 0, 0, NOHI | KF_LO_OPEN, NULL, "peak learning rate, reached after warmup"),
     INT_KEY(warmup, "50", 0, 0, NOHI, NULL, "steps of linear learning-rate warmup"),

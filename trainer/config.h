@@ -66,6 +66,21 @@ typedef enum trainer_bptt {
     TRAINER_BPTT_COUNT
 } trainer_bptt;
 
+/* Same order as trainer_strategy, after "auto" (table_strategy = auto is -1 there). */
+typedef enum trainer_tables_choice {
+    TRAINER_TABLES_AUTO = 0,
+    TRAINER_TABLES_FETCH,
+    TRAINER_TABLES_OWNER,
+    TRAINER_TABLES_REPLICATE,
+    TRAINER_TABLES_COUNT
+} trainer_tables_choice;
+
+typedef enum trainer_row_format {
+    TRAINER_ROWS_F32 = 0,
+    TRAINER_ROWS_BF16,
+    TRAINER_ROWS_COUNT
+} trainer_row_format;
+
 typedef struct trainer_config {
     /* model */
     trainer_arch arch;
@@ -92,6 +107,11 @@ typedef struct trainer_config {
     trainer_bptt bptt;
     int streams; /* global number of sequences in flight */
     int stream_block; /* streams computed together; ranks own whole blocks */
+    /* table parallelism */
+    trainer_tables_choice table_strategy;
+    int row_cache_mb;
+    trainer_row_format row_format;
+    float net_gbps, net_latency_us;
     /* optimizer and schedule */
     float lr;
     int warmup;

@@ -64,13 +64,13 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
     m->dec_ffn = layer_xcalloc(m->n_dec, sizeof(mt_ffn));
     for (int l = 0; l < m->n_dec; l++) {
         snprintf(nm, sizeof(nm), "dec%d.self", l);
-        mt_attn_define(c, &m->dec_self[l], nm, C, 1, LAYER_ATTN_CAUSAL, hash, s->tau);
+        mt_attn_define(c, &m->dec_self[l], nm, C, 1, LAYER_ATTN_CAUSAL, hash, s->tau, s->L, s->L);
         if (s->memformer) {
             snprintf(nm, sizeof(nm), "dec%d.cross", l);
-            mt_attn_define(c, &m->dec_cross[l], nm, C, 0, LAYER_ATTN_FULL, hash, s->tau);
+            mt_attn_define(c, &m->dec_cross[l], nm, C, 0, LAYER_ATTN_FULL, hash, s->tau, s->L, s->L);
         }
         snprintf(nm, sizeof(nm), "dec%d.ffn", l);
-        mt_ffn_define(c, &m->dec_ffn[l], nm, C, hash, s->tau, s->expand_bits);
+        mt_ffn_define(c, &m->dec_ffn[l], nm, C, hash, s->tau, s->expand_bits, s->L);
     }
     if (s->memformer) {
         m->n_enc = s->enc_layers;
@@ -79,22 +79,27 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
         m->enc_ffn = layer_xcalloc(m->n_enc, sizeof(mt_ffn));
         for (int l = 0; l < m->n_enc; l++) {
             snprintf(nm, sizeof(nm), "enc%d.self", l);
-            mt_attn_define(c, &m->enc_self[l], nm, C, 1, LAYER_ATTN_FULL, hash, s->tau);
+            mt_attn_define(c, &m->enc_self[l], nm, C, 1, LAYER_ATTN_FULL, hash, s->tau, s->L, s->L);
             if (s->memory) {
                 snprintf(nm, sizeof(nm), "enc%d.reader", l);
-                mt_attn_define(c, &m->enc_reader[l], nm, C, 0, LAYER_ATTN_FULL, hash, s->tau);
+                mt_attn_define(c, &m->enc_reader[l], nm, C, 0, LAYER_ATTN_FULL, hash, s->tau, s->L, s->S);
             }
             snprintf(nm, sizeof(nm), "enc%d.ffn", l);
-            mt_ffn_define(c, &m->enc_ffn[l], nm, C, hash, s->tau, s->expand_bits);
+            mt_ffn_define(c, &m->enc_ffn[l], nm, C, hash, s->tau, s->expand_bits, s->L);
         }
         mt_builder_param(c, &m->enc_norm, "enc.norm", C, TRAINER_INIT_ONES, 0, 0);
         if (s->memory)
-            mt_writer_define(c, &m->writer, C, s->S, s->write_temp, s->forgetting, hash, s->tau);
+            mt_writer_define(c, &m->writer, C, s->S, s->L, s->write_temp, s->forgetting, hash, s->tau);
     }
     mt_builder_param(c, &m->dec_norm, "dec.norm", C, TRAINER_INIT_ONES, 0, 0);
     mt_builder_param(c, &m->lm_head, "lm_head", (size_t)s->vocab * C, TRAINER_INIT_NORMAL, 0.02f, 1);
     trainer_params_alloc(&m->params, s->seed);
     mt_builder_bind(c);
+    if (s->hash && s->tables.streams > 0) {
+        m->spec.tables.P = comm_size(comm);
+        m->spec.tables.batched = !uses_memory(m);
+        trainer_tables_plan(m->tables, &m->spec.tables);
+    }
     trainer_tables_alloc(m->tables, s->seed);
     return m;
 }

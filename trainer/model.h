@@ -9,6 +9,7 @@
 #include "layers/hash.h"
 #include "trainer/arena.h"
 #include "trainer/params.h"
+#include "trainer/plan.h"
 #include "trainer/tables.h"
 
 /* What the model computes; filled from the run config (trainer_model_spec_from_config). */
@@ -29,6 +30,9 @@ typedef struct trainer_model_spec {
     float hash_temp;
     int vocab;       /* output classes; input ids also take BOS = vocab */
     uint64_t seed;
+    /* how table groups are served (trainer/plan.h); streams = 0: every group fetched, no
+     * plan (tests). P is taken from the communicator. */
+    trainer_plan_run tables;
 } trainer_model_spec;
 
 /* One segment of B streams. Ids are in [0, vocab]; vocab is BOS (also used for padding). */

@@ -60,6 +60,7 @@ int trainer_step(trainer_model *m, trainer_rollout *ro, const trainer_schedule *
         comm_sum_doubles(comm, params->grad64, params->total);
         trainer_params_unfold(params);
     }
+    trainer_tables_reduce(tables); /* replicated groups */
     trainer_timer_stop(tm, TRAINER_TIMER_ALLREDUCE);
 
     trainer_timer_start(tm, TRAINER_TIMER_OPTIMIZER);

@@ -27,8 +27,9 @@ typedef struct trainer_step_info {
  *   - COMPUTE: the scored tokens are counted over ranks, then every block pass of the
  *     schedule runs forward and backward from the carried memories M (replaced by the
  *     rollout's last ones); row exchanges inside it count as ALLTOALL;
- *   - ALLREDUCE: the blocks' losses, summed in block order, and the dense gradients (their
- *     double sums when the run has several blocks) over all ranks;
+ *   - ALLREDUCE: the blocks' losses, summed in block order, the dense gradients (their
+ *     double sums when the run has several blocks) and replicated table groups' gradients
+ *     over all ranks;
  *   - OPTIMIZER: the global gradient norm (dense and owned table rows), clipping, AdamW on
  *     the dense parameters and one lazy-Adam pass over every touched table row.
  * The result does not depend on how the blocks are dealt to ranks (trainer/schedule.h).

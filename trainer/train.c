@@ -39,6 +39,13 @@ void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cf
     spec->hash_temp = cfg->hash_temp;
     spec->vocab = cfg->vocab;
     spec->seed = (uint64_t)cfg->seed;
+    spec->tables = (trainer_plan_run){
+        .streams = cfg->streams, .block = cfg->stream_block, .horizon = cfg->horizon,
+        .budget = (double)cfg->row_cache_mb * 1048576.0,
+        .latency = cfg->net_latency_us * 1e-6, .bandwidth = cfg->net_gbps * 1e9 / 8,
+        .wire_bytes = cfg->row_format == TRAINER_ROWS_BF16 ? 2 : 4,
+        .force = (int)cfg->table_strategy - 1, /* auto (0) is -1 */
+    };
 }
 
 /* Where one stream is in its documents, plus what the next segment needs of the last one. */
@@ -251,6 +258,9 @@ static void load_data(run *r) {
     r->val = trainer_load_split(r->comm, r->cfg, IO_SPLIT_VAL);
 }
 
+/* Steps after which the table plan is revised with measured distinct keys. */
+enum { TRAINER_REPLAN_AFTER = 5 };
+
 /* Set by SIGUSR1/SIGTERM; the ranks agree on it at the next step boundary. */
 static volatile sig_atomic_t stop_signal = 0;
 
@@ -387,6 +397,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         if (!r->csv) fprintf(stderr, "memtrain: warning: cannot write %s/metrics.csv\n", cfg->run_dir);
         fflush(stdout);
     }
+    if (trainer_tables_check_plan(tables, err, sizeof(err)) != 0) comm_exit_error(comm, err);
     trainer_tables_print_plan(tables);
     int64_t first_step = resume_dir ? resume_run(r, resume_dir) : 0;
 
@@ -407,6 +418,8 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         }
         done = step + 1;
         window_add(&w, &si);
+        /* the planner's first figures assume uniform buckets; after a few steps it knows */
+        if (done == first_step + TRAINER_REPLAN_AFTER) trainer_tables_replan(tables);
         int last = done == cfg->steps;
         double val_ppl = NAN;
         if (cfg->eval_every > 0 && (done % cfg->eval_every == 0 || last)) {
