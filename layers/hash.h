@@ -30,7 +30,7 @@
  * expression (the fused kernels, a rank that sums another rank's partials), so the result
  * does not depend on which rank computed which shard. Without b, y = S_0 + S_1 + ...; one
  * shard's partial alone is layer_hash_forward over that shard's chunks without b. */
-#define LAYER_HASH_SHARD 8
+#define LAYER_HASH_SHARD 16
 
 /* Floats in a store of R rows of OC columns. */
 static inline size_t layer_hash_store_floats(int R, int OC) {

@@ -54,6 +54,9 @@ void layer_layernorm_backward_ref(float *dinp, float *dw, float *db, const float
  * double. Either way a row's result depends on its own values and C only. */
 
 /* ---- dense linear (linear.c): OpenBLAS sgemm, with the plain loops kept as reference ---- */
+/* One OpenBLAS thread in this process. A threaded sgemm splits its sums by the core count,
+ * so results would depend on where a process runs; ranks are the parallelism here. */
+void layer_blas_single_thread(void);
 /* out (N,OC) = in (N,C) @ w^T + b; w (OC,C); b (OC) or NULL. */
 void layer_linear_forward(float *out, const float *in, const float *w, const float *b, int N,
                           int C, int OC);

@@ -3,6 +3,8 @@
 
 #include <cblas.h>
 
+void layer_blas_single_thread(void) { openblas_set_num_threads(1); }
+
 static void linear_bias_grad(float *db, const float *dout, int N, int OC) {
     /* db (OC), dout (N,OC) */
     for (int n = 0; n < N; n++) {

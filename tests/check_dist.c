@@ -20,7 +20,8 @@ static comm_ctx *world;
 /* The runs compared: memformer (MRBP, memory carried) in blocks of one stream and of two,
  * and the decoder (its horizon segments batched with the block's streams) in blocks of two.
  * 6 streams in blocks of 1 deal 2+2+2 or 2+1+... blocks; 8 in blocks of 2 deal 4 blocks,
- * unevenly over 3 ranks. */
+ * unevenly over 3 ranks. The decoder has 24 chunks of 2 bits per projection, so its groups
+ * are two shards (16 + 8 chunks) that different ranks may own. */
 typedef struct dist_case {
     const char *name;
     int memformer, streams, block;
@@ -57,6 +58,10 @@ static void small_config(trainer_config *cfg, const dist_case *dc) {
     cfg->lr = 3e-3f;
     cfg->warmup = 2;
     cfg->steps = STEPS;
+    if (!dc->memformer) { /* two shards per group */
+        cfg->d_model = 48;
+        cfg->tau = 2;
+    }
     LAYER_ASSERT(trainer_config_validate(cfg, err, sizeof(err)) == 0);
 }
 

@@ -393,7 +393,7 @@ END_TEST
 START_TEST(test_shards_bitwise) {
     layer_rng r;
     tu_seed(&r, "shards");
-    const int shapes[][4] = {{37, 20, 3, 45}, {300, 12, 8, 64}, {64, 9, 10, 33}, {5, 8, 6, 17}};
+    const int shapes[][4] = {{37, 20, 3, 45}, {300, 40, 8, 64}, {64, 33, 10, 33}, {5, 17, 6, 17}};
     for (int c = 0; c < 4; c++) {
         int N = shapes[c][0], K = shapes[c][1], TAU = shapes[c][2], OC = shapes[c][3];
         int R = K << TAU, nsh = (K + LAYER_HASH_SHARD - 1) / LAYER_HASH_SHARD;

@@ -42,6 +42,7 @@ struct trainer_step_act {
 static int uses_memory(const trainer_model *m) { return m->spec.memformer && m->spec.memory; }
 
 trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *comm) {
+    layer_blas_single_thread(); /* results must not depend on the cores a rank runs on */
     trainer_model *m = layer_xcalloc(1, sizeof(*m));
     m->spec = *spec;
     const trainer_model_spec *s = &m->spec;
