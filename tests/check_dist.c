@@ -26,14 +26,17 @@ typedef struct dist_case {
     const char *name;
     int memformer, streams, block;
     trainer_tables_choice strategy; /* how every table group is served */
+    trainer_row_format rows;        /* f32, or rows read and fetched in bf16 */
 } dist_case;
 static const dist_case CASES[] = {
-    {"memformer, blocks of 1, planned", 1, 6, 1, TRAINER_TABLES_AUTO},
-    {"memformer, blocks of 2, rows fetched", 1, 8, 2, TRAINER_TABLES_FETCH},
-    {"memformer, blocks of 2, replicated", 1, 8, 2, TRAINER_TABLES_REPLICATE},
-    {"decoder, blocks of 2, rows fetched", 0, 8, 2, TRAINER_TABLES_FETCH},
-    {"decoder, blocks of 2, owner-side lookups", 0, 8, 2, TRAINER_TABLES_OWNER},
-    {"decoder, blocks of 2, replicated", 0, 8, 2, TRAINER_TABLES_REPLICATE},
+    {"memformer, blocks of 1, planned", 1, 6, 1, TRAINER_TABLES_AUTO, TRAINER_ROWS_F32},
+    {"memformer, blocks of 2, rows fetched", 1, 8, 2, TRAINER_TABLES_FETCH, TRAINER_ROWS_F32},
+    {"memformer, blocks of 2, replicated", 1, 8, 2, TRAINER_TABLES_REPLICATE, TRAINER_ROWS_F32},
+    {"decoder, blocks of 2, rows fetched", 0, 8, 2, TRAINER_TABLES_FETCH, TRAINER_ROWS_F32},
+    {"decoder, blocks of 2, owner-side lookups", 0, 8, 2, TRAINER_TABLES_OWNER, TRAINER_ROWS_F32},
+    {"decoder, blocks of 2, replicated", 0, 8, 2, TRAINER_TABLES_REPLICATE, TRAINER_ROWS_F32},
+    {"memformer, blocks of 2, bf16 rows fetched", 1, 8, 2, TRAINER_TABLES_FETCH, TRAINER_ROWS_BF16},
+    {"decoder, blocks of 2, bf16 rows, planned", 0, 8, 2, TRAINER_TABLES_AUTO, TRAINER_ROWS_BF16},
 };
 #define NCASES ((int)(sizeof CASES / sizeof CASES[0]))
 
@@ -45,6 +48,7 @@ static void small_config(trainer_config *cfg, const dist_case *dc) {
     cfg->streams = dc->streams;
     cfg->stream_block = dc->block;
     cfg->table_strategy = dc->strategy;
+    cfg->row_format = dc->rows;
     cfg->proj = TRAINER_PROJ_HASH;
     cfg->d_model = 32;
     cfg->n_heads = 2;
@@ -177,6 +181,9 @@ END_TEST
  * the parameters within 2e-4 of their scale (measured: about 1e-8 and 1e-5). */
 START_TEST(test_blocks_match_streams) {
     const dist_case *dc = &CASES[_i];
+    /* bf16 rows round the masters' last bits away in steps of a bf16 ulp: the orders of sums
+       do show there, so that format is compared across rank counts only */
+    if (dc->rows == TRAINER_ROWS_BF16) return;
     comm_ctx *self = comm_self(world);
     dist_case one = *dc, all = *dc;
     one.block = 1;

@@ -7,6 +7,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/generate.h"
+#include "trainer/plan_report.h"
 #include "trainer/train.h"
 
 static void usage(FILE *f) {
@@ -17,6 +18,7 @@ static void usage(FILE *f) {
             "       mpirun -np P memtrain sample --ckpt FILE [--out FILE.png] [--prompt TEXT]\n"
             "                                    [--count N] [--length N] [--temperature T]\n"
             "       mpirun -np P memtrain inspect --ckpt FILE\n"
+            "       memtrain plan --ranks P[,P...] [--per-rank-streams N] [--csv] [--key=value ...]\n"
             "       memtrain --help\n\n"
             "Trains a decoder or Memformer, with dense or hash-table projections, over MPI.\n"
             "A config file holds `key = value` lines; --key=value overrides it. --resume continues\n"
@@ -24,7 +26,9 @@ static void usage(FILE *f) {
             "(plus any overrides: keys that change the model's shape are refused). eval prints the\n"
             "validation perplexity of a checkpoint; sample writes a PNG grid of generated images\n"
             "(image data) or prints a continuation of the prompt (text data); inspect prints a few stored\n"
-            "values (step, a table row, a carried memory) to compare with other readers.\n\n");
+            "values (step, a table row, a carried memory) to compare with other readers; plan\n"
+            "prints how the table groups would be served on P ranks and the predicted traffic\n"
+            "and memory per rank, without training.\n\n");
     trainer_config_help(f);
 }
 
@@ -48,7 +52,8 @@ int main(int argc, char **argv) {
     char err[512] = "", path[1100] = "";
     int failed = 0;
     static const char *const mine[] = {"--resume", "--ckpt", "--out", "--prompt", "--count",
-                                       "--length", "--temperature", NULL};
+                                       "--length", "--temperature", "--ranks",
+                                       "--per-rank-streams", "--csv", NULL};
     /* the flags the config parser leaves to us, found before it reorders argv */
     const char *resume = flag_value(argc, argv, "--resume");
     const char *ckpt = flag_value(argc, argv, "--ckpt");
@@ -81,7 +86,9 @@ int main(int argc, char **argv) {
         /* what remains after the config parser: the command and our flags with their values */
         int *left = calloc((size_t)argc + 1, sizeof(int));
         for (int i = first; i < argc; i++) {
-            if (strncmp(argv[i], "--", 2) == 0 && strchr(argv[i], '=') == NULL) {
+            if (strcmp(argv[i], "--csv") == 0) {
+                left[i] = 1;
+            } else if (strncmp(argv[i], "--", 2) == 0 && strchr(argv[i], '=') == NULL) {
                 left[i] = left[i + 1 < argc ? i + 1 : i] = 1; /* flag and its value */
                 i++;
             } else if (strncmp(argv[i], "--", 2) == 0) {
@@ -91,18 +98,37 @@ int main(int argc, char **argv) {
         for (int i = first; i < argc && !failed; i++) {
             if (left[i]) continue;
             if (strcmp(argv[i], "train") == 0 || strcmp(argv[i], "eval") == 0 ||
-                strcmp(argv[i], "sample") == 0 || strcmp(argv[i], "inspect") == 0) {
+                strcmp(argv[i], "sample") == 0 || strcmp(argv[i], "inspect") == 0 ||
+                strcmp(argv[i], "plan") == 0) {
                 cmd = argv[i];
             } else {
                 snprintf(err, sizeof(err),
-                         "unexpected argument '%s' (commands: train, eval, sample, inspect; options are "
+                         "unexpected argument '%s' (commands: train, eval, sample, inspect, plan; options are "
                          "--key=value; see memtrain --help)", argv[i]);
                 failed = 1;
             }
         }
         free(left);
     }
-    if (!failed && strcmp(cmd, "train") != 0 && !ckpt) {
+    int ranks[64], nranks = 0;
+    if (!failed && strcmp(cmd, "plan") == 0) {
+        const char *list = flag_value(argc, argv, "--ranks");
+        for (const char *p = list; p && *p && nranks < 64;) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p || v < 1 || v > 1 << 20 || (*end && *end != ',')) {
+                nranks = -1;
+                break;
+            }
+            ranks[nranks++] = (int)v;
+            p = *end ? end + 1 : end;
+        }
+        if (nranks <= 0) {
+            snprintf(err, sizeof(err), "memtrain plan needs --ranks P[,P...] (positive rank counts)");
+            failed = 1;
+        }
+    }
+    if (!failed && strcmp(cmd, "train") != 0 && strcmp(cmd, "plan") != 0 && !ckpt) {
         snprintf(err, sizeof(err), "memtrain %s needs --ckpt FILE", cmd);
         failed = 1;
     }
@@ -128,7 +154,12 @@ int main(int argc, char **argv) {
     /* every rank parsed the same command line, but agree anyway so no rank runs alone */
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
     int rc;
-    if (strcmp(cmd, "eval") == 0)
+    if (strcmp(cmd, "plan") == 0) {
+        const char *pr = flag_value(argc, argv, "--per-rank-streams");
+        int csv = 0;
+        for (int i = 1; i < argc; i++) csv |= strcmp(argv[i], "--csv") == 0;
+        rc = trainer_plan_report(comm, &cfg, ranks, nranks, pr ? atoi(pr) : 0, csv);
+    } else if (strcmp(cmd, "eval") == 0)
         rc = trainer_eval_checkpoint(comm, &cfg, ckpt);
     else if (strcmp(cmd, "inspect") == 0)
         rc = trainer_inspect_checkpoint(comm, &cfg, ckpt);

@@ -94,6 +94,10 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
     }
     mt_builder_param(c, &m->dec_norm, "dec.norm", C, TRAINER_INIT_ONES, 0, 0);
     mt_builder_param(c, &m->lm_head, "lm_head", (size_t)s->vocab * C, TRAINER_INIT_NORMAL, 0.02f, 1);
+    if (s->define_only) {
+        free(bld.refs);
+        return m;
+    }
     trainer_params_alloc(&m->params, s->seed);
     mt_builder_bind(c);
     if (s->hash && s->tables.streams > 0) {

@@ -33,6 +33,8 @@ typedef struct trainer_model_spec {
     /* how table groups are served (trainer/plan.h); streams = 0: every group fetched, no
      * plan (tests). P is taken from the communicator. */
     trainer_plan_run tables;
+    int define_only; /* 1: the parameters and tables are described, not allocated (for
+                        reports such as memtrain plan; such a model cannot compute) */
 } trainer_model_spec;
 
 /* One segment of B streams. Ids are in [0, vocab]; vocab is BOS (also used for padding). */

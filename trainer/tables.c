@@ -51,11 +51,14 @@ void trainer_tables_free(trainer_tables *t) {
         if (t->allocated)
             for (int j = 0; j < s->g.nout; j++) {
                 store_unmap(s->rows[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->master[j], store_bytes(s, sizeof(float)));
                 store_unmap(s->drows[j], store_bytes(s, sizeof(float)));
                 store_unmap(s->m[j], store_bytes(s, sizeof(float)));
                 store_unmap(s->v[j], store_bytes(s, sizeof(float)));
                 store_unmap(s->acc[j], store_bytes(s, sizeof(double)));
             }
+        comm_words_free(s->push);
+        free(s->push_buf);
         free(s->owner);
         free(s->state);
         free(s->blk);
@@ -103,6 +106,19 @@ static int shard_chunks(const group_state *s, int sh) {
     return s->g.K - k0 < LAYER_HASH_SHARD ? s->g.K - k0 : LAYER_HASH_SHARD;
 }
 
+/* The f32 master rows of output j: the rows themselves unless they are read rounded. */
+static float *master_of(const group_state *s, int j) { return s->master[j] ? s->master[j] : s->rows[j]; }
+
+/* rows = the master rounded to bf16, for chunk k of output j (padding stays zero). */
+static void round_chunk(group_state *s, int j, int k) {
+    for (int o = 0; o < s->g.OC; o += TILE) {
+        size_t off = layer_hash_store_at(s->R, k << s->g.tau, o);
+        size_t n = (size_t)TILE << s->g.tau;
+        for (size_t i = 0; i < n; i++)
+            s->rows[j][off + i] = tables_from_bf16(tables_to_bf16(s->master[j][off + i]));
+    }
+}
+
 /* ---- the plan ---- */
 
 static trainer_plan_group plan_group(const group_state *s, double distinct) {
@@ -140,6 +156,7 @@ void trainer_tables_plan(trainer_tables *t, const trainer_plan_run *r) {
     LAYER_ASSERT(!t->allocated && r->P == t->P);
     t->run = *r;
     t->planned = 1;
+    t->bf16 = r->wire_bytes == 2;
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
         trainer_plan_group pg = plan_group(s, -1);
@@ -252,6 +269,7 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
         float *init = layer_xmalloc((size_t)rows * OC * sizeof(float)); /* (2^tau, OC) */
         for (int j = 0; j < s->g.nout; j++) {
             s->rows[j] = store_map(store_bytes(s, sizeof(float)));
+            if (t->bf16) s->master[j] = store_map(store_bytes(s, sizeof(float)));
             s->drows[j] = store_map(store_bytes(s, sizeof(float)));
             s->m[j] = store_map(store_bytes(s, sizeof(float)));
             s->v[j] = store_map(store_bytes(s, sizeof(float)));
@@ -262,8 +280,9 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
                 layer_rng_seed(&r, trainer_seed_for(seed, s->g.name, (uint64_t)(j * 65536 + k)));
                 layer_fill_normal(init, (size_t)rows * OC, 0.02f, &r);
                 for (int b = 0; b < rows; b++)
-                    layer_hash_store_put(s->rows[j], s->R, OC, (k << s->g.tau) | b,
+                    layer_hash_store_put(master_of(s, j), s->R, OC, (k << s->g.tau) | b,
                                          init + (size_t)b * OC);
+                if (t->bf16) round_chunk(s, j, k);
             }
         }
         free(init);
@@ -284,6 +303,11 @@ float *tables_scratch(trainer_tables *t, size_t n) {
 }
 
 int trainer_tables_ngroups(const trainer_tables *t) { return t->n; }
+
+trainer_plan_group trainer_tables_plan_group(const trainer_tables *t, int g) {
+    LAYER_ASSERT(g >= 0 && g < t->n);
+    return plan_group(&t->gs[g], -1);
+}
 
 const trainer_table_group *trainer_tables_group(const trainer_tables *t, int g) {
     LAYER_ASSERT(g >= 0 && g < t->n);
@@ -449,13 +473,16 @@ void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, 
     /* a whole tile per slice: padding has p = m = v = g = 0, which Adam leaves at 0 */
     FOR_TOUCHED_SLICES(t, s, j, off, has_acc, 0, {
         float *d = s->drows[j] + off;
+        float *p = master_of(s, j) + off;
         if (has_acc) {
             grad_slice(gbuf, s->acc[j] + off, d);
             memset(d, 0, TILE * sizeof(float));
-            trainer_adam_apply(s->rows[j] + off, s->m[j] + off, s->v[j] + off, gbuf, TILE, &k);
+            trainer_adam_apply(p, s->m[j] + off, s->v[j] + off, gbuf, TILE, &k);
         } else {
-            trainer_adam_apply(s->rows[j] + off, s->m[j] + off, s->v[j] + off, d, TILE, &k);
+            trainer_adam_apply(p, s->m[j] + off, s->v[j] + off, d, TILE, &k);
         }
+        if (s->master[j]) /* the rows the kernels read: the new master, rounded */
+            for (int c = 0; c < TILE; c++) s->rows[j][off + c] = tables_from_bf16(tables_to_bf16(p[c]));
     })
     end_step_marks(t);
     forget_fetched(t);
@@ -507,7 +534,7 @@ int trainer_tables_unit_get(const trainer_tables *t, int g, int k, int out, floa
     for (int b = 0; b < rows; b++) {
         int key = (k << s->g.tau) | b;
         size_t o = (size_t)b * OC;
-        if (data) layer_hash_store_get(data + o, s->rows[out], s->R, OC, key);
+        if (data) layer_hash_store_get(data + o, master_of(s, out), s->R, OC, key);
         if (m) layer_hash_store_get(m + o, s->m[out], s->R, OC, key);
         if (v) layer_hash_store_get(v + o, s->v[out], s->R, OC, key);
         if (grad) { /* the step's gradient as trainer_tables_step will read it */
@@ -529,10 +556,11 @@ int trainer_tables_unit_set(trainer_tables *t, int g, int k, int out, const floa
     for (int b = 0; b < rows; b++) {
         int key = (k << s->g.tau) | b;
         size_t o = (size_t)b * OC;
-        if (data) layer_hash_store_put(s->rows[out], s->R, OC, key, data + o);
+        if (data) layer_hash_store_put(master_of(s, out), s->R, OC, key, data + o);
         if (m) layer_hash_store_put(s->m[out], s->R, OC, key, m + o);
         if (v) layer_hash_store_put(s->v[out], s->R, OC, key, v + o);
     }
+    if (data && s->master[out]) round_chunk(s, out, k);
     return 0;
 }
 
@@ -540,6 +568,7 @@ float *trainer_tables_entry(trainer_tables *t, int g, int k, int out, int bucket
     if (!holds(t, g, k, out)) return NULL;
     group_state *s = &t->gs[g];
     LAYER_ASSERT(bucket >= 0 && bucket < (1 << s->g.tau) && col >= 0 && col < s->g.OC);
+    LAYER_ASSERT(!s->master[out] && "entries are perturbed in f32 row format only");
     return s->rows[out] + layer_hash_store_at(s->R, (k << s->g.tau) | bucket, col);
 }
 

@@ -83,6 +83,8 @@ const trainer_plan_cost *trainer_tables_cost(const trainer_tables *t, int g);
 
 int trainer_tables_ngroups(const trainer_tables *t);
 const trainer_table_group *trainer_tables_group(const trainer_tables *t, int g);
+/* The group's shape as the planner sees it (distinct < 0: uniform buckets). */
+trainer_plan_group trainer_tables_plan_group(const trainer_tables *t, int g);
 /* Parameter count of all tables (all ranks). */
 size_t trainer_tables_numel(const trainer_tables *t);
 /* Owner rank of chunk k of group g (of its shard), which writes it to checkpoints. */

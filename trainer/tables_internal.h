@@ -3,6 +3,7 @@
 #define MEMTRAIN_TRAINER_TABLES_INTERNAL_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "comm/exchange.h"
 #include "trainer/plan.h"
@@ -31,7 +32,10 @@ typedef struct group_state {
     uint8_t *state;          /* (R) ST_* */
     /* stores of R rows of OC (layer_hash_store_at addressing; acc in doubles), resident
        only where written: held shards (master rows, moments, sums), fetched rows */
-    float *rows[3];          /* master rows of held shards, fetched rows of the others */
+    float *rows[3];          /* the rows the kernels read: held shards' (rounded to bf16 under
+                                row_format = bf16), fetched rows of the others */
+    float *master[3];        /* row_format = bf16: the held shards' f32 master rows (else NULL:
+                                rows are the master) */
     float *drows[3];         /* the current block's row gradients */
     float *m[3], *v[3];
     double *acc[3];          /* held rows: the double sum of the step's contributions */
@@ -40,6 +44,11 @@ typedef struct group_state {
     int32_t *fetched;        /* (2R) remote keys fetched and not released; scratch after */
     int nfetched;
     int in_memory_pass;      /* looked up by this step's MRBP memory pass */
+    comm_words *push;        /* a gradient push started by the backward (fetch, one backward
+                                per block), finished at the block end */
+    int push_active;
+    uint32_t *push_buf;      /* its payload: per key 2 words of key, then nout*OC floats */
+    size_t push_cap;
     int64_t seen;            /* distinct remote keys looked up this step */
     double seen_avg;         /* their running mean over steps (the planner's measure) */
     int seen_steps;
@@ -51,6 +60,7 @@ struct trainer_tables {
     comm_words *words;       /* owner-side lookups */
     int n, cap, allocated, me, P;
     int blocks;              /* blocks of streams a step sums over (memory accounting) */
+    int bf16;                /* rows read and fetched rounded to bf16 (row_format) */
     trainer_plan_run run;    /* what the planner was told */
     int planned;
     group_state *gs;
@@ -63,6 +73,21 @@ struct trainer_tables {
     float *buf;
     size_t buf_cap;
 };
+
+/* f32 -> bf16 (round to nearest even; NaN stays NaN), and back. */
+static inline uint16_t tables_to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static inline float tables_from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
 
 /* Whether this rank stores chunk k's rows and moments (its owner, or every rank when the
  * group is replicated). */

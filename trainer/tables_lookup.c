@@ -9,6 +9,8 @@
 #include "layers/common.h"
 #include "trainer/tables_internal.h"
 
+static void push_accumulate(void *ctx, int src, const int64_t *keys, const float *gr, int m);
+
 /* ---- helpers ---- */
 
 void tables_fold_marked(group_state *s, int lo, int hi) {
@@ -75,14 +77,26 @@ static void make_keys(trainer_tables *t, int g, const int32_t *idx, int N, int32
 
 /* ---- fetch and replicate: the rows where the kernels can read them ---- */
 
+/* Floats a fetched row takes on the wire: W, or W/2 rounded up with bf16 values in pairs. */
+static int wire_floats(const trainer_tables *t, int W) { return t->bf16 ? (W + 1) / 2 : W; }
+
 static void serve_rows(void *ctx, const int64_t *keys, int m, float *out) {
     trainer_tables *t = ctx;
+    float row[3 * 4096];
     for (int i = 0; i < m; i++) {
         group_state *s = &t->gs[keys[i] >> 32];
-        int key = (int)(keys[i] & 0xffffffff), nout = s->g.nout, OC = s->g.OC;
+        int key = (int)(keys[i] & 0xffffffff), nout = s->g.nout, OC = s->g.OC, W = nout * OC;
         LAYER_ASSERT(tables_holds(t, s, key >> s->g.tau));
+        float *dst = out + (size_t)i * wire_floats(t, W);
+        float *r = t->bf16 ? (W <= (int)(sizeof(row) / sizeof(row[0])) ? row : NULL) : dst;
+        LAYER_ASSERT(r != NULL && "row too wide for the bf16 wire");
         for (int j = 0; j < nout; j++)
-            layer_hash_store_get(out + ((size_t)i * nout + j) * OC, s->rows[j], s->R, OC, key);
+            layer_hash_store_get(r + (size_t)j * OC, s->rows[j], s->R, OC, key);
+        if (t->bf16) { /* rows are rounded already: the bf16 bits carry them exactly */
+            uint16_t *h = (uint16_t *)dst;
+            for (int c = 0; c < W; c++) h[c] = tables_to_bf16(r[c]);
+            if (W % 2) h[W] = 0;
+        }
     }
 }
 
@@ -113,12 +127,21 @@ static void resolve(trainer_tables *t, int g, const int32_t *rowid, int N) {
         LAYER_ASSERT(nremote == 0);
         return;
     }
-    float *buf = tables_scratch(t, (size_t)nremote * nout * OC + 1);
-    comm_exchange_fetch(t->x, t->keys, t->owners, nremote, nout * OC, buf, serve_rows, t);
-    for (int i = 0; i < nremote; i++)
+    int W = nout * OC, ww = wire_floats(t, W);
+    float *buf = tables_scratch(t, (size_t)nremote * ww + (size_t)W + 1);
+    float *row = buf + (size_t)nremote * ww; /* one decoded row */
+    comm_exchange_fetch(t->x, t->keys, t->owners, nremote, ww, buf, serve_rows, t);
+    for (int i = 0; i < nremote; i++) {
+        const float *src = buf + (size_t)i * ww;
+        if (t->bf16) {
+            const uint16_t *h = (const uint16_t *)src;
+            for (int c = 0; c < W; c++) row[c] = tables_from_bf16(h[c]);
+            src = row;
+        }
         for (int j = 0; j < nout; j++)
             layer_hash_store_put(s->rows[j], s->R, OC, (int)(t->keys[i] & 0xffffffff),
-                                 buf + ((size_t)i * nout + j) * OC);
+                                 src + (size_t)j * OC);
+    }
 }
 
 static void local_forward(const group_state *s, const int32_t *rowid, const float *sc, int N,
@@ -366,6 +389,72 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     free(cnt);
 }
 
+/* ---- gradient pushes overlapped with the rest of the backward ---- */
+
+/* When a block runs each projection's backward once, a fetched group's row gradients are
+ * complete as soon as its backward returns: they leave for their owners at once, with a
+ * non-blocking all-to-all, while the layers below compute; the block end waits for them.
+ * Payload per remote key: the key (2 words) and its gradient row (nout*OC floats), grouped
+ * by owner. */
+static void push_start(trainer_tables *t, int g) {
+    group_state *s = &t->gs[g];
+    int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau, P = t->P;
+    if (!s->push) s->push = comm_words_create(t->x);
+    int64_t *cnt = layer_xcalloc((size_t)P, sizeof(int64_t));
+    int nremote = 0;
+    for (int q = 0; q < s->nblk; q++) {
+        int k = s->blk[q] >> tau;
+        if (!tables_holds(t, s, k)) cnt[s->owner[k / LAYER_HASH_SHARD]] += 2 + W, nremote++;
+    }
+    size_t need = (size_t)nremote * (2 + W) + 1;
+    if (need > s->push_cap) {
+        free(s->push_buf);
+        s->push_cap = need + need / 2;
+        s->push_buf = layer_xmalloc(s->push_cap * sizeof(uint32_t));
+    }
+    size_t *pos = layer_xcalloc((size_t)P, sizeof(size_t));
+    for (int p = 1; p < P; p++) pos[p] = pos[p - 1] + (size_t)cnt[p - 1];
+    /* keys in increasing order within each owner (the block list, sorted), own keys kept */
+    int n = 0, kept = 0;
+    for (int r = 0; r < s->R; r++)
+        if (s->state[r] & ST_BLOCK) s->blk[n++] = r;
+    for (int q = 0; q < n; q++) {
+        int key = s->blk[q], k = key >> tau;
+        if (tables_holds(t, s, k)) {
+            s->blk[kept++] = key;
+            continue;
+        }
+        uint32_t *w = s->push_buf + pos[s->owner[k / LAYER_HASH_SHARD]];
+        int64_t gk = ((int64_t)g << 32) | key;
+        memcpy(w, &gk, 8);
+        for (int j = 0; j < nout; j++) {
+            layer_hash_store_get((float *)w + 2 + (size_t)j * OC, s->drows[j], s->R, OC, key);
+            for (int o = 0; o < OC; o += TILE)
+                memset(s->drows[j] + layer_hash_store_at(s->R, key, o), 0, TILE * sizeof(float));
+        }
+        pos[s->owner[k / LAYER_HASH_SHARD]] += 2 + W;
+        s->state[key] &= (uint8_t)~ST_BLOCK;
+    }
+    s->nblk = kept;
+    comm_words_start(s->push, s->push_buf, cnt);
+    free(pos);
+    free(cnt);
+}
+
+static void push_finish(trainer_tables *t, int g) {
+    group_state *s = &t->gs[g];
+    int W = s->g.nout * s->g.OC;
+    const int *rc, *rd;
+    const uint32_t *in = comm_words_wait(s->push, &rc, &rd);
+    for (int p = 0; p < t->P; p++)
+        for (int i = 0; i < rc[p]; i += 2 + W) {
+            int64_t gk;
+            memcpy(&gk, in + rd[p] + i, 8);
+            LAYER_ASSERT((int)(gk >> 32) == g && "gradient push: ranks out of step");
+            push_accumulate(t, p, &gk, (const float *)in + rd[p] + i + 2, 1);
+        }
+}
+
 /* ---- the projection ---- */
 
 void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const float *sc, int N,
@@ -395,6 +484,11 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
         return;
     }
     local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db);
+    if (s->strategy == TRAINER_STRATEGY_FETCH && t->P > 1 && t->planned && t->run.batched) {
+        LAYER_ASSERT(!s->push_active && "one backward per block expected");
+        push_start(t, g);
+        s->push_active = 1;
+    }
 }
 
 /* ---- block ends ---- */
@@ -420,6 +514,11 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
         if (s->strategy == TRAINER_STRATEGY_OWNER && t->P > 1) continue; /* folded already */
+        int pushed = s->push_active; /* the same on every rank: the model decides */
+        if (pushed) {
+            push_finish(t, g);
+            s->push_active = 0;
+        }
         int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau, nremote = 0;
         /* the block's keys in increasing order (so every tile streams in sequence); per key
            what happens to its gradient: the remote ones are numbered for the push */
@@ -463,7 +562,10 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
                 }
             }
         s->nblk = 0;
-        comm_exchange_push(t->x, t->keys, t->owners, buf, nremote, W, push_accumulate, t);
+        if (!pushed)
+            comm_exchange_push(t->x, t->keys, t->owners, buf, nremote, W, push_accumulate, t);
+        else
+            LAYER_ASSERT(nremote == 0);
         /* rows over the budget go with the block that fetched them */
         if (s->strategy == TRAINER_STRATEGY_FETCH && !s->keep) tables_release_fetched(t, s);
     }
