@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/files.h"
 #include "layers/common.h"
 
 int io_ckpt_mkdirs(const char *dir, char *err, size_t n) {
@@ -184,18 +185,14 @@ void io_ckpt_prune(const char *dir, int keep, int64_t current) {
 /* The file name LATEST holds (without the newline), or "" when it is missing or malformed. */
 static void read_latest(const char *dir, char *out, size_t n) {
     out[0] = '\0';
-    char path[IO_CKPT_PATH_MAX + 8];
+    char path[IO_CKPT_PATH_MAX + 8], line[300], why[IO_CKPT_PATH_MAX + 100];
     snprintf(path, sizeof path, "%s/LATEST", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    char line[300];
-    if (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        int64_t step;
-        int tmp;
-        if (parse_name(line, &step, &tmp) == 0 && !tmp) snprintf(out, n, "%s", line);
-    }
-    fclose(f);
+    /* a LATEST that is not a regular file (a FIFO) is ignored like a missing one */
+    if (io_read_small(path, line, sizeof line, why, sizeof why) <= 0) return;
+    line[strcspn(line, "\r\n")] = '\0';
+    int64_t step;
+    int tmp;
+    if (parse_name(line, &step, &tmp) == 0 && !tmp) snprintf(out, n, "%s", line);
 }
 
 int io_ckpt_list(const char *dir, char (*paths)[IO_CKPT_PATH_MAX], int max) {

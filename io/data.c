@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "io/data_internal.h"
+#include "io/files.h"
 #include "layers/common.h"
 
 /* ---- helpers for the readers ---- */
@@ -20,9 +21,6 @@ int io_data_fail(char *err, size_t errlen, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-    /* the caller prints err as one log line, whatever a file name or library message holds */
-    for (char *c = err; *c; c++)
-        if (*c == '\n' || *c == '\r') *c = ' ';
     return -1;
 }
 
@@ -30,12 +28,12 @@ int io_data_read_file(const char *path, unsigned char **buf, size_t *len, char *
                       size_t errlen) {
     *buf = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return io_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f = io_fopen_regular(path, "rb", err, errlen);
+    if (!f) return -1;
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fileno(f), &sb) != 0) {
         fclose(f);
-        return io_data_fail(err, errlen, "%s: not a regular file", path);
+        return io_data_fail(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
     }
     size_t n = (size_t)sb.st_size;
     unsigned char *p = layer_xmalloc(n);
