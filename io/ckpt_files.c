@@ -14,32 +14,7 @@
 #include "io/files.h"
 #include "layers/common.h"
 
-int io_ckpt_mkdirs(const char *dir, char *err, size_t n) {
-    char p[IO_CKPT_PATH_MAX];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p || p[0] == '\0') {
-        snprintf(err, n, "%s: checkpoint directory name empty or too long", dir);
-        return -1;
-    }
-    /* Each prefix ending before a '/' is a parent; EEXIST is fine for all of them, and the
-     * final stat catches a prefix that exists as a plain file. */
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0') continue;
-        char saved = *s;
-        *s = '\0';
-        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-            snprintf(err, n, "%s: cannot create (%s)", p, strerror(errno));
-            return -1;
-        }
-        *s = saved;
-        if (saved == '\0') break;
-    }
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        snprintf(err, n, "%s: cannot create (not a directory)", dir);
-        return -1;
-    }
-    return 0;
-}
+int io_ckpt_mkdirs(const char *dir, char *err, size_t n) { return io_mkdirs(dir, err, n); }
 
 int io_ckpt_file_name(char *out, const char *dir, int64_t step, const char *suffix, char *err,
                       size_t n) {
@@ -119,6 +94,11 @@ static int parse_name(const char *name, int64_t *step, int *tmp) {
         return -1;
     *step = strtoll(s, NULL, 10);
     return 0;
+}
+
+int io_ckpt_name_step(const char *path, int64_t *step) {
+    int tmp;
+    return parse_name(base_name(path), step, &tmp) == 0 && !tmp ? 0 : -1;
 }
 
 typedef struct entry {

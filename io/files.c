@@ -91,6 +91,33 @@ long io_read_small(const char *path, char *buf, size_t cap, char *err, size_t n)
     return (long)got;
 }
 
+int io_mkdirs(const char *dir, char *err, size_t n) {
+    char p[4096];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p || p[0] == '\0') {
+        snprintf(err, n, "%s: directory name empty or too long", dir);
+        return -1;
+    }
+    /* Each prefix ending before a '/' is a parent; EEXIST is fine for all of them, and the
+     * final stat catches a prefix that exists as a plain file. */
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char saved = *s;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            snprintf(err, n, "%s: cannot create (%s)", p, strerror(errno));
+            return -1;
+        }
+        *s = saved;
+        if (saved == '\0') break;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, n, "%s: cannot create (not a directory)", dir);
+        return -1;
+    }
+    return 0;
+}
+
 /* fsync of a directory, so a rename in it survives a crash. */
 static int fsync_dir(const char *dir) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -29,6 +29,10 @@ FILE *io_fopen_regular(const char *path, const char *fmode, char *err, size_t n)
  * remaining risk, a window of microseconds. */
 int io_check_regular(const char *path, char *err, size_t n);
 
+/* Makes dir and its missing parents. Returns 0, or -1 with "<dir>: cannot create (reason)"
+ * (a prefix that is a plain file: "... (Not a directory)"). */
+int io_mkdirs(const char *dir, char *err, size_t n);
+
 /* Reads a small text file (LATEST, RUN_ID) into buf (cap bytes, NUL-terminated, at most
  * cap - 1 bytes kept). Returns the bytes kept, or -1 with err set (missing, not regular,
  * unreadable). */

@@ -292,7 +292,7 @@ START_TEST(test_roundtrip_resharded) {
     ck_assert_int_eq(io_ckpt_get_attr_i64(r, "step", &v, err, sizeof err), 0);
     ck_assert(v == step);
     ck_assert_int_eq(io_ckpt_get_attr_i64(r, "format_version", &v, err, sizeof err), 0);
-    ck_assert_int_eq(v, 1);
+    ck_assert_int_eq(v, 2);
     ck_assert_int_eq(io_ckpt_get_attr_i64(r, "seed", &v, err, sizeof err), 0);
     ck_assert_int_eq(v, -42);
     char *s = NULL;
@@ -481,10 +481,21 @@ START_TEST(test_foreign_files) {
              IO_CKPT_FORMAT_VERSION);
     assert_msg_everywhere(err, want);
 
+    write_foreign(path, IO_CKPT_MAGIC, 0);
+    ck_assert_ptr_null(io_ckpt_open(g_comm, path, err, sizeof err));
+    snprintf(want, sizeof want, "%s: format version 0 is invalid", path);
+    assert_msg_everywhere(err, want);
+
+    /* version 1 (before run ids) is still read */
+    write_foreign(path, IO_CKPT_MAGIC, 1);
+    io_ckpt *r = io_ckpt_open(g_comm, path, err, sizeof err);
+    ck_assert_msg(r != NULL, "%s", err);
+    io_ckpt_close(r);
+
     /* the same file with the current version opens: the refusals above were about the
      * attributes, not the file */
     write_foreign(path, IO_CKPT_MAGIC, IO_CKPT_FORMAT_VERSION);
-    io_ckpt *r = io_ckpt_open(g_comm, path, err, sizeof err);
+    r = io_ckpt_open(g_comm, path, err, sizeof err);
     ck_assert_msg(r != NULL, "%s", err);
     int32_t x[4];
     int64_t d = 4, all[4] = {0, 1, 2, 3};
