@@ -15,6 +15,7 @@
 #include "trainer/rollout.h"
 #include "trainer/step.h"
 #include "trainer/checkpoint.h"
+#include "trainer/preflight.h"
 
 void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg) {
     memset(spec, 0, sizeof(*spec));
@@ -56,6 +57,7 @@ typedef struct run {
     stream_state *streams;
     float *M; /* (B, S*C) carried memory */
     FILE *csv;
+    trainer_rundir *rd;
 } run;
 
 static void stream_states_init(stream_state *s, int B, int first, int nglobal, int L) {
@@ -121,7 +123,8 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
             int32_t *g = sg->tgt + (size_t)b * L;
             if (!done[b]) {
                 fill_segment(&vs[b], val, L, bos, e, d, g, sg->reset + b);
-                if (cfg->eval_segments == 0 && vs[b].io.doc_count > quota[b]) done[b] = 1;
+                /* a stream reads its share of the documents once, whatever eval_segments asks */
+                if (vs[b].io.doc_count > quota[b]) done[b] = 1;
             }
             if (done[b]) { /* an idle stream: nothing scored */
                 for (int i = 0; i < L; i++) {
@@ -132,10 +135,8 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
             }
             active += !done[b];
         }
-        if (cfg->eval_segments == 0) {
-            comm_sum_i64(comm, &active, 1);
-            if (active == 0) break;
-        }
+        comm_sum_i64(comm, &active, 1);
+        if (active == 0) break;
         int cnt = 0;
         sums[0] += trainer_segments_forward(model, sg, &cnt, NULL);
         sums[1] += cnt;
@@ -215,18 +216,6 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
     }
 }
 
-static int make_dir(const char *path) {
-    char buf[1024];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *s = buf + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
-        *s = '/';
-    }
-    return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
-}
-
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split) {
     char err[512] = "";
     io_dataset *d = NULL;
@@ -245,7 +234,7 @@ static void load_data(run *r) {
     r->val = trainer_load_split(r->comm, r->cfg, IO_SPLIT_VAL);
 }
 
-/* Set by SIGUSR1/SIGTERM; the ranks agree on it at the next step boundary. */
+/* Set by SIGUSR1/SIGTERM/SIGINT; the ranks agree on it at the next step boundary. */
 static volatile sig_atomic_t stop_signal = 0;
 
 static void on_signal(int sig) { stop_signal = sig; }
@@ -257,6 +246,7 @@ static void install_signal_handlers(void) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 }
 
 /* The streams' state in the flat form of a checkpoint, and back. */
@@ -281,7 +271,7 @@ static void streams_import(run *r, const trainer_stream_state *st) {
 static trainer_stream_state stream_state_alloc(const run *r) {
     trainer_stream_state st = {
         .nstreams = r->cfg->streams, .first = r->first_stream, .B = r->B, .L = r->L,
-        .msize = trainer_model_memory_size(r->model), .M = r->M,
+        .msize = trainer_model_memory_size(r->model), .M = r->M, .data = r->train,
     };
     st.cursor = layer_xcalloc(2 * (size_t)r->B + 1, sizeof(int64_t));
     st.prev = layer_xcalloc((size_t)r->B * r->L + 1, sizeof(int32_t));
@@ -301,7 +291,8 @@ static void save_checkpoint(run *r, int64_t step) {
     double t = comm_time();
     trainer_stream_state st = stream_state_alloc(r);
     streams_export(r, &st);
-    int rc = trainer_ckpt_save(r->comm, r->cfg, r->model, &st, step, err, sizeof(err));
+    int rc = trainer_ckpt_save(r->comm, r->cfg, trainer_rundir_id(r->rd), r->model, &st, step,
+                               err, sizeof(err));
     stream_state_release(&st);
     if (rc != 0) comm_exit_error(r->comm, err);
     if (comm_rank(r->comm) == 0) {
@@ -317,14 +308,15 @@ static int64_t resume_run(run *r, const char *resume_dir) {
     int64_t step = 0;
     double t = comm_time();
     trainer_stream_state st = stream_state_alloc(r);
-    int rc = trainer_ckpt_resume(r->comm, resume_dir, r->model, &st, &step, path, sizeof(path),
-                                 err, sizeof(err));
+    int rc = trainer_ckpt_resume(r->comm, resume_dir, trainer_rundir_id(r->rd), r->cfg, r->model,
+                                 &st, &step, path, sizeof(path), err, sizeof(err));
     if (rc == 0) streams_import(r, &st);
     stream_state_release(&st);
     if (rc != 0) comm_exit_error(r->comm, err);
     if (comm_rank(r->comm) == 0) {
-        printf("resumed from %s at step %lld (read in %.2f s)\n", path, (long long)step,
-               comm_time() - t);
+        char shown[2200];
+        printf("resumed from %s at step %lld (read in %.2f s)\n",
+               comm_escape(shown, sizeof(shown), path), (long long)step, comm_time() - t);
         fflush(stdout);
     }
     return step;
@@ -343,8 +335,12 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
                  cfg->streams, P);
         comm_exit_error(comm, err);
     }
+    trainer_preflight_memory(comm, cfg, TRAINER_USE_TRAIN, 0, 1);
+    r->rd = trainer_rundir_open(comm, cfg, resume_dir, CSV_HEADER);
+    r->csv = trainer_rundir_metrics(r->rd);
     install_signal_handlers();
     load_data(r);
+    if (cfg->eval_every > 0) trainer_preflight_eval(comm, cfg, r->val);
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, cfg);
     r->model = trainer_model_create(&spec, comm);
@@ -374,14 +370,6 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
                spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense", spec.C,
                params->total, trainer_tables_numel(tables),
                2e-6 * trainer_model_flops_per_token(r->model));
-        if (make_dir(cfg->run_dir) == 0) {
-            char path[1200];
-            snprintf(path, sizeof(path), "%s/metrics.csv", cfg->run_dir);
-            r->csv = fopen(path, "a");
-            if (r->csv && ftell(r->csv) == 0)
-                fprintf(r->csv, "%s\n", CSV_HEADER);
-        }
-        if (!r->csv) fprintf(stderr, "memtrain: warning: cannot write %s/metrics.csv\n", cfg->run_dir);
         fflush(stdout);
     }
     trainer_tables_print_plan(tables);
@@ -435,7 +423,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
                (long long)done, cfg->run_dir);
         fflush(stdout);
     }
-    if (r->csv) fclose(r->csv);
+    trainer_rundir_close(r->rd);
     stream_states_free(r->streams, r->B);
     trainer_rollout_free(r->rollout);
     trainer_model_free(r->model);
