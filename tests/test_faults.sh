@@ -27,11 +27,17 @@ trap cleanup EXIT
 # not advance it)
 rand() { r=$(( $1 + RANDOM % ($2 - $1 + 1) )); }
 
-# mt as in lib.sh, with a time limit: a case that blocks fails instead of holding the suite
+# mt as in lib.sh, with a time limit (a case that blocks fails instead of holding the suite);
+# np 0 runs one process without mpirun, which starts in a fraction of mpirun's time: the
+# cases where every rank agreeing is not the point
 mt() {
   local np=$1; shift
   status=0
-  timeout -k 5 120 mpirun --oversubscribe -np "$np" "$BIN/memtrain" "$@" >"$TMP/out" 2>&1 || status=$?
+  if [ "$np" = 0 ]; then
+    timeout -k 5 120 "$BIN/memtrain" "$@" >"$TMP/out" 2>&1 || status=$?
+  else
+    timeout -k 5 120 mpirun --oversubscribe -np "$np" "$BIN/memtrain" "$@" >"$TMP/out" 2>&1 || status=$?
+  fi
 }
 
 # A small Fashion-MNIST (the first images of Debian's files) loads in milliseconds: most of a
@@ -224,15 +230,15 @@ echo "($SECONDS s)"
 # ---- 3. FIFOs where regular files belong ----
 mkfifo "$TMP/fifo"
 for spec in text u8 u16; do
-  mt 2 "${SMALL[@]}" --steps=2 --data="$spec:$TMP/fifo" --run_dir="$TMP/fifo-$spec"
+  np=0; [ "$spec" = text ] && np=2
+  mt $np "${SMALL[@]}" --steps=2 --data="$spec:$TMP/fifo" --run_dir="$TMP/fifo-$spec"
   [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "$spec: FIFO: exit $status"; }
   one_error "/fifo: not a regular file \(a FIFO\)" "$spec: FIFO"
 done
-expect_error 2 "/fifo: not a regular file (a FIFO)" --config "$TMP/fifo"
+expect_error 0 "/fifo: not a regular file (a FIFO)" --config "$TMP/fifo"
 mkdir -p "$TMP/fm"; mkfifo "$TMP/fm/train-images-idx3-ubyte.gz"; cp /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz "$TMP/fm/"
 MEMTRAIN_FASHION_MNIST_DIR=$TMP/fm expect_error 2 "train-images-idx3-ubyte.gz: not a regular file (a FIFO)" "${SMALL[@]}" --steps=2 --run_dir="$TMP/fifo-fm"
-expect_error 2 "/fifo: not a regular file (a FIFO)" eval --ckpt "$TMP/fifo"
-expect_error 2 "/fifo: not a regular file (a FIFO)" "${SMALL[@]}" --steps=2 --run_dir="$TMP/fifo-run" --data=u8:"$TMP/fifo"
+expect_error 0 "/fifo: not a regular file (a FIFO)" eval --ckpt "$TMP/fifo"
 # as the newest checkpoint and as LATEST: refused by name, the older checkpoint resumes
 d=$TMP/fifockpt; fresh "$d" 6; mkfifo "$d/ckpt/ckpt-00000012.h5"; rm -f "$d/ckpt/LATEST"; mkfifo "$d/ckpt/LATEST"
 resume_exact "$d" "$TMP/refS" 18 "a FIFO as the newest checkpoint" 6
@@ -245,12 +251,13 @@ for over in "--d_model=65536 --tau=8:memory: .*d_model = 65536" \
             "--horizon=100000000:memory: .*horizon = 100000000" \
             "--dec_layers=200000:memory: .*dec_layers = 200000" \
             "--seg_len=100000:seg_len = 100000 squared" \
-            "--streams=2000000000:streams = 2000000000 over 2 ranks" \
+            "--streams=2000000000:streams = 2000000000 over [12] ranks? x seg_len" \
             "--mem_slots=2000000000:mem_slots = 2000000000"; do
   args=${over%%:*}; want=${over#*:}
   t0=$SECONDS
+  np=0; [ "${args%% *}" = --d_model=65536 ] && np=2
   # shellcheck disable=SC2086 # args is a list of options
-  mt 2 "${SMALL[@]}" --steps=2 $args --run_dir="$TMP/huge"
+  mt $np "${SMALL[@]}" --steps=2 $args --run_dir="$TMP/huge"
   [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "$args: exit $status"; }
   one_error "$want" "$args"
   no_crash "$args"
@@ -258,15 +265,15 @@ for over in "--d_model=65536 --tau=8:memory: .*d_model = 65536" \
   [ $(( SECONDS - t0 )) -lt 30 ] || fail "$args: took $(( SECONDS - t0 )) s"
 done
 f=$TMP/refS/ckpt/ckpt-00000018.h5
-expect_error 2 "--count = 2000000000: expected an integer in 1..65536" sample --ckpt "$f" --count 2000000000
+expect_error 0 "--count = 2000000000: expected an integer in 1..65536" sample --ckpt "$f" --count 2000000000
 expect_error 2 "memory: this run needs about" sample --ckpt "$f" --count 65536 --out "$TMP/s.png"
 grep -q "driven by --count = 65536" "$TMP/out" || { cat "$TMP/out"; fail "--count not named as the driver"; }
 for bad in "--count=-5:--count = -5" "--count=abc:--count = abc" "--length=-1:--length = -1" \
            "--temperature=nan:--temperature = nan" "--temperature=-1:--temperature = -1"; do
-  expect_error 2 "${bad#*:}: expected" sample --ckpt "$f" "${bad%%:*}"
+  expect_error 0 "${bad#*:}: expected" sample --ckpt "$f" "${bad%%:*}"
 done
 # eval_segments beyond the validation split: every document once, said so
-mt 2 eval --ckpt "$f" --data=text:README.md --eval_segments=100000
+mt 0 eval --ckpt "$f" --data=text:README.md --eval_segments=100000
 grep -q "^eval: eval_segments = 100000 is more than the validation split holds" "$TMP/out" \
   || { cat "$TMP/out"; fail "eval_segments beyond the split"; }
 pass "sizes no machine holds: refused before any allocation, naming the keys; sample options validated"
@@ -277,14 +284,14 @@ touch "$TMP/plainfile"
 expect_error 2 "run_dir $TMP/plainfile/run cannot be used: $TMP/plainfile/run: cannot create (Not a directory)" \
   "${SMALL[@]}" --steps=2 --run_dir="$TMP/plainfile/run"
 mkdir -p "$TMP/metricsdir/metrics.csv"
-expect_error 2 "metrics.csv: not a regular file (a directory)" "${SMALL[@]}" --steps=2 --run_dir="$TMP/metricsdir"
+expect_error 0 "metrics.csv: not a regular file (a directory)" "${SMALL[@]}" --steps=2 --run_dir="$TMP/metricsdir"
 ! grep -q "^step " "$TMP/out" || fail "trained before refusing the metrics file"
 if mkdir -p "$TMP/ro" && mount -t tmpfs -o size=1m,ro tmpfs "$TMP/ro" 2>/dev/null; then
   mounts+=("$TMP/ro")
-  expect_error 2 "cannot create (Read-only file system)" "${SMALL[@]}" --steps=2 --run_dir="$TMP/ro/run"
+  expect_error 0 "cannot create (Read-only file system)" "${SMALL[@]}" --steps=2 --run_dir="$TMP/ro/run"
 fi
 # a fresh run on a directory holding checkpoints: refused, the way to continue named
-expect_error 2 "run_dir $TMP/refS holds checkpoints already" "${SMALL[@]}" --steps=2 --run_dir="$TMP/refS"
+expect_error 0 "run_dir $TMP/refS holds checkpoints already" "${SMALL[@]}" --steps=2 --run_dir="$TMP/refS"
 pass "unwritable run directories refused before any training"
 
 echo "($SECONDS s)"
@@ -319,7 +326,7 @@ sig_pair() {
   status=0; wait "$pid" || status=$?
   cp "$TMP/sig.out" "$TMP/out"
 }
-for second in TERM INT "INT TERM"; do
+for second in TERM "INT TERM"; do
   d=$TMP/sig-ranks; sig_pair "$d" ranks "$second"
   no_crash "USR1 then $second to the ranks"
   [ "$status" -eq 75 ] || { cat "$TMP/out"; fail "USR1 then $second to the ranks: exit $status, expected 75"; }
