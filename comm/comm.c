@@ -59,7 +59,9 @@ comm_ctx *comm_self(const comm_ctx *parent) {
 void comm_finalize(comm_ctx *c) {
     if (!c) return;
     if (c->started_mpi && any_unclean(c)) {
-        if (c->rank == 0) print_line("", "a library could not release a file (see above): ending without MPI finalisation");
+        if (c->rank == 0)
+            print_line("", "a library could not release a file (see above): ending without MPI "
+                           "finalisation");
         comm_barrier(c);
         if (c->rank == 0) MPI_Abort(c->comm, 3);
         for (;;) MPI_Barrier(c->comm);

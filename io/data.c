@@ -238,7 +238,8 @@ static double gz_isize(const char *path) {
     unsigned char t[4];
     double v = -1.0;
     if (fstat(fd, &sb) == 0 && sb.st_size >= 18 && pread(fd, t, 4, sb.st_size - 4) == 4)
-        v = (double)((uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 | (uint32_t)t[3] << 24);
+        v = (double)((uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 |
+                     (uint32_t)t[3] << 24);
     if (v > 1032.0 * (double)sb.st_size) v = -1.0;
     close(fd);
     return v;
@@ -252,7 +253,8 @@ void io_dataset_size_hint(const char *spec, const char *data_dir, double *reside
     if (strcmp(spec, "fashion-mnist") == 0) {
         const char *dir = getenv("MEMTRAIN_FASHION_MNIST_DIR");
         if (!dir || !*dir) dir = "/usr/share/datasets/fashion-mnist";
-        static const char *const names[2] = {"train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"};
+        static const char *const names[2] = {"train-images-idx3-ubyte.gz",
+                                             "t10k-images-idx3-ubyte.gz"};
         for (int i = 0; i < 2; i++) {
             char path[4200];
             snprintf(path, sizeof path, "%s/%s", dir, names[i]);

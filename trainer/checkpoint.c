@@ -322,7 +322,8 @@ int trainer_run_id_for_resume(comm_ctx *c, const char *run_dir, char *id, char *
     if (i < 0) {
         char why[600];
         snprintf(why, sizeof why, "%s", err);
-        snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s", run_dir, count ? ": " : "", why);
+        snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s", run_dir,
+                 count ? ": " : "", why);
         rc = -1;
     } else if (mb->run_id[0]) {
         snprintf(id, TRAINER_RUN_ID_LEN + 1, "%s", mb->run_id);
@@ -352,7 +353,8 @@ int trainer_ckpt_peek_config(comm_ctx *c, const char *run_dir, trainer_config *c
     } else {
         char why[600];
         snprintf(why, sizeof why, "%s", err);
-        snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s", run_dir, count ? ": " : "", why);
+        snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s", run_dir,
+                 count ? ": " : "", why);
     }
     free(mb);
     free(paths);

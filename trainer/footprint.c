@@ -141,7 +141,9 @@ static double segment_floats(const shape *s, double B, int backward) {
 }
 
 /* An arena reserves blocks of 4 MiB (trainer_rollout_create) and aligns each allocation. */
-static double arena_bytes(double floats) { return ceil((floats * 4 * 1.02 + 1) / 4194304.0) * 4194304.0; }
+static double arena_bytes(double floats) {
+    return ceil((floats * 4 * 1.02 + 1) / 4194304.0) * 4194304.0;
+}
 
 void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footprint_use use,
                                 int batch, double data_resident, double data_loading,

@@ -60,10 +60,13 @@ int main(int argc, char **argv) {
     const char *length = flag_value(argc, argv, "--length");
     const char *temp = flag_value(argc, argv, "--temperature");
 
-    const char *given[3] = {resume, ckpt, so.out}, *names[3] = {"--resume RUN_DIR", "--ckpt FILE", "--out FILE"};
+    /* a flag last on the line, or given as --flag=, has no value: never a silent default */
+    const char *given[3] = {resume, ckpt, so.out};
+    const char *names[3] = {"--resume RUN_DIR", "--ckpt FILE", "--out FILE"};
     for (int i = 0; i < 3 && !failed; i++)
         if (given[i] && !given[i][0]) {
-            snprintf(err, sizeof(err), "%.*s has no value: write %s", (int)strcspn(names[i], " "), names[i], names[i]);
+            snprintf(err, sizeof(err), "%.*s has no value: write %s", (int)strcspn(names[i], " "),
+                     names[i], names[i]);
             failed = 1;
         }
 
