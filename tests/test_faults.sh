@@ -311,6 +311,10 @@ sig_pair() {
   local pid=$!
   rand 1 5; step=$r
   for _ in $(seq 1200); do grep -q "^step $step/" "$TMP/sig.out" 2>/dev/null && break; sleep 0.05; done
+  # mpirun's run signals only once a complete checkpoint exists to fall back to
+  if [ "$target" = mpirun ]; then
+    for _ in $(seq 1200); do [ -e "$d/ckpt/LATEST" ] && break; sleep 0.05; done
+  fi
   local victims=$pid
   [ "$target" = ranks ] && victims=$(ranks_of "$d")
   # shellcheck disable=SC2086

@@ -11,7 +11,8 @@
  * never reaches the next step. So a thread, which never calls MPI, looks every 100 ms whether
  * the parent is still the one the rank started with; when it is not, the rank ends at once
  * (_exit, status 1), or when a checkpoint is being written, as soon as that write is over
- * (at most 60 s), so that the run directory keeps a complete newest checkpoint. The run lock
+ * (at most 60 s), so that the run directory keeps a complete newest checkpoint; Open MPI's
+ * own runtime ends a rank that lost mpirun about two seconds later in any case. The run lock
  * (trainer/preflight.h) ends with the process.
  *
  * Only ranks started by a launcher are watched (Open MPI's OMPI_COMM_WORLD_SIZE, PMIx's
