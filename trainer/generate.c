@@ -44,8 +44,10 @@ int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const cha
                      cfg->streams);
         else
             snprintf(scope, sizeof(scope), "every validation document");
-        printf("%s (step %lld): validation perplexity %.4f on %s, %s (%.1f s)\n", path,
-               (long long)step, ppl, cfg->data, scope, comm_time() - t);
+        char shown[2200];
+        printf("%s (step %lld): validation perplexity %.4f on %s, %s (%.1f s)\n",
+               comm_escape(shown, sizeof(shown), path), (long long)step, ppl, cfg->data, scope,
+               comm_time() - t);
         fflush(stdout);
     }
     trainer_model_free(m);
@@ -186,7 +188,11 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
         else snprintf(out, sizeof(out), "%s/samples.png", cfg->run_dir);
         if (comm_rank(comm) == 0) {
             fail = io_png_write_gray(out, pix, W, H, err, sizeof(err)) != 0;
-            if (!fail) printf("%s (step %lld): %d samples written to %s\n", path, (long long)step, B, out);
+            char shown[2200], shown_out[2400];
+            if (!fail)
+                printf("%s (step %lld): %d samples written to %s\n",
+                       comm_escape(shown, sizeof(shown), path), (long long)step, B,
+                       comm_escape(shown_out, sizeof(shown_out), out));
         }
         free(pix);
         free(tok);
@@ -197,7 +203,10 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
         for (int i = 0; i < given; i++) tok[i] = (unsigned char)prompt[i] % cfg->vocab;
         generate(m, tok, 1, total, given, cfg->vocab, temp, &rng);
         if (comm_rank(comm) == 0) {
-            printf("%s (step %lld), prompt '%s':\n", path, (long long)step, prompt);
+            /* the header echoes the prompt escaped; the continuation below is the model's */
+            char shown[2200], shown_prompt[2200];
+            printf("%s (step %lld), prompt '%s':\n", comm_escape(shown, sizeof(shown), path),
+                   (long long)step, comm_escape(shown_prompt, sizeof(shown_prompt), prompt));
             for (int i = 0; i < total; i++) putchar(tok[i] < 256 ? tok[i] : '?');
             printf("\n");
         }
@@ -220,7 +229,9 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
     if (!ck) comm_exit_error(comm, err);
     int64_t step = 0, zero = 0;
     if (io_ckpt_get_attr_i64(ck, "step", &step, err, sizeof(err)) != 0) comm_exit_error(comm, err);
-    if (comm_rank(comm) == 0) printf("%s: step %lld\n", path, (long long)step);
+    char shown[2200];
+    if (comm_rank(comm) == 0)
+        printf("%s: step %lld\n", comm_escape(shown, sizeof(shown), path), (long long)step);
     trainer_tables *tb = trainer_model_tables(m);
     if (trainer_tables_ngroups(tb) > 0) {
         const trainer_table_group *g = trainer_tables_group(tb, 0);
