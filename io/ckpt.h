@@ -90,17 +90,23 @@ int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const in
 void io_ckpt_set_attr_i64(io_ckpt *ck, const char *name, int64_t value);
 void io_ckpt_set_attr_str(io_ckpt *ck, const char *name, const char *value);
 
-/* Collective. Writes the magic, format_version and step attributes, closes the file, and (rank
- * 0) fsyncs it, renames it to "<dir>/ckpt-<step>.h5", fsyncs the directory, points LATEST at
- * it, then deletes all complete checkpoints but the newest `keep` by step (keep 0 keeps all;
- * the file just committed is never deleted) and the .tmp files of older steps. Frees ck in
- * every case. Returns 0, or -1 on every rank with one message when the checkpoint could not
- * be made durable (the .tmp is then removed and the previous checkpoints are untouched; a
- * failure while pruning old files is not an error). */
+/* Collective. Writes the magic, format_version and step attributes; reserves the file's room
+ * (fallocate, where the file system can) so that the metadata HDF5 still holds can be written
+ * on every rank or on none ("<path>.tmp: no room for 15.2 MiB (No space left on device)");
+ * flushes and closes the file, and (rank 0) fsyncs it, renames it to "<dir>/ckpt-<step>.h5",
+ * fsyncs the directory, points LATEST at it, then deletes all complete checkpoints but the
+ * newest `keep` by step (keep 0 keeps all; the file just committed is never deleted) and the
+ * .tmp files of older steps. Frees ck in every case. Returns 0, or -1 on every rank with one
+ * message when the checkpoint could not be made durable (the .tmp is then removed and the
+ * previous checkpoints are untouched; a failure while pruning old files is not an error). A
+ * file HDF5 could not close leaves the process unable to finalize MPI (comm_mark_unclean):
+ * the caller's comm_exit_error then ends the job with MPI_Abort after its message. */
 int io_ckpt_commit(io_ckpt *ck, int keep, char *err, size_t n);
 
 /* Collective. Closes and deletes the unfinished .tmp file and frees ck. NULL is fine (on every
- * rank). */
+ * rank). After a failed write (disk full) the file is emptied before it is closed, so the
+ * close finds room for HDF5's metadata; where even that is impossible it is left open and the
+ * process marked as in io_ckpt_commit. */
 void io_ckpt_abort(io_ckpt *ck);
 
 /* ---- reading ---- */
