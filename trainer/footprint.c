@@ -107,7 +107,8 @@ static double segment_floats(const shape *s, double B, int backward) {
     double n_att[3] = {s->n_dec + s->n_enc, s->memformer ? s->n_dec : 0, s->memory ? s->n_enc : 0};
     for (int a = 0; a < 3; a++) {
         double Tk = Tks[a], nk = B * Tk;
-        double af = 6 * N * C + N - 2 * N * C + 2 * nk * C + B * NH * L * Tk;
+        /* h, q, y, x1 and rstd over the queries; k, v over the keys; the scores */
+        double af = 4 * N * C + N + 2 * nk * C + B * NH * L * Tk;
         if (s->hash) af += 3 * N * K + (a ? 3 * nk * K : 0);
         double ab = (s->hash ? 0 : N * C) + N * C + 2 * nk * C + L * Tk + N * C;
         if (a == 0 && s->rope) ab += 2 * N * C;
