@@ -16,6 +16,19 @@ struct comm_ctx {
     int started_mpi;
 };
 
+/* Set when finalizing would crash a library (see comm_mark_unclean). */
+static volatile int unclean = 0;
+
+void comm_mark_unclean(void) { unclean = 1; }
+
+/* Whether any rank of c is unclean. Collective. */
+static int any_unclean(comm_ctx *c) {
+    int mine = unclean, any = 0;
+    MPI_CHECK(c->comm, MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, c->comm));
+    return any;
+}
+
+static void print_line(const char *prefix, const char *msg);
 
 comm_ctx *comm_init(int *argc, char ***argv) {
     comm_ctx *c = layer_xcalloc(1, sizeof(*c));
@@ -45,6 +58,14 @@ comm_ctx *comm_self(const comm_ctx *parent) {
 
 void comm_finalize(comm_ctx *c) {
     if (!c) return;
+    if (c->started_mpi && any_unclean(c)) {
+        if (c->rank == 0)
+            print_line("", "a library could not release a file (see above): ending without MPI "
+                           "finalisation");
+        comm_barrier(c);
+        if (c->rank == 0) MPI_Abort(c->comm, 3);
+        for (;;) MPI_Barrier(c->comm);
+    }
     MPI_Comm_free(&c->comm);
     if (c->started_mpi) MPI_Finalize();
     free(c);
@@ -100,17 +121,83 @@ int comm_any_failed(comm_ctx *c, int failed, char *msg, size_t n) {
     return 1;
 }
 
+/* Length of the valid UTF-8 sequence of 2..4 bytes at s, or 0. */
+static int utf8_len(const unsigned char *s) {
+    unsigned char c = s[0];
+    int len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    unsigned char lo = 0x80, hi = 0xbf; /* the second byte's range excludes overlong forms,
+                                           surrogates and code points above U+10FFFF */
+    if (c == 0xe0) lo = 0xa0;
+    if (c == 0xed) hi = 0x9f;
+    if (c == 0xf0) lo = 0x90;
+    if (c == 0xf4) hi = 0x8f;
+    for (int i = 1; i < len; i++) {
+        unsigned char b = s[i];
+        if (i == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xbf)) return 0;
+    }
+    return len;
+}
+
+char *comm_escape(char *dst, size_t n, const char *src) {
+    size_t o = 0;
+    const unsigned char *s = (const unsigned char *)src;
+    while (*s) {
+        char esc[8];
+        int len = 1, w;
+        if (*s == '\\') w = snprintf(esc, sizeof esc, "\\\\");
+        else if (*s == '\n') w = snprintf(esc, sizeof esc, "\\n");
+        else if (*s == '\r') w = snprintf(esc, sizeof esc, "\\r");
+        else if (*s == '\t') w = snprintf(esc, sizeof esc, "\\t");
+        else if (*s < 0x20 || *s == 0x7f) w = snprintf(esc, sizeof esc, "\\x%02x", *s);
+        else if (*s < 0x80) w = snprintf(esc, sizeof esc, "%c", *s);
+        else if ((len = utf8_len(s)) > 0) w = snprintf(esc, sizeof esc, "%.*s", len, (const char *)s);
+        else {
+            len = 1;
+            w = snprintf(esc, sizeof esc, "\\x%02x", *s);
+        }
+        if (o + (size_t)w + 1 > n) break; /* never half an escape or half a character */
+        memcpy(dst + o, esc, (size_t)w);
+        o += (size_t)w;
+        s += len;
+    }
+    if (n > 0) dst[o < n ? o : n - 1] = '\0';
+    return dst;
+}
+
+static void print_line(const char *prefix, const char *msg) {
+    char line[2048];
+    fprintf(stderr, "memtrain: %s%s\n", prefix, comm_escape(line, sizeof line, msg));
+    fflush(stderr);
+}
+
+void comm_warn0(const comm_ctx *c, const char *msg) {
+    if (c->rank == 0) print_line("", msg);
+}
+
+int comm_node_size(comm_ctx *c) {
+    MPI_Comm node;
+    MPI_CHECK(c->comm, MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    int size = 1;
+    MPI_Comm_size(node, &size);
+    MPI_Comm_free(&node);
+    return size;
+}
+
 void comm_exit_error(comm_ctx *c, const char *msg) {
-    if (c->rank == 0) {
-        fprintf(stderr, "memtrain: %s\n", msg);
-        fflush(stderr);
+    if (c->rank == 0) print_line("", msg);
+    if (any_unclean(c)) {
+        /* the message is out; MPI_Finalize would crash in the library's cleanup */
+        comm_barrier(c);
+        if (c->rank == 0) MPI_Abort(c->comm, 2);
+        for (;;) MPI_Barrier(c->comm); /* until MPI_Abort ends this rank too */
     }
     comm_finalize(c);
     exit(2);
 }
 
 void comm_abort(comm_ctx *c, const char *msg) {
-    fprintf(stderr, "memtrain: rank %d: %s\n", c ? c->rank : -1, msg);
+    char line[2048];
+    fprintf(stderr, "memtrain: rank %d: %s\n", c ? c->rank : -1, comm_escape(line, sizeof line, msg));
     fflush(stderr);
     MPI_Abort(c ? c->comm : MPI_COMM_WORLD, 3);
     exit(3);

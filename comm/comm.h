@@ -34,9 +34,27 @@ void comm_broadcast(comm_ctx *c, void *buf, size_t n, int root);
  * Returns 1 on every rank if any rank failed, and then `msg` holds the message of the lowest
  * failing rank on every rank. Returns 0 when all succeeded. */
 int comm_any_failed(comm_ctx *c, int failed, char *msg, size_t n);
-/* A user-facing error known to all ranks: rank 0 prints "memtrain: <msg>", every rank
- * finalizes MPI and exits with status 2. */
+/* A user-facing error known to all ranks: rank 0 prints "memtrain: <msg>" (escaped with
+ * comm_escape, so it stays one line), every rank finalizes MPI and exits with status 2. When
+ * a library left this process unable to finalize (comm_mark_unclean on any rank), rank 0
+ * ends the job with MPI_Abort and status 2 after the message instead. */
 void comm_exit_error(comm_ctx *c, const char *msg);
+/* A warning or note from rank 0 ("memtrain: <msg>", escaped, on stderr); others print
+ * nothing. Not collective. */
+void comm_warn0(const comm_ctx *c, const char *msg);
+/* Records that a library holds a resource MPI_Finalize would make it release and that
+ * releasing it would crash (HDF5 after a file close failed on a full disk): comm_exit_error
+ * and comm_finalize then end the job with MPI_Abort rather than finalize. Process-wide. */
+void comm_mark_unclean(void);
+/* Number of ranks of c on this node (that share its memory). Collective. */
+int comm_node_size(comm_ctx *c);
+
+/* Copies src into dst (n > 0 bytes, always NUL-terminated, truncated to fit) with what could
+ * break a one-line message escaped: control bytes as \n, \r, \t or \xNN, DEL and bytes that
+ * are not UTF-8 as \xNN, the backslash as \\. Valid UTF-8 text is kept. Returns dst. Used
+ * wherever a message holding user values (paths, config values, attributes read from files)
+ * is printed. */
+char *comm_escape(char *dst, size_t n, const char *src);
 /* An error only this rank knows of: prints it with the rank and aborts the whole job
  * (MPI_Abort), so no rank is left waiting. */
 void comm_abort(comm_ctx *c, const char *msg);

@@ -6,9 +6,9 @@
 
 #include "comm/comm.h"
 
-/* Every table row lives on one owner rank (DESIGN.md 2). A key is an int64 the caller encodes
- * (for example (table unit << 32) | bucket); its data is W floats, which may be several table
- * rows that share the key (the Q, K and V tables of one chunk).
+/* Every table row lives on one owner rank (README, "Distribution"). A key is an int64 the
+ * caller encodes (for example (table unit << 32) | bucket); its data is W floats, which may be
+ * several table rows that share the key (the Q, K and V tables of one chunk).
  *
  *   comm_exchange *x = comm_exchange_create(c);
  *   comm_exchange_fetch(x, keys, owner, n, W, rows, serve_rows, store);    // forward

@@ -2,6 +2,7 @@
 #include "io/ckpt.h"
 #include "io/ckpt_internal.h"
 
+#include <errno.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +12,10 @@
 
 /* The one place outside comm/ that sees the MPI communicator: HDF5's MPI-IO driver needs it. */
 #include "comm/comm_internal.h"
+#include "io/files.h"
 #include "layers/common.h"
+
+void io_ckpt_note_unclosed(void) { comm_mark_unclean(); }
 
 int64_t io_h5_check_at(int64_t value, const char *file, int line, const char *what) {
     if (value < 0) {
@@ -187,6 +191,26 @@ void io_dims_text(char *buf, size_t n, int ndims, const int64_t *dims) {
     }
 }
 
+/* HDF5 writes metadata whenever its cache holds enough dirty entries, in a collective step
+ * that deadlocks when the write fails on some ranks only (disk full). Holding it all until
+ * io_ckpt_commit, where its room is reserved first, keeps every metadata write in one place
+ * (a checkpoint's metadata is a few hundred KiB, far below the 32 MiB allowed here). */
+static void keep_metadata_until_commit(hid_t fapl) {
+    H5AC_cache_config_t mdc;
+    memset(&mdc, 0, sizeof mdc);
+    mdc.version = H5AC__CURR_CACHE_CONFIG_VERSION;
+    H5_CHECK(H5Pget_mdc_config(fapl, &mdc));
+    mdc.evictions_enabled = 0;
+    mdc.incr_mode = H5C_incr__off;
+    mdc.flash_incr_mode = H5C_flash_incr__off;
+    mdc.decr_mode = H5C_decr__off;
+    mdc.set_initial_size = 1;
+    mdc.max_size = 128u << 20;
+    mdc.initial_size = 32u << 20;
+    mdc.dirty_bytes_threshold = 32u << 20;
+    H5_CHECK(H5Pset_mdc_config(fapl, &mdc));
+}
+
 io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, size_t n) {
     LAYER_ASSERT(c && dir && step >= 0);
     io_ckpt *ck = layer_xcalloc(1, sizeof(*ck));
@@ -201,11 +225,15 @@ io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, s
     }
     if (!failed) failed = io_ckpt_file_name(ck->path, dir, step, ".tmp", err, n) != 0;
     if (!failed && comm_rank(c) == 0) failed = io_ckpt_mkdirs(dir, err, n) != 0;
+    /* a stale .tmp may be anything a crash or a hand left, a FIFO included: remove it rather
+       than open it */
+    if (!failed && comm_rank(c) == 0) unlink(ck->path);
     if (comm_any_failed(c, failed, err, n)) {
         free(ck);
         return NULL;
     }
     hid_t fapl = io_ckpt_fapl(c);
+    keep_metadata_until_commit(fapl);
     H5E_BEGIN_TRY { ck->file = H5Fcreate(ck->path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl); }
     H5E_END_TRY;
     H5_CHECK(H5Pclose(fapl));
@@ -309,6 +337,9 @@ int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const in
     H5_CHECK(H5Sclose(fspace));
     free(crc);
     free(sum);
+    ck->raw_bytes += d0 * (int64_t)sbytes;
+    ck->narrays++;
+    ck->nslices += d0;
     if (failed)
         snprintf(err, n, "%s: writing dataset %s failed (I/O error or disk full)", ck->path, name);
     return comm_any_failed(ck->c, failed, err, n) ? -1 : 0;
@@ -339,18 +370,82 @@ void io_ckpt_set_attr_str(io_ckpt *ck, const char *name, const char *value) {
     H5_CHECK(H5Tclose(type));
 }
 
+/* Bytes of the file HDF5 will have written at close, bounded from above: HDF5 hands out
+ * space in sequence to raw data and metadata alike, and a checkpoint's metadata (an object
+ * header and a crc32 attribute per array, groups, root attributes) takes well under 4 KiB per
+ * array plus its crc32s. (H5Fget_eoa and H5Fget_filesize do not work with the MPI-IO driver.) */
+static int64_t allocated_bytes(const io_ckpt *ck) {
+    return ck->raw_bytes + 4096 * (ck->narrays + 16) + 4 * ck->nslices + (256 << 10);
+}
+
+/* Closes and deletes the unfinished file of ck and frees ck. Collective.
+ *
+ * Why this order: a close writes the metadata HDF5 still holds, and a close that fails (disk
+ * full) leaves HDF5 1.10 with a half-closed file that crashes MPI_Finalize, or deadlocks the
+ * ranks in different collectives. The file is to be deleted anyway, so once every rank is
+ * past its collective writes rank 0 gives its space back (truncates it to nothing), and the
+ * close goes ahead only when the file system then has room for the metadata. Otherwise the
+ * file is left open, the process marked unclean, and the job ends through MPI_Abort after its
+ * message (comm_exit_error) instead of crashing or hanging. */
+static void discard(io_ckpt *ck) {
+    comm_ctx *c = ck->c;
+    int64_t meta = allocated_bytes(ck) - ck->raw_bytes;
+    comm_barrier(c);
+    int64_t room = 1;
+    if (comm_rank(c) == 0) {
+        /* a failed truncation (the file is gone already) frees nothing and harms nothing */
+        if (truncate(ck->path, 0) != 0) errno = 0;
+        long long free_bytes = io_free_bytes(ck->dir);
+        room = free_bytes < 0 || free_bytes >= (meta > 0 ? meta : 0) + (1 << 20);
+    }
+    comm_broadcast(c, &room, sizeof room, 0);
+    herr_t rc = 0;
+    if (room) {
+        H5E_BEGIN_TRY { rc = H5Fclose(ck->file); }
+        H5E_END_TRY;
+    }
+    ck->file = -1;
+    if (rc < 0 || !room) io_ckpt_note_unclosed();
+    /* every rank's handle is closed before the file goes */
+    comm_barrier(c);
+    if (comm_rank(c) == 0) unlink(ck->path);
+    free(ck);
+}
+
 int io_ckpt_commit(io_ckpt *ck, int keep, char *err, size_t n) {
     LAYER_ASSERT(ck && ck->writing && ck->file >= 0 && keep >= 0);
     comm_ctx *c = ck->c;
     io_ckpt_set_attr_str(ck, "magic", IO_CKPT_MAGIC);
     io_ckpt_set_attr_i64(ck, "format_version", IO_CKPT_FORMAT_VERSION);
     io_ckpt_set_attr_i64(ck, "step", ck->step);
+    /* The metadata is written now, in one collective flush. A write failing on some ranks
+     * only would leave them in different collectives inside HDF5, so its room is reserved
+     * first (every byte HDF5 allocated, metadata holes included): a full disk shows here,
+     * before HDF5 writes anything, and the file is discarded cleanly. */
+    int failed = 0;
+    if (comm_rank(c) == 0)
+        failed = io_file_reserve(ck->path, allocated_bytes(ck), err, n) != 0;
+    if (comm_any_failed(c, failed, err, n)) {
+        discard(ck);
+        return -1;
+    }
     herr_t rc;
+    H5E_BEGIN_TRY { rc = H5Fflush(ck->file, H5F_SCOPE_GLOBAL); }
+    H5E_END_TRY;
+    failed = rc < 0;
+    if (failed) snprintf(err, n, "%s: writing metadata failed (I/O error or disk full)", ck->path);
+    if (comm_any_failed(c, failed, err, n)) {
+        discard(ck);
+        return -1;
+    }
     H5E_BEGIN_TRY { rc = H5Fclose(ck->file); }
     H5E_END_TRY;
     ck->file = -1;
-    int failed = rc < 0;
-    if (failed) snprintf(err, n, "%s: closing failed (I/O error or disk full)", ck->path);
+    failed = rc < 0;
+    if (failed) {
+        io_ckpt_note_unclosed();
+        snprintf(err, n, "%s: closing failed (I/O error or disk full)", ck->path);
+    }
     failed = comm_any_failed(c, failed, err, n);
     if (!failed) {
         int bad = 0;
@@ -370,14 +465,7 @@ int io_ckpt_commit(io_ckpt *ck, int keep, char *err, size_t n) {
 void io_ckpt_abort(io_ckpt *ck) {
     if (!ck) return;
     LAYER_ASSERT(ck->writing);
-    if (ck->file >= 0) {
-        H5E_BEGIN_TRY { H5Fclose(ck->file); }
-        H5E_END_TRY;
-    }
-    /* every rank's handle is closed before the file goes */
-    comm_barrier(ck->c);
-    if (comm_rank(ck->c) == 0) unlink(ck->path);
-    free(ck);
+    discard(ck);
 }
 
 const char *io_ckpt_path(const io_ckpt *ck) { return ck->path; }

@@ -37,10 +37,12 @@
  * Python's h5py read it directly):
  *   /                          root group, attributes:
  *     magic           string   "memtrain-checkpoint" (IO_CKPT_MAGIC)
- *     format_version  int64    1 (IO_CKPT_FORMAT_VERSION); newer versions are refused on read
+ *     format_version  int64    2 (IO_CKPT_FORMAT_VERSION); newer versions are refused on read,
+ *                              version 1 files (the same layout without memtrain's run_id) are
+ *                              read
  *     step            int64    the training step the file holds
  *     ...                      any attribute the caller sets (memtrain adds "config", the full
- *                              run config text)
+ *                              run config text, and "run_id", the run it belongs to)
  *   <name>                     one dataset per array, named by the caller; a '/' in the name
  *                              makes groups ("tables/dec0.self.qkv/out1/data").
  *                              Contiguous, little-endian float32 / int64 / int32, dims
@@ -50,7 +52,7 @@
  * Group and dataset names are the caller's; the layer defines only the attributes above. */
 
 #define IO_CKPT_MAGIC "memtrain-checkpoint"
-#define IO_CKPT_FORMAT_VERSION 1
+#define IO_CKPT_FORMAT_VERSION 2
 /* Longest path the module handles (io_ckpt_list's entries are this long). */
 #define IO_CKPT_PATH_MAX 1024
 
@@ -88,26 +90,34 @@ int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const in
 void io_ckpt_set_attr_i64(io_ckpt *ck, const char *name, int64_t value);
 void io_ckpt_set_attr_str(io_ckpt *ck, const char *name, const char *value);
 
-/* Collective. Writes the magic, format_version and step attributes, closes the file, and (rank
- * 0) fsyncs it, renames it to "<dir>/ckpt-<step>.h5", fsyncs the directory, points LATEST at
- * it, then deletes all complete checkpoints but the newest `keep` by step (keep 0 keeps all;
- * the file just committed is never deleted) and the .tmp files of older steps. Frees ck in
- * every case. Returns 0, or -1 on every rank with one message when the checkpoint could not
- * be made durable (the .tmp is then removed and the previous checkpoints are untouched; a
- * failure while pruning old files is not an error). */
+/* Collective. Writes the magic, format_version and step attributes; reserves the file's room
+ * (fallocate, where the file system can) so that the metadata HDF5 still holds can be written
+ * on every rank or on none ("<path>.tmp: no room for 15.2 MiB (No space left on device)");
+ * flushes and closes the file, and (rank 0) fsyncs it, renames it to "<dir>/ckpt-<step>.h5",
+ * fsyncs the directory, points LATEST at it, then deletes all complete checkpoints but the
+ * newest `keep` by step (keep 0 keeps all; the file just committed is never deleted) and the
+ * .tmp files of older steps. Frees ck in every case. Returns 0, or -1 on every rank with one
+ * message when the checkpoint could not be made durable (the .tmp is then removed and the
+ * previous checkpoints are untouched; a failure while pruning old files is not an error). A
+ * file HDF5 could not close leaves the process unable to finalize MPI (comm_mark_unclean):
+ * the caller's comm_exit_error then ends the job with MPI_Abort after its message. */
 int io_ckpt_commit(io_ckpt *ck, int keep, char *err, size_t n);
 
 /* Collective. Closes and deletes the unfinished .tmp file and frees ck. NULL is fine (on every
- * rank). */
+ * rank). After a failed write (disk full) the file is emptied before it is closed, so the
+ * close finds room for HDF5's metadata; where even that is impossible it is left open and the
+ * process marked as in io_ckpt_commit. */
 void io_ckpt_abort(io_ckpt *ck);
 
 /* ---- reading ---- */
 
 /* Collective. Opens a checkpoint for reading on every rank with the MPI-IO driver after rank 0
- * has checked it: it must exist, be an HDF5 file that opens ("<path>: not an HDF5 file or
- * truncated"), carry the magic ("<path>: not a memtrain checkpoint") and a format version
- * this build reads ("<path>: format version 7 is newer than this memtrain (1)"). Returns a
- * handle for io_ckpt_close, or NULL on every rank with the same message. */
+ * has checked it: it must be a regular file ("<path>: not a regular file (a FIFO)"), an HDF5
+ * file that opens ("<path>: not an HDF5 file or truncated"), carry the magic ("<path>: not a
+ * memtrain checkpoint (magic 'x')") and a format version this build reads ("<path>: format
+ * version 7 is newer than this memtrain (2)"). Nothing a file holds makes this or any read
+ * below abort. Returns a handle for io_ckpt_close, or NULL on every rank with the same
+ * message. */
 io_ckpt *io_ckpt_open(comm_ctx *c, const char *path, char *err, size_t n);
 
 /* Collective: every rank calls it for every array in the same order. Reads the nslices (>= 0)
@@ -139,6 +149,10 @@ void io_ckpt_close(io_ckpt *ck);
 const char *io_ckpt_path(const io_ckpt *ck);
 
 /* ---- discovery ---- */
+
+/* The step a checkpoint's file name claims ("<dir>/ckpt-00000012.h5" -> 12). Returns 0, or -1
+ * when the base name is not of that form. */
+int io_ckpt_name_step(const char *path, int64_t *step);
 
 /* Fills paths[0..] with "<dir>/ckpt-<step>.h5" for up to max complete checkpoints in dir:
  * the one LATEST names first (when it exists), then the others by descending step. .tmp files

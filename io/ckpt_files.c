@@ -11,34 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/files.h"
 #include "layers/common.h"
 
-int io_ckpt_mkdirs(const char *dir, char *err, size_t n) {
-    char p[IO_CKPT_PATH_MAX];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p || p[0] == '\0') {
-        snprintf(err, n, "%s: checkpoint directory name empty or too long", dir);
-        return -1;
-    }
-    /* Each prefix ending before a '/' is a parent; EEXIST is fine for all of them, and the
-     * final stat catches a prefix that exists as a plain file. */
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0') continue;
-        char saved = *s;
-        *s = '\0';
-        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-            snprintf(err, n, "%s: cannot create (%s)", p, strerror(errno));
-            return -1;
-        }
-        *s = saved;
-        if (saved == '\0') break;
-    }
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        snprintf(err, n, "%s: cannot create (not a directory)", dir);
-        return -1;
-    }
-    return 0;
-}
+int io_ckpt_mkdirs(const char *dir, char *err, size_t n) { return io_mkdirs(dir, err, n); }
 
 int io_ckpt_file_name(char *out, const char *dir, int64_t step, const char *suffix, char *err,
                       size_t n) {
@@ -120,6 +96,11 @@ static int parse_name(const char *name, int64_t *step, int *tmp) {
     return 0;
 }
 
+int io_ckpt_name_step(const char *path, int64_t *step) {
+    int tmp;
+    return parse_name(base_name(path), step, &tmp) == 0 && !tmp ? 0 : -1;
+}
+
 typedef struct entry {
     int64_t step;
     char name[256];
@@ -184,18 +165,14 @@ void io_ckpt_prune(const char *dir, int keep, int64_t current) {
 /* The file name LATEST holds (without the newline), or "" when it is missing or malformed. */
 static void read_latest(const char *dir, char *out, size_t n) {
     out[0] = '\0';
-    char path[IO_CKPT_PATH_MAX + 8];
+    char path[IO_CKPT_PATH_MAX + 8], line[300], why[IO_CKPT_PATH_MAX + 100];
     snprintf(path, sizeof path, "%s/LATEST", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    char line[300];
-    if (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        int64_t step;
-        int tmp;
-        if (parse_name(line, &step, &tmp) == 0 && !tmp) snprintf(out, n, "%s", line);
-    }
-    fclose(f);
+    /* a LATEST that is not a regular file (a FIFO) is ignored like a missing one */
+    if (io_read_small(path, line, sizeof line, why, sizeof why) <= 0) return;
+    line[strcspn(line, "\r\n")] = '\0';
+    int64_t step;
+    int tmp;
+    if (parse_name(line, &step, &tmp) == 0 && !tmp) snprintf(out, n, "%s", line);
 }
 
 int io_ckpt_list(const char *dir, char (*paths)[IO_CKPT_PATH_MAX], int max) {

@@ -14,6 +14,8 @@ struct io_ckpt {
     hid_t file;                    /* -1 once closed */
     int writing;                   /* from io_ckpt_create (else io_ckpt_open) */
     int64_t step;                  /* writing only */
+    int64_t raw_bytes;             /* writing only: array bytes written so far, */
+    int64_t narrays, nslices;      /* in so many arrays of so many dim-0 slices */
     char dir[IO_CKPT_PATH_MAX];    /* writing only */
     char path[IO_CKPT_PATH_MAX];   /* the .tmp name while writing */
 };
@@ -23,6 +25,10 @@ struct io_ckpt {
  * Evaluates to the call's value otherwise. */
 #define H5_CHECK(call) io_h5_check_at((int64_t)(call), __FILE__, __LINE__, #call)
 int64_t io_h5_check_at(int64_t value, const char *file, int line, const char *what);
+
+/* Records that an HDF5 file could not be closed: HDF5's own cleanup at MPI finalisation would
+ * then crash, so the process must end through MPI_Abort (comm_mark_unclean). */
+void io_ckpt_note_unclosed(void);
 
 /* Element size, HDF5 file / memory types and the name ("float32") of a dtype. */
 size_t io_dtype_size(io_dtype t);

@@ -3,13 +3,17 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "io/data_internal.h"
+#include "io/files.h"
 #include "layers/common.h"
 
 /* ---- helpers for the readers ---- */
@@ -20,9 +24,6 @@ int io_data_fail(char *err, size_t errlen, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-    /* the caller prints err as one log line, whatever a file name or library message holds */
-    for (char *c = err; *c; c++)
-        if (*c == '\n' || *c == '\r') *c = ' ';
     return -1;
 }
 
@@ -30,12 +31,12 @@ int io_data_read_file(const char *path, unsigned char **buf, size_t *len, char *
                       size_t errlen) {
     *buf = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return io_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f = io_fopen_regular(path, "rb", err, errlen);
+    if (!f) return -1;
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fileno(f), &sb) != 0) {
         fclose(f);
-        return io_data_fail(err, errlen, "%s: not a regular file", path);
+        return io_data_fail(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
     }
     size_t n = (size_t)sb.st_size;
     unsigned char *p = layer_xmalloc(n);
@@ -221,6 +222,77 @@ int io_dataset_load(io_dataset **out, const char *spec, io_split split, const ch
     return 0;
 }
 
+/* Size in bytes of a regular file, or -1. */
+static double file_bytes(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode) ? (double)sb.st_size : -1.0;
+}
+
+/* The uncompressed size a gzip file records in its last 4 bytes (modulo 4 GiB), or -1; also
+ * -1 when it is beyond what deflate can compress into the file (a damaged file's trailer). */
+static double gz_isize(const char *path) {
+    char why[64];
+    int fd = io_open_regular(path, O_RDONLY, 0, why, sizeof why);
+    if (fd < 0) return -1.0;
+    struct stat sb;
+    unsigned char t[4];
+    double v = -1.0;
+    if (fstat(fd, &sb) == 0 && sb.st_size >= 18 && pread(fd, t, 4, sb.st_size - 4) == 4)
+        v = (double)((uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 |
+                     (uint32_t)t[3] << 24);
+    if (v > 1032.0 * (double)sb.st_size) v = -1.0;
+    close(fd);
+    return v;
+}
+
+void io_dataset_size_hint(const char *spec, const char *data_dir, double *resident,
+                          double *loading) {
+    *resident = *loading = 0.0;
+    if (!spec) return;
+    double tokens = 0.0, docs = 0.0, file = 0.0;
+    if (strcmp(spec, "fashion-mnist") == 0) {
+        const char *dir = getenv("MEMTRAIN_FASHION_MNIST_DIR");
+        if (!dir || !*dir) dir = "/usr/share/datasets/fashion-mnist";
+        static const char *const names[2] = {"train-images-idx3-ubyte.gz",
+                                             "t10k-images-idx3-ubyte.gz"};
+        for (int i = 0; i < 2; i++) {
+            char path[4200];
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+            double raw = gz_isize(path);
+            /* an idx header and whole images, or the file is not what it should be */
+            if (raw < 16 || fmod(raw - 16, 784) != 0) return;
+            tokens += raw - 16;
+            file = raw > file ? raw : file; /* the pixels are read whole, then widened */
+        }
+        docs = tokens / 784;
+    } else if (strcmp(spec, "brown") == 0) {
+        /* 500 small files: about 6 MB of text */
+        tokens = 6.2e6;
+        docs = 500;
+        file = 1e5;
+    } else {
+        const char *rest = strncmp(spec, "text:", 5) == 0 ? spec + 5
+                           : strncmp(spec, "u8:", 3) == 0 ? spec + 3
+                           : strncmp(spec, "u16:", 4) == 0 ? spec + 4 : NULL;
+        if (!rest) return;
+        char path[4096];
+        int vocab;
+        char why[64];
+        if (rest == spec + 5) snprintf(path, sizeof path, "%s", rest);
+        else if (parse_path_vocab(spec, rest, 65536, path, sizeof path, &vocab, why, sizeof why) != 0)
+            return;
+        file = file_bytes(path);
+        if (file < 0) return;
+        tokens = rest == spec + 4 ? file / 2 : file;
+        docs = tokens / IO_DOC_TOKENS + 1;
+    }
+    (void)data_dir;
+    *resident = 2.0 * tokens + 8.0 * docs;
+    /* one split loads at a time: the file, the builder's array grown by doubling (up to twice
+       the tokens), and the other split already loaded */
+    *loading = file + 2.0 * 2.0 * tokens + 8.0 * docs;
+}
+
 void io_dataset_free(io_dataset *d) {
     if (!d) return;
     free(d->doc_off);
@@ -246,13 +318,28 @@ void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams) {
     st->pos = 0;
 }
 
-int io_stream_next(io_stream *st, const io_dataset *d, int32_t *tok, int L) {
-    LAYER_ASSERT(L >= 1 && d != NULL && d->ndocs >= 1);
-    int start = st->pos == 0;
+/* The document a stream reads next (start) or is in the middle of. */
+static int64_t stream_doc(const io_stream *st, const io_dataset *d, int start) {
     int64_t i = start ? st->doc_count : st->doc_count - 1;
     int64_t n = d->ndocs;
     /* reduced before multiplying so a long run cannot overflow */
-    int64_t doc = (st->stream % n + (i % n) * (st->nstreams % n) % n) % n;
+    return (st->stream % n + (i % n) * (st->nstreams % n) % n) % n;
+}
+
+int io_stream_valid(const io_stream *st, const io_dataset *d) {
+    if (!d || d->ndocs < 1 || st->nstreams < 1 || st->stream < 0 || st->stream >= st->nstreams)
+        return 0;
+    if (st->doc_count < 0 || st->pos < 0) return 0;
+    if (st->pos == 0) return 1;
+    if (st->doc_count < 1) return 0;
+    int64_t doc = stream_doc(st, d, 0);
+    return st->pos < d->doc_off[doc + 1] - d->doc_off[doc];
+}
+
+int io_stream_next(io_stream *st, const io_dataset *d, int32_t *tok, int L) {
+    LAYER_ASSERT(L >= 1 && d != NULL && d->ndocs >= 1);
+    int start = st->pos == 0;
+    int64_t doc = stream_doc(st, d, start);
     int64_t a = d->doc_off[doc], len = d->doc_off[doc + 1] - a;
     /* fails only for a position restored against a different dataset */
     LAYER_ASSERT(st->pos < len);

@@ -62,6 +62,14 @@ typedef enum io_split { IO_SPLIT_TRAIN, IO_SPLIT_VAL } io_split;
 int io_dataset_load(io_dataset **out, const char *spec, io_split split, const char *data_dir,
                     char *err, size_t errlen);
 
+/* What loading both splits of spec will cost, from file sizes alone (nothing is read but the
+ * 4-byte length trailer of a gzip file): *resident the bytes both datasets then hold (2 per
+ * token, 8 per document), *loading the most held at once while one loads (the file read whole
+ * next to its growing token array). Both 0 when a file is missing or the spec unknown: the
+ * loader reports those. */
+void io_dataset_size_hint(const char *spec, const char *data_dir, double *resident,
+                          double *loading);
+
 /* Releases a dataset; NULL is fine. */
 void io_dataset_free(io_dataset *d);
 
@@ -81,6 +89,11 @@ typedef struct io_stream {
 
 /* Positions stream `stream` of `nstreams` at its start. Aborts on stream outside 0..nstreams-1. */
 void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams);
+
+/* Whether st's position (as restored from a checkpoint) lies inside d: doc_count >= 0,
+ * 0 <= pos < the length of the document it points into. io_stream_next would abort on one
+ * that does not. */
+int io_stream_valid(const io_stream *st, const io_dataset *d);
 
 /* Fills tok (L) with the next L tokens of the stream's current document, -1 past its end,
  * and advances; a segment that reaches the end of the document finishes it, so the next

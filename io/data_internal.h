@@ -25,7 +25,8 @@ void io_data_builder_end_doc(io_data_builder *b);
 /* Moves the arrays into a new dataset (tokens not yet ended into a document are dropped). */
 io_dataset *io_data_builder_finish(io_data_builder *b, const char *name, int vocab);
 
-/* Writes one formatted line into err (newlines become spaces). Always returns -1. */
+/* Writes one formatted message into err. Always returns -1. A user value in it (a path) may
+ * hold any byte: whoever prints the message escapes it (comm_escape). */
 int io_data_fail(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

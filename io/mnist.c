@@ -1,12 +1,15 @@
 /* Reads Fashion-MNIST images (gzipped idx3 files from Debian's dataset-fashion-mnist). */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "io/data_internal.h"
+#include "io/files.h"
 #include "layers/common.h"
 
 #define MNIST_DEFAULT_DIR "/usr/share/datasets/fashion-mnist"
@@ -57,8 +60,13 @@ int io_data_load_fashion_mnist(io_dataset **out, io_split split, char *err, size
                             "%s: missing (%s; install dataset-fashion-mnist or set "
                             "MEMTRAIN_FASHION_MNIST_DIR)",
                             path, strerror(errno));
-    gzFile g = gzopen(path, "rb");
-    if (!g) return io_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    int fd = io_open_regular(path, O_RDONLY, 0, err, errlen);
+    if (fd < 0) return -1;
+    gzFile g = gzdopen(fd, "rb");
+    if (!g) {
+        close(fd);
+        return io_data_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    }
 
     unsigned char hdr[16];
     int64_t got = gz_read_all(g, hdr, sizeof hdr);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "io/files.h"
 #include "layers/common.h"
 
 static void be32(uint8_t *p, uint32_t v) {
@@ -47,10 +48,9 @@ int io_png_write_gray(const char *path, const uint8_t *pix, int w, int h, char *
         snprintf(err, n, "%s: compression failed", path);
         return -1;
     }
-    FILE *f = fopen(path, "wb");
+    FILE *f = io_fopen_regular(path, "wb", err, n);
     if (!f) {
         free(z);
-        snprintf(err, n, "cannot write %s: %s", path, strerror(errno));
         return -1;
     }
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};

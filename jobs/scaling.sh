@@ -61,7 +61,8 @@ ROWS=$OUT/runs.tmp
 run() {
   local mode=$1 p=$2 streams=$3 rep=$4 dir=$OUT/$1-p$2/r$4
   mkdir -p "$dir"
-  rm -f "$dir/metrics.csv" # memtrain appends to it
+  # memtrain appends to metrics.csv, and a new run refuses a directory holding checkpoints
+  rm -rf "$dir/metrics.csv" "$dir/ckpt"
   local note=""
   [ "$p" -gt "$CORES" ] && note=" (oversubscribed: $p ranks on $CORES cores)"
   echo "== $mode P=$p streams=$streams repeat $rep$note"

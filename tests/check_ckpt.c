@@ -292,7 +292,7 @@ START_TEST(test_roundtrip_resharded) {
     ck_assert_int_eq(io_ckpt_get_attr_i64(r, "step", &v, err, sizeof err), 0);
     ck_assert(v == step);
     ck_assert_int_eq(io_ckpt_get_attr_i64(r, "format_version", &v, err, sizeof err), 0);
-    ck_assert_int_eq(v, 1);
+    ck_assert_int_eq(v, 2);
     ck_assert_int_eq(io_ckpt_get_attr_i64(r, "seed", &v, err, sizeof err), 0);
     ck_assert_int_eq(v, -42);
     char *s = NULL;
@@ -308,7 +308,7 @@ START_TEST(test_roundtrip_resharded) {
     char want[900];
     ck_assert_int_eq(io_ckpt_get_attr_str(r, "nope", &s, err, sizeof err), -1);
     ck_assert_ptr_null(s);
-    snprintf(want, sizeof want, "%s: attribute nope missing", path);
+    snprintf(want, sizeof want, "%s: attribute nope damaged or missing", path);
     assert_msg_everywhere(err, want);
     ck_assert_int_eq(io_ckpt_get_attr_i64(r, "config", &v, err, sizeof err), -1);
     snprintf(want, sizeof want, "%s: attribute config is not an integer", path);
@@ -319,7 +319,7 @@ START_TEST(test_roundtrip_resharded) {
     int mine = comm_rank(g_comm) == 0;
     ck_assert_int_eq(io_ckpt_read(r, "tables/x/out0/data", IO_F32, 3, dims8, mine, &one, buf,
                                   err, sizeof err), -1);
-    snprintf(want, sizeof want, "%s: dataset tables/x/out0/data missing", path);
+    snprintf(want, sizeof want, "%s: dataset tables/x/out0/data damaged or missing", path);
     assert_msg_everywhere(err, want);
     ck_assert_int_eq(io_ckpt_read(r, "tables/dec0.self.qkv/out1/data", IO_F32, 3, dims8, mine,
                                   &one, buf, err, sizeof err), -1);
@@ -466,28 +466,42 @@ START_TEST(test_foreign_files) {
     snprintf(path, sizeof path, "%s/plain.h5", dir);
     write_foreign(path, NULL, 0);
     ck_assert_ptr_null(io_ckpt_open(g_comm, path, err, sizeof err));
-    snprintf(want, sizeof want, "%s: not a memtrain checkpoint", path);
+    snprintf(want, sizeof want, "%s: not a memtrain checkpoint (attribute magic damaged or missing)",
+             path);
     assert_msg_everywhere(err, want);
 
     write_foreign(path, "something-else", 1);
     ck_assert_ptr_null(io_ckpt_open(g_comm, path, err, sizeof err));
+    snprintf(want, sizeof want, "%s: not a memtrain checkpoint (magic 'something-else')", path);
     assert_msg_everywhere(err, want);
 
     write_foreign(path, IO_CKPT_MAGIC, 7);
     ck_assert_ptr_null(io_ckpt_open(g_comm, path, err, sizeof err));
-    snprintf(want, sizeof want, "%s: format version 7 is newer than this memtrain (1)", path);
+    snprintf(want, sizeof want, "%s: format version 7 is newer than this memtrain (%d)", path,
+             IO_CKPT_FORMAT_VERSION);
     assert_msg_everywhere(err, want);
+
+    write_foreign(path, IO_CKPT_MAGIC, 0);
+    ck_assert_ptr_null(io_ckpt_open(g_comm, path, err, sizeof err));
+    snprintf(want, sizeof want, "%s: format version 0 is invalid", path);
+    assert_msg_everywhere(err, want);
+
+    /* version 1 (before run ids) is still read */
+    write_foreign(path, IO_CKPT_MAGIC, 1);
+    io_ckpt *r = io_ckpt_open(g_comm, path, err, sizeof err);
+    ck_assert_msg(r != NULL, "%s", err);
+    io_ckpt_close(r);
 
     /* the same file with the current version opens: the refusals above were about the
      * attributes, not the file */
-    write_foreign(path, IO_CKPT_MAGIC, 1);
-    io_ckpt *r = io_ckpt_open(g_comm, path, err, sizeof err);
+    write_foreign(path, IO_CKPT_MAGIC, IO_CKPT_FORMAT_VERSION);
+    r = io_ckpt_open(g_comm, path, err, sizeof err);
     ck_assert_msg(r != NULL, "%s", err);
     int32_t x[4];
     int64_t d = 4, all[4] = {0, 1, 2, 3};
     /* no crc32 attribute: refused rather than trusted */
     ck_assert_int_eq(io_ckpt_read(r, "x", IO_I32, 1, &d, 4, all, x, err, sizeof err), -1);
-    snprintf(want, sizeof want, "%s: dataset x has no crc32 attribute", path);
+    snprintf(want, sizeof want, "%s: dataset x: attribute crc32 damaged or missing", path);
     assert_msg_everywhere(err, want);
     io_ckpt_close(r);
 
@@ -499,7 +513,114 @@ START_TEST(test_foreign_files) {
 
     snprintf(path, sizeof path, "%s/absent.h5", dir);
     ck_assert_ptr_null(io_ckpt_open(g_comm, path, err, sizeof err));
-    snprintf(want, sizeof want, "%s: cannot open (no such file or not readable)", path);
+    snprintf(want, sizeof want, "%s: cannot open (No such file or directory)", path);
+    assert_msg_everywhere(err, want);
+
+    /* never opened: a FIFO would block every rank in open() */
+    snprintf(path, sizeof path, "%s/fifo.h5", dir);
+    if (comm_rank(g_comm) == 0) LAYER_ASSERT(mkfifo(path, 0600) == 0);
+    comm_barrier(g_comm);
+    ck_assert_ptr_null(io_ckpt_open(g_comm, path, err, sizeof err));
+    snprintf(want, sizeof want, "%s: not a regular file (a FIFO)", path);
+    assert_msg_everywhere(err, want);
+    ck_assert_ptr_null(io_ckpt_open(g_comm, dir, err, sizeof err));
+    snprintf(want, sizeof want, "%s: not a regular file (a directory)", dir);
+    assert_msg_everywhere(err, want);
+    remove_dir(dir);
+}
+END_TEST
+
+/* The ways other tools store a string attribute (rank 0, serial HDF5): h5py's default is a
+ * variable-length UTF-8 string, numpy's bytes a NUL-padded fixed one, Fortran and some
+ * tools pad with spaces, and any of them may store a one-element array. */
+typedef enum str_kind { VL_UTF8, VL_ASCII, FIXED_NULLTERM, FIXED_NULLPAD, FIXED_SPACEPAD,
+                        FIXED_UTF8_ARRAY1, NKINDS } str_kind;
+
+static void put_string(hid_t loc, const char *name, const char *value, str_kind kind) {
+    if (H5Aexists(loc, name) > 0) H5Adelete(loc, name);
+    hsize_t one = 1;
+    hid_t sp = kind == FIXED_UTF8_ARRAY1 ? H5Screate_simple(1, &one, NULL) : H5Screate(H5S_SCALAR);
+    hid_t t = H5Tcopy(H5T_C_S1);
+    size_t len = strlen(value);
+    char *buf = layer_xcalloc(len + 8, 1);
+    memcpy(buf, value, len);
+    if (kind == VL_UTF8 || kind == VL_ASCII) {
+        H5Tset_size(t, H5T_VARIABLE);
+        H5Tset_cset(t, kind == VL_UTF8 ? H5T_CSET_UTF8 : H5T_CSET_ASCII);
+    } else {
+        H5Tset_size(t, kind == FIXED_NULLTERM ? len + 1 : len + 5);
+        H5Tset_strpad(t, kind == FIXED_NULLPAD ? H5T_STR_NULLPAD
+                         : kind == FIXED_SPACEPAD ? H5T_STR_SPACEPAD : H5T_STR_NULLTERM);
+        if (kind == FIXED_UTF8_ARRAY1) H5Tset_cset(t, H5T_CSET_UTF8);
+        if (kind == FIXED_SPACEPAD) memset(buf + len, ' ', 5);
+    }
+    hid_t a = H5Acreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    LAYER_ASSERT(a >= 0);
+    const char *vl = buf;
+    LAYER_ASSERT(H5Awrite(a, t, kind == VL_UTF8 || kind == VL_ASCII ? (const void *)&vl : buf) >= 0);
+    H5Aclose(a);
+    H5Tclose(t);
+    H5Sclose(sp);
+    free(buf);
+}
+
+/* A memtrain checkpoint whose string attributes another tool rewrote, in each of the ways
+ * above, still opens and reads back the same text; an unrelated file with a `magic` of any
+ * string kind or of another type is refused with one line, never an abort. */
+START_TEST(test_rewritten_string_attributes) {
+    char dir[256], path[512], err[512], want[900];
+    make_dir(dir, sizeof dir);
+    write_ckpt(dir, 3, 4, 0);
+    ckpt_path(path, sizeof path, dir, 3);
+    const char *config = "arch = memformer\nd_model = 32\n# caf\xc3\xa9\n";
+    for (int kind = 0; kind < NKINDS; kind++) {
+        comm_barrier(g_comm);
+        if (comm_rank(g_comm) == 0) {
+            hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+            LAYER_ASSERT(f >= 0);
+            put_string(f, "magic", IO_CKPT_MAGIC, (str_kind)kind);
+            put_string(f, "config", config, (str_kind)kind);
+            H5Fclose(f);
+        }
+        comm_barrier(g_comm);
+        io_ckpt *r = io_ckpt_open(g_comm, path, err, sizeof err);
+        ck_assert_msg(r != NULL, "kind %d: %s", kind, err);
+        char *s = NULL;
+        ck_assert_msg(io_ckpt_get_attr_str(r, "config", &s, err, sizeof err) == 0, "kind %d: %s",
+                      kind, err);
+        ck_assert_msg(strcmp(s, config) == 0, "kind %d: read back '%s'", kind, s);
+        free(s);
+        io_ckpt_close(r);
+    }
+    snprintf(path, sizeof path, "%s/other.h5", dir);
+    for (int kind = 0; kind < NKINDS; kind++) {
+        write_foreign(path, NULL, 0);
+        if (comm_rank(g_comm) == 0) {
+            hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+            put_string(f, "magic", "netcdf\nline two", (str_kind)kind);
+            H5Fclose(f);
+        }
+        comm_barrier(g_comm);
+        ck_assert_ptr_null(io_ckpt_open(g_comm, path, err, sizeof err));
+        snprintf(want, sizeof want, "%s: not a memtrain checkpoint (magic 'netcdf\nline two')", path);
+        assert_msg_everywhere(err, want);
+    }
+    /* a magic that is not a string at all */
+    write_foreign(path, NULL, 0);
+    if (comm_rank(g_comm) == 0) {
+        hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+        hid_t sp = H5Screate(H5S_SCALAR);
+        hid_t a = H5Acreate2(f, "magic", H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+        double v = 3.5;
+        H5Awrite(a, H5T_NATIVE_DOUBLE, &v);
+        H5Aclose(a);
+        H5Sclose(sp);
+        H5Fclose(f);
+    }
+    comm_barrier(g_comm);
+    ck_assert_ptr_null(io_ckpt_open(g_comm, path, err, sizeof err));
+    snprintf(want, sizeof want, "%s: not a memtrain checkpoint (attribute magic is not a string)",
+             path);
     assert_msg_everywhere(err, want);
     remove_dir(dir);
 }
@@ -705,6 +826,7 @@ static Suite *ckpt_suite(void) {
     tcase_add_test(tc, test_corrupt_byte);
     tcase_add_test(tc, test_truncated_file);
     tcase_add_test(tc, test_foreign_files);
+    tcase_add_test(tc, test_rewritten_string_attributes);
     tcase_add_test(tc, test_abort_leaves_nothing);
     tcase_add_test(tc, test_keep_list_and_stale_tmp);
     suite_add_tcase(s, tc);

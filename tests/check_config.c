@@ -124,7 +124,7 @@ START_TEST(test_load_errors) {
 
     trainer_config_defaults(&c);
     ck_assert_int_eq(trainer_config_load_file(&c, "/nonexistent/run.conf", err, sizeof err), -1);
-    ck_assert_str_eq(err, "cannot open config file '/nonexistent/run.conf': No such file or directory");
+    ck_assert_str_eq(err, "config file /nonexistent/run.conf: cannot open (No such file or directory)");
 }
 END_TEST
 
@@ -281,7 +281,7 @@ START_TEST(test_parse_args_errors) {
     char *a7[] = {"memtrain", "-x"};
     expect_args_error(2, a7, "unknown option '-x' (see memtrain --help)");
     char *a8[] = {"memtrain", "--config=/nonexistent.conf"};
-    expect_args_error(2, a8, "cannot open config file '/nonexistent.conf': No such file or directory");
+    expect_args_error(2, a8, "config file /nonexistent.conf: cannot open (No such file or directory)");
 }
 END_TEST
 

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <dirent.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -470,7 +471,29 @@ START_TEST(test_spec_errors) {
 
     snprintf(spec, sizeof spec, "text:%s/missing.txt", dir);
     expect_fail(spec, IO_SPLIT_TRAIN, NULL);
-    ASSERT_ERR_HAS("/missing.txt: cannot open: No such file");
+    ASSERT_ERR_HAS("/missing.txt: cannot open (No such file");
+
+    /* what is not a regular file is refused by name, and never opened in a way that blocks
+       (a FIFO without a writer would hold open() forever) */
+    snprintf(path, sizeof path, "%s/fifo", dir);
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    const char *prefixes[3] = {"text:", "u8:", "u16:"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(spec, sizeof spec, "%s%s", prefixes[i], path);
+        expect_fail(spec, IO_SPLIT_TRAIN, NULL);
+        ASSERT_ERR_HAS("/fifo: not a regular file (a FIFO)");
+        snprintf(spec, sizeof spec, "%s%s", prefixes[i], dir);
+        expect_fail(spec, IO_SPLIT_TRAIN, NULL);
+        ASSERT_ERR_HAS(": not a regular file (a directory)");
+    }
+    expect_fail("u8:/dev/zero", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("/dev/zero: not a regular file (a character device)");
+    snprintf(path, sizeof path, "%s/train-images-idx3-ubyte.gz", dir);
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    setenv("MEMTRAIN_FASHION_MNIST_DIR", dir, 1);
+    expect_fail("fashion-mnist", IO_SPLIT_TRAIN, NULL);
+    ASSERT_ERR_HAS("/train-images-idx3-ubyte.gz: not a regular file (a FIFO)");
+    unsetenv("MEMTRAIN_FASHION_MNIST_DIR");
 
     snprintf(path, sizeof path, "%s/empty.txt", dir);
     write_file(path, "", 0);

@@ -113,7 +113,7 @@ for name, vals in re.findall(r"^([^\s\[]+)(?:\[0\])+\[0:4\] = (.*)$", printed, r
 assert len(want) == 2, printed
 with h5py.File(path, "r") as f:
     assert f.attrs["magic"] in (b"memtrain-checkpoint", "memtrain-checkpoint")
-    assert int(f.attrs["step"]) == 12 and int(f.attrs["format_version"]) == 1
+    assert int(f.attrs["step"]) == 12 and int(f.attrs["format_version"]) == 2
     assert "d_model = 32" in (f.attrs["config"].decode() if isinstance(f.attrs["config"], bytes) else f.attrs["config"])
     t = [k for k in want if k.startswith("tables/")][0]
     row = f[t][0][0][:4]

@@ -32,7 +32,7 @@ a = f.attrs
 def text(v):
     return v.decode() if isinstance(v, (bytes, np.bytes_)) else str(v)
 assert text(a["magic"]) == "memtrain-checkpoint", a["magic"]
-assert int(a["format_version"]) == 1, a["format_version"]
+assert int(a["format_version"]) == 2, a["format_version"]
 assert int(a["step"]) == 42, a["step"]
 assert text(a["config"]) == "arch = memformer\nproj = hash\n", repr(a["config"])
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/files.h"
 #include "layers/common.h"
 
 typedef enum key_type {
@@ -450,8 +451,9 @@ static int load_stream(trainer_config *c, FILE *f, const char *path, char *err, 
 }
 
 int trainer_config_load_file(trainer_config *c, const char *path, char *err, size_t n) {
-    FILE *f = fopen(path, "r");
-    if (!f) return fail(err, n, "cannot open config file '%s': %s", path, strerror(errno));
+    char why[512];
+    FILE *f = io_fopen_regular(path, "r", why, sizeof why);
+    if (!f) return fail(err, n, "config file %s", why);
     int rc = load_stream(c, f, path, err, n);
     fclose(f);
     return rc;

@@ -1,6 +1,7 @@
 /* Evaluation and sampling from checkpoints. */
 #include "trainer/generate.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,12 +13,15 @@
 #include "layers/common.h"
 #include "trainer/checkpoint.h"
 #include "trainer/model.h"
+#include "trainer/preflight.h"
 #include "trainer/train.h"
 
-/* Model of cfg with the checkpoint's parameters and tables. */
+/* Model of cfg with the checkpoint's parameters and tables, after checking the memory of its
+ * use (`batch` sequences at once when sampling). */
 static trainer_model *load_model(comm_ctx *comm, const trainer_config *cfg, const char *path,
-                                 int64_t *step) {
+                                 trainer_footprint_use use, int batch, int64_t *step) {
     char err[512];
+    trainer_preflight_memory(comm, cfg, use, batch, 0);
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, cfg);
     trainer_model *m = trainer_model_create(&spec, comm);
@@ -28,19 +32,22 @@ static trainer_model *load_model(comm_ctx *comm, const trainer_config *cfg, cons
 
 int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
     io_dataset *val = trainer_load_split(comm, cfg, IO_SPLIT_VAL);
+    long long most = trainer_preflight_eval(comm, cfg, val);
     int64_t step = 0;
-    trainer_model *m = load_model(comm, cfg, path, &step);
+    trainer_model *m = load_model(comm, cfg, path, TRAINER_USE_EVAL, 0, &step);
     double t = comm_time();
     double ppl = trainer_validation_ppl(comm, cfg, m, val);
     if (comm_rank(comm) == 0) {
         char scope[64];
-        if (cfg->eval_segments > 0)
+        if (cfg->eval_segments > 0 && cfg->eval_segments <= most)
             snprintf(scope, sizeof(scope), "%d segments of each of %d streams", cfg->eval_segments,
                      cfg->streams);
         else
             snprintf(scope, sizeof(scope), "every validation document");
-        printf("%s (step %lld): validation perplexity %.4f on %s, %s (%.1f s)\n", path,
-               (long long)step, ppl, cfg->data, scope, comm_time() - t);
+        char shown[2200];
+        printf("%s (step %lld): validation perplexity %.4f on %s, %s (%.1f s)\n",
+               comm_escape(shown, sizeof(shown), path), (long long)step, ppl, cfg->data, scope,
+               comm_time() - t);
         fflush(stdout);
     }
     trainer_model_free(m);
@@ -109,16 +116,58 @@ static void generate(trainer_model *m, int32_t *tok, int B, int total, int given
     trainer_segments_free(sg);
 }
 
+int trainer_sample_options_read(trainer_sample_options *o, const char *cmd, const char *count,
+                                const char *length, const char *temperature, char *err,
+                                size_t n) {
+    const char *names[3] = {"--count", "--length", "--temperature"};
+    const char *text[3] = {count, length, temperature};
+    o->count = 16;
+    o->length = 400;
+    o->temperature = 1.0f;
+    for (int i = 0; i < 3; i++) {
+        if (!text[i]) continue;
+        if (strcmp(cmd, "sample") != 0) {
+            snprintf(err, n, "%s is an option of memtrain sample, not of memtrain %s", names[i], cmd);
+            return -1;
+        }
+        char *end;
+        errno = 0;
+        if (i < 2) {
+            long long v = strtoll(text[i], &end, 10);
+            long long hi = i == 0 ? TRAINER_SAMPLE_MAX_COUNT : TRAINER_SAMPLE_MAX_LENGTH;
+            if (end == text[i] || *end || errno == ERANGE || v < 1 || v > hi) {
+                snprintf(err, n, text[i][0] ? "%s = %s: expected an integer in 1..%lld"
+                                             : "%s has no value%.0s: expected an integer in 1..%lld",
+                         names[i], text[i], hi);
+                return -1;
+            }
+            if (i == 0) o->count = (int)v;
+            else o->length = (int)v;
+        } else {
+            float v = strtof(text[i], &end);
+            if (end == text[i] || *end || errno == ERANGE || !(v > 0.0f) || !(v <= 1000.0f)) {
+                snprintf(err, n, text[i][0] ? "%s = %s: expected a number in (0, 1000]"
+                                             : "%s has no value%.0s: expected a number in (0, 1000]",
+                         names[i], text[i]);
+                return -1;
+            }
+            o->temperature = v;
+        }
+    }
+    return 0;
+}
+
 int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path,
                               const trainer_sample_options *opt) {
     char err[512];
+    int image = strcmp(cfg->data, "fashion-mnist") == 0;
+    trainer_preflight_memory(comm, cfg, TRAINER_USE_SAMPLE, image ? opt->count : 1, 0);
     io_dataset *train = trainer_load_split(comm, cfg, IO_SPLIT_TRAIN);
     int64_t step = 0;
-    trainer_model *m = load_model(comm, cfg, path, &step);
+    trainer_model *m = load_model(comm, cfg, path, TRAINER_USE_SAMPLE, image ? opt->count : 1, &step);
     layer_rng rng;
     layer_rng_seed(&rng, (uint64_t)cfg->seed * 7919u + 17u);
     float temp = opt->temperature > 0 ? opt->temperature : 1.0f;
-    int image = strcmp(cfg->data, "fashion-mnist") == 0;
     int fail = 0;
     if (image) {
         int B = opt->count > 0 ? opt->count : 16, side = 28, total = side * side;
@@ -139,7 +188,11 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
         else snprintf(out, sizeof(out), "%s/samples.png", cfg->run_dir);
         if (comm_rank(comm) == 0) {
             fail = io_png_write_gray(out, pix, W, H, err, sizeof(err)) != 0;
-            if (!fail) printf("%s (step %lld): %d samples written to %s\n", path, (long long)step, B, out);
+            char shown[2200], shown_out[2400];
+            if (!fail)
+                printf("%s (step %lld): %d samples written to %s\n",
+                       comm_escape(shown, sizeof(shown), path), (long long)step, B,
+                       comm_escape(shown_out, sizeof(shown_out), out));
         }
         free(pix);
         free(tok);
@@ -150,7 +203,10 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
         for (int i = 0; i < given; i++) tok[i] = (unsigned char)prompt[i] % cfg->vocab;
         generate(m, tok, 1, total, given, cfg->vocab, temp, &rng);
         if (comm_rank(comm) == 0) {
-            printf("%s (step %lld), prompt '%s':\n", path, (long long)step, prompt);
+            /* the header echoes the prompt escaped; the continuation below is the model's */
+            char shown[2200], shown_prompt[2200];
+            printf("%s (step %lld), prompt '%s':\n", comm_escape(shown, sizeof(shown), path),
+                   (long long)step, comm_escape(shown_prompt, sizeof(shown_prompt), prompt));
             for (int i = 0; i < total; i++) putchar(tok[i] < 256 ? tok[i] : '?');
             printf("\n");
         }
@@ -173,7 +229,9 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
     if (!ck) comm_exit_error(comm, err);
     int64_t step = 0, zero = 0;
     if (io_ckpt_get_attr_i64(ck, "step", &step, err, sizeof(err)) != 0) comm_exit_error(comm, err);
-    if (comm_rank(comm) == 0) printf("%s: step %lld\n", path, (long long)step);
+    char shown[2200];
+    if (comm_rank(comm) == 0)
+        printf("%s: step %lld\n", comm_escape(shown, sizeof(shown), path), (long long)step);
     trainer_tables *tb = trainer_model_tables(m);
     if (trainer_tables_ngroups(tb) > 0) {
         const trainer_table_group *g = trainer_tables_group(tb, 0);

@@ -9,6 +9,7 @@
 #include "trainer/generate.h"
 #include "trainer/plan_report.h"
 #include "trainer/train.h"
+#include "trainer/watchdog.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -36,7 +37,7 @@ static void usage(FILE *f) {
 static const char *flag_value(int argc, char **argv, const char *flag) {
     size_t n = strlen(flag);
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], flag) == 0 && i + 1 < argc) return argv[i + 1];
+        if (strcmp(argv[i], flag) == 0) return i + 1 < argc ? argv[i + 1] : ""; /* "": no value */
         if (strncmp(argv[i], flag, n) == 0 && argv[i][n] == '=') return argv[i] + n + 1;
     }
     return NULL;
@@ -48,6 +49,7 @@ int main(int argc, char **argv) {
             usage(stdout);
             return 0;
         }
+    trainer_watchdog_start(); /* before MPI: it reads the launcher's environment */
     comm_ctx *comm = comm_init(&argc, &argv);
     char err[512] = "", path[1100] = "";
     int failed = 0;
@@ -62,14 +64,21 @@ int main(int argc, char **argv) {
     const char *count = flag_value(argc, argv, "--count");
     const char *length = flag_value(argc, argv, "--length");
     const char *temp = flag_value(argc, argv, "--temperature");
-    so.count = count ? atoi(count) : 16;
-    so.length = length ? atoi(length) : 400;
-    so.temperature = temp ? (float)atof(temp) : 1.0f;
+
+    /* a flag last on the line, or given as --flag=, has no value: never a silent default */
+    const char *given[3] = {resume, ckpt, so.out};
+    const char *names[3] = {"--resume RUN_DIR", "--ckpt FILE", "--out FILE"};
+    for (int i = 0; i < 3 && !failed; i++)
+        if (given[i] && !given[i][0]) {
+            snprintf(err, sizeof(err), "%.*s has no value: write %s", (int)strcspn(names[i], " "),
+                     names[i], names[i]);
+            failed = 1;
+        }
 
     /* the base configuration: defaults, or what the checkpoint was trained with */
     trainer_config cfg, stored;
     trainer_config_defaults(&cfg);
-    if (resume || ckpt) {
+    if (!failed && (resume || ckpt)) {
         int rc = resume ? trainer_ckpt_peek_config(comm, resume, &cfg, path, sizeof(path), err, sizeof(err))
                         : trainer_ckpt_read_config(comm, ckpt, &cfg, err, sizeof(err));
         failed = rc != 0;
@@ -128,6 +137,8 @@ int main(int argc, char **argv) {
             failed = 1;
         }
     }
+    if (!failed)
+        failed = trainer_sample_options_read(&so, cmd, count, length, temp, err, sizeof(err)) != 0;
     if (!failed && strcmp(cmd, "train") != 0 && strcmp(cmd, "plan") != 0 && !ckpt) {
         snprintf(err, sizeof(err), "memtrain %s needs --ckpt FILE", cmd);
         failed = 1;

@@ -104,6 +104,8 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
         m->spec.tables.P = comm_size(comm);
         m->spec.tables.batched = !uses_memory(m);
         trainer_tables_plan(m->tables, &m->spec.tables);
+        const trainer_plan_run *r = &m->spec.tables;
+        trainer_tables_set_blocks(m->tables, (r->streams + r->block - 1) / r->block);
     }
     trainer_tables_alloc(m->tables, s->seed);
     return m;

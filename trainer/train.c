@@ -13,6 +13,7 @@
 #include "layers/common.h"
 #include "trainer/optim.h"
 #include "trainer/checkpoint.h"
+#include "trainer/preflight.h"
 #include "trainer/rollout.h"
 #include "trainer/schedule.h"
 #include "trainer/step.h"
@@ -66,6 +67,7 @@ typedef struct run {
     stream_state *streams;
     float *M; /* (B, S*C) carried memory */
     FILE *csv;
+    trainer_rundir *rd;
 } run;
 
 static void stream_states_init(stream_state *s, int B, int first, int nglobal, int L) {
@@ -131,7 +133,8 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
             int32_t *g = sg->tgt + (size_t)b * L;
             if (!done[b]) {
                 fill_segment(&vs[b], val, L, bos, e, d, g, sg->reset + b);
-                if (cfg->eval_segments == 0 && vs[b].io.doc_count > quota[b]) done[b] = 1;
+                /* a stream reads its share of the documents once, whatever eval_segments asks */
+                if (vs[b].io.doc_count > quota[b]) done[b] = 1;
             }
             if (done[b]) { /* an idle stream: nothing scored */
                 for (int i = 0; i < L; i++) {
@@ -142,7 +145,7 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
             }
             active += !done[b];
         }
-        if (cfg->eval_segments == 0 && !trainer_schedule_any_active(comm, active > 0)) break;
+        if (!trainer_schedule_any_active(comm, active > 0)) break;
         int cnt = 0;
         sums[0] += trainer_segments_forward(model, sg, &cnt, NULL);
         sums[1] += cnt;
@@ -182,11 +185,13 @@ static void window_add(log_window *w, const trainer_step_info *si) {
     w->misses += (double)si->misses;
 }
 
-/* The metrics columns: the step's figures, then ms_<timer> per step for every trainer_timer. */
-static void csv_header(FILE *f) {
-    fprintf(f, "step,train_loss,train_ppl,lr,grad_norm,tokens_per_s");
-    for (int i = 0; i < TRAINER_TIMER_COUNT; i++) fprintf(f, ",ms_%s", trainer_timer_name(i));
-    fprintf(f, ",bytes_sent_per_rank,cache_hit_rate,val_ppl\n");
+/* The metrics columns: the step's figures, then ms_<timer> per step for every trainer_timer
+ * (no newline). */
+static void csv_header(char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "step,train_loss,train_ppl,lr,grad_norm,tokens_per_s");
+    for (int i = 0; i < TRAINER_TIMER_COUNT && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, ",ms_%s", trainer_timer_name(i));
+    if (k < n) snprintf(buf + k, n - k, ",bytes_sent_per_rank,cache_hit_rate,val_ppl");
 }
 
 /* Rank 0 prints one line and appends the same figures to metrics.csv. Collective (the byte
@@ -228,18 +233,6 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
     }
 }
 
-static int make_dir(const char *path) {
-    char buf[1024];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *s = buf + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
-        *s = '/';
-    }
-    return (mkdir(buf, 0755) != 0 && errno != EEXIST) ? -1 : 0;
-}
-
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split) {
     char err[512] = "";
     io_dataset *d = NULL;
@@ -261,7 +254,7 @@ static void load_data(run *r) {
 /* Steps after which the table plan is revised with measured distinct keys. */
 enum { TRAINER_REPLAN_AFTER = 5 };
 
-/* Set by SIGUSR1/SIGTERM; the ranks agree on it at the next step boundary. */
+/* Set by SIGUSR1/SIGTERM/SIGINT; the ranks agree on it at the next step boundary. */
 static volatile sig_atomic_t stop_signal = 0;
 
 static void on_signal(int sig) { stop_signal = sig; }
@@ -273,6 +266,7 @@ static void install_signal_handlers(void) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 }
 
 /* The streams' state in the flat form of a checkpoint, and back. */
@@ -297,7 +291,7 @@ static void streams_import(run *r, const trainer_stream_state *st) {
 static trainer_stream_state stream_state_alloc(const run *r) {
     trainer_stream_state st = {
         .nstreams = r->cfg->streams, .first = r->first_stream, .B = r->B, .L = r->L,
-        .msize = trainer_model_memory_size(r->model), .M = r->M,
+        .msize = trainer_model_memory_size(r->model), .M = r->M, .data = r->train,
     };
     st.cursor = layer_xcalloc(2 * (size_t)r->B + 1, sizeof(int64_t));
     st.prev = layer_xcalloc((size_t)r->B * r->L + 1, sizeof(int32_t));
@@ -317,7 +311,8 @@ static void save_checkpoint(run *r, int64_t step) {
     double t = comm_time();
     trainer_stream_state st = stream_state_alloc(r);
     streams_export(r, &st);
-    int rc = trainer_ckpt_save(r->comm, r->cfg, r->model, &st, step, err, sizeof(err));
+    int rc = trainer_ckpt_save(r->comm, r->cfg, trainer_rundir_id(r->rd), r->model, &st, step,
+                               err, sizeof(err));
     stream_state_release(&st);
     if (rc != 0) comm_exit_error(r->comm, err);
     if (comm_rank(r->comm) == 0) {
@@ -333,14 +328,15 @@ static int64_t resume_run(run *r, const char *resume_dir) {
     int64_t step = 0;
     double t = comm_time();
     trainer_stream_state st = stream_state_alloc(r);
-    int rc = trainer_ckpt_resume(r->comm, resume_dir, r->model, &st, &step, path, sizeof(path),
-                                 err, sizeof(err));
+    int rc = trainer_ckpt_resume(r->comm, resume_dir, trainer_rundir_id(r->rd), r->cfg, r->model,
+                                 &st, &step, path, sizeof(path), err, sizeof(err));
     if (rc == 0) streams_import(r, &st);
     stream_state_release(&st);
     if (rc != 0) comm_exit_error(r->comm, err);
     if (comm_rank(r->comm) == 0) {
-        printf("resumed from %s at step %lld (read in %.2f s)\n", path, (long long)step,
-               comm_time() - t);
+        char shown[2200];
+        printf("resumed from %s at step %lld (read in %.2f s)\n",
+               comm_escape(shown, sizeof(shown), path), (long long)step, comm_time() - t);
         fflush(stdout);
     }
     return step;
@@ -357,8 +353,14 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     if (trainer_schedule_check(cfg->streams, cfg->stream_block, P, err, sizeof(err)) != 0)
         comm_exit_error(comm, err);
     r->sched = trainer_schedule_make(cfg->streams, cfg->stream_block, P, rank);
+    trainer_preflight_memory(comm, cfg, TRAINER_USE_TRAIN, 0, 1);
+    char header[512];
+    csv_header(header, sizeof(header));
+    r->rd = trainer_rundir_open(comm, cfg, resume_dir, header);
+    r->csv = trainer_rundir_metrics(r->rd);
     install_signal_handlers();
     load_data(r);
+    if (cfg->eval_every > 0) trainer_preflight_eval(comm, cfg, r->val);
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, cfg);
     r->model = trainer_model_create(&spec, comm);
@@ -388,13 +390,6 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
                spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense", spec.C,
                params->total, trainer_tables_numel(tables),
                2e-6 * trainer_model_flops_per_token(r->model));
-        if (make_dir(cfg->run_dir) == 0) {
-            char path[1200];
-            snprintf(path, sizeof(path), "%s/metrics.csv", cfg->run_dir);
-            r->csv = fopen(path, "a");
-            if (r->csv && ftell(r->csv) == 0) csv_header(r->csv);
-        }
-        if (!r->csv) fprintf(stderr, "memtrain: warning: cannot write %s/metrics.csv\n", cfg->run_dir);
         fflush(stdout);
     }
     if (trainer_tables_check_plan(tables, err, sizeof(err)) != 0) comm_exit_error(comm, err);
@@ -452,7 +447,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
                (long long)done, cfg->run_dir);
         fflush(stdout);
     }
-    if (r->csv) fclose(r->csv);
+    trainer_rundir_close(r->rd);
     stream_states_free(r->streams, r->B);
     trainer_rollout_free(r->rollout);
     trainer_model_free(r->model);

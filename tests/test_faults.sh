@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# Fault injection: a full disk during a checkpoint write, checkpoints rewritten by h5py or
+# damaged, foreign and other runs' checkpoints, FIFOs where files belong, sizes no machine
+# holds, unwritable run directories, signal pairs during a checkpoint write, a killed
+# launcher with a resume racing it. Every case checks the exit status, the one error line,
+# and that the last good checkpoint still loads and resumes bit for bit (the losses of
+# metrics.csv against an uninterrupted run).
+#
+# Kill moments, disk sizes and damage offsets come from one seed, printed first: replay a
+# failure with FAULT_SEED=<seed> bash tests/test_faults.sh. The full-disk cases mount small
+# tmpfs file systems and need root (the tests run as root; elsewhere they are skipped, loudly).
+# shellcheck source=tests/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$TOP"
+
+seed=${FAULT_SEED:-$(( $(date +%s%N) % 1000000 ))}
+RANDOM=$seed
+echo "seed: $seed (replay with FAULT_SEED=$seed)"
+mounts=()
+cleanup() {
+  for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# rand LO HI: an integer in [LO, HI] from the seeded stream (not in a subshell: $(rand) would
+# not advance it)
+rand() { r=$(( $1 + RANDOM % ($2 - $1 + 1) )); }
+
+# mt as in lib.sh, with a time limit (a case that blocks fails instead of holding the suite);
+# np 0 runs one process without mpirun, which starts in a fraction of mpirun's time: the
+# cases where every rank agreeing is not the point
+mt() {
+  local np=$1; shift
+  status=0
+  if [ "$np" = 0 ]; then
+    timeout -k 5 120 "$BIN/memtrain" "$@" >"$TMP/out" 2>&1 || status=$?
+  else
+    timeout -k 5 120 mpirun --oversubscribe -np "$np" "$BIN/memtrain" "$@" >"$TMP/out" 2>&1 || status=$?
+  fi
+}
+
+# A small Fashion-MNIST (the first images of Debian's files) loads in milliseconds: most of a
+# case's time is then the case itself
+mkdir -p "$TMP/fmnist"
+/usr/bin/python3 - "$TMP/fmnist" <<'PY'
+import gzip, sys
+src = "/usr/share/datasets/fashion-mnist/"
+for name, n in (("train-images-idx3-ubyte.gz", 600), ("t10k-images-idx3-ubyte.gz", 100)):
+    with gzip.open(src + name) as f:
+        raw = f.read(16 + 784 * n)
+    hdr = bytearray(raw[:16]); hdr[4:8] = n.to_bytes(4, "big")
+    with gzip.open(sys.argv[1] + "/" + name, "wb") as f:
+        f.write(bytes(hdr) + raw[16:])
+PY
+export MEMTRAIN_FASHION_MNIST_DIR=$TMP/fmnist
+
+SMALL=(--config jobs/configs/demo.conf --d_model=32 --seg_len=28 --streams=6 --stream_block=2 --horizon=2
+       --warmup=2 --log_every=1 --eval_every=0 --keep_ckpts=0)
+# a model whose checkpoint takes a good part of a second to write: signals can land inside
+BIG=(--config jobs/configs/demo.conf --d_model=128 --seg_len=16 --streams=2 --stream_block=1 --horizon=1
+     --warmup=1 --log_every=1 --eval_every=0 --keep_ckpts=2)
+
+losses() { awk -F, 'NR > 1 {print $1, $2}' "$1/metrics.csv"; }
+
+# no_crash: the output shows no abort, crash or library trace
+no_crash() {
+  ! grep -qE 'internal check failed|Segmentation fault|signal 11|signal 6|HDF5-DIAG|out of memory allocating' "$TMP/out" \
+    || { cat "$TMP/out"; fail "$1: crashed or aborted"; }
+}
+
+# one_error PATTERN WHAT: exactly one 'memtrain: ' line matches PATTERN (an ERE)
+one_error() {
+  local n
+  n=$(grep -cE "^memtrain: .*$1" "$TMP/out" || true)
+  [ "$n" -eq 1 ] || { cat "$TMP/out"; fail "$2: expected one line matching '$1', found $n"; }
+}
+
+# resume_exact DIR REF FINAL WHAT [FROM]: resumes DIR to step FINAL and checks the steps after
+# the checkpoint it resumed from against the reference run REF (and that it was FROM, if given)
+resume_exact() {
+  local d=$1 ref=$2 final=$3 what=$4 from=${5:-}
+  mt 2 --resume "$d" --steps="$final" --ckpt_every=0
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$what: resume exited $status"; }
+  no_crash "$what: resume"
+  local k
+  k=$(sed -n 's/^resumed from .*ckpt-0*\([0-9][0-9]*\)\.h5 at step \([0-9]*\) .*/\2/p' "$TMP/out")
+  [ -n "$k" ] || { cat "$TMP/out"; fail "$what: no 'resumed from' line"; }
+  [ -z "$from" ] || [ "$k" = "$from" ] || { cat "$TMP/out"; fail "$what: resumed from step $k, expected $from"; }
+  cmp <(losses "$ref" | awk -v k="$k" -v f="$final" '$1 > k && $1 <= f') \
+      <(losses "$d" | tail -n $(( final - k ))) \
+    || fail "$what: the run resumed from step $k does not continue bit for bit"
+  resumed_at=$k
+}
+
+echo "($SECONDS s)"
+# ---- references: uninterrupted runs ----
+mt 2 "${SMALL[@]}" --steps=18 --ckpt_every=6 --run_dir="$TMP/refS"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "reference run"; }
+grep -q '^memory: about .* per rank' "$TMP/out" || { cat "$TMP/out"; fail "no memory estimate printed"; }
+mt 2 "${BIG[@]}" --steps=20 --ckpt_every=0 --run_dir="$TMP/refB"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "reference run (big)"; }
+pass "reference runs"
+
+# fresh DIR STEPS...: DIR/ckpt holds the reference checkpoints of those steps (and its RUN_ID)
+fresh() {
+  local d=$1; shift
+  rm -rf "$d"; mkdir -p "$d/ckpt"
+  cp "$TMP/refS/ckpt/RUN_ID" "$d/ckpt/"
+  for s in "$@"; do cp "$TMP/refS/ckpt/ckpt-$(printf %08d "$s").h5" "$d/ckpt/"; done
+}
+
+echo "($SECONDS s)"
+# ---- 1. a full disk during a checkpoint write ----
+ckpt_kb=$(( $(stat -c %s "$TMP/refS/ckpt/ckpt-00000006.h5") / 1024 ))
+if mkdir -p "$TMP/mnt0" && mount -t tmpfs -o size=64k tmpfs "$TMP/mnt0" 2>/dev/null; then
+  umount "$TMP/mnt0"
+  # room for the first checkpoint and a random part of the later ones
+  for trial in 1 2; do
+    rand $(( ckpt_kb + 1400 )) $(( 2 * ckpt_kb + 1400 )); kb=$r
+    m=$TMP/full$trial; mkdir -p "$m"; mount -t tmpfs -o size=${kb}k tmpfs "$m"; mounts+=("$m")
+    t0=$SECONDS
+    mt 2 "${SMALL[@]}" --steps=18 --ckpt_every=6 --run_dir="$m/run"
+    no_crash "disk full (${kb} KiB)"
+    [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "disk full (${kb} KiB): exit $status, expected 2"; }
+    [ $(( SECONDS - t0 )) -lt 60 ] || fail "disk full: took $(( SECONDS - t0 )) s"
+    one_error '(disk full|No space left|no room)' "disk full (${kb} KiB)"
+    ! ls "$m/run/ckpt/"*.tmp >/dev/null 2>&1 || fail "disk full (${kb} KiB): a .tmp was left"
+    msg=$(grep -E '^memtrain: .*(disk full|No space|no room)' "$TMP/out" | sed "s|$m/run/ckpt/||" | cut -c1-100)
+    # the last good checkpoint is intact: it resumes bit for bit, elsewhere
+    last=$(cat "$m/run/ckpt/LATEST")
+    d=$TMP/afterfull$trial; rm -rf "$d"; mkdir -p "$d/ckpt"; cp "$m/run/ckpt/$last" "$d/ckpt/"
+    resume_exact "$d" "$TMP/refS" 18 "after a full disk (${kb} KiB)" "$(( 10#${last:5:8} ))"
+    pass "disk of ${kb} KiB: exit 2, '$msg...'; $last resumes bit for bit"
+  done
+  # a disk that something else fills after the first checkpoint: no room even to close the
+  # second file (the job then ends through MPI_Abort, after the one line)
+  FILL=("${SMALL[@]}" --horizon=8 --steps=18 --ckpt_every=6)
+  mt 2 "${FILL[@]}" --run_dir="$TMP/refF"
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "reference run (fill)"; }
+  m=$TMP/full3; mkdir -p "$m"; mount -t tmpfs -o size=$(( 3 * ckpt_kb + 8192 ))k tmpfs "$m"; mounts+=("$m")
+  setsid timeout -k 5 120 mpirun --oversubscribe -np 2 "$BIN/memtrain" "${FILL[@]}" --run_dir="$m/run" \
+    >"$TMP/out" 2>&1 &
+  pid=$!
+  for _ in $(seq 3000); do [ -e "$m/run/ckpt/LATEST" ] && break; sleep 0.01; done
+  dd if=/dev/zero of="$m/filler" bs=64k 2>/dev/null || true
+  status=0; wait "$pid" || status=$?
+  no_crash "disk filled by another file"
+  [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "disk filled by another file: exit $status, expected 2"; }
+  one_error '(disk full|No space left|no room)' "disk filled by another file"
+  ! ls "$m/run/ckpt/"*.tmp >/dev/null 2>&1 || fail "disk filled: a .tmp was left"
+  d=$TMP/afterfill; rm -rf "$d"; mkdir -p "$d/ckpt"; cp "$m/run/ckpt/ckpt-00000006.h5" "$d/ckpt/"
+  resume_exact "$d" "$TMP/refF" 18 "after a disk filled by another file" 6
+  pass "disk filled by another file: exit 2, one line, ckpt-00000006.h5 resumes bit for bit"
+else
+  echo "SKIP: full-disk cases need to mount a tmpfs (root); not run"
+fi
+
+echo "($SECONDS s)"
+# ---- 2. rewritten, damaged, foreign and other runs' checkpoints ----
+# h5py rewrites string attributes with its own type (variable-length UTF-8): same text
+d=$TMP/rewritten; fresh "$d" 6 12
+/usr/bin/python3 - "$d/ckpt/ckpt-00000012.h5" <<'PY'
+import h5py, sys
+with h5py.File(sys.argv[1], "r+") as f:
+    for k in ("config", "magic", "run_id"):
+        v = f.attrs[k]
+        f.attrs[k] = v.decode() if isinstance(v, bytes) else str(v)
+    assert h5py.check_string_dtype(f.attrs.get_id("config").dtype).length is None
+PY
+mt 2 eval --ckpt "$d/ckpt/ckpt-00000012.h5" --eval_segments=2
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "eval of a checkpoint rewritten by h5py"; }
+no_crash "eval of a rewritten checkpoint"
+resume_exact "$d" "$TMP/refS" 18 "attributes rewritten by h5py" 12
+pass "attributes rewritten by h5py: read as they are, resumed from step 12 bit for bit"
+
+# an unrelated HDF5 file with a magic attribute, under the newest name
+d=$TMP/foreign; fresh "$d" 6
+/usr/bin/python3 - "$d/ckpt/ckpt-00000012.h5" <<'PY'
+import h5py, numpy as np, sys
+with h5py.File(sys.argv[1], "w") as f:
+    f.attrs["magic"] = "netcdf4\nsomething else"
+    f["x"] = np.arange(10)
+PY
+resume_exact "$d" "$TMP/refS" 18 "a foreign HDF5 file" 6
+one_error "ckpt-00000012.h5: not a memtrain checkpoint \(magic 'netcdf4\\\\nsomething else'\); falling back" "foreign file"
+pass "foreign HDF5 file refused by name (its magic printed escaped), fell back to step 6"
+
+# a checkpoint of another model copied in under the newest name
+mt 2 "${SMALL[@]}" --d_model=64 --steps=12 --ckpt_every=12 --run_dir="$TMP/other"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "the other model's run"; }
+d=$TMP/otherrun; fresh "$d" 6; cp "$TMP/other/ckpt/ckpt-00000012.h5" "$d/ckpt/"
+resume_exact "$d" "$TMP/refS" 18 "another run's checkpoint" 6
+one_error "ckpt-00000012.h5: belongs to another run" "another run's checkpoint"
+d=$TMP/otherrun2; fresh "$d" 6; rm "$d/ckpt/RUN_ID"; cp "$TMP/other/ckpt/ckpt-00000012.h5" "$d/ckpt/"
+# without RUN_ID (checkpoints copied in by hand) the newest checkpoint names the run, and the
+# older one of another shape is then the stranger
+mt 2 --resume "$d" --steps=14
+no_crash "no RUN_ID"
+[ "$status" -eq 0 ] && grep -q "resumed from $d/ckpt/ckpt-00000012.h5 at step 12" "$TMP/out" \
+  || { cat "$TMP/out"; fail "no RUN_ID: the newest checkpoint should name the run"; }
+pass "another run's checkpoint refused by name (run id), fell back to step 6"
+
+# a checkpoint saved under a name whose step is not its content
+d=$TMP/renamed; fresh "$d" 6; cp "$d/ckpt/ckpt-00000006.h5" "$d/ckpt/ckpt-00000012.h5"
+resume_exact "$d" "$TMP/refS" 18 "a renamed checkpoint" 6
+one_error "ckpt-00000012.h5: its name says step 12 but it holds step 6" "renamed checkpoint"
+pass "a checkpoint named for another step refused by name, fell back to step 6"
+
+# byte damage at seeded offsets in the metadata at the head of the newest file
+for trial in 1 2 3; do
+  d=$TMP/damaged$trial; fresh "$d" 6 12
+  rand 0 4095; off=$r
+  /usr/bin/python3 - "$d/ckpt/ckpt-00000012.h5" "$off" <<'PY'
+import sys
+path, off = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b") as f:
+    f.seek(off); b = f.read(1); f.seek(off); f.write(bytes([b[0] ^ 0xff]))
+PY
+  resume_exact "$d" "$TMP/refS" 18 "a byte flipped at offset $off"
+  if [ "$resumed_at" = 6 ]; then
+    one_error "ckpt-00000012.h5: .*falling back to an older checkpoint" "byte flipped at offset $off"
+    pass "byte flipped at offset $off: $(grep -o 'ckpt-00000012.h5: .*' "$TMP/out" | head -1 | cut -c1-100)"
+  else
+    pass "byte flipped at offset $off: an unused byte, the file still loads (step 12, bit for bit)"
+  fi
+done
+
+echo "($SECONDS s)"
+# ---- 3. FIFOs where regular files belong ----
+mkfifo "$TMP/fifo"
+for spec in text u8 u16; do
+  np=0; [ "$spec" = text ] && np=2
+  mt $np "${SMALL[@]}" --steps=2 --data="$spec:$TMP/fifo" --run_dir="$TMP/fifo-$spec"
+  [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "$spec: FIFO: exit $status"; }
+  one_error "/fifo: not a regular file \(a FIFO\)" "$spec: FIFO"
+done
+expect_error 0 "/fifo: not a regular file (a FIFO)" --config "$TMP/fifo"
+mkdir -p "$TMP/fm"; mkfifo "$TMP/fm/train-images-idx3-ubyte.gz"; cp /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz "$TMP/fm/"
+MEMTRAIN_FASHION_MNIST_DIR=$TMP/fm expect_error 2 "train-images-idx3-ubyte.gz: not a regular file (a FIFO)" "${SMALL[@]}" --steps=2 --run_dir="$TMP/fifo-fm"
+expect_error 0 "/fifo: not a regular file (a FIFO)" eval --ckpt "$TMP/fifo"
+# as the newest checkpoint and as LATEST: refused by name, the older checkpoint resumes
+d=$TMP/fifockpt; fresh "$d" 6; mkfifo "$d/ckpt/ckpt-00000012.h5"; rm -f "$d/ckpt/LATEST"; mkfifo "$d/ckpt/LATEST"
+resume_exact "$d" "$TMP/refS" 18 "a FIFO as the newest checkpoint" 6
+one_error "ckpt-00000012.h5: not a regular file \(a FIFO\); falling back" "FIFO checkpoint"
+pass "FIFOs as data, config, Fashion-MNIST file, checkpoint and LATEST: refused by name, nothing blocks"
+
+echo "($SECONDS s)"
+# ---- 4. sizes no machine holds ----
+for over in "--d_model=65536 --tau=8:memory: .*d_model = 65536" \
+            "--horizon=100000000:memory: .*horizon = 100000000" \
+            "--dec_layers=200000:memory: .*dec_layers = 200000" \
+            "--seg_len=100000:seg_len = 100000 squared" \
+            "--streams=2000000000:streams = 2000000000 over [12] ranks? x seg_len" \
+            "--mem_slots=2000000000:mem_slots = 2000000000"; do
+  args=${over%%:*}; want=${over#*:}
+  t0=$SECONDS
+  np=0; [ "${args%% *}" = --d_model=65536 ] && np=2
+  # shellcheck disable=SC2086 # args is a list of options
+  mt $np "${SMALL[@]}" --steps=2 $args --run_dir="$TMP/huge"
+  [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "$args: exit $status"; }
+  one_error "$want" "$args"
+  no_crash "$args"
+  [ ! -e "$TMP/huge" ] || fail "$args: run_dir created before the refusal"
+  [ $(( SECONDS - t0 )) -lt 30 ] || fail "$args: took $(( SECONDS - t0 )) s"
+done
+f=$TMP/refS/ckpt/ckpt-00000018.h5
+expect_error 0 "--count = 2000000000: expected an integer in 1..65536" sample --ckpt "$f" --count 2000000000
+expect_error 2 "memory: this run needs about" sample --ckpt "$f" --count 65536 --out "$TMP/s.png"
+grep -q "driven by --count = 65536" "$TMP/out" || { cat "$TMP/out"; fail "--count not named as the driver"; }
+for bad in "--count=-5:--count = -5" "--count=abc:--count = abc" "--length=-1:--length = -1" \
+           "--temperature=nan:--temperature = nan" "--temperature=-1:--temperature = -1"; do
+  expect_error 0 "${bad#*:}: expected" sample --ckpt "$f" "${bad%%:*}"
+done
+# eval_segments beyond the validation split: every document once, said so
+mt 0 eval --ckpt "$f" --data=text:README.md --eval_segments=100000
+grep -q "^eval: eval_segments = 100000 is more than the validation split holds" "$TMP/out" \
+  || { cat "$TMP/out"; fail "eval_segments beyond the split"; }
+pass "sizes no machine holds: refused before any allocation, naming the keys; sample options validated"
+
+echo "($SECONDS s)"
+# ---- 5. run directories that cannot be written ----
+touch "$TMP/plainfile"
+expect_error 2 "run_dir $TMP/plainfile/run cannot be used: $TMP/plainfile/run: cannot create (Not a directory)" \
+  "${SMALL[@]}" --steps=2 --run_dir="$TMP/plainfile/run"
+mkdir -p "$TMP/metricsdir/metrics.csv"
+expect_error 0 "metrics.csv: not a regular file (a directory)" "${SMALL[@]}" --steps=2 --run_dir="$TMP/metricsdir"
+! grep -q "^step " "$TMP/out" || fail "trained before refusing the metrics file"
+if mkdir -p "$TMP/ro" && mount -t tmpfs -o size=1m,ro tmpfs "$TMP/ro" 2>/dev/null; then
+  mounts+=("$TMP/ro")
+  expect_error 0 "cannot create (Read-only file system)" "${SMALL[@]}" --steps=2 --run_dir="$TMP/ro/run"
+fi
+# a fresh run on a directory holding checkpoints: refused, the way to continue named
+expect_error 0 "run_dir $TMP/refS holds checkpoints already" "${SMALL[@]}" --steps=2 --run_dir="$TMP/refS"
+pass "unwritable run directories refused before any training"
+
+echo "($SECONDS s)"
+# ---- 6. signal pairs during a checkpoint write ----
+# ranks_of DIR: the pids of the ranks writing to DIR
+ranks_of() { pgrep -f "^$BIN/memtrain .*--run_dir=$1\$" || true; }
+# sig_pair DIR TARGET SECOND: USR1 at a seeded step, SECOND once the .tmp of its checkpoint
+# exists plus a seeded delay; to the ranks (as Slurm and srun deliver signals) or to mpirun
+sig_pair() {
+  local d=$1 target=$2 second=$3 step every=0
+  rm -rf "$d"
+  # mpirun SIGKILLs its ranks a second after a TERM: a checkpoint that takes longer is lost,
+  # so that run has older ones to fall back to
+  [ "$target" = mpirun ] && every=2
+  setsid mpirun --oversubscribe -np 2 "$BIN/memtrain" "${BIG[@]}" --steps=20 --ckpt_every=$every \
+    --run_dir="$d" >"$TMP/sig.out" 2>&1 &
+  local pid=$!
+  rand 1 5; step=$r
+  for _ in $(seq 1200); do grep -q "^step $step/" "$TMP/sig.out" 2>/dev/null && break; sleep 0.05; done
+  # mpirun's run signals only once a complete checkpoint exists to fall back to
+  if [ "$target" = mpirun ]; then
+    for _ in $(seq 1200); do [ -e "$d/ckpt/LATEST" ] && break; sleep 0.05; done
+  fi
+  local victims=$pid
+  [ "$target" = ranks ] && victims=$(ranks_of "$d")
+  # shellcheck disable=SC2086
+  kill -USR1 $victims
+  for _ in $(seq 600); do ls "$d/ckpt/"*.tmp >/dev/null 2>&1 && break; sleep 0.01; done
+  rand 0 9; sleep "0.0$r"
+  for s in $second; do
+    [ "$target" = ranks ] && victims=$(ranks_of "$d")
+    # shellcheck disable=SC2086
+    kill -"$s" $victims 2>/dev/null || true
+    sleep 0.05
+  done
+  status=0; wait "$pid" || status=$?
+  cp "$TMP/sig.out" "$TMP/out"
+}
+for second in TERM "INT TERM"; do
+  d=$TMP/sig-ranks; sig_pair "$d" ranks "$second"
+  no_crash "USR1 then $second to the ranks"
+  [ "$status" -eq 75 ] || { cat "$TMP/out"; fail "USR1 then $second to the ranks: exit $status, expected 75"; }
+  grep -q "stopped by a signal after step" "$TMP/out" || { cat "$TMP/out"; fail "no stop message"; }
+  resume_exact "$d" "$TMP/refB" 20 "after USR1 then $second"
+  pass "USR1 then $second to the ranks during the checkpoint write: exit 75, resumed at step $resumed_at bit for bit"
+done
+# mpirun itself, signalled: it ends the job and exits 1 whatever the ranks return (see README,
+# "Signals and exit status"); the ranks finish a checkpoint they write and are gone within
+# seconds, and the newest complete checkpoint resumes bit for bit
+for second in TERM "INT INT"; do
+  d=$TMP/sig-mpirun; sig_pair "$d" mpirun "$second"
+  no_crash "USR1 then $second to mpirun"
+  [ "$status" -eq 1 ] || { cat "$TMP/out"; fail "USR1 then $second to mpirun: mpirun exited $status (README says 1)"; }
+  for _ in $(seq 50); do [ -z "$(ranks_of "$d")" ] && break; sleep 0.1; done
+  [ -z "$(ranks_of "$d")" ] || fail "USR1 then $second to mpirun: ranks left running"
+  ls "$d/ckpt/"ckpt-*.h5 >/dev/null 2>&1 || { cat "$TMP/out"; fail "no checkpoint after USR1 then $second to mpirun"; }
+  resume_exact "$d" "$TMP/refB" 20 "after USR1 then $second to mpirun"
+  pass "USR1 then $second to mpirun: mpirun exits 1 (documented), no rank left, resumed at step $resumed_at bit for bit"
+done
+
+echo "($SECONDS s)"
+# ---- 7. the run lock, and a killed launcher with a resume racing it ----
+d=$TMP/live
+setsid mpirun --oversubscribe -np 2 "$BIN/memtrain" "${BIG[@]}" --steps=20 --ckpt_every=1 \
+  --run_dir="$d" >"$TMP/live.out" 2>&1 &
+pid=$!
+for _ in $(seq 600); do [ -e "$d/ckpt/LATEST" ] && break; sleep 0.05; done
+expect_error 2 "run_dir $d is in use by another memtrain run (memtrain pid" --resume "$d"
+rand 0 10; sleep "$r"e-1
+kill -0 "$pid" 2>/dev/null && [ "$(cat "$d/ckpt/LATEST")" != ckpt-00000020.h5 ] \
+  || fail "the run ended before its launcher could be killed: nothing tested"
+kill -9 "$pid"   # mpirun alone: its ranks lose their launcher
+t0=$(date +%s%N)
+# a resume starts at once, racing the orphaned ranks: refused by name while any of them lives
+timeout -k 5 120 mpirun --oversubscribe -np 2 "$BIN/memtrain" --resume "$d" --steps=20 --ckpt_every=0 \
+  >"$TMP/race.out" 2>&1 &
+rpid=$!
+gone=""
+for _ in $(seq 200); do [ -z "$(ranks_of "$d")" ] && { gone=$(( ($(date +%s%N) - t0) / 1000000 )); break; }; sleep 0.02; done
+[ -n "$gone" ] || fail "ranks still running 4 s after their launcher was killed"
+status=0; wait "$rpid" || status=$?
+cp "$TMP/race.out" "$TMP/out"
+no_crash "resume racing a killed launcher"
+attempts=1
+if [ "$status" -ne 0 ]; then
+  one_error "run_dir $d is in use by another memtrain run" "resume racing orphaned ranks"
+  raced="refused while they lived, then"
+  attempts=2
+  mt 2 --resume "$d" --steps=20 --ckpt_every=0
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "resume after the orphans ended: exit $status"; }
+else
+  raced="not refused (they were gone first), and"
+fi
+k=$(sed -n 's/^resumed from .* at step \([0-9]*\) .*/\1/p' "$TMP/out")
+[ -n "$k" ] || { cat "$TMP/out"; fail "no 'resumed from' line"; }
+cmp <(losses "$TMP/refB" | awk -v k="$k" '$1 > k') <(losses "$d" | tail -n $(( 20 - k ))) \
+  || fail "resume after a killed launcher is not bit for bit"
+pass "launcher killed: ranks gone within ${gone} ms; the racing resume was $raced continued from step $k bit for bit"
+echo "test_faults: all passed (seed $seed)"
