@@ -74,6 +74,21 @@ void comm_exchange_free(comm_exchange *x) {
     free(x);
 }
 
+void comm_exchange_trim(comm_exchange *x, size_t keep) {
+    size_t held = x->slot_cap * sizeof(int) + (x->skeys_cap + x->rkeys_cap) * sizeof(int64_t) +
+                  (x->sbuf_cap + x->rbuf_cap) * sizeof(float);
+    if (held <= keep) return;
+    free(x->slot);
+    free(x->skeys);
+    free(x->rkeys);
+    free(x->sbuf);
+    free(x->rbuf);
+    x->slot = NULL;
+    x->skeys = x->rkeys = NULL;
+    x->sbuf = x->rbuf = NULL;
+    x->slot_cap = x->skeys_cap = x->rkeys_cap = x->sbuf_cap = x->rbuf_cap = 0;
+}
+
 void comm_exchange_stats(const comm_exchange *x, int64_t *bytes_sent, double *seconds,
                          int64_t *calls) {
     if (bytes_sent) *bytes_sent = x->bytes;

@@ -30,6 +30,9 @@ enum { COMM_EXCHANGE_HEADER_BYTES = 12 };
 comm_exchange *comm_exchange_create(comm_ctx *c);
 /* Releases buffers and cached MPI datatypes; call before comm_finalize. NULL is fine. */
 void comm_exchange_free(comm_exchange *x);
+/* Gives back the buffers the exchanges grew to, when they hold more than `keep` bytes
+ * together (a caller bounding its memory calls it after a large exchange). */
+void comm_exchange_trim(comm_exchange *x, size_t keep);
 
 /* Owner-side callback of a fetch: fill out (m, W) with the data of keys (m), all owned by this
  * rank. The keys are the requests of every source rank (this one included) concatenated in

@@ -31,7 +31,7 @@ static result run_config(comm_ctx *comm, int memformer, int hash, int steps, int
     cfg.mem_slots = 16;
     cfg.horizon = 4;
     cfg.streams = 8;
-    if (block > 0) cfg.stream_block = block;
+    cfg.stream_block = block > 0 ? block : cfg.streams; /* one block: what one rank would choose */
     cfg.steps = steps + 2;
     cfg.warmup = 1;
     if (trainer_config_validate(&cfg, err, sizeof(err)) != 0) {

@@ -148,7 +148,7 @@ static const key_def keys[] = {
     ENUM_KEY(table_strategy, "auto", strategy_words, 0, applies_hash,
              "how table groups are served across ranks: the planner's choice per group, or one "
              "for all (fetch rows, owner-side lookup, replicate); all give the same result"),
-    INT_KEY(row_cache_mb, "256", 1, 0, NOHI, applies_hash,
+    FLT_KEY(row_cache_mb, "256", 0, 0, NOHI | KF_LO_OPEN, applies_hash,
             "MiB of fetched table rows a rank may hold; groups beyond it fetch per block"),
     ENUM_KEY(row_format, "f32", rowfmt_words, S, applies_hash,
              "how hashed projections read table rows: f32, or rounded to bf16 (half the bytes "

@@ -109,7 +109,7 @@ typedef struct trainer_config {
     int stream_block; /* streams computed together; ranks own whole blocks */
     /* table parallelism */
     trainer_tables_choice table_strategy;
-    int row_cache_mb;
+    float row_cache_mb;
     trainer_row_format row_format;
     float net_gbps, net_latency_us;
     /* optimizer and schedule */

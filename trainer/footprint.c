@@ -285,7 +285,7 @@ void trainer_footprint_drivers(const trainer_config *cfg, const trainer_footprin
                  "ranks: more ranks hold less each)", cfg->d_model, cfg->tau, cfg->expand_bits, layers);
         break;
     case 1:
-        snprintf(keys, sizeof keys, "row_cache_mb = %d, d_model = %d, tau = %d, expand_bits = %d, "
+        snprintf(keys, sizeof keys, "row_cache_mb = %g, d_model = %d, tau = %d, expand_bits = %d, "
                  "%s, stream_block = %d", cfg->row_cache_mb, cfg->d_model, cfg->tau,
                  cfg->expand_bits, layers, cfg->stream_block);
         break;

@@ -20,6 +20,8 @@ double trainer_plan_distinct(int tau, double m) {
 
 /* Bytes of a key on the wire: int64, as the exchanges send it. */
 enum { KEY = 8, IDX_SCORE = 8, SCORE = 4, GRAD = 4, SUM = 8 };
+/* Bytes of one row's slice in one tile of a store. */
+#define TILE_BYTES (LAYER_HASH_TILE * 4.0)
 
 void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
                          trainer_plan_cost *c) {
@@ -39,15 +41,23 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     }
     for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++) c->allowed[s] = 1;
 
-    /* FETCH: rows kept for the step when they fit the budget, else fetched again per block */
-    double ws_block = frac * K * u_blk * W * 2 * sizeof(float); /* rows and their gradients */
-    double ws_step = frac * K * (u_step + u_blk) * W * sizeof(float);
+    /* FETCH: rows kept for the step when they fit the budget, else fetched for each call and
+       released after it. Resident memory comes in pages: a page of a store holds 32 rows of
+       a tile, so u distinct rows of a table make that many pages resident. */
+    double per_page = 4096.0 / (TILE_BYTES), rows_t = ldexp(1.0, g->tau);
+    double res_blk = per_page >= rows_t ? rows_t : rows_t * -expm1(u_blk * log1p(-per_page / rows_t));
+    double res_step = per_page >= rows_t ? rows_t : rows_t * -expm1(u_step * log1p(-per_page / rows_t));
+    /* a call's rows: in the store and in transit; their gradients (held across a block's
+       calls when a memory makes segments sequential) */
+    double ws_block = frac * K * res_blk * W * sizeof(float) * (r->batched ? 2 : 3);
+    double ws_step = frac * K * res_step * W * sizeof(float);
     int keep = ws_step <= r->budget;
+    double calls = r->batched ? 2 : 2 * T; /* forward and backward of each call */
     double fetch = keep ? frac * K * u_step * (KEY + W * r->wire_bytes)
-                        : nbr * frac * K * u_blk * (KEY + W * r->wire_bytes);
+                        : nbr * calls * frac * K * u_blk * (KEY + W * r->wire_bytes);
     double push = nbr * frac * K * u_blk * (KEY + W * GRAD);
     c->bytes[TRAINER_STRATEGY_FETCH] = fetch + push;
-    c->messages[TRAINER_STRATEGY_FETCH] = nbr * ((r->batched ? 1 : T) + 1);
+    c->messages[TRAINER_STRATEGY_FETCH] = nbr * ((r->batched ? 1 : T) * (keep ? 1 : 2) + 1);
     c->memory[TRAINER_STRATEGY_FETCH] = keep ? ws_step : ws_block;
     c->allowed[TRAINER_STRATEGY_FETCH] = ws_block <= r->budget;
 
@@ -66,7 +76,7 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     /* REPLICATE: one ring all-reduce of the group's gradient sums (double) and touch marks */
     double state = R * W * (3 * sizeof(float) + SUM); /* rows, m, v, gradient sum */
     c->bytes[TRAINER_STRATEGY_REPLICATE] = 2 * frac * (R * W * SUM + R);
-    c->messages[TRAINER_STRATEGY_REPLICATE] = P > 1 ? 2 : 0;
+    c->messages[TRAINER_STRATEGY_REPLICATE] = P > 1 ? 1 : 0;
     c->memory[TRAINER_STRATEGY_REPLICATE] = state * frac;
     c->allowed[TRAINER_STRATEGY_REPLICATE] = state <= r->budget / 4;
 

@@ -62,7 +62,7 @@ int trainer_plan_report(comm_ctx *comm, const trainer_config *cfg, const int *ra
                "state_mib_per_rank,held_beyond_mib,fetch_groups,owner_groups,replicate_groups\n");
     else
         printf("table plan of %s/%s d_model %d (%zu table parameters), %.0f Gb/s, %.0f us per "
-               "exchange, row budget %d MiB; per rank and step:\n"
+               "exchange, row budget %g MiB; per rank and step:\n"
                "%6s %7s %6s %9s %12s %9s %10s %12s %12s  %s\n",
                spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense", spec.C,
                trainer_tables_numel(trainer_model_tables(m)), cfg->net_gbps, cfg->net_latency_us,

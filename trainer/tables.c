@@ -134,7 +134,7 @@ static void plan_keep(trainer_tables *t) {
         int best = -1;
         for (int i = 0; i < t->n; i++) {
             group_state *s = &t->gs[i];
-            if (s->strategy != TRAINER_STRATEGY_FETCH || s->keep == 1) continue;
+            if (s->strategy != TRAINER_STRATEGY_FETCH || s->keep != 0) continue; /* decided */
             if (best < 0 || s->cost.memory[0] < t->gs[best].cost.memory[0]) best = i;
         }
         if (best < 0) break;
@@ -172,8 +172,8 @@ int trainer_tables_check_plan(const trainer_tables *t, char *err, size_t n) {
         const group_state *s = &t->gs[i];
         if (t->planned && t->P > 1 && !s->cost.allowed[s->strategy]) {
             snprintf(err, n,
-                     "row_cache_mb = %.0f is too small for table group %s: one block fetches "
-                     "about %.0f MiB of its rows; raise row_cache_mb or lower stream_block",
+                     "row_cache_mb = %g is too small for table group %s: one block fetches "
+                     "about %.2f MiB of its rows; raise row_cache_mb or lower stream_block",
                      t->run.budget / 1048576.0, s->g.name,
                      s->cost.memory[TRAINER_STRATEGY_FETCH] / 1048576.0);
             return -1;
@@ -291,6 +291,15 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
     t->keys = layer_xmalloc(maxkeys * sizeof(int64_t));
     t->owners = layer_xmalloc(maxkeys * sizeof(int));
     t->allocated = 1;
+}
+
+void tables_trim(trainer_tables *t) {
+    comm_exchange_trim(t->x, TABLES_TRIM_BYTES);
+    if (t->buf_cap * sizeof(float) > TABLES_TRIM_BYTES) {
+        free(t->buf);
+        t->buf = NULL;
+        t->buf_cap = 0;
+    }
 }
 
 float *tables_scratch(trainer_tables *t, size_t n) {

@@ -28,7 +28,8 @@ typedef struct group_state {
     int *owner;              /* (S) rank that owns each shard (writes it to checkpoints) */
     trainer_strategy strategy;
     trainer_plan_cost cost;  /* the planner's figures */
-    int keep;                /* FETCH: fetched rows stay until the step ends (else per block) */
+    int keep;                /* fetch: fetched rows stay until the step ends; else they are
+                                fetched for each call and released after it (the budget) */
     uint8_t *state;          /* (R) ST_* */
     /* stores of R rows of OC (layer_hash_store_at addressing; acc in doubles), resident
        only where written: held shards (master rows, moments, sums), fetched rows */
@@ -109,7 +110,14 @@ static inline void tables_acc_slice(double *restrict a, const float *restrict g,
 void tables_fold_marked(group_state *s, int lo, int hi);
 /* Scratch floats of the store, at least n. */
 float *tables_scratch(trainer_tables *t, size_t n);
-/* Releases the pages of the fetched rows (and their gradients) of group s. */
-void tables_release_fetched(const trainer_tables *t, group_state *s);
+/* Gives back scratch and exchange buffers beyond TABLES_TRIM_BYTES (after the calls of a
+ * group whose rows the budget does not keep: their transit copies count against it). */
+enum { TABLES_TRIM_BYTES = 1 << 20 };
+void tables_trim(trainer_tables *t);
+/* What tables_release gives back: the fetched rows (which may be fetched again), the
+ * gradient rows of other ranks' shards (only once they have been pushed). */
+enum { RELEASE_ROWS = 1, RELEASE_GRADS = 2 };
+/* Releases the pages of group s's rows of other ranks' shards (what: RELEASE_*). */
+void tables_release(const trainer_tables *t, group_state *s, int what);
 
 #endif

@@ -43,16 +43,23 @@ static void release_chunk(group_state *s, void *store, size_t elem, int k) {
                 MADV_DONTNEED);
 }
 
-void tables_release_fetched(const trainer_tables *t, group_state *s) {
-    for (int q = 0; q < s->nfetched; q++) s->state[s->fetched[q]] &= (uint8_t)~ST_FETCHED;
-    s->nfetched = 0;
+void tables_release(const trainer_tables *t, group_state *s, int what) {
+    if (what & RELEASE_ROWS) {
+        for (int q = 0; q < s->nfetched; q++) s->state[s->fetched[q]] &= (uint8_t)~ST_FETCHED;
+        s->nfetched = 0;
+    }
     for (int k = 0; k < s->g.K; k++) {
         if (tables_holds(t, s, k)) continue;
         for (int j = 0; j < s->g.nout; j++) {
-            release_chunk(s, s->rows[j], sizeof(float), k);
-            release_chunk(s, s->drows[j], sizeof(float), k);
+            if (what & RELEASE_ROWS) release_chunk(s, s->rows[j], sizeof(float), k);
+            if (what & RELEASE_GRADS) release_chunk(s, s->drows[j], sizeof(float), k);
         }
     }
+}
+
+/* A fetched group over the budget holds its rows only while a call computes with them. */
+static int transient(const trainer_tables *t, const group_state *s) {
+    return s->strategy == TRAINER_STRATEGY_FETCH && !s->keep && t->P > 1;
 }
 
 /* Keys of the tokens' chunks: rowid (N,K) = k << tau | idx. Counts the lookups and, for the
@@ -107,9 +114,10 @@ static void resolve(trainer_tables *t, int g, const int32_t *rowid, int N) {
     for (size_t e = 0; e < (size_t)N * K; e++) {
         int32_t key = rowid[e];
         uint8_t st = s->state[key];
-        if (st & ST_BLOCK) continue;
-        st |= ST_BLOCK;
-        s->blk[s->nblk++] = key;
+        if (!(st & ST_BLOCK)) {
+            st |= ST_BLOCK;
+            s->blk[s->nblk++] = key;
+        }
         int k = key >> tau;
         if (!tables_holds(t, s, k) && !(st & ST_FETCHED)) {
             st |= ST_FETCHED;
@@ -121,9 +129,9 @@ static void resolve(trainer_tables *t, int g, const int32_t *rowid, int N) {
     }
     t->misses += nremote;
     if (t->phase == TRAINER_TABLES_MEMORY_PASS) s->in_memory_pass = 1;
-    if (t->phase == TRAINER_TABLES_RECOMPUTE && s->in_memory_pass) {
-        /* every rank knows these rows are present (a block's rows stay until its end): no
-           exchange to agree on */
+    if (t->phase == TRAINER_TABLES_RECOMPUTE && s->in_memory_pass && !transient(t, s)) {
+        /* every rank knows these rows are present (a kept group's rows stay until the step
+           ends): no exchange to agree on */
         LAYER_ASSERT(nremote == 0);
         return;
     }
@@ -473,6 +481,10 @@ void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const 
     }
     resolve(t, g, a->rowid, N);
     local_forward(s, a->rowid, sc, N, out, b);
+    if (transient(t, s)) {
+        tables_release(t, s, RELEASE_ROWS);
+        tables_trim(t);
+    }
 }
 
 void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act *a,
@@ -483,11 +495,17 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
         owner_backward(t, g, a, dout, gs, db, ar);
         return;
     }
+    if (transient(t, s)) resolve(t, g, a->rowid, a->N); /* the rows again, for this call */
     local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db);
+    if (transient(t, s)) {
+        tables_release(t, s, RELEASE_ROWS);
+        tables_trim(t);
+    }
     if (s->strategy == TRAINER_STRATEGY_FETCH && t->P > 1 && t->planned && t->run.batched) {
         LAYER_ASSERT(!s->push_active && "one backward per block expected");
         push_start(t, g);
         s->push_active = 1;
+        tables_release(t, s, RELEASE_GRADS); /* packed and zeroed: no need to hold the pages */
     }
 }
 
@@ -567,7 +585,10 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
         else
             LAYER_ASSERT(nremote == 0);
         /* rows over the budget go with the block that fetched them */
-        if (s->strategy == TRAINER_STRATEGY_FETCH && !s->keep) tables_release_fetched(t, s);
+        if (transient(t, s)) {
+            tables_release(t, s, RELEASE_ROWS | RELEASE_GRADS);
+            tables_trim(t);
+        }
     }
 }
 

@@ -1,0 +1,116 @@
+/* The table planner: its byte counts against hand counts, and its choice in hand-made cases. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "tests/testutil.h"
+#include "trainer/plan.h"
+
+static trainer_plan_run run_of(int P, int streams, int block, int horizon, int batched) {
+    trainer_plan_run r = {.P = P, .streams = streams, .block = block, .horizon = horizon,
+                          .batched = batched, .budget = 256.0 * 1048576, .latency = 20e-6,
+                          .bandwidth = 100e9 / 8, .wire_bytes = 4, .force = -1};
+    return r;
+}
+
+START_TEST(test_distinct) {
+    /* one lookup hits one row; lookups beyond the rows saturate; 2^tau (1 - (1-2^-tau)^m) */
+    ck_assert_double_eq_tol(trainer_plan_distinct(8, 1), 1.0, 1e-12);
+    ck_assert_double_eq(trainer_plan_distinct(8, 0), 0.0);
+    ck_assert_double_eq_tol(trainer_plan_distinct(2, 3), 4 * (1 - pow(0.75, 3)), 1e-12);
+    ck_assert(trainer_plan_distinct(8, 1e6) > 255.99 && trainer_plan_distinct(8, 1e6) <= 256);
+}
+END_TEST
+
+/* Bytes of each strategy, counted by hand for one group: K = 4 chunks of 2^2 rows, nout 3,
+ * OC 8 (W = 24), 2 ranks, 4 streams in blocks of 2, horizon 1, 100 rows per segment. */
+START_TEST(test_bytes_by_hand) {
+    trainer_plan_run r = run_of(2, 4, 2, 1, 1);
+    trainer_plan_group g = {3, 4, 2, 8, 100, -1};
+    trainer_plan_cost c;
+    trainer_plan_choose(&r, &g, &c);
+    double u = trainer_plan_distinct(2, 200); /* a rank's 2 streams x 100 rows: ~4 */
+    double ub = trainer_plan_distinct(2, 200); /* one block = the rank's streams here */
+    /* fetch: half the keys remote; each 8 B key + 96 B row in, the same pushed per block */
+    double fetch = 0.5 * 4 * u * (8 + 96) + 1 * 0.5 * 4 * ub * (8 + 96);
+    ck_assert_double_eq_tol(c.bytes[TRAINER_STRATEGY_FETCH], fetch, 1e-9 * fetch);
+    /* owner: a block of 200 tokens, one shard (K = 4 < 16), owned by one rank:
+       fwd 200*4*0.5*8 + 200*96*1*0.5; bwd 200*4*0.5*8 + 200*96*(1*0.5) + 200*4*0.5*4 */
+    double n = 200, owner = n * 4 * 0.5 * 8 + n * 96 * 0.5 + n * 4 * 0.5 * 8 + n * 96 * 0.5 +
+                            n * 4 * 0.5 * 4;
+    ck_assert_double_eq_tol(c.bytes[TRAINER_STRATEGY_OWNER], owner, 1e-9 * owner);
+    /* replicate: a ring all-reduce of 16 rows x 24 doubles and 16 marks, 2 (P-1)/P of it */
+    double rep = 2 * 0.5 * (16 * 24 * 8 + 16);
+    ck_assert_double_eq_tol(c.bytes[TRAINER_STRATEGY_REPLICATE], rep, 1e-9 * rep);
+    ck_assert_double_eq(c.messages[TRAINER_STRATEGY_FETCH], 2.0); /* 1 block: fetch, push */
+    ck_assert_double_eq(c.messages[TRAINER_STRATEGY_OWNER], 4.0);
+    ck_assert_double_eq_tol(c.seconds[TRAINER_STRATEGY_OWNER], 4 * 20e-6 + owner / (100e9 / 8),
+                            1e-15);
+}
+END_TEST
+
+/* The choices the cost model should make, whatever its details. */
+START_TEST(test_choices) {
+    trainer_plan_cost c;
+    /* a tiny table: replicating it costs least */
+    trainer_plan_run r = run_of(8, 64, 8, 4, 1);
+    trainer_plan_group tiny = {1, 2, 4, 8, 64, -1};
+    trainer_plan_choose(&r, &tiny, &c);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_REPLICATE);
+    /* a large table (d_model 256, tau 8, Q/K/V), many tokens per rank, 2 ranks: every row is
+       hit many times, so fetching rows beats shipping every token's outputs */
+    r = run_of(2, 128, 64, 4, 1);
+    trainer_plan_group qkv = {3, 32, 8, 256, 64, -1};
+    trainer_plan_choose(&r, &qkv, &c);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_FETCH);
+    /* few tokens per rank (one stream of 16 tokens), many ranks: sending the lookups wins */
+    r = run_of(64, 64, 1, 1, 1);
+    qkv.rows = 16;
+    trainer_plan_choose(&r, &qkv, &c);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_OWNER);
+    /* the same with a memory carried between segments: owner-side lookups are not allowed */
+    r.batched = 0;
+    trainer_plan_choose(&r, &qkv, &c);
+    ck_assert(!c.allowed[TRAINER_STRATEGY_OWNER]);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_FETCH);
+    /* a budget too small for one block's rows, and nothing else allowed */
+    r.budget = 1024;
+    trainer_plan_choose(&r, &qkv, &c);
+    ck_assert(!c.allowed[TRAINER_STRATEGY_FETCH]);
+    ck_assert_str_eq(c.why, "over budget");
+    /* a forced strategy is taken when allowed, refused when not */
+    r = run_of(64, 64, 1, 1, 1);
+    r.force = TRAINER_STRATEGY_FETCH;
+    trainer_plan_choose(&r, &qkv, &c);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_FETCH);
+    ck_assert_str_eq(c.why, "forced");
+    r.batched = 0;
+    r.force = TRAINER_STRATEGY_OWNER;
+    trainer_plan_choose(&r, &qkv, &c);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_FETCH);
+    /* one rank: nothing moves */
+    r = run_of(1, 8, 8, 4, 1);
+    trainer_plan_choose(&r, &qkv, &c);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_FETCH);
+    ck_assert_double_eq(c.bytes[TRAINER_STRATEGY_FETCH], 0.0);
+    /* measured skew (few distinct keys) makes fetching cheaper than the uniform guess */
+    r = run_of(2, 16, 8, 4, 1);
+    qkv.rows = 64;
+    trainer_plan_choose(&r, &qkv, &c);
+    double uniform = c.bytes[TRAINER_STRATEGY_FETCH];
+    qkv.distinct = 20;
+    trainer_plan_choose(&r, &qkv, &c);
+    ck_assert(c.bytes[TRAINER_STRATEGY_FETCH] < 0.2 * uniform);
+}
+END_TEST
+
+static Suite *plan_suite(void) {
+    Suite *s = suite_create("plan");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_distinct);
+    tcase_add_test(tc, test_bytes_by_hand);
+    tcase_add_test(tc, test_choices);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return tu_run(plan_suite()); }
