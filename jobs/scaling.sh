@@ -13,7 +13,8 @@
 # times show overheads anyway, and byte counts are the same in every repeat.
 # Writes to OUT_DIR (default runs/scaling):
 #   scaling.csv         one row per run: throughput, efficiency, bytes sent per rank per step
-#                       (measured, and predicted by jobs/comm_model.py), all-to-all share of
+#                       (measured, and predicted by memtrain plan via jobs/comm_model.py), the
+#                       strategies, all-to-all share of
 #                       the step time, all-reduce time, cache hit rate
 #   tokens_per_s.png, efficiency.png, bytes.png, a2a_share.png   gnuplot figures
 #   comm_model.md       the communication model with predicted vs measured bytes (weak runs)
@@ -133,8 +134,7 @@ for mode, p, streams, d in runs:
                   "oversubscribed": int(int(p) > cores), "tokens_per_s": tps,
                   "tokens_per_s_median": median,
                   "bytes_per_rank_step": mean("bytes_sent_per_rank"),
-                  "pred_bytes_uniform": float(pred[3]),
-                  "pred_bytes_calibrated": float(pred[4]) if pred[4] else 0.0,
+                  "pred_bytes": float(pred[3]), "plan": pred[6],
                   "a2a_share": a2a / (comp + a2a + ar) if comp + a2a + ar > 0 else 0.0,
                   "ms_compute": comp, "ms_alltoall": a2a, "ms_allreduce": ar,
                   "cache_hit_rate": mean("cache_hit_rate"), "table_imbalance": float(imb),
@@ -144,12 +144,12 @@ for r in table:
     r["efficiency"] = r["tokens_per_s"] / (r["P"] * base[0]["tokens_per_s"]) if base else 0.0
 cols = ["mode", "P", "streams", "oversubscribed", "tokens_per_s", "efficiency",
         "tokens_per_s_median",
-        "bytes_per_rank_step", "pred_bytes_uniform", "pred_bytes_calibrated", "a2a_share",
+        "bytes_per_rank_step", "pred_bytes", "plan", "a2a_share",
         "ms_compute", "ms_alltoall", "ms_allreduce", "cache_hit_rate", "table_imbalance",
         "repeats", "load1"]
 fmt = {"tokens_per_s": "%.0f", "tokens_per_s_median": "%.0f", "efficiency": "%.4f",
        "bytes_per_rank_step": "%.0f",
-       "pred_bytes_uniform": "%.0f", "pred_bytes_calibrated": "%.0f", "a2a_share": "%.4f",
+       "pred_bytes": "%.0f", "a2a_share": "%.4f",
        "ms_compute": "%.2f", "ms_alltoall": "%.2f", "ms_allreduce": "%.2f",
        "cache_hit_rate": "%.4f", "table_imbalance": "%.3f", "load1": "%.2f"}
 with open(out_path, "w", newline="") as f:
@@ -158,16 +158,16 @@ with open(out_path, "w", newline="") as f:
     for r in table:
         wr.writerow([fmt[c] % r[c] if c in fmt else r[c] for c in cols])
 print()
-print("%-6s %2s %7s %9s %6s %9s %10s %10s %10s %6s %8s %6s %7s %6s %5s" %
-      ("mode", "P", "streams", "tok/s", "eff", "median", "KiB/step", "pred KiB", "calib KiB",
+print("%-6s %2s %7s %9s %6s %9s %10s %10s %-7s %6s %8s %6s %7s %6s %5s" %
+      ("mode", "P", "streams", "tok/s", "eff", "median", "KiB/step", "pred KiB", "f/o/r",
        "a2a%",
        "compute", "a2a", "allred", "hit%", "load"))
 for r in table:
-    print("%-6s %2d %7d %9.0f %5.0f%% %9.0f %10.1f %10.1f %10.1f %5.1f%% %8.1f %6.1f %7.2f %5.1f%% %5.2f%s" %
+    print("%-6s %2d %7d %9.0f %5.0f%% %9.0f %10.1f %10.1f %-7s %5.1f%% %8.1f %6.1f %7.2f %5.1f%% %5.2f%s" %
           (r["mode"], r["P"], r["streams"], r["tokens_per_s"], 100 * r["efficiency"],
            r["tokens_per_s_median"],
-           r["bytes_per_rank_step"] / 1024, r["pred_bytes_uniform"] / 1024,
-           r["pred_bytes_calibrated"] / 1024, 100 * r["a2a_share"], r["ms_compute"],
+           r["bytes_per_rank_step"] / 1024, r["pred_bytes"] / 1024, r["plan"],
+           100 * r["a2a_share"], r["ms_compute"],
            r["ms_alltoall"], r["ms_allreduce"], 100 * r["cache_hit_rate"], r["load1"],
            "  *" if r["oversubscribed"] else ""))
 print("(tok/s, eff and the times: the fastest of %d repeats, oversubscribed runs once; median:"
@@ -232,10 +232,9 @@ set xrange [1.5:$MAXP + 0.5]
 set key bottom right
 set label 1 at $CORES + 0.6, graph 0.93
 plot csv using "P":(is("weak") ? column("bytes_per_rank_step")/1024 : 1/0) with linespoints lw 2 pt 7 title "weak measured", \
-     csv using "P":(is("weak") ? column("pred_bytes_calibrated")/1024 : 1/0) with linespoints dashtype 2 pt 6 title "weak model, calibrated by hit rate", \
-     csv using "P":(is("weak") ? column("pred_bytes_uniform")/1024 : 1/0) with linespoints dashtype 3 pt 4 title "weak model, uniform buckets (upper bound)", \
+     csv using "P":(is("weak") ? column("pred_bytes")/1024 : 1/0) with linespoints dashtype 3 pt 4 title "weak, the planner's prediction (uniform buckets)", \
      csv using "P":(is("strong") ? column("bytes_per_rank_step")/1024 : 1/0) with linespoints lw 2 pt 5 title "strong measured", \
-     csv using "P":(is("strong") ? column("pred_bytes_calibrated")/1024 : 1/0) with linespoints dashtype 2 pt 12 title "strong model, calibrated by hit rate"
+     csv using "P":(is("strong") ? column("pred_bytes")/1024 : 1/0) with linespoints dashtype 3 pt 12 title "strong, the planner's prediction"
 
 unset logscale y
 set xrange [0.5:$MAXP + 0.5]

@@ -3,10 +3,11 @@
 #
 # Runs a tiny sweep (P = 1, 2; 6 steps; one repeat) and checks scaling.csv's columns and rows,
 # positive figures, no bytes on one rank, and that the plots are PNG files. Then checks the
-# communication model: a hand-computed prediction for a one-layer decoder, the measured counter
-# of that decoder against it (every bucket of its 4-row tables gets hit, so the uniform model
-# is almost exact there), 0 bytes at P = 1, and on the demo Memformer at P = 2 the calibrated
-# prediction within a factor of 2 of the measured counter and the uniform one above it.
+# communication model (memtrain plan, through jobs/comm_model.py): a hand-computed prediction
+# for a one-layer decoder with its rows fetched, the measured counter of that decoder against
+# it (every bucket of its 4-row tables gets hit, so the uniform model is almost exact there),
+# 0 bytes at P = 1, and on the demo Memformer at P = 2 the prediction above the measured
+# counter and within a factor of 8 of it.
 #
 # Run: bash tests/test_scaling_script.sh   (after make all)
 set -euo pipefail
@@ -24,7 +25,7 @@ grep -q 'oversubscribed' "$TMP/sweep.log" || fail "sweep output does not explain
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 need = ["mode", "P", "streams", "oversubscribed", "tokens_per_s", "efficiency",
-        "bytes_per_rank_step", "pred_bytes_uniform", "pred_bytes_calibrated", "a2a_share",
+        "bytes_per_rank_step", "pred_bytes", "plan", "a2a_share",
         "ms_compute", "ms_alltoall", "ms_allreduce", "cache_hit_rate"]
 missing = [c for c in need if c not in rows[0]]
 assert not missing, "missing columns %s" % missing
@@ -38,10 +39,10 @@ for r in rows:
     assert 0 <= float(r["a2a_share"]) < 1, r
     if P == 1:
         assert float(r["bytes_per_rank_step"]) == 0, r
-        assert float(r["pred_bytes_uniform"]) == 0, r
+        assert float(r["pred_bytes"]) == 0, r
         assert abs(float(r["efficiency"]) - 1) < 1e-9, r
     else:
-        for c in ("bytes_per_rank_step", "pred_bytes_uniform", "pred_bytes_calibrated"):
+        for c in ("bytes_per_rank_step", "pred_bytes"):
             assert float(r[c]) > 0, (c, r)
 print("scaling.csv: %d rows, %d columns" % (len(rows), len(rows[0])))
 PY
@@ -56,43 +57,43 @@ pass "scaling.sh: CSV rows and columns, PNG plots, comm_model.md"
 # ---- the model by hand ----
 # decoder, 1 layer, d_model 8, tau 2, expand_bits 0: K = 4 tables of 4 rows per group;
 # groups qkv (W = 3*8), ml1 (OC = K*(tau+e) = 8), ml2 (OC = 8). m = 784 lookups per table
-# fill all 4 rows: U = 4(1 - (3/4)^784) = 4. Per key 8 + 4 W bytes fetched and as much pushed
-# (one block per rank): 2 * 104, 2 * 40, 2 * 40.
-# P = 2: 12 * 1 * (1 pass * (3 fetches + 3 pushes)) + 1/2 * 4 * 4 * 2 * (104 + 40 + 40) = 72 + 2944.
+# fill all 4 rows: U = 4(1 - (3/4)^784) = 4. Rows fetched: half the keys are remote, 8 + 4 W
+# bytes each, and as much pushed (one block per rank): 2 * 2 * 8 * (8 + 4 W) per group is
+# 1664, 640, 640; counts to the other rank: a fetch (12 B) and a push (4 B) per group, 48.
+# P = 2, rows fetched (forced): 2944 + 48 = 2992.
 tiny=(--arch=decoder --n_layers=1 --d_model=8 --n_heads=1 --tau=2 --expand_bits=0 --horizon=1
-      --seg_len=784 --stream_block=1)
-pred() { # P -> uniform prediction in bytes
+      --seg_len=784 --stream_block=1 --table_strategy=fetch)
+pred() { # P -> predicted bytes
   jobs/comm_model.py --bin "$BIN/memtrain" "${tiny[@]}" --streams="$1" --ranks "$1" --format csv \
     | tail -1 | cut -d, -f4
 }
-[ "$(pred 2)" = 3016 ] || fail "comm_model.py predicts $(pred 2) bytes for the tiny decoder at P=2, hand count 3016"
+[ "$(pred 2)" = 2992 ] || fail "comm_model.py predicts $(pred 2) bytes for the tiny decoder at P=2, hand count 2992"
 [ "$(pred 1)" = 0 ] || fail "comm_model.py predicts $(pred 1) bytes at P=1, expected 0"
-pass "comm_model.py: hand-counted 3016 bytes at P=2, 0 at P=1"
+pass "comm_model.py: hand-counted 2992 bytes at P=2, 0 at P=1"
 
 # the real counter: at most the saturated count, and at least 90% of it (nearly every bucket hit)
 mpirun --oversubscribe -np 2 "$BIN/memtrain" "${tiny[@]}" --streams=2 --steps=2 --warmup=1 \
   --log_every=1 --eval_every=0 --ckpt_every=0 --run_dir="$TMP/tiny" >"$TMP/out" 2>&1 \
   || { cat "$TMP/out"; fail "tiny decoder run failed"; }
-/usr/bin/python3 - "$TMP/tiny/metrics.csv" <<'PY' || fail "tiny decoder: measured bytes outside [0.9, 1] x 3016"
+/usr/bin/python3 - "$TMP/tiny/metrics.csv" <<'PY' || fail "tiny decoder: measured bytes outside [0.9, 1] x 2992"
 import csv, sys
 for r in csv.DictReader(open(sys.argv[1])):
     b = float(r["bytes_sent_per_rank"])
-    assert 0.9 * 3016 <= b <= 3016, b
-    print("tiny decoder step %s: measured %.0f bytes = %.3f x 3016" % (r["step"], b, b / 3016))
+    assert 0.9 * 2992 <= b <= 2992, b
+    print("tiny decoder step %s: measured %.0f bytes = %.3f x 2992" % (r["step"], b, b / 2992))
 PY
 pass "tiny decoder: measured counter within [0.9, 1] of the saturated prediction"
 
 # ---- the demo Memformer at P = 2, from the sweep's weak run ----
-jobs/comm_model.py --bin "$BIN/memtrain" --config jobs/configs/demo.conf --streams=8 --ranks 2 \
-  --metrics "$out/weak-p2/metrics.csv" --format csv | tail -1 >"$TMP/p2.csv"
+jobs/comm_model.py --bin "$BIN/memtrain" --config jobs/configs/demo.conf --streams=8 \
+  --stream_block=4 --ranks 2 --metrics "$out/weak-p2/metrics.csv" --format csv | tail -1 >"$TMP/p2.csv"
 /usr/bin/python3 - "$TMP/p2.csv" <<'PY' || fail "demo at P=2: prediction and measurement disagree"
 import sys
 f = open(sys.argv[1]).read().strip().split(",")
-uni, cal, meas = float(f[3]), float(f[4]), float(f[5])
-print("demo P=2: measured %.0f B, calibrated %.0f B (ratio %.2f), uniform %.0f B (ratio %.2f)"
-      % (meas, cal, cal / meas, uni, uni / meas))
-assert 0.5 <= cal / meas <= 2.0, "calibrated / measured = %.2f" % (cal / meas)
-assert uni >= meas, "the uniform-bucket estimate should bound the measurement from above"
+pred, meas = float(f[3]), float(f[4])
+print("demo P=2: measured %.0f B, predicted %.0f B (ratio %.2f)" % (meas, pred, pred / meas))
+assert pred >= meas, "the uniform-bucket estimate should bound the measurement from above"
+assert pred <= 8 * meas, "the prediction is more than 8 times the measurement"
 PY
-pass "demo P=2: calibrated model within a factor of 2, uniform model above the measurement"
+pass "demo P=2: prediction above the measurement, within a factor of 8"
 echo "test_scaling_script: all passed"
