@@ -48,5 +48,51 @@ PY
 }
 
 check_run fashion-mnist 49 150
+
+# sampling from that run's last checkpoint: the same images on 1 and 2 ranks; temperature 0 is
+# the argmax, which no seed changes and top-k 1 equals; an upscaled, numbered PNG
+ck=$(ls "$TMP/fashion-mnist/ckpt/"ckpt-*.h5 | tail -1)
+smp() { # np out args...
+  local np=$1 out=$2
+  shift 2
+  mt "$np" sample --ckpt "$ck" --count=4 --out="$out" "$@"
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "sample $*"; }
+}
+smp 1 "$TMP/s1.png" --temperature=0.9 --top-k=40 --seed=5
+smp 2 "$TMP/s2.png" --temperature=0.9 --top-k=40 --seed=5
+cmp -s "$TMP/s1.png" "$TMP/s2.png" || fail "1 and 2 ranks sample different images"
+smp 2 "$TMP/s3.png" --temperature=0.9 --top-k=40 --seed=6
+cmp -s "$TMP/s1.png" "$TMP/s3.png" && fail "another seed sampled the same images"
+smp 1 "$TMP/g1.png" --temperature=0 --seed=5
+smp 2 "$TMP/g2.png" --temperature=0 --seed=6
+smp 1 "$TMP/g3.png" --top-k=1 --seed=7
+cmp -s "$TMP/g1.png" "$TMP/g2.png" || fail "temperature 0 depends on the seed"
+# the images alike, the captions (which name the settings) aside
+/usr/bin/python3 - "$TMP/g1.png" "$TMP/g3.png" <<'PY' || fail "temperature 0 and top-k 1 differ"
+import struct, sys, zlib
+def rows(path):  # our PNGs: 8-bit gray, filter 0 on every row
+    d = open(path, "rb").read()
+    w, h = struct.unpack(">II", d[16:24])
+    idat, i = b"", 8
+    while i < len(d):
+        n, kind = struct.unpack(">I4s", d[i:i + 8])
+        if kind == b"IDAT":
+            idat += d[i + 8:i + 8 + n]
+        i += 12 + n
+    raw = zlib.decompress(idat)
+    return [raw[r * (w + 1) + 1:(r + 1) * (w + 1)] for r in range(h)]
+a, b = rows(sys.argv[1]), rows(sys.argv[2])
+head = 14  # the caption's band at --scale 4
+assert a[head:] == b[head:], "the images differ"
+PY
+/usr/bin/python3 - "$TMP/s1.png" <<'PY' || fail "the sample grid is not an upscaled PNG"
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+assert d[:8] == b"\x89PNG\r\n\x1a\n"
+w, h = struct.unpack(">II", d[16:24])
+assert w >= 2 * 4 * 28 and h >= 2 * 4 * 28, (w, h)  # 2 x 2 images, 4 screen pixels a pixel
+PY
+pass "sampling: the same on 1 and 2 ranks, argmax at temperature 0, an upscaled grid"
+
 check_run brown 64 150
 echo "test_train: all passed"

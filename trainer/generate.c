@@ -14,6 +14,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/model.h"
 #include "trainer/preflight.h"
+#include "trainer/sample_grid.h"
 #include "trainer/train.h"
 
 /* Model of cfg with the checkpoint's parameters and tables, after checking the memory of its
@@ -55,22 +56,51 @@ int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const cha
     return 0;
 }
 
-/* Draws from softmax(logits / temperature) over V classes. */
-static int32_t draw(const float *logits, int V, float temperature, layer_rng *rng) {
-    double mx = -INFINITY, sum = 0.0;
-    for (int v = 0; v < V; v++) mx = fmax(mx, logits[v]);
-    double *p = layer_xmalloc((size_t)V * sizeof(double));
-    for (int v = 0; v < V; v++) sum += p[v] = exp((logits[v] - mx) / temperature);
-    double u = layer_rng_uniform(rng) * sum, acc = 0.0;
-    int32_t pick = V - 1;
+typedef struct ranked {
+    double p;
+    int v;
+} ranked;
+
+static int by_prob(const void *a, const void *b) {
+    const ranked *x = a, *y = b;
+    if (x->p != y->p) return x->p > y->p ? -1 : 1;
+    return x->v - y->v;
+}
+
+int32_t trainer_sample_draw(const float *logits, int V, float t, int top_k, float top_p, double u) {
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (logits[v] > logits[best]) best = v;
+    if (t <= 0.0f || top_k == 1) return best;
+    ranked *r = layer_xmalloc((size_t)V * sizeof(ranked));
+    double mx = logits[best], sum = 0.0;
     for (int v = 0; v < V; v++) {
-        acc += p[v];
-        if (u < acc) {
-            pick = v;
+        r[v].p = exp(((double)logits[v] - mx) / t);
+        r[v].v = v;
+        sum += r[v].p;
+    }
+    qsort(r, (size_t)V, sizeof(ranked), by_prob);
+    int keep = top_k > 0 && top_k < V ? top_k : V;
+    double mass = 0.0;
+    for (int i = 0; i < keep; i++) { /* the nucleus: the fewest reaching top_p of the mass */
+        mass += r[i].p;
+        if (mass >= top_p * sum) {
+            keep = i + 1;
             break;
         }
     }
-    free(p);
+    double kept = 0.0;
+    for (int i = 0; i < keep; i++) kept += r[i].p;
+    double x = u * kept, acc = 0.0;
+    int32_t pick = r[keep - 1].v;
+    for (int i = 0; i < keep; i++) {
+        acc += r[i].p;
+        if (x < acc) {
+            pick = r[i].v;
+            break;
+        }
+    }
+    free(r);
     return pick;
 }
 
@@ -78,7 +108,7 @@ static int32_t draw(const float *logits, int V, float temperature, layer_rng *rn
  * tokens of each row) and receives the rest. Segments follow training: the encoder reads the
  * previous segment, the memory is carried, the decoder sees the segment shifted right. */
 static void generate(trainer_model *m, int32_t *tok, int B, int total, int given, int bos,
-                     float temperature, layer_rng *rng) {
+                     const trainer_sample_options *o, layer_rng *rng) {
     const trainer_model_spec *s = trainer_model_get_spec(m);
     int L = s->L, V = s->vocab;
     trainer_segments *sg = trainer_segments_create(m, B);
@@ -106,7 +136,9 @@ static void generate(trainer_model *m, int32_t *tok, int B, int total, int given
             wrote = 1;
             const float *logits = trainer_step_logits(act);
             for (int b = 0; b < B; b++)
-                tok[(size_t)b * total + seg0 + i] = draw(logits + ((size_t)b * L + i) * V, V, temperature, rng);
+                tok[(size_t)b * total + seg0 + i] =
+                    trainer_sample_draw(logits + ((size_t)b * L + i) * V, V, o->temperature,
+                                        o->top_k, o->top_p, layer_rng_uniform(rng));
         }
         /* the memory after this segment: written from the encoder's view of the previous one,
            so any forward of the segment wrote it; a prompt-only segment needs the writer run */
@@ -116,44 +148,51 @@ static void generate(trainer_model *m, int32_t *tok, int B, int total, int given
     trainer_segments_free(sg);
 }
 
-int trainer_sample_options_read(trainer_sample_options *o, const char *cmd, const char *count,
-                                const char *length, const char *temperature, char *err,
-                                size_t n) {
-    const char *names[3] = {"--count", "--length", "--temperature"};
-    const char *text[3] = {count, length, temperature};
-    o->count = 16;
-    o->length = 400;
-    o->temperature = 1.0f;
-    for (int i = 0; i < 3; i++) {
-        if (!text[i]) continue;
+int trainer_sample_options_read(trainer_sample_options *o, const char *cmd,
+                                const trainer_sample_args *a, char *err, size_t n) {
+    /* name, text, integer?, lowest, highest, lowest open */
+    struct {
+        const char *name, *text;
+        int integer;
+        double lo, hi;
+        int lo_open;
+    } opt[6] = {{"--count", a->count, 1, 1, TRAINER_SAMPLE_MAX_COUNT, 0},
+                {"--length", a->length, 1, 1, TRAINER_SAMPLE_MAX_LENGTH, 0},
+                {"--temperature", a->temperature, 0, 0, 1000, 0},
+                {"--top-k", a->top_k, 1, 0, 65536, 0},
+                {"--top-p", a->top_p, 0, 0, 1, 1},
+                {"--scale", a->scale, 1, 1, 32, 0}};
+    double val[6] = {16, 400, 1, 0, 1, 4};
+    for (int i = 0; i < 6; i++) {
+        const char *t = opt[i].text;
+        if (!t) continue;
         if (strcmp(cmd, "sample") != 0) {
-            snprintf(err, n, "%s is an option of memtrain sample, not of memtrain %s", names[i], cmd);
+            snprintf(err, n, "%s is an option of memtrain sample, not of memtrain %s", opt[i].name, cmd);
             return -1;
         }
-        char *end;
+        char *end, range[64];
+        if (opt[i].integer)
+            snprintf(range, sizeof(range), "an integer in %.0f..%.0f", opt[i].lo, opt[i].hi);
+        else
+            snprintf(range, sizeof(range), "a number in %c%g, %g]", opt[i].lo_open ? '(' : '[',
+                     opt[i].lo, opt[i].hi);
         errno = 0;
-        if (i < 2) {
-            long long v = strtoll(text[i], &end, 10);
-            long long hi = i == 0 ? TRAINER_SAMPLE_MAX_COUNT : TRAINER_SAMPLE_MAX_LENGTH;
-            if (end == text[i] || *end || errno == ERANGE || v < 1 || v > hi) {
-                snprintf(err, n, text[i][0] ? "%s = %s: expected an integer in 1..%lld"
-                                             : "%s has no value%.0s: expected an integer in 1..%lld",
-                         names[i], text[i], hi);
-                return -1;
-            }
-            if (i == 0) o->count = (int)v;
-            else o->length = (int)v;
-        } else {
-            float v = strtof(text[i], &end);
-            if (end == text[i] || *end || errno == ERANGE || !(v > 0.0f) || !(v <= 1000.0f)) {
-                snprintf(err, n, text[i][0] ? "%s = %s: expected a number in (0, 1000]"
-                                             : "%s has no value%.0s: expected a number in (0, 1000]",
-                         names[i], text[i]);
-                return -1;
-            }
-            o->temperature = v;
+        double v = opt[i].integer ? (double)strtoll(t, &end, 10) : (double)strtof(t, &end);
+        int bad = end == t || *end || errno == ERANGE || !(v >= opt[i].lo) || !(v <= opt[i].hi) ||
+                  (opt[i].lo_open && v == opt[i].lo);
+        if (bad) {
+            if (t[0]) snprintf(err, n, "%s = %s: expected %s", opt[i].name, t, range);
+            else snprintf(err, n, "%s has no value: expected %s", opt[i].name, range);
+            return -1;
         }
+        val[i] = v;
     }
+    o->count = (int)val[0];
+    o->length = (int)val[1];
+    o->temperature = (float)val[2];
+    o->top_k = (int)val[3];
+    o->top_p = (float)val[4];
+    o->scale = (int)val[5];
     return 0;
 }
 
@@ -167,22 +206,15 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
     trainer_model *m = load_model(comm, cfg, path, TRAINER_USE_SAMPLE, image ? opt->count : 1, &step);
     layer_rng rng;
     layer_rng_seed(&rng, (uint64_t)cfg->seed * 7919u + 17u);
-    float temp = opt->temperature > 0 ? opt->temperature : 1.0f;
     int fail = 0;
     if (image) {
-        int B = opt->count > 0 ? opt->count : 16, side = 28, total = side * side;
-        int cols = (int)ceil(sqrt((double)B)), rows = (B + cols - 1) / cols, pad = 2;
+        int B = opt->count, side = 28, total = side * side, W, H;
         int32_t *tok = layer_xcalloc((size_t)B * total, sizeof(int32_t));
-        generate(m, tok, B, total, 0, cfg->vocab, temp, &rng);
-        int W = cols * (side + pad) + pad, H = rows * (side + pad) + pad;
-        uint8_t *pix = layer_xcalloc((size_t)W * H, 1);
-        memset(pix, 128, (size_t)W * H);
-        for (int b = 0; b < B; b++)
-            for (int y = 0; y < side; y++)
-                for (int x = 0; x < side; x++) {
-                    int gx = pad + (b % cols) * (side + pad) + x, gy = pad + (b / cols) * (side + pad) + y;
-                    pix[(size_t)gy * W + gx] = (uint8_t)tok[(size_t)b * total + y * side + x];
-                }
+        generate(m, tok, B, total, 0, cfg->vocab, opt, &rng);
+        char caption[160];
+        snprintf(caption, sizeof(caption), "STEP %lld  T=%g  TOP-K=%d  TOP-P=%g", (long long)step,
+                 opt->temperature, opt->top_k, opt->top_p);
+        uint8_t *pix = trainer_grid_render(tok, B, side, opt->scale, caption, &W, &H);
         char out[1200];
         if (opt->out) snprintf(out, sizeof(out), "%s", opt->out);
         else snprintf(out, sizeof(out), "%s/samples.png", cfg->run_dir);
@@ -201,7 +233,7 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
         int given = (int)strlen(prompt), total = given + (opt->length > 0 ? opt->length : 400);
         int32_t *tok = layer_xcalloc((size_t)total, sizeof(int32_t));
         for (int i = 0; i < given; i++) tok[i] = (unsigned char)prompt[i] % cfg->vocab;
-        generate(m, tok, 1, total, given, cfg->vocab, temp, &rng);
+        generate(m, tok, 1, total, given, cfg->vocab, opt, &rng);
         if (comm_rank(comm) == 0) {
             /* the header echoes the prompt escaped; the continuation below is the model's */
             char shown[2200], shown_prompt[2200];

@@ -18,6 +18,7 @@ static void usage(FILE *f) {
             "       mpirun -np P memtrain eval --ckpt FILE [--key=value ...]\n"
             "       mpirun -np P memtrain sample --ckpt FILE [--out FILE.png] [--prompt TEXT]\n"
             "                                    [--count N] [--length N] [--temperature T]\n"
+            "                                    [--top-k K] [--top-p P] [--scale S]\n"
             "       mpirun -np P memtrain inspect --ckpt FILE\n"
             "       memtrain plan --ranks P[,P...] [--per-rank-streams N] [--csv] [--key=value ...]\n"
             "       memtrain --help\n\n"
@@ -54,16 +55,19 @@ int main(int argc, char **argv) {
     char err[512] = "", path[1100] = "";
     int failed = 0;
     static const char *const mine[] = {"--resume", "--ckpt", "--out", "--prompt", "--count",
-                                       "--length", "--temperature", "--ranks",
+                                       "--length", "--temperature", "--top-k", "--top-p",
+                                       "--scale", "--ranks",
                                        "--per-rank-streams", "--csv", NULL};
     /* the flags the config parser leaves to us, found before it reorders argv */
     const char *resume = flag_value(argc, argv, "--resume");
     const char *ckpt = flag_value(argc, argv, "--ckpt");
     trainer_sample_options so = {.out = flag_value(argc, argv, "--out"),
                                  .prompt = flag_value(argc, argv, "--prompt")};
-    const char *count = flag_value(argc, argv, "--count");
-    const char *length = flag_value(argc, argv, "--length");
-    const char *temp = flag_value(argc, argv, "--temperature");
+    trainer_sample_args sa = {
+        .count = flag_value(argc, argv, "--count"), .length = flag_value(argc, argv, "--length"),
+        .temperature = flag_value(argc, argv, "--temperature"),
+        .top_k = flag_value(argc, argv, "--top-k"), .top_p = flag_value(argc, argv, "--top-p"),
+        .scale = flag_value(argc, argv, "--scale")};
 
     /* a flag last on the line, or given as --flag=, has no value: never a silent default */
     const char *given[3] = {resume, ckpt, so.out};
@@ -138,7 +142,7 @@ int main(int argc, char **argv) {
         }
     }
     if (!failed)
-        failed = trainer_sample_options_read(&so, cmd, count, length, temp, err, sizeof(err)) != 0;
+        failed = trainer_sample_options_read(&so, cmd, &sa, err, sizeof(err)) != 0;
     if (!failed && strcmp(cmd, "train") != 0 && strcmp(cmd, "plan") != 0 && !ckpt) {
         snprintf(err, sizeof(err), "memtrain %s needs --ckpt FILE", cmd);
         failed = 1;
