@@ -1,96 +1,199 @@
 #!/usr/bin/env bash
-# Experiment driver: memformer against a decoder of the same size, each with dense and hashed
-# projections, plus memformer without memory, on one dataset; CSV and PNG plots of the results.
+# Experiment driver: named sets of training runs that test the two methods' claims, resumable
+# across sittings, with one CSV row per evaluation and plots against step, FLOPs and wall time.
 #
-#   bash jobs/experiments.sh fashion-mnist|brown [OUT_DIR]
-#   STEPS=800 NP=2 bash jobs/experiments.sh brown runs/exp-brown
+#   bash jobs/experiments.sh SET [OUT_DIR]        SET: main-fmnist main-brown memory hash tiny
+#   STEPS=4000 SEEDS="1 2" NP=2 bash jobs/experiments.sh main-fmnist
 #
-# Each configuration trains with mpirun on NP ranks (default 2) from jobs/configs/
-# experiment-base.conf (Fashion-MNIST: 49-pixel segments, 16 per image; Brown: 64-byte
-# segments). OUT_DIR (default runs/exp-DATASET) gets one run directory per configuration,
-# summary.csv (FLOPs per token next to the final and best validation perplexity, throughput,
-# wall time) and PNG plots: validation perplexity against step and against training FLOPs,
-# and tokens/s per configuration.
+# Sets (every arm starts from jobs/configs/experiment-base.conf):
+#   main-fmnist  Fashion-MNIST pixels: the Memformer and a decoder over one 49-pixel segment,
+#                each with dense and hashed projections, and a decoder over the whole image
+#                (seg_len 784), dense and hashed
+#   main-brown   Brown bytes: the same four, and decoders over the Memformer's context (the
+#                horizon's 4 segments of 64 bytes: seg_len 256), dense and hashed
+#   memory       the hashed Memformer on Fashion-MNIST: memory off; 1 and 32 slots (8 in main);
+#                forgetting off; write temperature 1 (0.25 in main); horizon 1 and 16 (4)
+#   hash         the hashed decoder on Fashion-MNIST: expanding bits 0, 1, 3 (2 in main); tau 6
+#                and 10 (8; d_model 72 and 80, the nearest widths tau and the heads divide);
+#                score = prob (l1prob)
+#   tiny         two arms of a few steps, for the test suite
+# Every arm runs for every seed in SEEDS (default: 1 2 for main sets, 1 otherwise) with mpirun
+# on NP ranks (default 2) for STEPS optimizer steps (default per set; the learning-rate
+# schedule spans them). UNTIL=N ends this sitting's runs after step N (memtrain's stop_after):
+# a set can span sittings, and a run continues from its last checkpoint when its directory
+# has one, on the same schedule as a run that never stopped; a finished run is left as it is.
+# (Raising STEPS for runs already started stretches their cosine decay from where they are.)
+#
+# OUT_DIR (default runs/exp-SET) gets a run directory per arm and seed, and
+#   evals.csv     one row per evaluation: set, arm, seed, step, tokens, wall_s (training and
+#                 evaluation time, summed over sittings), flops (training FLOPs: 3 x the
+#                 forward's per token, times tokens), train_ppl, val_ppl, peak_rss_mib (the
+#                 largest rank's peak over the sittings so far), mflop_per_token, tokens_per_s
+#   summary.md    per arm: steps, tokens, wall time, MFLOP/token, tokens/s, peak memory, final
+#                 validation perplexity (mean over seeds, and the spread)
+#   val_ppl_vs_{step,flops,wall}.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=${1:?usage: jobs/experiments.sh fashion-mnist|brown [OUT_DIR]}
-out=${2:-runs/exp-$data}
+set_name=${1:?usage: jobs/experiments.sh main-fmnist|main-brown|memory|hash|tiny [OUT_DIR]}
+out=${2:-runs/exp-$set_name}
 NP=${NP:-2}
-STEPS=${STEPS:-800}
 BIN=${BUILD:-build}/bin
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-case $data in
-  fashion-mnist) seg=49 ;;
-  brown) seg=64 ;;
-  *) echo "experiments: unknown dataset '$data' (fashion-mnist or brown)" >&2; exit 2 ;;
+export OMPI_MCA_btl_base_warn_component_unused=0
+
+# arms: name, then memtrain --key=value arguments
+fm="--data=fashion-mnist --seg_len=49"
+br="--data=brown --seg_len=64"
+case $set_name in
+  main-fmnist)
+    steps=3000 seeds="1 2"
+    arms=("memformer-hash $fm --arch=memformer --proj=hash"
+          "memformer-dense $fm --arch=memformer --proj=dense"
+          "decoder-hash $fm --arch=decoder --proj=hash"
+          "decoder-dense $fm --arch=decoder --proj=dense"
+          "decoder784-hash --data=fashion-mnist --arch=decoder --proj=hash --seg_len=784 --horizon=1"
+          "decoder784-dense --data=fashion-mnist --arch=decoder --proj=dense --seg_len=784 --horizon=1") ;;
+  main-brown)
+    steps=3000 seeds="1 2"
+    arms=("memformer-hash $br --arch=memformer --proj=hash"
+          "memformer-dense $br --arch=memformer --proj=dense"
+          "decoder-hash $br --arch=decoder --proj=hash"
+          "decoder-dense $br --arch=decoder --proj=dense"
+          "decoder256-hash --data=brown --arch=decoder --proj=hash --seg_len=256 --horizon=1"
+          "decoder256-dense --data=brown --arch=decoder --proj=dense --seg_len=256 --horizon=1") ;;
+  memory)
+    steps=3000 seeds="1"
+    m="$fm --arch=memformer --proj=hash"
+    arms=("nomemory $m --memory=off" "slots1 $m --mem_slots=1" "slots32 $m --mem_slots=32"
+          "noforgetting $m --forgetting=off" "writetemp1 $m --write_temp=1"
+          "horizon1 $m --horizon=1" "horizon16 $m --horizon=16") ;;
+  hash)
+    steps=3000 seeds="1"
+    d="$fm --arch=decoder --proj=hash"
+    arms=("expand0 $d --expand_bits=0" "expand1 $d --expand_bits=1" "expand3 $d --expand_bits=3"
+          "tau6 $d --tau=6 --d_model=72 --n_heads=3" "tau10 $d --tau=10 --d_model=80"
+          "prob $d --score=prob") ;;
+  tiny)
+    steps=4 seeds="1"
+    t="--d_model=16 --eval_every=2 --eval_segments=2 --warmup=1 --log_every=1 --ckpt_every=2"
+    arms=("a $fm --arch=decoder --proj=hash $t" "b $fm --arch=memformer --proj=dense $t") ;;
+  *) echo "experiments: unknown set '$set_name' (main-fmnist, main-brown, memory, hash, tiny)" >&2
+     exit 2 ;;
 esac
+STEPS=${STEPS:-$steps}
+SEEDS=${SEEDS:-$seeds}
+UNTIL=${UNTIL:-$STEPS}
+if [ "$UNTIL" -gt "$STEPS" ]; then
+  echo "experiments: UNTIL=$UNTIL is past STEPS=$STEPS" >&2
+  exit 2
+fi
+stop=$UNTIL
+[ "$UNTIL" -eq "$STEPS" ] && stop=0
 mkdir -p "$out"
 
-# name: arch proj memory
-grid=(
-  "memformer-hash memformer hash on"
-  "memformer-dense memformer dense on"
-  "decoder-hash decoder hash off"
-  "decoder-dense decoder dense off"
-  "memformer-hash-nomemory memformer hash off"
-)
-summary=$out/summary.csv
-echo "name,arch,proj,memory,mflop_per_token,steps,tokens,train_ppl,val_ppl,best_val_ppl,tokens_per_s,wall_s" >"$summary"
-for row in "${grid[@]}"; do
-  read -r name arch proj memory <<<"$row"
-  run=$out/$name
-  rm -rf "$run"
-  t0=$(date +%s.%N)
-  mpirun --oversubscribe -np "$NP" "$BIN/memtrain" --config jobs/configs/experiment-base.conf \
-    --data="$data" --seg_len="$seg" --arch="$arch" --proj="$proj" --memory="$memory" \
-    --steps="$STEPS" --run_dir="$run" >"$run.log" 2>&1 || { tail "$run.log" >&2; exit 1; }
-  t1=$(date +%s.%N)
-  mflop=$(sed -n 's/.* \([0-9.e+-]*\) MFLOP\/token.*/\1/p' "$run.log")
-  /usr/bin/python3 - "$run/metrics.csv" "$name,$arch,$proj,$memory,$mflop" "$t0" "$t1" \
-    "$STEPS" "$seg" >>"$summary" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-vals = [float(r["val_ppl"]) for r in rows if r["val_ppl"]]
-steps, seg = int(sys.argv[5]), int(sys.argv[6])
-tokens = steps * 8 * 4 * seg  # streams * horizon * seg_len per step
-tps = sum(float(r["tokens_per_s"]) for r in rows) / len(rows)
-print(f"{sys.argv[2]},{steps},{tokens},{float(rows[-1]['train_ppl']):.3f},{vals[-1]:.3f},"
-      f"{min(vals):.3f},{tps:.0f},{float(sys.argv[4]) - float(sys.argv[3]):.0f}")
-PY
-  echo "$(tail -n 1 "$summary")"
-  # val ppl against step and against training FLOPs (forward + backward ~ 3x forward)
-  awk -F, -v seg="$seg" -v mf="$mflop" 'NR > 1 && $13 != "" {
-      print $1, $13, 3 * mf * 1e6 * $1 * 8 * 4 * seg }' "$run/metrics.csv" >"$run/val.dat"
+for row in "${arms[@]}"; do
+  read -r arm args <<<"$row"
+  for seed in $SEEDS; do
+    run=$out/$arm-s$seed
+    if [ -s "$run/ckpt/LATEST" ]; then
+      done_steps=$(tail -n 1 "$run/metrics.csv" | cut -d, -f1)
+      if [ "${done_steps:-0}" -ge "$UNTIL" ]; then
+        echo "== $arm seed $seed: done ($done_steps steps)"
+        continue
+      fi
+      echo "== $arm seed $seed: continuing from step $done_steps to $UNTIL of $STEPS"
+      cmd=(--resume "$run" --steps="$STEPS" --stop_after="$stop")
+    else
+      echo "== $arm seed $seed: steps 1 to $UNTIL of $STEPS"
+      mkdir -p "$run"
+      # shellcheck disable=SC2206 # args is a list of options
+      cmd=(--config jobs/configs/experiment-base.conf --ckpt_every=500 $args --seed="$seed"
+           --steps="$STEPS" --stop_after="$stop" --run_dir="$run")
+    fi
+    # each rank's peak memory (KiB) from /usr/bin/time, one line per rank and sitting
+    if ! mpirun --oversubscribe -np "$NP" /usr/bin/time -a -o "$run/peak_kib" -f %M \
+        "$BIN/memtrain" "${cmd[@]}" >>"$run/log.txt" 2>&1; then
+      tail -n 20 "$run/log.txt" >&2
+      echo "experiments: $arm seed $seed failed (log: $run/log.txt)" >&2
+      exit 1
+    fi
+    grep -E '^step ' "$run/log.txt" | tail -n 1 | sed 's/^/   /'
+  done
 done
 
-plot() { # output title xlabel using logscale
+# one CSV row per evaluation, the summary and the plots, from every run of the set so far
+/usr/bin/python3 - "$out" "$set_name" "${arms[@]}" <<'PY'
+import csv, glob, os, re, statistics, sys
+out, set_name, arms = sys.argv[1], sys.argv[2], [a.split()[0] for a in sys.argv[3:]]
+cols = ["set", "arm", "seed", "step", "tokens", "wall_s", "flops", "train_ppl", "val_ppl",
+        "peak_rss_mib", "mflop_per_token", "tokens_per_s"]
+rows, final = [], {}
+for arm in arms:
+    for run in sorted(glob.glob("%s/%s-s*" % (out, arm))):
+        seed = int(run.rsplit("-s", 1)[1])
+        log = open(run + "/log.txt").read()
+        mf = float(re.findall(r"([0-9.e+-]+) MFLOP/token", log)[0])
+        m = re.search(r"(\d+) streams, horizon (\d+) x (\d+) tokens", log)
+        per_step = int(m.group(1)) * int(m.group(2)) * int(m.group(3))
+        peaks = [int(l) for l in open(run + "/peak_kib") if l.strip().isdigit()]
+        peak = max(peaks) / 1024 if peaks else float("nan")
+        # a step logged twice (a sitting stopped between a checkpoint and its next) counts once,
+        # with the figures of the run that went on
+        logged = {}
+        for r in csv.DictReader(open(run + "/metrics.csv")):
+            if r["step"].isdigit():
+                logged[int(r["step"])] = r
+        wall, last, tps = 0.0, 0, []
+        for step, r in sorted(logged.items()):
+            wall += (step - last) * sum(float(v) for k, v in r.items() if k.startswith("ms_")) / 1000
+            last = step
+            tps.append(float(r["tokens_per_s"]))
+            if r["val_ppl"]:
+                tokens = step * per_step
+                rows.append([set_name, arm, seed, step, tokens, "%.3f" % wall,
+                             "%.4g" % (3 * mf * 1e6 * tokens), r["train_ppl"], r["val_ppl"],
+                             "%.1f" % peak, mf, "%.0f" % statistics.median(tps)])
+                final[(arm, seed)] = (step, tokens, wall, float(r["val_ppl"]), peak, mf,
+                                      statistics.median(tps))
+with open(out + "/evals.csv", "w", newline="") as f:
+    w = csv.writer(f, lineterminator="\n")
+    w.writerow(cols)
+    w.writerows(rows)
+lines = ["| arm | steps | tokens | wall | MFLOP/token | tokens/s | peak MiB/rank | val ppl "
+         "(seeds) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+for arm in arms:
+    fs = [v for (a, s), v in sorted(final.items()) if a == arm]
+    if not fs:
+        continue
+    ppl = [v[3] for v in fs]
+    spread = " +- %.3f" % ((max(ppl) - min(ppl)) / 2) if len(ppl) > 1 else ""
+    lines.append("| %s | %d | %.3g | %.0f s | %.3f | %.0f | %.0f | %.3f%s (%s) |" % (
+        arm, fs[0][0], fs[0][1], statistics.mean(v[2] for v in fs), fs[0][5],
+        statistics.mean(v[6] for v in fs), max(v[4] for v in fs), statistics.mean(ppl), spread,
+        ", ".join("%.3f" % p for p in ppl)))
+open(out + "/summary.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+for arm in arms:  # seed 1's curve per arm, for the plots
+    with open("%s/%s.dat" % (out, arm), "w") as f:
+        for r in rows:
+            if r[1] == arm and r[2] == min(s for (a, s) in final if a == arm):
+                f.write("%s %s %s %s\n" % (r[3], r[5], r[6], r[8]))
+PY
+
+plot() { # file xlabel column logscale
   gnuplot <<GP
 set terminal pngcairo size 900,560 noenhanced
 set output "$out/$1"
-set title "$2"
-set xlabel "$3"
+set title "$set_name: validation perplexity by $2"
+set xlabel "$2"
 set ylabel "validation perplexity"
 set key top right
 set grid
-$5
-plot for [n in "memformer-hash memformer-dense decoder-hash decoder-dense memformer-hash-nomemory"] \
-  "$out/".n."/val.dat" using $4 with linespoints title n
+$4
+plot for [a in "$(for r in "${arms[@]}"; do printf '%s ' "${r%% *}"; done)"] "$out/".a.".dat" using $3:4 with linespoints title a
 GP
 }
-plot val_ppl_vs_step.png "$data: validation perplexity by step" "optimizer step" "1:2" ""
-plot val_ppl_vs_flops.png "$data: validation perplexity by training FLOPs" \
-  "training FLOPs (3 x forward)" "3:2" "set logscale x"
-gnuplot <<GP
-set terminal pngcairo size 900,500 noenhanced
-set output "$out/tokens_per_s.png"
-set title "$data: training throughput on $NP ranks"
-set style data histograms
-set style fill solid 0.7
-set boxwidth 0.8
-set ylabel "tokens/s"
-set xtics rotate by -20
-set datafile separator ","
-set grid ytics
-plot "$summary" using 11:xtic(1) skip 1 notitle
-GP
-echo "experiments: $summary and plots in $out"
+plot val_ppl_vs_step.png "optimizer step" 1 ""
+plot val_ppl_vs_flops.png "training FLOPs" 3 "set logscale x"
+plot val_ppl_vs_wall.png "wall-clock seconds" 2 ""
+echo "experiments: $out/evals.csv, summary.md and val_ppl_vs_{step,flops,wall}.png"

@@ -339,6 +339,12 @@ START_TEST(test_validate) {
     c.steps = 300;
     ck_assert_int_eq(trainer_config_validate(&c, err, sizeof err), 0);
 
+    trainer_config_defaults(&c);
+    c.stop_after = 201;
+    expect_invalid(&c, "stop_after = 201: must not exceed steps (200)");
+    c.stop_after = 200;
+    ck_assert_int_eq(trainer_config_validate(&c, err, sizeof err), 0);
+
     /* Fields set directly, bypassing trainer_config_set, get the same range checks. */
     trainer_config_defaults(&c);
     c.mem_slots = 0;

@@ -6,7 +6,7 @@ BIN=$TOP/${BUILD:-build}/bin
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 export OMPI_MCA_btl_base_warn_component_unused=0 OMPI_MCA_rmaps_base_oversubscribe=1
 TMP=$(mktemp -d /tmp/memtrain-test.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
+trap "${KEEP_TMP:+:} rm -rf \"\$TMP\"" EXIT
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 pass() { echo "ok: $*"; }

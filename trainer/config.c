@@ -170,6 +170,9 @@ static const key_def keys[] = {
     FLT_KEY(table_lr_scale, "1", 0, 0, NOHI, NULL,
             "learning-rate multiplier for hash-table rows (0 freezes them)"),
     I64_KEY(steps, "200", 1, 0, "optimizer steps (rollouts) of the whole run"),
+    I64_KEY(stop_after, "0", 0, 0,
+            "end this sitting with a checkpoint after this step, the schedule still spanning "
+            "steps (0, or a step already done: run to steps)"),
     I64_KEY(seed, "1", 0, 0, "seed of parameter and table initialisation (and of sampling)"),
     /* data, evaluation, files */
     STR_KEY(data, "fashion-mnist", S,
@@ -684,6 +687,9 @@ int trainer_config_validate(const trainer_config *c, char *err, size_t n) {
     if ((int64_t)c->warmup > c->steps)
         return fail(err, n, "warmup = %d: must not exceed steps (%" PRId64 ")", c->warmup,
                     c->steps);
+    if (c->stop_after > c->steps)
+        return fail(err, n, "stop_after = %" PRId64 ": must not exceed steps (%" PRId64 ")",
+                    c->stop_after, c->steps);
     return 0;
 }
 

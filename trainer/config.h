@@ -123,6 +123,7 @@ typedef struct trainer_config {
     float adam_eps;
     float table_lr_scale;
     int64_t steps;
+    int64_t stop_after;
     int64_t seed;
     /* data, evaluation, files */
     char data[TRAINER_CONFIG_STR];

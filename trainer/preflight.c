@@ -123,7 +123,8 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
     if (me0) {
         snprintf(path, sizeof path, "%s/metrics.csv", dir);
         rd->csv = io_fopen_regular(path, "a", why, sizeof why);
-        if (rd->csv && ftell(rd->csv) == 0 &&
+        /* the header once: glibc reports position 0 for an append stream until it is moved */
+        if (rd->csv && fseek(rd->csv, 0, SEEK_END) == 0 && ftell(rd->csv) == 0 &&
             (fprintf(rd->csv, "%s\n", csv_header) < 0 || fflush(rd->csv) != 0))
             snprintf(why, sizeof why, "%.900s: cannot write", path);
         else if (rd->csv && !ferror(rd->csv))

@@ -401,7 +401,9 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     memset(&w, 0, sizeof(w));
     int fail = 0, interrupted = 0;
     int64_t done = first_step;
-    for (int64_t step = first_step; step < cfg->steps; step++) {
+    /* a sitting's planned end; inherited by a resumed run that is already past it: ignored */
+    int64_t stop = cfg->stop_after > first_step ? cfg->stop_after : cfg->steps;
+    for (int64_t step = first_step; step < stop; step++) {
         trainer_timer_start(&w.time, TRAINER_TIMER_DATA);
         fill_rollout(r);
         trainer_timer_stop(&w.time, TRAINER_TIMER_DATA);
@@ -415,7 +417,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         window_add(&w, &si);
         /* the planner's first figures assume uniform buckets; after a few steps it knows */
         if (done == first_step + TRAINER_REPLAN_AFTER) trainer_tables_replan(tables);
-        int last = done == cfg->steps;
+        int last = done == stop;
         double val_ppl = NAN;
         if (cfg->eval_every > 0 && (done % cfg->eval_every == 0 || last)) {
             trainer_timer_start(&w.time, TRAINER_TIMER_EVAL);
@@ -442,6 +444,11 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     }
     if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);
     if (done > first_step || !resume_dir) save_checkpoint(r, done);
+    if (!interrupted && done < cfg->steps && rank == 0) {
+        printf("memtrain: stopped after step %lld of %lld (stop_after); continue with --resume %s\n",
+               (long long)done, (long long)cfg->steps, cfg->run_dir);
+        fflush(stdout);
+    }
     if (interrupted && rank == 0) {
         printf("memtrain: stopped by a signal after step %lld; resume with --resume %s\n",
                (long long)done, cfg->run_dir);

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Test of jobs/experiments.sh on its tiny set (about 20 s on two cores): two arms of 6 steps in
+# two sittings (UNTIL=4, then to the end), the second of which must continue each run from its
+# checkpoint rather than start it again. Checks evals.csv's columns and rows (evaluations at steps 2, 4
+# and 6, each once, with tokens = step x tokens per step and FLOPs = 3 x MFLOP/token x tokens),
+# one header line in metrics.csv after the second sitting, the losses of steps 5 and 6 equal to
+# those of an uninterrupted 6-step run, summary.md's rows and the three plots.
+#
+# Run: bash tests/test_experiments.sh   (after make all)
+set -euo pipefail
+# shellcheck source=tests/lib.sh disable=SC1091
+source "$(dirname "$0")/lib.sh"
+cd "$TOP" || exit 1
+export BUILD=${BUILD:-build}
+
+out=$TMP/exp
+STEPS=6 UNTIL=4 jobs/experiments.sh tiny "$out" >"$TMP/s1.log" 2>&1 \
+  || { cat "$TMP/s1.log"; fail "first sitting exited non-zero"; }
+STEPS=6 jobs/experiments.sh tiny "$out" >"$TMP/s2.log" 2>&1 \
+  || { cat "$TMP/s2.log"; fail "second sitting exited non-zero"; }
+grep -q 'a seed 1: continuing from step 4 to 6 of 6' "$TMP/s2.log" \
+  || { cat "$TMP/s2.log"; fail "second sitting did not continue arm a from step 4"; }
+STEPS=6 jobs/experiments.sh tiny "$out" >"$TMP/s3.log" 2>&1 || fail "third sitting failed"
+grep -q 'b seed 1: done (6 steps)' "$TMP/s3.log" || fail "a finished run was started again"
+pass "runs continue from their checkpoints and finished runs are left alone"
+
+for arm in a b; do
+  n=$(grep -c '^step,' "$out/$arm-s1/metrics.csv")
+  [ "$n" -eq 1 ] || fail "$arm: metrics.csv has $n header lines after a resume"
+  [ "$(wc -l <"$out/$arm-s1/peak_kib")" -eq 4 ] || fail "$arm: expected 2 ranks x 2 sittings of peak memory"
+done
+pass "metrics.csv keeps one header across sittings"
+
+/usr/bin/python3 - "$out" <<'PY' || fail "evals.csv is not as expected"
+import csv, sys
+out = sys.argv[1]
+rows = list(csv.DictReader(open(out + "/evals.csv")))
+need = ["set", "arm", "seed", "step", "tokens", "wall_s", "flops", "train_ppl", "val_ppl",
+        "peak_rss_mib", "mflop_per_token", "tokens_per_s"]
+assert list(rows[0].keys()) == need, list(rows[0].keys())
+got = sorted((r["arm"], int(r["step"])) for r in rows)
+assert got == [("a", 2), ("a", 4), ("a", 6), ("b", 2), ("b", 4), ("b", 6)], got
+for r in rows:
+    per_step = 8 * 4 * 49  # experiment-base.conf: 8 streams, horizon 4, seg_len 49
+    assert int(r["tokens"]) == int(r["step"]) * per_step, r
+    flops = 3 * float(r["mflop_per_token"]) * 1e6 * int(r["tokens"])
+    assert abs(float(r["flops"]) / flops - 1) < 1e-3, r
+    assert 1 < float(r["val_ppl"]) < 300 and float(r["train_ppl"]) > 1, r
+    assert float(r["wall_s"]) > 0 and float(r["peak_rss_mib"]) > 10, r
+walls = [float(r["wall_s"]) for r in rows if r["arm"] == "a"]
+assert walls == sorted(walls) and walls[0] < walls[-1], walls
+summary = open(out + "/summary.md").read().splitlines()
+assert len(summary) == 4 and summary[2].startswith("| a | 6 |"), summary
+PY
+pass "evals.csv: one row per evaluation, tokens and FLOPs as counted, summary per arm"
+
+for p in step flops wall; do
+  head -c 8 "$out/val_ppl_vs_$p.png" | od -An -tx1 | grep -q '89 50 4e 47' || fail "val_ppl_vs_$p.png is not a PNG"
+done
+pass "plots written"
+
+# the continued run's steps 5 and 6 are those of a run that never stopped
+mt 2 --config jobs/configs/experiment-base.conf --ckpt_every=500 --data=fashion-mnist \
+  --seg_len=49 --arch=decoder --proj=hash --d_model=16 --eval_every=2 --eval_segments=2 \
+  --warmup=1 --log_every=1 --ckpt_every=2 --seed=1 --steps=6 --run_dir="$TMP/straight"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "uninterrupted run failed"; }
+a=$(awk -F, '$1 == 5 || $1 == 6 {print $1, $2}' "$out/a-s1/metrics.csv" | sort -u)
+b=$(awk -F, '$1 == 5 || $1 == 6 {print $1, $2}' "$TMP/straight/metrics.csv")
+[ -n "$a" ] && [ "$a" = "$b" ] || fail "continued losses differ: '$a' vs '$b'"
+pass "continued run matches the uninterrupted one at steps 5 and 6"
