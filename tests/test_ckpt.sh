@@ -134,8 +134,8 @@ pass "h5py reads the table row and carried memory memtrain printed; h5dump lists
 # eval and sample from a checkpoint
 mt 2 eval --ckpt "$f" --eval_segments=4
 grep -q "validation perplexity [0-9]" "$TMP/out" || { cat "$TMP/out"; fail "eval"; }
-mt 2 sample --ckpt "$f" --count 4 --out "$TMP/s.png"
-/usr/bin/python3 -c "import sys; d=open('$TMP/s.png','rb').read(); sys.exit(0 if d[:8]==b'\x89PNG\r\n\x1a\n' and int.from_bytes(d[16:20],'big')==62 else 1)" \
+mt 2 sample --ckpt "$f" --count 4 --scale 2 --out "$TMP/s.png"
+/usr/bin/python3 -c "import sys; d=open('$TMP/s.png','rb').read(); sys.exit(0 if d[:8]==b'\x89PNG\r\n\x1a\n' and int.from_bytes(d[16:20],'big')==124 else 1)" \
   || { cat "$TMP/out"; fail "sample PNG"; }
 pass "eval prints a perplexity; sample writes a 2x2 PNG grid"
 echo "test_ckpt: all passed"
