@@ -190,7 +190,9 @@ int trainer_tables_replan(trainer_tables *t) {
     int moved = 0;
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
-        if (s->strategy == TRAINER_STRATEGY_REPLICATE || s->seen_steps == 0) continue;
+        /* skipped on the sum, which every rank has: a rank that owns the whole group sees
+         * no remote keys of it while the others do */
+        if (s->strategy == TRAINER_STRATEGY_REPLICATE || seen[i] <= 0) continue;
         /* ... are (P-1)/P of its distinct keys: back to distinct keys per table per rank */
         double distinct = seen[i] / t->P / ((t->P - 1.0) / t->P) / s->g.K;
         trainer_plan_group pg = plan_group(s, distinct);
@@ -217,7 +219,12 @@ int trainer_tables_replan(trainer_tables *t) {
         s->cost.choice = s->strategy;
     }
     free(seen);
-    if (moved && t->me == 0) fflush(stdout);
+    if (moved) { /* the fetched groups share the budget anew */
+        for (int i = 0; i < t->n; i++)
+            if (t->gs[i].strategy == TRAINER_STRATEGY_FETCH) t->gs[i].keep = 0;
+        plan_keep(t);
+        if (t->me == 0) fflush(stdout);
+    }
     return moved;
 }
 
@@ -465,10 +472,9 @@ static void end_step_marks(trainer_tables *t) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
         for (int r = 0; r < s->R; r++) s->state[r] &= (uint8_t)~(ST_TOUCHED | ST_ACC | ST_SEEN);
-        if (s->seen > 0 || s->seen_steps > 0) {
-            s->seen_avg = (s->seen_avg * s->seen_steps + (double)s->seen) / (s->seen_steps + 1);
-            s->seen_steps++;
-        }
+        /* every rank counts every step, so the re-plan's sum is over the same steps */
+        s->seen_avg = (s->seen_avg * s->seen_steps + (double)s->seen) / (s->seen_steps + 1);
+        s->seen_steps++;
         s->seen = 0;
     }
 }
