@@ -6,7 +6,7 @@
 
 #include "comm/comm.h"
 
-/* Every table row lives on one owner rank (README, "Distribution"). A key is an int64 the
+/* A table row lives on its shard's owner rank (README, "Distribution"). A key is an int64 the
  * caller encodes (for example (table unit << 32) | bucket); its data is W floats, which may be
  * several table rows that share the key (the Q, K and V tables of one chunk).
  *

@@ -8,11 +8,12 @@
 # Sets (every arm starts from jobs/configs/experiment-base.conf):
 #   main-fmnist  Fashion-MNIST pixels: the Memformer and a decoder over one 49-pixel segment,
 #                each with dense and hashed projections, and a decoder over the whole image
-#                (seg_len 784), dense and hashed
+#                (seg_len 784, 2 streams: the same 1568 tokens per step), dense and hashed
 #   main-brown   Brown bytes: the same four, and decoders over the Memformer's context (the
 #                horizon's 4 segments of 64 bytes: seg_len 256), dense and hashed
 #   memory       the hashed Memformer on Fashion-MNIST: memory off; 1 and 32 slots (8 in main);
-#                forgetting off; write temperature 1 (0.25 in main); horizon 1 and 16 (4)
+#                forgetting off; write temperature 1 (0.25 in main); horizon 1 and 16 (4), with
+#                32 and 2 streams so that every arm trains on 1568 tokens per step
 #   hash         the hashed decoder on Fashion-MNIST: expanding bits 0, 1, 3 (2 in main); tau 6
 #                and 10 (8; d_model 72 and 80, the nearest widths tau and the heads divide);
 #                score = prob (l1prob)
@@ -44,6 +45,9 @@ export OMPI_MCA_btl_base_warn_component_unused=0
 # arms: name, then memtrain --key=value arguments
 fm="--data=fashion-mnist --seg_len=49"
 br="--data=brown --seg_len=64"
+# a decoder over the whole image: 2 streams of one 784-pixel segment, the tokens per step of
+# 8 streams x 4 segments x 49 pixels
+whole="--data=fashion-mnist --arch=decoder --seg_len=784 --horizon=1 --streams=2 --stream_block=1"
 case $set_name in
   main-fmnist)
     steps=3000 seeds="1 2"
@@ -51,8 +55,7 @@ case $set_name in
           "memformer-dense $fm --arch=memformer --proj=dense"
           "decoder-hash $fm --arch=decoder --proj=hash"
           "decoder-dense $fm --arch=decoder --proj=dense"
-          "decoder784-hash --data=fashion-mnist --arch=decoder --proj=hash --seg_len=784 --horizon=1"
-          "decoder784-dense --data=fashion-mnist --arch=decoder --proj=dense --seg_len=784 --horizon=1") ;;
+          "decoder784-hash $whole --proj=hash" "decoder784-dense $whole --proj=dense") ;;
   main-brown)
     steps=3000 seeds="1 2"
     arms=("memformer-hash $br --arch=memformer --proj=hash"
@@ -66,7 +69,8 @@ case $set_name in
     m="$fm --arch=memformer --proj=hash"
     arms=("nomemory $m --memory=off" "slots1 $m --mem_slots=1" "slots32 $m --mem_slots=32"
           "noforgetting $m --forgetting=off" "writetemp1 $m --write_temp=1"
-          "horizon1 $m --horizon=1" "horizon16 $m --horizon=16") ;;
+          "horizon1 $m --horizon=1 --streams=32"
+          "horizon16 $m --horizon=16 --streams=2 --stream_block=1") ;;
   hash)
     steps=3000 seeds="1"
     d="$fm --arch=decoder --proj=hash"

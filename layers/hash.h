@@ -1,4 +1,5 @@
-/* MemoryFormer memory layer: hash-addressed lookup tables replacing a dense projection (DESIGN.md 1.1). */
+/* MemoryFormer memory layer: hash-addressed lookup tables replacing a dense projection (README,
+ * "What is computed"). */
 #ifndef MEMTRAIN_LAYERS_HASH_H
 #define MEMTRAIN_LAYERS_HASH_H
 

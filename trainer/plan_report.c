@@ -46,7 +46,7 @@ static plan_figures figures(const trainer_config *cfg, trainer_model *m, int P, 
         f.seconds += c.seconds[c.choice];
         f.extra += c.memory[c.choice];
     }
-    if (f.extra > r.budget) f.extra = r.budget; /* fetched groups beyond it go per block */
+    if (f.extra > r.budget) f.extra = r.budget; /* fetched groups beyond it go per call */
     return f;
 }
 

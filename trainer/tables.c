@@ -127,7 +127,7 @@ static trainer_plan_group plan_group(const group_state *s, double distinct) {
 }
 
 /* Fetched rows stay for the step while every kept group's step working set fits the budget
- * together, smallest first; the others are fetched again for each block. */
+ * together, smallest first; the others are fetched for each call. */
 static void plan_keep(trainer_tables *t) {
     double used = 0;
     for (;;) {

@@ -27,8 +27,8 @@
  * Rows. Each group has row stores (layer_hash_store_*) of R = K << tau rows addressed by the
  * natural row id key = k << tau | bucket: held shards keep their master rows there; under
  * fetch the other shards' rows are fetched into the same places when a block first needs
- * them, and kept until the step ends when they fit the row budget, else released after the
- * block. Pages of rows never written are never resident.
+ * them, and kept until the step ends when they fit the row budget, else fetched for each
+ * call and released after it. Pages of rows never written are never resident.
  *
  * Gradients. Under fetch and replicate a block adds its row gradients into a gradient store
  * of the same layout; trainer_tables_block_end pushes those of other ranks' shards to their
@@ -124,7 +124,8 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
                              trainer_arena *ar);
 /* What the lookups that follow belong to. Every rank sets the same phases in the same order.
  * The MRBP recompute repeats the memory pass's lookups of the groups that pass used, with the
- * same buckets, so those find every row present on every rank and skip the exchange. */
+ * same buckets, so the groups whose rows are kept find every row present on every rank and
+ * skip the exchange; groups over the row budget fetch again. */
 typedef enum trainer_tables_phase {
     TRAINER_TABLES_PLAIN = 0,
     TRAINER_TABLES_MEMORY_PASS,

@@ -400,8 +400,9 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
 /* ---- gradient pushes overlapped with the rest of the backward ---- */
 
 /* When a block runs each projection's backward once, a fetched group's row gradients are
- * complete as soon as its backward returns: they leave for their owners at once, with a
- * non-blocking all-to-all, while the layers below compute; the block end waits for them.
+ * complete as soon as its backward returns: they leave for their owners at once (the counts
+ * in a blocking all-to-all, the payload in a non-blocking one) while the layers below
+ * compute; the block end waits for them.
  * Payload per remote key: the key (2 words) and its gradient row (nout*OC floats), grouped
  * by owner. */
 static void push_start(trainer_tables *t, int g) {
