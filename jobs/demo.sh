@@ -18,5 +18,5 @@ mpirun --oversubscribe -np "$NP" "$BIN/memtrain" train --config jobs/configs/dem
   --run_dir="$RUN_DIR" "$@"
 last=$RUN_DIR/ckpt/$(cat "$RUN_DIR/ckpt/LATEST")
 mpirun --oversubscribe -np "$NP" "$BIN/memtrain" sample --ckpt "$last" --count 16 \
-  --temperature 1 --top-p 1 --seed 1 --out "$RUN_DIR/samples.png"
+  --temperature 1 --top-p 1 --seed=1 --out "$RUN_DIR/samples.png"
 echo "demo: metrics in $RUN_DIR/metrics.csv, checkpoint $last, samples $RUN_DIR/samples.png"
