@@ -66,7 +66,6 @@ int trainer_step(trainer_model *m, trainer_rollout *ro, const trainer_schedule *
     trainer_timer_start(tm, TRAINER_TIMER_OPTIMIZER);
     /* dense gradients are the same on every rank after the sum; a table row lives on one */
     double sq = trainer_tables_grad_sumsq(tables);
-    comm_sum_doubles(comm, &sq, 1);
     sq += trainer_sumsq(params->grad, params->total);
     info->loss_sum = loss;
     info->tokens = (double)count;

@@ -443,19 +443,42 @@ static inline void sumsq_slice(double *restrict sum, const float *restrict g) {
         for (int l = 0; l < 8; l++) sum[l] += (double)g[c + l] * g[c + l];
 }
 
-double trainer_tables_grad_sumsq(const trainer_tables *t) {
+/* Sum of squares of one owned shard's touched gradient slices, in the layout's order. */
+static double shard_sumsq(const group_state *s, int sh) {
     _Alignas(64) double sum[8] = {0};
     _Alignas(64) float gbuf[TILE];
-    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, 1, {
-        /* padding columns hold zero: the whole tile adds the same as its OC columns */
-        const float *gp = s->drows[j] + off;
-        if (has_acc) {
-            grad_slice(gbuf, s->acc[j] + off, gp);
-            gp = gbuf;
-        }
-        sumsq_slice(sum, gp);
-    })
+    int rows = 1 << s->g.tau, k1 = (sh + 1) * LAYER_HASH_SHARD;
+    for (int k = sh * LAYER_HASH_SHARD; k < k1 && k < s->g.K; k++)
+        for (int o = 0; o < s->g.OC; o += TILE)
+            for (int r = k * rows; r < (k + 1) * rows; r++) {
+                if (!(s->state[r] & ST_TOUCHED)) continue;
+                size_t off = layer_hash_store_at(s->R, r, o);
+                for (int j = 0; j < s->g.nout; j++) {
+                    /* padding columns hold zero: the whole tile adds the same as its OC */
+                    const float *gp = s->drows[j] + off;
+                    if (s->state[r] & ST_ACC) {
+                        grad_slice(gbuf, s->acc[j] + off, gp);
+                        gp = gbuf;
+                    }
+                    sumsq_slice(sum, gp);
+                }
+            }
     return ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
+}
+
+double trainer_tables_grad_sumsq(trainer_tables *t) {
+    size_t nsh = 0;
+    for (int g = 0; g < t->n; g++) nsh += (size_t)t->gs[g].S;
+    double *part = layer_xcalloc(nsh + 1, sizeof(double));
+    size_t i = 0;
+    for (int g = 0; g < t->n; g++)
+        for (int sh = 0; sh < t->gs[g].S; sh++, i++)
+            if (t->gs[g].owner[sh] == t->me) part[i] = shard_sumsq(&t->gs[g], sh);
+    if (t->P > 1) comm_sum_doubles(t->comm, part, nsh); /* x + 0 is exact: any order */
+    double sq = 0.0;
+    for (i = 0; i < nsh; i++) sq += part[i];
+    free(part);
+    return sq;
 }
 
 static void forget_fetched(trainer_tables *t) {

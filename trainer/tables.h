@@ -140,9 +140,11 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned);
 /* After the step's last block end: replicated groups' gradients summed over ranks.
  * Collective. */
 void trainer_tables_reduce(trainer_tables *t);
-/* Sum of squares of the step's gradients of the rows this rank owns (double, fixed order;
- * replicated groups count on their shards' owners only). */
-double trainer_tables_grad_sumsq(const trainer_tables *t);
+/* Sum of squares of the step's table gradients over every rank: each owner sums its shards
+ * (double, fixed order; replicated groups count on their shards' owners only), the shards'
+ * sums meet in one all-reduce where each has one contributor, and are added in shard order,
+ * so the result does not depend on the rank count. Collective. */
+double trainer_tables_grad_sumsq(trainer_tables *t);
 /* Lazy Adam on the held rows that were looked up this step (gradient times grad_scale),
  * clearing their gradients, then forgets the fetched rows. Local: call after
  * trainer_tables_reduce. */

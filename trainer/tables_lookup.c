@@ -506,7 +506,10 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
         LAYER_ASSERT(!s->push_active && "one backward per block expected");
         push_start(t, g);
         s->push_active = 1;
-        tables_release(t, s, RELEASE_GRADS); /* packed and zeroed: no need to hold the pages */
+        /* packed and zeroed: a group over the budget lets the pages go; a kept group keeps
+         * them for its next block, as at a block end (releasing and faulting them in again
+         * for every block cost a fifth of a small decoder's step in TLB flushes) */
+        if (transient(t, s)) tables_release(t, s, RELEASE_GRADS);
     }
 }
 
