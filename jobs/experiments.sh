@@ -11,12 +11,13 @@
 #                (seg_len 784, 2 streams: the same 1568 tokens per step), dense and hashed
 #   main-brown   Brown bytes: the same four, and decoders over the Memformer's context (the
 #                horizon's 4 segments of 64 bytes: seg_len 256), dense and hashed
-#   memory       the hashed Memformer on Fashion-MNIST: memory off; 1 and 32 slots (8 in main);
-#                forgetting off; write temperature 1 (0.25 in main); horizon 1 and 16 (4), with
+#   memory       the hashed Memformer on Fashion-MNIST (base: the main set's arm at this set's
+#                length): memory off; 1 and 32 slots (8 in base);
+#                forgetting off; write temperature 1 (0.25 in base); horizon 1 and 16 (4), with
 #                32 and 2 streams so that every arm trains on 1568 tokens per step
-#   hash         the hashed decoder on Fashion-MNIST: expanding bits 0, 1, 3 (2 in main); tau 6
-#                and 10 (8; d_model 72 and 80, the nearest widths tau and the heads divide);
-#                score = prob (l1prob)
+#   hash         the hashed decoder on Fashion-MNIST (base: expanding bits 2, tau 8, l1prob):
+#                expanding bits 0, 1, 3; tau 6 and 10 (d_model 72 and 80, the nearest widths
+#                tau and the heads divide); score = prob; rows read and fetched as bf16
 #   tiny         two arms of a few steps, for the test suite
 # Every arm runs for every seed in SEEDS (default: 1 2 for main sets, 1 otherwise) with mpirun
 # on NP ranks (default 2) for STEPS optimizer steps (default per set; the learning-rate
@@ -67,16 +68,16 @@ case $set_name in
   memory)
     steps=3000 seeds="1"
     m="$fm --arch=memformer --proj=hash"
-    arms=("nomemory $m --memory=off" "slots1 $m --mem_slots=1" "slots32 $m --mem_slots=32"
+    arms=("base $m" "nomemory $m --memory=off" "slots1 $m --mem_slots=1" "slots32 $m --mem_slots=32"
           "noforgetting $m --forgetting=off" "writetemp1 $m --write_temp=1"
           "horizon1 $m --horizon=1 --streams=32"
           "horizon16 $m --horizon=16 --streams=2 --stream_block=1") ;;
   hash)
     steps=3000 seeds="1"
     d="$fm --arch=decoder --proj=hash"
-    arms=("expand0 $d --expand_bits=0" "expand1 $d --expand_bits=1" "expand3 $d --expand_bits=3"
+    arms=("base $d" "expand0 $d --expand_bits=0" "expand1 $d --expand_bits=1" "expand3 $d --expand_bits=3"
           "tau6 $d --tau=6 --d_model=72 --n_heads=3" "tau10 $d --tau=10 --d_model=80"
-          "prob $d --score=prob") ;;
+          "prob $d --score=prob" "bf16 $d --row_format=bf16") ;;
   tiny)
     steps=4 seeds="1"
     t="--d_model=16 --eval_every=2 --eval_segments=2 --warmup=1 --log_every=1 --ckpt_every=2"
