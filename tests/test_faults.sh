@@ -272,8 +272,10 @@ for bad in "--count=-5:--count = -5" "--count=abc:--count = abc" "--length=-1:--
            "--temperature=nan:--temperature = nan" "--temperature=-1:--temperature = -1"; do
   expect_error 0 "${bad#*:}: expected" sample --ckpt "$f" "${bad%%:*}"
 done
-# eval_segments beyond the validation split: every document once, said so
-mt 0 eval --ckpt "$f" --data=text:README.md --eval_segments=100000
+# eval_segments beyond the validation split: every document once, said so (20 documents
+# separated by form feeds, every 10th for validation)
+for i in $(seq 1 20); do printf 'document %d: %s\f' "$i" "$(seq -s ' ' 1 200)"; done >"$TMP/docs.txt"
+mt 0 eval --ckpt "$f" --data=text:"$TMP/docs.txt" --eval_segments=100000
 grep -q "^eval: eval_segments = 100000 is more than the validation split holds" "$TMP/out" \
   || { cat "$TMP/out"; fail "eval_segments beyond the split"; }
 pass "sizes no machine holds: refused before any allocation, naming the keys; sample options validated"
