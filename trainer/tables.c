@@ -409,25 +409,27 @@ void trainer_tables_print_plan(trainer_tables *t) {
 
 /* ---- the optimizer ---- */
 
-/* Runs body for every tile slice (group s, output j, offset off into its stores) of every
- * touched row this rank holds (owns, for `owned_only`): chunk after chunk, tile after tile,
- * rows in increasing order inside a tile, so the stores stream in sequence. `has_acc` tells
- * whether acc holds part of the row's sum. */
-#define FOR_TOUCHED_SLICES(t, s, j, off, has_acc, owned_only, body)                          \
+/* Runs body for every tile slice (output j, offset off into the stores of group s) of the
+ * touched rows of chunks k0..k1-1: chunk after chunk, tile after tile, rows in increasing
+ * order inside a tile, so the stores stream in sequence. `has_acc` tells whether acc holds
+ * part of the row's sum. */
+#define FOR_TOUCHED_SLICES_IN(s, k0, k1, j, off, has_acc, body)                              \
+    for (int k_ = (k0); k_ < (k1); k_++)                                                     \
+        for (int o_ = 0; o_ < (s)->g.OC; o_ += TILE)                                         \
+            for (int r_ = k_ << (s)->g.tau; r_ < (k_ + 1) << (s)->g.tau; r_++) {             \
+                if (!((s)->state[r_] & ST_TOUCHED)) continue;                                \
+                size_t off = layer_hash_store_at((s)->R, r_, o_);                            \
+                int has_acc = ((s)->state[r_] & ST_ACC) != 0;                                \
+                for (int j = 0; j < (s)->g.nout; j++) { body }                               \
+            }
+
+/* The same over every chunk this rank holds, group after group. */
+#define FOR_TOUCHED_SLICES(t, s, j, off, has_acc, body)                                      \
     for (int g_ = 0; g_ < (t)->n; g_++) {                                                    \
         group_state *s = &(t)->gs[g_];                                                       \
-        int rows_ = 1 << s->g.tau;                                                           \
-        for (int k_ = 0; k_ < s->g.K; k_++) {                                                \
-            if (!tables_holds((t), s, k_)) continue;                                         \
-            if ((owned_only) && s->owner[k_ / LAYER_HASH_SHARD] != (t)->me) continue;        \
-            for (int o_ = 0; o_ < s->g.OC; o_ += TILE)                                       \
-                for (int r_ = k_ * rows_; r_ < (k_ + 1) * rows_; r_++) {                     \
-                    if (!(s->state[r_] & ST_TOUCHED)) continue;                              \
-                    size_t off = layer_hash_store_at(s->R, r_, o_);                          \
-                    int has_acc = (s->state[r_] & ST_ACC) != 0;                              \
-                    for (int j = 0; j < s->g.nout; j++) { body }                             \
-                }                                                                            \
-        }                                                                                    \
+        for (int c_ = 0; c_ < s->g.K; c_++)                                                  \
+            if (tables_holds((t), s, c_))                                                    \
+                FOR_TOUCHED_SLICES_IN(s, c_, c_ + 1, j, off, has_acc, body)                  \
     }
 
 /* The step's gradient slice (TILE) of a touched row: (float)(acc + drows) under ST_ACC. */
@@ -447,22 +449,17 @@ static inline void sumsq_slice(double *restrict sum, const float *restrict g) {
 static double shard_sumsq(const group_state *s, int sh) {
     _Alignas(64) double sum[8] = {0};
     _Alignas(64) float gbuf[TILE];
-    int rows = 1 << s->g.tau, k1 = (sh + 1) * LAYER_HASH_SHARD;
-    for (int k = sh * LAYER_HASH_SHARD; k < k1 && k < s->g.K; k++)
-        for (int o = 0; o < s->g.OC; o += TILE)
-            for (int r = k * rows; r < (k + 1) * rows; r++) {
-                if (!(s->state[r] & ST_TOUCHED)) continue;
-                size_t off = layer_hash_store_at(s->R, r, o);
-                for (int j = 0; j < s->g.nout; j++) {
-                    /* padding columns hold zero: the whole tile adds the same as its OC */
-                    const float *gp = s->drows[j] + off;
-                    if (s->state[r] & ST_ACC) {
-                        grad_slice(gbuf, s->acc[j] + off, gp);
-                        gp = gbuf;
-                    }
-                    sumsq_slice(sum, gp);
-                }
-            }
+    int k0 = sh * LAYER_HASH_SHARD, k1 = k0 + LAYER_HASH_SHARD;
+    if (k1 > s->g.K) k1 = s->g.K;
+    FOR_TOUCHED_SLICES_IN(s, k0, k1, j, off, has_acc, {
+        /* padding columns hold zero: the whole tile adds the same as its OC columns */
+        const float *gp = s->drows[j] + off;
+        if (has_acc) {
+            grad_slice(gbuf, s->acc[j] + off, gp);
+            gp = gbuf;
+        }
+        sumsq_slice(sum, gp);
+    })
     return ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
 }
 
@@ -509,7 +506,7 @@ void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, 
     trainer_adam k = trainer_adam_at(lr, beta1, beta2, eps, 0.0f, step, grad_scale);
     _Alignas(64) float gbuf[TILE];
     /* a whole tile per slice: padding has p = m = v = g = 0, which Adam leaves at 0 */
-    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, 0, {
+    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
         float *d = s->drows[j] + off;
         float *p = master_of(s, j) + off;
         if (has_acc) {
@@ -547,7 +544,7 @@ void trainer_tables_discard_grads(trainer_tables *t) {
                            TILE * sizeof(float));
     }
     /* the held rows' kept contributions (acc needs no clearing: see tables_acc_slice) */
-    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, 0, {
+    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
         (void)has_acc;
         memset(s->drows[j] + off, 0, TILE * sizeof(float));
     })
