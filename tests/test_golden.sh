@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Short runs must give bitwise the checkpoint they gave when tests/golden.sha256 was written:
+# a restructuring or an engine change that claims "no change of results" is held to it.
+#
+# Each run trains a tiny model for a few steps and writes one checkpoint; every dataset of it
+# (dense weights, table shards, optimizer moments, carried memory, cursors) is hashed in name
+# order, with its shape and type. The sums were taken with the AVX-512 kernels (-march=native
+# on an AVX-512 machine, the build make test does here); elsewhere the test says so and skips.
+# To renew the sums after a change that is meant to change results: GOLDEN_WRITE=1 bash this.
+# shellcheck source=tests/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$TOP"
+golden=$TOP/tests/golden.sha256
+
+if ! grep -qw avx512f /proc/cpuinfo; then
+  echo "skip: the golden sums were taken with the AVX-512 kernels"; exit 0
+fi
+
+digest() { # checkpoint -> one sha256 over every dataset's name, shape, type and bytes
+  /usr/bin/python3 - "$1" <<'PY'
+import hashlib, sys, h5py
+h = hashlib.sha256()
+def visit(name, obj):
+    if isinstance(obj, h5py.Dataset):
+        a = obj[()]
+        h.update(f"{name} {obj.shape} {obj.dtype}\n".encode())
+        h.update(a.tobytes() if hasattr(a, "tobytes") else bytes(a))
+with h5py.File(sys.argv[1], "r") as f:
+    f.visititems(visit)
+print(h.hexdigest())
+PY
+}
+
+TINY=(--config jobs/configs/demo.conf --d_model=32 --n_heads=2 --seg_len=49 --streams=4
+      --stream_block=2 --steps=6 --warmup=2 --eval_every=0 --log_every=6 --ckpt_every=6)
+declare -A runs=(
+  [memformer-hash-np2]="2 --arch=memformer --proj=hash"
+  [memformer-dense-np1]="1 --arch=memformer --proj=dense"
+  [decoder-hash-np2]="2 --arch=decoder --proj=hash --seg_len=64"
+  [decoder-hash-np3]="3 --arch=decoder --proj=hash --seg_len=64 --streams=6"
+)
+out=$TMP/sums
+: >"$out"
+for name in $(printf '%s\n' "${!runs[@]}" | sort); do
+  read -r np args <<<"${runs[$name]}"
+  # shellcheck disable=SC2086
+  mt "$np" train "${TINY[@]}" $args --run_dir="$TMP/$name"
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$name: training exited $status"; }
+  echo "$name $(digest "$TMP/$name/ckpt/ckpt-00000006.h5")" >>"$out"
+done
+if [ -n "${GOLDEN_WRITE:-}" ]; then
+  cp "$out" "$golden"; cat "$golden"; echo "wrote $golden"; exit 0
+fi
+diff "$golden" "$out" >&2 || fail "checkpoints differ from tests/golden.sha256 (lines above: < golden, > now)"
+pass "$(wc -l <"$golden") short runs give bitwise their golden checkpoints"
