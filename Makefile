@@ -31,8 +31,8 @@ BUILD := build
 endif
 BIN := $(BUILD)/bin
 
-LIB_SRC := $(wildcard layers/*.c io/*.c comm/*.c trainer/*.c)
-LIB_SRC := $(filter-out trainer/main.c,$(LIB_SRC))
+LIB_SRC := $(wildcard layers/*.c io/*.c comm/*.c trainer/*/*.c)
+LIB_SRC := $(filter-out trainer/run/main.c,$(LIB_SRC))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB := $(BUILD)/libmemtrain.a
 
@@ -68,7 +68,7 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm >/dev/null; \
 	fi
 
-$(BUILD)/%.o: %.c $(wildcard */*.h) | deps
+$(BUILD)/%.o: %.c $(wildcard */*.h */*/*.h) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
@@ -80,7 +80,7 @@ $(BIN)/%: $(BUILD)/tests/%.o $(TESTUTIL_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(MAIN): $(BUILD)/trainer/main.o $(LIB)
+$(MAIN): $(BUILD)/trainer/run/main.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

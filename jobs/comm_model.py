@@ -2,7 +2,7 @@
 """Predicted against measured table traffic of memtrain runs.
 
 The predictions are memtrain's own: `memtrain plan --csv` evaluates the cost model the
-trainer plans with (trainer/plan.c) for a config at any rank count. This script runs it
+trainer plans with (trainer/tables/plan.c) for a config at any rank count. This script runs it
 and puts each prediction beside the `bytes_sent_per_rank` a run measured (metrics.csv,
 mean over the log windows after the first). The model, per hashed group g and rank:
 

@@ -10,10 +10,10 @@
 
 #include "comm/comm.h"
 #include "tests/testutil.h"
-#include "trainer/config.h"
-#include "trainer/schedule.h"
-#include "trainer/step.h"
-#include "trainer/train.h"
+#include "trainer/config/config.h"
+#include "trainer/engine/schedule.h"
+#include "trainer/engine/step.h"
+#include "trainer/run/train.h"
 
 extern char **environ;
 

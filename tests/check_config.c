@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include "tests/testutil.h"
-#include "trainer/config.h"
+#include "trainer/config/config.h"
 
 /* Writes text to a fresh temporary file; returns its path (static storage, one at a time). */
 static const char *write_temp(const char *text) {

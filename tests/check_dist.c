@@ -8,10 +8,10 @@
 #include "comm/comm.h"
 #include "tests/testutil.h"
 #include "layers/hash.h"
-#include "trainer/config.h"
-#include "trainer/step.h"
-#include "trainer/schedule.h"
-#include "trainer/train.h"
+#include "trainer/config/config.h"
+#include "trainer/engine/step.h"
+#include "trainer/engine/schedule.h"
+#include "trainer/run/train.h"
 
 enum { STEPS = 20, STREAMS_MAX = 8 };
 
@@ -92,7 +92,7 @@ typedef struct run_result {
 } run_result;
 
 /* Trains STEPS steps on comm with its share of the streams (whole blocks, as
- * trainer/schedule.h deals them); keeps the model. */
+ * trainer/engine/schedule.h deals them); keeps the model. */
 static void train(comm_ctx *comm, const dist_case *dc, run_result *res) {
     trainer_config cfg;
     small_config(&cfg, dc);

@@ -7,11 +7,11 @@
 
 #include "comm/comm.h"
 #include "tests/testutil.h"
-#include "trainer/config.h"
-#include "trainer/footprint.h"
-#include "trainer/model.h"
-#include "trainer/rollout.h"
-#include "trainer/train.h"
+#include "trainer/config/config.h"
+#include "trainer/engine/footprint.h"
+#include "trainer/model/model.h"
+#include "trainer/engine/rollout.h"
+#include "trainer/run/train.h"
 
 static comm_ctx *g_comm;
 

@@ -9,11 +9,11 @@
 #include "comm/comm.h"
 #include "layers/layers.h"
 #include "tests/testutil.h"
-#include "trainer/config.h"
-#include "trainer/schedule.h"
-#include "trainer/step.h"
-#include "trainer/tables.h"
-#include "trainer/train.h"
+#include "trainer/config/config.h"
+#include "trainer/engine/schedule.h"
+#include "trainer/engine/step.h"
+#include "trainer/tables/tables.h"
+#include "trainer/run/train.h"
 
 /* A hashed decoder whose table rows (35 MiB; 206 MiB with Adam state and gradient sums) are
  * several times the row budget, trained with fetched rows: a block's rows fit the budget (a

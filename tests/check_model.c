@@ -6,8 +6,8 @@
 
 #include "comm/comm.h"
 #include "tests/testutil.h"
-#include "trainer/model.h"
-#include "trainer/rollout.h"
+#include "trainer/model/model.h"
+#include "trainer/engine/rollout.h"
 
 static comm_ctx *g_comm;
 

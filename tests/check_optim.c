@@ -4,8 +4,8 @@
 #include <string.h>
 
 #include "tests/testutil.h"
-#include "trainer/config.h"
-#include "trainer/optim.h"
+#include "trainer/config/config.h"
+#include "trainer/base/optim.h"
 
 static trainer_config schedule_config(void) {
     trainer_config c;

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 
 #include "tests/testutil.h"
-#include "trainer/plan.h"
+#include "trainer/tables/plan.h"
 
 static trainer_plan_run run_of(int P, int streams, int block, int horizon, int batched) {
     trainer_plan_run r = {.P = P, .streams = streams, .block = block, .horizon = horizon,

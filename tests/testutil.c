@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "trainer/rollout.h"
+#include "trainer/engine/rollout.h"
 #include <stdlib.h>
 
 void tu_seed(layer_rng *r, const char *name) {

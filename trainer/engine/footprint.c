@@ -1,0 +1,363 @@
+/* The per-rank memory estimate of a run, its largest part's driving keys, and the config products the engine keeps in an int. */
+#include "trainer/engine/footprint.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "layers/hash.h"
+#include "trainer/model/model.h"
+#include "trainer/tables/plan.h"
+
+/* The shape of a config in doubles, so that no product below can overflow. */
+typedef struct shape {
+    double C, NH, L, V, S, T, K, H, tau, E;
+    double n_dec, n_enc;
+    double streams, block;
+    int hash, memformer, memory, rope, full;
+} shape;
+
+static shape shape_of(const trainer_config *cfg) {
+    shape s;
+    memset(&s, 0, sizeof s);
+    s.hash = cfg->proj == TRAINER_PROJ_HASH;
+    s.memformer = cfg->arch == TRAINER_ARCH_MEMFORMER;
+    s.memory = s.memformer && cfg->memory;
+    s.rope = cfg->pos == TRAINER_POS_ROPE;
+    s.full = cfg->bptt == TRAINER_BPTT_FULL;
+    s.C = cfg->d_model;
+    s.NH = cfg->n_heads;
+    s.L = cfg->seg_len;
+    s.V = cfg->vocab;
+    s.S = s.memory ? cfg->mem_slots : 0;
+    s.T = cfg->horizon;
+    s.tau = s.hash ? cfg->tau : 0;
+    s.E = s.hash ? cfg->expand_bits : 0;
+    s.K = s.hash ? floor(s.C / s.tau) : 0;
+    s.H = s.hash ? s.K * (s.tau + s.E) : 4 * s.C; /* the FFN's hidden width */
+    s.n_dec = s.memformer ? cfg->dec_layers : cfg->n_layers;
+    s.n_enc = s.memformer ? cfg->enc_layers : 0;
+    s.streams = cfg->streams;
+    s.block = cfg->stream_block;
+    return s;
+}
+
+/* ---- parameters (trainer/model/model.c, blocks.c, params.c, tables.c) ---- */
+
+/* Dense floats of one projection site of nout outputs C -> OC: weights unless hashed, biases. */
+static double proj_params(const shape *s, double nout, double OC) {
+    return nout * ((s->hash ? 0 : OC * s->C) + OC);
+}
+
+/* An attention sublayer (self or cross: 3 projected outputs either way), an FFN sublayer. */
+static double attn_params(const shape *s) {
+    return s->C + proj_params(s, 3, s->C) + (s->hash ? 0 : proj_params(s, 1, s->C));
+}
+static double ffn_params(const shape *s) {
+    if (!s->hash) return s->C + (s->H * s->C + s->H) + (s->C * s->H + s->C); /* fc1, fc2 */
+    return s->C + 3 * s->H + s->C; /* ML1 bias, LayerNorm w and b, ML2 bias */
+}
+
+static double dense_params(const shape *s) {
+    double p = (s->V + 1) * s->C + (s->rope ? 0 : s->L * s->C);
+    p += s->n_dec * (attn_params(s) * (s->memformer ? 2 : 1) + ffn_params(s));
+    if (s->memformer) p += s->n_enc * (attn_params(s) * (s->memory ? 2 : 1) + ffn_params(s)) + s->C;
+    if (s->memory) p += proj_params(s, 3, s->C) + s->S * s->C;
+    return p + s->C + s->V * s->C;
+}
+
+/* The table groups of a hashed model, as trainer/model/model.c registers them: visit(nout, bits,
+ * OC, rows) once per group, rows being its input rows per segment per stream. */
+typedef void (*group_fn)(void *ctx, double nout, double bits, double OC, double rows);
+
+static void for_groups(const shape *s, group_fn visit, void *ctx) {
+    if (!s->hash) return;
+    for (double l = 0; l < s->n_dec; l++) {
+        visit(ctx, 3, s->tau, s->C, s->L); /* self q, k, v */
+        if (s->memformer) {
+            visit(ctx, 1, s->tau, s->C, s->L); /* cross q */
+            visit(ctx, 2, s->tau, s->C, s->L); /* cross k, v over the encoder outputs */
+        }
+        visit(ctx, 1, s->tau, s->H, s->L);        /* ML1 */
+        visit(ctx, 1, s->tau + s->E, s->C, s->L); /* ML2 */
+    }
+    for (double l = 0; l < s->n_enc; l++) {
+        visit(ctx, 3, s->tau, s->C, s->L);
+        if (s->memory) {
+            visit(ctx, 1, s->tau, s->C, s->L); /* reader q */
+            visit(ctx, 2, s->tau, s->C, s->S); /* reader k, v over the slots */
+        }
+        visit(ctx, 1, s->tau, s->H, s->L);
+        visit(ctx, 1, s->tau + s->E, s->C, s->L);
+    }
+    if (s->memory) {
+        visit(ctx, 1, s->tau, s->C, s->S);        /* writer q */
+        visit(ctx, 2, s->tau, s->C, s->S + s->L); /* writer k, v */
+    }
+}
+
+/* What the groups cost a rank (trainer/tables/tables.c, plan.c): the shards it owns (rows, Adam m,
+ * v and the gradient in float, and the double sum of the gradient's contributions when a
+ * step has several), replicated groups in full, the rows fetched under the row budget, and
+ * the exchange scratch. */
+typedef struct table_sum {
+    const shape *s;
+    trainer_plan_run run;
+    double per;                  /* bytes per owned entry */
+    double elems, owned, held, max_shard;
+    double fetch_keep, fetch_block, scratch;
+} table_sum;
+
+static void add_group(void *ctx, double nout, double bits, double OC, double rows) {
+    table_sum *t = ctx;
+    const shape *s = t->s;
+    double R = s->K * pow(2.0, bits), elems = R * nout * OC;
+    t->elems += elems;
+    double shard = fmin(s->K, LAYER_HASH_SHARD) * pow(2.0, bits) * nout * OC * t->per;
+    if (shard > t->max_shard) t->max_shard = shard;
+    trainer_plan_group g = {(int)nout, (int)s->K, (int)bits, (int)OC, (int)rows, -1};
+    trainer_plan_cost c;
+    trainer_plan_choose(&t->run, &g, &c);
+    if (c.choice == TRAINER_STRATEGY_REPLICATE && t->run.P > 1)
+        t->held += elems * t->per;
+    else
+        t->owned += elems * t->per / t->run.P;
+    if (c.choice == TRAINER_STRATEGY_FETCH && t->run.P > 1) {
+        /* what plan_keep in tables.c keeps for the step, else one block's rows at a time */
+        if (t->fetch_keep + c.memory[TRAINER_STRATEGY_FETCH] <= t->run.budget)
+            t->fetch_keep += c.memory[TRAINER_STRATEGY_FETCH];
+        else if (c.memory[TRAINER_STRATEGY_FETCH] > t->fetch_block)
+            t->fetch_block = c.memory[TRAINER_STRATEGY_FETCH];
+    }
+    /* exchange scratch: the largest call's rows or partials, sent and received */
+    double call = (c.choice == TRAINER_STRATEGY_OWNER ? c.memory[TRAINER_STRATEGY_OWNER]
+                                                      : R * nout * OC * sizeof(float) / t->run.P);
+    if (2 * call > t->scratch) t->scratch = 2 * call;
+}
+
+/* ---- activations (trainer/model/model.c forward_impl, trainer_model_backward, blocks.c) ---- */
+
+/* Floats one segment of B sequences leaves in its arena: the forward and, when backward, the
+ * backward of the same segment (both live until the arena is reset). */
+static double segment_floats(const shape *s, double B, int backward) {
+    double C = s->C, L = s->L, N = B * L, K = s->K, NH = s->NH, S = s->S, V = s->V, H = s->H;
+    double f = 0, b = 0;
+    /* an attention sublayer of N queries over B*Tk keys */
+    double Tks[3] = {L, L, S}; /* self, decoder cross (over E), encoder reader (over memory) */
+    double n_att[3] = {s->n_dec + s->n_enc, s->memformer ? s->n_dec : 0, s->memory ? s->n_enc : 0};
+    for (int a = 0; a < 3; a++) {
+        double Tk = Tks[a], nk = B * Tk;
+        /* h, q, y, x1 and rstd over the queries; k, v over the keys; the scores */
+        double af = 4 * N * C + N + 2 * nk * C + B * NH * L * Tk;
+        if (s->hash) af += 3 * N * K + (a ? 3 * nk * K : 0);
+        double ab = (s->hash ? 0 : N * C) + N * C + 2 * nk * C + L * Tk + N * C;
+        if (a == 0 && s->rope) ab += 2 * N * C;
+        if (s->hash) ab += N * K + (a ? nk * K : 0);
+        f += n_att[a] * af;
+        b += n_att[a] * (ab + N * C); /* + the residual gradient dp of the sublayer */
+    }
+    /* FFN sublayers */
+    double nffn = s->n_dec + s->n_enc;
+    double ff = 3 * N * C + N + (s->hash ? 6 * N * K + 2 * N * H + 2 * N : 2 * N * H);
+    double fb = N * C + (s->hash ? N * K + 2 * N * H : 2 * N * H);
+    f += nffn * ff;
+    b += nffn * (fb + N * C);
+    /* embeddings, final norms, logits; the memory and its writer */
+    f += N * C + N * C + N + N * V;
+    b += N * V + 3 * N * C;
+    if (s->memformer) {
+        f += 2 * N * C + N;
+        b += 2 * N * C;
+    }
+    if (s->memory) {
+        double Tw = S + L, nm = B * S * C, nc = B * Tw * C;
+        f += nm + S * C + nc + nm + 2 * nc + B * NH * S * Tw + 3 * nm + B * S;
+        if (s->hash) f += 3 * B * S * K + 3 * B * Tw * K;
+        b += nm + 2 * nm + 2 * nc + S * Tw + nc + S * C;
+        if (s->hash) b += B * S * K + B * Tw * K;
+    }
+    /* each allocation is aligned to 64 bytes, and records of pointers come from the arena */
+    double records = 4096 + 2048 * (s->n_dec + s->n_enc);
+    return (backward ? f + b : f) + records / 4;
+}
+
+/* An arena reserves blocks of 4 MiB (trainer_rollout_create) and aligns each allocation. */
+static double arena_bytes(double floats) {
+    return ceil((floats * 4 * 1.02 + 1) / 4194304.0) * 4194304.0;
+}
+
+void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footprint_use use,
+                                int batch, double data_resident, double data_loading,
+                                trainer_footprint *f) {
+    memset(f, 0, sizeof *f);
+    shape s = shape_of(cfg);
+    double Bmax = ceil((double)cfg->streams / (P > 0 ? P : 1));
+    f->data = data_resident;
+    f->data_load = data_loading;
+    f->dense = 24 * dense_params(&s); /* data, grad, m, v in float, the folded sum in double */
+    int Pn = P > 0 ? P : 1;
+    double nblocks = ceil(s.streams / s.block);
+    table_sum t = {.s = &s, .per = 4 * sizeof(float) + (Pn > 1 || nblocks > 1 ? sizeof(double) : 0)};
+    trainer_model_spec spec;
+    trainer_spec_from_config(&spec, cfg);
+    t.run = spec.tables;
+    t.run.P = Pn;
+    t.run.batched = !s.memory;
+    for_groups(&s, add_group, &t);
+    /* owned shards: an even share plus at most one shard of imbalance (largest first) */
+    f->tables = t.owned + (Pn > 1 ? t.max_shard : 0) + t.held;
+    f->caches = t.fetch_keep + t.fetch_block + t.scratch;
+    /* a block: nb streams, and as one batch all their segments when nothing is carried */
+    double nb = fmin(s.block, Bmax), seqs = s.memory ? nb : nb * s.T;
+    double seq = use == TRAINER_USE_SAMPLE ? (batch > 0 ? batch : 1) : Bmax;
+    if (use == TRAINER_USE_TRAIN) {
+        f->segment = 4 * segment_floats(&s, seqs, 1);
+        double one = arena_bytes(segment_floats(&s, seqs, 1));
+        f->activations = s.full && s.memory ? s.T * one : one;
+        f->batch = (int)seqs;
+        f->act_use = TRAINER_USE_TRAIN;
+        if (cfg->eval_every > 0) {
+            double ev = arena_bytes(segment_floats(&s, Bmax, 0));
+            if (ev > f->activations) {
+                f->activations = ev;
+                f->batch = (int)Bmax;
+                f->act_use = TRAINER_USE_EVAL;
+            }
+        }
+        f->buffers = (3 * 4 * s.L + 1) * s.T * (Bmax + nb) +          /* inputs, a block's */
+                     4 * nb * (s.T + 3) * s.S * s.C +                  /* replay, dM */
+                     4 * Bmax * s.S * s.C * 4 + 4 * Bmax * s.L * 4;    /* memories, streams */
+    } else {
+        f->segment = 4 * segment_floats(&s, seq, 0);
+        f->activations = arena_bytes(segment_floats(&s, seq, 0));
+        f->batch = (int)seq;
+        f->act_use = use;
+        f->buffers = 4 * 3 * seq * s.L + 4 * 2 * seq * s.S * s.C;
+        if (use == TRAINER_USE_SAMPLE) f->buffers += seq * 784 * 5 + 4 * 65536;
+        /* a model to read a checkpoint into holds no optimizer state in use, but it is
+           allocated all the same (trainer_model_create) */
+    }
+    f->base = 32.0 * 1048576.0; /* measured: about 25 MiB for a tiny run on Open MPI 4.1 */
+    double run = f->data + f->dense + f->tables + f->caches + f->activations + f->buffers;
+    f->total = f->base + (f->data_load > run ? f->data_load : run);
+}
+
+void trainer_footprint_bytes(double bytes, char *buf, size_t n) {
+    if (bytes >= 1099511627776.0) snprintf(buf, n, "%.4g TiB", bytes / 1099511627776.0);
+    else if (bytes >= 1073741824.0) snprintf(buf, n, "%.2f GiB", bytes / 1073741824.0);
+    else if (bytes >= 1048576.0) snprintf(buf, n, "%.1f MiB", bytes / 1048576.0);
+    else snprintf(buf, n, "%.1f KiB", bytes / 1024.0);
+}
+
+void trainer_footprint_describe(const trainer_footprint *f, char *buf, size_t n) {
+    char t[8][32];
+    double parts[8] = {f->total, f->tables, f->caches, f->activations, f->dense, f->buffers,
+                       f->data, f->base};
+    for (int i = 0; i < 8; i++) trainer_footprint_bytes(parts[i], t[i], sizeof t[i]);
+    snprintf(buf, n, "about %s per rank: tables and Adam state %s, fetched rows and exchange "
+             "buffers %s, activations "
+             "%s, dense parameters %s, buffers %s, data %s, libraries %s",
+             t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+}
+
+void trainer_footprint_drivers(const trainer_config *cfg, const trainer_footprint *f, char *buf,
+                               size_t n) {
+    const char *names[6] = {"tables and their Adam state", "fetched rows and exchange buffers", "activations",
+                            "dense parameters", "rollout and replay buffers", "the data"};
+    double parts[6] = {f->tables, f->caches, f->activations, f->dense, f->buffers,
+                       f->data_load > f->data ? f->data_load : f->data};
+    int big = 0;
+    for (int i = 1; i < 6; i++)
+        if (parts[i] > parts[big]) big = i;
+    char size[32], layers[96], keys[400];
+    trainer_footprint_bytes(parts[big], size, sizeof size);
+    if (cfg->arch == TRAINER_ARCH_MEMFORMER)
+        snprintf(layers, sizeof layers, "enc_layers = %d, dec_layers = %d", cfg->enc_layers,
+                 cfg->dec_layers);
+    else
+        snprintf(layers, sizeof layers, "n_layers = %d", cfg->n_layers);
+    int hash = cfg->proj == TRAINER_PROJ_HASH;
+    switch (big) {
+    case 0:
+        snprintf(keys, sizeof keys, "d_model = %d, tau = %d, expand_bits = %d, %s (spread over the "
+                 "ranks: more ranks hold less each)", cfg->d_model, cfg->tau, cfg->expand_bits, layers);
+        break;
+    case 1:
+        snprintf(keys, sizeof keys, "row_cache_mb = %g, d_model = %d, tau = %d, expand_bits = %d, "
+                 "%s, stream_block = %d", cfg->row_cache_mb, cfg->d_model, cfg->tau,
+                 cfg->expand_bits, layers, cfg->stream_block);
+        break;
+    case 2:
+        if (f->act_use == TRAINER_USE_SAMPLE)
+            snprintf(keys, sizeof keys, "--count = %d sequences at once, seg_len = %d, n_heads = "
+                     "%d, d_model = %d, vocab = %d", f->batch, cfg->seg_len, cfg->n_heads,
+                     cfg->d_model, cfg->vocab);
+        else if (f->act_use == TRAINER_USE_EVAL)
+            snprintf(keys, sizeof keys, "streams = %d (a rank evaluates its %d at once), seg_len = "
+                     "%d, n_heads = %d, d_model = %d, vocab = %d", cfg->streams, f->batch,
+                     cfg->seg_len, cfg->n_heads, cfg->d_model, cfg->vocab);
+        else if (cfg->bptt == TRAINER_BPTT_FULL)
+            snprintf(keys, sizeof keys, "bptt = full, horizon = %d, seg_len = %d, n_heads = %d, "
+                     "d_model = %d (bptt = mrbp keeps one segment)", cfg->horizon, cfg->seg_len,
+                     cfg->n_heads, cfg->d_model);
+        else
+            snprintf(keys, sizeof keys, "stream_block = %d, seg_len = %d, n_heads = %d, d_model = "
+                     "%d, vocab = %d", cfg->stream_block, cfg->seg_len, cfg->n_heads, cfg->d_model,
+                     cfg->vocab);
+        break;
+    case 3:
+        snprintf(keys, sizeof keys, "d_model = %d, vocab = %d, %s%s", cfg->d_model, cfg->vocab,
+                 layers, hash ? "" : ", proj = dense");
+        break;
+    case 4:
+        snprintf(keys, sizeof keys, "streams = %d, horizon = %d, seg_len = %d, mem_slots = %d, "
+                 "d_model = %d", cfg->streams, cfg->horizon, cfg->seg_len, cfg->mem_slots,
+                 cfg->d_model);
+        break;
+    default:
+        snprintf(keys, sizeof keys, "data = %.200s", cfg->data);
+        break;
+    }
+    snprintf(buf, n, "%s %s, driven by %s", names[big], size, keys);
+}
+
+/* Fails when a * b exceeds INT_MAX; `what` names the keys with their values. */
+static int product_ok(double a, double b, const char *what, char *err, size_t n) {
+    if (a * b <= (double)INT_MAX) return 0;
+    snprintf(err, n, "%s = %.4g: too large (the engine counts it in an int, at most 2^31 - 1)",
+             what, a * b);
+    return -1;
+}
+
+int trainer_footprint_check_ranges(const trainer_config *cfg, int P, int batch, char *err,
+                                   size_t n) {
+    shape s = shape_of(cfg);
+    double Bmax = ceil((double)cfg->streams / (P > 0 ? P : 1));
+    double B = batch > Bmax ? batch : Bmax;
+    char what[300];
+    if (batch > Bmax)
+        snprintf(what, sizeof what, "--count = %d x seg_len = %d (tokens sampled at once)", batch,
+                 cfg->seg_len);
+    else
+        snprintf(what, sizeof what, "streams = %d over %d rank%s x seg_len = %d (tokens a rank "
+                 "evaluates at once)", cfg->streams, P, P > 1 ? "s" : "", cfg->seg_len);
+    if (product_ok(B, s.L, what, err, n)) return -1;
+    double wide = s.V > 4 * s.C ? s.V : 4 * s.C;
+    snprintf(what, sizeof what, "%.0f tokens at once x %s = %.0f (logits or FFN activations)", B * s.L,
+             s.V > 4 * s.C ? "vocab" : "4 d_model", wide);
+    if (product_ok(B * s.L, wide, what, err, n)) return -1;
+    snprintf(what, sizeof what, "n_heads = %d x seg_len = %d squared (one attention matrix)",
+             cfg->n_heads, cfg->seg_len);
+    if (product_ok(s.NH * s.L, s.L, what, err, n)) return -1;
+    snprintf(what, sizeof what, "(mem_slots = %.0f + seg_len = %d) x d_model = %d (the memory "
+             "writer's input)", s.S, cfg->seg_len, cfg->d_model);
+    if (product_ok(s.S + s.L, s.C, what, err, n)) return -1;
+    if (s.hash) {
+        snprintf(what, sizeof what, "d_model = %d / tau = %d x 2^(tau + expand_bits = %d) (rows "
+                 "of a table group)", cfg->d_model, cfg->tau, cfg->tau + cfg->expand_bits);
+        if (product_ok(s.K, pow(2.0, s.tau + s.E), what, err, n)) return -1;
+    }
+    snprintf(what, sizeof what, "4 x d_model = %d (the dense FFN width)", cfg->d_model);
+    return product_ok(4, s.C, what, err, n);
+}

@@ -1,0 +1,420 @@
+/* Mapping of a run's state onto checkpoint arrays (names documented in the README), save, load, resume with fallback. */
+#include "trainer/run/checkpoint.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "io/ckpt.h"
+#include "io/files.h"
+#include "layers/common.h"
+#include "trainer/run/watchdog.h"
+
+enum { MAX_CKPTS = 64 };
+
+static void ckpt_dir(char *buf, size_t n, const char *run_dir) { snprintf(buf, n, "%s/ckpt", run_dir); }
+
+/* One array's transfer: the same call shape for writing and reading. */
+typedef struct xfer {
+    io_ckpt *ck;
+    int writing;
+    char *err;
+    size_t n;
+} xfer;
+
+static int move(xfer *x, const char *name, io_dtype t, int ndims, const int64_t *dims,
+                int nslices, const int64_t *slices, void *data) {
+    if (x->writing)
+        return io_ckpt_write(x->ck, name, t, ndims, dims, nslices, slices, data, x->err, x->n);
+    return io_ckpt_read(x->ck, name, t, ndims, dims, nslices, slices, data, x->err, x->n);
+}
+
+/* Whether this rank's restored stream state can be used: cursors inside the data, tokens
+ * below the vocabulary. Returns 0, or 1 with a message naming the file and the stream. */
+static int check_streams(const trainer_stream_state *st, int vocab, const char *path, char *err,
+                         size_t n) {
+    for (int b = 0; b < st->B; b++) {
+        int s = st->first + b;
+        io_stream pos = {.stream = s, .nstreams = st->nstreams, .doc_count = st->cursor[2 * b],
+                         .pos = st->cursor[2 * b + 1]};
+        int ok = pos.doc_count >= 0 && pos.pos >= 0 && (!st->data || io_stream_valid(&pos, st->data));
+        if (!ok) {
+            snprintf(err, n, "%s: streams/cursor of stream %d (%lld, %lld) lies outside the data "
+                     "(damaged, or a checkpoint of other data)", path, s,
+                     (long long)pos.doc_count, (long long)pos.pos);
+            return 1;
+        }
+        int32_t last = st->last[b];
+        for (int i = 0; i <= st->L && ok; i++) {
+            int32_t t = i < st->L ? st->prev[(size_t)b * st->L + i] : last;
+            ok = t >= -1 && t < vocab;
+        }
+        if (!ok) {
+            snprintf(err, n, "%s: streams/prev_segment or last_token of stream %d holds a token "
+                     "outside the vocabulary (%d)", path, s, vocab);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Everything but the attributes, in one fixed order for both directions. */
+static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state *st) {
+    char name[256];
+    int me0 = comm_rank(c) == 0;
+    const int64_t zero = 0;
+    trainer_params *p = trainer_model_params(m);
+    /* dense parameters are replicated: rank 0 writes them, every rank reads them */
+    int ns = x->writing ? me0 : 1;
+    for (int i = 0; i < p->n; i++) {
+        const trainer_tensor *t = &p->t[i];
+        int64_t dims[2] = {1, (int64_t)t->size};
+        float *arrays[3] = {p->data + t->off, p->m + t->off, p->v + t->off};
+        const char *what[3] = {"data", "m", "v"};
+        for (int a = 0; a < 3; a++) {
+            snprintf(name, sizeof(name), "dense/%s/%s", t->name, what[a]);
+            if (move(x, name, IO_F32, 2, dims, ns, &zero, arrays[a]) != 0) return -1;
+        }
+    }
+    /* tables: chunk k of a group is dim-0 slice k; each rank moves the chunks it owns */
+    trainer_tables *tb = trainer_model_tables(m);
+    for (int g = 0; g < trainer_tables_ngroups(tb); g++) {
+        const trainer_table_group *grp = trainer_tables_group(tb, g);
+        int64_t rows = (int64_t)1 << grp->tau, dims[3] = {grp->K, rows, grp->OC};
+        size_t unit = (size_t)rows * grp->OC;
+        int64_t *mine = layer_xmalloc(((size_t)grp->K + 1) * sizeof(int64_t));
+        int nk = 0;
+        /* each chunk is written by its owner; read by every rank that holds it (every rank,
+           for a replicated group) */
+        for (int k = 0; k < grp->K; k++)
+            if (x->writing ? trainer_tables_owner(tb, g, k) == comm_rank(c)
+                           : trainer_tables_holds(tb, g, k))
+                mine[nk++] = k;
+        float *buf = layer_xmalloc(((size_t)nk * unit + 1) * sizeof(float));
+        for (int j = 0; j < grp->nout; j++) {
+            const char *what[3] = {"data", "m", "v"};
+            for (int a = 0; a < 3; a++) {
+                if (x->writing)
+                    for (int q = 0; q < nk; q++) {
+                        float *dst[3] = {NULL, NULL, NULL};
+                        dst[a] = buf + q * unit;
+                        trainer_tables_unit_get(tb, g, (int)mine[q], j, dst[0], dst[1], dst[2], NULL);
+                    }
+                snprintf(name, sizeof(name), "tables/%s/out%d/%s", grp->name, j, what[a]);
+                if (move(x, name, IO_F32, 3, dims, nk, mine, buf) != 0) {
+                    free(buf);
+                    free(mine);
+                    return -1;
+                }
+                if (!x->writing)
+                    for (int q = 0; q < nk; q++) {
+                        const float *src[3] = {NULL, NULL, NULL};
+                        src[a] = buf + q * unit;
+                        trainer_tables_unit_set(tb, g, (int)mine[q], j, src[0], src[1], src[2]);
+                    }
+            }
+        }
+        free(buf);
+        free(mine);
+    }
+    if (!st) return 0; /* a model alone (eval, sample) */
+    /* streams: global stream s is dim-0 slice s; each rank moves its own */
+    int64_t *ids = layer_xmalloc(((size_t)st->B + 1) * sizeof(int64_t));
+    for (int b = 0; b < st->B; b++) ids[b] = st->first + b;
+    int64_t d_cur[2] = {st->nstreams, 2}, d_prev[2] = {st->nstreams, st->L};
+    int64_t d_last[2] = {st->nstreams, 1}, d_mem[2] = {st->nstreams, (int64_t)st->msize};
+    int rc = move(x, "streams/cursor", IO_I64, 2, d_cur, st->B, ids, st->cursor);
+    if (!rc) rc = move(x, "streams/prev_segment", IO_I32, 2, d_prev, st->B, ids, st->prev);
+    if (!rc) rc = move(x, "streams/last_token", IO_I32, 2, d_last, st->B, ids, st->last);
+    if (!rc && st->msize) rc = move(x, "streams/memory", IO_F32, 2, d_mem, st->B, ids, st->M);
+    free(ids);
+    if (!rc && !x->writing) {
+        /* checksums only show the file is as written: a file written by another tool may
+           hold anything, and the data cursors and tokens index arrays */
+        int bad = check_streams(st, trainer_model_get_spec(m)->vocab, io_ckpt_path(x->ck), x->err,
+                                x->n);
+        rc = comm_any_failed(c, bad, x->err, x->n) ? -1 : 0;
+    }
+    return rc;
+}
+
+int trainer_ckpt_save(comm_ctx *c, const trainer_config *cfg, const char *run_id,
+                      trainer_model *m, const trainer_stream_state *st, int64_t step, char *err,
+                      size_t n) {
+    char dir[1100];
+    ckpt_dir(dir, sizeof(dir), cfg->run_dir);
+    /* a rank whose launcher dies now finishes this file first (trainer/run/watchdog.h) */
+    trainer_watchdog_hold(1);
+    io_ckpt *ck = io_ckpt_create(c, dir, step, err, n);
+    if (!ck) {
+        trainer_watchdog_hold(0);
+        return -1;
+    }
+    xfer x = {ck, 1, err, n};
+    if (transfer(&x, c, m, (trainer_stream_state *)st) != 0) {
+        io_ckpt_abort(ck);
+        trainer_watchdog_hold(0);
+        return -1;
+    }
+    size_t len = trainer_config_to_text(cfg, NULL, 0);
+    char *text = layer_xmalloc(len + 1);
+    trainer_config_to_text(cfg, text, len + 1);
+    io_ckpt_set_attr_str(ck, "config", text);
+    free(text);
+    /* no dropout or sampling in training: the data order and the seed are the whole of the
+       run's randomness, and both are in the config and the stream cursors */
+    io_ckpt_set_attr_i64(ck, "seed", cfg->seed);
+    io_ckpt_set_attr_i64(ck, "schedule_step", step);
+    io_ckpt_set_attr_i64(ck, "ranks", comm_size(c));
+    io_ckpt_set_attr_str(ck, "run_id", run_id);
+    int rc = io_ckpt_commit(ck, cfg->keep_ckpts, err, n);
+    trainer_watchdog_hold(0);
+    return rc;
+}
+
+/* The candidates of run_dir/ckpt, newest first, the same list on every rank. */
+static int candidates(comm_ctx *c, const char *run_dir, char (*paths)[IO_CKPT_PATH_MAX]) {
+    char dir[1100];
+    ckpt_dir(dir, sizeof(dir), run_dir);
+    int64_t count = 0;
+    if (comm_rank(c) == 0) count = io_ckpt_list(dir, paths, MAX_CKPTS);
+    comm_broadcast(c, &count, sizeof(count), 0);
+    comm_broadcast(c, paths, (size_t)count * IO_CKPT_PATH_MAX, 0);
+    return (int)count;
+}
+
+/* ---- run identity ---- */
+
+static int is_run_id(const char *s) {
+    if (strlen(s) != TRAINER_RUN_ID_LEN) return 0;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) return 0;
+    return 1;
+}
+
+int trainer_run_id_read(const char *run_dir, char *id) {
+    char path[1100], buf[128], why[1200];
+    id[0] = '\0';
+    snprintf(path, sizeof path, "%s/ckpt/RUN_ID", run_dir);
+    if (io_read_small(path, buf, sizeof buf, why, sizeof why) < 0) return -1;
+    buf[strcspn(buf, "\r\n")] = '\0';
+    if (!is_run_id(buf)) return -1;
+    snprintf(id, TRAINER_RUN_ID_LEN + 1, "%s", buf);
+    return 0;
+}
+
+int trainer_run_id_write(comm_ctx *c, const char *run_dir, const char *id, char *err, size_t n) {
+    int failed = 0;
+    if (comm_rank(c) == 0) {
+        char dir[1100], line[TRAINER_RUN_ID_LEN + 2];
+        snprintf(dir, sizeof dir, "%s/ckpt", run_dir);
+        snprintf(line, sizeof line, "%s\n", id);
+        failed = io_mkdirs(dir, err, n) != 0 || io_write_atomic(dir, "RUN_ID", line, err, n) != 0;
+    }
+    return comm_any_failed(c, failed, err, n) ? -1 : 0;
+}
+
+int trainer_run_id_create(comm_ctx *c, const char *run_dir, char *id, char *err, size_t n) {
+    char buf[TRAINER_RUN_ID_LEN + 1] = "";
+    if (comm_rank(c) == 0) {
+        unsigned char r[TRAINER_RUN_ID_LEN / 2];
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+            /* no kernel entropy call: time, pid and address bits, mixed */
+            layer_rng g;
+            layer_rng_seed(&g, (uint64_t)time(NULL) * 1000003u ^ (uint64_t)getpid() ^
+                                   (uint64_t)(uintptr_t)&g);
+            for (size_t i = 0; i < sizeof r; i++) r[i] = (unsigned char)layer_rng_next(&g);
+        }
+        for (size_t i = 0; i < sizeof r; i++) snprintf(buf + 2 * i, 3, "%02x", r[i]);
+    }
+    comm_broadcast(c, buf, sizeof buf, 0);
+    snprintf(id, TRAINER_RUN_ID_LEN + 1, "%s", buf);
+    return trainer_run_id_write(c, run_dir, id, err, n);
+}
+
+/* What tells the run of a checkpoint. */
+typedef struct member {
+    int64_t step;                         /* the step it holds */
+    char run_id[TRAINER_RUN_ID_LEN + 1];  /* "" in a version 1 file */
+    trainer_config cfg;                   /* its stored config */
+} member;
+
+/* Reads who the open checkpoint ck belongs to and checks it: the step in its file name is the
+ * step it holds, its run id is run_id (unless either is unknown: NULL or "", or a version 1
+ * file), its config is valid and, with ref, has ref's shape. Collective: every rank gets the
+ * same answer. Returns 0, or -1 with "<path>: ..." in err. */
+static int read_member(io_ckpt *ck, const char *run_id, const trainer_config *ref, member *mb,
+                       char *err, size_t n) {
+    const char *path = io_ckpt_path(ck);
+    int64_t version = 0, named;
+    mb->run_id[0] = '\0';
+    if (io_ckpt_get_attr_i64(ck, "step", &mb->step, err, n) != 0 ||
+        io_ckpt_get_attr_i64(ck, "format_version", &version, err, n) != 0)
+        return -1;
+    if (mb->step < 0) {
+        snprintf(err, n, "%s: holds step %lld, which is invalid", path, (long long)mb->step);
+        return -1;
+    }
+    if (io_ckpt_name_step(path, &named) == 0 && named != mb->step) {
+        snprintf(err, n, "%s: its name says step %lld but it holds step %lld (renamed or copied "
+                 "over?)", path, (long long)named, (long long)mb->step);
+        return -1;
+    }
+    if (version >= 2) {
+        char *id = NULL;
+        if (io_ckpt_get_attr_str(ck, "run_id", &id, err, n) != 0) return -1;
+        int ok = is_run_id(id);
+        if (ok) snprintf(mb->run_id, sizeof mb->run_id, "%s", id);
+        else snprintf(err, n, "%s: attribute run_id '%.40s' is not a run id (damaged)", path, id);
+        free(id);
+        if (!ok) return -1;
+        if (run_id && run_id[0] && strcmp(run_id, mb->run_id) != 0) {
+            snprintf(err, n, "%s: belongs to another run (run id %.12s..., this run's is "
+                     "%.12s...)", path, mb->run_id, run_id);
+            return -1;
+        }
+    }
+    char *text = NULL;
+    if (io_ckpt_get_attr_str(ck, "config", &text, err, n) != 0) return -1;
+    trainer_config_defaults(&mb->cfg);
+    char why[512];
+    int rc = trainer_config_load_text(&mb->cfg, text, path, err, n);
+    free(text);
+    if (rc != 0) return -1;
+    if (trainer_config_validate(&mb->cfg, why, sizeof why) != 0) {
+        snprintf(err, n, "%s: its stored config is invalid: %s", path, why);
+        return -1;
+    }
+    char diff[400];
+    if (ref && trainer_config_diff_shape(&mb->cfg, ref, diff, sizeof diff) > 0) {
+        snprintf(err, n, "%s: a checkpoint of a model of another shape: %s", path, diff);
+        return -1;
+    }
+    return 0;
+}
+
+/* The newest candidate of run_dir that belongs to run_id (NULL: any run) and holds a valid
+ * config: its index, its member record; or -1 with the newest refusal's reason in err. */
+static int first_member(comm_ctx *c, char (*paths)[IO_CKPT_PATH_MAX], int count,
+                        const char *run_id, member *mb, char *err, size_t n) {
+    char why[1024] = "";
+    for (int i = 0; i < count; i++) {
+        io_ckpt *ck = io_ckpt_open(c, paths[i], err, n);
+        int rc = ck ? read_member(ck, run_id, NULL, mb, err, n) : -1;
+        io_ckpt_close(ck);
+        if (rc == 0) return i;
+        if (!why[0]) snprintf(why, sizeof why, "%s", err);
+    }
+    snprintf(err, n, "%s", why);
+    return -1;
+}
+
+int trainer_run_id_for_resume(comm_ctx *c, const char *run_dir, char *id, char *err, size_t n) {
+    int64_t have = trainer_run_id_read(run_dir, id) == 0;
+    comm_broadcast(c, &have, sizeof have, 0);
+    if (have) {
+        comm_broadcast(c, id, TRAINER_RUN_ID_LEN + 1, 0);
+        return 0;
+    }
+    char (*paths)[IO_CKPT_PATH_MAX] = layer_xmalloc(MAX_CKPTS * IO_CKPT_PATH_MAX);
+    int count = candidates(c, run_dir, paths);
+    member *mb = layer_xmalloc(sizeof *mb);
+    int i = first_member(c, paths, count, NULL, mb, err, n);
+    int rc = 0;
+    if (i < 0) {
+        char why[600];
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s", run_dir,
+                 count ? ": " : "", why);
+        rc = -1;
+    } else if (mb->run_id[0]) {
+        snprintf(id, TRAINER_RUN_ID_LEN + 1, "%s", mb->run_id);
+        rc = trainer_run_id_write(c, run_dir, id, err, n);
+    } else {
+        rc = trainer_run_id_create(c, run_dir, id, err, n);
+    }
+    free(mb);
+    free(paths);
+    return rc;
+}
+
+int trainer_ckpt_peek_config(comm_ctx *c, const char *run_dir, trainer_config *cfg, char *path,
+                             size_t pathlen, char *err, size_t n) {
+    char (*paths)[IO_CKPT_PATH_MAX] = layer_xmalloc(MAX_CKPTS * IO_CKPT_PATH_MAX);
+    char id[TRAINER_RUN_ID_LEN + 1];
+    int64_t have = trainer_run_id_read(run_dir, id) == 0;
+    comm_broadcast(c, &have, sizeof have, 0);
+    comm_broadcast(c, id, sizeof id, 0);
+    int count = candidates(c, run_dir, paths), rc = -1;
+    member *mb = layer_xmalloc(sizeof *mb);
+    int i = first_member(c, paths, count, have ? id : NULL, mb, err, n);
+    if (i >= 0) {
+        *cfg = mb->cfg;
+        snprintf(path, pathlen, "%s", paths[i]);
+        rc = 0;
+    } else {
+        char why[600];
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s", run_dir,
+                 count ? ": " : "", why);
+    }
+    free(mb);
+    free(paths);
+    return rc;
+}
+
+int trainer_ckpt_read_config(comm_ctx *c, const char *path, trainer_config *cfg, char *err,
+                             size_t n) {
+    io_ckpt *ck = io_ckpt_open(c, path, err, n);
+    if (!ck) return -1;
+    char *text = NULL;
+    int rc = io_ckpt_get_attr_str(ck, "config", &text, err, n);
+    if (rc == 0) rc = trainer_config_load_text(cfg, text, path, err, n);
+    free(text);
+    io_ckpt_close(ck);
+    return rc;
+}
+
+int trainer_ckpt_load(comm_ctx *c, const char *path, trainer_model *m, trainer_stream_state *st,
+                      int64_t *step, char *err, size_t n) {
+    io_ckpt *ck = io_ckpt_open(c, path, err, n);
+    if (!ck) return -1;
+    xfer x = {ck, 0, err, n};
+    int rc = io_ckpt_get_attr_i64(ck, "step", step, err, n);
+    if (!rc) rc = transfer(&x, c, m, st);
+    io_ckpt_close(ck);
+    return rc;
+}
+
+int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
+                        const trainer_config *cfg, trainer_model *m, trainer_stream_state *st,
+                        int64_t *step, char *path, size_t pathlen, char *err, size_t n) {
+    char (*paths)[IO_CKPT_PATH_MAX] = layer_xmalloc(MAX_CKPTS * IO_CKPT_PATH_MAX);
+    int count = candidates(c, run_dir, paths), rc = -1;
+    member *mb = layer_xmalloc(sizeof *mb);
+    snprintf(err, n, "no checkpoint in %s/ckpt to resume from", run_dir);
+    for (int i = 0; i < count; i++) {
+        io_ckpt *ck = io_ckpt_open(c, paths[i], err, n);
+        rc = ck ? read_member(ck, run_id, cfg, mb, err, n) : -1;
+        if (rc == 0) {
+            xfer x = {ck, 0, err, n};
+            rc = transfer(&x, c, m, st);
+            *step = mb->step;
+        }
+        io_ckpt_close(ck);
+        if (rc == 0) {
+            snprintf(path, pathlen, "%s", paths[i]);
+            break;
+        }
+        char line[1100];
+        snprintf(line, sizeof line, "%s; %s", err,
+                 i + 1 < count ? "falling back to an older checkpoint" : "no older checkpoint left");
+        comm_warn0(c, line);
+    }
+    free(mb);
+    free(paths);
+    return rc;
+}

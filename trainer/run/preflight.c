@@ -1,0 +1,270 @@
+/* Early checks of a run: run directory, lock, run id, metrics file; memory estimate against the node's memory; the validation split's length. */
+#include "trainer/run/preflight.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "io/ckpt.h"
+#include "io/files.h"
+#include "layers/common.h"
+#include "trainer/run/checkpoint.h"
+
+struct trainer_rundir {
+    int lock_fd; /* -1 when the file system has no locks */
+    FILE *csv;   /* rank 0 */
+    char id[TRAINER_RUN_ID_LEN + 1];
+};
+
+enum { MSG = 1024 };
+
+/* Ends the job on every rank when any rank failed. */
+static void agree_or_exit(comm_ctx *c, int failed, char *err) {
+    if (comm_any_failed(c, failed, err, MSG)) comm_exit_error(c, err);
+}
+
+/* One line naming this process for the lock file: "memtrain pid 123 on host n1 since ...". */
+static void holder_line(char *buf, size_t n) {
+    char host[256] = "?", when[64] = "?";
+    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "?");
+    host[sizeof host - 1] = '\0';
+    time_t now = time(NULL);
+    struct tm tm;
+    if (localtime_r(&now, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf(buf, n, "memtrain pid %ld on host %s since %s", (long)getpid(), host, when);
+}
+
+/* Rank 0: whether dir (a checkpoint directory) holds complete checkpoints; the newest's name. */
+static int holds_checkpoints(const char *dir, char *newest, size_t n) {
+    char (*paths)[IO_CKPT_PATH_MAX] = layer_xmalloc(IO_CKPT_PATH_MAX);
+    int count = io_ckpt_list(dir, paths, 1);
+    if (count > 0) snprintf(newest, n, "%s", paths[0]);
+    free(paths);
+    return count > 0;
+}
+
+trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
+                                    const char *resume_dir, const char *csv_header) {
+    trainer_rundir *rd = layer_xcalloc(1, sizeof *rd);
+    rd->lock_fd = -1;
+    char err[MSG] = "", why[MSG] = "", ckdir[1100], path[1200];
+    int me0 = comm_rank(c) == 0, failed = 0;
+    const char *dir = cfg->run_dir;
+    snprintf(ckdir, sizeof ckdir, "%s/ckpt", dir);
+
+    /* the directories: whatever stands in the way shows now, from every rank together */
+    if (me0 && (io_mkdirs(dir, why, sizeof why) != 0 || io_mkdirs(ckdir, why, sizeof why) != 0)) {
+        snprintf(err, sizeof err, "run_dir %s cannot be used: %s", dir, why);
+        failed = 1;
+    }
+    agree_or_exit(c, failed, err);
+
+    /* the lock: rank 0 takes it alone, then every rank holds it shared for the run's life */
+    snprintf(path, sizeof path, "%s/LOCK", dir);
+    int nolock = 0;
+    if (me0) {
+        char holder[400];
+        holder_line(holder, sizeof holder);
+        int fd = io_lock_exclusive(path, holder, why, sizeof why);
+        if (fd >= 0) fd = io_lock_share(fd, path, why, sizeof why);
+        if (fd >= 0) {
+            rd->lock_fd = fd;
+        } else if (fd == -2) {
+            nolock = 1;
+        } else if (strstr(why, ": held by ")) {
+            snprintf(err, sizeof err, "run_dir %s is in use by another memtrain run (%s): wait for "
+                     "it to end, or choose another run_dir", dir, strstr(why, ": held by ") + 10);
+            failed = 1;
+        } else {
+            snprintf(err, sizeof err, "run_dir %s cannot be used: %s", dir, why);
+            failed = 1;
+        }
+    }
+    agree_or_exit(c, failed, err);
+    int64_t flag = nolock;
+    comm_broadcast(c, &flag, sizeof flag, 0);
+    if (flag) {
+        snprintf(err, sizeof err, "%.400s: the file system has no locks (%.200s); nothing keeps a "
+                 "second run off this run_dir", path, why);
+        comm_warn0(c, err);
+    } else if (!me0) {
+        /* a rank that cannot take its share (a file system that locks on some nodes only)
+           still runs: rank 0's lock stands for the run */
+        rd->lock_fd = io_lock_share(-1, path, why, sizeof why);
+    }
+    comm_barrier(c);
+
+    /* the run id */
+    char newest[IO_CKPT_PATH_MAX] = "";
+    int elsewhere = resume_dir && strcmp(resume_dir, dir) != 0;
+    if (me0 && (!resume_dir || elsewhere) && holds_checkpoints(ckdir, newest, sizeof newest)) {
+        snprintf(err, sizeof err, "run_dir %s holds checkpoints already (%s): "
+                 "continue that run with --resume %s, or choose another run_dir", dir, newest, dir);
+        failed = 1;
+    }
+    agree_or_exit(c, failed, err);
+    if (!resume_dir) {
+        failed = trainer_run_id_create(c, dir, rd->id, err, sizeof err) != 0;
+    } else {
+        failed = trainer_run_id_for_resume(c, resume_dir, rd->id, err, sizeof err) != 0;
+        /* written again (or into the new run_dir): the checkpoint directory takes writes */
+        if (!failed) failed = trainer_run_id_write(c, dir, rd->id, err, sizeof err) != 0;
+    }
+    if (failed && strncmp(err, "no checkpoint", 13) != 0) {
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, sizeof err, "run_dir %s cannot be used: %s", dir, why);
+    }
+    agree_or_exit(c, failed, err);
+
+    /* the metrics file: a run whose figures cannot be kept does not start */
+    if (me0) {
+        snprintf(path, sizeof path, "%s/metrics.csv", dir);
+        rd->csv = io_fopen_regular(path, "a", why, sizeof why);
+        /* the header once: glibc reports position 0 for an append stream until it is moved */
+        if (rd->csv && fseek(rd->csv, 0, SEEK_END) == 0 && ftell(rd->csv) == 0 &&
+            (fprintf(rd->csv, "%s\n", csv_header) < 0 || fflush(rd->csv) != 0))
+            snprintf(why, sizeof why, "%.900s: cannot write", path);
+        else if (rd->csv && !ferror(rd->csv))
+            why[0] = '\0';
+        if (why[0]) {
+            snprintf(err, sizeof err, "run_dir %s cannot be used: %s", dir, why);
+            failed = 1;
+        }
+    }
+    agree_or_exit(c, failed, err);
+    return rd;
+}
+
+const char *trainer_rundir_id(const trainer_rundir *rd) { return rd->id; }
+
+FILE *trainer_rundir_metrics(trainer_rundir *rd) { return rd->csv; }
+
+void trainer_rundir_close(trainer_rundir *rd) {
+    if (!rd) return;
+    if (rd->csv) fclose(rd->csv);
+    if (rd->lock_fd >= 0) close(rd->lock_fd);
+    free(rd);
+}
+
+/* ---- memory ---- */
+
+/* The number after `key` in /proc/meminfo, in bytes, or -1. */
+static double meminfo(const char *key) {
+    char buf[8192], why[64];
+    if (io_read_small("/proc/meminfo", buf, sizeof buf, why, sizeof why) <= 0) return -1;
+    const char *p = strstr(buf, key);
+    if (!p) return -1;
+    double kb = strtod(p + strlen(key), NULL);
+    return kb > 0 ? kb * 1024.0 : -1;
+}
+
+/* A number read from a small file ("max" and unreadable: -1). */
+static double number_in(const char *path) {
+    char buf[64], why[64];
+    if (io_read_small(path, buf, sizeof buf, why, sizeof why) <= 0) return -1;
+    char *end;
+    double v = strtod(buf, &end);
+    return end == buf ? -1 : v;
+}
+
+/* What the memory cgroup of this process still allows (v2 or v1), or -1 when unlimited. */
+static double cgroup_left(void) {
+    char buf[4096], why[64], path[4400];
+    if (io_read_small("/proc/self/cgroup", buf, sizeof buf, why, sizeof why) <= 0) return -1;
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        const char *v2 = strncmp(line, "0::", 3) == 0 ? line + 3 : NULL;
+        const char *v1 = strstr(line, ":memory:");
+        double limit = -1, used = -1;
+        if (v2) {
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", v2);
+            limit = number_in(path);
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.current", v2);
+            used = number_in(path);
+        } else if (v1) {
+            snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", v1 + 8);
+            limit = number_in(path);
+            snprintf(path, sizeof path, "/sys/fs/cgroup/memory%s/memory.usage_in_bytes", v1 + 8);
+            used = number_in(path);
+        }
+        /* "unlimited" is a huge number in v1 */
+        if (limit > 0 && limit < 1e18) return limit - (used > 0 ? used : 0);
+    }
+    return -1;
+}
+
+/* Bytes this rank may use, and how that was found, into what. */
+static double available_per_rank(comm_ctx *c, char *what, size_t n) {
+    int node = comm_node_size(c);
+    double avail = meminfo("MemAvailable:");
+    const char *src = "MemAvailable";
+    if (avail < 0) {
+        long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        avail = pages > 0 && page > 0 ? (double)pages * (double)page : 1e30;
+        src = "free memory";
+    }
+    double cg = cgroup_left();
+    if (cg >= 0 && cg < avail) {
+        avail = cg;
+        src = "the memory cgroup's limit";
+    }
+    char total[32];
+    trainer_footprint_bytes(avail, total, sizeof total);
+    double per = avail / node;
+    snprintf(what, n, "%s %s over %d rank%s on this node", src, total, node, node > 1 ? "s" : "");
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (double)rl.rlim_cur < per) {
+        per = (double)rl.rlim_cur;
+        snprintf(what, n, "RLIMIT_AS of this process");
+    }
+    return per;
+}
+
+void trainer_preflight_memory(comm_ctx *c, const trainer_config *cfg, trainer_footprint_use use,
+                              int batch, int announce) {
+    char err[MSG], what[200], drivers[600], need[32], have[32];
+    int P = comm_size(c);
+    int failed = trainer_footprint_check_ranges(cfg, P, batch, err, sizeof err) != 0;
+    agree_or_exit(c, failed, err);
+    double resident, loading;
+    io_dataset_size_hint(cfg->data, cfg->data_dir, &resident, &loading);
+    trainer_footprint f;
+    trainer_footprint_estimate(cfg, P, use, batch, resident, loading, &f);
+    double avail = available_per_rank(c, what, sizeof what);
+    trainer_footprint_bytes(f.total, need, sizeof need);
+    trainer_footprint_bytes(avail, have, sizeof have);
+    if (announce && comm_rank(c) == 0) {
+        char line[600];
+        trainer_footprint_describe(&f, line, sizeof line);
+        printf("memory: %s; %s available per rank (%s)\n", line, have, what);
+        fflush(stdout);
+    }
+    if (f.total > avail) {
+        trainer_footprint_drivers(cfg, &f, drivers, sizeof drivers);
+        snprintf(err, sizeof err, "memory: this run needs about %s per rank but %s is available "
+                 "to each (%s); the largest part is %s", need, have, what, drivers);
+        failed = 1;
+    }
+    agree_or_exit(c, failed, err);
+}
+
+long long trainer_preflight_eval(comm_ctx *c, const trainer_config *cfg, const io_dataset *val) {
+    long long most = 0;
+    int S = cfg->streams, L = cfg->seg_len;
+    for (int j = 0; j < S; j++) {
+        long long segs = 0;
+        for (int64_t d = j; d < val->ndocs; d += S)
+            segs += (val->doc_off[d + 1] - val->doc_off[d] + L - 1) / L;
+        if (segs > most) most = segs;
+    }
+    if (cfg->eval_segments > 0 && cfg->eval_segments > most && comm_rank(c) == 0) {
+        printf("eval: eval_segments = %d is more than the validation split holds per stream (at "
+               "most %lld segments over %d streams): each pass reads every validation document "
+               "once instead\n", cfg->eval_segments, most, S);
+        fflush(stdout);
+    }
+    return most;
+}

@@ -1,0 +1,33 @@
+/* The training run: data streams, rollouts, gradient reduction, optimizer, evaluation and rank-0 logging. */
+#ifndef MEMTRAIN_TRAINER_TRAIN_H
+#define MEMTRAIN_TRAINER_TRAIN_H
+
+#include "comm/comm.h"
+#include "io/data.h"
+#include "trainer/config/config.h"
+#include "trainer/model/model.h"
+
+/* Loads one split of cfg's data on every rank; a missing or malformed file, or tokens beyond
+ * cfg->vocab, end the job with one message from all ranks. */
+io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split);
+
+/* Validation perplexity of model over val from fresh streams (the config's streams, dealt
+ * over the ranks of comm as in training): eval_segments segments of every stream, or with
+ * eval_segments = 0 every validation document once (stream j reads documents j, j + streams,
+ * ...). Collective. */
+double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
+                              const io_dataset *val);
+
+/* Exit status of a run stopped by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL:
+ * try again later, e.g. requeue the job and resume). */
+#define TRAINER_EXIT_INTERRUPTED 75
+
+/* Trains as the config says, on every rank of comm together, from scratch or, when resume_dir
+ * is not NULL, from the newest valid checkpoint in resume_dir/ckpt (the caller has checked
+ * the configs agree). Writes a checkpoint every ckpt_every steps and at the end. SIGUSR1 or
+ * SIGTERM stop the run at the next step boundary with a checkpoint. Returns 0 when the run
+ * finished, TRAINER_EXIT_INTERRUPTED when a signal stopped it; user errors (bad data, NaN loss)
+ * end the job through comm_exit_error on all ranks. */
+int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir);
+
+#endif

@@ -1,0 +1,113 @@
+/* The cost model of the table strategies: bytes, exchanges and memory per rank and step, and the planner's choice. */
+#include "trainer/tables/plan.h"
+
+#include <math.h>
+
+#include "layers/common.h"
+#include "layers/hash.h"
+
+static const char *const names[TRAINER_STRATEGY_COUNT] = {"fetch", "owner", "replicate"};
+
+const char *trainer_strategy_name(trainer_strategy s) {
+    LAYER_ASSERT(s >= 0 && s < TRAINER_STRATEGY_COUNT);
+    return names[s];
+}
+
+double trainer_plan_distinct(int tau, double m) {
+    double R = ldexp(1.0, tau);
+    return m <= 0 ? 0.0 : R * -expm1(m * log1p(-1.0 / R));
+}
+
+/* Bytes of a key on the wire: int64, as the exchanges send it. */
+enum { KEY = 8, IDX_SCORE = 8, SCORE = 4, GRAD = 4, SUM = 8 };
+/* Bytes of one row's slice in one tile of a store. */
+#define TILE_BYTES (LAYER_HASH_TILE * 4.0)
+
+void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
+                         trainer_plan_cost *c) {
+    LAYER_ASSERT(r->P >= 1 && r->streams >= 1 && r->block >= 1 && r->horizon >= 1);
+    double P = r->P, frac = (P - 1.0) / P, T = r->horizon;
+    double nblocks = ceil((double)r->streams / r->block);
+    double nbr = nblocks / P;                        /* blocks per rank, on average */
+    double spr = (double)r->streams / P;             /* streams per rank */
+    double W = (double)g->nout * g->OC, K = g->K, R = K * ldexp(1.0, g->tau);
+    double S = ceil(K / LAYER_HASH_SHARD);
+    /* distinct keys per table: over a rank's step, and over one block's step */
+    double u_step = trainer_plan_distinct(g->tau, T * spr * g->rows);
+    double u_blk = trainer_plan_distinct(g->tau, T * fmin(r->block, spr) * g->rows);
+    if (g->distinct >= 0 && u_step > 0) { /* measured: keep the model's block/step ratio */
+        u_blk *= g->distinct / u_step;
+        u_step = g->distinct;
+    }
+    for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++) c->allowed[s] = 1;
+
+    /* FETCH: rows kept for the step when they fit the budget, else fetched for each call and
+       released after it. Resident memory comes in pages: a page of a store holds 32 rows of
+       a tile, so u distinct rows of a table make that many pages resident. */
+    double per_page = 4096.0 / (TILE_BYTES), rows_t = ldexp(1.0, g->tau);
+    double res_blk = per_page >= rows_t ? rows_t : rows_t * -expm1(u_blk * log1p(-per_page / rows_t));
+    double res_step = per_page >= rows_t ? rows_t : rows_t * -expm1(u_step * log1p(-per_page / rows_t));
+    /* a call's rows: in the store and in transit; their gradients (held across a block's
+       calls when a memory makes segments sequential) */
+    double ws_block = frac * K * res_blk * W * sizeof(float) * (r->batched ? 2 : 3);
+    double ws_step = frac * K * res_step * W * sizeof(float);
+    int keep = ws_step <= r->budget;
+    double calls = r->batched ? 2 : 2 * T; /* forward and backward of each call */
+    double fetch = keep ? frac * K * u_step * (KEY + W * r->wire_bytes)
+                        : nbr * calls * frac * K * u_blk * (KEY + W * r->wire_bytes);
+    double push = nbr * frac * K * u_blk * (KEY + W * GRAD);
+    c->bytes[TRAINER_STRATEGY_FETCH] = fetch + push;
+    c->messages[TRAINER_STRATEGY_FETCH] = nbr * ((r->batched ? 1 : T) * (keep ? 1 : 2) + 1);
+    c->memory[TRAINER_STRATEGY_FETCH] = keep ? ws_step : ws_block;
+    c->allowed[TRAINER_STRATEGY_FETCH] = ws_block <= r->budget;
+
+    /* OWNER: per block, buckets and scores out and the shards' partials back; in the
+       backward buckets, scores and the output gradient out (once per owner) and the score
+       gradients back */
+    double n = r->block * (double)g->rows * T; /* tokens of one block's single call */
+    double owners = fmin(S, P) * frac;         /* other ranks owning a shard of the group */
+    double fwd = n * K * frac * IDX_SCORE + n * W * sizeof(float) * S * frac;
+    double bwd = n * K * frac * IDX_SCORE + n * W * GRAD * owners + n * K * frac * SCORE;
+    c->bytes[TRAINER_STRATEGY_OWNER] = nbr * (fwd + bwd);
+    c->messages[TRAINER_STRATEGY_OWNER] = nbr * 4;
+    c->memory[TRAINER_STRATEGY_OWNER] = n * W * sizeof(float) * S * frac; /* partials */
+    c->allowed[TRAINER_STRATEGY_OWNER] = r->batched;
+
+    /* REPLICATE: one ring all-reduce of the group's gradient sums (double) and touch marks */
+    double state = R * W * (3 * sizeof(float) + SUM); /* rows, m, v, gradient sum */
+    c->bytes[TRAINER_STRATEGY_REPLICATE] = 2 * frac * (R * W * SUM + R);
+    c->messages[TRAINER_STRATEGY_REPLICATE] = P > 1 ? 1 : 0;
+    c->memory[TRAINER_STRATEGY_REPLICATE] = state * frac;
+    c->allowed[TRAINER_STRATEGY_REPLICATE] = state <= r->budget / 4;
+
+    if (P == 1) { /* nothing moves: every strategy is the local computation */
+        for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++) {
+            c->bytes[s] = c->messages[s] = c->memory[s] = 0;
+            c->allowed[s] = s != TRAINER_STRATEGY_OWNER || r->batched;
+        }
+    }
+    /* every exchange begins with counts to every peer: 12 bytes (row exchanges) or 4 (the
+       owners' all-to-alls); an all-reduce has none */
+    /* (a batched block's gradient push is an owners'-style all-to-all: 4 bytes) */
+    c->bytes[TRAINER_STRATEGY_FETCH] +=
+        (c->messages[TRAINER_STRATEGY_FETCH] * 12 - (r->batched ? nbr * 8 : 0)) * (P - 1);
+    c->bytes[TRAINER_STRATEGY_OWNER] += c->messages[TRAINER_STRATEGY_OWNER] * 4 * (P - 1);
+    for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++)
+        c->seconds[s] = c->messages[s] * r->latency + c->bytes[s] / r->bandwidth;
+
+    if (r->force >= 0 && c->allowed[r->force]) {
+        c->choice = (trainer_strategy)r->force;
+        c->why = "forced";
+        return;
+    }
+    c->choice = TRAINER_STRATEGY_FETCH;
+    c->why = P == 1 ? "one rank" : "fewest seconds";
+    int any = 0;
+    for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++) {
+        if (!c->allowed[s]) continue;
+        if (!any || c->seconds[s] < c->seconds[c->choice]) c->choice = (trainer_strategy)s;
+        any = 1;
+    }
+    if (!any) c->why = "over budget";
+    else if (r->force >= 0) c->why = "forced one not allowed";
+}

@@ -1,0 +1,621 @@
+/* Table store: groups, sharded ownership and the plan, natural-id row stores, lazy Adam over touched rows, chunks for checkpoints. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
+#include "trainer/tables/tables.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "layers/common.h"
+#include "trainer/base/optim.h"
+#include "trainer/base/params.h"
+#include "trainer/tables/tables_internal.h"
+
+/* Stores are anonymous mappings: zero, page-aligned, and resident only where written, so the
+ * shards another rank owns cost address space, not memory, until their rows are fetched. */
+static void *store_map(size_t bytes) {
+    void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED) {
+        char what[96];
+        snprintf(what, sizeof(what), "mapping %zu bytes for a table store", bytes);
+        layer_fail(__FILE__, __LINE__, what);
+    }
+    return p;
+}
+
+static size_t store_bytes(const group_state *s, size_t elem) {
+    return layer_hash_store_floats(s->R, s->g.OC) * elem;
+}
+
+static void store_unmap(void *p, size_t bytes) {
+    if (p) munmap(p, bytes ? bytes : 1);
+}
+
+trainer_tables *trainer_tables_create(comm_ctx *comm) {
+    trainer_tables *t = layer_xcalloc(1, sizeof(*t));
+    t->comm = comm;
+    t->me = comm_rank(comm);
+    t->P = comm_size(comm);
+    t->x = comm_exchange_create(comm);
+    t->words = comm_words_create(t->x);
+    t->blocks = 2;
+    return t;
+}
+
+void trainer_tables_free(trainer_tables *t) {
+    if (!t) return;
+    for (int i = 0; i < t->n; i++) {
+        group_state *s = &t->gs[i];
+        if (t->allocated)
+            for (int j = 0; j < s->g.nout; j++) {
+                store_unmap(s->rows[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->master[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->drows[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->m[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->v[j], store_bytes(s, sizeof(float)));
+                store_unmap(s->acc[j], store_bytes(s, sizeof(double)));
+            }
+        comm_words_free(s->push);
+        free(s->push_buf);
+        free(s->owner);
+        free(s->state);
+        free(s->blk);
+        free(s->fetched);
+    }
+    comm_words_free(t->words);
+    comm_exchange_free(t->x);
+    free(t->gs);
+    free(t->keys);
+    free(t->owners);
+    free(t->buf);
+    free(t);
+}
+
+int trainer_tables_add(trainer_tables *t, const char *name, int nout, int K, int tau, int OC,
+                       int rows) {
+    LAYER_ASSERT(!t->allocated && nout >= 1 && nout <= 3 && tau >= 1 && tau <= 16 && K >= 1);
+    LAYER_ASSERT(rows >= 1);
+    if (t->n == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 16;
+        t->gs = realloc(t->gs, (size_t)t->cap * sizeof(*t->gs));
+        LAYER_ASSERT(t->gs != NULL);
+    }
+    group_state *s = &t->gs[t->n];
+    memset(s, 0, sizeof(*s));
+    snprintf(s->g.name, sizeof(s->g.name), "%s", name);
+    s->g.nout = nout;
+    s->g.K = K;
+    s->g.tau = tau;
+    s->g.OC = OC;
+    s->in_rows = rows;
+    s->R = K << tau;
+    s->S = (K + LAYER_HASH_SHARD - 1) / LAYER_HASH_SHARD;
+    s->strategy = TRAINER_STRATEGY_FETCH;
+    s->keep = 1;
+    return t->n++;
+}
+
+static size_t unit_floats(const trainer_table_group *g, int chunks) {
+    return (size_t)g->nout * ((size_t)1 << g->tau) * g->OC * (size_t)chunks;
+}
+
+static int shard_chunks(const group_state *s, int sh) {
+    int k0 = sh * LAYER_HASH_SHARD;
+    return s->g.K - k0 < LAYER_HASH_SHARD ? s->g.K - k0 : LAYER_HASH_SHARD;
+}
+
+/* The f32 master rows of output j: the rows themselves unless they are read rounded. */
+static float *master_of(const group_state *s, int j) { return s->master[j] ? s->master[j] : s->rows[j]; }
+
+/* rows = the master rounded to bf16, for chunk k of output j (padding stays zero). */
+static void round_chunk(group_state *s, int j, int k) {
+    for (int o = 0; o < s->g.OC; o += TILE) {
+        size_t off = layer_hash_store_at(s->R, k << s->g.tau, o);
+        size_t n = (size_t)TILE << s->g.tau;
+        for (size_t i = 0; i < n; i++)
+            s->rows[j][off + i] = tables_from_bf16(tables_to_bf16(s->master[j][off + i]));
+    }
+}
+
+/* ---- the plan ---- */
+
+static trainer_plan_group plan_group(const group_state *s, double distinct) {
+    trainer_plan_group pg = {s->g.nout, s->g.K, s->g.tau, s->g.OC, s->in_rows, distinct};
+    return pg;
+}
+
+/* Fetched rows stay for the step while every kept group's step working set fits the budget
+ * together, smallest first; the others are fetched for each call. */
+static void plan_keep(trainer_tables *t) {
+    double used = 0;
+    for (;;) {
+        int best = -1;
+        for (int i = 0; i < t->n; i++) {
+            group_state *s = &t->gs[i];
+            if (s->strategy != TRAINER_STRATEGY_FETCH || s->keep != 0) continue; /* decided */
+            if (best < 0 || s->cost.memory[0] < t->gs[best].cost.memory[0]) best = i;
+        }
+        if (best < 0) break;
+        group_state *s = &t->gs[best];
+        /* the step's working set as the planner figured it when it kept the rows */
+        trainer_plan_run r = t->run;
+        r.budget = 1e300;
+        trainer_plan_cost c;
+        trainer_plan_group pg = plan_group(s, -1);
+        trainer_plan_choose(&r, &pg, &c);
+        double need = c.memory[TRAINER_STRATEGY_FETCH];
+        s->keep = used + need <= t->run.budget ? 1 : 2; /* 2: decided, not kept */
+        if (s->keep == 1) used += need;
+    }
+    for (int i = 0; i < t->n; i++) t->gs[i].keep = t->gs[i].keep == 1;
+}
+
+void trainer_tables_plan(trainer_tables *t, const trainer_plan_run *r) {
+    LAYER_ASSERT(!t->allocated && r->P == t->P);
+    t->run = *r;
+    t->planned = 1;
+    t->bf16 = r->wire_bytes == 2;
+    for (int i = 0; i < t->n; i++) {
+        group_state *s = &t->gs[i];
+        trainer_plan_group pg = plan_group(s, -1);
+        trainer_plan_choose(r, &pg, &s->cost);
+        s->strategy = s->cost.choice;
+        s->keep = s->strategy == TRAINER_STRATEGY_FETCH ? 0 : 1;
+    }
+    plan_keep(t);
+}
+
+int trainer_tables_check_plan(const trainer_tables *t, char *err, size_t n) {
+    for (int i = 0; i < t->n; i++) {
+        const group_state *s = &t->gs[i];
+        if (t->planned && t->P > 1 && !s->cost.allowed[s->strategy]) {
+            snprintf(err, n,
+                     "row_cache_mb = %g is too small for table group %s: one block fetches "
+                     "about %.2f MiB of its rows; raise row_cache_mb or lower stream_block",
+                     t->run.budget / 1048576.0, s->g.name,
+                     s->cost.memory[TRAINER_STRATEGY_FETCH] / 1048576.0);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int trainer_tables_replan(trainer_tables *t) {
+    if (!t->planned || t->P == 1) return 0;
+    double *seen = layer_xcalloc((size_t)t->n + 1, sizeof(double));
+    for (int i = 0; i < t->n; i++) seen[i] = t->gs[i].seen_avg;
+    comm_sum_doubles(t->comm, seen, (size_t)t->n); /* every rank's remote keys... */
+    int moved = 0;
+    for (int i = 0; i < t->n; i++) {
+        group_state *s = &t->gs[i];
+        /* skipped on the sum, which every rank has: a rank that owns the whole group sees
+         * no remote keys of it while the others do */
+        if (s->strategy == TRAINER_STRATEGY_REPLICATE || seen[i] <= 0) continue;
+        /* ... are (P-1)/P of its distinct keys: back to distinct keys per table per rank */
+        double distinct = seen[i] / t->P / ((t->P - 1.0) / t->P) / s->g.K;
+        trainer_plan_group pg = plan_group(s, distinct);
+        trainer_plan_cost c;
+        trainer_plan_run r = t->run;
+        if (r.force == TRAINER_STRATEGY_REPLICATE) r.force = -1;
+        trainer_plan_choose(&r, &pg, &c);
+        if (c.choice == TRAINER_STRATEGY_REPLICATE) /* storage is fixed at allocation */
+            c.choice = c.seconds[TRAINER_STRATEGY_OWNER] < c.seconds[TRAINER_STRATEGY_FETCH] &&
+                               c.allowed[TRAINER_STRATEGY_OWNER]
+                           ? TRAINER_STRATEGY_OWNER
+                           : TRAINER_STRATEGY_FETCH;
+        if (c.choice != s->strategy && c.allowed[c.choice]) {
+            if (t->me == 0)
+                printf("tables: %s moves from %s to %s (measured %.0f distinct keys per table "
+                       "and step; predicted %.1f -> %.1f KiB/rank/step)\n",
+                       s->g.name, trainer_strategy_name(s->strategy),
+                       trainer_strategy_name(c.choice), distinct,
+                       s->cost.bytes[s->strategy] / 1024, c.bytes[c.choice] / 1024);
+            s->strategy = c.choice;
+            moved++;
+        }
+        s->cost = c;
+        s->cost.choice = s->strategy;
+    }
+    free(seen);
+    if (moved) { /* the fetched groups share the budget anew */
+        for (int i = 0; i < t->n; i++)
+            if (t->gs[i].strategy == TRAINER_STRATEGY_FETCH) t->gs[i].keep = 0;
+        plan_keep(t);
+        if (t->me == 0) fflush(stdout);
+    }
+    return moved;
+}
+
+trainer_strategy trainer_tables_strategy(const trainer_tables *t, int g) { return t->gs[g].strategy; }
+const trainer_plan_cost *trainer_tables_cost(const trainer_tables *t, int g) { return &t->gs[g].cost; }
+
+/* ---- ownership and allocation ---- */
+
+typedef struct unit_ref {
+    int g, sh;
+    size_t bytes;
+} unit_ref;
+
+static int unit_cmp(const void *a, const void *b) {
+    const unit_ref *x = a, *y = b;
+    if (x->bytes != y->bytes) return x->bytes > y->bytes ? -1 : 1;
+    if (x->g != y->g) return x->g - y->g;
+    return x->sh - y->sh;
+}
+
+void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
+    int P = t->P;
+    size_t nunits = 0;
+    for (int i = 0; i < t->n; i++) nunits += t->gs[i].S;
+    unit_ref *list = layer_xcalloc(nunits ? nunits : 1, sizeof(unit_ref));
+    size_t u = 0;
+    for (int i = 0; i < t->n; i++)
+        for (int sh = 0; sh < t->gs[i].S; sh++)
+            list[u++] = (unit_ref){i, sh, unit_floats(&t->gs[i].g, shard_chunks(&t->gs[i], sh))};
+    qsort(list, nunits, sizeof(unit_ref), unit_cmp);
+    size_t *load = layer_xcalloc(P, sizeof(size_t));
+    for (int i = 0; i < t->n; i++) t->gs[i].owner = layer_xcalloc(t->gs[i].S, sizeof(int));
+    for (size_t i = 0; i < nunits; i++) {
+        int best = 0;
+        for (int r = 1; r < P; r++)
+            if (load[r] < load[best]) best = r;
+        load[best] += list[i].bytes;
+        t->gs[list[i].g].owner[list[i].sh] = best;
+    }
+    free(load);
+    free(list);
+    size_t maxkeys = 1;
+    for (int i = 0; i < t->n; i++) {
+        group_state *s = &t->gs[i];
+        int rows = 1 << s->g.tau, OC = s->g.OC;
+        s->state = layer_xcalloc((size_t)s->R, 1);
+        s->blk = layer_xmalloc((size_t)s->R * sizeof(int32_t));
+        s->fetched = layer_xmalloc(2 * (size_t)s->R * sizeof(int32_t));
+        float *init = layer_xmalloc((size_t)rows * OC * sizeof(float)); /* (2^tau, OC) */
+        for (int j = 0; j < s->g.nout; j++) {
+            s->rows[j] = store_map(store_bytes(s, sizeof(float)));
+            if (t->bf16) s->master[j] = store_map(store_bytes(s, sizeof(float)));
+            s->drows[j] = store_map(store_bytes(s, sizeof(float)));
+            s->m[j] = store_map(store_bytes(s, sizeof(float)));
+            s->v[j] = store_map(store_bytes(s, sizeof(float)));
+            s->acc[j] = store_map(store_bytes(s, sizeof(double)));
+            for (int k = 0; k < s->g.K; k++) {
+                if (!tables_holds(t, s, k)) continue;
+                layer_rng r;
+                layer_rng_seed(&r, trainer_seed_for(seed, s->g.name, (uint64_t)(j * 65536 + k)));
+                layer_fill_normal(init, (size_t)rows * OC, 0.02f, &r);
+                for (int b = 0; b < rows; b++)
+                    layer_hash_store_put(master_of(s, j), s->R, OC, (k << s->g.tau) | b,
+                                         init + (size_t)b * OC);
+                if (t->bf16) round_chunk(s, j, k);
+            }
+        }
+        free(init);
+        if ((size_t)s->R > maxkeys) maxkeys = (size_t)s->R;
+    }
+    t->keys = layer_xmalloc(maxkeys * sizeof(int64_t));
+    t->owners = layer_xmalloc(maxkeys * sizeof(int));
+    t->allocated = 1;
+}
+
+void tables_trim(trainer_tables *t) {
+    comm_exchange_trim(t->x, TABLES_TRIM_BYTES);
+    if (t->buf_cap * sizeof(float) > TABLES_TRIM_BYTES) {
+        free(t->buf);
+        t->buf = NULL;
+        t->buf_cap = 0;
+    }
+}
+
+float *tables_scratch(trainer_tables *t, size_t n) {
+    if (n > t->buf_cap || !t->buf) {
+        free(t->buf);
+        t->buf_cap = n > 2 * t->buf_cap ? n : 2 * t->buf_cap;
+        t->buf = layer_xmalloc((t->buf_cap ? t->buf_cap : 1) * sizeof(float));
+    }
+    return t->buf;
+}
+
+int trainer_tables_ngroups(const trainer_tables *t) { return t->n; }
+
+trainer_plan_group trainer_tables_plan_group(const trainer_tables *t, int g) {
+    LAYER_ASSERT(g >= 0 && g < t->n);
+    return plan_group(&t->gs[g], -1);
+}
+
+const trainer_table_group *trainer_tables_group(const trainer_tables *t, int g) {
+    LAYER_ASSERT(g >= 0 && g < t->n);
+    return &t->gs[g].g;
+}
+
+size_t trainer_tables_numel(const trainer_tables *t) {
+    size_t n = 0;
+    for (int i = 0; i < t->n; i++) n += unit_floats(&t->gs[i].g, t->gs[i].g.K);
+    return n;
+}
+
+int trainer_tables_owner(const trainer_tables *t, int g, int k) {
+    return t->gs[g].owner[k / LAYER_HASH_SHARD];
+}
+
+int trainer_tables_holds(const trainer_tables *t, int g, int k) {
+    return tables_holds(t, &t->gs[g], k);
+}
+
+int trainer_tables_owned_units(const trainer_tables *t) {
+    int n = 0;
+    for (int i = 0; i < t->n; i++)
+        for (int sh = 0; sh < t->gs[i].S; sh++) n += t->gs[i].owner[sh] == t->me;
+    return n;
+}
+
+size_t trainer_tables_owned_bytes(const trainer_tables *t) {
+    /* rows, m, v and the last block's gradient in float; with several blocks or ranks the
+       sum of the other contributions in double; replicated groups count on every rank */
+    size_t per = 4 * sizeof(float) + (t->blocks > 1 || t->P > 1 ? sizeof(double) : 0), b = 0;
+    for (int i = 0; i < t->n; i++) {
+        const group_state *s = &t->gs[i];
+        for (int k = 0; k < s->g.K; k++)
+            if (tables_holds(t, s, k)) b += unit_floats(&s->g, 1) * per;
+    }
+    return b;
+}
+
+void trainer_tables_set_blocks(trainer_tables *t, int blocks) { t->blocks = blocks; }
+
+void trainer_tables_print_plan(trainer_tables *t) {
+    int P = t->P, me = t->me;
+    double *mine = layer_xcalloc(2 * (size_t)P, sizeof(double));
+    mine[me] = trainer_tables_owned_units(t);
+    mine[P + me] = (double)trainer_tables_owned_bytes(t);
+    comm_sum_doubles(t->comm, mine, 2 * P);
+    if (me == 0) {
+        double total = 0, mx = 0;
+        for (int r = 0; r < P; r++) {
+            total += mine[P + r];
+            if (mine[P + r] > mx) mx = mine[P + r];
+        }
+        printf("tables: %d groups, %.1f MiB with Adam state over %d rank%s (imbalance %.3f):", t->n,
+               total / 1048576.0, P, P > 1 ? "s" : "", total > 0 ? mx / (total / P) : 1.0);
+        for (int r = 0; r < P; r++)
+            printf(" r%d %d shards %.1f MiB%s", r, (int)mine[r], mine[P + r] / 1048576.0,
+                   r + 1 < P ? "," : "\n");
+        if (t->planned && P > 1) {
+            double bytes = 0, msgs = 0;
+            printf("table plan (predicted per rank and step; row budget %.0f MiB):\n",
+                   t->run.budget / 1048576.0);
+            for (int i = 0; i < t->n; i++) {
+                const group_state *s = &t->gs[i];
+                const trainer_plan_cost *c = &s->cost;
+                char alt[3][24];
+                for (int k = 0; k < TRAINER_STRATEGY_COUNT; k++)
+                    snprintf(alt[k], sizeof(alt[k]), c->allowed[k] ? "%.0f" : "-", c->bytes[k] / 1024);
+                printf("  %-20s %-9s %-22s %9.1f KiB %4.0f exchanges (fetch %s, owner %s, "
+                       "replicate %s KiB)%s\n",
+                       s->g.name, trainer_strategy_name(s->strategy), c->why,
+                       c->bytes[s->strategy] / 1024, c->messages[s->strategy], alt[0], alt[1],
+                       alt[2], s->strategy == TRAINER_STRATEGY_FETCH && !s->keep ? ", rows per block" : "");
+                bytes += c->bytes[s->strategy];
+                msgs += c->messages[s->strategy];
+            }
+            printf("  total %.1f KiB and %.0f exchanges per rank and step\n", bytes / 1024, msgs);
+        }
+        fflush(stdout);
+    }
+    free(mine);
+}
+
+/* ---- the optimizer ---- */
+
+/* Runs body for every tile slice (output j, offset off into the stores of group s) of the
+ * touched rows of chunks k0..k1-1: chunk after chunk, tile after tile, rows in increasing
+ * order inside a tile, so the stores stream in sequence. `has_acc` tells whether acc holds
+ * part of the row's sum. */
+#define FOR_TOUCHED_SLICES_IN(s, k0, k1, j, off, has_acc, body)                              \
+    for (int k_ = (k0); k_ < (k1); k_++)                                                     \
+        for (int o_ = 0; o_ < (s)->g.OC; o_ += TILE)                                         \
+            for (int r_ = k_ << (s)->g.tau; r_ < (k_ + 1) << (s)->g.tau; r_++) {             \
+                if (!((s)->state[r_] & ST_TOUCHED)) continue;                                \
+                size_t off = layer_hash_store_at((s)->R, r_, o_);                            \
+                int has_acc = ((s)->state[r_] & ST_ACC) != 0;                                \
+                for (int j = 0; j < (s)->g.nout; j++) { body }                               \
+            }
+
+/* The same over every chunk this rank holds, group after group. */
+#define FOR_TOUCHED_SLICES(t, s, j, off, has_acc, body)                                      \
+    for (int g_ = 0; g_ < (t)->n; g_++) {                                                    \
+        group_state *s = &(t)->gs[g_];                                                       \
+        for (int c_ = 0; c_ < s->g.K; c_++)                                                  \
+            if (tables_holds((t), s, c_))                                                    \
+                FOR_TOUCHED_SLICES_IN(s, c_, c_ + 1, j, off, has_acc, body)                  \
+    }
+
+/* The step's gradient slice (TILE) of a touched row: (float)(acc + drows) under ST_ACC. */
+static inline void grad_slice(float *restrict out, const double *restrict a,
+                              const float *restrict d) {
+    for (int c = 0; c < TILE; c++) out[c] = (float)(a[c] + (double)d[c]);
+}
+
+/* sum[l] += g[c + l]^2 for every eighth entry: eight independent double sums (one vector),
+ * added in an order fixed by the layout. */
+static inline void sumsq_slice(double *restrict sum, const float *restrict g) {
+    for (int c = 0; c < TILE; c += 8)
+        for (int l = 0; l < 8; l++) sum[l] += (double)g[c + l] * g[c + l];
+}
+
+/* Sum of squares of one owned shard's touched gradient slices, in the layout's order. */
+static double shard_sumsq(const group_state *s, int sh) {
+    _Alignas(64) double sum[8] = {0};
+    _Alignas(64) float gbuf[TILE];
+    int k0 = sh * LAYER_HASH_SHARD, k1 = k0 + LAYER_HASH_SHARD;
+    if (k1 > s->g.K) k1 = s->g.K;
+    FOR_TOUCHED_SLICES_IN(s, k0, k1, j, off, has_acc, {
+        /* padding columns hold zero: the whole tile adds the same as its OC columns */
+        const float *gp = s->drows[j] + off;
+        if (has_acc) {
+            grad_slice(gbuf, s->acc[j] + off, gp);
+            gp = gbuf;
+        }
+        sumsq_slice(sum, gp);
+    })
+    return ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
+}
+
+double trainer_tables_grad_sumsq(trainer_tables *t) {
+    size_t nsh = 0;
+    for (int g = 0; g < t->n; g++) nsh += (size_t)t->gs[g].S;
+    double *part = layer_xcalloc(nsh + 1, sizeof(double));
+    size_t i = 0;
+    for (int g = 0; g < t->n; g++)
+        for (int sh = 0; sh < t->gs[g].S; sh++, i++)
+            if (t->gs[g].owner[sh] == t->me) part[i] = shard_sumsq(&t->gs[g], sh);
+    if (t->P > 1) comm_sum_doubles(t->comm, part, nsh); /* x + 0 is exact: any order */
+    double sq = 0.0;
+    for (i = 0; i < nsh; i++) sq += part[i];
+    free(part);
+    return sq;
+}
+
+static void forget_fetched(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        for (int q = 0; q < s->nfetched; q++) s->state[s->fetched[q]] &= (uint8_t)~ST_FETCHED;
+        s->nfetched = 0;
+        s->in_memory_pass = 0;
+    }
+}
+
+/* Clears the step's marks; the remote keys seen this step join the running measure. */
+static void end_step_marks(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        for (int r = 0; r < s->R; r++) s->state[r] &= (uint8_t)~(ST_TOUCHED | ST_ACC | ST_SEEN);
+        /* every rank counts every step, so the re-plan's sum is over the same steps */
+        s->seen_avg = (s->seen_avg * s->seen_steps + (double)s->seen) / (s->seen_steps + 1);
+        s->seen_steps++;
+        s->seen = 0;
+    }
+}
+
+void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, float eps,
+                         int64_t step, float grad_scale) {
+    /* no weight decay: table rows are looked up, not multiplied, so shrinking them has no
+     * regularising meaning */
+    trainer_adam k = trainer_adam_at(lr, beta1, beta2, eps, 0.0f, step, grad_scale);
+    _Alignas(64) float gbuf[TILE];
+    /* a whole tile per slice: padding has p = m = v = g = 0, which Adam leaves at 0 */
+    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
+        float *d = s->drows[j] + off;
+        float *p = master_of(s, j) + off;
+        if (has_acc) {
+            grad_slice(gbuf, s->acc[j] + off, d);
+            memset(d, 0, TILE * sizeof(float));
+            trainer_adam_apply(p, s->m[j] + off, s->v[j] + off, gbuf, TILE, &k);
+        } else {
+            trainer_adam_apply(p, s->m[j] + off, s->v[j] + off, d, TILE, &k);
+        }
+        if (s->master[j]) /* the rows the kernels read: the new master, rounded */
+            for (int c = 0; c < TILE; c++) s->rows[j][off + c] = tables_from_bf16(tables_to_bf16(p[c]));
+    })
+    end_step_marks(t);
+    forget_fetched(t);
+}
+
+void trainer_tables_clear_cache(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        for (int q = 0; q < s->nblk; q++) s->state[s->blk[q]] &= (uint8_t)~ST_BLOCK;
+        s->nblk = 0;
+        for (int r = 0; r < s->R; r++) s->state[r] &= (uint8_t)~ST_SEEN;
+        s->seen = 0;
+    }
+    forget_fetched(t);
+}
+
+void trainer_tables_discard_grads(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++) { /* the current block's gradients */
+        group_state *s = &t->gs[g];
+        for (int q = 0; q < s->nblk; q++)
+            for (int j = 0; j < s->g.nout; j++)
+                for (int o = 0; o < s->g.OC; o += TILE)
+                    memset(s->drows[j] + layer_hash_store_at(s->R, s->blk[q], o), 0,
+                           TILE * sizeof(float));
+    }
+    /* the held rows' kept contributions (acc needs no clearing: see tables_acc_slice) */
+    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
+        (void)has_acc;
+        memset(s->drows[j] + off, 0, TILE * sizeof(float));
+    })
+    end_step_marks(t);
+    trainer_tables_clear_cache(t);
+}
+
+/* ---- chunks, for checkpoints and tests ---- */
+
+static int holds(const trainer_tables *t, int g, int k, int out) {
+    LAYER_ASSERT(g >= 0 && g < t->n);
+    const group_state *s = &t->gs[g];
+    LAYER_ASSERT(k >= 0 && k < s->g.K && out >= 0 && out < s->g.nout);
+    return tables_holds(t, s, k);
+}
+
+int trainer_tables_unit_get(const trainer_tables *t, int g, int k, int out, float *data, float *m,
+                            float *v, float *grad) {
+    if (!holds(t, g, k, out)) return -1;
+    const group_state *s = &t->gs[g];
+    int rows = 1 << s->g.tau, OC = s->g.OC;
+    for (int b = 0; b < rows; b++) {
+        int key = (k << s->g.tau) | b;
+        size_t o = (size_t)b * OC;
+        if (data) layer_hash_store_get(data + o, master_of(s, out), s->R, OC, key);
+        if (m) layer_hash_store_get(m + o, s->m[out], s->R, OC, key);
+        if (v) layer_hash_store_get(v + o, s->v[out], s->R, OC, key);
+        if (grad) { /* the step's gradient as trainer_tables_step will read it */
+            layer_hash_store_get(grad + o, s->drows[out], s->R, OC, key);
+            if (s->state[key] & ST_ACC)
+                for (int c = 0; c < OC; c++)
+                    grad[o + c] = (float)(s->acc[out][layer_hash_store_at(s->R, key, c)] +
+                                          (double)grad[o + c]);
+        }
+    }
+    return 0;
+}
+
+int trainer_tables_unit_set(trainer_tables *t, int g, int k, int out, const float *data,
+                            const float *m, const float *v) {
+    if (!holds(t, g, k, out)) return -1;
+    group_state *s = &t->gs[g];
+    int rows = 1 << s->g.tau, OC = s->g.OC;
+    for (int b = 0; b < rows; b++) {
+        int key = (k << s->g.tau) | b;
+        size_t o = (size_t)b * OC;
+        if (data) layer_hash_store_put(master_of(s, out), s->R, OC, key, data + o);
+        if (m) layer_hash_store_put(s->m[out], s->R, OC, key, m + o);
+        if (v) layer_hash_store_put(s->v[out], s->R, OC, key, v + o);
+    }
+    if (data && s->master[out]) round_chunk(s, out, k);
+    return 0;
+}
+
+float *trainer_tables_entry(trainer_tables *t, int g, int k, int out, int bucket, int col) {
+    if (!holds(t, g, k, out)) return NULL;
+    group_state *s = &t->gs[g];
+    LAYER_ASSERT(bucket >= 0 && bucket < (1 << s->g.tau) && col >= 0 && col < s->g.OC);
+    LAYER_ASSERT(!s->master[out] && "entries are perturbed in f32 row format only");
+    return s->rows[out] + layer_hash_store_at(s->R, (k << s->g.tau) | bucket, col);
+}
+
+void trainer_tables_get_stats(const trainer_tables *t, trainer_tables_stats *st) {
+    st->lookups = t->lookups;
+    st->misses = t->misses;
+    st->key_digest = t->digest;
+    comm_exchange_stats(t->x, &st->bytes_sent, &st->exchange_seconds, &st->exchanges);
+}
+
+void trainer_tables_reset_stats(trainer_tables *t) {
+    t->lookups = t->misses = 0;
+    t->digest = 0;
+    comm_exchange_reset_stats(t->x);
+}

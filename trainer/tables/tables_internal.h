@@ -1,0 +1,123 @@
+/* What trainer/tables/tables.c (the store, ownership, optimizer) and trainer/tables/tables_lookup.c (lookups and gradient flows of each strategy) share. */
+#ifndef MEMTRAIN_TRAINER_TABLES_INTERNAL_H
+#define MEMTRAIN_TRAINER_TABLES_INTERNAL_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "comm/exchange.h"
+#include "trainer/tables/plan.h"
+#include "trainer/tables/tables.h"
+
+/* Bits of a key's state (one byte per row id). */
+enum {
+    ST_FETCHED = 1, /* a row of another rank's shard, present until released */
+    ST_BLOCK = 2,   /* looked up by the current block (and listed in blk) */
+    ST_TOUCHED = 4, /* a held row with a gradient this step: in acc, in drows, or both */
+    ST_ACC = 8,     /* a held row whose acc holds a sum this step */
+    ST_SEEN = 16,   /* a row of another rank's shard looked up this step (for the measure) */
+};
+
+#define TILE LAYER_HASH_TILE
+
+typedef struct group_state {
+    trainer_table_group g;
+    int in_rows;             /* input rows per segment per stream (for the planner) */
+    int R, S;                /* K << tau rows in every store (row id = k << tau | bucket);
+                                S shards of LAYER_HASH_SHARD chunks */
+    int *owner;              /* (S) rank that owns each shard (writes it to checkpoints) */
+    trainer_strategy strategy;
+    trainer_plan_cost cost;  /* the planner's figures */
+    int keep;                /* fetch: fetched rows stay until the step ends; else they are
+                                fetched for each call and released after it (the budget) */
+    uint8_t *state;          /* (R) ST_* */
+    /* stores of R rows of OC (layer_hash_store_at addressing; acc in doubles), resident
+       only where written: held shards (master rows, moments, sums), fetched rows */
+    float *rows[3];          /* the rows the kernels read: held shards' (rounded to bf16 under
+                                row_format = bf16), fetched rows of the others */
+    float *master[3];        /* row_format = bf16: the held shards' f32 master rows (else NULL:
+                                rows are the master) */
+    float *drows[3];         /* the current block's row gradients */
+    float *m[3], *v[3];
+    double *acc[3];          /* held rows: the double sum of the step's contributions */
+    int32_t *blk;            /* (R) keys of the current block */
+    int nblk;
+    int32_t *fetched;        /* (2R) remote keys fetched and not released; scratch after */
+    int nfetched;
+    int in_memory_pass;      /* looked up by this step's MRBP memory pass */
+    comm_words *push;        /* a gradient push started by the backward (fetch, one backward
+                                per block), finished at the block end */
+    int push_active;
+    uint32_t *push_buf;      /* its payload: per key 2 words of key, then nout*OC floats */
+    size_t push_cap;
+    int64_t seen;            /* distinct remote keys looked up this step */
+    double seen_avg;         /* their running mean over steps (the planner's measure) */
+    int seen_steps;
+} group_state;
+
+struct trainer_tables {
+    comm_ctx *comm;
+    comm_exchange *x;
+    comm_words *words;       /* owner-side lookups */
+    int n, cap, allocated, me, P;
+    int blocks;              /* blocks of streams a step sums over (memory accounting) */
+    int bf16;                /* rows read and fetched rounded to bf16 (row_format) */
+    trainer_plan_run run;    /* what the planner was told */
+    int planned;
+    group_state *gs;
+    int64_t lookups, misses;
+    uint64_t digest;
+    trainer_tables_phase phase;
+    /* exchange scratch: keys (group in the high half), owners, rows */
+    int64_t *keys;
+    int *owners;
+    float *buf;
+    size_t buf_cap;
+};
+
+/* f32 -> bf16 (round to nearest even; NaN stays NaN), and back. */
+static inline uint16_t tables_to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static inline float tables_from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* Whether this rank stores chunk k's rows and moments (its owner, or every rank when the
+ * group is replicated). */
+static inline int tables_holds(const trainer_tables *t, const group_state *s, int k) {
+    return s->strategy == TRAINER_STRATEGY_REPLICATE || s->owner[k / LAYER_HASH_SHARD] == t->me;
+}
+
+/* acc slice += g slice (w values), or = for the row's first contribution this step (acc is
+ * never cleared: it holds something only under ST_ACC). */
+static inline void tables_acc_slice(double *restrict a, const float *restrict g, int w, int first) {
+    if (first)
+        for (int c = 0; c < w; c++) a[c] = (double)g[c];
+    else
+        for (int c = 0; c < w; c++) a[c] += (double)g[c];
+}
+
+/* Folds the gradient rows of the keys marked ST_BLOCK in [lo, hi) of drows into acc (a
+ * contribution), zeroes them and clears the mark; they become ST_TOUCHED | ST_ACC. */
+void tables_fold_marked(group_state *s, int lo, int hi);
+/* Scratch floats of the store, at least n. */
+float *tables_scratch(trainer_tables *t, size_t n);
+/* Gives back scratch and exchange buffers beyond TABLES_TRIM_BYTES (after the calls of a
+ * group whose rows the budget does not keep: their transit copies count against it). */
+enum { TABLES_TRIM_BYTES = 1 << 20 };
+void tables_trim(trainer_tables *t);
+/* What tables_release gives back: the fetched rows (which may be fetched again), the
+ * gradient rows of other ranks' shards (only once they have been pushed). */
+enum { RELEASE_ROWS = 1, RELEASE_GRADS = 2 };
+/* Releases the pages of group s's rows of other ranks' shards (what: RELEASE_*). */
+void tables_release(const trainer_tables *t, group_state *s, int what);
+
+#endif

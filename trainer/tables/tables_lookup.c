@@ -1,0 +1,638 @@
+/* The strategies at work: hashed projections forward and backward by fetched rows, by the owners' partial sums, or on replicated tables; block ends and the replicated all-reduce. */
+#define _DEFAULT_SOURCE /* MADV_DONTNEED */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "layers/common.h"
+#include "trainer/tables/tables_internal.h"
+
+static void push_accumulate(void *ctx, int src, const int64_t *keys, const float *gr, int m);
+
+/* ---- helpers ---- */
+
+void tables_fold_marked(group_state *s, int lo, int hi) {
+    int OC = s->g.OC, n = 0;
+    int32_t *keys = s->fetched + s->nfetched; /* scratch past the fetched list */
+    for (int r = lo; r < hi; r++)
+        if (s->state[r] & ST_BLOCK) keys[n++] = r;
+    for (int j = 0; j < s->g.nout; j++)
+        for (int o = 0; o < OC; o += TILE) {
+            float *dt = s->drows[j] + layer_hash_store_at(s->R, 0, o);
+            double *at = s->acc[j] + layer_hash_store_at(s->R, 0, o);
+            for (int q = 0; q < n; q++) {
+                size_t off = (size_t)keys[q] * TILE;
+                tables_acc_slice(at + off, dt + off, TILE, !(s->state[keys[q]] & ST_ACC));
+                memset(dt + off, 0, TILE * sizeof(float));
+            }
+        }
+    for (int q = 0; q < n; q++)
+        s->state[keys[q]] = (uint8_t)((s->state[keys[q]] & ~ST_BLOCK) | ST_TOUCHED | ST_ACC);
+}
+
+/* The pages of chunk k's rows in every tile of a store of elem-byte values. */
+static void release_chunk(group_state *s, void *store, size_t elem, int k) {
+    long page = sysconf(_SC_PAGESIZE);
+    size_t bytes = ((size_t)TILE << s->g.tau) * elem; /* one tile's rows of the chunk */
+    if (page <= 0 || bytes % (size_t)page != 0) return; /* small tables: not worth a page */
+    int ntiles = (s->g.OC + TILE - 1) / TILE;
+    for (int c = 0; c < ntiles; c++)
+        madvise((char *)store + layer_hash_store_at(s->R, k << s->g.tau, c * TILE) * elem, bytes,
+                MADV_DONTNEED);
+}
+
+void tables_release(const trainer_tables *t, group_state *s, int what) {
+    if (what & RELEASE_ROWS) {
+        for (int q = 0; q < s->nfetched; q++) s->state[s->fetched[q]] &= (uint8_t)~ST_FETCHED;
+        s->nfetched = 0;
+    }
+    for (int k = 0; k < s->g.K; k++) {
+        if (tables_holds(t, s, k)) continue;
+        for (int j = 0; j < s->g.nout; j++) {
+            if (what & RELEASE_ROWS) release_chunk(s, s->rows[j], sizeof(float), k);
+            if (what & RELEASE_GRADS) release_chunk(s, s->drows[j], sizeof(float), k);
+        }
+    }
+}
+
+/* A fetched group over the budget holds its rows only while a call computes with them. */
+static int transient(const trainer_tables *t, const group_state *s) {
+    return s->strategy == TRAINER_STRATEGY_FETCH && !s->keep && t->P > 1;
+}
+
+/* Keys of the tokens' chunks: rowid (N,K) = k << tau | idx. Counts the lookups and, for the
+ * measure of distinct keys, marks the remote ones seen this step. */
+static void make_keys(trainer_tables *t, int g, const int32_t *idx, int N, int32_t *rowid) {
+    group_state *s = &t->gs[g];
+    int K = s->g.K, tau = s->g.tau;
+    uint64_t h = t->digest ^ ((uint64_t)g * 0x9e3779b97f4a7c15ull);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            int32_t key = (k << tau) | idx[(size_t)n * K + k];
+            h = (h ^ (uint64_t)key) * 1099511628211ull;
+            rowid[(size_t)n * K + k] = key;
+            if (!(s->state[key] & ST_SEEN) && !tables_holds(t, s, k)) {
+                s->state[key] |= ST_SEEN;
+                s->seen++;
+            }
+        }
+    t->lookups += (int64_t)N * K;
+    t->digest = h;
+}
+
+/* ---- fetch and replicate: the rows where the kernels can read them ---- */
+
+/* Floats a fetched row takes on the wire: W, or W/2 rounded up with bf16 values in pairs. */
+static int wire_floats(const trainer_tables *t, int W) { return t->bf16 ? (W + 1) / 2 : W; }
+
+static void serve_rows(void *ctx, const int64_t *keys, int m, float *out) {
+    trainer_tables *t = ctx;
+    float row[3 * 4096];
+    for (int i = 0; i < m; i++) {
+        group_state *s = &t->gs[keys[i] >> 32];
+        int key = (int)(keys[i] & 0xffffffff), nout = s->g.nout, OC = s->g.OC, W = nout * OC;
+        LAYER_ASSERT(tables_holds(t, s, key >> s->g.tau));
+        float *dst = out + (size_t)i * wire_floats(t, W);
+        float *r = t->bf16 ? (W <= (int)(sizeof(row) / sizeof(row[0])) ? row : NULL) : dst;
+        LAYER_ASSERT(r != NULL && "row too wide for the bf16 wire");
+        for (int j = 0; j < nout; j++)
+            layer_hash_store_get(r + (size_t)j * OC, s->rows[j], s->R, OC, key);
+        if (t->bf16) { /* rows are rounded already: the bf16 bits carry them exactly */
+            uint16_t *h = (uint16_t *)dst;
+            for (int c = 0; c < W; c++) h[c] = tables_to_bf16(r[c]);
+            if (W % 2) h[W] = 0;
+        }
+    }
+}
+
+/* Lists the block's keys and fetches the rows this rank lacks. */
+static void resolve(trainer_tables *t, int g, const int32_t *rowid, int N) {
+    group_state *s = &t->gs[g];
+    int K = s->g.K, tau = s->g.tau, nout = s->g.nout, OC = s->g.OC, nremote = 0;
+    for (size_t e = 0; e < (size_t)N * K; e++) {
+        int32_t key = rowid[e];
+        uint8_t st = s->state[key];
+        if (!(st & ST_BLOCK)) {
+            st |= ST_BLOCK;
+            s->blk[s->nblk++] = key;
+        }
+        int k = key >> tau;
+        if (!tables_holds(t, s, k) && !(st & ST_FETCHED)) {
+            st |= ST_FETCHED;
+            t->keys[nremote] = ((int64_t)g << 32) | key;
+            t->owners[nremote++] = s->owner[k / LAYER_HASH_SHARD];
+            s->fetched[s->nfetched++] = key;
+        }
+        s->state[key] = st;
+    }
+    t->misses += nremote;
+    if (t->phase == TRAINER_TABLES_MEMORY_PASS) s->in_memory_pass = 1;
+    if (t->phase == TRAINER_TABLES_RECOMPUTE && s->in_memory_pass && !transient(t, s)) {
+        /* every rank knows these rows are present (a kept group's rows stay until the step
+           ends): no exchange to agree on */
+        LAYER_ASSERT(nremote == 0);
+        return;
+    }
+    int W = nout * OC, ww = wire_floats(t, W);
+    float *buf = tables_scratch(t, (size_t)nremote * ww + (size_t)W + 1);
+    float *row = buf + (size_t)nremote * ww; /* one decoded row */
+    comm_exchange_fetch(t->x, t->keys, t->owners, nremote, ww, buf, serve_rows, t);
+    for (int i = 0; i < nremote; i++) {
+        const float *src = buf + (size_t)i * ww;
+        if (t->bf16) {
+            const uint16_t *h = (const uint16_t *)src;
+            for (int c = 0; c < W; c++) row[c] = tables_from_bf16(h[c]);
+            src = row;
+        }
+        for (int j = 0; j < nout; j++)
+            layer_hash_store_put(s->rows[j], s->R, OC, (int)(t->keys[i] & 0xffffffff),
+                                 src + (size_t)j * OC);
+    }
+}
+
+static void local_forward(const group_state *s, const int32_t *rowid, const float *sc, int N,
+                          float *const *out, const float *const *b) {
+    int K = s->g.K, R = s->R, OC = s->g.OC;
+    const float *bb[3] = {b ? b[0] : NULL, b && s->g.nout > 1 ? b[1] : NULL,
+                          b && s->g.nout > 2 ? b[2] : NULL};
+    if (s->g.nout == 3) {
+        layer_hashqkv_forward(out[0], out[1], out[2], rowid, sc, s->rows[0], s->rows[1],
+                              s->rows[2], bb[0], bb[1], bb[2], N, K, R, OC);
+    } else {
+        for (int j = 0; j < s->g.nout; j++)
+            layer_hash_forward(out[j], rowid, sc, s->rows[j], bb[j], N, K, R, OC);
+    }
+}
+
+/* Backward over chunk subset rowid/sc (N,K) into drows, gs, db. */
+static void local_backward(const group_state *s, const int32_t *rowid, const float *sc, int N,
+                           int K, const float *const *dout, float *gs, float *const *db) {
+    int R = s->R, OC = s->g.OC;
+    float *dbb[3] = {db ? db[0] : NULL, db && s->g.nout > 1 ? db[1] : NULL,
+                     db && s->g.nout > 2 ? db[2] : NULL};
+    if (s->g.nout == 3) {
+        layer_hashqkv_backward(s->drows[0], s->drows[1], s->drows[2], gs, dbb[0], dbb[1], dbb[2],
+                               dout[0], dout[1], dout[2], rowid, sc, s->rows[0], s->rows[1],
+                               s->rows[2], N, K, R, OC);
+    } else {
+        for (int j = 0; j < s->g.nout; j++)
+            layer_hash_backward(s->drows[j], gs, dbb[j], dout[j], rowid, sc, s->rows[j], N, K, R,
+                                OC);
+    }
+}
+
+/* ---- owner: the owners compute their shards' partial sums ---- */
+
+/* The chunks of group s that rank p owns, in increasing order, and their count. */
+static int chunks_of(const group_state *s, int p, int *list) {
+    int n = 0;
+    for (int k = 0; k < s->g.K; k++)
+        if (s->owner[k / LAYER_HASH_SHARD] == p) list[n++] = k;
+    return n;
+}
+
+/* Per token, the (bucket, score) pairs of the chunks in list, as words. */
+static uint32_t *pack_lookups(uint32_t *w, const int32_t *rowid, const float *sc, int N, int K,
+                              const int *list, int nk, int W_extra, const float *const *dout,
+                              int nout, int OC) {
+    for (int n = 0; n < N; n++) {
+        for (int q = 0; q < nk; q++) {
+            size_t e = (size_t)n * K + list[q];
+            memcpy(w++, &rowid[e], 4);
+            memcpy(w++, &sc[e], 4);
+        }
+        if (W_extra)
+            for (int j = 0; j < nout; j++, w += OC)
+                memcpy(w, dout[j] + (size_t)n * OC, (size_t)OC * 4);
+    }
+    return w;
+}
+
+/* A source's lookups into (N, nk) keys and scores (and dout[j] (N,OC) when with_dout). */
+static void unpack_lookups(const uint32_t *w, int N, int nk, int32_t *rowid, float *sc,
+                           int with_dout, float *const *dout, int nout, int OC) {
+    for (int n = 0; n < N; n++) {
+        for (int q = 0; q < nk; q++) {
+            memcpy(&rowid[(size_t)n * nk + q], w++, 4);
+            memcpy(&sc[(size_t)n * nk + q], w++, 4);
+        }
+        if (with_dout)
+            for (int j = 0; j < nout; j++, w += OC) memcpy(dout[j] + (size_t)n * OC, w, (size_t)OC * 4);
+    }
+}
+
+/* The (N, kn) columns [k0, k0+kn) of rowid/sc (N,K). */
+static void columns(int32_t *rid, float *s2, const int32_t *rowid, const float *sc, int N, int K,
+                    int k0, int kn) {
+    for (int n = 0; n < N; n++) {
+        memcpy(rid + (size_t)n * kn, rowid + (size_t)n * K + k0, (size_t)kn * sizeof(int32_t));
+        memcpy(s2 + (size_t)n * kn, sc + (size_t)n * K + k0, (size_t)kn * sizeof(float));
+    }
+}
+
+static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const float *sc, int N,
+                          float *const *out, const float *const *b, trainer_arena *ar) {
+    group_state *s = &t->gs[g];
+    int K = s->g.K, nout = s->g.nout, OC = s->g.OC, P = t->P, me = t->me;
+    size_t NO = (size_t)N * OC;
+    int *list = layer_xmalloc((size_t)K * sizeof(int));
+    int64_t *cnt = layer_xcalloc((size_t)P, sizeof(int64_t));
+    /* requests: each owner's chunks' buckets and scores of every token */
+    size_t words = 0;
+    for (int p = 0; p < P; p++)
+        if (p != me) words += (size_t)N * 2 * chunks_of(s, p, list);
+    uint32_t *send = (uint32_t *)trainer_arena_ints(ar, words + 1), *w = send;
+    for (int p = 0; p < P; p++) {
+        int nk = p == me ? 0 : chunks_of(s, p, list);
+        cnt[p] = (int64_t)N * 2 * nk;
+        w = pack_lookups(w, rowid, sc, N, K, list, nk, 0, NULL, nout, OC);
+    }
+    comm_words_start(t->words, send, cnt);
+    /* meanwhile the partials of this rank's shards: (S, nout, N, OC) */
+    float *part = trainer_arena_floats(ar, (size_t)s->S * nout * NO + 1);
+    int32_t *rid = trainer_arena_ints(ar, (size_t)N * LAYER_HASH_SHARD + 1);
+    float *s2 = trainer_arena_floats(ar, (size_t)N * LAYER_HASH_SHARD + 1);
+    for (int sh = 0; sh < s->S; sh++) {
+        if (s->owner[sh] != me) continue;
+        int k0 = sh * LAYER_HASH_SHARD, kn = K - k0 < LAYER_HASH_SHARD ? K - k0 : LAYER_HASH_SHARD;
+        columns(rid, s2, rowid, sc, N, K, k0, kn);
+        for (int j = 0; j < nout; j++)
+            layer_hash_forward(part + ((size_t)sh * nout + j) * NO, rid, s2, s->rows[j], NULL, N,
+                               kn, s->R, OC);
+    }
+    const int *rc, *rd;
+    const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
+    /* as an owner: every source's partials, shard after shard (nout, Nsrc, OC) each */
+    int mine = chunks_of(s, me, list);
+    size_t rwords = 0;
+    for (int p = 0; p < P; p++)
+        if (mine && rc[p]) rwords += (size_t)rc[p] / (2 * mine) * nout * OC * s->S;
+    uint32_t *reply = (uint32_t *)trainer_arena_ints(ar, rwords + 1), *rw = reply;
+    for (int p = 0; p < P; p++) {
+        cnt[p] = 0;
+        if (!mine || !rc[p]) continue;
+        int Ns = rc[p] / (2 * mine);
+        int32_t *prid = trainer_arena_ints(ar, (size_t)Ns * mine);
+        float *psc = trainer_arena_floats(ar, (size_t)Ns * mine);
+        unpack_lookups(in + rd[p], Ns, mine, prid, psc, 0, NULL, nout, OC);
+        int32_t *srid = trainer_arena_ints(ar, (size_t)Ns * LAYER_HASH_SHARD);
+        float *ssc = trainer_arena_floats(ar, (size_t)Ns * LAYER_HASH_SHARD);
+        for (int q = 0; q < mine;) { /* shard by shard: a shard's chunks are consecutive */
+            int sh = list[q] / LAYER_HASH_SHARD, kn = 0;
+            while (q + kn < mine && list[q + kn] / LAYER_HASH_SHARD == sh) kn++;
+            columns(srid, ssc, prid, psc, Ns, mine, q, kn);
+            for (int j = 0; j < nout; j++, rw += (size_t)Ns * OC)
+                layer_hash_forward((float *)rw, srid, ssc, s->rows[j], NULL, Ns, kn, s->R, OC);
+            cnt[p] += (int64_t)nout * Ns * OC;
+            q += kn;
+        }
+    }
+    comm_words_start(t->words, reply, cnt);
+    const uint32_t *got = comm_words_wait(t->words, &rc, &rd);
+    /* y = b + the shards' partials, in shard order, as the fused kernel adds them */
+    int *seen = layer_xcalloc((size_t)P, sizeof(int)); /* shards of each owner consumed */
+    for (int sh = 0; sh < s->S; sh++) {
+        int p = s->owner[sh];
+        for (int j = 0; j < nout; j++) {
+            const float *pj = p == me ? part + ((size_t)sh * nout + j) * NO
+                                      : (const float *)got + rd[p] + ((size_t)seen[p] * nout + j) * NO;
+            float *y = out[j];
+            const float *bj = b ? b[j] : NULL;
+            if (sh > 0)
+                for (size_t e = 0; e < NO; e++) y[e] += pj[e];
+            else if (bj)
+                for (size_t e = 0; e < NO; e++) y[e] = bj[e % OC] + pj[e];
+            else
+                memcpy(y, pj, NO * sizeof(float));
+        }
+        seen[p]++;
+    }
+    free(seen);
+    free(list);
+    free(cnt);
+}
+
+static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a,
+                           const float *const *dout, float *gs, float *const *db,
+                           trainer_arena *ar) {
+    group_state *s = &t->gs[g];
+    int K = s->g.K, nout = s->g.nout, OC = s->g.OC, P = t->P, me = t->me, N = a->N;
+    int W = nout * OC;
+    int *list = layer_xmalloc((size_t)K * sizeof(int));
+    int64_t *cnt = layer_xcalloc((size_t)P, sizeof(int64_t));
+    /* requests: buckets, scores and the output gradient of every token, to each owner */
+    size_t words = 0;
+    for (int p = 0; p < P; p++) {
+        int nk = p == me ? 0 : chunks_of(s, p, list);
+        if (nk) words += (size_t)N * (2 * nk + W);
+    }
+    uint32_t *send = (uint32_t *)trainer_arena_ints(ar, words + 1), *w = send;
+    for (int p = 0; p < P; p++) {
+        int nk = p == me ? 0 : chunks_of(s, p, list);
+        cnt[p] = nk ? (int64_t)N * (2 * nk + W) : 0;
+        if (nk) w = pack_lookups(w, a->rowid, a->s, N, K, list, nk, W, dout, nout, OC);
+    }
+    comm_words_start(t->words, send, cnt);
+    /* meanwhile this rank's chunks: its own block's contribution, folded at once */
+    int mine = chunks_of(s, me, list);
+    float *gsl = NULL;
+    int32_t *rid = NULL;
+    float *s2 = NULL;
+    if (mine) {
+        rid = trainer_arena_ints(ar, (size_t)N * mine + 1);
+        s2 = trainer_arena_floats(ar, (size_t)N * mine + 1);
+        gsl = trainer_arena_zeros(ar, (size_t)N * mine + 1);
+        for (int n = 0; n < N; n++)
+            for (int q = 0; q < mine; q++) {
+                rid[(size_t)n * mine + q] = a->rowid[(size_t)n * K + list[q]];
+                s2[(size_t)n * mine + q] = a->s[(size_t)n * K + list[q]];
+            }
+        local_backward(s, rid, s2, N, mine, dout, gsl, db);
+        for (size_t e = 0; e < (size_t)N * mine; e++) s->state[rid[e]] |= ST_BLOCK;
+        tables_fold_marked(s, 0, s->R);
+    } else if (db) { /* the bias gradient alone: layer_hash_backward sums it first */
+        for (int j = 0; j < nout; j++)
+            if (db[j]) layer_hash_backward(NULL, NULL, db[j], dout[j], a->rowid, a->s, s->rows[j],
+                                           N, K, s->R, OC);
+    }
+    const int *rc, *rd;
+    const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
+    /* as an owner: every source's row gradients (a contribution each) and score gradients */
+    size_t rwords = 0;
+    for (int p = 0; p < P; p++)
+        if (mine && rc[p]) rwords += (size_t)rc[p] / (2 * mine + W) * mine;
+    uint32_t *reply = (uint32_t *)trainer_arena_ints(ar, rwords + 1), *rw = reply;
+    for (int p = 0; p < P; p++) {
+        cnt[p] = 0;
+        if (!mine || !rc[p]) continue;
+        int Ns = rc[p] / (2 * mine + W);
+        int32_t *prid = trainer_arena_ints(ar, (size_t)Ns * mine);
+        float *psc = trainer_arena_floats(ar, (size_t)Ns * mine);
+        float *pd[3] = {NULL, NULL, NULL};
+        for (int j = 0; j < nout; j++) pd[j] = trainer_arena_floats(ar, (size_t)Ns * OC);
+        unpack_lookups(in + rd[p], Ns, mine, prid, psc, 1, pd, nout, OC);
+        float *pgs = (float *)rw;
+        memset(pgs, 0, (size_t)Ns * mine * sizeof(float));
+        local_backward(s, prid, psc, Ns, mine, (const float *const *)pd, pgs, NULL);
+        for (size_t e = 0; e < (size_t)Ns * mine; e++) s->state[prid[e]] |= ST_BLOCK;
+        tables_fold_marked(s, 0, s->R);
+        rw += (size_t)Ns * mine;
+        cnt[p] = (int64_t)Ns * mine;
+    }
+    comm_words_start(t->words, reply, cnt);
+    const uint32_t *got = comm_words_wait(t->words, &rc, &rd);
+    if (gs) { /* the owners' score gradients into their chunks' columns */
+        for (int p = 0; p < P; p++) {
+            int nk = chunks_of(s, p, list);
+            if (!nk) continue;
+            const float *src = p == me ? gsl : (const float *)got + rd[p];
+            for (int n = 0; n < N; n++)
+                for (int q = 0; q < nk; q++)
+                    gs[(size_t)n * K + list[q]] += src[(size_t)n * nk + q];
+        }
+    }
+    free(list);
+    free(cnt);
+}
+
+/* ---- gradient pushes overlapped with the rest of the backward ---- */
+
+/* When a block runs each projection's backward once, a fetched group's row gradients are
+ * complete as soon as its backward returns: they leave for their owners at once (the counts
+ * in a blocking all-to-all, the payload in a non-blocking one) while the layers below
+ * compute; the block end waits for them.
+ * Payload per remote key: the key (2 words) and its gradient row (nout*OC floats), grouped
+ * by owner. */
+static void push_start(trainer_tables *t, int g) {
+    group_state *s = &t->gs[g];
+    int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau, P = t->P;
+    if (!s->push) s->push = comm_words_create(t->x);
+    int64_t *cnt = layer_xcalloc((size_t)P, sizeof(int64_t));
+    int nremote = 0;
+    for (int q = 0; q < s->nblk; q++) {
+        int k = s->blk[q] >> tau;
+        if (!tables_holds(t, s, k)) cnt[s->owner[k / LAYER_HASH_SHARD]] += 2 + W, nremote++;
+    }
+    size_t need = (size_t)nremote * (2 + W) + 1;
+    if (need > s->push_cap) {
+        free(s->push_buf);
+        s->push_cap = need + need / 2;
+        s->push_buf = layer_xmalloc(s->push_cap * sizeof(uint32_t));
+    }
+    size_t *pos = layer_xcalloc((size_t)P, sizeof(size_t));
+    for (int p = 1; p < P; p++) pos[p] = pos[p - 1] + (size_t)cnt[p - 1];
+    /* keys in increasing order within each owner (the block list, sorted), own keys kept */
+    int n = 0, kept = 0;
+    for (int r = 0; r < s->R; r++)
+        if (s->state[r] & ST_BLOCK) s->blk[n++] = r;
+    for (int q = 0; q < n; q++) {
+        int key = s->blk[q], k = key >> tau;
+        if (tables_holds(t, s, k)) {
+            s->blk[kept++] = key;
+            continue;
+        }
+        uint32_t *w = s->push_buf + pos[s->owner[k / LAYER_HASH_SHARD]];
+        int64_t gk = ((int64_t)g << 32) | key;
+        memcpy(w, &gk, 8);
+        for (int j = 0; j < nout; j++) {
+            layer_hash_store_get((float *)w + 2 + (size_t)j * OC, s->drows[j], s->R, OC, key);
+            for (int o = 0; o < OC; o += TILE)
+                memset(s->drows[j] + layer_hash_store_at(s->R, key, o), 0, TILE * sizeof(float));
+        }
+        pos[s->owner[k / LAYER_HASH_SHARD]] += 2 + W;
+        s->state[key] &= (uint8_t)~ST_BLOCK;
+    }
+    s->nblk = kept;
+    comm_words_start(s->push, s->push_buf, cnt);
+    free(pos);
+    free(cnt);
+}
+
+static void push_finish(trainer_tables *t, int g) {
+    group_state *s = &t->gs[g];
+    int W = s->g.nout * s->g.OC;
+    const int *rc, *rd;
+    const uint32_t *in = comm_words_wait(s->push, &rc, &rd);
+    for (int p = 0; p < t->P; p++)
+        for (int i = 0; i < rc[p]; i += 2 + W) {
+            int64_t gk;
+            memcpy(&gk, in + rd[p] + i, 8);
+            LAYER_ASSERT((int)(gk >> 32) == g && "gradient push: ranks out of step");
+            push_accumulate(t, p, &gk, (const float *)in + rd[p] + i + 2, 1);
+        }
+}
+
+/* ---- the projection ---- */
+
+void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const float *sc, int N,
+                            float *const *out, const float *const *b, trainer_tables_act *a,
+                            trainer_arena *ar) {
+    group_state *s = &t->gs[g];
+    a->N = N;
+    a->s = sc;
+    a->rowid = trainer_arena_ints(ar, (size_t)N * s->g.K + 1);
+    make_keys(t, g, idx, N, a->rowid);
+    for (int j = 0; j < s->g.nout; j++)
+        a->rows[j] = (layer_hash_rows){s->rows[j], s->drows[j], s->R};
+    if (s->strategy == TRAINER_STRATEGY_OWNER && t->P > 1) {
+        owner_forward(t, g, a->rowid, sc, N, out, b, ar);
+        return;
+    }
+    resolve(t, g, a->rowid, N);
+    local_forward(s, a->rowid, sc, N, out, b);
+    if (transient(t, s)) {
+        tables_release(t, s, RELEASE_ROWS);
+        tables_trim(t);
+    }
+}
+
+void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act *a,
+                             const float *const *dout, float *gs, float *const *db,
+                             trainer_arena *ar) {
+    group_state *s = &t->gs[g];
+    if (s->strategy == TRAINER_STRATEGY_OWNER && t->P > 1) {
+        owner_backward(t, g, a, dout, gs, db, ar);
+        return;
+    }
+    if (transient(t, s)) resolve(t, g, a->rowid, a->N); /* the rows again, for this call */
+    local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db);
+    if (transient(t, s)) {
+        tables_release(t, s, RELEASE_ROWS);
+        tables_trim(t);
+    }
+    if (s->strategy == TRAINER_STRATEGY_FETCH && t->P > 1 && t->planned && t->run.batched) {
+        LAYER_ASSERT(!s->push_active && "one backward per block expected");
+        push_start(t, g);
+        s->push_active = 1;
+        /* packed and zeroed: a group over the budget lets the pages go; a kept group keeps
+         * them for its next block, as at a block end (releasing and faulting them in again
+         * for every block cost a fifth of a small decoder's step in TLB flushes) */
+        if (transient(t, s)) tables_release(t, s, RELEASE_GRADS);
+    }
+}
+
+/* ---- block ends ---- */
+
+static void push_accumulate(void *ctx, int src, const int64_t *keys, const float *gr, int m) {
+    (void)src; /* sums in double of float terms: the order does not change them */
+    trainer_tables *t = ctx;
+    for (int i = 0; i < m; i++) {
+        group_state *s = &t->gs[keys[i] >> 32];
+        int key = (int)(keys[i] & 0xffffffff), OC = s->g.OC;
+        LAYER_ASSERT(s->owner[(key >> s->g.tau) / LAYER_HASH_SHARD] == t->me);
+        int first = !(s->state[key] & ST_ACC);
+        const float *g = gr + (size_t)i * s->g.nout * OC;
+        for (int j = 0; j < s->g.nout; j++)
+            for (int o = 0; o < OC; o += TILE)
+                tables_acc_slice(s->acc[j] + layer_hash_store_at(s->R, key, o),
+                                 g + (size_t)j * OC + o, OC - o < TILE ? OC - o : TILE, first);
+        s->state[key] |= ST_TOUCHED | ST_ACC;
+    }
+}
+
+void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        if (s->strategy == TRAINER_STRATEGY_OWNER && t->P > 1) continue; /* folded already */
+        int pushed = s->push_active; /* the same on every rank: the model decides */
+        if (pushed) {
+            push_finish(t, g);
+            s->push_active = 0;
+        }
+        int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau, nremote = 0;
+        /* the block's keys in increasing order (so every tile streams in sequence); per key
+           what happens to its gradient: the remote ones are numbered for the push */
+        int n = 0;
+        for (int r = 0; r < s->R; r++)
+            if (s->state[r] & ST_BLOCK) s->blk[n++] = r;
+        LAYER_ASSERT(n == s->nblk);
+        enum { KEEP = -1, FOLD_FIRST = -2, FOLD = -3 };
+        int32_t *slot = s->fetched + s->nfetched; /* scratch past the fetched list: (n) */
+        int moved = 0;
+        for (int q = 0; q < n; q++) {
+            int key = s->blk[q], k = key >> tau, held = tables_holds(t, s, k);
+            if (!held) {
+                slot[q] = nremote;
+                t->keys[nremote] = ((int64_t)g << 32) | key;
+                t->owners[nremote++] = s->owner[k / LAYER_HASH_SHARD];
+            } else if (keep_owned) {
+                slot[q] = KEEP;
+            } else {
+                slot[q] = (s->state[key] & ST_ACC) ? FOLD : FOLD_FIRST;
+            }
+            moved += slot[q] != KEEP;
+            s->state[key] = (uint8_t)((s->state[key] & ~ST_BLOCK) | (held ? ST_TOUCHED : 0) |
+                                      (slot[q] == FOLD || slot[q] == FOLD_FIRST ? ST_ACC : 0));
+        }
+        float *buf = tables_scratch(t, (size_t)nremote * W + 1);
+        for (int j = 0; moved && j < nout; j++)
+            for (int o = 0; o < OC; o += TILE) {
+                int w = OC - o < TILE ? OC - o : TILE;
+                float *dt = s->drows[j] + layer_hash_store_at(s->R, 0, o);
+                double *at = s->acc[j] + layer_hash_store_at(s->R, 0, o);
+                for (int q = 0; q < n; q++) {
+                    if (slot[q] == KEEP) continue;
+                    size_t off = (size_t)s->blk[q] * TILE;
+                    if (slot[q] >= 0)
+                        memcpy(buf + (size_t)slot[q] * W + (size_t)j * OC + o, dt + off,
+                               (size_t)w * sizeof(float));
+                    else
+                        tables_acc_slice(at + off, dt + off, TILE, slot[q] == FOLD_FIRST);
+                    memset(dt + off, 0, TILE * sizeof(float));
+                }
+            }
+        s->nblk = 0;
+        if (!pushed)
+            comm_exchange_push(t->x, t->keys, t->owners, buf, nremote, W, push_accumulate, t);
+        else
+            LAYER_ASSERT(nremote == 0);
+        /* rows over the budget go with the block that fetched them */
+        if (transient(t, s)) {
+            tables_release(t, s, RELEASE_ROWS | RELEASE_GRADS);
+            tables_trim(t);
+        }
+    }
+}
+
+/* ---- replicated groups: one sum over ranks ---- */
+
+void trainer_tables_reduce(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        if (s->strategy != TRAINER_STRATEGY_REPLICATE || t->P == 1) continue;
+        int nout = s->g.nout, OC = s->g.OC;
+        size_t per = layer_hash_store_floats(s->R, OC), n = (size_t)nout * per + (size_t)s->R;
+        /* (nout, store) sums in the stores' layout, then (R) touch marks */
+        double *sum = layer_xcalloc(n, sizeof(double)), *mark = sum + (size_t)nout * per;
+        for (int r = 0; r < s->R; r++) {
+            if (!(s->state[r] & ST_TOUCHED)) continue;
+            mark[r] = 1.0;
+            for (int j = 0; j < nout; j++)
+                for (int o = 0; o < OC; o += TILE) {
+                    size_t off = layer_hash_store_at(s->R, r, o);
+                    for (int c = 0; c < TILE; c++)
+                        sum[(size_t)j * per + off + c] =
+                            (s->state[r] & ST_ACC ? s->acc[j][off + c] : 0.0) + s->drows[j][off + c];
+                }
+        }
+        double t0 = comm_time();
+        comm_sum_doubles(t->comm, sum, n); /* exact sums of float terms: any order */
+        comm_exchange_count(t->x, (int64_t)(2.0 * (t->P - 1) / t->P * (double)n * sizeof(double)),
+                            comm_time() - t0);
+        for (int r = 0; r < s->R; r++) {
+            if (mark[r] == 0.0) continue;
+            for (int j = 0; j < nout; j++)
+                for (int o = 0; o < OC; o += TILE) {
+                    size_t off = layer_hash_store_at(s->R, r, o);
+                    memcpy(s->acc[j] + off, sum + (size_t)j * per + off, TILE * sizeof(double));
+                    memset(s->drows[j] + off, 0, TILE * sizeof(float));
+                }
+            s->state[r] |= ST_TOUCHED | ST_ACC;
+        }
+        free(sum);
+    }
+}
+
+void trainer_tables_set_phase(trainer_tables *t, trainer_tables_phase phase) { t->phase = phase; }
