@@ -77,13 +77,6 @@ double comm_time(void) { return MPI_Wtime(); }
 
 enum { CHUNK = 1 << 28 };
 
-void comm_sum_floats(comm_ctx *c, float *buf, size_t n) {
-    for (size_t off = 0; off < n; off += CHUNK) {
-        int len = (int)(n - off < CHUNK ? n - off : CHUNK);
-        MPI_CHECK(c->comm, MPI_Allreduce(MPI_IN_PLACE, buf + off, len, MPI_FLOAT, MPI_SUM, c->comm));
-    }
-}
-
 void comm_sum_doubles(comm_ctx *c, double *buf, size_t n) {
     for (size_t off = 0; off < n; off += CHUNK) {
         int len = (int)(n - off < CHUNK ? n - off : CHUNK);
@@ -193,14 +186,6 @@ void comm_exit_error(comm_ctx *c, const char *msg) {
     }
     comm_finalize(c);
     exit(2);
-}
-
-void comm_abort(comm_ctx *c, const char *msg) {
-    char line[2048];
-    fprintf(stderr, "memtrain: rank %d: %s\n", c ? c->rank : -1, comm_escape(line, sizeof line, msg));
-    fflush(stderr);
-    MPI_Abort(c ? c->comm : MPI_COMM_WORLD, 3);
-    exit(3);
 }
 
 void comm_print0(const comm_ctx *c, const char *fmt, ...) {

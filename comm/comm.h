@@ -22,7 +22,6 @@ double comm_time(void);
 
 /* In-place sums over all ranks (every rank gets the result). Any length: large buffers are
  * reduced in chunks so MPI's int counts cannot overflow. */
-void comm_sum_floats(comm_ctx *c, float *buf, size_t n);
 void comm_sum_doubles(comm_ctx *c, double *buf, size_t n);
 void comm_sum_i64(comm_ctx *c, int64_t *buf, int n);
 void comm_max_doubles(comm_ctx *c, double *buf, int n);
@@ -55,10 +54,6 @@ int comm_node_size(comm_ctx *c);
  * wherever a message holding user values (paths, config values, attributes read from files)
  * is printed. */
 char *comm_escape(char *dst, size_t n, const char *src);
-/* An error only this rank knows of: prints it with the rank and aborts the whole job
- * (MPI_Abort), so no rank is left waiting. */
-void comm_abort(comm_ctx *c, const char *msg);
-
 /* Rank-0-only printf (other ranks print nothing). */
 void comm_print0(const comm_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

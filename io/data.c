@@ -74,9 +74,7 @@ static void builder_reserve(io_data_builder *b, int64_t more) {
     if (b->ntok + more <= b->tokcap) return;
     int64_t cap = b->tokcap;
     while (cap < b->ntok + more) cap *= 2;
-    uint16_t *t = realloc(b->tok, (size_t)cap * sizeof(uint16_t));
-    LAYER_ASSERT(t != NULL);
-    b->tok = t;
+    b->tok = layer_xrealloc(b->tok, (size_t)cap * sizeof(uint16_t));
     b->tokcap = cap;
 }
 
@@ -94,9 +92,7 @@ void io_data_builder_push_bytes(io_data_builder *b, const unsigned char *p, size
 void io_data_builder_end_doc(io_data_builder *b) {
     if (b->ntok == b->off[b->ndocs]) return;
     if (b->ndocs + 2 > b->offcap) {
-        int64_t *o = realloc(b->off, (size_t)b->offcap * 2 * sizeof(int64_t));
-        LAYER_ASSERT(o != NULL);
-        b->off = o;
+        b->off = layer_xrealloc(b->off, (size_t)b->offcap * 2 * sizeof(int64_t));
         b->offcap *= 2;
     }
     b->off[++b->ndocs] = b->ntok;

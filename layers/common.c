@@ -11,12 +11,27 @@ void layer_fail(const char *file, int line, const char *what) {
     abort();
 }
 
+static void out_of_memory(size_t n, const char *file, int line) {
+    fprintf(stderr, "memtrain: out of memory allocating %zu bytes at %s:%d\n", n, file, line);
+    abort();
+}
+
 void *layer_xmalloc_at(size_t n, const char *file, int line) {
     void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "memtrain: out of memory allocating %zu bytes at %s:%d\n", n, file, line);
-        abort();
-    }
+    if (!p) out_of_memory(n, file, line);
+    return p;
+}
+
+void *layer_xrealloc_at(void *p, size_t n, const char *file, int line) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) out_of_memory(n, file, line);
+    return q;
+}
+
+void *layer_xaligned_at(size_t n, const char *file, int line) {
+    size_t bytes = n ? (n + 63) & ~(size_t)63 : 64; /* aligned_alloc wants a multiple */
+    void *p = aligned_alloc(64, bytes);
+    if (!p) out_of_memory(n, file, line);
     return p;
 }
 

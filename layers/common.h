@@ -18,11 +18,21 @@
 void layer_fail(const char *file, int line, const char *what);
 
 /* Allocation that never returns NULL: on failure it reports size and site and aborts.
- * Memory from layer_xmalloc/layer_xcalloc is released with free(). */
+ * The one idiom for ordinary memory; everything they return is released with free().
+ *   layer_xmalloc(n)       n bytes
+ *   layer_xcalloc(n, sz)   n * sz zeroed bytes (untouched zero pages stay unbacked)
+ *   layer_xrealloc(p, n)   p grown or shrunk to n bytes (p may be NULL)
+ *   layer_xaligned(n)      n bytes on a 64-byte (cache line, AVX-512) boundary, for tensors
+ * Pages that must go back to the system while the process runs come from mmap (the table
+ * store's gradient pages), not from these. */
 #define layer_xmalloc(n) layer_xmalloc_at((n), __FILE__, __LINE__)
 #define layer_xcalloc(n, sz) layer_xcalloc_at((n), (sz), __FILE__, __LINE__)
+#define layer_xrealloc(p, n) layer_xrealloc_at((p), (n), __FILE__, __LINE__)
+#define layer_xaligned(n) layer_xaligned_at((n), __FILE__, __LINE__)
 void *layer_xmalloc_at(size_t n, const char *file, int line);
 void *layer_xcalloc_at(size_t n, size_t size, const char *file, int line);
+void *layer_xrealloc_at(void *p, size_t n, const char *file, int line);
+void *layer_xaligned_at(size_t n, const char *file, int line);
 
 /* xoshiro256** generator: the same seed gives the same stream on every machine. */
 typedef struct layer_rng {

@@ -25,18 +25,18 @@ static comm_ctx *world;
 typedef struct dist_case {
     const char *name;
     int memformer, streams, block;
-    trainer_tables_choice strategy; /* how every table group is served */
+    trainer_strategy_key strategy; /* how every table group is served */
     trainer_row_format rows;        /* f32, or rows read and fetched in bf16 */
 } dist_case;
 static const dist_case CASES[] = {
-    {"memformer, blocks of 1, planned", 1, 6, 1, TRAINER_TABLES_AUTO, TRAINER_ROWS_F32},
-    {"memformer, blocks of 2, rows fetched", 1, 8, 2, TRAINER_TABLES_FETCH, TRAINER_ROWS_F32},
-    {"memformer, blocks of 2, replicated", 1, 8, 2, TRAINER_TABLES_REPLICATE, TRAINER_ROWS_F32},
-    {"decoder, blocks of 2, rows fetched", 0, 8, 2, TRAINER_TABLES_FETCH, TRAINER_ROWS_F32},
-    {"decoder, blocks of 2, owner-side lookups", 0, 8, 2, TRAINER_TABLES_OWNER, TRAINER_ROWS_F32},
-    {"decoder, blocks of 2, replicated", 0, 8, 2, TRAINER_TABLES_REPLICATE, TRAINER_ROWS_F32},
-    {"memformer, blocks of 2, bf16 rows fetched", 1, 8, 2, TRAINER_TABLES_FETCH, TRAINER_ROWS_BF16},
-    {"decoder, blocks of 2, bf16 rows, planned", 0, 8, 2, TRAINER_TABLES_AUTO, TRAINER_ROWS_BF16},
+    {"memformer, blocks of 1, planned", 1, 6, 1, TRAINER_STRATEGY_KEY_AUTO, TRAINER_ROWS_F32},
+    {"memformer, blocks of 2, rows fetched", 1, 8, 2, TRAINER_STRATEGY_KEY_FETCH, TRAINER_ROWS_F32},
+    {"memformer, blocks of 2, replicated", 1, 8, 2, TRAINER_STRATEGY_KEY_REPLICATE, TRAINER_ROWS_F32},
+    {"decoder, blocks of 2, rows fetched", 0, 8, 2, TRAINER_STRATEGY_KEY_FETCH, TRAINER_ROWS_F32},
+    {"decoder, blocks of 2, owner-side lookups", 0, 8, 2, TRAINER_STRATEGY_KEY_OWNER, TRAINER_ROWS_F32},
+    {"decoder, blocks of 2, replicated", 0, 8, 2, TRAINER_STRATEGY_KEY_REPLICATE, TRAINER_ROWS_F32},
+    {"memformer, blocks of 2, bf16 rows fetched", 1, 8, 2, TRAINER_STRATEGY_KEY_FETCH, TRAINER_ROWS_BF16},
+    {"decoder, blocks of 2, bf16 rows, planned", 0, 8, 2, TRAINER_STRATEGY_KEY_AUTO, TRAINER_ROWS_BF16},
 };
 #define NCASES ((int)(sizeof CASES / sizeof CASES[0]))
 

@@ -36,7 +36,7 @@ static void config(trainer_config *c, float budget_mb) {
     c->horizon = 2;
     c->streams = 16;
     c->stream_block = 2; /* 8 blocks: 2 per rank */
-    c->table_strategy = TRAINER_TABLES_FETCH;
+    c->table_strategy = TRAINER_STRATEGY_KEY_FETCH;
     c->row_cache_mb = budget_mb;
     c->steps = STEPS;
     c->warmup = 1;

@@ -14,7 +14,7 @@ typedef struct arena_block {
 
 struct trainer_arena {
     arena_block *head, *cur;
-    size_t block_bytes, in_use, peak, reserved;
+    size_t block_bytes, in_use, peak;
 };
 
 trainer_arena *trainer_arena_create(size_t block_bytes) {
@@ -36,8 +36,7 @@ void trainer_arena_free(trainer_arena *a) {
 static arena_block *block_new(size_t size) {
     arena_block *b = layer_xcalloc(1, sizeof(*b));
     b->size = size;
-    b->data = aligned_alloc(64, size);
-    if (!b->data) layer_fail(__FILE__, __LINE__, "out of memory in arena");
+    b->data = layer_xaligned(size);
     return b;
 }
 
@@ -53,7 +52,6 @@ static void *arena_bytes(trainer_arena *a, size_t bytes) {
         }
         size_t size = bytes > a->block_bytes ? bytes : a->block_bytes;
         arena_block *b = block_new(size);
-        a->reserved += size;
         if (!a->head) a->head = b;
         else if (a->cur) { /* keep later blocks of the chain behind the new one */
             b->next = a->cur->next;
@@ -90,5 +88,4 @@ void trainer_arena_reset(trainer_arena *a) {
     a->in_use = 0;
 }
 
-size_t trainer_arena_reserved(const trainer_arena *a) { return a->reserved; }
 size_t trainer_arena_peak(const trainer_arena *a) { return a->peak; }

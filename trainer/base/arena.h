@@ -19,8 +19,7 @@ int32_t *trainer_arena_ints(trainer_arena *a, size_t n);
 void *trainer_arena_struct(trainer_arena *a, size_t n);
 /* Forgets everything handed out; the memory stays reserved for the next use. */
 void trainer_arena_reset(trainer_arena *a);
-/* Bytes reserved from the system, and the most ever handed out at once. */
-size_t trainer_arena_reserved(const trainer_arena *a);
+/* The most bytes ever handed out at once. */
 size_t trainer_arena_peak(const trainer_arena *a);
 
 #endif

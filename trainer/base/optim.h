@@ -9,8 +9,9 @@
 
 /* One optimizer step, as the trainer runs it:
  *
- *   double ss = trainer_sumsq(dense_grad, n_dense) + table row gradients' trainer_sumsq;
- *   ss = sum of ss over ranks (comm_);            // every rank then has the same norm
+ *   // dense gradients are already summed over ranks, so every rank has the same sum;
+ *   // the tables' part is summed per shard by its owner and added in shard order
+ *   double ss = trainer_sumsq(dense_grad, n_dense) + trainer_tables_grad_sumsq(tables);
  *   float scale = trainer_clip_scale(sqrt(ss), c->grad_clip);
  *   float lr = trainer_lr_at(step, c);            // step counts from 0
  *   trainer_adamw_step(p, g, m, v, n, lr, c->beta1, c->beta2, c->adam_eps, wd, step + 1, scale);

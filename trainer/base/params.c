@@ -14,8 +14,7 @@ size_t trainer_params_add(trainer_params *p, const char *name, size_t size, trai
     LAYER_ASSERT(p->data == NULL);
     if (p->n == p->cap) {
         p->cap = p->cap ? 2 * p->cap : 64;
-        p->t = realloc(p->t, (size_t)p->cap * sizeof(*p->t));
-        LAYER_ASSERT(p->t != NULL);
+        p->t = layer_xrealloc(p->t, (size_t)p->cap * sizeof(*p->t));
     }
     trainer_tensor *t = &p->t[p->n++];
     memset(t, 0, sizeof(*t));
@@ -38,12 +37,11 @@ uint64_t trainer_seed_for(uint64_t seed, const char *name, uint64_t extra) {
 
 void trainer_params_alloc(trainer_params *p, uint64_t seed) {
     size_t bytes = (p->total ? p->total : 16) * sizeof(float);
-    p->data = aligned_alloc(64, bytes);
-    p->grad = aligned_alloc(64, bytes);
-    p->m = aligned_alloc(64, bytes);
-    p->v = aligned_alloc(64, bytes);
-    p->grad64 = calloc(p->total ? p->total : 1, sizeof(double));
-    LAYER_ASSERT(p->data && p->grad && p->m && p->v && p->grad64);
+    p->data = layer_xaligned(bytes);
+    p->grad = layer_xaligned(bytes);
+    p->m = layer_xaligned(bytes);
+    p->v = layer_xaligned(bytes);
+    p->grad64 = layer_xcalloc(p->total ? p->total : 1, sizeof(double));
     memset(p->data, 0, bytes);
     memset(p->grad, 0, bytes);
     memset(p->m, 0, bytes);
@@ -83,10 +81,4 @@ void trainer_params_unfold(trainer_params *p) {
         p->grad[i] = (float)p->grad64[i];
         p->grad64[i] = 0.0;
     }
-}
-
-const trainer_tensor *trainer_params_find(const trainer_params *p, const char *name) {
-    for (int i = 0; i < p->n; i++)
-        if (strcmp(p->t[i].name, name) == 0) return &p->t[i];
-    return NULL;
 }

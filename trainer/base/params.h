@@ -42,7 +42,6 @@ void trainer_params_release(trainer_params *p);
 void trainer_params_fold(trainer_params *p);
 /* grad = (float)grad64, grad64 = 0: after the sum over ranks. */
 void trainer_params_unfold(trainer_params *p);
-const trainer_tensor *trainer_params_find(const trainer_params *p, const char *name);
 /* Seed for the stream of a named tensor. */
 uint64_t trainer_seed_for(uint64_t seed, const char *name, uint64_t extra);
 

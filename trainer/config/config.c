@@ -70,12 +70,12 @@ static_assert(NWORDS(proj_words) == TRAINER_PROJ_COUNT, "proj_words out of step 
 static_assert(NWORDS(score_words) == TRAINER_SCORE_COUNT, "score_words out of step");
 static_assert(NWORDS(pos_words) == TRAINER_POS_COUNT, "pos_words out of step with trainer_pos");
 static_assert(NWORDS(bptt_words) == TRAINER_BPTT_COUNT, "bptt_words out of step");
-static_assert(NWORDS(strategy_words) == TRAINER_TABLES_COUNT, "strategy_words out of step");
+static_assert(NWORDS(strategy_words) == TRAINER_STRATEGY_KEY_COUNT, "strategy_words out of step");
 static_assert(NWORDS(rowfmt_words) == TRAINER_ROWS_COUNT, "rowfmt_words out of step");
 /* Enum fields are read and written through an int. */
 static_assert(sizeof(trainer_arch) == sizeof(int) && sizeof(trainer_proj) == sizeof(int) &&
                   sizeof(trainer_score) == sizeof(int) && sizeof(trainer_pos) == sizeof(int) &&
-                  sizeof(trainer_bptt) == sizeof(int) && sizeof(trainer_tables_choice) == sizeof(int) &&
+                  sizeof(trainer_bptt) == sizeof(int) && sizeof(trainer_strategy_key) == sizeof(int) &&
                   sizeof(trainer_row_format) == sizeof(int),
               "enum fields must be int-sized");
 

@@ -66,14 +66,15 @@ typedef enum trainer_bptt {
     TRAINER_BPTT_COUNT
 } trainer_bptt;
 
-/* Same order as trainer_strategy, after "auto" (table_strategy = auto is -1 there). */
-typedef enum trainer_tables_choice {
-    TRAINER_TABLES_AUTO = 0,
-    TRAINER_TABLES_FETCH,
-    TRAINER_TABLES_OWNER,
-    TRAINER_TABLES_REPLICATE,
-    TRAINER_TABLES_COUNT
-} trainer_tables_choice;
+/* The table_strategy key: auto (the planner chooses per group) or one strategy for every group
+ * (trainer_spec_from_config maps it onto the planner's trainer_strategy). */
+typedef enum trainer_strategy_key {
+    TRAINER_STRATEGY_KEY_AUTO = 0,
+    TRAINER_STRATEGY_KEY_FETCH,
+    TRAINER_STRATEGY_KEY_OWNER,
+    TRAINER_STRATEGY_KEY_REPLICATE,
+    TRAINER_STRATEGY_KEY_COUNT
+} trainer_strategy_key;
 
 typedef enum trainer_row_format {
     TRAINER_ROWS_F32 = 0,
@@ -108,7 +109,7 @@ typedef struct trainer_config {
     int streams; /* global number of sequences in flight */
     int stream_block; /* streams computed together; ranks own whole blocks */
     /* table parallelism */
-    trainer_tables_choice table_strategy;
+    trainer_strategy_key table_strategy;
     float row_cache_mb;
     trainer_row_format row_format;
     float net_gbps, net_latency_us;

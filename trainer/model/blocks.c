@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static float *A(trainer_arena *ar, size_t n) { return trainer_arena_floats(ar, n); }
-static float *Z(trainer_arena *ar, size_t n) { return trainer_arena_zeros(ar, n); }
 
 /* ---------------- parameters ---------------- */
 
@@ -83,7 +81,7 @@ void mt_proj_forward(const mt_env *c, trainer_arena *ar, const mt_proj *p, mt_pr
     }
     size_t nk = (size_t)N * p->K;
     a->idx = trainer_arena_ints(ar, nk);
-    a->s = A(ar, nk);
+    a->s = trainer_arena_floats(ar, nk);
     layer_hash_index(a->idx, a->s, in, N, p->K, p->tau, c->score, c->hash_temp);
     const float *b[3] = {p->b[0].w, p->b[1].w, p->b[2].w};
     trainer_tables_forward(c->tables, p->group, a->idx, a->s, N, out, b, &a->tact, ar);
@@ -97,7 +95,7 @@ void mt_proj_backward(const mt_env *c, trainer_arena *ar, const mt_proj *p, cons
                                   p->OC);
         return;
     }
-    float *gs = din ? Z(ar, (size_t)N * p->K) : NULL;
+    float *gs = din ? trainer_arena_zeros(ar, (size_t)N * p->K) : NULL;
     float *db[3] = {p->b[0].g, p->b[1].g, p->b[2].g};
     trainer_tables_backward(c->tables, p->group, &a->tact, (const float *const *)dout, gs, db, ar);
     if (din) layer_hash_score_backward(din, gs, in, N, p->K, p->tau, c->score, c->hash_temp);
@@ -140,12 +138,12 @@ float *mt_attn_forward(const mt_env *c, trainer_arena *ar, const mt_attn *m, mt_
     a->Tk = Tk;
     a->x0 = x0;
     a->src = src;
-    a->h = A(ar, nq);
-    a->rstd = A(ar, (size_t)B * Tq);
+    a->h = trainer_arena_floats(ar, nq);
+    a->rstd = trainer_arena_floats(ar, (size_t)B * Tq);
     layer_rmsnorm_forward(a->h, a->rstd, x0, m->norm.w, B * Tq, C);
-    a->q = A(ar, nq);
-    a->k = A(ar, nk);
-    a->v = A(ar, nk);
+    a->q = trainer_arena_floats(ar, nq);
+    a->k = trainer_arena_floats(ar, nk);
+    a->v = trainer_arena_floats(ar, nk);
     if (m->self) {
         float *out[3] = {a->q, a->k, a->v};
         mt_proj_forward(c, ar, &m->qkv, &a->pa_q, out, a->h, B * Tq);
@@ -159,11 +157,11 @@ float *mt_attn_forward(const mt_env *c, trainer_arena *ar, const mt_attn *m, mt_
         mt_proj_forward(c, ar, &m->q, &a->pa_q, oq, a->h, B * Tq);
         mt_proj_forward(c, ar, &m->kv, &a->pa_kv, okv, src, B * Tk);
     }
-    a->att = A(ar, (size_t)B * NH * Tq * Tk);
-    a->y = A(ar, nq);
+    a->att = trainer_arena_floats(ar, (size_t)B * NH * Tq * Tk);
+    a->y = trainer_arena_floats(ar, nq);
     float scale = 1.0f / sqrtf((float)(C / NH));
     layer_attention_forward(a->y, a->att, a->q, a->k, a->v, B, Tq, Tk, C, NH, scale, m->mask);
-    a->x1 = A(ar, nq);
+    a->x1 = trainer_arena_floats(ar, nq);
     if (m->has_o) {
         float *oo[1] = {a->x1};
         mt_proj_forward(c, ar, &m->o, &a->pa_o, oo, a->y, B * Tq);
@@ -181,21 +179,21 @@ void mt_attn_backward(const mt_env *c, trainer_arena *ar, const mt_attn *m, cons
     for (size_t i = 0; i < nq; i++) dx0[i] += dx1[i];
     float *dy;
     if (m->has_o) {
-        dy = Z(ar, nq);
+        dy = trainer_arena_zeros(ar, nq);
         float *const dd[1] = {(float *)dx1};
         mt_proj_backward(c, ar, &m->o, &a->pa_o, dy, dd, a->y, B * Tq);
     } else {
         dy = (float *)dx1;
     }
-    float *dq = Z(ar, nq), *dk = Z(ar, nk), *dv = Z(ar, nk);
-    float *scratch = A(ar, (size_t)Tq * Tk);
+    float *dq = trainer_arena_zeros(ar, nq), *dk = trainer_arena_zeros(ar, nk), *dv = trainer_arena_zeros(ar, nk);
+    float *scratch = trainer_arena_floats(ar, (size_t)Tq * Tk);
     float scale = 1.0f / sqrtf((float)(C / NH));
     layer_attention_backward(dq, dk, dv, scratch, dy, a->q, a->k, a->v, a->att, B, Tq, Tk, C, NH,
                              scale, m->mask);
-    float *dh = Z(ar, nq);
+    float *dh = trainer_arena_zeros(ar, nq);
     if (m->self) {
         if (c->rope_dims > 0) { /* gradient before rotation: rotate back */
-            float *dq0 = Z(ar, nq), *dk0 = Z(ar, nk);
+            float *dq0 = trainer_arena_zeros(ar, nq), *dk0 = trainer_arena_zeros(ar, nk);
             layer_rope_backward(dq0, dq, B, Tq, C, NH, c->rope_dims, 10000.0f, 0);
             layer_rope_backward(dk0, dk, B, Tk, C, NH, c->rope_dims, 10000.0f, 0);
             dq = dq0;
@@ -253,20 +251,20 @@ float *mt_ffn_forward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, mt_ff
     size_t n = (size_t)N * C, nh = (size_t)N * m->H;
     a->N = N;
     a->x0 = x0;
-    a->h = A(ar, n);
-    a->rstd = A(ar, N);
+    a->h = trainer_arena_floats(ar, n);
+    a->rstd = trainer_arena_floats(ar, N);
     layer_rmsnorm_forward(a->h, a->rstd, x0, m->norm.w, N, C);
-    a->x1 = A(ar, n);
-    float *f = A(ar, n);
-    a->u = A(ar, nh);
-    a->gl = A(ar, nh);
+    a->x1 = trainer_arena_floats(ar, n);
+    float *f = trainer_arena_floats(ar, n);
+    a->u = trainer_arena_floats(ar, nh);
+    a->gl = trainer_arena_floats(ar, nh);
     float *o1[1] = {a->u}, *o2[1] = {f};
     mt_proj_forward(c, ar, &m->fc1, &a->pa1, o1, a->h, N);
     if (!m->hash) {
         layer_gelu_forward(a->gl, a->u, N * m->H);
     } else {
-        a->lmean = A(ar, N);
-        a->lrstd = A(ar, N);
+        a->lmean = trainer_arena_floats(ar, N);
+        a->lrstd = trainer_arena_floats(ar, N);
         layer_layernorm_forward(a->gl, a->lmean, a->lrstd, a->u, m->ln_w.w, m->ln_b.w, N, m->H);
     }
     mt_proj_forward(c, ar, &m->fc2, &a->pa2, o2, a->gl, N);
@@ -279,7 +277,7 @@ void mt_ffn_backward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, const 
     int C = m->C, N = a->N;
     size_t n = (size_t)N * C, nh = (size_t)N * m->H;
     for (size_t i = 0; i < n; i++) dx0[i] += dx1[i];
-    float *dh = Z(ar, n), *dgl = Z(ar, nh), *du = Z(ar, nh);
+    float *dh = trainer_arena_zeros(ar, n), *dgl = trainer_arena_zeros(ar, nh), *du = trainer_arena_zeros(ar, nh);
     float *const d2[1] = {(float *)dx1};
     mt_proj_backward(c, ar, &m->fc2, &a->pa2, dgl, d2, a->gl, N);
     if (!m->hash)
@@ -339,33 +337,33 @@ float *mt_writer_forward(const mt_env *c, trainer_arena *ar, const mt_writer *w,
     a->L = L;
     a->M = M;
     a->E = E;
-    a->cat = A(ar, nc);
+    a->cat = trainer_arena_floats(ar, nc);
     for (int b = 0; b < B; b++) {
         memcpy(a->cat + (size_t)b * T * C, M + (size_t)b * S * C, (size_t)S * C * sizeof(float));
         memcpy(a->cat + ((size_t)b * T + S) * C, E + (size_t)b * L * C,
                (size_t)L * C * sizeof(float));
     }
-    a->q = A(ar, nm);
-    a->k = A(ar, nc);
-    a->v = A(ar, nc);
+    a->q = trainer_arena_floats(ar, nm);
+    a->k = trainer_arena_floats(ar, nc);
+    a->v = trainer_arena_floats(ar, nc);
     float *oq[1] = {a->q}, *okv[2] = {a->k, a->v};
     mt_proj_forward(c, ar, &w->q, &a->pa_q, oq, M, B * S);
     mt_proj_forward(c, ar, &w->kv, &a->pa_kv, okv, a->cat, B * T);
     /* a slot's own value is its content, not a projection of it */
     for (int b = 0; b < B; b++)
         memcpy(a->v + (size_t)b * T * C, M + (size_t)b * S * C, (size_t)S * C * sizeof(float));
-    a->att = A(ar, (size_t)B * NH * S * T);
-    a->mp = A(ar, nm);
+    a->att = trainer_arena_floats(ar, (size_t)B * NH * S * T);
+    a->mp = trainer_arena_floats(ar, nm);
     float scale = 1.0f / (sqrtf((float)(C / NH)) * w->temp);
     layer_attention_forward(a->mp, a->att, a->q, a->k, a->v, B, S, T, C, NH, scale,
                             LAYER_ATTN_SLOT);
-    a->u = A(ar, nm);
+    a->u = trainer_arena_floats(ar, nm);
     const float *vb = w->vbias.w;
     for (int b = 0; b < B; b++)
         for (size_t i = 0; i < (size_t)S * C; i++)
             a->u[(size_t)b * S * C + i] = a->mp[(size_t)b * S * C + i] + (w->forgetting ? vb[i] : 0);
-    a->norm = A(ar, (size_t)B * S);
-    a->Mout = A(ar, nm);
+    a->norm = trainer_arena_floats(ar, (size_t)B * S);
+    a->Mout = trainer_arena_floats(ar, nm);
     rownorm_forward(a->Mout, a->norm, a->u, B * S, C);
     return a->Mout;
 }
@@ -374,15 +372,15 @@ void mt_writer_backward(const mt_env *c, trainer_arena *ar, const mt_writer *w,
                         const mt_writer_act *a, float *dM, float *dE, const float *dMout) {
     int C = w->C, S = w->S, NH = c->NH, B = a->B, L = a->L, T = S + L;
     size_t nm = (size_t)B * S * C, nc = (size_t)B * T * C;
-    float *du = Z(ar, nm);
+    float *du = trainer_arena_zeros(ar, nm);
     rownorm_backward(du, dMout, a->Mout, a->norm, B * S, C);
     if (w->forgetting) {
         float *dvb = w->vbias.g;
         for (int b = 0; b < B; b++)
             for (size_t i = 0; i < (size_t)S * C; i++) dvb[i] += du[(size_t)b * S * C + i];
     }
-    float *dq = Z(ar, nm), *dk = Z(ar, nc), *dv = Z(ar, nc);
-    float *scratch = A(ar, (size_t)S * T);
+    float *dq = trainer_arena_zeros(ar, nm), *dk = trainer_arena_zeros(ar, nc), *dv = trainer_arena_zeros(ar, nc);
+    float *scratch = trainer_arena_floats(ar, (size_t)S * T);
     float scale = 1.0f / (sqrtf((float)(C / NH)) * w->temp);
     layer_attention_backward(dq, dk, dv, scratch, du, a->q, a->k, a->v, a->att, B, S, T, C, NH,
                              scale, LAYER_ATTN_SLOT);
@@ -395,7 +393,7 @@ void mt_writer_backward(const mt_env *c, trainer_arena *ar, const mt_writer *w,
             dvs[i] = 0.0f;
         }
     }
-    float *dcat = Z(ar, nc);
+    float *dcat = trainer_arena_zeros(ar, nc);
     float *const dd[2] = {dk, dv};
     mt_proj_backward(c, ar, &w->kv, &a->pa_kv, dcat, dd, a->cat, B * T);
     float *const ddq[1] = {dq};
@@ -409,12 +407,12 @@ void mt_writer_backward(const mt_env *c, trainer_arena *ar, const mt_writer *w,
 }
 
 void mt_writer_initial(trainer_arena *ar, const mt_writer *w, float *M0) {
-    float *norm = A(ar, w->S);
+    float *norm = trainer_arena_floats(ar, w->S);
     rownorm_forward(M0, norm, w->vbias.w, w->S, w->C);
 }
 
 void mt_writer_initial_backward(trainer_arena *ar, const mt_writer *w, const float *dM0) {
-    float *norm = A(ar, w->S), *M0 = A(ar, (size_t)w->S * w->C);
+    float *norm = trainer_arena_floats(ar, w->S), *M0 = trainer_arena_floats(ar, (size_t)w->S * w->C);
     rownorm_forward(M0, norm, w->vbias.w, w->S, w->C);
     rownorm_backward(w->vbias.g, dM0, M0, norm, w->S, w->C);
 }

@@ -13,7 +13,7 @@
 #include "trainer/tables/plan.h"
 #include "trainer/tables/tables.h"
 
-/* What the model computes; filled from the run config (trainer_model_spec_from_config). */
+/* What the model computes; filled from the run config (trainer_spec_from_config). */
 typedef struct trainer_model_spec {
     int memformer;   /* 0: GPT-style decoder over windows; 1: Memformer encoder-decoder */
     int hash;        /* projections: 0 dense GEMMs, 1 MemoryFormer memory layers */

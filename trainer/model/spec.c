@@ -3,6 +3,16 @@
 
 #include "trainer/model/model.h"
 
+/* The planner's forced strategy for the table_strategy key; -1 lets it choose per group. */
+static int forced_strategy(trainer_strategy_key k) {
+    switch (k) {
+    case TRAINER_STRATEGY_KEY_FETCH: return TRAINER_STRATEGY_FETCH;
+    case TRAINER_STRATEGY_KEY_OWNER: return TRAINER_STRATEGY_OWNER;
+    case TRAINER_STRATEGY_KEY_REPLICATE: return TRAINER_STRATEGY_REPLICATE;
+    default: return -1;
+    }
+}
+
 void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg) {
     memset(spec, 0, sizeof(*spec));
     spec->memformer = cfg->arch == TRAINER_ARCH_MEMFORMER;
@@ -29,6 +39,6 @@ void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cf
         .budget = (double)cfg->row_cache_mb * 1048576.0,
         .latency = cfg->net_latency_us * 1e-6, .bandwidth = cfg->net_gbps * 1e9 / 8,
         .wire_bytes = cfg->row_format == TRAINER_ROWS_BF16 ? 2 : 4,
-        .force = (int)cfg->table_strategy - 1, /* auto (0) is -1 */
+        .force = forced_strategy(cfg->table_strategy),
     };
 }

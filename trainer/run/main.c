@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "comm/comm.h"
+#include "layers/common.h"
 #include "trainer/run/checkpoint.h"
 #include "trainer/config/config.h"
 #include "trainer/run/generate.h"
@@ -97,7 +98,7 @@ int main(int argc, char **argv) {
     const char *cmd = "train";
     if (!failed) {
         /* what remains after the config parser: the command and our flags with their values */
-        int *left = calloc((size_t)argc + 1, sizeof(int));
+        int *left = layer_xcalloc((size_t)argc + 1, sizeof(int));
         for (int i = first; i < argc; i++) {
             if (strcmp(argv[i], "--csv") == 0) {
                 left[i] = 1;

@@ -79,8 +79,7 @@ int trainer_tables_add(trainer_tables *t, const char *name, int nout, int K, int
     LAYER_ASSERT(rows >= 1);
     if (t->n == t->cap) {
         t->cap = t->cap ? 2 * t->cap : 16;
-        t->gs = realloc(t->gs, (size_t)t->cap * sizeof(*t->gs));
-        LAYER_ASSERT(t->gs != NULL);
+        t->gs = layer_xrealloc(t->gs, (size_t)t->cap * sizeof(*t->gs));
     }
     group_state *s = &t->gs[t->n];
     memset(s, 0, sizeof(*s));
@@ -228,8 +227,6 @@ int trainer_tables_replan(trainer_tables *t) {
     return moved;
 }
 
-trainer_strategy trainer_tables_strategy(const trainer_tables *t, int g) { return t->gs[g].strategy; }
-const trainer_plan_cost *trainer_tables_cost(const trainer_tables *t, int g) { return &t->gs[g].cost; }
 
 /* ---- ownership and allocation ---- */
 

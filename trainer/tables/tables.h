@@ -78,8 +78,6 @@ int trainer_tables_check_plan(const trainer_tables *t, char *err, size_t n);
  * groups between fetch and owner when the measure says so (never into or out of replicate);
  * rank 0 prints the groups that moved. Returns how many moved. Collective. */
 int trainer_tables_replan(trainer_tables *t);
-trainer_strategy trainer_tables_strategy(const trainer_tables *t, int g);
-const trainer_plan_cost *trainer_tables_cost(const trainer_tables *t, int g);
 
 int trainer_tables_ngroups(const trainer_tables *t);
 const trainer_table_group *trainer_tables_group(const trainer_tables *t, int g);
