@@ -1,4 +1,5 @@
-/* Helpers shared by the dataset readers of io/ (not part of the public API). */
+/* Helpers shared by the dataset readers of io/ (io/data_build.c) and the readers io/data.c
+ * dispatches to (not part of the public API). */
 #ifndef MEMTRAIN_IO_DATA_INTERNAL_H
 #define MEMTRAIN_IO_DATA_INTERNAL_H
 
