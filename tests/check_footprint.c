@@ -80,7 +80,7 @@ START_TEST(test_activations_bounded) {
         trainer_rollout_set_block(r, c.stream_block);
         float *M = calloc((size_t)c.streams * trainer_model_memory_size(m) + 1, sizeof(float));
         tu_random_rollout(r, spec.vocab, &rng);
-        trainer_rollout_train(r, m, M, 1.0f);
+        tu_train_rollout(r, m, M, 1.0f);
         double got = (double)trainer_rollout_peak_bytes(r);
         /* full BPTT keeps every segment's arena when a memory makes them sequential */
         int kept = mode == TRAINER_ROLLOUT_FULL && trainer_model_memory_size(m) ? c.horizon : 1;

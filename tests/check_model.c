@@ -108,7 +108,7 @@ static void check_config(int memformer, int hash, trainer_rollout_mode mode) {
     c.M = tu_zeros(ms + 1);
     /* analytic gradient of the summed loss */
     memcpy(c.M, c.M0, (ms + 1) * sizeof(float));
-    double l_bwd = trainer_rollout_train(r, m, c.M, 1.0f);
+    double l_bwd = tu_train_rollout(r, m, c.M, 1.0f);
     ck_assert_double_eq_tol(l_bwd, rollout_loss(&c), 1e-9 * fabs(l_bwd));
     trainer_params *P = trainer_model_params(m);
     float *gd = layer_xmalloc(P->total * sizeof(float));
@@ -183,7 +183,7 @@ static float *rollout_grads(int hash, trainer_rollout_mode mode, size_t *n_out, 
     size_t ms = trainer_model_memory_size(m) * B;
     float *M = tu_randn(&rng, ms, 0.25f);
     int64_t cnt = trainer_rollout_count(r);
-    *loss_out = trainer_rollout_train(r, m, M, 1.0f / (float)cnt);
+    *loss_out = tu_train_rollout(r, m, M, 1.0f / (float)cnt);
     trainer_params *P = trainer_model_params(m);
     trainer_tables *tb = trainer_model_tables(m);
     size_t n = P->total + trainer_tables_numel(tb);

@@ -2,10 +2,11 @@
 #include "tests/testutil.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "trainer/engine/rollout.h"
-#include <stdlib.h>
+#include "trainer/engine/schedule.h"
 
 void tu_seed(layer_rng *r, const char *name) {
     uint64_t h = 1469598103934665603ull;
@@ -91,4 +92,16 @@ int tu_run_mpi(Suite *s, comm_ctx *c) {
     if (rank != 0 && failed) srunner_print(sr, CK_NORMAL);
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+double tu_train_rollout(trainer_rollout *r, trainer_model *m, float *M, float grad_scale) {
+    trainer_schedule s = trainer_schedule_make(r->B, r->block, 1, 0);
+    trainer_schedule_attach(&s, m);
+    double *block_loss = layer_xcalloc((size_t)s.nblocks, sizeof(double));
+    trainer_schedule_train(&s, r, m, M, grad_scale, block_loss);
+    if (s.nblocks > 1) trainer_params_unfold(trainer_model_params(m));
+    double loss = 0.0;
+    for (int b = 0; b < s.nblocks; b++) loss += block_loss[b];
+    free(block_loss);
+    return loss;
 }

@@ -39,6 +39,14 @@ double tu_dot(const float *w, const float *y, size_t n);
 struct trainer_rollout;
 void tu_random_rollout(struct trainer_rollout *r, int vocab, layer_rng *rng);
 
+/* One training pass of a rollout on this process through the production loop: a one-rank
+ * schedule of the rollout's streams in its blocks (trainer_schedule_train), then, with
+ * several blocks, their double sums back into the float gradients as trainer_step does after
+ * its all-reduce. Returns the summed loss. For tests of a single process (comm of one rank). */
+struct trainer_model;
+double tu_train_rollout(struct trainer_rollout *r, struct trainer_model *m, float *M,
+                        float grad_scale);
+
 /* Runs a suite without forking, prints Check's summary, returns the process exit code. */
 int tu_run(Suite *s);
 /* The same for a test program on every rank of c: rank 0 prints the summary, another rank

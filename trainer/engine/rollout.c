@@ -162,17 +162,6 @@ double trainer_rollout_block(trainer_rollout *r, trainer_model *m, int b0, int n
     return loss;
 }
 
-double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale) {
-    double total = 0.0;
-    for (int b0 = 0; b0 < r->B; b0 += r->block) {
-        int nb = r->B - b0 < r->block ? r->B - b0 : r->block;
-        total += trainer_rollout_block(r, m, b0, nb, M ? M + (size_t)b0 * r->msize : NULL,
-                                       grad_scale);
-        trainer_tables_block_end(trainer_model_tables(m), b0 + nb >= r->B);
-    }
-    return total;
-}
-
 double trainer_rollout_loss(trainer_rollout *r, trainer_model *m, const float *M) {
     double loss = 0.0;
     int cnt;

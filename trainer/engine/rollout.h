@@ -55,9 +55,6 @@ static inline size_t trainer_rollout_at(const trainer_rollout *r, int b, int t) 
  * summed loss (in the order stream, segment, token). */
 double trainer_rollout_block(trainer_rollout *r, trainer_model *m, int b0, int nb, float *M,
                              float grad_scale);
-/* Every block in turn on this process (no exchange partner: one rank, or tests); returns
- * the summed loss. The gradients of all blocks add up in the model's float gradients. */
-double trainer_rollout_train(trainer_rollout *r, trainer_model *m, float *M, float grad_scale);
 /* Summed loss of the rollout from memories M (B, msize), no gradients, nothing kept; the
  * same batches as training, so the same values. */
 double trainer_rollout_loss(trainer_rollout *r, trainer_model *m, const float *M);
