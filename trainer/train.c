@@ -114,18 +114,23 @@ int64_t trainer_eval_docs(const trainer_config *cfg, const io_dataset *val) {
 }
 
 /* The documents are dealt to cfg->streams lanes (lane j scores documents j, j + streams, ...
- * of the first trainer_eval_docs), the lanes over the ranks as in training. Every rank runs
- * the same number of segments, since each lookup of a hashed projection is an exchange. A
- * document starts from fresh memory and its own first token, so which lane, rank or batch
- * scores it changes nothing: the loss is summed per lane in double, and the lanes' sums in
- * lane order, so every rank count gives the same figure. */
+ * of the first trainer_eval_docs), the lanes cut into blocks of stream_block as in training
+ * and the blocks dealt over the ranks. A block is computed as one batch whatever the rank
+ * count, so a lane's figures are too (a batch of other rows could round differently); every
+ * rank makes the same calls (a rank out of blocks computes an idle one), since each lookup of
+ * a hashed projection is an exchange. A document starts from fresh memory and its own first
+ * token; its loss is summed per lane in double, and the lanes' sums in lane order, so every
+ * rank count gives the same figure. */
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
                               const io_dataset *val, int64_t *tokens) {
     int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = cfg->vocab;
     int S = cfg->streams, V = cfg->vocab;
+    int blk = cfg->stream_block < S ? cfg->stream_block : S;
+    int nblocks = (S + blk - 1) / blk, passes = (nblocks + P - 1) / P;
+    int fb = (int)((int64_t)nblocks * rank / P), nb = (int)((int64_t)nblocks * (rank + 1) / P) - fb;
+    int first = fb * blk;
+    int B = (fb + nb) * blk < S ? nb * blk : S - first;
     int64_t ndocs = trainer_eval_docs(cfg, val);
-    int first = (int)((int64_t)S * rank / P);
-    int B = (int)((int64_t)S * (rank + 1) / P) - first;
     stream_state *vs = layer_xcalloc(B + 1, sizeof(stream_state));
     stream_states_init(vs, B, first, S, L);
     int64_t *quota = layer_xcalloc(B + 1, sizeof(int64_t));
@@ -136,38 +141,57 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
         done[b] = quota[b] == 0;
     }
     double *lane = layer_xcalloc(2 * (size_t)S, sizeof(double)); /* loss, then count, per lane */
-    trainer_segments *sg = trainer_segments_create(model, B);
+    /* this rank's blocks, then an idle block for the passes it has none */
+    trainer_segments **sg = layer_xcalloc((size_t)passes, sizeof(trainer_segments *));
+    for (int k = 0; k < passes; k++) {
+        int n = k < nb ? (k * blk + blk < B ? blk : B - k * blk) : blk;
+        sg[k] = k < nb || k == nb ? trainer_segments_create(model, n) : sg[nb];
+    }
     for (;;) {
         int64_t active = 0;
         for (int b = 0; b < B; b++) {
-            int32_t *e = sg->enc + (size_t)b * L, *d = sg->dec + (size_t)b * L;
-            int32_t *g = sg->tgt + (size_t)b * L;
+            trainer_segments *g = sg[b / blk];
+            int i = b % blk;
+            int32_t *e = g->enc + (size_t)i * L, *d = g->dec + (size_t)i * L;
+            int32_t *t = g->tgt + (size_t)i * L;
             /* a lane that has finished its last document is done */
             if (!done[b] && vs[b].io.pos == 0 && vs[b].io.doc_count == quota[b]) done[b] = 1;
             if (!done[b]) {
-                fill_segment(&vs[b], val, L, bos, e, d, g, sg->reset + b);
+                fill_segment(&vs[b], val, L, bos, e, d, t, g->reset + i);
             } else { /* an idle lane: nothing scored */
-                for (int i = 0; i < L; i++) {
-                    e[i] = d[i] = bos;
-                    g[i] = -1;
+                for (int k = 0; k < L; k++) {
+                    e[k] = d[k] = bos;
+                    t[k] = -1;
                 }
-                sg->reset[b] = 1;
+                g->reset[i] = 1;
             }
             active += !done[b];
         }
         if (!trainer_schedule_any_active(comm, active > 0)) break;
-        int cnt = 0;
-        trainer_step_act *act = NULL;
-        trainer_segments_forward(model, sg, &cnt, &act);
-        const float *logits = trainer_step_logits(act);
-        for (int b = 0; b < B; b++) {
-            if (done[b]) continue;
-            int c = 0;
-            lane[first + b] += layer_crossentropy(NULL, &c, logits + (size_t)b * L * V,
-                                                  sg->tgt + (size_t)b * L, L, V, 0.0f);
-            lane[S + first + b] += c;
+        for (int k = 0; k < passes; k++) {
+            trainer_segments *g = sg[k];
+            if (k >= nb) /* idle: every lane padding */
+                for (int i = 0; i < g->B; i++) {
+                    for (int x = 0; x < L; x++) {
+                        g->enc[(size_t)i * L + x] = g->dec[(size_t)i * L + x] = bos;
+                        g->tgt[(size_t)i * L + x] = -1;
+                    }
+                    g->reset[i] = 1;
+                }
+            int cnt = 0;
+            trainer_step_act *act = NULL;
+            trainer_segments_forward(model, g, &cnt, &act);
+            const float *logits = trainer_step_logits(act);
+            for (int i = 0; i < g->B && k < nb; i++) {
+                int b = k * blk + i;
+                if (done[b]) continue;
+                int c = 0;
+                lane[first + b] += layer_crossentropy(NULL, &c, logits + (size_t)i * L * V,
+                                                      g->tgt + (size_t)i * L, L, V, 0.0f);
+                lane[S + first + b] += c;
+            }
+            trainer_segments_advance(model, g, 1);
         }
-        trainer_segments_advance(model, sg, 1);
     }
     /* each lane's figures are on one rank and zero elsewhere: the sum over ranks is exact */
     comm_sum_doubles(comm, lane, 2 * S);
@@ -180,7 +204,8 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
     LAYER_ASSERT(count == (double)(val->doc_off[ndocs] - val->doc_off[0]));
     if (tokens) *tokens = (int64_t)count;
     trainer_tables_clear_cache(trainer_model_tables(model));
-    trainer_segments_free(sg);
+    for (int k = 0; k <= nb && k < passes; k++) trainer_segments_free(sg[k]);
+    free(sg);
     stream_states_free(vs, B);
     free(quota);
     free(done);
