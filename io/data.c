@@ -180,12 +180,62 @@ void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams) {
     st->nstreams = nstreams;
     st->doc_count = 0;
     st->pos = 0;
+    st->shuffle = 0;
+    st->seed = 0;
+}
+
+void io_stream_set_shuffle(io_stream *st, uint64_t seed) {
+    st->shuffle = 1;
+    st->seed = seed;
+}
+
+double io_stream_passes(int64_t started, const io_dataset *d) {
+    return d && d->ndocs > 0 ? (double)started / (double)d->ndocs : 0.0;
+}
+
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+int64_t io_shuffle_doc(uint64_t seed, int64_t pass, int64_t k, int64_t n) {
+    LAYER_ASSERT(n >= 1 && k >= 0 && k < n);
+    if (n == 1) return 0;
+    /* a balanced Feistel network on 2h bits, 4^h >= n: a bijection of 0..4^h-1, so walking
+       from k until the value falls below n is a bijection of 0..n-1 (at most 4x the work) */
+    int h = 1;
+    while (((uint64_t)1 << (2 * h)) < (uint64_t)n) h++;
+    uint64_t mask = ((uint64_t)1 << h) - 1;
+    uint64_t key = splitmix64(seed ^ splitmix64((uint64_t)pass + 0x5851f42d4c957f2dull));
+    uint64_t x = (uint64_t)k;
+    do {
+        uint64_t l = x >> h, r = x & mask;
+        for (int round = 0; round < 4; round++) {
+            uint64_t f = splitmix64(key + (uint64_t)round * 0x2545f4914f6cdd1dull + r) & mask;
+            uint64_t t = r;
+            r = l ^ f;
+            l = t;
+        }
+        x = l << h | r;
+    } while (x >= (uint64_t)n);
+    return (int64_t)x;
 }
 
 /* The document a stream reads next (start) or is in the middle of. */
 static int64_t stream_doc(const io_stream *st, const io_dataset *d, int start) {
     int64_t i = start ? st->doc_count : st->doc_count - 1;
     int64_t n = d->ndocs;
+    if (st->shuffle) {
+        /* place g = stream + i * nstreams, split into pass and position without forming g */
+        int64_t q1 = i / n, r1 = i % n;              /* i = q1 n + r1 */
+        int64_t q2 = st->nstreams / n, r2 = st->nstreams % n;
+        /* g = stream + (q1 n + r1)(q2 n + r2) = n (q1 q2 n + q1 r2 + r1 q2) + r1 r2 + stream */
+        int64_t lo = r1 * r2 + st->stream; /* < n^2 + nstreams: fits for any real dataset */
+        int64_t pass = q1 * q2 * n + q1 * r2 + r1 * q2 + lo / n;
+        return io_shuffle_doc(st->seed, pass, lo % n, n);
+    }
     /* reduced before multiplying so a long run cannot overflow */
     return (st->stream % n + (i % n) * (st->nstreams % n) % n) % n;
 }

@@ -76,19 +76,39 @@ void io_dataset_free(io_dataset *d);
 /* Writes a one-line summary (name, documents, tokens, vocab) into buf, truncated to n. */
 void io_dataset_describe(const io_dataset *d, char *buf, size_t n);
 
-/* A reader position. Stream j of nstreams reads documents (j + i * nstreams) mod ndocs for
- * i = 0, 1, ... whole and in order, so (doc_count, pos) is the whole state to checkpoint and
- * does not depend on which rank holds the stream. */
+/* A reader position. Stream j of nstreams reads the documents at places g = j + i * nstreams
+ * (i = 0, 1, ...) of an endless sequence, whole and in order. Without shuffling place g holds
+ * document g mod ndocs; with shuffling, place g is position g mod ndocs of pass g / ndocs, and
+ * each pass visits every document once in an order drawn from (seed, pass) alone
+ * (io_shuffle_doc). Either way (doc_count, pos) is the whole state to checkpoint and does not
+ * depend on which rank holds the stream. */
 typedef struct io_stream {
     int64_t stream;    /* j, 0 <= j < nstreams */
     int64_t nstreams;
     int64_t doc_count; /* documents started so far */
     int64_t pos;       /* token offset of the next segment in document doc_count - 1;
                           0 means the next segment starts document doc_count */
+    int shuffle;       /* 0: file order; 1: a seeded order per pass */
+    uint64_t seed;     /* the order's seed when shuffle */
 } io_stream;
 
-/* Positions stream `stream` of `nstreams` at its start. Aborts on stream outside 0..nstreams-1. */
+/* Document at position k (0 <= k < n) of pass `pass` of a seeded shuffle of n documents: for
+ * each (seed, pass) a permutation of 0..n-1, drawn afresh for every pass and computed from
+ * (seed, pass, k) alone in a few hash evaluations (a Feistel network over the next power of
+ * four, walked until it lands below n), so no order is stored anywhere. Aborts on n < 1 or k
+ * outside 0..n-1. */
+int64_t io_shuffle_doc(uint64_t seed, int64_t pass, int64_t k, int64_t n);
+
+/* Positions stream `stream` of `nstreams` at its start, in file order. Aborts on stream outside
+ * 0..nstreams-1. */
 void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams);
+
+/* Makes st read in the shuffled order of `seed` (see io_stream); its position is kept. */
+void io_stream_set_shuffle(io_stream *st, uint64_t seed);
+
+/* Passes over d made by streams that have started `started` documents between them:
+ * started / ndocs (1.5: every document once, and half of them a second time). */
+double io_stream_passes(int64_t started, const io_dataset *d);
 
 /* Whether st's position (as restored from a checkpoint) lies inside d: doc_count >= 0,
  * 0 <= pos < the length of the document it points into. io_stream_next would abort on one

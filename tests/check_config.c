@@ -102,6 +102,11 @@ START_TEST(test_load_errors) {
     snprintf(want, sizeof want, "%s:3: unknown config key 'foo' (see memtrain --help)", path);
     ck_assert_str_eq(err, want);
 
+    /* a retired key is refused naming what replaced it, not read as unknown or in a new sense */
+    ck_assert_int_eq(load_text(&c, "d_model = 64\neval_segments = 32\n", err, sizeof err, path), -1);
+    snprintf(want, sizeof want, "%s:2: eval_segments was replaced by eval_docs", path);
+    ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "%s", err);
+
     ck_assert_int_eq(load_text(&c, "# x\nd_model = abc\n", err, sizeof err, path), -1);
     snprintf(want, sizeof want, "%s:2: d_model = abc: expected a positive integer", path);
     ck_assert_str_eq(err, want);
@@ -141,6 +146,10 @@ static void expect_set_error(const char *key, const char *value, const char *msg
 
 START_TEST(test_set_errors) {
     expect_set_error("foo", "1", "unknown config key 'foo' (see memtrain --help)");
+    expect_set_error("eval-segments", "4",
+                     "eval_segments was replaced by eval_docs: validation now scores whole "
+                     "documents, the same ones for every model (eval_docs = N: the first N "
+                     "validation documents; 0: all)");
     expect_set_error("d_model", "abc", "d_model = abc: expected a positive integer");
     expect_set_error("d_model", "0", "d_model = 0: expected a positive integer");
     expect_set_error("d_model", "12x", "d_model = 12x: expected a positive integer");
@@ -268,6 +277,11 @@ static void expect_args_error(int argc, char **argv, const char *msg) {
 START_TEST(test_parse_args_errors) {
     char *a1[] = {"memtrain", "train", "--foo=1"};
     expect_args_error(3, a1, "unknown config key 'foo' (see memtrain --help)");
+    char *a0[] = {"memtrain", "train", "--eval_segments=2"};
+    expect_args_error(3, a0,
+                      "command line: eval_segments was replaced by eval_docs: validation now "
+                      "scores whole documents, the same ones for every model (eval_docs = N: the "
+                      "first N validation documents; 0: all)");
     char *a2[] = {"memtrain", "--bogus", "train"};
     expect_args_error(3, a2, "unknown option '--bogus' (see memtrain --help)");
     char *a3[] = {"memtrain", "--d_model", "64"};
@@ -419,6 +433,21 @@ START_TEST(test_round_trip) {
     trainer_config_defaults(&b);
     ck_assert_msg(load_text(&b, text, err, sizeof err, NULL) == 0, "%s", err);
     ck_assert_mem_eq(&a, &b, sizeof a);
+
+    {
+        trainer_config k;
+        /* a checkpoint's stored text: a retired key is skipped, and without a shuffle line the
+         * run read its data in file order */
+        trainer_config_defaults(&k);
+        ck_assert(k.shuffle);
+        ck_assert_int_eq(trainer_config_load_text(&k, "eval_segments = 32\nd_model = 48\n", "ck",
+                                                  err, sizeof err), 0);
+        ck_assert_int_eq(k.d_model, 48);
+        ck_assert(!k.shuffle);
+        trainer_config_defaults(&k);
+        ck_assert_int_eq(trainer_config_load_text(&k, "shuffle = on\n", "ck", err, sizeof err), 0);
+        ck_assert(k.shuffle);
+    }
     ck_assert_int_eq(trainer_config_diff_shape(&a, &b, err, sizeof err), 0);
     ck_assert_int_eq(trainer_config_diff_other(&a, &b, err, sizeof err), 0);
 

@@ -581,8 +581,7 @@ START_TEST(test_stream_resume) {
     io_stream_init(&a, 2, 5);
     int32_t sa[3], sb[3], big[10];
     for (int i = 0; i < 7; i++) io_stream_next(&a, d, sa, 3);
-    b.stream = 2;
-    b.nstreams = 5;
+    io_stream_init(&b, 2, 5);
     b.doc_count = a.doc_count;
     b.pos = a.pos;
     for (int i = 0; i < 20; i++) {
@@ -608,6 +607,104 @@ START_TEST(test_stream_resume) {
 }
 END_TEST
 
+/* n documents of two tokens each, document k being (k, k): a stream's segment names its
+ * document. */
+static io_dataset *numbered_dataset(int64_t n) {
+    io_dataset *d = calloc(1, sizeof *d);
+    d->vocab = 65536;
+    d->ndocs = n;
+    d->doc_off = malloc((size_t)(n + 1) * sizeof(int64_t));
+    d->tok = malloc((size_t)(2 * n) * sizeof(uint16_t));
+    for (int64_t k = 0; k <= n; k++) d->doc_off[k] = 2 * k;
+    for (int64_t k = 0; k < 2 * n; k++) d->tok[k] = (uint16_t)(k / 2);
+    return d;
+}
+
+/* Each (seed, pass) orders every document once; passes and seeds give other orders. */
+START_TEST(test_shuffle_permutation) {
+    static const int64_t sizes[] = {1, 2, 3, 10, 37, 450, 1000};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        int64_t n = sizes[i];
+        int64_t *seen = calloc((size_t)n, sizeof(int64_t));
+        int64_t *p0 = malloc((size_t)n * sizeof(int64_t));
+        int moved[3] = {0, 0, 0}; /* against pass 0: pass 1, seed 2, file order */
+        for (int64_t k = 0; k < n; k++) {
+            int64_t v = io_shuffle_doc(7, 0, k, n);
+            ck_assert(v >= 0 && v < n);
+            seen[v]++;
+            p0[k] = v;
+        }
+        for (int64_t k = 0; k < n; k++) {
+            ck_assert_int_eq(seen[k], 1);
+            moved[0] += io_shuffle_doc(7, 1, k, n) != p0[k];
+            moved[1] += io_shuffle_doc(8, 0, k, n) != p0[k];
+            moved[2] += p0[k] != k;
+            ck_assert_int_eq(io_shuffle_doc(7, 0, k, n), p0[k]); /* a function of its inputs */
+        }
+        if (n >= 10) /* most places move: a permutation, not a near-identity */
+            for (int j = 0; j < 3; j++) ck_assert_int_gt(moved[j], n / 2);
+        free(seen);
+        free(p0);
+    }
+}
+END_TEST
+
+/* Shuffled streams: together they read every document once per pass, each pass in a new
+ * order; (doc_count, pos) resumes them; without shuffling the order is the file order. */
+START_TEST(test_stream_shuffle) {
+    const int64_t n = 23, S = 5, per = 14; /* 5 streams x 14 documents: 70 places, 3+ passes */
+    io_dataset *d = numbered_dataset(n);
+    int64_t order[5 * 14];
+    int32_t seg[2];
+    for (int64_t j = 0; j < S; j++) {
+        io_stream st;
+        io_stream_init(&st, j, S);
+        io_stream_set_shuffle(&st, 42);
+        for (int64_t i = 0; i < per; i++) {
+            ck_assert_int_eq(io_stream_next(&st, d, seg, 2), IO_SEG_DOC_START);
+            ck_assert_int_eq(seg[0], seg[1]);
+            order[j + i * S] = seg[0]; /* place g = j + i * S */
+        }
+    }
+    int in_file_order = 0;
+    for (int64_t pass = 0; pass < 3; pass++) {
+        int count[23] = {0};
+        for (int64_t k = 0; k < n; k++) {
+            count[order[pass * n + k]]++;
+            ck_assert_int_eq(order[pass * n + k], io_shuffle_doc(42, pass, k, n));
+            in_file_order += order[pass * n + k] == k;
+        }
+        for (int64_t k = 0; k < n; k++) ck_assert_int_eq(count[k], 1);
+    }
+    ck_assert_int_lt(in_file_order, 3 * n / 2);
+    /* a copy of the cursor, made mid-document and mid-run, reads on identically */
+    io_stream a, b;
+    io_stream_init(&a, 3, S);
+    io_stream_set_shuffle(&a, 42);
+    int32_t one[1], other[1];
+    for (int i = 0; i < 9; i++) io_stream_next(&a, d, one, 1);
+    ck_assert_int_eq(a.pos, 1);
+    io_stream_init(&b, 3, S);
+    io_stream_set_shuffle(&b, 42);
+    b.doc_count = a.doc_count;
+    b.pos = a.pos;
+    ck_assert(io_stream_valid(&b, d));
+    for (int i = 0; i < 30; i++) {
+        ck_assert_int_eq(io_stream_next(&a, d, one, 1), io_stream_next(&b, d, other, 1));
+        ck_assert_int_eq(one[0], other[0]);
+    }
+    /* file order: stream j's i-th document is (j + i S) mod n */
+    io_stream f;
+    io_stream_init(&f, 4, S);
+    for (int64_t i = 0; i < per; i++) {
+        io_stream_next(&f, d, seg, 2);
+        ck_assert_int_eq(seg[0], (4 + i * S) % n);
+    }
+    ck_assert_double_eq_tol(io_stream_passes(46, d), 2.0, 1e-12);
+    io_dataset_free(d);
+}
+END_TEST
+
 static Suite *data_suite(void) {
     Suite *s = suite_create("data");
     TCase *tc = tcase_create("data");
@@ -625,6 +722,8 @@ static Suite *data_suite(void) {
     tcase_add_test(tc, test_spec_errors);
     tcase_add_test(tc, test_stream_segments);
     tcase_add_test(tc, test_stream_resume);
+    tcase_add_test(tc, test_shuffle_permutation);
+    tcase_add_test(tc, test_stream_shuffle);
     suite_add_tcase(s, tc);
     return s;
 }

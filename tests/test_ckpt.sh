@@ -132,7 +132,7 @@ grep -q 'DATASET "memory"' "$TMP/h5dump.txt" || fail "h5dump does not list strea
 pass "h5py reads the table row and carried memory memtrain printed; h5dump lists the datasets"
 
 # eval and sample from a checkpoint
-mt 2 eval --ckpt "$f" --eval_segments=4
+mt 2 eval --ckpt "$f" --eval_docs=4
 grep -q "validation perplexity [0-9]" "$TMP/out" || { cat "$TMP/out"; fail "eval"; }
 mt 2 sample --ckpt "$f" --count 4 --scale 2 --out "$TMP/s.png"
 /usr/bin/python3 -c "import sys; d=open('$TMP/s.png','rb').read(); sys.exit(0 if d[:8]==b'\x89PNG\r\n\x1a\n' and int.from_bytes(d[16:20],'big')==124 else 1)" \

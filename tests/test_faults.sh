@@ -168,7 +168,7 @@ with h5py.File(sys.argv[1], "r+") as f:
         f.attrs[k] = v.decode() if isinstance(v, bytes) else str(v)
     assert h5py.check_string_dtype(f.attrs.get_id("config").dtype).length is None
 PY
-mt 2 eval --ckpt "$d/ckpt/ckpt-00000012.h5" --eval_segments=2
+mt 2 eval --ckpt "$d/ckpt/ckpt-00000012.h5" --eval_docs=2
 [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "eval of a checkpoint rewritten by h5py"; }
 no_crash "eval of a rewritten checkpoint"
 resume_exact "$d" "$TMP/refS" 18 "attributes rewritten by h5py" 12
@@ -272,12 +272,17 @@ for bad in "--count=-5:--count = -5" "--count=abc:--count = abc" "--length=-1:--
            "--temperature=nan:--temperature = nan" "--temperature=-1:--temperature = -1"; do
   expect_error 0 "${bad#*:}: expected" sample --ckpt "$f" "${bad%%:*}"
 done
-# eval_segments beyond the validation split: every document once, said so (20 documents
+# eval_docs beyond the validation split: every document once, said so (20 documents
 # separated by form feeds, every 10th for validation)
 for i in $(seq 1 20); do printf 'document %d: %s\f' "$i" "$(seq -s ' ' 1 200)"; done >"$TMP/docs.txt"
-mt 0 eval --ckpt "$f" --data=text:"$TMP/docs.txt" --eval_segments=100000
-grep -q "^eval: eval_segments = 100000 is more than the validation split holds" "$TMP/out" \
-  || { cat "$TMP/out"; fail "eval_segments beyond the split"; }
+mt 0 eval --ckpt "$f" --data=text:"$TMP/docs.txt" --eval_docs=100000
+grep -q "^eval: eval_docs = 100000 is more than the validation split's 2 documents" "$TMP/out" \
+  || { cat "$TMP/out"; fail "eval_docs beyond the split"; }
+grep -q "the first 2 documents whole" "$TMP/out" || { cat "$TMP/out"; fail "eval_docs beyond the split: not all scored"; }
+# the retired eval_segments is refused wherever it is set, naming its replacement
+expect_error 0 "eval_segments was replaced by eval_docs" eval --ckpt "$f" --eval_segments=4
+printf 'eval_segments = 32\n' >"$TMP/old.conf"
+expect_error 0 "old.conf:1: eval_segments was replaced by eval_docs" --config "$TMP/old.conf"
 pass "sizes no machine holds: refused before any allocation, naming the keys; sample options validated"
 
 echo "($SECONDS s)"

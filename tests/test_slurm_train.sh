@@ -60,6 +60,6 @@ code=$(job_field "$job" ExitCode)
 [ "$code" != "0:0" ] || fail "job with a killed rank exited 0"
 pgrep -f "$MEMTRAIN.*--run_dir=$RUN_DIR" >/dev/null && fail "ranks left running"
 mpirun --oversubscribe -np 2 "$MEMTRAIN" eval --ckpt "$RUN_DIR/ckpt/$(cat "$RUN_DIR/ckpt/LATEST")" \
-  --eval_segments=2 >"$dir/eval.log" 2>&1 || { cat "$dir/eval.log"; fail "last checkpoint does not load"; }
+  --eval_docs=4 >"$dir/eval.log" 2>&1 || { cat "$dir/eval.log"; fail "last checkpoint does not load"; }
 echo "ok: rank killed -> job $state (exit $code) after $((SECONDS - t0)) s; $(grep -o 'validation perplexity [0-9.]*' "$dir/eval.log") from the last checkpoint"
 echo "test_slurm_train: all passed"

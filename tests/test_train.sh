@@ -28,7 +28,7 @@ PY
 check_run() { # dataset seg_len steps
   local data=$1 seg=$2 steps=$3
   mt 2 --config jobs/configs/demo.conf --d_model=64 --data="$data" --seg_len="$seg" --steps="$steps" --ckpt_every=0 \
-     --warmup=20 --eval_every="$steps" --eval_segments=32 --log_every=50 --run_dir="$TMP/$data"
+     --warmup=20 --eval_every="$steps" --eval_docs=32 --log_every=50 --run_dir="$TMP/$data"
   [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$data training exited $status"; }
   local val bound
   val=$(grep -o 'val ppl [0-9.]*' "$TMP/out" | tail -1 | awk '{print $3}')

@@ -178,9 +178,14 @@ static const key_def keys[] = {
     STR_KEY(data, "fashion-mnist", S,
             "training data: fashion-mnist, brown, text:PATH, u8:PATH or u16:PATH[:VOCAB]"),
     STR_KEY(data_dir, "data", 0, "directory of the downloaded datasets"),
+    BOOL_KEY(shuffle, "on", 0, NULL,
+             "training documents in a seeded order drawn afresh for every pass over the data "
+             "(off: file order)"),
+    I64_KEY(data_seed, "1", 0, 0, "seed of the shuffled document order"),
     INT_KEY(eval_every, "50", 0, 0, NOHI, NULL, "steps between validation passes (0: never)"),
-    INT_KEY(eval_segments, "64", 0, 0, NOHI, NULL,
-            "validation segments per stream in each pass (0: the whole validation split)"),
+    INT_KEY(eval_docs, "64", 0, 0, NOHI, NULL,
+            "validation documents scored in each pass: the first eval_docs of the split, whole, "
+            "the same for every model (0: all)"),
     INT_KEY(log_every, "10", 1, 0, NOHI, NULL, "steps between training-metric lines"),
     STR_KEY(run_dir, "runs/default", 0, "directory of metrics, logs and checkpoints"),
     INT_KEY(ckpt_every, "100", 0, 0, NOHI, NULL, "steps between checkpoints (0: only at the end)"),
@@ -213,6 +218,28 @@ static int find_key(const char *name) {
     for (int k = 0; k < NKEYS; k++)
         if (strcmp(keys[k].name, norm) == 0) return k;
     return -1;
+}
+
+/* Keys that no longer exist, with what replaces them: a config file or command line that sets
+ * one is refused with this message rather than read in another meaning; a checkpoint's stored
+ * config may still hold one, and is read without it. */
+static const struct {
+    const char *name, *why;
+} retired[] = {
+    {"eval_segments",
+     "eval_segments was replaced by eval_docs: validation now scores whole documents, the "
+     "same ones for every model (eval_docs = N: the first N validation documents; 0: all)"},
+};
+
+/* The message for a retired key (with '-' read as '_'), or NULL. */
+static const char *retired_key(const char *name, size_t len) {
+    for (size_t i = 0; i < sizeof retired / sizeof retired[0]; i++) {
+        const char *r = retired[i].name;
+        size_t k = 0;
+        while (k < len && r[k] && (name[k] == '-' ? '_' : name[k]) == r[k]) k++;
+        if (k == len && r[k] == '\0') return retired[i].why;
+    }
+    return NULL;
 }
 
 bool trainer_config_has_key(const char *name) { return find_key(name) >= 0; }
@@ -390,6 +417,8 @@ void trainer_config_defaults(trainer_config *c) {
 int trainer_config_set(trainer_config *c, const char *key, const char *value, char *err,
                        size_t n) {
     int k = find_key(key);
+    const char *why = k < 0 ? retired_key(key, strlen(key)) : NULL;
+    if (why) return fail(err, n, "%s", why);
     if (k < 0) return fail(err, n, "unknown config key '%s' (see memtrain --help)", key);
     size_t len = strlen(value);
     char *copy = layer_xmalloc(len + 1);
@@ -406,8 +435,10 @@ static char *find_comment(char *line) {
     return NULL;
 }
 
-/* The `key = value` lines of f, named `path` in messages. */
-static int load_stream(trainer_config *c, FILE *f, const char *path, char *err, size_t n) {
+/* The `key = value` lines of f, named `path` in messages; `stored`: a checkpoint's config,
+ * whose retired keys are skipped. */
+static int load_stream(trainer_config *c, FILE *f, const char *path, int stored, char *err,
+                       size_t n) {
     int seen[sizeof(keys) / sizeof(keys[0])] = {0}; /* line where each key was set, 0 = not */
     char *line = NULL;
     size_t cap = 0;
@@ -431,6 +462,12 @@ static int load_stream(trainer_config *c, FILE *f, const char *path, char *err, 
             break;
         }
         int k = find_key(key);
+        const char *why = k < 0 ? retired_key(key, strlen(key)) : NULL;
+        if (why && stored) continue;
+        if (why) {
+            rc = fail(err, n, "%s:%d: %s", path, lineno, why);
+            break;
+        }
         if (k < 0) {
             rc = fail(err, n, "%s:%d: unknown config key '%s' (see memtrain --help)", path, lineno,
                       key);
@@ -457,7 +494,7 @@ int trainer_config_load_file(trainer_config *c, const char *path, char *err, siz
     char why[512];
     FILE *f = io_fopen_regular(path, "r", why, sizeof why);
     if (!f) return fail(err, n, "config file %s", why);
-    int rc = load_stream(c, f, path, err, n);
+    int rc = load_stream(c, f, path, 0, err, n);
     fclose(f);
     return rc;
 }
@@ -466,7 +503,9 @@ int trainer_config_load_text(trainer_config *c, const char *text, const char *na
                              size_t n) {
     FILE *f = fmemopen((void *)text, strlen(text), "r");
     if (!f) return fail(err, n, "%s: cannot read the config text", name);
-    int rc = load_stream(c, f, name, err, n);
+    /* a checkpoint written before shuffling existed read its documents in file order */
+    c->shuffle = false;
+    int rc = load_stream(c, f, name, 1, err, n);
     fclose(f);
     return rc;
 }
@@ -529,6 +568,8 @@ int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
                 overrides[noverrides++] = a;
             } else if (known) {
                 rc = fail(err, n, "%s needs a value: write %s=VALUE", a, a);
+            } else if (retired_key(a + 2, len)) {
+                rc = fail(err, n, "command line: %s", retired_key(a + 2, len));
             } else if (eq) {
                 rc = fail(err, n, "unknown config key '%.*s' (see memtrain --help)", (int)len, a + 2);
             } else {

@@ -129,8 +129,10 @@ typedef struct trainer_config {
     /* data, evaluation, files */
     char data[TRAINER_CONFIG_STR];
     char data_dir[TRAINER_CONFIG_STR];
+    bool shuffle;      /* training documents in a seeded order per pass */
+    int64_t data_seed; /* that order's seed */
     int eval_every;
-    int eval_segments;
+    int eval_docs;     /* validation: the first eval_docs documents, whole (0: all) */
     int log_every;
     char run_dir[TRAINER_CONFIG_STR];
     int ckpt_every;
@@ -148,7 +150,8 @@ void trainer_config_defaults(trainer_config *c);
 int trainer_config_load_file(trainer_config *c, const char *path, char *err, size_t n);
 
 /* The same for the lines of `text` (a checkpoint's stored config); `name` stands for the file
- * in messages. */
+ * in messages. Retired keys are skipped, and shuffle is off unless the text sets it (a
+ * checkpoint from before the key read its data in file order). */
 int trainer_config_load_text(trainer_config *c, const char *text, const char *name, char *err,
                              size_t n);
 

@@ -39,7 +39,8 @@ static int check_streams(const trainer_stream_state *st, int vocab, const char *
     for (int b = 0; b < st->B; b++) {
         int s = st->first + b;
         io_stream pos = {.stream = s, .nstreams = st->nstreams, .doc_count = st->cursor[2 * b],
-                         .pos = st->cursor[2 * b + 1]};
+                         .pos = st->cursor[2 * b + 1], .shuffle = st->shuffle,
+                         .seed = st->data_seed};
         int ok = pos.doc_count >= 0 && pos.pos >= 0 && (!st->data || io_stream_valid(&pos, st->data));
         if (!ok) {
             snprintf(err, n, "%s: streams/cursor of stream %d (%lld, %lld) lies outside the data "

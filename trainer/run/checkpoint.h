@@ -21,6 +21,8 @@ typedef struct trainer_stream_state {
     float *M;        /* (B, msize): the carried memory (the replay state) */
     const io_dataset *data; /* the training data the cursors point into, to check them on
                                load (a file could hold anything); NULL: not checked */
+    int shuffle;            /* the order the cursors count in (io_stream) */
+    uint64_t data_seed;
 } trainer_stream_state;
 
 /* ---- which run a checkpoint belongs to ----

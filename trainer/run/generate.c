@@ -33,22 +33,18 @@ static trainer_model *load_model(comm_ctx *comm, const trainer_config *cfg, cons
 
 int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
     io_dataset *val = trainer_load_split(comm, cfg, IO_SPLIT_VAL);
-    long long most = trainer_preflight_eval(comm, cfg, val);
+    long long ndocs = trainer_preflight_eval(comm, cfg, val);
     int64_t step = 0;
     trainer_model *m = load_model(comm, cfg, path, TRAINER_USE_EVAL, 0, &step);
     double t = comm_time();
-    double ppl = trainer_validation_ppl(comm, cfg, m, val);
+    int64_t tokens = 0;
+    double ppl = trainer_validation_ppl(comm, cfg, m, val, &tokens);
     if (comm_rank(comm) == 0) {
-        char scope[64];
-        if (cfg->eval_segments > 0 && cfg->eval_segments <= most)
-            snprintf(scope, sizeof(scope), "%d segments of each of %d streams", cfg->eval_segments,
-                     cfg->streams);
-        else
-            snprintf(scope, sizeof(scope), "every validation document");
         char shown[2200];
-        printf("%s (step %lld): validation perplexity %.4f on %s, %s (%.1f s)\n",
-               comm_escape(shown, sizeof(shown), path), (long long)step, ppl, cfg->data, scope,
-               comm_time() - t);
+        printf("%s (step %lld): validation perplexity %.6f on %s, the first %lld documents whole "
+               "(%lld tokens) (%.1f s)\n",
+               comm_escape(shown, sizeof(shown), path), (long long)step, ppl, cfg->data, ndocs,
+               (long long)tokens, comm_time() - t);
         fflush(stdout);
     }
     trainer_model_free(m);

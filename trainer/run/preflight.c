@@ -252,19 +252,10 @@ void trainer_preflight_memory(comm_ctx *c, const trainer_config *cfg, trainer_fo
 }
 
 long long trainer_preflight_eval(comm_ctx *c, const trainer_config *cfg, const io_dataset *val) {
-    long long most = 0;
-    int S = cfg->streams, L = cfg->seg_len;
-    for (int j = 0; j < S; j++) {
-        long long segs = 0;
-        for (int64_t d = j; d < val->ndocs; d += S)
-            segs += (val->doc_off[d + 1] - val->doc_off[d] + L - 1) / L;
-        if (segs > most) most = segs;
-    }
-    if (cfg->eval_segments > 0 && cfg->eval_segments > most && comm_rank(c) == 0) {
-        printf("eval: eval_segments = %d is more than the validation split holds per stream (at "
-               "most %lld segments over %d streams): each pass reads every validation document "
-               "once instead\n", cfg->eval_segments, most, S);
+    if (cfg->eval_docs > val->ndocs && comm_rank(c) == 0) {
+        printf("eval: eval_docs = %d is more than the validation split's %lld documents: each "
+               "evaluation scores all of them\n", cfg->eval_docs, (long long)val->ndocs);
         fflush(stdout);
     }
-    return most;
+    return cfg->eval_docs > 0 && cfg->eval_docs < val->ndocs ? cfg->eval_docs : val->ndocs;
 }

@@ -49,9 +49,8 @@ void trainer_rundir_close(trainer_rundir *rd);
 void trainer_preflight_memory(comm_ctx *c, const trainer_config *cfg, trainer_footprint_use use,
                               int batch, int announce);
 
-/* Rank 0 prints a note when cfg->eval_segments asks for more segments than a stream's share of
- * the validation split holds: each stream then reads its share once (trainer_validation_ppl
- * never loops over documents again). Returns the segments the longest share takes. */
+/* Rank 0 prints a note when cfg->eval_docs asks for more documents than the validation split
+ * holds: each evaluation then scores all of them. Returns the documents an evaluation scores. */
 long long trainer_preflight_eval(comm_ctx *c, const trainer_config *cfg, const io_dataset *val);
 
 #endif

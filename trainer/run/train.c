@@ -11,6 +11,7 @@
 
 #include "io/data.h"
 #include "layers/common.h"
+#include "layers/layers.h"
 #include "trainer/base/optim.h"
 #include "trainer/run/checkpoint.h"
 #include "trainer/run/preflight.h"
@@ -78,56 +79,108 @@ static void fill_rollout(run *r) {
         }
 }
 
-/* Every rank runs the same number of segments, since each lookup of a hashed projection is an
- * exchange. */
+int64_t trainer_eval_docs(const trainer_config *cfg, const io_dataset *val) {
+    return cfg->eval_docs > 0 && cfg->eval_docs < val->ndocs ? cfg->eval_docs : val->ndocs;
+}
+
+/* The documents are dealt to cfg->streams lanes (lane j scores documents j, j + streams, ...
+ * of the first trainer_eval_docs), the lanes cut into blocks of stream_block as in training
+ * and the blocks dealt over the ranks. A block is computed as one batch whatever the rank
+ * count, so a lane's figures are too (a batch of other rows could round differently); every
+ * rank makes the same calls (a rank out of blocks computes an idle one), since each lookup of
+ * a hashed projection is an exchange. A document starts from fresh memory and its own first
+ * token; its loss is summed per lane in double, and the lanes' sums in lane order, so every
+ * rank count gives the same figure. */
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
-                              const io_dataset *val) {
+                              const io_dataset *val, int64_t *tokens) {
     int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = cfg->vocab;
-    int first = (int)((int64_t)cfg->streams * rank / P);
-    int B = (int)((int64_t)cfg->streams * (rank + 1) / P) - first;
+    int S = cfg->streams, V = cfg->vocab;
+    int blk = cfg->stream_block < S ? cfg->stream_block : S;
+    int nblocks = (S + blk - 1) / blk, passes = (nblocks + P - 1) / P;
+    int fb = (int)((int64_t)nblocks * rank / P), nb = (int)((int64_t)nblocks * (rank + 1) / P) - fb;
+    int first = fb * blk;
+    int B = (fb + nb) * blk < S ? nb * blk : S - first;
+    int64_t ndocs = trainer_eval_docs(cfg, val);
     stream_state *vs = layer_xcalloc(B + 1, sizeof(stream_state));
-    stream_states_init(vs, B, first, cfg->streams, L);
+    stream_states_init(vs, B, first, S, L);
     int64_t *quota = layer_xcalloc(B + 1, sizeof(int64_t));
     uint8_t *done = layer_xcalloc(B + 1, 1);
     for (int b = 0; b < B; b++) {
         int64_t j = first + b;
-        quota[b] = j < val->ndocs ? (val->ndocs - j + cfg->streams - 1) / cfg->streams : 0;
+        quota[b] = j < ndocs ? (ndocs - j + S - 1) / S : 0;
+        done[b] = quota[b] == 0;
     }
-    trainer_segments *sg = trainer_segments_create(model, B);
-    double sums[2] = {0, 0};
-    for (int t = 0;; t++) {
-        if (cfg->eval_segments > 0 && t >= cfg->eval_segments) break;
+    double *lane = layer_xcalloc(2 * (size_t)S, sizeof(double)); /* loss, then count, per lane */
+    /* this rank's blocks, then an idle block for the passes it has none */
+    trainer_segments **sg = layer_xcalloc((size_t)passes, sizeof(trainer_segments *));
+    for (int k = 0; k < passes; k++) {
+        int n = k < nb ? (k * blk + blk < B ? blk : B - k * blk) : blk;
+        sg[k] = k < nb || k == nb ? trainer_segments_create(model, n) : sg[nb];
+    }
+    for (;;) {
         int64_t active = 0;
         for (int b = 0; b < B; b++) {
-            int32_t *e = sg->enc + (size_t)b * L, *d = sg->dec + (size_t)b * L;
-            int32_t *g = sg->tgt + (size_t)b * L;
+            trainer_segments *g = sg[b / blk];
+            int i = b % blk;
+            int32_t *e = g->enc + (size_t)i * L, *d = g->dec + (size_t)i * L;
+            int32_t *t = g->tgt + (size_t)i * L;
+            /* a lane that has finished its last document is done */
+            if (!done[b] && vs[b].io.pos == 0 && vs[b].io.doc_count == quota[b]) done[b] = 1;
             if (!done[b]) {
-                fill_segment(&vs[b], val, L, bos, e, d, g, sg->reset + b);
-                /* a stream reads its share of the documents once, whatever eval_segments asks */
-                if (vs[b].io.doc_count > quota[b]) done[b] = 1;
-            }
-            if (done[b]) { /* an idle stream: nothing scored */
-                for (int i = 0; i < L; i++) {
-                    e[i] = d[i] = bos;
-                    g[i] = -1;
+                fill_segment(&vs[b], val, L, bos, e, d, t, g->reset + i);
+            } else { /* an idle lane: nothing scored */
+                for (int k = 0; k < L; k++) {
+                    e[k] = d[k] = bos;
+                    t[k] = -1;
                 }
-                sg->reset[b] = 1;
+                g->reset[i] = 1;
             }
             active += !done[b];
         }
         if (!trainer_schedule_any_active(comm, active > 0)) break;
-        int cnt = 0;
-        sums[0] += trainer_segments_forward(model, sg, &cnt, NULL);
-        sums[1] += cnt;
-        trainer_segments_advance(model, sg, 1);
+        for (int k = 0; k < passes; k++) {
+            trainer_segments *g = sg[k];
+            if (k >= nb) /* idle: every lane padding */
+                for (int i = 0; i < g->B; i++) {
+                    for (int x = 0; x < L; x++) {
+                        g->enc[(size_t)i * L + x] = g->dec[(size_t)i * L + x] = bos;
+                        g->tgt[(size_t)i * L + x] = -1;
+                    }
+                    g->reset[i] = 1;
+                }
+            int cnt = 0;
+            trainer_step_act *act = NULL;
+            trainer_segments_forward(model, g, &cnt, &act);
+            const float *logits = trainer_step_logits(act);
+            for (int i = 0; i < g->B && k < nb; i++) {
+                int b = k * blk + i;
+                if (done[b]) continue;
+                int c = 0;
+                lane[first + b] += layer_crossentropy(NULL, &c, logits + (size_t)i * L * V,
+                                                      g->tgt + (size_t)i * L, L, V, 0.0f);
+                lane[S + first + b] += c;
+            }
+            trainer_segments_advance(model, g, 1);
+        }
     }
-    comm_sum_doubles(comm, sums, 2);
+    /* each lane's figures are on one rank and zero elsewhere: the sum over ranks is exact */
+    comm_sum_doubles(comm, lane, 2 * S);
+    double loss = 0.0, count = 0.0;
+    for (int j = 0; j < S; j++) {
+        loss += lane[j];
+        count += lane[S + j];
+    }
+    /* every token of the documents is a target once, whatever the segment length */
+    LAYER_ASSERT(count == (double)(val->doc_off[ndocs] - val->doc_off[0]));
+    if (tokens) *tokens = (int64_t)count;
     trainer_tables_clear_cache(trainer_model_tables(model));
-    trainer_segments_free(sg);
+    for (int k = 0; k <= nb && k < passes; k++) trainer_segments_free(sg[k]);
+    free(sg);
     stream_states_free(vs, B);
     free(quota);
     free(done);
-    return sums[1] > 0 ? exp(sums[0] / sums[1]) : NAN;
+    free(lane);
+    return count > 0 ? exp(loss / count) : NAN;
 }
 
 static void fmt_eta(char *buf, size_t n, double s) {
@@ -155,22 +208,26 @@ static void window_add(log_window *w, const trainer_step_info *si) {
     w->misses += (double)si->misses;
 }
 
-/* The metrics columns: the step's figures, then ms_<timer> per step for every trainer_timer
- * (no newline). */
+/* The metrics columns: the step's figures, then ms_<timer> per step for every trainer_timer,
+ * then the exchange figures, the validation perplexity and the tokens it scored (empty between
+ * evaluations), and the passes over the training data so far (no newline). */
 static void csv_header(char *buf, size_t n) {
     size_t k = (size_t)snprintf(buf, n, "step,train_loss,train_ppl,lr,grad_norm,tokens_per_s");
     for (int i = 0; i < TRAINER_TIMER_COUNT && k < n; i++)
         k += (size_t)snprintf(buf + k, n - k, ",ms_%s", trainer_timer_name(i));
-    if (k < n) snprintf(buf + k, n - k, ",bytes_sent_per_rank,cache_hit_rate,val_ppl");
+    if (k < n) snprintf(buf + k, n - k, ",bytes_sent_per_rank,cache_hit_rate,val_ppl,val_tokens,passes");
 }
 
 /* Rank 0 prints one line and appends the same figures to metrics.csv. Collective (the byte
  * and cache counters are averaged over ranks). Throughput counts training time only:
  * evaluation and checkpoints are reported but not charged to the tokens. */
 static void log_line(run *r, log_window *w, int64_t step, const trainer_step_info *si,
-                     double val_ppl, double elapsed) {
-    double avg[3] = {w->bytes, w->lookups, w->misses};
-    comm_sum_doubles(r->comm, avg, 3);
+                     double val_ppl, int64_t val_tokens, double elapsed) {
+    double started = 0.0;
+    for (int b = 0; b < r->B; b++) started += (double)r->streams[b].io.doc_count;
+    double avg[4] = {w->bytes, w->lookups, w->misses, started};
+    comm_sum_doubles(r->comm, avg, 4);
+    double passes = io_stream_passes((int64_t)avg[3], r->train);
     if (comm_rank(r->comm) != 0 || w->steps == 0) return;
     const trainer_config *cfg = r->cfg;
     int P = comm_size(r->comm);
@@ -188,7 +245,8 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
         if (w->time.sec[i] > 0 || i <= TRAINER_TIMER_OPTIMIZER)
             printf(" %s %.1f", trainer_timer_name(i), w->time.sec[i] * k);
     if (avg[1] > 0) printf(" | sent %.1f KiB/rank/step, rows fetched for %.1f%% of lookups", bytes / 1024, 100 * (1 - hit));
-    if (!isnan(val_ppl)) printf(" | val ppl %.3f", val_ppl);
+    printf(" | pass %.3f", passes);
+    if (!isnan(val_ppl)) printf(" | val ppl %.3f (%lld tokens)", val_ppl, (long long)val_tokens);
     printf(" | eta %s\n", eta);
     fflush(stdout);
     if (r->csv) {
@@ -197,8 +255,9 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
                 si->lr, si->grad_norm, tps);
         for (int i = 0; i < TRAINER_TIMER_COUNT; i++) fprintf(r->csv, ",%.3f", w->time.sec[i] * k);
         fprintf(r->csv, ",%.0f,%.4f,", bytes, hit);
-        if (!isnan(val_ppl)) fprintf(r->csv, "%.6f", val_ppl);
-        fprintf(r->csv, "\n");
+        if (!isnan(val_ppl)) fprintf(r->csv, "%.6f,%lld", val_ppl, (long long)val_tokens);
+        else fprintf(r->csv, ",");
+        fprintf(r->csv, ",%.4f\n", passes);
         fflush(r->csv);
     }
 }
@@ -262,6 +321,7 @@ static trainer_stream_state stream_state_alloc(const run *r) {
     trainer_stream_state st = {
         .nstreams = r->cfg->streams, .first = r->first_stream, .B = r->B, .L = r->L,
         .msize = trainer_model_memory_size(r->model), .M = r->M, .data = r->train,
+        .shuffle = r->cfg->shuffle, .data_seed = (uint64_t)r->cfg->data_seed,
     };
     st.cursor = layer_xcalloc(2 * (size_t)r->B + 1, sizeof(int64_t));
     st.prev = layer_xcalloc((size_t)r->B * r->L + 1, sizeof(int32_t));
@@ -341,6 +401,8 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     r->B = r->sched.nstreams_mine;
     r->streams = layer_xcalloc(r->B, sizeof(stream_state));
     stream_states_init(r->streams, r->B, r->first_stream, cfg->streams, r->L);
+    if (cfg->shuffle)
+        for (int b = 0; b < r->B; b++) io_stream_set_shuffle(&r->streams[b].io, (uint64_t)cfg->data_seed);
     trainer_rollout_mode mode = cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
     r->rollout = trainer_rollout_create(r->model, cfg->horizon, r->B, mode);
     trainer_rollout_set_block(r->rollout, cfg->stream_block);
@@ -356,6 +418,17 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         printf("memtrain: %d rank%s, %d streams, horizon %d x %d tokens per stream\n", P,
                P > 1 ? "s" : "", cfg->streams, cfg->horizon, cfg->seg_len);
         printf("data: train %s | val %s\n", d1, d2);
+        if (cfg->shuffle)
+            printf("data: training documents in a shuffled order, drawn anew each pass (data_seed "
+                   "%lld)\n", (long long)cfg->data_seed);
+        else
+            printf("data: training documents in file order\n");
+        if (cfg->eval_every > 0) {
+            int64_t nd = trainer_eval_docs(cfg, r->val);
+            printf("eval: every %d steps, the first %lld validation documents whole (%lld "
+                   "tokens)\n", cfg->eval_every, (long long)nd,
+                   (long long)(r->val->doc_off[nd] - r->val->doc_off[0]));
+        }
         printf("model: %s/%s d_model %d, dense params %zu, table params %zu, %.3g MFLOP/token\n",
                spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense", spec.C,
                params->total, trainer_tables_numel(tables),
@@ -389,13 +462,14 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         if (done == first_step + TRAINER_REPLAN_AFTER) trainer_tables_replan(tables);
         int last = done == stop;
         double val_ppl = NAN;
+        int64_t val_tokens = 0;
         if (cfg->eval_every > 0 && (done % cfg->eval_every == 0 || last)) {
             trainer_timer_start(&w.time, TRAINER_TIMER_EVAL);
-            val_ppl = trainer_validation_ppl(comm, cfg, r->model, r->val);
+            val_ppl = trainer_validation_ppl(comm, cfg, r->model, r->val, &val_tokens);
             trainer_timer_stop(&w.time, TRAINER_TIMER_EVAL);
         }
         if ((cfg->log_every > 0 && done % cfg->log_every == 0) || last || !isnan(val_ppl)) {
-            log_line(r, &w, step, &si, val_ppl, (comm_time() - run_start) * (double)cfg->steps /
+            log_line(r, &w, step, &si, val_ppl, val_tokens, (comm_time() - run_start) * (double)cfg->steps /
                                                     (double)(cfg->steps - first_step));
             memset(&w, 0, sizeof(w));
         }

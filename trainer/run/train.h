@@ -11,12 +11,17 @@
  * cfg->vocab, end the job with one message from all ranks. */
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split);
 
-/* Validation perplexity of model over val from fresh streams (the config's streams, dealt
- * over the ranks of comm as in training): eval_segments segments of every stream, or with
- * eval_segments = 0 every validation document once (stream j reads documents j, j + streams,
- * ...). Collective. */
+/* The validation documents an evaluation scores: the first cfg->eval_docs of val, or all of
+ * them when eval_docs is 0 or larger than the split. */
+int64_t trainer_eval_docs(const trainer_config *cfg, const io_dataset *val);
+
+/* Validation perplexity of model over the first trainer_eval_docs documents of val, each
+ * scored whole and from its start in the model's own way (segments of seg_len, the Memformer
+ * carrying its memory from one to the next): the same tokens for every architecture,
+ * seg_len, streams, stream_block and rank count, and the same figure on any rank count.
+ * *tokens (if not NULL) receives the tokens scored. Collective. */
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
-                              const io_dataset *val);
+                              const io_dataset *val, int64_t *tokens);
 
 /* Exit status of a run stopped by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL:
  * try again later, e.g. requeue the job and resume). */
