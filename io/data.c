@@ -122,6 +122,7 @@ static int is_val_doc(int64_t doc, int64_t ndocs) {
 
 int io_data_keep_split(io_dataset *d, io_split split, const char *what, char *err,
                        size_t errlen) {
+    if (split == IO_SPLIT_ALL) return 0;
     int want_val = split == IO_SPLIT_VAL;
     int64_t kept = 0, ntok = 0;
     /* compacting in place: a kept document only ever moves towards the front */
@@ -205,7 +206,7 @@ int io_dataset_load(io_dataset **out, const char *spec, io_split split, const ch
         io_dataset_free(d);
         return -1;
     }
-    const char *sname = split == IO_SPLIT_VAL ? "/val" : "/train";
+    const char *sname = split == IO_SPLIT_VAL ? "/val" : split == IO_SPLIT_ALL ? "" : "/train";
     size_t slen = strlen(spec), room = sizeof d->name - strlen(sname) - 1;
     char *nm = d->name;
     /* a long path keeps its end, which is the part that tells files apart */

@@ -178,14 +178,22 @@ static const key_def keys[] = {
     STR_KEY(data, "fashion-mnist", S,
             "training data: fashion-mnist, brown, text:PATH, u8:PATH or u16:PATH[:VOCAB]"),
     STR_KEY(data_dir, "data", 0, "directory of the downloaded datasets"),
+    STR_KEY(val_data, "split", 0,
+            "validation data: split (every 10th document of data, fashion-mnist's t10k file), "
+            "or a spec as for data (text:PATH, ...) read whole"),
     INT_KEY(eval_every, "50", 0, 0, NOHI, NULL, "steps between validation passes (0: never)"),
     INT_KEY(eval_segments, "64", 0, 0, NOHI, NULL,
             "validation segments per stream in each pass (0: the whole validation split)"),
     INT_KEY(log_every, "10", 1, 0, NOHI, NULL, "steps between training-metric lines"),
     STR_KEY(run_dir, "runs/default", 0, "directory of metrics, logs and checkpoints"),
     INT_KEY(ckpt_every, "100", 0, 0, NOHI, NULL, "steps between checkpoints (0: only at the end)"),
+    FLT_KEY(ckpt_minutes, "0", 0, 0, NOHI, NULL,
+            "also checkpoint when this many minutes have passed since the last one (0: never)"),
     INT_KEY(keep_ckpts, "3", 0, 0, NOHI, NULL,
             "newest checkpoints kept, older ones deleted (0: keep all)"),
+    STR_KEY(init_from, "none", 0,
+            "a new run starts from this checkpoint's weights and tables, with fresh optimizer "
+            "state, data cursors and memory (none: from the seed)"),
 };
 #define NKEYS ((int)(sizeof(keys) / sizeof(keys[0])))
 

@@ -128,12 +128,15 @@ typedef struct trainer_config {
     /* data, evaluation, files */
     char data[TRAINER_CONFIG_STR];
     char data_dir[TRAINER_CONFIG_STR];
+    char val_data[TRAINER_CONFIG_STR]; /* "split": the data's own split; else a spec read whole */
     int eval_every;
     int eval_segments;
     int log_every;
     char run_dir[TRAINER_CONFIG_STR];
     int ckpt_every;
+    float ckpt_minutes; /* also checkpoint when this long has passed since the last (0: never) */
     int keep_ckpts;
+    char init_from[TRAINER_CONFIG_STR]; /* "none", or a checkpoint whose weights a new run starts from */
 } trainer_config;
 
 /* Fills every field with its default from the key table. Never fails. */

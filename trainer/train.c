@@ -236,10 +236,18 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split) {
     char err[512] = "";
     io_dataset *d = NULL;
-    int failed = io_dataset_load(&d, cfg->data, split, cfg->data_dir, err, sizeof(err)) != 0;
+    /* a separate validation file is read whole */
+    int own = split == IO_SPLIT_VAL && strcmp(cfg->val_data, "split") != 0;
+    const char *spec = own ? cfg->val_data : cfg->data;
+    int failed = io_dataset_load(&d, spec, own ? IO_SPLIT_ALL : split, cfg->data_dir, err,
+                                 sizeof(err)) != 0;
+    if (failed && split == IO_SPLIT_VAL && !own && strstr(err, "validation split is empty")) {
+        size_t len = strlen(err);
+        snprintf(err + len, sizeof(err) - len, "; give a validation file with val_data=text:FILE");
+    }
     if (!failed && d->vocab > cfg->vocab) {
         snprintf(err, sizeof(err), "vocab = %d is smaller than the %d token values of %s: set vocab = %d",
-                 cfg->vocab, d->vocab, cfg->data, d->vocab);
+                 cfg->vocab, d->vocab, spec, d->vocab);
         failed = 1;
     }
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
