@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "comm/comm.h"
+#include "io/ckpt.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/generate.h"
@@ -168,6 +169,26 @@ int main(int argc, char **argv) {
     }
     /* every rank parsed the same command line, but agree anyway so no rank runs alone */
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
+    /* a finished run resumed: say so and leave everything as it is */
+    if (resume && strcmp(cmd, "train") == 0) {
+        int64_t at = 0;
+        io_ckpt *ck = io_ckpt_open(comm, path, err, sizeof(err));
+        failed = !ck || io_ckpt_get_attr_i64(ck, "step", &at, err, sizeof(err)) != 0;
+        io_ckpt_close(ck);
+        if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
+        int64_t end = cfg.stop_after > at ? cfg.stop_after : cfg.steps;
+        if (at >= end) {
+            if (comm_rank(comm) == 0) {
+                char shown[2200];
+                printf("memtrain: nothing to do: the run is at step %lld of %lld (%s); raise "
+                       "--steps to train on\n", (long long)at, (long long)cfg.steps,
+                       comm_escape(shown, sizeof(shown), path));
+                fflush(stdout);
+            }
+            comm_finalize(comm);
+            return 0;
+        }
+    }
     int rc;
     if (strcmp(cmd, "plan") == 0) {
         const char *pr = flag_value(argc, argv, "--per-rank-streams");

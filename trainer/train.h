@@ -10,6 +10,9 @@
 /* Fills a model spec from a validated config. */
 void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg);
 
+/* Tokens one optimizer step trains on over all ranks: streams x horizon x seg_len. */
+long long trainer_tokens_per_step(const trainer_config *cfg);
+
 /* Loads one split of cfg's data on every rank; a missing or malformed file, or tokens beyond
  * cfg->vocab, end the job with one message from all ranks. */
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split);
