@@ -323,6 +323,21 @@ int main(int argc, char **argv) {
         if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
         int64_t end = cfg.stop_after > at ? cfg.stop_after : cfg.steps;
         if (at >= end) {
+            /* the newest checkpoint may not load (corrupt): the step is the one that does */
+            char id[TRAINER_RUN_ID_LEN + 1] = "";
+            int64_t have = trainer_run_id_read(resume, id) == 0;
+            comm_broadcast(comm, &have, sizeof(have), 0);
+            comm_broadcast(comm, id, sizeof(id), 0);
+            trainer_model_spec spec;
+            trainer_spec_from_config(&spec, &cfg);
+            trainer_model *m = trainer_model_create(&spec, comm);
+            failed = trainer_ckpt_resume(comm, resume, have ? id : NULL, &cfg, m, NULL, &at, path,
+                                         sizeof(path), err, sizeof(err)) != 0;
+            trainer_model_free(m);
+            if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
+            end = cfg.stop_after > at ? cfg.stop_after : cfg.steps;
+        }
+        if (at >= end) {
             if (comm_rank(comm) == 0) {
                 char shown[2200];
                 printf("memtrain: nothing to do: the run is at step %lld of %lld (%s); raise "
