@@ -361,12 +361,11 @@ void io_ckpt_set_attr_i64(io_ckpt *ck, const char *name, int64_t value) {
 
 void io_ckpt_set_attr_str(io_ckpt *ck, const char *name, const char *value) {
     LAYER_ASSERT(ck && ck->writing && ck->file >= 0 && name && name[0] && value);
-    /* Fixed-length, NUL-terminated: h5dump prints it as text and h5py returns bytes. */
+    /* Variable-length UTF-8: h5dump prints it as text and h5py returns str. */
     hid_t type = H5_CHECK(H5Tcopy(H5T_C_S1));
-    H5_CHECK(H5Tset_size(type, strlen(value) + 1));
-    H5_CHECK(H5Tset_strpad(type, H5T_STR_NULLTERM));
+    H5_CHECK(H5Tset_size(type, H5T_VARIABLE));
     H5_CHECK(H5Tset_cset(type, H5T_CSET_UTF8));
-    replace_attr(ck->file, name, type, type, value);
+    replace_attr(ck->file, name, type, type, &value);
     H5_CHECK(H5Tclose(type));
 }
 

@@ -76,7 +76,7 @@ int io_dataset_load(io_dataset **out, const char *spec, io_split split, const ch
         io_dataset_free(d);
         return -1;
     }
-    const char *sname = split == IO_SPLIT_VAL ? "/val" : "/train";
+    const char *sname = split == IO_SPLIT_VAL ? "/val" : split == IO_SPLIT_ALL ? "" : "/train";
     size_t slen = strlen(spec), room = sizeof d->name - strlen(sname) - 1;
     char *nm = d->name;
     /* a long path keeps its end, which is the part that tells files apart */

@@ -53,7 +53,8 @@ typedef struct io_dataset {
     uint16_t *tok;     /* (doc_off[ndocs]); document d is tok[doc_off[d] .. doc_off[d+1]) */
 } io_dataset;
 
-typedef enum io_split { IO_SPLIT_TRAIN, IO_SPLIT_VAL } io_split;
+/* IO_SPLIT_ALL: every document (a separate validation file); fashion-mnist reads its t10k file. */
+typedef enum io_split { IO_SPLIT_TRAIN, IO_SPLIT_VAL, IO_SPLIT_ALL } io_split;
 
 /* Loads split `split` of the dataset named by `spec` (see above). data_dir holds fetched data
  * (data/ at the repo top; NULL means "data"). On success returns 0 and *out owns a dataset

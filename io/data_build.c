@@ -121,6 +121,7 @@ static int is_val_doc(int64_t doc, int64_t ndocs) {
 
 int io_data_keep_split(io_dataset *d, io_split split, const char *what, char *err,
                        size_t errlen) {
+    if (split == IO_SPLIT_ALL) return 0;
     int want_val = split == IO_SPLIT_VAL;
     int64_t kept = 0, ntok = 0;
     /* compacting in place: a kept document only ever moves towards the front */

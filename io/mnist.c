@@ -49,7 +49,7 @@ int io_data_load_fashion_mnist(io_dataset **out, io_split split, char *err, size
     const char *dir = getenv("MEMTRAIN_FASHION_MNIST_DIR");
     if (!dir || !*dir) dir = MNIST_DEFAULT_DIR;
     char path[4096];
-    const char *file = split == IO_SPLIT_VAL ? "t10k-images-idx3-ubyte.gz"
+    const char *file = split != IO_SPLIT_TRAIN ? "t10k-images-idx3-ubyte.gz"
                                              : "train-images-idx3-ubyte.gz";
     if (snprintf(path, sizeof path, "%s/%s", dir, file) >= (int)sizeof path)
         return io_data_fail(err, errlen, "%s: directory name too long", dir);

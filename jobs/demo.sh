@@ -13,10 +13,19 @@ NP=${NP:-2}
 RUN_DIR=${RUN_DIR:-runs/demo}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 export OMPI_MCA_btl_base_warn_component_unused=0
+# the directory is made anew, but only one an earlier make demo made: a run of demo.conf
+# started by hand or by jobs/train.sbatch (its run_dir is runs/demo too) is left alone
+if [ -e "$RUN_DIR" ] && [ ! -e "$RUN_DIR/.made-by-demo" ]; then
+  echo "demo: $RUN_DIR holds a run make demo did not start: move it away, or give another" \
+       "directory (make demo RUN_DIR=runs/demo2)" >&2
+  exit 2
+fi
 rm -rf "$RUN_DIR"
-mpirun --oversubscribe -np "$NP" "$BIN/memtrain" train --config jobs/configs/demo.conf \
+mkdir -p "$RUN_DIR"
+touch "$RUN_DIR/.made-by-demo"
+mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" train --config jobs/configs/demo.conf \
   --run_dir="$RUN_DIR" "$@"
 last=$RUN_DIR/ckpt/$(cat "$RUN_DIR/ckpt/LATEST")
-mpirun --oversubscribe -np "$NP" "$BIN/memtrain" sample --ckpt "$last" --count 16 \
+mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" sample --ckpt "$last" --count 16 \
   --temperature 1 --top-p 1 --seed=1 --out "$RUN_DIR/samples.png"
 echo "demo: metrics in $RUN_DIR/metrics.csv, checkpoint $last, samples $RUN_DIR/samples.png"

@@ -239,6 +239,30 @@ START_TEST(test_parse_args_overrides_win) {
 }
 END_TEST
 
+/* --key value and --key=value alike, '-' or '_' in keys and caller flags */
+START_TEST(test_parse_args_spellings) {
+    trainer_config c;
+    char err[512] = "";
+    char *argv[] = {"memtrain", "sample", "--seed", "7", "--d-model=64", "--top_k=5",
+                    "--n_heads", "2", "--top-p", "0.9", NULL};
+    int argc = 10, first = -1;
+    static const char *const mine[] = {"--top-k", "--top-p", NULL};
+    trainer_config_defaults(&c);
+    int rc = trainer_config_parse_args(&c, argc, argv, mine, &first, err, sizeof err);
+    ck_assert_msg(rc == 0, "%s", err);
+    ck_assert_int_eq(c.seed, 7);
+    ck_assert_int_eq(c.d_model, 64);
+    ck_assert_int_eq(c.n_heads, 2);
+    ck_assert_int_eq(first, 6);
+    ck_assert_str_eq(argv[6], "sample");
+    ck_assert_str_eq(argv[7], "--top_k=5");
+    ck_assert_str_eq(argv[8], "--top-p");
+    ck_assert_str_eq(argv[9], "0.9");
+    ck_assert(trainer_config_flag_matches("--top_k=5", "--top-k"));
+    ck_assert(!trainer_config_flag_matches("--top_kx", "--top-k"));
+}
+END_TEST
+
 START_TEST(test_parse_args_config_equals) {
     trainer_config c;
     char err[512] = "";
@@ -284,8 +308,14 @@ START_TEST(test_parse_args_errors) {
                       "first N validation documents; 0: all)");
     char *a2[] = {"memtrain", "--bogus", "train"};
     expect_args_error(3, a2, "unknown option '--bogus' (see memtrain --help)");
-    char *a3[] = {"memtrain", "--d_model", "64"};
-    expect_args_error(3, a3, "--d_model needs a value: write --d_model=VALUE");
+    char *a3[] = {"memtrain", "train", "--d_model"};
+    expect_args_error(3, a3, "--d_model needs a value: write --d_model VALUE or --d_model=VALUE");
+    char *a9[] = {"memtrain", "--step=100"};
+    expect_args_error(2, a9, "unknown config key 'step' (did you mean --steps? see memtrain --help)");
+    char *a10[] = {"memtrain", "--lrr", "1"};
+    expect_args_error(3, a10, "unknown option '--lrr' (did you mean --lr? see memtrain --help)");
+    char *a11[] = {"memtrain", "--resumee", "x"};
+    expect_args_error(3, a11, "unknown option '--resumee' (did you mean --resume? see memtrain --help)");
     char *a4[] = {"memtrain", "train", "--lr=1e-3", "--d_model=abc"};
     expect_args_error(4, a4, "command line: d_model = abc: expected a positive integer");
     char *a5[] = {"memtrain", "--config"};
@@ -555,6 +585,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_set_accepts);
     tcase_add_test(tc, test_parse_args_overrides_win);
     tcase_add_test(tc, test_parse_args_config_equals);
+    tcase_add_test(tc, test_parse_args_spellings);
     tcase_add_test(tc, test_parse_args_errors);
     tcase_add_test(tc, test_validate);
     tcase_add_test(tc, test_round_trip);

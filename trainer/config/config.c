@@ -182,6 +182,9 @@ static const key_def keys[] = {
              "training documents in a seeded order drawn afresh for every pass over the data "
              "(off: file order)"),
     I64_KEY(data_seed, "1", 0, 0, "seed of the shuffled document order"),
+    STR_KEY(val_data, "split", 0,
+            "validation data: split (every 10th document of data, fashion-mnist's t10k file), "
+            "or a spec as for data (text:PATH, ...) read whole"),
     INT_KEY(eval_every, "50", 0, 0, NOHI, NULL, "steps between validation passes (0: never)"),
     INT_KEY(eval_docs, "64", 0, 0, NOHI, NULL,
             "validation documents scored in each pass: the first eval_docs of the split, whole, "
@@ -189,8 +192,13 @@ static const key_def keys[] = {
     INT_KEY(log_every, "10", 1, 0, NOHI, NULL, "steps between training-metric lines"),
     STR_KEY(run_dir, "runs/default", 0, "directory of metrics, logs and checkpoints"),
     INT_KEY(ckpt_every, "100", 0, 0, NOHI, NULL, "steps between checkpoints (0: only at the end)"),
+    FLT_KEY(ckpt_minutes, "0", 0, 0, NOHI, NULL,
+            "also checkpoint when this many minutes have passed since the last one (0: never)"),
     INT_KEY(keep_ckpts, "3", 0, 0, NOHI, NULL,
             "newest checkpoints kept, older ones deleted (0: keep all)"),
+    STR_KEY(init_from, "none", 0,
+            "a new run starts from this checkpoint's weights and tables, with fresh optimizer "
+            "state, data cursors and memory (none: from the seed)"),
 };
 #define NKEYS ((int)(sizeof(keys) / sizeof(keys[0])))
 
@@ -510,13 +518,73 @@ int trainer_config_load_text(trainer_config *c, const char *text, const char *na
     return rc;
 }
 
+/* Whether the first len characters of a and b agree, reading '-' and '_' as one. */
+static bool same_spelling(const char *a, const char *b, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        char x = a[i] == '_' ? '-' : a[i], y = b[i] == '_' ? '-' : b[i];
+        if (x != y) return false;
+        if (x == '\0') return true;
+    }
+    return true;
+}
+
+bool trainer_config_flag_matches(const char *arg, const char *flag) {
+    size_t len = strlen(flag);
+    return same_spelling(arg, flag, len) && (arg[len] == '\0' || arg[len] == '=');
+}
+
 /* Whether arg is one of the caller's flags: the entry itself or the entry followed by '='. */
 static bool is_caller_flag(const char *arg, const char *const *flags) {
-    for (int i = 0; flags && flags[i]; i++) {
-        size_t len = strlen(flags[i]);
-        if (strncmp(arg, flags[i], len) == 0 && (arg[len] == '\0' || arg[len] == '=')) return true;
-    }
+    for (int i = 0; flags && flags[i]; i++)
+        if (trainer_config_flag_matches(arg, flags[i])) return true;
     return false;
+}
+
+/* Edit distance of a and b (both short), '-' and '_' counting as one. */
+static int edit_distance(const char *a, const char *b) {
+    size_t n = strlen(a), m = strlen(b);
+    if (n > 63 || m > 63) return 99;
+    int d[64][64];
+    for (size_t i = 0; i <= n; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= m; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= n; i++)
+        for (size_t j = 1; j <= m; j++) {
+            int sub = d[i - 1][j - 1] + !same_spelling(a + i - 1, b + j - 1, 1);
+            int del = d[i - 1][j] + 1, ins = d[i][j - 1] + 1;
+            d[i][j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+    return d[n][m];
+}
+
+void trainer_config_suggest(const char *name, const char *const *flags, char *out, size_t n) {
+    int best = 99;
+    if (n > 0) out[0] = '\0';
+    size_t len = strlen(name);
+    int limit = len <= 3 ? 1 : 2;
+    for (int k = 0; k < NKEYS; k++) {
+        int dist = edit_distance(name, keys[k].name);
+        if (dist <= limit && dist < best) {
+            best = dist;
+            snprintf(out, n, "--%s", keys[k].name);
+        }
+    }
+    for (int i = 0; flags && flags[i]; i++) {
+        if (strncmp(flags[i], "--", 2) != 0) continue;
+        int dist = edit_distance(name, flags[i] + 2);
+        if (dist <= limit && dist < best) {
+            best = dist;
+            snprintf(out, n, "%s", flags[i]);
+        }
+    }
+}
+
+/* " (did you mean --steps? see memtrain --help)", or " (see memtrain --help)". */
+static void hint(const char *name, size_t len, const char *const *flags, char *out, size_t n) {
+    char nm[64], near[80];
+    snprintf(nm, sizeof nm, "%.*s", (int)(len < 63 ? len : 63), name);
+    trainer_config_suggest(nm, flags, near, sizeof near);
+    if (near[0]) snprintf(out, n, " (did you mean %s? see memtrain --help)", near);
+    else snprintf(out, n, " (see memtrain --help)");
 }
 
 int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
@@ -527,6 +595,8 @@ int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
     char **ours = layer_xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *ours);
     char **theirs = layer_xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *theirs);
     char **overrides = layer_xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *overrides);
+    const char **values = layer_xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *values);
+    char why[160];
     int nours = 0, ntheirs = 0, noverrides = 0, rc = 0;
     const char *config_path = NULL;
     bool rest_is_theirs = false;
@@ -565,15 +635,23 @@ int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
             }
             if (known && eq) {
                 ours[nours++] = a;
+                values[noverrides] = eq + 1;
                 overrides[noverrides++] = a;
+            } else if (known && i + 1 < argc) { /* --key value */
+                ours[nours++] = a;
+                values[noverrides] = argv[i + 1];
+                overrides[noverrides++] = a;
+                ours[nours++] = argv[++i];
             } else if (known) {
-                rc = fail(err, n, "%s needs a value: write %s=VALUE", a, a);
+                rc = fail(err, n, "%s needs a value: write %s VALUE or %s=VALUE", a, a, a);
             } else if (retired_key(a + 2, len)) {
                 rc = fail(err, n, "command line: %s", retired_key(a + 2, len));
             } else if (eq) {
-                rc = fail(err, n, "unknown config key '%.*s' (see memtrain --help)", (int)len, a + 2);
+                hint(a + 2, len, caller_flags, why, sizeof why);
+                rc = fail(err, n, "unknown config key '%.*s'%s", (int)len, a + 2, why);
             } else {
-                rc = fail(err, n, "unknown option '%s' (see memtrain --help)", a);
+                hint(a + 2, len, caller_flags, why, sizeof why);
+                rc = fail(err, n, "unknown option '%s'%s", a, why);
             }
         } else if (a[0] == '-' && a[1] != '\0') {
             rc = fail(err, n, "unknown option '%s' (see memtrain --help)", a);
@@ -586,10 +664,10 @@ int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
         const char *a = overrides[i];
         const char *eq = strchr(a, '=');
         char name[64];
-        size_t len = (size_t)(eq - a - 2);
+        size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
         memcpy(name, a + 2, len); /* len < 64: checked in pass 1 */
         name[len] = '\0';
-        if (trainer_config_set(c, name, eq + 1, msg, sizeof msg) != 0)
+        if (trainer_config_set(c, name, values[i], msg, sizeof msg) != 0)
             rc = fail(err, n, "command line: %s", msg);
     }
     if (rc == 0) {
@@ -600,6 +678,7 @@ int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
     free(ours);
     free(theirs);
     free(overrides);
+    free(values);
     return rc;
 }
 

@@ -131,12 +131,15 @@ typedef struct trainer_config {
     char data_dir[TRAINER_CONFIG_STR];
     bool shuffle;      /* training documents in a seeded order per pass */
     int64_t data_seed; /* that order's seed */
+    char val_data[TRAINER_CONFIG_STR]; /* "split": the data's own split; else a spec read whole */
     int eval_every;
     int eval_docs;     /* validation: the first eval_docs documents, whole (0: all) */
     int log_every;
     char run_dir[TRAINER_CONFIG_STR];
     int ckpt_every;
+    float ckpt_minutes; /* also checkpoint when this long has passed since the last (0: never) */
     int keep_ckpts;
+    char init_from[TRAINER_CONFIG_STR]; /* "none", or a checkpoint whose weights a new run starts from */
 } trainer_config;
 
 /* Fills every field with its default from the key table. Never fails. */
@@ -164,13 +167,15 @@ int trainer_config_load_text(trainer_config *c, const char *text, const char *na
  * trainer_config_validate. */
 int trainer_config_set(trainer_config *c, const char *key, const char *value, char *err, size_t n);
 
-/* Reads the command line argv[1..argc). Arguments it owns: `--config FILE`, `--config=FILE`
- * and `--key=value` for every config key. The file is loaded first and the --key=value
+/* Reads the command line argv[1..argc). Arguments it owns: `--config FILE`, `--config=FILE`,
+ * `--key=value` and `--key value` for every config key ('-' and '_' alike in the key); an
+ * unknown key's message suggests the nearest key or caller flag ("did you mean --steps?").
+ * The file is loaded first and the --key=value
  * overrides are applied after it in command-line order, whatever their position, so the
  * command line wins. Everything else is left to the caller: positional arguments, every
  * argument after a bare `--`, and the flags named in caller_flags (a NULL-terminated list
- * of exact spellings such as "--resume" or "-h"; an argument matches an entry when it is the
- * entry or the entry followed by '='; NULL means none). A value following a caller flag, as
+ * of spellings such as "--resume" or "-h"; an argument matches an entry when it is the
+ * entry or the entry followed by '=', '-' and '_' alike; NULL means none). A value following a caller flag, as
  * in `--resume DIR`, is an ordinary positional argument and so stays with it.
  * argv is reordered in place: argv[1..*first_positional) holds the arguments consumed here
  * and argv[*first_positional..argc) the caller's, in their original order.
@@ -211,6 +216,15 @@ int trainer_config_diff_other(const trainer_config *a, const trainer_config *b, 
 /* Rotated dims per attention head: rope_frac * (d_model / n_heads), which validate requires
  * to be an even whole number >= 2 when pos = rope; 0 when pos = learned. */
 int trainer_config_rope_dim(const trainer_config *c);
+
+/* Whether arg is flag (e.g. "--top-k") or flag followed by '=', reading '-' and '_' as one
+ * after the first two characters as well ("--top_k=5" matches "--top-k"). */
+bool trainer_config_flag_matches(const char *arg, const char *flag);
+
+/* The config key (as "--steps") or caller flag (from the NULL-terminated flags, may be NULL)
+ * nearest to name, within an edit distance of 2 (1 for names of up to 3 characters); "" when
+ * none is that near. */
+void trainer_config_suggest(const char *name, const char *const *flags, char *out, size_t n);
 
 /* Whether name (with '-' read as '_') is a config key, and whether it is a shape key.
  * Both return false for an unknown name. */

@@ -257,10 +257,46 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
     if (!ck) comm_exit_error(comm, err);
     int64_t step = 0, zero = 0;
     if (io_ckpt_get_attr_i64(ck, "step", &step, err, sizeof(err)) != 0) comm_exit_error(comm, err);
+    char *run_id = NULL;
+    if (io_ckpt_get_attr_str(ck, "run_id", &run_id, err, sizeof(err)) != 0)
+        run_id = NULL; /* a version 1 file has none */
     char shown[2200];
-    if (comm_rank(comm) == 0)
-        printf("%s: step %lld\n", comm_escape(shown, sizeof(shown), path), (long long)step);
+    trainer_params *p = trainer_model_params(m);
     trainer_tables *tb = trainer_model_tables(m);
+    if (comm_rank(comm) == 0) {
+        printf("%s: step %lld\n", comm_escape(shown, sizeof(shown), path), (long long)step);
+        printf("run id: %s\n", run_id ? run_id : "(none: a version 1 file)");
+        printf("model: %s/%s d_model %d, dense params %zu in %d tensors, table params %zu in %d "
+               "groups\n", spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense",
+               spec.C, p->total, p->n, trainer_tables_numel(tb), trainer_tables_ngroups(tb));
+        size_t len = trainer_config_to_text(cfg, NULL, 0);
+        char *text = layer_xmalloc(len + 1);
+        trainer_config_to_text(cfg, text, len + 1);
+        printf("config:\n");
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) printf("  %s\n", line);
+        free(text);
+        /* dense tensors are stored flat, as one dim-0 slice with its own checksum */
+        printf("arrays (each also with Adam moments m and v beside data):\n");
+        for (int i = 0; i < p->n; i++) {
+            const trainer_tensor *t = &p->t[i];
+            char rows[64] = "";
+            if (t->size > (size_t)spec.C && t->size % (size_t)spec.C == 0)
+                snprintf(rows, sizeof(rows), " = %zu x %d", t->size / (size_t)spec.C, spec.C);
+            printf("  dense/%s/data (1, %zu)%s\n", t->name, t->size, rows);
+        }
+        for (int g = 0; g < trainer_tables_ngroups(tb); g++) {
+            const trainer_table_group *gr = trainer_tables_group(tb, g);
+            for (int o = 0; o < gr->nout; o++)
+                printf("  tables/%s/out%d/data (%d, %d, %d)\n", gr->name, o, gr->K, 1 << gr->tau,
+                       gr->OC);
+        }
+        size_t ms0 = trainer_model_memory_size(m);
+        printf("  streams/cursor (%d, 2), streams/prev_segment (%d, %d), streams/last_token (%d, 1)",
+               cfg->streams, cfg->streams, cfg->seg_len, cfg->streams);
+        if (ms0) printf(", streams/memory (%d, %zu)", cfg->streams, ms0);
+        printf("\n");
+    }
+    free(run_id);
     if (trainer_tables_ngroups(tb) > 0) {
         const trainer_table_group *g = trainer_tables_group(tb, 0);
         int64_t dims[3] = {g->K, (int64_t)1 << g->tau, g->OC};

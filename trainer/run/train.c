@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,10 @@
 #include "trainer/engine/schedule.h"
 #include "trainer/engine/step.h"
 #include "trainer/base/timers.h"
+
+long long trainer_tokens_per_step(const trainer_config *cfg) {
+    return (long long)cfg->streams * cfg->horizon * cfg->seg_len;
+}
 
 /* Where one stream is in its documents, plus what the next segment needs of the last one. */
 typedef struct stream_state {
@@ -38,8 +43,25 @@ typedef struct run {
     stream_state *streams;
     float *M; /* (B, S*C) carried memory */
     FILE *csv;
+    FILE *log; /* rank 0: run_dir/train.log, a copy of what the run prints */
     trainer_rundir *rd;
 } run;
+
+/* Rank 0 prints a line to stdout and appends it to run_dir/train.log. */
+static void say(const run *r, const char *fmt, ...) {
+    if (comm_rank(r->comm) != 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    fflush(stdout);
+    if (r->log) {
+        va_start(ap, fmt);
+        vfprintf(r->log, fmt, ap);
+        va_end(ap);
+        fflush(r->log);
+    }
+}
 
 static void stream_states_init(stream_state *s, int B, int first, int nglobal, int L) {
     for (int i = 0; i < B; i++) {
@@ -215,14 +237,16 @@ static void csv_header(char *buf, size_t n) {
     size_t k = (size_t)snprintf(buf, n, "step,train_loss,train_ppl,lr,grad_norm,tokens_per_s");
     for (int i = 0; i < TRAINER_TIMER_COUNT && k < n; i++)
         k += (size_t)snprintf(buf + k, n - k, ",ms_%s", trainer_timer_name(i));
-    if (k < n) snprintf(buf + k, n - k, ",bytes_sent_per_rank,cache_hit_rate,val_ppl,val_tokens,passes");
+    if (k < n)
+        snprintf(buf + k, n - k, ",bytes_sent_per_rank,cache_hit_rate,val_ppl,val_tokens,passes,"
+                 "elapsed_s,tokens,val_loss");
 }
 
 /* Rank 0 prints one line and appends the same figures to metrics.csv. Collective (the byte
  * and cache counters are averaged over ranks). Throughput counts training time only:
  * evaluation and checkpoints are reported but not charged to the tokens. */
 static void log_line(run *r, log_window *w, int64_t step, const trainer_step_info *si,
-                     double val_ppl, int64_t val_tokens, double elapsed) {
+                     double val_ppl, int64_t val_tokens, double eta_s, double elapsed) {
     double started = 0.0;
     for (int b = 0; b < r->B; b++) started += (double)r->streams[b].io.doc_count;
     double avg[4] = {w->bytes, w->lookups, w->misses, started};
@@ -237,18 +261,31 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
                    w->time.sec[TRAINER_TIMER_CKPT];
     double tps = w->tokens / (train > 0 ? train : 1e-9);
     double bytes = avg[0] / P / w->steps, hit = avg[1] > 0 ? 1.0 - avg[2] / avg[1] : 1.0;
-    char eta[32];
-    fmt_eta(eta, sizeof(eta), elapsed / (double)(step + 1) * (double)(cfg->steps - step - 1));
-    printf("step %lld/%lld | loss %.4f ppl %.3f | lr %.2e | gnorm %.3f | %.0f tok/s | ms/step",
-           (long long)step + 1, (long long)cfg->steps, loss, exp(loss), si->lr, si->grad_norm, tps);
-    for (int i = 0; i < TRAINER_TIMER_COUNT; i++)
-        if (w->time.sec[i] > 0 || i <= TRAINER_TIMER_OPTIMIZER)
-            printf(" %s %.1f", trainer_timer_name(i), w->time.sec[i] * k);
-    if (avg[1] > 0) printf(" | sent %.1f KiB/rank/step, rows fetched for %.1f%% of lookups", bytes / 1024, 100 * (1 - hit));
-    printf(" | pass %.3f", passes);
-    if (!isnan(val_ppl)) printf(" | val ppl %.3f (%lld tokens)", val_ppl, (long long)val_tokens);
-    printf(" | eta %s\n", eta);
-    fflush(stdout);
+    char eta[32], line[512], part[160];
+    fmt_eta(eta, sizeof(eta), eta_s);
+    /* one short line: the step's figures, the time per step and its two largest parts */
+    int a = -1, b = -1;
+    for (int i = 0; i < TRAINER_TIMER_COUNT; i++) {
+        if (a < 0 || w->time.sec[i] > w->time.sec[a]) { b = a; a = i; }
+        else if (b < 0 || w->time.sec[i] > w->time.sec[b]) b = i;
+    }
+    size_t used = (size_t)snprintf(line, sizeof line,
+                                   "step %lld/%lld | loss %.4f ppl %.3f | lr %.2e | gnorm %.3f | "
+                                   "%.0f tok/s | %.0f ms/step (%s %.0f, %s %.0f)",
+                                   (long long)step + 1, (long long)cfg->steps, loss, exp(loss),
+                                   si->lr, si->grad_norm, tps, trainer_timers_total(&w->time) * k,
+                                   trainer_timer_name(a), w->time.sec[a] * k,
+                                   trainer_timer_name(b), w->time.sec[b] * k);
+    if (avg[1] > 0) {
+        snprintf(part, sizeof part, " | sent %.1f MiB, fetched %.1f%%", bytes / 1048576,
+                 100 * (1 - hit));
+        used += (size_t)snprintf(line + used, used < sizeof line ? sizeof line - used : 0, "%s", part);
+    }
+    if (used < sizeof line)
+        used += (size_t)snprintf(line + used, sizeof line - used, " | pass %.2f", passes);
+    if (!isnan(val_ppl) && used < sizeof line)
+        used += (size_t)snprintf(line + used, sizeof line - used, " | val ppl %.3f", val_ppl);
+    say(r, "%s | eta %s\n", line, eta);
     if (r->csv) {
         /* the loss in full: runs can be compared bit for bit */
         fprintf(r->csv, "%lld,%.17g,%.6f,%.6e,%.6f,%.1f", (long long)step + 1, loss, exp(loss),
@@ -257,7 +294,10 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
         fprintf(r->csv, ",%.0f,%.4f,", bytes, hit);
         if (!isnan(val_ppl)) fprintf(r->csv, "%.6f,%lld", val_ppl, (long long)val_tokens);
         else fprintf(r->csv, ",");
-        fprintf(r->csv, ",%.4f\n", passes);
+        fprintf(r->csv, ",%.4f,%.1f,%lld,", passes, elapsed,
+                (long long)(step + 1) * trainer_tokens_per_step(cfg));
+        if (!isnan(val_ppl)) fprintf(r->csv, "%.6f", log(val_ppl));
+        fprintf(r->csv, "\n");
         fflush(r->csv);
     }
 }
@@ -265,10 +305,18 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split) {
     char err[512] = "";
     io_dataset *d = NULL;
-    int failed = io_dataset_load(&d, cfg->data, split, cfg->data_dir, err, sizeof(err)) != 0;
+    /* a separate validation file is read whole */
+    int own = split == IO_SPLIT_VAL && strcmp(cfg->val_data, "split") != 0;
+    const char *spec = own ? cfg->val_data : cfg->data;
+    int failed = io_dataset_load(&d, spec, own ? IO_SPLIT_ALL : split, cfg->data_dir, err,
+                                 sizeof(err)) != 0;
+    if (failed && split == IO_SPLIT_VAL && !own && strstr(err, "validation split is empty")) {
+        size_t len = strlen(err);
+        snprintf(err + len, sizeof(err) - len, "; give a validation file with val_data=text:FILE");
+    }
     if (!failed && d->vocab > cfg->vocab) {
         snprintf(err, sizeof(err), "vocab = %d is smaller than the %d token values of %s: set vocab = %d",
-                 cfg->vocab, d->vocab, cfg->data, d->vocab);
+                 cfg->vocab, d->vocab, spec, d->vocab);
         failed = 1;
     }
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
@@ -345,11 +393,8 @@ static void save_checkpoint(run *r, int64_t step) {
                                err, sizeof(err));
     stream_state_release(&st);
     if (rc != 0) comm_exit_error(r->comm, err);
-    if (comm_rank(r->comm) == 0) {
-        printf("checkpoint: %s/ckpt/ckpt-%08lld.h5 written in %.2f s\n", r->cfg->run_dir,
-               (long long)step, comm_time() - t);
-        fflush(stdout);
-    }
+    say(r, "checkpoint: %s/ckpt/ckpt-%08lld.h5 written in %.2f s\n", r->cfg->run_dir,
+        (long long)step, comm_time() - t);
 }
 
 /* Restores the newest valid checkpoint of resume_dir; returns the steps it had done. */
@@ -363,13 +408,44 @@ static int64_t resume_run(run *r, const char *resume_dir) {
     if (rc == 0) streams_import(r, &st);
     stream_state_release(&st);
     if (rc != 0) comm_exit_error(r->comm, err);
-    if (comm_rank(r->comm) == 0) {
-        char shown[2200];
-        printf("resumed from %s at step %lld (read in %.2f s)\n",
-               comm_escape(shown, sizeof(shown), path), (long long)step, comm_time() - t);
-        fflush(stdout);
-    }
+    char shown[2200];
+    say(r, "resumed from %s at step %lld (read in %.2f s)\n",
+        comm_escape(shown, sizeof(shown), path), (long long)step, comm_time() - t);
     return step;
+}
+
+/* A new run starts from the weights and tables of cfg->init_from, with fresh optimizer state
+ * (moments zero, the schedule from step 0), data cursors and memory. The checkpoint's model
+ * must have the run's shape. */
+static void init_from_checkpoint(run *r) {
+    const trainer_config *cfg = r->cfg;
+    char err[512], diff[400];
+    trainer_config theirs;
+    trainer_config_defaults(&theirs);
+    if (trainer_ckpt_read_config(r->comm, cfg->init_from, &theirs, err, sizeof(err)) != 0)
+        comm_exit_error(r->comm, err);
+    if (trainer_config_diff_shape(&theirs, cfg, diff, sizeof(diff)) > 0) {
+        snprintf(err, sizeof(err), "init_from = %.150s: the model's shape differs: %.300s",
+                 cfg->init_from, diff);
+        comm_exit_error(r->comm, err);
+    }
+    int64_t step = 0;
+    if (trainer_ckpt_load(r->comm, cfg->init_from, r->model, NULL, &step, err, sizeof(err)) != 0)
+        comm_exit_error(r->comm, err);
+    trainer_params *p = trainer_model_params(r->model);
+    memset(p->m, 0, p->total * sizeof(float));
+    memset(p->v, 0, p->total * sizeof(float));
+    trainer_tables *tb = trainer_model_tables(r->model);
+    for (int g = 0; g < trainer_tables_ngroups(tb); g++) {
+        const trainer_table_group *gr = trainer_tables_group(tb, g);
+        float *zero = layer_xcalloc(((size_t)1 << gr->tau) * gr->OC, sizeof(float));
+        for (int k = 0; k < gr->K; k++)
+            for (int o = 0; o < gr->nout; o++) trainer_tables_unit_set(tb, g, k, o, NULL, zero, zero);
+        free(zero);
+    }
+    char shown[600];
+    say(r, "initialised from %s (step %lld): weights and tables; optimizer state, data and "
+        "memory start fresh\n", comm_escape(shown, sizeof(shown), cfg->init_from), (long long)step);
 }
 
 int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir) {
@@ -388,6 +464,23 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     csv_header(header, sizeof(header));
     r->rd = trainer_rundir_open(comm, cfg, resume_dir, header);
     r->csv = trainer_rundir_metrics(r->rd);
+    if (rank == 0) {
+        /* a copy of what rank 0 prints, and the configuration the sitting resolved */
+        char path[TRAINER_CONFIG_STR + 32];
+        snprintf(path, sizeof(path), "%s/train.log", cfg->run_dir);
+        r->log = fopen(path, "a");
+        snprintf(path, sizeof(path), "%s/config.conf", cfg->run_dir);
+        FILE *f = fopen(path, "w");
+        if (f) {
+            size_t len = trainer_config_to_text(cfg, NULL, 0);
+            char *text = layer_xmalloc(len + 1);
+            trainer_config_to_text(cfg, text, len + 1);
+            fputs("# the configuration of this run's latest sitting (memtrain --config reads it)\n", f);
+            fputs(text, f);
+            free(text);
+            fclose(f);
+        }
+    }
     install_signal_handlers();
     load_data(r);
     if (cfg->eval_every > 0) trainer_preflight_eval(comm, cfg, r->val);
@@ -415,31 +508,32 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         char d1[256], d2[256];
         io_dataset_describe(r->train, d1, sizeof(d1));
         io_dataset_describe(r->val, d2, sizeof(d2));
-        printf("memtrain: %d rank%s, %d streams, horizon %d x %d tokens per stream\n", P,
-               P > 1 ? "s" : "", cfg->streams, cfg->horizon, cfg->seg_len);
-        printf("data: train %s | val %s\n", d1, d2);
+        say(r, "memtrain: %d rank%s, %d streams, horizon %d x %d tokens per stream: %lld tokens "
+            "per step\n", P, P > 1 ? "s" : "", cfg->streams, cfg->horizon, cfg->seg_len,
+            trainer_tokens_per_step(cfg));
+        say(r, "data: train %s | val %s\n", d1, d2);
         if (cfg->shuffle)
-            printf("data: training documents in a shuffled order, drawn anew each pass (data_seed "
-                   "%lld)\n", (long long)cfg->data_seed);
+            say(r, "data: training documents in a shuffled order, drawn anew each pass (data_seed "
+                "%lld)\n", (long long)cfg->data_seed);
         else
-            printf("data: training documents in file order\n");
+            say(r, "data: training documents in file order\n");
         if (cfg->eval_every > 0) {
             int64_t nd = trainer_eval_docs(cfg, r->val);
-            printf("eval: every %d steps, the first %lld validation documents whole (%lld "
-                   "tokens)\n", cfg->eval_every, (long long)nd,
-                   (long long)(r->val->doc_off[nd] - r->val->doc_off[0]));
+            say(r, "eval: every %d steps, the first %lld validation documents whole (%lld "
+                "tokens)\n", cfg->eval_every, (long long)nd,
+                (long long)(r->val->doc_off[nd] - r->val->doc_off[0]));
         }
-        printf("model: %s/%s d_model %d, dense params %zu, table params %zu, %.3g MFLOP/token\n",
-               spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense", spec.C,
-               params->total, trainer_tables_numel(tables),
-               2e-6 * trainer_model_flops_per_token(r->model));
-        fflush(stdout);
+        say(r, "model: %s/%s d_model %d, dense params %zu, table params %zu, %.3g MFLOP/token\n",
+            spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense", spec.C,
+            params->total, trainer_tables_numel(tables),
+            2e-6 * trainer_model_flops_per_token(r->model));
     }
     if (trainer_tables_check_plan(tables, err, sizeof(err)) != 0) comm_exit_error(comm, err);
     trainer_tables_print_plan(tables);
     int64_t first_step = resume_dir ? resume_run(r, resume_dir) : 0;
+    if (!resume_dir && strcmp(cfg->init_from, "none") != 0) init_from_checkpoint(r);
 
-    double run_start = comm_time();
+    double run_start = comm_time(), last_ckpt = run_start, last_loss = NAN, last_val = NAN;
     log_window w;
     memset(&w, 0, sizeof(w));
     int fail = 0, interrupted = 0;
@@ -468,36 +562,50 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
             val_ppl = trainer_validation_ppl(comm, cfg, r->model, r->val, &val_tokens);
             trainer_timer_stop(&w.time, TRAINER_TIMER_EVAL);
         }
+        if (!isnan(val_ppl)) last_val = val_ppl;
         if ((cfg->log_every > 0 && done % cfg->log_every == 0) || last || !isnan(val_ppl)) {
-            log_line(r, &w, step, &si, val_ppl, val_tokens, (comm_time() - run_start) * (double)cfg->steps /
-                                                    (double)(cfg->steps - first_step));
+            /* the time left: this sitting's pace over the steps it still has to do */
+            double elapsed = comm_time() - run_start;
+            last_loss = w.tokens > 0 ? w.loss / w.tokens : last_loss;
+            log_line(r, &w, step, &si, val_ppl, val_tokens,
+                     elapsed / (double)(done - first_step) * (double)(stop - done), elapsed);
             memset(&w, 0, sizeof(w));
         }
-        /* a signal reaches the ranks at different moments: agree at the step boundary */
-        int64_t sig = stop_signal;
-        comm_sum_i64(comm, &sig, 1);
-        if (sig != 0 && !last) {
+        /* a signal reaches the ranks at different moments, and rank 0's clock decides a timed
+           checkpoint: agree at the step boundary */
+        int64_t sig[2] = {stop_signal, rank == 0 && cfg->ckpt_minutes > 0 &&
+                                           comm_time() - last_ckpt >= 60.0 * cfg->ckpt_minutes};
+        comm_sum_i64(comm, sig, 2);
+        if (sig[0] != 0 && !last) {
             interrupted = 1;
             break;
         }
-        if (!last && cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0) {
+        if (!last && ((cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0) || sig[1] != 0)) {
             trainer_timer_start(&w.time, TRAINER_TIMER_CKPT);
             save_checkpoint(r, done);
             trainer_timer_stop(&w.time, TRAINER_TIMER_CKPT);
+            last_ckpt = comm_time();
         }
     }
     if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);
     if (done > first_step || !resume_dir) save_checkpoint(r, done);
-    if (!interrupted && done < cfg->steps && rank == 0) {
-        printf("memtrain: stopped after step %lld of %lld (stop_after); continue with --resume %s\n",
-               (long long)done, (long long)cfg->steps, cfg->run_dir);
-        fflush(stdout);
+    if (!interrupted && done < cfg->steps)
+        say(r, "memtrain: stopped after step %lld of %lld (stop_after); continue with --resume %s\n",
+            (long long)done, (long long)cfg->steps, cfg->run_dir);
+    if (interrupted)
+        say(r, "memtrain: stopped by a signal after step %lld; resume with --resume %s\n",
+            (long long)done, cfg->run_dir);
+    {
+        double took = comm_time() - run_start;
+        long long toks = (long long)(done - first_step) * trainer_tokens_per_step(cfg);
+        char val[48] = "";
+        if (!isnan(last_val)) snprintf(val, sizeof(val), ", val ppl %.3f", last_val);
+        say(r, "summary: steps %lld-%lld of %lld in %.1f s, %lld tokens (%.0f tok/s), train ppl "
+            "%.3f%s; checkpoint %s/ckpt/ckpt-%08lld.h5\n", (long long)first_step + 1,
+            (long long)done, (long long)cfg->steps, took, toks, toks / (took > 0 ? took : 1e-9),
+            exp(last_loss), val, cfg->run_dir, (long long)done);
     }
-    if (interrupted && rank == 0) {
-        printf("memtrain: stopped by a signal after step %lld; resume with --resume %s\n",
-               (long long)done, cfg->run_dir);
-        fflush(stdout);
-    }
+    if (r->log) fclose(r->log);
     trainer_rundir_close(r->rd);
     stream_states_free(r->streams, r->B);
     trainer_rollout_free(r->rollout);

@@ -7,6 +7,9 @@
 #include "trainer/config/config.h"
 #include "trainer/model/model.h"
 
+/* Tokens one optimizer step trains on over all ranks: streams x horizon x seg_len. */
+long long trainer_tokens_per_step(const trainer_config *cfg);
+
 /* Loads one split of cfg's data on every rank; a missing or malformed file, or tokens beyond
  * cfg->vocab, end the job with one message from all ranks. */
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split);

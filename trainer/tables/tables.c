@@ -206,11 +206,15 @@ int trainer_tables_replan(trainer_tables *t) {
                            : TRAINER_STRATEGY_FETCH;
         if (c.choice != s->strategy && c.allowed[c.choice]) {
             if (t->me == 0)
-                printf("tables: %s moves from %s to %s (measured %.0f distinct keys per table "
-                       "and step; predicted %.1f -> %.1f KiB/rank/step)\n",
+                printf("tables: %s moves from %s to %s, which takes less time per step with the "
+                       "measured %.0f distinct keys per table and step (predicted per rank and step: "
+                       "%s %.2f ms for %.1f KiB in %.0f exchanges, %s %.2f ms for %.1f KiB in %.0f)\n",
                        s->g.name, trainer_strategy_name(s->strategy),
                        trainer_strategy_name(c.choice), distinct,
-                       s->cost.bytes[s->strategy] / 1024, c.bytes[c.choice] / 1024);
+                       trainer_strategy_name(c.choice), 1000 * c.seconds[c.choice],
+                       c.bytes[c.choice] / 1024, c.messages[c.choice],
+                       trainer_strategy_name(s->strategy), 1000 * c.seconds[s->strategy],
+                       c.bytes[s->strategy] / 1024, c.messages[s->strategy]);
             s->strategy = c.choice;
             moved++;
         }
