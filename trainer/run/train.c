@@ -282,9 +282,10 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
         used += (size_t)snprintf(line + used, used < sizeof line ? sizeof line - used : 0, "%s", part);
     }
     if (used < sizeof line)
-        used += (size_t)snprintf(line + used, sizeof line - used, " | pass %.2f", passes);
+        used += (size_t)snprintf(line + used, sizeof line - used, " | pass %.3f", passes);
     if (!isnan(val_ppl) && used < sizeof line)
-        used += (size_t)snprintf(line + used, sizeof line - used, " | val ppl %.3f", val_ppl);
+        used += (size_t)snprintf(line + used, sizeof line - used, " | val ppl %.3f (%lld tokens)",
+                                 val_ppl, (long long)val_tokens);
     say(r, "%s | eta %s\n", line, eta);
     if (r->csv) {
         /* the loss in full: runs can be compared bit for bit */
