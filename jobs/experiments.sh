@@ -18,22 +18,34 @@
 #   hash         the hashed decoder on Fashion-MNIST (base: expanding bits 2, tau 8, l1prob):
 #                expanding bits 0, 1, 3; tau 6 and 10 (d_model 72 and 80, the nearest widths
 #                tau and the heads divide); score = prob; rows read and fetched as bf16
-#   tiny         two arms of a few steps, for the test suite
+#   tiny         two arms of a few steps, for the test suite (other seg_len and streams)
 # Every arm runs for every seed in SEEDS (default: 1 2 for main sets, 1 otherwise) with mpirun
 # on NP ranks (default 2) for STEPS optimizer steps (default per set; the learning-rate
-# schedule spans them). UNTIL=N ends this sitting's runs after step N (memtrain's stop_after):
-# a set can span sittings, and a run continues from its last checkpoint when its directory
-# has one, on the same schedule as a run that never stopped; a finished run is left as it is.
+# schedule spans them). A seed sets both the initialisation (seed) and the shuffled document
+# order (data_seed), so the arms of one seed read the same documents in the same order.
+# UNTIL=N ends this sitting's runs after step N (memtrain's stop_after): a set can span
+# sittings, and a run continues from its last checkpoint when its directory has one, on the
+# same schedule as a run that never stopped; a finished run is left as it is.
 # (Raising STEPS for runs already started stretches their cosine decay from where they are.)
+#
+# Validation is one set for every arm of a set: the first eval_docs validation documents
+# (256 images on Fashion-MNIST, 16 texts on Brown), scored whole by each model in its own way,
+# whatever its seg_len, streams or rank count; val_tokens says how many tokens that was.
 #
 # OUT_DIR (default runs/exp-SET) gets a run directory per arm and seed, and
 #   evals.csv     one row per evaluation: set, arm, seed, step, tokens, wall_s (training and
 #                 evaluation time, summed over sittings), flops (training FLOPs: 3 x the
-#                 forward's per token, times tokens), train_ppl, val_ppl, peak_rss_mib (the
-#                 largest rank's peak over the sittings so far), mflop_per_token, tokens_per_s
-#   summary.md    per arm: steps, tokens, wall time, MFLOP/token, tokens/s, peak memory, final
-#                 validation perplexity (mean over seeds, and the spread)
-#   val_ppl_vs_{step,flops,wall}.png
+#                 forward's per token, times tokens; 2 per multiply-add, and a hashed
+#                 projection counts its row sums, not its table lookups), train_ppl, val_ppl,
+#                 val_tokens (tokens the evaluation scored), peak_rss_mib (the largest rank's
+#                 peak over the sittings so far), mflop_per_token, tokens_per_s, dense_params,
+#                 table_params (the model's parameters in dense tensors and in hash tables),
+#                 passes (over the training documents)
+#   summary.md    per arm: steps, tokens, passes, wall time, MFLOP/token, tokens/s, peak memory,
+#                 dense and table parameters, validation tokens, final validation perplexity
+#                 (mean over seeds, the spread, each seed); then whether every arm scored the
+#                 same validation tokens
+#   val_ppl_vs_{step,flops,wall}.png   each arm's mean over seeds, the seeds' range shaded
 set -euo pipefail
 cd "$(dirname "$0")/.."
 set_name=${1:?usage: jobs/experiments.sh main-fmnist|main-brown|memory|hash|tiny [OUT_DIR]}
@@ -45,7 +57,7 @@ export OMPI_MCA_btl_base_warn_component_unused=0
 
 # arms: name, then memtrain --key=value arguments
 fm="--data=fashion-mnist --seg_len=49"
-br="--data=brown --seg_len=64"
+br="--data=brown --seg_len=64 --eval_docs=16"
 # a decoder over the whole image: 2 streams of one 784-pixel segment, the tokens per step of
 # 8 streams x 4 segments x 49 pixels
 whole="--data=fashion-mnist --arch=decoder --seg_len=784 --horizon=1 --streams=2 --stream_block=1"
@@ -63,8 +75,8 @@ case $set_name in
           "memformer-dense $br --arch=memformer --proj=dense"
           "decoder-hash $br --arch=decoder --proj=hash"
           "decoder-dense $br --arch=decoder --proj=dense"
-          "decoder256-hash --data=brown --arch=decoder --proj=hash --seg_len=256 --horizon=1"
-          "decoder256-dense --data=brown --arch=decoder --proj=dense --seg_len=256 --horizon=1") ;;
+          "decoder256-hash $br --arch=decoder --proj=hash --seg_len=256 --horizon=1"
+          "decoder256-dense $br --arch=decoder --proj=dense --seg_len=256 --horizon=1") ;;
   memory)
     steps=3000 seeds="1"
     m="$fm --arch=memformer --proj=hash"
@@ -80,8 +92,10 @@ case $set_name in
           "prob $d --score=prob" "bf16 $d --row_format=bf16") ;;
   tiny)
     steps=4 seeds="1"
-    t="--d_model=16 --eval_every=2 --eval_segments=2 --warmup=1 --log_every=1 --ckpt_every=2"
-    arms=("a $fm --arch=decoder --proj=hash $t" "b $fm --arch=memformer --proj=dense $t") ;;
+    t="--d_model=16 --eval_every=2 --eval_docs=3 --warmup=1 --log_every=1 --ckpt_every=2"
+    # other seg_len, streams and stream_block, the same tokens per step and validation set
+    arms=("a $fm --arch=decoder --proj=hash $t"
+          "b --data=fashion-mnist --seg_len=98 --streams=4 --stream_block=2 --arch=memformer --proj=dense $t") ;;
   *) echo "experiments: unknown set '$set_name' (main-fmnist, main-brown, memory, hash, tiny)" >&2
      exit 2 ;;
 esac
@@ -113,6 +127,7 @@ for row in "${arms[@]}"; do
       mkdir -p "$run"
       # shellcheck disable=SC2206 # args is a list of options
       cmd=(--config jobs/configs/experiment-base.conf --ckpt_every=500 $args --seed="$seed"
+           --data_seed="$seed"
            --steps="$STEPS" --stop_after="$stop" --run_dir="$run")
     fi
     # each rank's peak memory (KiB) from /usr/bin/time, one line per rank and sitting
@@ -128,16 +143,18 @@ done
 
 # one CSV row per evaluation, the summary and the plots, from every run of the set so far
 /usr/bin/python3 - "$out" "$set_name" "${arms[@]}" <<'PY'
-import csv, glob, os, re, statistics, sys
+import csv, glob, re, statistics, sys
 out, set_name, arms = sys.argv[1], sys.argv[2], [a.split()[0] for a in sys.argv[3:]]
 cols = ["set", "arm", "seed", "step", "tokens", "wall_s", "flops", "train_ppl", "val_ppl",
-        "peak_rss_mib", "mflop_per_token", "tokens_per_s"]
-rows, final = [], {}
+        "val_tokens", "peak_rss_mib", "mflop_per_token", "tokens_per_s", "dense_params",
+        "table_params", "passes"]
+rows, final, curves = [], {}, {}
 for arm in arms:
     for run in sorted(glob.glob("%s/%s-s*" % (out, arm))):
         seed = int(run.rsplit("-s", 1)[1])
         log = open(run + "/log.txt").read()
         mf = float(re.findall(r"([0-9.e+-]+) MFLOP/token", log)[0])
+        dense, table = (int(v) for v in re.findall(r"dense params (\d+), table params (\d+)", log)[0])
         m = re.search(r"(\d+) streams, horizon (\d+) x (\d+) tokens", log)
         per_step = int(m.group(1)) * int(m.group(2)) * int(m.group(3))
         peaks = [int(l) for l in open(run + "/peak_kib") if l.strip().isdigit()]
@@ -155,50 +172,82 @@ for arm in arms:
             tps.append(float(r["tokens_per_s"]))
             if r["val_ppl"]:
                 tokens = step * per_step
-                rows.append([set_name, arm, seed, step, tokens, "%.3f" % wall,
-                             "%.4g" % (3 * mf * 1e6 * tokens), r["train_ppl"], r["val_ppl"],
-                             "%.1f" % peak, mf, "%.0f" % statistics.median(tps)])
-                final[(arm, seed)] = (step, tokens, wall, float(r["val_ppl"]), peak, mf,
-                                      statistics.median(tps))
+                flops = 3 * mf * 1e6 * tokens
+                rows.append([set_name, arm, seed, step, tokens, "%.3f" % wall, "%.4g" % flops,
+                             r["train_ppl"], r["val_ppl"], r["val_tokens"], "%.1f" % peak, mf,
+                             "%.0f" % statistics.median(tps), dense, table, r["passes"]])
+                final[(arm, seed)] = dict(step=step, tokens=tokens, wall=wall,
+                                          ppl=float(r["val_ppl"]), vtok=int(r["val_tokens"]),
+                                          peak=peak, mf=mf, tps=statistics.median(tps),
+                                          dense=dense, table=table, passes=float(r["passes"]))
+                curves.setdefault(arm, {}).setdefault(step, []).append(
+                    (wall, flops, float(r["val_ppl"])))
 with open(out + "/evals.csv", "w", newline="") as f:
     w = csv.writer(f, lineterminator="\n")
     w.writerow(cols)
     w.writerows(rows)
-lines = ["| arm | steps | tokens | wall | MFLOP/token | tokens/s | peak MiB/rank | val ppl "
-         "(seeds) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+lines = ["| arm | steps | tokens | passes | wall | MFLOP/token | tokens/s | peak MiB/rank | "
+         "dense params | table params | val tokens | val ppl (seeds) |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
 for arm in arms:
     fs = [v for (a, s), v in sorted(final.items()) if a == arm]
     if not fs:
         continue
-    ppl = [v[3] for v in fs]
+    ppl = [v["ppl"] for v in fs]
     spread = " +- %.3f" % ((max(ppl) - min(ppl)) / 2) if len(ppl) > 1 else ""
-    lines.append("| %s | %d | %.3g | %.0f s | %.3f | %.0f | %.0f | %.3f%s (%s) |" % (
-        arm, fs[0][0], fs[0][1], statistics.mean(v[2] for v in fs), fs[0][5],
-        statistics.mean(v[6] for v in fs), max(v[4] for v in fs), statistics.mean(ppl), spread,
+    lines.append("| %s | %d | %.3g | %.2f | %.0f s | %.3f | %.0f | %.0f | %d | %d | %s | %.3f%s (%s) |" % (
+        arm, fs[0]["step"], fs[0]["tokens"], fs[0]["passes"],
+        statistics.mean(v["wall"] for v in fs), fs[0]["mf"], statistics.mean(v["tps"] for v in fs),
+        max(v["peak"] for v in fs), fs[0]["dense"], fs[0]["table"],
+        "/".join(sorted({str(v["vtok"]) for v in fs})), statistics.mean(ppl), spread,
         ", ".join("%.3f" % p for p in ppl)))
+vt = sorted({v["vtok"] for v in final.values()})
+lines.append("")
+lines.append("Validation: the same %s tokens for every arm (whole documents, eval_docs)." % vt[0]
+             if len(vt) == 1 else
+             "Validation: ARMS SCORED DIFFERENT TOKEN COUNTS (%s): not comparable." % vt)
 open(out + "/summary.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
-for arm in arms:  # seed 1's curve per arm, for the plots
+# per arm, at each evaluated step every seed has reached: the seeds' mean and range
+for arm in arms:
+    nseeds = len([1 for (a, s) in final if a == arm])
     with open("%s/%s.dat" % (out, arm), "w") as f:
-        for r in rows:
-            if r[1] == arm and r[2] == min(s for (a, s) in final if a == arm):
-                f.write("%s %s %s %s\n" % (r[3], r[5], r[6], r[8]))
+        for step, pts in sorted(curves.get(arm, {}).items()):
+            if len(pts) < nseeds:
+                continue
+            ppl = [p[2] for p in pts]
+            f.write("%d %.3f %.4g %.6f %.6f %.6f\n" % (
+                step, statistics.mean(p[0] for p in pts), statistics.mean(p[1] for p in pts),
+                statistics.mean(ppl), min(ppl), max(ppl)))
 PY
 
+# distinguishable colours, no yellow; each arm's seed mean as a line, its range over the
+# seeds shaded (a single seed: the line alone)
+colors=("#1f77b4" "#d62728" "#2ca02c" "#9467bd" "#ff7f0e" "#17becf" "#8c564b" "#e377c2"
+        "#000000" "#7f7f7f")
 plot() { # file xlabel column logscale
+  local arm i=0 bands="" lines="" c
+  for r in "${arms[@]}"; do
+    arm=${r%% *}
+    c=${colors[$((i % ${#colors[@]}))]}
+    i=$((i + 1))
+    [ -s "$out/$arm.dat" ] || continue
+    bands+="\"$out/$arm.dat\" using $3:5:6 with filledcurves fc rgb \"$c\" fs transparent solid 0.2 noborder notitle, "
+    lines+="\"$out/$arm.dat\" using $3:4 with linespoints lw 2 pt 7 ps 0.6 lc rgb \"$c\" title \"$arm\", "
+  done
   gnuplot <<GP
-set terminal pngcairo size 900,560 noenhanced
+set terminal pngcairo size 1000,600 font ",10" noenhanced
 set output "$out/$1"
-set title "$set_name: validation perplexity by $2"
+set title "$set_name: validation perplexity, mean over seeds $SEEDS (range shaded)"
 set xlabel "$2"
-set ylabel "validation perplexity"
+set ylabel "validation perplexity (one set of whole documents for all arms)"
 set key top right
 set grid
 $4
-plot for [a in "$(for r in "${arms[@]}"; do printf '%s ' "${r%% *}"; done)"] "$out/".a.".dat" using $3:4 with linespoints title a
+plot ${bands}${lines%, }
 GP
 }
 plot val_ppl_vs_step.png "optimizer step" 1 ""
-plot val_ppl_vs_flops.png "training FLOPs" 3 "set logscale x"
-plot val_ppl_vs_wall.png "wall-clock seconds" 2 ""
+plot val_ppl_vs_flops.png "training FLOPs (3 x forward, 2 per multiply-add; hashed projections: row sums counted, table lookups not)" 3 "set logscale x"
+plot val_ppl_vs_wall.png "wall-clock seconds (training and evaluation)" 2 ""
 echo "experiments: $out/evals.csv, summary.md and val_ppl_vs_{step,flops,wall}.png"

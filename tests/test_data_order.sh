@@ -46,6 +46,10 @@ for pair in "2 3" "3 1" "1 2"; do
     || fail "shuffled: resume $from -> $to ranks changed the losses"
 done
 pass "shuffled order: resumes from step 10 on 3, 1 and 2 ranks continue bitwise"
+# the cursors count places in the checkpoint's order: another order is refused, not misread
+expect_error 2 "its streams read documents shuffled (data_seed 7); keep shuffle and data_seed" \
+  --resume "$TMP/R23" --data_seed=8
+expect_error 2 "its streams read documents shuffled" --resume "$TMP/R23" --shuffle=off
 
 # the order is the seed's: another seed, or file order, trains on other data
 mt 2 "${SMALL[@]}" --data_seed=8 --run_dir="$TMP/seed8"

@@ -3,8 +3,9 @@
 # two sittings (UNTIL=4, then to the end), the second of which must continue each run from its
 # checkpoint rather than start it again. Checks evals.csv's columns and rows (evaluations at steps 2, 4
 # and 6, each once, with tokens = step x tokens per step and FLOPs = 3 x MFLOP/token x tokens),
-# one header line in metrics.csv after the second sitting, the losses of steps 5 and 6 equal to
-# those of an uninterrupted 6-step run, summary.md's rows and the three plots.
+# the shared validation set (arms with other seg_len and streams score the same 3 whole images),
+# the parameter counts, one header line in metrics.csv after the second sitting, the losses of
+# steps 5 and 6 equal to those of an uninterrupted 6-step run, summary.md's rows and the plots.
 #
 # Run: bash tests/test_experiments.sh   (after make all)
 set -euo pipefail
@@ -36,7 +37,8 @@ import csv, sys
 out = sys.argv[1]
 rows = list(csv.DictReader(open(out + "/evals.csv")))
 need = ["set", "arm", "seed", "step", "tokens", "wall_s", "flops", "train_ppl", "val_ppl",
-        "peak_rss_mib", "mflop_per_token", "tokens_per_s"]
+        "val_tokens", "peak_rss_mib", "mflop_per_token", "tokens_per_s", "dense_params",
+        "table_params", "passes"]
 assert list(rows[0].keys()) == need, list(rows[0].keys())
 got = sorted((r["arm"], int(r["step"])) for r in rows)
 assert got == [("a", 2), ("a", 4), ("a", 6), ("b", 2), ("b", 4), ("b", 6)], got
@@ -47,12 +49,21 @@ for r in rows:
     assert abs(float(r["flops"]) / flops - 1) < 1e-3, r
     assert 1 < float(r["val_ppl"]) < 300 and float(r["train_ppl"]) > 1, r
     assert float(r["wall_s"]) > 0 and float(r["peak_rss_mib"]) > 10, r
+    # arm a: 8 streams of 49 pixels, arm b: 4 of 98; both score images 0-2 whole
+    assert int(r["val_tokens"]) == 3 * 784, r
+    assert float(r["passes"]) > 0, r
+    if r["arm"] == "a":  # hashed: its projections live in tables
+        assert int(r["table_params"]) > 0 and int(r["dense_params"]) > 0, r
+    else:  # dense
+        assert int(r["table_params"]) == 0 and int(r["dense_params"]) > 0, r
 walls = [float(r["wall_s"]) for r in rows if r["arm"] == "a"]
 assert walls == sorted(walls) and walls[0] < walls[-1], walls
 summary = open(out + "/summary.md").read().splitlines()
-assert len(summary) == 4 and summary[2].startswith("| a | 6 |"), summary
+assert len(summary) == 6 and summary[2].startswith("| a | 6 |"), summary
+assert "| 2352 | " in summary[2] and "| 2352 | " in summary[3], summary
+assert summary[5] == "Validation: the same 2352 tokens for every arm (whole documents, eval_docs).", summary
 PY
-pass "evals.csv: one row per evaluation, tokens and FLOPs as counted, summary per arm"
+pass "evals.csv: one row per evaluation, tokens and FLOPs as counted, one validation set, summary per arm"
 
 for p in step flops wall; do
   head -c 8 "$out/val_ppl_vs_$p.png" | od -An -tx1 | grep -q '89 50 4e 47' || fail "val_ppl_vs_$p.png is not a PNG"
@@ -61,8 +72,8 @@ pass "plots written"
 
 # the continued run's steps 5 and 6 are those of a run that never stopped
 mt 2 --config jobs/configs/experiment-base.conf --ckpt_every=500 --data=fashion-mnist \
-  --seg_len=49 --arch=decoder --proj=hash --d_model=16 --eval_every=2 --eval_segments=2 \
-  --warmup=1 --log_every=1 --ckpt_every=2 --seed=1 --steps=6 --run_dir="$TMP/straight"
+  --seg_len=49 --arch=decoder --proj=hash --d_model=16 --eval_every=2 --eval_docs=3 \
+  --warmup=1 --log_every=1 --ckpt_every=2 --seed=1 --data_seed=1 --steps=6 --run_dir="$TMP/straight"
 [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "uninterrupted run failed"; }
 a=$(awk -F, '$1 == 5 || $1 == 6 {print $1, $2}' "$out/a-s1/metrics.csv" | sort -u)
 b=$(awk -F, '$1 == 5 || $1 == 6 {print $1, $2}' "$TMP/straight/metrics.csv")

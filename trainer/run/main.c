@@ -299,6 +299,13 @@ int main(int argc, char **argv) {
         if (trainer_config_diff_shape(&stored, &cfg, diff, sizeof(diff)) > 0) {
             snprintf(err, sizeof(err), "cannot resume %s: the model's shape would change: %s", path, diff);
             failed = 1;
+        } else if (stored.shuffle != cfg.shuffle ||
+                   (cfg.shuffle && stored.data_seed != cfg.data_seed)) {
+            /* the cursors count places in the checkpoint's document order */
+            snprintf(err, sizeof(err), "cannot resume %s: its streams read documents %s (data_seed "
+                     "%lld); keep shuffle and data_seed as they were", path,
+                     stored.shuffle ? "shuffled" : "in file order", (long long)stored.data_seed);
+            failed = 1;
         } else if (comm_rank(comm) == 0 &&
                    trainer_config_diff_other(&stored, &cfg, diff, sizeof(diff)) > 0) {
             printf("resume: changed settings: %s\n", diff);
