@@ -293,14 +293,14 @@ int main(int argc, char **argv) {
             so.out = out_path;
         }
     }
+    char changed[400] = ""; /* settings a resume changes: printed when it trains */
     if (!failed && resume) {
         char diff[400];
         if (trainer_config_diff_shape(&stored, &cfg, diff, sizeof(diff)) > 0) {
             snprintf(err, sizeof(err), "cannot resume %s: the model's shape would change: %s", path, diff);
             failed = 1;
-        } else if (comm_rank(comm) == 0 &&
-                   trainer_config_diff_other(&stored, &cfg, diff, sizeof(diff)) > 0) {
-            printf("resume: changed settings: %s\n", diff);
+        } else if (comm_rank(comm) == 0) {
+            trainer_config_diff_other(&stored, &cfg, changed, sizeof(changed));
         }
     }
     /* `srun memtrain` without MPI support starts N unrelated one-process jobs */
@@ -349,6 +349,7 @@ int main(int argc, char **argv) {
             return 0;
         }
     }
+    if (changed[0]) printf("resume: changed settings: %s\n", changed);
     int rc;
     if (strcmp(cmd, "plan") == 0) {
         const char *pr = flag_value(argc, argv, "--per-rank-streams");
