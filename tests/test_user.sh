@@ -120,3 +120,22 @@ sb "$TMP/own.conf" "${JOB[@]}" --run_dir="$TMP/given" --steps=4
   || { cat "$TMP/out"; fail "sbatch: resume of the given run_dir"; }
 ! grep -q "^-----" "$TMP/out" || { cat "$TMP/out"; fail "sbatch: Open MPI's block"; }
 pass "train.sbatch starts and resumes the run_dir memtrain uses (--run_dir=, else the config's)"
+
+# ---- jobs/pretokenize.py: text to uint16 tokens that train ----
+/usr/bin/python3 jobs/pretokenize.py "$TMP/one.txt" --out "$TMP/tok.u16" --vocab 300 >"$TMP/out" 2>&1 \
+  || { cat "$TMP/out"; fail "pretokenize"; }
+/usr/bin/python3 jobs/pretokenize.py "$TMP/val.txt" --out "$TMP/val.u16" --merges "$TMP/tok.u16.merges.json" \
+  >>"$TMP/out" 2>&1 || { cat "$TMP/out"; fail "pretokenize with merges"; }
+/usr/bin/python3 - "$TMP/one.txt" "$TMP/tok.u16" "$TMP/tok.u16.merges.json" <<'PY' || fail "pretokenized tokens do not decode to the text"
+import json, sys
+from array import array
+text, toks, merges = open(sys.argv[1], "rb").read(), array("H"), json.load(open(sys.argv[3]))
+toks.frombytes(open(sys.argv[2], "rb").read())
+def dec(t):
+    return bytes([t]) if t < 256 else dec(merges[t - 256][0]) + dec(merges[t - 256][1])
+assert b"".join(dec(t) for t in toks) == text and len(toks) < len(text) and max(toks) >= 256
+PY
+mt 1 train "${TINY[@]}" --data=u16:"$TMP/tok.u16":300 --vocab=300 --val_data=u16:"$TMP/val.u16":300 \
+  --steps=2 --eval_every=2 --run_dir="$TMP/u16"
+[ "$status" -eq 0 ] && grep -q "val ppl" "$TMP/out" || { cat "$TMP/out"; fail "training on pretokenized text"; }
+pass "jobs/pretokenize.py: byte-pair tokens that decode to the text and train"
