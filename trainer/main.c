@@ -29,10 +29,11 @@ static void usage(FILE *f) {
             "from the newest valid checkpoint in RUN_DIR/ckpt with the configuration stored in it\n"
             "(plus any overrides: keys that change the model's shape are refused). eval prints the\n"
             "validation perplexity of a checkpoint; sample writes a PNG grid of generated images\n"
-            "(image data) or prints a continuation of the prompt (text data); inspect prints a few stored\n"
-            "values (step, a table row, a carried memory) to compare with other readers; plan\n"
-            "prints how the table groups would be served on P ranks and the predicted traffic\n"
-            "and memory per rank, without training.\n\n");
+            "(image data) or prints a continuation of the prompt (text data); inspect prints a\n"
+            "checkpoint's run id, configuration, arrays and parameter counts; plan prints how the\n"
+            "table groups would be served on P ranks and the predicted traffic and memory per rank,\n"
+            "without training. `memtrain COMMAND --help` lists a command's own options. Options\n"
+            "take --key=value or --key value, with '-' or '_'.\n\n");
     trainer_config_help(f);
 }
 
