@@ -30,10 +30,11 @@ static void usage(FILE *f) {
             "from the newest valid checkpoint in RUN_DIR/ckpt with the configuration stored in it\n"
             "(plus any overrides: keys that change the model's shape are refused). eval prints the\n"
             "validation perplexity of a checkpoint; sample writes a PNG grid of generated images\n"
-            "(image data) or prints a continuation of the prompt (text data); inspect prints a few stored\n"
-            "values (step, a table row, a carried memory) to compare with other readers; plan\n"
-            "prints how the table groups would be served on P ranks and the predicted traffic\n"
-            "and memory per rank, without training.\n\n");
+            "(image data) or prints a continuation of the prompt (text data); inspect prints a\n"
+            "checkpoint's run id, configuration, arrays and parameter counts; plan prints how the\n"
+            "table groups would be served on P ranks and the predicted traffic and memory per rank,\n"
+            "without training. `memtrain COMMAND --help` lists a command's own options. Options\n"
+            "take --key=value or --key value, with '-' or '_'.\n\n");
     trainer_config_help(f);
 }
 
@@ -294,6 +295,7 @@ int main(int argc, char **argv) {
             so.out = out_path;
         }
     }
+    char changed[400] = ""; /* settings a resume changes: printed when it trains */
     if (!failed && resume) {
         char diff[400];
         if (trainer_config_diff_shape(&stored, &cfg, diff, sizeof(diff)) > 0) {
@@ -306,9 +308,8 @@ int main(int argc, char **argv) {
                      "%lld); keep shuffle and data_seed as they were", path,
                      stored.shuffle ? "shuffled" : "in file order", (long long)stored.data_seed);
             failed = 1;
-        } else if (comm_rank(comm) == 0 &&
-                   trainer_config_diff_other(&stored, &cfg, diff, sizeof(diff)) > 0) {
-            printf("resume: changed settings: %s\n", diff);
+        } else if (comm_rank(comm) == 0) {
+            trainer_config_diff_other(&stored, &cfg, changed, sizeof(changed));
         }
     }
     /* `srun memtrain` without MPI support starts N unrelated one-process jobs */
@@ -357,6 +358,7 @@ int main(int argc, char **argv) {
             return 0;
         }
     }
+    if (changed[0]) printf("resume: changed settings: %s\n", changed);
     int rc;
     if (strcmp(cmd, "plan") == 0) {
         const char *pr = flag_value(argc, argv, "--per-rank-streams");

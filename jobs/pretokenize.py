@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Pre-tokenises text into the little-endian uint16 token files memtrain reads (data = u16:PATH:V).
+
+    python3 jobs/pretokenize.py train.txt --out runs/tok/train.u16 --vocab 1024
+    python3 jobs/pretokenize.py held-out.txt --out runs/tok/val.u16 --merges runs/tok/train.u16.merges.json
+    mpirun -np 2 build/bin/memtrain --data=u16:runs/tok/train.u16:1024 --vocab=1024 \\
+        --val_data=u16:runs/tok/val.u16:1024 --run_dir=runs/tok
+
+Tokens are bytes (0..255) and, with --vocab V > 256, V - 256 byte-pair merges learned from the
+input: words (a run of non-space bytes with the space before it, or a run of spaces) are
+counted, and the most frequent adjacent pair over all words is merged, again and again, as in
+GPT-2's tokenizer. The merges are written to OUT.merges.json (token 256 + i is merge i), and
+--merges FILE encodes another file (a validation split) with the same ones. Files are
+concatenated in the order given; memtrain cuts a token file into documents of 65536 tokens.
+memtrain's `sample` prints bytes, so it shows tokens >= 256 of such a model as '?': decode
+them with the merges file.
+"""
+import argparse
+import collections
+import json
+import re
+import sys
+from array import array
+
+WORD = re.compile(rb" ?[^\s]+|\s+")
+
+
+def learn(counts, merges_wanted):
+    """Byte-pair merges over a word -> count table; returns [(a, b), ...], new token 256 + i."""
+    words = {w: list(w) for w in counts}
+    merges = []
+    for i in range(merges_wanted):
+        pairs = collections.Counter()
+        for w, toks in words.items():
+            c = counts[w]
+            for a, b in zip(toks, toks[1:]):
+                pairs[a, b] += c
+        if not pairs:
+            break
+        # the most frequent pair, ties to the smallest: the same merges on every machine
+        (a, b), _ = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        new = 256 + i
+        merges.append((a, b))
+        for w, toks in words.items():
+            if len(toks) < 2:
+                continue
+            out, j = [], 0
+            while j < len(toks):
+                if j + 1 < len(toks) and toks[j] == a and toks[j + 1] == b:
+                    out.append(new)
+                    j += 2
+                else:
+                    out.append(toks[j])
+                    j += 1
+            words[w] = out
+    return merges
+
+
+def encoder(merges):
+    rank = {tuple(p): 256 + i for i, p in enumerate(merges)}
+    cache = {}
+
+    def encode(word):
+        toks = cache.get(word)
+        if toks is not None:
+            return toks
+        toks = list(word)
+        while len(toks) > 1:
+            # the earliest learned merge present, applied everywhere, as learning did
+            best = min((rank.get(p, 1 << 30), p) for p in zip(toks, toks[1:]))
+            if best[0] == 1 << 30:
+                break
+            a, b = best[1]
+            out, j = [], 0
+            while j < len(toks):
+                if j + 1 < len(toks) and toks[j] == a and toks[j + 1] == b:
+                    out.append(best[0])
+                    j += 2
+                else:
+                    out.append(toks[j])
+                    j += 1
+            toks = out
+        cache[word] = toks
+        return toks
+
+    return encode
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("inputs", nargs="+", help="text files, concatenated in this order")
+    ap.add_argument("--out", required=True, help="the uint16 token file to write")
+    ap.add_argument("--vocab", type=int, default=256,
+                    help="256 (bytes) to 65536: bytes plus vocab - 256 learned merges (default 256)")
+    ap.add_argument("--merges", help="encode with the merges of this JSON file instead of learning")
+    args = ap.parse_args()
+    if not 256 <= args.vocab <= 65536:
+        sys.exit("pretokenize: --vocab = %d: expected 256..65536" % args.vocab)
+    data = b"".join(open(p, "rb").read() for p in args.inputs)
+    words = WORD.findall(data)
+    if args.merges:
+        merges = [tuple(p) for p in json.load(open(args.merges))]
+    else:
+        merges = learn(collections.Counter(words), args.vocab - 256)
+        with open(args.out + ".merges.json", "w") as f:
+            json.dump(merges, f)
+    vocab = 256 + len(merges)
+    encode = encoder(merges)
+    toks = array("H")
+    for w in words:
+        toks.extend(encode(w))
+    if sys.byteorder != "little":
+        toks.byteswap()
+    with open(args.out, "wb") as f:
+        toks.tofile(f)
+    print("pretokenize: %d bytes -> %d tokens (vocab %d) in %s; train with --data=u16:%s:%d "
+          "--vocab=%d" % (len(data), len(toks), vocab, args.out, args.out, vocab, vocab))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# What a new user meets after the README: a finished run resumed, sample's options and output
+# file, each command's --help, option spellings and suggestions, eval with a shape change,
+# srun without MPI support, train.sbatch's run directory, the run directory's log, config
+# copy and metrics columns, --init_from, ckpt_minutes, a one-document text file.
+# shellcheck source=tests/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$TOP"
+TINY=(--config jobs/configs/demo.conf --d_model=32 --n_heads=2 --seg_len=49 --streams=4
+      --stream_block=2 --warmup=1 --eval_every=0 --log_every=2 --ckpt_every=0)
+snapshot() { (cd "$1" && find . -type f -printf '%p %s\n' | sort && find . -type f -exec sha256sum {} + | sort); }
+
+# ---- a finished run, resumed: one line, exit 0, nothing written ----
+d=$TMP/a
+mt 2 train "${TINY[@]}" --steps=4 --eval_every=4 --run_dir="$d"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "training exited $status"; }
+grep -q "^summary: steps 1-4 of 4 in .* val ppl [0-9.]*; checkpoint $d/ckpt/ckpt-00000004.h5$" "$TMP/out" \
+  || { cat "$TMP/out"; fail "no summary line"; }
+grep -q "tokens per stream: 784 tokens per step$" "$TMP/out" || { cat "$TMP/out"; fail "tokens per step"; }
+for f in train.log config.conf; do [ -s "$d/$f" ] || fail "no run_dir/$f"; done
+grep -q "^summary: " "$d/train.log" || fail "train.log lacks the summary"
+grep -q "^d_model = 32$" "$d/config.conf" || fail "config.conf lacks d_model = 32"
+head -n 1 "$d/metrics.csv" | grep -q ",elapsed_s,tokens,val_loss$" || fail "metrics.csv columns"
+tail -n 1 "$d/metrics.csv" | awk -F, '{exit !($(NF-1) == 3136 && $NF > 0 && $(NF-2) > 0)}' \
+  || { cat "$d/metrics.csv"; fail "metrics.csv: tokens, val_loss or elapsed_s"; }
+before=$(snapshot "$d")
+for steps in 4 3; do
+  mt 2 --resume "$d" --steps=$steps
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "resume of a finished run exited $status"; }
+  [ "$(wc -l <"$TMP/out")" -eq 1 ] || { cat "$TMP/out"; fail "resume of a finished run: more than one line"; }
+  grep -q "^memtrain: nothing to do: the run is at step 4 of $steps " "$TMP/out" || { cat "$TMP/out"; fail "nothing-to-do line"; }
+  [ "$before" = "$(snapshot "$d")" ] || fail "resume of a finished run changed the run directory"
+done
+pass "a finished run resumed: one line, exit 0, nothing written; summary, train.log, config.conf, metrics columns"
+
+# ---- sample: options of the other data refused, no overwrite, output beside the run ----
+ck=$d/ckpt/ckpt-00000004.h5
+expect_error 2 "--prompt does not apply to a checkpoint of image data" sample --ckpt "$ck" --prompt hi
+expect_error 2 "--length does not apply to a checkpoint of image data" sample --ckpt "$ck" --length=5
+mkdir -p "$TMP/elsewhere"
+(cd "$TMP/elsewhere" && mpirun --oversubscribe -np 2 "$BIN/memtrain" sample --ckpt ../a/ckpt/ckpt-00000004.h5 \
+   --count 1 --scale 1 >"$TMP/out" 2>&1) || { cat "$TMP/out"; fail "sample from another directory"; }
+[ -s "$d/samples.png" ] || { cat "$TMP/out"; fail "default output not beside the run"; }
+mt 2 sample --ckpt "$ck" --count=1 --scale=1 --top_k 5 --seed 3
+[ -s "$d/samples-2.png" ] || { cat "$TMP/out"; fail "a second default output is not numbered"; }
+expect_error 2 "--out $d/samples.png exists: choose another file or remove it" sample --ckpt "$ck" --out "$d/samples.png"
+pass "sample: image options only, an existing --out refused, default output beside the run, numbered"
+
+# a text run from a one-document file: refused without a validation file, trained with one
+printf 'one long document without any separator, about a hundred bytes of plain text to learn.\n%.0s' \
+  $(seq 30) >"$TMP/one.txt"
+printf 'validation text\n%.0s' $(seq 20) >"$TMP/val.txt"
+expect_error 1 "validation split is empty (1 document; validation takes every 10th, or the last of 2..9); give a validation file with val_data=text:FILE" \
+  train "${TINY[@]}" --data=text:"$TMP/one.txt" --steps=2 --run_dir="$TMP/t0"
+mt 1 train "${TINY[@]}" --data=text:"$TMP/one.txt" --val_data=text:"$TMP/val.txt" --steps=2 \
+  --eval_every=2 --run_dir="$TMP/t"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "one-document text with val_data exited $status"; }
+grep -q "val text:$TMP/val.txt: 1 documents" "$TMP/out" || { cat "$TMP/out"; fail "val_data not read whole"; }
+tck=$TMP/t/ckpt/ckpt-00000002.h5
+for o in "--count 2" "--scale=2" "--out $TMP/x.png"; do
+  # shellcheck disable=SC2086
+  expect_error 1 "${o%%[ =]*} does not apply to a checkpoint of text data" sample --ckpt "$tck" $o
+done
+mt 1 sample --ckpt "$tck" --prompt "one" --length 10 --top-p=0.9
+[ "$status" -eq 0 ] && grep -q "prompt 'one'" "$TMP/out" || { cat "$TMP/out"; fail "text sample"; }
+pass "a one-document text file trains with val_data; text sampling refuses image options"
+
+# ---- the command line ----
+mt 0 eval --help
+grep -q -- "--ckpt FILE" "$TMP/out" && ! grep -q "^  arch" "$TMP/out" || { cat "$TMP/out"; fail "eval --help"; }
+mt 0 plan --help
+grep -q -- "--per-rank-streams N" "$TMP/out" || { cat "$TMP/out"; fail "plan --help"; }
+expect_error 1 "unknown config key 'step' (did you mean --steps? see memtrain --help)" train "${TINY[@]}" --step=100
+expect_error 1 "unknown option '--temprature' (did you mean --temperature? see memtrain --help)" sample --ckpt "$ck" --temprature 1
+expect_error 2 "cannot eval $ck: the model's shape would change: d_model (32 -> 64)" eval --ckpt "$ck" --d_model=64
+status=0
+env SLURM_NTASKS=2 SLURM_STEP_ID=0 SLURM_PROCID=0 "$BIN/memtrain" "${TINY[@]}" >"$TMP/out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/out")" -eq 1 ] \
+  && grep -q "^memtrain: started by srun as 2 tasks without MPI support: launch with 'mpirun memtrain ...'" "$TMP/out" \
+  || { cat "$TMP/out"; fail "srun without MPI support (exit $status)"; }
+pass "each command's --help, suggestions for unknown keys, eval names a shape change, srun without PMI"
+
+# ---- init_from: the weights, not the optimizer state ----
+mt 2 train "${TINY[@]}" --init_from="$ck" --steps=1 --warmup=0 --lr=1e-9 --min_lr=0 --run_dir="$TMP/ft"
+[ "$status" -eq 0 ] && grep -q "^initialised from $ck (step 4)" "$TMP/out" || { cat "$TMP/out"; fail "init_from"; }
+/usr/bin/python3 - "$ck" "$TMP/ft/ckpt/ckpt-00000001.h5" <<'PY' || fail "init_from did not take the weights with fresh moments"
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+assert int(b.attrs["step"]) == 1
+for name in ("dense/wte/data", "tables/dec0.self.qkv/out0/data"):
+    assert np.allclose(a[name][()], b[name][()], atol=1e-6), name
+m = "dense/wte/m"
+# one step's first moment is (1 - beta1) g: not the source run's after 4 steps
+assert not np.allclose(a[m][()], b[m][()], atol=1e-9)
+t = "tables/dec0.self.qkv/out0/m"
+assert not np.allclose(a[t][()], b[t][()], atol=1e-9)
+PY
+expect_error 2 "init_from = $ck: the model's shape differs: d_model (32 -> 64)" train "${TINY[@]}" \
+  --init_from="$ck" --d_model=64 --run_dir="$TMP/ft2"
+pass "init_from starts from a checkpoint's weights with fresh optimizer state; a shape change is named"
+
+# ---- ckpt_minutes: checkpoints by time ----
+mt 1 train "${TINY[@]}" --steps=20 --ckpt_minutes=0.0005 --keep_ckpts=0 --run_dir="$TMP/timed"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "ckpt_minutes run exited $status"; }
+n=$(find "$TMP/timed/ckpt" -name 'ckpt-*.h5' | wc -l)
+[ "$n" -ge 3 ] || { cat "$TMP/out"; fail "ckpt_minutes: $n checkpoints"; }
+pass "ckpt_minutes: $n checkpoints in 20 steps with ckpt_every = 0"
+
+# ---- train.sbatch outside Slurm: the run directory memtrain will use ----
+sed -e "s|^run_dir = .*|run_dir = $TMP/fromconf|" jobs/configs/demo.conf >"$TMP/own.conf"
+JOB=(--d_model=32 --n_heads=2 --seg_len=49 --streams=4 --stream_block=2 --warmup=1 --eval_every=0
+     --log_every=2 --ckpt_every=0 --steps=2)
+sb() { status=0; env -u RUN_DIR MEMTRAIN="$BIN/memtrain" bash jobs/train.sbatch "$@" >"$TMP/out" 2>&1 || status=$?; }
+sb "$TMP/own.conf" "${JOB[@]}"
+[ "$status" -eq 0 ] && [ -e "$TMP/fromconf/ckpt/ckpt-00000002.h5" ] || { cat "$TMP/out"; fail "sbatch: the config's run_dir"; }
+sb "$TMP/own.conf" "${JOB[@]}" --run_dir="$TMP/given"
+[ "$status" -eq 0 ] && grep -q "starting $TMP/given from" "$TMP/out" || { cat "$TMP/out"; fail "sbatch: --run_dir="; }
+sb "$TMP/own.conf" "${JOB[@]}" --run_dir="$TMP/given" --steps=4
+[ "$status" -eq 0 ] && grep -q "resuming $TMP/given" "$TMP/out" && grep -q "resumed from $TMP/given/ckpt/ckpt-00000002.h5" "$TMP/out" \
+  || { cat "$TMP/out"; fail "sbatch: resume of the given run_dir"; }
+! grep -q "^-----" "$TMP/out" || { cat "$TMP/out"; fail "sbatch: Open MPI's block"; }
+pass "train.sbatch starts and resumes the run_dir memtrain uses (--run_dir=, else the config's)"
+
+# ---- jobs/pretokenize.py: text to uint16 tokens that train ----
+/usr/bin/python3 jobs/pretokenize.py "$TMP/one.txt" --out "$TMP/tok.u16" --vocab 300 >"$TMP/out" 2>&1 \
+  || { cat "$TMP/out"; fail "pretokenize"; }
+/usr/bin/python3 jobs/pretokenize.py "$TMP/val.txt" --out "$TMP/val.u16" --merges "$TMP/tok.u16.merges.json" \
+  >>"$TMP/out" 2>&1 || { cat "$TMP/out"; fail "pretokenize with merges"; }
+/usr/bin/python3 - "$TMP/one.txt" "$TMP/tok.u16" "$TMP/tok.u16.merges.json" <<'PY' || fail "pretokenized tokens do not decode to the text"
+import json, sys
+from array import array
+text, toks, merges = open(sys.argv[1], "rb").read(), array("H"), json.load(open(sys.argv[3]))
+toks.frombytes(open(sys.argv[2], "rb").read())
+def dec(t):
+    return bytes([t]) if t < 256 else dec(merges[t - 256][0]) + dec(merges[t - 256][1])
+assert b"".join(dec(t) for t in toks) == text and len(toks) < len(text) and max(toks) >= 256
+PY
+mt 1 train "${TINY[@]}" --data=u16:"$TMP/tok.u16":300 --vocab=300 --val_data=u16:"$TMP/val.u16":300 \
+  --steps=2 --eval_every=2 --run_dir="$TMP/u16"
+[ "$status" -eq 0 ] && grep -q "val ppl" "$TMP/out" || { cat "$TMP/out"; fail "training on pretokenized text"; }
+pass "jobs/pretokenize.py: byte-pair tokens that decode to the text and train"
