@@ -384,6 +384,13 @@ int trainer_ckpt_load(comm_ctx *c, const char *path, trainer_model *m, trainer_s
     if (!ck) return -1;
     xfer x = {ck, 0, err, n};
     int rc = io_ckpt_get_attr_i64(ck, "step", step, err, n);
+    int64_t named;
+    /* as on resume: a file named for another step was renamed or copied over */
+    if (!rc && io_ckpt_name_step(path, &named) == 0 && named != *step) {
+        snprintf(err, n, "%s: its name says step %lld but it holds step %lld (renamed or copied "
+                 "over?)", path, (long long)named, (long long)*step);
+        rc = -1;
+    }
     if (!rc) rc = transfer(&x, c, m, st);
     io_ckpt_close(ck);
     return rc;

@@ -157,6 +157,19 @@ int main(int argc, char **argv) {
             printf("resume: changed settings: %s\n", diff);
         }
     }
+    if (!failed && ckpt && strcmp(cmd, "train") != 0 && strcmp(cmd, "plan") != 0) {
+        /* eval, sample and inspect build the checkpoint's model: its shape keys hold, as on
+           resume, except the streams and the data, which load no stored state here */
+        trainer_config want = cfg;
+        want.streams = stored.streams;
+        memcpy(want.data, stored.data, sizeof want.data);
+        char diff[400];
+        if (trainer_config_diff_shape(&stored, &want, diff, sizeof(diff)) > 0) {
+            snprintf(err, sizeof(err), "cannot %s %s: the model's shape would change: %s", cmd,
+                     ckpt, diff);
+            failed = 1;
+        }
+    }
     /* `srun memtrain` without MPI support starts N unrelated one-process jobs */
     const char *ntasks = getenv("SLURM_NTASKS");
     if (!failed && ntasks && atoi(ntasks) > 1 && comm_size(comm) == 1) {
