@@ -421,6 +421,20 @@ int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
                  i + 1 < count ? "falling back to an older checkpoint" : "no older checkpoint left");
         comm_warn0(c, line);
     }
+    if (rc == 0 && comm_rank(c) == 0) {
+        /* LATEST only hints: the newest checkpoint that loads decides, and a LATEST naming an
+           older one (restored from a backup, left by hand) is said so */
+        char dir[1100], latest[300];
+        int64_t named;
+        ckpt_dir(dir, sizeof dir, run_dir);
+        if (io_ckpt_latest(dir, latest, sizeof latest) == 0 &&
+            io_ckpt_name_step(latest, &named) == 0 && named < *step) {
+            char line[1600];
+            snprintf(line, sizeof line, "%s/LATEST names %s, older than %s, which loads: LATEST "
+                     "was stale; resuming from the newest", dir, latest, path);
+            comm_warn0(c, line);
+        }
+    }
     free(mb);
     free(paths);
     return rc;

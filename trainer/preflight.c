@@ -97,6 +97,15 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
     }
     comm_barrier(c);
 
+    /* a directory under a checkpoint's name: no checkpoint could be renamed onto it, so the
+       run would fail at that step; refused now, before any training */
+    if (me0 && io_ckpt_find_dir(ckdir, path, sizeof path)) {
+        snprintf(err, sizeof err, "run_dir %.300s cannot be used: %.600s is a directory, where a "
+                 "checkpoint file belongs: move it out of the way", dir, path);
+        failed = 1;
+    }
+    agree_or_exit(c, failed, err);
+
     /* the run id */
     char newest[IO_CKPT_PATH_MAX] = "";
     int elsewhere = resume_dir && strcmp(resume_dir, dir) != 0;

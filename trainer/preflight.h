@@ -21,6 +21,9 @@ typedef struct trainer_rundir trainer_rundir;
  *    the file), then every rank holds it shared until trainer_rundir_close or its end, so a
  *    second run or resume on the directory is refused ("runs/a is in use by another memtrain
  *    run (memtrain pid 123 on host n1 since ...)") while any rank of this one lives;
+ *  - refuses a directory under a checkpoint's name in run_dir/ckpt (no checkpoint could be
+ *    written there): "run_dir runs/a cannot be used: runs/a/ckpt/ckpt-00000012.h5 is a
+ *    directory, where a checkpoint file belongs: move it out of the way";
  *  - settles the run id: a new one for a fresh run, which refuses a run_dir that holds
  *    checkpoints already (another run's: resume it, or choose another run_dir); the
  *    directory's for a resume (trainer_run_id_for_resume on resume_dir); written to
