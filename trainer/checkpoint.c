@@ -146,7 +146,12 @@ int trainer_ckpt_save(comm_ctx *c, const trainer_config *cfg, const char *run_id
                       size_t n) {
     char dir[1100];
     ckpt_dir(dir, sizeof(dir), cfg->run_dir);
-    /* a rank whose launcher dies now finishes this file first (trainer/watchdog.h) */
+    /* no new checkpoint once the launcher is gone, agreed so that no rank waits in the write
+       for one that stopped; a rank whose launcher dies after this finishes the file first
+       (trainer/watchdog.h) */
+    int64_t gone = trainer_watchdog_orphaned();
+    comm_sum_i64(c, &gone, 1);
+    if (gone) trainer_watchdog_exit();
     trainer_watchdog_hold(1);
     io_ckpt *ck = io_ckpt_create(c, dir, step, err, n);
     if (!ck) {

@@ -39,6 +39,16 @@ const char *trainer_rundir_id(const trainer_rundir *rd);
 /* Rank 0's metrics file (NULL on the other ranks), owned by rd. */
 FILE *trainer_rundir_metrics(trainer_rundir *rd);
 
+/* Rank 0: pushes what was written to the metrics file out (fflush) and checks that every
+ * write since it was opened succeeded. Returns 0 (always on the other ranks), or -1 with
+ * "runs/a/metrics.csv: cannot write (No space left on device)" in err. Not collective: the
+ * caller agrees on the result. */
+int trainer_rundir_metrics_flush(trainer_rundir *rd, char *err, size_t n);
+
+/* As trainer_rundir_metrics_flush, then closes the metrics file (checking that too), which
+ * trainer_rundir_metrics returns NULL for afterwards. */
+int trainer_rundir_metrics_close(trainer_rundir *rd, char *err, size_t n);
+
 /* Closes the metrics file and releases the lock. NULL is fine. Not collective. */
 void trainer_rundir_close(trainer_rundir *rd);
 

@@ -18,6 +18,7 @@
 #include "trainer/schedule.h"
 #include "trainer/step.h"
 #include "trainer/timers.h"
+#include "trainer/watchdog.h"
 
 void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cfg) {
     memset(spec, 0, sizeof(*spec));
@@ -229,7 +230,7 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
         fprintf(r->csv, ",%.0f,%.4f,", bytes, hit);
         if (!isnan(val_ppl)) fprintf(r->csv, "%.6f", val_ppl);
         fprintf(r->csv, "\n");
-        fflush(r->csv);
+        /* a failed write is noticed by the caller (trainer_rundir_metrics_flush) */
     }
 }
 
@@ -305,20 +306,43 @@ static void stream_state_release(trainer_stream_state *st) {
     free(st->last);
 }
 
-/* Collective checkpoint of the state after `step` optimizer steps; failures end the job. */
-static void save_checkpoint(run *r, int64_t step) {
-    char err[512];
+/* Collective checkpoint of the state after `step` optimizer steps. Returns 0, or -1 with a
+ * message in err on every rank. */
+static int write_checkpoint(run *r, int64_t step, char *err, size_t n) {
     double t = comm_time();
     trainer_stream_state st = stream_state_alloc(r);
     streams_export(r, &st);
     int rc = trainer_ckpt_save(r->comm, r->cfg, trainer_rundir_id(r->rd), r->model, &st, step,
-                               err, sizeof(err));
+                               err, n);
     stream_state_release(&st);
-    if (rc != 0) comm_exit_error(r->comm, err);
-    if (comm_rank(r->comm) == 0) {
+    if (rc == 0 && comm_rank(r->comm) == 0) {
         printf("checkpoint: %s/ckpt/ckpt-%08lld.h5 written in %.2f s\n", r->cfg->run_dir,
                (long long)step, comm_time() - t);
         fflush(stdout);
+    }
+    return rc;
+}
+
+/* As write_checkpoint; failures end the job. */
+static void save_checkpoint(run *r, int64_t step) {
+    char err[512];
+    if (write_checkpoint(r, step, err, sizeof(err)) != 0) comm_exit_error(r->comm, err);
+}
+
+/* Collective, after metrics.csv failed to take a row (message in what, the same on every
+ * rank): the state of `step` is checkpointed, then the job ends with one line naming the
+ * file, or, when the checkpoint cannot be written either (a full disk), naming both. */
+static _Noreturn void metrics_lost(run *r, int64_t step, const char *what) {
+    char err[1024], ck[512];
+    if (write_checkpoint(r, step, ck, sizeof(ck)) == 0)
+        snprintf(err, sizeof(err), "%.600s after step %lld: stopped after writing checkpoint "
+                 "ckpt-%08lld.h5; once the file can be written, continue with --resume %.200s", what,
+                 (long long)step, (long long)step, r->cfg->run_dir);
+    else
+        snprintf(err, sizeof(err), "%.400s after step %lld, and no checkpoint could be written "
+                 "either: %.500s", what, (long long)step, ck);
+    comm_exit_error(r->comm, err);
+    for (;;) {
     }
 }
 
@@ -429,9 +453,19 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
                                                     (double)(cfg->steps - first_step));
             memset(&w, 0, sizeof(w));
         }
-        /* a signal reaches the ranks at different moments: agree at the step boundary */
-        int64_t sig = stop_signal;
-        comm_sum_i64(comm, &sig, 1);
+        /* a signal reaches the ranks at different moments, the launcher may be gone, a
+           metrics row may not have been written: agree on all three at the step boundary */
+        char what[512] = "";
+        int lost = trainer_rundir_metrics_flush(r->rd, what, sizeof(what)) != 0;
+        int64_t flags[3] = {stop_signal, trainer_watchdog_orphaned(), lost};
+        comm_sum_i64(comm, flags, 3);
+        /* no new step and no new checkpoint without a launcher (trainer/watchdog.h) */
+        if (flags[1]) trainer_watchdog_exit();
+        if (flags[2]) {
+            comm_any_failed(comm, lost, what, sizeof(what));
+            metrics_lost(r, done, what);
+        }
+        int64_t sig = flags[0];
         if (sig != 0 && !last) {
             interrupted = 1;
             break;
@@ -443,6 +477,12 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         }
     }
     if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);
+    /* the last rows are out: a write the file system reports only at close ends the run too */
+    char what[512] = "";
+    if (comm_any_failed(comm, trainer_rundir_metrics_close(r->rd, what, sizeof(what)) != 0, what,
+                        sizeof(what)))
+        metrics_lost(r, done, what);
+    r->csv = NULL;
     if (done > first_step || !resume_dir) save_checkpoint(r, done);
     if (!interrupted && done < cfg->steps && rank == 0) {
         printf("memtrain: stopped after step %lld of %lld (stop_after); continue with --resume %s\n",
