@@ -211,6 +211,32 @@ static void keep_metadata_until_commit(hid_t fapl) {
     H5_CHECK(H5Pset_mdc_config(fapl, &mdc));
 }
 
+/* Bytes of the file HDF5 will have written at close, bounded from above: HDF5 hands out
+ * space in sequence to raw data and metadata alike, and a checkpoint's metadata (an object
+ * header and a crc32 attribute per array, groups, root attributes) takes well under 4 KiB per
+ * array plus its crc32s. (H5Fget_eoa and H5Fget_filesize do not work with the MPI-IO driver.) */
+static int64_t allocated_bytes(const io_ckpt *ck) {
+    return ck->raw_bytes + 4096 * (ck->narrays + 16) + 4 * ck->nslices + (256 << 10);
+}
+
+/* Collective. Makes sure the file's first `bytes` are reserved (rank 0, fallocate), the
+ * answer agreed. Every write HDF5 makes then lands in reserved blocks and cannot fail for lack
+ * of space on some ranks only (which would leave them in different collectives): a full disk
+ * shows here, outside HDF5, on every rank together. Returns 0 (also where the file system
+ * cannot reserve), or -1 with "<path>: no room for 15.2 MiB (No space left on device)". */
+static int reserve(io_ckpt *ck, int64_t bytes, char *err, size_t n) {
+    int failed = 0;
+    if (comm_rank(ck->c) == 0 && ck->reserved >= 0 && bytes > ck->reserved) {
+        int rc = io_file_reserve(ck->path, bytes, err, n);
+        if (rc > 0) ck->reserved = bytes;
+        if (rc == 0) ck->reserved = -1;
+        failed = rc < 0;
+    }
+    return comm_any_failed(ck->c, failed, err, n) ? -1 : 0;
+}
+
+static void discard(io_ckpt *ck);
+
 io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, size_t n) {
     LAYER_ASSERT(c && dir && step >= 0);
     io_ckpt *ck = layer_xcalloc(1, sizeof(*ck));
@@ -245,6 +271,11 @@ io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, s
     if (comm_any_failed(c, failed, err, n)) {
         if (ck->file >= 0) H5Fclose(ck->file);
         free(ck);
+        return NULL;
+    }
+    /* the room of the superblock and the root group, before anything is written */
+    if (reserve(ck, allocated_bytes(ck), err, n) != 0) {
+        discard(ck);
         return NULL;
     }
     return ck;
@@ -285,6 +316,19 @@ int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const in
             fprintf(stderr, "memtrain: checkpoint array %s: slice %lld provided by %lld ranks\n",
                     name, (long long)s, (long long)sum[s]);
         LAYER_ASSERT(sum[s] == 1);
+    }
+
+    /* this array's room, and that of its metadata, before HDF5 allocates it */
+    ck->raw_bytes += d0 * (int64_t)sbytes;
+    ck->narrays++;
+    ck->nslices += d0;
+    if (reserve(ck, allocated_bytes(ck), err, n) != 0) {
+        /* not created: the file holds what it held */
+        ck->raw_bytes -= d0 * (int64_t)sbytes;
+        ck->narrays--;
+        ck->nslices -= d0;
+        free(sum);
+        return -1;
     }
 
     hsize_t hd[4];
@@ -337,9 +381,6 @@ int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const in
     H5_CHECK(H5Sclose(fspace));
     free(crc);
     free(sum);
-    ck->raw_bytes += d0 * (int64_t)sbytes;
-    ck->narrays++;
-    ck->nslices += d0;
     if (failed)
         snprintf(err, n, "%s: writing dataset %s failed (I/O error or disk full)", ck->path, name);
     return comm_any_failed(ck->c, failed, err, n) ? -1 : 0;
@@ -369,29 +410,27 @@ void io_ckpt_set_attr_str(io_ckpt *ck, const char *name, const char *value) {
     H5_CHECK(H5Tclose(type));
 }
 
-/* Bytes of the file HDF5 will have written at close, bounded from above: HDF5 hands out
- * space in sequence to raw data and metadata alike, and a checkpoint's metadata (an object
- * header and a crc32 attribute per array, groups, root attributes) takes well under 4 KiB per
- * array plus its crc32s. (H5Fget_eoa and H5Fget_filesize do not work with the MPI-IO driver.) */
-static int64_t allocated_bytes(const io_ckpt *ck) {
-    return ck->raw_bytes + 4096 * (ck->narrays + 16) + 4 * ck->nslices + (256 << 10);
-}
-
 /* Closes and deletes the unfinished file of ck and frees ck. Collective.
  *
  * Why this order: a close writes the metadata HDF5 still holds, and a close that fails (disk
  * full) leaves HDF5 1.10 with a half-closed file that crashes MPI_Finalize, or deadlocks the
- * ranks in different collectives. The file is to be deleted anyway, so once every rank is
- * past its collective writes rank 0 gives its space back (truncates it to nothing), and the
- * close goes ahead only when the file system then has room for the metadata. Otherwise the
- * file is left open, the process marked unclean, and the job ends through MPI_Abort after its
- * message (comm_exit_error) instead of crashing or hanging. */
+ * ranks in different collectives (one in MPI_File_close, one in the barrier after the
+ * metadata writes). Where the file system reserves space (see reserve) every block the close
+ * can write is reserved already and the close goes ahead: nothing another program writes
+ * meanwhile can take those blocks. Elsewhere, since the file is to be deleted anyway, once
+ * every rank is past its collective writes rank 0 gives its space back (truncates it to
+ * nothing), and the close goes ahead only when the file system then has room for the
+ * metadata. Otherwise the file is left open, the process marked unclean, and the job ends
+ * through MPI_Abort after its message (comm_exit_error) instead of crashing or hanging. */
 static void discard(io_ckpt *ck) {
     comm_ctx *c = ck->c;
     int64_t meta = allocated_bytes(ck) - ck->raw_bytes;
     comm_barrier(c);
     int64_t room = 1;
-    if (comm_rank(c) == 0) {
+    /* every block HDF5 may write is reserved (the usual case: then the close writes into
+       them, and a program filling the disk meanwhile cannot take them) */
+    int covered = ck->reserved >= allocated_bytes(ck);
+    if (comm_rank(c) == 0 && !covered) {
         /* a failed truncation (the file is gone already) frees nothing and harms nothing */
         if (truncate(ck->path, 0) != 0) errno = 0;
         long long free_bytes = io_free_bytes(ck->dir);
@@ -421,13 +460,11 @@ int io_ckpt_commit(io_ckpt *ck, int keep, char *err, size_t n) {
      * only would leave them in different collectives inside HDF5, so its room is reserved
      * first (every byte HDF5 allocated, metadata holes included): a full disk shows here,
      * before HDF5 writes anything, and the file is discarded cleanly. */
-    int failed = 0;
-    if (comm_rank(c) == 0)
-        failed = io_file_reserve(ck->path, allocated_bytes(ck), err, n) != 0;
-    if (comm_any_failed(c, failed, err, n)) {
+    if (reserve(ck, allocated_bytes(ck), err, n) != 0) {
         discard(ck);
         return -1;
     }
+    int failed = 0;
     herr_t rc;
     H5E_BEGIN_TRY { rc = H5Fflush(ck->file, H5F_SCOPE_GLOBAL); }
     H5E_END_TRY;

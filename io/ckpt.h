@@ -154,11 +154,19 @@ const char *io_ckpt_path(const io_ckpt *ck);
  * when the base name is not of that form. */
 int io_ckpt_name_step(const char *path, int64_t *step);
 
-/* Fills paths[0..] with "<dir>/ckpt-<step>.h5" for up to max complete checkpoints in dir:
- * the one LATEST names first (when it exists), then the others by descending step. .tmp files
- * and other names are ignored. Returns how many were stored (0 when dir is missing or holds
+/* Fills paths[0..] with "<dir>/ckpt-<step>.h5" for up to max complete checkpoints in dir, by
+ * descending step: LATEST does not change the order (it is a hint for people and scripts; a
+ * stale one must not roll a run back). .tmp files and other names are ignored. Returns how many were stored (0 when dir is missing or holds
  * none). Purely local file-system work: on a file system all ranks share each rank may call it
  * and gets the same answer; otherwise call it on rank 0 and broadcast. */
 int io_ckpt_list(const char *dir, char (*paths)[IO_CKPT_PATH_MAX], int max);
+
+/* 1 with its path in out when an entry of dir named like a checkpoint or its .tmp is a
+ * directory (a checkpoint could never be renamed onto it), else 0 (out = ""). Local. */
+int io_ckpt_find_dir(const char *dir, char *out, size_t n);
+
+/* The checkpoint file name ("ckpt-00000012.h5") dir/LATEST holds, into out. Local. Returns 0,
+ * or -1 (out = "") when LATEST is missing, not a regular file or holds no such name. */
+int io_ckpt_latest(const char *dir, char *out, size_t n);
 
 #endif

@@ -162,33 +162,47 @@ void io_ckpt_prune(const char *dir, int keep, int64_t current) {
     free(e);
 }
 
-/* The file name LATEST holds (without the newline), or "" when it is missing or malformed. */
-static void read_latest(const char *dir, char *out, size_t n) {
+int io_ckpt_find_dir(const char *dir, char *out, size_t n) {
+    out[0] = '\0';
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *de;
+    int found = 0;
+    while (!found && (de = readdir(d)) != NULL) {
+        int64_t step;
+        int tmp;
+        if (parse_name(de->d_name, &step, &tmp) != 0) continue;
+        char path[IO_CKPT_PATH_MAX + 256];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            snprintf(out, n, "%s", path);
+            found = 1;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+int io_ckpt_latest(const char *dir, char *out, size_t n) {
     out[0] = '\0';
     char path[IO_CKPT_PATH_MAX + 8], line[300], why[IO_CKPT_PATH_MAX + 100];
     snprintf(path, sizeof path, "%s/LATEST", dir);
     /* a LATEST that is not a regular file (a FIFO) is ignored like a missing one */
-    if (io_read_small(path, line, sizeof line, why, sizeof why) <= 0) return;
+    if (io_read_small(path, line, sizeof line, why, sizeof why) <= 0) return -1;
     line[strcspn(line, "\r\n")] = '\0';
     int64_t step;
     int tmp;
-    if (parse_name(line, &step, &tmp) == 0 && !tmp) snprintf(out, n, "%s", line);
+    if (parse_name(line, &step, &tmp) != 0 || tmp) return -1;
+    snprintf(out, n, "%s", line);
+    return 0;
 }
 
 int io_ckpt_list(const char *dir, char (*paths)[IO_CKPT_PATH_MAX], int max) {
     int count;
+    /* by step alone: LATEST may be stale (restored from a backup, written by hand), and a run
+       must never go back behind a newer checkpoint that loads */
     entry *e = scan(dir, 0, &count);
-    char latest[300];
-    read_latest(dir, latest, sizeof latest);
-    /* LATEST's file moves to the front, the rest keep their order; a LATEST naming a file
-     * that is gone (deleted by hand) is ignored. */
-    for (int i = 0; latest[0] && i < count; i++) {
-        if (strcmp(e[i].name, latest) != 0) continue;
-        entry first = e[i];
-        memmove(e + 1, e, (size_t)i * sizeof(entry));
-        e[0] = first;
-        break;
-    }
     int stored = 0;
     for (int i = 0; i < count && stored < max; i++) {
         int len = snprintf(paths[stored], IO_CKPT_PATH_MAX, "%s/%s", dir, e[i].name);

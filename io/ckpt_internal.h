@@ -16,6 +16,8 @@ struct io_ckpt {
     int64_t step;                  /* writing only */
     int64_t raw_bytes;             /* writing only: array bytes written so far, */
     int64_t narrays, nslices;      /* in so many arrays of so many dim-0 slices */
+    int64_t reserved;              /* writing, rank 0: bytes of the file reserved (fallocate)
+                                      so far, -1 when the file system cannot reserve */
     char dir[IO_CKPT_PATH_MAX];    /* writing only */
     char path[IO_CKPT_PATH_MAX];   /* the .tmp name while writing */
 };

@@ -12,9 +12,15 @@
 /* Longest string attribute read (the config text is a few KiB): a larger size is damage. */
 #define ATTR_STR_MAX (16u << 20)
 
+/* What a damaged header of the root group makes unreadable: HDF5 keeps the root attributes in
+ * that one header, under one checksum, so a byte flipped in any of them hides them all. */
+#define ROOT_ATTRS "magic, format_version, step, seed, schedule_step, ranks, config, run_id"
+
 /* Opens attribute `name` of loc when it exists and holds one value; the caller reads it from
  * *attr / *type and closes both. Everything about it comes from the file, so nothing here may
- * abort. Returns 0, or -1 with a message naming `path`. */
+ * abort. Returns 0, or with a message naming `path` -1 (damaged, or not one value), -3 (the
+ * header holding the attributes is unreadable: which attribute is damaged cannot be told) or
+ * -4 (missing). */
 static int attr_open(hid_t loc, const char *path, const char *name, hid_t *attr, hid_t *type,
                      char *err, size_t n) {
     htri_t has;
@@ -31,8 +37,15 @@ static int attr_open(hid_t loc, const char *path, const char *name, hid_t *attr,
     }
     H5E_END_TRY;
     if (*type >= 0 && npoints == 1) return 0;
-    /* damaged metadata may answer "no such attribute" as well as fail: the file cannot tell */
-    if (*type < 0 || npoints < 0)
+    int rc = -1;
+    if (has < 0) {
+        snprintf(err, n, "%s: root attributes damaged: the header holding " ROOT_ATTRS " fails "
+                 "its checksum (damaged file)", path);
+        rc = -3;
+    } else if (has == 0) {
+        snprintf(err, n, "%s: attribute %s missing", path, name);
+        rc = -4;
+    } else if (*type < 0 || npoints < 0)
         snprintf(err, n, "%s: attribute %s damaged or missing", path, name);
     else
         snprintf(err, n, "%s: attribute %s holds %lld values, expected one", path, name,
@@ -42,7 +55,7 @@ static int attr_open(hid_t loc, const char *path, const char *name, hid_t *attr,
         if (*attr >= 0) H5Aclose(*attr);
     }
     H5E_END_TRY;
-    return -1;
+    return rc;
 }
 
 static void attr_close(hid_t attr, hid_t type) {
@@ -55,13 +68,14 @@ static void attr_close(hid_t attr, hid_t type) {
 
 /* Reads string attribute `name` of loc into a fresh *out: any string HDF5 stores (variable or
  * fixed length, NUL-terminated, NUL- or space-padded, ASCII or UTF-8), as memtrain, h5py or
- * h5dump's tools write them. Returns 0, or with a message naming `path` -1 (damaged or
- * missing) or -2 (not a string). */
+ * h5dump's tools write them. Returns 0, or with a message naming `path` -1 (damaged), -2 (not
+ * a string), -3 (the root header is damaged) or -4 (missing), as attr_open. */
 static int attr_str(hid_t loc, const char *path, const char *name, char **out, char *err,
                     size_t n) {
     *out = NULL;
     hid_t attr, type;
-    if (attr_open(loc, path, name, &attr, &type, err, n) != 0) return -1;
+    int opened = attr_open(loc, path, name, &attr, &type, err, n);
+    if (opened != 0) return opened;
     herr_t rc = -1;
     H5T_class_t cls;
     htri_t vl = -1;
@@ -150,9 +164,14 @@ static int attr_i64(hid_t loc, const char *path, const char *name, int64_t *out,
 static int check_identity(hid_t f, const char *path, char *err, size_t n) {
     char *magic = NULL, why[IO_CKPT_PATH_MAX + 128];
     int got = attr_str(f, path, "magic", &magic, why, sizeof why);
+    if (got == -3) {
+        /* the file may well be a memtrain checkpoint: say what is damaged */
+        snprintf(err, n, "%s", why);
+        return -1;
+    }
     if (got != 0) {
         snprintf(err, n, "%s: not a memtrain checkpoint (attribute magic %s)", path,
-                 got == -2 ? "is not a string" : "damaged or missing");
+                 got == -2 ? "is not a string" : got == -4 ? "missing" : "damaged");
         return -1;
     }
     int ok = strcmp(magic, IO_CKPT_MAGIC) == 0;

@@ -161,9 +161,15 @@ int io_file_reserve(const char *path, long long bytes, char *err, size_t n) {
     if (bytes <= 0) return 0;
     int fd = io_open_regular(path, O_WRONLY, 0, err, n);
     if (fd < 0) return -1;
-    int rc = 0;
-    if (fallocate(fd, 0, 0, (off_t)bytes) != 0) {
+    int rc = 1, got;
+    /* tmpfs gives up a large reservation when a signal arrives (EINTR): ask again */
+    for (int tries = 0; (got = fallocate(fd, 0, 0, (off_t)bytes)) != 0 && errno == EINTR &&
+                        tries < 100;
+         tries++) {
+    }
+    if (got != 0) {
         int e = errno;
+        rc = 0;
         if (e != EOPNOTSUPP && e != ENOSYS && e != EINTR) {
             snprintf(err, n, "%s: no room for %.1f MiB (%s)", path, (double)bytes / 1048576.0,
                      strerror(e));

@@ -43,9 +43,10 @@ long io_read_small(const char *path, char *buf, size_t cap, char *err, size_t n)
 int io_write_atomic(const char *dir, const char *name, const char *text, char *err, size_t n);
 
 /* Reserves the blocks of bytes 0..bytes-1 of the regular file path (fallocate: writes there
- * then cannot fail for lack of space; the file grows to `bytes` if shorter). Returns 0, also
- * when the file system cannot reserve (nothing is promised then), or -1 with err set when the
- * space is not there ("<path>: no room for 12.3 MiB (No space left on device)"). */
+ * then cannot fail for lack of space; the file grows to `bytes` if shorter). Returns 1 when
+ * reserved, 0 when the file system cannot reserve (nothing is promised then; also for
+ * bytes <= 0), or -1 with err set when the space is not there ("<path>: no room for 12.3 MiB
+ * (No space left on device)"). */
 int io_file_reserve(const char *path, long long bytes, char *err, size_t n);
 
 /* Bytes an unprivileged writer may still put on the file system of path, or -1 if unknown. */

@@ -100,7 +100,8 @@ START_TEST(test_small_files) {
     ck_assert_int_eq(io_mkdirs(path, err, sizeof err), -1);
     ck_assert_msg(strstr(err, "cannot create (Not a directory)") != NULL, "%s", err);
     snprintf(path, sizeof path, "%s/RUN_ID", dir);
-    ck_assert_int_eq(io_file_reserve(path, 1 << 20, err, sizeof err), 0);
+    /* 1 where the file system reserves (ext4, tmpfs), 0 where it cannot */
+    ck_assert_int_ge(io_file_reserve(path, 1 << 20, err, sizeof err), 0);
     struct stat st;
     ck_assert_int_eq(stat(path, &st), 0);
     ck_assert_int_eq(st.st_size, 1 << 20);

@@ -454,6 +454,9 @@ static int load_stream(trainer_config *c, FILE *f, const char *path, int stored,
     char msg[512];
     while (getline(&line, &cap, f) >= 0) {
         lineno++;
+        /* a UTF-8 byte-order mark, as some Windows editors write at the start of a file */
+        if (lineno == 1 && strncmp(line, "\xef\xbb\xbf", 3) == 0)
+            memmove(line, line + 3, strlen(line + 3) + 1);
         char *hash = find_comment(line);
         if (hash) *hash = '\0';
         char *s = trim(line);

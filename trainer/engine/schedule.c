@@ -1,25 +1,32 @@
 /* Blocks of streams dealt to ranks, empty passes that keep the ranks' exchanges aligned, block ends. */
 #include "trainer/engine/schedule.h"
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "layers/common.h"
 #include "trainer/tables/tables.h"
 
 int trainer_schedule_check(int streams, int block, int P, char *err, size_t n) {
-    int nblocks = (streams + block - 1) / block;
+    /* in 64 bits: streams + block - 1 overflows an int near INT_MAX */
+    int64_t nblocks = ((int64_t)streams + block - 1) / block;
     if (nblocks >= P) return 0;
-    snprintf(err, n,
-             "streams = %d in blocks of stream_block = %d make %d block%s for %d ranks: every "
-             "rank needs a block; set stream_block <= %d or use more streams",
-             streams, block, nblocks, nblocks == 1 ? "" : "s", P, streams / P > 0 ? streams / P : 1);
+    if (streams < P)
+        /* no block size helps: every rank needs a stream of its own */
+        snprintf(err, n, "streams = %d is fewer than the %d ranks: every rank needs a stream; set "
+                 "streams >= %d or run on at most %d ranks", streams, P, P, streams);
+    else
+        snprintf(err, n,
+                 "streams = %d in blocks of stream_block = %d make %lld block%s for %d ranks: "
+                 "every rank needs a block; set stream_block <= %d or use more streams",
+                 streams, block, (long long)nblocks, nblocks == 1 ? "" : "s", P, streams / P);
     return -1;
 }
 
 trainer_schedule trainer_schedule_make(int streams, int block, int P, int rank) {
     LAYER_ASSERT(streams >= 1 && block >= 1 && P >= 1 && rank >= 0 && rank < P);
     trainer_schedule s = {.nstreams = streams, .block = block, .P = P, .rank = rank};
-    s.nblocks = (streams + block - 1) / block;
+    s.nblocks = (int)(((int64_t)streams + block - 1) / block);
     LAYER_ASSERT(s.nblocks >= P);
     s.first_block = (int)((int64_t)s.nblocks * rank / P);
     s.nmine = (int)((int64_t)s.nblocks * (rank + 1) / P) - s.first_block;

@@ -147,7 +147,12 @@ int trainer_ckpt_save(comm_ctx *c, const trainer_config *cfg, const char *run_id
                       size_t n) {
     char dir[1100];
     ckpt_dir(dir, sizeof(dir), cfg->run_dir);
-    /* a rank whose launcher dies now finishes this file first (trainer/run/watchdog.h) */
+    /* no new checkpoint once the launcher is gone, agreed so that no rank waits in the write
+       for one that stopped; a rank whose launcher dies after this finishes the file first
+       (trainer/run/watchdog.h) */
+    int64_t gone = trainer_watchdog_orphaned();
+    comm_sum_i64(c, &gone, 1);
+    if (gone) trainer_watchdog_exit();
     trainer_watchdog_hold(1);
     io_ckpt *ck = io_ckpt_create(c, dir, step, err, n);
     if (!ck) {
@@ -385,6 +390,13 @@ int trainer_ckpt_load(comm_ctx *c, const char *path, trainer_model *m, trainer_s
     if (!ck) return -1;
     xfer x = {ck, 0, err, n};
     int rc = io_ckpt_get_attr_i64(ck, "step", step, err, n);
+    int64_t named;
+    /* as on resume: a file named for another step was renamed or copied over */
+    if (!rc && io_ckpt_name_step(path, &named) == 0 && named != *step) {
+        snprintf(err, n, "%s: its name says step %lld but it holds step %lld (renamed or copied "
+                 "over?)", path, (long long)named, (long long)*step);
+        rc = -1;
+    }
     if (!rc) rc = transfer(&x, c, m, st);
     io_ckpt_close(ck);
     return rc;
@@ -414,6 +426,20 @@ int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
         snprintf(line, sizeof line, "%s; %s", err,
                  i + 1 < count ? "falling back to an older checkpoint" : "no older checkpoint left");
         comm_warn0(c, line);
+    }
+    if (rc == 0 && comm_rank(c) == 0) {
+        /* LATEST only hints: the newest checkpoint that loads decides, and a LATEST naming an
+           older one (restored from a backup, left by hand) is said so */
+        char dir[1100], latest[300];
+        int64_t named;
+        ckpt_dir(dir, sizeof dir, run_dir);
+        if (io_ckpt_latest(dir, latest, sizeof latest) == 0 &&
+            io_ckpt_name_step(latest, &named) == 0 && named < *step) {
+            char line[1600];
+            snprintf(line, sizeof line, "%s/LATEST names %s, older than %s, which loads: LATEST "
+                     "was stale; resuming from the newest", dir, latest, path);
+            comm_warn0(c, line);
+        }
     }
     free(mb);
     free(paths);

@@ -76,8 +76,9 @@ int trainer_ckpt_read_config(comm_ctx *c, const char *path, trainer_config *cfg,
 
 /* Restores model and streams (st may be NULL: the model alone) from `path`, whose arrays may have been written by any number
  * of ranks (tables and streams are re-dealt by index). The model must have the checkpoint's
- * shape (the caller compares configs first). Returns 0 and the step in *step, or -1 with a
- * message naming the file and dataset on every rank. The state may be partly overwritten on
+ * shape (the caller compares configs first). A file whose name ("ckpt-00000012.h5") claims
+ * another step than it holds is refused, as on resume. Returns 0 and the step in *step, or -1
+ * with a message naming the file and dataset on every rank. The state may be partly overwritten on
  * failure. */
 int trainer_ckpt_load(comm_ctx *c, const char *path, trainer_model *m, trainer_stream_state *st,
                       int64_t *step, char *err, size_t n);

@@ -1,6 +1,7 @@
 /* Early checks of a run: run directory, lock, run id, metrics file; memory estimate against the node's memory; the validation split's length. */
 #include "trainer/run/preflight.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 struct trainer_rundir {
     int lock_fd; /* -1 when the file system has no locks */
     FILE *csv;   /* rank 0 */
+    char csv_path[1200];
     char id[TRAINER_RUN_ID_LEN + 1];
 };
 
@@ -97,6 +99,15 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
     }
     comm_barrier(c);
 
+    /* a directory under a checkpoint's name: no checkpoint could be renamed onto it, so the
+       run would fail at that step; refused now, before any training */
+    if (me0 && io_ckpt_find_dir(ckdir, path, sizeof path)) {
+        snprintf(err, sizeof err, "run_dir %.300s cannot be used: %.600s is a directory, where a "
+                 "checkpoint file belongs: move it out of the way", dir, path);
+        failed = 1;
+    }
+    agree_or_exit(c, failed, err);
+
     /* the run id */
     char newest[IO_CKPT_PATH_MAX] = "";
     int elsewhere = resume_dir && strcmp(resume_dir, dir) != 0;
@@ -122,6 +133,7 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
     /* the metrics file: a run whose figures cannot be kept does not start */
     if (me0) {
         snprintf(path, sizeof path, "%s/metrics.csv", dir);
+        snprintf(rd->csv_path, sizeof rd->csv_path, "%s", path);
         rd->csv = io_fopen_regular(path, "a", why, sizeof why);
         /* the header once: glibc reports position 0 for an append stream until it is moved */
         if (rd->csv && fseek(rd->csv, 0, SEEK_END) == 0 && ftell(rd->csv) == 0 &&
@@ -141,6 +153,33 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
 const char *trainer_rundir_id(const trainer_rundir *rd) { return rd->id; }
 
 FILE *trainer_rundir_metrics(trainer_rundir *rd) { return rd->csv; }
+
+/* The one-line message of a failed write to the metrics file (e: the errno, 0 unknown). */
+static int metrics_failed(trainer_rundir *rd, int e, char *err, size_t n) {
+    snprintf(err, n, "%.900s: cannot write (%s)", rd->csv_path, e ? strerror(e) : "write error");
+    return -1;
+}
+
+int trainer_rundir_metrics_flush(trainer_rundir *rd, char *err, size_t n) {
+    if (!rd->csv) return 0;
+    errno = 0;
+    int e = ferror(rd->csv) ? errno : 0, bad = ferror(rd->csv);
+    if (fflush(rd->csv) != 0) {
+        bad = 1;
+        e = errno;
+    }
+    return bad ? metrics_failed(rd, e, err, n) : 0;
+}
+
+int trainer_rundir_metrics_close(trainer_rundir *rd, char *err, size_t n) {
+    if (!rd->csv) return 0;
+    int rc = trainer_rundir_metrics_flush(rd, err, n);
+    errno = 0;
+    /* a network file system may report a lost write only now */
+    if (fclose(rd->csv) != 0 && rc == 0) rc = metrics_failed(rd, errno, err, n);
+    rd->csv = NULL;
+    return rc;
+}
 
 void trainer_rundir_close(trainer_rundir *rd) {
     if (!rd) return;

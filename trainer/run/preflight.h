@@ -21,6 +21,9 @@ typedef struct trainer_rundir trainer_rundir;
  *    the file), then every rank holds it shared until trainer_rundir_close or its end, so a
  *    second run or resume on the directory is refused ("runs/a is in use by another memtrain
  *    run (memtrain pid 123 on host n1 since ...)") while any rank of this one lives;
+ *  - refuses a directory under a checkpoint's name in run_dir/ckpt (no checkpoint could be
+ *    written there): "run_dir runs/a cannot be used: runs/a/ckpt/ckpt-00000012.h5 is a
+ *    directory, where a checkpoint file belongs: move it out of the way";
  *  - settles the run id: a new one for a fresh run, which refuses a run_dir that holds
  *    checkpoints already (another run's: resume it, or choose another run_dir); the
  *    directory's for a resume (trainer_run_id_for_resume on resume_dir); written to
@@ -35,6 +38,16 @@ const char *trainer_rundir_id(const trainer_rundir *rd);
 
 /* Rank 0's metrics file (NULL on the other ranks), owned by rd. */
 FILE *trainer_rundir_metrics(trainer_rundir *rd);
+
+/* Rank 0: pushes what was written to the metrics file out (fflush) and checks that every
+ * write since it was opened succeeded. Returns 0 (always on the other ranks), or -1 with
+ * "runs/a/metrics.csv: cannot write (No space left on device)" in err. Not collective: the
+ * caller agrees on the result. */
+int trainer_rundir_metrics_flush(trainer_rundir *rd, char *err, size_t n);
+
+/* As trainer_rundir_metrics_flush, then closes the metrics file (checking that too), which
+ * trainer_rundir_metrics returns NULL for afterwards. */
+int trainer_rundir_metrics_close(trainer_rundir *rd, char *err, size_t n);
 
 /* Closes the metrics file and releases the lock. NULL is fine. Not collective. */
 void trainer_rundir_close(trainer_rundir *rd);

@@ -20,6 +20,7 @@
 #include "trainer/engine/schedule.h"
 #include "trainer/engine/step.h"
 #include "trainer/base/timers.h"
+#include "trainer/run/watchdog.h"
 
 long long trainer_tokens_per_step(const trainer_config *cfg) {
     return (long long)cfg->streams * cfg->horizon * cfg->seg_len;
@@ -299,7 +300,7 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
                 (long long)(step + 1) * trainer_tokens_per_step(cfg));
         if (!isnan(val_ppl)) fprintf(r->csv, "%.6f", log(val_ppl));
         fprintf(r->csv, "\n");
-        fflush(r->csv);
+        /* a failed write is noticed by the caller (trainer_rundir_metrics_flush) */
     }
 }
 
@@ -384,18 +385,42 @@ static void stream_state_release(trainer_stream_state *st) {
     free(st->last);
 }
 
-/* Collective checkpoint of the state after `step` optimizer steps; failures end the job. */
-static void save_checkpoint(run *r, int64_t step) {
-    char err[512];
+/* Collective checkpoint of the state after `step` optimizer steps. Returns 0, or -1 with a
+ * message in err on every rank. */
+static int write_checkpoint(run *r, int64_t step, char *err, size_t n) {
     double t = comm_time();
     trainer_stream_state st = stream_state_alloc(r);
     streams_export(r, &st);
     int rc = trainer_ckpt_save(r->comm, r->cfg, trainer_rundir_id(r->rd), r->model, &st, step,
-                               err, sizeof(err));
+                               err, n);
     stream_state_release(&st);
-    if (rc != 0) comm_exit_error(r->comm, err);
-    say(r, "checkpoint: %s/ckpt/ckpt-%08lld.h5 written in %.2f s\n", r->cfg->run_dir,
-        (long long)step, comm_time() - t);
+    if (rc == 0)
+        say(r, "checkpoint: %s/ckpt/ckpt-%08lld.h5 written in %.2f s\n", r->cfg->run_dir,
+            (long long)step, comm_time() - t);
+    return rc;
+}
+
+/* As write_checkpoint; failures end the job. */
+static void save_checkpoint(run *r, int64_t step) {
+    char err[512];
+    if (write_checkpoint(r, step, err, sizeof(err)) != 0) comm_exit_error(r->comm, err);
+}
+
+/* Collective, after metrics.csv failed to take a row (message in what, the same on every
+ * rank): the state of `step` is checkpointed, then the job ends with one line naming the
+ * file, or, when the checkpoint cannot be written either (a full disk), naming both. */
+static _Noreturn void metrics_lost(run *r, int64_t step, const char *what) {
+    char err[1024], ck[512];
+    if (write_checkpoint(r, step, ck, sizeof(ck)) == 0)
+        snprintf(err, sizeof(err), "%.600s after step %lld: stopped after writing checkpoint "
+                 "ckpt-%08lld.h5; once the file can be written, continue with --resume %.200s", what,
+                 (long long)step, (long long)step, r->cfg->run_dir);
+    else
+        snprintf(err, sizeof(err), "%.400s after step %lld, and no checkpoint could be written "
+                 "either: %.500s", what, (long long)step, ck);
+    comm_exit_error(r->comm, err);
+    for (;;) {
+    }
 }
 
 /* Restores the newest valid checkpoint of resume_dir; returns the steps it had done. */
@@ -572,11 +597,22 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
                      elapsed / (double)(done - first_step) * (double)(stop - done), elapsed);
             memset(&w, 0, sizeof(w));
         }
-        /* a signal reaches the ranks at different moments, and rank 0's clock decides a timed
-           checkpoint: agree at the step boundary */
-        int64_t sig[2] = {stop_signal, rank == 0 && cfg->ckpt_minutes > 0 &&
-                                           comm_time() - last_ckpt >= 60.0 * cfg->ckpt_minutes};
-        comm_sum_i64(comm, sig, 2);
+        /* a signal reaches the ranks at different moments, rank 0's clock decides a timed
+           checkpoint, the launcher may be gone, a metrics row may not have been written:
+           agree on all four at the step boundary */
+        char what[512] = "";
+        int lost = trainer_rundir_metrics_flush(r->rd, what, sizeof(what)) != 0;
+        int64_t sig[4] = {stop_signal,
+                          rank == 0 && cfg->ckpt_minutes > 0 &&
+                              comm_time() - last_ckpt >= 60.0 * cfg->ckpt_minutes,
+                          trainer_watchdog_orphaned(), lost};
+        comm_sum_i64(comm, sig, 4);
+        /* no new step and no new checkpoint without a launcher (trainer/run/watchdog.h) */
+        if (sig[2]) trainer_watchdog_exit();
+        if (sig[3]) {
+            comm_any_failed(comm, lost, what, sizeof(what));
+            metrics_lost(r, done, what);
+        }
         if (sig[0] != 0 && !last) {
             interrupted = 1;
             break;
@@ -589,6 +625,12 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         }
     }
     if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);
+    /* the last rows are out: a write the file system reports only at close ends the run too */
+    char what[512] = "";
+    if (comm_any_failed(comm, trainer_rundir_metrics_close(r->rd, what, sizeof(what)) != 0, what,
+                        sizeof(what)))
+        metrics_lost(r, done, what);
+    r->csv = NULL;
     if (done > first_step || !resume_dir) save_checkpoint(r, done);
     if (!interrupted && done < cfg->steps)
         say(r, "memtrain: stopped after step %lld of %lld (stop_after); continue with --resume %s\n",

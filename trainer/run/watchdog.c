@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static atomic_int started, writing;
+static atomic_int started, writing, watching;
 static pid_t parent;
 
 static void nap(long ms) {
@@ -19,22 +19,32 @@ static void nap(long ms) {
     }
 }
 
+void trainer_watchdog_exit(void) {
+    char msg[160];
+    int len = getppid() != parent
+                  ? snprintf(msg, sizeof msg,
+                             "memtrain: pid %ld: the launcher (pid %ld) is gone; stopping\n",
+                             (long)getpid(), (long)parent)
+                  : snprintf(msg, sizeof msg,
+                             "memtrain: pid %ld: another rank's launcher is gone; stopping\n",
+                             (long)getpid());
+    /* stderr went to the launcher: this write may fail or raise SIGPIPE, which ends the
+       process as well */
+    if (write(STDERR_FILENO, msg, (size_t)len) < 0) {
+    }
+    _exit(1);
+}
+
+int trainer_watchdog_orphaned(void) { return atomic_load(&watching) && getppid() != parent; }
+
 static void *watch(void *arg) {
     (void)arg;
     for (;;) {
         nap(100);
         if (getppid() == parent) continue;
         /* a checkpoint being written is finished first: it is the run's newest state */
-        for (int i = 0; i < 600 && atomic_load(&writing); i++) nap(100);
-        char msg[160];
-        int len = snprintf(msg, sizeof msg,
-                           "memtrain: pid %ld: the launcher (pid %ld) is gone; stopping\n",
-                           (long)getpid(), (long)parent);
-        /* stderr went to the launcher: this write may fail or raise SIGPIPE, which ends the
-           process as well */
-        if (write(STDERR_FILENO, msg, (size_t)len) < 0) {
-        }
-        _exit(1);
+        for (int i = 0; i < 6000 && atomic_load(&writing); i++) nap(10);
+        trainer_watchdog_exit();
     }
     return NULL;
 }
@@ -53,6 +63,7 @@ void trainer_watchdog_start(void) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    atomic_store(&watching, 1);
     if (pthread_create(&t, &attr, watch, NULL) != 0)
         fprintf(stderr, "memtrain: warning: cannot start the launcher watchdog\n");
     pthread_attr_destroy(&attr);

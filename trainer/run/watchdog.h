@@ -15,6 +15,11 @@
  * own runtime ends a rank that lost mpirun about two seconds later in any case. The run lock
  * (trainer/run/preflight.h) ends with the process.
  *
+ * The poll alone would let a rank start new work between two looks (a step, then a whole new
+ * checkpoint the thread then waits for). So the training loop also asks at every step
+ * boundary, and a checkpoint before it starts (trainer_watchdog_orphaned, agreed over the
+ * ranks): once the launcher is gone no new step and no new checkpoint write begins.
+ *
  * Only ranks started by a launcher are watched (Open MPI's OMPI_COMM_WORLD_SIZE, PMIx's
  * PMIX_RANK or Slurm's SLURM_STEP_ID in the environment): a single process started from a
  * shell goes on when that shell exits (nohup). */
@@ -26,5 +31,14 @@ void trainer_watchdog_start(void);
 /* A checkpoint write begins (1) or ends (0): the watchdog lets it finish before it ends the
  * rank. */
 void trainer_watchdog_hold(int writing);
+
+/* 1 when this rank is watched and its launcher is gone (it was re-parented), else 0. Local and
+ * cheap (getppid): callers sum it over the ranks so that all stop together. */
+int trainer_watchdog_orphaned(void);
+
+/* Ends the rank as the watchdog does: "memtrain: pid 123: the launcher (pid 99) is gone;
+ * stopping" (or "another rank's launcher is gone" on a rank whose own is there) on stderr,
+ * then _exit(1). */
+_Noreturn void trainer_watchdog_exit(void);
 
 #endif
