@@ -81,6 +81,20 @@ typedef enum trainer_row_format {
     TRAINER_ROWS_COUNT
 } trainer_row_format;
 
+/* How sums over blocks and ranks are formed (README "Distribution"). */
+typedef enum trainer_determinism {
+    TRAINER_DET_BITWISE = 0, /* double sums rounded once: the same bits for any rank count */
+    TRAINER_DET_FAST,        /* float sums in an order fixed by the rank count */
+    TRAINER_DET_COUNT
+} trainer_determinism;
+
+/* stream_block = auto: the block the run uses is trainer_config_stream_block's. */
+#define TRAINER_STREAM_BLOCK_AUTO 0
+/* The largest block auto chooses: larger blocks add activation memory for little speed. */
+#define TRAINER_STREAM_BLOCK_CAP 16
+/* What auto resolves to under deterministic = bitwise, on every rank count. */
+#define TRAINER_STREAM_BLOCK_BITWISE 4
+
 typedef struct trainer_config {
     /* model */
     trainer_arch arch;
@@ -106,7 +120,8 @@ typedef struct trainer_config {
     int horizon; /* segments per rollout, one optimizer step each */
     trainer_bptt bptt;
     int streams; /* global number of sequences in flight */
-    int stream_block; /* streams computed together; ranks own whole blocks */
+    int stream_block; /* streams computed together; ranks own whole blocks; 0: auto */
+    trainer_determinism deterministic;
     /* table parallelism */
     trainer_tables_choice table_strategy;
     float row_cache_mb;
@@ -207,6 +222,13 @@ int trainer_config_diff_other(const trainer_config *a, const trainer_config *b, 
 /* Rotated dims per attention head: rope_frac * (d_model / n_heads), which validate requires
  * to be an even whole number >= 2 when pos = rope; 0 when pos = learned. */
 int trainer_config_rope_dim(const trainer_config *c);
+
+/* The stream block a run of c on P ranks uses: stream_block when set; auto under
+ * deterministic = fast is ceil(streams / P) (one block per rank), or streams / P when that
+ * leaves a rank without a block, split into equal blocks of at most TRAINER_STREAM_BLOCK_CAP;
+ * auto under bitwise is min(streams, TRAINER_STREAM_BLOCK_BITWISE) whatever P is, so runs on
+ * different rank counts cut the same blocks. */
+int trainer_config_stream_block(const trainer_config *c, int P);
 
 /* Whether name (with '-' read as '_') is a config key, and whether it is a shape key.
  * Both return false for an unknown name. */

@@ -107,6 +107,7 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
         const trainer_plan_run *r = &m->spec.tables;
         trainer_tables_set_blocks(m->tables, (r->streams + r->block - 1) / r->block);
     }
+    trainer_tables_set_fast(m->tables, s->tables.fast);
     trainer_tables_alloc(m->tables, s->seed);
     return m;
 }

@@ -38,6 +38,7 @@ typedef struct trainer_plan_run {
     double bandwidth;      /* bytes per second a rank sends (net_gbps) */
     int wire_bytes;        /* bytes per row value on the wire: 4 (float) or 2 (bf16 rows) */
     int force;             /* -1: the cheapest; else a trainer_strategy for every group */
+    int fast;              /* deterministic = fast: gradient sums in float (no double sums) */
 } trainer_plan_run;
 
 /* What it knows about a group. */

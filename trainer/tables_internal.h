@@ -62,6 +62,7 @@ struct trainer_tables {
     int n, cap, allocated, me, P;
     int blocks;              /* blocks of streams a step sums over (memory accounting) */
     int bf16;                /* rows read and fetched rounded to bf16 (row_format) */
+    int fast;                /* float gradient sums in drows, no acc (trainer_tables_set_fast) */
     trainer_plan_run run;    /* what the planner was told */
     int planned;
     group_state *gs;

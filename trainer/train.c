@@ -41,11 +41,12 @@ void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cf
     spec->vocab = cfg->vocab;
     spec->seed = (uint64_t)cfg->seed;
     spec->tables = (trainer_plan_run){
-        .streams = cfg->streams, .block = cfg->stream_block, .horizon = cfg->horizon,
+        .streams = cfg->streams, .block = trainer_config_stream_block(cfg, 1), .horizon = cfg->horizon,
         .budget = (double)cfg->row_cache_mb * 1048576.0,
         .latency = cfg->net_latency_us * 1e-6, .bandwidth = cfg->net_gbps * 1e9 / 8,
         .wire_bytes = cfg->row_format == TRAINER_ROWS_BF16 ? 2 : 4,
         .force = (int)cfg->table_strategy - 1, /* auto (0) is -1 */
+        .fast = cfg->deterministic == TRAINER_DET_FAST,
     };
 }
 
@@ -350,10 +351,14 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     r->cfg = cfg;
     int P = comm_size(comm), rank = comm_rank(comm);
     char err[512];
-    if (trainer_schedule_check(cfg->streams, cfg->stream_block, P, err, sizeof(err)) != 0)
+    /* stream_block = auto resolved for this rank count; r->cfg keeps the user's text for the
+       run directory and checkpoints, so a resume on another rank count resolves it anew */
+    trainer_config eff = *cfg;
+    eff.stream_block = trainer_config_stream_block(cfg, P);
+    if (trainer_schedule_check(eff.streams, eff.stream_block, P, err, sizeof(err)) != 0)
         comm_exit_error(comm, err);
-    r->sched = trainer_schedule_make(cfg->streams, cfg->stream_block, P, rank);
-    trainer_preflight_memory(comm, cfg, TRAINER_USE_TRAIN, 0, 1);
+    r->sched = trainer_schedule_make(eff.streams, eff.stream_block, P, rank);
+    trainer_preflight_memory(comm, &eff, TRAINER_USE_TRAIN, 0, 1);
     char header[512];
     csv_header(header, sizeof(header));
     r->rd = trainer_rundir_open(comm, cfg, resume_dir, header);
@@ -362,7 +367,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     load_data(r);
     if (cfg->eval_every > 0) trainer_preflight_eval(comm, cfg, r->val);
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg);
+    trainer_spec_from_config(&spec, &eff);
     r->model = trainer_model_create(&spec, comm);
     r->L = cfg->seg_len;
     r->bos = cfg->vocab;
@@ -373,7 +378,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     stream_states_init(r->streams, r->B, r->first_stream, cfg->streams, r->L);
     trainer_rollout_mode mode = cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
     r->rollout = trainer_rollout_create(r->model, cfg->horizon, r->B, mode);
-    trainer_rollout_set_block(r->rollout, cfg->stream_block);
+    trainer_rollout_set_block(r->rollout, eff.stream_block);
     trainer_schedule_attach(&r->sched, r->model);
     size_t ms = trainer_model_memory_size(r->model);
     r->M = layer_xcalloc((size_t)r->B * ms + 1, sizeof(float));
@@ -383,8 +388,10 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         char d1[256], d2[256];
         io_dataset_describe(r->train, d1, sizeof(d1));
         io_dataset_describe(r->val, d2, sizeof(d2));
-        printf("memtrain: %d rank%s, %d streams, horizon %d x %d tokens per stream\n", P,
-               P > 1 ? "s" : "", cfg->streams, cfg->horizon, cfg->seg_len);
+        printf("memtrain: %d rank%s, %d streams in blocks of %d (%s sums), horizon %d x %d "
+               "tokens per stream\n", P, P > 1 ? "s" : "", cfg->streams, eff.stream_block,
+               cfg->deterministic == TRAINER_DET_FAST ? "fast" : "bitwise", cfg->horizon,
+               cfg->seg_len);
         printf("data: train %s | val %s\n", d1, d2);
         printf("model: %s/%s d_model %d, dense params %zu, table params %zu, %.3g MFLOP/token\n",
                spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense", spec.C,
