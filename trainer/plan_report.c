@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "io/data.h"
 #include "layers/common.h"
+#include "trainer/footprint.h"
 #include "trainer/model.h"
 #include "trainer/tables.h"
 #include "trainer/train.h"
@@ -15,6 +17,7 @@ typedef struct plan_figures {
     double tokens, bytes, exchanges, seconds;
     double state;  /* bytes of table state a rank owns: rows, Adam moments, gradient sums */
     double extra;  /* bytes held beyond it: fetched rows and replicated groups */
+    double total;  /* the whole rank at its peak (trainer/footprint.h, training) */
 } plan_figures;
 
 static plan_figures figures(const trainer_config *cfg, trainer_model *m, int P, int per_rank) {
@@ -48,6 +51,14 @@ static plan_figures figures(const trainer_config *cfg, trainer_model *m, int P, 
         f.extra += c.memory[c.choice];
     }
     if (f.extra > r.budget) f.extra = r.budget; /* fetched groups beyond it go per call */
+    trainer_config c = *cfg; /* the run this row describes */
+    c.streams = r.streams;
+    c.stream_block = r.block;
+    double resident = 0, loading = 0;
+    io_dataset_size_hint(c.data, c.data_dir, &resident, &loading);
+    trainer_footprint fp;
+    trainer_footprint_estimate(&c, P, TRAINER_USE_TRAIN, 0, resident, loading, &fp);
+    f.total = fp.total;
     return f;
 }
 
@@ -60,15 +71,16 @@ int trainer_plan_report(comm_ctx *comm, const trainer_config *cfg, const int *ra
     trainer_model *m = trainer_model_create(&spec, comm);
     if (csv)
         printf("P,streams,stream_block,tokens_per_rank,bytes_per_rank,exchanges,comm_seconds,"
-               "state_mib_per_rank,held_beyond_mib,fetch_groups,owner_groups,replicate_groups\n");
+               "state_mib_per_rank,held_beyond_mib,total_mib_per_rank,fetch_groups,owner_groups,"
+               "replicate_groups\n");
     else
         printf("table plan of %s/%s d_model %d (%zu table parameters), %.0f Gb/s, %.0f us per "
                "exchange, row budget %g MiB; per rank and step:\n"
-               "%6s %7s %6s %9s %12s %9s %10s %12s %12s  %s\n",
+               "%6s %7s %6s %9s %12s %9s %10s %12s %12s %12s  %s\n",
                spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense", spec.C,
                trainer_tables_numel(trainer_model_tables(m)), cfg->net_gbps, cfg->net_latency_us,
                cfg->row_cache_mb, "P", "streams", "block", "tokens", "MiB sent", "exchanges",
-               "comm ms", "state MiB", "+held MiB", "groups fetch/owner/replicate");
+               "comm ms", "state MiB", "+held MiB", "total MiB", "groups fetch/owner/replicate");
     for (int i = 0; i < nranks; i++) {
         int blk = trainer_config_stream_block(cfg, ranks[i] > 0 ? ranks[i] : 1);
         if (ranks[i] < 1 || (per_rank <= 0 && (cfg->streams + blk - 1) / blk < ranks[i])) {
@@ -79,14 +91,15 @@ int trainer_plan_report(comm_ctx *comm, const trainer_config *cfg, const int *ra
         }
         plan_figures f = figures(cfg, m, ranks[i], per_rank);
         if (csv)
-            printf("%d,%d,%d,%.0f,%.0f,%.0f,%.6f,%.1f,%.1f,%d,%d,%d\n", f.P, f.streams, f.block,
-                   f.tokens, f.bytes, f.exchanges, f.seconds, f.state / 1048576.0,
-                   f.extra / 1048576.0, f.groups[0], f.groups[1], f.groups[2]);
-        else
-            printf("%6d %7d %6d %9.0f %12.2f %9.0f %10.3f %12.1f %12.1f  %d/%d/%d\n", f.P, f.streams,
-                   f.block, f.tokens, f.bytes / 1048576.0, f.exchanges, 1000 * f.seconds,
-                   f.state / 1048576.0, f.extra / 1048576.0, f.groups[0], f.groups[1],
+            printf("%d,%d,%d,%.0f,%.0f,%.0f,%.6f,%.1f,%.1f,%.1f,%d,%d,%d\n", f.P, f.streams,
+                   f.block, f.tokens, f.bytes, f.exchanges, f.seconds, f.state / 1048576.0,
+                   f.extra / 1048576.0, f.total / 1048576.0, f.groups[0], f.groups[1],
                    f.groups[2]);
+        else
+            printf("%6d %7d %6d %9.0f %12.2f %9.0f %10.3f %12.1f %12.1f %12.1f  %d/%d/%d\n",
+                   f.P, f.streams, f.block, f.tokens, f.bytes / 1048576.0, f.exchanges,
+                   1000 * f.seconds, f.state / 1048576.0, f.extra / 1048576.0,
+                   f.total / 1048576.0, f.groups[0], f.groups[1], f.groups[2]);
     }
     trainer_model_free(m);
     return 0;
