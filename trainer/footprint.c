@@ -117,7 +117,7 @@ static void add_group(void *ctx, double nout, double bits, double OC, double row
     t->elems += elems;
     double shard = fmin(s->K, LAYER_HASH_SHARD) * pow(2.0, bits) * nout * OC * t->per;
     if (shard > t->max_shard) t->max_shard = shard;
-    trainer_plan_group g = {(int)nout, (int)s->K, (int)bits, (int)OC, (int)rows, -1};
+    trainer_plan_group g = {(int)nout, (int)s->K, (int)bits, (int)OC, (int)rows, -1, 0};
     trainer_plan_cost c;
     trainer_plan_choose(&t->run, &g, &c);
     if (c.choice == TRAINER_STRATEGY_REPLICATE && t->run.P > 1)

@@ -122,7 +122,8 @@ static void round_chunk(group_state *s, int j, int k) {
 /* ---- the plan ---- */
 
 static trainer_plan_group plan_group(const group_state *s, double distinct) {
-    trainer_plan_group pg = {s->g.nout, s->g.K, s->g.tau, s->g.OC, s->in_rows, distinct};
+    trainer_plan_group pg = {s->g.nout, s->g.K, s->g.tau, s->g.OC, s->in_rows, distinct,
+                             s->replayed};
     return pg;
 }
 
@@ -366,6 +367,11 @@ size_t trainer_tables_owned_bytes(const trainer_tables *t) {
 }
 
 void trainer_tables_set_blocks(trainer_tables *t, int blocks) { t->blocks = blocks; }
+
+void trainer_tables_set_replayed(trainer_tables *t, int g) {
+    LAYER_ASSERT(!t->allocated && g >= 0 && g < t->n);
+    t->gs[g].replayed = 1;
+}
 
 void trainer_tables_set_fast(trainer_tables *t, int fast) {
     LAYER_ASSERT(!t->allocated);

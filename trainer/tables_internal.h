@@ -23,6 +23,7 @@ enum {
 typedef struct group_state {
     trainer_table_group g;
     int in_rows;             /* input rows per segment per stream (for the planner) */
+    int replayed;            /* run by the MRBP memory pass (for the planner) */
     int R, S;                /* K << tau rows in every store (row id = k << tau | bucket);
                                 S shards of LAYER_HASH_SHARD chunks */
     int *owner;              /* (S) rank that owns each shard (writes it to checkpoints) */

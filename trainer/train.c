@@ -47,6 +47,7 @@ void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cf
         .wire_bytes = cfg->row_format == TRAINER_ROWS_BF16 ? 2 : 4,
         .force = (int)cfg->table_strategy - 1, /* auto (0) is -1 */
         .fast = cfg->deterministic == TRAINER_DET_FAST,
+        .replay = cfg->bptt == TRAINER_BPTT_MRBP,
     };
 }
 
