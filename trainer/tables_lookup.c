@@ -474,12 +474,22 @@ static void push_finish(trainer_tables *t, int g) {
         }
 }
 
+/* Gives every gradient push in flight a chance to move (MPI_Test): Open MPI progresses a
+ * non-blocking all-to-all only inside MPI calls, so without this a push started by one
+ * layer's backward would wait for the block end before its first byte left. Called at
+ * every hashed projection call, that is between the layers of the backward. */
+static void progress_pushes(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++)
+        if (t->gs[g].push_active) comm_words_test(t->gs[g].push);
+}
+
 /* ---- the projection ---- */
 
 void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const float *sc, int N,
                             float *const *out, const float *const *b, trainer_tables_act *a,
                             trainer_arena *ar) {
     group_state *s = &t->gs[g];
+    progress_pushes(t);
     a->N = N;
     a->s = sc;
     a->rowid = trainer_arena_ints(ar, (size_t)N * s->g.K + 1);
@@ -502,6 +512,7 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
                              const float *const *dout, float *gs, float *const *db,
                              trainer_arena *ar) {
     group_state *s = &t->gs[g];
+    progress_pushes(t);
     if (s->strategy == TRAINER_STRATEGY_OWNER && t->P > 1) {
         owner_backward(t, g, a, dout, gs, db, ar);
         return;
