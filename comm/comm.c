@@ -77,6 +77,13 @@ double comm_time(void) { return MPI_Wtime(); }
 
 enum { CHUNK = 1 << 28 };
 
+void comm_sum_floats(comm_ctx *c, float *buf, size_t n) {
+    for (size_t off = 0; off < n; off += CHUNK) {
+        int len = (int)(n - off < CHUNK ? n - off : CHUNK);
+        MPI_CHECK(c->comm, MPI_Allreduce(MPI_IN_PLACE, buf + off, len, MPI_FLOAT, MPI_SUM, c->comm));
+    }
+}
+
 void comm_sum_doubles(comm_ctx *c, double *buf, size_t n) {
     for (size_t off = 0; off < n; off += CHUNK) {
         int len = (int)(n - off < CHUNK ? n - off : CHUNK);

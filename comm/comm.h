@@ -22,6 +22,7 @@ double comm_time(void);
 
 /* In-place sums over all ranks (every rank gets the result). Any length: large buffers are
  * reduced in chunks so MPI's int counts cannot overflow. */
+void comm_sum_floats(comm_ctx *c, float *buf, size_t n);
 void comm_sum_doubles(comm_ctx *c, double *buf, size_t n);
 void comm_sum_i64(comm_ctx *c, int64_t *buf, int n);
 void comm_max_doubles(comm_ctx *c, double *buf, int n);

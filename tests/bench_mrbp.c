@@ -56,6 +56,7 @@ static int child(const char *proj, int full, int steps) {
     trainer_model *m = trainer_model_create(&spec, comm);
     trainer_rollout *r = trainer_rollout_create(m, cfg.horizon, cfg.streams,
                                                 full ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP);
+    cfg.stream_block = trainer_config_stream_block(&cfg, 1);
     trainer_schedule sched = trainer_schedule_make(cfg.streams, cfg.stream_block, 1, 0);
     trainer_rollout_set_block(r, cfg.stream_block);
     trainer_schedule_attach(&sched, m);

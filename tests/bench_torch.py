@@ -9,6 +9,10 @@ decoder step does (its horizon segments are independent sequences); tokens/s cou
 targets. Prints one line: `torch decoder dense <tokens/s> <ms/step> <cpu/wall>`, the
 median over --reps timed windows, and the process's CPU time over wall time in them.
 
+--ranks P > 1 runs P processes under DistributedDataParallel (gloo, one thread each), each
+with --streams streams (weak scaling: P x streams in all); tokens/s then counts every rank's
+targets, timed on rank 0 between barriers, and cpu/wall is rank 0's.
+
 Debian's PyTorch runs its matrix products in OpenBLAS, whose threads torch.set_num_threads
 does not govern: run it with OPENBLAS_NUM_THREADS=1 for one thread (without, it used 1.8
 cores here); cpu/wall near 1 confirms one thread.
@@ -90,6 +94,19 @@ class Decoder(nn.Module):
 
 
 def main():
+    a = parse()
+    if a.ranks > 1:
+        import socket
+        import torch.multiprocessing as mp
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(run, args=(a, port), nprocs=a.ranks, join=True)
+    else:
+        run(0, a, 0)
+
+
+def parse():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--heads", type=int, default=4)
@@ -101,18 +118,31 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="timed steps per window")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--reps", type=int, default=3, help="timed windows; the median is printed")
-    a = ap.parse_args()
+    ap.add_argument("--ranks", type=int, default=1, help="processes under DDP (gloo)")
+    return ap.parse_args()
+
+
+def run(rank, a, port):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = Decoder(a.vocab, a.d_model, a.heads, a.layers, a.seg_len, 0.5)
+    net, sync = model, lambda: None
+    if a.ranks > 1:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=a.ranks)
+        # gloo cannot broadcast the bool mask; every rank builds the same one
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["mask"])
+        net, sync = DistributedDataParallel(model), dist.barrier
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     B, T = a.streams * a.horizon, a.seg_len
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(1 + rank)
 
     def step():
         idx = torch.randint(0, a.vocab + 1, (B, T), generator=gen)
         tgt = torch.randint(0, a.vocab, (B, T), generator=gen)
-        loss = F.cross_entropy(model(idx).view(-1, a.vocab), tgt.view(-1))
+        loss = F.cross_entropy(net(idx).view(-1, a.vocab), tgt.view(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -122,15 +152,22 @@ def main():
     rates = []
     cpu = wall = 0.0
     for _ in range(a.reps):
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(a.steps):
             step()
+        sync()
         dt = time.perf_counter() - t0
         cpu += time.process_time() - c0
         wall += dt
-        rates.append(B * T * a.steps / dt)
+        rates.append(a.ranks * B * T * a.steps / dt)
     tps = statistics.median(rates)
-    print(f"torch decoder dense {tps:.0f} {1000 * B * T / tps:.1f} {cpu / wall:.2f}", flush=True)
+    if rank == 0:
+        print(f"torch decoder dense {tps:.0f} {1000 * a.ranks * B * T / tps:.1f} {cpu / wall:.2f}",
+              flush=True)
+    if a.ranks > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

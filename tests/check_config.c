@@ -549,6 +549,50 @@ START_TEST(test_diff) {
 }
 END_TEST
 
+/* stream_block = auto: one block per rank under fast (at most 16 streams, every rank with a
+ * block), a P-independent block under bitwise; a number is kept; "auto" reads and prints. */
+START_TEST(test_stream_block_auto) {
+    trainer_config c;
+    char err[256];
+    trainer_config_defaults(&c);
+    ck_assert_int_eq(c.stream_block, TRAINER_STREAM_BLOCK_AUTO);
+    ck_assert_int_eq(c.deterministic, TRAINER_DET_FAST);
+    c.streams = 16;
+    ck_assert_int_eq(trainer_config_stream_block(&c, 1), 16);
+    ck_assert_int_eq(trainer_config_stream_block(&c, 2), 8);
+    ck_assert_int_eq(trainer_config_stream_block(&c, 3), 6);  /* 6+6+4 */
+    ck_assert_int_eq(trainer_config_stream_block(&c, 16), 1);
+    c.streams = 40;
+    ck_assert_int_eq(trainer_config_stream_block(&c, 1), 14); /* 40 in 3 blocks of at most 16 */
+    ck_assert_int_eq(trainer_config_stream_block(&c, 2), 10); /* 20 per rank in 2 blocks */
+    c.streams = 10;
+    ck_assert_int_eq(trainer_config_stream_block(&c, 4), 3);  /* 3+3+3+1: a block each */
+    c.streams = 5;
+    ck_assert_int_eq(trainer_config_stream_block(&c, 4), 1);  /* ceil gives 2: 3 blocks only */
+    for (int P = 1; P <= 5; P++) { /* every rank has a block whenever streams >= P */
+        int b = trainer_config_stream_block(&c, P);
+        ck_assert_int_ge((c.streams + b - 1) / b, P);
+    }
+    ck_assert_int_eq(trainer_config_set(&c, "deterministic", "bitwise", err, sizeof err), 0);
+    c.streams = 16;
+    for (int P = 1; P <= 8; P++) ck_assert_int_eq(trainer_config_stream_block(&c, P), 4);
+    c.streams = 3;
+    ck_assert_int_eq(trainer_config_stream_block(&c, 2), 3);
+    ck_assert_int_eq(trainer_config_set(&c, "stream_block", "6", err, sizeof err), 0);
+    ck_assert_int_eq(trainer_config_stream_block(&c, 2), 6);
+    ck_assert_int_eq(trainer_config_set(&c, "stream_block", "auto", err, sizeof err), 0);
+    ck_assert_int_eq(c.stream_block, TRAINER_STREAM_BLOCK_AUTO);
+    char text[8192];
+    trainer_config_to_text(&c, text, sizeof text);
+    ck_assert_ptr_nonnull(strstr(text, "stream_block = auto\n"));
+    ck_assert_ptr_nonnull(strstr(text, "deterministic = bitwise\n"));
+    ck_assert_int_ne(trainer_config_set(&c, "stream_block", "0", err, sizeof err), 0);
+    ck_assert_str_eq(err, "stream_block = 0: expected a positive integer or auto");
+    ck_assert_int_ne(trainer_config_set(&c, "deterministic", "exact", err, sizeof err), 0);
+    ck_assert_str_eq(err, "deterministic = exact: expected one of bitwise|fast");
+}
+END_TEST
+
 START_TEST(test_help) {
     char *buf = NULL;
     size_t len = 0;
@@ -590,6 +634,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_validate);
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_diff);
+    tcase_add_test(tc, test_stream_block_auto);
     tcase_add_test(tc, test_help);
     suite_add_tcase(s, tc);
     return s;

@@ -77,7 +77,7 @@ START_TEST(test_activations_bounded) {
         trainer_footprint_estimate(&c, 1, TRAINER_USE_TRAIN, 0, 0, 0, &f);
         trainer_rollout_mode mode = c.bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
         trainer_rollout *r = trainer_rollout_create(m, c.horizon, c.streams, mode);
-        trainer_rollout_set_block(r, c.stream_block);
+        trainer_rollout_set_block(r, trainer_config_stream_block(&c, 1));
         float *M = calloc((size_t)c.streams * trainer_model_memory_size(m) + 1, sizeof(float));
         tu_random_rollout(r, spec.vocab, &rng);
         tu_train_rollout(r, m, M, 1.0f);

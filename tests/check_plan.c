@@ -25,7 +25,7 @@ END_TEST
  * OC 8 (W = 24), 2 ranks, 4 streams in blocks of 2, horizon 1, 100 rows per segment. */
 START_TEST(test_bytes_by_hand) {
     trainer_plan_run r = run_of(2, 4, 2, 1, 1);
-    trainer_plan_group g = {3, 4, 2, 8, 100, -1};
+    trainer_plan_group g = {3, 4, 2, 8, 100, -1, 0};
     trainer_plan_cost c;
     trainer_plan_choose(&r, &g, &c);
     double u = trainer_plan_distinct(2, 200); /* a rank's 2 streams x 100 rows: ~4 */
@@ -38,9 +38,32 @@ START_TEST(test_bytes_by_hand) {
     double n = 200, owner = 4 * 4 + n * 4 * 0.5 * 8 + n * 96 * 0.5 + n * 4 * 0.5 * 8 + n * 96 * 0.5 +
                             n * 4 * 0.5 * 4;
     ck_assert_double_eq_tol(c.bytes[TRAINER_STRATEGY_OWNER], owner, 1e-9 * owner);
-    /* replicate: a ring all-reduce of 16 rows x 24 doubles and 16 marks, 2 (P-1)/P of it */
-    double rep = 2 * 0.5 * (16 * 24 * 8 + 16);
+    /* replicate: a ring all-reduce of 16 rows x 24 doubles and 16 double marks, 2 (P-1)/P
+       of it; under deterministic = fast floats */
+    double rep = 2 * 0.5 * (16 * 24 * 8 + 16 * 8);
     ck_assert_double_eq_tol(c.bytes[TRAINER_STRATEGY_REPLICATE], rep, 1e-9 * rep);
+    trainer_plan_run rf = r;
+    rf.fast = 1;
+    trainer_plan_cost cf;
+    trainer_plan_choose(&rf, &g, &cf);
+    ck_assert_double_eq_tol(cf.bytes[TRAINER_STRATEGY_REPLICATE], rep / 2, 1e-9 * rep);
+    /* a Memformer (horizon 3, 64 blocks of one stream per rank, 4 memory rows per segment,
+       tables of 2^16 rows) whose rows the budget keeps: one fetch per segment (the recompute
+       finds the memory pass's rows), one push per block. Over the budget: a call fetches for
+       its forward and again for its backward, and a group the MRBP memory pass runs once
+       more per segment: 2T + 1 and 3T + 1 exchanges per block */
+    trainer_plan_run rm = run_of(2, 128, 1, 3, 0);
+    rm.replay = 1;
+    trainer_plan_group gw = {1, 4, 16, 8, 4, -1, 1};
+    trainer_plan_choose(&rm, &gw, &cf);
+    ck_assert_double_eq(cf.messages[TRAINER_STRATEGY_FETCH], 64.0 * (3 + 1));
+    rm.budget = cf.memory[TRAINER_STRATEGY_FETCH] / 2; /* the step's rows do not fit */
+    trainer_plan_choose(&rm, &gw, &cf);
+    ck_assert(cf.allowed[TRAINER_STRATEGY_FETCH]);
+    ck_assert_double_eq(cf.messages[TRAINER_STRATEGY_FETCH], 64.0 * (3 * 3 + 1));
+    gw.replayed = 0;
+    trainer_plan_choose(&rm, &gw, &cf);
+    ck_assert_double_eq(cf.messages[TRAINER_STRATEGY_FETCH], 64.0 * (2 * 3 + 1));
     ck_assert_double_eq(c.messages[TRAINER_STRATEGY_FETCH], 2.0); /* 1 block: fetch, push */
     ck_assert_double_eq(c.messages[TRAINER_STRATEGY_OWNER], 4.0);
     ck_assert_double_eq_tol(c.seconds[TRAINER_STRATEGY_OWNER], 4 * 20e-6 + owner / (100e9 / 8),
@@ -53,13 +76,13 @@ START_TEST(test_choices) {
     trainer_plan_cost c;
     /* a tiny table: replicating it costs least */
     trainer_plan_run r = run_of(8, 64, 8, 4, 1);
-    trainer_plan_group tiny = {1, 2, 4, 8, 64, -1};
+    trainer_plan_group tiny = {1, 2, 4, 8, 64, -1, 0};
     trainer_plan_choose(&r, &tiny, &c);
     ck_assert_int_eq(c.choice, TRAINER_STRATEGY_REPLICATE);
     /* a large table (d_model 256, tau 8, Q/K/V), many tokens per rank, 2 ranks: every row is
        hit many times, so fetching rows beats shipping every token's outputs */
     r = run_of(2, 128, 64, 4, 1);
-    trainer_plan_group qkv = {3, 32, 8, 256, 64, -1};
+    trainer_plan_group qkv = {3, 32, 8, 256, 64, -1, 0};
     trainer_plan_choose(&r, &qkv, &c);
     ck_assert_int_eq(c.choice, TRAINER_STRATEGY_FETCH);
     /* few tokens per rank (one stream of 16 tokens), many ranks: sending the lookups wins */

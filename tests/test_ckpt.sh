@@ -6,6 +6,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$TOP"
 
 SMALL=(--config jobs/configs/demo.conf --d_model=32 --seg_len=28 --streams=6 --stream_block=2 --horizon=2
+       --deterministic=bitwise
        --steps=12 --warmup=2 --log_every=1 --eval_every=0 --ckpt_every=6 --keep_ckpts=0)
 
 losses() { # run_dir -> "step loss" lines from metrics.csv (the loss printed in full)

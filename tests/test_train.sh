@@ -101,7 +101,8 @@ check_run brown 64 150
 # give the one-rank run's tables and weights bit for bit.
 replan() { # np
   mt "$1" --config jobs/configs/demo.conf --arch=decoder --n_layers=2 --d_model=64 --seg_len=784 \
-     --horizon=1 --streams=2 --stream_block=1 --steps=8 --warmup=1 --eval_every=0 --log_every=8 \
+     --horizon=1 --streams=2 --stream_block=1 --deterministic=bitwise --steps=8 --warmup=1 \
+     --eval_every=0 --log_every=8 \
      --ckpt_every=0 --run_dir="$TMP/replan$1"
   [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "re-planned run on $1 ranks exited $status"; }
 }

@@ -28,6 +28,7 @@ enum {
     KF_LO_OPEN = 1u << 1, /* value > lo rather than >= lo */
     KF_HI_OPEN = 1u << 2, /* value < hi rather than <= hi */
     KF_NO_HI = 1u << 3,   /* no upper bound beyond the field type's */
+    KF_AUTO = 1u << 4,    /* KEY_INT: the word auto stands for 0 */
 };
 
 typedef bool (*key_applies_fn)(const trainer_config *c);
@@ -63,6 +64,7 @@ static const char *const bptt_words[] = {"mrbp", "full", NULL};
 static const char *const bool_words[] = {"off", "on", NULL};
 static const char *const strategy_words[] = {"auto", "fetch", "owner", "replicate", NULL};
 static const char *const rowfmt_words[] = {"f32", "bf16", NULL};
+static const char *const det_words[] = {"bitwise", "fast", NULL};
 
 #define NWORDS(w) (sizeof(w) / sizeof((w)[0]) - 1)
 static_assert(NWORDS(arch_words) == TRAINER_ARCH_COUNT, "arch_words out of step with trainer_arch");
@@ -72,11 +74,13 @@ static_assert(NWORDS(pos_words) == TRAINER_POS_COUNT, "pos_words out of step wit
 static_assert(NWORDS(bptt_words) == TRAINER_BPTT_COUNT, "bptt_words out of step");
 static_assert(NWORDS(strategy_words) == TRAINER_STRATEGY_KEY_COUNT, "strategy_words out of step");
 static_assert(NWORDS(rowfmt_words) == TRAINER_ROWS_COUNT, "rowfmt_words out of step");
+static_assert(NWORDS(det_words) == TRAINER_DET_COUNT, "det_words out of step");
 /* Enum fields are read and written through an int. */
 static_assert(sizeof(trainer_arch) == sizeof(int) && sizeof(trainer_proj) == sizeof(int) &&
                   sizeof(trainer_score) == sizeof(int) && sizeof(trainer_pos) == sizeof(int) &&
                   sizeof(trainer_bptt) == sizeof(int) && sizeof(trainer_strategy_key) == sizeof(int) &&
-                  sizeof(trainer_row_format) == sizeof(int),
+                  sizeof(trainer_row_format) == sizeof(int) &&
+                  sizeof(trainer_determinism) == sizeof(int),
               "enum fields must be int-sized");
 
 #define OFF(f) offsetof(trainer_config, f)
@@ -141,9 +145,12 @@ static const key_def keys[] = {
              "kept); same gradients"),
     INT_KEY(streams, "8", 1, 0, S | NOHI, NULL,
             "sequences in flight over all ranks, each with its own memory and data cursor"),
-    INT_KEY(stream_block, "4", 1, 0, NOHI, NULL,
-            "streams computed together as one batch; ranks own whole blocks, so any rank count "
-            "up to streams/stream_block gives the same result"),
+    INT_KEY(stream_block, "auto", 1, 0, NOHI | KF_AUTO, NULL,
+            "streams computed together as one batch; ranks own whole blocks. auto: streams/ranks "
+            "(at most 16) under deterministic = fast, 4 under bitwise"),
+    ENUM_KEY(deterministic, "fast", det_words, 0, NULL,
+             "bitwise: the same bits on any rank count with the same stream_block (double "
+             "sums); fast: float sums, the same bits run to run on the same rank count"),
     /* table parallelism */
     ENUM_KEY(table_strategy, "auto", strategy_words, 0, applies_hash,
              "how table groups are served across ranks: the planner's choice per group, or one "
@@ -289,7 +296,8 @@ static void describe_expected(const key_def *d, char *buf, size_t n) {
         int64_t lo, hi;
         int_bounds(d, &lo, &hi);
         if (d->flags & KF_NO_HI) {
-            if (lo == 1) snprintf(buf, n, "a positive integer");
+            if (lo == 1 && (d->flags & KF_AUTO)) snprintf(buf, n, "a positive integer or auto");
+            else if (lo == 1) snprintf(buf, n, "a positive integer");
             else if (lo == 0) snprintf(buf, n, "a non-negative integer");
             else snprintf(buf, n, "an integer >= %" PRId64, lo);
         } else {
@@ -360,6 +368,11 @@ static int set_key(trainer_config *c, const key_def *d, const char *value, char 
     case KEY_I64: {
         int64_t lo, hi;
         int_bounds(d, &lo, &hi);
+        if ((d->flags & KF_AUTO) && strcmp(value, "auto") == 0) {
+            int iv = 0;
+            memcpy(field(c, d), &iv, sizeof iv);
+            return 0;
+        }
         char *end;
         errno = 0;
         long long v = strtoll(value, &end, 10);
@@ -697,7 +710,10 @@ static void format_float(float v, char *buf, size_t n) {
 static void format_value(const trainer_config *c, const key_def *d, char *buf, size_t n) {
     switch (d->type) {
     case KEY_INT:
-        snprintf(buf, n, "%d", get_int(c, d));
+        if ((d->flags & KF_AUTO) && get_int(c, d) == 0)
+            snprintf(buf, n, "auto");
+        else
+            snprintf(buf, n, "%d", get_int(c, d));
         break;
     case KEY_I64: {
         int64_t v;
@@ -738,6 +754,7 @@ static int check_key(const trainer_config *c, const key_def *d, char *err, size_
         int_bounds(d, &lo, &hi);
         if (d->type == KEY_INT) v = get_int(c, d);
         else memcpy(&v, cfield(c, d), sizeof v);
+        if ((d->flags & KF_AUTO) && v == 0) return 0;
         if (v < lo || v > hi) return bad_value(d, text, err, n);
         return 0;
     }
@@ -769,6 +786,18 @@ int trainer_config_rope_dim(const trainer_config *c) {
     if (c->pos != TRAINER_POS_ROPE || c->n_heads <= 0) return 0;
     double rot = (double)c->rope_frac * (c->d_model / c->n_heads);
     return (int)lround(rot);
+}
+
+int trainer_config_stream_block(const trainer_config *c, int P) {
+    if (c->stream_block != TRAINER_STREAM_BLOCK_AUTO) return c->stream_block;
+    int S = c->streams > 0 ? c->streams : 1;
+    if (c->deterministic == TRAINER_DET_BITWISE)
+        return S < TRAINER_STREAM_BLOCK_BITWISE ? S : TRAINER_STREAM_BLOCK_BITWISE;
+    if (P < 1) P = 1;
+    int b = (S + P - 1) / P;
+    if ((S + b - 1) / b < P) b = S / P > 0 ? S / P : 1; /* every rank needs a block */
+    int parts = (b + TRAINER_STREAM_BLOCK_CAP - 1) / TRAINER_STREAM_BLOCK_CAP;
+    return (b + parts - 1) / parts;
 }
 
 int trainer_config_validate(const trainer_config *c, char *err, size_t n) {

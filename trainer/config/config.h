@@ -82,6 +82,20 @@ typedef enum trainer_row_format {
     TRAINER_ROWS_COUNT
 } trainer_row_format;
 
+/* How sums over blocks and ranks are formed (README "Distribution"). */
+typedef enum trainer_determinism {
+    TRAINER_DET_BITWISE = 0, /* double sums rounded once: the same bits for any rank count */
+    TRAINER_DET_FAST,        /* float sums in an order fixed by the rank count */
+    TRAINER_DET_COUNT
+} trainer_determinism;
+
+/* stream_block = auto: the block the run uses is trainer_config_stream_block's. */
+#define TRAINER_STREAM_BLOCK_AUTO 0
+/* The largest block auto chooses: larger blocks add activation memory for little speed. */
+#define TRAINER_STREAM_BLOCK_CAP 16
+/* What auto resolves to under deterministic = bitwise, on every rank count. */
+#define TRAINER_STREAM_BLOCK_BITWISE 4
+
 typedef struct trainer_config {
     /* model */
     trainer_arch arch;
@@ -107,7 +121,8 @@ typedef struct trainer_config {
     int horizon; /* segments per rollout, one optimizer step each */
     trainer_bptt bptt;
     int streams; /* global number of sequences in flight */
-    int stream_block; /* streams computed together; ranks own whole blocks */
+    int stream_block; /* streams computed together; ranks own whole blocks; 0: auto */
+    trainer_determinism deterministic;
     /* table parallelism */
     trainer_strategy_key table_strategy;
     float row_cache_mb;
@@ -225,6 +240,13 @@ bool trainer_config_flag_matches(const char *arg, const char *flag);
  * nearest to name, within an edit distance of 2 (1 for names of up to 3 characters); "" when
  * none is that near. */
 void trainer_config_suggest(const char *name, const char *const *flags, char *out, size_t n);
+
+/* The stream block a run of c on P ranks uses: stream_block when set; auto under
+ * deterministic = fast is ceil(streams / P) (one block per rank), or streams / P when that
+ * leaves a rank without a block, split into equal blocks of at most TRAINER_STREAM_BLOCK_CAP;
+ * auto under bitwise is min(streams, TRAINER_STREAM_BLOCK_BITWISE) whatever P is, so runs on
+ * different rank counts cut the same blocks. */
+int trainer_config_stream_block(const trainer_config *c, int P);
 
 /* Whether name (with '-' read as '_') is a config key, and whether it is a shape key.
  * Both return false for an unknown name. */

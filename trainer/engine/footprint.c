@@ -18,7 +18,7 @@ typedef struct shape {
     int hash, memformer, memory, rope, full;
 } shape;
 
-static shape shape_of(const trainer_config *cfg) {
+static shape shape_of(const trainer_config *cfg, int P) {
     shape s;
     memset(&s, 0, sizeof s);
     s.hash = cfg->proj == TRAINER_PROJ_HASH;
@@ -39,7 +39,7 @@ static shape shape_of(const trainer_config *cfg) {
     s.n_dec = s.memformer ? cfg->dec_layers : cfg->n_layers;
     s.n_enc = s.memformer ? cfg->enc_layers : 0;
     s.streams = cfg->streams;
-    s.block = cfg->stream_block;
+    s.block = trainer_config_stream_block(cfg, P > 0 ? P : 1);
     return s;
 }
 
@@ -116,7 +116,7 @@ static void add_group(void *ctx, double nout, double bits, double OC, double row
     t->elems += elems;
     double shard = fmin(s->K, LAYER_HASH_SHARD) * pow(2.0, bits) * nout * OC * t->per;
     if (shard > t->max_shard) t->max_shard = shard;
-    trainer_plan_group g = {(int)nout, (int)s->K, (int)bits, (int)OC, (int)rows, -1};
+    trainer_plan_group g = {(int)nout, (int)s->K, (int)bits, (int)OC, (int)rows, -1, 0};
     trainer_plan_cost c;
     trainer_plan_choose(&t->run, &g, &c);
     if (c.choice == TRAINER_STRATEGY_REPLICATE && t->run.P > 1)
@@ -191,17 +191,20 @@ void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footpr
                                 int batch, double data_resident, double data_loading,
                                 trainer_footprint *f) {
     memset(f, 0, sizeof *f);
-    shape s = shape_of(cfg);
+    shape s = shape_of(cfg, P);
     double Bmax = ceil((double)cfg->streams / (P > 0 ? P : 1));
     f->data = data_resident;
     f->data_load = data_loading;
     f->dense = 24 * dense_params(&s); /* data, grad, m, v in float, the folded sum in double */
     int Pn = P > 0 ? P : 1;
     double nblocks = ceil(s.streams / s.block);
-    table_sum t = {.s = &s, .per = 4 * sizeof(float) + (Pn > 1 || nblocks > 1 ? sizeof(double) : 0)};
+    int fast = cfg->deterministic == TRAINER_DET_FAST; /* no double gradient sums */
+    table_sum t = {.s = &s, .per = 4 * sizeof(float) +
+                                  (!fast && (Pn > 1 || nblocks > 1) ? sizeof(double) : 0)};
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, cfg);
     t.run = spec.tables;
+    t.run.block = (int)s.block;
     t.run.P = Pn;
     t.run.batched = !s.memory;
     for_groups(&s, add_group, &t);
@@ -332,7 +335,7 @@ static int product_ok(double a, double b, const char *what, char *err, size_t n)
 
 int trainer_footprint_check_ranges(const trainer_config *cfg, int P, int batch, char *err,
                                    size_t n) {
-    shape s = shape_of(cfg);
+    shape s = shape_of(cfg, P);
     double Bmax = ceil((double)cfg->streams / (P > 0 ? P : 1));
     double B = batch > Bmax ? batch : Bmax;
     char what[300];

@@ -54,9 +54,10 @@ void trainer_schedule_train(const trainer_schedule *s, trainer_rollout *r, train
         double loss = trainer_rollout_block(r, m, b0, nb, M ? M + (size_t)b0 * ms : NULL, grad_scale);
         /* the rank's last pass: its own rows' gradients stay where the block left them */
         trainer_tables_block_end(tb, p == s->passes - 1);
-        /* several blocks: each one's dense gradient joins a double sum, so the step's sum does
-           not depend on how blocks are dealt to ranks */
-        if (s->nblocks > 1) trainer_params_fold(params);
+        /* several blocks, bitwise: each one's dense gradient joins a double sum, so the step's
+           sum does not depend on how blocks are dealt to ranks (fast: the blocks add into the
+           float gradient) */
+        if (s->nblocks > 1 && !trainer_tables_fast(tb)) trainer_params_fold(params);
         if (p < s->nmine) block_loss[s->first_block + p] = loss;
     }
 }

@@ -56,7 +56,9 @@ int trainer_step(trainer_model *m, trainer_rollout *ro, const trainer_schedule *
     double loss = 0.0;
     for (int b = 0; b < sched->nblocks; b++) loss += block_loss[b];
     free(block_loss);
-    if (sched->nblocks > 1) {
+    if (trainer_tables_fast(tables)) { /* float sums in the all-reduce's order (fixed for P) */
+        if (sched->P > 1) comm_sum_floats(comm, params->grad, params->total);
+    } else if (sched->nblocks > 1) {
         comm_sum_doubles(comm, params->grad64, params->total);
         trainer_params_unfold(params);
     }

@@ -73,6 +73,7 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
         snprintf(nm, sizeof(nm), "dec%d.ffn", l);
         mt_ffn_define(c, &m->dec_ffn[l], nm, C, hash, s->tau, s->expand_bits, s->L);
     }
+    int replayed0 = trainer_tables_ngroups(m->tables); /* the encoder's and writer's groups */
     if (s->memformer) {
         m->n_enc = s->enc_layers;
         m->enc_self = layer_xcalloc(m->n_enc, sizeof(mt_attn));
@@ -91,6 +92,9 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
         mt_builder_param(c, &m->enc_norm, "enc.norm", C, TRAINER_INIT_ONES, 0, 0);
         if (s->memory)
             mt_writer_define(c, &m->writer, C, s->S, s->L, s->write_temp, s->forgetting, hash, s->tau);
+        if (s->memory) /* what the memory pass runs: trainer_model_write_memory */
+            for (int g = replayed0; g < trainer_tables_ngroups(m->tables); g++)
+                trainer_tables_set_replayed(m->tables, g);
     }
     mt_builder_param(c, &m->dec_norm, "dec.norm", C, TRAINER_INIT_ONES, 0, 0);
     mt_builder_param(c, &m->lm_head, "lm_head", (size_t)s->vocab * C, TRAINER_INIT_NORMAL, 0.02f, 1);
@@ -107,6 +111,7 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
         const trainer_plan_run *r = &m->spec.tables;
         trainer_tables_set_blocks(m->tables, (r->streams + r->block - 1) / r->block);
     }
+    trainer_tables_set_fast(m->tables, s->tables.fast);
     trainer_tables_alloc(m->tables, s->seed);
     return m;
 }

@@ -35,10 +35,13 @@ void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cf
     spec->vocab = cfg->vocab;
     spec->seed = (uint64_t)cfg->seed;
     spec->tables = (trainer_plan_run){
-        .streams = cfg->streams, .block = cfg->stream_block, .horizon = cfg->horizon,
+        .streams = cfg->streams, .block = trainer_config_stream_block(cfg, 1),
+        .horizon = cfg->horizon,
         .budget = (double)cfg->row_cache_mb * 1048576.0,
         .latency = cfg->net_latency_us * 1e-6, .bandwidth = cfg->net_gbps * 1e9 / 8,
         .wire_bytes = cfg->row_format == TRAINER_ROWS_BF16 ? 2 : 4,
         .force = forced_strategy(cfg->table_strategy),
+        .fast = cfg->deterministic == TRAINER_DET_FAST,
+        .replay = cfg->bptt == TRAINER_BPTT_MRBP,
     };
 }

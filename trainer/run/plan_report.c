@@ -25,6 +25,7 @@ static plan_figures figures(const trainer_config *cfg, trainer_model *m, int P, 
     trainer_spec_from_config(&spec, cfg);
     trainer_plan_run r = spec.tables;
     r.P = P;
+    r.block = trainer_config_stream_block(cfg, P);
     if (per_rank > 0) {
         r.streams = per_rank * P;
         r.block = per_rank;
@@ -36,7 +37,7 @@ static plan_figures figures(const trainer_config *cfg, trainer_model *m, int P, 
     trainer_tables *t = trainer_model_tables(m);
     double numel = (double)trainer_tables_numel(t), blocks = (r.streams + r.block - 1) / r.block;
     /* rows, m, v, the last block's gradient (float); the sum of others (double) */
-    double per = 4 * sizeof(float) + (P > 1 || blocks > 1 ? sizeof(double) : 0);
+    double per = 4 * sizeof(float) + (!r.fast && (P > 1 || blocks > 1) ? sizeof(double) : 0);
     f.state = numel * per / P;
     for (int g = 0; g < trainer_tables_ngroups(t); g++) {
         trainer_plan_group pg = trainer_tables_plan_group(t, g);
@@ -80,8 +81,8 @@ int trainer_plan_report(comm_ctx *comm, const trainer_config *cfg, const int *ra
                cfg->row_cache_mb, "P", "streams", "block", "tokens", "MiB sent", "exchanges",
                "comm ms", "state MiB", "+held MiB", "total MiB", "groups fetch/owner/replicate");
     for (int i = 0; i < nranks; i++) {
-        if (ranks[i] < 1 || (per_rank <= 0 && (cfg->streams + cfg->stream_block - 1) /
-                                                          cfg->stream_block < ranks[i])) {
+        int blk = trainer_config_stream_block(cfg, ranks[i] > 0 ? ranks[i] : 1);
+        if (ranks[i] < 1 || (per_rank <= 0 && (cfg->streams + blk - 1) / blk < ranks[i])) {
             fprintf(stderr, "memtrain plan: %d ranks need at least %d blocks of streams; give "
                             "--per-rank-streams or more streams\n", ranks[i], ranks[i]);
             trainer_model_free(m);

@@ -482,10 +482,14 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     r->cfg = cfg;
     int P = comm_size(comm), rank = comm_rank(comm);
     char err[512];
-    if (trainer_schedule_check(cfg->streams, cfg->stream_block, P, err, sizeof(err)) != 0)
+    /* stream_block = auto resolved for this rank count; r->cfg keeps the user's text for the
+       run directory and checkpoints, so a resume on another rank count resolves it anew */
+    trainer_config eff = *cfg;
+    eff.stream_block = trainer_config_stream_block(cfg, P);
+    if (trainer_schedule_check(eff.streams, eff.stream_block, P, err, sizeof(err)) != 0)
         comm_exit_error(comm, err);
-    r->sched = trainer_schedule_make(cfg->streams, cfg->stream_block, P, rank);
-    trainer_preflight_memory(comm, cfg, TRAINER_USE_TRAIN, 0, 1);
+    r->sched = trainer_schedule_make(eff.streams, eff.stream_block, P, rank);
+    trainer_preflight_memory(comm, &eff, TRAINER_USE_TRAIN, 0, 1);
     char header[512];
     csv_header(header, sizeof(header));
     r->rd = trainer_rundir_open(comm, cfg, resume_dir, header);
@@ -511,7 +515,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     load_data(r);
     if (cfg->eval_every > 0) trainer_preflight_eval(comm, cfg, r->val);
     trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg);
+    trainer_spec_from_config(&spec, &eff);
     r->model = trainer_model_create(&spec, comm);
     r->L = cfg->seg_len;
     r->bos = cfg->vocab;
@@ -524,7 +528,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         for (int b = 0; b < r->B; b++) io_stream_set_shuffle(&r->streams[b].io, (uint64_t)cfg->data_seed);
     trainer_rollout_mode mode = cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
     r->rollout = trainer_rollout_create(r->model, cfg->horizon, r->B, mode);
-    trainer_rollout_set_block(r->rollout, cfg->stream_block);
+    trainer_rollout_set_block(r->rollout, eff.stream_block);
     trainer_schedule_attach(&r->sched, r->model);
     size_t ms = trainer_model_memory_size(r->model);
     r->M = layer_xcalloc((size_t)r->B * ms + 1, sizeof(float));
@@ -534,9 +538,10 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         char d1[256], d2[256];
         io_dataset_describe(r->train, d1, sizeof(d1));
         io_dataset_describe(r->val, d2, sizeof(d2));
-        say(r, "memtrain: %d rank%s, %d streams, horizon %d x %d tokens per stream: %lld tokens "
-            "per step\n", P, P > 1 ? "s" : "", cfg->streams, cfg->horizon, cfg->seg_len,
-            trainer_tokens_per_step(cfg));
+        say(r, "memtrain: %d rank%s, %d streams in blocks of %d (%s sums), horizon %d x %d "
+            "tokens per stream: %lld tokens per step\n", P, P > 1 ? "s" : "", cfg->streams,
+            eff.stream_block, cfg->deterministic == TRAINER_DET_FAST ? "fast" : "bitwise",
+            cfg->horizon, cfg->seg_len, trainer_tokens_per_step(cfg));
         say(r, "data: train %s | val %s\n", d1, d2);
         if (cfg->shuffle)
             say(r, "data: training documents in a shuffled order, drawn anew each pass (data_seed "

@@ -52,12 +52,15 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     double ws_block = frac * K * res_blk * W * sizeof(float) * (r->batched ? 2 : 3);
     double ws_step = frac * K * res_step * W * sizeof(float);
     int keep = ws_step <= r->budget;
-    double calls = r->batched ? 2 : 2 * T; /* forward and backward of each call */
+    /* forward and backward of each call, and the memory pass's forward of a replayed group
+       (its recompute finds the rows only when they are kept) */
+    int replayed = r->replay && g->replayed && !r->batched;
+    double calls = r->batched ? 2 : (2 + replayed) * T;
     double fetch = keep ? frac * K * u_step * (KEY + W * r->wire_bytes)
                         : nbr * calls * frac * K * u_blk * (KEY + W * r->wire_bytes);
     double push = nbr * frac * K * u_blk * (KEY + W * GRAD);
     c->bytes[TRAINER_STRATEGY_FETCH] = fetch + push;
-    c->messages[TRAINER_STRATEGY_FETCH] = nbr * ((r->batched ? 1 : T) * (keep ? 1 : 2) + 1);
+    c->messages[TRAINER_STRATEGY_FETCH] = nbr * ((r->batched ? 1 : T) * (keep ? 1 : 2 + replayed) + 1);
     c->memory[TRAINER_STRATEGY_FETCH] = keep ? ws_step : ws_block;
     c->allowed[TRAINER_STRATEGY_FETCH] = ws_block <= r->budget;
 
@@ -73,9 +76,11 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     c->memory[TRAINER_STRATEGY_OWNER] = n * W * sizeof(float) * S * frac; /* partials */
     c->allowed[TRAINER_STRATEGY_OWNER] = r->batched;
 
-    /* REPLICATE: one ring all-reduce of the group's gradient sums (double) and touch marks */
-    double state = R * W * (3 * sizeof(float) + SUM); /* rows, m, v, gradient sum */
-    c->bytes[TRAINER_STRATEGY_REPLICATE] = 2 * frac * (R * W * SUM + R);
+    /* REPLICATE: one ring all-reduce of the group's gradient sums (double, or float under
+       deterministic = fast) and touch marks */
+    double sum = r->fast ? sizeof(float) : SUM;
+    double state = R * W * (3 * sizeof(float) + sum); /* rows, m, v, gradient sum */
+    c->bytes[TRAINER_STRATEGY_REPLICATE] = 2 * frac * (R * W + R) * sum;
     c->messages[TRAINER_STRATEGY_REPLICATE] = P > 1 ? 1 : 0;
     c->memory[TRAINER_STRATEGY_REPLICATE] = state * frac;
     c->allowed[TRAINER_STRATEGY_REPLICATE] = state <= r->budget / 4;

@@ -38,6 +38,9 @@ typedef struct trainer_plan_run {
     double bandwidth;      /* bytes per second a rank sends (net_gbps) */
     int wire_bytes;        /* bytes per row value on the wire: 4 (float) or 2 (bf16 rows) */
     int force;             /* -1: the cheapest; else a trainer_strategy for every group */
+    int fast;              /* deterministic = fast: gradient sums in float (no double sums) */
+    int replay;            /* bptt = mrbp: a memory pass runs the groups that write the memory
+                              (encoder, writer) once more per segment, before the recompute */
 } trainer_plan_run;
 
 /* What it knows about a group. */
@@ -46,6 +49,7 @@ typedef struct trainer_plan_group {
     int rows;           /* input rows per segment per stream (seg_len, mem_slots, ...) */
     double distinct;    /* measured distinct keys per table per step per rank; < 0: assume
                            uniform buckets */
+    int replayed;       /* 1: a group the MRBP memory pass runs (with r->replay) */
 } trainer_plan_group;
 
 /* The cost of each strategy for one group, per rank and step, and the choice. */

@@ -121,7 +121,8 @@ static void round_chunk(group_state *s, int j, int k) {
 /* ---- the plan ---- */
 
 static trainer_plan_group plan_group(const group_state *s, double distinct) {
-    trainer_plan_group pg = {s->g.nout, s->g.K, s->g.tau, s->g.OC, s->in_rows, distinct};
+    trainer_plan_group pg = {s->g.nout, s->g.K, s->g.tau, s->g.OC, s->in_rows, distinct,
+                             s->replayed};
     return pg;
 }
 
@@ -281,7 +282,7 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
             s->drows[j] = store_map(store_bytes(s, sizeof(float)));
             s->m[j] = store_map(store_bytes(s, sizeof(float)));
             s->v[j] = store_map(store_bytes(s, sizeof(float)));
-            s->acc[j] = store_map(store_bytes(s, sizeof(double)));
+            if (!t->fast) s->acc[j] = store_map(store_bytes(s, sizeof(double)));
             for (int k = 0; k < s->g.K; k++) {
                 if (!tables_holds(t, s, k)) continue;
                 layer_rng r;
@@ -354,8 +355,10 @@ int trainer_tables_owned_units(const trainer_tables *t) {
 
 size_t trainer_tables_owned_bytes(const trainer_tables *t) {
     /* rows, m, v and the last block's gradient in float; with several blocks or ranks the
-       sum of the other contributions in double; replicated groups count on every rank */
-    size_t per = 4 * sizeof(float) + (t->blocks > 1 || t->P > 1 ? sizeof(double) : 0), b = 0;
+       sum of the other contributions in double (bitwise); replicated groups count on every
+       rank */
+    size_t per = 4 * sizeof(float) + (!t->fast && (t->blocks > 1 || t->P > 1) ? sizeof(double) : 0);
+    size_t b = 0;
     for (int i = 0; i < t->n; i++) {
         const group_state *s = &t->gs[i];
         for (int k = 0; k < s->g.K; k++)
@@ -365,6 +368,18 @@ size_t trainer_tables_owned_bytes(const trainer_tables *t) {
 }
 
 void trainer_tables_set_blocks(trainer_tables *t, int blocks) { t->blocks = blocks; }
+
+void trainer_tables_set_replayed(trainer_tables *t, int g) {
+    LAYER_ASSERT(!t->allocated && g >= 0 && g < t->n);
+    t->gs[g].replayed = 1;
+}
+
+void trainer_tables_set_fast(trainer_tables *t, int fast) {
+    LAYER_ASSERT(!t->allocated);
+    t->fast = fast != 0;
+}
+
+int trainer_tables_fast(const trainer_tables *t) { return t->fast; }
 
 void trainer_tables_print_plan(trainer_tables *t) {
     int P = t->P, me = t->me;

@@ -100,6 +100,19 @@ void trainer_tables_print_plan(trainer_tables *t);
  * sums are ever kept; this only changes what trainer_tables_owned_bytes counts). */
 void trainer_tables_set_blocks(trainer_tables *t, int blocks);
 
+/* Group g is run by the MRBP memory pass too (encoder, writer): the planner counts its
+ * extra fetches. Only before trainer_tables_plan. */
+void trainer_tables_set_replayed(trainer_tables *t, int g);
+
+/* deterministic = fast (fast != 0): a held row's gradient is one float sum in the gradient
+ * store, which its own blocks add into and the owner adds other ranks' pushed rows into in
+ * rank order, at the block end where they arrive; no double sums are kept (16 bytes per entry
+ * with the rows and moments, not 24). The same rank count gives the same bits run to run; a
+ * different one rounds the sums in another order. Replicated groups meet in a float
+ * all-reduce. Only before alloc. Default 0 (bitwise, as described above). */
+void trainer_tables_set_fast(trainer_tables *t, int fast);
+int trainer_tables_fast(const trainer_tables *t);
+
 /* One call of a hashed projection: what its backward needs. Filled by the forward from the
  * arena the caller passes. */
 typedef struct trainer_tables_act {

@@ -23,6 +23,7 @@ enum {
 typedef struct group_state {
     trainer_table_group g;
     int in_rows;             /* input rows per segment per stream (for the planner) */
+    int replayed;            /* run by the MRBP memory pass (for the planner) */
     int R, S;                /* K << tau rows in every store (row id = k << tau | bucket);
                                 S shards of LAYER_HASH_SHARD chunks */
     int *owner;              /* (S) rank that owns each shard (writes it to checkpoints) */
@@ -62,6 +63,7 @@ struct trainer_tables {
     int n, cap, allocated, me, P;
     int blocks;              /* blocks of streams a step sums over (memory accounting) */
     int bf16;                /* rows read and fetched rounded to bf16 (row_format) */
+    int fast;                /* float gradient sums in drows, no acc (trainer_tables_set_fast) */
     trainer_plan_run run;    /* what the planner was told */
     int planned;
     group_state *gs;

@@ -232,6 +232,18 @@ static void columns(int32_t *rid, float *s2, const int32_t *rowid, const float *
     }
 }
 
+/* The row gradients of keys rid (n) just added into drows are one contribution: bitwise,
+ * folded into the double sums at once; fast, they stay in drows, which sums in float. */
+static void mark_contribution(const trainer_tables *t, group_state *s, const int32_t *rid,
+                              size_t n) {
+    if (t->fast) {
+        for (size_t e = 0; e < n; e++) s->state[rid[e]] |= ST_TOUCHED;
+        return;
+    }
+    for (size_t e = 0; e < n; e++) s->state[rid[e]] |= ST_BLOCK;
+    tables_fold_marked(s, 0, s->R);
+}
+
 static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const float *sc, int N,
                           float *const *out, const float *const *b, trainer_arena *ar) {
     group_state *s = &t->gs[g];
@@ -350,8 +362,7 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
                 s2[(size_t)n * mine + q] = a->s[(size_t)n * K + list[q]];
             }
         local_backward(s, rid, s2, N, mine, dout, gsl, db);
-        for (size_t e = 0; e < (size_t)N * mine; e++) s->state[rid[e]] |= ST_BLOCK;
-        tables_fold_marked(s, 0, s->R);
+        mark_contribution(t, s, rid, (size_t)N * mine);
     } else if (db) { /* the bias gradient alone: layer_hash_backward sums it first */
         for (int j = 0; j < nout; j++)
             if (db[j]) layer_hash_backward(NULL, NULL, db[j], dout[j], a->rowid, a->s, s->rows[j],
@@ -376,8 +387,7 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
         float *pgs = (float *)rw;
         memset(pgs, 0, (size_t)Ns * mine * sizeof(float));
         local_backward(s, prid, psc, Ns, mine, (const float *const *)pd, pgs, NULL);
-        for (size_t e = 0; e < (size_t)Ns * mine; e++) s->state[prid[e]] |= ST_BLOCK;
-        tables_fold_marked(s, 0, s->R);
+        mark_contribution(t, s, prid, (size_t)Ns * mine);
         rw += (size_t)Ns * mine;
         cnt[p] = (int64_t)Ns * mine;
     }
@@ -464,12 +474,22 @@ static void push_finish(trainer_tables *t, int g) {
         }
 }
 
+/* Gives every gradient push in flight a chance to move (MPI_Test): Open MPI progresses a
+ * non-blocking all-to-all only inside MPI calls, so without this a push started by one
+ * layer's backward would wait for the block end before its first byte left. Called at
+ * every hashed projection call, that is between the layers of the backward. */
+static void progress_pushes(trainer_tables *t) {
+    for (int g = 0; g < t->n; g++)
+        if (t->gs[g].push_active) comm_words_test(t->gs[g].push);
+}
+
 /* ---- the projection ---- */
 
 void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const float *sc, int N,
                             float *const *out, const float *const *b, trainer_tables_act *a,
                             trainer_arena *ar) {
     group_state *s = &t->gs[g];
+    progress_pushes(t);
     a->N = N;
     a->s = sc;
     a->rowid = trainer_arena_ints(ar, (size_t)N * s->g.K + 1);
@@ -492,6 +512,7 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
                              const float *const *dout, float *gs, float *const *db,
                              trainer_arena *ar) {
     group_state *s = &t->gs[g];
+    progress_pushes(t);
     if (s->strategy == TRAINER_STRATEGY_OWNER && t->P > 1) {
         owner_backward(t, g, a, dout, gs, db, ar);
         return;
@@ -516,14 +537,27 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
 /* ---- block ends ---- */
 
 static void push_accumulate(void *ctx, int src, const int64_t *keys, const float *gr, int m) {
-    (void)src; /* sums in double of float terms: the order does not change them */
+    /* bitwise: sums in double of float terms, so the order does not change them; fast: float
+       sums in drows, in the order the exchange hands the sources over (rank order) */
+    (void)src;
     trainer_tables *t = ctx;
     for (int i = 0; i < m; i++) {
         group_state *s = &t->gs[keys[i] >> 32];
         int key = (int)(keys[i] & 0xffffffff), OC = s->g.OC;
         LAYER_ASSERT(s->owner[(key >> s->g.tau) / LAYER_HASH_SHARD] == t->me);
-        int first = !(s->state[key] & ST_ACC);
         const float *g = gr + (size_t)i * s->g.nout * OC;
+        if (t->fast) {
+            for (int j = 0; j < s->g.nout; j++)
+                for (int o = 0; o < OC; o += TILE) {
+                    float *d = s->drows[j] + layer_hash_store_at(s->R, key, o);
+                    const float *gj = g + (size_t)j * OC + o;
+                    int w = OC - o < TILE ? OC - o : TILE;
+                    for (int c = 0; c < w; c++) d[c] += gj[c];
+                }
+            s->state[key] |= ST_TOUCHED;
+            continue;
+        }
+        int first = !(s->state[key] & ST_ACC);
         for (int j = 0; j < s->g.nout; j++)
             for (int o = 0; o < OC; o += TILE)
                 tables_acc_slice(s->acc[j] + layer_hash_store_at(s->R, key, o),
@@ -557,7 +591,7 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
                 slot[q] = nremote;
                 t->keys[nremote] = ((int64_t)g << 32) | key;
                 t->owners[nremote++] = s->owner[k / LAYER_HASH_SHARD];
-            } else if (keep_owned) {
+            } else if (keep_owned || t->fast) { /* fast: every block adds into drows */
                 slot[q] = KEEP;
             } else {
                 slot[q] = (s->state[key] & ST_ACC) ? FOLD : FOLD_FIRST;
@@ -598,12 +632,46 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
 
 /* ---- replicated groups: one sum over ranks ---- */
 
+/* fast: the float gradients (nout, store) and touch marks (R) summed over ranks in one float
+ * all-reduce, whose order is fixed for a given rank count; the sums replace drows. */
+static void reduce_floats(trainer_tables *t, group_state *s, size_t per, size_t n) {
+    int nout = s->g.nout, OC = s->g.OC;
+    float *sum = layer_xcalloc(n, sizeof(float)), *mark = sum + (size_t)nout * per;
+    for (int r = 0; r < s->R; r++) {
+        if (!(s->state[r] & ST_TOUCHED)) continue;
+        mark[r] = 1.0f;
+        for (int j = 0; j < nout; j++)
+            for (int o = 0; o < OC; o += TILE) {
+                size_t off = layer_hash_store_at(s->R, r, o);
+                memcpy(sum + (size_t)j * per + off, s->drows[j] + off, TILE * sizeof(float));
+            }
+    }
+    double t0 = comm_time();
+    comm_sum_floats(t->comm, sum, n);
+    comm_exchange_count(t->x, (int64_t)(2.0 * (t->P - 1) / t->P * (double)n * sizeof(float)),
+                        comm_time() - t0);
+    for (int r = 0; r < s->R; r++) {
+        if (mark[r] == 0.0f) continue;
+        for (int j = 0; j < nout; j++)
+            for (int o = 0; o < OC; o += TILE) {
+                size_t off = layer_hash_store_at(s->R, r, o);
+                memcpy(s->drows[j] + off, sum + (size_t)j * per + off, TILE * sizeof(float));
+            }
+        s->state[r] |= ST_TOUCHED;
+    }
+    free(sum);
+}
+
 void trainer_tables_reduce(trainer_tables *t) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
         if (s->strategy != TRAINER_STRATEGY_REPLICATE || t->P == 1) continue;
         int nout = s->g.nout, OC = s->g.OC;
         size_t per = layer_hash_store_floats(s->R, OC), n = (size_t)nout * per + (size_t)s->R;
+        if (t->fast) {
+            reduce_floats(t, s, per, n);
+            continue;
+        }
         /* (nout, store) sums in the stores' layout, then (R) touch marks */
         double *sum = layer_xcalloc(n, sizeof(double)), *mark = sum + (size_t)nout * per;
         for (int r = 0; r < s->R; r++) {
