@@ -118,7 +118,11 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
                               const io_dataset *val, int64_t *tokens) {
     int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = cfg->vocab;
     int S = cfg->streams, V = cfg->vocab;
-    int blk = cfg->stream_block < S ? cfg->stream_block : S;
+    /* stream_block as set, or with auto the block bitwise runs use: the same on every rank count */
+    trainer_config fixed = *cfg;
+    fixed.deterministic = TRAINER_DET_BITWISE;
+    int blk = trainer_config_stream_block(&fixed, 1);
+    if (blk > S) blk = S;
     int nblocks = (S + blk - 1) / blk, passes = (nblocks + P - 1) / P;
     int fb = (int)((int64_t)nblocks * rank / P), nb = (int)((int64_t)nblocks * (rank + 1) / P) - fb;
     int first = fb * blk;
