@@ -461,6 +461,26 @@ for second in TERM "INT INT"; do
   pass "USR1 then $second to mpirun: mpirun exits 1 (documented), no rank left, resumed at step $resumed_at bit for bit"
 done
 
+# the Slurm script outside Slurm: TERM to its shell (as sbatch --signal=B:TERM or scancel
+# --batch send it) reaches the ranks; when mpirun then dies after they wrote their checkpoint
+# (Open MPI's launcher can crash on a second TERM), the script still ends with 75
+d=$TMP/sbatch
+RUN_DIR=$d MEMTRAIN=$BIN/memtrain setsid bash jobs/train.sbatch jobs/configs/demo.conf "${SMALL[@]:2}" \
+  --streams=4 --steps=400 --ckpt_every=0 >"$TMP/sb.out" 2>&1 &
+pid=$!
+rand 2 6; step=$r
+for _ in $(seq 1500); do grep -q "^step $step/" "$TMP/sb.out" 2>/dev/null && break; sleep 0.01; done
+kill -TERM "$pid"; sleep 0.05; kill -TERM "$pid"
+for _ in $(seq 1500); do grep -q "stopped by a signal after step" "$TMP/sb.out" && break; sleep 0.01; done
+pkill -9 -P "$pid" -x mpirun 2>/dev/null || true
+status=0; wait "$pid" || status=$?
+cp "$TMP/sb.out" "$TMP/out"
+no_crash "TERM to the Slurm script"
+[ "$status" -eq 75 ] || { cat "$TMP/out"; fail "TERM to the Slurm script, mpirun killed after the checkpoint: exit $status, expected 75"; }
+[ -e "$d/ckpt/LATEST" ] || fail "TERM to the Slurm script: no checkpoint"
+how=$(grep -o 'mpirun exited [0-9]* after the ranks wrote' "$TMP/out" || echo "mpirun had exited 75 itself")
+pass "TERM twice to the Slurm script, mpirun killed after the ranks' checkpoint: exit 75 ($(cat "$d/ckpt/LATEST"); $how)"
+
 echo "($SECONDS s)"
 # ---- 7. the run lock, and a killed launcher with a resume racing it ----
 d=$TMP/live
