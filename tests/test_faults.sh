@@ -152,6 +152,71 @@ if mkdir -p "$TMP/mnt0" && mount -t tmpfs -o size=64k tmpfs "$TMP/mnt0" 2>/dev/n
   d=$TMP/afterfill; rm -rf "$d"; mkdir -p "$d/ckpt"; cp "$m/run/ckpt/ckpt-00000006.h5" "$d/ckpt/"
   resume_exact "$d" "$TMP/refF" 18 "after a disk filled by another file" 6
   pass "disk filled by another file: exit 2, one line, ckpt-00000006.h5 resumes bit for bit"
+
+  # the same, repeated: another program fills the disk while a checkpoint is being written and
+  # goes on writing (a hang of one fill in seven would show in 15 with 90% odds); every fill
+  # must end on every rank within seconds, exit 2 with one line, and leave no .tmp
+  echo "($SECONDS s)"
+  FILLS=${FAULT_FILLS:-15}
+  # (small tables, tau 4: a checkpoint of 1.6 MB, written at every step)
+  RUN=("${SMALL[@]}" --streams=4 --tau=4 --steps=30 --ckpt_every=1 --keep_ckpts=1)
+  hung=0; ends=""
+  for trial in $(seq "$FILLS"); do
+    m=$TMP/fill$trial; mkdir -p "$m"; mount -t tmpfs -o size=8m tmpfs "$m"; mounts+=("$m")
+    rand 1 3; step=$r
+    setsid timeout -k 2 40 mpirun --oversubscribe -np 2 "$BIN/memtrain" "${RUN[@]}" --run_dir="$m/run" \
+      >"$TMP/out" 2>&1 &
+    pid=$!
+    for _ in $(seq 1500); do grep -q "^step $step/" "$TMP/out" 2>/dev/null && break; sleep 0.01; done
+    for _ in $(seq 500); do ls "$m/run/ckpt/"*.tmp >/dev/null 2>&1 && break; sleep 0.002; done
+    rand 0 4; sleep "0.0$r"
+    ( k=0; while kill -0 "$pid" 2>/dev/null; do
+        dd if=/dev/zero of="$m/filler$k" bs=4k count=16 2>/dev/null; k=$((k + 1)); done ) &
+    status=0; wait "$pid" || status=$?
+    wait
+    [ "$status" -ne 124 ] && [ "$status" -ne 137 ] || { cat "$TMP/out"; hung=$((hung + 1)); echo "fill $trial (step $step): hung"; continue; }
+    no_crash "fill $trial"
+    ! ls "$m/run/ckpt/"*.tmp >/dev/null 2>&1 || fail "fill $trial: a .tmp was left"
+    if [ "$status" -eq 2 ]; then
+      one_error '(disk full|No space left|no room)' "fill $trial"
+      ends="$ends 2"
+    else
+      # the filler found the disk full before the run needed more room: the run ended well
+      [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "fill $trial: exit $status"; }
+      ends="$ends 0"
+    fi
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
+  [ "$hung" -eq 0 ] || fail "$hung of $FILLS fills hung"
+  pass "$FILLS disks filled by a program writing on during a checkpoint: exits$ends, no hang, no .tmp left"
+
+  # metrics.csv that cannot be written: the run checkpoints and ends with one line naming it.
+  # Its own file system of two pages (the lock's and its own; the checkpoints on another),
+  # the file holding its header and padding up to a few rows short of its page
+  pad_metrics() {
+    mkdir -p "$1"
+    local h; h=$(head -n 1 "$TMP/refS/metrics.csv")
+    { echo "$h"; printf '#%.0s' $(seq $(( 3800 - ${#h} - 2 ))); echo; } >"$1/metrics.csv"
+  }
+  m=$TMP/metricsfull; mkdir -p "$m"; mount -t tmpfs -o size=8k tmpfs "$m"; mounts+=("$m")
+  pad_metrics "$m/run"
+  mkdir -p "$m/run/ckpt"; mount -t tmpfs -o size=64m tmpfs "$m/run/ckpt"; mounts=("$m/run/ckpt" "${mounts[@]}")
+  mt 2 "${SMALL[@]}" --steps=60 --ckpt_every=0 --run_dir="$m/run"
+  no_crash "metrics.csv on a full disk"
+  [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "metrics.csv on a full disk: exit $status, expected 2"; }
+  one_error "$m/run/metrics.csv: cannot write \(No space left on device\) after step [0-9]+: stopped after writing checkpoint ckpt-[0-9]+\.h5" "metrics.csv on a full disk"
+  k=$(sed -n 's/.*after step \([0-9]*\): stopped.*/\1/p' "$TMP/out")
+  [ -e "$m/run/ckpt/ckpt-$(printf %08d "$k").h5" ] || fail "metrics.csv on a full disk: no checkpoint of step $k"
+  pass "metrics.csv on a full disk: exit 2 at step $k, 'metrics.csv: cannot write (No space left on device) after step $k: stopped after writing checkpoint ...'"
+  # everything on one small file system: the checkpoint cannot be written either, and the
+  # one line says both
+  m=$TMP/allfull; mkdir -p "$m"; mount -t tmpfs -o size=12k tmpfs "$m"; mounts+=("$m")
+  pad_metrics "$m/run"
+  mt 2 "${SMALL[@]}" --steps=60 --ckpt_every=0 --run_dir="$m/run"
+  [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "metrics.csv and checkpoint on a full disk: exit $status, expected 2"; }
+  one_error "metrics.csv: cannot write \(No space left on device\) after step [0-9]+, and no checkpoint could be written either: .*no room" "metrics.csv and checkpoint on a full disk"
+  ! ls "$m/run/ckpt/"*.tmp >/dev/null 2>&1 || fail "metrics.csv and checkpoint on a full disk: a .tmp was left"
+  pass "metrics.csv and the checkpoint on a full disk: exit 2, one line naming both"
 else
   echo "SKIP: full-disk cases need to mount a tmpfs (root); not run"
 fi
@@ -207,6 +272,33 @@ resume_exact "$d" "$TMP/refS" 18 "a renamed checkpoint" 6
 one_error "ckpt-00000012.h5: its name says step 12 but it holds step 6" "renamed checkpoint"
 pass "a checkpoint named for another step refused by name, fell back to step 6"
 
+# the same checkpoint to eval, which refuses it as resume does, and shape overrides to eval
+expect_error 0 "ckpt-00000012.h5: its name says step 12 but it holds step 6 (renamed or copied over?)" \
+  eval --ckpt "$d/ckpt/ckpt-00000012.h5"
+f=$TMP/refS/ckpt/ckpt-00000018.h5
+expect_error 0 "cannot eval $f: the model's shape would change: d_model (32 -> 64)" eval --ckpt "$f" --d_model=64
+expect_error 0 "cannot eval $f: the model's shape would change: row_format (f32 -> bf16)" eval --ckpt "$f" --row_format=bf16
+
+# a stale LATEST (naming step 6 while 12 loads): the scan decides, and says so
+d=$TMP/stale; fresh "$d" 6 12; echo ckpt-00000006.h5 >"$d/ckpt/LATEST"
+resume_exact "$d" "$TMP/refS" 18 "a stale LATEST" 12
+one_error "$d/ckpt/LATEST names ckpt-00000006.h5, older than $d/ckpt/ckpt-00000012.h5, which loads: LATEST was stale" "stale LATEST"
+pass "LATEST naming step 6 while step 12 loads: resumed from 12 bit for bit, 'LATEST was stale' said once"
+
+# a byte flipped in the root group's header (where every root attribute lives, under one
+# checksum): the attributes it holds are named, not just magic
+d=$TMP/rootdamage; fresh "$d" 6 12
+/usr/bin/python3 - "$d/ckpt/ckpt-00000012.h5" <<'PY'
+import sys
+path = sys.argv[1]
+with open(path, "r+b") as f:
+    b = f.read(); off = b.rfind(b"schedule_step")
+    assert off > 0
+    f.seek(off); f.write(bytes([b[off] ^ 0xff]))
+PY
+expect_error 0 "ckpt-00000012.h5: root attributes damaged: the header holding magic, format_version, step, seed, schedule_step, ranks, config, run_id fails its checksum (damaged file)" \
+  eval --ckpt "$d/ckpt/ckpt-00000012.h5"
+
 # byte damage at seeded offsets in the metadata at the head of the newest file
 for trial in 1 2 3; do
   d=$TMP/damaged$trial; fresh "$d" 6 12
@@ -244,6 +336,12 @@ d=$TMP/fifockpt; fresh "$d" 6; mkfifo "$d/ckpt/ckpt-00000012.h5"; rm -f "$d/ckpt
 resume_exact "$d" "$TMP/refS" 18 "a FIFO as the newest checkpoint" 6
 one_error "ckpt-00000012.h5: not a regular file \(a FIFO\); falling back" "FIFO checkpoint"
 pass "FIFOs as data, config, Fashion-MNIST file, checkpoint and LATEST: refused by name, nothing blocks"
+# a directory under the newest checkpoint's name: no checkpoint could be renamed onto it, so
+# the run is refused at its start, naming it
+d=$TMP/dirckpt; fresh "$d" 6; mkdir "$d/ckpt/ckpt-00000012.h5"
+expect_error 2 "run_dir $d cannot be used: $d/ckpt/ckpt-00000012.h5 is a directory, where a checkpoint file belongs: move it out of the way" \
+  --resume "$d" --steps=14 --ckpt_every=3
+! grep -q "^step " "$TMP/out" || fail "trained before refusing the directory"
 
 echo "($SECONDS s)"
 # ---- 4. sizes no machine holds ----
@@ -264,6 +362,15 @@ for over in "--d_model=65536 --tau=8:memory: .*d_model = 65536" \
   [ ! -e "$TMP/huge" ] || fail "$args: run_dir created before the refusal"
   [ $(( SECONDS - t0 )) -lt 30 ] || fail "$args: took $(( SECONDS - t0 )) s"
 done
+# stream counts: near INT_MAX (no overflowed block count), fewer than the ranks
+mt 2 "${SMALL[@]}" --steps=2 --streams=2147483647 --run_dir="$TMP/huge"
+[ "$status" -eq 2 ] && ! grep -qE -- '-[0-9]+ blocks?' "$TMP/out" || { cat "$TMP/out"; fail "streams = 2147483647"; }
+one_error "streams = 2147483647 over 2 ranks" "streams = 2147483647"
+expect_error 3 "streams = 2 is fewer than the 3 ranks: every rank needs a stream; set streams >= 3 or run on at most 2 ranks" \
+  "${SMALL[@]}" --steps=2 --streams=2 --run_dir="$TMP/few"
+# a config starting with a UTF-8 byte-order mark: skipped, the key named as written
+printf '\xef\xbb\xbfstepz = 3\n' >"$TMP/bom.conf"
+expect_error 0 "bom.conf:1: unknown config key 'stepz' (see memtrain --help)" --config "$TMP/bom.conf"
 f=$TMP/refS/ckpt/ckpt-00000018.h5
 expect_error 0 "--count = 2000000000: expected an integer in 1..65536" sample --ckpt "$f" --count 2000000000
 expect_error 2 "memory: this run needs about" sample --ckpt "$f" --count 65536 --out "$TMP/s.png"
@@ -359,6 +466,26 @@ for second in TERM "INT INT"; do
   pass "USR1 then $second to mpirun: mpirun exits 1 (documented), no rank left, resumed at step $resumed_at bit for bit"
 done
 
+# the Slurm script outside Slurm: TERM to its shell (as sbatch --signal=B:TERM or scancel
+# --batch send it) reaches the ranks; when mpirun then dies after they wrote their checkpoint
+# (Open MPI's launcher can crash on a second TERM), the script still ends with 75
+d=$TMP/sbatch
+RUN_DIR=$d MEMTRAIN=$BIN/memtrain setsid bash jobs/train.sbatch jobs/configs/demo.conf "${SMALL[@]:2}" \
+  --streams=4 --steps=400 --ckpt_every=0 >"$TMP/sb.out" 2>&1 &
+pid=$!
+rand 2 6; step=$r
+for _ in $(seq 1500); do grep -q "^step $step/" "$TMP/sb.out" 2>/dev/null && break; sleep 0.01; done
+kill -TERM "$pid"; sleep 0.05; kill -TERM "$pid"
+for _ in $(seq 1500); do grep -q "stopped by a signal after step" "$TMP/sb.out" && break; sleep 0.01; done
+pkill -9 -P "$pid" -x mpirun 2>/dev/null || true
+status=0; wait "$pid" || status=$?
+cp "$TMP/sb.out" "$TMP/out"
+no_crash "TERM to the Slurm script"
+[ "$status" -eq 75 ] || { cat "$TMP/out"; fail "TERM to the Slurm script, mpirun killed after the checkpoint: exit $status, expected 75"; }
+[ -e "$d/ckpt/LATEST" ] || fail "TERM to the Slurm script: no checkpoint"
+how=$(grep -o 'mpirun exited [0-9]* after the ranks wrote' "$TMP/out" || echo "mpirun had exited 75 itself")
+pass "TERM twice to the Slurm script, mpirun killed after the ranks' checkpoint: exit 75 ($(cat "$d/ckpt/LATEST"); $how)"
+
 echo "($SECONDS s)"
 # ---- 7. the run lock, and a killed launcher with a resume racing it ----
 d=$TMP/live
@@ -397,4 +524,24 @@ k=$(sed -n 's/^resumed from .* at step \([0-9]*\) .*/\1/p' "$TMP/out")
 cmp <(losses "$TMP/refB" | awk -v k="$k" '$1 > k') <(losses "$d" | tail -n $(( 20 - k ))) \
   || fail "resume after a killed launcher is not bit for bit"
 pass "launcher killed: ranks gone within ${gone} ms; the racing resume was $raced continued from step $k bit for bit"
+
+# a killed launcher during a run checkpointing every other step: no new step and no new
+# checkpoint once it is gone (the step under way ends, a checkpoint under way completes)
+d=$TMP/orphan
+setsid mpirun --oversubscribe -np 2 "$BIN/memtrain" "${SMALL[@]}" --streams=4 --steps=400 --ckpt_every=2 \
+  --run_dir="$d" >"$TMP/orphan.out" 2>&1 &
+pid=$!
+rand 4 10; step=$r
+for _ in $(seq 1500); do grep -q "^step $step/" "$TMP/orphan.out" 2>/dev/null && break; sleep 0.01; done
+rand 0 9; sleep "0.0$r"
+kill -9 "$pid"
+ck0=$(find "$d/ckpt" -name 'ckpt-*.h5' | wc -l); row0=$(tail -n 1 "$d/metrics.csv" | cut -d, -f1)
+for _ in $(seq 200); do [ -z "$(ranks_of "$d")" ] && break; sleep 0.02; done
+[ -z "$(ranks_of "$d")" ] || fail "orphaned ranks still running 4 s after their launcher was killed"
+wait "$pid" 2>/dev/null || true
+ck1=$(find "$d/ckpt" -name 'ckpt-*.h5' | wc -l); row1=$(tail -n 1 "$d/metrics.csv" | cut -d, -f1)
+! ls "$d/ckpt/"*.tmp >/dev/null 2>&1 || fail "launcher killed: a .tmp was left"
+[ "$ck1" -le $(( ck0 + 1 )) ] && [ "$row1" -le $(( row0 + 1 )) ] \
+  || fail "launcher killed at step $row0 with $ck0 checkpoints: the ranks went on to step $row1 and $ck1 checkpoints"
+pass "launcher killed at step $row0: the ranks stopped at step $row1 with $ck1 checkpoints (had $ck0)"
 echo "test_faults: all passed (seed $seed)"

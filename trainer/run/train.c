@@ -576,6 +576,9 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     /* a sitting's planned end; inherited by a resumed run that is already past it: ignored */
     int64_t stop = cfg->stop_after > first_step ? cfg->stop_after : cfg->steps;
     for (int64_t step = first_step; step < stop; step++) {
+        /* no step without a launcher; a rank left waiting in this step's exchanges for one
+           that stopped here is ended by its own watchdog, as it is not writing */
+        if (trainer_watchdog_orphaned()) trainer_watchdog_exit();
         trainer_timer_start(&w.time, TRAINER_TIMER_DATA);
         fill_rollout(r);
         trainer_timer_stop(&w.time, TRAINER_TIMER_DATA);
