@@ -250,6 +250,9 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
 
 static void load_data(run *r) {
     r->train = trainer_load_split(r->comm, r->cfg, IO_SPLIT_TRAIN);
+    /* a rank keeps only the training documents its streams read */
+    io_dataset_keep_streams(r->train, r->sched.first_stream, r->sched.nstreams_mine,
+                            r->cfg->streams);
     r->val = trainer_load_split(r->comm, r->cfg, IO_SPLIT_VAL);
 }
 
