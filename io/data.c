@@ -164,6 +164,32 @@ void io_dataset_size_hint(const char *spec, const char *data_dir, double *reside
     *loading = file + 2.0 * 2.0 * tokens + 8.0 * docs;
 }
 
+void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_t nstreams) {
+    LAYER_ASSERT(d && nstreams >= 1 && first >= 0 && count >= 0 && first + count <= nstreams);
+    int64_t g = nstreams, b = d->ndocs; /* g = gcd(nstreams, ndocs) */
+    while (b) {
+        int64_t r = g % b;
+        g = b;
+        b = r;
+    }
+    if (count >= g) return; /* the streams read every document */
+    int64_t ntok = 0, next = 0;
+    /* compacting in place: a kept document only ever moves towards the front */
+    for (int64_t doc = 0; doc < d->ndocs; doc++) {
+        int64_t a = d->doc_off[doc], len = d->doc_off[doc + 1] - a;
+        int keep = ((doc - first) % g + g) % g < count;
+        d->doc_off[doc] = next;
+        if (keep) {
+            memmove(d->tok + ntok, d->tok + a, (size_t)len * sizeof(uint16_t));
+            ntok += len;
+        }
+        next = ntok;
+    }
+    d->doc_off[d->ndocs] = ntok;
+    uint16_t *t = realloc(d->tok, (size_t)(ntok ? ntok : 1) * sizeof(uint16_t));
+    if (t) d->tok = t;
+}
+
 void io_dataset_describe(const io_dataset *d, char *buf, size_t n) {
     if (!buf || n == 0) return;
     if (!d) {

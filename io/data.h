@@ -71,6 +71,13 @@ int io_dataset_load(io_dataset **out, const char *spec, io_split split, const ch
 void io_dataset_size_hint(const char *spec, const char *data_dir, double *resident,
                           double *loading);
 
+/* Keeps the tokens of the documents streams first..first+count-1 of nstreams read (stream j
+ * reads documents j + i * nstreams mod ndocs: those congruent to j modulo gcd(nstreams,
+ * ndocs)) and frees the others' tokens, which become empty documents: a rank holds only its
+ * streams' share of the data. ndocs and the numbering stay, so io_stream positions and
+ * checkpoints mean the same. Streams outside the range must not read d afterwards. */
+void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_t nstreams);
+
 /* Releases a dataset; NULL is fine. */
 void io_dataset_free(io_dataset *d);
 

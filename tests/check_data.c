@@ -701,6 +701,40 @@ START_TEST(test_stream_shuffle) {
         ck_assert_int_eq(seg[0], (4 + i * S) % n);
     }
     ck_assert_double_eq_tol(io_stream_passes(46, d), 2.0, 1e-12);
+/* A rank keeps only the documents its streams read: 6 documents (lengths 1..6, tokens 100 d + k)
+ * and 4 streams read documents congruent to the stream modulo gcd(4, 6) = 2; streams 1..1
+ * keep the odd ones, and read exactly what they read from the whole dataset. */
+START_TEST(test_keep_streams) {
+    io_dataset *full = layer_xcalloc(1, sizeof *full), *d = layer_xcalloc(1, sizeof *d);
+    full->vocab = d->vocab = 1000;
+    full->ndocs = d->ndocs = 6;
+    full->doc_off = layer_xmalloc(7 * sizeof(int64_t));
+    d->doc_off = layer_xmalloc(7 * sizeof(int64_t));
+    full->tok = layer_xmalloc(21 * sizeof(uint16_t));
+    d->tok = layer_xmalloc(21 * sizeof(uint16_t));
+    full->doc_off[0] = 0;
+    for (int i = 0; i < 6; i++) {
+        full->doc_off[i + 1] = full->doc_off[i] + i + 1;
+        for (int k = 0; k <= i; k++) full->tok[full->doc_off[i] + k] = (uint16_t)(100 * i + k);
+    }
+    memcpy(d->doc_off, full->doc_off, 7 * sizeof(int64_t));
+    memcpy(d->tok, full->tok, 21 * sizeof(uint16_t));
+    io_dataset_keep_streams(d, 1, 1, 4);
+    ck_assert_int_eq(d->ndocs, 6);
+    ck_assert_int_eq(d->doc_off[6], 2 + 4 + 6);        /* documents 1, 3, 5 */
+    ck_assert_int_eq(d->doc_off[1] - d->doc_off[0], 0); /* document 0 dropped */
+    io_stream a, b;
+    io_stream_init(&a, 1, 4);
+    io_stream_init(&b, 1, 4);
+    for (int i = 0; i < 30; i++) {
+        int32_t sa[4], sb[4];
+        ck_assert_int_eq(io_stream_next(&a, full, sa, 4), io_stream_next(&b, d, sb, 4));
+        for (int k = 0; k < 4; k++) ck_assert_int_eq(sa[k], sb[k]);
+    }
+    /* streams 0..1 read every document: nothing dropped */
+    io_dataset_keep_streams(full, 0, 2, 4);
+    ck_assert_int_eq(full->doc_off[6], 21);
+    io_dataset_free(full);
     io_dataset_free(d);
 }
 END_TEST
@@ -724,6 +758,7 @@ static Suite *data_suite(void) {
     tcase_add_test(tc, test_stream_resume);
     tcase_add_test(tc, test_shuffle_permutation);
     tcase_add_test(tc, test_stream_shuffle);
+    tcase_add_test(tc, test_keep_streams);
     suite_add_tcase(s, tc);
     return s;
 }

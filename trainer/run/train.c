@@ -331,6 +331,11 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
 
 static void load_data(run *r) {
     r->train = trainer_load_split(r->comm, r->cfg, IO_SPLIT_TRAIN);
+    /* read in file order, a rank keeps only the training documents its streams read; a
+       shuffled order deals every document to every stream in time */
+    if (!r->cfg->shuffle)
+        io_dataset_keep_streams(r->train, r->sched.first_stream, r->sched.nstreams_mine,
+                                r->cfg->streams);
     r->val = trainer_load_split(r->comm, r->cfg, IO_SPLIT_VAL);
 }
 
