@@ -701,6 +701,10 @@ START_TEST(test_stream_shuffle) {
         ck_assert_int_eq(seg[0], (4 + i * S) % n);
     }
     ck_assert_double_eq_tol(io_stream_passes(46, d), 2.0, 1e-12);
+    io_dataset_free(d);
+}
+END_TEST
+
 /* A rank keeps only the documents its streams read: 6 documents (lengths 1..6, tokens 100 d + k)
  * and 4 streams read documents congruent to the stream modulo gcd(4, 6) = 2; streams 1..1
  * keep the odd ones, and read exactly what they read from the whole dataset. */
