@@ -554,7 +554,9 @@ def validation_segments(cfg, docs):
     Stream j of `streams` reads documents j, j + streams, ... (io_stream_next: segments of
     seg_len, the last one padded with -1), each document once; a stream that has read its
     share is idle (BOS in, nothing scored). At most eval_segments steps (0: until every
-    stream is idle). Keep this in step with trainer_validation_ppl."""
+    stream is idle). Everything about which documents validation reads and how they are
+    dealt is here and in load_validation_docs: keep both in step with trainer_validation_ppl
+    and io/ when those change."""
     S, L, bos = int(cfg.get("streams", "8")), int(cfg.get("seg_len", "64")), int(cfg.get("vocab", "256"))
     limit = int(cfg.get("eval_segments", "64"))
     n = len(docs)
@@ -629,6 +631,12 @@ def save_outputs(out, text, sd):
     return written
 
 
+# keys the checkpoint fixes (memtrain's shape keys, which eval cannot change either)
+SHAPE_KEYS = set("""arch proj d_model n_heads n_layers enc_layers dec_layers seg_len vocab
+    mem_slots write_temp forgetting memory tau expand_bits score hash_temp pos rope_frac
+    streams row_format data""".split())
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ckpt", help="a memtrain checkpoint (run_dir/ckpt/ckpt-<step>.h5)")
@@ -642,7 +650,11 @@ def main(argv):
         m = re.match(r"^--([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", r)
         if not m:
             ap.error("unrecognised argument %s (config overrides are --key=value)" % r)
-        overrides[m.group(1).replace("-", "_")] = m.group(2)
+        key = m.group(1).replace("-", "_")
+        if key in SHAPE_KEYS:
+            ap.error("--%s: the model and its streams come from the checkpoint; only keys "
+                     "such as eval_segments and data_dir can change" % key)
+        overrides[key] = m.group(2)
     torch.set_num_threads(1)
     text, step, sd = read_checkpoint(args.ckpt)
     if not args.no_save:
