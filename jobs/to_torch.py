@@ -2,6 +2,7 @@
 """Converts a memtrain checkpoint to PyTorch and recomputes its validation loss in PyTorch.
 
     /usr/bin/python3 jobs/to_torch.py CKPT.h5 [--out model.pt] [--eval] [--key=value ...]
+    /usr/bin/python3 jobs/to_torch.py CKPT.h5 --no-save --grad NEXT_CKPT.h5
 
 Writes
   OUT (default: the checkpoint's name with .pt)   a state_dict (torch.save): named float32
@@ -20,7 +21,9 @@ hashed projections) as a torch.nn.Module: `load_state_dict` takes that state_dic
 scored tokens, next memory), differentiable by autograd. `--eval` also reads the validation
 split the checkpoint's config names, deals it to streams exactly as `memtrain eval` does
 (`validation_segments` below) and prints the loss and perplexity; `--key=value` overrides a
-config key for that pass as it does for `memtrain eval` (e.g. --eval_segments=8).
+config key for that pass as it does for `memtrain eval` (e.g. --eval_segments=8). `--grad`
+back-propagates the training rollout that follows the checkpoint and compares the gradient
+with the step memtrain took to the next checkpoint (`compare_gradients`).
 
 Needs h5py, numpy and torch (Debian: python3-h5py python3-torch); run it with Debian's
 /usr/bin/python3.
@@ -510,14 +513,18 @@ def _brown_doc(p):
     return np.frombuffer(bytes(out), dtype=np.uint8).astype(np.int64)
 
 
-def load_validation_docs(cfg):
-    """The validation split's documents (lists of token arrays), as io_dataset_load reads
-    them for IO_SPLIT_VAL."""
+def load_validation_docs(cfg, split="val"):
+    """The validation split's documents (a list of token arrays), as io_dataset_load reads
+    them for IO_SPLIT_VAL (split = "train": the training split)."""
+    val = split == "val"
+    keep = _keep_val if val else (lambda docs: [d for i, d in enumerate(docs)
+                                                if not _is_val_doc(i, len(docs))])
     data = cfg.get("data", "fashion-mnist")
     data_dir = cfg.get("data_dir", "data")
     if data == "fashion-mnist":
         d = os.environ.get("MEMTRAIN_FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist"
-        with gzip.open(os.path.join(d, "t10k-images-idx3-ubyte.gz"), "rb") as g:
+        name = "t10k-images-idx3-ubyte.gz" if val else "train-images-idx3-ubyte.gz"
+        with gzip.open(os.path.join(d, name), "rb") as g:
             raw = g.read()
         n = int.from_bytes(raw[4:8], "big")
         px = np.frombuffer(raw, dtype=np.uint8, offset=16, count=n * 784).astype(np.int64)
@@ -530,20 +537,20 @@ def load_validation_docs(cfg):
         for i in ids:
             with open(os.path.join(d, i.decode()), "rb") as f:
                 docs.append(_brown_doc(f.read()))
-        return _keep_val(docs)
+        return keep(docs)
     if data.startswith("text:"):
         with open(data[5:], "rb") as f:
             p = f.read()
         docs = _split_text(p)
         if docs is None:
             docs = _cut_fixed(np.frombuffer(p, dtype=np.uint8).astype(np.int64))
-        return _keep_val(docs)
+        return keep(docs)
     m = re.match(r"^(u8|u16):(.*?)(?::(\d+))?$", data)
     if m:
         with open(m.group(2), "rb") as f:
             p = f.read()
         tok = np.frombuffer(p, dtype=np.uint8 if m.group(1) == "u8" else "<u2").astype(np.int64)
-        return _keep_val(_cut_fixed(tok))
+        return keep(_cut_fixed(tok))
     raise ValueError("data = %s: not a dataset this script reads" % data)
 
 
@@ -612,6 +619,105 @@ def validation_loss(model, cfg, docs):
     return (total / count if count else float("nan")), count
 
 
+def next_rollout(cfg, docs, ckpt):
+    """The training rollout that follows a checkpoint (trainer/train.c fill_rollout): from
+    the streams' stored cursors, previous segments and last tokens, `horizon` segments of
+    every stream; (enc, dec, tgt) (horizon, streams, seg_len), reset (horizon, streams) and
+    the carried memory (streams, mem_slots, d_model) or None."""
+    S, L, bos = int(cfg["streams"]), int(cfg["seg_len"]), int(cfg["vocab"])
+    T, n = int(cfg["horizon"]), len(docs)
+    with h5py.File(ckpt, "r") as f:
+        cursor = f["streams/cursor"][()]
+        prev = f["streams/prev_segment"][()].astype(np.int64)
+        last = f["streams/last_token"][()][:, 0].astype(np.int64)
+        mem = f["streams/memory"][()] if "streams/memory" in f else None
+    enc = np.zeros((T, S, L), dtype=np.int64)
+    dec, tgt = np.zeros_like(enc), np.zeros_like(enc)
+    reset = np.zeros((T, S), dtype=bool)
+    for j in range(S):
+        doc_count, pos = int(cursor[j, 0]), int(cursor[j, 1])
+        for t in range(T):
+            start = pos == 0
+            i = doc_count if start else doc_count - 1
+            doc = docs[(j % n + (i % n) * (S % n) % n) % n]
+            take = min(len(doc) - pos, L)
+            seg = np.full(L, -1, dtype=np.int64)
+            seg[:take] = doc[pos:pos + take]
+            pos = 0 if pos + take == len(doc) else pos + take
+            doc_count += start
+            reset[t, j] = start
+            enc[t, j] = np.where(start | (prev[j] < 0), bos, prev[j])
+            dec[t, j, 0] = bos if (start or last[j] < 0) else last[j]
+            dec[t, j, 1:] = np.where(seg[:-1] < 0, bos, seg[:-1])
+            tgt[t, j] = seg
+            prev[j], last[j] = seg, seg[L - 1]
+    M = None
+    if mem is not None and mem.size and int(cfg.get("mem_slots", "8")) > 0:
+        M = torch.from_numpy(mem.reshape(S, int(cfg["mem_slots"]), -1).copy())
+    return enc, dec, tgt, reset, M
+
+
+def rollout_gradient(model, cfg, docs, ckpt):
+    """Back-propagates the mean loss of the rollout after `ckpt` (what memtrain's next step
+    differentiates; the memory carried in is a constant, as MRBP's is) into model's .grad."""
+    enc, dec, tgt, reset, M = next_rollout(cfg, docs, ckpt)
+    model.zero_grad()
+    total, count = 0.0, 0
+    for t in range(enc.shape[0]):
+        loss, cnt, M = model.segment(torch.from_numpy(enc[t]), torch.from_numpy(dec[t]),
+                                     torch.from_numpy(tgt[t]), torch.from_numpy(reset[t]), M)
+        total, count = total + loss, count + cnt
+    (total / count).backward()
+    return float(total) / count
+
+
+def memtrain_gradient(ckpt, ckpt_next, beta1):
+    """memtrain's (clipped) gradient of the step between two checkpoints, from the Adam first
+    moments: g = (m' - beta1 m) / (1 - beta1). {converted name: (gradient, touched mask)};
+    a table row no token hit keeps its moments (lazy Adam), so only touched rows count."""
+    b1 = np.float32(beta1)
+    out = {}
+    with h5py.File(ckpt, "r") as f0, h5py.File(ckpt_next, "r") as f1:
+        for g in ("dense", "tables"):
+            for site in (f0[g] if g in f0 else []):
+                items = [site] if g == "dense" else ["%s/%s" % (site, o) for o in f0[g][site]]
+                for name in items:
+                    m0 = f0[g][name]["m"][()].astype(np.float32)
+                    m1 = f1[g][name]["m"][()].astype(np.float32)
+                    grad = (m1 - b1 * m0) / (np.float32(1) - b1)
+                    touched = np.ones(grad.shape[:-1] if g == "tables" else (), dtype=bool)
+                    if g == "tables":
+                        touched = (m1 != m0).any(-1)
+                        grad = grad.reshape(-1, grad.shape[-1])
+                        touched = touched.reshape(-1)
+                    out[flat_from_memtrain(name)] = (grad, touched)
+    return out
+
+
+def compare_gradients(model, cfg, ckpt, ckpt_next):
+    """PyTorch's gradient of the rollout after ckpt against memtrain's step from ckpt to
+    ckpt_next (consecutive steps of a run with grad_clip = 0). Returns (rollout loss, worst
+    error, lines): a tensor's error is |g_torch - g_memtrain| / (|g_memtrain| + 1e-6 |G|), G
+    the whole gradient, so tensors whose gradient is zero but for rounding (a key bias:
+    softmax ignores it) do not count."""
+    loss = rollout_gradient(model, cfg, load_validation_docs(cfg, "train"), ckpt)
+    ref = memtrain_gradient(ckpt, ckpt_next, float(cfg.get("beta1", "0.9")))
+    params = dict(model.named_parameters())
+    pairs = {}
+    for k, (g, touched) in ref.items():
+        gt = params[k].grad.detach().numpy().reshape(g.shape)
+        if k.endswith(".table"):
+            g, gt = g[touched], gt[touched]
+        pairs[k] = (g.astype(np.float64), gt.astype(np.float64))
+    G = math.sqrt(sum(float((g * g).sum()) for g, _ in pairs.values()))
+    worst, lines = 0.0, []
+    for k, (g, gt) in pairs.items():
+        err = float(np.linalg.norm(gt - g)) / (float(np.linalg.norm(g)) + 1e-6 * G)
+        worst = max(worst, err)
+        lines.append("%-28s |g| %.3e  error %.1e" % (k, float(np.linalg.norm(g)), err))
+    return loss, worst, lines
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -644,6 +750,10 @@ def main(argv):
     ap.add_argument("--eval", action="store_true",
                     help="print the validation loss and perplexity memtrain eval computes")
     ap.add_argument("--no-save", action="store_true", help="write nothing (with --eval)")
+    ap.add_argument("--grad", metavar="NEXT_CKPT",
+                    help="compare PyTorch's gradient of the next training rollout with the "
+                    "step memtrain took to NEXT_CKPT (the checkpoint one step later, from a run "
+                    "with grad_clip = 0)")
     args, rest = ap.parse_known_args(argv)
     overrides = {}
     for r in rest:
@@ -671,6 +781,14 @@ def main(argv):
         loss, count = validation_loss(model, cfg, docs)
         print("%s (step %d): torch validation loss %.6f perplexity %.4f over %d tokens"
               % (args.ckpt, step, loss, math.exp(loss), count))
+    if args.grad:
+        model = MemtrainModel.from_config(text)
+        model.load_state_dict(sd)
+        loss, worst, lines = compare_gradients(model, parse_config(text), args.ckpt, args.grad)
+        for ln in lines:
+            print(ln)
+        print("%s -> %s: torch rollout loss %.6f, gradient error at most %.1e over %d tensors"
+              % (args.ckpt, args.grad, loss, worst, len(lines)))
     return 0
 
 

@@ -9,6 +9,9 @@
 # PyTorch loss by more than the tolerance, so the agreement covers them. The cases also vary what the model computes: rotary or learned
 # positions, l1prob or prob scores with a temperature, bf16 rows, forgetting off, memory off,
 # tau 4 without expanding bits, and a text file read to its end (eval_segments = 0).
+# Two more cases check the gradient: PyTorch's autograd over the training rollout that
+# follows a checkpoint (through the memory over the horizon, as MRBP) against the step
+# memtrain took, recovered from the Adam moments of two consecutive checkpoints.
 # Needs Debian's python3-torch (make test installs it).
 source "$(dirname "$0")/lib.sh"
 PY=/usr/bin/python3
@@ -68,6 +71,26 @@ check memformer-hash-variants 2 --arch=memformer --proj=hash --row_format=bf16 -
   --tau=4 --expand_bits=0 --n_heads=4 --write_temp=0.5 "${MF[@]}"
 check memformer-nomemory-text 1 --arch=memformer --proj=dense --memory=off \
   --data="text:$TMP/docs.txt" --eval_segments=0 --streams=1
+
+# check_grad NAME NP ARGS...: PyTorch's gradient of the rollout after step 10 against the step
+# memtrain took (from the Adam moments of the checkpoints at steps 10 and 11; no clipping)
+check_grad() {
+  local name=$1 np=$2; shift 2
+  mt "$np" "${BASE[@]}" --steps=11 --ckpt_every=10 --grad_clip=0 --run_dir="$TMP/$name" "$@"
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$name: training failed"; }
+  local d=$TMP/$name/ckpt
+  $PY "$TOOL" "$d/ckpt-00000010.h5" --no-save --grad "$d/ckpt-00000011.h5" >"$TMP/torch.out" 2>&1 ||
+    { cat "$TMP/torch.out"; fail "$name: to_torch.py --grad failed"; }
+  local worst
+  worst=$(sed -n 's/.*gradient error at most \([0-9.e+-]*\) over.*/\1/p' "$TMP/torch.out")
+  [ -n "$worst" ] || { cat "$TMP/torch.out"; fail "$name: no gradient comparison"; }
+  $PY -c "import sys; sys.exit(0 if float('$worst') <= 1e-3 else 1)" ||
+    { cat "$TMP/torch.out"; fail "$name: PyTorch gradient differs from memtrain's by $worst"; }
+  pass "$name on $np rank(s): PyTorch's gradient matches memtrain's step (error $worst)"
+}
+
+check_grad grad-decoder-dense 1 --arch=decoder --proj=dense
+check_grad grad-memformer-hash 2 --arch=memformer --proj=hash --horizon=3 "${MF[@]}"
 
 # the state_dict: real shapes, loadable by the module with strict key matching
 $PY - "$TMP" "$TOOL" <<'EOF' || fail "state_dict names or shapes"
