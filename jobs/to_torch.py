@@ -771,10 +771,10 @@ def main(argv):
         out = args.out or re.sub(r"\.h5$", "", args.ckpt) + ".pt"
         for w in save_outputs(out, text, sd):
             print("wrote %s" % w)
+    cfg = parse_config(text)
+    cfg.update(overrides)  # what data is read and how much; never the model
     if args.eval:
-        cfg = parse_config(text)
-        cfg.update(overrides)
-        model = MemtrainModel(Spec(parse_config(text)))
+        model = MemtrainModel.from_config(text)
         model.load_state_dict(sd)
         model.eval()
         docs = load_validation_docs(cfg)
@@ -784,7 +784,7 @@ def main(argv):
     if args.grad:
         model = MemtrainModel.from_config(text)
         model.load_state_dict(sd)
-        loss, worst, lines = compare_gradients(model, parse_config(text), args.ckpt, args.grad)
+        loss, worst, lines = compare_gradients(model, cfg, args.ckpt, args.grad)
         for ln in lines:
             print(ln)
         print("%s -> %s: torch rollout loss %.6f, gradient error at most %.1e over %d tensors"
