@@ -49,7 +49,7 @@ DEB_PKGS := libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools libopenbla
             check pkg-config zlib1g-dev dataset-fashion-mnist python3-h5py \
             gnuplot-nox slurm-wlm munge iproute2 procps
 
-.PHONY: all deps test demo bench data clean
+.PHONY: all deps torch-deps test demo bench data clean
 all: $(MAIN) $(TEST_BIN) $(BENCH_BIN)
 
 # Installs only what is missing, never asks. A second run does nothing.
@@ -92,20 +92,22 @@ data: deps
 PORTABLE := $(BUILD)-portable
 PORTABLE_TESTS := check_ops check_hash
 
-test: deps
+# PyTorch (Debian's python3-torch) is for tests/test_to_torch.sh (the converter's check) and
+# the comparison benchmark: make test and make bench install it, make demo never needs it.
+torch-deps: deps
+	@dpkg-query -W -f='$${Status}\n' python3-torch 2>/dev/null | grep -q '^install ok installed' || { \
+	  echo "installing: python3-torch"; SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends python3-torch >/dev/null; }
+
+test: deps torch-deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory ARCH=-march=x86-64-v2 BUILD=$(PORTABLE) \
 	    $(PORTABLE_TESTS:%=$(PORTABLE)/bin/%)
 	@$(MAKE) --no-print-directory data
 	@BUILD=$(BUILD) PORTABLE_BUILD=$(PORTABLE) bash tests/run-tests.sh
 
-# PyTorch (Debian's python3-torch) is for the comparison benchmark only: make bench
-# installs it, make test and make demo never need it.
-bench: deps
-	@dpkg-query -W -f='$${Status}\n' python3-torch 2>/dev/null | grep -q '^install ok installed' || { \
-	  echo "installing: python3-torch"; SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends python3-torch >/dev/null; }
+bench: deps torch-deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) bash tests/run-bench.sh
 

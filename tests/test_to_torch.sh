@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# jobs/to_torch.py: a trained checkpoint converted to a PyTorch state_dict, loaded into the PyTorch module, gives memtrain eval's validation loss to 1e-4 relative, for the decoder and the Memformer, dense and hashed.
+# Each case trains a tiny model (d_model 32) for 30 steps at a high learning rate on 1 or 2
+# ranks, runs `memtrain eval` on its checkpoint on as many ranks, converts it and recomputes
+# the loss in PyTorch over the same validation segments (30 segments of 32 tokens or, for the
+# Memformer, 110 of 8 per stream: past the first image's end, so document starts, the BOS
+# segment and the memory restart are in it). Short Memformer segments lean on the memory:
+# the test also checks that dropping the memory writes or the forgetting bias moves the
+# PyTorch loss by more than the tolerance, so the agreement covers them. The cases also vary what the model computes: rotary or learned
+# positions, l1prob or prob scores with a temperature, bf16 rows, forgetting off, memory off,
+# tau 4 without expanding bits, and a text file read to its end (eval_segments = 0).
+# Two more cases check the gradient: PyTorch's autograd over the training rollout that
+# follows a checkpoint (through the memory over the horizon, as MRBP) against the step
+# memtrain took, recovered from the Adam moments of two consecutive checkpoints.
+# Needs Debian's python3-torch (make test installs it).
+source "$(dirname "$0")/lib.sh"
+PY=/usr/bin/python3
+$PY -c 'import torch, h5py' 2>/dev/null || fail "python3-torch and python3-h5py are needed (make test installs them)"
+TOOL=$TOP/jobs/to_torch.py
+
+# a text file of 12 documents (runs of blank lines, a form feed): the last validates
+$PY - "$TMP/docs.txt" <<'EOF'
+import random, sys
+random.seed(3)
+w = "memory table hash segment stream rank shard the a of to and in".split()
+docs = [" ".join(random.choice(w) for _ in range(random.randint(20, 120))) for _ in range(12)]
+open(sys.argv[1], "w").write("\n\n\n".join(docs[:6]) + "\f" + "\n\n\n".join(docs[6:]) + "\n")
+EOF
+
+BASE=(--d_model=32 --n_heads=2 --seg_len=32 --mem_slots=4 --streams=2 --stream_block=1
+      --horizon=2 --steps=30 --warmup=2 --lr=0.01 --eval_every=0 --eval_segments=30
+      --log_every=12 --ckpt_every=0)
+
+# check NAME NP ARGS...: train, eval, convert, compare
+check() {
+  local name=$1 np=$2; shift 2
+  mt "$np" "${BASE[@]}" --run_dir="$TMP/$name" "$@"
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$name: training failed"; }
+  local ck=$TMP/$name/ckpt/ckpt-00000030.h5
+  mt "$np" eval --ckpt "$ck"
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$name: memtrain eval failed"; }
+  local ppl
+  ppl=$(sed -n 's/.*validation perplexity \([0-9.]*\) .*/\1/p' "$TMP/out")
+  [ -n "$ppl" ] || { cat "$TMP/out"; fail "$name: no perplexity from memtrain eval"; }
+  $PY "$TOOL" "$ck" --out "$TMP/$name.pt" --eval >"$TMP/torch.out" 2>&1 ||
+    { cat "$TMP/torch.out"; fail "$name: to_torch.py failed"; }
+  local loss
+  loss=$(sed -n 's/.*torch validation loss \([0-9.]*\) .*/\1/p' "$TMP/torch.out")
+  [ -n "$loss" ] || { cat "$TMP/torch.out"; fail "$name: no loss from to_torch.py"; }
+  $PY - "$ppl" "$loss" "$name" <<'EOF' || fail "$name: PyTorch loss does not match memtrain eval"
+import math, sys
+ppl, loss, name = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ref = math.log(ppl)
+rel = abs(loss - ref) / ref
+print("%s: memtrain eval loss %.6f (ppl %.4f), PyTorch %.6f, relative difference %.1e"
+      % (name, ref, ppl, loss, rel))
+# a model that learnt nothing scores about ln(vocab): the checkpoints must be trained ones
+assert ref < math.log(256) - 0.5, "the model did not train"
+sys.exit(0 if rel <= 1e-4 else 1)
+EOF
+  [ -s "$TMP/$name.conf" ] || fail "$name: no config written beside the state_dict"
+  pass "$name on $np rank(s): PyTorch reproduces memtrain eval"
+}
+
+check decoder-dense 1 --arch=decoder --proj=dense
+check decoder-hash 2 --arch=decoder --proj=hash --pos=learned --score=prob --hash_temp=0.5
+MF=(--seg_len=8 --eval_segments=110)
+check memformer-dense 2 --arch=memformer --proj=dense --rope_frac=0.25 "${MF[@]}"
+check memformer-hash 1 --arch=memformer --proj=hash "${MF[@]}"
+check memformer-hash-variants 2 --arch=memformer --proj=hash --row_format=bf16 --forgetting=off \
+  --tau=4 --expand_bits=0 --n_heads=4 --write_temp=0.5 "${MF[@]}"
+check memformer-nomemory-text 1 --arch=memformer --proj=dense --memory=off \
+  --data="text:$TMP/docs.txt" --eval_segments=0 --streams=1
+
+# check_grad NAME NP ARGS...: PyTorch's gradient of the rollout after step 10 against the step
+# memtrain took (from the Adam moments of the checkpoints at steps 10 and 11; no clipping)
+check_grad() {
+  local name=$1 np=$2; shift 2
+  mt "$np" "${BASE[@]}" --steps=11 --ckpt_every=10 --grad_clip=0 --run_dir="$TMP/$name" "$@"
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$name: training failed"; }
+  local d=$TMP/$name/ckpt
+  $PY "$TOOL" "$d/ckpt-00000010.h5" --no-save --grad "$d/ckpt-00000011.h5" >"$TMP/torch.out" 2>&1 ||
+    { cat "$TMP/torch.out"; fail "$name: to_torch.py --grad failed"; }
+  local worst
+  worst=$(sed -n 's/.*gradient error at most \([0-9.e+-]*\) over.*/\1/p' "$TMP/torch.out")
+  [ -n "$worst" ] || { cat "$TMP/torch.out"; fail "$name: no gradient comparison"; }
+  $PY -c "import sys; sys.exit(0 if float('$worst') <= 1e-3 else 1)" ||
+    { cat "$TMP/torch.out"; fail "$name: PyTorch gradient differs from memtrain's by $worst"; }
+  pass "$name on $np rank(s): PyTorch's gradient matches memtrain's step (error $worst)"
+}
+
+check_grad grad-decoder-dense 1 --arch=decoder --proj=dense
+check_grad grad-memformer-hash 2 --arch=memformer --proj=hash --horizon=3 "${MF[@]}"
+
+# the state_dict: real shapes, loadable by the module with strict key matching
+$PY - "$TMP" "$TOOL" <<'EOF' || fail "state_dict names or shapes"
+import importlib.util, sys
+import torch
+tmp, tool = sys.argv[1], sys.argv[2]
+spec = importlib.util.spec_from_file_location("to_torch", tool)
+tt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tt)
+sd = torch.load(tmp + "/memformer-hash.pt")
+want = {"wte.weight": (257, 32), "lm_head.weight": (256, 32), "writer.vbias": (4, 32),
+        "dec.0.self.q.table": (4 * 256, 32), "dec.0.self.v.bias": (32,),
+        "enc.0.reader.k.table": (4 * 256, 32), "enc.0.ffn.ml1.table": (4 * 256, 40),
+        "enc.0.ffn.ml2.table": (4 * 1024, 32), "enc.0.ffn.ln.weight": (40,),
+        "dec_norm.weight": (32,)}
+for k, shape in want.items():
+    assert tuple(sd[k].shape) == shape, (k, tuple(sd[k].shape), shape)
+model = tt.MemtrainModel.from_config(open(tmp + "/memformer-hash.conf").read())
+model.load_state_dict(sd)  # strict: every name matches
+sd = torch.load(tmp + "/decoder-dense.pt")
+for k, shape in {"dec.0.self.o.weight": (32, 32), "dec.1.ffn.fc1.weight": (128, 32),
+                 "dec.1.ffn.fc2.bias": (32,)}.items():
+    assert tuple(sd[k].shape) == shape, (k, tuple(sd[k].shape), shape)
+print("state_dict names and shapes as documented")
+
+# the agreement is worth something only if the memory's details move the loss beyond 1e-4
+ckpt = tmp + "/memformer-hash/ckpt/ckpt-00000030.h5"
+text, step, sd = tt.read_checkpoint(ckpt)
+cfg = tt.parse_config(text)
+docs = tt.load_validation_docs(cfg)
+def loss(patch=None):
+    m = tt.MemtrainModel.from_config(text)
+    m.load_state_dict(sd)
+    if patch:
+        patch(m)
+    return tt.validation_loss(m, cfg, docs)[0]
+base = loss()
+def no_writes(m):
+    m.writer.forward = lambda M, E: M
+def no_forgetting_bias(m):
+    m.spec.forgetting = False
+for patch in (no_writes, no_forgetting_bias):
+    rel = abs(loss(patch) - base) / base
+    print("%s moves the loss by %.1e relative" % (patch.__name__, rel))
+    assert rel > 1e-4, patch.__name__
+EOF
+pass "state_dict names and shapes; the module loads it strictly; the memory matters beyond the tolerance"
