@@ -21,7 +21,7 @@ hashed projections) as a torch.nn.Module: `load_state_dict` takes that state_dic
 scored tokens, next memory), differentiable by autograd. `--eval` also reads the validation
 split the checkpoint's config names, deals it to streams exactly as `memtrain eval` does
 (`validation_segments` below) and prints the loss and perplexity; `--key=value` overrides a
-config key for that pass as it does for `memtrain eval` (e.g. --eval_segments=8). `--grad`
+config key for that pass as it does for `memtrain eval` (e.g. --eval_docs=8). `--grad`
 back-propagates the training rollout that follows the checkpoint and compares the gradient
 with the step memtrain took to the next checkpoint (`compare_gradients`).
 
@@ -558,14 +558,17 @@ def validation_segments(cfg, docs):
     """What memtrain eval scores (trainer_validation_ppl in trainer/run/train.c): yields, for each
     segment step t, (enc, dec, tgt, reset) as (streams, seg_len) int arrays and (streams) bool.
 
-    Stream j of `streams` reads documents j, j + streams, ... (io_stream_next: segments of
-    seg_len, the last one padded with -1), each document once; a stream that has read its
-    share is idle (BOS in, nothing scored). At most eval_segments steps (0: until every
-    stream is idle). Everything about which documents validation reads and how they are
-    dealt is here and in load_validation_docs: keep both in step with trainer_validation_ppl
-    and io/ when those change."""
+    The first eval_docs documents (0: all) are scored whole, each once: lane j of `streams`
+    reads documents j, j + streams, ... of them (io_stream_next: segments of seg_len, the last
+    one padded with -1); a lane that has read its share is idle (BOS in, nothing scored).
+    Everything about which documents validation reads and how they are dealt is here and in
+    load_validation_docs: keep both in step with trainer_validation_ppl and io/ when those
+    change."""
     S, L, bos = int(cfg.get("streams", "8")), int(cfg.get("seg_len", "64")), int(cfg.get("vocab", "256"))
-    limit = int(cfg.get("eval_segments", "64"))
+    limit = 0
+    want = int(cfg.get("eval_docs", "0"))
+    if 0 < want < len(docs):
+        docs = docs[:want]
     n = len(docs)
     quota = [(n - j + S - 1) // S if j < n else 0 for j in range(S)]
     doc_count, pos = [0] * S, [0] * S
@@ -763,7 +766,7 @@ def main(argv):
         key = m.group(1).replace("-", "_")
         if key in SHAPE_KEYS:
             ap.error("--%s: the model and its streams come from the checkpoint; only keys "
-                     "such as eval_segments and data_dir can change" % key)
+                     "such as eval_docs and data_dir can change" % key)
         overrides[key] = m.group(2)
     torch.set_num_threads(1)
     text, step, sd = read_checkpoint(args.ckpt)
@@ -773,6 +776,12 @@ def main(argv):
             print("wrote %s" % w)
     cfg = parse_config(text)
     cfg.update(overrides)  # what data is read and how much; never the model
+    if args.eval and cfg.get("val_data", "split") != "split":
+        ap.error("val_data = %s: --eval reads the data's own validation split only"
+                 % cfg["val_data"])
+    if args.grad and cfg.get("shuffle", "off") == "on":
+        ap.error("--grad follows the stream cursors in file order: train the run with "
+                 "--shuffle=off")
     if args.eval:
         model = MemtrainModel.from_config(text)
         model.load_state_dict(sd)

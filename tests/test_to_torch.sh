@@ -8,7 +8,7 @@
 # the test also checks that dropping the memory writes or the forgetting bias moves the
 # PyTorch loss by more than the tolerance, so the agreement covers them. The cases also vary what the model computes: rotary or learned
 # positions, l1prob or prob scores with a temperature, bf16 rows, forgetting off, memory off,
-# tau 4 without expanding bits, and a text file read to its end (eval_segments = 0).
+# tau 4 without expanding bits, and a text file's whole validation split (eval_docs = 0).
 # Two more cases check the gradient: PyTorch's autograd over the training rollout that
 # follows a checkpoint (through the memory over the horizon, as MRBP) against the step
 # memtrain took, recovered from the Adam moments of two consecutive checkpoints.
@@ -28,7 +28,7 @@ open(sys.argv[1], "w").write("\n\n\n".join(docs[:6]) + "\f" + "\n\n\n".join(docs
 EOF
 
 BASE=(--d_model=32 --n_heads=2 --seg_len=32 --mem_slots=4 --streams=2 --stream_block=1
-      --horizon=2 --steps=30 --warmup=2 --lr=0.01 --eval_every=0 --eval_segments=30
+      --horizon=2 --steps=30 --warmup=2 --lr=0.01 --eval_every=0 --eval_docs=8 --shuffle=off
       --log_every=12 --ckpt_every=0)
 
 # check NAME NP ARGS...: train, eval, convert, compare
@@ -64,13 +64,13 @@ EOF
 
 check decoder-dense 1 --arch=decoder --proj=dense
 check decoder-hash 2 --arch=decoder --proj=hash --pos=learned --score=prob --hash_temp=0.5
-MF=(--seg_len=8 --eval_segments=110)
+MF=(--seg_len=8 --eval_docs=6)
 check memformer-dense 2 --arch=memformer --proj=dense --rope_frac=0.25 "${MF[@]}"
 check memformer-hash 1 --arch=memformer --proj=hash "${MF[@]}"
 check memformer-hash-variants 2 --arch=memformer --proj=hash --row_format=bf16 --forgetting=off \
   --tau=4 --expand_bits=0 --n_heads=4 --write_temp=0.5 "${MF[@]}"
 check memformer-nomemory-text 1 --arch=memformer --proj=dense --memory=off \
-  --data="text:$TMP/docs.txt" --eval_segments=0 --streams=1
+  --data="text:$TMP/docs.txt" --eval_docs=0 --streams=1
 
 # check_grad NAME NP ARGS...: PyTorch's gradient of the rollout after step 10 against the step
 # memtrain took (from the Adam moments of the checkpoints at steps 10 and 11; no clipping)
