@@ -77,8 +77,12 @@ io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, s
  * one rank; wrong arguments (a slice out of range, missing, provided twice; a name written
  * twice) are programming errors and abort. The per-slice crc32 attribute costs two int64 per
  * slice in a sum over ranks, so slices should be coarse (rows of a table, not scalars).
- * Returns 0, or -1 on every rank with the same message when the write failed (I/O error, disk
- * full); the caller should then io_ckpt_abort. Nothing is retained from `data`. */
+ * Where the file system can reserve space (fallocate), rank 0 first reserves the array's room
+ * and its metadata's, so that no write inside HDF5 can fail for lack of space on some ranks
+ * only; a full disk then fails here with "<path>: no room for 15.2 MiB (No space left on
+ * device)" before anything is written. Returns 0, or -1 on every rank with the same message
+ * when the write failed (I/O error, disk full); the caller should then io_ckpt_abort. Nothing
+ * is retained from `data`. */
 int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int64_t *dims,
                   int nslices, const int64_t *slices, const void *data, char *err, size_t n);
 
@@ -104,9 +108,9 @@ void io_ckpt_set_attr_str(io_ckpt *ck, const char *name, const char *value);
 int io_ckpt_commit(io_ckpt *ck, int keep, char *err, size_t n);
 
 /* Collective. Closes and deletes the unfinished .tmp file and frees ck. NULL is fine (on every
- * rank). After a failed write (disk full) the file is emptied before it is closed, so the
- * close finds room for HDF5's metadata; where even that is impossible it is left open and the
- * process marked as in io_ckpt_commit. */
+ * rank). The close writes HDF5's metadata into the room reserved for it; on a file system that
+ * cannot reserve, the file is emptied first, so the close finds room; where even that is
+ * impossible it is left open and the process marked as in io_ckpt_commit. */
 void io_ckpt_abort(io_ckpt *ck);
 
 /* ---- reading ---- */

@@ -416,9 +416,10 @@ static void save_checkpoint(run *r, int64_t step) {
 }
 
 /* Collective, after metrics.csv failed to take a row (message in what, the same on every
- * rank): the state of `step` is checkpointed, then the job ends with one line naming the
- * file, or, when the checkpoint cannot be written either (a full disk), naming both. */
-static _Noreturn void metrics_lost(run *r, int64_t step, const char *what) {
+ * rank): the state of `step` is checkpointed, then the job ends (status 2, never returns)
+ * with one line naming the file, or, when the checkpoint cannot be written either (a full
+ * disk), naming both. */
+static void metrics_lost(run *r, int64_t step, const char *what) {
     char err[1024], ck[512];
     if (write_checkpoint(r, step, ck, sizeof(ck)) == 0)
         snprintf(err, sizeof(err), "%.600s after step %lld: stopped after writing checkpoint "
@@ -428,8 +429,6 @@ static _Noreturn void metrics_lost(run *r, int64_t step, const char *what) {
         snprintf(err, sizeof(err), "%.400s after step %lld, and no checkpoint could be written "
                  "either: %.500s", what, (long long)step, ck);
     comm_exit_error(r->comm, err);
-    for (;;) {
-    }
 }
 
 /* Restores the newest valid checkpoint of resume_dir; returns the steps it had done. */
