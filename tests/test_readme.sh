@@ -29,7 +29,7 @@ PY
 [ "$(wc -l <"$TMP/commands")" -ge 10 ] || { cat "$TMP/commands"; fail "the Running block was not found"; }
 
 # shortened: steps, checkpoint names, evaluation and sampling sizes, the demo model's width
-SHORT="--warmup=1 --log_every=2 --eval_every=4 --eval_segments=2"
+SHORT="--warmup=1 --log_every=2 --eval_every=4 --eval_docs=2"
 # and a smaller demo model: sampling an image takes 784 forwards of a segment
 SMALL="--d_model=32 --n_heads=2 --seg_len=49"
 n=0
@@ -39,7 +39,7 @@ while IFS= read -r cmd; do
             -e 's/--count 16/--count 2/' <<<"$cmd")
   case $run in
     *--help*) ;;
-    *" eval "*) run="$run --eval_segments=2" ;;
+    *" eval "*) run="$run --eval_docs=2" ;;
     *" sample "*) run="$run --length 40" ; [[ $run == *--count* ]] && run=${run/ --length 40/} ;;
     *brown.conf*) run="$run --steps=8 $SHORT" ;;
     *"--data=text:"*) run="$run --steps=4 $SHORT --d_model=32 --n_heads=2" ;;

@@ -117,7 +117,25 @@ static const char *command_word(int argc, char **argv) {
     return "train";
 }
 
-int main(int argc, char **argv) {
+/* What the command line asks for, read in the phases main runs one after the other; every
+ * phase that finds a mistake writes one line to err and returns -1. */
+typedef struct cli {
+    int argc;
+    char **argv;
+    const char *cmd;                 /* train, eval, sample, inspect, plan */
+    const char *resume, *ckpt;       /* --resume RUN_DIR, --ckpt FILE */
+    trainer_sample_options so;
+    trainer_sample_args sa;
+    trainer_config cfg;              /* the configuration the command runs with */
+    trainer_config stored;           /* the checkpoint's, before the overrides */
+    char path[1100];                 /* the checkpoint a resume starts from */
+    char changed[400];               /* settings a resume changes: printed when it trains */
+    char out_path[1200];             /* sample's default output */
+    int ranks[64], nranks;           /* plan --ranks */
+} cli;
+
+/* --help anywhere: the help of the command it follows. Returns 1 when it printed. */
+static int print_help(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             const char *cmd = command_word(argc, argv);
@@ -129,250 +147,299 @@ int main(int argc, char **argv) {
             } else {
                 usage(stdout);
             }
-            return 0;
+            return 1;
         }
-    /* `srun memtrain` without PMI support: Open MPI would fail in MPI_Init with its own
-       message, so say how to launch before it is called (once, from task 0) */
-    const char *slurm_tasks = getenv("SLURM_NTASKS"), *slurm_step = getenv("SLURM_STEP_ID");
-    if (slurm_tasks && atoi(slurm_tasks) > 1 && slurm_step && !getenv("OMPI_COMM_WORLD_SIZE") &&
-        !getenv("PMIX_RANK") && !getenv("PMI_RANK") && !getenv("PMI_FD") &&
-        (!getenv("SLURM_MPI_TYPE") || strcmp(getenv("SLURM_MPI_TYPE"), "none") == 0)) {
-        const char *procid = getenv("SLURM_PROCID");
-        if (!procid || atoi(procid) == 0)
-            fprintf(stderr,
-                    "memtrain: started by srun as %s tasks without MPI support: launch with "
-                    "'mpirun memtrain ...' inside the allocation (or 'srun --mpi=pmix memtrain ...')\n",
-                    slurm_tasks);
-        return 2;
-    }
-    trainer_watchdog_start(); /* before MPI: it reads the launcher's environment */
-    comm_ctx *comm = comm_init(&argc, &argv);
-    char err[512] = "", path[1100] = "";
-    int failed = 0;
-    static const char *const mine[] = {"--resume", "--ckpt", "--out", "--prompt", "--count",
-                                       "--length", "--temperature", "--top-k", "--top-p",
-                                       "--scale", "--ranks",
-                                       "--per-rank-streams", "--csv", "--help", NULL};
-    /* the flags the config parser leaves to us, found before it reorders argv */
-    const char *resume = flag_value(argc, argv, "--resume");
-    const char *ckpt = flag_value(argc, argv, "--ckpt");
-    trainer_sample_options so = {.out = flag_value(argc, argv, "--out"),
-                                 .prompt = flag_value(argc, argv, "--prompt")};
-    trainer_sample_args sa = {
+    return 0;
+}
+
+/* `srun memtrain` without PMI support: Open MPI would fail in MPI_Init with its own message,
+ * so say how to launch before it is called (once, from task 0). Returns 1 when it said so. */
+static int srun_without_pmi(void) {
+    const char *tasks = getenv("SLURM_NTASKS"), *step = getenv("SLURM_STEP_ID");
+    if (!tasks || atoi(tasks) <= 1 || !step || getenv("OMPI_COMM_WORLD_SIZE") ||
+        getenv("PMIX_RANK") || getenv("PMI_RANK") || getenv("PMI_FD") ||
+        (getenv("SLURM_MPI_TYPE") && strcmp(getenv("SLURM_MPI_TYPE"), "none") != 0))
+        return 0;
+    const char *procid = getenv("SLURM_PROCID");
+    if (!procid || atoi(procid) == 0)
+        fprintf(stderr,
+                "memtrain: started by srun as %s tasks without MPI support: launch with "
+                "'mpirun memtrain ...' inside the allocation (or 'srun --mpi=pmix memtrain ...')\n",
+                tasks);
+    return 1;
+}
+
+/* The flags the config parser leaves to us, found before it reorders argv; a flag last on
+ * the line, or given as --flag=, has no value: never a silent default. */
+static int read_flags(cli *c, char *err, size_t n) {
+    int argc = c->argc;
+    char **argv = c->argv;
+    c->resume = flag_value(argc, argv, "--resume");
+    c->ckpt = flag_value(argc, argv, "--ckpt");
+    c->so = (trainer_sample_options){.out = flag_value(argc, argv, "--out"),
+                                     .prompt = flag_value(argc, argv, "--prompt")};
+    c->sa = (trainer_sample_args){
         .count = flag_value(argc, argv, "--count"), .length = flag_value(argc, argv, "--length"),
         .temperature = flag_value(argc, argv, "--temperature"),
         .top_k = flag_value(argc, argv, "--top-k"), .top_p = flag_value(argc, argv, "--top-p"),
         .scale = flag_value(argc, argv, "--scale")};
-
-    /* a flag last on the line, or given as --flag=, has no value: never a silent default */
-    const char *given[3] = {resume, ckpt, so.out};
+    const char *given[3] = {c->resume, c->ckpt, c->so.out};
     const char *names[3] = {"--resume RUN_DIR", "--ckpt FILE", "--out FILE"};
-    for (int i = 0; i < 3 && !failed; i++)
+    for (int i = 0; i < 3; i++)
         if (given[i] && !given[i][0]) {
-            snprintf(err, sizeof(err), "%.*s has no value: write %s", (int)strcspn(names[i], " "),
-                     names[i], names[i]);
-            failed = 1;
+            snprintf(err, n, "%.*s has no value: write %s", (int)strcspn(names[i], " "), names[i],
+                     names[i]);
+            return -1;
         }
+    return 0;
+}
 
-    /* the base configuration: defaults, or what the checkpoint was trained with */
-    trainer_config cfg, stored;
-    trainer_config_defaults(&cfg);
-    if (!failed && (resume || ckpt)) {
-        int rc = resume ? trainer_ckpt_peek_config(comm, resume, &cfg, path, sizeof(path), err, sizeof(err))
-                        : trainer_ckpt_read_config(comm, ckpt, &cfg, err, sizeof(err));
-        failed = rc != 0;
+/* The base configuration (defaults, or what the checkpoint was trained with), then the
+ * config file and the overrides; what the parser leaves is the command and our flags. */
+static int read_config(cli *c, comm_ctx *comm, char *err, size_t n) {
+    static const char *const mine[] = {"--resume", "--ckpt", "--out", "--prompt", "--count",
+                                       "--length", "--temperature", "--top-k", "--top-p",
+                                       "--scale", "--ranks",
+                                       "--per-rank-streams", "--csv", "--help", NULL};
+    trainer_config_defaults(&c->cfg);
+    if (c->resume || c->ckpt) {
+        int rc = c->resume ? trainer_ckpt_peek_config(comm, c->resume, &c->cfg, c->path,
+                                                      sizeof(c->path), err, n)
+                           : trainer_ckpt_read_config(comm, c->ckpt, &c->cfg, err, n);
+        if (rc != 0) return -1;
         /* a resumed run goes on writing where it was found, unless told otherwise */
-        if (!failed && resume) snprintf(cfg.run_dir, sizeof(cfg.run_dir), "%s", resume);
+        if (c->resume) snprintf(c->cfg.run_dir, sizeof(c->cfg.run_dir), "%s", c->resume);
     }
-    stored = cfg;
-    int first = argc;
-    if (!failed)
-        failed = trainer_config_parse_args(&cfg, argc, argv, mine, &first, err, sizeof(err)) != 0 ||
-                 trainer_config_validate(&cfg, err, sizeof(err)) != 0;
-    const char *cmd = "train";
-    if (!failed) {
-        /* what remains after the config parser: the command and our flags with their values */
-        int *left = layer_xcalloc((size_t)argc + 1, sizeof(int));
-        for (int i = first; i < argc; i++) {
-            if (strcmp(argv[i], "--csv") == 0) {
-                left[i] = 1;
-            } else if (strncmp(argv[i], "--", 2) == 0 && strchr(argv[i], '=') == NULL) {
-                left[i] = left[i + 1 < argc ? i + 1 : i] = 1; /* flag and its value */
-                i++;
-            } else if (strncmp(argv[i], "--", 2) == 0) {
-                left[i] = 1;
-            }
-        }
-        for (int i = first; i < argc && !failed; i++) {
-            if (left[i]) continue;
-            if (strcmp(argv[i], "train") == 0 || strcmp(argv[i], "eval") == 0 ||
-                strcmp(argv[i], "sample") == 0 || strcmp(argv[i], "inspect") == 0 ||
-                strcmp(argv[i], "plan") == 0) {
-                cmd = argv[i];
-            } else {
-                snprintf(err, sizeof(err),
-                         "unexpected argument '%s' (commands: train, eval, sample, inspect, plan; options are "
-                         "--key=value; see memtrain --help)", argv[i]);
-                failed = 1;
-            }
-        }
-        free(left);
-    }
-    int ranks[64], nranks = 0;
-    if (!failed && strcmp(cmd, "plan") == 0) {
-        const char *list = flag_value(argc, argv, "--ranks");
-        for (const char *p = list; p && *p && nranks < 64;) {
-            char *end;
-            long v = strtol(p, &end, 10);
-            if (end == p || v < 1 || v > 1 << 20 || (*end && *end != ',')) {
-                nranks = -1;
-                break;
-            }
-            ranks[nranks++] = (int)v;
-            p = *end ? end + 1 : end;
-        }
-        if (nranks <= 0) {
-            snprintf(err, sizeof(err), "memtrain plan needs --ranks P[,P...] (positive rank counts)");
-            failed = 1;
+    c->stored = c->cfg;
+    int first = c->argc;
+    if (trainer_config_parse_args(&c->cfg, c->argc, c->argv, mine, &first, err, n) != 0 ||
+        trainer_config_validate(&c->cfg, err, n) != 0)
+        return -1;
+    /* what remains after the config parser: the command and our flags with their values */
+    int argc = c->argc;
+    char **argv = c->argv;
+    int *left = layer_xcalloc((size_t)argc + 1, sizeof(int));
+    for (int i = first; i < argc; i++) {
+        if (strcmp(argv[i], "--csv") == 0) {
+            left[i] = 1;
+        } else if (strncmp(argv[i], "--", 2) == 0 && strchr(argv[i], '=') == NULL) {
+            left[i] = left[i + 1 < argc ? i + 1 : i] = 1; /* flag and its value */
+            i++;
+        } else if (strncmp(argv[i], "--", 2) == 0) {
+            left[i] = 1;
         }
     }
-    if (!failed)
-        failed = trainer_sample_options_read(&so, cmd, &sa, err, sizeof(err)) != 0;
-    if (!failed && strcmp(cmd, "train") != 0 && strcmp(cmd, "plan") != 0 && !ckpt) {
-        snprintf(err, sizeof(err), "memtrain %s needs --ckpt FILE", cmd);
-        failed = 1;
-    }
-    /* eval, sample and inspect read the stored arrays: the shape must stay (other data or
-       streams are fine: evaluation starts fresh streams) */
-    if (!failed && ckpt && strcmp(cmd, "train") != 0 && strcmp(cmd, "plan") != 0) {
-        char diff[400];
-        trainer_config base = stored;
-        memcpy(base.data, cfg.data, sizeof(base.data));
-        base.streams = cfg.streams;
-        if (trainer_config_diff_shape(&base, &cfg, diff, sizeof(diff)) > 0) {
-            snprintf(err, sizeof(err), "cannot %s %.200s: the model's shape would change: %.250s",
-                     cmd, ckpt, diff);
-            failed = 1;
+    int rc = 0;
+    c->cmd = "train";
+    for (int i = first; i < argc && rc == 0; i++) {
+        if (left[i]) continue;
+        if (strcmp(argv[i], "train") == 0 || strcmp(argv[i], "eval") == 0 ||
+            strcmp(argv[i], "sample") == 0 || strcmp(argv[i], "inspect") == 0 ||
+            strcmp(argv[i], "plan") == 0) {
+            c->cmd = argv[i];
+        } else {
+            snprintf(err, n,
+                     "unexpected argument '%s' (commands: train, eval, sample, inspect, plan; "
+                     "options are --key=value; see memtrain --help)", argv[i]);
+            rc = -1;
         }
     }
-    static char out_path[1200];
-    if (!failed && strcmp(cmd, "sample") == 0) {
-        /* options of the other kind of data are refused, not ignored */
-        int image = strcmp(cfg.data, "fashion-mnist") == 0;
-        const char *wrong = image ? (so.prompt ? "--prompt" : sa.length ? "--length" : NULL)
-                                  : (sa.count ? "--count" : sa.scale ? "--scale" : so.out ? "--out" : NULL);
-        if (wrong) {
-            snprintf(err, sizeof(err), "%s does not apply to a checkpoint of %s data (data = %.200s): "
-                     "%s", wrong, image ? "image" : "text", cfg.data,
-                     image ? "--count, --scale and --out do" : "--prompt and --length do, and the "
-                     "text goes to stdout");
-            failed = 1;
-        } else if (image && so.out) {
-            struct stat sb;
-            if (stat(so.out, &sb) == 0) {
-                snprintf(err, sizeof(err), "--out %.300s exists: choose another file or remove it",
-                         so.out);
-                failed = 1;
-            }
-        } else if (image) {
-            /* beside the checkpoint's run: CKPT/../../samples.png, numbered when it exists */
-            char dir[1100];
-            snprintf(dir, sizeof(dir), "%s", ckpt);
-            char *slash = strrchr(dir, '/');
-            if (!slash) snprintf(dir, sizeof(dir), "..");       /* ckpt-N.h5 */
-            else if (slash == dir) snprintf(dir, sizeof(dir), "/");
-            else {
-                *slash = '\0';                                    /* runs/a/ckpt */
-                slash = strrchr(dir, '/');
-                if (!slash) snprintf(dir, sizeof(dir), ".");    /* ckpt */
-                else if (slash == dir) dir[1] = '\0';
-                else *slash = '\0';                               /* runs/a */
-            }
-            struct stat sb;
-            snprintf(out_path, sizeof(out_path), "%s/samples.png", dir);
-            for (int k = 2; stat(out_path, &sb) == 0 && k < 100000; k++)
-                snprintf(out_path, sizeof(out_path), "%s/samples-%d.png", dir, k);
-            so.out = out_path;
+    free(left);
+    return rc;
+}
+
+/* plan --ranks P[,P...] */
+static int read_ranks(cli *c, char *err, size_t n) {
+    const char *list = flag_value(c->argc, c->argv, "--ranks");
+    c->nranks = 0;
+    for (const char *p = list; p && *p && c->nranks < 64;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 1 << 20 || (*end && *end != ',')) {
+            c->nranks = -1;
+            break;
         }
+        c->ranks[c->nranks++] = (int)v;
+        p = *end ? end + 1 : end;
     }
-    char changed[400] = ""; /* settings a resume changes: printed when it trains */
-    if (!failed && resume) {
-        char diff[400];
-        if (trainer_config_diff_shape(&stored, &cfg, diff, sizeof(diff)) > 0) {
-            snprintf(err, sizeof(err), "cannot resume %s: the model's shape would change: %s", path, diff);
-            failed = 1;
-        } else if (stored.shuffle != cfg.shuffle ||
-                   (cfg.shuffle && stored.data_seed != cfg.data_seed)) {
-            /* the cursors count places in the checkpoint's document order */
-            snprintf(err, sizeof(err), "cannot resume %s: its streams read documents %s (data_seed "
-                     "%lld); keep shuffle and data_seed as they were", path,
-                     stored.shuffle ? "shuffled" : "in file order", (long long)stored.data_seed);
-            failed = 1;
-        } else if (comm_rank(comm) == 0) {
-            trainer_config_diff_other(&stored, &cfg, changed, sizeof(changed));
-        }
+    if (c->nranks > 0) return 0;
+    snprintf(err, n, "memtrain plan needs --ranks P[,P...] (positive rank counts)");
+    return -1;
+}
+
+/* eval, sample and inspect read the stored arrays: they need --ckpt, and the shape must stay
+ * (other data or streams are fine: evaluation starts fresh streams). */
+static int check_ckpt_command(cli *c, char *err, size_t n) {
+    if (!c->ckpt) {
+        snprintf(err, n, "memtrain %s needs --ckpt FILE", c->cmd);
+        return -1;
     }
-    /* `srun memtrain` without MPI support starts N unrelated one-process jobs */
+    char diff[400];
+    trainer_config base = c->stored;
+    memcpy(base.data, c->cfg.data, sizeof(base.data));
+    base.streams = c->cfg.streams;
+    if (trainer_config_diff_shape(&base, &c->cfg, diff, sizeof(diff)) > 0) {
+        snprintf(err, n, "cannot %s %.200s: the model's shape would change: %.250s", c->cmd,
+                 c->ckpt, diff);
+        return -1;
+    }
+    return 0;
+}
+
+/* sample: options of the other kind of data are refused, not ignored; an image grid never
+ * overwrites a file, and by default lands beside the checkpoint's run
+ * (CKPT/../../samples.png, numbered when it exists). */
+static int check_sample(cli *c, char *err, size_t n) {
+    int image = strcmp(c->cfg.data, "fashion-mnist") == 0;
+    trainer_sample_options *so = &c->so;
+    const trainer_sample_args *sa = &c->sa;
+    const char *wrong = image ? (so->prompt ? "--prompt" : sa->length ? "--length" : NULL)
+                              : (sa->count ? "--count" : sa->scale ? "--scale"
+                                                       : so->out ? "--out" : NULL);
+    struct stat sb;
+    if (wrong) {
+        snprintf(err, n, "%s does not apply to a checkpoint of %s data (data = %.200s): %s", wrong,
+                 image ? "image" : "text", c->cfg.data,
+                 image ? "--count, --scale and --out do"
+                       : "--prompt and --length do, and the text goes to stdout");
+        return -1;
+    }
+    if (!image) return 0;
+    if (so->out) {
+        if (stat(so->out, &sb) != 0) return 0;
+        snprintf(err, n, "--out %.300s exists: choose another file or remove it", so->out);
+        return -1;
+    }
+    char dir[1100];
+    snprintf(dir, sizeof(dir), "%s", c->ckpt);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof(dir), "..");       /* ckpt-N.h5 */
+    else if (slash == dir) snprintf(dir, sizeof(dir), "/");
+    else {
+        *slash = '\0';                                    /* runs/a/ckpt */
+        slash = strrchr(dir, '/');
+        if (!slash) snprintf(dir, sizeof(dir), ".");    /* ckpt */
+        else if (slash == dir) dir[1] = '\0';
+        else *slash = '\0';                               /* runs/a */
+    }
+    snprintf(c->out_path, sizeof(c->out_path), "%s/samples.png", dir);
+    for (int k = 2; stat(c->out_path, &sb) == 0 && k < 100000; k++)
+        snprintf(c->out_path, sizeof(c->out_path), "%s/samples-%d.png", dir, k);
+    so->out = c->out_path;
+    return 0;
+}
+
+/* --resume: the shape and the document order stay; other changes are listed when it trains. */
+static int check_resume(cli *c, comm_ctx *comm, char *err, size_t n) {
+    char diff[400];
+    if (trainer_config_diff_shape(&c->stored, &c->cfg, diff, sizeof(diff)) > 0) {
+        snprintf(err, n, "cannot resume %.300s: the model's shape would change: %.150s", c->path, diff);
+        return -1;
+    }
+    if (c->stored.shuffle != c->cfg.shuffle ||
+        (c->cfg.shuffle && c->stored.data_seed != c->cfg.data_seed)) {
+        /* the cursors count places in the checkpoint's document order */
+        snprintf(err, n, "cannot resume %.300s: its streams read documents %s (data_seed %lld); "
+                 "keep shuffle and data_seed as they were", c->path,
+                 c->stored.shuffle ? "shuffled" : "in file order", (long long)c->stored.data_seed);
+        return -1;
+    }
+    if (comm_rank(comm) == 0)
+        trainer_config_diff_other(&c->stored, &c->cfg, c->changed, sizeof(c->changed));
+    return 0;
+}
+
+/* `srun memtrain` without MPI support starts N unrelated one-process jobs. */
+static int check_one_job(comm_ctx *comm, char *err, size_t n) {
     const char *ntasks = getenv("SLURM_NTASKS");
-    if (!failed && ntasks && atoi(ntasks) > 1 && comm_size(comm) == 1) {
-        snprintf(err, sizeof(err),
-                 "started as a single MPI process but Slurm allocated SLURM_NTASKS=%s tasks: launch "
-                 "with 'mpirun memtrain ...' inside the allocation (or 'srun --mpi=pmix memtrain ...')",
-                 ntasks);
-        failed = 1;
-    }
-    /* every rank parsed the same command line, but agree anyway so no rank runs alone */
+    if (!ntasks || atoi(ntasks) <= 1 || comm_size(comm) != 1) return 0;
+    snprintf(err, n,
+             "started as a single MPI process but Slurm allocated SLURM_NTASKS=%s tasks: launch "
+             "with 'mpirun memtrain ...' inside the allocation (or 'srun --mpi=pmix memtrain ...')",
+             ntasks);
+    return -1;
+}
+
+/* A resume of a finished run (the checkpoint that loads is at or past the sitting's end):
+ * says so on one line and returns 1, leaving everything as it is. Collective; errors end the
+ * job. */
+static int nothing_to_do(cli *c, comm_ctx *comm) {
+    char err[512] = "";
+    int64_t at = 0;
+    io_ckpt *ck = io_ckpt_open(comm, c->path, err, sizeof(err));
+    int failed = !ck || io_ckpt_get_attr_i64(ck, "step", &at, err, sizeof(err)) != 0;
+    io_ckpt_close(ck);
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
-    /* a finished run resumed: say so and leave everything as it is */
-    if (resume && strcmp(cmd, "train") == 0) {
-        int64_t at = 0;
-        io_ckpt *ck = io_ckpt_open(comm, path, err, sizeof(err));
-        failed = !ck || io_ckpt_get_attr_i64(ck, "step", &at, err, sizeof(err)) != 0;
-        io_ckpt_close(ck);
+    int64_t end = c->cfg.stop_after > at ? c->cfg.stop_after : c->cfg.steps;
+    if (at >= end) {
+        /* the newest checkpoint may not load (corrupt): the step is the one that does */
+        char id[TRAINER_RUN_ID_LEN + 1] = "";
+        int64_t have = trainer_run_id_read(c->resume, id) == 0;
+        comm_broadcast(comm, &have, sizeof(have), 0);
+        comm_broadcast(comm, id, sizeof(id), 0);
+        trainer_model_spec spec;
+        trainer_spec_from_config(&spec, &c->cfg);
+        trainer_model *m = trainer_model_create(&spec, comm);
+        failed = trainer_ckpt_resume(comm, c->resume, have ? id : NULL, &c->cfg, m, NULL, &at,
+                                     c->path, sizeof(c->path), err, sizeof(err)) != 0;
+        trainer_model_free(m);
         if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
-        int64_t end = cfg.stop_after > at ? cfg.stop_after : cfg.steps;
-        if (at >= end) {
-            /* the newest checkpoint may not load (corrupt): the step is the one that does */
-            char id[TRAINER_RUN_ID_LEN + 1] = "";
-            int64_t have = trainer_run_id_read(resume, id) == 0;
-            comm_broadcast(comm, &have, sizeof(have), 0);
-            comm_broadcast(comm, id, sizeof(id), 0);
-            trainer_model_spec spec;
-            trainer_spec_from_config(&spec, &cfg);
-            trainer_model *m = trainer_model_create(&spec, comm);
-            failed = trainer_ckpt_resume(comm, resume, have ? id : NULL, &cfg, m, NULL, &at, path,
-                                         sizeof(path), err, sizeof(err)) != 0;
-            trainer_model_free(m);
-            if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
-            end = cfg.stop_after > at ? cfg.stop_after : cfg.steps;
-        }
-        if (at >= end) {
-            if (comm_rank(comm) == 0) {
-                char shown[2200];
-                printf("memtrain: nothing to do: the run is at step %lld of %lld (%s); raise "
-                       "--steps to train on\n", (long long)at, (long long)cfg.steps,
-                       comm_escape(shown, sizeof(shown), path));
-                fflush(stdout);
-            }
-            comm_finalize(comm);
-            return 0;
-        }
+        end = c->cfg.stop_after > at ? c->cfg.stop_after : c->cfg.steps;
     }
-    if (changed[0]) printf("resume: changed settings: %s\n", changed);
-    int rc;
-    if (strcmp(cmd, "plan") == 0) {
-        const char *pr = flag_value(argc, argv, "--per-rank-streams");
+    if (at < end) return 0;
+    if (comm_rank(comm) == 0) {
+        char shown[2200];
+        printf("memtrain: nothing to do: the run is at step %lld of %lld (%s); raise --steps to "
+               "train on\n", (long long)at, (long long)c->cfg.steps,
+               comm_escape(shown, sizeof(shown), c->path));
+        fflush(stdout);
+    }
+    return 1;
+}
+
+static int run_command(cli *c, comm_ctx *comm) {
+    if (strcmp(c->cmd, "plan") == 0) {
+        const char *pr = flag_value(c->argc, c->argv, "--per-rank-streams");
         int csv = 0;
-        for (int i = 1; i < argc; i++) csv |= strcmp(argv[i], "--csv") == 0;
-        rc = trainer_plan_report(comm, &cfg, ranks, nranks, pr ? atoi(pr) : 0, csv);
-    } else if (strcmp(cmd, "eval") == 0)
-        rc = trainer_eval_checkpoint(comm, &cfg, ckpt);
-    else if (strcmp(cmd, "inspect") == 0)
-        rc = trainer_inspect_checkpoint(comm, &cfg, ckpt);
-    else if (strcmp(cmd, "sample") == 0)
-        rc = trainer_sample_checkpoint(comm, &cfg, ckpt, &so);
-    else
-        rc = trainer_train(comm, &cfg, resume);
+        for (int i = 1; i < c->argc; i++) csv |= strcmp(c->argv[i], "--csv") == 0;
+        return trainer_plan_report(comm, &c->cfg, c->ranks, c->nranks, pr ? atoi(pr) : 0, csv);
+    }
+    if (strcmp(c->cmd, "eval") == 0) return trainer_eval_checkpoint(comm, &c->cfg, c->ckpt);
+    if (strcmp(c->cmd, "inspect") == 0) return trainer_inspect_checkpoint(comm, &c->cfg, c->ckpt);
+    if (strcmp(c->cmd, "sample") == 0)
+        return trainer_sample_checkpoint(comm, &c->cfg, c->ckpt, &c->so);
+    if (c->changed[0]) printf("resume: changed settings: %s\n", c->changed);
+    return trainer_train(comm, &c->cfg, c->resume);
+}
+
+/* Reads the command line in phases, each of which may find a mistake; the ranks agree on the
+ * first one (every rank parsed the same line, but no rank may run alone), then the command
+ * runs on all of them. */
+int main(int argc, char **argv) {
+    if (print_help(argc, argv)) return 0;
+    if (srun_without_pmi()) return 2;
+    trainer_watchdog_start(); /* before MPI: it reads the launcher's environment */
+    comm_ctx *comm = comm_init(&argc, &argv);
+    static cli c;
+    c.argc = argc;
+    c.argv = argv;
+    char err[512] = "";
+    int train = 0, rc = read_flags(&c, err, sizeof(err));
+    if (rc == 0) rc = read_config(&c, comm, err, sizeof(err));
+    if (rc == 0) train = strcmp(c.cmd, "train") == 0;
+    if (rc == 0 && strcmp(c.cmd, "plan") == 0) rc = read_ranks(&c, err, sizeof(err));
+    if (rc == 0) rc = trainer_sample_options_read(&c.so, c.cmd, &c.sa, err, sizeof(err));
+    if (rc == 0 && !train && strcmp(c.cmd, "plan") != 0)
+        rc = check_ckpt_command(&c, err, sizeof(err));
+    if (rc == 0 && strcmp(c.cmd, "sample") == 0) rc = check_sample(&c, err, sizeof(err));
+    if (rc == 0 && c.resume) rc = check_resume(&c, comm, err, sizeof(err));
+    if (rc == 0) rc = check_one_job(comm, err, sizeof(err));
+    if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
+    if (c.resume && train && nothing_to_do(&c, comm)) {
+        comm_finalize(comm);
+        return 0;
+    }
+    rc = run_command(&c, comm);
     comm_finalize(comm);
     return rc;
 }
