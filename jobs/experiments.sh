@@ -155,7 +155,7 @@ for arm in arms:
         log = open(run + "/log.txt").read()
         mf = float(re.findall(r"([0-9.e+-]+) MFLOP/token", log)[0])
         dense, table = (int(v) for v in re.findall(r"dense params (\d+), table params (\d+)", log)[0])
-        m = re.search(r"(\d+) streams, horizon (\d+) x (\d+) tokens", log)
+        m = re.search(r"(\d+) streams(?: in blocks of \d+ \(\w+ sums\))?, horizon (\d+) x (\d+) tokens", log)
         per_step = int(m.group(1)) * int(m.group(2)) * int(m.group(3))
         peaks = [int(l) for l in open(run + "/peak_kib") if l.strip().isdigit()]
         peak = max(peaks) / 1024 if peaks else float("nan")

@@ -106,7 +106,7 @@ typedef struct table_sum {
     trainer_plan_run run;
     double per;                  /* bytes per owned entry */
     double elems, owned, held, max_shard;
-    double fetch_keep, fetch_block, scratch;
+    double fetch_keep, fetch_block, scratch, partials;
 } table_sum;
 
 static void add_group(void *ctx, double nout, double bits, double OC, double rows) {
@@ -134,6 +134,9 @@ static void add_group(void *ctx, double nout, double bits, double OC, double row
     double call = (c.choice == TRAINER_STRATEGY_OWNER ? c.memory[TRAINER_STRATEGY_OWNER]
                                                       : R * nout * OC * sizeof(float) / t->run.P);
     if (2 * call > t->scratch) t->scratch = 2 * call;
+    /* owner-side groups: the partials a call received stay until its backward, so a block
+       holds every such group's at once */
+    if (c.choice == TRAINER_STRATEGY_OWNER && t->run.P > 1) t->partials += c.memory[TRAINER_STRATEGY_OWNER];
 }
 
 /* ---- activations (trainer/model/model.c forward_impl, trainer_model_backward, blocks.c) ---- */
@@ -210,7 +213,7 @@ void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footpr
     for_groups(&s, add_group, &t);
     /* owned shards: an even share plus at most one shard of imbalance (largest first) */
     f->tables = t.owned + (Pn > 1 ? t.max_shard : 0) + t.held;
-    f->caches = t.fetch_keep + t.fetch_block + t.scratch;
+    f->caches = t.fetch_keep + t.fetch_block + t.scratch + t.partials;
     /* a block: nb streams, and as one batch all their segments when nothing is carried */
     double nb = fmin(s.block, Bmax), seqs = s.memory ? nb : nb * s.T;
     double seq = use == TRAINER_USE_SAMPLE ? (batch > 0 ? batch : 1) : Bmax;
