@@ -482,16 +482,65 @@ static void init_from_checkpoint(run *r) {
         "memory start fresh\n", comm_escape(shown, sizeof(shown), cfg->init_from), (long long)step);
 }
 
-int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir) {
-    run R;
-    memset(&R, 0, sizeof(R));
-    run *r = &R;
+/* A copy of what rank 0 prints (run_dir/train.log), and the configuration the sitting resolved
+ * (run_dir/config.conf, which --config reads back). Rank 0 only. */
+static void write_run_files(run *r) {
+    const trainer_config *cfg = r->cfg;
+    char path[TRAINER_CONFIG_STR + 32];
+    snprintf(path, sizeof(path), "%s/train.log", cfg->run_dir);
+    r->log = fopen(path, "a");
+    snprintf(path, sizeof(path), "%s/config.conf", cfg->run_dir);
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    size_t len = trainer_config_to_text(cfg, NULL, 0);
+    char *text = layer_xmalloc(len + 1);
+    trainer_config_to_text(cfg, text, len + 1);
+    fputs("# the configuration of this run's latest sitting (memtrain --config reads it)\n", f);
+    fputs(text, f);
+    free(text);
+    fclose(f);
+}
+
+/* Rank 0's account of the run at its start: ranks and blocks, data and its order, what
+ * validation scores, the model. */
+static void print_start(run *r, const trainer_config *eff, const trainer_model_spec *spec) {
+    const trainer_config *cfg = r->cfg;
+    int P = comm_size(r->comm);
+    char d1[256], d2[256];
+    io_dataset_describe(r->train, d1, sizeof(d1));
+    io_dataset_describe(r->val, d2, sizeof(d2));
+    say(r, "memtrain: %d rank%s, %d streams in blocks of %d (%s sums), horizon %d x %d "
+        "tokens per stream: %lld tokens per step\n", P, P > 1 ? "s" : "", cfg->streams,
+        eff->stream_block, cfg->deterministic == TRAINER_DET_FAST ? "fast" : "bitwise",
+        cfg->horizon, cfg->seg_len, trainer_tokens_per_step(cfg));
+    say(r, "data: train %s | val %s\n", d1, d2);
+    if (cfg->shuffle)
+        say(r, "data: training documents in a shuffled order, drawn anew each pass (data_seed "
+            "%lld)\n", (long long)cfg->data_seed);
+    else
+        say(r, "data: training documents in file order\n");
+    if (cfg->eval_every > 0) {
+        int64_t nd = trainer_eval_docs(cfg, r->val);
+        say(r, "eval: every %d steps, the first %lld validation documents whole (%lld tokens)\n",
+            cfg->eval_every, (long long)nd, (long long)(r->val->doc_off[nd] - r->val->doc_off[0]));
+    }
+    say(r, "model: %s/%s d_model %d, dense params %zu, table params %zu, %.3g MFLOP/token\n",
+        spec->memformer ? "memformer" : "decoder", spec->hash ? "hash" : "dense", spec->C,
+        trainer_model_params(r->model)->total, trainer_tables_numel(trainer_model_tables(r->model)),
+        2e-6 * trainer_model_flops_per_token(r->model));
+}
+
+/* Everything a run holds, from its checks to its first step: the schedule (stream_block =
+ * auto resolved for this rank count in eff; r->cfg keeps the user's text for the run directory
+ * and checkpoints, so a resume on another rank count resolves it anew), the memory check, the
+ * run directory, the data, the model and its table plan, the streams and the rollout.
+ * Collective; errors end the job. */
+static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const char *resume_dir) {
+    memset(r, 0, sizeof(*r));
     r->comm = comm;
     r->cfg = cfg;
     int P = comm_size(comm), rank = comm_rank(comm);
     char err[512];
-    /* stream_block = auto resolved for this rank count; r->cfg keeps the user's text for the
-       run directory and checkpoints, so a resume on another rank count resolves it anew */
     trainer_config eff = *cfg;
     eff.stream_block = trainer_config_stream_block(cfg, P);
     if (trainer_schedule_check(eff.streams, eff.stream_block, P, err, sizeof(err)) != 0)
@@ -502,23 +551,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     csv_header(header, sizeof(header));
     r->rd = trainer_rundir_open(comm, cfg, resume_dir, header);
     r->csv = trainer_rundir_metrics(r->rd);
-    if (rank == 0) {
-        /* a copy of what rank 0 prints, and the configuration the sitting resolved */
-        char path[TRAINER_CONFIG_STR + 32];
-        snprintf(path, sizeof(path), "%s/train.log", cfg->run_dir);
-        r->log = fopen(path, "a");
-        snprintf(path, sizeof(path), "%s/config.conf", cfg->run_dir);
-        FILE *f = fopen(path, "w");
-        if (f) {
-            size_t len = trainer_config_to_text(cfg, NULL, 0);
-            char *text = layer_xmalloc(len + 1);
-            trainer_config_to_text(cfg, text, len + 1);
-            fputs("# the configuration of this run's latest sitting (memtrain --config reads it)\n", f);
-            fputs(text, f);
-            free(text);
-            fclose(f);
-        }
-    }
+    if (rank == 0) write_run_files(r);
     install_signal_handlers();
     load_data(r);
     if (cfg->eval_every > 0) trainer_preflight_eval(comm, cfg, r->val);
@@ -533,137 +566,21 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     r->streams = layer_xcalloc(r->B, sizeof(stream_state));
     stream_states_init(r->streams, r->B, r->first_stream, cfg->streams, r->L);
     if (cfg->shuffle)
-        for (int b = 0; b < r->B; b++) io_stream_set_shuffle(&r->streams[b].io, (uint64_t)cfg->data_seed);
-    trainer_rollout_mode mode = cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
+        for (int b = 0; b < r->B; b++)
+            io_stream_set_shuffle(&r->streams[b].io, (uint64_t)cfg->data_seed);
+    trainer_rollout_mode mode =
+        cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
     r->rollout = trainer_rollout_create(r->model, cfg->horizon, r->B, mode);
     trainer_rollout_set_block(r->rollout, eff.stream_block);
     trainer_schedule_attach(&r->sched, r->model);
-    size_t ms = trainer_model_memory_size(r->model);
-    r->M = layer_xcalloc((size_t)r->B * ms + 1, sizeof(float));
-    trainer_params *params = trainer_model_params(r->model);
+    r->M = layer_xcalloc((size_t)r->B * trainer_model_memory_size(r->model) + 1, sizeof(float));
+    if (rank == 0) print_start(r, &eff, &spec);
     trainer_tables *tables = trainer_model_tables(r->model);
-    if (rank == 0) {
-        char d1[256], d2[256];
-        io_dataset_describe(r->train, d1, sizeof(d1));
-        io_dataset_describe(r->val, d2, sizeof(d2));
-        say(r, "memtrain: %d rank%s, %d streams in blocks of %d (%s sums), horizon %d x %d "
-            "tokens per stream: %lld tokens per step\n", P, P > 1 ? "s" : "", cfg->streams,
-            eff.stream_block, cfg->deterministic == TRAINER_DET_FAST ? "fast" : "bitwise",
-            cfg->horizon, cfg->seg_len, trainer_tokens_per_step(cfg));
-        say(r, "data: train %s | val %s\n", d1, d2);
-        if (cfg->shuffle)
-            say(r, "data: training documents in a shuffled order, drawn anew each pass (data_seed "
-                "%lld)\n", (long long)cfg->data_seed);
-        else
-            say(r, "data: training documents in file order\n");
-        if (cfg->eval_every > 0) {
-            int64_t nd = trainer_eval_docs(cfg, r->val);
-            say(r, "eval: every %d steps, the first %lld validation documents whole (%lld "
-                "tokens)\n", cfg->eval_every, (long long)nd,
-                (long long)(r->val->doc_off[nd] - r->val->doc_off[0]));
-        }
-        say(r, "model: %s/%s d_model %d, dense params %zu, table params %zu, %.3g MFLOP/token\n",
-            spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense", spec.C,
-            params->total, trainer_tables_numel(tables),
-            2e-6 * trainer_model_flops_per_token(r->model));
-    }
     if (trainer_tables_check_plan(tables, err, sizeof(err)) != 0) comm_exit_error(comm, err);
     trainer_tables_print_plan(tables);
-    int64_t first_step = resume_dir ? resume_run(r, resume_dir) : 0;
-    if (!resume_dir && strcmp(cfg->init_from, "none") != 0) init_from_checkpoint(r);
+}
 
-    double run_start = comm_time(), last_ckpt = run_start, last_loss = NAN, last_val = NAN;
-    log_window w;
-    memset(&w, 0, sizeof(w));
-    int fail = 0, interrupted = 0;
-    int64_t done = first_step;
-    /* a sitting's planned end; inherited by a resumed run that is already past it: ignored */
-    int64_t stop = cfg->stop_after > first_step ? cfg->stop_after : cfg->steps;
-    for (int64_t step = first_step; step < stop; step++) {
-        /* no step without a launcher; a rank left waiting in this step's exchanges for one
-           that stopped here is ended by its own watchdog, as it is not writing */
-        if (trainer_watchdog_orphaned()) trainer_watchdog_exit();
-        trainer_timer_start(&w.time, TRAINER_TIMER_DATA);
-        fill_rollout(r);
-        trainer_timer_stop(&w.time, TRAINER_TIMER_DATA);
-        trainer_step_info si;
-        if (trainer_step(r->model, r->rollout, &r->sched, r->M, comm, cfg, step, &si, err,
-                         sizeof(err)) != 0) {
-            fail = 1;
-            break;
-        }
-        done = step + 1;
-        window_add(&w, &si);
-        /* the planner's first figures assume uniform buckets; after a few steps it knows */
-        if (done == first_step + TRAINER_REPLAN_AFTER) trainer_tables_replan(tables);
-        int last = done == stop;
-        double val_ppl = NAN;
-        int64_t val_tokens = 0;
-        if (cfg->eval_every > 0 && (done % cfg->eval_every == 0 || last)) {
-            trainer_timer_start(&w.time, TRAINER_TIMER_EVAL);
-            val_ppl = trainer_validation_ppl(comm, cfg, r->model, r->val, &val_tokens);
-            trainer_timer_stop(&w.time, TRAINER_TIMER_EVAL);
-        }
-        if (!isnan(val_ppl)) last_val = val_ppl;
-        if ((cfg->log_every > 0 && done % cfg->log_every == 0) || last || !isnan(val_ppl)) {
-            /* the time left: this sitting's pace over the steps it still has to do */
-            double elapsed = comm_time() - run_start;
-            last_loss = w.tokens > 0 ? w.loss / w.tokens : last_loss;
-            log_line(r, &w, step, &si, val_ppl, val_tokens,
-                     elapsed / (double)(done - first_step) * (double)(stop - done), elapsed);
-            memset(&w, 0, sizeof(w));
-        }
-        /* a signal reaches the ranks at different moments, rank 0's clock decides a timed
-           checkpoint, the launcher may be gone, a metrics row may not have been written:
-           agree on all four at the step boundary */
-        char what[512] = "";
-        int lost = trainer_rundir_metrics_flush(r->rd, what, sizeof(what)) != 0;
-        int64_t sig[4] = {stop_signal,
-                          rank == 0 && cfg->ckpt_minutes > 0 &&
-                              comm_time() - last_ckpt >= 60.0 * cfg->ckpt_minutes,
-                          trainer_watchdog_orphaned(), lost};
-        comm_sum_i64(comm, sig, 4);
-        /* no new step and no new checkpoint without a launcher (trainer/run/watchdog.h) */
-        if (sig[2]) trainer_watchdog_exit();
-        if (sig[3]) {
-            comm_any_failed(comm, lost, what, sizeof(what));
-            metrics_lost(r, done, what);
-        }
-        if (sig[0] != 0 && !last) {
-            interrupted = 1;
-            break;
-        }
-        if (!last && ((cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0) || sig[1] != 0)) {
-            trainer_timer_start(&w.time, TRAINER_TIMER_CKPT);
-            save_checkpoint(r, done);
-            trainer_timer_stop(&w.time, TRAINER_TIMER_CKPT);
-            last_ckpt = comm_time();
-        }
-    }
-    if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);
-    /* the last rows are out: a write the file system reports only at close ends the run too */
-    char what[512] = "";
-    if (comm_any_failed(comm, trainer_rundir_metrics_close(r->rd, what, sizeof(what)) != 0, what,
-                        sizeof(what)))
-        metrics_lost(r, done, what);
-    r->csv = NULL;
-    if (done > first_step || !resume_dir) save_checkpoint(r, done);
-    if (!interrupted && done < cfg->steps)
-        say(r, "memtrain: stopped after step %lld of %lld (stop_after); continue with --resume %s\n",
-            (long long)done, (long long)cfg->steps, cfg->run_dir);
-    if (interrupted)
-        say(r, "memtrain: stopped by a signal after step %lld; resume with --resume %s\n",
-            (long long)done, cfg->run_dir);
-    {
-        double took = comm_time() - run_start;
-        long long toks = (long long)(done - first_step) * trainer_tokens_per_step(cfg);
-        char val[48] = "";
-        if (!isnan(last_val)) snprintf(val, sizeof(val), ", val ppl %.3f", last_val);
-        say(r, "summary: steps %lld-%lld of %lld in %.1f s, %lld tokens (%.0f tok/s), train ppl "
-            "%.3f%s; checkpoint %s/ckpt/ckpt-%08lld.h5\n", (long long)first_step + 1,
-            (long long)done, (long long)cfg->steps, took, toks, toks / (took > 0 ? took : 1e-9),
-            exp(last_loss), val, cfg->run_dir, (long long)done);
-    }
+static void run_close(run *r) {
     if (r->log) fclose(r->log);
     trainer_rundir_close(r->rd);
     stream_states_free(r->streams, r->B);
@@ -672,5 +589,136 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     io_dataset_free(r->train);
     io_dataset_free(r->val);
     free(r->M);
-    return interrupted ? TRAINER_EXIT_INTERRUPTED : 0;
+}
+
+/* Where a sitting is: its steps, its clocks, its last figures, the log window. */
+typedef struct sitting {
+    int64_t first_step, done, stop;
+    double start, last_ckpt, last_loss, last_val;
+    log_window w;
+    int interrupted;
+} sitting;
+
+/* The step boundary. A signal reaches the ranks at different moments, rank 0's clock decides
+ * a timed checkpoint, the launcher may be gone, a metrics row may not have been written: the
+ * ranks agree on all four. Without a launcher no new step or checkpoint starts
+ * (trainer/run/watchdog.h); a lost metrics row ends the run after a checkpoint. Returns 1
+ * when a signal stops the sitting here. Collective. */
+static int step_boundary(run *r, sitting *z, int last) {
+    const trainer_config *cfg = r->cfg;
+    char what[512] = "";
+    int lost = trainer_rundir_metrics_flush(r->rd, what, sizeof(what)) != 0;
+    int64_t sig[4] = {stop_signal,
+                      comm_rank(r->comm) == 0 && cfg->ckpt_minutes > 0 &&
+                          comm_time() - z->last_ckpt >= 60.0 * cfg->ckpt_minutes,
+                      trainer_watchdog_orphaned(), lost};
+    comm_sum_i64(r->comm, sig, 4);
+    if (sig[2]) trainer_watchdog_exit();
+    if (sig[3]) {
+        comm_any_failed(r->comm, lost, what, sizeof(what));
+        metrics_lost(r, z->done, what);
+    }
+    if (sig[0] != 0 && !last) return 1;
+    if (!last && ((cfg->ckpt_every > 0 && z->done % cfg->ckpt_every == 0) || sig[1] != 0)) {
+        trainer_timer_start(&z->w.time, TRAINER_TIMER_CKPT);
+        save_checkpoint(r, z->done);
+        trainer_timer_stop(&z->w.time, TRAINER_TIMER_CKPT);
+        z->last_ckpt = comm_time();
+    }
+    return 0;
+}
+
+/* One step of the sitting: the streams' next rollout, the optimizer step, the re-plan after
+ * the first few, validation when due, the log line. Returns 0, or -1 with a message in err
+ * (on every rank) when the loss or the gradient norm is not finite. */
+static int train_step(run *r, sitting *z, int64_t step, char *err, size_t n) {
+    const trainer_config *cfg = r->cfg;
+    /* no step without a launcher; a rank left waiting in this step's exchanges for one that
+       stopped here is ended by its own watchdog, as it is not writing */
+    if (trainer_watchdog_orphaned()) trainer_watchdog_exit();
+    trainer_timer_start(&z->w.time, TRAINER_TIMER_DATA);
+    fill_rollout(r);
+    trainer_timer_stop(&z->w.time, TRAINER_TIMER_DATA);
+    trainer_step_info si;
+    if (trainer_step(r->model, r->rollout, &r->sched, r->M, r->comm, cfg, step, &si, err, n) != 0)
+        return -1;
+    z->done = step + 1;
+    window_add(&z->w, &si);
+    /* the planner's first figures assume uniform buckets; after a few steps it knows */
+    if (z->done == z->first_step + TRAINER_REPLAN_AFTER)
+        trainer_tables_replan(trainer_model_tables(r->model));
+    int last = z->done == z->stop;
+    double val_ppl = NAN;
+    int64_t val_tokens = 0;
+    if (cfg->eval_every > 0 && (z->done % cfg->eval_every == 0 || last)) {
+        trainer_timer_start(&z->w.time, TRAINER_TIMER_EVAL);
+        val_ppl = trainer_validation_ppl(r->comm, cfg, r->model, r->val, &val_tokens);
+        trainer_timer_stop(&z->w.time, TRAINER_TIMER_EVAL);
+    }
+    if (!isnan(val_ppl)) z->last_val = val_ppl;
+    if ((cfg->log_every > 0 && z->done % cfg->log_every == 0) || last || !isnan(val_ppl)) {
+        /* the time left: this sitting's pace over the steps it still has to do */
+        double elapsed = comm_time() - z->start;
+        z->last_loss = z->w.tokens > 0 ? z->w.loss / z->w.tokens : z->last_loss;
+        log_line(r, &z->w, step, &si, val_ppl, val_tokens,
+                 elapsed / (double)(z->done - z->first_step) * (double)(z->stop - z->done),
+                 elapsed);
+        memset(&z->w, 0, sizeof(z->w));
+    }
+    return 0;
+}
+
+/* The end of a sitting: metrics closed (a failure there ends the run after a checkpoint), the
+ * final checkpoint, why it stopped, and one summary line. Collective. */
+static void end_sitting(run *r, sitting *z, int resumed) {
+    const trainer_config *cfg = r->cfg;
+    /* the last rows are out: a write the file system reports only at close ends the run too */
+    char what[512] = "";
+    if (comm_any_failed(r->comm, trainer_rundir_metrics_close(r->rd, what, sizeof(what)) != 0,
+                        what, sizeof(what)))
+        metrics_lost(r, z->done, what);
+    r->csv = NULL;
+    if (z->done > z->first_step || !resumed) save_checkpoint(r, z->done);
+    if (!z->interrupted && z->done < cfg->steps)
+        say(r, "memtrain: stopped after step %lld of %lld (stop_after); continue with --resume %s\n",
+            (long long)z->done, (long long)cfg->steps, cfg->run_dir);
+    if (z->interrupted)
+        say(r, "memtrain: stopped by a signal after step %lld; resume with --resume %s\n",
+            (long long)z->done, cfg->run_dir);
+    double took = comm_time() - z->start;
+    long long toks = (long long)(z->done - z->first_step) * trainer_tokens_per_step(cfg);
+    char val[48] = "";
+    if (!isnan(z->last_val)) snprintf(val, sizeof(val), ", val ppl %.3f", z->last_val);
+    say(r, "summary: steps %lld-%lld of %lld in %.1f s, %lld tokens (%.0f tok/s), train ppl "
+        "%.3f%s; checkpoint %s/ckpt/ckpt-%08lld.h5\n", (long long)z->first_step + 1,
+        (long long)z->done, (long long)cfg->steps, took, toks, toks / (took > 0 ? took : 1e-9),
+        exp(z->last_loss), val, cfg->run_dir, (long long)z->done);
+}
+
+int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir) {
+    run R;
+    run *r = &R;
+    run_open(r, comm, cfg, resume_dir);
+    sitting z;
+    memset(&z, 0, sizeof(z));
+    z.first_step = resume_dir ? resume_run(r, resume_dir) : 0;
+    if (!resume_dir && strcmp(cfg->init_from, "none") != 0) init_from_checkpoint(r);
+    z.start = z.last_ckpt = comm_time();
+    z.last_loss = z.last_val = NAN;
+    z.done = z.first_step;
+    /* a sitting's planned end; inherited by a resumed run that is already past it: ignored */
+    z.stop = cfg->stop_after > z.first_step ? cfg->stop_after : cfg->steps;
+    char err[512] = "";
+    int fail = 0;
+    for (int64_t step = z.first_step; step < z.stop && !fail; step++) {
+        fail = train_step(r, &z, step, err, sizeof(err)) != 0;
+        if (!fail && step_boundary(r, &z, z.done == z.stop)) {
+            z.interrupted = 1;
+            break;
+        }
+    }
+    if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);
+    end_sitting(r, &z, resume_dir != NULL);
+    run_close(r);
+    return z.interrupted ? TRAINER_EXIT_INTERRUPTED : 0;
 }
