@@ -247,6 +247,12 @@ void trainer_config_suggest(const char *name, const char *const *flags, char *ou
  * auto under bitwise is min(streams, TRAINER_STREAM_BLOCK_BITWISE) whatever P is, so runs on
  * different rank counts cut the same blocks. */
 int trainer_config_stream_block(const trainer_config *c, int P);
+/* Blocks of `block` streams that `streams` streams make (the last may be shorter): the one
+ * count the schedule, the planner, the store and the memory estimate use. In 64 bits, since
+ * streams + block - 1 overflows an int near INT_MAX. */
+static inline int64_t trainer_nblocks(int64_t streams, int64_t block) {
+    return (streams + block - 1) / block;
+}
 
 /* Whether name (with '-' read as '_') is a config key, and whether it is a shape key.
  * Both return false for an unknown name. */

@@ -8,7 +8,7 @@
 
 #include "layers/hash.h"
 #include "trainer/model/model.h"
-#include "trainer/tables/plan.h"
+#include "trainer/tables/tables.h"
 
 /* The shape of a config in doubles, so that no product below can overflow. */
 typedef struct shape {
@@ -43,100 +43,24 @@ static shape shape_of(const trainer_config *cfg, int P) {
     return s;
 }
 
-/* ---- parameters (trainer/model/model.c, blocks.c, params.c, tables.c) ---- */
+/* ---- parameters and tables: the model's own definition ---- */
 
-/* Dense floats of one projection site of nout outputs C -> OC: weights unless hashed, biases. */
-static double proj_params(const shape *s, double nout, double OC) {
-    return nout * ((s->hash ? 0 : OC * s->C) + OC);
-}
-
-/* An attention sublayer (self or cross: 3 projected outputs either way), an FFN sublayer. */
-static double attn_params(const shape *s) {
-    return s->C + proj_params(s, 3, s->C) + (s->hash ? 0 : proj_params(s, 1, s->C));
-}
-static double ffn_params(const shape *s) {
-    if (!s->hash) return s->C + (s->H * s->C + s->H) + (s->C * s->H + s->C); /* fc1, fc2 */
-    return s->C + 3 * s->H + s->C; /* ML1 bias, LayerNorm w and b, ML2 bias */
-}
-
-static double dense_params(const shape *s) {
-    double p = (s->V + 1) * s->C + (s->rope ? 0 : s->L * s->C);
-    p += s->n_dec * (attn_params(s) * (s->memformer ? 2 : 1) + ffn_params(s));
-    if (s->memformer) p += s->n_enc * (attn_params(s) * (s->memory ? 2 : 1) + ffn_params(s)) + s->C;
-    if (s->memory) p += proj_params(s, 3, s->C) + s->S * s->C;
-    return p + s->C + s->V * s->C;
-}
-
-/* The table groups of a hashed model, as trainer/model/model.c registers them: visit(nout, bits,
- * OC, rows) once per group, rows being its input rows per segment per stream. */
-typedef void (*group_fn)(void *ctx, double nout, double bits, double OC, double rows);
-
-static void for_groups(const shape *s, group_fn visit, void *ctx) {
-    if (!s->hash) return;
-    for (double l = 0; l < s->n_dec; l++) {
-        visit(ctx, 3, s->tau, s->C, s->L); /* self q, k, v */
-        if (s->memformer) {
-            visit(ctx, 1, s->tau, s->C, s->L); /* cross q */
-            visit(ctx, 2, s->tau, s->C, s->L); /* cross k, v over the encoder outputs */
-        }
-        visit(ctx, 1, s->tau, s->H, s->L);        /* ML1 */
-        visit(ctx, 1, s->tau + s->E, s->C, s->L); /* ML2 */
-    }
-    for (double l = 0; l < s->n_enc; l++) {
-        visit(ctx, 3, s->tau, s->C, s->L);
-        if (s->memory) {
-            visit(ctx, 1, s->tau, s->C, s->L); /* reader q */
-            visit(ctx, 2, s->tau, s->C, s->S); /* reader k, v over the slots */
-        }
-        visit(ctx, 1, s->tau, s->H, s->L);
-        visit(ctx, 1, s->tau + s->E, s->C, s->L);
-    }
-    if (s->memory) {
-        visit(ctx, 1, s->tau, s->C, s->S);        /* writer q */
-        visit(ctx, 2, s->tau, s->C, s->S + s->L); /* writer k, v */
-    }
-}
-
-/* What the groups cost a rank (trainer/tables/tables.c, plan.c): the shards it owns (rows, Adam m,
- * v and the gradient in float, and the double sum of the gradient's contributions when a
- * step has several), replicated groups in full, the rows fetched under the row budget, and
- * the exchange scratch. */
-typedef struct table_sum {
-    const shape *s;
-    trainer_plan_run run;
-    double per;                  /* bytes per owned entry */
-    double elems, owned, held, max_shard;
-    double fetch_keep, fetch_block, scratch, partials;
-} table_sum;
-
-static void add_group(void *ctx, double nout, double bits, double OC, double rows) {
-    table_sum *t = ctx;
-    const shape *s = t->s;
-    double R = s->K * pow(2.0, bits), elems = R * nout * OC;
-    t->elems += elems;
-    double shard = fmin(s->K, LAYER_HASH_SHARD) * pow(2.0, bits) * nout * OC * t->per;
-    if (shard > t->max_shard) t->max_shard = shard;
-    trainer_plan_group g = {(int)nout, (int)s->K, (int)bits, (int)OC, (int)rows, -1, 0};
-    trainer_plan_cost c;
-    trainer_plan_choose(&t->run, &g, &c);
-    if (c.choice == TRAINER_STRATEGY_REPLICATE && t->run.P > 1)
-        t->held += elems * t->per;
-    else
-        t->owned += elems * t->per / t->run.P;
-    if (c.choice == TRAINER_STRATEGY_FETCH && t->run.P > 1) {
-        /* what plan_keep in tables.c keeps for the step, else one block's rows at a time */
-        if (t->fetch_keep + c.memory[TRAINER_STRATEGY_FETCH] <= t->run.budget)
-            t->fetch_keep += c.memory[TRAINER_STRATEGY_FETCH];
-        else if (c.memory[TRAINER_STRATEGY_FETCH] > t->fetch_block)
-            t->fetch_block = c.memory[TRAINER_STRATEGY_FETCH];
-    }
-    /* exchange scratch: the largest call's rows or partials, sent and received */
-    double call = (c.choice == TRAINER_STRATEGY_OWNER ? c.memory[TRAINER_STRATEGY_OWNER]
-                                                      : R * nout * OC * sizeof(float) / t->run.P);
-    if (2 * call > t->scratch) t->scratch = 2 * call;
-    /* owner-side groups: the partials a call received stay until its backward, so a block
-       holds every such group's at once */
-    if (c.choice == TRAINER_STRATEGY_OWNER && t->run.P > 1) t->partials += c.memory[TRAINER_STRATEGY_OWNER];
+/* The dense floats and the table account of cfg on P ranks, from the model trainer_model_create
+ * would build (define_only: described, nothing allocated) and the store's account of it. */
+static double model_account(const trainer_config *cfg, const shape *s, int P,
+                            trainer_tables_account *a) {
+    trainer_model_spec spec;
+    trainer_spec_from_config(&spec, cfg);
+    spec.define_only = 1;
+    trainer_model *m = trainer_model_create(&spec, NULL);
+    trainer_plan_run r = spec.tables;
+    r.block = (int)s->block;
+    r.P = P;
+    r.batched = !s->memory;
+    trainer_tables_account_of(trainer_model_tables(m), &r, a);
+    double dense = (double)trainer_model_params(m)->total;
+    trainer_model_free(m);
+    return dense;
 }
 
 /* ---- activations (trainer/model/model.c forward_impl, trainer_model_backward, blocks.c) ---- */
@@ -198,19 +122,10 @@ void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footpr
     double Bmax = ceil((double)cfg->streams / (P > 0 ? P : 1));
     f->data = data_resident;
     f->data_load = data_loading;
-    f->dense = 24 * dense_params(&s); /* data, grad, m, v in float, the folded sum in double */
     int Pn = P > 0 ? P : 1;
-    double nblocks = ceil(s.streams / s.block);
-    int fast = cfg->deterministic == TRAINER_DET_FAST; /* no double gradient sums */
-    table_sum t = {.s = &s, .per = 4 * sizeof(float) +
-                                  (!fast && (Pn > 1 || nblocks > 1) ? sizeof(double) : 0)};
-    trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg);
-    t.run = spec.tables;
-    t.run.block = (int)s.block;
-    t.run.P = Pn;
-    t.run.batched = !s.memory;
-    for_groups(&s, add_group, &t);
+    trainer_tables_account t;
+    /* data, grad, m, v in float, the folded sum in double */
+    f->dense = 24 * model_account(cfg, &s, Pn, &t);
     /* owned shards: an even share plus at most one shard of imbalance (largest first) */
     f->tables = t.owned + (Pn > 1 ? t.max_shard : 0) + t.held;
     f->caches = t.fetch_keep + t.fetch_block + t.scratch + t.partials;

@@ -6,11 +6,13 @@
 
 #include "trainer/config/config.h"
 
-/* The one place that knows what the engine allocates (trainer/model/model.c, tables.c, rollout.c,
- * blocks.c, params.c): when those change, change trainer_footprint_estimate with them. The
- * test check_footprint compares it with what a built model and a trained rollout report
- * (parameter and table bytes exactly, activation arenas within a factor), so it cannot drift
- * unnoticed. */
+/* Parameters and tables come from the model's own definition (a define_only model: what
+ * trainer_model_create would register, nothing allocated) and the table store's account of it
+ * (trainer_tables_account_of: the planner's choices, bytes per entry, the kept fetched rows),
+ * so they cannot disagree with the engine. Activations and buffers are this file's arithmetic
+ * over what rollout.c and blocks.c allocate: when those change, change segment_floats with
+ * them. The test check_footprint compares the estimate with what a built model and a trained
+ * rollout report (parameter and table bytes exactly, activation arenas within a factor). */
 
 typedef enum trainer_footprint_use {
     TRAINER_USE_TRAIN,  /* rollouts of one stream at a time, plus evaluation */
@@ -43,8 +45,9 @@ typedef struct trainer_footprint {
 
 /* Estimates the footprint of cfg on P ranks for `use`; `batch` is the number of sequences
  * sampled at once (TRAINER_USE_SAMPLE only). data_resident and data_loading come from
- * io_dataset_size_hint (0 when unknown). Pure arithmetic in double: any config, however
- * large, gives finite numbers and nothing overflows. */
+ * io_dataset_size_hint (0 when unknown). The config must pass trainer_footprint_check_ranges
+ * (a table group's rows in an int); then any config, however large, gives finite numbers,
+ * computed in double, and nothing is allocated beyond the model's description. */
 void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footprint_use use,
                                 int batch, double data_resident, double data_loading,
                                 trainer_footprint *f);

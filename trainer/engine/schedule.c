@@ -5,11 +5,11 @@
 #include <stdio.h>
 
 #include "layers/common.h"
+#include "trainer/config/config.h"
 #include "trainer/tables/tables.h"
 
 int trainer_schedule_check(int streams, int block, int P, char *err, size_t n) {
-    /* in 64 bits: streams + block - 1 overflows an int near INT_MAX */
-    int64_t nblocks = ((int64_t)streams + block - 1) / block;
+    int64_t nblocks = trainer_nblocks(streams, block);
     if (nblocks >= P) return 0;
     if (streams < P)
         /* no block size helps: every rank needs a stream of its own */
@@ -26,8 +26,7 @@ int trainer_schedule_check(int streams, int block, int P, char *err, size_t n) {
 trainer_schedule trainer_schedule_make(int streams, int block, int P, int rank) {
     LAYER_ASSERT(streams >= 1 && block >= 1 && P >= 1 && rank >= 0 && rank < P);
     trainer_schedule s = {.nstreams = streams, .block = block, .P = P, .rank = rank};
-    s.nblocks = (int)(((int64_t)streams + block - 1) / block);
-    LAYER_ASSERT(s.nblocks >= P);
+    s.nblocks = (int)trainer_nblocks(streams, block);
     s.first_block = (int)((int64_t)s.nblocks * rank / P);
     s.nmine = (int)((int64_t)s.nblocks * (rank + 1) / P) - s.first_block;
     s.first_stream = s.first_block * block;

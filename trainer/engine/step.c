@@ -29,7 +29,7 @@ static int not_finite(char *err, size_t n, const char *what, double v, int64_t s
     return -1;
 }
 
-int trainer_step(trainer_model *m, trainer_rollout *ro, const trainer_schedule *sched, float *M,
+int trainer_step(trainer_model *m, trainer_rollout *ro, trainer_schedule *sched, float *M,
                  comm_ctx *comm, const trainer_config *cfg, int64_t step, trainer_step_info *info,
                  char *err, size_t n) {
     trainer_params *params = trainer_model_params(m);
@@ -90,6 +90,8 @@ int trainer_step(trainer_model *m, trainer_rollout *ro, const trainer_schedule *
         trainer_tables_discard_grads(tables);
     }
     trainer_timer_stop(tm, TRAINER_TIMER_OPTIMIZER);
+    /* the planner's first figures assume uniform buckets; after a few steps it knows */
+    if (rc == 0 && ++sched->steps == TRAINER_REPLAN_AFTER) trainer_tables_replan(tables);
     trainer_tables_get_stats(tables, &st1);
     info->bytes_sent = st1.bytes_sent - st0.bytes_sent;
     info->lookups = st1.lookups - st0.lookups;

@@ -33,9 +33,10 @@ typedef struct trainer_step_info {
  *   - OPTIMIZER: the global gradient norm (dense and owned table rows), clipping, AdamW on
  *     the dense parameters and one lazy-Adam pass over every touched table row.
  * The result does not depend on how the blocks are dealt to ranks (trainer/engine/schedule.h).
- * Collective. Returns 0, or -1 with a one-line message in err when the loss or the gradient
+ * After the schedule's TRAINER_REPLAN_AFTER-th step the table plan is revised with the
+ * distinct keys measured so far (trainer_tables_replan). Collective. Returns 0, or -1 with a one-line message in err when the loss or the gradient
  * norm is not finite; then no parameter was changed and every rank returns -1. */
-int trainer_step(trainer_model *m, trainer_rollout *ro, const trainer_schedule *sched, float *M,
+int trainer_step(trainer_model *m, trainer_rollout *ro, trainer_schedule *sched, float *M,
                  comm_ctx *comm, const trainer_config *cfg, int64_t step, trainer_step_info *info,
                  char *err, size_t n);
 

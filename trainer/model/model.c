@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "trainer/config/config.h"
+
 #include "layers/layers.h"
 #include "trainer/model/blocks.h"
 
@@ -109,7 +111,7 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
         m->spec.tables.batched = !uses_memory(m);
         trainer_tables_plan(m->tables, &m->spec.tables);
         const trainer_plan_run *r = &m->spec.tables;
-        trainer_tables_set_blocks(m->tables, (r->streams + r->block - 1) / r->block);
+        trainer_tables_set_blocks(m->tables, (int)trainer_nblocks(r->streams, r->block));
     }
     trainer_tables_set_fast(m->tables, s->tables.fast);
     trainer_tables_alloc(m->tables, s->seed);

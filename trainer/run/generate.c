@@ -304,8 +304,7 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
         snprintf(name, sizeof(name), "tables/%s/out0/data", g->name);
         if (io_ckpt_read(ck, name, IO_F32, 3, dims, 1, &zero, row, err, sizeof(err)) != 0)
             comm_exit_error(comm, err);
-        if (comm_rank(comm) == 0)
-            printf("%s[0][0][0:4] = %.9g %.9g %.9g %.9g\n", name, row[0], row[1], row[2], row[3]);
+        comm_print0(comm, "%s[0][0][0:4] = %.9g %.9g %.9g %.9g\n", name, row[0], row[1], row[2], row[3]);
         free(row);
     }
     size_t ms = trainer_model_memory_size(m);
@@ -314,8 +313,7 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
         float *mem = layer_xmalloc(ms * sizeof(float));
         if (io_ckpt_read(ck, "streams/memory", IO_F32, 2, dims, 1, &zero, mem, err, sizeof(err)) != 0)
             comm_exit_error(comm, err);
-        if (comm_rank(comm) == 0)
-            printf("streams/memory[0][0:4] = %.9g %.9g %.9g %.9g\n", mem[0], mem[1], mem[2], mem[3]);
+        comm_print0(comm, "streams/memory[0][0:4] = %.9g %.9g %.9g %.9g\n", mem[0], mem[1], mem[2], mem[3]);
         free(mem);
     }
     fflush(stdout);

@@ -15,7 +15,7 @@ typedef struct plan_figures {
     int P, streams, block, groups[TRAINER_STRATEGY_COUNT];
     double tokens, bytes, exchanges, seconds;
     double state;  /* bytes of table state a rank owns: rows, Adam moments, gradient sums */
-    double extra;  /* bytes held beyond it: fetched rows and replicated groups */
+    double extra;  /* bytes held beyond it: replicated groups, fetched rows, owner-side partials */
     double total;  /* the whole training footprint per rank (trainer_footprint_estimate) */
 } plan_figures;
 
@@ -34,22 +34,14 @@ static plan_figures figures(const trainer_config *cfg, trainer_model *m, int P, 
     f.streams = r.streams;
     f.block = r.block;
     f.tokens = (double)r.horizon * cfg->seg_len * r.streams / P;
-    trainer_tables *t = trainer_model_tables(m);
-    double numel = (double)trainer_tables_numel(t), blocks = (r.streams + r.block - 1) / r.block;
-    /* rows, m, v, the last block's gradient (float); the sum of others (double) */
-    double per = 4 * sizeof(float) + (!r.fast && (P > 1 || blocks > 1) ? sizeof(double) : 0);
-    f.state = numel * per / P;
-    for (int g = 0; g < trainer_tables_ngroups(t); g++) {
-        trainer_plan_group pg = trainer_tables_plan_group(t, g);
-        trainer_plan_cost c;
-        trainer_plan_choose(&r, &pg, &c);
-        f.groups[c.choice]++;
-        f.bytes += c.bytes[c.choice];
-        f.exchanges += c.messages[c.choice];
-        f.seconds += c.seconds[c.choice];
-        f.extra += c.memory[c.choice];
-    }
-    if (f.extra > r.budget) f.extra = r.budget; /* fetched groups beyond it go per call */
+    trainer_tables_account a;
+    trainer_tables_account_of(trainer_model_tables(m), &r, &a);
+    for (int k = 0; k < TRAINER_STRATEGY_COUNT; k++) f.groups[k] = a.groups[k];
+    f.bytes = a.bytes;
+    f.exchanges = a.exchanges;
+    f.seconds = a.seconds;
+    f.state = a.owned;
+    f.extra = a.held + a.fetch_keep + a.fetch_block + a.partials;
     trainer_config at = *cfg;
     at.streams = r.streams;
     at.stream_block = r.block;
@@ -64,10 +56,15 @@ static plan_figures figures(const trainer_config *cfg, trainer_model *m, int P, 
 int trainer_plan_report(comm_ctx *comm, const trainer_config *cfg, const int *ranks, int nranks,
                         int per_rank, int csv) {
     if (comm_rank(comm) != 0) return 0;
+    char err[300];
+    if (trainer_footprint_check_ranges(cfg, 1, 0, err, sizeof(err)) != 0) {
+        fprintf(stderr, "memtrain plan: %s\n", err);
+        return 2;
+    }
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, cfg);
     spec.define_only = 1;
-    trainer_model *m = trainer_model_create(&spec, comm);
+    trainer_model *m = trainer_model_create(&spec, NULL);
     if (csv)
         printf("P,streams,stream_block,tokens_per_rank,bytes_per_rank,exchanges,comm_seconds,"
                "state_mib_per_rank,held_beyond_mib,fetch_groups,owner_groups,replicate_groups,"
@@ -82,7 +79,7 @@ int trainer_plan_report(comm_ctx *comm, const trainer_config *cfg, const int *ra
                "comm ms", "state MiB", "+held MiB", "total MiB", "groups fetch/owner/replicate");
     for (int i = 0; i < nranks; i++) {
         int blk = trainer_config_stream_block(cfg, ranks[i] > 0 ? ranks[i] : 1);
-        if (ranks[i] < 1 || (per_rank <= 0 && (cfg->streams + blk - 1) / blk < ranks[i])) {
+        if (ranks[i] < 1 || (per_rank <= 0 && trainer_nblocks(cfg->streams, blk) < ranks[i])) {
             fprintf(stderr, "memtrain plan: %d ranks need at least %d blocks of streams; give "
                             "--per-rank-streams or more streams\n", ranks[i], ranks[i]);
             trainer_model_free(m);

@@ -291,10 +291,8 @@ void trainer_preflight_memory(comm_ctx *c, const trainer_config *cfg, trainer_fo
 }
 
 long long trainer_preflight_eval(comm_ctx *c, const trainer_config *cfg, const io_dataset *val) {
-    if (cfg->eval_docs > val->ndocs && comm_rank(c) == 0) {
-        printf("eval: eval_docs = %d is more than the validation split's %lld documents: each "
-               "evaluation scores all of them\n", cfg->eval_docs, (long long)val->ndocs);
-        fflush(stdout);
-    }
+    if (cfg->eval_docs > val->ndocs)
+        comm_print0(c, "eval: eval_docs = %d is more than the validation split's %lld documents: "
+                    "each evaluation scores all of them\n", cfg->eval_docs, (long long)val->ndocs);
     return cfg->eval_docs > 0 && cfg->eval_docs < val->ndocs ? cfg->eval_docs : val->ndocs;
 }

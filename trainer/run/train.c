@@ -123,10 +123,8 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
     fixed.deterministic = TRAINER_DET_BITWISE;
     int blk = trainer_config_stream_block(&fixed, 1);
     if (blk > S) blk = S;
-    int nblocks = (S + blk - 1) / blk, passes = (nblocks + P - 1) / P;
-    int fb = (int)((int64_t)nblocks * rank / P), nb = (int)((int64_t)nblocks * (rank + 1) / P) - fb;
-    int first = fb * blk;
-    int B = (fb + nb) * blk < S ? nb * blk : S - first;
+    trainer_schedule sc = trainer_schedule_make(S, blk, P, rank);
+    int passes = sc.passes, nb = sc.nmine, first = sc.first_stream, B = sc.nstreams_mine;
     int64_t ndocs = trainer_eval_docs(cfg, val);
     stream_state *vs = layer_xcalloc(B + 1, sizeof(stream_state));
     stream_states_init(vs, B, first, S, L);
@@ -338,9 +336,6 @@ static void load_data(run *r) {
                                 r->cfg->streams);
     r->val = trainer_load_split(r->comm, r->cfg, IO_SPLIT_VAL);
 }
-
-/* Steps after which the table plan is revised with measured distinct keys. */
-enum { TRAINER_REPLAN_AFTER = 5 };
 
 /* Set by SIGUSR1/SIGTERM/SIGINT; the ranks agree on it at the next step boundary. */
 static volatile sig_atomic_t stop_signal = 0;
@@ -644,9 +639,6 @@ static int train_step(run *r, sitting *z, int64_t step, char *err, size_t n) {
         return -1;
     z->done = step + 1;
     window_add(&z->w, &si);
-    /* the planner's first figures assume uniform buckets; after a few steps it knows */
-    if (z->done == z->first_step + TRAINER_REPLAN_AFTER)
-        trainer_tables_replan(trainer_model_tables(r->model));
     int last = z->done == z->stop;
     double val_ppl = NAN;
     int64_t val_tokens = 0;

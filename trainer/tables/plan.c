@@ -5,6 +5,7 @@
 
 #include "layers/common.h"
 #include "layers/hash.h"
+#include "trainer/config/config.h"
 
 static const char *const names[TRAINER_STRATEGY_COUNT] = {"fetch", "owner", "replicate"};
 
@@ -27,7 +28,7 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
                          trainer_plan_cost *c) {
     LAYER_ASSERT(r->P >= 1 && r->streams >= 1 && r->block >= 1 && r->horizon >= 1);
     double P = r->P, frac = (P - 1.0) / P, T = r->horizon;
-    double nblocks = ceil((double)r->streams / r->block);
+    double nblocks = (double)trainer_nblocks(r->streams, r->block);
     double nbr = nblocks / P;                        /* blocks per rank, on average */
     double spr = (double)r->streams / P;             /* streams per rank */
     double W = (double)g->nout * g->OC, K = g->K, R = K * ldexp(1.0, g->tau);

@@ -10,6 +10,7 @@
 #include "layers/common.h"
 #include "trainer/base/optim.h"
 #include "trainer/base/params.h"
+#include "trainer/config/config.h"
 #include "trainer/tables/tables_internal.h"
 
 /* Stores are anonymous mappings: zero, page-aligned, and resident only where written, so the
@@ -36,11 +37,13 @@ static void store_unmap(void *p, size_t bytes) {
 trainer_tables *trainer_tables_create(comm_ctx *comm) {
     trainer_tables *t = layer_xcalloc(1, sizeof(*t));
     t->comm = comm;
+    t->P = 1;
+    t->blocks = 2;
+    if (!comm) return t; /* describes only */
     t->me = comm_rank(comm);
     t->P = comm_size(comm);
     t->x = comm_exchange_create(comm);
     t->words = comm_words_create(t->x);
-    t->blocks = 2;
     return t;
 }
 
@@ -126,30 +129,52 @@ static trainer_plan_group plan_group(const group_state *s, double distinct) {
     return pg;
 }
 
-/* Fetched rows stay for the step while every kept group's step working set fits the budget
- * together, smallest first; the others are fetched for each call. */
-static void plan_keep(trainer_tables *t) {
+/* A fetched group's rows of run r: for the whole step (kept) and for one call (not kept). */
+static void fetch_rows(const trainer_plan_run *r, const group_state *s, double *step,
+                       double *call) {
+    trainer_plan_run at = *r;
+    trainer_plan_group pg = plan_group(s, -1);
+    trainer_plan_cost c;
+    at.budget = 1e300; /* the planner keeps the rows */
+    trainer_plan_choose(&at, &pg, &c);
+    *step = c.memory[TRAINER_STRATEGY_FETCH];
+    at.budget = 0; /* it fetches them for each call */
+    trainer_plan_choose(&at, &pg, &c);
+    *call = c.memory[TRAINER_STRATEGY_FETCH];
+}
+
+/* Which fetched groups keep their rows for the step: step[i] >= 0 is fetched group i's rows
+ * for the step, < 0 marks a group of another strategy. Smallest first (the lower index on a
+ * tie), each kept while the kept ones fit the budget together; the others are fetched for
+ * each call. keep[i] = 1 for the kept, 0 for the others. */
+static void keep_smallest_first(int n, const double *step, double budget, unsigned char *keep) {
+    unsigned char *decided = layer_xcalloc((size_t)n + 1, 1);
     double used = 0;
     for (;;) {
         int best = -1;
-        for (int i = 0; i < t->n; i++) {
-            group_state *s = &t->gs[i];
-            if (s->strategy != TRAINER_STRATEGY_FETCH || s->keep != 0) continue; /* decided */
-            if (best < 0 || s->cost.memory[0] < t->gs[best].cost.memory[0]) best = i;
-        }
+        for (int i = 0; i < n; i++)
+            if (step[i] >= 0 && !decided[i] && (best < 0 || step[i] < step[best])) best = i;
         if (best < 0) break;
-        group_state *s = &t->gs[best];
-        /* the step's working set as the planner figured it when it kept the rows */
-        trainer_plan_run r = t->run;
-        r.budget = 1e300;
-        trainer_plan_cost c;
-        trainer_plan_group pg = plan_group(s, -1);
-        trainer_plan_choose(&r, &pg, &c);
-        double need = c.memory[TRAINER_STRATEGY_FETCH];
-        s->keep = used + need <= t->run.budget ? 1 : 2; /* 2: decided, not kept */
-        if (s->keep == 1) used += need;
+        decided[best] = 1;
+        keep[best] = used + step[best] <= budget;
+        if (keep[best]) used += step[best];
     }
-    for (int i = 0; i < t->n; i++) t->gs[i].keep = t->gs[i].keep == 1;
+    free(decided);
+}
+
+/* The store's own choice of kept groups, by the rule the account uses. */
+static void plan_keep(trainer_tables *t) {
+    double *step = layer_xcalloc((size_t)t->n + 1, sizeof(double));
+    unsigned char *keep = layer_xcalloc((size_t)t->n + 1, 1);
+    for (int i = 0; i < t->n; i++) {
+        double call;
+        step[i] = -1;
+        if (t->gs[i].strategy == TRAINER_STRATEGY_FETCH) fetch_rows(&t->run, &t->gs[i], &step[i], &call);
+    }
+    keep_smallest_first(t->n, step, t->run.budget, keep);
+    for (int i = 0; i < t->n; i++) t->gs[i].keep = step[i] < 0 || keep[i];
+    free(step);
+    free(keep);
 }
 
 void trainer_tables_plan(trainer_tables *t, const trainer_plan_run *r) {
@@ -162,7 +187,6 @@ void trainer_tables_plan(trainer_tables *t, const trainer_plan_run *r) {
         trainer_plan_group pg = plan_group(s, -1);
         trainer_plan_choose(r, &pg, &s->cost);
         s->strategy = s->cost.choice;
-        s->keep = s->strategy == TRAINER_STRATEGY_FETCH ? 0 : 1;
     }
     plan_keep(t);
 }
@@ -206,8 +230,7 @@ int trainer_tables_replan(trainer_tables *t) {
                            ? TRAINER_STRATEGY_OWNER
                            : TRAINER_STRATEGY_FETCH;
         if (c.choice != s->strategy && c.allowed[c.choice]) {
-            if (t->me == 0)
-                printf("tables: %s moves from %s to %s, which takes less time per step with the "
+            comm_print0(t->comm, "tables: %s moves from %s to %s, which takes less time per step with the "
                        "measured %.0f distinct keys per table and step (predicted per rank and step: "
                        "%s %.2f ms for %.1f KiB in %.0f exchanges, %s %.2f ms for %.1f KiB in %.0f)\n",
                        s->g.name, trainer_strategy_name(s->strategy),
@@ -224,8 +247,6 @@ int trainer_tables_replan(trainer_tables *t) {
     }
     free(seen);
     if (moved) { /* the fetched groups share the budget anew */
-        for (int i = 0; i < t->n; i++)
-            if (t->gs[i].strategy == TRAINER_STRATEGY_FETCH) t->gs[i].keep = 0;
         plan_keep(t);
         if (t->me == 0) fflush(stdout);
     }
@@ -353,11 +374,56 @@ int trainer_tables_owned_units(const trainer_tables *t) {
     return n;
 }
 
+size_t trainer_tables_entry_bytes(int fast, int64_t nblocks, int P) {
+    return 4 * sizeof(float) + (!fast && (nblocks > 1 || P > 1) ? sizeof(double) : 0);
+}
+
+void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *r,
+                               trainer_tables_account *a) {
+    memset(a, 0, sizeof(*a));
+    double P = r->P;
+    a->entry = (double)trainer_tables_entry_bytes(r->fast, trainer_nblocks(r->streams, r->block), r->P);
+    double *step = layer_xcalloc((size_t)t->n + 1, sizeof(double));
+    double *call = layer_xcalloc((size_t)t->n + 1, sizeof(double));
+    unsigned char *keep = layer_xcalloc((size_t)t->n + 1, 1);
+    for (int i = 0; i < t->n; i++) {
+        const group_state *s = &t->gs[i];
+        trainer_plan_group pg = plan_group(s, -1);
+        trainer_plan_cost c;
+        trainer_plan_choose(r, &pg, &c);
+        trainer_strategy k = c.choice;
+        a->groups[k]++;
+        a->bytes += c.bytes[k];
+        a->exchanges += c.messages[k];
+        a->seconds += c.seconds[k];
+        double elems = (double)unit_floats(&s->g, s->g.K);
+        double shard = (double)unit_floats(&s->g, shard_chunks(s, 0)) * a->entry;
+        if (shard > a->max_shard) a->max_shard = shard;
+        if (k == TRAINER_STRATEGY_REPLICATE && P > 1) a->held += elems * a->entry;
+        else a->owned += elems * a->entry / P;
+        step[i] = -1;
+        if (k == TRAINER_STRATEGY_FETCH && P > 1) fetch_rows(r, s, &step[i], &call[i]);
+        /* exchange scratch: the largest call's rows or partials, sent and received */
+        double one = k == TRAINER_STRATEGY_OWNER ? c.memory[k] : elems * sizeof(float) / P;
+        if (2 * one > a->scratch) a->scratch = 2 * one;
+        /* an owner-side group's partials stay from a call until its backward, so a block
+           holds every such group's at once */
+        if (k == TRAINER_STRATEGY_OWNER && P > 1) a->partials += c.memory[k];
+    }
+    keep_smallest_first(t->n, step, r->budget, keep);
+    for (int i = 0; i < t->n; i++) {
+        if (step[i] < 0) continue;
+        if (keep[i]) a->fetch_keep += step[i];
+        else if (call[i] > a->fetch_block) a->fetch_block = call[i];
+    }
+    free(step);
+    free(call);
+    free(keep);
+}
+
 size_t trainer_tables_owned_bytes(const trainer_tables *t) {
-    /* rows, m, v and the last block's gradient in float; with several blocks or ranks the
-       sum of the other contributions in double (bitwise); replicated groups count on every
-       rank */
-    size_t per = 4 * sizeof(float) + (!t->fast && (t->blocks > 1 || t->P > 1) ? sizeof(double) : 0);
+    /* replicated groups count on every rank */
+    size_t per = trainer_tables_entry_bytes(t->fast, t->blocks, t->P);
     size_t b = 0;
     for (int i = 0; i < t->n; i++) {
         const group_state *s = &t->gs[i];
@@ -425,28 +491,28 @@ void trainer_tables_print_plan(trainer_tables *t) {
 
 /* ---- the optimizer ---- */
 
-/* Runs body for every tile slice (output j, offset off into the stores of group s) of the
- * touched rows of chunks k0..k1-1: chunk after chunk, tile after tile, rows in increasing
- * order inside a tile, so the stores stream in sequence. `has_acc` tells whether acc holds
- * part of the row's sum. */
-#define FOR_TOUCHED_SLICES_IN(s, k0, k1, j, off, has_acc, body)                              \
-    for (int k_ = (k0); k_ < (k1); k_++)                                                     \
-        for (int o_ = 0; o_ < (s)->g.OC; o_ += TILE)                                         \
-            for (int r_ = k_ << (s)->g.tau; r_ < (k_ + 1) << (s)->g.tau; r_++) {             \
-                if (!((s)->state[r_] & ST_TOUCHED)) continue;                                \
-                size_t off = layer_hash_store_at((s)->R, r_, o_);                            \
-                int has_acc = ((s)->state[r_] & ST_ACC) != 0;                                \
-                for (int j = 0; j < (s)->g.nout; j++) { body }                               \
-            }
+/* What to do with one tile slice of a touched row of group s: `off` into every store of s,
+ * has_acc when acc holds part of the row's sum. */
+typedef void (*slice_fn)(void *ctx, const group_state *s, size_t off, int has_acc);
+
+/* Calls fn for the touched rows' tile slices of chunks k0..k1-1 of group s: chunk after
+ * chunk, tile after tile, rows in increasing order inside a tile, so the stores stream in
+ * sequence. Inline with a constant fn, the compiler makes it the plain loops. */
+static inline void each_touched_slice(const group_state *s, int k0, int k1, slice_fn fn,
+                                      void *ctx) {
+    for (int k = k0; k < k1; k++)
+        for (int o = 0; o < s->g.OC; o += TILE)
+            for (int r = k << s->g.tau; r < (k + 1) << s->g.tau; r++)
+                if (s->state[r] & ST_TOUCHED)
+                    fn(ctx, s, layer_hash_store_at(s->R, r, o), (s->state[r] & ST_ACC) != 0);
+}
 
 /* The same over every chunk this rank holds, group after group. */
-#define FOR_TOUCHED_SLICES(t, s, j, off, has_acc, body)                                      \
-    for (int g_ = 0; g_ < (t)->n; g_++) {                                                    \
-        group_state *s = &(t)->gs[g_];                                                       \
-        for (int c_ = 0; c_ < s->g.K; c_++)                                                  \
-            if (tables_holds((t), s, c_))                                                    \
-                FOR_TOUCHED_SLICES_IN(s, c_, c_ + 1, j, off, has_acc, body)                  \
-    }
+static inline void each_held_touched_slice(trainer_tables *t, slice_fn fn, void *ctx) {
+    for (int g = 0; g < t->n; g++)
+        for (int k = 0; k < t->gs[g].g.K; k++)
+            if (tables_holds(t, &t->gs[g], k)) each_touched_slice(&t->gs[g], k, k + 1, fn, ctx);
+}
 
 /* The step's gradient slice (TILE) of a touched row: (float)(acc + drows) under ST_ACC. */
 static inline void grad_slice(float *restrict out, const double *restrict a,
@@ -461,13 +527,12 @@ static inline void sumsq_slice(double *restrict sum, const float *restrict g) {
         for (int l = 0; l < 8; l++) sum[l] += (double)g[c + l] * g[c + l];
 }
 
-/* Sum of squares of one owned shard's touched gradient slices, in the layout's order. */
-static double shard_sumsq(const group_state *s, int sh) {
-    _Alignas(64) double sum[8] = {0};
+/* Sum of squares of one owned shard's touched gradient slices, in the layout's order: ctx
+ * is the eight sums of sumsq_slice. */
+static inline void sumsq_one(void *ctx, const group_state *s, size_t off, int has_acc) {
+    double *restrict sum = ctx;
     _Alignas(64) float gbuf[TILE];
-    int k0 = sh * LAYER_HASH_SHARD, k1 = k0 + LAYER_HASH_SHARD;
-    if (k1 > s->g.K) k1 = s->g.K;
-    FOR_TOUCHED_SLICES_IN(s, k0, k1, j, off, has_acc, {
+    for (int j = 0; j < s->g.nout; j++) {
         /* padding columns hold zero: the whole tile adds the same as its OC columns */
         const float *gp = s->drows[j] + off;
         if (has_acc) {
@@ -475,7 +540,14 @@ static double shard_sumsq(const group_state *s, int sh) {
             gp = gbuf;
         }
         sumsq_slice(sum, gp);
-    })
+    }
+}
+
+static double shard_sumsq(const group_state *s, int sh) {
+    _Alignas(64) double sum[8] = {0};
+    int k0 = sh * LAYER_HASH_SHARD, k1 = k0 + LAYER_HASH_SHARD;
+    if (k1 > s->g.K) k1 = s->g.K;
+    each_touched_slice(s, k0, k1, sumsq_one, sum);
     return ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
 }
 
@@ -515,26 +587,36 @@ static void end_step_marks(trainer_tables *t) {
     }
 }
 
+typedef struct adam_ctx {
+    trainer_adam k;
+    _Alignas(64) float gbuf[TILE];
+} adam_ctx;
+
+/* A whole tile per slice: padding has p = m = v = g = 0, which Adam leaves at 0. */
+static inline void adam_one(void *ctx, const group_state *s, size_t off, int has_acc) {
+    adam_ctx *c = ctx;
+    for (int j = 0; j < s->g.nout; j++) {
+        float *d = s->drows[j] + off;
+        float *p = master_of(s, j) + off;
+        if (has_acc) {
+            grad_slice(c->gbuf, s->acc[j] + off, d);
+            memset(d, 0, TILE * sizeof(float));
+            trainer_adam_apply(p, s->m[j] + off, s->v[j] + off, c->gbuf, TILE, &c->k);
+        } else {
+            trainer_adam_apply(p, s->m[j] + off, s->v[j] + off, d, TILE, &c->k);
+        }
+        if (s->master[j]) /* the rows the kernels read: the new master, rounded */
+            for (int x = 0; x < TILE; x++)
+                s->rows[j][off + x] = tables_from_bf16(tables_to_bf16(p[x]));
+    }
+}
+
 void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, float eps,
                          int64_t step, float grad_scale) {
     /* no weight decay: table rows are looked up, not multiplied, so shrinking them has no
      * regularising meaning */
-    trainer_adam k = trainer_adam_at(lr, beta1, beta2, eps, 0.0f, step, grad_scale);
-    _Alignas(64) float gbuf[TILE];
-    /* a whole tile per slice: padding has p = m = v = g = 0, which Adam leaves at 0 */
-    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
-        float *d = s->drows[j] + off;
-        float *p = master_of(s, j) + off;
-        if (has_acc) {
-            grad_slice(gbuf, s->acc[j] + off, d);
-            memset(d, 0, TILE * sizeof(float));
-            trainer_adam_apply(p, s->m[j] + off, s->v[j] + off, gbuf, TILE, &k);
-        } else {
-            trainer_adam_apply(p, s->m[j] + off, s->v[j] + off, d, TILE, &k);
-        }
-        if (s->master[j]) /* the rows the kernels read: the new master, rounded */
-            for (int c = 0; c < TILE; c++) s->rows[j][off + c] = tables_from_bf16(tables_to_bf16(p[c]));
-    })
+    adam_ctx c = {.k = trainer_adam_at(lr, beta1, beta2, eps, 0.0f, step, grad_scale)};
+    each_held_touched_slice(t, adam_one, &c);
     end_step_marks(t);
     forget_fetched(t);
 }
@@ -550,6 +632,12 @@ void trainer_tables_clear_cache(trainer_tables *t) {
     forget_fetched(t);
 }
 
+static inline void zero_one(void *ctx, const group_state *s, size_t off, int has_acc) {
+    (void)ctx;
+    (void)has_acc;
+    for (int j = 0; j < s->g.nout; j++) memset(s->drows[j] + off, 0, TILE * sizeof(float));
+}
+
 void trainer_tables_discard_grads(trainer_tables *t) {
     for (int g = 0; g < t->n; g++) { /* the current block's gradients */
         group_state *s = &t->gs[g];
@@ -560,10 +648,7 @@ void trainer_tables_discard_grads(trainer_tables *t) {
                            TILE * sizeof(float));
     }
     /* the held rows' kept contributions (acc needs no clearing: see tables_acc_slice) */
-    FOR_TOUCHED_SLICES(t, s, j, off, has_acc, {
-        (void)has_acc;
-        memset(s->drows[j] + off, 0, TILE * sizeof(float));
-    })
+    each_held_touched_slice(t, zero_one, NULL);
     end_step_marks(t);
     trainer_tables_clear_cache(t);
 }

@@ -57,7 +57,8 @@ typedef struct trainer_tables_stats {
                                  hit the same buckets have the same digest */
 } trainer_tables_stats;
 
-/* comm must outlive the store. */
+/* comm must outlive the store. comm NULL: a store that only describes (groups are added and
+ * accounted, never planned, allocated or looked up), as a define_only model builds it. */
 trainer_tables *trainer_tables_create(comm_ctx *comm);
 void trainer_tables_free(trainer_tables *t); /* NULL is fine */
 /* Registers a group, returns its id; `rows` is its input rows per segment per stream (seg_len
@@ -92,6 +93,30 @@ int trainer_tables_holds(const trainer_tables *t, int g, int k);
 /* Units and bytes (rows, Adam moments, gradient and its double sum) this rank stores. */
 int trainer_tables_owned_units(const trainer_tables *t);
 size_t trainer_tables_owned_bytes(const trainer_tables *t);
+
+/* Bytes a rank stores per held entry: rows, Adam m and v and the gradient in float, and under
+ * bitwise sums, when a step has several blocks (nblocks) or ranks, the double sum of the
+ * gradient's contributions. */
+size_t trainer_tables_entry_bytes(int fast, int64_t nblocks, int P);
+
+/* What the groups cost a rank in run r, on r->P ranks whatever the store's communicator, from
+ * the same planner choices and the same rule for which fetched groups keep their rows that
+ * trainer_tables_plan applies: the one account of table memory and traffic that the store's
+ * plan, the memory estimate (trainer/engine/footprint.h) and `memtrain plan` read. */
+typedef struct trainer_tables_account {
+    double entry;       /* trainer_tables_entry_bytes of the run */
+    double owned;       /* an even share of the sharded groups' entries */
+    double max_shard;   /* the largest shard's entries: the most a rank holds beyond its share */
+    double held;        /* replicated groups, whole on every rank */
+    double fetch_keep;  /* fetched groups' rows kept for the step, within the row budget */
+    double fetch_block; /* the largest of the other fetched groups' rows of one call */
+    double scratch;     /* the largest exchange's rows or partials, sent and received */
+    double partials;    /* owner-side groups' partials, held from a forward to its backward */
+    double bytes, exchanges, seconds;           /* sent per rank and step */
+    int groups[TRAINER_STRATEGY_COUNT];         /* groups per strategy */
+} trainer_tables_account;
+void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *r,
+                               trainer_tables_account *a);
 /* Rank 0 prints the plan: units and bytes per rank and the imbalance, then per group its
  * strategy, why, and the predicted bytes and exchanges per rank and step. Collective. */
 void trainer_tables_print_plan(trainer_tables *t);
