@@ -38,6 +38,10 @@ static int parse_path_vocab(const char *spec, const char *rest, int maxvocab, ch
     return 0;
 }
 
+int io_dataset_image_side(const char *spec) {
+    return spec && strcmp(spec, "fashion-mnist") == 0 ? 28 : 0;
+}
+
 int io_dataset_load(io_dataset **out, const char *spec, io_split split, const char *data_dir,
                     char *err, size_t errlen) {
     *out = NULL;

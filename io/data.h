@@ -56,6 +56,10 @@ typedef struct io_dataset {
 /* IO_SPLIT_ALL: every document (a separate validation file); fashion-mnist reads its t10k file. */
 typedef enum io_split { IO_SPLIT_TRAIN, IO_SPLIT_VAL, IO_SPLIT_ALL } io_split;
 
+/* The side of the square images the documents of spec are, pixel by pixel in rows (28 for
+ * fashion-mnist); 0 when they are text. */
+int io_dataset_image_side(const char *spec);
+
 /* Loads split `split` of the dataset named by `spec` (see above). data_dir holds fetched data
  * (data/ at the repo top; NULL means "data"). On success returns 0 and *out owns a dataset
  * for io_dataset_free. On failure returns -1, sets *out to NULL and writes one line into err

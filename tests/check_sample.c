@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "tests/testutil.h"
-#include "trainer/run/generate.h"
+#include "trainer/run/sample.h"
 
 START_TEST(test_argmax) {
     const float l[5] = {0.5f, 2.0f, -1.0f, 2.0f, 1.9f};

@@ -1,5 +1,5 @@
-/* Evaluation and sampling from checkpoints. */
-#include "trainer/run/generate.h"
+/* memtrain sample: images or text drawn from a checkpoint's model, and the sampler's options. */
+#include "trainer/run/sample.h"
 
 #include <errno.h>
 #include <math.h>
@@ -7,50 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "io/ckpt.h"
 #include "io/data.h"
 #include "io/png.h"
 #include "layers/common.h"
-#include "trainer/run/checkpoint.h"
 #include "trainer/model/model.h"
+#include "trainer/run/eval.h"
 #include "trainer/run/preflight.h"
 #include "trainer/run/sample_grid.h"
 #include "trainer/run/train.h"
-
-/* Model of cfg with the checkpoint's parameters and tables, after checking the memory of its
- * use (`batch` sequences at once when sampling). */
-static trainer_model *load_model(comm_ctx *comm, const trainer_config *cfg, const char *path,
-                                 trainer_footprint_use use, int batch, int64_t *step) {
-    char err[512];
-    trainer_preflight_memory(comm, cfg, use, batch, 0);
-    trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg);
-    trainer_model *m = trainer_model_create(&spec, comm);
-    if (trainer_ckpt_load(comm, path, m, NULL, step, err, sizeof(err)) != 0)
-        comm_exit_error(comm, err);
-    return m;
-}
-
-int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
-    io_dataset *val = trainer_load_split(comm, cfg, IO_SPLIT_VAL);
-    long long ndocs = trainer_preflight_eval(comm, cfg, val);
-    int64_t step = 0;
-    trainer_model *m = load_model(comm, cfg, path, TRAINER_USE_EVAL, 0, &step);
-    double t = comm_time();
-    int64_t tokens = 0;
-    double ppl = trainer_validation_ppl(comm, cfg, m, val, &tokens);
-    if (comm_rank(comm) == 0) {
-        char shown[2200];
-        printf("%s (step %lld): validation perplexity %.6f on %s, the first %lld documents whole "
-               "(%lld tokens) (%.1f s)\n",
-               comm_escape(shown, sizeof(shown), path), (long long)step, ppl, cfg->data, ndocs,
-               (long long)tokens, comm_time() - t);
-        fflush(stdout);
-    }
-    trainer_model_free(m);
-    io_dataset_free(val);
-    return 0;
-}
 
 typedef struct ranked {
     double p;
@@ -195,16 +159,16 @@ int trainer_sample_options_read(trainer_sample_options *o, const char *cmd,
 int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path,
                               const trainer_sample_options *opt) {
     char err[512];
-    int image = strcmp(cfg->data, "fashion-mnist") == 0;
+    int side = io_dataset_image_side(cfg->data), image = side > 0;
     trainer_preflight_memory(comm, cfg, TRAINER_USE_SAMPLE, image ? opt->count : 1, 0);
     io_dataset *train = trainer_load_split(comm, cfg, IO_SPLIT_TRAIN);
     int64_t step = 0;
-    trainer_model *m = load_model(comm, cfg, path, TRAINER_USE_SAMPLE, image ? opt->count : 1, &step);
+    trainer_model *m = trainer_model_from_checkpoint(comm, cfg, path, TRAINER_USE_SAMPLE, image ? opt->count : 1, &step);
     layer_rng rng;
     layer_rng_seed(&rng, (uint64_t)cfg->seed * 7919u + 17u);
     int fail = 0;
     if (image) {
-        int B = opt->count, side = 28, total = side * side, W, H;
+        int B = opt->count, total = side * side, W, H;
         int32_t *tok = layer_xcalloc((size_t)B * total, sizeof(int32_t));
         generate(m, tok, B, total, 0, cfg->vocab, opt, &rng);
         char caption[160];
@@ -247,77 +211,3 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
     return 0;
 }
 
-int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
-    char err[512], name[256];
-    /* the model's shape gives every array's dims */
-    trainer_model_spec spec;
-    trainer_spec_from_config(&spec, cfg);
-    trainer_model *m = trainer_model_create(&spec, comm);
-    io_ckpt *ck = io_ckpt_open(comm, path, err, sizeof(err));
-    if (!ck) comm_exit_error(comm, err);
-    int64_t step = 0, zero = 0;
-    if (io_ckpt_get_attr_i64(ck, "step", &step, err, sizeof(err)) != 0) comm_exit_error(comm, err);
-    char *run_id = NULL;
-    if (io_ckpt_get_attr_str(ck, "run_id", &run_id, err, sizeof(err)) != 0)
-        run_id = NULL; /* a version 1 file has none */
-    char shown[2200];
-    trainer_params *p = trainer_model_params(m);
-    trainer_tables *tb = trainer_model_tables(m);
-    if (comm_rank(comm) == 0) {
-        printf("%s: step %lld\n", comm_escape(shown, sizeof(shown), path), (long long)step);
-        printf("run id: %s\n", run_id ? run_id : "(none: a version 1 file)");
-        printf("model: %s/%s d_model %d, dense params %zu in %d tensors, table params %zu in %d "
-               "groups\n", spec.memformer ? "memformer" : "decoder", spec.hash ? "hash" : "dense",
-               spec.C, p->total, p->n, trainer_tables_numel(tb), trainer_tables_ngroups(tb));
-        size_t len = trainer_config_to_text(cfg, NULL, 0);
-        char *text = layer_xmalloc(len + 1);
-        trainer_config_to_text(cfg, text, len + 1);
-        printf("config:\n");
-        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) printf("  %s\n", line);
-        free(text);
-        /* dense tensors are stored flat, as one dim-0 slice with its own checksum */
-        printf("arrays (each also with Adam moments m and v beside data):\n");
-        for (int i = 0; i < p->n; i++) {
-            const trainer_tensor *t = &p->t[i];
-            char rows[64] = "";
-            if (t->size > (size_t)spec.C && t->size % (size_t)spec.C == 0)
-                snprintf(rows, sizeof(rows), " = %zu x %d", t->size / (size_t)spec.C, spec.C);
-            printf("  dense/%s/data (1, %zu)%s\n", t->name, t->size, rows);
-        }
-        for (int g = 0; g < trainer_tables_ngroups(tb); g++) {
-            const trainer_table_group *gr = trainer_tables_group(tb, g);
-            for (int o = 0; o < gr->nout; o++)
-                printf("  tables/%s/out%d/data (%d, %d, %d)\n", gr->name, o, gr->K, 1 << gr->tau,
-                       gr->OC);
-        }
-        size_t ms0 = trainer_model_memory_size(m);
-        printf("  streams/cursor (%d, 2), streams/prev_segment (%d, %d), streams/last_token (%d, 1)",
-               cfg->streams, cfg->streams, cfg->seg_len, cfg->streams);
-        if (ms0) printf(", streams/memory (%d, %zu)", cfg->streams, ms0);
-        printf("\n");
-    }
-    free(run_id);
-    if (trainer_tables_ngroups(tb) > 0) {
-        const trainer_table_group *g = trainer_tables_group(tb, 0);
-        int64_t dims[3] = {g->K, (int64_t)1 << g->tau, g->OC};
-        float *row = layer_xmalloc((size_t)dims[1] * g->OC * sizeof(float));
-        snprintf(name, sizeof(name), "tables/%s/out0/data", g->name);
-        if (io_ckpt_read(ck, name, IO_F32, 3, dims, 1, &zero, row, err, sizeof(err)) != 0)
-            comm_exit_error(comm, err);
-        comm_print0(comm, "%s[0][0][0:4] = %.9g %.9g %.9g %.9g\n", name, row[0], row[1], row[2], row[3]);
-        free(row);
-    }
-    size_t ms = trainer_model_memory_size(m);
-    if (ms) {
-        int64_t dims[2] = {cfg->streams, (int64_t)ms};
-        float *mem = layer_xmalloc(ms * sizeof(float));
-        if (io_ckpt_read(ck, "streams/memory", IO_F32, 2, dims, 1, &zero, mem, err, sizeof(err)) != 0)
-            comm_exit_error(comm, err);
-        comm_print0(comm, "streams/memory[0][0:4] = %.9g %.9g %.9g %.9g\n", mem[0], mem[1], mem[2], mem[3]);
-        free(mem);
-    }
-    fflush(stdout);
-    io_ckpt_close(ck);
-    trainer_model_free(m);
-    return 0;
-}

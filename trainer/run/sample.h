@@ -1,6 +1,6 @@
-/* Using a checkpoint: validation perplexity, and sampling images or text from the model. */
-#ifndef MEMTRAIN_TRAINER_GENERATE_H
-#define MEMTRAIN_TRAINER_GENERATE_H
+/* memtrain sample: images or text drawn from a checkpoint's model, and the sampler's options. */
+#ifndef MEMTRAIN_TRAINER_SAMPLE_H
+#define MEMTRAIN_TRAINER_SAMPLE_H
 
 #include "comm/comm.h"
 #include "trainer/config/config.h"
@@ -39,12 +39,8 @@ int trainer_sample_options_read(trainer_sample_options *o, const char *cmd,
  * top_p; u in [0, 1) is the uniform draw. Exposed for tests. */
 int32_t trainer_sample_draw(const float *logits, int V, float t, int top_k, float top_p, double u);
 
-/* Loads the checkpoint `path` into a model built from cfg and prints (rank 0) the validation
- * perplexity of cfg's data. Collective. Returns 0; user errors end the job on every rank. */
-int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path);
-
 /* Samples from the checkpoint's model, token by token, segment by segment with the memory
- * carried as in training. Image data (fashion-mnist): opt->count images of 28x28 pixels
+ * carried as in training. Image data (io_dataset_image_side: fashion-mnist): opt->count images
  * written as one PNG grid, each pixel opt->scale screen pixels, each image numbered and the
  * grid headed by the step and the sampling settings; text: a continuation of opt->prompt
  * printed to stdout. Every rank computes the same samples (the table lookups are
@@ -52,10 +48,5 @@ int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const cha
  * Returns 0; user errors end the job on every rank. */
 int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path,
                               const trainer_sample_options *opt);
-
-/* Prints (rank 0) the step of checkpoint `path`, the first values of bucket 0 of the first
- * table, and of stream 0's carried memory, as stored: a reference for other readers (h5py).
- * Collective. Returns 0; user errors end the job on every rank. */
-int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path);
 
 #endif
