@@ -2,7 +2,7 @@
 # Experiment driver: named sets of training runs that test the two methods' claims, resumable
 # across sittings, with one CSV row per evaluation and plots against step, FLOPs and wall time.
 #
-#   bash jobs/experiments.sh SET [OUT_DIR]        SET: main-fmnist main-brown memory hash tiny
+#   bash jobs/experiments.sh SET [OUT_DIR]        SET: main-fmnist main-brown memory hash wall tiny
 #   STEPS=4000 SEEDS="1 2" NP=2 bash jobs/experiments.sh main-fmnist
 #
 # Sets (every arm starts from jobs/configs/experiment-base.conf):
@@ -16,8 +16,13 @@
 #                forgetting off; write temperature 1 (0.25 in base); horizon 1 and 16 (4), with
 #                32 and 2 streams so that every arm trains on 1568 tokens per step
 #   hash         the hashed decoder on Fashion-MNIST (base: expanding bits 2, tau 8, l1prob):
-#                expanding bits 0, 1, 3; tau 6 and 10 (d_model 72 and 80, the nearest widths
-#                tau and the heads divide); score = prob; rows read and fetched as bf16
+#                expanding bits 0, 1, 3; tau 2 and 4 (the same d_model 64 and 4 heads: tau
+#                must divide d_model, and tau + expanding bits stay within 16); score = prob;
+#                rows read and fetched as bf16
+#   wall         perplexity per wall-clock second where the hashed layers are faster per
+#                token: the main set's decoder and Memformer at d_model 256, dense and hashed,
+#                the same steps and tokens each; compare them at the time the fastest arm
+#                finishes (val_ppl_vs_wall.png, evals.csv's wall_s)
 #   tiny         two arms of a few steps, for the test suite (other seg_len and streams)
 # Every arm runs for every seed in SEEDS (default: 1 2 for main sets, 1 otherwise) with mpirun
 # on NP ranks (default 2) for STEPS optimizer steps (default per set; the learning-rate
@@ -48,7 +53,7 @@
 #   val_ppl_vs_{step,flops,wall}.png   each arm's mean over seeds, the seeds' range shaded
 set -euo pipefail
 cd "$(dirname "$0")/.."
-set_name=${1:?usage: jobs/experiments.sh main-fmnist|main-brown|memory|hash|tiny [OUT_DIR]}
+set_name=${1:?usage: jobs/experiments.sh main-fmnist|main-brown|memory|hash|wall|tiny [OUT_DIR]}
 out=${2:-runs/exp-$set_name}
 NP=${NP:-2}
 BIN=${BUILD:-build}/bin
@@ -88,15 +93,21 @@ case $set_name in
     steps=3000 seeds="1"
     d="$fm --arch=decoder --proj=hash"
     arms=("base $d" "expand0 $d --expand_bits=0" "expand1 $d --expand_bits=1" "expand3 $d --expand_bits=3"
-          "tau6 $d --tau=6 --d_model=72 --n_heads=3" "tau10 $d --tau=10 --d_model=80"
+          "tau2 $d --tau=2" "tau4 $d --tau=4"
           "prob $d --score=prob" "bf16 $d --row_format=bf16") ;;
+  wall)
+    steps=800 seeds="1 2"
+    w="$fm --d_model=256 --n_heads=4 --eval_every=50"
+    arms=("decoder-hash $w --arch=decoder --proj=hash" "decoder-dense $w --arch=decoder --proj=dense"
+          "memformer-hash $w --arch=memformer --proj=hash"
+          "memformer-dense $w --arch=memformer --proj=dense") ;;
   tiny)
     steps=4 seeds="1"
     t="--d_model=16 --eval_every=2 --eval_docs=3 --warmup=1 --log_every=1 --ckpt_every=2"
     # other seg_len, streams and stream_block, the same tokens per step and validation set
     arms=("a $fm --arch=decoder --proj=hash $t"
           "b --data=fashion-mnist --seg_len=98 --streams=4 --stream_block=2 --arch=memformer --proj=dense $t") ;;
-  *) echo "experiments: unknown set '$set_name' (main-fmnist, main-brown, memory, hash, tiny)" >&2
+  *) echo "experiments: unknown set '$set_name' (main-fmnist, main-brown, memory, hash, wall, tiny)" >&2
      exit 2 ;;
 esac
 STEPS=${STEPS:-$steps}
@@ -206,6 +217,34 @@ lines.append("")
 lines.append("Validation: the same %s tokens for every arm (whole documents, eval_docs)." % vt[0]
              if len(vt) == 1 else
              "Validation: ARMS SCORED DIFFERENT TOKEN COUNTS (%s): not comparable." % vt)
+# at equal wall-clock: each arm's seed-mean curve read at the time the fastest arm finished,
+# and when it first reached the perplexity the slowest arm ended at
+def mean_curve(arm):
+    nseeds = len([1 for (a, s) in final if a == arm])
+    pts = [(statistics.mean(p[0] for p in v), statistics.mean(p[2] for p in v))
+           for _, v in sorted(curves.get(arm, {}).items()) if len(v) == nseeds]
+    return pts
+def at_time(pts, t):
+    for (t0, p0), (t1, p1) in zip(pts, pts[1:]):
+        if t0 <= t <= t1:
+            return p0 + (p1 - p0) * (t - t0) / (t1 - t0) if t1 > t0 else p1
+    return float("nan")
+def first_reach(pts, ppl):
+    for (t0, p0), (t1, p1) in zip([(0.0, float("inf"))] + pts, pts):
+        if p1 <= ppl:
+            return t0 + (t1 - t0) * (p0 - ppl) / (p0 - p1) if p0 != float("inf") else t1
+    return float("nan")
+mc = {a: mean_curve(a) for a in arms if mean_curve(a)}
+if len(mc) > 1:
+    budget = min(p[-1][0] for p in mc.values())
+    slow = max(mc, key=lambda a: mc[a][-1][0])
+    target = mc[slow][-1][1]
+    lines += ["", "At equal wall-clock (seed means): the fastest arm finished after %.0f s; the "
+              "slowest, %s, ended at perplexity %.3f." % (budget, slow, target), "",
+              "| arm | val ppl at %.0f s | seconds to reach %.3f |" % (budget, target),
+              "|---|---:|---:|"]
+    for a in mc:
+        lines.append("| %s | %.3f | %.0f |" % (a, at_time(mc[a], budget), first_reach(mc[a], target)))
 open(out + "/summary.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 # per arm, at each evaluated step every seed has reached: the seeds' mean and range

@@ -59,7 +59,9 @@ for r in rows:
 walls = [float(r["wall_s"]) for r in rows if r["arm"] == "a"]
 assert walls == sorted(walls) and walls[0] < walls[-1], walls
 summary = open(out + "/summary.md").read().splitlines()
-assert len(summary) == 6 and summary[2].startswith("| a | 6 |"), summary
+assert len(summary) == 13 and summary[2].startswith("| a | 6 |"), summary
+assert summary[7].startswith("At equal wall-clock (seed means): the fastest arm finished after"), summary
+assert summary[11].startswith("| a | ") and summary[12].startswith("| b | "), summary
 assert "| 2352 | " in summary[2] and "| 2352 | " in summary[3], summary
 assert summary[5] == "Validation: the same 2352 tokens for every arm (whole documents, eval_docs).", summary
 PY

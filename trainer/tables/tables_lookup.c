@@ -315,7 +315,8 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
             if (sh > 0)
                 for (size_t e = 0; e < NO; e++) y[e] += pj[e];
             else if (bj)
-                for (size_t e = 0; e < NO; e++) y[e] = bj[e % OC] + pj[e];
+                for (size_t e = 0; e < NO; e += (size_t)OC) /* row by row, so it vectorises */
+                    for (int c = 0; c < OC; c++) y[e + c] = bj[c] + pj[e + c];
             else
                 memcpy(y, pj, NO * sizeof(float));
         }
