@@ -35,7 +35,8 @@ for P in $PS; do
   tab=$(mib $tab)
   act=$(mib $act)
   [ -n "$state1" ] || state1=$(awk -v t="$tab" -v p="$P" 'BEGIN { print t * p }')
-  sent=$(grep -E '^step' "$TMP/log$P" | tail -n 1 | sed -E 's/.*sent ([0-9.]+) KiB.*/\1/;t;s/.*/0/')
+  sent=$(grep -E '^step' "$TMP/log$P" | tail -n 1 | sed -E 's/.*sent ([0-9.]+) ([KMG]iB).*/\1 \2/;t;s/.*/0 KiB/')
+  sent=$(awk -v m="$(mib $sent)" 'BEGIN { print m * 1024 }')
   awk -v P="$P" -v s=$((8 * P)) -v pk="$peak" -v t="$tab" -v a="$act" -v s1="$state1" \
     -v b="$BUDGET" -v sent="$sent" 'BEGIN {
       bound = 1.25 * s1 / P + a + b
