@@ -1,4 +1,4 @@
-/* Run configuration: the key table, file and command-line parsing, validation, canonical text, diffs. */
+/* Run configuration: the key table, setting keys from text and files, validation, canonical text, diffs. */
 #include "trainer/config/config.h"
 
 #include <assert.h>
@@ -12,6 +12,7 @@
 
 #include "io/files.h"
 #include "layers/common.h"
+#include "trainer/config/config_internal.h"
 
 typedef enum key_type {
     KEY_INT,   /* int field */
@@ -213,8 +214,8 @@ static const key_def keys[] = {
 #undef NOHI
 
 /* Writes a formatted message into err (if any room); always returns -1 so callers can
- * `return fail(...)`. */
-static int fail(char *err, size_t n, const char *fmt, ...) {
+ * `return config_fail(...)`. */
+int config_fail(char *err, size_t n, const char *fmt, ...) {
     if (err && n > 0) {
         va_list ap;
         va_start(ap, fmt);
@@ -247,7 +248,7 @@ static const struct {
 };
 
 /* The message for a retired key (with '-' read as '_'), or NULL. */
-static const char *retired_key(const char *name, size_t len) {
+const char *config_retired_key(const char *name, size_t len) {
     for (size_t i = 0; i < sizeof retired / sizeof retired[0]; i++) {
         const char *r = retired[i].name;
         size_t k = 0;
@@ -258,6 +259,8 @@ static const char *retired_key(const char *name, size_t len) {
 }
 
 bool trainer_config_has_key(const char *name) { return find_key(name) >= 0; }
+
+const char *config_key_name(int k) { return k >= 0 && k < NKEYS ? keys[k].name : NULL; }
 
 bool trainer_config_is_shape_key(const char *name) {
     int k = find_key(name);
@@ -329,8 +332,8 @@ static void describe_expected(const key_def *d, char *buf, size_t n) {
 static int bad_value(const key_def *d, const char *value, char *err, size_t n) {
     char want[160];
     describe_expected(d, want, sizeof want);
-    if (value[0] == '\0') return fail(err, n, "%s has no value: expected %s", d->name, want);
-    return fail(err, n, "%s = %s: expected %s", d->name, value, want);
+    if (value[0] == '\0') return config_fail(err, n, "%s has no value: expected %s", d->name, want);
+    return config_fail(err, n, "%s = %s: expected %s", d->name, value, want);
 }
 
 static bool float_in_range(const key_def *d, double v) {
@@ -423,7 +426,7 @@ static int set_key(trainer_config *c, const key_def *d, const char *value, char 
         return 0;
     }
     }
-    return fail(err, n, "%s: unhandled key type", d->name);
+    return config_fail(err, n, "%s: unhandled key type", d->name);
 }
 
 void trainer_config_defaults(trainer_config *c) {
@@ -438,9 +441,9 @@ void trainer_config_defaults(trainer_config *c) {
 int trainer_config_set(trainer_config *c, const char *key, const char *value, char *err,
                        size_t n) {
     int k = find_key(key);
-    const char *why = k < 0 ? retired_key(key, strlen(key)) : NULL;
-    if (why) return fail(err, n, "%s", why);
-    if (k < 0) return fail(err, n, "unknown config key '%s' (see memtrain --help)", key);
+    const char *why = k < 0 ? config_retired_key(key, strlen(key)) : NULL;
+    if (why) return config_fail(err, n, "%s", why);
+    if (k < 0) return config_fail(err, n, "unknown config key '%s' (see memtrain --help)", key);
     size_t len = strlen(value);
     char *copy = layer_xmalloc(len + 1);
     memcpy(copy, value, len + 1);
@@ -476,40 +479,40 @@ static int load_stream(trainer_config *c, FILE *f, const char *path, int stored,
         if (*s == '\0') continue;
         char *eq = strchr(s, '=');
         if (!eq) {
-            rc = fail(err, n, "%s:%d: expected 'key = value', got '%s'", path, lineno, s);
+            rc = config_fail(err, n, "%s:%d: expected 'key = value', got '%s'", path, lineno, s);
             break;
         }
         *eq = '\0';
         char *key = trim(s), *value = trim(eq + 1);
         if (*key == '\0') {
-            rc = fail(err, n, "%s:%d: no key before '='", path, lineno);
+            rc = config_fail(err, n, "%s:%d: no key before '='", path, lineno);
             break;
         }
         int k = find_key(key);
-        const char *why = k < 0 ? retired_key(key, strlen(key)) : NULL;
+        const char *why = k < 0 ? config_retired_key(key, strlen(key)) : NULL;
         if (why && stored) continue;
         if (why) {
-            rc = fail(err, n, "%s:%d: %s", path, lineno, why);
+            rc = config_fail(err, n, "%s:%d: %s", path, lineno, why);
             break;
         }
         if (k < 0) {
-            rc = fail(err, n, "%s:%d: unknown config key '%s' (see memtrain --help)", path, lineno,
+            rc = config_fail(err, n, "%s:%d: unknown config key '%s' (see memtrain --help)", path, lineno,
                       key);
             break;
         }
         if (seen[k]) {
-            rc = fail(err, n, "%s:%d: key '%s' is already set on line %d", path, lineno,
+            rc = config_fail(err, n, "%s:%d: key '%s' is already set on line %d", path, lineno,
                       keys[k].name, seen[k]);
             break;
         }
         seen[k] = lineno;
         if (set_key(c, &keys[k], value, msg, sizeof msg) != 0) {
-            rc = fail(err, n, "%s:%d: %s", path, lineno, msg);
+            rc = config_fail(err, n, "%s:%d: %s", path, lineno, msg);
             break;
         }
     }
     if (rc == 0 && ferror(f))
-        rc = fail(err, n, "error reading config file '%s': %s", path, strerror(errno));
+        rc = config_fail(err, n, "error reading config file '%s': %s", path, strerror(errno));
     free(line);
     return rc;
 }
@@ -517,7 +520,7 @@ static int load_stream(trainer_config *c, FILE *f, const char *path, int stored,
 int trainer_config_load_file(trainer_config *c, const char *path, char *err, size_t n) {
     char why[512];
     FILE *f = io_fopen_regular(path, "r", why, sizeof why);
-    if (!f) return fail(err, n, "config file %s", why);
+    if (!f) return config_fail(err, n, "config file %s", why);
     int rc = load_stream(c, f, path, 0, err, n);
     fclose(f);
     return rc;
@@ -526,175 +529,11 @@ int trainer_config_load_file(trainer_config *c, const char *path, char *err, siz
 int trainer_config_load_text(trainer_config *c, const char *text, const char *name, char *err,
                              size_t n) {
     FILE *f = fmemopen((void *)text, strlen(text), "r");
-    if (!f) return fail(err, n, "%s: cannot read the config text", name);
+    if (!f) return config_fail(err, n, "%s: cannot read the config text", name);
     /* a checkpoint written before shuffling existed read its documents in file order */
     c->shuffle = false;
     int rc = load_stream(c, f, name, 1, err, n);
     fclose(f);
-    return rc;
-}
-
-/* Whether the first len characters of a and b agree, reading '-' and '_' as one. */
-static bool same_spelling(const char *a, const char *b, size_t len) {
-    for (size_t i = 0; i < len; i++) {
-        char x = a[i] == '_' ? '-' : a[i], y = b[i] == '_' ? '-' : b[i];
-        if (x != y) return false;
-        if (x == '\0') return true;
-    }
-    return true;
-}
-
-bool trainer_config_flag_matches(const char *arg, const char *flag) {
-    size_t len = strlen(flag);
-    return same_spelling(arg, flag, len) && (arg[len] == '\0' || arg[len] == '=');
-}
-
-/* Whether arg is one of the caller's flags: the entry itself or the entry followed by '='. */
-static bool is_caller_flag(const char *arg, const char *const *flags) {
-    for (int i = 0; flags && flags[i]; i++)
-        if (trainer_config_flag_matches(arg, flags[i])) return true;
-    return false;
-}
-
-/* Edit distance of a and b (both short), '-' and '_' counting as one. */
-static int edit_distance(const char *a, const char *b) {
-    size_t n = strlen(a), m = strlen(b);
-    if (n > 63 || m > 63) return 99;
-    int d[64][64];
-    for (size_t i = 0; i <= n; i++) d[i][0] = (int)i;
-    for (size_t j = 0; j <= m; j++) d[0][j] = (int)j;
-    for (size_t i = 1; i <= n; i++)
-        for (size_t j = 1; j <= m; j++) {
-            int sub = d[i - 1][j - 1] + !same_spelling(a + i - 1, b + j - 1, 1);
-            int del = d[i - 1][j] + 1, ins = d[i][j - 1] + 1;
-            d[i][j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
-        }
-    return d[n][m];
-}
-
-void trainer_config_suggest(const char *name, const char *const *flags, char *out, size_t n) {
-    int best = 99;
-    if (n > 0) out[0] = '\0';
-    size_t len = strlen(name);
-    int limit = len <= 3 ? 1 : 2;
-    for (int k = 0; k < NKEYS; k++) {
-        int dist = edit_distance(name, keys[k].name);
-        if (dist <= limit && dist < best) {
-            best = dist;
-            snprintf(out, n, "--%s", keys[k].name);
-        }
-    }
-    for (int i = 0; flags && flags[i]; i++) {
-        if (strncmp(flags[i], "--", 2) != 0) continue;
-        int dist = edit_distance(name, flags[i] + 2);
-        if (dist <= limit && dist < best) {
-            best = dist;
-            snprintf(out, n, "%s", flags[i]);
-        }
-    }
-}
-
-/* " (did you mean --steps? see memtrain --help)", or " (see memtrain --help)". */
-static void hint(const char *name, size_t len, const char *const *flags, char *out, size_t n) {
-    char nm[64], near[80];
-    snprintf(nm, sizeof nm, "%.*s", (int)(len < 63 ? len : 63), name);
-    trainer_config_suggest(nm, flags, near, sizeof near);
-    if (near[0]) snprintf(out, n, " (did you mean %s? see memtrain --help)", near);
-    else snprintf(out, n, " (see memtrain --help)");
-}
-
-int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
-                              const char *const *caller_flags, int *first_positional,
-                              char *err, size_t n) {
-    /* Pass 1 sorts arguments into ours and the caller's without touching c, so the file
-     * can be applied before every override whatever the order on the command line. */
-    char **ours = layer_xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *ours);
-    char **theirs = layer_xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *theirs);
-    char **overrides = layer_xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *overrides);
-    const char **values = layer_xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *values);
-    char why[160];
-    int nours = 0, ntheirs = 0, noverrides = 0, rc = 0;
-    const char *config_path = NULL;
-    bool rest_is_theirs = false;
-    char msg[512];
-    for (int i = 1; i < argc && rc == 0; i++) {
-        char *a = argv[i];
-        if (rest_is_theirs || is_caller_flag(a, caller_flags)) {
-            theirs[ntheirs++] = a;
-        } else if (strcmp(a, "--") == 0) {
-            ours[nours++] = a;
-            rest_is_theirs = true;
-        } else if (strcmp(a, "--config") == 0 || strncmp(a, "--config=", 9) == 0) {
-            const char *p;
-            ours[nours++] = a;
-            if (a[8] == '=') {
-                p = a + 9;
-            } else if (i + 1 < argc) {
-                p = argv[++i];
-                ours[nours++] = argv[i];
-            } else {
-                p = "";
-            }
-            if (*p == '\0') rc = fail(err, n, "--config needs a file: --config FILE");
-            else if (config_path)
-                rc = fail(err, n, "--config given twice ('%s' and '%s')", config_path, p);
-            else config_path = p;
-        } else if (strncmp(a, "--", 2) == 0) {
-            const char *eq = strchr(a, '=');
-            size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
-            char name[64];
-            bool known = false;
-            if (len < sizeof name) {
-                memcpy(name, a + 2, len);
-                name[len] = '\0';
-                known = find_key(name) >= 0;
-            }
-            if (known && eq) {
-                ours[nours++] = a;
-                values[noverrides] = eq + 1;
-                overrides[noverrides++] = a;
-            } else if (known && i + 1 < argc) { /* --key value */
-                ours[nours++] = a;
-                values[noverrides] = argv[i + 1];
-                overrides[noverrides++] = a;
-                ours[nours++] = argv[++i];
-            } else if (known) {
-                rc = fail(err, n, "%s needs a value: write %s VALUE or %s=VALUE", a, a, a);
-            } else if (retired_key(a + 2, len)) {
-                rc = fail(err, n, "command line: %s", retired_key(a + 2, len));
-            } else if (eq) {
-                hint(a + 2, len, caller_flags, why, sizeof why);
-                rc = fail(err, n, "unknown config key '%.*s'%s", (int)len, a + 2, why);
-            } else {
-                hint(a + 2, len, caller_flags, why, sizeof why);
-                rc = fail(err, n, "unknown option '%s'%s", a, why);
-            }
-        } else if (a[0] == '-' && a[1] != '\0') {
-            rc = fail(err, n, "unknown option '%s' (see memtrain --help)", a);
-        } else {
-            theirs[ntheirs++] = a;
-        }
-    }
-    if (rc == 0 && config_path) rc = trainer_config_load_file(c, config_path, err, n);
-    for (int i = 0; i < noverrides && rc == 0; i++) {
-        const char *a = overrides[i];
-        const char *eq = strchr(a, '=');
-        char name[64];
-        size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
-        memcpy(name, a + 2, len); /* len < 64: checked in pass 1 */
-        name[len] = '\0';
-        if (trainer_config_set(c, name, values[i], msg, sizeof msg) != 0)
-            rc = fail(err, n, "command line: %s", msg);
-    }
-    if (rc == 0) {
-        for (int i = 0; i < nours; i++) argv[1 + i] = ours[i];
-        for (int i = 0; i < ntheirs; i++) argv[1 + nours + i] = theirs[i];
-        if (first_positional) *first_positional = argc > 0 ? 1 + nours : 0;
-    }
-    free(ours);
-    free(theirs);
-    free(overrides);
-    free(values);
     return rc;
 }
 
@@ -804,14 +643,14 @@ int trainer_config_validate(const trainer_config *c, char *err, size_t n) {
     for (int k = 0; k < NKEYS; k++)
         if (check_key(c, &keys[k], err, n) != 0) return -1;
     if (c->d_model % c->n_heads != 0)
-        return fail(err, n, "n_heads = %d: d_model (%d) must be a multiple of n_heads", c->n_heads,
+        return config_fail(err, n, "n_heads = %d: d_model (%d) must be a multiple of n_heads", c->n_heads,
                     c->d_model);
     if (c->proj == TRAINER_PROJ_HASH) {
         if (c->d_model % c->tau != 0)
-            return fail(err, n, "tau = %d: d_model (%d) must be a multiple of tau when proj = hash",
+            return config_fail(err, n, "tau = %d: d_model (%d) must be a multiple of tau when proj = hash",
                         c->tau, c->d_model);
         if (c->tau + c->expand_bits > 16)
-            return fail(err, n,
+            return config_fail(err, n,
                         "tau + expand_bits = %d + %d: must be at most 16 (the memory block's "
                         "tables have 2^(tau+expand_bits) rows)",
                         c->tau, c->expand_bits);
@@ -824,7 +663,7 @@ int trainer_config_validate(const trainer_config *c, char *err, size_t n) {
         if (fabs(rot - (double)r) > 1e-4 * hs || r < 2 || r % 2 != 0) {
             char frac[32];
             format_float(c->rope_frac, frac, sizeof frac);
-            return fail(err, n,
+            return config_fail(err, n,
                         "rope_frac = %s: rope_frac * head size (d_model/n_heads = %d) = %g must be "
                         "an even whole number >= 2",
                         frac, hs, rot);
@@ -834,13 +673,13 @@ int trainer_config_validate(const trainer_config *c, char *err, size_t n) {
         char a[32], b[32];
         format_float(c->min_lr, a, sizeof a);
         format_float(c->lr, b, sizeof b);
-        return fail(err, n, "min_lr = %s: must not exceed lr (%s)", a, b);
+        return config_fail(err, n, "min_lr = %s: must not exceed lr (%s)", a, b);
     }
     if ((int64_t)c->warmup > c->steps)
-        return fail(err, n, "warmup = %d: must not exceed steps (%" PRId64 ")", c->warmup,
+        return config_fail(err, n, "warmup = %d: must not exceed steps (%" PRId64 ")", c->warmup,
                     c->steps);
     if (c->stop_after > c->steps)
-        return fail(err, n, "stop_after = %" PRId64 ": must not exceed steps (%" PRId64 ")",
+        return config_fail(err, n, "stop_after = %" PRId64 ": must not exceed steps (%" PRId64 ")",
                     c->stop_after, c->steps);
     return 0;
 }
