@@ -7,6 +7,7 @@
 
 #include "comm/comm.h"
 #include "tests/testutil.h"
+#include "trainer/base/arena.h"
 #include "trainer/config/config.h"
 #include "trainer/engine/footprint.h"
 #include "trainer/model/model.h"
@@ -118,6 +119,23 @@ START_TEST(test_activations_bounded) {
 END_TEST
 
 /* Absurd sizes give finite estimates, and the driving keys are named. */
+/* An arena whose requests grow from one use to the next (sampling grows its prefix a token
+ * at a time) holds a few times its peak, not the sum of every size it was asked for. */
+START_TEST(test_arena_growing_requests) {
+    trainer_arena *a = trainer_arena_create(4096);
+    for (size_t n = 1; n <= 400; n++) {
+        trainer_arena_reset(a);
+        trainer_arena_floats(a, 100 * n);
+        trainer_arena_ints(a, 7);
+        trainer_arena_floats(a, 300 * n);
+        trainer_arena_floats(a, 50 * n);
+    }
+    size_t peak = trainer_arena_peak(a), held = trainer_arena_reserved(a);
+    ck_assert_msg(held <= 3 * peak, "arena holds %zu bytes for a peak of %zu", held, peak);
+    trainer_arena_free(a);
+}
+END_TEST
+
 START_TEST(test_absurd_sizes) {
     trainer_config c;
     config_of(&c, 3);
@@ -163,6 +181,7 @@ static Suite *footprint_suite(void) {
     tcase_add_test(tc, test_parameters_exact);
     tcase_add_test(tc, test_activations_bounded);
     tcase_add_test(tc, test_absurd_sizes);
+    tcase_add_test(tc, test_arena_growing_requests);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -255,6 +255,56 @@ START_TEST(test_memory_carries) {
 }
 END_TEST
 
+/* A decoder's prefix forward (what sampling runs) gives the logits the whole segment gives at
+ * those positions, whatever the later tokens; learned positions and rotary ones. */
+static void check_prefix(int hash, int rope_dims) {
+    layer_rng rng;
+    tu_seed(&rng, "prefix");
+    trainer_model_spec spec = tiny_spec(0, hash);
+    spec.rope_dims = rope_dims;
+    trainer_model *m = trainer_model_create(&spec, g_comm);
+    int B = 2, L = spec.L, V = spec.vocab;
+    trainer_segments *sg = trainer_segments_create(m, B);
+    int32_t *tok = layer_xmalloc((size_t)B * L * sizeof(int32_t));
+    for (int i = 0; i < B * L; i++) tok[i] = tu_randint(&rng, 0, V);
+    for (int i = 0; i < B * L; i++) sg->tgt[i] = -1;
+    memcpy(sg->dec, tok, (size_t)B * L * sizeof(int32_t));
+    trainer_step_act *act;
+    int cnt;
+    trainer_segments_forward(m, sg, &cnt, &act);
+    float *full = layer_xmalloc((size_t)B * L * V * sizeof(float));
+    memcpy(full, trainer_step_logits(act), (size_t)B * L * V * sizeof(float));
+    for (int n = 1; n < L; n++) {
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < n; j++) sg->dec[b * n + j] = tok[b * L + j];
+        trainer_segments_forward_prefix(m, sg, n, &cnt, &act);
+        const float *lg = trainer_step_logits(act);
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < n; j++)
+                for (int v = 0; v < V; v++)
+                    ck_assert_float_eq_tol(lg[((size_t)b * n + j) * V + v],
+                                           full[((size_t)b * L + j) * V + v], 1e-5f);
+    }
+    /* and a later token changes the full forward's last position: the check can fail */
+    for (int i = 0; i < B * L; i++) sg->dec[i] = i == L - 1 ? (tok[i] + 1) % V : tok[i];
+    trainer_segments_forward(m, sg, &cnt, &act);
+    double diff = 0;
+    for (int v = 0; v < V; v++)
+        diff += fabs(trainer_step_logits(act)[(size_t)(L - 1) * V + v] - full[(size_t)(L - 1) * V + v]);
+    ck_assert(diff > 1e-6);
+    free(full);
+    free(tok);
+    trainer_segments_free(sg);
+    trainer_model_free(m);
+}
+
+START_TEST(test_prefix_forward) {
+    check_prefix(0, 0);
+    check_prefix(1, 0);
+    check_prefix(1, 2);
+}
+END_TEST
+
 static Suite *model_suite(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("gradients");
@@ -266,6 +316,7 @@ static Suite *model_suite(void) {
     tcase_add_test(tc, test_mrbp_equals_full_dense);
     tcase_add_test(tc, test_mrbp_equals_full_hash);
     tcase_add_test(tc, test_memory_carries);
+    tcase_add_test(tc, test_prefix_forward);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -45,12 +45,21 @@ static void *arena_bytes(trainer_arena *a, size_t bytes) {
     if (bytes == 0) bytes = 64;
     for (;;) {
         if (a->cur && a->cur->size - a->cur->used >= bytes) break;
-        if (a->cur && a->cur->next) { /* reuse a kept block */
+        size_t size = bytes > a->block_bytes ? bytes : a->block_bytes;
+        if (a->cur && a->cur->next) { /* reuse a kept block, or replace one too small for this:
+                                         requests that grow call by call keep the chain short */
+            arena_block *nx = a->cur->next;
+            if (nx->size < bytes) { /* at least doubled, so a slow growth replaces rarely */
+                arena_block *b = block_new(size > 2 * nx->size ? size : 2 * nx->size);
+                b->next = nx->next;
+                a->cur->next = b;
+                free(nx->data);
+                free(nx);
+            }
             a->cur = a->cur->next;
             a->cur->used = 0;
             continue;
         }
-        size_t size = bytes > a->block_bytes ? bytes : a->block_bytes;
         arena_block *b = block_new(size);
         if (!a->head) a->head = b;
         else if (a->cur) { /* keep later blocks of the chain behind the new one */
@@ -89,3 +98,9 @@ void trainer_arena_reset(trainer_arena *a) {
 }
 
 size_t trainer_arena_peak(const trainer_arena *a) { return a->peak; }
+
+size_t trainer_arena_reserved(const trainer_arena *a) {
+    size_t n = 0;
+    for (const arena_block *b = a->head; b; b = b->next) n += b->size;
+    return n;
+}

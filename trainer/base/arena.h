@@ -21,5 +21,7 @@ void *trainer_arena_struct(trainer_arena *a, size_t n);
 void trainer_arena_reset(trainer_arena *a);
 /* The most bytes ever handed out at once. */
 size_t trainer_arena_peak(const trainer_arena *a);
+/* The bytes of its blocks: what it holds from the system. */
+size_t trainer_arena_reserved(const trainer_arena *a);
 
 #endif

@@ -366,6 +366,15 @@ double trainer_segments_forward(trainer_model *m, trainer_segments *s, int *coun
                                  s->msize ? s->Mn : NULL, count, act);
 }
 
+double trainer_segments_forward_prefix(trainer_model *m, trainer_segments *s, int n, int *count,
+                                       trainer_step_act **act) {
+    LAYER_ASSERT(!m->spec.memformer && n >= 1 && n <= s->L);
+    trainer_batch b = segments_batch(s);
+    b.L = n;
+    trainer_arena_reset(s->arena);
+    return trainer_model_forward(m, s->arena, &b, NULL, NULL, count, act);
+}
+
 void trainer_segments_advance(trainer_model *m, trainer_segments *s, int written) {
     if (!written) {
         trainer_batch b = segments_batch(s);

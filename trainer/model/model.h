@@ -101,6 +101,11 @@ void trainer_segments_free(trainer_segments *s); /* NULL is fine */
  * the summed loss, *count the scored targets, *act the record (may be NULL). */
 double trainer_segments_forward(trainer_model *m, trainer_segments *s, int *count,
                                 trainer_step_act **act);
+/* The same over the first n positions only, dec and tgt laid out (B, n): what a decoder
+ * without an encoder computes there does not depend on later positions (sampling grows the
+ * prefix a token at a time). Not for a Memformer, whose encoder reads the whole segment. */
+double trainer_segments_forward_prefix(trainer_model *m, trainer_segments *s, int n, int *count,
+                                       trainer_step_act **act);
 /* Mn = the memory written after the current inputs (when no forward wrote it), unless
  * `written`; then M and Mn trade places: the next segment starts from it. */
 void trainer_segments_advance(trainer_model *m, trainer_segments *s, int written);

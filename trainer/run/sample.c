@@ -83,21 +83,27 @@ static void generate(trainer_model *m, int32_t *tok, int B, int total, int given
         }
         int wrote = 0; /* a forward of this segment has written its memory already */
         for (int i = 0; i < L && seg0 + i < total; i++) {
-            /* decoder inputs up to position i are known; later ones cannot affect it */
+            /* decoder inputs up to position i are known; later ones cannot affect it. A
+               decoder runs over those i + 1 only (rows of n), a Memformer's encoder over the
+               whole previous segment, so its decoder over all L too */
+            int n = s->memformer ? L : i + 1;
             for (int b = 0; b < B; b++)
-                for (int j = 0; j < L; j++) {
+                for (int j = 0; j < n; j++) {
                     int p = seg0 + j - 1;
-                    sg->dec[b * L + j] = (p < 0 || j > i) ? bos : tok[(size_t)b * total + p];
+                    sg->dec[b * n + j] = (p < 0 || j > i) ? bos : tok[(size_t)b * total + p];
                 }
             if (seg0 + i < given) continue;
             trainer_step_act *act;
             int cnt;
-            trainer_segments_forward(m, sg, &cnt, &act);
+            if (s->memformer)
+                trainer_segments_forward(m, sg, &cnt, &act);
+            else
+                trainer_segments_forward_prefix(m, sg, n, &cnt, &act);
             wrote = 1;
             const float *logits = trainer_step_logits(act);
             for (int b = 0; b < B; b++)
                 tok[(size_t)b * total + seg0 + i] =
-                    trainer_sample_draw(logits + ((size_t)b * L + i) * V, V, o->temperature,
+                    trainer_sample_draw(logits + ((size_t)b * n + i) * V, V, o->temperature,
                                         o->top_k, o->top_p, layer_rng_uniform(rng));
         }
         /* the memory after this segment: written from the encoder's view of the previous one,
