@@ -21,8 +21,8 @@ mean over the log windows after the first). The model, per hashed group g and ra
   net_gbps). Real buckets are skewed, so the uniform U_g overestimates what fetch moves.
 
 Usage:
-  jobs/comm_model.py --config jobs/configs/demo.conf --ranks 1,2,4
-  jobs/comm_model.py --config jobs/configs/demo.conf --per-rank-streams 4 \\
+  jobs/comm_model.py --config jobs/configs/memformer.conf --ranks 1,2,4
+  jobs/comm_model.py --config jobs/configs/memformer.conf --per-rank-streams 4 \\
       --ranks 2,4,8 --metrics 'runs/scaling/weak-p{P}/metrics.csv' --format markdown
 Other --key=value arguments are memtrain config keys.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Weak and strong scaling sweeps of memtrain on this machine, with a communication-volume check.
 #
-# Runs the demo Memformer (hashed projections, Fashion-MNIST) on P = 1..MAXP ranks twice:
+# Runs the small Memformer of memformer.conf (hashed projections, Fashion-MNIST) on P = 1..MAXP ranks twice:
 # weak scaling (PER_RANK streams per rank: streams = PER_RANK * P) and strong scaling
 # (STRONG_STREAMS streams in all). Every rank computes its streams as one block
 # (stream_block = streams / P), the fastest batching for the rank count. The first log window
@@ -23,7 +23,7 @@
 # measure overheads (oversubscription, synchronisation), not speedup; their byte counts are exact.
 #
 # Usage: jobs/scaling.sh [OUT_DIR]
-# Environment: CONF (jobs/configs/demo.conf), STEPS (40), MAXP (8), PER_RANK (4),
+# Environment: CONF (jobs/configs/memformer.conf), STEPS (40), MAXP (8), PER_RANK (4),
 #              STRONG_STREAMS (8), LOG_EVERY (STEPS/4),
 #              REPEATS (2), CORES (nproc), MPIRUN_ARGS (--bind-to none: let the scheduler move
 #              ranks away from busy cores), BUILD (build: binaries in $BUILD/bin),
@@ -43,7 +43,7 @@ PLOT_ONLY=${PLOT_ONLY:-0}
 CORES=${CORES:-$(nproc)}
 MPIRUN_ARGS=${MPIRUN_ARGS:---bind-to none}
 BIN=$TOP/${BUILD:-build}/bin/memtrain
-CONF=${CONF:-jobs/configs/demo.conf}
+CONF=${CONF:-jobs/configs/memformer.conf}
 WARMUP=$(( STEPS < 30 ? STEPS : 30 ))
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 export OMPI_MCA_btl_base_warn_component_unused=0
@@ -209,7 +209,7 @@ csv = "$OUT/scaling.csv"
 is(m) = strcol("mode") eq m
 
 set output "$OUT/tokens_per_s.png"
-set title "Throughput (global tokens/s), Fashion-MNIST demo Memformer"
+set title "Throughput (global tokens/s), Fashion-MNIST small Memformer"
 set ylabel "tokens / s"
 set yrange [0:*]
 plot csv using "P":(is("weak") ? column("tokens_per_s") : 1/0) with linespoints lw 2 pt 7 title "weak ($PER_RANK streams/rank)", \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: checkpoint size, write and read time, for the demo model and for a model whose
+# Benchmark: checkpoint size, write and read time, for the small Memformer (memformer.conf) and for a model whose
 # tables hold more than 1 GiB of parameters, on 1 and 2 ranks, and the write time as a share
 # of training time at the default interval (ckpt_every = 100 steps).
 #   bash tests/bench_ckpt.sh            (BIG=0 skips the large model)
@@ -40,9 +40,9 @@ print(sum(float(v) for k, v in r.items() if k.startswith("ms_") and k not in ("m
 echo "checkpoint cost: size, write and read (resume) time; share = write / (write + 100 steps)"
 printf "%-6s %2s %10s %10s %9s %9s %10s %9s\n" model np "tables GiB" "file MiB" "write s" \
   "read s" "ms/step" "share"
-for np in 1 2; do measure demo "$np" 20 --config jobs/configs/demo.conf; done
+for np in 1 2; do measure memformer "$np" 20 --config jobs/configs/memformer.conf; done
 if [ "${BIG:-1}" != 0 ]; then
-  BIGARGS=(--config jobs/configs/demo.conf --d_model=512 --n_heads=8 --seg_len=16 --streams=2
+  BIGARGS=(--config jobs/configs/memformer.conf --d_model=512 --n_heads=8 --seg_len=16 --streams=2
            --horizon=1)
   for np in 1 2; do measure big "$np" 3 "${BIGARGS[@]}"; done
 fi

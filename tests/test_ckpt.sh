@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$TOP"
 
-SMALL=(--config jobs/configs/demo.conf --d_model=32 --seg_len=28 --streams=6 --stream_block=2 --horizon=2
+SMALL=(--config jobs/configs/memformer.conf --d_model=32 --seg_len=28 --streams=6 --stream_block=2 --horizon=2
        --deterministic=bitwise
        --steps=12 --warmup=2 --log_every=1 --eval_every=0 --ckpt_every=6 --keep_ckpts=0)
 
@@ -83,7 +83,7 @@ pass "no valid checkpoint: clear error"
 
 # kill -9 while checkpoints are being written: a checkpoint every step of a model whose file
 # takes a while to write; whatever the moment, the run dir keeps a loadable checkpoint
-BIG=(--config jobs/configs/demo.conf --d_model=128 --seg_len=16 --streams=2 --stream_block=1 --horizon=1
+BIG=(--config jobs/configs/memformer.conf --d_model=128 --seg_len=16 --streams=2 --stream_block=1 --horizon=1
      --steps=100000 --warmup=1 --log_every=1 --eval_every=0 --ckpt_every=1 --keep_ckpts=2)
 for delay in ${KILL_DELAYS:-0.05 0.2 0.4 0.7 1.1}; do
   d=$TMP/K$delay

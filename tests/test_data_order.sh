@@ -10,7 +10,7 @@ cd "$TOP"
 # (a segment ends with its document) make about two passes, so pass boundaries, where a new
 # order is drawn, fall inside the runs and after the resumes
 for i in $(seq 1 40); do printf 'document %d: %s\f' "$i" "$(seq -s ' ' 1 $((5 + i % 7 * 3)))"; done >"$TMP/docs.txt"
-SMALL=(--config jobs/configs/demo.conf --data=text:"$TMP/docs.txt" --d_model=32 --seg_len=16
+SMALL=(--config jobs/configs/memformer.conf --data=text:"$TMP/docs.txt" --d_model=32 --seg_len=16
        --streams=6 --stream_block=2 --deterministic=bitwise --horizon=2 --steps=20 --warmup=2 --log_every=1
        --eval_every=0 --ckpt_every=10 --keep_ckpts=0 --shuffle=on --data_seed=7)
 losses() { awk -F, 'NR > 1 {print $1, $2}' "$1/metrics.csv"; }

@@ -11,7 +11,7 @@ for i in $(seq 1 40); do printf 'document %d: %s\f' "$i" "$(seq -s ' ' 1 $((5 + 
 want=$(/usr/bin/python3 -c "
 d = open('$TMP/docs.txt', 'rb').read().split(b'\f')[:-1]
 print(sum(len(x) for x in d[9:30:10]))")  # the first 3 validation documents
-BASE=(--config jobs/configs/demo.conf --data=text:"$TMP/docs.txt" --d_model=32 --steps=4 --warmup=1
+BASE=(--config jobs/configs/memformer.conf --data=text:"$TMP/docs.txt" --d_model=32 --steps=4 --warmup=1
       --log_every=2 --eval_every=2 --eval_docs=3 --ckpt_every=0)
 declare -A arms=(
   [memformer-hash]="--arch=memformer --proj=hash --seg_len=16 --streams=4 --stream_block=2"

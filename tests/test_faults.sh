@@ -55,10 +55,10 @@ for name, n in (("train-images-idx3-ubyte.gz", 600), ("t10k-images-idx3-ubyte.gz
 PY
 export MEMTRAIN_FASHION_MNIST_DIR=$TMP/fmnist
 
-SMALL=(--config jobs/configs/demo.conf --d_model=32 --seg_len=28 --streams=6 --stream_block=2 --horizon=2
+SMALL=(--config jobs/configs/memformer.conf --d_model=32 --seg_len=28 --streams=6 --stream_block=2 --horizon=2
        --warmup=2 --log_every=1 --eval_every=0 --keep_ckpts=0)
 # a model whose checkpoint takes a good part of a second to write: signals can land inside
-BIG=(--config jobs/configs/demo.conf --d_model=128 --seg_len=16 --streams=2 --stream_block=1 --horizon=1
+BIG=(--config jobs/configs/memformer.conf --d_model=128 --seg_len=16 --streams=2 --stream_block=1 --horizon=1
      --warmup=1 --log_every=1 --eval_every=0 --keep_ckpts=2)
 
 losses() { awk -F, 'NR > 1 {print $1, $2}' "$1/metrics.csv"; }
@@ -470,7 +470,7 @@ done
 # --batch send it) reaches the ranks; when mpirun then dies after they wrote their checkpoint
 # (Open MPI's launcher can crash on a second TERM), the script still ends with 75
 d=$TMP/sbatch
-RUN_DIR=$d MEMTRAIN=$BIN/memtrain setsid bash jobs/train.sbatch jobs/configs/demo.conf "${SMALL[@]:2}" \
+RUN_DIR=$d MEMTRAIN=$BIN/memtrain setsid bash jobs/train.sbatch jobs/configs/memformer.conf "${SMALL[@]:2}" \
   --streams=4 --steps=400 --ckpt_every=0 >"$TMP/sb.out" 2>&1 &
 pid=$!
 rand 2 6; step=$r

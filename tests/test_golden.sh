@@ -32,7 +32,7 @@ PY
 }
 
 # --shuffle=off: the sums were taken when documents were read in file order
-TINY=(--config jobs/configs/demo.conf --d_model=32 --n_heads=2 --seg_len=49 --streams=4
+TINY=(--config jobs/configs/memformer.conf --d_model=32 --n_heads=2 --seg_len=49 --streams=4
       --stream_block=2 --deterministic=bitwise --steps=6 --warmup=2 --eval_every=0 --log_every=6
       --ckpt_every=6 --shuffle=off)
 declare -A runs=(

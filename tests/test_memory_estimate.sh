@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The memory estimate a run prints at start must be within 10% of the peak resident memory each
-# rank reaches (/usr/bin/time -f %M inside mpirun), for the demo model and the d_model 256
+# rank reaches (/usr/bin/time -f %M inside mpirun), for the small Memformer (memformer.conf) and the d_model 256
 # hashed decoder of the engine benchmarks, on 1 and 2 ranks. The runs train 4 steps and write a
 # checkpoint: the estimate is of the plan a run starts with, and the re-plan after step 5 may
 # move a group to fetched rows, which its message reports (a few percent more on 2 ranks).
@@ -26,7 +26,7 @@ check() { # name np args...
     fail "$name: estimate $est KiB is not within 10% of the measured peak $peak KiB"
   pass "$name: estimate $est KiB, peak $peak KiB ($(awk -v e="$est" -v p="$peak" 'BEGIN { printf "%+.1f%%", 100 * (e - p) / p }'))"
 }
-check demo-np1 1 --config jobs/configs/demo.conf
-check demo-np2 2 --config jobs/configs/demo.conf
+check memformer-np1 1 --config jobs/configs/memformer.conf
+check memformer-np2 2 --config jobs/configs/memformer.conf
 check d256-np1 1 --config jobs/configs/decoder-d256.conf
 check d256-np2 2 --config jobs/configs/decoder-d256.conf --streams=16

@@ -85,7 +85,7 @@ PY
 pass "tiny decoder: measured counter within [0.9, 1] of the saturated prediction"
 
 # ---- the demo Memformer at P = 2, from the sweep's weak run ----
-jobs/comm_model.py --bin "$BIN/memtrain" --config jobs/configs/demo.conf --streams=8 \
+jobs/comm_model.py --bin "$BIN/memtrain" --config jobs/configs/memformer.conf --streams=8 \
   --stream_block=4 --ranks 2 --metrics "$out/weak-p2/metrics.csv" --format csv | tail -1 >"$TMP/p2.csv"
 /usr/bin/python3 - "$TMP/p2.csv" <<'PY' || fail "demo at P=2: prediction and measurement disagree"
 import sys

@@ -13,7 +13,7 @@ CONF=(--d_model=32 --seg_len=28 --streams=4 --stream_block=2 --horizon=2 --steps
 final_loss() { tail -n 1 "$1/metrics.csv" | cut -d, -f1,2; }
 
 # the uninterrupted reference, outside Slurm
-mpirun --oversubscribe -np 2 "$MEMTRAIN" --config jobs/configs/demo.conf "${CONF[@]}" \
+mpirun --oversubscribe -np 2 "$MEMTRAIN" --config jobs/configs/memformer.conf "${CONF[@]}" \
   --run_dir="$dir/ref" >"$dir/ref.log" 2>&1 || { cat "$dir/ref.log"; fail "reference run"; }
 echo "reference: step,loss = $(final_loss "$dir/ref")"
 
@@ -22,7 +22,7 @@ start_cluster
 # 1. USR1 mid-run -> checkpoint -> requeue -> resume -> the same final loss
 export RUN_DIR=$dir/job
 job=$(sbatch --parsable -n 2 --requeue --open-mode=append -o "$dir/job.out" \
-  jobs/train.sbatch jobs/configs/demo.conf "${CONF[@]}")
+  jobs/train.sbatch jobs/configs/memformer.conf "${CONF[@]}")
 wait_state "$job" 60 RUNNING >/dev/null
 # signal once training is under way and before it ends
 for _ in $(seq 600); do
@@ -45,7 +45,7 @@ echo "ok: USR1 at a step boundary, requeue, resume; final step,loss $(final_loss
 
 # 2. kill -9 one rank: the job ends non-zero within 60 s; the last checkpoint still loads
 export RUN_DIR=$dir/kill
-job=$(sbatch --parsable -n 2 -o "$dir/kill.out" jobs/train.sbatch jobs/configs/demo.conf \
+job=$(sbatch --parsable -n 2 -o "$dir/kill.out" jobs/train.sbatch jobs/configs/memformer.conf \
   "${CONF[@]}" --steps=100000)
 wait_state "$job" 60 RUNNING >/dev/null
 for _ in $(seq 600); do [ -e "$RUN_DIR/ckpt/LATEST" ] && break; sleep 0.1; done

@@ -27,7 +27,7 @@ PY
 
 check_run() { # dataset seg_len steps
   local data=$1 seg=$2 steps=$3
-  mt 2 --config jobs/configs/demo.conf --d_model=64 --data="$data" --seg_len="$seg" --steps="$steps" --ckpt_every=0 \
+  mt 2 --config jobs/configs/memformer.conf --d_model=64 --data="$data" --seg_len="$seg" --steps="$steps" --ckpt_every=0 \
      --warmup=20 --eval_every="$steps" --eval_docs=32 --log_every=50 --run_dir="$TMP/$data"
   [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$data training exited $status"; }
   local val bound
@@ -100,7 +100,7 @@ check_run brown 64 150
 # group is one shard that one rank owns (so only the other ranks see remote keys): 2 ranks
 # give the one-rank run's tables and weights bit for bit.
 replan() { # np
-  mt "$1" --config jobs/configs/demo.conf --arch=decoder --n_layers=2 --d_model=64 --seg_len=784 \
+  mt "$1" --config jobs/configs/memformer.conf --arch=decoder --n_layers=2 --d_model=64 --seg_len=784 \
      --horizon=1 --streams=2 --stream_block=1 --deterministic=bitwise --steps=8 --warmup=1 \
      --eval_every=0 --log_every=8 \
      --ckpt_every=0 --run_dir="$TMP/replan$1"

@@ -6,7 +6,7 @@
 # shellcheck source=tests/lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$TOP"
-TINY=(--config jobs/configs/demo.conf --d_model=32 --n_heads=2 --seg_len=49 --streams=4
+TINY=(--config jobs/configs/memformer.conf --d_model=32 --n_heads=2 --seg_len=49 --streams=4
       --stream_block=2 --warmup=1 --eval_every=0 --log_every=2 --ckpt_every=0)
 snapshot() { (cd "$1" && find . -type f -printf '%p %s\n' | sort && find . -type f -exec sha256sum {} + | sort); }
 
@@ -107,7 +107,7 @@ n=$(find "$TMP/timed/ckpt" -name 'ckpt-*.h5' | wc -l)
 pass "ckpt_minutes: $n checkpoints in 20 steps with ckpt_every = 0"
 
 # ---- train.sbatch outside Slurm: the run directory memtrain will use ----
-sed -e "s|^run_dir = .*|run_dir = $TMP/fromconf|" jobs/configs/demo.conf >"$TMP/own.conf"
+sed -e "s|^run_dir = .*|run_dir = $TMP/fromconf|" jobs/configs/memformer.conf >"$TMP/own.conf"
 JOB=(--d_model=32 --n_heads=2 --seg_len=49 --streams=4 --stream_block=2 --warmup=1 --eval_every=0
      --log_every=2 --ckpt_every=0 --steps=2)
 sb() { status=0; env -u RUN_DIR MEMTRAIN="$BIN/memtrain" bash jobs/train.sbatch "$@" >"$TMP/out" 2>&1 || status=$?; }
