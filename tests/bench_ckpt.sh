@@ -18,12 +18,14 @@ measure() { # name np steps args...
   mpirun --oversubscribe -np "$np" "$BIN/memtrain" "$@" --steps="$steps" --warmup=1 \
     --eval_every=0 --log_every="$steps" --ckpt_every=0 --keep_ckpts=1 --run_dir="$d" >"$d.log" 2>&1 \
     || { cat "$d.log"; exit 1; }
-  mpirun --oversubscribe -np "$np" "$BIN/memtrain" --resume "$d" --steps="$steps" >"$d.resume.log" 2>&1 \
+  # one step more: a resume with nothing to train is refused before it reads anything
+  mpirun --oversubscribe -np "$np" "$BIN/memtrain" --resume "$d" --steps=$((steps + 1)) >"$d.resume.log" 2>&1 \
     || { cat "$d.resume.log"; exit 1; }
   local file write read ms tables
-  file=$(ls "$d"/ckpt/ckpt-*.h5)
+  file=$(ls "$d"/ckpt/ckpt-*.h5 | head -n 1)
   write=$(sed -n 's/^checkpoint: .* written in \([0-9.]*\) s$/\1/p' "$d.log" | tail -n 1)
   read=$(sed -n 's/.*(read in \([0-9.]*\) s)$/\1/p' "$d.resume.log")
+  [ -n "$write" ] && [ -n "$read" ] || { cat "$d.log" "$d.resume.log"; exit 1; }
   # training time per step: every ms_ column of the last log window but eval and ckpt
   ms=$(/usr/bin/python3 -c '
 import csv, sys
