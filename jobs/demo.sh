@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# make demo: trains a small Memformer with hashed projections on Fashion-MNIST on 2 ranks with
-# mpirun, printing perplexity as it goes (about four minutes on a 2-core machine), then samples
-# a grid of 16 images from the trained model into runs/demo/samples.png (4 screen pixels a
-# pixel, numbered, captioned with the settings). Sampling is plain: temperature 1, no top-k or
-# top-p cut. Lower temperatures and nucleus cuts were tried on this model and make most images
-# black: at the top of an image the background is so likely that a cut never lets a garment
-# begin.
+# make demo: trains a hashed decoder over whole Fashion-MNIST images (jobs/configs/demo.conf) on
+# 2 ranks with mpirun, printing perplexity as it goes (about 2.5 minutes on a 2-core machine),
+# then samples a grid of 16 images from the trained model into runs/demo/samples.png (4 screen
+# pixels a pixel, numbered, captioned with the settings; about 1.5 minutes: each pixel reruns
+# the decoder over the image so far). Sampling is plain: temperature 1, no top-k or top-p cut;
+# colder draws leave more images nearly black (the background is likely enough at the top of
+# an image that a garment often never starts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BUILD:-build}/bin
