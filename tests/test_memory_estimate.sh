@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The memory estimate a run prints at start must be within 10% of the peak resident memory each
 # rank reaches (/usr/bin/time -f %M inside mpirun), for the small Memformer (memformer.conf) and the d_model 256
-# hashed decoder of the engine benchmarks, on 1 and 2 ranks. The runs train 4 steps and write a
+# hashed decoder of the engine benchmarks, on 1 and 2 ranks (the decoder on 4 too). The runs train 4 steps and write a
 # checkpoint: the estimate is of the plan a run starts with, and the re-plan after step 5 may
 # move a group to fetched rows, which its message reports (a few percent more on 2 ranks).
 # shellcheck source=tests/lib.sh
@@ -30,3 +30,4 @@ check memformer-np1 1 --config jobs/configs/memformer.conf
 check memformer-np2 2 --config jobs/configs/memformer.conf
 check d256-np1 1 --config jobs/configs/decoder-d256.conf
 check d256-np2 2 --config jobs/configs/decoder-d256.conf --streams=16
+check d256-np4 4 --config jobs/configs/decoder-d256.conf --streams=32

@@ -1,8 +1,11 @@
 /* Chained-block bump allocator behind trainer_arena. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "trainer/base/arena.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "layers/common.h"
 
@@ -17,6 +20,16 @@ struct trainer_arena {
     size_t block_bytes, in_use, peak;
 };
 
+/* Blocks are mappings of their own, so a freed block's pages go back to the system at once
+ * (from the heap they would stay resident behind later allocations). */
+static void free_chain(arena_block *b) {
+    for (arena_block *n; b; b = n) {
+        n = b->next;
+        munmap(b->data, b->size);
+        free(b);
+    }
+}
+
 trainer_arena *trainer_arena_create(size_t block_bytes) {
     trainer_arena *a = layer_xcalloc(1, sizeof(*a));
     a->block_bytes = block_bytes < 4096 ? 4096 : block_bytes;
@@ -25,47 +38,29 @@ trainer_arena *trainer_arena_create(size_t block_bytes) {
 
 void trainer_arena_free(trainer_arena *a) {
     if (!a) return;
-    for (arena_block *b = a->head, *n; b; b = n) {
-        n = b->next;
-        free(b->data);
-        free(b);
-    }
+    free_chain(a->head);
     free(a);
 }
 
 static arena_block *block_new(size_t size) {
     arena_block *b = layer_xcalloc(1, sizeof(*b));
     b->size = size;
-    b->data = layer_xaligned(size);
+    b->data = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b->data == MAP_FAILED) {
+        char what[96];
+        snprintf(what, sizeof(what), "mapping %zu bytes for an activation arena", size);
+        layer_fail(__FILE__, __LINE__, what);
+    }
     return b;
 }
 
 static void *arena_bytes(trainer_arena *a, size_t bytes) {
     bytes = (bytes + 63) & ~(size_t)63;
     if (bytes == 0) bytes = 64;
-    for (;;) {
-        if (a->cur && a->cur->size - a->cur->used >= bytes) break;
-        size_t size = bytes > a->block_bytes ? bytes : a->block_bytes;
-        if (a->cur && a->cur->next) { /* reuse a kept block, or replace one too small for this:
-                                         requests that grow call by call keep the chain short */
-            arena_block *nx = a->cur->next;
-            if (nx->size < bytes) { /* at least doubled, so a slow growth replaces rarely */
-                arena_block *b = block_new(size > 2 * nx->size ? size : 2 * nx->size);
-                b->next = nx->next;
-                a->cur->next = b;
-                free(nx->data);
-                free(nx);
-            }
-            a->cur = a->cur->next;
-            a->cur->used = 0;
-            continue;
-        }
-        arena_block *b = block_new(size);
-        if (!a->head) a->head = b;
-        else if (a->cur) { /* keep later blocks of the chain behind the new one */
-            b->next = a->cur->next;
-            a->cur->next = b;
-        }
+    if (!a->cur || a->cur->size - a->cur->used < bytes) { /* a block after the last */
+        arena_block *b = block_new(bytes > a->block_bytes ? bytes : a->block_bytes);
+        if (a->cur) a->cur->next = b;
+        else a->head = b;
         a->cur = b;
     }
     void *p = a->cur->data + a->cur->used;
@@ -92,6 +87,15 @@ void *trainer_arena_struct(trainer_arena *a, size_t n) {
 }
 
 void trainer_arena_reset(trainer_arena *a) {
+    /* a use that overflowed into more blocks: one block for the next, the most ever handed
+       out at once and half again (a use that grows slowly, as a sampler's prefix does, comes
+       back here rarely). The next use bumps through it whatever the order of its requests,
+       and the pages of blocks laid out for an earlier mix of requests go back to the system */
+    if (a->head && a->head->next) {
+        size_t want = (a->peak + a->peak / 2 + 63) & ~(size_t)63;
+        free_chain(a->head);
+        a->head = block_new(want > a->block_bytes ? want : a->block_bytes);
+    }
     a->cur = a->head;
     if (a->cur) a->cur->used = 0;
     a->in_use = 0;

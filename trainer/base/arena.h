@@ -5,8 +5,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Blocks are chained so an arena grows without moving what it handed out; reset keeps the
- * blocks for reuse, so a steady-state step allocates nothing from the system. */
+/* Blocks are chained so an arena grows without moving what it handed out; reset folds a
+ * chain into one block as large as the most ever handed out at once (and half again), so a
+ * steady-state step bumps through one block and allocates nothing from the system. */
 typedef struct trainer_arena trainer_arena;
 
 trainer_arena *trainer_arena_create(size_t block_bytes);

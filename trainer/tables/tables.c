@@ -406,9 +406,11 @@ void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *
         /* exchange scratch: the largest call's rows or partials, sent and received */
         double one = k == TRAINER_STRATEGY_OWNER ? c.memory[k] : elems * sizeof(float) / P;
         if (2 * one > a->scratch) a->scratch = 2 * one;
-        /* an owner-side group's partials stay from a call until its backward, so a block
-           holds every such group's at once */
-        if (k == TRAINER_STRATEGY_OWNER && P > 1) a->partials += c.memory[k];
+        /* an owner-side group's exchange buffers stay in the block's arena until the block
+           ends, so a block holds every such group's at once: the partials of this rank's
+           tokens, the replies with its shards' partials for the other ranks' tokens (as many
+           bytes over the ranks) and the backward's output gradients (as many again) */
+        if (k == TRAINER_STRATEGY_OWNER && P > 1) a->partials += 3 * c.memory[k];
     }
     keep_smallest_first(t->n, step, r->budget, keep);
     for (int i = 0; i < t->n; i++) {

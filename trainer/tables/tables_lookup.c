@@ -277,10 +277,11 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     const int *rc, *rd;
     const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
     /* as an owner: every source's partials, shard after shard (nout, Nsrc, OC) each */
-    int mine = chunks_of(s, me, list);
-    size_t rwords = 0;
+    int mine = chunks_of(s, me, list), own = 0;
+    for (int sh = 0; sh < s->S; sh++) own += s->owner[sh] == me;
+    size_t rwords = 0; /* a partial per source token and shard owned here */
     for (int p = 0; p < P; p++)
-        if (mine && rc[p]) rwords += (size_t)rc[p] / (2 * mine) * nout * OC * s->S;
+        if (mine && rc[p]) rwords += (size_t)rc[p] / (2 * mine) * nout * OC * own;
     uint32_t *reply = (uint32_t *)trainer_arena_ints(ar, rwords + 1), *rw = reply;
     for (int p = 0; p < P; p++) {
         cnt[p] = 0;
