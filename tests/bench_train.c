@@ -84,7 +84,7 @@ int main(int argc, char **argv) {
             char name[32];
             snprintf(name, sizeof(name), "%s-%s", arch[a], proj[p]);
             if (*only && !strstr(name, only)) {
-                res[a][p] = (result){1, 1, 1};
+                res[a][p] = (result){0, 0, 0};
                 continue;
             }
             res[a][p] = run_config(comm, a, p, steps, block);
@@ -92,9 +92,10 @@ int main(int argc, char **argv) {
                    res[a][p].ms_step, res[a][p].flops_tok / 1e6);
             fflush(stdout);
         }
-    for (int a = 0; a < 2; a++)
-        printf("%s: hash/dense throughput %.2fx at %.2fx the FLOPs per token\n", arch[a],
-               res[a][1].tok_s / res[a][0].tok_s, res[a][1].flops_tok / res[a][0].flops_tok);
+    for (int a = 0; a < 2; a++) /* the ratio only where both ran */
+        if (res[a][0].tok_s > 0 && res[a][1].tok_s > 0)
+            printf("%s: hash/dense throughput %.2fx at %.2fx the FLOPs per token\n", arch[a],
+                   res[a][1].tok_s / res[a][0].tok_s, res[a][1].flops_tok / res[a][0].flops_tok);
     comm_finalize(comm);
     return 0;
 }
