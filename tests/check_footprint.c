@@ -118,7 +118,6 @@ START_TEST(test_activations_bounded) {
 }
 END_TEST
 
-/* Absurd sizes give finite estimates, and the driving keys are named. */
 /* An arena whose requests grow from one use to the next (sampling grows its prefix a token
  * at a time) holds a few times its peak, not the sum of every size it was asked for. */
 START_TEST(test_arena_growing_requests) {
@@ -136,6 +135,7 @@ START_TEST(test_arena_growing_requests) {
 }
 END_TEST
 
+/* Absurd sizes give finite estimates, and the driving keys are named. */
 START_TEST(test_absurd_sizes) {
     trainer_config c;
     config_of(&c, 3);

@@ -285,7 +285,7 @@ static void check_prefix(int hash, int rope_dims) {
                     ck_assert_float_eq_tol(lg[((size_t)b * n + j) * V + v],
                                            full[((size_t)b * L + j) * V + v], 1e-5f);
     }
-    /* and a later token changes the full forward's last position: the check can fail */
+    /* the comparison is not vacuous: the logits follow the tokens (the last one changed) */
     for (int i = 0; i < B * L; i++) sg->dec[i] = i == L - 1 ? (tok[i] + 1) % V : tok[i];
     trainer_segments_forward(m, sg, &cnt, &act);
     double diff = 0;
