@@ -97,7 +97,7 @@ void mt_proj_backward(const mt_env *c, trainer_arena *ar, const mt_proj *p, cons
     }
     float *gs = din ? trainer_arena_zeros(ar, (size_t)N * p->K) : NULL;
     float *db[3] = {p->b[0].g, p->b[1].g, p->b[2].g};
-    trainer_tables_backward(c->tables, p->group, &a->tact, (const float *const *)dout, gs, db, ar);
+    trainer_tables_backward(c->tables, p->group, &a->tact, (const float *const *)dout, gs, db);
     if (din) layer_hash_score_backward(din, gs, in, N, p->K, p->tau, c->score, c->hash_temp);
 }
 

@@ -44,6 +44,7 @@ trainer_tables *trainer_tables_create(comm_ctx *comm) {
     t->P = comm_size(comm);
     t->x = comm_exchange_create(comm);
     t->words = comm_words_create(t->x);
+    t->scratch = trainer_arena_create((size_t)1 << 20);
     return t;
 }
 
@@ -68,6 +69,7 @@ void trainer_tables_free(trainer_tables *t) {
         free(s->fetched);
     }
     comm_words_free(t->words);
+    trainer_arena_free(t->scratch);
     comm_exchange_free(t->x);
     free(t->gs);
     free(t->keys);
@@ -406,11 +408,12 @@ void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *
         /* exchange scratch: the largest call's rows or partials, sent and received */
         double one = k == TRAINER_STRATEGY_OWNER ? c.memory[k] : elems * sizeof(float) / P;
         if (2 * one > a->scratch) a->scratch = 2 * one;
-        /* an owner-side group's exchange buffers stay in the block's arena until the block
-           ends, so a block holds every such group's at once: the partials of this rank's
-           tokens, the replies with its shards' partials for the other ranks' tokens (as many
-           bytes over the ranks) and the backward's output gradients (as many again) */
-        if (k == TRAINER_STRATEGY_OWNER && P > 1) a->partials += 3 * c.memory[k];
+        /* an owner-side call's buffers live until it returns, in one scratch arena: the
+           replies with this rank's shards' partials for the other ranks' tokens (as many
+           bytes over the ranks as the partials it receives) and the partials of its own;
+           the backward's output gradients for and from the owners are smaller */
+        if (k == TRAINER_STRATEGY_OWNER && P > 1 && 2 * c.memory[k] > a->partials)
+            a->partials = 2 * c.memory[k];
     }
     keep_smallest_first(t->n, step, r->budget, keep);
     for (int i = 0; i < t->n; i++) {

@@ -111,7 +111,7 @@ typedef struct trainer_tables_account {
     double fetch_keep;  /* fetched groups' rows kept for the step, within the row budget */
     double fetch_block; /* the largest of the other fetched groups' rows of one call */
     double scratch;     /* the largest exchange's rows or partials, sent and received */
-    double partials;    /* owner-side groups' partials, held from a forward to its backward */
+    double partials;    /* the largest owner-side call's partials and replies */
     double bytes, exchanges, seconds;           /* sent per rank and step */
     int groups[TRAINER_STRATEGY_COUNT];         /* groups per strategy */
 } trainer_tables_account;
@@ -156,8 +156,7 @@ void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const 
  * db[j] += bias gradients (NULL skips), and the row gradients join the step's sums.
  * Collective. */
 void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act *a,
-                             const float *const *dout, float *gs, float *const *db,
-                             trainer_arena *ar);
+                             const float *const *dout, float *gs, float *const *db);
 /* What the lookups that follow belong to. Every rank sets the same phases in the same order.
  * The MRBP recompute repeats the memory pass's lookups of the groups that pass used, with the
  * same buckets, so the groups whose rows are kept find every row present on every rank and

@@ -60,6 +60,7 @@ struct trainer_tables {
     comm_ctx *comm;
     comm_exchange *x;
     comm_words *words;       /* owner-side lookups */
+    trainer_arena *scratch;  /* an owner-side call's buffers, reset when it returns */
     int n, cap, allocated, me, P;
     int blocks;              /* blocks of streams a step sums over (memory accounting) */
     int bf16;                /* rows read and fetched rounded to bf16 (row_format) */

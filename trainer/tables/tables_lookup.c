@@ -245,8 +245,9 @@ static void mark_contribution(const trainer_tables *t, group_state *s, const int
 }
 
 static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const float *sc, int N,
-                          float *const *out, const float *const *b, trainer_arena *ar) {
+                          float *const *out, const float *const *b) {
     group_state *s = &t->gs[g];
+    trainer_arena *x = t->scratch;
     int K = s->g.K, nout = s->g.nout, OC = s->g.OC, P = t->P, me = t->me;
     size_t NO = (size_t)N * OC;
     int *list = layer_xmalloc((size_t)K * sizeof(int));
@@ -255,43 +256,43 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     size_t words = 0;
     for (int p = 0; p < P; p++)
         if (p != me) words += (size_t)N * 2 * chunks_of(s, p, list);
-    uint32_t *send = (uint32_t *)trainer_arena_ints(ar, words + 1), *w = send;
+    uint32_t *send = (uint32_t *)trainer_arena_ints(x, words + 1), *w = send;
     for (int p = 0; p < P; p++) {
         int nk = p == me ? 0 : chunks_of(s, p, list);
         cnt[p] = (int64_t)N * 2 * nk;
         w = pack_lookups(w, rowid, sc, N, K, list, nk, 0, NULL, nout, OC);
     }
     comm_words_start(t->words, send, cnt);
-    /* meanwhile the partials of this rank's shards: (S, nout, N, OC) */
-    float *part = trainer_arena_floats(ar, (size_t)s->S * nout * NO + 1);
-    int32_t *rid = trainer_arena_ints(ar, (size_t)N * LAYER_HASH_SHARD + 1);
-    float *s2 = trainer_arena_floats(ar, (size_t)N * LAYER_HASH_SHARD + 1);
+    /* meanwhile the partials of this rank's shards, in shard order: (own, nout, N, OC) */
+    int own = 0;
+    for (int sh = 0; sh < s->S; sh++) own += s->owner[sh] == me;
+    float *part = trainer_arena_floats(x, (size_t)own * nout * NO + 1), *pp = part;
+    int32_t *rid = trainer_arena_ints(x, (size_t)N * LAYER_HASH_SHARD + 1);
+    float *s2 = trainer_arena_floats(x, (size_t)N * LAYER_HASH_SHARD + 1);
     for (int sh = 0; sh < s->S; sh++) {
         if (s->owner[sh] != me) continue;
         int k0 = sh * LAYER_HASH_SHARD, kn = K - k0 < LAYER_HASH_SHARD ? K - k0 : LAYER_HASH_SHARD;
         columns(rid, s2, rowid, sc, N, K, k0, kn);
-        for (int j = 0; j < nout; j++)
-            layer_hash_forward(part + ((size_t)sh * nout + j) * NO, rid, s2, s->rows[j], NULL, N,
-                               kn, s->R, OC);
+        for (int j = 0; j < nout; j++, pp += NO)
+            layer_hash_forward(pp, rid, s2, s->rows[j], NULL, N, kn, s->R, OC);
     }
     const int *rc, *rd;
     const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
     /* as an owner: every source's partials, shard after shard (nout, Nsrc, OC) each */
-    int mine = chunks_of(s, me, list), own = 0;
-    for (int sh = 0; sh < s->S; sh++) own += s->owner[sh] == me;
+    int mine = chunks_of(s, me, list);
     size_t rwords = 0; /* a partial per source token and shard owned here */
     for (int p = 0; p < P; p++)
         if (mine && rc[p]) rwords += (size_t)rc[p] / (2 * mine) * nout * OC * own;
-    uint32_t *reply = (uint32_t *)trainer_arena_ints(ar, rwords + 1), *rw = reply;
+    uint32_t *reply = (uint32_t *)trainer_arena_ints(x, rwords + 1), *rw = reply;
     for (int p = 0; p < P; p++) {
         cnt[p] = 0;
         if (!mine || !rc[p]) continue;
         int Ns = rc[p] / (2 * mine);
-        int32_t *prid = trainer_arena_ints(ar, (size_t)Ns * mine);
-        float *psc = trainer_arena_floats(ar, (size_t)Ns * mine);
+        int32_t *prid = trainer_arena_ints(x, (size_t)Ns * mine);
+        float *psc = trainer_arena_floats(x, (size_t)Ns * mine);
         unpack_lookups(in + rd[p], Ns, mine, prid, psc, 0, NULL, nout, OC);
-        int32_t *srid = trainer_arena_ints(ar, (size_t)Ns * LAYER_HASH_SHARD);
-        float *ssc = trainer_arena_floats(ar, (size_t)Ns * LAYER_HASH_SHARD);
+        int32_t *srid = trainer_arena_ints(x, (size_t)Ns * LAYER_HASH_SHARD);
+        float *ssc = trainer_arena_floats(x, (size_t)Ns * LAYER_HASH_SHARD);
         for (int q = 0; q < mine;) { /* shard by shard: a shard's chunks are consecutive */
             int sh = list[q] / LAYER_HASH_SHARD, kn = 0;
             while (q + kn < mine && list[q + kn] / LAYER_HASH_SHARD == sh) kn++;
@@ -309,8 +310,8 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     for (int sh = 0; sh < s->S; sh++) {
         int p = s->owner[sh];
         for (int j = 0; j < nout; j++) {
-            const float *pj = p == me ? part + ((size_t)sh * nout + j) * NO
-                                      : (const float *)got + rd[p] + ((size_t)seen[p] * nout + j) * NO;
+            const float *pj = (p == me ? part : (const float *)got + rd[p]) +
+                              ((size_t)seen[p] * nout + j) * NO;
             float *y = out[j];
             const float *bj = b ? b[j] : NULL;
             if (sh > 0)
@@ -326,12 +327,13 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     free(seen);
     free(list);
     free(cnt);
+    trainer_arena_reset(x);
 }
 
 static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a,
-                           const float *const *dout, float *gs, float *const *db,
-                           trainer_arena *ar) {
+                           const float *const *dout, float *gs, float *const *db) {
     group_state *s = &t->gs[g];
+    trainer_arena *x = t->scratch;
     int K = s->g.K, nout = s->g.nout, OC = s->g.OC, P = t->P, me = t->me, N = a->N;
     int W = nout * OC;
     int *list = layer_xmalloc((size_t)K * sizeof(int));
@@ -342,7 +344,7 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
         int nk = p == me ? 0 : chunks_of(s, p, list);
         if (nk) words += (size_t)N * (2 * nk + W);
     }
-    uint32_t *send = (uint32_t *)trainer_arena_ints(ar, words + 1), *w = send;
+    uint32_t *send = (uint32_t *)trainer_arena_ints(x, words + 1), *w = send;
     for (int p = 0; p < P; p++) {
         int nk = p == me ? 0 : chunks_of(s, p, list);
         cnt[p] = nk ? (int64_t)N * (2 * nk + W) : 0;
@@ -355,9 +357,9 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     int32_t *rid = NULL;
     float *s2 = NULL;
     if (mine) {
-        rid = trainer_arena_ints(ar, (size_t)N * mine + 1);
-        s2 = trainer_arena_floats(ar, (size_t)N * mine + 1);
-        gsl = trainer_arena_zeros(ar, (size_t)N * mine + 1);
+        rid = trainer_arena_ints(x, (size_t)N * mine + 1);
+        s2 = trainer_arena_floats(x, (size_t)N * mine + 1);
+        gsl = trainer_arena_zeros(x, (size_t)N * mine + 1);
         for (int n = 0; n < N; n++)
             for (int q = 0; q < mine; q++) {
                 rid[(size_t)n * mine + q] = a->rowid[(size_t)n * K + list[q]];
@@ -376,15 +378,15 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     size_t rwords = 0;
     for (int p = 0; p < P; p++)
         if (mine && rc[p]) rwords += (size_t)rc[p] / (2 * mine + W) * mine;
-    uint32_t *reply = (uint32_t *)trainer_arena_ints(ar, rwords + 1), *rw = reply;
+    uint32_t *reply = (uint32_t *)trainer_arena_ints(x, rwords + 1), *rw = reply;
     for (int p = 0; p < P; p++) {
         cnt[p] = 0;
         if (!mine || !rc[p]) continue;
         int Ns = rc[p] / (2 * mine + W);
-        int32_t *prid = trainer_arena_ints(ar, (size_t)Ns * mine);
-        float *psc = trainer_arena_floats(ar, (size_t)Ns * mine);
+        int32_t *prid = trainer_arena_ints(x, (size_t)Ns * mine);
+        float *psc = trainer_arena_floats(x, (size_t)Ns * mine);
         float *pd[3] = {NULL, NULL, NULL};
-        for (int j = 0; j < nout; j++) pd[j] = trainer_arena_floats(ar, (size_t)Ns * OC);
+        for (int j = 0; j < nout; j++) pd[j] = trainer_arena_floats(x, (size_t)Ns * OC);
         unpack_lookups(in + rd[p], Ns, mine, prid, psc, 1, pd, nout, OC);
         float *pgs = (float *)rw;
         memset(pgs, 0, (size_t)Ns * mine * sizeof(float));
@@ -407,6 +409,7 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     }
     free(list);
     free(cnt);
+    trainer_arena_reset(x);
 }
 
 /* ---- gradient pushes overlapped with the rest of the backward ---- */
@@ -499,7 +502,7 @@ void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const 
     for (int j = 0; j < s->g.nout; j++)
         a->rows[j] = (layer_hash_rows){s->rows[j], s->drows[j], s->R};
     if (s->strategy == TRAINER_STRATEGY_OWNER && t->P > 1) {
-        owner_forward(t, g, a->rowid, sc, N, out, b, ar);
+        owner_forward(t, g, a->rowid, sc, N, out, b);
         return;
     }
     resolve(t, g, a->rowid, N);
@@ -511,12 +514,11 @@ void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const 
 }
 
 void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act *a,
-                             const float *const *dout, float *gs, float *const *db,
-                             trainer_arena *ar) {
+                             const float *const *dout, float *gs, float *const *db) {
     group_state *s = &t->gs[g];
     progress_pushes(t);
     if (s->strategy == TRAINER_STRATEGY_OWNER && t->P > 1) {
-        owner_backward(t, g, a, dout, gs, db, ar);
+        owner_backward(t, g, a, dout, gs, db);
         return;
     }
     if (transient(t, s)) resolve(t, g, a->rowid, a->N); /* the rows again, for this call */
