@@ -121,10 +121,12 @@ static double gz_isize(const char *path) {
 }
 
 void io_dataset_size_hint(const char *spec, const char *data_dir, double *resident,
-                          double *loading) {
+                          double *loading, double *train, double *train_docs) {
     *resident = *loading = 0.0;
+    if (train) *train = 0.0;
+    if (train_docs) *train_docs = 0.0;
     if (!spec) return;
-    double tokens = 0.0, docs = 0.0, file = 0.0;
+    double tokens = 0.0, docs = 0.0, file = 0.0, tshare = 0.9, tdocs = -1;
     if (strcmp(spec, "fashion-mnist") == 0) {
         const char *dir = getenv("MEMTRAIN_FASHION_MNIST_DIR");
         if (!dir || !*dir) dir = "/usr/share/datasets/fashion-mnist";
@@ -138,8 +140,10 @@ void io_dataset_size_hint(const char *spec, const char *data_dir, double *reside
             if (raw < 16 || fmod(raw - 16, 784) != 0) return;
             tokens += raw - 16;
             file = raw > file ? raw : file; /* the pixels are read whole, then widened */
+            if (i == 0) tdocs = (raw - 16) / 784;
         }
         docs = tokens / 784;
+        tshare = tdocs / docs;
     } else if (strcmp(spec, "brown") == 0) {
         /* 500 small files: about 6 MB of text */
         tokens = 6.2e6;
@@ -163,19 +167,27 @@ void io_dataset_size_hint(const char *spec, const char *data_dir, double *reside
     }
     (void)data_dir;
     *resident = 2.0 * tokens + 8.0 * docs;
+    /* brown, text and token files: document d is validation when d % 10 == 9 */
+    if (tdocs < 0) tdocs = docs - floor((docs + 1) / 10);
+    if (train) *train = tshare * *resident;
+    if (train_docs) *train_docs = tdocs;
     /* one split loads at a time: the file, the builder's array grown by doubling (up to twice
        the tokens), and the other split already loaded */
     *loading = file + 2.0 * 2.0 * tokens + 8.0 * docs;
 }
 
-void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_t nstreams) {
-    LAYER_ASSERT(d && nstreams >= 1 && first >= 0 && count >= 0 && first + count <= nstreams);
-    int64_t g = nstreams, b = d->ndocs; /* g = gcd(nstreams, ndocs) */
+static int64_t gcd64(int64_t a, int64_t b) {
     while (b) {
-        int64_t r = g % b;
-        g = b;
+        int64_t r = a % b;
+        a = b;
         b = r;
     }
+    return a;
+}
+
+void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_t nstreams) {
+    LAYER_ASSERT(d && nstreams >= 1 && first >= 0 && count >= 0 && first + count <= nstreams);
+    int64_t g = gcd64(nstreams, d->ndocs);
     if (count >= g) return; /* the streams read every document */
     int64_t ntok = 0, next = 0;
     /* compacting in place: a kept document only ever moves towards the front */
@@ -211,11 +223,13 @@ void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams) {
     st->doc_count = 0;
     st->pos = 0;
     st->shuffle = 0;
+    st->by_class = 0;
     st->seed = 0;
 }
 
-void io_stream_set_shuffle(io_stream *st, uint64_t seed) {
+void io_stream_set_shuffle(io_stream *st, uint64_t seed, int by_class) {
     st->shuffle = 1;
+    st->by_class = by_class != 0;
     st->seed = seed;
 }
 
@@ -258,13 +272,18 @@ static int64_t stream_doc(const io_stream *st, const io_dataset *d, int start) {
     int64_t i = start ? st->doc_count : st->doc_count - 1;
     int64_t n = d->ndocs;
     if (st->shuffle) {
-        /* place g = stream + i * nstreams, split into pass and position without forming g */
-        int64_t q1 = i / n, r1 = i % n;              /* i = q1 n + r1 */
-        int64_t q2 = st->nstreams / n, r2 = st->nstreams % n;
-        /* g = stream + (q1 n + r1)(q2 n + r2) = n (q1 q2 n + q1 r2 + r1 q2) + r1 r2 + stream */
-        int64_t lo = r1 * r2 + st->stream; /* < n^2 + nstreams: fits for any real dataset */
-        int64_t pass = q1 * q2 * n + q1 * r2 + r1 * q2 + lo / n;
-        return io_shuffle_doc(st->seed, pass, lo % n, n);
+        /* by class: the T = nstreams/c streams of class j mod c (c = gcd(nstreams, n)) take
+           turns over its m = n/c documents j mod c, j mod c + c, ...; else one class */
+        int64_t c = st->by_class ? gcd64(st->nstreams, n) : 1, cls = st->stream % c;
+        int64_t T = st->nstreams / c, t = st->stream / c, m = n / c;
+        /* place g = t + i * T of the class, split into pass and position without forming g */
+        int64_t q1 = i / m, r1 = i % m;  /* i = q1 m + r1 */
+        int64_t q2 = T / m, r2 = T % m;
+        /* g = t + (q1 m + r1)(q2 m + r2) = m (q1 q2 m + q1 r2 + r1 q2) + r1 r2 + t */
+        int64_t lo = r1 * r2 + t; /* < m^2 + nstreams: fits for any real dataset */
+        int64_t pass = q1 * q2 * m + q1 * r2 + r1 * q2 + lo / m;
+        uint64_t key = st->seed ^ (uint64_t)cls * 0x9e3779b97f4a7c15ull; /* class 0: seed */
+        return cls + c * io_shuffle_doc(key, pass, lo % m, m);
     }
     /* reduced before multiplying so a long run cannot overflow */
     return (st->stream % n + (i % n) * (st->nstreams % n) % n) % n;

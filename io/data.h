@@ -70,16 +70,18 @@ int io_dataset_load(io_dataset **out, const char *spec, io_split split, const ch
 /* What loading both splits of spec will cost, from file sizes alone (nothing is read but the
  * 4-byte length trailer of a gzip file): *resident the bytes both datasets then hold (2 per
  * token, 8 per document), *loading the most held at once while one loads (the file read whole
- * next to its growing token array). Both 0 when a file is missing or the spec unknown: the
- * loader reports those. */
+ * next to its growing token array); *train (NULL skips) the part of *resident that is the
+ * training split, *train_docs (NULL skips) its documents (estimated for text files). All 0
+ * when a file is missing or the spec unknown: the loader reports those. */
 void io_dataset_size_hint(const char *spec, const char *data_dir, double *resident,
-                          double *loading);
+                          double *loading, double *train, double *train_docs);
 
-/* Keeps the tokens of the documents streams first..first+count-1 of nstreams read (stream j
- * reads documents j + i * nstreams mod ndocs: those congruent to j modulo gcd(nstreams,
- * ndocs)) and frees the others' tokens, which become empty documents: a rank holds only its
- * streams' share of the data. ndocs and the numbering stay, so io_stream positions and
- * checkpoints mean the same. Streams outside the range must not read d afterwards. */
+/* Keeps the tokens of the documents streams first..first+count-1 of nstreams read in file
+ * order or shuffled by class (stream j reads the documents congruent to j modulo
+ * gcd(nstreams, ndocs), see io_stream) and frees the others' tokens, which become empty
+ * documents: a rank holds only its streams' share of the data. ndocs and the numbering stay,
+ * so io_stream positions and checkpoints mean the same. Streams outside the range, and
+ * streams shuffled over all documents, must not read d afterwards. */
 void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_t nstreams);
 
 /* Releases a dataset; NULL is fine. */
@@ -90,10 +92,16 @@ void io_dataset_describe(const io_dataset *d, char *buf, size_t n);
 
 /* A reader position. Stream j of nstreams reads the documents at places g = j + i * nstreams
  * (i = 0, 1, ...) of an endless sequence, whole and in order. Without shuffling place g holds
- * document g mod ndocs; with shuffling, place g is position g mod ndocs of pass g / ndocs, and
- * each pass visits every document once in an order drawn from (seed, pass) alone
- * (io_shuffle_doc). Either way (doc_count, pos) is the whole state to checkpoint and does not
- * depend on which rank holds the stream. */
+ * document g mod ndocs, so stream j reads only the documents congruent to j modulo
+ * c = gcd(nstreams, ndocs) (its class). With shuffling by class, the nstreams / c streams of a
+ * class take turns the same way over the class's ndocs / c documents (the class's places
+ * t + i * nstreams / c for its t-th stream), and each pass over them visits every one once in
+ * an order drawn from (seed, class, pass) alone (io_shuffle_doc); together the classes cover
+ * every document once per pass, and a stream still reads its class only. Shuffled as one
+ * class (by_class 0, the order of checkpoints written before classes), place g is position
+ * g mod ndocs of pass g / ndocs over all documents; with c = 1 both orders are the same.
+ * Either way (doc_count, pos) is the whole state to checkpoint and does not depend on which
+ * rank holds the stream. */
 typedef struct io_stream {
     int64_t stream;    /* j, 0 <= j < nstreams */
     int64_t nstreams;
@@ -101,6 +109,7 @@ typedef struct io_stream {
     int64_t pos;       /* token offset of the next segment in document doc_count - 1;
                           0 means the next segment starts document doc_count */
     int shuffle;       /* 0: file order; 1: a seeded order per pass */
+    int by_class;      /* shuffled within the stream's class (1) or over all documents (0) */
     uint64_t seed;     /* the order's seed when shuffle */
 } io_stream;
 
@@ -115,8 +124,9 @@ int64_t io_shuffle_doc(uint64_t seed, int64_t pass, int64_t k, int64_t n);
  * 0..nstreams-1. */
 void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams);
 
-/* Makes st read in the shuffled order of `seed` (see io_stream); its position is kept. */
-void io_stream_set_shuffle(io_stream *st, uint64_t seed);
+/* Makes st read in the shuffled order of `seed` (see io_stream), within its class when
+ * by_class; its position is kept. */
+void io_stream_set_shuffle(io_stream *st, uint64_t seed, int by_class);
 
 /* Passes over d made by streams that have started `started` documents between them:
  * started / ndocs (1.5: every document once, and half of them a second time). */

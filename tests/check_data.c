@@ -659,7 +659,7 @@ START_TEST(test_stream_shuffle) {
     for (int64_t j = 0; j < S; j++) {
         io_stream st;
         io_stream_init(&st, j, S);
-        io_stream_set_shuffle(&st, 42);
+        io_stream_set_shuffle(&st, 42, 1);
         for (int64_t i = 0; i < per; i++) {
             ck_assert_int_eq(io_stream_next(&st, d, seg, 2), IO_SEG_DOC_START);
             ck_assert_int_eq(seg[0], seg[1]);
@@ -680,12 +680,12 @@ START_TEST(test_stream_shuffle) {
     /* a copy of the cursor, made mid-document and mid-run, reads on identically */
     io_stream a, b;
     io_stream_init(&a, 3, S);
-    io_stream_set_shuffle(&a, 42);
+    io_stream_set_shuffle(&a, 42, 1);
     int32_t one[1], other[1];
     for (int i = 0; i < 9; i++) io_stream_next(&a, d, one, 1);
     ck_assert_int_eq(a.pos, 1);
     io_stream_init(&b, 3, S);
-    io_stream_set_shuffle(&b, 42);
+    io_stream_set_shuffle(&b, 42, 1);
     b.doc_count = a.doc_count;
     b.pos = a.pos;
     ck_assert(io_stream_valid(&b, d));
@@ -701,6 +701,73 @@ START_TEST(test_stream_shuffle) {
         ck_assert_int_eq(seg[0], (4 + i * S) % n);
     }
     ck_assert_double_eq_tol(io_stream_passes(46, d), 2.0, 1e-12);
+    io_dataset_free(d);
+}
+END_TEST
+
+/* Shuffled by class: with c = gcd(8, 60) = 4, stream j reads only documents congruent to j
+ * modulo 4; the two streams of a class take turns over its 15 documents, each pass of them a
+ * permutation drawn anew; classes are not in step; a rank that keeps only its streams'
+ * documents reads the same; with c = 1 the order is the one over all documents. */
+START_TEST(test_stream_shuffle_by_class) {
+    const int64_t n = 60, S = 8, c = 4, m = 15, T = 2, per = 15; /* 2 passes of each class */
+    io_dataset *d = numbered_dataset(n);
+    int64_t place[4][30]; /* class, place t + i T */
+    int32_t seg[2];
+    for (int64_t j = 0; j < S; j++) {
+        io_stream st;
+        io_stream_init(&st, j, S);
+        io_stream_set_shuffle(&st, 42, 1);
+        for (int64_t i = 0; i < per; i++) {
+            io_stream_next(&st, d, seg, 2);
+            ck_assert_int_eq(seg[0] % c, j % c);
+            place[j % c][j / c + i * T] = seg[0];
+        }
+    }
+    int moved = 0, apart = 0;
+    for (int64_t cls = 0; cls < c; cls++)
+        for (int pass = 0; pass < 2; pass++) {
+            int count[60] = {0};
+            for (int64_t k = 0; k < m; k++) count[place[cls][pass * m + k]]++;
+            for (int64_t k = 0; k < m; k++) ck_assert_int_eq(count[cls + c * k], 1);
+            for (int64_t k = 0; k < m; k++) {
+                moved += pass == 1 && place[cls][m + k] != place[cls][k];
+                apart += cls > 0 && (place[cls][pass * m + k] - cls) != place[0][pass * m + k];
+            }
+        }
+    ck_assert_int_gt(moved, m);
+    ck_assert_int_gt(apart, m);
+    /* streams 2..3 from their classes' documents alone: half of them, 2 tokens each */
+    io_dataset *kept = numbered_dataset(n);
+    io_dataset_keep_streams(kept, 2, 2, S);
+    ck_assert_int_eq(kept->doc_off[n], n);
+    for (int64_t j = 2; j < 4; j++) {
+        io_stream a, b;
+        io_stream_init(&a, j, S);
+        io_stream_init(&b, j, S);
+        io_stream_set_shuffle(&a, 42, 1);
+        io_stream_set_shuffle(&b, 42, 1);
+        for (int i = 0; i < 40; i++) {
+            int32_t sa[2], sb[2];
+            ck_assert_int_eq(io_stream_next(&a, d, sa, 2), io_stream_next(&b, kept, sb, 2));
+            ck_assert_int_eq(sa[0], sb[0]);
+        }
+    }
+    /* gcd(5, 23) = 1: one class, the order over all documents */
+    io_dataset *odd = numbered_dataset(23);
+    io_stream x, y;
+    io_stream_init(&x, 3, 5);
+    io_stream_init(&y, 3, 5);
+    io_stream_set_shuffle(&x, 9, 1);
+    io_stream_set_shuffle(&y, 9, 0);
+    for (int i = 0; i < 20; i++) {
+        int32_t sx[2], sy[2];
+        io_stream_next(&x, odd, sx, 2);
+        io_stream_next(&y, odd, sy, 2);
+        ck_assert_int_eq(sx[0], sy[0]);
+    }
+    io_dataset_free(odd);
+    io_dataset_free(kept);
     io_dataset_free(d);
 }
 END_TEST
@@ -762,6 +829,7 @@ static Suite *data_suite(void) {
     tcase_add_test(tc, test_stream_resume);
     tcase_add_test(tc, test_shuffle_permutation);
     tcase_add_test(tc, test_stream_shuffle);
+    tcase_add_test(tc, test_stream_shuffle_by_class);
     tcase_add_test(tc, test_keep_streams);
     suite_add_tcase(s, tc);
     return s;

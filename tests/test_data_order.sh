@@ -51,6 +51,42 @@ expect_error 2 "its streams read documents shuffled (data_seed 7); keep shuffle 
   --resume "$TMP/R23" --data_seed=8
 expect_error 2 "its streams read documents shuffled" --resume "$TMP/R23" --shuffle=off
 
+# a checkpoint without streams/order (written before stream classes) counts its cursors in the
+# order over all documents: the resume reads that order, says so, keeps the whole split, and
+# its own checkpoints carry the order on. Documents of one length, so that a cursor written in
+# one order is a valid place in the other (6 streams over 36 documents: 6 classes, so the two
+# orders differ)
+for i in $(seq 10 49); do printf 'document %d: %s\f' "$i" "$(seq -s ' ' 101 109)"; done >"$TMP/even.txt"
+EVEN=("${SMALL[@]}" --data=text:"$TMP/even.txt")
+mt 2 "${EVEN[@]}" --run_dir="$TMP/E"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "shuffled run over documents of one length"; }
+d=$TMP/old
+mkdir -p "$d/ckpt"
+cp "$TMP/E/ckpt/ckpt-00000010.h5" "$d/ckpt/"
+/usr/bin/python3 - "$d/ckpt/ckpt-00000010.h5" <<'PY' || fail "could not remove streams/order"
+import h5py, sys
+with h5py.File(sys.argv[1], "r+") as f:
+    assert int(f["streams/order"][0]) == 2
+    del f["streams/order"]
+PY
+mt 2 --resume "$d" --steps=15 --ckpt_every=5
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "resume of a checkpoint without streams/order"; }
+grep -q "^data: the checkpoint's streams read documents shuffled over all of them" "$TMP/out" \
+  || { cat "$TMP/out"; fail "the older order is not named"; }
+cmp -s <(losses "$TMP/E" | sed -n '11,15p') <(losses "$d") \
+  && fail "a checkpoint without streams/order resumed in the order by class"
+/usr/bin/python3 -c "import h5py, sys; sys.exit(int(h5py.File(sys.argv[1])['streams/order'][0]) != 1)" \
+  "$d/ckpt/ckpt-00000015.h5" || fail "the resumed run's checkpoint does not record order 1"
+mkdir -p "$TMP/old2/ckpt"
+cp "$d/ckpt/ckpt-00000015.h5" "$TMP/old2/ckpt/"
+mt 3 --resume "$d" --steps=20
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "resume in the older order on 3 ranks"; }
+mt 1 --resume "$TMP/old2" --steps=20
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "second resume in the older order"; }
+cmp <(losses "$d" | sed -n '6,10p') <(losses "$TMP/old2") \
+  || fail "the older order did not carry on across a resume on another rank count"
+pass "a checkpoint without streams/order resumes in the order over all documents, and keeps it"
+
 # the order is the seed's: another seed, or file order, trains on other data
 mt 2 "${SMALL[@]}" --data_seed=8 --run_dir="$TMP/seed8"
 [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "data_seed 8"; }

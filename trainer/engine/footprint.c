@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "io/data.h"
 #include "layers/hash.h"
 #include "trainer/model/model.h"
 #include "trainer/tables/tables.h"
@@ -162,6 +163,21 @@ void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footpr
     f->base = 32.0 * 1048576.0; /* measured: about 25 MiB for a tiny run on Open MPI 4.1 */
     double run = f->data + f->dense + f->tables + f->caches + f->activations + f->buffers;
     f->total = f->base + (f->data_load > run ? f->data_load : run);
+}
+
+void trainer_footprint_data(const trainer_config *cfg, int P, trainer_footprint_use use,
+                            double *resident, double *loading) {
+    double train, docs;
+    io_dataset_size_hint(cfg->data, cfg->data_dir, resident, loading, &train, &docs);
+    if (use != TRAINER_USE_TRAIN || docs < 1 || cfg->streams < 1) return;
+    int64_t n = (int64_t)llround(docs), c = cfg->streams; /* c = gcd(streams, documents) */
+    for (int64_t b = n; b;) {
+        int64_t r = c % b;
+        c = b;
+        b = r;
+    }
+    int64_t mine = (cfg->streams + (P > 0 ? P : 1) - 1) / (P > 0 ? P : 1);
+    if (mine < c) *resident -= train * (1.0 - (double)mine / (double)c);
 }
 
 void trainer_footprint_bytes(double bytes, char *buf, size_t n) {

@@ -52,6 +52,12 @@ void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footpr
                                 int batch, double data_resident, double data_loading,
                                 trainer_footprint *f);
 
+/* The data's bytes for trainer_footprint_estimate from io_dataset_size_hint: in training a
+ * rank keeps only its streams' classes of the training split (io_dataset_keep_streams; the
+ * busiest rank's share), elsewhere both splits whole. */
+void trainer_footprint_data(const trainer_config *cfg, int P, trainer_footprint_use use,
+                            double *resident, double *loading);
+
 /* One line for the start of a run: "about 1.23 GiB per rank: tables 0.80, caches 0.20, ...". */
 void trainer_footprint_describe(const trainer_footprint *f, char *buf, size_t n);
 

@@ -40,7 +40,7 @@ static int check_streams(const trainer_stream_state *st, int vocab, const char *
         int s = st->first + b;
         io_stream pos = {.stream = s, .nstreams = st->nstreams, .doc_count = st->cursor[2 * b],
                          .pos = st->cursor[2 * b + 1], .shuffle = st->shuffle,
-                         .seed = st->data_seed};
+                         .by_class = st->by_class, .seed = st->data_seed};
         int ok = pos.doc_count >= 0 && pos.pos >= 0 && (!st->data || io_stream_valid(&pos, st->data));
         if (!ok) {
             snprintf(err, n, "%s: streams/cursor of stream %d (%lld, %lld) lies outside the data "
@@ -127,7 +127,21 @@ static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state
     for (int b = 0; b < st->B; b++) ids[b] = st->first + b;
     int64_t d_cur[2] = {st->nstreams, 2}, d_prev[2] = {st->nstreams, st->L};
     int64_t d_last[2] = {st->nstreams, 1}, d_mem[2] = {st->nstreams, (int64_t)st->msize};
-    int rc = move(x, "streams/cursor", IO_I64, 2, d_cur, st->B, ids, st->cursor);
+    /* the order the cursors count in: 2 shuffled by class (or file order), 1 shuffled over
+       all documents; older checkpoints have no streams/order and count in 1 */
+    int64_t order = st->by_class ? 2 : 1, d_order[1] = {1};
+    int rc = 0;
+    if (x->writing) rc = move(x, "streams/order", IO_I64, 1, d_order, me0, &zero, &order);
+    else if (io_ckpt_has(x->ck, "streams/order"))
+        rc = move(x, "streams/order", IO_I64, 1, d_order, 1, &zero, &order);
+    else order = 1;
+    if (!rc && order != 1 && order != 2) {
+        snprintf(x->err, x->n, "%s: streams/order is %lld, not 1 or 2 (damaged, or written by a "
+                 "newer memtrain)", io_ckpt_path(x->ck), (long long)order);
+        rc = -1;
+    }
+    st->by_class = order == 2;
+    if (!rc) rc = move(x, "streams/cursor", IO_I64, 2, d_cur, st->B, ids, st->cursor);
     if (!rc) rc = move(x, "streams/prev_segment", IO_I32, 2, d_prev, st->B, ids, st->prev);
     if (!rc) rc = move(x, "streams/last_token", IO_I32, 2, d_last, st->B, ids, st->last);
     if (!rc && st->msize) rc = move(x, "streams/memory", IO_F32, 2, d_mem, st->B, ids, st->M);

@@ -22,6 +22,8 @@ typedef struct trainer_stream_state {
     const io_dataset *data; /* the training data the cursors point into, to check them on
                                load (a file could hold anything); NULL: not checked */
     int shuffle;            /* the order the cursors count in (io_stream) */
+    int by_class;           /* shuffled by class (streams/order 2), or over all documents (1,
+                               and checkpoints without streams/order) */
     uint64_t data_seed;
 } trainer_stream_state;
 

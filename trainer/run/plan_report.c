@@ -46,7 +46,7 @@ static plan_figures figures(const trainer_config *cfg, trainer_model *m, int P, 
     at.streams = r.streams;
     at.stream_block = r.block;
     double resident = 0, loading = 0;
-    io_dataset_size_hint(cfg->data, cfg->data_dir, &resident, &loading);
+    trainer_footprint_data(&at, P, TRAINER_USE_TRAIN, &resident, &loading);
     trainer_footprint fp;
     trainer_footprint_estimate(&at, P, TRAINER_USE_TRAIN, 0, resident, loading, &fp);
     f.total = fp.total;

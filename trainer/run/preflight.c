@@ -269,7 +269,7 @@ void trainer_preflight_memory(comm_ctx *c, const trainer_config *cfg, trainer_fo
     int failed = trainer_footprint_check_ranges(cfg, P, batch, err, sizeof err) != 0;
     agree_or_exit(c, failed, err);
     double resident, loading;
-    io_dataset_size_hint(cfg->data, cfg->data_dir, &resident, &loading);
+    trainer_footprint_data(cfg, P, use, &resident, &loading);
     trainer_footprint f;
     trainer_footprint_estimate(cfg, P, use, batch, resident, loading, &f);
     double avail = available_per_rank(c, what, sizeof what);

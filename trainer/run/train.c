@@ -37,6 +37,7 @@ typedef struct run {
     comm_ctx *comm;
     const trainer_config *cfg;
     io_dataset *train, *val;
+    int by_class; /* the streams' shuffled order is by class (io_stream) */
     trainer_model *model;
     trainer_rollout *rollout;
     trainer_schedule sched;
@@ -329,12 +330,19 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
 
 static void load_data(run *r) {
     r->train = trainer_load_split(r->comm, r->cfg, IO_SPLIT_TRAIN);
-    /* read in file order, a rank keeps only the training documents its streams read; a
-       shuffled order deals every document to every stream in time */
-    if (!r->cfg->shuffle)
+    r->val = trainer_load_split(r->comm, r->cfg, IO_SPLIT_VAL);
+}
+
+/* Once the streams' order is known (a resume may bring the older one): read in file order or
+ * shuffled by class, a rank keeps only the training documents its streams read; shuffled
+ * over all documents, every stream reads every document in time. */
+static void keep_data(run *r) {
+    if (!r->cfg->shuffle || r->by_class)
         io_dataset_keep_streams(r->train, r->sched.first_stream, r->sched.nstreams_mine,
                                 r->cfg->streams);
-    r->val = trainer_load_split(r->comm, r->cfg, IO_SPLIT_VAL);
+    else
+        say(r, "data: the checkpoint's streams read documents shuffled over all of them (the "
+            "order before stream classes), so every rank keeps the whole training split\n");
 }
 
 /* Set by SIGUSR1/SIGTERM/SIGINT; the ranks agree on it at the next step boundary. */
@@ -363,7 +371,9 @@ static void streams_export(const run *r, trainer_stream_state *st) {
 }
 
 static void streams_import(run *r, const trainer_stream_state *st) {
+    r->by_class = st->by_class;
     for (int b = 0; b < r->B; b++) {
+        r->streams[b].io.by_class = st->by_class;
         r->streams[b].io.doc_count = st->cursor[2 * b];
         r->streams[b].io.pos = st->cursor[2 * b + 1];
         memcpy(r->streams[b].prev, st->prev + (size_t)b * r->L, (size_t)r->L * sizeof(int32_t));
@@ -376,6 +386,7 @@ static trainer_stream_state stream_state_alloc(const run *r) {
         .nstreams = r->cfg->streams, .first = r->first_stream, .B = r->B, .L = r->L,
         .msize = trainer_model_memory_size(r->model), .M = r->M, .data = r->train,
         .shuffle = r->cfg->shuffle, .data_seed = (uint64_t)r->cfg->data_seed,
+        .by_class = r->by_class,
     };
     st.cursor = layer_xcalloc(2 * (size_t)r->B + 1, sizeof(int64_t));
     st.prev = layer_xcalloc((size_t)r->B * r->L + 1, sizeof(int32_t));
@@ -560,9 +571,10 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     r->B = r->sched.nstreams_mine;
     r->streams = layer_xcalloc(r->B, sizeof(stream_state));
     stream_states_init(r->streams, r->B, r->first_stream, cfg->streams, r->L);
+    r->by_class = 1; /* a resume may bring the order of older checkpoints */
     if (cfg->shuffle)
         for (int b = 0; b < r->B; b++)
-            io_stream_set_shuffle(&r->streams[b].io, (uint64_t)cfg->data_seed);
+            io_stream_set_shuffle(&r->streams[b].io, (uint64_t)cfg->data_seed, r->by_class);
     trainer_rollout_mode mode =
         cfg->bptt == TRAINER_BPTT_FULL ? TRAINER_ROLLOUT_FULL : TRAINER_ROLLOUT_MRBP;
     r->rollout = trainer_rollout_create(r->model, cfg->horizon, r->B, mode);
@@ -695,6 +707,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     memset(&z, 0, sizeof(z));
     z.first_step = resume_dir ? resume_run(r, resume_dir) : 0;
     if (!resume_dir && strcmp(cfg->init_from, "none") != 0) init_from_checkpoint(r);
+    keep_data(r);
     z.start = z.last_ckpt = comm_time();
     z.last_loss = z.last_val = NAN;
     z.done = z.first_step;
