@@ -120,11 +120,8 @@ static double gz_isize(const char *path) {
     return v;
 }
 
-void io_dataset_size_hint(const char *spec, const char *data_dir, double *resident,
-                          double *loading, double *train, double *train_docs) {
-    *resident = *loading = 0.0;
-    if (train) *train = 0.0;
-    if (train_docs) *train_docs = 0.0;
+void io_dataset_size_hint(const char *spec, const char *data_dir, io_size_hint *h) {
+    memset(h, 0, sizeof *h);
     if (!spec) return;
     double tokens = 0.0, docs = 0.0, file = 0.0, tshare = 0.9, tdocs = -1;
     if (strcmp(spec, "fashion-mnist") == 0) {
@@ -166,14 +163,15 @@ void io_dataset_size_hint(const char *spec, const char *data_dir, double *reside
         docs = tokens / IO_DOC_TOKENS + 1;
     }
     (void)data_dir;
-    *resident = 2.0 * tokens + 8.0 * docs;
+    h->resident = 2.0 * tokens + 8.0 * docs;
     /* brown, text and token files: document d is validation when d % 10 == 9 */
     if (tdocs < 0) tdocs = docs - floor((docs + 1) / 10);
-    if (train) *train = tshare * *resident;
-    if (train_docs) *train_docs = tdocs;
+    h->train = tshare * h->resident;
+    h->train_docs = tdocs;
+    h->val_docs = docs - tdocs;
     /* one split loads at a time: the file, the builder's array grown by doubling (up to twice
        the tokens), and the other split already loaded */
-    *loading = file + 2.0 * 2.0 * tokens + 8.0 * docs;
+    h->loading = file + 2.0 * 2.0 * tokens + 8.0 * docs;
 }
 
 static int64_t gcd64(int64_t a, int64_t b) {
@@ -185,17 +183,15 @@ static int64_t gcd64(int64_t a, int64_t b) {
     return a;
 }
 
-void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_t nstreams) {
-    LAYER_ASSERT(d && nstreams >= 1 && first >= 0 && count >= 0 && first + count <= nstreams);
-    int64_t g = gcd64(nstreams, d->ndocs);
-    if (count >= g) return; /* the streams read every document */
+/* Frees the tokens of the documents keep() refuses; they become empty, numbering stays. */
+static void keep_docs(io_dataset *d, int (*keep)(int64_t doc, const int64_t *arg),
+                      const int64_t *arg) {
     int64_t ntok = 0, next = 0;
     /* compacting in place: a kept document only ever moves towards the front */
     for (int64_t doc = 0; doc < d->ndocs; doc++) {
         int64_t a = d->doc_off[doc], len = d->doc_off[doc + 1] - a;
-        int keep = ((doc - first) % g + g) % g < count;
         d->doc_off[doc] = next;
-        if (keep) {
+        if (keep(doc, arg)) {
             memmove(d->tok + ntok, d->tok + a, (size_t)len * sizeof(uint16_t));
             ntok += len;
         }
@@ -204,6 +200,27 @@ void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_
     d->doc_off[d->ndocs] = ntok;
     uint16_t *t = realloc(d->tok, (size_t)(ntok ? ntok : 1) * sizeof(uint16_t));
     if (t) d->tok = t;
+}
+
+/* arg: first, count, g */
+static int in_classes(int64_t doc, const int64_t *arg) {
+    return ((doc - arg[0]) % arg[2] + arg[2]) % arg[2] < arg[1];
+}
+
+static int before(int64_t doc, const int64_t *arg) { return doc < arg[0]; }
+
+void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_t nstreams) {
+    LAYER_ASSERT(d && nstreams >= 1 && first >= 0 && count >= 0 && first + count <= nstreams);
+    int64_t g = gcd64(nstreams, d->ndocs);
+    if (count >= g) return; /* the streams read every document */
+    const int64_t arg[3] = {first, count, g};
+    keep_docs(d, in_classes, arg);
+}
+
+void io_dataset_keep_first(io_dataset *d, int64_t n) {
+    LAYER_ASSERT(d && n >= 0);
+    if (n >= d->ndocs) return;
+    keep_docs(d, before, &n);
 }
 
 void io_dataset_describe(const io_dataset *d, char *buf, size_t n) {

@@ -68,13 +68,17 @@ int io_dataset_load(io_dataset **out, const char *spec, io_split split, const ch
                     char *err, size_t errlen);
 
 /* What loading both splits of spec will cost, from file sizes alone (nothing is read but the
- * 4-byte length trailer of a gzip file): *resident the bytes both datasets then hold (2 per
- * token, 8 per document), *loading the most held at once while one loads (the file read whole
- * next to its growing token array); *train (NULL skips) the part of *resident that is the
- * training split, *train_docs (NULL skips) its documents (estimated for text files). All 0
- * when a file is missing or the spec unknown: the loader reports those. */
-void io_dataset_size_hint(const char *spec, const char *data_dir, double *resident,
-                          double *loading, double *train, double *train_docs);
+ * 4-byte length trailer of a gzip file). All 0 when a file is missing or the spec unknown: the
+ * loader reports those. */
+typedef struct io_size_hint {
+    double resident;   /* the bytes both datasets then hold (2 per token, 8 per document) */
+    double loading;    /* the most held at once while one loads (the file read whole next to
+                          its growing token array) */
+    double train;      /* the part of resident that is the training split */
+    double train_docs; /* the splits' documents (estimated for text files) */
+    double val_docs;
+} io_size_hint;
+void io_dataset_size_hint(const char *spec, const char *data_dir, io_size_hint *h);
 
 /* Keeps the tokens of the documents streams first..first+count-1 of nstreams read in file
  * order or shuffled by class (stream j reads the documents congruent to j modulo
@@ -83,6 +87,10 @@ void io_dataset_size_hint(const char *spec, const char *data_dir, double *reside
  * so io_stream positions and checkpoints mean the same. Streams outside the range, and
  * streams shuffled over all documents, must not read d afterwards. */
 void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_t nstreams);
+
+/* Keeps the tokens of documents 0..n-1 and frees the others', which become empty; ndocs and
+ * the numbering stay. */
+void io_dataset_keep_first(io_dataset *d, int64_t n);
 
 /* Releases a dataset; NULL is fine. */
 void io_dataset_free(io_dataset *d);

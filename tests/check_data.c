@@ -805,6 +805,13 @@ START_TEST(test_keep_streams) {
     /* streams 0..1 read every document: nothing dropped */
     io_dataset_keep_streams(full, 0, 2, 4);
     ck_assert_int_eq(full->doc_off[6], 21);
+    /* the first 3 documents (validation's): their tokens as they were, the rest empty */
+    io_dataset_keep_first(full, 3);
+    ck_assert_int_eq(full->ndocs, 6);
+    ck_assert_int_eq(full->doc_off[6], 1 + 2 + 3);
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k <= i; k++) ck_assert_int_eq(full->tok[full->doc_off[i] + k], 100 * i + k);
+    ck_assert_int_eq(full->doc_off[5] - full->doc_off[4], 0);
     io_dataset_free(full);
     io_dataset_free(d);
 }

@@ -167,17 +167,23 @@ void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footpr
 
 void trainer_footprint_data(const trainer_config *cfg, int P, trainer_footprint_use use,
                             double *resident, double *loading) {
-    double train, docs;
-    io_dataset_size_hint(cfg->data, cfg->data_dir, resident, loading, &train, &docs);
-    if (use != TRAINER_USE_TRAIN || docs < 1 || cfg->streams < 1) return;
-    int64_t n = (int64_t)llround(docs), c = cfg->streams; /* c = gcd(streams, documents) */
+    io_size_hint h;
+    io_dataset_size_hint(cfg->data, cfg->data_dir, &h);
+    *resident = h.resident;
+    *loading = h.loading;
+    if (use != TRAINER_USE_TRAIN || h.train_docs < 1 || cfg->streams < 1) return;
+    int64_t n = (int64_t)llround(h.train_docs), c = cfg->streams; /* gcd(streams, documents) */
     for (int64_t b = n; b;) {
         int64_t r = c % b;
         c = b;
         b = r;
     }
     int64_t mine = (cfg->streams + (P > 0 ? P : 1) - 1) / (P > 0 ? P : 1);
-    if (mine < c) *resident -= train * (1.0 - (double)mine / (double)c);
+    if (mine < c) *resident -= h.train * (1.0 - (double)mine / (double)c);
+    /* validation keeps the documents it scores */
+    double kept = cfg->eval_docs > 0 && cfg->eval_docs < h.val_docs ? cfg->eval_docs : h.val_docs;
+    if (cfg->eval_every <= 0) kept = 0;
+    if (h.val_docs > 0) *resident -= (h.resident - h.train) * (1.0 - kept / h.val_docs);
 }
 
 void trainer_footprint_bytes(double bytes, char *buf, size_t n) {

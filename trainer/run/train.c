@@ -335,8 +335,11 @@ static void load_data(run *r) {
 
 /* Once the streams' order is known (a resume may bring the older one): read in file order or
  * shuffled by class, a rank keeps only the training documents its streams read; shuffled
- * over all documents, every stream reads every document in time. */
+ * over all documents, every stream reads every document in time. Of the validation split it
+ * keeps what validation scores. */
 static void keep_data(run *r) {
+    /* validation scores its first documents only, and only with eval_every */
+    io_dataset_keep_first(r->val, r->cfg->eval_every > 0 ? trainer_eval_docs(r->cfg, r->val) : 0);
     if (!r->cfg->shuffle || r->by_class)
         io_dataset_keep_streams(r->train, r->sched.first_stream, r->sched.nstreams_mine,
                                 r->cfg->streams);
