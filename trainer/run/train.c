@@ -340,10 +340,16 @@ static void load_data(run *r) {
 static void keep_data(run *r) {
     /* validation scores its first documents only, and only with eval_every */
     io_dataset_keep_first(r->val, r->cfg->eval_every > 0 ? trainer_eval_docs(r->cfg, r->val) : 0);
-    if (!r->cfg->shuffle || r->by_class)
+    if (!r->cfg->shuffle || r->by_class) {
         io_dataset_keep_streams(r->train, r->sched.first_stream, r->sched.nstreams_mine,
                                 r->cfg->streams);
-    else
+        int64_t kept = 0, n = r->train->ndocs;
+        for (int64_t d = 0; d < n; d++) kept += r->train->doc_off[d + 1] > r->train->doc_off[d];
+        if (kept < n)
+            say(r, "data: a rank keeps the training documents of its streams' classes (rank 0: "
+                "%lld of %lld, %.1f MiB)\n", (long long)kept, (long long)n,
+                (double)r->train->doc_off[n] * sizeof(uint16_t) / 1048576.0);
+    } else
         say(r, "data: the checkpoint's streams read documents shuffled over all of them (the "
             "order before stream classes), so every rank keeps the whole training split\n");
 }
