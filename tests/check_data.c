@@ -649,22 +649,30 @@ START_TEST(test_shuffle_permutation) {
 }
 END_TEST
 
+/* The first `per` documents stream j of S reads shuffled by class (seed 42) from a
+ * numbered_dataset, each whole in one segment. */
+static void shuffled_docs(const io_dataset *d, int64_t j, int64_t S, int64_t per, int64_t *out) {
+    io_stream st;
+    io_stream_init(&st, j, S);
+    io_stream_set_shuffle(&st, 42, 1);
+    int32_t seg[2];
+    for (int64_t i = 0; i < per; i++) {
+        ck_assert_int_eq(io_stream_next(&st, d, seg, 2), IO_SEG_DOC_START);
+        ck_assert_int_eq(seg[0], seg[1]);
+        out[i] = seg[0];
+    }
+}
+
 /* Shuffled streams: together they read every document once per pass, each pass in a new
  * order; (doc_count, pos) resumes them; without shuffling the order is the file order. */
 START_TEST(test_stream_shuffle) {
     const int64_t n = 23, S = 5, per = 14; /* 5 streams x 14 documents: 70 places, 3+ passes */
     io_dataset *d = numbered_dataset(n);
-    int64_t order[5 * 14];
+    int64_t order[5 * 14], docs[14];
     int32_t seg[2];
     for (int64_t j = 0; j < S; j++) {
-        io_stream st;
-        io_stream_init(&st, j, S);
-        io_stream_set_shuffle(&st, 42, 1);
-        for (int64_t i = 0; i < per; i++) {
-            ck_assert_int_eq(io_stream_next(&st, d, seg, 2), IO_SEG_DOC_START);
-            ck_assert_int_eq(seg[0], seg[1]);
-            order[j + i * S] = seg[0]; /* place g = j + i * S */
-        }
+        shuffled_docs(d, j, S, per, docs);
+        for (int64_t i = 0; i < per; i++) order[j + i * S] = docs[i]; /* place g = j + i * S */
     }
     int in_file_order = 0;
     for (int64_t pass = 0; pass < 3; pass++) {
@@ -712,16 +720,12 @@ END_TEST
 START_TEST(test_stream_shuffle_by_class) {
     const int64_t n = 60, S = 8, c = 4, m = 15, T = 2, per = 15; /* 2 passes of each class */
     io_dataset *d = numbered_dataset(n);
-    int64_t place[4][30]; /* class, place t + i T */
-    int32_t seg[2];
+    int64_t place[4][30], docs[15]; /* class, place t + i T */
     for (int64_t j = 0; j < S; j++) {
-        io_stream st;
-        io_stream_init(&st, j, S);
-        io_stream_set_shuffle(&st, 42, 1);
+        shuffled_docs(d, j, S, per, docs);
         for (int64_t i = 0; i < per; i++) {
-            io_stream_next(&st, d, seg, 2);
-            ck_assert_int_eq(seg[0] % c, j % c);
-            place[j % c][j / c + i * T] = seg[0];
+            ck_assert_int_eq(docs[i] % c, j % c);
+            place[j % c][j / c + i * T] = docs[i];
         }
     }
     int moved = 0, apart = 0;
