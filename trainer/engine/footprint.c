@@ -66,11 +66,13 @@ static double model_account(const trainer_config *cfg, const shape *s, int P,
 
 /* ---- activations (trainer/model/model.c forward_impl, trainer_model_backward, blocks.c) ---- */
 
-/* Floats one segment of B sequences leaves in its arena: the forward and, when backward, the
- * backward of the same segment (both live until the arena is reset). */
+/* Floats one segment of B sequences holds: its forward in its arena and, when backward, the
+ * backward's residual gradients (and the Memformer's dE and memory gradients) beside it plus
+ * the model's scratch arena, which holds one sublayer's backward temporaries at a time (the
+ * largest of them). */
 static double segment_floats(const shape *s, double B, int backward) {
     double C = s->C, L = s->L, N = B * L, K = s->K, NH = s->NH, S = s->S, V = s->V, H = s->H;
-    double f = 0, b = 0;
+    double f = 0, b = 2 * N * C, x = N * V + N * C; /* residual pair; dlogits, dh */
     /* an attention sublayer of N queries over B*Tk keys */
     double Tks[3] = {L, L, S}; /* self, decoder cross (over E), encoder reader (over memory) */
     double n_att[3] = {s->n_dec + s->n_enc, s->memformer ? s->n_dec : 0, s->memory ? s->n_enc : 0};
@@ -83,31 +85,30 @@ static double segment_floats(const shape *s, double B, int backward) {
         if (a == 0 && s->rope) ab += 2 * N * C;
         if (s->hash) ab += N * K + (a ? nk * K : 0);
         f += n_att[a] * af;
-        b += n_att[a] * (ab + N * C); /* + the residual gradient dp of the sublayer */
+        if (n_att[a] > 0) x = fmax(x, ab);
     }
     /* FFN sublayers */
     double nffn = s->n_dec + s->n_enc;
     double ff = 3 * N * C + N + (s->hash ? 6 * N * K + 2 * N * H + 2 * N : 2 * N * H);
     double fb = N * C + (s->hash ? N * K + 2 * N * H : 2 * N * H);
     f += nffn * ff;
-    b += nffn * (fb + N * C);
+    x = fmax(x, fb);
     /* embeddings, final norms, logits; the memory and its writer */
     f += N * C + N * C + N + N * V;
-    b += N * V + 3 * N * C;
     if (s->memformer) {
         f += 2 * N * C + N;
-        b += 2 * N * C;
+        b += N * C; /* dE */
     }
     if (s->memory) {
         double Tw = S + L, nm = B * S * C, nc = B * Tw * C;
         f += nm + S * C + nc + nm + 2 * nc + B * NH * S * Tw + 3 * nm + B * S;
         if (s->hash) f += 3 * B * S * K + 3 * B * Tw * K;
-        b += nm + 2 * nm + 2 * nc + S * Tw + nc + S * C;
-        if (s->hash) b += B * S * K + B * Tw * K;
+        b += nm + S * C; /* dM_in, dM0 */
+        x = fmax(x, 2 * nm + 2 * nc + S * Tw + nc + (s->hash ? B * S * K + B * Tw * K : 0));
     }
     /* each allocation is aligned to 64 bytes, and records of pointers come from the arena */
     double records = 4096 + 2048 * (s->n_dec + s->n_enc);
-    return (backward ? f + b : f) + records / 4;
+    return (backward ? f + b + x : f) + records / 4;
 }
 
 /* An arena reserves blocks of 4 MiB (trainer_rollout_create) and aligns each allocation. */

@@ -22,6 +22,7 @@ struct trainer_model {
     mt_param enc_norm, dec_norm;  /* (C) */
     mt_param lm_head;             /* (vocab, C) */
     int n_dec, n_enc;
+    trainer_arena *scratch;       /* one sublayer's backward temporaries, reset after it */
     mt_attn *dec_self, *dec_cross, *enc_self, *enc_reader;
     mt_ffn *dec_ffn, *enc_ffn;
     mt_writer writer;
@@ -115,6 +116,7 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
     }
     trainer_tables_set_fast(m->tables, s->tables.fast);
     trainer_tables_alloc(m->tables, s->seed);
+    m->scratch = trainer_arena_create((size_t)1 << 20);
     return m;
 }
 
@@ -122,6 +124,7 @@ void trainer_model_free(trainer_model *m) {
     if (!m) return;
     trainer_params_release(&m->params);
     trainer_tables_free(m->tables);
+    trainer_arena_free(m->scratch);
     free(m->dec_self);
     free(m->dec_cross);
     free(m->dec_ffn);
@@ -134,6 +137,8 @@ void trainer_model_free(trainer_model *m) {
 const trainer_model_spec *trainer_model_get_spec(const trainer_model *m) { return &m->spec; }
 trainer_params *trainer_model_params(trainer_model *m) { return &m->params; }
 trainer_tables *trainer_model_tables(trainer_model *m) { return m->tables; }
+
+size_t trainer_model_scratch_peak(const trainer_model *m) { return trainer_arena_peak(m->scratch); }
 
 size_t trainer_model_memory_size(const trainer_model *m) {
     return uses_memory(m) ? (size_t)m->spec.S * m->spec.C : 0;
@@ -258,33 +263,53 @@ void trainer_model_write_memory(trainer_model *m, trainer_arena *arena, const tr
     if (uses_memory(m)) forward_impl(m, arena, b, M_prev, M_next, NULL, NULL, 0);
 }
 
+/* The residual gradient of a stack goes down through two buffers in turn: a sublayer reads
+ * one (dx) and adds into the other (dp, zeroed first); what a sublayer's backward needs
+ * besides comes from the model's scratch arena and is dropped when it returns. */
+typedef struct residual {
+    float *buf[2];
+    int cur;
+    size_t n;
+} residual;
+
+static float *residual_next(residual *r) {
+    r->cur ^= 1;
+    memset(r->buf[r->cur], 0, r->n * sizeof(float));
+    return r->buf[r->cur];
+}
+
 void trainer_model_backward(trainer_model *m, trainer_step_act *a, float grad_scale,
                             const float *dM_next, float *dM_prev) {
     const trainer_model_spec *s = &m->spec;
     const mt_env *c = &m->env;
-    trainer_arena *arena = a->arena;
+    trainer_arena *arena = a->arena, *x = m->scratch;
     const trainer_batch *b = &a->b;
     int B = b->B, L = b->L, C = s->C, S = s->S, N = B * L;
     size_t nx = (size_t)N * C;
-    float *dlogits = trainer_arena_floats(arena, (size_t)N * s->vocab);
+    residual r = {{trainer_arena_floats(arena, nx), trainer_arena_floats(arena, nx)}, 1, nx};
+    float *dlogits = trainer_arena_floats(x, (size_t)N * s->vocab);
     int cnt;
     layer_crossentropy(dlogits, &cnt, a->logits, b->tgt, N, s->vocab, grad_scale);
-    float *dh = trainer_arena_zeros(arena, nx);
+    float *dh = trainer_arena_zeros(x, nx);
     layer_linear_backward(dh, m->lm_head.g, NULL, dlogits, a->hfin, m->lm_head.w, N, C, s->vocab);
-    float *dx = trainer_arena_zeros(arena, nx);
+    float *dx = residual_next(&r);
     layer_rmsnorm_backward(dx, m->dec_norm.g, dh, a->xd_last, m->dec_norm.w, a->dec_rstd, N, C);
+    trainer_arena_reset(x);
     float *dE = s->memformer ? trainer_arena_zeros(arena, nx) : NULL;
     for (int l = m->n_dec - 1; l >= 0; l--) {
-        float *dp = trainer_arena_zeros(arena, nx);
-        mt_ffn_backward(c, arena, &m->dec_ffn[l], &a->dec_ffn[l], dp, dx);
+        float *dp = residual_next(&r);
+        mt_ffn_backward(c, x, &m->dec_ffn[l], &a->dec_ffn[l], dp, dx);
+        trainer_arena_reset(x);
         dx = dp;
         if (s->memformer) {
-            dp = trainer_arena_zeros(arena, nx);
-            mt_attn_backward(c, arena, &m->dec_cross[l], &a->dec_cross[l], dp, dE, dx);
+            dp = residual_next(&r);
+            mt_attn_backward(c, x, &m->dec_cross[l], &a->dec_cross[l], dp, dE, dx);
+            trainer_arena_reset(x);
             dx = dp;
         }
-        dp = trainer_arena_zeros(arena, nx);
-        mt_attn_backward(c, arena, &m->dec_self[l], &a->dec_self[l], dp, NULL, dx);
+        dp = residual_next(&r);
+        mt_attn_backward(c, x, &m->dec_self[l], &a->dec_self[l], dp, NULL, dx);
+        trainer_arena_reset(x);
         dx = dp;
     }
     embed_backward(m, dx, b->dec_tok, B, L);
@@ -292,20 +317,26 @@ void trainer_model_backward(trainer_model *m, trainer_step_act *a, float grad_sc
 
     size_t ms = (size_t)S * C;
     float *dM_in = s->memory ? trainer_arena_zeros(arena, (size_t)B * ms) : NULL;
-    if (s->memory && dM_next) mt_writer_backward(c, arena, &m->writer, &a->writer, dM_in, dE, dM_next);
-    dx = trainer_arena_zeros(arena, nx);
+    if (s->memory && dM_next) {
+        mt_writer_backward(c, x, &m->writer, &a->writer, dM_in, dE, dM_next);
+        trainer_arena_reset(x);
+    }
+    dx = residual_next(&r);
     layer_rmsnorm_backward(dx, m->enc_norm.g, dE, a->xe_last, m->enc_norm.w, a->enc_rstd, N, C);
     for (int l = m->n_enc - 1; l >= 0; l--) {
-        float *dp = trainer_arena_zeros(arena, nx);
-        mt_ffn_backward(c, arena, &m->enc_ffn[l], &a->enc_ffn[l], dp, dx);
+        float *dp = residual_next(&r);
+        mt_ffn_backward(c, x, &m->enc_ffn[l], &a->enc_ffn[l], dp, dx);
+        trainer_arena_reset(x);
         dx = dp;
         if (s->memory) {
-            dp = trainer_arena_zeros(arena, nx);
-            mt_attn_backward(c, arena, &m->enc_reader[l], &a->enc_reader[l], dp, dM_in, dx);
+            dp = residual_next(&r);
+            mt_attn_backward(c, x, &m->enc_reader[l], &a->enc_reader[l], dp, dM_in, dx);
+            trainer_arena_reset(x);
             dx = dp;
         }
-        dp = trainer_arena_zeros(arena, nx);
-        mt_attn_backward(c, arena, &m->enc_self[l], &a->enc_self[l], dp, NULL, dx);
+        dp = residual_next(&r);
+        mt_attn_backward(c, x, &m->enc_self[l], &a->enc_self[l], dp, NULL, dx);
+        trainer_arena_reset(x);
         dx = dp;
     }
     embed_backward(m, dx, b->enc_tok, B, L);
@@ -321,7 +352,10 @@ void trainer_model_backward(trainer_model *m, trainer_step_act *a, float grad_sc
             memcpy(dM_prev + i * ms, dM_in + i * ms, ms * sizeof(float));
         }
     }
-    if (dM0) mt_writer_initial_backward(arena, &m->writer, dM0);
+    if (dM0) {
+        mt_writer_initial_backward(x, &m->writer, dM0);
+        trainer_arena_reset(x);
+    }
 }
 
 trainer_segments *trainer_segments_create(const trainer_model *m, int B) {

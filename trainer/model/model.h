@@ -60,6 +60,9 @@ trainer_params *trainer_model_params(trainer_model *m);
 trainer_tables *trainer_model_tables(trainer_model *m);
 /* Width of the carried memory per stream in floats (S*C), 0 when the model carries none. */
 size_t trainer_model_memory_size(const trainer_model *m);
+
+/* The most bytes the backward's scratch arena (one sublayer's temporaries) has held. */
+size_t trainer_model_scratch_peak(const trainer_model *m);
 /* Multiply-adds per token of one forward pass (projections, attention, head), for FLOP figures. */
 double trainer_model_flops_per_token(const trainer_model *m);
 
