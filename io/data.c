@@ -174,7 +174,8 @@ void io_dataset_size_hint(const char *spec, const char *data_dir, io_size_hint *
     h->loading = file + 2.0 * 2.0 * tokens + 8.0 * docs;
 }
 
-static int64_t gcd64(int64_t a, int64_t b) {
+int64_t io_stream_classes(int64_t nstreams, int64_t ndocs) {
+    int64_t a = nstreams, b = ndocs; /* gcd */
     while (b) {
         int64_t r = a % b;
         a = b;
@@ -211,7 +212,7 @@ static int before(int64_t doc, const int64_t *arg) { return doc < arg[0]; }
 
 void io_dataset_keep_streams(io_dataset *d, int64_t first, int64_t count, int64_t nstreams) {
     LAYER_ASSERT(d && nstreams >= 1 && first >= 0 && count >= 0 && first + count <= nstreams);
-    int64_t g = gcd64(nstreams, d->ndocs);
+    int64_t g = io_stream_classes(nstreams, d->ndocs);
     if (count >= g) return; /* the streams read every document */
     const int64_t arg[3] = {first, count, g};
     keep_docs(d, in_classes, arg);
@@ -291,7 +292,7 @@ static int64_t stream_doc(const io_stream *st, const io_dataset *d, int start) {
     if (st->shuffle) {
         /* by class: the T = nstreams/c streams of class j mod c (c = gcd(nstreams, n)) take
            turns over its m = n/c documents j mod c, j mod c + c, ...; else one class */
-        int64_t c = st->by_class ? gcd64(st->nstreams, n) : 1, cls = st->stream % c;
+        int64_t c = st->by_class ? io_stream_classes(st->nstreams, n) : 1, cls = st->stream % c;
         int64_t T = st->nstreams / c, t = st->stream / c, m = n / c;
         /* place g = t + i * T of the class, split into pass and position without forming g */
         int64_t q1 = i / m, r1 = i % m;  /* i = q1 m + r1 */

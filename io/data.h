@@ -132,6 +132,9 @@ int64_t io_shuffle_doc(uint64_t seed, int64_t pass, int64_t k, int64_t n);
  * 0..nstreams-1. */
 void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams);
 
+/* The number of stream classes, gcd(nstreams, ndocs) (see io_stream). */
+int64_t io_stream_classes(int64_t nstreams, int64_t ndocs);
+
 /* Makes st read in the shuffled order of `seed` (see io_stream), within its class when
  * by_class; its position is kept. */
 void io_stream_set_shuffle(io_stream *st, uint64_t seed, int by_class);

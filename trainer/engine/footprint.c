@@ -173,12 +173,7 @@ void trainer_footprint_data(const trainer_config *cfg, int P, trainer_footprint_
     *resident = h.resident;
     *loading = h.loading;
     if (use != TRAINER_USE_TRAIN || h.train_docs < 1 || cfg->streams < 1) return;
-    int64_t n = (int64_t)llround(h.train_docs), c = cfg->streams; /* gcd(streams, documents) */
-    for (int64_t b = n; b;) {
-        int64_t r = c % b;
-        c = b;
-        b = r;
-    }
+    int64_t c = io_stream_classes(cfg->streams, (int64_t)llround(h.train_docs));
     int64_t mine = (cfg->streams + (P > 0 ? P : 1) - 1) / (P > 0 ? P : 1);
     if (mine < c) *resident -= h.train * (1.0 - (double)mine / (double)c);
     /* validation keeps the documents it scores */

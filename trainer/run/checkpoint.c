@@ -140,7 +140,7 @@ static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state
                  "newer memtrain)", io_ckpt_path(x->ck), (long long)order);
         rc = -1;
     }
-    st->by_class = order == 2;
+    if (!x->writing) st->by_class = order == 2;
     if (!rc) rc = move(x, "streams/cursor", IO_I64, 2, d_cur, st->B, ids, st->cursor);
     if (!rc) rc = move(x, "streams/prev_segment", IO_I32, 2, d_prev, st->B, ids, st->prev);
     if (!rc) rc = move(x, "streams/last_token", IO_I32, 2, d_last, st->B, ids, st->last);
