@@ -231,7 +231,11 @@ int trainer_tables_replan(trainer_tables *t) {
                                c.allowed[TRAINER_STRATEGY_OWNER]
                            ? TRAINER_STRATEGY_OWNER
                            : TRAINER_STRATEGY_FETCH;
-        if (c.choice != s->strategy && c.allowed[c.choice]) {
+        /* a move must save a tenth of the group's predicted time: a near tie is within the
+         * measure's noise, and a move to fetch makes the fetched rows and their gradients
+         * resident (25 MiB per FFN group of the d_model 256 decoder at P = 4) */
+        if (c.choice != s->strategy && c.allowed[c.choice] &&
+            c.seconds[c.choice] <= (1.0 - TABLES_REPLAN_GAIN) * c.seconds[s->strategy]) {
             comm_print0(t->comm, "tables: %s moves from %s to %s, which takes less time per step with the "
                        "measured %.0f distinct keys per table and step (predicted per rank and step: "
                        "%s %.2f ms for %.1f KiB in %.0f exchanges, %s %.2f ms for %.1f KiB in %.0f)\n",
