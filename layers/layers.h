@@ -32,6 +32,10 @@ void layer_rope_backward(float *dx, const float *dout, int B, int T, int C, int 
 /* ---- normalisation (rmsnorm.c, layernorm.c); eps = 1e-5 ---- */
 /* out (N,C) = in * rstd * w; rstd (N) kept for backward; w (C). */
 void layer_rmsnorm_forward(float *out, float *rstd, const float *in, const float *w, int N, int C);
+/* out (N,C) = in * rstd * w with the rstd the forward kept: bitwise the forward's out (a
+ * backward recomputes it rather than keeping it). */
+void layer_rmsnorm_apply(float *out, const float *in, const float *w, const float *rstd, int N,
+                         int C);
 void layer_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in,
                             const float *w, const float *rstd, int N, int C);
 /* Plain loops with double sums: the references of the two above. */

@@ -41,15 +41,21 @@ static inline float rms_dot3(const float *g, const float *w, const float *x, int
 }
 #endif
 
-void layer_rmsnorm_forward(float *out, float *rstd, const float *in, const float *w, int N, int C) {
-    /* out, in (N,C); rstd (N); w (C) */
+void layer_rmsnorm_apply(float *out, const float *in, const float *w, const float *rstd, int N,
+                         int C) {
     for (int n = 0; n < N; n++) {
         const float *x = in + (size_t)n * C;
         float *o = out + (size_t)n * C;
-        float r = 1.0f / sqrtf(rms_sumsq(x, C) / (float)C + RMSNORM_EPS);
+        float r = rstd[n];
         for (int c = 0; c < C; c++) o[c] = x[c] * r * w[c];
-        rstd[n] = r;
     }
+}
+
+void layer_rmsnorm_forward(float *out, float *rstd, const float *in, const float *w, int N, int C) {
+    /* out, in (N,C); rstd (N); w (C) */
+    for (int n = 0; n < N; n++)
+        rstd[n] = 1.0f / sqrtf(rms_sumsq(in + (size_t)n * C, C) / (float)C + RMSNORM_EPS);
+    layer_rmsnorm_apply(out, in, w, rstd, N, C);
 }
 
 void layer_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in,

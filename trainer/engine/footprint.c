@@ -78,10 +78,12 @@ static double segment_floats(const shape *s, double B, int backward) {
     double n_att[3] = {s->n_dec + s->n_enc, s->memformer ? s->n_dec : 0, s->memory ? s->n_enc : 0};
     for (int a = 0; a < 3; a++) {
         double Tk = Tks[a], nk = B * Tk;
-        /* h, q, y, x1 and rstd over the queries; k, v over the keys; the scores */
-        double af = 4 * N * C + N + 2 * nk * C + B * NH * L * Tk;
+        /* q, x1 (which also holds h and, without an output projection, y) and rstd over the
+           queries, y with one; k, v over the keys; the scores */
+        double af = (s->hash ? 2 : 3) * N * C + N + 2 * nk * C + B * NH * L * Tk;
         if (s->hash) af += 3 * N * K + (a ? 3 * nk * K : 0);
-        double ab = (s->hash ? 0 : N * C) + N * C + 2 * nk * C + L * Tk + N * C;
+        /* dy (with an output projection), dq, dk, dv, the scores' scratch, dh, h recomputed */
+        double ab = (s->hash ? 0 : N * C) + N * C + 2 * nk * C + L * Tk + 2 * N * C;
         if (a == 0 && s->rope) ab += 2 * N * C;
         if (s->hash) ab += N * K + (a ? nk * K : 0);
         f += n_att[a] * af;
@@ -89,8 +91,9 @@ static double segment_floats(const shape *s, double B, int backward) {
     }
     /* FFN sublayers */
     double nffn = s->n_dec + s->n_enc;
-    double ff = 3 * N * C + N + (s->hash ? 6 * N * K + 2 * N * H + 2 * N : 2 * N * H);
-    double fb = N * C + (s->hash ? N * K + 2 * N * H : 2 * N * H);
+    /* x1 (which also holds h and F's output), rstd, u, gl; dh and h recomputed */
+    double ff = N * C + N + (s->hash ? 6 * N * K + 2 * N * H + 2 * N : 2 * N * H);
+    double fb = 2 * N * C + (s->hash ? N * K + 2 * N * H : 2 * N * H);
     f += nffn * ff;
     x = fmax(x, fb);
     /* embeddings, final norms, logits; the memory and its writer */

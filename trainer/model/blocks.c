@@ -138,15 +138,19 @@ float *mt_attn_forward(const mt_env *c, trainer_arena *ar, const mt_attn *m, mt_
     a->Tk = Tk;
     a->x0 = x0;
     a->src = src;
-    a->h = trainer_arena_floats(ar, nq);
+    /* h = RMSNorm(x0) is read only by the projections below: it lives where x1 goes (the
+       backward recomputes it from x0 and rstd), and without an output projection the
+       attention output is written there too and the residual added in place */
+    a->x1 = trainer_arena_floats(ar, nq);
+    float *h = a->x1;
     a->rstd = trainer_arena_floats(ar, (size_t)B * Tq);
-    layer_rmsnorm_forward(a->h, a->rstd, x0, m->norm.w, B * Tq, C);
+    layer_rmsnorm_forward(h, a->rstd, x0, m->norm.w, B * Tq, C);
     a->q = trainer_arena_floats(ar, nq);
     a->k = trainer_arena_floats(ar, nk);
     a->v = trainer_arena_floats(ar, nk);
     if (m->self) {
         float *out[3] = {a->q, a->k, a->v};
-        mt_proj_forward(c, ar, &m->qkv, &a->pa_q, out, a->h, B * Tq);
+        mt_proj_forward(c, ar, &m->qkv, &a->pa_q, out, h, B * Tq);
         if (c->rope_dims > 0) {
             layer_rope_forward(a->q, a->q, B, Tq, C, NH, c->rope_dims, 10000.0f, 0);
             layer_rope_forward(a->k, a->k, B, Tk, C, NH, c->rope_dims, 10000.0f, 0);
@@ -154,21 +158,18 @@ float *mt_attn_forward(const mt_env *c, trainer_arena *ar, const mt_attn *m, mt_
     } else {
         float *oq[1] = {a->q};
         float *okv[2] = {a->k, a->v};
-        mt_proj_forward(c, ar, &m->q, &a->pa_q, oq, a->h, B * Tq);
+        mt_proj_forward(c, ar, &m->q, &a->pa_q, oq, h, B * Tq);
         mt_proj_forward(c, ar, &m->kv, &a->pa_kv, okv, src, B * Tk);
     }
     a->att = trainer_arena_floats(ar, (size_t)B * NH * Tq * Tk);
-    a->y = trainer_arena_floats(ar, nq);
+    a->y = m->has_o ? trainer_arena_floats(ar, nq) : a->x1; /* O's backward reads y */
     float scale = 1.0f / sqrtf((float)(C / NH));
     layer_attention_forward(a->y, a->att, a->q, a->k, a->v, B, Tq, Tk, C, NH, scale, m->mask);
-    a->x1 = trainer_arena_floats(ar, nq);
     if (m->has_o) {
         float *oo[1] = {a->x1};
         mt_proj_forward(c, ar, &m->o, &a->pa_o, oo, a->y, B * Tq);
-        for (size_t i = 0; i < nq; i++) a->x1[i] += x0[i];
-    } else {
-        for (size_t i = 0; i < nq; i++) a->x1[i] = x0[i] + a->y[i];
     }
+    for (size_t i = 0; i < nq; i++) a->x1[i] += x0[i];
     return a->x1;
 }
 
@@ -190,7 +191,8 @@ void mt_attn_backward(const mt_env *c, trainer_arena *ar, const mt_attn *m, cons
     float scale = 1.0f / sqrtf((float)(C / NH));
     layer_attention_backward(dq, dk, dv, scratch, dy, a->q, a->k, a->v, a->att, B, Tq, Tk, C, NH,
                              scale, m->mask);
-    float *dh = trainer_arena_zeros(ar, nq);
+    float *dh = trainer_arena_zeros(ar, nq), *h = trainer_arena_floats(ar, nq);
+    layer_rmsnorm_apply(h, a->x0, m->norm.w, a->rstd, B * Tq, C);
     if (m->self) {
         if (c->rope_dims > 0) { /* gradient before rotation: rotate back */
             float *dq0 = trainer_arena_zeros(ar, nq), *dk0 = trainer_arena_zeros(ar, nk);
@@ -200,11 +202,11 @@ void mt_attn_backward(const mt_env *c, trainer_arena *ar, const mt_attn *m, cons
             dk = dk0;
         }
         float *const dd[3] = {dq, dk, dv};
-        mt_proj_backward(c, ar, &m->qkv, &a->pa_q, dh, dd, a->h, B * Tq);
+        mt_proj_backward(c, ar, &m->qkv, &a->pa_q, dh, dd, h, B * Tq);
     } else {
         float *const ddq[1] = {dq};
         float *const ddkv[2] = {dk, dv};
-        mt_proj_backward(c, ar, &m->q, &a->pa_q, dh, ddq, a->h, B * Tq);
+        mt_proj_backward(c, ar, &m->q, &a->pa_q, dh, ddq, h, B * Tq);
         mt_proj_backward(c, ar, &m->kv, &a->pa_kv, dsrc, ddkv, a->src, B * Tk);
     }
     layer_rmsnorm_backward(dx0, m->norm.g, dh, a->x0, m->norm.w, a->rstd, B * Tq, C);
@@ -251,15 +253,16 @@ float *mt_ffn_forward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, mt_ff
     size_t n = (size_t)N * C, nh = (size_t)N * m->H;
     a->N = N;
     a->x0 = x0;
-    a->h = trainer_arena_floats(ar, n);
-    a->rstd = trainer_arena_floats(ar, N);
-    layer_rmsnorm_forward(a->h, a->rstd, x0, m->norm.w, N, C);
+    /* h = RMSNorm(x0), read only by fc1, and F's output live where x1 goes: the residual is
+       added in place, and the backward recomputes h from x0 and rstd */
     a->x1 = trainer_arena_floats(ar, n);
-    float *f = trainer_arena_floats(ar, n);
+    float *h = a->x1;
+    a->rstd = trainer_arena_floats(ar, N);
+    layer_rmsnorm_forward(h, a->rstd, x0, m->norm.w, N, C);
     a->u = trainer_arena_floats(ar, nh);
     a->gl = trainer_arena_floats(ar, nh);
-    float *o1[1] = {a->u}, *o2[1] = {f};
-    mt_proj_forward(c, ar, &m->fc1, &a->pa1, o1, a->h, N);
+    float *o1[1] = {a->u}, *o2[1] = {a->x1};
+    mt_proj_forward(c, ar, &m->fc1, &a->pa1, o1, h, N);
     if (!m->hash) {
         layer_gelu_forward(a->gl, a->u, N * m->H);
     } else {
@@ -268,7 +271,7 @@ float *mt_ffn_forward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, mt_ff
         layer_layernorm_forward(a->gl, a->lmean, a->lrstd, a->u, m->ln_w.w, m->ln_b.w, N, m->H);
     }
     mt_proj_forward(c, ar, &m->fc2, &a->pa2, o2, a->gl, N);
-    for (size_t i = 0; i < n; i++) a->x1[i] = x0[i] + f[i];
+    for (size_t i = 0; i < n; i++) a->x1[i] += x0[i];
     return a->x1;
 }
 
@@ -286,7 +289,9 @@ void mt_ffn_backward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, const 
         layer_layernorm_backward(du, m->ln_w.g, m->ln_b.g, dgl, a->u, m->ln_w.w, a->lmean,
                                  a->lrstd, N, m->H);
     float *const d1[1] = {du};
-    mt_proj_backward(c, ar, &m->fc1, &a->pa1, dh, d1, a->h, N);
+    float *h = trainer_arena_floats(ar, n);
+    layer_rmsnorm_apply(h, a->x0, m->norm.w, a->rstd, N, C);
+    mt_proj_backward(c, ar, &m->fc1, &a->pa1, dh, d1, h, N);
     layer_rmsnorm_backward(dx0, m->norm.g, dh, a->x0, m->norm.w, a->rstd, N, C);
 }
 

@@ -90,7 +90,8 @@ typedef struct mt_attn {
 typedef struct mt_attn_act {
     int B, Tq, Tk;
     const float *x0, *src;
-    float *h, *rstd, *q, *k, *v, *att, *y, *x1;
+    float *rstd, *q, *k, *v, *att, *y, *x1; /* y: x1 itself without an output projection;
+                                                RMSNorm(x0) is recomputed by the backward */
     mt_proj_act pa_q, pa_kv, pa_o;
 } mt_attn_act;
 
@@ -117,7 +118,7 @@ typedef struct mt_ffn {
 typedef struct mt_ffn_act {
     int N;
     const float *x0;
-    float *h, *rstd;         /* (N,C), (N) */
+    float *rstd;             /* (N): RMSNorm(x0) is recomputed by the backward */
     float *u, *gl;           /* (N,H): fc1 / ML1 output, GELU / LayerNorm output */
     float *lmean, *lrstd;    /* (N) LayerNorm statistics (hash) */
     float *x1;               /* (N,C) */
