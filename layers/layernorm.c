@@ -62,20 +62,28 @@ static inline void ln_dots(float *sdn, float *sdnx, const float *w, const float 
 }
 #endif
 
+void layer_layernorm_apply(float *out, const float *in, const float *w, const float *b,
+                           const float *mean, const float *rstd, int N, int C) {
+    for (int n = 0; n < N; n++) {
+        const float *x = in + (size_t)n * C; /* (C) */
+        float *o = out + (size_t)n * C;      /* (C) */
+        float m = mean[n], r = rstd[n];
+        for (int i = 0; i < C; i++) o[i] = (x[i] - m) * r * w[i] + b[i];
+    }
+}
+
 /* out (N,C), mean (N), rstd (N); in (N,C); w, b (C). */
 void layer_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *w,
                              const float *b, int N, int C) {
     LAYER_ASSERT(N >= 0 && C > 0);
     for (int n = 0; n < N; n++) {
         const float *x = in + (size_t)n * C; /* (C) */
-        float *o = out + (size_t)n * C;      /* (C) */
         /* two passes: the variance of a centred row does not cancel catastrophically */
         float m = ln_sum(x, C) / (float)C;
-        float r = 1.0f / sqrtf(ln_var(x, m, C) / (float)C + LAYERNORM_EPS);
-        for (int i = 0; i < C; i++) o[i] = (x[i] - m) * r * w[i] + b[i];
         mean[n] = m;
-        rstd[n] = r;
+        rstd[n] = 1.0f / sqrtf(ln_var(x, m, C) / (float)C + LAYERNORM_EPS);
     }
+    layer_layernorm_apply(out, in, w, b, mean, rstd, N, C);
 }
 
 /* dinp (N,C), dw, db (C) += gradients (each may be NULL); dout, in (N,C); w (C); mean, rstd (N). */

@@ -46,6 +46,10 @@ void layer_rmsnorm_backward_ref(float *dinp, float *dw, const float *dout, const
 /* out (N,C) = (in - mean) * rstd * w + b; mean, rstd (N) kept for backward; w, b (C). */
 void layer_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *w,
                              const float *b, int N, int C);
+/* out (N,C) = (in - mean) * rstd * w + b with the statistics the forward kept: bitwise the
+ * forward's out (a backward recomputes it rather than keeping it). */
+void layer_layernorm_apply(float *out, const float *in, const float *w, const float *b,
+                           const float *mean, const float *rstd, int N, int C);
 void layer_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                               const float *in, const float *w, const float *mean,
                               const float *rstd, int N, int C);

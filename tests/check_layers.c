@@ -234,6 +234,22 @@ START_TEST(test_rmsnorm) {
 }
 END_TEST
 
+START_TEST(test_layernorm_apply) {
+    /* the backward recomputes the LayerNorm output from the kept statistics: bit for bit */
+    layer_rng r;
+    tu_seed(&r, __func__);
+    int N = tu_randint(&r, 5, 9), C = 17 + tu_randint(&r, 0, 300);
+    size_t n = (size_t)N * C;
+    float *in = tu_randn(&r, n, 1.5f), *w = tu_randn(&r, (size_t)C, 1.0f);
+    float *b = tu_randn(&r, (size_t)C, 1.0f), *out = tu_zeros(n), *again = tu_zeros(n);
+    float *mean = tu_zeros((size_t)N), *rstd = tu_zeros((size_t)N);
+    layer_layernorm_forward(out, mean, rstd, in, w, b, N, C);
+    layer_layernorm_apply(again, in, w, b, mean, rstd, N, C);
+    ck_assert_int_eq(memcmp(again, out, n * sizeof(float)), 0);
+    free(in), free(w), free(b), free(out), free(again), free(mean), free(rstd);
+}
+END_TEST
+
 /* ---------------- linear ---------------- */
 
 START_TEST(test_linear_hand) {
@@ -309,6 +325,7 @@ static Suite *layers_suite(void) {
     tcase_add_test(tc, test_rope_forward_values);
     tcase_add_test(tc, test_rope_backward);
     tcase_add_test(tc, test_rmsnorm);
+    tcase_add_test(tc, test_layernorm_apply);
     tcase_add_test(tc, test_linear_hand);
     tcase_add_test(tc, test_gelu);
     tcase_add_test(tc, test_crossentropy_hand);

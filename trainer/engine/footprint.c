@@ -91,9 +91,9 @@ static double segment_floats(const shape *s, double B, int backward) {
     }
     /* FFN sublayers */
     double nffn = s->n_dec + s->n_enc;
-    /* x1 (which also holds h and F's output), rstd, u, gl; dh and h recomputed */
-    double ff = N * C + N + (s->hash ? 6 * N * K + 2 * N * H + 2 * N : 2 * N * H);
-    double fb = 2 * N * C + (s->hash ? N * K + 2 * N * H : 2 * N * H);
+    /* x1 (which also holds h and F's output), rstd, u; dh, h and gl recomputed, dgl, du */
+    double ff = N * C + N + (s->hash ? 6 * N * K + N * H + 2 * N : N * H);
+    double fb = 2 * N * C + (s->hash ? N * K + 3 * N * H : 3 * N * H);
     f += nffn * ff;
     x = fmax(x, fb);
     /* embeddings, final norms, logits; the memory and its writer */
@@ -111,7 +111,8 @@ static double segment_floats(const shape *s, double B, int backward) {
     }
     /* each allocation is aligned to 64 bytes, and records of pointers come from the arena */
     double records = 4096 + 2048 * (s->n_dec + s->n_enc);
-    return (backward ? f + b + x : f) + records / 4;
+    /* a forward's FFN keeps its hidden output in the scratch arena until the FFN returns */
+    return (backward ? f + b + x : f + (nffn > 0 ? N * H : 0)) + records / 4;
 }
 
 /* An arena reserves blocks of 4 MiB (trainer_rollout_create) and aligns each allocation. */

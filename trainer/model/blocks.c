@@ -260,17 +260,19 @@ float *mt_ffn_forward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, mt_ff
     a->rstd = trainer_arena_floats(ar, N);
     layer_rmsnorm_forward(h, a->rstd, x0, m->norm.w, N, C);
     a->u = trainer_arena_floats(ar, nh);
-    a->gl = trainer_arena_floats(ar, nh);
+    /* gl, fc2's input, is a temporary: the backward recomputes it from u */
+    float *gl = trainer_arena_floats(c->scratch, nh);
     float *o1[1] = {a->u}, *o2[1] = {a->x1};
     mt_proj_forward(c, ar, &m->fc1, &a->pa1, o1, h, N);
     if (!m->hash) {
-        layer_gelu_forward(a->gl, a->u, N * m->H);
+        layer_gelu_forward(gl, a->u, N * m->H);
     } else {
         a->lmean = trainer_arena_floats(ar, N);
         a->lrstd = trainer_arena_floats(ar, N);
-        layer_layernorm_forward(a->gl, a->lmean, a->lrstd, a->u, m->ln_w.w, m->ln_b.w, N, m->H);
+        layer_layernorm_forward(gl, a->lmean, a->lrstd, a->u, m->ln_w.w, m->ln_b.w, N, m->H);
     }
-    mt_proj_forward(c, ar, &m->fc2, &a->pa2, o2, a->gl, N);
+    mt_proj_forward(c, ar, &m->fc2, &a->pa2, o2, gl, N);
+    trainer_arena_reset(c->scratch);
     for (size_t i = 0; i < n; i++) a->x1[i] += x0[i];
     return a->x1;
 }
@@ -281,8 +283,13 @@ void mt_ffn_backward(const mt_env *c, trainer_arena *ar, const mt_ffn *m, const 
     size_t n = (size_t)N * C, nh = (size_t)N * m->H;
     for (size_t i = 0; i < n; i++) dx0[i] += dx1[i];
     float *dh = trainer_arena_zeros(ar, n), *dgl = trainer_arena_zeros(ar, nh), *du = trainer_arena_zeros(ar, nh);
+    float *gl = trainer_arena_floats(ar, nh);
+    if (!m->hash)
+        layer_gelu_forward(gl, a->u, N * m->H);
+    else
+        layer_layernorm_apply(gl, a->u, m->ln_w.w, m->ln_b.w, a->lmean, a->lrstd, N, m->H);
     float *const d2[1] = {(float *)dx1};
-    mt_proj_backward(c, ar, &m->fc2, &a->pa2, dgl, d2, a->gl, N);
+    mt_proj_backward(c, ar, &m->fc2, &a->pa2, dgl, d2, gl, N);
     if (!m->hash)
         layer_gelu_backward(du, a->u, dgl, N * m->H);
     else

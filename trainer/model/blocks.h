@@ -48,6 +48,8 @@ typedef struct mt_env {
     layer_score_mode score;
     float hash_temp;
     int rope_dims; /* 0: learned positions, no rotation */
+    trainer_arena *scratch; /* a sublayer's temporaries, reset when it returns (the forward's
+                               FFN hidden output, the backward's) */
 } mt_env;
 
 /* nout projections of one input (nout <= 3), dense (w[j] (OC,C)) or hashed (one shared index
@@ -119,7 +121,8 @@ typedef struct mt_ffn_act {
     int N;
     const float *x0;
     float *rstd;             /* (N): RMSNorm(x0) is recomputed by the backward */
-    float *u, *gl;           /* (N,H): fc1 / ML1 output, GELU / LayerNorm output */
+    float *u;                /* (N,H): fc1 / ML1 output; its GELU / LayerNorm is recomputed
+                                by the backward */
     float *lmean, *lrstd;    /* (N) LayerNorm statistics (hash) */
     float *x1;               /* (N,C) */
     mt_proj_act pa1, pa2;

@@ -117,6 +117,7 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
     trainer_tables_set_fast(m->tables, s->tables.fast);
     trainer_tables_alloc(m->tables, s->seed);
     m->scratch = trainer_arena_create((size_t)1 << 20);
+    m->env.scratch = m->scratch;
     return m;
 }
 
