@@ -39,8 +39,9 @@ static void store_populate(const group_state *s, float *store, int k) {
 #ifdef MADV_POPULATE_WRITE
     size_t rows = (size_t)1 << s->g.tau, tiles = (size_t)(s->g.OC + TILE - 1) / TILE;
     for (size_t c = 0; c < tiles; c++) {
-        /* tile c's rows of chunk k: 2^tau rows of TILE floats, page-aligned (a multiple of
-           32 KiB from the store's start) */
+        /* tile c's rows of chunk k: 2^tau rows of TILE floats, a multiple of 2^tau * 128
+           bytes from the store's start, so page-aligned from tau = 5 on; madvise refuses
+           smaller chunks, which then fault as before */
         float *at = store + (c * (size_t)s->R + ((size_t)k << s->g.tau)) * TILE;
         (void)madvise(at, rows * TILE * sizeof(float), MADV_POPULATE_WRITE);
     }
