@@ -1,6 +1,7 @@
 /* The table planner: its byte counts against hand counts, and its choice in hand-made cases. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "tests/testutil.h"
 #include "trainer/tables/plan.h"
@@ -126,12 +127,43 @@ START_TEST(test_choices) {
 }
 END_TEST
 
+/* A revision moves a group only to an allowed strategy that saves a tenth of its time. */
+START_TEST(test_revise) {
+    trainer_plan_cost c;
+    memset(&c, 0, sizeof c);
+    for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++) c.allowed[s] = 1;
+    const trainer_strategy F = TRAINER_STRATEGY_FETCH, O = TRAINER_STRATEGY_OWNER;
+    /* 27% faster: moves (dec0.ffn.ml1 at P = 4: fetch 0.58 ms, owner 0.79) */
+    c.seconds[F] = 0.58e-3, c.seconds[O] = 0.79e-3, c.choice = F;
+    ck_assert_int_eq(trainer_plan_revise(&c, O), F);
+    /* 1% faster: stays (dec2.ffn.ml1: 0.78 against 0.79) */
+    c.seconds[F] = 0.78e-3;
+    ck_assert_int_eq(trainer_plan_revise(&c, O), O);
+    /* just past the tenth: moves; just short of it: stays */
+    c.seconds[F] = 0.89e-3, c.seconds[O] = 1.0e-3;
+    ck_assert_int_eq(trainer_plan_revise(&c, O), F);
+    c.seconds[F] = 0.91e-3;
+    ck_assert_int_eq(trainer_plan_revise(&c, O), O);
+    /* the other way round, and never into a strategy that is not allowed */
+    c.seconds[F] = 1.0e-3, c.seconds[O] = 0.5e-3, c.choice = O;
+    ck_assert_int_eq(trainer_plan_revise(&c, F), O);
+    c.allowed[O] = 0;
+    ck_assert_int_eq(trainer_plan_revise(&c, F), F);
+    /* replicate chosen: the faster allowed of fetch and owner */
+    c.allowed[O] = 1, c.choice = TRAINER_STRATEGY_REPLICATE;
+    ck_assert_int_eq(trainer_plan_revise(&c, F), O);
+    c.seconds[F] = 0.2e-3;
+    ck_assert_int_eq(trainer_plan_revise(&c, O), F);
+}
+END_TEST
+
 static Suite *plan_suite(void) {
     Suite *s = suite_create("plan");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_distinct);
     tcase_add_test(tc, test_bytes_by_hand);
     tcase_add_test(tc, test_choices);
+    tcase_add_test(tc, test_revise);
     suite_add_tcase(s, tc);
     return s;
 }

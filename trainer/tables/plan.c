@@ -117,3 +117,16 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     if (!any) c->why = "over budget";
     else if (r->force >= 0) c->why = "forced one not allowed";
 }
+
+trainer_strategy trainer_plan_revise(const trainer_plan_cost *c, trainer_strategy cur) {
+    trainer_strategy to = c->choice;
+    if (to == TRAINER_STRATEGY_REPLICATE)
+        to = c->seconds[TRAINER_STRATEGY_OWNER] < c->seconds[TRAINER_STRATEGY_FETCH] &&
+                     c->allowed[TRAINER_STRATEGY_OWNER]
+                 ? TRAINER_STRATEGY_OWNER
+                 : TRAINER_STRATEGY_FETCH;
+    if (to == cur || !c->allowed[to] ||
+        c->seconds[to] > (1.0 - TRAINER_PLAN_MOVE_GAIN) * c->seconds[cur])
+        return cur;
+    return to;
+}

@@ -73,4 +73,14 @@ double trainer_plan_distinct(int tau, double m);
 void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
                          trainer_plan_cost *c);
 
+/* The share of a group's predicted time a revision must save to move the group. */
+#define TRAINER_PLAN_MOVE_GAIN 0.10
+/* The strategy a group served by `cur` (fetch or owner) should move to after a revision
+ * whose costs are c (trainer_plan_choose with measured distinct keys), or cur to stay.
+ * Storage is fixed at allocation, so a choice of replicate means the faster allowed of
+ * fetch and owner. A move must be allowed and save TRAINER_PLAN_MOVE_GAIN of cur's time: a
+ * near tie is within the measure's noise, and a move to fetch makes the fetched rows and
+ * their gradients resident (25 MiB per FFN group of the d_model 256 decoder at P = 4). */
+trainer_strategy trainer_plan_revise(const trainer_plan_cost *c, trainer_strategy cur);
+
 #endif

@@ -246,16 +246,9 @@ int trainer_tables_replan(trainer_tables *t) {
         trainer_plan_run r = t->run;
         if (r.force == TRAINER_STRATEGY_REPLICATE) r.force = -1;
         trainer_plan_choose(&r, &pg, &c);
-        if (c.choice == TRAINER_STRATEGY_REPLICATE) /* storage is fixed at allocation */
-            c.choice = c.seconds[TRAINER_STRATEGY_OWNER] < c.seconds[TRAINER_STRATEGY_FETCH] &&
-                               c.allowed[TRAINER_STRATEGY_OWNER]
-                           ? TRAINER_STRATEGY_OWNER
-                           : TRAINER_STRATEGY_FETCH;
-        /* a move must save a tenth of the group's predicted time: a near tie is within the
-         * measure's noise, and a move to fetch makes the fetched rows and their gradients
-         * resident (25 MiB per FFN group of the d_model 256 decoder at P = 4) */
-        if (c.choice != s->strategy && c.allowed[c.choice] &&
-            c.seconds[c.choice] <= (1.0 - TABLES_REPLAN_GAIN) * c.seconds[s->strategy]) {
+        trainer_strategy to = trainer_plan_revise(&c, s->strategy);
+        if (to != s->strategy) {
+            c.choice = to;
             comm_print0(t->comm, "tables: %s moves from %s to %s, which takes less time per step with the "
                        "measured %.0f distinct keys per table and step (predicted per rank and step: "
                        "%s %.2f ms for %.1f KiB in %.0f exchanges, %s %.2f ms for %.1f KiB in %.0f)\n",

@@ -19,8 +19,6 @@ enum {
 };
 
 #define TILE LAYER_HASH_TILE
-/* The share of a group's predicted time a re-plan must save to move it (trainer_tables_replan). */
-#define TABLES_REPLAN_GAIN 0.10
 
 typedef struct group_state {
     trainer_table_group g;
