@@ -30,11 +30,9 @@ static size_t store_bytes(const group_state *s, size_t elem) {
     return layer_hash_store_floats(s->R, s->g.OC) * elem;
 }
 
-/* Makes chunk k's pages of a float store resident and writable at once. The gradient and
- * moment stores of a held chunk are read before they are first written (+= and Adam), so
- * each page would fault twice in the first steps, once for the shared zero page and once to
- * copy it; the memory estimate counts them resident all the same. A kernel without
- * MADV_POPULATE_WRITE (before Linux 5.14) leaves them to fault as before. */
+/* Makes chunk k's pages of a float store resident and writable at once (see
+ * tables_populate_held). A kernel without MADV_POPULATE_WRITE (before Linux 5.14) leaves
+ * them to fault as before. */
 static void store_populate(const group_state *s, float *store, int k) {
 #ifdef MADV_POPULATE_WRITE
     size_t rows = (size_t)1 << s->g.tau, tiles = (size_t)(s->g.OC + TILE - 1) / TILE;
@@ -48,6 +46,18 @@ static void store_populate(const group_state *s, float *store, int k) {
 #else
     (void)s, (void)store, (void)k;
 #endif
+}
+
+void tables_populate_held(const trainer_tables *t, group_state *s) {
+    if (s->populated) return;
+    s->populated = 1;
+    for (int j = 0; j < s->g.nout; j++)
+        for (int k = 0; k < s->g.K; k++) {
+            if (!tables_holds(t, s, k)) continue;
+            store_populate(s, s->drows[j], k);
+            store_populate(s, s->m[j], k);
+            store_populate(s, s->v[j], k);
+        }
 }
 
 static void store_unmap(void *p, size_t bytes) {
@@ -325,9 +335,6 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
             if (!t->fast) s->acc[j] = store_map(store_bytes(s, sizeof(double)));
             for (int k = 0; k < s->g.K; k++) {
                 if (!tables_holds(t, s, k)) continue;
-                store_populate(s, s->drows[j], k);
-                store_populate(s, s->m[j], k);
-                store_populate(s, s->v[j], k);
                 layer_rng r;
                 layer_rng_seed(&r, trainer_seed_for(seed, s->g.name, (uint64_t)(j * 65536 + k)));
                 layer_fill_normal(init, (size_t)rows * OC, 0.02f, &r);

@@ -46,6 +46,7 @@ typedef struct group_state {
     int32_t *fetched;        /* (2R) remote keys fetched and not released; scratch after */
     int nfetched;
     int in_memory_pass;      /* looked up by this step's MRBP memory pass */
+    int populated;           /* held gradient and moment pages made resident (training) */
     comm_words *push;        /* a gradient push started by the backward (fetch, one backward
                                 per block), finished at the block end */
     int push_active;
@@ -111,6 +112,12 @@ static inline void tables_acc_slice(double *restrict a, const float *restrict g,
 /* Folds the gradient rows of the keys marked ST_BLOCK in [lo, hi) of drows into acc (a
  * contribution), zeroes them and clears the mark; they become ST_TOUCHED | ST_ACC. */
 void tables_fold_marked(group_state *s, int lo, int hi);
+/* Makes the gradient and moment pages of the chunks this rank holds resident, once, at a
+ * group's first backward: they are read before they are first written (+= and Adam), so
+ * each page would fault twice in the first steps (the shared zero page, then its copy); the
+ * memory estimate of a training run counts them resident all the same. A model that never
+ * trains (eval, sample) keeps them unmapped. */
+void tables_populate_held(const trainer_tables *t, group_state *s);
 /* Scratch floats of the store, at least n. */
 float *tables_scratch(trainer_tables *t, size_t n);
 /* Gives back scratch and exchange buffers beyond TABLES_TRIM_BYTES (after the calls of a

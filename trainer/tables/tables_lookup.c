@@ -516,6 +516,7 @@ void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const 
 void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act *a,
                              const float *const *dout, float *gs, float *const *db) {
     group_state *s = &t->gs[g];
+    tables_populate_held(t, s);
     progress_pushes(t);
     if (s->strategy == TRAINER_STRATEGY_OWNER && t->P > 1) {
         owner_backward(t, g, a, dout, gs, db);
