@@ -1,4 +1,5 @@
 /* Writing checkpoints: collective parallel-HDF5 create, slice-distributed array writes with crc32s, atomic commit. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "io/ckpt.h"
 #include "io/ckpt_internal.h"
 
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -297,27 +299,55 @@ static void sum_i64(comm_ctx *c, int64_t *buf, int64_t n) {
     }
 }
 
+/* A write's staging buffer, mapped for the one array and unmapped after it: from the heap, a
+ * few MiB freed between arrays of other sizes stay in the process as holes the heap does not
+ * give back. */
+static char *stage_map(size_t bytes) {
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) layer_fail(__FILE__, __LINE__, "mapping a checkpoint's staging buffer");
+    return p;
+}
+
+/* io_ckpt_write's fill: slice i is data's i-th. */
+typedef struct copy_fill {
+    const char *data;
+    size_t sbytes;
+} copy_fill;
+
+static void fill_copy(void *ctx, int i, void *dst) {
+    const copy_fill *f = ctx;
+    memcpy(dst, f->data + (size_t)i * f->sbytes, f->sbytes);
+}
+
 int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int64_t *dims,
                   int nslices, const int64_t *slices, const void *data, char *err, size_t n) {
+    LAYER_ASSERT(nslices == 0 || data);
+    int64_t per = 1;
+    for (int d = 1; d < ndims; d++) per *= dims[d];
+    copy_fill f = {data, (size_t)per * io_dtype_size(t)};
+    return io_ckpt_write_fill(ck, name, t, ndims, dims, nslices, slices, fill_copy, &f, err, n);
+}
+
+int io_ckpt_write_fill(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int64_t *dims,
+                       int nslices, const int64_t *slices, io_ckpt_fill_fn fill, void *ctx,
+                       char *err, size_t n) {
     LAYER_ASSERT(ck && ck->writing && ck->file >= 0 && name && name[0]);
     LAYER_ASSERT(ndims >= 1 && ndims <= 4 && dims && nslices >= 0);
-    LAYER_ASSERT(nslices == 0 || (slices && data));
+    LAYER_ASSERT(nslices == 0 || (slices && fill));
     int64_t d0 = dims[0], per = 1;
     for (int d = 0; d < ndims; d++) LAYER_ASSERT(dims[d] >= 0);
     for (int d = 1; d < ndims; d++) per *= dims[d];
     size_t sbytes = (size_t)per * io_dtype_size(t);
-    const char *bytes = data;
 
-    /* Slice counts then crcs, summed over ranks: each slice has exactly one writer, so the
-     * sum is its crc, and a count other than 1 shows a slice missing or written twice. */
+    /* Slice counts, summed over ranks: each slice has exactly one writer, and a count other
+     * than 1 shows a slice missing or written twice. */
     int64_t *sum = layer_xcalloc((size_t)(2 * d0 + 1), sizeof(int64_t));
     for (int i = 0; i < nslices; i++) {
         int64_t s = slices[i];
         LAYER_ASSERT(s >= 0 && s < d0);
         sum[s]++;
-        sum[d0 + s] = io_crc32(bytes + (size_t)i * sbytes, sbytes);
     }
-    sum_i64(ck->c, sum, 2 * d0);
+    sum_i64(ck->c, sum, d0);
     for (int64_t s = 0; s < d0; s++) {
         if (sum[s] == 1) continue;
         if (comm_rank(ck->c) == 0)
@@ -355,28 +385,41 @@ int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const in
     int failed = 0;
     /* Dims are the same on every rank, so an empty array skips the collective on all. */
     if (d0 > 0 && per > 0) {
+        /* In rounds of at most IO_CKPT_STAGE_BYTES per rank (one slice when a slice is
+           larger), as many on every rank: a rank stages a bounded piece of its share, however
+           large the share. HDF5 walks a selection in file order: each round hands it the next
+           slices in that order. */
         io_slice_plan *p = io_slice_plan_create(slices, nslices);
-        const void *buf = data;
-        char *packed = NULL;
-        if (!p->in_order) {
-            /* HDF5 walks a selection in file order: hand it the slices in that order. */
-            packed = layer_xmalloc((size_t)nslices * sbytes);
-            for (int j = 0; j < nslices; j++)
-                memcpy(packed + (size_t)j * sbytes, bytes + (size_t)p->pos[j] * sbytes, sbytes);
-            buf = packed;
-        }
-        hid_t mspace = io_slice_select(fspace, p, ndims, dims);
+        int64_t step = sbytes >= IO_CKPT_STAGE_BYTES ? 1 : (int64_t)(IO_CKPT_STAGE_BYTES / sbytes);
+        double rounds = (double)((nslices + step - 1) / step);
+        comm_max_doubles(ck->c, &rounds, 1);
+        size_t stage_bytes = (size_t)(nslices < step ? (nslices ? nslices : 1) : step) * sbytes;
+        char *stage = stage_map(stage_bytes);
         hid_t dxpl = io_ckpt_dxpl();
-        herr_t rc;
-        H5E_BEGIN_TRY { rc = H5Dwrite(ds, io_dtype_mem_type(t), mspace, fspace, dxpl, buf); }
-        H5E_END_TRY;
-        failed = rc < 0;
+        for (int64_t r = 0; r < (int64_t)rounds; r++) {
+            int lo = (int)(r * step < nslices ? r * step : nslices);
+            int hi = (int)(lo + step < nslices ? lo + step : nslices);
+            for (int j = lo; j < hi; j++) {
+                char *dst = stage + (size_t)(j - lo) * sbytes;
+                fill(ctx, p->pos[j], dst);
+                sum[d0 + p->slice[j]] = io_crc32(dst, sbytes);
+            }
+            io_slice_plan *q = io_slice_plan_create(p->slice + lo, hi - lo);
+            hid_t mspace = io_slice_select(fspace, q, ndims, dims);
+            herr_t rc;
+            H5E_BEGIN_TRY { rc = H5Dwrite(ds, io_dtype_mem_type(t), mspace, fspace, dxpl, stage); }
+            H5E_END_TRY;
+            failed |= rc < 0;
+            H5_CHECK(H5Sclose(mspace));
+            io_slice_plan_free(q);
+        }
         H5_CHECK(H5Pclose(dxpl));
-        H5_CHECK(H5Sclose(mspace));
-        free(packed);
+        munmap(stage, stage_bytes);
         io_slice_plan_free(p);
     }
 
+    /* the crcs, summed over ranks like the counts: each slice's is its one writer's */
+    sum_i64(ck->c, sum + d0, d0);
     uint32_t *crc = layer_xmalloc((size_t)(d0 ? d0 : 1) * sizeof(uint32_t));
     for (int64_t s = 0; s < d0; s++) crc[s] = (uint32_t)sum[d0 + s];
     hsize_t ad = (hsize_t)d0;

@@ -86,6 +86,20 @@ io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, s
 int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int64_t *dims,
                   int nslices, const int64_t *slices, const void *data, char *err, size_t n);
 
+/* Bytes a rank stages per collective write: an array is written in rounds of at most this
+ * much of each rank's slices (one slice, where a slice is larger). */
+#define IO_CKPT_STAGE_BYTES ((size_t)4 << 20)
+
+/* Fills dst with the bytes of slice slices[i] (i is the position in the caller's list). */
+typedef void (*io_ckpt_fill_fn)(void *ctx, int i, void *dst);
+
+/* As io_ckpt_write, but slice i's bytes come from fill(ctx, i, dst) as the rounds reach it, so
+ * the caller needs no copy of its share: a rank holds at most IO_CKPT_STAGE_BYTES of it at a
+ * time (a table shard's rows, read out of a row store, say). */
+int io_ckpt_write_fill(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int64_t *dims,
+                       int nslices, const int64_t *slices, io_ckpt_fill_fn fill, void *ctx,
+                       char *err, size_t n);
+
 /* Collective, same name and value on every rank: sets (or replaces) an attribute of the root
  * group. Names are the caller's; "magic", "format_version" and "step" are written by
  * io_ckpt_commit and override what was set here. Attributes stay in HDF5's metadata cache

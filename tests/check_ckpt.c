@@ -43,6 +43,11 @@ static const arr ARRS[] = {
     /* 20000 crc32s: an 80 KB attribute, beyond the 64 KB of HDF5's oldest format */
     {"long/rows", IO_I32, 2, {20000, 2}, 9},
     {"empty/cols", IO_F32, 2, {3, 0}, 10},
+    /* beyond a write's staging (IO_CKPT_STAGE_BYTES): 1.2 MB slices, three to a round, so
+       several rounds per rank; 4.8 MB slices, one to a round, so ranks with fewer slices sit
+       out the last rounds */
+    {"big/rows", IO_F32, 2, {23, 300000}, 11},
+    {"big/slabs", IO_F32, 2, {5, 1200000}, 12},
 };
 enum { NARRS = sizeof(ARRS) / sizeof(ARRS[0]) };
 

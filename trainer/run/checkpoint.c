@@ -62,6 +62,20 @@ static int check_streams(const trainer_stream_state *st, int vocab, const char *
     return 0;
 }
 
+/* One chunk's rows, moments or second moments of one output, out of the row store. */
+typedef struct unit_fill {
+    const trainer_tables *tb;
+    int g, out, what; /* what: 0 rows, 1 m, 2 v */
+    const int64_t *chunks;
+} unit_fill;
+
+static void fill_unit(void *ctx, int i, void *dst) {
+    const unit_fill *f = ctx;
+    float *to[3] = {NULL, NULL, NULL};
+    to[f->what] = dst;
+    trainer_tables_unit_get(f->tb, f->g, (int)f->chunks[i], f->out, to[0], to[1], to[2], NULL);
+}
+
 /* Everything but the attributes, in one fixed order for both directions. */
 static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state *st) {
     char name[256];
@@ -94,18 +108,19 @@ static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state
             if (x->writing ? trainer_tables_owner(tb, g, k) == comm_rank(c)
                            : trainer_tables_holds(tb, g, k))
                 mine[nk++] = k;
-        float *buf = layer_xmalloc(((size_t)nk * unit + 1) * sizeof(float));
+        /* written straight out of the row stores, a bounded piece at a time; read into one
+           buffer of the rank's chunks */
+        float *buf = x->writing ? NULL : layer_xmalloc(((size_t)nk * unit + 1) * sizeof(float));
         for (int j = 0; j < grp->nout; j++) {
             const char *what[3] = {"data", "m", "v"};
             for (int a = 0; a < 3; a++) {
-                if (x->writing)
-                    for (int q = 0; q < nk; q++) {
-                        float *dst[3] = {NULL, NULL, NULL};
-                        dst[a] = buf + q * unit;
-                        trainer_tables_unit_get(tb, g, (int)mine[q], j, dst[0], dst[1], dst[2], NULL);
-                    }
                 snprintf(name, sizeof(name), "tables/%s/out%d/%s", grp->name, j, what[a]);
-                if (move(x, name, IO_F32, 3, dims, nk, mine, buf) != 0) {
+                unit_fill f = {tb, g, j, a, mine};
+                int rc = x->writing ? io_ckpt_write_fill(x->ck, name, IO_F32, 3, dims, nk, mine,
+                                                         fill_unit, &f, x->err, x->n)
+                                    : io_ckpt_read(x->ck, name, IO_F32, 3, dims, nk, mine, buf,
+                                                   x->err, x->n);
+                if (rc != 0) {
                     free(buf);
                     free(mine);
                     return -1;
