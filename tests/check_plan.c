@@ -154,6 +154,18 @@ START_TEST(test_revise) {
     ck_assert_int_eq(trainer_plan_revise(&c, F), O);
     c.seconds[F] = 0.2e-3;
     ck_assert_int_eq(trainer_plan_revise(&c, O), F);
+    /* never into more memory: fetch's kept rows against the owner's partials (dec0.ffn.ml1
+       at P = 4: 7.5 MiB against 3.75), however much faster; equal memory moves */
+    c.choice = F, c.seconds[F] = 0.58e-3, c.seconds[O] = 0.79e-3;
+    c.memory[F] = 7.5 * 1048576, c.memory[O] = 3.75 * 1048576;
+    ck_assert_int_eq(trainer_plan_revise(&c, O), O);
+    c.seconds[F] = 0.01e-3;
+    ck_assert_int_eq(trainer_plan_revise(&c, O), O);
+    c.memory[F] = c.memory[O];
+    ck_assert_int_eq(trainer_plan_revise(&c, O), F);
+    /* and a move that frees memory is taken */
+    c.memory[F] = 0.5 * c.memory[O];
+    ck_assert_int_eq(trainer_plan_revise(&c, O), F);
 }
 END_TEST
 

@@ -126,7 +126,8 @@ trainer_strategy trainer_plan_revise(const trainer_plan_cost *c, trainer_strateg
                  ? TRAINER_STRATEGY_OWNER
                  : TRAINER_STRATEGY_FETCH;
     if (to == cur || !c->allowed[to] ||
-        c->seconds[to] > (1.0 - TRAINER_PLAN_MOVE_GAIN) * c->seconds[cur])
+        c->seconds[to] > (1.0 - TRAINER_PLAN_MOVE_GAIN) * c->seconds[cur] ||
+        c->memory[to] > c->memory[cur])
         return cur;
     return to;
 }

@@ -257,9 +257,20 @@ int trainer_tables_replan(trainer_tables *t) {
         if (r.force == TRAINER_STRATEGY_REPLICATE) r.force = -1;
         trainer_plan_choose(&r, &pg, &c);
         trainer_strategy to = trainer_plan_revise(&c, s->strategy);
+        trainer_plan_cost timed = c; /* the same costs without the memory condition */
+        for (int k = 0; k < TRAINER_STRATEGY_COUNT; k++) timed.memory[k] = 0;
+        trainer_strategy faster = trainer_plan_revise(&timed, s->strategy);
+        if (to == s->strategy && faster != to)
+            comm_print0(t->comm, "tables: %s stays %s: %s would take %.2f ms per rank and step against "
+                       "%.2f with the measured %.0f distinct keys per table and step, but hold "
+                       "%.1f MiB of rows against %.1f, beyond the run's memory estimate\n",
+                       s->g.name, trainer_strategy_name(s->strategy),
+                       trainer_strategy_name(faster), 1000 * c.seconds[faster],
+                       1000 * c.seconds[s->strategy], distinct, c.memory[faster] / 1048576.0,
+                       c.memory[s->strategy] / 1048576.0);
         if (to != s->strategy) {
             c.choice = to;
-            comm_print0(t->comm, "tables: %s moves from %s to %s, which takes less time per step with the "
+            comm_print0(t->comm, "tables: %s moves from %s to %s, which takes less time per step and no more memory with the "
                        "measured %.0f distinct keys per table and step (predicted per rank and step: "
                        "%s %.2f ms for %.1f KiB in %.0f exchanges, %s %.2f ms for %.1f KiB in %.0f)\n",
                        s->g.name, trainer_strategy_name(s->strategy),
