@@ -132,8 +132,8 @@ void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footpr
     trainer_tables_account t;
     /* data, grad, m, v in float, the folded sum in double */
     f->dense = 24 * model_account(cfg, &s, Pn, &t);
-    /* owned shards: an even share plus at most one shard of imbalance (largest first) */
-    f->tables = t.owned + (Pn > 1 ? t.max_shard : 0) + t.held;
+    /* owned shards: the share of the rank dealt the most */
+    f->tables = t.owned_max + t.held;
     f->caches = t.fetch_keep + t.fetch_block + t.scratch + t.partials;
     /* a block: nb streams, and as one batch all their segments when nothing is carried */
     double nb = fmin(s.block, Bmax), seqs = s.memory ? nb : nb * s.T;

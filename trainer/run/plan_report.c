@@ -40,7 +40,7 @@ static plan_figures figures(const trainer_config *cfg, trainer_model *m, int P, 
     f.bytes = a.bytes;
     f.exchanges = a.exchanges;
     f.seconds = a.seconds;
-    f.state = a.owned;
+    f.state = a.owned_max;
     f.extra = a.held + a.fetch_keep + a.fetch_block + a.partials;
     trainer_config at = *cfg;
     at.streams = r.streams;

@@ -308,8 +308,10 @@ static int unit_cmp(const void *a, const void *b) {
     return x->sh - y->sh;
 }
 
-void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
-    int P = t->P;
+/* Deals every group's shards to P ranks, largest first (unit_cmp's order), each to the rank
+ * holding the fewest floats so far (the lower rank on a tie): owner[i][sh] is group i's shard
+ * sh's rank. The one rule of ownership, for the store and for the account alike. */
+static void deal_shards(const trainer_tables *t, int P, int **owner) {
     size_t nunits = 0;
     for (int i = 0; i < t->n; i++) nunits += t->gs[i].S;
     unit_ref *list = layer_xcalloc(nunits ? nunits : 1, sizeof(unit_ref));
@@ -319,16 +321,22 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
             list[u++] = (unit_ref){i, sh, unit_floats(&t->gs[i].g, shard_chunks(&t->gs[i], sh))};
     qsort(list, nunits, sizeof(unit_ref), unit_cmp);
     size_t *load = layer_xcalloc(P, sizeof(size_t));
-    for (int i = 0; i < t->n; i++) t->gs[i].owner = layer_xcalloc(t->gs[i].S, sizeof(int));
     for (size_t i = 0; i < nunits; i++) {
         int best = 0;
         for (int r = 1; r < P; r++)
             if (load[r] < load[best]) best = r;
         load[best] += list[i].bytes;
-        t->gs[list[i].g].owner[list[i].sh] = best;
+        owner[list[i].g][list[i].sh] = best;
     }
     free(load);
     free(list);
+}
+
+void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
+    int **owner = layer_xcalloc((size_t)t->n + 1, sizeof(int *));
+    for (int i = 0; i < t->n; i++) owner[i] = t->gs[i].owner = layer_xcalloc(t->gs[i].S, sizeof(int));
+    deal_shards(t, t->P, owner);
+    free(owner);
     size_t maxkeys = 1;
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
@@ -426,6 +434,7 @@ void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *
     double *step = layer_xcalloc((size_t)t->n + 1, sizeof(double));
     double *call = layer_xcalloc((size_t)t->n + 1, sizeof(double));
     unsigned char *keep = layer_xcalloc((size_t)t->n + 1, 1);
+    unsigned char *whole = layer_xcalloc((size_t)t->n + 1, 1); /* replicated on every rank */
     for (int i = 0; i < t->n; i++) {
         const group_state *s = &t->gs[i];
         trainer_plan_group pg = plan_group(s, -1);
@@ -437,9 +446,8 @@ void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *
         a->exchanges += c.messages[k];
         a->seconds += c.seconds[k];
         double elems = (double)unit_floats(&s->g, s->g.K);
-        double shard = (double)unit_floats(&s->g, shard_chunks(s, 0)) * a->entry;
-        if (shard > a->max_shard) a->max_shard = shard;
-        if (k == TRAINER_STRATEGY_REPLICATE && P > 1) a->held += elems * a->entry;
+        whole[i] = k == TRAINER_STRATEGY_REPLICATE && P > 1;
+        if (whole[i]) a->held += elems * a->entry;
         else a->owned += elems * a->entry / P;
         step[i] = -1;
         if (k == TRAINER_STRATEGY_FETCH && P > 1) fetch_rows(r, s, &step[i], &call[i]);
@@ -453,6 +461,22 @@ void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *
         if (k == TRAINER_STRATEGY_OWNER && P > 1 && 2 * c.memory[k] > a->partials)
             a->partials = 2 * c.memory[k];
     }
+    /* the most entries a rank owns, as the shards will be dealt */
+    int **owner = layer_xcalloc((size_t)t->n + 1, sizeof(int *));
+    for (int i = 0; i < t->n; i++) owner[i] = layer_xcalloc(t->gs[i].S, sizeof(int));
+    deal_shards(t, r->P, owner);
+    double *mine = layer_xcalloc((size_t)r->P, sizeof(double));
+    for (int i = 0; i < t->n; i++) {
+        const group_state *s = &t->gs[i];
+        for (int sh = 0; sh < s->S && !whole[i]; sh++)
+            mine[owner[i][sh]] += (double)unit_floats(&s->g, shard_chunks(s, sh)) * a->entry;
+        free(owner[i]);
+    }
+    for (int q = 0; q < r->P; q++)
+        if (mine[q] > a->owned_max) a->owned_max = mine[q];
+    free(mine);
+    free(owner);
+    free(whole);
     keep_smallest_first(t->n, step, r->budget, keep);
     for (int i = 0; i < t->n; i++) {
         if (step[i] < 0) continue;

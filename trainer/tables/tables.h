@@ -106,7 +106,8 @@ size_t trainer_tables_entry_bytes(int fast, int64_t nblocks, int P);
 typedef struct trainer_tables_account {
     double entry;       /* trainer_tables_entry_bytes of the run */
     double owned;       /* an even share of the sharded groups' entries */
-    double max_shard;   /* the largest shard's entries: the most a rank holds beyond its share */
+    double owned_max;   /* the sharded groups' entries of the rank that owns the most, as the
+                           shards are dealt (trainer_tables_alloc) */
     double held;        /* replicated groups, whole on every rank */
     double fetch_keep;  /* fetched groups' rows kept for the step, within the row budget */
     double fetch_block; /* the largest of the other fetched groups' rows of one call */
