@@ -86,11 +86,19 @@ START_TEST(test_choices) {
     trainer_plan_group qkv = {3, 32, 8, 256, 64, -1, 0};
     trainer_plan_choose(&r, &qkv, &c);
     ck_assert_int_eq(c.choice, TRAINER_STRATEGY_FETCH);
-    /* few tokens per rank (one stream of 16 tokens), many ranks: sending the lookups wins */
-    r = run_of(64, 64, 1, 1, 1);
+    /* few tokens per rank (one stream of 16 tokens), 8 ranks: sending the lookups wins,
+       in 4 rounds of the group's 2 owners' partials (2 ranks each), each way */
+    r = run_of(8, 8, 1, 1, 1);
     qkv.rows = 16;
     trainer_plan_choose(&r, &qkv, &c);
     ck_assert_int_eq(c.choice, TRAINER_STRATEGY_OWNER);
+    ck_assert_double_eq(c.messages[TRAINER_STRATEGY_OWNER], 2 + 2 * 4);
+    /* on 64 ranks those are 32 rounds: fetching the rows, in 2 exchanges, costs less */
+    trainer_plan_cost c64;
+    trainer_plan_run r64 = run_of(64, 64, 1, 1, 1);
+    trainer_plan_choose(&r64, &qkv, &c64);
+    ck_assert_double_eq(c64.messages[TRAINER_STRATEGY_OWNER], 2 + 2 * 32);
+    ck_assert_int_eq(c64.choice, TRAINER_STRATEGY_FETCH);
     /* the same with a memory carried between segments: owner-side lookups are not allowed */
     r.batched = 0;
     trainer_plan_choose(&r, &qkv, &c);

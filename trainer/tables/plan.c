@@ -73,7 +73,12 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     double fwd = n * K * frac * IDX_SCORE + n * W * sizeof(float) * S * frac;
     double bwd = n * K * frac * IDX_SCORE + n * W * GRAD * owners + n * K * frac * SCORE;
     c->bytes[TRAINER_STRATEGY_OWNER] = nbr * (fwd + bwd);
-    c->messages[TRAINER_STRATEGY_OWNER] = nbr * 4;
+    /* the forward's partials and the backward's output gradients go in rounds of ranks, so
+       that an owner holds about S shards' worth of one rank's tokens (owner_rounds in
+       tables_lookup.c, here with the shards dealt evenly) */
+    double most = ceil(S / P), step = ceil(S / most), lookers = S > 1 ? P : P - 1;
+    double rounds = fmax(1.0, ceil(lookers / step));
+    c->messages[TRAINER_STRATEGY_OWNER] = nbr * (2 + 2 * rounds);
     c->memory[TRAINER_STRATEGY_OWNER] = n * W * sizeof(float) * S * frac; /* partials */
     c->allowed[TRAINER_STRATEGY_OWNER] = r->batched;
 

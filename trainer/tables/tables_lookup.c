@@ -193,6 +193,30 @@ static int chunks_of(const group_state *s, int p, int *list) {
     return n;
 }
 
+/* The owner exchanges' rounds. A shard's owner serves every rank's tokens, so with few shards
+ * per group it would receive (backward: output gradients) or send (forward: partials) P - 1
+ * ranks' worth at once, P times what a rank holds of its own. The ranks that look up a remote
+ * shard of the group are taken in ranges of step = ceil(S / the most shards of the group a
+ * rank owns), one range per exchange: an owner then holds about the group's S shards' worth of
+ * one rank's tokens (step x the shards it owns, under S + its own), whatever P; on 2 ranks
+ * one range holds all. round[p] is rank p's round, -1 for a rank that owns every shard; every
+ * rank derives the same rounds from the ownership. Returns the number of rounds. */
+static int owner_rounds(const group_state *s, int P, int *round) {
+    int most = 1;
+    for (int p = 0; p < P; p++) {
+        int own = 0;
+        for (int sh = 0; sh < s->S; sh++) own += s->owner[sh] == p;
+        if (own > most) most = own;
+    }
+    int step = (s->S + most - 1) / most, n = 0;
+    for (int p = 0; p < P; p++) {
+        int remote = 0;
+        for (int sh = 0; sh < s->S; sh++) remote |= s->owner[sh] != p;
+        round[p] = remote ? n++ / step : -1;
+    }
+    return n ? (n + step - 1) / step : 1; /* one exchange all the same: the replies follow */
+}
+
 /* Per token, the (bucket, score) pairs of the chunks in list, as words. */
 static uint32_t *pack_lookups(uint32_t *w, const int32_t *rowid, const float *sc, int N, int K,
                               const int *list, int nk, int W_extra, const float *const *dout,
@@ -278,39 +302,69 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     }
     const int *rc, *rd;
     const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
-    /* as an owner: every source's partials, shard after shard (nout, Nsrc, OC) each */
+    /* as an owner: every source's lookups, unpacked before the replies reuse the receive
+       buffer; then their partials, shard after shard (nout, Nsrc, OC) each, one range of
+       destinations per exchange (owner_rounds) */
     int mine = chunks_of(s, me, list);
-    size_t rwords = 0; /* a partial per source token and shard owned here */
-    for (int p = 0; p < P; p++)
-        if (mine && rc[p]) rwords += (size_t)rc[p] / (2 * mine) * nout * OC * own;
-    uint32_t *reply = (uint32_t *)trainer_arena_ints(x, rwords + 1), *rw = reply;
+    int *Ns = layer_xcalloc((size_t)P, sizeof(int));
+    int32_t **prid = layer_xcalloc((size_t)P, sizeof(int32_t *));
+    float **psc = layer_xcalloc((size_t)P, sizeof(float *));
+    int maxN = 0;
     for (int p = 0; p < P; p++) {
-        cnt[p] = 0;
         if (!mine || !rc[p]) continue;
-        int Ns = rc[p] / (2 * mine);
-        int32_t *prid = trainer_arena_ints(x, (size_t)Ns * mine);
-        float *psc = trainer_arena_floats(x, (size_t)Ns * mine);
-        unpack_lookups(in + rd[p], Ns, mine, prid, psc, 0, NULL, nout, OC);
-        int32_t *srid = trainer_arena_ints(x, (size_t)Ns * LAYER_HASH_SHARD);
-        float *ssc = trainer_arena_floats(x, (size_t)Ns * LAYER_HASH_SHARD);
-        for (int q = 0; q < mine;) { /* shard by shard: a shard's chunks are consecutive */
-            int sh = list[q] / LAYER_HASH_SHARD, kn = 0;
-            while (q + kn < mine && list[q + kn] / LAYER_HASH_SHARD == sh) kn++;
-            columns(srid, ssc, prid, psc, Ns, mine, q, kn);
-            for (int j = 0; j < nout; j++, rw += (size_t)Ns * OC)
-                layer_hash_forward((float *)rw, srid, ssc, s->rows[j], NULL, Ns, kn, s->R, OC);
-            cnt[p] += (int64_t)nout * Ns * OC;
-            q += kn;
+        Ns[p] = rc[p] / (2 * mine);
+        if (Ns[p] > maxN) maxN = Ns[p];
+        prid[p] = trainer_arena_ints(x, (size_t)Ns[p] * mine);
+        psc[p] = trainer_arena_floats(x, (size_t)Ns[p] * mine);
+        unpack_lookups(in + rd[p], Ns[p], mine, prid[p], psc[p], 0, NULL, nout, OC);
+    }
+    int *round = layer_xmalloc((size_t)P * sizeof(int));
+    int rounds = owner_rounds(s, P, round);
+    size_t round_words = 0; /* the largest round's partials */
+    for (int r = 0; r < rounds; r++) {
+        size_t n = 0;
+        for (int p = 0; p < P; p++)
+            if (round[p] == r) n += (size_t)Ns[p] * nout * OC * own;
+        if (n > round_words) round_words = n;
+    }
+    uint32_t *reply = (uint32_t *)trainer_arena_ints(x, round_words + 1);
+    int32_t *srid = trainer_arena_ints(x, (size_t)maxN * LAYER_HASH_SHARD + 1);
+    float *ssc = trainer_arena_floats(x, (size_t)maxN * LAYER_HASH_SHARD + 1);
+    const uint32_t *got = NULL;
+    int *gd = layer_xcalloc((size_t)P, sizeof(int)); /* where each owner's partials for me begin */
+    for (int r = 0; r < rounds; r++) {
+        uint32_t *rw = reply;
+        for (int p = 0; p < P; p++) {
+            cnt[p] = 0;
+            if (round[p] != r || !Ns[p]) continue;
+            for (int q = 0; q < mine;) { /* shard by shard: a shard's chunks are consecutive */
+                int sh = list[q] / LAYER_HASH_SHARD, kn = 0;
+                while (q + kn < mine && list[q + kn] / LAYER_HASH_SHARD == sh) kn++;
+                columns(srid, ssc, prid[p], psc[p], Ns[p], mine, q, kn);
+                for (int j = 0; j < nout; j++, rw += (size_t)Ns[p] * OC)
+                    layer_hash_forward((float *)rw, srid, ssc, s->rows[j], NULL, Ns[p], kn, s->R, OC);
+                cnt[p] += (int64_t)nout * Ns[p] * OC;
+                q += kn;
+            }
+        }
+        comm_words_start(t->words, reply, cnt);
+        const uint32_t *in_r = comm_words_wait(t->words, &rc, &rd);
+        if (round[me] == r) { /* this rank's partials arrive in its round; the later rounds
+                                 receive nothing here, so the buffer stays */
+            got = in_r;
+            memcpy(gd, rd, (size_t)P * sizeof(int));
         }
     }
-    comm_words_start(t->words, reply, cnt);
-    const uint32_t *got = comm_words_wait(t->words, &rc, &rd);
+    free(Ns);
+    free(prid);
+    free(psc);
+    free(round);
     /* y = b + the shards' partials, in shard order, as the fused kernel adds them */
     int *seen = layer_xcalloc((size_t)P, sizeof(int)); /* shards of each owner consumed */
     for (int sh = 0; sh < s->S; sh++) {
         int p = s->owner[sh];
         for (int j = 0; j < nout; j++) {
-            const float *pj = (p == me ? part : (const float *)got + rd[p]) +
+            const float *pj = (p == me ? part : (const float *)got + gd[p]) +
                               ((size_t)seen[p] * nout + j) * NO;
             float *y = out[j];
             const float *bj = b ? b[j] : NULL;
@@ -325,6 +379,7 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
         seen[p]++;
     }
     free(seen);
+    free(gd);
     free(list);
     free(cnt);
     trainer_arena_reset(x);
@@ -345,11 +400,18 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
         if (nk) words += (size_t)N * (2 * nk + W);
     }
     uint32_t *send = (uint32_t *)trainer_arena_ints(x, words + 1), *w = send;
+    int64_t *full = layer_xcalloc((size_t)P, sizeof(int64_t));
     for (int p = 0; p < P; p++) {
         int nk = p == me ? 0 : chunks_of(s, p, list);
-        cnt[p] = nk ? (int64_t)N * (2 * nk + W) : 0;
+        full[p] = nk ? (int64_t)N * (2 * nk + W) : 0;
         if (nk) w = pack_lookups(w, a->rowid, a->s, N, K, list, nk, W, dout, nout, OC);
     }
+    /* one range of sources per exchange (owner_rounds): this rank sends all of it in its
+       round, nothing in the others */
+    int *round = layer_xmalloc((size_t)P * sizeof(int));
+    int rounds = owner_rounds(s, P, round), my_round = round[me];
+    free(round);
+    for (int p = 0; p < P; p++) cnt[p] = my_round == 0 ? full[p] : 0;
     comm_words_start(t->words, send, cnt);
     /* meanwhile this rank's chunks: its own block's contribution, folded at once */
     int mine = chunks_of(s, me, list);
@@ -372,30 +434,47 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
             if (db[j]) layer_hash_backward(NULL, NULL, db[j], dout[j], a->rowid, a->s, s->rows[j],
                                            N, K, s->R, OC);
     }
+    /* as an owner: every source's row gradients (a contribution each, in source order, a
+       range of sources per round) and score gradients, gathered for one reply */
     const int *rc, *rd;
-    const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
-    /* as an owner: every source's row gradients (a contribution each) and score gradients */
-    size_t rwords = 0;
-    for (int p = 0; p < P; p++)
-        if (mine && rc[p]) rwords += (size_t)rc[p] / (2 * mine + W) * mine;
-    uint32_t *reply = (uint32_t *)trainer_arena_ints(x, rwords + 1), *rw = reply;
-    for (int p = 0; p < P; p++) {
-        cnt[p] = 0;
-        if (!mine || !rc[p]) continue;
-        int Ns = rc[p] / (2 * mine + W);
-        int32_t *prid = trainer_arena_ints(x, (size_t)Ns * mine);
-        float *psc = trainer_arena_floats(x, (size_t)Ns * mine);
-        float *pd[3] = {NULL, NULL, NULL};
-        for (int j = 0; j < nout; j++) pd[j] = trainer_arena_floats(x, (size_t)Ns * OC);
-        unpack_lookups(in + rd[p], Ns, mine, prid, psc, 1, pd, nout, OC);
-        float *pgs = (float *)rw;
-        memset(pgs, 0, (size_t)Ns * mine * sizeof(float));
-        local_backward(s, prid, psc, Ns, mine, (const float *const *)pd, pgs, NULL);
-        mark_contribution(t, s, prid, (size_t)Ns * mine);
-        rw += (size_t)Ns * mine;
-        cnt[p] = (int64_t)Ns * mine;
+    int64_t *rcnt = layer_xcalloc((size_t)P, sizeof(int64_t));
+    size_t rcap = 0, rlen = 0;
+    uint32_t *reply = NULL;
+    int cap = 0; /* tokens the unpack buffers hold */
+    int32_t *prid = NULL;
+    float *psc = NULL, *pd[3] = {NULL, NULL, NULL};
+    for (int r = 0; r < rounds; r++) {
+        const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
+        for (int p = 0; p < P; p++) {
+            if (!mine || !rc[p]) continue;
+            int Ns = rc[p] / (2 * mine + W);
+            if (Ns > cap) { /* reused for every source: one source's lookups at a time */
+                cap = Ns;
+                prid = trainer_arena_ints(x, (size_t)cap * mine);
+                psc = trainer_arena_floats(x, (size_t)cap * mine);
+                for (int j = 0; j < nout; j++) pd[j] = trainer_arena_floats(x, (size_t)cap * OC);
+            }
+            unpack_lookups(in + rd[p], Ns, mine, prid, psc, 1, pd, nout, OC);
+            if (rlen + (size_t)Ns * mine > rcap) {
+                rcap = 2 * (rlen + (size_t)Ns * mine);
+                reply = layer_xrealloc(reply, rcap * sizeof(uint32_t));
+            }
+            float *pgs = (float *)(reply + rlen);
+            memset(pgs, 0, (size_t)Ns * mine * sizeof(float));
+            local_backward(s, prid, psc, Ns, mine, (const float *const *)pd, pgs, NULL);
+            mark_contribution(t, s, prid, (size_t)Ns * mine);
+            rlen += (size_t)Ns * mine;
+            rcnt[p] = (int64_t)Ns * mine;
+        }
+        if (r + 1 < rounds) {
+            for (int p = 0; p < P; p++) cnt[p] = my_round == r + 1 ? full[p] : 0;
+            comm_words_start(t->words, send, cnt);
+        }
     }
-    comm_words_start(t->words, reply, cnt);
+    free(full);
+    for (int p = 0; p < P; p++) cnt[p] = rcnt[p];
+    free(rcnt);
+    comm_words_start(t->words, reply ? reply : (uint32_t *)send, cnt);
     const uint32_t *got = comm_words_wait(t->words, &rc, &rd);
     if (gs) { /* the owners' score gradients into their chunks' columns */
         for (int p = 0; p < P; p++) {
@@ -407,6 +486,7 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
                     gs[(size_t)n * K + list[q]] += src[(size_t)n * nk + q];
         }
     }
+    free(reply);
     free(list);
     free(cnt);
     trainer_arena_reset(x);
