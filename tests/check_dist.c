@@ -300,6 +300,52 @@ START_TEST(test_each_rank_holds_its_tables_only) {
 }
 END_TEST
 
+/* Owner-side lookups go in rounds of ranks (so that a shard's owner holds about one rank's
+ * tokens' worth of partials and output gradients, not P - 1 ranks'): each group's forward and
+ * backward make 2 + 2 x rounds exchanges, the rounds derived here from the dealt owners as
+ * README's Ownership section states them. A one-round implementation makes 4. */
+START_TEST(test_owner_rounds) {
+    int P = comm_size(world), me = comm_rank(world);
+    if (P == 1) return;
+    const dist_case *dc = &CASES[4];
+    ck_assert_int_eq(dc->strategy, TRAINER_STRATEGY_KEY_OWNER);
+    run_result res;
+    train(world, dc, &res);
+    trainer_config cfg;
+    small_config(&cfg, dc);
+    trainer_schedule sched = trainer_schedule_make(cfg.streams, cfg.stream_block, P, me);
+    /* every rank runs as many blocks as the rank dealt the most (the others' exchanges meet
+       empty ones) */
+    int64_t blocks = (sched.nblocks + P - 1) / P;
+    trainer_tables *t = trainer_model_tables(res.model);
+    int64_t want = 0, rounds_max = 0;
+    for (int g = 0; g < trainer_tables_ngroups(t); g++) {
+        int K = trainer_tables_group(t, g)->K, S = (K + LAYER_HASH_SHARD - 1) / LAYER_HASH_SHARD;
+        int most = 1, lookers = 0;
+        for (int p = 0; p < P; p++) {
+            int own = 0;
+            for (int sh = 0; sh < S; sh++) own += trainer_tables_owner(t, g, sh * LAYER_HASH_SHARD) == p;
+            if (own > most) most = own;
+            lookers += own < S;
+        }
+        int step = (S + most - 1) / most, rounds = lookers ? (lookers + step - 1) / step : 1;
+        if (rounds > rounds_max) rounds_max = rounds;
+        want += 2 + 2 * rounds;
+    }
+    want *= blocks * STEPS;
+    trainer_tables_stats st;
+    trainer_tables_get_stats(t, &st);
+    int64_t bad = st.exchanges != want;
+    if (bad) fprintf(stderr, "rank %d: %lld exchanges, expected %lld\n", me, (long long)st.exchanges,
+                     (long long)want);
+    /* on 3 and 4 ranks a group's two shards' owners serve the others in 2 rounds or more (3
+       where one rank owns both), so the count above tells rounds from one exchange */
+    if (P >= 3) bad += rounds_max < 2;
+    trainer_model_free(res.model);
+    ck_assert_int_eq(all_ranks(bad), 0);
+}
+END_TEST
+
 static Suite *dist_suite(void) {
     Suite *s = suite_create("dist");
     TCase *tc = tcase_create("dist");
@@ -308,6 +354,7 @@ static Suite *dist_suite(void) {
     tcase_add_loop_test(tc, test_blocks_match_streams, 0, NCASES);
     tcase_add_loop_test(tc, test_fast_close_to_one_rank, 0, NCASES);
     tcase_add_test(tc, test_bitwise_repeatable);
+    tcase_add_test(tc, test_owner_rounds);
     tcase_add_test(tc, test_each_rank_holds_its_tables_only);
     suite_add_tcase(s, tc);
     return s;
