@@ -93,9 +93,9 @@ typedef struct run_result {
     trainer_model *model;
 } run_result;
 
-/* Trains STEPS steps on comm with its share of the streams (whole blocks, as
+/* Trains steps (<= STEPS) steps on comm with its share of the streams (whole blocks, as
  * trainer/engine/schedule.h deals them); keeps the model. */
-static void train(comm_ctx *comm, const dist_case *dc, run_result *res) {
+static void train_steps(comm_ctx *comm, const dist_case *dc, run_result *res, int steps) {
     trainer_config cfg;
     small_config(&cfg, dc);
     trainer_model_spec spec;
@@ -109,7 +109,7 @@ static void train(comm_ctx *comm, const dist_case *dc, run_result *res) {
     trainer_schedule_attach(&sched, res->model);
     float *M = calloc((size_t)B * trainer_model_memory_size(res->model) + 1, sizeof(float));
     char err[256];
-    for (int s = 0; s < STEPS; s++) {
+    for (int s = 0; s < steps; s++) {
         fill(r, first, s);
         trainer_step_info si;
         LAYER_ASSERT(trainer_step(res->model, r, &sched, M, comm, &cfg, s, &si, err, sizeof(err)) == 0);
@@ -117,6 +117,10 @@ static void train(comm_ctx *comm, const dist_case *dc, run_result *res) {
     }
     free(M);
     trainer_rollout_free(r);
+}
+
+static void train(comm_ctx *comm, const dist_case *dc, run_result *res) {
+    train_steps(comm, dc, res, STEPS);
 }
 
 /* Every rank must agree before asserting, so a failure cannot leave a rank waiting. */
@@ -210,35 +214,76 @@ START_TEST(test_blocks_match_streams) {
 }
 END_TEST
 
+/* The first moments (the gradients of the steps taken) of model a against ref: the largest
+ * difference relative to the scale of its array, over the dense parameters and every table
+ * unit this rank owns. */
+static double moment_drift(trainer_model *a, trainer_model *ref) {
+    trainer_params *pa = trainer_model_params(a), *pr = trainer_model_params(ref);
+    double scale = 0;
+    for (size_t i = 0; i < pr->total; i++) scale = fmax(scale, fabs(pr->m[i]));
+    double worst = tu_max_relerr(pa->m, pr->m, pr->total, 2 * scale);
+    trainer_tables *ta = trainer_model_tables(a), *tr = trainer_model_tables(ref);
+    for (int g = 0; g < trainer_tables_ngroups(ta); g++) {
+        const trainer_table_group *grp = trainer_tables_group(ta, g);
+        size_t n = ((size_t)1 << grp->tau) * grp->OC;
+        float *u = layer_xmalloc(3 * n * sizeof(float)), *w = layer_xmalloc(3 * n * sizeof(float));
+        for (int k = 0; k < grp->K; k++)
+            for (int j = 0; j < grp->nout; j++) {
+                if (trainer_tables_unit_get(ta, g, k, j, u, u + n, u + 2 * n, NULL) != 0) continue;
+                LAYER_ASSERT(trainer_tables_unit_get(tr, g, k, j, w, w + n, w + 2 * n, NULL) == 0);
+                double s = 0;
+                for (size_t i = 0; i < n; i++) s = fmax(s, fabs(w[n + i]));
+                worst = fmax(worst, tu_max_relerr(u + n, w + n, n, s > 0 ? 2 * s : 1));
+            }
+        free(u);
+        free(w);
+    }
+    return worst;
+}
+
 /* deterministic = fast: float sums whose order depends on the rank count, so a run on P ranks
- * agrees with one rank to rounding only; the same P gives the same bits run to run. The
- * bound, over 20 steps, is the one blocks of other sizes keep (test_blocks_match_streams):
- * losses within 1e-6 relative, dense parameters within 2e-4 of their scale. */
+ * agrees with one rank to rounding only; the same P gives the same bits run to run.
+ * - One step from the same start looks every token up in the same buckets at any P, so only
+ *   the order of the sums differs: the loss within 1e-6 relative, and the step's gradients
+ *   (the first moments of the dense parameters and of every table unit) within 1e-5 of their
+ *   scale.
+ * - Over 20 steps the rounding can move a lookup across a bucket's boundary (the hashed
+ *   projections are not continuous), after which the runs part by a small jump: the losses
+ *   stay within 1e-3 relative of one rank's and the dense parameters within 2e-3 of their
+ *   scale, and both runs learn. */
 START_TEST(test_fast_close_to_one_rank) {
     dist_case dc = CASES[_i];
     if (dc.rows == TRAINER_ROWS_BF16) return; /* rounded rows amplify any difference */
     dc.fast = 1;
-    run_result a, b, ref;
+    run_result a, b, ref, a1, ref1;
     train(world, &dc, &a);
     train(world, &dc, &b);
     comm_ctx *self = comm_self(world);
     train(self, &dc, &ref);
+    train_steps(world, &dc, &a1, 1);
+    train_steps(self, &dc, &ref1, 1);
     int64_t bad = memcmp(a.loss, b.loss, sizeof(a.loss)) != 0;
     trainer_params *pa = trainer_model_params(a.model), *pb = trainer_model_params(b.model),
                    *pr = trainer_model_params(ref.model);
     bad += memcmp(pa->data, pb->data, pa->total * sizeof(float)) != 0;
+    double l1 = fabs(a1.loss[0] - ref1.loss[0]) / fabs(ref1.loss[0]);
+    double m1 = moment_drift(a1.model, ref1.model);
+    bad += (l1 > 1e-6) + (m1 > 1e-5);
     double lw = 0, scale = 0;
     for (int s = 0; s < STEPS; s++) lw = fmax(lw, fabs(a.loss[s] - ref.loss[s]) / fabs(ref.loss[s]));
     for (size_t i = 0; i < pr->total; i++) scale = fmax(scale, fabs(pr->data[i]));
     double pw = tu_max_relerr(pa->data, pr->data, pr->total, scale);
-    bad += (lw > 1e-6) + (pw > 2e-4);
-    bad += !(a.loss[STEPS - 1] < 0.9 * a.loss[0]);
+    bad += (lw > 1e-3) + (pw > 2e-3);
+    bad += !(a.loss[STEPS - 1] < 0.9 * a.loss[0]) + !(ref.loss[STEPS - 1] < 0.9 * ref.loss[0]);
     if (comm_rank(world) == 0)
-        fprintf(stderr, "P=%d %s, fast: against one rank loss %.3g, dense %.3g relative\n",
-                comm_size(world), dc.name, lw, pw);
+        fprintf(stderr, "P=%d %s, fast: against one rank: first step loss %.3g, gradients %.3g; "
+                "%d steps loss %.3g, dense %.3g relative\n", comm_size(world), dc.name, l1, m1,
+                STEPS, lw, pw);
     trainer_model_free(a.model);
     trainer_model_free(b.model);
     trainer_model_free(ref.model);
+    trainer_model_free(a1.model);
+    trainer_model_free(ref1.model);
     comm_finalize(self);
     ck_assert_int_eq(all_ranks(bad), 0);
 }

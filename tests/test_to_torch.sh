@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# jobs/to_torch.py: a trained checkpoint converted to a PyTorch state_dict, loaded into the PyTorch module, gives memtrain eval's validation loss to 1e-4 relative, for the decoder and the Memformer, dense and hashed.
+# jobs/to_torch.py: a trained checkpoint converted to a PyTorch state_dict, loaded into the PyTorch module, gives memtrain eval's validation loss to 1e-5 relative (the printed perplexity rounds to about 1e-6), for the decoder and the Memformer, dense and hashed.
 # Each case trains a tiny model (d_model 32) for 30 steps at a high learning rate on 1 or 2
 # ranks, runs `memtrain eval` on its checkpoint on as many ranks, converts it and recomputes
 # the loss in PyTorch over the same validation segments (30 segments of 32 tokens or, for the
@@ -56,7 +56,7 @@ print("%s: memtrain eval loss %.6f (ppl %.4f), PyTorch %.6f, relative difference
       % (name, ref, ppl, loss, rel))
 # a model that learnt nothing scores about ln(vocab): the checkpoints must be trained ones
 assert ref < math.log(256) - 0.5, "the model did not train"
-sys.exit(0 if rel <= 1e-4 else 1)
+sys.exit(0 if rel <= 1e-5 else 1)
 EOF
   [ -s "$TMP/$name.conf" ] || fail "$name: no config written beside the state_dict"
   pass "$name on $np rank(s): PyTorch reproduces memtrain eval"
@@ -116,7 +116,7 @@ for k, shape in {"dec.0.self.o.weight": (32, 32), "dec.1.ffn.fc1.weight": (128, 
     assert tuple(sd[k].shape) == shape, (k, tuple(sd[k].shape), shape)
 print("state_dict names and shapes as documented")
 
-# the agreement is worth something only if the memory's details move the loss beyond 1e-4
+# the agreement is worth something only if the memory's details move the loss beyond 1e-5
 ckpt = tmp + "/memformer-hash/ckpt/ckpt-00000030.h5"
 text, step, sd = tt.read_checkpoint(ckpt)
 cfg = tt.parse_config(text)
@@ -135,6 +135,6 @@ def no_forgetting_bias(m):
 for patch in (no_writes, no_forgetting_bias):
     rel = abs(loss(patch) - base) / base
     print("%s moves the loss by %.1e relative" % (patch.__name__, rel))
-    assert rel > 1e-4, patch.__name__
+    assert rel > 1e-5, patch.__name__
 EOF
 pass "state_dict names and shapes; the module loads it strictly; the memory matters beyond the tolerance"
