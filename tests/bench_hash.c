@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "layers/hash.h"
+#include "trainer/run/blas.h"
 
 #define BENCH_REPS 15
 
@@ -101,6 +102,7 @@ static void bench_shape(int N, int din_want, int dout, int tau) {
 
 /* No arguments: the standard shapes. "N d_in d_out tau": that shape only. */
 int main(int argc, char **argv) {
+    trainer_blas_choose(argv); /* the kernels memtrain itself runs (trainer/run/blas.h) */
     openblas_set_num_threads(1);
     if (argc == 5) {
         bench_shape(atoi(argv[1]), atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));

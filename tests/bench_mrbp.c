@@ -14,6 +14,7 @@
 #include "trainer/engine/schedule.h"
 #include "trainer/engine/step.h"
 #include "trainer/run/train.h"
+#include "trainer/run/blas.h"
 
 extern char **environ;
 
@@ -107,6 +108,7 @@ static int measure(const char *self, const char *proj, int full, int steps, long
 }
 
 int main(int argc, char **argv) {
+    trainer_blas_choose(argv); /* the kernels memtrain itself runs (trainer/run/blas.h) */
     if (argc == 5 && strcmp(argv[1], "--child") == 0)
         return child(argv[2], atoi(argv[3]), atoi(argv[4]));
     int steps = argc > 1 ? atoi(argv[1]) : 3;

@@ -9,6 +9,7 @@
 #include "trainer/engine/schedule.h"
 #include "trainer/engine/step.h"
 #include "trainer/run/train.h"
+#include "trainer/run/blas.h"
 
 #include <cblas.h>
 
@@ -69,6 +70,7 @@ static result run_config(comm_ctx *comm, int memformer, int hash, int steps, int
 }
 
 int main(int argc, char **argv) {
+    trainer_blas_choose(argv); /* the kernels memtrain itself runs (trainer/run/blas.h) */
     comm_ctx *comm = comm_init(&argc, &argv);
     openblas_set_num_threads(1);
     int steps = argc > 1 ? atoi(argv[1]) : 6;

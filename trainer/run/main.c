@@ -7,6 +7,7 @@
 #include "comm/comm.h"
 #include "io/ckpt.h"
 #include "layers/common.h"
+#include "trainer/run/blas.h"
 #include "trainer/run/checkpoint.h"
 #include "trainer/config/config.h"
 #include "trainer/run/eval.h"
@@ -418,6 +419,7 @@ static int run_command(cli *c, comm_ctx *comm) {
  * first one (every rank parsed the same line, but no rank may run alone), then the command
  * runs on all of them. */
 int main(int argc, char **argv) {
+    trainer_blas_choose(argv); /* may re-execute this program: before anything starts */
     if (print_help(argc, argv)) return 0;
     if (srun_without_pmi()) return 2;
     trainer_watchdog_start(); /* before MPI: it reads the launcher's environment */

@@ -14,6 +14,7 @@
 #include "layers/common.h"
 #include "layers/layers.h"
 #include "trainer/base/optim.h"
+#include "trainer/run/blas.h"
 #include "trainer/run/checkpoint.h"
 #include "trainer/run/preflight.h"
 #include "trainer/engine/rollout.h"
@@ -528,6 +529,9 @@ static void print_start(run *r, const trainer_config *eff, const trainer_model_s
         "tokens per stream: %lld tokens per step\n", P, P > 1 ? "s" : "", cfg->streams,
         eff->stream_block, cfg->deterministic == TRAINER_DET_FAST ? "fast" : "bitwise",
         cfg->horizon, cfg->seg_len, trainer_tokens_per_step(cfg));
+    char blas[320];
+    trainer_blas_describe(blas, sizeof(blas));
+    say(r, "blas: %s\n", blas);
     say(r, "data: train %s | val %s\n", d1, d2);
     if (cfg->shuffle)
         say(r, "data: training documents in a shuffled order, drawn anew each pass (data_seed "

@@ -1,0 +1,53 @@
+/* OpenBLAS kernel choice for CPUs the library does not know (see blas.h). */
+#define _DEFAULT_SOURCE /* setenv */
+#include "trainer/run/blas.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Set beside OPENBLAS_CORETYPE when memtrain chose it, so the re-executed process can say so. */
+#define CHOSEN_ENV "MEMTRAIN_BLAS_CHOSEN"
+
+/* The kernel family the CPU runs, or NULL when it has neither AVX2 with FMA nor more. */
+static const char *cpu_family(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+    return NULL;
+}
+
+void trainer_blas_choose(char **argv) {
+    if (getenv("OPENBLAS_CORETYPE")) return;
+    const char *core = openblas_get_corename();
+    if (!core || strcmp(core, "Prescott") != 0) return;
+    const char *family = cpu_family();
+    if (!family) return;
+    if (setenv("OPENBLAS_CORETYPE", family, 1) != 0 || setenv(CHOSEN_ENV, core, 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    /* no re-execution (no /proc, say): run on with the kernels the library chose */
+    unsetenv("OPENBLAS_CORETYPE");
+    unsetenv(CHOSEN_ENV);
+}
+
+void trainer_blas_describe(char *out, int cap) {
+    const char *config = openblas_get_config(), *core = openblas_get_corename();
+    const char *ver = config && strncmp(config, "OpenBLAS ", 9) == 0 ? config + 9 : "";
+    int n = (int)strcspn(ver, " ");
+    const char *chosen = getenv(CHOSEN_ENV), *set = getenv("OPENBLAS_CORETYPE");
+    if (chosen && set)
+        snprintf(out, (size_t)cap,
+                 "OpenBLAS %.*s, %s kernels (chosen by memtrain: the library does not know this "
+                 "CPU and would run its generic %s ones; set OPENBLAS_CORETYPE to choose)",
+                 n, ver, core ? core : "?", chosen);
+    else if (set)
+        snprintf(out, (size_t)cap, "OpenBLAS %.*s, %s kernels (OPENBLAS_CORETYPE=%s)", n, ver,
+                 core ? core : "?", set);
+    else
+        snprintf(out, (size_t)cap, "OpenBLAS %.*s, %s kernels", n, ver, core ? core : "?");
+}
