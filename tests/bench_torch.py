@@ -15,16 +15,49 @@ targets, timed on rank 0 between barriers, and cpu/wall is rank 0's.
 
 Debian's PyTorch runs its matrix products in OpenBLAS, whose threads torch.set_num_threads
 does not govern: run it with OPENBLAS_NUM_THREADS=1 for one thread (without, it used 1.8
-cores here); cpu/wall near 1 confirms one thread.
+cores here); cpu/wall near 1 confirms one thread. Its kernels are chosen as memtrain chooses
+its own (trainer/run/blas.h): where OPENBLAS_CORETYPE is unset and the library would fall back
+to its generic Prescott kernels on a CPU with AVX-512 (AVX2 and FMA), SkylakeX's (Haswell's),
+so that both sides of a comparison run the same kernels.
 """
 import argparse
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+def choose_blas_kernels():
+    """Sets OPENBLAS_CORETYPE as memtrain would, before torch loads OpenBLAS."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return
+    probe = "import ctypes; l = ctypes.CDLL('libopenblas.so.0'); " \
+            "l.openblas_get_corename.restype = ctypes.c_char_p; print(l.openblas_get_corename().decode())"
+    try:
+        core = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        flags = set()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except (OSError, subprocess.CalledProcessError):
+        return
+    if core != "Prescott":
+        return
+    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    elif {"avx2", "fma"} <= flags:
+        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+
+choose_blas_kernels()
+import torch  # noqa: E402  (after the kernel choice)
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 class RMSNorm(nn.Module):
