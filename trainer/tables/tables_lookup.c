@@ -217,34 +217,36 @@ static int owner_rounds(const group_state *s, int P, int *round) {
     return n ? (n + step - 1) / step : 1; /* one exchange all the same: the replies follow */
 }
 
-/* Per token, the (bucket, score) pairs of the chunks in list, as words. */
+/* Per token, the (bucket, score) pairs of the chunks in list, as words; then, when dout is
+ * given, its nout (N, OC) output gradients one after another, so that an owner computes
+ * with them where they arrive. */
 static uint32_t *pack_lookups(uint32_t *w, const int32_t *rowid, const float *sc, int N, int K,
-                              const int *list, int nk, int W_extra, const float *const *dout,
-                              int nout, int OC) {
+                              const int *list, int nk, const float *const *dout, int nout,
+                              int OC) {
     for (int n = 0; n < N; n++) {
         for (int q = 0; q < nk; q++) {
             size_t e = (size_t)n * K + list[q];
             memcpy(w++, &rowid[e], 4);
             memcpy(w++, &sc[e], 4);
         }
-        if (W_extra)
-            for (int j = 0; j < nout; j++, w += OC)
-                memcpy(w, dout[j] + (size_t)n * OC, (size_t)OC * 4);
     }
+    if (dout)
+        for (int j = 0; j < nout; j++, w += (size_t)N * OC)
+            memcpy(w, dout[j], (size_t)N * OC * sizeof(float));
     return w;
 }
 
-/* A source's lookups into (N, nk) keys and scores (and dout[j] (N,OC) when with_dout). */
-static void unpack_lookups(const uint32_t *w, int N, int nk, int32_t *rowid, float *sc,
-                           int with_dout, float *const *dout, int nout, int OC) {
+/* A source's lookups into (N, nk) keys and scores; returns where its output gradients, if
+ * any, begin (pack_lookups' layout). */
+static const uint32_t *unpack_lookups(const uint32_t *w, int N, int nk, int32_t *rowid,
+                                      float *sc) {
     for (int n = 0; n < N; n++) {
         for (int q = 0; q < nk; q++) {
             memcpy(&rowid[(size_t)n * nk + q], w++, 4);
             memcpy(&sc[(size_t)n * nk + q], w++, 4);
         }
-        if (with_dout)
-            for (int j = 0; j < nout; j++, w += OC) memcpy(dout[j] + (size_t)n * OC, w, (size_t)OC * 4);
     }
+    return w;
 }
 
 /* The (N, kn) columns [k0, k0+kn) of rowid/sc (N,K). */
@@ -284,7 +286,7 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     for (int p = 0; p < P; p++) {
         int nk = p == me ? 0 : chunks_of(s, p, list);
         cnt[p] = (int64_t)N * 2 * nk;
-        w = pack_lookups(w, rowid, sc, N, K, list, nk, 0, NULL, nout, OC);
+        w = pack_lookups(w, rowid, sc, N, K, list, nk, NULL, nout, OC);
     }
     comm_words_start(t->words, send, cnt);
     /* meanwhile the partials of this rank's shards, in shard order: (own, nout, N, OC) */
@@ -316,7 +318,7 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
         if (Ns[p] > maxN) maxN = Ns[p];
         prid[p] = trainer_arena_ints(x, (size_t)Ns[p] * mine);
         psc[p] = trainer_arena_floats(x, (size_t)Ns[p] * mine);
-        unpack_lookups(in + rd[p], Ns[p], mine, prid[p], psc[p], 0, NULL, nout, OC);
+        unpack_lookups(in + rd[p], Ns[p], mine, prid[p], psc[p]);
     }
     int *round = layer_xmalloc((size_t)P * sizeof(int));
     int rounds = owner_rounds(s, P, round);
@@ -404,7 +406,7 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     for (int p = 0; p < P; p++) {
         int nk = p == me ? 0 : chunks_of(s, p, list);
         full[p] = nk ? (int64_t)N * (2 * nk + W) : 0;
-        if (nk) w = pack_lookups(w, a->rowid, a->s, N, K, list, nk, W, dout, nout, OC);
+        if (nk) w = pack_lookups(w, a->rowid, a->s, N, K, list, nk, dout, nout, OC);
     }
     /* one range of sources per exchange (owner_rounds): this rank sends all of it in its
        round, nothing in the others */
@@ -442,7 +444,8 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     uint32_t *reply = NULL;
     int cap = 0; /* tokens the unpack buffers hold */
     int32_t *prid = NULL;
-    float *psc = NULL, *pd[3] = {NULL, NULL, NULL};
+    float *psc = NULL;
+    const float *pd[3] = {NULL, NULL, NULL};
     for (int r = 0; r < rounds; r++) {
         const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
         for (int p = 0; p < P; p++) {
@@ -452,16 +455,17 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
                 cap = Ns;
                 prid = trainer_arena_ints(x, (size_t)cap * mine);
                 psc = trainer_arena_floats(x, (size_t)cap * mine);
-                for (int j = 0; j < nout; j++) pd[j] = trainer_arena_floats(x, (size_t)cap * OC);
             }
-            unpack_lookups(in + rd[p], Ns, mine, prid, psc, 1, pd, nout, OC);
+            /* the output gradients are used where they arrived */
+            const float *g0 = (const float *)unpack_lookups(in + rd[p], Ns, mine, prid, psc);
+            for (int j = 0; j < nout; j++) pd[j] = g0 + (size_t)j * Ns * OC;
             if (rlen + (size_t)Ns * mine > rcap) {
                 rcap = 2 * (rlen + (size_t)Ns * mine);
                 reply = layer_xrealloc(reply, rcap * sizeof(uint32_t));
             }
             float *pgs = (float *)(reply + rlen);
             memset(pgs, 0, (size_t)Ns * mine * sizeof(float));
-            local_backward(s, prid, psc, Ns, mine, (const float *const *)pd, pgs, NULL);
+            local_backward(s, prid, psc, Ns, mine, pd, pgs, NULL);
             mark_contribution(t, s, prid, (size_t)Ns * mine);
             rlen += (size_t)Ns * mine;
             rcnt[p] = (int64_t)Ns * mine;
