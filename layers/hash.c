@@ -288,6 +288,27 @@ void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, cons
     }
 }
 
+void layer_hash_forward_acc_ref(float *y, const int32_t *rowid, const float *s,
+                                const float *rows, int N, int K, int R, int OC) {
+    LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
+    for (int n = 0; n < N; n++) {
+        float *yn = y + (size_t)n * OC; /* (OC) */
+        for (int o = 0; o < OC; o++) {
+            float run = yn[o];
+            for (int k0 = 0; k0 < K; k0 += LAYER_HASH_SHARD) { /* shard by shard */
+                float a = 0.0f;
+                for (int k = k0; k < K && k < k0 + LAYER_HASH_SHARD; k++) {
+                    int32_t r = rowid[(size_t)n * K + k];
+                    LAYER_ASSERT(r >= 0 && r < R);
+                    a += s[(size_t)n * K + k] * rows[layer_hash_store_at(R, r, o)];
+                }
+                run = run + a;
+            }
+            yn[o] = run;
+        }
+    }
+}
+
 /* drows, gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC); stores of R rows. */
 void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy,
                              const int32_t *rowid, const float *s, const float *rows, int N,

@@ -69,6 +69,11 @@ void layer_hash_rowid_local(int32_t *rowid, const int32_t *idx, int N, int K, in
 /* y (N,OC) = sum_k s[n,k] * rows[rowid[n,k]] + b; rows a store of R rows; b (OC) or NULL. */
 void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const float *rows,
                         const float *b, int N, int K, int R, int OC);
+/* y (N,OC) += the same sums, added to y shard by shard as layer_hash_forward adds them to b:
+ * ((y + shard 0's partial) + shard 1's partial) ...; so y = b + a later shard's partial is
+ * bitwise what layer_hash_forward gives over the shards together. */
+void layer_hash_forward_acc(float *y, const int32_t *rowid, const float *s, const float *rows,
+                            int N, int K, int R, int OC);
 /* With g = dy (N,OC), rows and drows stores of R rows:
  *   drows[rowid[n,k]] += s[n,k] * g[n]  (only hit rows are written; drows may be NULL),
  *   gs[n,k]           += <g[n], rows[rowid[n,k]]>  (gs may be NULL),
@@ -76,9 +81,12 @@ void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const fl
 void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
                          const int32_t *rowid, const float *s, const float *rows, int N, int K,
                          int R, int OC);
-/* Plain-loop references of the two above, same contracts. */
+/* Plain-loop references of layer_hash_forward, layer_hash_forward_acc and
+ * layer_hash_backward, same contracts. */
 void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
                             const float *b, int N, int K, int R, int OC);
+void layer_hash_forward_acc_ref(float *y, const int32_t *rowid, const float *s,
+                                const float *rows, int N, int K, int R, int OC);
 void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy,
                              const int32_t *rowid, const float *s, const float *rows, int N,
                              int K, int R, int OC);

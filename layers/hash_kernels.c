@@ -195,8 +195,8 @@ static inline uint32_t hk_lanes(int o, int OC) {
  * alone without b) at the first shard (`first`) and is carried between shards in yr
  * (N, HK_T); the last shard (`final`) writes y. Spread over the tokens, lines [0, pfl) from pf are prefetched: the next region. */
 HK_INLINE void hk_fwd_sweep(float *y, float *yp, float *yr, const float *tile, const hk_ent *ent,
-                            int G, const float *b, int N, int OC, int c0, int open, int close,
-                            int first, int final, const char *pf, size_t pfl) {
+                            int G, const float *b, int acc, int N, int OC, int c0, int open,
+                            int close, int first, int final, const char *pf, size_t pfl) {
     const __mmask16 m0 = (__mmask16)hk_lanes(c0, OC), m1 = (__mmask16)hk_lanes(c0 + 16, OC);
     const __m512 seed0 = b ? _mm512_maskz_loadu_ps(m0, b + c0) : _mm512_setzero_ps();
     const __m512 seed1 = b ? _mm512_maskz_loadu_ps(m1, b + c0 + 16) : _mm512_setzero_ps();
@@ -222,6 +222,10 @@ HK_INLINE void hk_fwd_sweep(float *y, float *yp, float *yr, const float *tile, c
         if (!first) {
             a0 = _mm512_add_ps(_mm512_load_ps(yrn), a0);
             a1 = _mm512_add_ps(_mm512_load_ps(yrn + 16), a1);
+        } else if (acc) { /* the running sum starts from y */
+            const float *yn = y + (size_t)n * OC + c0;
+            a0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yn), a0);
+            a1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yn + 16), a1);
         } else if (b) { /* without a bias the first shard's partial is the running sum */
             a0 = _mm512_add_ps(seed0, a0);
             a1 = _mm512_add_ps(seed1, a1);
@@ -238,7 +242,7 @@ HK_INLINE void hk_fwd_sweep(float *y, float *yp, float *yr, const float *tile, c
 }
 
 static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *rows,
-                   const float *b, int N, int K, int R, int OC) {
+                   const float *b, int acc, int N, int K, int R, int OC) {
     const int ncb = (OC + HK_T - 1) / HK_T, cap = HK_FWD_REGION / (HK_T * (int)sizeof(float));
     hk_groups gr;
     hk_groups_build(&gr, rowid, N, K, R, cap);
@@ -269,7 +273,7 @@ static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *
             }
             int k0 = gr.gk0[g], k1 = gr.gk0[g + 1];
             int open = k0 % LAYER_HASH_SHARD == 0, close = k1 == K || k1 % LAYER_HASH_SHARD == 0;
-            hk_fwd_sweep(y, yp, yr, tile, ent + (size_t)N * k0, k1 - k0, b, N, OC, c * HK_T, open,
+            hk_fwd_sweep(y, yp, yr, tile, ent + (size_t)N * k0, k1 - k0, b, acc, N, OC, c * HK_T, open,
                          close, k0 < LAYER_HASH_SHARD, k1 == K, pf, pfl);
         }
     }
@@ -456,7 +460,7 @@ static void hk_db(float *db, const float *dy, int N, int OC) {
 #else /* portable fallback: plain loops on the same schedule */
 
 static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *rows,
-                   const float *b, int N, int K, int R, int OC) {
+                   const float *b, int acc, int N, int K, int R, int OC) {
     for (int c0 = 0; c0 < OC; c0 += HK_T) {
         int w = OC - c0 < HK_T ? OC - c0 : HK_T;
         const float *tile = rows + (size_t)(c0 / HK_T) * R * HK_T;
@@ -471,7 +475,7 @@ static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *
                         size_t e = (size_t)n * K + k;
                         a += s[e] * tile[(size_t)rowid[e] * HK_T + c];
                     }
-                    run = k0 ? run + a : b ? b[c0 + c] + a : a;
+                    run = k0 ? run + a : acc ? yn[c] + a : b ? b[c0 + c] + a : a;
                 }
                 yn[c] = run;
             }
@@ -518,7 +522,14 @@ static void hk_db(float *db, const float *dy, int N, int OC) {
 void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const float *rows,
                         const float *b, int N, int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
-    hk_fwd(y, rowid, s, rows, b, N, K, R, OC);
+    hk_fwd(y, rowid, s, rows, b, 0, N, K, R, OC);
+}
+
+/* y (N,OC) = (y + shard 0's partial) + shard 1's ...: the running sum starts from y. */
+void layer_hash_forward_acc(float *y, const int32_t *rowid, const float *s, const float *rows,
+                            int N, int K, int R, int OC) {
+    hk_check(rowid, N, K, R, OC);
+    hk_fwd(y, rowid, s, rows, NULL, 1, N, K, R, OC);
 }
 
 /* drows, gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC); stores of R rows. */

@@ -344,6 +344,10 @@ static void compare_fast_ref(layer_rng *r, int N, int K, int R, int OC, int loca
     layer_hash_forward(y1, rowid, s, rows, NULL, N, K, R, OC);
     layer_hash_forward_ref(y2, rowid, s, rows, NULL, N, K, R, OC);
     double ef0 = tu_max_relerr(y1, y2, ny, 1.0);
+    memcpy(y2, y1, ny * sizeof(float)); /* both add to the same start */
+    layer_hash_forward_acc(y1, rowid, s, rows, N, K, R, OC);
+    layer_hash_forward_acc_ref(y2, rowid, s, rows, N, K, R, OC);
+    double efa = tu_max_relerr(y1, y2, ny, 1.0);
     /* Gradients start from the same random values: both must add, not overwrite. */
     float *dr1 = tu_randn(r, nr, 1.0f), *dr2 = malloc(nr * sizeof(float));
     float *gs1 = tu_randn(r, nk, 1.0f), *gs2 = malloc(nk * sizeof(float));
@@ -355,9 +359,9 @@ static void compare_fast_ref(layer_rng *r, int N, int K, int R, int OC, int loca
     layer_hash_backward_ref(dr2, gs2, db2, dy, rowid, s, rows, N, K, R, OC);
     double er = tu_max_relerr(dr1, dr2, nr, 1.0), eg = tu_max_relerr(gs1, gs2, nk, 1.0);
     double eb = tu_max_relerr(db1, db2, OC, 1.0);
-    ck_assert_msg(ef < 1e-4 && ef0 < 1e-4 && er < 1e-4 && eg < 1e-4 && eb < 1e-4,
-                  "N=%d K=%d R=%d OC=%d local=%d: y %g y(no b) %g drows %g gs %g db %g", N, K, R,
-                  OC, local, ef, ef0, er, eg, eb);
+    ck_assert_msg(ef < 1e-4 && ef0 < 1e-4 && efa < 1e-4 && er < 1e-4 && eg < 1e-4 && eb < 1e-4,
+                  "N=%d K=%d R=%d OC=%d local=%d: y %g y(no b) %g y(added) %g drows %g gs %g db %g",
+                  N, K, R, OC, local, ef, ef0, efa, er, eg, eb);
     /* Each output of the backward alone (the others NULL) gives the same values. */
     float *gs3 = tu_zeros(nk), *gs4 = tu_zeros(nk);
     layer_hash_backward(NULL, gs3, NULL, dy, rowid, s, rows, N, K, R, OC);
@@ -404,7 +408,7 @@ START_TEST(test_shards_bitwise) {
                 rowid[(size_t)n * K + k] = (k << TAU) + tu_randint(&r, 0, (1 << TAU) - 1);
         float *sc = tu_randn(&r, nk, 1.0f), *rows = store_randn(&r, R, OC, 1.0f);
         float *b = tu_randn(&r, OC, 1.0f), *dy = tu_randn(&r, ny, 1.0f);
-        float *y = tu_zeros(ny), *yc = tu_zeros(ny), *part = tu_zeros(ny);
+        float *y = tu_zeros(ny), *yc = tu_zeros(ny), *part = tu_zeros(ny), *ya = tu_zeros(ny);
         float *dr = tu_zeros(nr), *gs = tu_zeros(nk), *drs = tu_zeros(nr), *gss = tu_zeros(nk);
         layer_hash_forward(y, rowid, sc, rows, b, N, K, R, OC);
         layer_hash_backward(dr, gs, NULL, dy, rowid, sc, rows, N, K, R, OC);
@@ -419,6 +423,14 @@ START_TEST(test_shards_bitwise) {
                 }
             layer_hash_forward(part, rid, ss, rows, NULL, N, Ks, R, OC);
             for (size_t e = 0; e < ny; e++) yc[e] = i ? yc[e] + part[e] : b[e % OC] + part[e];
+            /* an owner's own shards added straight to the running sum, a received partial
+               added to it (every other shard here) */
+            if (i == 0 && c % 2 == 0)
+                layer_hash_forward(ya, rid, ss, rows, b, N, Ks, R, OC);
+            else if ((i + c) % 2 == 0)
+                layer_hash_forward_acc(ya, rid, ss, rows, N, Ks, R, OC);
+            else
+                for (size_t e = 0; e < ny; e++) ya[e] = i ? ya[e] + part[e] : b[e % OC] + part[e];
             layer_hash_backward(drs, g, NULL, dy, rid, ss, rows, N, Ks, R, OC);
             for (int n = 0; n < N; n++)
                 for (int j = 0; j < Ks; j++) gss[(size_t)n * K + k0 + j] = g[(size_t)n * Ks + j];
@@ -427,9 +439,11 @@ START_TEST(test_shards_bitwise) {
         ck_assert_msg(memcmp(y, yc, ny * sizeof(float)) == 0,
                       "N=%d K=%d TAU=%d OC=%d: partials summed by shard differ from one call", N, K,
                       TAU, OC);
+        ck_assert_msg(memcmp(y, ya, ny * sizeof(float)) == 0,
+                      "N=%d K=%d: own partials added in place differ from one call", N, K);
         ck_assert_msg(memcmp(dr, drs, nr * sizeof(float)) == 0, "row gradients by shard differ");
         ck_assert_msg(memcmp(gs, gss, nk * sizeof(float)) == 0, "score gradients by shard differ");
-        free(rowid), free(sc), free(rows), free(b), free(dy), free(y), free(yc), free(part);
+        free(rowid), free(sc), free(rows), free(b), free(dy), free(y), free(yc), free(part), free(ya);
         free(dr), free(gs), free(drs), free(gss);
     }
 }

@@ -270,6 +270,23 @@ static void mark_contribution(const trainer_tables *t, group_state *s, const int
     tables_fold_marked(s, 0, s->R);
 }
 
+/* Adds the partial of this rank's shard sh of group s for its own tokens rowid/sc (N,K) into
+ * out[j] (N,OC): the running sum over the shards before it, or b alone for shard 0 (rid/s2
+ * hold N x LAYER_HASH_SHARD entries). */
+static void own_into(const group_state *s, int sh, const int32_t *rowid, const float *sc, int N,
+                     float *const *out, const float *const *b, int32_t *rid, float *s2) {
+    int K = s->g.K, k0 = sh * LAYER_HASH_SHARD;
+    int kn = K - k0 < LAYER_HASH_SHARD ? K - k0 : LAYER_HASH_SHARD;
+    columns(rid, s2, rowid, sc, N, K, k0, kn);
+    for (int j = 0; j < s->g.nout; j++) {
+        if (sh == 0)
+            layer_hash_forward(out[j], rid, s2, s->rows[j], b ? b[j] : NULL, N, kn, s->R,
+                               s->g.OC);
+        else
+            layer_hash_forward_acc(out[j], rid, s2, s->rows[j], N, kn, s->R, s->g.OC);
+    }
+}
+
 static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const float *sc, int N,
                           float *const *out, const float *const *b) {
     group_state *s = &t->gs[g];
@@ -289,19 +306,8 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
         w = pack_lookups(w, rowid, sc, N, K, list, nk, NULL, nout, OC);
     }
     comm_words_start(t->words, send, cnt);
-    /* meanwhile the partials of this rank's shards, in shard order: (own, nout, N, OC) */
     int own = 0;
     for (int sh = 0; sh < s->S; sh++) own += s->owner[sh] == me;
-    float *part = trainer_arena_floats(x, (size_t)own * nout * NO + 1), *pp = part;
-    int32_t *rid = trainer_arena_ints(x, (size_t)N * LAYER_HASH_SHARD + 1);
-    float *s2 = trainer_arena_floats(x, (size_t)N * LAYER_HASH_SHARD + 1);
-    for (int sh = 0; sh < s->S; sh++) {
-        if (s->owner[sh] != me) continue;
-        int k0 = sh * LAYER_HASH_SHARD, kn = K - k0 < LAYER_HASH_SHARD ? K - k0 : LAYER_HASH_SHARD;
-        columns(rid, s2, rowid, sc, N, K, k0, kn);
-        for (int j = 0; j < nout; j++, pp += NO)
-            layer_hash_forward(pp, rid, s2, s->rows[j], NULL, N, kn, s->R, OC);
-    }
     const int *rc, *rd;
     const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
     /* as an owner: every source's lookups, unpacked before the replies reuse the receive
@@ -361,13 +367,20 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     free(prid);
     free(psc);
     free(round);
-    /* y = b + the shards' partials, in shard order, as the fused kernel adds them */
+    /* y = b + the shards' partials in shard order, as the fused kernel adds them: the
+       received ones added to y, this rank's added into it by the kernel (after the replies,
+       so that every owner sends its partials after the same work, whichever shards it owns) */
+    int32_t *rid = trainer_arena_ints(x, (size_t)N * LAYER_HASH_SHARD + 1);
+    float *s2 = trainer_arena_floats(x, (size_t)N * LAYER_HASH_SHARD + 1);
     int *seen = layer_xcalloc((size_t)P, sizeof(int)); /* shards of each owner consumed */
     for (int sh = 0; sh < s->S; sh++) {
         int p = s->owner[sh];
+        if (p == me) {
+            own_into(s, sh, rowid, sc, N, out, b, rid, s2);
+            continue;
+        }
         for (int j = 0; j < nout; j++) {
-            const float *pj = (p == me ? part : (const float *)got + gd[p]) +
-                              ((size_t)seen[p] * nout + j) * NO;
+            const float *pj = (const float *)got + gd[p] + ((size_t)seen[p] * nout + j) * NO;
             float *y = out[j];
             const float *bj = b ? b[j] : NULL;
             if (sh > 0)
