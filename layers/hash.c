@@ -266,9 +266,10 @@ void layer_hash_store_get(float *row, const float *store, int R, int OC, int r) 
     }
 }
 
-/* y (N,OC); rowid, s (N,K); rows a store of R rows; b (OC) or NULL. */
-void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
-                            const float *b, int N, int K, int R, int OC) {
+/* y (N,OC) = b (or y itself when acc) + the shards' partials, shard by shard; rowid, s (N,K);
+ * rows a store of R rows; b (OC) or NULL. */
+static void forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
+                        const float *b, int acc, int N, int K, int R, int OC) {
     LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
     for (int n = 0; n < N; n++) {
         float *yn = y + (size_t)n * OC; /* (OC) */
@@ -281,32 +282,21 @@ void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, cons
                     LAYER_ASSERT(r >= 0 && r < R);
                     a += s[(size_t)n * K + k] * rows[layer_hash_store_at(R, r, o)];
                 }
-                run = k0 ? run + a : b ? b[o] + a : a;
+                run = k0 ? run + a : acc ? yn[o] + a : b ? b[o] + a : a;
             }
             yn[o] = run;
         }
     }
 }
 
+void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
+                            const float *b, int N, int K, int R, int OC) {
+    forward_ref(y, rowid, s, rows, b, 0, N, K, R, OC);
+}
+
 void layer_hash_forward_acc_ref(float *y, const int32_t *rowid, const float *s,
                                 const float *rows, int N, int K, int R, int OC) {
-    LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
-    for (int n = 0; n < N; n++) {
-        float *yn = y + (size_t)n * OC; /* (OC) */
-        for (int o = 0; o < OC; o++) {
-            float run = yn[o];
-            for (int k0 = 0; k0 < K; k0 += LAYER_HASH_SHARD) { /* shard by shard */
-                float a = 0.0f;
-                for (int k = k0; k < K && k < k0 + LAYER_HASH_SHARD; k++) {
-                    int32_t r = rowid[(size_t)n * K + k];
-                    LAYER_ASSERT(r >= 0 && r < R);
-                    a += s[(size_t)n * K + k] * rows[layer_hash_store_at(R, r, o)];
-                }
-                run = run + a;
-            }
-            yn[o] = run;
-        }
-    }
+    forward_ref(y, rowid, s, rows, NULL, 1, N, K, R, OC);
 }
 
 /* drows, gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC); stores of R rows. */
