@@ -129,6 +129,33 @@ static int64_t all_ranks(int64_t local_failures) {
     return local_failures;
 }
 
+/* Every table unit this rank holds in model a with the same unit of model b, each as its
+ * values and first and second moments (3n floats): fn(ctx, a's, b's, n). Returns the units. */
+typedef void unit_fn(void *ctx, const float *a, const float *b, size_t n);
+static int each_unit(trainer_model *ma, trainer_model *mb, unit_fn *fn, void *ctx) {
+    trainer_tables *ta = trainer_model_tables(ma), *tb = trainer_model_tables(mb);
+    int units = 0;
+    for (int g = 0; g < trainer_tables_ngroups(ta); g++) {
+        const trainer_table_group *grp = trainer_tables_group(ta, g);
+        size_t n = ((size_t)1 << grp->tau) * grp->OC;
+        float *a = layer_xmalloc(3 * n * sizeof(float)), *b = layer_xmalloc(3 * n * sizeof(float));
+        for (int k = 0; k < grp->K; k++)
+            for (int j = 0; j < grp->nout; j++) {
+                if (trainer_tables_unit_get(ta, g, k, j, a, a + n, a + 2 * n, NULL) != 0) continue;
+                LAYER_ASSERT(trainer_tables_unit_get(tb, g, k, j, b, b + n, b + 2 * n, NULL) == 0);
+                fn(ctx, a, b, n);
+                units++;
+            }
+        free(a);
+        free(b);
+    }
+    return units;
+}
+
+static void count_differing(void *ctx, const float *a, const float *b, size_t n) {
+    *(int *)ctx += memcmp(a, b, 3 * n * sizeof(float)) != 0;
+}
+
 /* Every case at this rank count against one rank, bit for bit: losses, dense parameters, and
  * every table unit (values and Adam moments) this rank owns. */
 START_TEST(test_matches_one_rank) {
@@ -148,22 +175,7 @@ START_TEST(test_matches_one_rank) {
                      memcmp(pd->m, pr->m, pd->total * sizeof(float)) != 0 ||
                      memcmp(pd->v, pr->v, pd->total * sizeof(float)) != 0;
     bad += dense_diff;
-    trainer_tables *td = trainer_model_tables(dist.model), *tr = trainer_model_tables(ref.model);
-    int units = 0, table_diff = 0;
-    for (int g = 0; g < trainer_tables_ngroups(td); g++) {
-        const trainer_table_group *grp = trainer_tables_group(td, g);
-        size_t n = ((size_t)1 << grp->tau) * grp->OC;
-        float *a = layer_xmalloc(3 * n * sizeof(float)), *b = layer_xmalloc(3 * n * sizeof(float));
-        for (int k = 0; k < grp->K; k++)
-            for (int j = 0; j < grp->nout; j++) {
-                if (trainer_tables_unit_get(td, g, k, j, a, a + n, a + 2 * n, NULL) != 0) continue;
-                LAYER_ASSERT(trainer_tables_unit_get(tr, g, k, j, b, b + n, b + 2 * n, NULL) == 0);
-                table_diff += memcmp(a, b, 3 * n * sizeof(float)) != 0;
-                units++;
-            }
-        free(a);
-        free(b);
-    }
+    int table_diff = 0, units = each_unit(dist.model, ref.model, count_differing, &table_diff);
     bad += table_diff;
     if (comm_rank(world) == 0)
         fprintf(stderr, "P=%d %s: loss %.6f -> %.6f; steps whose loss differs from P=1: %d, "
@@ -214,6 +226,14 @@ START_TEST(test_blocks_match_streams) {
 }
 END_TEST
 
+/* The largest difference of a unit's first moments from ref's, relative to ref's scale. */
+static void moment_unit(void *ctx, const float *a, const float *ref, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s = fmax(s, fabs(ref[n + i]));
+    double *worst = ctx;
+    *worst = fmax(*worst, tu_max_relerr(a + n, ref + n, n, s > 0 ? 2 * s : 1));
+}
+
 /* The first moments (the gradients of the steps taken) of model a against ref: the largest
  * difference relative to the scale of its array, over the dense parameters and every table
  * unit this rank owns. */
@@ -222,22 +242,7 @@ static double moment_drift(trainer_model *a, trainer_model *ref) {
     double scale = 0;
     for (size_t i = 0; i < pr->total; i++) scale = fmax(scale, fabs(pr->m[i]));
     double worst = tu_max_relerr(pa->m, pr->m, pr->total, 2 * scale);
-    trainer_tables *ta = trainer_model_tables(a), *tr = trainer_model_tables(ref);
-    for (int g = 0; g < trainer_tables_ngroups(ta); g++) {
-        const trainer_table_group *grp = trainer_tables_group(ta, g);
-        size_t n = ((size_t)1 << grp->tau) * grp->OC;
-        float *u = layer_xmalloc(3 * n * sizeof(float)), *w = layer_xmalloc(3 * n * sizeof(float));
-        for (int k = 0; k < grp->K; k++)
-            for (int j = 0; j < grp->nout; j++) {
-                if (trainer_tables_unit_get(ta, g, k, j, u, u + n, u + 2 * n, NULL) != 0) continue;
-                LAYER_ASSERT(trainer_tables_unit_get(tr, g, k, j, w, w + n, w + 2 * n, NULL) == 0);
-                double s = 0;
-                for (size_t i = 0; i < n; i++) s = fmax(s, fabs(w[n + i]));
-                worst = fmax(worst, tu_max_relerr(u + n, w + n, n, s > 0 ? 2 * s : 1));
-            }
-        free(u);
-        free(w);
-    }
+    each_unit(a, ref, moment_unit, &worst);
     return worst;
 }
 

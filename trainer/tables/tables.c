@@ -456,8 +456,9 @@ void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *
         if (2 * one > a->scratch) a->scratch = 2 * one;
         /* an owner-side call's buffers live until it returns, in one scratch arena: the
            replies with this rank's shards' partials for the other ranks' tokens (as many
-           bytes over the ranks as the partials it receives) and the partials of its own;
-           the backward's output gradients for and from the owners are smaller */
+           bytes over the ranks as the partials it receives) and the partials it receives
+           (its own shards add theirs into the output); the backward's output gradients for
+           and from the owners are smaller */
         if (k == TRAINER_STRATEGY_OWNER && P > 1 && 2 * c.memory[k] > a->partials)
             a->partials = 2 * c.memory[k];
     }
