@@ -266,13 +266,13 @@ void layer_hash_store_get(float *row, const float *store, int R, int OC, int r) 
     }
 }
 
-/* y (N,OC) = b (or y itself when acc) + the shards' partials, shard by shard; rowid, s (N,K);
- * rows a store of R rows; b (OC) or NULL. */
+/* y (N,OC), token n's outputs at y + n*ldy, = b + the shards' partials, shard by shard;
+ * rowid, s (N,K); rows a store of R rows; b (OC) or NULL. */
 static void forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
-                        const float *b, int acc, int N, int K, int R, int OC) {
+                        const float *b, int ldy, int N, int K, int R, int OC) {
     LAYER_ASSERT(N >= 0 && K > 0 && R > 0 && OC > 0);
     for (int n = 0; n < N; n++) {
-        float *yn = y + (size_t)n * OC; /* (OC) */
+        float *yn = y + (size_t)n * ldy; /* (OC) */
         for (int o = 0; o < OC; o++) {
             float run = 0.0f;
             for (int k0 = 0; k0 < K; k0 += LAYER_HASH_SHARD) { /* shard by shard */
@@ -282,7 +282,7 @@ static void forward_ref(float *y, const int32_t *rowid, const float *s, const fl
                     LAYER_ASSERT(r >= 0 && r < R);
                     a += s[(size_t)n * K + k] * rows[layer_hash_store_at(R, r, o)];
                 }
-                run = k0 ? run + a : acc ? yn[o] + a : b ? b[o] + a : a;
+                run = k0 ? run + a : b ? b[o] + a : a;
             }
             yn[o] = run;
         }
@@ -291,12 +291,13 @@ static void forward_ref(float *y, const int32_t *rowid, const float *s, const fl
 
 void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
                             const float *b, int N, int K, int R, int OC) {
-    forward_ref(y, rowid, s, rows, b, 0, N, K, R, OC);
+    forward_ref(y, rowid, s, rows, b, OC, N, K, R, OC);
 }
 
-void layer_hash_forward_acc_ref(float *y, const int32_t *rowid, const float *s,
-                                const float *rows, int N, int K, int R, int OC) {
-    forward_ref(y, rowid, s, rows, NULL, 1, N, K, R, OC);
+void layer_hash_forward_ld_ref(float *y, int ldy, const int32_t *rowid, const float *s,
+                               const float *rows, const float *b, int N, int K, int R, int OC) {
+    LAYER_ASSERT(ldy >= OC);
+    forward_ref(y, rowid, s, rows, b, ldy, N, K, R, OC);
 }
 
 /* drows, gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC); stores of R rows. */

@@ -69,11 +69,11 @@ void layer_hash_rowid_local(int32_t *rowid, const int32_t *idx, int N, int K, in
 /* y (N,OC) = sum_k s[n,k] * rows[rowid[n,k]] + b; rows a store of R rows; b (OC) or NULL. */
 void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const float *rows,
                         const float *b, int N, int K, int R, int OC);
-/* y (N,OC) += the same sums, added to y shard by shard as layer_hash_forward adds them to b:
- * ((y + shard 0's partial) + shard 1's partial) ...; so y = b + a later shard's partial is
- * bitwise what layer_hash_forward gives over the shards together. */
-void layer_hash_forward_acc(float *y, const int32_t *rowid, const float *s, const float *rows,
-                            int N, int K, int R, int OC);
+/* The same with token n's OC outputs at y + n*ldy (ldy >= OC; what lies between is left
+ * alone): so one call can write partials straight into a buffer of several per token, as an
+ * owner's reply holds them (bitwise what layer_hash_forward gives per token). */
+void layer_hash_forward_ld(float *y, int ldy, const int32_t *rowid, const float *s,
+                           const float *rows, const float *b, int N, int K, int R, int OC);
 /* With g = dy (N,OC), rows and drows stores of R rows:
  *   drows[rowid[n,k]] += s[n,k] * g[n]  (only hit rows are written; drows may be NULL),
  *   gs[n,k]           += <g[n], rows[rowid[n,k]]>  (gs may be NULL),
@@ -81,12 +81,22 @@ void layer_hash_forward_acc(float *y, const int32_t *rowid, const float *s, cons
 void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
                          const int32_t *rowid, const float *s, const float *rows, int N, int K,
                          int R, int OC);
-/* Plain-loop references of layer_hash_forward, layer_hash_forward_acc and
+/* layer_hash_backward without bias gradients for nout (1 to 3) projections that share rowid
+ * and s (Q/K/V; one sort of the hits serves them, and each adds into gs), with the tokens'
+ * output gradients in nparts parts: output j's first ndy[0] tokens at dy[j*nparts], the next
+ * ndy[1] at dy[j*nparts + 1], ... (the ndy add up to N). A row's gradient takes each part's
+ * sum as an addition of its own, in part order: the call is bitwise the calls over each
+ * part's tokens one after another (layer_hash_backward, layer_hashqkv_backward), in one
+ * pass over the rows. */
+void layer_hash_backward_parts(int nout, float *const *drows, float *gs, const float *const *dy,
+                               const int *ndy, int nparts, const int32_t *rowid, const float *s,
+                               const float *const *rows, int N, int K, int R, int OC);
+/* Plain-loop references of layer_hash_forward, layer_hash_forward_ld and
  * layer_hash_backward, same contracts. */
 void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,
                             const float *b, int N, int K, int R, int OC);
-void layer_hash_forward_acc_ref(float *y, const int32_t *rowid, const float *s,
-                                const float *rows, int N, int K, int R, int OC);
+void layer_hash_forward_ld_ref(float *y, int ldy, const int32_t *rowid, const float *s,
+                               const float *rows, const float *b, int N, int K, int R, int OC);
 void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy,
                              const int32_t *rowid, const float *s, const float *rows, int N,
                              int K, int R, int OC);

@@ -178,6 +178,25 @@ static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, 
         }
 }
 
+/* A call's output gradients (N, OC) in parts: tokens [0, n[0]) at p[0], the next n[1] at
+ * p[1], ... A row's gradient takes each part's sum as a separate addition, so that the
+ * call is bitwise the calls over each part one after another: at (and past) token `next`
+ * of a row's hits, the sum so far is added and the next part's begins; bound[i] is the
+ * first token past part i. */
+typedef struct hk_dy {
+    const float *const *p;
+    const int *n;
+    int parts;
+    const int32_t *bound; /* (parts) */
+} hk_dy;
+
+/* The first part boundary past token t. */
+static inline int32_t hk_next_bound(const hk_dy *d, int32_t t) {
+    int i = 0;
+    while (i < d->parts - 1 && d->bound[i] <= t) i++;
+    return i < d->parts - 1 ? d->bound[i] : INT32_MAX;
+}
+
 /* Lane mask of the 16 columns from o of OC columns. */
 static inline uint32_t hk_lanes(int o, int OC) {
     int l = OC - o;
@@ -189,13 +208,13 @@ static inline uint32_t hk_lanes(int o, int OC) {
 #define HK_INLINE static inline __attribute__((always_inline))
 
 /* One (tile, chunk group) of the forward: tile (R, HK_T) is the store's tile of columns
- * [c0, c0+HK_T), ent (N, G) the group's entries. A shard's partial sum starts from zero in
+ * [c0, c0+HK_T), ent (N, G) the group's entries, token n's outputs at y + n*ldy. A shard's partial sum starts from zero in
  * its first group (`open`) and is carried between its groups in yp (N, HK_T); its last group
  * (`close`) adds it to the running sum, which is b + the first shard's partial (the partial
  * alone without b) at the first shard (`first`) and is carried between shards in yr
  * (N, HK_T); the last shard (`final`) writes y. Spread over the tokens, lines [0, pfl) from pf are prefetched: the next region. */
 HK_INLINE void hk_fwd_sweep(float *y, float *yp, float *yr, const float *tile, const hk_ent *ent,
-                            int G, const float *b, int acc, int N, int OC, int c0, int open,
+                            int G, const float *b, int N, int OC, int ldy, int c0, int open,
                             int close, int first, int final, const char *pf, size_t pfl) {
     const __mmask16 m0 = (__mmask16)hk_lanes(c0, OC), m1 = (__mmask16)hk_lanes(c0 + 16, OC);
     const __m512 seed0 = b ? _mm512_maskz_loadu_ps(m0, b + c0) : _mm512_setzero_ps();
@@ -222,16 +241,12 @@ HK_INLINE void hk_fwd_sweep(float *y, float *yp, float *yr, const float *tile, c
         if (!first) {
             a0 = _mm512_add_ps(_mm512_load_ps(yrn), a0);
             a1 = _mm512_add_ps(_mm512_load_ps(yrn + 16), a1);
-        } else if (acc) { /* the running sum starts from y */
-            const float *yn = y + (size_t)n * OC + c0;
-            a0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, yn), a0);
-            a1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, yn + 16), a1);
         } else if (b) { /* without a bias the first shard's partial is the running sum */
             a0 = _mm512_add_ps(seed0, a0);
             a1 = _mm512_add_ps(seed1, a1);
         }
         if (final) {
-            float *yn = y + (size_t)n * OC + c0;
+            float *yn = y + (size_t)n * ldy + c0;
             _mm512_mask_storeu_ps(yn, m0, a0);
             _mm512_mask_storeu_ps(yn + 16, m1, a1);
         } else {
@@ -241,8 +256,8 @@ HK_INLINE void hk_fwd_sweep(float *y, float *yp, float *yr, const float *tile, c
     }
 }
 
-static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *rows,
-                   const float *b, int acc, int N, int K, int R, int OC) {
+static void hk_fwd(float *y, int ldy, const int32_t *rowid, const float *s, const float *rows,
+                   const float *b, int N, int K, int R, int OC) {
     const int ncb = (OC + HK_T - 1) / HK_T, cap = HK_FWD_REGION / (HK_T * (int)sizeof(float));
     hk_groups gr;
     hk_groups_build(&gr, rowid, N, K, R, cap);
@@ -273,8 +288,8 @@ static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *
             }
             int k0 = gr.gk0[g], k1 = gr.gk0[g + 1];
             int open = k0 % LAYER_HASH_SHARD == 0, close = k1 == K || k1 % LAYER_HASH_SHARD == 0;
-            hk_fwd_sweep(y, yp, yr, tile, ent + (size_t)N * k0, k1 - k0, b, acc, N, OC, c * HK_T, open,
-                         close, k0 < LAYER_HASH_SHARD, k1 == K, pf, pfl);
+            hk_fwd_sweep(y, yp, yr, tile, ent + (size_t)N * k0, k1 - k0, b, N, OC, ldy, c * HK_T,
+                         open, close, k0 < LAYER_HASH_SHARD, k1 == K, pf, pfl);
         }
     }
 }
@@ -303,8 +318,8 @@ HK_INLINE __m512 hk_sum16(const float *v) {
  * Per hit row, one pass over its hits sums s * g in registers and forms each hit's partial
  * <g, row> in gsh (set when `first`, else added); the sum is added to the row's gradient. */
 HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float *gsh,
-                            const float *gb, const hk_sorted *st, int OC, int c0, const int nv,
-                            int first) {
+                            const float *gb, const hk_sorted *st, const hk_dy *dy, int OC, int c0,
+                            const int nv, int first) {
     /* dv (16, 16): the partial-dot vectors of the last 16 hits, summed together */
     _Alignas(64) float dv[16 * 16];
     __mmask16 mk[HK_BNV];
@@ -331,7 +346,20 @@ HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float
                         : _mm512_setzero_ps();
             acc[j] = _mm512_setzero_ps();
         }
+        int32_t next = dy->parts > 1 ? hk_next_bound(dy, st->tok[h0]) : INT32_MAX;
         for (int32_t h = h0; h < h1; h++) {
+            if (st->tok[h] >= next) { /* a new part: the last part's sum goes in alone */
+                if (dtile[0]) {
+#pragma GCC unroll 16
+                    for (int j = 0; j < nv; j++) {
+                        float *dp = dtile[j / 2] + (size_t)r * HK_T + 16 * (j % 2);
+                        _mm512_storeu_ps(dp, _mm512_add_ps(_mm512_loadu_ps(dp), acc[j]));
+                    }
+                }
+#pragma GCC unroll 16
+                for (int j = 0; j < nv; j++) acc[j] = _mm512_setzero_ps();
+                next = hk_next_bound(dy, st->tok[h]);
+            }
             /* The token gradients are in L2, but each row's hit loop ends in a branch the
              * predictor misses, and the loads after it would start from nothing: fetch them
              * into L1 some hits ahead, across rows (tok has slack past its end). */
@@ -380,31 +408,32 @@ HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float
 
 /* dy (N,OC) into gblk (npass, N, HK_BW), zero past OC; db (OC) += sum_n dy[n] on the way, in
  * the order of n (as hk_db). */
-static void hk_gblk(float *gblk, float *db, const float *dy, int N, int OC, int npass) {
+static void hk_gblk(float *gblk, float *db, const hk_dy *dy, int N, int OC, int npass) {
     float *dbv = NULL;
     if (db) {
         dbv = hk_ws(HK_WS_DB, (size_t)npass * HK_BW * sizeof(float));
         memset(dbv, 0, (size_t)npass * HK_BW * sizeof(float));
         memcpy(dbv, db, (size_t)OC * sizeof(float));
     }
-    for (int n = 0; n < N; n++)
-        for (int p = 0; p < npass; p++) {
-            float *q = gblk + ((size_t)p * N + n) * HK_BW;
-            const float *src = dy + (size_t)n * OC + p * HK_BW;
+    for (int i = 0, n = 0; i < dy->parts; i++)
+        for (int m = 0; m < dy->n[i]; m++, n++)
+            for (int p = 0; p < npass; p++) {
+                float *q = gblk + ((size_t)p * N + n) * HK_BW;
+                const float *src = dy->p[i] + (size_t)m * OC + p * HK_BW;
 #pragma GCC unroll 16
-            for (int j = 0; j < HK_BNV; j++) {
-                __m512 v = _mm512_maskz_loadu_ps((__mmask16)hk_lanes(p * HK_BW + 16 * j, OC), src + 16 * j);
-                _mm512_store_ps(q + 16 * j, v);
-                if (dbv) {
-                    float *a = dbv + p * HK_BW + 16 * j;
-                    _mm512_store_ps(a, _mm512_add_ps(_mm512_load_ps(a), v));
+                for (int j = 0; j < HK_BNV; j++) {
+                    __m512 v = _mm512_maskz_loadu_ps((__mmask16)hk_lanes(p * HK_BW + 16 * j, OC), src + 16 * j);
+                    _mm512_store_ps(q + 16 * j, v);
+                    if (dbv) {
+                        float *a = dbv + p * HK_BW + 16 * j;
+                        _mm512_store_ps(a, _mm512_add_ps(_mm512_load_ps(a), v));
+                    }
                 }
             }
-        }
     if (db) memcpy(db, dbv, (size_t)OC * sizeof(float));
 }
 
-static void hk_bwd(float *drows, float *gs, float *db, const float *dy, const hk_sorted *st,
+static void hk_bwd(float *drows, float *gs, float *db, const hk_dy *dy, const hk_sorted *st,
                    const float *rows, int N, int R, int OC) {
     const int ncb = (OC + HK_T - 1) / HK_T, npass = (ncb + HK_BWD_TILES - 1) / HK_BWD_TILES;
     /* gblk (npass, N, HK_BW): a pass's slice is contiguous and stays in L2 while every hit row
@@ -427,7 +456,7 @@ static void hk_bwd(float *drows, float *gs, float *db, const float *dy, const hk
         int c0 = p * HK_BW;
 #define HK_BWD_CASE(V)                                                                          \
     case V:                                                                                     \
-        hk_bwd_sweep(tile, dtile, gsh, gb, st, OC, c0, V, p == 0);                              \
+        hk_bwd_sweep(tile, dtile, gsh, gb, st, dy, OC, c0, V, p == 0);                          \
         break;
         switch (2 * nt) { /* instantiated for each tile count up to HK_BWD_TILES */
             HK_BWD_CASE(2)
@@ -459,13 +488,13 @@ static void hk_db(float *db, const float *dy, int N, int OC) {
 
 #else /* portable fallback: plain loops on the same schedule */
 
-static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *rows,
-                   const float *b, int acc, int N, int K, int R, int OC) {
+static void hk_fwd(float *y, int ldy, const int32_t *rowid, const float *s, const float *rows,
+                   const float *b, int N, int K, int R, int OC) {
     for (int c0 = 0; c0 < OC; c0 += HK_T) {
         int w = OC - c0 < HK_T ? OC - c0 : HK_T;
         const float *tile = rows + (size_t)(c0 / HK_T) * R * HK_T;
         for (int n = 0; n < N; n++) {
-            float *yn = y + (size_t)n * OC + c0;
+            float *yn = y + (size_t)n * ldy + c0;
             for (int c = 0; c < w; c++) {
                 float run = 0.0f;
                 for (int k0 = 0; k0 < K; k0 += LAYER_HASH_SHARD) { /* a shard's partial from 0 */
@@ -475,7 +504,7 @@ static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *
                         size_t e = (size_t)n * K + k;
                         a += s[e] * tile[(size_t)rowid[e] * HK_T + c];
                     }
-                    run = k0 ? run + a : acc ? yn[c] + a : b ? b[c0 + c] + a : a;
+                    run = k0 ? run + a : b ? b[c0 + c] + a : a;
                 }
                 yn[c] = run;
             }
@@ -483,8 +512,15 @@ static void hk_fwd(float *y, const int32_t *rowid, const float *s, const float *
     }
 }
 
-static void hk_bwd(float *drows, float *gs, float *db, const float *dy, const hk_sorted *st,
+static void hk_bwd(float *drows, float *gs, float *db, const hk_dy *dyp, const hk_sorted *st,
                    const float *rows, int N, int R, int OC) {
+    const float *dy = dyp->p[0];
+    if (dyp->parts > 1) { /* laid end to end */
+        float *cat = hk_ws(HK_WS_GBLK, (size_t)N * OC * sizeof(float));
+        for (int i = 0, n = 0; i < dyp->parts; n += dyp->n[i++])
+            memcpy(cat + (size_t)n * OC, dyp->p[i], (size_t)dyp->n[i] * OC * sizeof(float));
+        dy = cat;
+    }
     for (int n = 0; db && n < N; n++)
         for (int o = 0; o < OC; o++) db[o] += dy[(size_t)n * OC + o];
     for (int i = 0; i < st->nhit; i++) {
@@ -494,7 +530,14 @@ static void hk_bwd(float *drows, float *gs, float *db, const float *dy, const hk
             const float *rp = rows + ((size_t)(c0 / HK_T) * R + r) * HK_T;
             float acc[HK_T];
             for (int c = 0; c < w; c++) acc[c] = 0.0f;
+            float *dp = drows ? drows + ((size_t)(c0 / HK_T) * R + r) * HK_T : NULL;
+            int32_t next = hk_next_bound(dyp, st->tok[st->start[r]]);
             for (int32_t h = st->start[r]; h < st->start[r + 1]; h++) {
+                if (st->tok[h] >= next) { /* a new part: the last part's sum goes in alone */
+                    for (int c = 0; dp && c < w; c++) dp[c] += acc[c];
+                    for (int c = 0; c < w; c++) acc[c] = 0.0f;
+                    next = hk_next_bound(dyp, st->tok[h]);
+                }
                 const float *g = dy + (size_t)st->tok[h] * OC + c0;
                 float sv = st->sv[h], d = 0.0f;
                 for (int c = 0; c < w; c++) {
@@ -503,10 +546,7 @@ static void hk_bwd(float *drows, float *gs, float *db, const float *dy, const hk
                 }
                 if (gs) gs[st->ent[h]] += d;
             }
-            if (drows) {
-                float *dp = drows + ((size_t)(c0 / HK_T) * R + r) * HK_T;
-                for (int c = 0; c < w; c++) dp[c] += acc[c];
-            }
+            for (int c = 0; dp && c < w; c++) dp[c] += acc[c];
         }
     }
 }
@@ -522,14 +562,15 @@ static void hk_db(float *db, const float *dy, int N, int OC) {
 void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const float *rows,
                         const float *b, int N, int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
-    hk_fwd(y, rowid, s, rows, b, 0, N, K, R, OC);
+    hk_fwd(y, OC, rowid, s, rows, b, N, K, R, OC);
 }
 
-/* y (N,OC) = (y + shard 0's partial) + shard 1's ...: the running sum starts from y. */
-void layer_hash_forward_acc(float *y, const int32_t *rowid, const float *s, const float *rows,
-                            int N, int K, int R, int OC) {
+/* The same with token n's outputs at y + n*ldy. */
+void layer_hash_forward_ld(float *y, int ldy, const int32_t *rowid, const float *s,
+                           const float *rows, const float *b, int N, int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
-    hk_fwd(y, rowid, s, rows, NULL, 1, N, K, R, OC);
+    LAYER_ASSERT(ldy >= OC);
+    hk_fwd(y, ldy, rowid, s, rows, b, N, K, R, OC);
 }
 
 /* drows, gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC); stores of R rows. */
@@ -543,7 +584,8 @@ void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
     }
     hk_sorted st;
     hk_sort(&st, rowid, s, N, K, R);
-    hk_bwd(drows, gs, db, dy, &st, rows, N, R, OC);
+    hk_dy d = {&dy, &N, 1, NULL};
+    hk_bwd(drows, gs, db, &d, &st, rows, N, R, OC);
 }
 
 /* q, k, v (N,OC); rowid, s (N,K); rows_* stores of R rows; b* (OC) or NULL. */
@@ -568,9 +610,31 @@ void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, floa
     hk_sorted st;
     if (gs || drows_q || drows_k || drows_v) hk_sort(&st, rowid, s, N, K, R); /* one sort serves the three tables */
     for (int p = 0; p < 3; p++) {
+        hk_dy dd = {&d[p], &N, 1, NULL};
         if (gs || dr[p])
-            hk_bwd(dr[p], gs, db[p], d[p], &st, rows[p], N, R, OC);
+            hk_bwd(dr[p], gs, db[p], &dd, &st, rows[p], N, R, OC);
         else if (db[p])
             hk_db(db[p], d[p], N, OC);
     }
+}
+
+/* drows[j], gs (N,K) += gradients for nout projections of one rowid/s (one sort serves them),
+ * output j's gradients in parts: dy[j*nparts + i] holds ndy[i] tokens; each part's row sums
+ * added on their own, in part order. */
+void layer_hash_backward_parts(int nout, float *const *drows, float *gs, const float *const *dy,
+                               const int *ndy, int nparts, const int32_t *rowid, const float *s,
+                               const float *const *rows, int N, int K, int R, int OC) {
+    hk_check(rowid, N, K, R, OC);
+    LAYER_ASSERT(nout >= 1 && nout <= 3 && nparts >= 1);
+    int32_t *bound = layer_xmalloc((size_t)nparts * sizeof(int32_t));
+    int32_t total = 0;
+    for (int i = 0; i < nparts; i++) bound[i] = total += ndy[i];
+    LAYER_ASSERT(total == N);
+    hk_sorted st;
+    hk_sort(&st, rowid, s, N, K, R);
+    for (int j = 0; j < nout; j++) {
+        hk_dy d = {dy + (size_t)j * nparts, ndy, nparts, bound};
+        hk_bwd(drows[j], gs, NULL, &d, &st, rows[j], N, R, OC);
+    }
+    free(bound);
 }

@@ -344,10 +344,29 @@ static void compare_fast_ref(layer_rng *r, int N, int K, int R, int OC, int loca
     layer_hash_forward(y1, rowid, s, rows, NULL, N, K, R, OC);
     layer_hash_forward_ref(y2, rowid, s, rows, NULL, N, K, R, OC);
     double ef0 = tu_max_relerr(y1, y2, ny, 1.0);
-    memcpy(y2, y1, ny * sizeof(float)); /* both add to the same start */
-    layer_hash_forward_acc(y1, rowid, s, rows, N, K, R, OC);
-    layer_hash_forward_acc_ref(y2, rowid, s, rows, N, K, R, OC);
-    double efa = tu_max_relerr(y1, y2, ny, 1.0);
+    /* Outputs a stride apart: the same values as the plain call (the fast kernel's bitwise),
+     * and what lies between left alone. */
+    int ld = OC + 1 + (int)(N % 7);
+    size_t nl = (size_t)N * ld;
+    float *yl1 = tu_randn(r, nl, 1.0f), *yl2 = malloc(nl * sizeof(float));
+    float *yl0 = malloc(nl * sizeof(float));
+    memcpy(yl2, yl1, nl * sizeof(float));
+    memcpy(yl0, yl1, nl * sizeof(float));
+    layer_hash_forward(y1, rowid, s, rows, b, N, K, R, OC);
+    layer_hash_forward_ld(yl1, ld, rowid, s, rows, b, N, K, R, OC);
+    layer_hash_forward_ld_ref(yl2, ld, rowid, s, rows, b, N, K, R, OC);
+    double efa = 0.0;
+    for (int n = 0; n < N; n++) {
+        const float *a1 = yl1 + (size_t)n * ld, *a2 = yl2 + (size_t)n * ld, *a0 = yl0 + (size_t)n * ld;
+        ck_assert_msg(memcmp(a1, y1 + (size_t)n * OC, (size_t)OC * sizeof(float)) == 0,
+                      "N=%d OC=%d: strided outputs differ from the plain call at token %d", N, OC, n);
+        ck_assert_msg(memcmp(a1 + OC, a0 + OC, (size_t)(ld - OC) * sizeof(float)) == 0 &&
+                          memcmp(a2 + OC, a0 + OC, (size_t)(ld - OC) * sizeof(float)) == 0,
+                      "N=%d OC=%d: the strided forward wrote between the rows", N, OC);
+        double e = tu_max_relerr(a1, a2, (size_t)OC, 1.0);
+        efa = e > efa ? e : efa;
+    }
+    free(yl0), free(yl1), free(yl2);
     /* Gradients start from the same random values: both must add, not overwrite. */
     float *dr1 = tu_randn(r, nr, 1.0f), *dr2 = malloc(nr * sizeof(float));
     float *gs1 = tu_randn(r, nk, 1.0f), *gs2 = malloc(nk * sizeof(float));
@@ -360,7 +379,7 @@ static void compare_fast_ref(layer_rng *r, int N, int K, int R, int OC, int loca
     double er = tu_max_relerr(dr1, dr2, nr, 1.0), eg = tu_max_relerr(gs1, gs2, nk, 1.0);
     double eb = tu_max_relerr(db1, db2, OC, 1.0);
     ck_assert_msg(ef < 1e-4 && ef0 < 1e-4 && efa < 1e-4 && er < 1e-4 && eg < 1e-4 && eb < 1e-4,
-                  "N=%d K=%d R=%d OC=%d local=%d: y %g y(no b) %g y(added) %g drows %g gs %g db %g",
+                  "N=%d K=%d R=%d OC=%d local=%d: y %g y(no b) %g y(strided) %g drows %g gs %g db %g",
                   N, K, R, OC, local, ef, ef0, efa, er, eg, eb);
     /* Each output of the backward alone (the others NULL) gives the same values. */
     float *gs3 = tu_zeros(nk), *gs4 = tu_zeros(nk);
@@ -409,6 +428,10 @@ START_TEST(test_shards_bitwise) {
         float *sc = tu_randn(&r, nk, 1.0f), *rows = store_randn(&r, R, OC, 1.0f);
         float *b = tu_randn(&r, OC, 1.0f), *dy = tu_randn(&r, ny, 1.0f);
         float *y = tu_zeros(ny), *yc = tu_zeros(ny), *part = tu_zeros(ny), *ya = tu_zeros(ny);
+        /* an owner's reply: token-major (N, nsh, OC), written by one call per shard over the
+           tokens in another order (rotated by N/3: tokens of several sources in one call) */
+        int rot = N / 3;
+        float *tm = tu_zeros(ny * (size_t)nsh);
         float *dr = tu_zeros(nr), *gs = tu_zeros(nk), *drs = tu_zeros(nr), *gss = tu_zeros(nk);
         layer_hash_forward(y, rowid, sc, rows, b, N, K, R, OC);
         layer_hash_backward(dr, gs, NULL, dy, rowid, sc, rows, N, K, R, OC);
@@ -423,14 +446,14 @@ START_TEST(test_shards_bitwise) {
                 }
             layer_hash_forward(part, rid, ss, rows, NULL, N, Ks, R, OC);
             for (size_t e = 0; e < ny; e++) yc[e] = i ? yc[e] + part[e] : b[e % OC] + part[e];
-            /* an owner's own shards added straight to the running sum, a received partial
-               added to it (every other shard here) */
-            if (i == 0 && c % 2 == 0)
-                layer_hash_forward(ya, rid, ss, rows, b, N, Ks, R, OC);
-            else if ((i + c) % 2 == 0)
-                layer_hash_forward_acc(ya, rid, ss, rows, N, Ks, R, OC);
-            else
-                for (size_t e = 0; e < ny; e++) ya[e] = i ? ya[e] + part[e] : b[e % OC] + part[e];
+            int32_t *rr = malloc((size_t)N * Ks * sizeof(int32_t));
+            float *sr = malloc((size_t)N * Ks * sizeof(float));
+            for (int n = 0; n < N; n++) { /* call position n holds token (n + rot) % N */
+                memcpy(rr + (size_t)n * Ks, rid + (size_t)((n + rot) % N) * Ks, (size_t)Ks * 4);
+                memcpy(sr + (size_t)n * Ks, ss + (size_t)((n + rot) % N) * Ks, (size_t)Ks * 4);
+            }
+            layer_hash_forward_ld(tm + (size_t)i * OC, nsh * OC, rr, sr, rows, NULL, N, Ks, R, OC);
+            free(rr), free(sr);
             layer_hash_backward(drs, g, NULL, dy, rid, ss, rows, N, Ks, R, OC);
             for (int n = 0; n < N; n++)
                 for (int j = 0; j < Ks; j++) gss[(size_t)n * K + k0 + j] = g[(size_t)n * Ks + j];
@@ -439,18 +462,86 @@ START_TEST(test_shards_bitwise) {
         ck_assert_msg(memcmp(y, yc, ny * sizeof(float)) == 0,
                       "N=%d K=%d TAU=%d OC=%d: partials summed by shard differ from one call", N, K,
                       TAU, OC);
+        for (int n = 0; n < N; n++) /* the requester's sum, token by token in shard order */
+            for (int i = 0; i < nsh; i++) {
+                const float *pn = tm + ((size_t)((n - rot + N) % N) * nsh + i) * OC;
+                float *yn = ya + (size_t)n * OC;
+                for (int o = 0; o < OC; o++) yn[o] = i ? yn[o] + pn[o] : b[o] + pn[o];
+            }
         ck_assert_msg(memcmp(y, ya, ny * sizeof(float)) == 0,
-                      "N=%d K=%d: own partials added in place differ from one call", N, K);
+                      "N=%d K=%d: partials from token-major replies of merged calls differ from one call", N, K);
         ck_assert_msg(memcmp(dr, drs, nr * sizeof(float)) == 0, "row gradients by shard differ");
         ck_assert_msg(memcmp(gs, gss, nk * sizeof(float)) == 0, "score gradients by shard differ");
         free(rowid), free(sc), free(rows), free(b), free(dy), free(y), free(yc), free(part), free(ya);
-        free(dr), free(gs), free(drs), free(gss);
+        free(tm), free(dr), free(gs), free(drs), free(gss);
     }
 }
 END_TEST
 
 /* The store layout: put/get round trip, element addresses, and a fresh store zeroed and on
  * whole cache lines. */
+/* An owner's backward over the tokens of several sources whose output gradients lie in
+ * different buffers (layer_hash_backward_parts) is bitwise the calls over each source's
+ * tokens one after another: for one projection and for Q/K/V, with a part of no tokens
+ * among them (tau 4 over 301 tokens: every row is hit by several parts). */
+START_TEST(test_backward_parts) {
+    layer_rng r;
+    tu_seed(&r, "backward_parts");
+    const int shapes[][4] = {{301, 16, 8, 64}, {301, 5, 4, 45}, {40, 7, 6, 33}};
+    for (int c = 0; c < 3; c++) {
+        int N = shapes[c][0], K = shapes[c][1], TAU = shapes[c][2], OC = shapes[c][3], R = K << TAU;
+        int ndy[4] = {N / 3, 0, N / 2, N - N / 3 - N / 2};
+        size_t nk = (size_t)N * K, ny = (size_t)N * OC, nr = layer_hash_store_floats(R, OC);
+        int32_t *rowid = malloc(nk * sizeof(int32_t));
+        for (size_t e = 0; e < nk; e++)
+            rowid[e] = (int32_t)(e % (size_t)K << TAU) + tu_randint(&r, 0, (1 << TAU) - 1);
+        float *sc = tu_randn(&r, nk, 1.0f);
+        float *rows[3], *dy[3], *dr1[3], *dr2[3];
+        const float *parts[12];
+        for (int j = 0; j < 3; j++) {
+            rows[j] = store_randn(&r, R, OC, 1.0f);
+            dy[j] = tu_randn(&r, ny, 1.0f);
+            dr1[j] = tu_randn(&r, nr, 1.0f); /* both add to the same start */
+            dr2[j] = malloc(nr * sizeof(float));
+            memcpy(dr2[j], dr1[j], nr * sizeof(float));
+            /* each part in a buffer of its own, as the sources' gradients arrive */
+            for (int i = 0, n = 0; i < 4; n += ndy[i++]) {
+                float *q = malloc((size_t)(ndy[i] + 1) * OC * sizeof(float));
+                memcpy(q, dy[j] + (size_t)n * OC, (size_t)ndy[i] * OC * sizeof(float));
+                parts[j * 4 + i] = q;
+            }
+        }
+        float *gs1 = tu_randn(&r, nk, 1.0f), *gs2 = malloc(nk * sizeof(float));
+        memcpy(gs2, gs1, nk * sizeof(float));
+        for (int nout = 1; nout <= 3; nout += 2) {
+            for (int i = 0, n = 0; i < 4; n += ndy[i++]) {
+                size_t e = (size_t)n * K;
+                if (!ndy[i]) continue;
+                if (nout == 1)
+                    layer_hash_backward(dr1[0], gs1 + e, NULL, parts[i], rowid + e, sc + e, rows[0],
+                                        ndy[i], K, R, OC);
+                else
+                    layer_hashqkv_backward(dr1[0], dr1[1], dr1[2], gs1 + e, NULL, NULL, NULL,
+                                           parts[i], parts[4 + i], parts[8 + i], rowid + e, sc + e,
+                                           rows[0], rows[1], rows[2], ndy[i], K, R, OC);
+            }
+            layer_hash_backward_parts(nout, dr2, gs2, parts, ndy, 4, rowid, sc,
+                                      (const float *const *)rows, N, K, R, OC);
+            for (int j = 0; j < nout; j++)
+                ck_assert_msg(memcmp(dr1[j], dr2[j], nr * sizeof(float)) == 0,
+                              "N=%d OC=%d nout=%d: row gradients %d from parts differ", N, OC, nout, j);
+            ck_assert_msg(memcmp(gs1, gs2, nk * sizeof(float)) == 0,
+                          "N=%d OC=%d nout=%d: score gradients from parts differ", N, OC, nout);
+        }
+        for (int j = 0; j < 3; j++) {
+            free(rows[j]), free(dy[j]), free(dr1[j]), free(dr2[j]);
+            for (int i = 0; i < 4; i++) free((void *)parts[j * 4 + i]);
+        }
+        free(rowid), free(sc), free(gs1), free(gs2);
+    }
+}
+END_TEST
+
 START_TEST(test_store_layout) {
     layer_rng r;
     tu_seed(&r, "store_layout");
@@ -587,6 +678,7 @@ static Suite *hash_suite(void) {
     tcase_add_test(tc, test_fast_vs_ref_edges);
     tcase_add_test(tc, test_unique_rows);
     tcase_add_test(tc, test_shards_bitwise);
+    tcase_add_test(tc, test_backward_parts);
     tcase_add_test(tc, test_store_layout);
     tcase_add_test(tc, test_store_padding_unused);
     tcase_add_test(tc, test_hashqkv_matches_three_projections);

@@ -455,10 +455,10 @@ void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *
         double one = k == TRAINER_STRATEGY_OWNER ? c.memory[k] : elems * sizeof(float) / P;
         if (2 * one > a->scratch) a->scratch = 2 * one;
         /* an owner-side call's buffers live until it returns, in one scratch arena: the
-           replies with this rank's shards' partials for the other ranks' tokens (as many
-           bytes over the ranks as the partials it receives) and the partials it receives
-           (its own shards add theirs into the output); the backward's output gradients for
-           and from the owners are smaller */
+           replies with this rank's shards' partials for every rank's tokens, its own among
+           them (as many bytes over the ranks as the partials it receives), and the partials
+           it receives; the backward's output gradients for and from the owners are
+           smaller */
         if (k == TRAINER_STRATEGY_OWNER && P > 1 && 2 * c.memory[k] > a->partials)
             a->partials = 2 * c.memory[k];
     }

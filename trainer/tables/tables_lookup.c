@@ -270,29 +270,19 @@ static void mark_contribution(const trainer_tables *t, group_state *s, const int
     tables_fold_marked(s, 0, s->R);
 }
 
-/* Adds the partial of this rank's shard sh of group s for its own tokens rowid/sc (N,K) into
- * out[j] (N,OC): the running sum over the shards before it, or b alone for shard 0 (rid/s2
- * hold N x LAYER_HASH_SHARD entries). */
-static void own_into(const group_state *s, int sh, const int32_t *rowid, const float *sc, int N,
-                     float *const *out, const float *const *b, int32_t *rid, float *s2) {
-    int K = s->g.K, k0 = sh * LAYER_HASH_SHARD;
-    int kn = K - k0 < LAYER_HASH_SHARD ? K - k0 : LAYER_HASH_SHARD;
-    columns(rid, s2, rowid, sc, N, K, k0, kn);
-    for (int j = 0; j < s->g.nout; j++) {
-        if (sh == 0)
-            layer_hash_forward(out[j], rid, s2, s->rows[j], b ? b[j] : NULL, N, kn, s->R,
-                               s->g.OC);
-        else
-            layer_hash_forward_acc(out[j], rid, s2, s->rows[j], N, kn, s->R, s->g.OC);
-    }
-}
-
+/* Forward, owner side. Every rank sends each owner its tokens' (bucket, score) pairs of the
+ * owner's chunks. An owner computes, shard by shard, one call over the tokens of a whole
+ * round of sources and of its own tokens (so it streams its rows once per round, not once per
+ * source), writing each token's partials where its reply holds them: a reply is token-major,
+ * (tokens, the owner's shards, nout, OC), and the round's replies lie one after another with
+ * this rank's own partials right behind them, so the tokens of the call are one stride
+ * apart. The requester then forms y = b + the shards' partials in shard order, as the fused
+ * kernel adds them, whichever rank computed each. */
 static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const float *sc, int N,
                           float *const *out, const float *const *b) {
     group_state *s = &t->gs[g];
     trainer_arena *x = t->scratch;
     int K = s->g.K, nout = s->g.nout, OC = s->g.OC, P = t->P, me = t->me;
-    size_t NO = (size_t)N * OC;
     int *list = layer_xmalloc((size_t)K * sizeof(int));
     int64_t *cnt = layer_xcalloc((size_t)P, sizeof(int64_t));
     /* requests: each owner's chunks' buckets and scores of every token */
@@ -306,60 +296,75 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
         w = pack_lookups(w, rowid, sc, N, K, list, nk, NULL, nout, OC);
     }
     comm_words_start(t->words, send, cnt);
-    int own = 0;
-    for (int sh = 0; sh < s->S; sh++) own += s->owner[sh] == me;
+    int *nown = layer_xcalloc((size_t)P, sizeof(int)); /* shards of the group each rank owns */
+    for (int sh = 0; sh < s->S; sh++) nown[s->owner[sh]]++;
     const int *rc, *rd;
     const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
     /* as an owner: every source's lookups, unpacked before the replies reuse the receive
-       buffer; then their partials, shard after shard (nout, Nsrc, OC) each, one range of
-       destinations per exchange (owner_rounds) */
+       buffer */
     int mine = chunks_of(s, me, list);
     int *Ns = layer_xcalloc((size_t)P, sizeof(int));
     int32_t **prid = layer_xcalloc((size_t)P, sizeof(int32_t *));
     float **psc = layer_xcalloc((size_t)P, sizeof(float *));
-    int maxN = 0;
     for (int p = 0; p < P; p++) {
         if (!mine || !rc[p]) continue;
         Ns[p] = rc[p] / (2 * mine);
-        if (Ns[p] > maxN) maxN = Ns[p];
         prid[p] = trainer_arena_ints(x, (size_t)Ns[p] * mine);
         psc[p] = trainer_arena_floats(x, (size_t)Ns[p] * mine);
         unpack_lookups(in + rd[p], Ns[p], mine, prid[p], psc[p]);
     }
+    /* one range of destinations per exchange (owner_rounds); this rank's own tokens join the
+       call of its own round (of round 0 when it owns every shard) */
     int *round = layer_xmalloc((size_t)P * sizeof(int));
-    int rounds = owner_rounds(s, P, round);
-    size_t round_words = 0; /* the largest round's partials */
+    int rounds = owner_rounds(s, P, round), self_round = round[me] >= 0 ? round[me] : 0;
+    size_t ld = (size_t)mine ? (size_t)nown[me] * nout * OC : 0; /* floats per token */
+    size_t round_words = 0; /* the largest round's replies */
+    int most = 0;           /* the most tokens in one call */
     for (int r = 0; r < rounds; r++) {
-        size_t n = 0;
+        int n = r == self_round && mine ? N : 0;
         for (int p = 0; p < P; p++)
-            if (round[p] == r) n += (size_t)Ns[p] * nout * OC * own;
-        if (n > round_words) round_words = n;
+            if (round[p] == r) n += Ns[p];
+        size_t rw = (size_t)(n - (r == self_round && mine ? N : 0)) * ld;
+        if (rw > round_words) round_words = rw;
+        if (n > most) most = n;
     }
-    uint32_t *reply = (uint32_t *)trainer_arena_ints(x, round_words + 1);
-    int32_t *srid = trainer_arena_ints(x, (size_t)maxN * LAYER_HASH_SHARD + 1);
-    float *ssc = trainer_arena_floats(x, (size_t)maxN * LAYER_HASH_SHARD + 1);
-    const uint32_t *got = NULL;
+    float *area = trainer_arena_floats(x, round_words + (size_t)N * ld + 1);
+    float *mypart = area + round_words; /* this rank's own partials, kept through the rounds */
+    int32_t *srid = trainer_arena_ints(x, (size_t)most * LAYER_HASH_SHARD + 1);
+    float *ssc = trainer_arena_floats(x, (size_t)most * LAYER_HASH_SHARD + 1);
+    const float *got = NULL;
     int *gd = layer_xcalloc((size_t)P, sizeof(int)); /* where each owner's partials for me begin */
     for (int r = 0; r < rounds; r++) {
-        uint32_t *rw = reply;
+        size_t rw = 0;
+        int ntok = 0;
         for (int p = 0; p < P; p++) {
-            cnt[p] = 0;
-            if (round[p] != r || !Ns[p]) continue;
-            for (int q = 0; q < mine;) { /* shard by shard: a shard's chunks are consecutive */
-                int sh = list[q] / LAYER_HASH_SHARD, kn = 0;
-                while (q + kn < mine && list[q + kn] / LAYER_HASH_SHARD == sh) kn++;
-                columns(srid, ssc, prid[p], psc[p], Ns[p], mine, q, kn);
-                for (int j = 0; j < nout; j++, rw += (size_t)Ns[p] * OC)
-                    layer_hash_forward((float *)rw, srid, ssc, s->rows[j], NULL, Ns[p], kn, s->R, OC);
-                cnt[p] += (int64_t)nout * Ns[p] * OC;
-                q += kn;
-            }
+            cnt[p] = round[p] == r ? (int64_t)((size_t)Ns[p] * ld) : 0;
+            rw += (size_t)cnt[p];
+            if (round[p] == r) ntok += Ns[p];
         }
-        comm_words_start(t->words, reply, cnt);
+        int withme = mine && r == self_round;
+        float *base = mypart - rw; /* the round's replies end where this rank's partials begin */
+        if (withme) ntok += N;
+        for (int q = 0, i = 0; ntok && q < mine; i++) { /* shard by shard: consecutive chunks */
+            int sh = list[q] / LAYER_HASH_SHARD, kn = 0;
+            while (q + kn < mine && list[q + kn] / LAYER_HASH_SHARD == sh) kn++;
+            size_t t0 = 0; /* the round's sources in rank order, then this rank */
+            for (int p = 0; p < P; p++) {
+                if (round[p] != r || !Ns[p]) continue;
+                columns(srid + t0 * kn, ssc + t0 * kn, prid[p], psc[p], Ns[p], mine, q, kn);
+                t0 += (size_t)Ns[p];
+            }
+            if (withme) columns(srid + t0 * kn, ssc + t0 * kn, rowid, sc, N, K, sh * LAYER_HASH_SHARD, kn);
+            for (int j = 0; j < nout; j++)
+                layer_hash_forward_ld(base + ((size_t)i * nout + j) * OC, (int)ld, srid, ssc,
+                                      s->rows[j], NULL, ntok, kn, s->R, OC);
+            q += kn;
+        }
+        comm_words_start(t->words, (const uint32_t *)base, cnt);
         const uint32_t *in_r = comm_words_wait(t->words, &rc, &rd);
         if (round[me] == r) { /* this rank's partials arrive in its round; the later rounds
                                  receive nothing here, so the buffer stays */
-            got = in_r;
+            got = (const float *)in_r;
             memcpy(gd, rd, (size_t)P * sizeof(int));
         }
     }
@@ -367,33 +372,34 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     free(prid);
     free(psc);
     free(round);
-    /* y = b + the shards' partials in shard order, as the fused kernel adds them: the
-       received ones added to y, this rank's added into it by the kernel (after the replies,
-       so that every owner sends its partials after the same work, whichever shards it owns) */
-    int32_t *rid = trainer_arena_ints(x, (size_t)N * LAYER_HASH_SHARD + 1);
-    float *s2 = trainer_arena_floats(x, (size_t)N * LAYER_HASH_SHARD + 1);
-    int *seen = layer_xcalloc((size_t)P, sizeof(int)); /* shards of each owner consumed */
+    /* y = b + the shards' partials in shard order, token by token: shard sh's partial of
+       output j for token n is at part[sh] + n * pld[sh] + j * OC */
+    const float **part = layer_xmalloc((size_t)s->S * sizeof(float *));
+    size_t *pld = layer_xmalloc((size_t)s->S * sizeof(size_t));
+    int *seen = layer_xcalloc((size_t)P, sizeof(int)); /* shards of each owner before sh */
     for (int sh = 0; sh < s->S; sh++) {
         int p = s->owner[sh];
-        if (p == me) {
-            own_into(s, sh, rowid, sc, N, out, b, rid, s2);
-            continue;
-        }
-        for (int j = 0; j < nout; j++) {
-            const float *pj = (const float *)got + gd[p] + ((size_t)seen[p] * nout + j) * NO;
-            float *y = out[j];
-            const float *bj = b ? b[j] : NULL;
-            if (sh > 0)
-                for (size_t e = 0; e < NO; e++) y[e] += pj[e];
-            else if (bj)
-                for (size_t e = 0; e < NO; e += (size_t)OC) /* row by row, so it vectorises */
-                    for (int c = 0; c < OC; c++) y[e + c] = bj[c] + pj[e + c];
-            else
-                memcpy(y, pj, NO * sizeof(float));
-        }
-        seen[p]++;
+        pld[sh] = (size_t)nown[p] * nout * OC;
+        part[sh] = (p == me ? mypart : got + gd[p]) + (size_t)seen[p]++ * nout * OC;
     }
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < nout; j++) {
+            float *y = out[j] + (size_t)n * OC;
+            const float *bj = b ? b[j] : NULL;
+            for (int sh = 0; sh < s->S; sh++) {
+                const float *pj = part[sh] + (size_t)n * pld[sh] + (size_t)j * OC;
+                if (sh > 0)
+                    for (int c = 0; c < OC; c++) y[c] += pj[c];
+                else if (bj)
+                    for (int c = 0; c < OC; c++) y[c] = bj[c] + pj[c];
+                else
+                    memcpy(y, pj, (size_t)OC * sizeof(float));
+            }
+        }
+    free(part);
+    free(pld);
     free(seen);
+    free(nown);
     free(gd);
     free(list);
     free(cnt);
@@ -428,8 +434,12 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     free(round);
     for (int p = 0; p < P; p++) cnt[p] = my_round == 0 ? full[p] : 0;
     comm_words_start(t->words, send, cnt);
-    /* meanwhile this rank's chunks: its own block's contribution, folded at once */
-    int mine = chunks_of(s, me, list);
+    /* This rank's chunks. Bitwise, its own block is a contribution of its own, computed (and
+       folded) at once while the requests travel. Fast, its tokens join the call over its
+       round's sources, so the owner passes over its rows once per round, not once per
+       source (the bias gradient, its own tokens' alone, is summed here). */
+    int mine = chunks_of(s, me, list), merge = t->fast && mine;
+    int self_round = my_round >= 0 ? my_round : 0;
     float *gsl = NULL;
     int32_t *rid = NULL;
     float *s2 = NULL;
@@ -442,6 +452,8 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
                 rid[(size_t)n * mine + q] = a->rowid[(size_t)n * K + list[q]];
                 s2[(size_t)n * mine + q] = a->s[(size_t)n * K + list[q]];
             }
+    }
+    if (mine && !merge) {
         local_backward(s, rid, s2, N, mine, dout, gsl, db);
         mark_contribution(t, s, rid, (size_t)N * mine);
     } else if (db) { /* the bias gradient alone: layer_hash_backward sums it first */
@@ -449,8 +461,9 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
             if (db[j]) layer_hash_backward(NULL, NULL, db[j], dout[j], a->rowid, a->s, s->rows[j],
                                            N, K, s->R, OC);
     }
-    /* as an owner: every source's row gradients (a contribution each, in source order, a
-       range of sources per round) and score gradients, gathered for one reply */
+    /* as an owner: every source's row gradients (bitwise: a contribution each, in source
+       order; fast: with this rank's in one call) and score gradients, gathered for one reply,
+       a range of sources per round */
     const int *rc, *rd;
     int64_t *rcnt = layer_xcalloc((size_t)P, sizeof(int64_t));
     size_t rcap = 0, rlen = 0;
@@ -461,7 +474,56 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     const float *pd[3] = {NULL, NULL, NULL};
     for (int r = 0; r < rounds; r++) {
         const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
-        for (int p = 0; p < P; p++) {
+        int withme = merge && r == self_round, ntok = withme ? N : 0, nparts = withme;
+        for (int p = 0; merge && p < P; p++)
+            if (rc[p]) ntok += rc[p] / (2 * mine + W), nparts++;
+        if (ntok) { /* fast: one call over this round's tokens, this rank's first */
+            int32_t *mrid = trainer_arena_ints(x, (size_t)ntok * mine);
+            float *msc = trainer_arena_floats(x, (size_t)ntok * mine);
+            float *mgs = trainer_arena_zeros(x, (size_t)ntok * mine);
+            const float **dy = layer_xmalloc((size_t)nout * nparts * sizeof(float *));
+            int *ndy = layer_xmalloc((size_t)nparts * sizeof(int)), i = 0;
+            size_t off = 0; /* tokens placed */
+            if (withme) {
+                memcpy(mrid, rid, (size_t)N * mine * sizeof(int32_t));
+                memcpy(msc, s2, (size_t)N * mine * sizeof(float));
+                for (int j = 0; j < nout; j++) dy[(size_t)j * nparts] = dout[j];
+                ndy[i++] = N;
+                off = (size_t)N;
+            }
+            for (int p = 0; p < P; p++) {
+                if (!rc[p]) continue;
+                int Ns = rc[p] / (2 * mine + W);
+                const float *g0 = (const float *)unpack_lookups(in + rd[p], Ns, mine,
+                                                                mrid + off * mine, msc + off * mine);
+                for (int j = 0; j < nout; j++) dy[(size_t)j * nparts + i] = g0 + (size_t)j * Ns * OC;
+                ndy[i++] = Ns;
+                off += (size_t)Ns;
+            }
+            layer_hash_backward_parts(nout, s->drows, mgs, dy, ndy, nparts, mrid, msc,
+                                      (const float *const *)s->rows, ntok, mine, s->R, OC);
+            mark_contribution(t, s, mrid, (size_t)ntok * mine);
+            free(dy);
+            free(ndy);
+            off = 0;
+            if (withme) {
+                memcpy(gsl, mgs, (size_t)N * mine * sizeof(float));
+                off = (size_t)N;
+            }
+            for (int p = 0; p < P; p++) { /* the sources' score gradients, for the reply */
+                if (!rc[p]) continue;
+                size_t Ns = (size_t)(rc[p] / (2 * mine + W));
+                if (rlen + Ns * mine > rcap) {
+                    rcap = 2 * (rlen + Ns * mine);
+                    reply = layer_xrealloc(reply, rcap * sizeof(uint32_t));
+                }
+                memcpy(reply + rlen, mgs + off * mine, Ns * mine * sizeof(float));
+                rlen += Ns * mine;
+                rcnt[p] = (int64_t)(Ns * mine);
+                off += Ns;
+            }
+        }
+        for (int p = 0; !merge && p < P; p++) {
             if (!mine || !rc[p]) continue;
             int Ns = rc[p] / (2 * mine + W);
             if (Ns > cap) { /* reused for every source: one source's lookups at a time */
