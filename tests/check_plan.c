@@ -132,6 +132,22 @@ START_TEST(test_choices) {
     qkv.distinct = 20;
     trainer_plan_choose(&r, &qkv, &c);
     ck_assert(c.bytes[TRAINER_STRATEGY_FETCH] < 0.2 * uniform);
+    /* replicate wins only by a tenth: the Memformer's cross-attention key/value group at
+       P = 2 (K 32, tau 8, two outputs of 256, 8 streams of 64 rows per rank, 4 segments),
+       where it costs a hair less than fetch, is fetched; the tiny table above, on 2 ranks,
+       stays replicated */
+    r = run_of(2, 16, 8, 4, 0);
+    trainer_plan_group kv = {2, 32, 8, 256, 64, -1, 1};
+    r.fast = 1;
+    trainer_plan_choose(&r, &kv, &c);
+    ck_assert(c.allowed[TRAINER_STRATEGY_REPLICATE]);
+    ck_assert(c.seconds[TRAINER_STRATEGY_REPLICATE] < c.seconds[TRAINER_STRATEGY_FETCH]);
+    ck_assert(c.seconds[TRAINER_STRATEGY_REPLICATE] > 0.9 * c.seconds[TRAINER_STRATEGY_FETCH]);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_FETCH);
+    r = run_of(2, 64, 8, 4, 1);
+    trainer_plan_choose(&r, &tiny, &c);
+    ck_assert(c.seconds[TRAINER_STRATEGY_REPLICATE] < 0.9 * c.seconds[TRAINER_STRATEGY_FETCH]);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_REPLICATE);
 }
 END_TEST
 
