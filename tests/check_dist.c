@@ -294,6 +294,27 @@ START_TEST(test_fast_close_to_one_rank) {
 }
 END_TEST
 
+/* Under fast the strategies still agree bit for bit at the same P: an owner's one backward
+ * call over every source's tokens adds each source's row sums on their own, as the owner
+ * adds the rows fetching ranks push (CASES[3] and [4]: the decoder, fetched and owner-side). */
+START_TEST(test_fast_strategies_agree) {
+    dist_case fetch = CASES[3], owner = CASES[4];
+    fetch.fast = owner.fast = 1;
+    run_result a, b;
+    train(world, &fetch, &a);
+    train(world, &owner, &b);
+    int64_t bad = memcmp(a.loss, b.loss, sizeof(a.loss)) != 0;
+    trainer_params *pa = trainer_model_params(a.model), *pb = trainer_model_params(b.model);
+    bad += memcmp(pa->data, pb->data, pa->total * sizeof(float)) != 0;
+    int table_diff = 0;
+    each_unit(a.model, b.model, count_differing, &table_diff);
+    bad += table_diff;
+    trainer_model_free(a.model);
+    trainer_model_free(b.model);
+    ck_assert_int_eq(all_ranks(bad), 0);
+}
+END_TEST
+
 START_TEST(test_bitwise_repeatable) {
     run_result a, b;
     train(world, &CASES[1], &a);
@@ -403,6 +424,7 @@ static Suite *dist_suite(void) {
     tcase_add_loop_test(tc, test_matches_one_rank, 0, NCASES);
     tcase_add_loop_test(tc, test_blocks_match_streams, 0, NCASES);
     tcase_add_loop_test(tc, test_fast_close_to_one_rank, 0, NCASES);
+    tcase_add_test(tc, test_fast_strategies_agree);
     tcase_add_test(tc, test_bitwise_repeatable);
     tcase_add_test(tc, test_owner_rounds);
     tcase_add_test(tc, test_each_rank_holds_its_tables_only);

@@ -439,7 +439,6 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
        round's sources, so the owner passes over its rows once per round, not once per
        source (the bias gradient, its own tokens' alone, is summed here). */
     int mine = chunks_of(s, me, list), merge = t->fast && mine;
-    int self_round = my_round >= 0 ? my_round : 0;
     float *gsl = NULL;
     int32_t *rid = NULL;
     float *s2 = NULL;
@@ -474,7 +473,9 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     const float *pd[3] = {NULL, NULL, NULL};
     for (int r = 0; r < rounds; r++) {
         const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
-        int withme = merge && r == self_round, ntok = withme ? N : 0, nparts = withme;
+        /* this rank's tokens first, in the first round: the order of the row sums is that
+           of the calls per source (its own, then the sources in rank order) and of fetch */
+        int withme = merge && r == 0, ntok = withme ? N : 0, nparts = withme;
         for (int p = 0; merge && p < P; p++)
             if (rc[p]) ntok += rc[p] / (2 * mine + W), nparts++;
         if (ntok) { /* fast: one call over this round's tokens, this rank's first */
