@@ -314,19 +314,18 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
         unpack_lookups(in + rd[p], Ns[p], mine, prid[p], psc[p]);
     }
     /* one range of destinations per exchange (owner_rounds); this rank's own tokens join the
-       call of its own round (of round 0 when it owns every shard) */
+       first round's call */
     int *round = layer_xmalloc((size_t)P * sizeof(int));
-    int rounds = owner_rounds(s, P, round), self_round = round[me] >= 0 ? round[me] : 0;
-    size_t ld = (size_t)mine ? (size_t)nown[me] * nout * OC : 0; /* floats per token */
+    int rounds = owner_rounds(s, P, round);
+    size_t ld = mine ? (size_t)nown[me] * nout * OC : 0; /* floats per token */
     size_t round_words = 0; /* the largest round's replies */
     int most = 0;           /* the most tokens in one call */
     for (int r = 0; r < rounds; r++) {
-        int n = r == self_round && mine ? N : 0;
+        int src = 0;
         for (int p = 0; p < P; p++)
-            if (round[p] == r) n += Ns[p];
-        size_t rw = (size_t)(n - (r == self_round && mine ? N : 0)) * ld;
-        if (rw > round_words) round_words = rw;
-        if (n > most) most = n;
+            if (round[p] == r) src += Ns[p];
+        if ((size_t)src * ld > round_words) round_words = (size_t)src * ld;
+        if (src + (r == 0 && mine ? N : 0) > most) most = src + (r == 0 && mine ? N : 0);
     }
     float *area = trainer_arena_floats(x, round_words + (size_t)N * ld + 1);
     float *mypart = area + round_words; /* this rank's own partials, kept through the rounds */
@@ -342,7 +341,7 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
             rw += (size_t)cnt[p];
             if (round[p] == r) ntok += Ns[p];
         }
-        int withme = mine && r == self_round;
+        int withme = mine && r == 0;
         float *base = mypart - rw; /* the round's replies end where this rank's partials begin */
         if (withme) ntok += N;
         for (int q = 0, i = 0; ntok && q < mine; i++) { /* shard by shard: consecutive chunks */
