@@ -180,21 +180,20 @@ static void hk_sort(hk_sorted *st, const int32_t *rowid, const float *s, int N, 
 
 /* A call's output gradients (N, OC) in parts: tokens [0, n[0]) at p[0], the next n[1] at
  * p[1], ... A row's gradient takes each part's sum as a separate addition, so that the
- * call is bitwise the calls over each part one after another: at (and past) token `next`
- * of a row's hits, the sum so far is added and the next part's begins; bound[i] is the
- * first token past part i. */
+ * call is bitwise the calls over each part one after another: at (and past) a part's first
+ * token among a row's hits, the sum so far is added and the next part's begins. */
 typedef struct hk_dy {
     const float *const *p;
     const int *n;
     int parts;
-    const int32_t *bound; /* (parts) */
 } hk_dy;
 
-/* The first part boundary past token t. */
+/* The first token of the part after token t's (INT32_MAX in the last part). */
 static inline int32_t hk_next_bound(const hk_dy *d, int32_t t) {
-    int i = 0;
-    while (i < d->parts - 1 && d->bound[i] <= t) i++;
-    return i < d->parts - 1 ? d->bound[i] : INT32_MAX;
+    int32_t end = 0;
+    for (int i = 0; i < d->parts - 1; i++)
+        if ((end += d->n[i]) > t) return end;
+    return INT32_MAX;
 }
 
 /* Lane mask of the 16 columns from o of OC columns. */
@@ -346,7 +345,7 @@ HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float
                         : _mm512_setzero_ps();
             acc[j] = _mm512_setzero_ps();
         }
-        int32_t next = dy->parts > 1 ? hk_next_bound(dy, st->tok[h0]) : INT32_MAX;
+        int32_t next = hk_next_bound(dy, st->tok[h0]);
         for (int32_t h = h0; h < h1; h++) {
             if (st->tok[h] >= next) { /* a new part: the last part's sum goes in alone */
                 if (dtile[0]) {
@@ -584,7 +583,7 @@ void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
     }
     hk_sorted st;
     hk_sort(&st, rowid, s, N, K, R);
-    hk_dy d = {&dy, &N, 1, NULL};
+    hk_dy d = {&dy, &N, 1};
     hk_bwd(drows, gs, db, &d, &st, rows, N, R, OC);
 }
 
@@ -610,7 +609,7 @@ void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, floa
     hk_sorted st;
     if (gs || drows_q || drows_k || drows_v) hk_sort(&st, rowid, s, N, K, R); /* one sort serves the three tables */
     for (int p = 0; p < 3; p++) {
-        hk_dy dd = {&d[p], &N, 1, NULL};
+        hk_dy dd = {&d[p], &N, 1};
         if (gs || dr[p])
             hk_bwd(dr[p], gs, db[p], &dd, &st, rows[p], N, R, OC);
         else if (db[p])
@@ -626,15 +625,13 @@ void layer_hash_backward_parts(int nout, float *const *drows, float *gs, const f
                                const float *const *rows, int N, int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
     LAYER_ASSERT(nout >= 1 && nout <= 3 && nparts >= 1);
-    int32_t *bound = layer_xmalloc((size_t)nparts * sizeof(int32_t));
-    int32_t total = 0;
-    for (int i = 0; i < nparts; i++) bound[i] = total += ndy[i];
+    int total = 0;
+    for (int i = 0; i < nparts; i++) total += ndy[i];
     LAYER_ASSERT(total == N);
     hk_sorted st;
     hk_sort(&st, rowid, s, N, K, R);
     for (int j = 0; j < nout; j++) {
-        hk_dy d = {dy + (size_t)j * nparts, ndy, nparts, bound};
+        hk_dy d = {dy + (size_t)j * nparts, ndy, nparts};
         hk_bwd(drows[j], gs, NULL, &d, &st, rows[j], N, R, OC);
     }
-    free(bound);
 }

@@ -405,6 +405,16 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     trainer_arena_reset(x);
 }
 
+/* This rank's (N, nk) buckets and scores of the chunks in list, from its activations. */
+static void own_columns(int32_t *rid, float *s2, const trainer_tables_act *a, int K,
+                        const int *list, int nk) {
+    for (int n = 0; n < a->N; n++)
+        for (int q = 0; q < nk; q++) {
+            rid[(size_t)n * nk + q] = a->rowid[(size_t)n * K + list[q]];
+            s2[(size_t)n * nk + q] = a->s[(size_t)n * K + list[q]];
+        }
+}
+
 static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a,
                            const float *const *dout, float *gs, float *const *db) {
     group_state *s = &t->gs[g];
@@ -434,24 +444,14 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     for (int p = 0; p < P; p++) cnt[p] = my_round == 0 ? full[p] : 0;
     comm_words_start(t->words, send, cnt);
     /* This rank's chunks. Bitwise, its own block is a contribution of its own, computed (and
-       folded) at once while the requests travel. Fast, its tokens join the call over its
-       round's sources, so the owner passes over its rows once per round, not once per
-       source (the bias gradient, its own tokens' alone, is summed here). */
+       folded) at once while the requests travel. Fast, its tokens go first in the first
+       round's call (the bias gradient, its own tokens' alone, is summed here). */
     int mine = chunks_of(s, me, list), merge = t->fast && mine;
-    float *gsl = NULL;
-    int32_t *rid = NULL;
-    float *s2 = NULL;
-    if (mine) {
-        rid = trainer_arena_ints(x, (size_t)N * mine + 1);
-        s2 = trainer_arena_floats(x, (size_t)N * mine + 1);
-        gsl = trainer_arena_zeros(x, (size_t)N * mine + 1);
-        for (int n = 0; n < N; n++)
-            for (int q = 0; q < mine; q++) {
-                rid[(size_t)n * mine + q] = a->rowid[(size_t)n * K + list[q]];
-                s2[(size_t)n * mine + q] = a->s[(size_t)n * K + list[q]];
-            }
-    }
+    float *gsl = mine ? trainer_arena_zeros(x, (size_t)N * mine + 1) : NULL;
     if (mine && !merge) {
+        int32_t *rid = trainer_arena_ints(x, (size_t)N * mine + 1);
+        float *s2 = trainer_arena_floats(x, (size_t)N * mine + 1);
+        own_columns(rid, s2, a, K, list, mine);
         local_backward(s, rid, s2, N, mine, dout, gsl, db);
         mark_contribution(t, s, rid, (size_t)N * mine);
     } else if (db) { /* the bias gradient alone: layer_hash_backward sums it first */
@@ -459,34 +459,30 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
             if (db[j]) layer_hash_backward(NULL, NULL, db[j], dout[j], a->rowid, a->s, s->rows[j],
                                            N, K, s->R, OC);
     }
-    /* as an owner: every source's row gradients (bitwise: a contribution each, in source
-       order; fast: with this rank's in one call) and score gradients, gathered for one reply,
-       a range of sources per round */
+    /* as an owner, per round: the lookups of the round's sources (and under fast this
+       rank's, first) one after another, their output gradients used where they arrived.
+       Fast, one call over them all, which adds each source's row sums on their own, in the
+       order of the calls per source (its own, then the sources in rank order) and of fetch;
+       bitwise, a call and a contribution per source, in source order. The score gradients
+       are gathered for one reply. */
     const int *rc, *rd;
     int64_t *rcnt = layer_xcalloc((size_t)P, sizeof(int64_t));
     size_t rcap = 0, rlen = 0;
     uint32_t *reply = NULL;
-    int cap = 0; /* tokens the unpack buffers hold */
-    int32_t *prid = NULL;
-    float *psc = NULL;
-    const float *pd[3] = {NULL, NULL, NULL};
     for (int r = 0; r < rounds; r++) {
         const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
-        /* this rank's tokens first, in the first round: the order of the row sums is that
-           of the calls per source (its own, then the sources in rank order) and of fetch */
         int withme = merge && r == 0, ntok = withme ? N : 0, nparts = withme;
-        for (int p = 0; merge && p < P; p++)
+        for (int p = 0; mine && p < P; p++)
             if (rc[p]) ntok += rc[p] / (2 * mine + W), nparts++;
-        if (ntok) { /* fast: one call over this round's tokens, this rank's first */
-            int32_t *mrid = trainer_arena_ints(x, (size_t)ntok * mine);
-            float *msc = trainer_arena_floats(x, (size_t)ntok * mine);
-            float *mgs = trainer_arena_zeros(x, (size_t)ntok * mine);
+        if (nparts) {
+            int32_t *mrid = trainer_arena_ints(x, (size_t)ntok * mine + 1);
+            float *msc = trainer_arena_floats(x, (size_t)ntok * mine + 1);
+            float *mgs = trainer_arena_zeros(x, (size_t)ntok * mine + 1);
             const float **dy = layer_xmalloc((size_t)nout * nparts * sizeof(float *));
             int *ndy = layer_xmalloc((size_t)nparts * sizeof(int)), i = 0;
             size_t off = 0; /* tokens placed */
             if (withme) {
-                memcpy(mrid, rid, (size_t)N * mine * sizeof(int32_t));
-                memcpy(msc, s2, (size_t)N * mine * sizeof(float));
+                own_columns(mrid, msc, a, K, list, mine);
                 for (int j = 0; j < nout; j++) dy[(size_t)j * nparts] = dout[j];
                 ndy[i++] = N;
                 off = (size_t)N;
@@ -494,22 +490,32 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
             for (int p = 0; p < P; p++) {
                 if (!rc[p]) continue;
                 int Ns = rc[p] / (2 * mine + W);
-                const float *g0 = (const float *)unpack_lookups(in + rd[p], Ns, mine,
-                                                                mrid + off * mine, msc + off * mine);
-                for (int j = 0; j < nout; j++) dy[(size_t)j * nparts + i] = g0 + (size_t)j * Ns * OC;
+                const uint32_t *g0 = unpack_lookups(in + rd[p], Ns, mine, mrid + off * mine,
+                                                    msc + off * mine);
+                for (int j = 0; j < nout; j++)
+                    dy[(size_t)j * nparts + i] = (const float *)g0 + (size_t)j * Ns * OC;
                 ndy[i++] = Ns;
                 off += (size_t)Ns;
             }
-            layer_hash_backward_parts(nout, s->drows, mgs, dy, ndy, nparts, mrid, msc,
-                                      (const float *const *)s->rows, ntok, mine, s->R, OC);
-            mark_contribution(t, s, mrid, (size_t)ntok * mine);
+            const float *const *rows = (const float *const *)s->rows;
+            if (merge) {
+                layer_hash_backward_parts(nout, s->drows, mgs, dy, ndy, nparts, mrid, msc, rows,
+                                          ntok, mine, s->R, OC);
+                mark_contribution(t, s, mrid, (size_t)ntok * mine);
+            } else {
+                for (int q = 0, t0 = 0; q < nparts; t0 += ndy[q++]) {
+                    const float *dq[3];
+                    for (int j = 0; j < nout; j++) dq[j] = dy[(size_t)j * nparts + q];
+                    size_t e = (size_t)t0 * mine;
+                    layer_hash_backward_parts(nout, s->drows, mgs + e, dq, &ndy[q], 1, mrid + e,
+                                              msc + e, rows, ndy[q], mine, s->R, OC);
+                    mark_contribution(t, s, mrid + e, (size_t)ndy[q] * mine);
+                }
+            }
             free(dy);
             free(ndy);
-            off = 0;
-            if (withme) {
-                memcpy(gsl, mgs, (size_t)N * mine * sizeof(float));
-                off = (size_t)N;
-            }
+            if (withme) memcpy(gsl, mgs, (size_t)N * mine * sizeof(float));
+            off = withme ? (size_t)N : 0;
             for (int p = 0; p < P; p++) { /* the sources' score gradients, for the reply */
                 if (!rc[p]) continue;
                 size_t Ns = (size_t)(rc[p] / (2 * mine + W));
@@ -522,28 +528,6 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
                 rcnt[p] = (int64_t)(Ns * mine);
                 off += Ns;
             }
-        }
-        for (int p = 0; !merge && p < P; p++) {
-            if (!mine || !rc[p]) continue;
-            int Ns = rc[p] / (2 * mine + W);
-            if (Ns > cap) { /* reused for every source: one source's lookups at a time */
-                cap = Ns;
-                prid = trainer_arena_ints(x, (size_t)cap * mine);
-                psc = trainer_arena_floats(x, (size_t)cap * mine);
-            }
-            /* the output gradients are used where they arrived */
-            const float *g0 = (const float *)unpack_lookups(in + rd[p], Ns, mine, prid, psc);
-            for (int j = 0; j < nout; j++) pd[j] = g0 + (size_t)j * Ns * OC;
-            if (rlen + (size_t)Ns * mine > rcap) {
-                rcap = 2 * (rlen + (size_t)Ns * mine);
-                reply = layer_xrealloc(reply, rcap * sizeof(uint32_t));
-            }
-            float *pgs = (float *)(reply + rlen);
-            memset(pgs, 0, (size_t)Ns * mine * sizeof(float));
-            local_backward(s, prid, psc, Ns, mine, pd, pgs, NULL);
-            mark_contribution(t, s, prid, (size_t)Ns * mine);
-            rlen += (size_t)Ns * mine;
-            rcnt[p] = (int64_t)Ns * mine;
         }
         if (r + 1 < rounds) {
             for (int p = 0; p < P; p++) cnt[p] = my_round == r + 1 ? full[p] : 0;
