@@ -582,7 +582,8 @@ __attribute__((always_inline)) static inline void prefetch_write(const float *p)
     __builtin_prefetch(p + 16, 1, 0);
 }
 
-__attribute__((always_inline)) static inline void prefetch_slice(const group_state *s, size_t off, int pass) {
+__attribute__((always_inline)) static inline void prefetch_slice(const group_state *s, size_t off,
+                                                                  int pass) {
     for (int j = 0; j < s->g.nout; j++) {
         if (pass == PASS_GRAD) {
             prefetch_read(s->drows[j] + off);
