@@ -535,10 +535,12 @@ rand 4 10; step=$r
 for _ in $(seq 1500); do grep -q "^step $step/" "$TMP/orphan.out" 2>/dev/null && break; sleep 0.01; done
 rand 0 9; sleep "0.0$r"
 kill -9 "$pid"
+# counted once the launcher is gone (reaped: its ranks have a new parent), not when the
+# signal is sent: a step of this model is shorter than the launcher's exit
+wait "$pid" 2>/dev/null || true
 ck0=$(find "$d/ckpt" -name 'ckpt-*.h5' | wc -l); row0=$(tail -n 1 "$d/metrics.csv" | cut -d, -f1)
 for _ in $(seq 200); do [ -z "$(ranks_of "$d")" ] && break; sleep 0.02; done
 [ -z "$(ranks_of "$d")" ] || fail "orphaned ranks still running 4 s after their launcher was killed"
-wait "$pid" 2>/dev/null || true
 ck1=$(find "$d/ckpt" -name 'ckpt-*.h5' | wc -l); row1=$(tail -n 1 "$d/metrics.csv" | cut -d, -f1)
 ! ls "$d/ckpt/"*.tmp >/dev/null 2>&1 || fail "launcher killed: a .tmp was left"
 [ "$ck1" -le $(( ck0 + 1 )) ] && [ "$row1" -le $(( row0 + 1 )) ] \
