@@ -87,10 +87,14 @@ void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
  * ndy[1] at dy[j*nparts + 1], ... (the ndy add up to N). A row's gradient takes each part's
  * sum as an addition of its own, in part order: the call is bitwise the calls over each
  * part's tokens one after another (layer_hash_backward, layer_hashqkv_backward), in one
- * pass over the rows. */
-void layer_hash_backward_parts(int nout, float *const *drows, float *gs, const float *const *dy,
-                               const int *ndy, int nparts, const int32_t *rowid, const float *s,
-                               const float *const *rows, int N, int K, int R, int OC);
+ * pass over the rows. sq (or NULL) += the sum, over every drows entry the call writes, of
+ * new^2 - old^2 in double, in an order fixed by the call's inputs: calls that start from
+ * zeroed drows leave in it the sum of squares of what drows holds, with no pass over drows
+ * (to rounding: each addition rounds once). */
+void layer_hash_backward_parts(int nout, float *const *drows, float *gs, double *sq,
+                               const float *const *dy, const int *ndy, int nparts,
+                               const int32_t *rowid, const float *s, const float *const *rows,
+                               int N, int K, int R, int OC);
 /* Plain-loop references of layer_hash_forward, layer_hash_forward_ld and
  * layer_hash_backward, same contracts. */
 void layer_hash_forward_ref(float *y, const int32_t *rowid, const float *s, const float *rows,

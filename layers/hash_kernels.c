@@ -312,13 +312,28 @@ HK_INLINE __m512 hk_sum16(const float *v) {
                          _mm512_shuffle_f32x4(z[0], z[1], 0xDD));
 }
 
+/* new^2 - old^2 of the 16 entries of a gradient vector, in double, added to *q (squares of
+ * floats are exact in double; each FMA rounds once). */
+HK_INLINE __m512d hk_sq_delta(__m512d q, __m512 old, __m512 upd) {
+    __m512d nl = _mm512_cvtps_pd(_mm512_castps512_ps256(upd));
+    __m512d nh = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(upd), 1)));
+    __m512d ol = _mm512_cvtps_pd(_mm512_castps512_ps256(old));
+    __m512d oh = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(old), 1)));
+    q = _mm512_fmadd_pd(nl, nl, q);
+    q = _mm512_fnmadd_pd(ol, ol, q);
+    q = _mm512_fmadd_pd(nh, nh, q);
+    return _mm512_fnmadd_pd(oh, oh, q);
+}
+
 /* One pass of the backward: vector j of a row's slice is at tile[j/2] + r*HK_T + 16*(j%2) in
  * rows (dtile in drows), gb (N, HK_BW) holds the token gradients' same columns (zero past OC).
  * Per hit row, one pass over its hits sums s * g in registers and forms each hit's partial
- * <g, row> in gsh (set when `first`, else added); the sum is added to the row's gradient. */
-HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float *gsh,
+ * <g, row> in gsh (set when `first`, else added); the sum is added to the row's gradient, and
+ * with sq, new^2 - old^2 of every entry so written to *sq. */
+HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float *gsh, double *sq,
                             const float *gb, const hk_sorted *st, const hk_dy *dy, int OC, int c0,
                             const int nv, int first) {
+    __m512d q = _mm512_setzero_pd();
     /* dv (16, 16): the partial-dot vectors of the last 16 hits, summed together */
     _Alignas(64) float dv[16 * 16];
     __mmask16 mk[HK_BNV];
@@ -352,7 +367,9 @@ HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float
 #pragma GCC unroll 16
                     for (int j = 0; j < nv; j++) {
                         float *dp = dtile[j / 2] + (size_t)r * HK_T + 16 * (j % 2);
-                        _mm512_storeu_ps(dp, _mm512_add_ps(_mm512_loadu_ps(dp), acc[j]));
+                        __m512 old = _mm512_loadu_ps(dp), upd = _mm512_add_ps(old, acc[j]);
+                        _mm512_storeu_ps(dp, upd);
+                        if (sq) q = hk_sq_delta(q, old, upd);
                     }
                 }
 #pragma GCC unroll 16
@@ -391,10 +408,13 @@ HK_INLINE void hk_bwd_sweep(const float *const *tile, float *const *dtile, float
 #pragma GCC unroll 16
             for (int j = 0; j < nv; j++) {
                 float *dp = dtile[j / 2] + (size_t)r * HK_T + 16 * (j % 2);
-                _mm512_storeu_ps(dp, _mm512_add_ps(_mm512_loadu_ps(dp), acc[j]));
+                __m512 old = _mm512_loadu_ps(dp), upd = _mm512_add_ps(old, acc[j]);
+                _mm512_storeu_ps(dp, upd);
+                if (sq) q = hk_sq_delta(q, old, upd);
             }
         }
     }
+    if (sq) *sq += _mm512_reduce_add_pd(q);
     if (gsh && st->nh % 16) { /* the last, incomplete batch: the same tree as the full ones,
                                   so a hit's sum does not depend on its place in the order */
         size_t h0 = st->nh - st->nh % 16;
@@ -432,8 +452,8 @@ static void hk_gblk(float *gblk, float *db, const hk_dy *dy, int N, int OC, int 
     if (db) memcpy(db, dbv, (size_t)OC * sizeof(float));
 }
 
-static void hk_bwd(float *drows, float *gs, float *db, const hk_dy *dy, const hk_sorted *st,
-                   const float *rows, int N, int R, int OC) {
+static void hk_bwd(float *drows, float *gs, float *db, double *sq, const hk_dy *dy,
+                   const hk_sorted *st, const float *rows, int N, int R, int OC) {
     const int ncb = (OC + HK_T - 1) / HK_T, npass = (ncb + HK_BWD_TILES - 1) / HK_BWD_TILES;
     /* gblk (npass, N, HK_BW): a pass's slice is contiguous and stays in L2 while every hit row
      * visits it. */
@@ -455,7 +475,7 @@ static void hk_bwd(float *drows, float *gs, float *db, const hk_dy *dy, const hk
         int c0 = p * HK_BW;
 #define HK_BWD_CASE(V)                                                                          \
     case V:                                                                                     \
-        hk_bwd_sweep(tile, dtile, gsh, gb, st, dy, OC, c0, V, p == 0);                          \
+        hk_bwd_sweep(tile, dtile, gsh, drows ? sq : NULL, gb, st, dy, OC, c0, V, p == 0);       \
         break;
         switch (2 * nt) { /* instantiated for each tile count up to HK_BWD_TILES */
             HK_BWD_CASE(2)
@@ -511,8 +531,15 @@ static void hk_fwd(float *y, int ldy, const int32_t *rowid, const float *s, cons
     }
 }
 
-static void hk_bwd(float *drows, float *gs, float *db, const hk_dy *dyp, const hk_sorted *st,
-                   const float *rows, int N, int R, int OC) {
+/* *d += a, and with sq, new^2 - old^2 added to *sq in double. */
+static void hk_add_sq(float *d, float a, double *sq) {
+    float old = *d;
+    *d = old + a;
+    if (sq) *sq += (double)*d * *d - (double)old * old;
+}
+
+static void hk_bwd(float *drows, float *gs, float *db, double *sq, const hk_dy *dyp,
+                   const hk_sorted *st, const float *rows, int N, int R, int OC) {
     const float *dy = dyp->p[0];
     if (dyp->parts > 1) { /* laid end to end */
         float *cat = hk_ws(HK_WS_GBLK, (size_t)N * OC * sizeof(float));
@@ -533,7 +560,7 @@ static void hk_bwd(float *drows, float *gs, float *db, const hk_dy *dyp, const h
             int32_t next = hk_next_bound(dyp, st->tok[st->start[r]]);
             for (int32_t h = st->start[r]; h < st->start[r + 1]; h++) {
                 if (st->tok[h] >= next) { /* a new part: the last part's sum goes in alone */
-                    for (int c = 0; dp && c < w; c++) dp[c] += acc[c];
+                    for (int c = 0; dp && c < w; c++) hk_add_sq(&dp[c], acc[c], sq);
                     for (int c = 0; c < w; c++) acc[c] = 0.0f;
                     next = hk_next_bound(dyp, st->tok[h]);
                 }
@@ -545,7 +572,7 @@ static void hk_bwd(float *drows, float *gs, float *db, const hk_dy *dyp, const h
                 }
                 if (gs) gs[st->ent[h]] += d;
             }
-            for (int c = 0; dp && c < w; c++) dp[c] += acc[c];
+            for (int c = 0; dp && c < w; c++) hk_add_sq(&dp[c], acc[c], sq);
         }
     }
 }
@@ -584,7 +611,7 @@ void layer_hash_backward(float *drows, float *gs, float *db, const float *dy,
     hk_sorted st;
     hk_sort(&st, rowid, s, N, K, R);
     hk_dy d = {&dy, &N, 1};
-    hk_bwd(drows, gs, db, &d, &st, rows, N, R, OC);
+    hk_bwd(drows, gs, db, NULL, &d, &st, rows, N, R, OC);
 }
 
 /* q, k, v (N,OC); rowid, s (N,K); rows_* stores of R rows; b* (OC) or NULL. */
@@ -611,7 +638,7 @@ void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, floa
     for (int p = 0; p < 3; p++) {
         hk_dy dd = {&d[p], &N, 1};
         if (gs || dr[p])
-            hk_bwd(dr[p], gs, db[p], &dd, &st, rows[p], N, R, OC);
+            hk_bwd(dr[p], gs, db[p], NULL, &dd, &st, rows[p], N, R, OC);
         else if (db[p])
             hk_db(db[p], d[p], N, OC);
     }
@@ -620,8 +647,8 @@ void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, floa
 /* drows[j], gs (N,K) += gradients for nout projections of one rowid/s (one sort serves them),
  * output j's gradients in parts: dy[j*nparts + i] holds ndy[i] tokens; each part's row sums
  * added on their own, in part order. */
-void layer_hash_backward_parts(int nout, float *const *drows, float *gs, const float *const *dy,
-                               const int *ndy, int nparts, const int32_t *rowid, const float *s,
+void layer_hash_backward_parts(int nout, float *const *drows, float *gs, double *sq,
+                               const float *const *dy, const int *ndy, int nparts, const int32_t *rowid, const float *s,
                                const float *const *rows, int N, int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
     LAYER_ASSERT(nout >= 1 && nout <= 3 && nparts >= 1);
@@ -632,6 +659,6 @@ void layer_hash_backward_parts(int nout, float *const *drows, float *gs, const f
     hk_sort(&st, rowid, s, N, K, R);
     for (int j = 0; j < nout; j++) {
         hk_dy d = {dy + (size_t)j * nparts, ndy, nparts};
-        hk_bwd(drows[j], gs, NULL, &d, &st, rows[j], N, R, OC);
+        hk_bwd(drows[j], gs, NULL, sq, &d, &st, rows[j], N, R, OC);
     }
 }

@@ -483,7 +483,8 @@ END_TEST
 /* An owner's backward over the tokens of several sources whose output gradients lie in
  * different buffers (layer_hash_backward_parts) is bitwise the calls over each source's
  * tokens one after another: for one projection and for Q/K/V, with a part of no tokens
- * among them (tau 4 over 301 tokens: every row is hit by several parts). */
+ * among them (tau 4 over 301 tokens: every row is hit by several parts); the sum of squares
+ * it keeps while writing is what the squares of the rows' gradients grew by. */
 START_TEST(test_backward_parts) {
     layer_rng r;
     tu_seed(&r, "backward_parts");
@@ -525,11 +526,20 @@ START_TEST(test_backward_parts) {
                                            parts[i], parts[4 + i], parts[8 + i], rowid + e, sc + e,
                                            rows[0], rows[1], rows[2], ndy[i], K, R, OC);
             }
-            layer_hash_backward_parts(nout, dr2, gs2, parts, ndy, 4, rowid, sc,
-                                      (const float *const *)rows, N, K, R, OC);
+            double before = 0.0, after = 0.0, sq = 0.0;
             for (int j = 0; j < nout; j++)
+                for (size_t i = 0; i < nr; i++) before += (double)dr2[j][i] * dr2[j][i];
+            layer_hash_backward_parts(nout, dr2, gs2, &sq, parts, ndy, 4, rowid, sc,
+                                      (const float *const *)rows, N, K, R, OC);
+            for (int j = 0; j < nout; j++) {
                 ck_assert_msg(memcmp(dr1[j], dr2[j], nr * sizeof(float)) == 0,
                               "N=%d OC=%d nout=%d: row gradients %d from parts differ", N, OC, nout, j);
+                for (size_t i = 0; i < nr; i++) after += (double)dr2[j][i] * dr2[j][i];
+            }
+            /* the squares' sum the call kept as it wrote: what the rows' squares grew by */
+            ck_assert_msg(fabs(sq - (after - before)) <= 1e-10 * (after + before),
+                          "N=%d OC=%d nout=%d: the written squares sum to %.17g, the rows' squares "
+                          "grew by %.17g", N, OC, nout, sq, after - before);
             ck_assert_msg(memcmp(gs1, gs2, nk * sizeof(float)) == 0,
                           "N=%d OC=%d nout=%d: score gradients from parts differ", N, OC, nout);
         }

@@ -231,6 +231,63 @@ END_TEST
 START_TEST(test_mrbp_equals_full_hash) { check_mrbp_equals_full(1); }
 END_TEST
 
+/* The tables' part of the gradient norm is the sum of the squares of the table gradients, in
+ * both modes: under bitwise a pass over the owned shards sums them, under fast (one rank) the
+ * kernels sum them as they write. The hashed Memformer under MRBP writes each group's
+ * gradients in several calls (one per segment recomputed); two rollouts add into the same
+ * gradients; after the optimizer step a new sum starts from nothing. */
+static double table_grad_sumsq_direct(trainer_tables *tb) {
+    double sq = 0.0;
+    for (int g = 0; g < trainer_tables_ngroups(tb); g++) {
+        const trainer_table_group *grp = trainer_tables_group(tb, g);
+        size_t n = ((size_t)1 << grp->tau) * grp->OC;
+        float *gu = layer_xmalloc(n * sizeof(float));
+        for (int j = 0; j < grp->nout; j++)
+            for (int k = 0; k < grp->K; k++) {
+                ck_assert_int_eq(trainer_tables_unit_get(tb, g, k, j, NULL, NULL, NULL, gu), 0);
+                for (size_t i = 0; i < n; i++) sq += (double)gu[i] * gu[i];
+            }
+        free(gu);
+    }
+    return sq;
+}
+
+static void check_table_norm(int memformer, int fast) {
+    layer_rng rng;
+    tu_seed(&rng, "table-norm");
+    trainer_model_spec spec = tiny_spec(memformer, 1);
+    spec.tables.fast = fast;
+    trainer_model *m = trainer_model_create(&spec, g_comm);
+    int T = memformer ? 3 : 2, B = 2;
+    trainer_rollout *r = trainer_rollout_create(m, T, B, TRAINER_ROLLOUT_MRBP);
+    size_t ms = trainer_model_memory_size(m) * B;
+    float *M = tu_zeros(ms + 1);
+    trainer_tables *tb = trainer_model_tables(m);
+    for (int step = 1; step <= 2; step++) {
+        for (int pass = 0; pass < 2; pass++) {
+            fill_random(r, spec.vocab, &rng);
+            memset(M, 0, (ms + 1) * sizeof(float));
+            tu_train_rollout(r, m, M, 1.0f);
+            double want = table_grad_sumsq_direct(tb), got = trainer_tables_grad_sumsq(tb);
+            ck_assert_msg(want > 0.0, "no table gradient");
+            ck_assert_msg(fabs(got - want) <= 1e-9 * want,
+                          "memformer=%d fast=%d step %d pass %d: table norm^2 %.17g, the "
+                          "gradients' squares sum to %.17g", memformer, fast, step, pass, got, want);
+        }
+        trainer_tables_step(tb, 1e-3f, 0.9f, 0.999f, 1e-8f, step, 1.0f);
+        memset(trainer_model_params(m)->grad, 0, trainer_model_params(m)->total * sizeof(float));
+    }
+    free(M);
+    trainer_rollout_free(r);
+    trainer_model_free(m);
+}
+
+START_TEST(test_table_norm) {
+    for (int memformer = 0; memformer <= 1; memformer++)
+        for (int fast = 0; fast <= 1; fast++) check_table_norm(memformer, fast);
+}
+END_TEST
+
 /* The memory really carries information: gradients reach the first segment's memory, and
  * changing the carried memory changes a later segment's loss. */
 START_TEST(test_memory_carries) {
@@ -315,6 +372,7 @@ static Suite *model_suite(void) {
     tcase_add_test(tc, test_gradcheck_memformer_hash);
     tcase_add_test(tc, test_mrbp_equals_full_dense);
     tcase_add_test(tc, test_mrbp_equals_full_hash);
+    tcase_add_test(tc, test_table_norm);
     tcase_add_test(tc, test_memory_carries);
     tcase_add_test(tc, test_prefix_forward);
     suite_add_tcase(s, tc);

@@ -662,6 +662,11 @@ static double shard_sumsq(const group_state *s, int sh) {
 }
 
 double trainer_tables_grad_sumsq(trainer_tables *t) {
+    if (t->fast && t->P == 1) { /* summed as the gradients were written: no pass over them */
+        double sq = 0.0;
+        for (int g = 0; g < t->n; g++) sq += t->gs[g].sq;
+        return sq;
+    }
     size_t nsh = 0;
     for (int g = 0; g < t->n; g++) nsh += (size_t)t->gs[g].S;
     double *part = layer_xcalloc(nsh + 1, sizeof(double));
@@ -690,6 +695,7 @@ static void end_step_marks(trainer_tables *t) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
         for (int r = 0; r < s->R; r++) s->state[r] &= (uint8_t)~(ST_TOUCHED | ST_ACC | ST_SEEN);
+        s->sq = 0.0; /* the gradients are cleared with the marks */
         /* every rank counts every step, so the re-plan's sum is over the same steps */
         s->seen_avg = (s->seen_avg * s->seen_steps + (double)s->seen) / (s->seen_steps + 1);
         s->seen_steps++;

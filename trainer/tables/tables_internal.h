@@ -52,6 +52,8 @@ typedef struct group_state {
     int push_active;
     uint32_t *push_buf;      /* its payload: per key 2 words of key, then nout*OC floats */
     size_t push_cap;
+    double sq;               /* one rank under fast: the sum of squares of the step's
+                                gradients in drows, summed by the kernels as they write them */
     int64_t seen;            /* distinct remote keys looked up this step */
     double seen_avg;         /* their running mean over steps (the planner's measure) */
     int seen_steps;

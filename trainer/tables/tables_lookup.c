@@ -166,21 +166,19 @@ static void local_forward(const group_state *s, const int32_t *rowid, const floa
     }
 }
 
-/* Backward over chunk subset rowid/sc (N,K) into drows, gs, db. */
+/* Backward over chunk subset rowid/sc (N,K) into drows, gs, db; with sq, new^2 - old^2 of
+ * every drows entry written added to *sq (layer_hash_backward_parts). The bias gradients
+ * first, each as layer_hash_backward sums them, then one call over the nout projections:
+ * bitwise the layer_hash_backward or layer_hashqkv_backward call. */
 static void local_backward(const group_state *s, const int32_t *rowid, const float *sc, int N,
-                           int K, const float *const *dout, float *gs, float *const *db) {
-    int R = s->R, OC = s->g.OC;
-    float *dbb[3] = {db ? db[0] : NULL, db && s->g.nout > 1 ? db[1] : NULL,
-                     db && s->g.nout > 2 ? db[2] : NULL};
-    if (s->g.nout == 3) {
-        layer_hashqkv_backward(s->drows[0], s->drows[1], s->drows[2], gs, dbb[0], dbb[1], dbb[2],
-                               dout[0], dout[1], dout[2], rowid, sc, s->rows[0], s->rows[1],
-                               s->rows[2], N, K, R, OC);
-    } else {
-        for (int j = 0; j < s->g.nout; j++)
-            layer_hash_backward(s->drows[j], gs, dbb[j], dout[j], rowid, sc, s->rows[j], N, K, R,
-                                OC);
-    }
+                           int K, const float *const *dout, float *gs, float *const *db,
+                           double *sq) {
+    int R = s->R, OC = s->g.OC, nout = s->g.nout;
+    for (int j = 0; db && j < nout; j++)
+        if (db[j])
+            layer_hash_backward(NULL, NULL, db[j], dout[j], rowid, sc, s->rows[j], N, K, R, OC);
+    layer_hash_backward_parts(nout, s->drows, gs, sq, dout, &N, 1, rowid, sc,
+                              (const float *const *)s->rows, N, K, R, OC);
 }
 
 /* ---- owner: the owners compute their shards' partial sums ---- */
@@ -452,7 +450,7 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
         int32_t *rid = trainer_arena_ints(x, (size_t)N * mine + 1);
         float *s2 = trainer_arena_floats(x, (size_t)N * mine + 1);
         own_columns(rid, s2, a, K, list, mine);
-        local_backward(s, rid, s2, N, mine, dout, gsl, db);
+        local_backward(s, rid, s2, N, mine, dout, gsl, db, NULL);
         mark_contribution(t, s, rid, (size_t)N * mine);
     } else if (db) { /* the bias gradient alone: layer_hash_backward sums it first */
         for (int j = 0; j < nout; j++)
@@ -499,16 +497,16 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
             }
             const float *const *rows = (const float *const *)s->rows;
             if (merge) {
-                layer_hash_backward_parts(nout, s->drows, mgs, dy, ndy, nparts, mrid, msc, rows,
-                                          ntok, mine, s->R, OC);
+                layer_hash_backward_parts(nout, s->drows, mgs, NULL, dy, ndy, nparts, mrid, msc,
+                                          rows, ntok, mine, s->R, OC);
                 mark_contribution(t, s, mrid, (size_t)ntok * mine);
             } else {
                 for (int q = 0, t0 = 0; q < nparts; t0 += ndy[q++]) {
                     const float *dq[3];
                     for (int j = 0; j < nout; j++) dq[j] = dy[(size_t)j * nparts + q];
                     size_t e = (size_t)t0 * mine;
-                    layer_hash_backward_parts(nout, s->drows, mgs + e, dq, &ndy[q], 1, mrid + e,
-                                              msc + e, rows, ndy[q], mine, s->R, OC);
+                    layer_hash_backward_parts(nout, s->drows, mgs + e, NULL, dq, &ndy[q], 1,
+                                              mrid + e, msc + e, rows, ndy[q], mine, s->R, OC);
                     mark_contribution(t, s, mrid + e, (size_t)ndy[q] * mine);
                 }
             }
@@ -666,7 +664,10 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
         return;
     }
     if (transient(t, s)) resolve(t, g, a->rowid, a->N); /* the rows again, for this call */
-    local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db);
+    /* one rank under fast: this is the only writer of the gradients (they sum in drows), so
+       it sums their squares as it writes them (trainer_tables_grad_sumsq) */
+    local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db,
+                   t->fast && t->P == 1 ? &s->sq : NULL);
     if (transient(t, s)) {
         tables_release(t, s, RELEASE_ROWS);
         tables_trim(t);
