@@ -316,9 +316,11 @@ HK_INLINE __m512 hk_sum16(const float *v) {
  * floats are exact in double; each FMA rounds once). */
 HK_INLINE __m512d hk_sq_delta(__m512d q, __m512 old, __m512 upd) {
     __m512d nl = _mm512_cvtps_pd(_mm512_castps512_ps256(upd));
-    __m512d nh = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(upd), 1)));
+    __m512d nh =
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(upd), 1)));
     __m512d ol = _mm512_cvtps_pd(_mm512_castps512_ps256(old));
-    __m512d oh = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(old), 1)));
+    __m512d oh =
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(old), 1)));
     q = _mm512_fmadd_pd(nl, nl, q);
     q = _mm512_fnmadd_pd(ol, ol, q);
     q = _mm512_fmadd_pd(nh, nh, q);
@@ -648,8 +650,9 @@ void layer_hashqkv_backward(float *drows_q, float *drows_k, float *drows_v, floa
  * output j's gradients in parts: dy[j*nparts + i] holds ndy[i] tokens; each part's row sums
  * added on their own, in part order. */
 void layer_hash_backward_parts(int nout, float *const *drows, float *gs, double *sq,
-                               const float *const *dy, const int *ndy, int nparts, const int32_t *rowid, const float *s,
-                               const float *const *rows, int N, int K, int R, int OC) {
+                               const float *const *dy, const int *ndy, int nparts,
+                               const int32_t *rowid, const float *s, const float *const *rows,
+                               int N, int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
     LAYER_ASSERT(nout >= 1 && nout <= 3 && nparts >= 1);
     int total = 0;
