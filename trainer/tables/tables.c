@@ -662,7 +662,7 @@ static double shard_sumsq(const group_state *s, int sh) {
 }
 
 double trainer_tables_grad_sumsq(trainer_tables *t) {
-    if (t->fast && t->P == 1) { /* summed as the gradients were written: no pass over them */
+    if (tables_norm_kept(t)) { /* summed as the gradients were written: no pass over them */
         double sq = 0.0;
         for (int g = 0; g < t->n; g++) sq += t->gs[g].sq;
         return sq;

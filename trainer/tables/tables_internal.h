@@ -96,6 +96,10 @@ static inline float tables_from_bf16(uint16_t h) {
     return x;
 }
 
+/* One rank under fast: the backward kernels are the only writers of the table gradients,
+ * so they keep each group's sum of squares (group_state.sq) and the norm needs no pass. */
+static inline int tables_norm_kept(const trainer_tables *t) { return t->fast && t->P == 1; }
+
 /* Whether this rank stores chunk k's rows and moments (its owner, or every rank when the
  * group is replicated). */
 static inline int tables_holds(const trainer_tables *t, const group_state *s, int k) {

@@ -170,15 +170,21 @@ static void local_forward(const group_state *s, const int32_t *rowid, const floa
  * every drows entry written added to *sq (layer_hash_backward_parts). The bias gradients
  * first, each as layer_hash_backward sums them, then one call over the nout projections:
  * bitwise the layer_hash_backward or layer_hashqkv_backward call. */
+/* db[j] += the sum of output j's gradients dout[j] (N,OC), as layer_hash_backward sums it. */
+static void bias_backward(const group_state *s, const int32_t *rowid, const float *sc, int N,
+                          int K, const float *const *dout, float *const *db) {
+    for (int j = 0; db && j < s->g.nout; j++)
+        if (db[j])
+            layer_hash_backward(NULL, NULL, db[j], dout[j], rowid, sc, s->rows[j], N, K, s->R,
+                                s->g.OC);
+}
+
 static void local_backward(const group_state *s, const int32_t *rowid, const float *sc, int N,
                            int K, const float *const *dout, float *gs, float *const *db,
                            double *sq) {
-    int R = s->R, OC = s->g.OC, nout = s->g.nout;
-    for (int j = 0; db && j < nout; j++)
-        if (db[j])
-            layer_hash_backward(NULL, NULL, db[j], dout[j], rowid, sc, s->rows[j], N, K, R, OC);
-    layer_hash_backward_parts(nout, s->drows, gs, sq, dout, &N, 1, rowid, sc,
-                              (const float *const *)s->rows, N, K, R, OC);
+    bias_backward(s, rowid, sc, N, K, dout, db);
+    layer_hash_backward_parts(s->g.nout, s->drows, gs, sq, dout, &N, 1, rowid, sc,
+                              (const float *const *)s->rows, N, K, s->R, s->g.OC);
 }
 
 /* ---- owner: the owners compute their shards' partial sums ---- */
@@ -452,10 +458,8 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
         own_columns(rid, s2, a, K, list, mine);
         local_backward(s, rid, s2, N, mine, dout, gsl, db, NULL);
         mark_contribution(t, s, rid, (size_t)N * mine);
-    } else if (db) { /* the bias gradient alone: layer_hash_backward sums it first */
-        for (int j = 0; j < nout; j++)
-            if (db[j]) layer_hash_backward(NULL, NULL, db[j], dout[j], a->rowid, a->s, s->rows[j],
-                                           N, K, s->R, OC);
+    } else { /* the bias gradient alone: layer_hash_backward sums it first */
+        bias_backward(s, a->rowid, a->s, N, K, dout, db);
     }
     /* as an owner, per round: the lookups of the round's sources (and under fast this
        rank's, first) one after another, their output gradients used where they arrived.
@@ -667,7 +671,7 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
     /* one rank under fast: this is the only writer of the gradients (they sum in drows), so
        it sums their squares as it writes them (trainer_tables_grad_sumsq) */
     local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db,
-                   t->fast && t->P == 1 ? &s->sq : NULL);
+                   tables_norm_kept(t) ? &s->sq : NULL);
     if (transient(t, s)) {
         tables_release(t, s, RELEASE_ROWS);
         tables_trim(t);
