@@ -55,6 +55,19 @@ comm_exchange *comm_exchange_create(comm_ctx *c) {
     return x;
 }
 
+/* A buffer of grow's, cap elements of size sz (NULL is fine). */
+static void release(void *buf, size_t cap, size_t sz) {
+    if (buf) layer_unmap(buf, cap * sz);
+}
+
+static void release_buffers(comm_exchange *x) {
+    release(x->slot, x->slot_cap, sizeof(int));
+    release(x->skeys, x->skeys_cap, sizeof(int64_t));
+    release(x->rkeys, x->rkeys_cap, sizeof(int64_t));
+    release(x->sbuf, x->sbuf_cap, sizeof(float));
+    release(x->rbuf, x->rbuf_cap, sizeof(float));
+}
+
 void comm_exchange_free(comm_exchange *x) {
     if (!x) return;
     for (int i = 0; i < x->ntypes; i++) MPI_CHECK(x->comm, MPI_Type_free(&x->types[i].t));
@@ -66,11 +79,7 @@ void comm_exchange_free(comm_exchange *x) {
     free(x->pos);
     free(x->shdr);
     free(x->rhdr);
-    free(x->slot);
-    free(x->skeys);
-    free(x->rkeys);
-    free(x->sbuf);
-    free(x->rbuf);
+    release_buffers(x);
     free(x);
 }
 
@@ -78,11 +87,7 @@ void comm_exchange_trim(comm_exchange *x, size_t keep) {
     size_t held = x->slot_cap * sizeof(int) + (x->skeys_cap + x->rkeys_cap) * sizeof(int64_t) +
                   (x->sbuf_cap + x->rbuf_cap) * sizeof(float);
     if (held <= keep) return;
-    free(x->slot);
-    free(x->skeys);
-    free(x->rkeys);
-    free(x->sbuf);
-    free(x->rbuf);
+    release_buffers(x);
     x->slot = NULL;
     x->skeys = x->rkeys = NULL;
     x->sbuf = x->rbuf = NULL;
@@ -123,13 +128,14 @@ int64_t comm_exchange_offsets(const int *counts, int P, int *displs) {
 
 /* Makes *buf hold at least need elements of size sz. The old contents are not kept: every
  * caller overwrites the buffer completely. Never shrinks, so steady-state steps allocate
- * nothing. */
+ * nothing. Mappings of their own (layer_xmap): the large ones in huge pages, which the
+ * shared-memory transport pins and copies a huge page at a time. */
 static void grow(void **buf, size_t *cap, size_t need, size_t sz) {
     if (need <= *cap && *buf) return;
     size_t n = need > 2 * *cap ? need : 2 * *cap;
     if (n == 0) n = 1; /* MPI gets a valid pointer even for empty exchanges */
-    free(*buf);
-    *buf = layer_xmalloc(n * sz);
+    release(*buf, *cap, sz);
+    *buf = layer_xmap(n * sz);
     *cap = n;
 }
 
@@ -281,7 +287,7 @@ void comm_words_free(comm_words *w) {
     free(w->sdispl);
     free(w->rcount);
     free(w->rdispl);
-    free(w->rbuf);
+    release(w->rbuf, w->rbuf_cap, sizeof(uint32_t));
     free(w);
 }
 

@@ -1,9 +1,11 @@
 /* Checked allocation, assertion reporting and the xoshiro256** RNG for all modules. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS, MADV_HUGEPAGE */
 #include "layers/common.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 void layer_fail(const char *file, int line, const char *what) {
     fprintf(stderr, "memtrain: internal check failed at %s:%d: %s\n", file, line, what);
@@ -33,6 +35,29 @@ void *layer_xaligned_at(size_t n, const char *file, int line) {
     void *p = aligned_alloc(64, bytes);
     if (!p) out_of_memory(n, file, line);
     return p;
+}
+
+/* What a mapping of n bytes spans: whole huge pages from LAYER_HUGE_PAGE on. */
+static size_t map_span(size_t n) {
+    if (n == 0) n = 1;
+    return n >= LAYER_HUGE_PAGE ? (n + LAYER_HUGE_PAGE - 1) & ~(size_t)(LAYER_HUGE_PAGE - 1) : n;
+}
+
+void *layer_xmap_at(size_t n, const char *file, int line) {
+    size_t span = map_span(n), slack = span >= LAYER_HUGE_PAGE ? LAYER_HUGE_PAGE : 0;
+    char *p = mmap(NULL, span + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) out_of_memory(n, file, line);
+    if (!slack) return p;
+    /* the huge-page boundary inside the mapping; the slack around it goes back */
+    char *a = (char *)(((uintptr_t)p + LAYER_HUGE_PAGE - 1) & ~(uintptr_t)(LAYER_HUGE_PAGE - 1));
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (a + span < p + span + slack) munmap(a + span, (size_t)(p + span + slack - (a + span)));
+    (void)madvise(a, span, MADV_HUGEPAGE); /* advice: refused, the pages stay small */
+    return a;
+}
+
+void layer_unmap(void *p, size_t n) {
+    if (p) munmap(p, map_span(n));
 }
 
 void *layer_xcalloc_at(size_t n, size_t size, const char *file, int line) {

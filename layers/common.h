@@ -34,6 +34,18 @@ void *layer_xcalloc_at(size_t n, size_t size, const char *file, int line);
 void *layer_xrealloc_at(void *p, size_t n, const char *file, int line);
 void *layer_xaligned_at(size_t n, const char *file, int line);
 
+/* Large buffers reused for the whole run (activation arenas, exchange buffers): a mapping of
+ * their own, zero pages until written, released with layer_unmap(p, n) and the same n. From
+ * LAYER_HUGE_PAGE bytes on, the mapping starts on a huge-page boundary and spans whole huge
+ * pages, and asks the kernel for transparent huge pages (MADV_HUGEPAGE; a kernel that does
+ * not give them serves small pages). Buffers that MPI's shared-memory transport reads from
+ * another process then cost one page-table entry per 2 MiB to pin instead of 512, and the
+ * kernels that stream through them miss the TLB a 512th as often. Never returns NULL. */
+enum { LAYER_HUGE_PAGE = 2 << 20 };
+#define layer_xmap(n) layer_xmap_at((n), __FILE__, __LINE__)
+void *layer_xmap_at(size_t n, const char *file, int line);
+void layer_unmap(void *p, size_t n); /* NULL is fine */
+
 /* xoshiro256** generator: the same seed gives the same stream on every machine. */
 typedef struct layer_rng {
     uint64_t s[4];

@@ -3,9 +3,11 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "comm/comm.h"
+#include "layers/common.h"
 #include "tests/testutil.h"
 #include "trainer/base/arena.h"
 #include "trainer/config/config.h"
@@ -139,6 +141,60 @@ START_TEST(test_arena_growing_requests) {
 }
 END_TEST
 
+/* The VmFlags line of the mapping of /proc/self/smaps that holds p, into flags. */
+static int vm_flags_of(const void *p, char *flags, size_t n) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    int in = 0, found = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+            snprintf(flags, n, "%s", line + 8);
+            found = 0;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* Large reused buffers are mappings on a huge-page boundary advised as huge pages, zeroed and
+ * writable to their end; small ones are plain mappings; an arena's large block spans whole
+ * huge pages and hands them all out. */
+START_TEST(test_huge_mappings) {
+    size_t n = 3 * (size_t)LAYER_HUGE_PAGE + 5;
+    unsigned char *p = layer_xmap(n);
+    ck_assert_msg((uintptr_t)p % LAYER_HUGE_PAGE == 0, "%p is not on a huge-page boundary", p);
+    ck_assert(p[0] == 0 && p[n / 2] == 0 && p[n - 1] == 0);
+    memset(p, 7, n);
+    char flags[512] = "";
+    ck_assert_int_eq(vm_flags_of(p, flags, sizeof flags), 0);
+    ck_assert_msg(strstr(flags, " hg") != NULL, "not advised as huge pages: %s", flags);
+    layer_unmap(p, n);
+    ck_assert_int_eq(vm_flags_of(p, flags, sizeof flags), -1); /* all of it went back */
+
+    unsigned char *q = layer_xmap(100);
+    ck_assert(q[99] == 0);
+    q[99] = 1;
+    ck_assert_int_eq(vm_flags_of(q, flags, sizeof flags), 0);
+    ck_assert_msg(strstr(flags, " hg") == NULL, "a small mapping advised as huge pages: %s", flags);
+    layer_unmap(q, 100);
+
+    trainer_arena *a = trainer_arena_create(4096);
+    float *x = trainer_arena_floats(a, (size_t)LAYER_HUGE_PAGE / sizeof(float) + 1);
+    ck_assert((uintptr_t)x % LAYER_HUGE_PAGE == 0);
+    ck_assert_uint_eq(trainer_arena_reserved(a), 2 * (size_t)LAYER_HUGE_PAGE);
+    /* the rest of the second huge page serves the next request, no new block */
+    float *y = trainer_arena_floats(a, (size_t)LAYER_HUGE_PAGE / sizeof(float) / 2);
+    ck_assert_uint_eq(trainer_arena_reserved(a), 2 * (size_t)LAYER_HUGE_PAGE);
+    y[(size_t)LAYER_HUGE_PAGE / sizeof(float) / 2 - 1] = 1;
+    trainer_arena_free(a);
+}
+END_TEST
+
 /* Absurd sizes give finite estimates, and the driving keys are named. */
 START_TEST(test_absurd_sizes) {
     trainer_config c;
@@ -186,6 +242,7 @@ static Suite *footprint_suite(void) {
     tcase_add_test(tc, test_activations_bounded);
     tcase_add_test(tc, test_absurd_sizes);
     tcase_add_test(tc, test_arena_growing_requests);
+    tcase_add_test(tc, test_huge_mappings);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,11 +1,9 @@
 /* Chained-block bump allocator behind trainer_arena. */
-#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "trainer/base/arena.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "layers/common.h"
 
@@ -20,12 +18,13 @@ struct trainer_arena {
     size_t block_bytes, in_use, peak;
 };
 
-/* Blocks are mappings of their own, so a freed block's pages go back to the system at once
- * (from the heap they would stay resident behind later allocations). */
+/* Blocks are mappings of their own (layer_xmap: huge pages from 2 MiB on), so a freed block's
+ * pages go back to the system at once (from the heap they would stay resident behind later
+ * allocations). */
 static void free_chain(arena_block *b) {
     for (arena_block *n; b; b = n) {
         n = b->next;
-        munmap(b->data, b->size);
+        layer_unmap(b->data, b->size);
         free(b);
     }
 }
@@ -44,13 +43,10 @@ void trainer_arena_free(trainer_arena *a) {
 
 static arena_block *block_new(size_t size) {
     arena_block *b = layer_xcalloc(1, sizeof(*b));
+    if (size >= LAYER_HUGE_PAGE) /* the mapping spans whole huge pages: use all of them */
+        size = (size + LAYER_HUGE_PAGE - 1) & ~(size_t)(LAYER_HUGE_PAGE - 1);
     b->size = size;
-    b->data = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (b->data == MAP_FAILED) {
-        char what[96];
-        snprintf(what, sizeof(what), "mapping %zu bytes for an activation arena", size);
-        layer_fail(__FILE__, __LINE__, what);
-    }
+    b->data = layer_xmap(size);
     return b;
 }
 
