@@ -92,7 +92,7 @@ void trainer_tables_free(trainer_tables *t) {
                 store_unmap(s->acc[j], store_bytes(s, sizeof(double)));
             }
         comm_words_free(s->push);
-        free(s->push_buf);
+        layer_unmap(s->push_buf, s->push_cap * sizeof(uint32_t));
         free(s->owner);
         free(s->state);
         free(s->blk);

@@ -576,10 +576,10 @@ static void push_start(trainer_tables *t, int g) {
         if (!tables_holds(t, s, k)) cnt[s->owner[k / LAYER_HASH_SHARD]] += 2 + W, nremote++;
     }
     size_t need = (size_t)nremote * (2 + W) + 1;
-    if (need > s->push_cap) {
-        free(s->push_buf);
+    if (need > s->push_cap) { /* MPI reads it from the other ranks: huge pages (layer_xmap) */
+        layer_unmap(s->push_buf, s->push_cap * sizeof(uint32_t));
         s->push_cap = need + need / 2;
-        s->push_buf = layer_xmalloc(s->push_cap * sizeof(uint32_t));
+        s->push_buf = layer_xmap(s->push_cap * sizeof(uint32_t));
     }
     size_t *pos = layer_xcalloc((size_t)P, sizeof(size_t));
     for (int p = 1; p < P; p++) pos[p] = pos[p - 1] + (size_t)cnt[p - 1];
