@@ -18,7 +18,9 @@ mean over the log windows after the first). The model, per hashed group g and ra
   U_g = 2^b_g (1 - (1 - 2^-b_g)^m_g), m_g the rows a rank hashes per table per step (U_g,b
   per block), W_g = nout x OC floats per key, K_g tables of 2^b_g rows. The planner picks,
   per group, the strategy with the fewest seconds (exchanges x net_latency_us + bytes /
-  net_gbps). Real buckets are skewed, so the uniform U_g overestimates what fetch moves.
+  net_gbps; replicate also counts every rank's Adam over the whole group and the all-reduce's
+  sum as memory traffic, and must win by a tenth). Real buckets are skewed, so the uniform
+  U_g overestimates what fetch moves.
 
 Usage:
   jobs/comm_model.py --config jobs/configs/memformer.conf --ranks 1,2,4

@@ -43,6 +43,11 @@ START_TEST(test_bytes_by_hand) {
        of it; under deterministic = fast floats */
     double rep = 2 * 0.5 * (16 * 24 * 8 + 16 * 8);
     ck_assert_double_eq_tol(c.bytes[TRAINER_STRATEGY_REPLICATE], rep, 1e-9 * rep);
+    /* and its local traffic: Adam over the half of the 16 x 24 entries another rank would own
+       (28 bytes each), the all-reduce's sum of every entry (read two, write one double) */
+    double local = 16 * 24 * (0.5 * 28 + 3 * 8);
+    ck_assert_double_eq_tol(c.local[TRAINER_STRATEGY_REPLICATE], local, 1e-9 * local);
+    ck_assert_double_eq(c.local[TRAINER_STRATEGY_FETCH] + c.local[TRAINER_STRATEGY_OWNER], 0.0);
     trainer_plan_run rf = r;
     rf.fast = 1;
     trainer_plan_cost cf;
@@ -148,6 +153,21 @@ START_TEST(test_choices) {
     trainer_plan_choose(&r, &tiny, &c);
     ck_assert(c.seconds[TRAINER_STRATEGY_REPLICATE] < 0.9 * c.seconds[TRAINER_STRATEGY_FETCH]);
     ck_assert_int_eq(c.choice, TRAINER_STRATEGY_REPLICATE);
+    /* the Memformer's cross-attention query group at P = 2 (one output of 256, the decoder's
+       64 rows per segment): by the seconds alone replicate wins by more than a tenth (one
+       all-reduce against five row exchanges of as many bytes), but every rank's Adam over the
+       whole group and the all-reduce's sum, 59 MB of memory traffic per rank, make it the
+       slower, as measured (fetching the three such groups ran the step 1.08-1.15x faster) */
+    r = run_of(2, 16, 8, 4, 0);
+    r.fast = 1;
+    r.replay = 1;
+    trainer_plan_group q = {1, 32, 8, 256, 64, -1, 0};
+    trainer_plan_choose(&r, &q, &c);
+    ck_assert(c.seconds[TRAINER_STRATEGY_REPLICATE] < 0.9 * c.seconds[TRAINER_STRATEGY_FETCH]);
+    ck_assert(c.seconds[TRAINER_STRATEGY_REPLICATE] +
+                  c.local[TRAINER_STRATEGY_REPLICATE] / TRAINER_PLAN_LOCAL_RATE >
+              2 * c.seconds[TRAINER_STRATEGY_FETCH]);
+    ck_assert_int_eq(c.choice, TRAINER_STRATEGY_FETCH);
 }
 END_TEST
 

@@ -21,6 +21,9 @@ double trainer_plan_distinct(int tau, double m) {
 
 /* Bytes of a key on the wire: int64, as the exchanges send it. */
 enum { KEY = 8, IDX_SCORE = 8, SCORE = 4, GRAD = 4, SUM = 8 };
+/* Bytes lazy Adam moves per table entry: row, moments and gradient read, row and moments
+   written. */
+enum { ADAM = 7 * 4 };
 /* Bytes of one row's slice in one tile of a store. */
 #define TILE_BYTES (LAYER_HASH_TILE * 4.0)
 
@@ -40,7 +43,7 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
         u_blk *= g->distinct / u_step;
         u_step = g->distinct;
     }
-    for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++) c->allowed[s] = 1;
+    for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++) c->allowed[s] = 1, c->local[s] = 0;
 
     /* FETCH: rows kept for the step when they fit the budget, else fetched for each call and
        released after it. Resident memory comes in pages: a page of a store holds 32 rows of
@@ -51,7 +54,10 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     /* a call's rows: in the store and in transit; their gradients (held across a block's
        calls when a memory makes segments sequential) */
     double ws_block = frac * K * res_blk * W * sizeof(float) * (r->batched ? 2 : 3);
-    double ws_step = frac * K * res_step * W * sizeof(float);
+    /* kept for the step: the rows, and the gradients the calls write beside them (their
+       pages stay resident until the step ends, whether pushed at the block end or at the end
+       of the group's backward) */
+    double ws_step = 2 * frac * K * res_step * W * sizeof(float);
     int keep = ws_step <= r->budget;
     /* forward and backward of each call, and the memory pass's forward of a replayed group
        (its recompute finds the rows only when they are kept) */
@@ -87,13 +93,18 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     double sum = r->fast ? sizeof(float) : SUM;
     double state = R * W * (3 * sizeof(float) + sum); /* rows, m, v, gradient sum */
     c->bytes[TRAINER_STRATEGY_REPLICATE] = 2 * frac * (R * W + R) * sum;
+    /* and what the others leave to the owners or do not do at all: every rank runs lazy Adam
+       over the whole group, a share frac of it beyond its own (row, two moments and the
+       gradient read, three written: ADAM bytes per entry), and the all-reduce's sum reads two
+       and writes one value of every entry */
+    c->local[TRAINER_STRATEGY_REPLICATE] = P > 1 ? R * W * (frac * ADAM + 3 * sum) : 0;
     c->messages[TRAINER_STRATEGY_REPLICATE] = P > 1 ? 1 : 0;
     c->memory[TRAINER_STRATEGY_REPLICATE] = state * frac;
     c->allowed[TRAINER_STRATEGY_REPLICATE] = state <= r->budget / 4;
 
     if (P == 1) { /* nothing moves: every strategy is the local computation */
         for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++) {
-            c->bytes[s] = c->messages[s] = c->memory[s] = 0;
+            c->bytes[s] = c->messages[s] = c->memory[s] = c->local[s] = 0;
             c->allowed[s] = s != TRAINER_STRATEGY_OWNER || r->batched;
         }
     }
@@ -119,16 +130,19 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
         if (!any || c->seconds[s] < c->seconds[c->choice]) c->choice = (trainer_strategy)s;
         any = 1;
     }
-    /* replicate only where it takes a tenth less time than the others (or nothing else is
-       allowed): the plan never revises it (its lookups are local, so no remote keys are
-       measured), its all-reduce carries every row's gradient where the others move the rows
-       a step touches (on real data a fraction of what the uniform first plan assumes), and
-       every rank runs Adam over the whole group, which the seconds do not count. On the
-       d_model 256 Memformer at P = 2 the near tie it won (8,224 KiB against 8,253 for fetch)
-       cost 1.3x the step time. */
+    /* replicate only where its seconds and its local traffic (c->local, at
+       TRAINER_PLAN_LOCAL_RATE) take a tenth less time than the others' seconds (or nothing
+       else is allowed): the plan never revises it (its lookups are local, so no remote keys
+       are measured), its all-reduce carries every row's gradient where the others move the
+       rows a step touches (on real data a fraction of what the uniform first plan assumes),
+       and every rank runs Adam over the whole group. On the d_model 256 Memformer at P = 2 its
+       three query groups cost 8,224 KiB against 8,253 for fetch, and by the seconds alone
+       stayed replicated: their all-reduces took 21 ms of a 290 ms step and Adam 3 ms more,
+       where fetching them took 2 ms more exchanging (the step ran 1.08-1.15x faster). */
     int rep = TRAINER_STRATEGY_REPLICATE;
+    double rep_time = c->seconds[rep] + c->local[rep] / TRAINER_PLAN_LOCAL_RATE;
     if (c->allowed[rep] &&
-        (!any || (P > 1 && c->seconds[rep] < (1.0 - TRAINER_PLAN_MOVE_GAIN) * c->seconds[c->choice]))) {
+        (!any || (P > 1 && rep_time < (1.0 - TRAINER_PLAN_MOVE_GAIN) * c->seconds[c->choice]))) {
         c->choice = (trainer_strategy)rep;
         any = 1;
     }

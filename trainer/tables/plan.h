@@ -33,7 +33,8 @@ typedef struct trainer_plan_run {
     int horizon;           /* segments per step */
     int batched;           /* 1: a block's segments are one batch (no carried memory), so
                               each projection runs one backward call per block */
-    double budget;         /* bytes of fetched rows a rank may hold (row_cache_mb) */
+    double budget;         /* bytes of fetched rows, with the gradients written beside them,
+                              a rank may hold (row_cache_mb) */
     double latency;        /* seconds per exchange (net_latency_us) */
     double bandwidth;      /* bytes per second a rank sends (net_gbps) */
     int wire_bytes;        /* bytes per row value on the wire: 4 (float) or 2 (bf16 rows) */
@@ -58,6 +59,9 @@ typedef struct trainer_plan_cost {
     double messages[TRAINER_STRATEGY_COUNT]; /* exchanges (all-to-alls or all-reduces) */
     double seconds[TRAINER_STRATEGY_COUNT];  /* messages * latency + bytes / bandwidth */
     double memory[TRAINER_STRATEGY_COUNT];   /* bytes of rows held beyond the owned share */
+    double local[TRAINER_STRATEGY_COUNT];    /* bytes of memory traffic on the rank beyond the
+                                                sharded strategies' (replicate: Adam over the
+                                                rows others would own, the all-reduce's sum) */
     int allowed[TRAINER_STRATEGY_COUNT];
     trainer_strategy choice;
     const char *why; /* one phrase: why the choice */
@@ -66,13 +70,18 @@ typedef struct trainer_plan_cost {
 /* Expected distinct buckets among m uniform lookups into 2^tau rows. */
 double trainer_plan_distinct(int tau, double m);
 /* Costs of every strategy for group g in run r, and the choice: the forced strategy when
- * allowed, else the fewest seconds among the allowed (FETCH wins ties). FETCH is not
+ * allowed, else the fewest seconds among the allowed (FETCH wins ties; REPLICATE, with its
+ * local traffic counted too, only by a tenth: see plan.c). FETCH is not
  * allowed when one block's rows of the group exceed the budget; OWNER needs r->batched;
  * REPLICATE needs the whole group (rows, Adam moments, gradient sums) within a quarter of
  * the budget. A forced strategy that is not allowed falls back to the cheapest allowed. */
 void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
                          trainer_plan_cost *c);
 
+/* Bytes per second a rank's streaming passes over its memory are counted at (c->local):
+ * conservative, as a rank shares its node's memory bus with the others (lazy Adam ran at
+ * about 30 GB/s on one rank of the 2-core development host). */
+#define TRAINER_PLAN_LOCAL_RATE 10e9
 /* The share of a group's predicted time a revision must save to move the group. */
 #define TRAINER_PLAN_MOVE_GAIN 0.10
 /* The strategy a group served by `cur` (fetch or owner) should move to after a revision

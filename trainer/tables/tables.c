@@ -219,6 +219,7 @@ void trainer_tables_plan(trainer_tables *t, const trainer_plan_run *r) {
         trainer_plan_group pg = plan_group(s, -1);
         trainer_plan_choose(r, &pg, &s->cost);
         s->strategy = s->cost.choice;
+        s->first_bytes = s->cost.bytes[s->strategy];
     }
     plan_keep(t);
 }
@@ -286,6 +287,14 @@ int trainer_tables_replan(trainer_tables *t) {
         s->cost.choice = s->strategy;
     }
     free(seen);
+    /* the plan's traffic with the measured keys, beside what the first plan assumed */
+    double first = 0.0, now = 0.0;
+    for (int i = 0; i < t->n; i++) {
+        first += t->gs[i].first_bytes;
+        now += t->gs[i].cost.bytes[t->gs[i].strategy];
+    }
+    comm_print0(t->comm, "tables: with the measured keys the plan predicts %.1f KiB per rank and "
+                "step (the first plan, for uniform buckets: %.1f)\n", now / 1024, first / 1024);
     if (moved) { /* the fetched groups share the budget anew */
         plan_keep(t);
         if (t->me == 0) fflush(stdout);

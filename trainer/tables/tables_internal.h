@@ -29,6 +29,7 @@ typedef struct group_state {
     int *owner;              /* (S) rank that owns each shard (writes it to checkpoints) */
     trainer_strategy strategy;
     trainer_plan_cost cost;  /* the planner's figures */
+    double first_bytes;      /* bytes per rank and step the first plan predicted */
     int keep;                /* fetch: fetched rows stay until the step ends; else they are
                                 fetched for each call and released after it (the budget) */
     uint8_t *state;          /* (R) ST_* */
