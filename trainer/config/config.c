@@ -157,8 +157,7 @@ static const key_def keys[] = {
              "how table groups are served across ranks: the planner's choice per group, or one "
              "for all (fetch rows, owner-side lookup, replicate); all give the same result"),
     FLT_KEY(row_cache_mb, "256", 0, 0, NOHI | KF_LO_OPEN, applies_hash,
-            "MiB of fetched table rows (with their gradients) a rank may hold; groups beyond it "
-            "fetch for each call"),
+            "MiB of fetched table rows a rank may hold; groups beyond it fetch for each call"),
     ENUM_KEY(row_format, "f32", rowfmt_words, S, applies_hash,
              "how hashed projections read table rows: f32, or rounded to bf16 (half the bytes "
              "read and fetched; master rows and Adam state stay f32)"),

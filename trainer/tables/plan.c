@@ -54,10 +54,7 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     /* a call's rows: in the store and in transit; their gradients (held across a block's
        calls when a memory makes segments sequential) */
     double ws_block = frac * K * res_blk * W * sizeof(float) * (r->batched ? 2 : 3);
-    /* kept for the step: the rows, and the gradients the calls write beside them (their
-       pages stay resident until the step ends, whether pushed at the block end or at the end
-       of the group's backward) */
-    double ws_step = 2 * frac * K * res_step * W * sizeof(float);
+    double ws_step = frac * K * res_step * W * sizeof(float);
     int keep = ws_step <= r->budget;
     /* forward and backward of each call, and the memory pass's forward of a replayed group
        (its recompute finds the rows only when they are kept) */

@@ -33,8 +33,7 @@ typedef struct trainer_plan_run {
     int horizon;           /* segments per step */
     int batched;           /* 1: a block's segments are one batch (no carried memory), so
                               each projection runs one backward call per block */
-    double budget;         /* bytes of fetched rows, with the gradients written beside them,
-                              a rank may hold (row_cache_mb) */
+    double budget;         /* bytes of fetched rows a rank may hold (row_cache_mb) */
     double latency;        /* seconds per exchange (net_latency_us) */
     double bandwidth;      /* bytes per second a rank sends (net_gbps) */
     int wire_bytes;        /* bytes per row value on the wire: 4 (float) or 2 (bf16 rows) */

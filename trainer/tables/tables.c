@@ -490,7 +490,10 @@ void trainer_tables_account_of(const trainer_tables *t, const trainer_plan_run *
     keep_smallest_first(t->n, step, r->budget, keep);
     for (int i = 0; i < t->n; i++) {
         if (step[i] < 0) continue;
-        if (keep[i]) a->fetch_keep += step[i];
+        /* kept rows, and the gradients the calls write beside them: their pages stay
+           resident until the step ends, whether pushed at the block end or at the end of the
+           group's backward (the budget bounds the rows) */
+        if (keep[i]) a->fetch_keep += 2 * step[i];
         else if (call[i] > a->fetch_block) a->fetch_block = call[i];
     }
     free(step);
