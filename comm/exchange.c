@@ -56,9 +56,7 @@ comm_exchange *comm_exchange_create(comm_ctx *c) {
 }
 
 /* A buffer of grow's, cap elements of size sz (NULL is fine). */
-static void release(void *buf, size_t cap, size_t sz) {
-    if (buf) layer_unmap(buf, cap * sz);
-}
+static void release(void *buf, size_t cap, size_t sz) { layer_unmap(buf, cap * sz); }
 
 static void release_buffers(comm_exchange *x) {
     release(x->slot, x->slot_cap, sizeof(int));

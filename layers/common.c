@@ -37,14 +37,13 @@ void *layer_xaligned_at(size_t n, const char *file, int line) {
     return p;
 }
 
-/* What a mapping of n bytes spans: whole huge pages from LAYER_HUGE_PAGE on. */
-static size_t map_span(size_t n) {
+size_t layer_map_span(size_t n) {
     if (n == 0) n = 1;
     return n >= LAYER_HUGE_PAGE ? (n + LAYER_HUGE_PAGE - 1) & ~(size_t)(LAYER_HUGE_PAGE - 1) : n;
 }
 
 void *layer_xmap_at(size_t n, const char *file, int line) {
-    size_t span = map_span(n), slack = span >= LAYER_HUGE_PAGE ? LAYER_HUGE_PAGE : 0;
+    size_t span = layer_map_span(n), slack = span >= LAYER_HUGE_PAGE ? LAYER_HUGE_PAGE : 0;
     char *p = mmap(NULL, span + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) out_of_memory(n, file, line);
     if (!slack) return p;
@@ -57,7 +56,7 @@ void *layer_xmap_at(size_t n, const char *file, int line) {
 }
 
 void layer_unmap(void *p, size_t n) {
-    if (p) munmap(p, map_span(n));
+    if (p) munmap(p, layer_map_span(n));
 }
 
 void *layer_xcalloc_at(size_t n, size_t size, const char *file, int line) {

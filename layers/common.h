@@ -45,6 +45,9 @@ enum { LAYER_HUGE_PAGE = 2 << 20 };
 #define layer_xmap(n) layer_xmap_at((n), __FILE__, __LINE__)
 void *layer_xmap_at(size_t n, const char *file, int line);
 void layer_unmap(void *p, size_t n); /* NULL is fine */
+/* The bytes a mapping of n spans: n, rounded up to whole huge pages from LAYER_HUGE_PAGE on
+ * (a user may use all of them). */
+size_t layer_map_span(size_t n);
 
 /* xoshiro256** generator: the same seed gives the same stream on every machine. */
 typedef struct layer_rng {

@@ -43,10 +43,8 @@ void trainer_arena_free(trainer_arena *a) {
 
 static arena_block *block_new(size_t size) {
     arena_block *b = layer_xcalloc(1, sizeof(*b));
-    if (size >= LAYER_HUGE_PAGE) /* the mapping spans whole huge pages: use all of them */
-        size = (size + LAYER_HUGE_PAGE - 1) & ~(size_t)(LAYER_HUGE_PAGE - 1);
-    b->size = size;
-    b->data = layer_xmap(size);
+    b->size = layer_map_span(size); /* whole huge pages from 2 MiB on: use all of them */
+    b->data = layer_xmap(b->size);
     return b;
 }
 

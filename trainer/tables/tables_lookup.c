@@ -166,10 +166,6 @@ static void local_forward(const group_state *s, const int32_t *rowid, const floa
     }
 }
 
-/* Backward over chunk subset rowid/sc (N,K) into drows, gs, db; with sq, new^2 - old^2 of
- * every drows entry written added to *sq (layer_hash_backward_parts). The bias gradients
- * first, each as layer_hash_backward sums them, then one call over the nout projections:
- * bitwise the layer_hash_backward or layer_hashqkv_backward call. */
 /* db[j] += the sum of output j's gradients dout[j] (N,OC), as layer_hash_backward sums it. */
 static void bias_backward(const group_state *s, const int32_t *rowid, const float *sc, int N,
                           int K, const float *const *dout, float *const *db) {
@@ -179,6 +175,10 @@ static void bias_backward(const group_state *s, const int32_t *rowid, const floa
                                 s->g.OC);
 }
 
+/* Backward over chunk subset rowid/sc (N,K) into drows, gs, db; with sq, new^2 - old^2 of
+ * every drows entry written added to *sq (layer_hash_backward_parts). The bias gradients
+ * first, each as layer_hash_backward sums them, then one call over the nout projections:
+ * bitwise the layer_hash_backward or layer_hashqkv_backward call. */
 static void local_backward(const group_state *s, const int32_t *rowid, const float *sc, int N,
                            int K, const float *const *dout, float *gs, float *const *db,
                            double *sq) {
