@@ -37,10 +37,11 @@ void trainer_adamw_step(float *p, const float *g, float *m, float *v, size_t n, 
                         float beta1, float beta2, float eps, float wd, int64_t t,
                         float grad_scale);
 
-/* The constants of one Adam update at 1-based step t: learning rate, betas, bias
- * corrections 1 - beta^t, eps, weight decay and the factor the gradient is multiplied by. */
+/* The constants of one Adam update at 1-based step t: learning rate, betas, the step size
+ * lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t) of the bias corrections, eps, weight decay and
+ * the factor the gradient is multiplied by. */
 typedef struct trainer_adam {
-    float lr, beta1, beta2, bc1, bc2, eps, wd, grad_scale;
+    float lr, beta1, beta2, step, isb2, eps, wd, grad_scale;
 } trainer_adam;
 
 trainer_adam trainer_adam_at(float lr, float beta1, float beta2, float eps, float wd, int64_t t,
