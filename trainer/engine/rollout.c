@@ -131,25 +131,30 @@ double trainer_rollout_block(trainer_rollout *r, trainer_model *m, int b0, int n
             loss += trainer_model_forward(m, r->arenas[t], &bt, replay_at(r, nb, t),
                                           replay_at(r, nb, t + 1), &cnt, &r->acts[t]);
         }
-    } else { /* MRBP memory pass: only what writes the memory, only the memories kept */
+    } else { /* MRBP memory pass: only what writes the memory, only the memories kept. The
+                last segment is the pass's last and the backward's first: its one forward
+                below, keeping activations, writes M_T as well (the writer runs in every
+                forward), so the pass stops a segment short. */
         trainer_tables_set_phase(tb, TRAINER_TABLES_MEMORY_PASS);
-        for (int t = 0; t < r->T; t++) {
+        for (int t = 0; t < r->T - 1; t++) {
             trainer_batch bt = segment_of_block(r, nb, t);
             trainer_arena_reset(r->arenas[0]);
             trainer_model_write_memory(m, r->arenas[0], &bt, replay_at(r, nb, t),
                                        replay_at(r, nb, t + 1));
         }
-        trainer_tables_set_phase(tb, TRAINER_TABLES_RECOMPUTE);
     }
     memset(r->dM, 0, mb);
     for (int t = r->T - 1; t >= 0; t--) {
         act = r->acts[t];
         if (r->mode == TRAINER_ROLLOUT_MRBP) {
-            /* recompute from the replayed input memory, this time keeping activations */
+            /* recompute from the replayed input memory, this time keeping activations (the
+               last segment: computed the first time, still in the memory pass's phase) */
+            int last = t == r->T - 1;
             trainer_batch bt = segment_of_block(r, nb, t);
             trainer_arena_reset(r->arenas[0]);
-            loss += trainer_model_forward(m, r->arenas[0], &bt, replay_at(r, nb, t), NULL, &cnt,
-                                          &act);
+            loss += trainer_model_forward(m, r->arenas[0], &bt, replay_at(r, nb, t),
+                                          last ? replay_at(r, nb, r->T) : NULL, &cnt, &act);
+            if (last) trainer_tables_set_phase(tb, TRAINER_TABLES_RECOMPUTE);
         }
         /* the last memory of the rollout is carried on detached */
         trainer_model_backward(m, act, grad_scale, t < r->T - 1 ? r->dM : NULL, r->dM_prev);

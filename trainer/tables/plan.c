@@ -57,14 +57,16 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     double ws_step = frac * K * res_step * W * sizeof(float);
     int keep = ws_step <= r->budget;
     /* forward and backward of each call, and the memory pass's forward of a replayed group
-       (its recompute finds the rows only when they are kept) */
+       (its recompute finds the rows only when they are kept) but for the last segment's,
+       whose forward is the pass's and the recompute's at once */
     int replayed = r->replay && g->replayed && !r->batched;
-    double calls = r->batched ? 2 : (2 + replayed) * T;
+    double calls = r->batched ? 2 : (2 + replayed) * T - replayed;
     double fetch = keep ? frac * K * u_step * (KEY + W * r->wire_bytes)
                         : nbr * calls * frac * K * u_blk * (KEY + W * r->wire_bytes);
     double push = nbr * frac * K * u_blk * (KEY + W * GRAD);
     c->bytes[TRAINER_STRATEGY_FETCH] = fetch + push;
-    c->messages[TRAINER_STRATEGY_FETCH] = nbr * ((r->batched ? 1 : T) * (keep ? 1 : 2 + replayed) + 1);
+    c->messages[TRAINER_STRATEGY_FETCH] =
+        nbr * (keep ? (r->batched ? 1 : T) + 1 : (r->batched ? 2 : calls) + 1);
     c->memory[TRAINER_STRATEGY_FETCH] = keep ? ws_step : ws_block;
     c->allowed[TRAINER_STRATEGY_FETCH] = ws_block <= r->budget;
 

@@ -159,9 +159,11 @@ void trainer_tables_forward(trainer_tables *t, int g, const int32_t *idx, const 
 void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act *a,
                              const float *const *dout, float *gs, float *const *db);
 /* What the lookups that follow belong to. Every rank sets the same phases in the same order.
- * The MRBP recompute repeats the memory pass's lookups of the groups that pass used, with the
- * same buckets, so the groups whose rows are kept find every row present on every rank and
- * skip the exchange; groups over the row budget fetch again. */
+ * The MRBP recompute repeats the memory pass's lookups of the groups that pass used (those
+ * set replayed), with the same buckets, so the groups whose rows are kept find every row
+ * present on every rank and skip the exchange; groups over the row budget fetch again. The
+ * memory pass may end with a whole model's forward (the rollout's last segment, which is not
+ * recomputed): the other groups' lookups in it fetch as in TRAINER_TABLES_PLAIN. */
 typedef enum trainer_tables_phase {
     TRAINER_TABLES_PLAIN = 0,
     TRAINER_TABLES_MEMORY_PASS,

@@ -128,7 +128,9 @@ static void resolve(trainer_tables *t, int g, const int32_t *rowid, int N) {
         s->state[key] = st;
     }
     t->misses += nremote;
-    if (t->phase == TRAINER_TABLES_MEMORY_PASS) s->in_memory_pass = 1;
+    /* the memory pass's last segment runs the whole model: only the groups the pass runs
+       keep their rows for the recompute by this rule */
+    if (t->phase == TRAINER_TABLES_MEMORY_PASS && s->replayed) s->in_memory_pass = 1;
     if (t->phase == TRAINER_TABLES_RECOMPUTE && s->in_memory_pass && !transient(t, s)) {
         /* every rank knows these rows are present (a kept group's rows stay until the step
            ends): no exchange to agree on */
