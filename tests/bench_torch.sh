@@ -6,8 +6,9 @@
 #   torch   PyTorch's dense GPT decoder of that shape (tests/bench_torch.py, random tokens)
 #   random  build/bin/bench_train: memtrain's four configurations on random tokens (which
 #           touch nearly every table row every step)
-#   real    memtrain train on Fashion-MNIST, decoder dense and hash (tokens/s of the log
-#           windows after the first)
+#   real    memtrain train on Fashion-MNIST, the shape of the scaling issue's benchmarks:
+#           decoder and Memformer, dense and hash (tokens/s of the log windows after the
+#           first)
 # and prints tokens/s and the ratios memtrain / PyTorch of that round; the summary gives each
 # figure's median and range over ROUNDS (default 3) rounds. memtrain computes its 8 streams
 # as one block (stream_block = 8), the batching a one-rank run would choose. Both sides run
@@ -31,10 +32,12 @@ trap 'rm -rf "$tmp"' EXIT
 SHAPE=(--d_model=256 --n_heads=4 --n_layers=3 --seg_len=64 --streams=8 --stream_block=8
        --horizon=4)
 
-real() { # proj -> tokens/s of memtrain train on Fashion-MNIST
-  local d=$tmp/real-$1
+real() { # proj [arch] -> tokens/s of memtrain train on Fashion-MNIST
+  local d=$tmp/real-$1-${2:-decoder} slots=()
+  [ "${2:-decoder}" = memformer ] && slots=(--mem_slots=16) # as bench_train's
   rm -rf "$d"
-  "$BIN/memtrain" train --arch=decoder --proj="$1" "${SHAPE[@]}" --data=fashion-mnist \
+  "$BIN/memtrain" train --arch="${2:-decoder}" --proj="$1" "${SHAPE[@]}" "${slots[@]}" \
+    --data=fashion-mnist \
     --steps=50 --warmup=5 --log_every=10 --eval_every=0 --ckpt_every=0 --keep_ckpts=1 \
     --run_dir="$d" >"$d.log" 2>&1 || { cat "$d.log" >&2; exit 1; }
   /usr/bin/python3 -c '
@@ -51,17 +54,18 @@ for round in $(seq 1 "$ROUNDS"); do
   "$BIN/bench_train" 10 >"$tmp/bt.txt"
   rnd() { awk -v a="$1" -v p="$2" '$1 == a && $2 == p {print $3}' "$tmp/bt.txt"; }
   dd=$(rnd decoder dense) dh=$(rnd decoder hash) md=$(rnd memformer dense) mh=$(rnd memformer hash)
-  rd=$(real dense) rh=$(real hash)
-  echo "$round $torch $dd $dh $md $mh $rd $rh" >>"$tmp/rows"
+  rd=$(real dense) rh=$(real hash) rmd=$(real dense memformer) rmh=$(real hash memformer)
+  echo "$round $torch $dd $dh $md $mh $rd $rh $rmd $rmh" >>"$tmp/rows"
   echo "round $round: torch $torch | random: decoder dense $dd hash $dh, memformer dense $md" \
-       "hash $mh | fashion-mnist: decoder dense $rd hash $rh tokens/s"
+       "hash $mh | fashion-mnist: decoder dense $rd hash $rh, memformer dense $rmd hash $rmh" \
+       "tokens/s"
 done
 
 /usr/bin/python3 - "$tmp/rows" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split()))[1:] for l in open(sys.argv[1]) if l.strip()]
 cols = list(zip(*rows))
-torch, dd, dh, md, mh, rd, rh = cols
+torch, dd, dh, md, mh, rd, rh, rmd, rmh = cols
 def fig(v, fmt):
     return "%s (%s-%s)" % (fmt % statistics.median(v), fmt % min(v), fmt % max(v))
 print()
@@ -74,7 +78,9 @@ for name, v in [("PyTorch dense decoder (random tokens)", torch),
                 ("memtrain decoder dense (Fashion-MNIST)", rd),
                 ("memtrain decoder hash (Fashion-MNIST)", rh),
                 ("memtrain memformer dense (random tokens)", md),
-                ("memtrain memformer hash (random tokens)", mh)]:
+                ("memtrain memformer hash (random tokens)", mh),
+                ("memtrain memformer dense (Fashion-MNIST)", rmd),
+                ("memtrain memformer hash (Fashion-MNIST)", rmh)]:
     print("| %s | %s |" % (name, fig(v, "%.0f")))
 print()
 print("ratios, each round's figures against the same round's (target in brackets)")
@@ -84,6 +90,7 @@ r = lambda a, b: [x / y for x, y in zip(a, b)]
 for name, v in [("decoder dense / PyTorch dense (>= 1.0)", r(dd, torch)),
                 ("decoder hash / PyTorch dense, random tokens (>= 3.0)", r(dh, torch)),
                 ("decoder hash / PyTorch dense, Fashion-MNIST (>= 3.0)", r(rh, torch)),
-                ("memformer hash / memformer dense (>= 2.0)", r(mh, md))]:
+                ("memformer hash / memformer dense, random tokens", r(mh, md)),
+                ("memformer hash / memformer dense, Fashion-MNIST (>= 2.0)", r(rmh, rmd))]:
     print("| %s | %s |" % (name, fig(v, "%.2f")))
 PY
