@@ -12,6 +12,7 @@
 #include "trainer/engine/step.h"
 #include "trainer/engine/schedule.h"
 #include "trainer/run/train.h"
+#include "trainer/tables/tables_internal.h"
 
 enum { STEPS = 20, STREAMS_MAX = 8 };
 
@@ -328,6 +329,56 @@ START_TEST(test_bitwise_repeatable) {
 }
 END_TEST
 
+/* Table stores at P > 1: the shards other ranks own, where fetched rows land, are in small
+ * pages, so a fetched row makes 4 KiB of a tile resident (as the memory estimate counts), not
+ * the 2 MiB huge page around it, even where transparent huge pages are "always". A rank's own
+ * rows get huge pages where a run of them spans whole ones: a shard of the FFN's second
+ * group (16 tables of 2^10 rows) is 2 MiB of every tile. A store advised whole (as at P = 1:
+ * test_store_huge_pages in check_footprint) fails, and so does one advised nowhere. */
+START_TEST(test_store_pages) {
+    trainer_config cfg;
+    char err[256];
+    small_config(&cfg, &CASES[1]);
+    cfg.d_model = 256; /* tau 8: 32 tables of 256 rows, 8 MiB per store of 256 columns */
+    cfg.n_heads = 4;
+    cfg.tau = 8;
+    cfg.expand_bits = 2;
+    cfg.n_layers = 1;
+    LAYER_ASSERT(trainer_config_validate(&cfg, err, sizeof(err)) == 0);
+    trainer_model_spec spec;
+    trainer_spec_from_config(&spec, &cfg);
+    trainer_model *m = trainer_model_create(&spec, world);
+    trainer_tables *t = trainer_model_tables(m);
+    int64_t bad = 0, others = 0, huge = 0;
+    for (int g = 0; g < t->n; g++) {
+        const group_state *s = &t->gs[g];
+        if (layer_hash_store_floats(s->R, s->g.OC) * sizeof(float) < LAYER_HUGE_PAGE) continue;
+        for (int k = 0; k < s->g.K; k++) {
+            int sh = k / LAYER_HASH_SHARD, whole = sh < s->g.K / LAYER_HASH_SHARD;
+            int big = whole && ((size_t)LAYER_HASH_SHARD << s->g.tau) * TILE * sizeof(float) >=
+                                   LAYER_HUGE_PAGE;
+            const float *stores[4] = {s->rows[0], s->drows[0], s->m[0], s->v[0]};
+            for (int i = 0; i < 4; i++) {
+                char flags[512] = "";
+                const float *at = stores[i] + layer_hash_store_at(s->R, k << s->g.tau, 0);
+                bad += tu_vm_flags(at, flags, sizeof flags) != 0;
+                int held = tables_holds(t, s, k), hg = strstr(flags, " hg") != NULL;
+                int wrong = held ? big && !hg : hg || !strstr(flags, " nh");
+                others += !held;
+                huge += held && big;
+                if (wrong && !bad)
+                    fprintf(stderr, "rank %d: %s chunk %d store %d (%s): %s", comm_rank(world),
+                            s->g.name, k, i, held ? "held" : "another's", flags);
+                bad += wrong;
+            }
+        }
+    }
+    bad += others == 0 || huge == 0;
+    trainer_model_free(m);
+    ck_assert_int_eq(all_ranks(bad), 0);
+}
+END_TEST
+
 START_TEST(test_each_rank_holds_its_tables_only) {
     trainer_config cfg;
     small_config(&cfg, &CASES[1]); /* rows fetched: each shard on its owner only */
@@ -428,6 +479,7 @@ static Suite *dist_suite(void) {
     tcase_add_test(tc, test_bitwise_repeatable);
     tcase_add_test(tc, test_owner_rounds);
     tcase_add_test(tc, test_each_rank_holds_its_tables_only);
+    tcase_add_test(tc, test_store_pages);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -15,6 +15,7 @@
 #include "trainer/model/model.h"
 #include "trainer/engine/rollout.h"
 #include "trainer/run/train.h"
+#include "trainer/tables/tables_internal.h"
 
 static comm_ctx *g_comm;
 
@@ -141,26 +142,6 @@ START_TEST(test_arena_growing_requests) {
 }
 END_TEST
 
-/* The VmFlags line of the mapping of /proc/self/smaps that holds p, into flags. */
-static int vm_flags_of(const void *p, char *flags, size_t n) {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    if (!f) return -1;
-    char line[512];
-    int in = 0, found = -1;
-    while (fgets(line, sizeof line, f)) {
-        unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
-            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
-        else if (in && strncmp(line, "VmFlags:", 8) == 0) {
-            snprintf(flags, n, "%s", line + 8);
-            found = 0;
-            break;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
 /* Large reused buffers are mappings on a huge-page boundary advised as huge pages, zeroed and
  * writable to their end; small ones are plain mappings; an arena's large block spans whole
  * huge pages and hands them all out. */
@@ -171,15 +152,15 @@ START_TEST(test_huge_mappings) {
     ck_assert(p[0] == 0 && p[n / 2] == 0 && p[n - 1] == 0);
     memset(p, 7, n);
     char flags[512] = "";
-    ck_assert_int_eq(vm_flags_of(p, flags, sizeof flags), 0);
+    ck_assert_int_eq(tu_vm_flags(p, flags, sizeof flags), 0);
     ck_assert_msg(strstr(flags, " hg") != NULL, "not advised as huge pages: %s", flags);
     layer_unmap(p, n);
-    ck_assert_int_eq(vm_flags_of(p, flags, sizeof flags), -1); /* all of it went back */
+    ck_assert_int_eq(tu_vm_flags(p, flags, sizeof flags), -1); /* all of it went back */
 
     unsigned char *q = layer_xmap(100);
     ck_assert(q[99] == 0);
     q[99] = 1;
-    ck_assert_int_eq(vm_flags_of(q, flags, sizeof flags), 0);
+    ck_assert_int_eq(tu_vm_flags(q, flags, sizeof flags), 0);
     ck_assert_msg(strstr(flags, " hg") == NULL, "a small mapping advised as huge pages: %s", flags);
     layer_unmap(q, 100);
 
@@ -192,6 +173,42 @@ START_TEST(test_huge_mappings) {
     ck_assert_uint_eq(trainer_arena_reserved(a), 2 * (size_t)LAYER_HUGE_PAGE);
     y[(size_t)LAYER_HUGE_PAGE / sizeof(float) / 2 - 1] = 1;
     trainer_arena_free(a);
+}
+END_TEST
+
+/* On one rank every table store is held whole: on a huge-page boundary and advised as huge
+ * pages (only the shards another rank owns stay in small pages: test_store_pages in
+ * check_dist). */
+START_TEST(test_store_huge_pages) {
+    trainer_config c;
+    char err[256];
+    trainer_config_defaults(&c);
+    c.proj = TRAINER_PROJ_HASH;
+    c.d_model = 256; /* tau 8: 32 tables of 256 rows, 8 MiB per store of 256 columns */
+    c.n_heads = 4;
+    c.n_layers = 1;
+    c.streams = c.stream_block = 1;
+    ck_assert_int_eq(trainer_config_validate(&c, err, sizeof err), 0);
+    trainer_model_spec spec;
+    trainer_spec_from_config(&spec, &c);
+    trainer_model *m = trainer_model_create(&spec, g_comm);
+    trainer_tables *t = trainer_model_tables(m);
+    int checked = 0;
+    for (int g = 0; g < t->n; g++) {
+        const group_state *s = &t->gs[g];
+        if (layer_hash_store_floats(s->R, s->g.OC) * sizeof(float) < LAYER_HUGE_PAGE) continue;
+        const float *stores[4] = {s->rows[0], s->drows[0], s->m[0], s->v[0]};
+        for (int i = 0; i < 4; i++) {
+            char flags[512] = "";
+            ck_assert((uintptr_t)stores[i] % LAYER_HUGE_PAGE == 0);
+            ck_assert_int_eq(tu_vm_flags(stores[i], flags, sizeof flags), 0);
+            ck_assert_msg(strstr(flags, " hg") != NULL, "%s store %d not advised: %s", s->g.name,
+                          i, flags);
+            checked++;
+        }
+    }
+    ck_assert_int_ge(checked, 8);
+    trainer_model_free(m);
 }
 END_TEST
 
@@ -243,6 +260,7 @@ static Suite *footprint_suite(void) {
     tcase_add_test(tc, test_absurd_sizes);
     tcase_add_test(tc, test_arena_growing_requests);
     tcase_add_test(tc, test_huge_mappings);
+    tcase_add_test(tc, test_store_huge_pages);
     suite_add_tcase(s, tc);
     return s;
 }

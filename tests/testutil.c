@@ -2,6 +2,8 @@
 #include "tests/testutil.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +83,25 @@ void tu_random_rollout(struct trainer_rollout *r, int vocab, layer_rng *rng) {
     }
     memset(r->reset, 0, (size_t)r->T * r->B);
     r->reset[0] = 1;
+}
+
+int tu_vm_flags(const void *p, char *flags, size_t n) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    int in = 0, found = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+            snprintf(flags, n, "%s", line + 8);
+            found = 0;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
 }
 
 int tu_run_mpi(Suite *s, comm_ctx *c) {

@@ -47,6 +47,10 @@ struct trainer_model;
 double tu_train_rollout(struct trainer_rollout *r, struct trainer_model *m, float *M,
                         float grad_scale);
 
+/* The VmFlags of the mapping of /proc/self/smaps that holds p, into flags (" hg": advised
+ * as huge pages, " nh": advised against them). Returns 0, or -1 when no mapping holds p. */
+int tu_vm_flags(const void *p, char *flags, size_t n);
+
 /* Runs a suite without forking, prints Check's summary, returns the process exit code. */
 int tu_run(Suite *s);
 /* The same for a test program on every rank of c: rank 0 prints the summary, another rank
