@@ -50,9 +50,10 @@ static inline size_t trainer_rollout_at(const trainer_rollout *r, int b, int t) 
  * nb x T segments are one batch of independent sequences: one forward, one backward. With
  * memory, MRBP: a memory pass over segments 1..T-1 keeps only M_1..M_T-1 (the replay
  * buffer), then segment T (computed once, writing M_T too) down to 1 (recomputed from their
- * replayed memories) is back-propagated, one segment's activations alive at a time; full BPTT keeps all T segments' activations instead. Adds
- * grad_scale * d(summed loss) into the model's gradients (M_T detached). Returns the block's
- * summed loss (in the order stream, segment, token). */
+ * replayed memories) is back-propagated, one segment's activations alive at a time; full
+ * BPTT keeps all T segments' activations instead. Adds grad_scale * d(summed loss) into the
+ * model's gradients (M_T detached). Returns the block's summed loss (in the order stream,
+ * segment, token). */
 double trainer_rollout_block(trainer_rollout *r, trainer_model *m, int b0, int nb, float *M,
                              float grad_scale);
 /* Summed loss of the rollout from memories M (B, msize), no gradients, nothing kept; the
