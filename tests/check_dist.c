@@ -332,8 +332,8 @@ END_TEST
 /* Table stores at P > 1: the shards other ranks own, where fetched rows land, are in small
  * pages, so a fetched row makes 4 KiB of a tile resident (as the memory estimate counts), not
  * the 2 MiB huge page around it, even where transparent huge pages are "always". A rank's own
- * rows get huge pages where a run of them spans whole ones: a shard of the FFN's second
- * group (16 tables of 2^10 rows) is 2 MiB of every tile. A store advised whole (as at P = 1:
+ * rows get huge pages where a run of them spans whole ones: a shard of an FFN group (16
+ * tables of 2^(tau + expand_bits) = 2^10 rows) is 2 MiB of every tile. A store advised whole (as at P = 1:
  * test_store_huge_pages in check_footprint) fails, and so does one advised nowhere. */
 START_TEST(test_store_pages) {
     trainer_config cfg;
