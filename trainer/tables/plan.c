@@ -65,8 +65,7 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
                         : nbr * calls * frac * K * u_blk * (KEY + W * r->wire_bytes);
     double push = nbr * frac * K * u_blk * (KEY + W * GRAD);
     c->bytes[TRAINER_STRATEGY_FETCH] = fetch + push;
-    c->messages[TRAINER_STRATEGY_FETCH] =
-        nbr * (keep ? (r->batched ? 1 : T) + 1 : (r->batched ? 2 : calls) + 1);
+    c->messages[TRAINER_STRATEGY_FETCH] = nbr * ((keep ? (r->batched ? 1 : T) : calls) + 1);
     c->memory[TRAINER_STRATEGY_FETCH] = keep ? ws_step : ws_block;
     c->allowed[TRAINER_STRATEGY_FETCH] = ws_block <= r->budget;
 

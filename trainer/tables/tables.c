@@ -84,8 +84,6 @@ void tables_populate_held(const trainer_tables *t, group_state *s) {
         }
 }
 
-static void store_unmap(void *p, size_t bytes) { layer_unmap(p, bytes); }
-
 trainer_tables *trainer_tables_create(comm_ctx *comm) {
     trainer_tables *t = layer_xcalloc(1, sizeof(*t));
     t->comm = comm;
@@ -106,12 +104,12 @@ void trainer_tables_free(trainer_tables *t) {
         group_state *s = &t->gs[i];
         if (t->allocated)
             for (int j = 0; j < s->g.nout; j++) {
-                store_unmap(s->rows[j], store_bytes(s, sizeof(float)));
-                store_unmap(s->master[j], store_bytes(s, sizeof(float)));
-                store_unmap(s->drows[j], store_bytes(s, sizeof(float)));
-                store_unmap(s->m[j], store_bytes(s, sizeof(float)));
-                store_unmap(s->v[j], store_bytes(s, sizeof(float)));
-                store_unmap(s->acc[j], store_bytes(s, sizeof(double)));
+                layer_unmap(s->rows[j], store_bytes(s, sizeof(float)));
+                layer_unmap(s->master[j], store_bytes(s, sizeof(float)));
+                layer_unmap(s->drows[j], store_bytes(s, sizeof(float)));
+                layer_unmap(s->m[j], store_bytes(s, sizeof(float)));
+                layer_unmap(s->v[j], store_bytes(s, sizeof(float)));
+                layer_unmap(s->acc[j], store_bytes(s, sizeof(double)));
             }
         comm_words_free(s->push);
         layer_unmap(s->push_buf, s->push_cap * sizeof(uint32_t));
