@@ -28,7 +28,8 @@ struct comm_exchange {
     int *scount, *sdispl, *rcount, *rdispl, *pos;
     int *shdr, *rhdr; /* (P, HDR_INTS) */
     /* grown on demand, kept between calls */
-    int *slot; /* (n) place of caller's key i in the owner-grouped order */
+    int *slot;   /* (n) place of caller's key i in the owner-grouped order */
+    int grouped; /* slot[i] == i for every i: the caller's keys came grouped by owner */
     int64_t *skeys, *rkeys;
     float *sbuf, *rbuf;
     size_t slot_cap, skeys_cap, rkeys_cap, sbuf_cap, rbuf_cap;
@@ -176,10 +177,12 @@ static int route_keys(comm_exchange *x, const int64_t *keys, const int *owner, i
     grow((void **)&x->slot, &x->slot_cap, (size_t)n, sizeof(int));
     grow((void **)&x->skeys, &x->skeys_cap, (size_t)n, sizeof(int64_t));
     memcpy(x->pos, x->sdispl, (size_t)P * sizeof(int));
+    x->grouped = 1;
     for (int i = 0; i < n; i++) {
         int s = x->pos[owner[i]]++;
         x->slot[i] = s;
         x->skeys[s] = keys[i];
+        x->grouped &= s == i;
     }
 
     for (int p = 0; p < P; p++) {
@@ -218,17 +221,21 @@ void comm_exchange_fetch(comm_exchange *x, const int64_t *keys, const int *owner
     grow((void **)&x->sbuf, &x->sbuf_cap, (size_t)m * w, sizeof(float));
     if (m > 0) serve(ctx, x->rkeys, m, x->sbuf);
 
-    /* the replies retrace the requests: what came in from p goes back to p */
-    grow((void **)&x->rbuf, &x->rbuf_cap, (size_t)n * w, sizeof(float));
+    /* the replies retrace the requests: what came in from p goes back to p; keys that came
+       grouped by owner (every key of a two-rank run) get their rows in place */
+    if (!x->grouped) grow((void **)&x->rbuf, &x->rbuf_cap, (size_t)n * w, sizeof(float));
+    float *in = x->grouped ? rows : x->rbuf;
+    if (!in) in = x->sbuf; /* n = 0: MPI gets a valid pointer */
     MPI_Datatype row = row_type_of(x, W);
     double t0 = MPI_Wtime();
-    MPI_CHECK(x->comm, MPI_Alltoallv(x->sbuf, x->rcount, x->rdispl, row, x->rbuf, x->scount,
+    MPI_CHECK(x->comm, MPI_Alltoallv(x->sbuf, x->rcount, x->rdispl, row, in, x->scount,
                                      x->sdispl, row, x->comm));
     x->seconds += MPI_Wtime() - t0;
     x->bytes += (int64_t)sizeof(float) * W * (m - x->rcount[x->rank]);
 
-    for (int i = 0; i < n; i++)
-        memcpy(rows + (size_t)i * w, x->rbuf + (size_t)x->slot[i] * w, w * sizeof(float));
+    if (!x->grouped)
+        for (int i = 0; i < n; i++)
+            memcpy(rows + (size_t)i * w, x->rbuf + (size_t)x->slot[i] * w, w * sizeof(float));
 }
 
 void comm_exchange_push(comm_exchange *x, const int64_t *keys, const int *owner,
@@ -237,14 +244,18 @@ void comm_exchange_push(comm_exchange *x, const int64_t *keys, const int *owner,
     LAYER_ASSERT(n == 0 || grads);
     int m = route_keys(x, keys, owner, n, W, OP_PUSH);
     size_t w = (size_t)W;
-    grow((void **)&x->sbuf, &x->sbuf_cap, (size_t)n * w, sizeof(float));
-    for (int i = 0; i < n; i++)
-        memcpy(x->sbuf + (size_t)x->slot[i] * w, grads + (size_t)i * w, w * sizeof(float));
+    const float *out = grads; /* grouped by owner already: sent from where they are */
+    if (!x->grouped || !grads) {
+        grow((void **)&x->sbuf, &x->sbuf_cap, (size_t)n * w, sizeof(float));
+        for (int i = 0; i < n; i++)
+            memcpy(x->sbuf + (size_t)x->slot[i] * w, grads + (size_t)i * w, w * sizeof(float));
+        out = x->sbuf;
+    }
 
     grow((void **)&x->rbuf, &x->rbuf_cap, (size_t)m * w, sizeof(float));
     MPI_Datatype row = row_type_of(x, W);
     double t0 = MPI_Wtime();
-    MPI_CHECK(x->comm, MPI_Alltoallv(x->sbuf, x->scount, x->sdispl, row, x->rbuf, x->rcount,
+    MPI_CHECK(x->comm, MPI_Alltoallv(out, x->scount, x->sdispl, row, x->rbuf, x->rcount,
                                      x->rdispl, row, x->comm));
     x->seconds += MPI_Wtime() - t0;
     x->bytes += (int64_t)sizeof(float) * W * (n - x->scount[x->rank]);
