@@ -29,3 +29,20 @@ expect_error() {
   grep -F -- "$msg" "$TMP/out" | grep -q '^memtrain: ' || fail "message does not start with 'memtrain: ': $msg"
   pass "np=$np: $msg (exit $status)"
 }
+
+digest() { # checkpoint -> one sha256 over every dataset's name, shape, type and bytes
+  /usr/bin/python3 - "$1" <<'PY'
+import hashlib, sys, h5py
+h = hashlib.sha256()
+def visit(name, obj):
+    # streams/order says which order the cursors count in (test_data_order checks it); the
+    # sums were taken before checkpoints held it
+    if isinstance(obj, h5py.Dataset) and name != "streams/order":
+        a = obj[()]
+        h.update(f"{name} {obj.shape} {obj.dtype}\n".encode())
+        h.update(a.tobytes() if hasattr(a, "tobytes") else bytes(a))
+with h5py.File(sys.argv[1], "r") as f:
+    f.visititems(visit)
+print(h.hexdigest())
+PY
+}

@@ -28,23 +28,6 @@ if [ -z "${GOLDEN_WRITE:-}" ] && ! grep -q "^$core " "$golden"; then
   echo "skip: no golden sums for OpenBLAS core $core (GOLDEN_WRITE=1 bash $0 records them)"; exit 0
 fi
 
-digest() { # checkpoint -> one sha256 over every dataset's name, shape, type and bytes
-  /usr/bin/python3 - "$1" <<'PY'
-import hashlib, sys, h5py
-h = hashlib.sha256()
-def visit(name, obj):
-    # streams/order says which order the cursors count in (test_data_order checks it); the
-    # sums were taken before checkpoints held it
-    if isinstance(obj, h5py.Dataset) and name != "streams/order":
-        a = obj[()]
-        h.update(f"{name} {obj.shape} {obj.dtype}\n".encode())
-        h.update(a.tobytes() if hasattr(a, "tobytes") else bytes(a))
-with h5py.File(sys.argv[1], "r") as f:
-    f.visititems(visit)
-print(h.hexdigest())
-PY
-}
-
 # --shuffle=off: the sums were taken when documents were read in file order
 TINY=(--config jobs/configs/memformer.conf --d_model=32 --n_heads=2 --seg_len=49 --streams=4
       --stream_block=2 --deterministic=bitwise --steps=6 --warmup=2 --eval_every=0 --log_every=6
