@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "layers/common.h"
 
@@ -181,6 +183,29 @@ int comm_node_size(comm_ctx *c) {
     MPI_Comm_size(node, &size);
     MPI_Comm_free(&node);
     return size;
+}
+
+int comm_node_ranks(comm_ctx *c, unsigned char *same, uint64_t *token) {
+    MPI_Comm node;
+    MPI_CHECK(c->comm, MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    int size = 1, nrank = 0;
+    MPI_Comm_size(node, &size);
+    MPI_Comm_rank(node, &nrank);
+    int *ranks = calloc((size_t)size, sizeof(int));
+    if (!ranks) MPI_Abort(c->comm, 2);
+    MPI_CHECK(c->comm, MPI_Allgather(&c->rank, 1, MPI_INT, ranks, 1, MPI_INT, node));
+    memset(same, 0, (size_t)c->size);
+    for (int i = 0; i < size; i++) same[ranks[i]] = 1;
+    free(ranks);
+    /* the node's first rank: its pid and the time, mixed (a job's ranks on one node differ in
+       pid; the time tells apart runs whose pids repeat) */
+    uint64_t v = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL) ^ ((uint64_t)c->rank << 20);
+    MPI_CHECK(c->comm, MPI_Bcast(&v, 1, MPI_UINT64_T, 0, node));
+    *token = v;
+    MPI_Comm_free(&node);
+    int all = size == c->size, every = 0;
+    MPI_CHECK(c->comm, MPI_Allreduce(&all, &every, 1, MPI_INT, MPI_MIN, c->comm));
+    return every;
 }
 
 void comm_exit_error(comm_ctx *c, const char *msg) {

@@ -48,6 +48,11 @@ void comm_warn0(const comm_ctx *c, const char *msg);
 void comm_mark_unclean(void);
 /* Number of ranks of c on this node (that share its memory). Collective. */
 int comm_node_size(comm_ctx *c);
+/* The ranks of c on this node: same (size of c) gets 1 for each of them (this rank too), 0
+ * for the others; *token a number the same on every rank of the node and different from other
+ * nodes' and jobs' (for names of shared objects the node's ranks agree on). Returns whether
+ * every rank of c is on this node, the same answer on every rank. Collective. */
+int comm_node_ranks(comm_ctx *c, unsigned char *same, uint64_t *token);
 
 /* Copies src into dst (n > 0 bytes, always NUL-terminated, truncated to fit) with what could
  * break a one-line message escaped: control bytes as \n, \r, \t or \xNN, DEL and bytes that

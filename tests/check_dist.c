@@ -344,6 +344,7 @@ START_TEST(test_store_pages) {
     cfg.tau = 8;
     cfg.expand_bits = 2;
     cfg.n_layers = 1;
+    cfg.share_rows = false; /* rows fetched: test_store_shared has them shared */
     LAYER_ASSERT(trainer_config_validate(&cfg, err, sizeof(err)) == 0);
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, &cfg);
@@ -375,6 +376,56 @@ START_TEST(test_store_pages) {
     }
     bad += others == 0 || huge == 0;
     trainer_model_free(m);
+    ck_assert_int_eq(all_ranks(bad), 0);
+}
+END_TEST
+
+/* share_rows (the default; every rank of these tests is on one node): a fetched group's
+ * rows store holds every shard of the node in place, its own mapped shared and read-write,
+ * the others' mapped shared and read-only from their owners, and each rank reads in every chunk the
+ * owner's rows bit for bit (the same sum of every chunk on every rank); the gradients stay
+ * private. A store left private, or a rank mapping the wrong piece, fails. */
+START_TEST(test_store_shared) {
+    trainer_config cfg;
+    char err[256];
+    small_config(&cfg, &CASES[1]);
+    cfg.d_model = 256; /* tau 8: 32 tables of 256 rows, two shards */
+    cfg.n_heads = 4;
+    cfg.tau = 8;
+    cfg.n_layers = 1;
+    cfg.table_strategy = TRAINER_STRATEGY_KEY_FETCH;
+    LAYER_ASSERT(trainer_config_validate(&cfg, err, sizeof(err)) == 0);
+    trainer_model_spec spec;
+    trainer_spec_from_config(&spec, &cfg);
+    trainer_model *m = trainer_model_create(&spec, world);
+    trainer_tables *t = trainer_model_tables(m);
+    int64_t bad = 0, shared = 0;
+    for (int g = 0; g < t->n; g++) {
+        const group_state *s = &t->gs[g];
+        bad += !s->shared;
+        for (int k = 0; k < s->g.K; k++) {
+            const float *at = s->rows[0] + layer_hash_store_at(s->R, k << s->g.tau, 0);
+            char flags[512] = "", dflags[512] = "";
+            bad += tu_vm_flags(at, flags, sizeof flags) != 0;
+            bad += tu_vm_flags(s->drows[0] + layer_hash_store_at(s->R, k << s->g.tau, 0), dflags,
+                               sizeof dflags) != 0;
+            /* "ms": a shared mapping (a read-only one is "ms" without "sh") */
+            int held = tables_holds(t, s, k), sh = strstr(flags, " ms") != NULL;
+            int wr = strstr(flags, " wr") != NULL;
+            bad += !sh || wr != held || strstr(dflags, " ms") != NULL;
+            shared += sh && !held;
+            /* the chunk's rows as this rank reads them, against every other rank's reading */
+            double sum[2] = {0, 0};
+            for (int c = 0; c < s->g.OC; c += TILE)
+                for (int r = k << s->g.tau; r < (k + 1) << s->g.tau; r++)
+                    sum[0] += s->rows[0][layer_hash_store_at(s->R, r, c)] * (1.0 + r % 7);
+            sum[1] = -sum[0];
+            comm_max_doubles(world, sum, 2);
+            bad += sum[0] != -sum[1] || sum[0] == 0.0;
+        }
+    }
+    trainer_model_free(m);
+    ck_assert_int_gt(all_ranks(shared), 0);
     ck_assert_int_eq(all_ranks(bad), 0);
 }
 END_TEST
@@ -480,6 +531,7 @@ static Suite *dist_suite(void) {
     tcase_add_test(tc, test_owner_rounds);
     tcase_add_test(tc, test_each_rank_holds_its_tables_only);
     tcase_add_test(tc, test_store_pages);
+    tcase_add_test(tc, test_store_shared);
     suite_add_tcase(s, tc);
     return s;
 }

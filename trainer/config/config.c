@@ -161,6 +161,9 @@ static const key_def keys[] = {
     ENUM_KEY(row_format, "f32", rowfmt_words, S, applies_hash,
              "how hashed projections read table rows: f32, or rounded to bf16 (half the bytes "
              "read and fetched; master rows and Adam state stay f32)"),
+    BOOL_KEY(share_rows, "on", 0, applies_hash,
+             "ranks of one node read the table rows of each other's shards in place, from "
+             "shared memory, rather than fetch them (same results)"),
     FLT_KEY(net_gbps, "100", 0, 0, NOHI | KF_LO_OPEN, applies_hash,
             "network bandwidth per rank the table planner assumes, Gb/s"),
     FLT_KEY(net_latency_us, "20", 0, 0, NOHI, applies_hash,

@@ -127,6 +127,7 @@ typedef struct trainer_config {
     trainer_strategy_key table_strategy;
     float row_cache_mb;
     trainer_row_format row_format;
+    bool share_rows; /* the ranks of a node read each other's rows in place */
     float net_gbps, net_latency_us;
     /* optimizer and schedule */
     float lr;

@@ -109,6 +109,7 @@ trainer_model *trainer_model_create(const trainer_model_spec *spec, comm_ctx *co
     mt_builder_bind(c);
     if (s->hash && s->tables.streams > 0) {
         m->spec.tables.P = comm_size(comm);
+        m->spec.tables.node_ranks = comm_node_size(comm);
         m->spec.tables.batched = !uses_memory(m);
         trainer_tables_plan(m->tables, &m->spec.tables);
         const trainer_plan_run *r = &m->spec.tables;

@@ -43,5 +43,6 @@ void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cf
         .force = forced_strategy(cfg->table_strategy),
         .fast = cfg->deterministic == TRAINER_DET_FAST,
         .replay = cfg->bptt == TRAINER_BPTT_MRBP,
+        .share_rows = cfg->share_rows,
     };
 }

@@ -136,6 +136,7 @@ static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state
         free(buf);
         free(mine);
     }
+    if (!x->writing) trainer_tables_rows_set(tb);
     if (!st) return 0; /* a model alone (eval, sample) */
     /* streams: global stream s is dim-0 slice s; each rank moves its own */
     int64_t *ids = layer_xmalloc(((size_t)st->B + 1) * sizeof(int64_t));

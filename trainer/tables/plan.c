@@ -27,8 +27,10 @@ enum { ADAM = 7 * 4 };
 /* Bytes of one row's slice in one tile of a store. */
 #define TILE_BYTES (LAYER_HASH_TILE * 4.0)
 
-void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
-                         trainer_plan_cost *c) {
+/* The costs and the choice, rows fetched from every other rank; *rows_bytes and
+ * *rows_messages get the forward's part of FETCH's figures (its exchanges' headers apart). */
+static void choose(const trainer_plan_run *r, const trainer_plan_group *g, trainer_plan_cost *c,
+                   double *rows_bytes, double *rows_messages) {
     LAYER_ASSERT(r->P >= 1 && r->streams >= 1 && r->block >= 1 && r->horizon >= 1);
     double P = r->P, frac = (P - 1.0) / P, T = r->horizon;
     double nblocks = (double)trainer_nblocks(r->streams, r->block);
@@ -66,6 +68,8 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     double push = nbr * frac * K * u_blk * (KEY + W * GRAD);
     c->bytes[TRAINER_STRATEGY_FETCH] = fetch + push;
     c->messages[TRAINER_STRATEGY_FETCH] = nbr * ((keep ? (r->batched ? 1 : T) : calls) + 1);
+    *rows_bytes = P > 1 ? fetch : 0;
+    *rows_messages = P > 1 ? nbr * (keep ? (r->batched ? 1 : T) : calls) : 0;
     c->memory[TRAINER_STRATEGY_FETCH] = keep ? ws_step : ws_block;
     c->allowed[TRAINER_STRATEGY_FETCH] = ws_block <= r->budget;
 
@@ -146,6 +150,26 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
     }
     if (!any) c->why = "over budget";
     else if (r->force >= 0) c->why = "forced one not allowed";
+}
+
+void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
+                         trainer_plan_cost *c) {
+    double rows_bytes = 0, rows_messages = 0;
+    choose(r, g, c, &rows_bytes, &rows_messages);
+    /* share_rows (tables_share.c): where every piece of a shard is whole pages, the ranks of
+       a node read each other's rows in place; the rows of other nodes still move, and while
+       any rank is on another node every call still exchanges (an empty one on this node).
+       The choice stays as made without it: on the d_model 256 decoder at P = 2 the owner
+       strategy and shared fetching ran alike, and the owner's memory is the one the memory
+       targets are set on. */
+    double P = r->P, local = r->node_ranks > 0 ? r->node_ranks : P;
+    if (!r->share_rows || P < 2 || local < 2 || fmod(TILE_BYTES * ldexp(1.0, g->tau), 4096.0) != 0)
+        return;
+    int f = TRAINER_STRATEGY_FETCH;
+    double moved = (P - local) / (P - 1.0), gone = local < P ? 0 : rows_messages;
+    c->bytes[f] -= rows_bytes * (1.0 - moved) + gone * 12 * (P - 1);
+    c->messages[f] -= gone;
+    c->seconds[f] = c->messages[f] * r->latency + c->bytes[f] / r->bandwidth;
 }
 
 trainer_strategy trainer_plan_revise(const trainer_plan_cost *c, trainer_strategy cur) {

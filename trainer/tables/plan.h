@@ -41,6 +41,8 @@ typedef struct trainer_plan_run {
     int fast;              /* deterministic = fast: gradient sums in float (no double sums) */
     int replay;            /* bptt = mrbp: a memory pass runs the groups that write the memory
                               (encoder, writer) once more per segment, before the recompute */
+    int share_rows;        /* share_rows: a node's ranks read fetched groups' rows in place */
+    int node_ranks;        /* ranks per node (0: all P on one node) */
 } trainer_plan_run;
 
 /* What it knows about a group. */
@@ -73,7 +75,9 @@ double trainer_plan_distinct(int tau, double m);
  * local traffic counted too, only by a tenth: see plan.c). FETCH is not
  * allowed when one block's rows of the group exceed the budget; OWNER needs r->batched;
  * REPLICATE needs the whole group (rows, Adam moments, gradient sums) within a quarter of
- * the budget. A forced strategy that is not allowed falls back to the cheapest allowed. */
+ * the budget. A forced strategy that is not allowed falls back to the cheapest allowed.
+ * Under r->share_rows, FETCH's figures then count only the rows of other nodes (and on one
+ * node no forward exchanges): the choice itself is made as without it. */
 void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
                          trainer_plan_cost *c);
 

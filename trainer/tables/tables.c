@@ -124,6 +124,7 @@ void trainer_tables_free(trainer_tables *t) {
     free(t->gs);
     free(t->keys);
     free(t->owners);
+    free(t->same_node);
     free(t->buf);
     free(t);
 }
@@ -369,11 +370,9 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
     size_t maxkeys = 1;
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
-        int rows = 1 << s->g.tau, OC = s->g.OC;
         s->state = layer_xcalloc((size_t)s->R, 1);
         s->blk = layer_xmalloc((size_t)s->R * sizeof(int32_t));
         s->fetched = layer_xmalloc(2 * (size_t)s->R * sizeof(int32_t));
-        float *init = layer_xmalloc((size_t)rows * OC * sizeof(float)); /* (2^tau, OC) */
         for (int j = 0; j < s->g.nout; j++) {
             s->rows[j] = store_map(t, s, sizeof(float));
             if (t->bf16) s->master[j] = store_map(t, s, sizeof(float));
@@ -381,6 +380,14 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
             s->m[j] = store_map(t, s, sizeof(float));
             s->v[j] = store_map(t, s, sizeof(float));
             if (!t->fast) s->acc[j] = store_map(t, s, sizeof(double));
+        }
+    }
+    tables_share_rows(t);
+    for (int i = 0; i < t->n; i++) {
+        group_state *s = &t->gs[i];
+        int rows = 1 << s->g.tau, OC = s->g.OC;
+        float *init = layer_xmalloc((size_t)rows * OC * sizeof(float)); /* (2^tau, OC) */
+        for (int j = 0; j < s->g.nout; j++) {
             for (int k = 0; k < s->g.K; k++) {
                 if (!tables_holds(t, s, k)) continue;
                 layer_rng r;
@@ -398,6 +405,7 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
     t->keys = layer_xmalloc(maxkeys * sizeof(int64_t));
     t->owners = layer_xmalloc(maxkeys * sizeof(int));
     t->allocated = 1;
+    tables_share_sync(t);
 }
 
 void tables_trim(trainer_tables *t) {
@@ -767,6 +775,7 @@ void trainer_tables_step(trainer_tables *t, float lr, float beta1, float beta2, 
     each_held_touched_slice(t, adam_one, &c, PASS_ADAM, PASS_ADAM_AHEAD);
     end_step_marks(t);
     forget_fetched(t);
+    tables_share_sync(t); /* the next reads see every rank's new rows */
 }
 
 void trainer_tables_clear_cache(trainer_tables *t) {
@@ -831,6 +840,8 @@ int trainer_tables_unit_get(const trainer_tables *t, int g, int k, int out, floa
     }
     return 0;
 }
+
+void trainer_tables_rows_set(trainer_tables *t) { tables_share_sync(t); }
 
 int trainer_tables_unit_set(trainer_tables *t, int g, int k, int out, const float *data,
                             const float *m, const float *v) {

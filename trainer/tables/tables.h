@@ -203,6 +203,9 @@ int trainer_tables_unit_get(const trainer_tables *t, int g, int k, int out, floa
  * Returns 0, or -1 when this rank does not hold the chunk. */
 int trainer_tables_unit_set(trainer_tables *t, int g, int k, int out, const float *data,
                             const float *m, const float *v);
+/* After every rank set its rows (trainer_tables_unit_set): where a node's ranks read each
+ * other's rows in place, none reads on before all are written (a barrier). Collective. */
+void trainer_tables_rows_set(trainer_tables *t);
 /* The master entry (bucket, col) of table (g, k, out) where it is held, for tests that
  * perturb one parameter; NULL when this rank does not hold the chunk. */
 float *trainer_tables_entry(trainer_tables *t, int g, int k, int out, int bucket, int col);

@@ -27,6 +27,8 @@ typedef struct group_state {
     int R, S;                /* K << tau rows in every store (row id = k << tau | bucket);
                                 S shards of LAYER_HASH_SHARD chunks */
     int *owner;              /* (S) rank that owns each shard (writes it to checkpoints) */
+    int shared;              /* rows[j] holds the shards of the node's other ranks in place,
+                                read-only (tables_share_rows): theirs are never fetched */
     trainer_strategy strategy;
     trainer_plan_cost cost;  /* the planner's figures */
     double first_bytes;      /* bytes per rank and step the first plan predicted */
@@ -68,6 +70,9 @@ struct trainer_tables {
     int n, cap, allocated, me, P;
     int blocks;              /* blocks of streams a step sums over (memory accounting) */
     int bf16;                /* rows read and fetched rounded to bf16 (row_format) */
+    int sharing;             /* some group's rows are shared on the node (tables_share_rows) */
+    int one_node;            /* ... and every rank is on this node */
+    unsigned char *same_node; /* (P) ranks on this node, when sharing */
     int fast;                /* float gradient sums in drows, no acc (trainer_tables_set_fast) */
     trainer_plan_run run;    /* what the planner was told */
     int planned;
@@ -106,6 +111,21 @@ static inline int tables_norm_kept(const trainer_tables *t) { return t->fast && 
 static inline int tables_holds(const trainer_tables *t, const group_state *s, int k) {
     return s->strategy == TRAINER_STRATEGY_REPLICATE || s->owner[k / LAYER_HASH_SHARD] == t->me;
 }
+
+/* Whether chunk k's rows are in this rank's rows stores without a fetch: held, or owned by
+ * a rank of the node that shares them. */
+static inline int tables_in_place(const trainer_tables *t, const group_state *s, int k) {
+    return tables_holds(t, s, k) || (s->shared && t->same_node[s->owner[k / LAYER_HASH_SHARD]]);
+}
+/* Maps the rows stores of the fetched groups over shared memory on each node, where every
+ * shard is whole pages, so that a rank reads the rows of the node's other ranks in place
+ * (group_state.shared); the ranks agree, and fall back to fetching with a note from rank 0
+ * when shared memory fails. Collective; after the stores are mapped, before rows are
+ * written. share_rows = off, or one rank per node: nothing. */
+void tables_share_rows(trainer_tables *t);
+/* After rows change (the optimizer, a checkpoint's restore): no rank reads another's rows
+ * before every rank has written its own. A barrier where rows are shared. Collective. */
+void tables_share_sync(trainer_tables *t);
 
 /* acc slice += g slice (w values), or = for the row's first contribution this step (acc is
  * never cleared: it holds something only under ST_ACC). */

@@ -50,8 +50,9 @@ void tables_release(const trainer_tables *t, group_state *s, int what) {
     }
     for (int k = 0; k < s->g.K; k++) {
         if (tables_holds(t, s, k)) continue;
+        int mapped = tables_in_place(t, s, k); /* another rank's rows, shared: not ours to drop */
         for (int j = 0; j < s->g.nout; j++) {
-            if (what & RELEASE_ROWS) release_chunk(s, s->rows[j], sizeof(float), k);
+            if ((what & RELEASE_ROWS) && !mapped) release_chunk(s, s->rows[j], sizeof(float), k);
             if (what & RELEASE_GRADS) release_chunk(s, s->drows[j], sizeof(float), k);
         }
     }
@@ -119,7 +120,7 @@ static void resolve(trainer_tables *t, int g, const int32_t *rowid, int N) {
             s->blk[s->nblk++] = key;
         }
         int k = key >> tau;
-        if (!tables_holds(t, s, k) && !(st & ST_FETCHED)) {
+        if (!(st & ST_FETCHED) && !tables_in_place(t, s, k)) {
             st |= ST_FETCHED;
             t->keys[nremote] = ((int64_t)g << 32) | key;
             t->owners[nremote++] = s->owner[k / LAYER_HASH_SHARD];
@@ -131,6 +132,12 @@ static void resolve(trainer_tables *t, int g, const int32_t *rowid, int N) {
     /* the memory pass's last segment runs the whole model: only the groups the pass runs
        keep their rows for the recompute by this rule */
     if (t->phase == TRAINER_TABLES_MEMORY_PASS && s->replayed) s->in_memory_pass = 1;
+    if (s->shared && t->one_node) {
+        /* every rank of the job reads the others' rows in place: nothing to fetch, and every
+           rank knows it (no exchange to agree on) */
+        LAYER_ASSERT(nremote == 0);
+        return;
+    }
     if (t->phase == TRAINER_TABLES_RECOMPUTE && s->in_memory_pass && !transient(t, s)) {
         /* every rank knows these rows are present (a kept group's rows stay until the step
            ends): no exchange to agree on */
