@@ -188,9 +188,8 @@ int comm_node_size(comm_ctx *c) {
 int comm_node_ranks(comm_ctx *c, unsigned char *same, uint64_t *token) {
     MPI_Comm node;
     MPI_CHECK(c->comm, MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-    int size = 1, nrank = 0;
+    int size = 1;
     MPI_Comm_size(node, &size);
-    MPI_Comm_rank(node, &nrank);
     int *ranks = calloc((size_t)size, sizeof(int));
     if (!ranks) MPI_Abort(c->comm, 2);
     MPI_CHECK(c->comm, MPI_Allgather(&c->rank, 1, MPI_INT, ranks, 1, MPI_INT, node));
