@@ -329,6 +329,26 @@ START_TEST(test_bitwise_repeatable) {
 }
 END_TEST
 
+/* The store tests' model: one block of d_model 256 at tau 8 (32 tables of 256 rows, two
+ * shards, 8 MiB per store of 256 columns; the FFN's 2^10 rows per table), rows shared on the
+ * node or fetched, the groups served as `strategy` says. */
+static trainer_model *d256_layer(bool share, trainer_strategy_key strategy) {
+    trainer_config cfg;
+    char err[256];
+    small_config(&cfg, &CASES[1]);
+    cfg.d_model = 256;
+    cfg.n_heads = 4;
+    cfg.tau = 8;
+    cfg.expand_bits = 2;
+    cfg.n_layers = 1;
+    cfg.share_rows = share;
+    cfg.table_strategy = strategy;
+    LAYER_ASSERT(trainer_config_validate(&cfg, err, sizeof(err)) == 0);
+    trainer_model_spec spec;
+    trainer_spec_from_config(&spec, &cfg);
+    return trainer_model_create(&spec, world);
+}
+
 /* Table stores at P > 1: the shards other ranks own, where fetched rows land, are in small
  * pages, so a fetched row makes 4 KiB of a tile resident (as the memory estimate counts), not
  * the 2 MiB huge page around it, even where transparent huge pages are "always". A rank's own
@@ -336,19 +356,7 @@ END_TEST
  * tables of 2^(tau + expand_bits) = 2^10 rows) is 2 MiB of every tile. A store advised whole (as at P = 1:
  * test_store_huge_pages in check_footprint) fails, and so does one advised nowhere. */
 START_TEST(test_store_pages) {
-    trainer_config cfg;
-    char err[256];
-    small_config(&cfg, &CASES[1]);
-    cfg.d_model = 256; /* tau 8: 32 tables of 256 rows, 8 MiB per store of 256 columns */
-    cfg.n_heads = 4;
-    cfg.tau = 8;
-    cfg.expand_bits = 2;
-    cfg.n_layers = 1;
-    cfg.share_rows = false; /* rows fetched: test_store_shared has them shared */
-    LAYER_ASSERT(trainer_config_validate(&cfg, err, sizeof(err)) == 0);
-    trainer_model_spec spec;
-    trainer_spec_from_config(&spec, &cfg);
-    trainer_model *m = trainer_model_create(&spec, world);
+    trainer_model *m = d256_layer(false, TRAINER_STRATEGY_KEY_AUTO); /* rows fetched */
     trainer_tables *t = trainer_model_tables(m);
     int64_t bad = 0, others = 0, huge = 0;
     for (int g = 0; g < t->n; g++) {
@@ -386,18 +394,7 @@ END_TEST
  * owner's rows bit for bit (the same sum of every chunk on every rank); the gradients stay
  * private. A store left private, or a rank mapping the wrong piece, fails. */
 START_TEST(test_store_shared) {
-    trainer_config cfg;
-    char err[256];
-    small_config(&cfg, &CASES[1]);
-    cfg.d_model = 256; /* tau 8: 32 tables of 256 rows, two shards */
-    cfg.n_heads = 4;
-    cfg.tau = 8;
-    cfg.n_layers = 1;
-    cfg.table_strategy = TRAINER_STRATEGY_KEY_FETCH;
-    LAYER_ASSERT(trainer_config_validate(&cfg, err, sizeof(err)) == 0);
-    trainer_model_spec spec;
-    trainer_spec_from_config(&spec, &cfg);
-    trainer_model *m = trainer_model_create(&spec, world);
+    trainer_model *m = d256_layer(true, TRAINER_STRATEGY_KEY_FETCH);
     trainer_tables *t = trainer_model_tables(m);
     int64_t bad = 0, shared = 0;
     for (int g = 0; g < t->n; g++) {

@@ -2,6 +2,7 @@
 #include "trainer/tables/plan.h"
 
 #include <math.h>
+#include <unistd.h>
 
 #include "layers/common.h"
 #include "layers/hash.h"
@@ -152,6 +153,11 @@ static void choose(const trainer_plan_run *r, const trainer_plan_group *g, train
     else if (r->force >= 0) c->why = "forced one not allowed";
 }
 
+int trainer_plan_shareable_tau(int tau) {
+    long page = sysconf(_SC_PAGESIZE);
+    return page > 0 && (((size_t)LAYER_HASH_TILE << tau) * sizeof(float)) % (size_t)page == 0;
+}
+
 void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
                          trainer_plan_cost *c) {
     double rows_bytes = 0, rows_messages = 0;
@@ -163,8 +169,7 @@ void trainer_plan_choose(const trainer_plan_run *r, const trainer_plan_group *g,
        strategy and shared fetching ran alike, and the owner's memory is the one the memory
        targets are set on. */
     double P = r->P, local = r->node_ranks > 0 ? r->node_ranks : P;
-    if (!r->share_rows || P < 2 || local < 2 || fmod(TILE_BYTES * ldexp(1.0, g->tau), 4096.0) != 0)
-        return;
+    if (!r->share_rows || P < 2 || local < 2 || !trainer_plan_shareable_tau(g->tau)) return;
     int f = TRAINER_STRATEGY_FETCH;
     double moved = (P - local) / (P - 1.0), gone = local < P ? 0 : rows_messages;
     c->bytes[f] -= rows_bytes * (1.0 - moved) + gone * 12 * (P - 1);

@@ -68,6 +68,10 @@ typedef struct trainer_plan_cost {
     const char *why; /* one phrase: why the choice */
 } trainer_plan_cost;
 
+/* Whether the rows of a fetched group of 2^tau-row tables can be shared on a node
+ * (share_rows): a shard's piece of every tile, 2^tau rows of LAYER_HASH_TILE floats per
+ * table, is whole pages (from tau = 5 on with 4 KiB pages). */
+int trainer_plan_shareable_tau(int tau);
 /* Expected distinct buckets among m uniform lookups into 2^tau rows. */
 double trainer_plan_distinct(int tau, double m);
 /* Costs of every strategy for group g in run r, and the choice: the forced strategy when

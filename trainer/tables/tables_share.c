@@ -24,12 +24,10 @@ static piece piece_of(const group_state *s, int sh, int c) {
     return (piece){at, ((size_t)(k1 - k0) << s->g.tau) * TILE * sizeof(float)};
 }
 
-/* Whether a fetched group's stores cut into whole pages at its shards: every piece a
- * multiple of the page (2^tau rows of 128 bytes from tau = 5 on). */
+/* Whether a group's rows are shared: fetched, and its stores cut into whole pages at its
+ * shards (the planner's rule). */
 static int shareable(const trainer_tables *t, const group_state *s) {
-    long page = sysconf(_SC_PAGESIZE);
-    return s->strategy == TRAINER_STRATEGY_FETCH && t->P > 1 && page > 0 &&
-           (((size_t)TILE << s->g.tau) * sizeof(float)) % (size_t)page == 0;
+    return s->strategy == TRAINER_STRATEGY_FETCH && t->P > 1 && trainer_plan_shareable_tau(s->g.tau);
 }
 
 static void shm_name(char *name, size_t n, uint64_t token, int rank, int g, int j) {
