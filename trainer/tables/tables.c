@@ -639,29 +639,49 @@ __attribute__((always_inline)) static inline void prefetch_slice(const group_sta
 
 /* Calls fn for the touched rows' tile slices of chunks k0..k1-1 of group s: chunk after
  * chunk, tile after tile, rows in increasing order inside a tile, so the stores stream in
- * sequence; the stores `pass` names are fetched for the touched rows `ahead` rows on. Inline
- * with constant arguments, the compiler makes it the plain loops. */
+ * sequence; the stores `pass` names are fetched for the touched rows `ahead` rows on in that
+ * sequence. The look-ahead runs on into the next tile and the next chunk: a tile's rows of a
+ * chunk are only 2^tau, and a pass that began each of them unfetched waited on memory for
+ * the first `ahead` rows of every one (a quarter of the norm's pass at tau = 8). Inline with
+ * constant arguments, the compiler makes it the plain loops. */
 static inline void each_touched_slice(const group_state *s, int k0, int k1, slice_fn fn,
                                       void *ctx, int pass, int ahead) {
+    const int L = 1 << s->g.tau, OC = s->g.OC;
+    int pk = k0, po = 0, pi = 0; /* the look-ahead: row pi of tile po of chunk pk */
+    if (pass)
+        for (int a = 0; a < ahead && pk < k1; a++)
+            if (++pi == L && (pi = 0, po += TILE) >= OC) po = 0, pk++;
     for (int k = k0; k < k1; k++)
-        for (int o = 0; o < s->g.OC; o += TILE) {
+        for (int o = 0; o < OC; o += TILE) {
             int r0 = k << s->g.tau, r1 = (k + 1) << s->g.tau;
             for (int r = r0; r < r1; r++) {
-                if (pass && r + ahead < r1 && (s->state[r + ahead] & ST_TOUCHED))
-                    prefetch_slice(s, layer_hash_store_at(s->R, r + ahead, o), pass);
+                if (pass && pk < k1) {
+                    int pr = (pk << s->g.tau) + pi;
+                    if (s->state[pr] & ST_TOUCHED)
+                        prefetch_slice(s, layer_hash_store_at(s->R, pr, po), pass);
+                    if (++pi == L && (pi = 0, po += TILE) >= OC) po = 0, pk++;
+                }
                 if (s->state[r] & ST_TOUCHED)
                     fn(ctx, s, layer_hash_store_at(s->R, r, o), (s->state[r] & ST_ACC) != 0);
             }
         }
 }
 
-/* The same over every chunk this rank holds, group after group. */
+/* The same over every chunk this rank holds, group after group, a run of held chunks at a
+ * time (so the look-ahead crosses from chunk to chunk). */
 static inline void each_held_touched_slice(trainer_tables *t, slice_fn fn, void *ctx, int pass,
                                            int ahead) {
     for (int g = 0; g < t->n; g++)
-        for (int k = 0; k < t->gs[g].g.K; k++)
-            if (tables_holds(t, &t->gs[g], k))
-                each_touched_slice(&t->gs[g], k, k + 1, fn, ctx, pass, ahead);
+        for (int k = 0, K = t->gs[g].g.K; k < K;) {
+            if (!tables_holds(t, &t->gs[g], k)) {
+                k++;
+                continue;
+            }
+            int k1 = k + 1;
+            while (k1 < K && tables_holds(t, &t->gs[g], k1)) k1++;
+            each_touched_slice(&t->gs[g], k, k1, fn, ctx, pass, ahead);
+            k = k1;
+        }
 }
 
 /* The step's gradient slice (TILE) of a touched row: (float)(acc + drows) under ST_ACC. */
