@@ -1,18 +1,24 @@
-/* Table-parallel row exchange over MPI_Alltoallv: keys grouped by owner, rows or gradients in reply. */
+/* Table-parallel exchanges: row fetches over MPI_Alltoallv (keys grouped by owner, rows in reply), and words read in place from a node's shared memory or sent by MPI. */
+#define _DEFAULT_SOURCE /* ftruncate, posix_fallocate */
 #include "comm/exchange.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "comm/comm_internal.h"
 #include "layers/common.h"
 
 
-/* Which exchange a header belongs to: a rank in fetch while a peer is in push must be caught,
- * since the message sizes could match and silently mix keys with gradients. */
-enum { OP_FETCH = 0x4645, OP_PUSH = 0x5055 };
+/* Which exchange a header belongs to: a rank in a fetch while a peer is in another exchange
+ * (a words header has the same size) must be caught, not mix keys with other data. */
+enum { OP_FETCH = 0x4645 };
 enum { HDR_INTS = 3 };
 _Static_assert(COMM_EXCHANGE_HEADER_BYTES == HDR_INTS * sizeof(int), "header size");
 
@@ -22,8 +28,14 @@ typedef struct row_type {
 } row_type;
 
 struct comm_exchange {
+    comm_ctx *ctx;
     MPI_Comm comm;
     int rank, P;
+    /* comm_exchange_share_node: words handles read in place; the node's token names their
+       objects, handles counts the handles made (the same on every rank) */
+    int shm;
+    uint64_t token;
+    int handles;
     /* per peer (P): key counts and offsets of the grouped send and receive buffers */
     int *scount, *sdispl, *rcount, *rdispl, *pos;
     int *shdr, *rhdr; /* (P, HDR_INTS) */
@@ -42,6 +54,7 @@ struct comm_exchange {
 
 comm_exchange *comm_exchange_create(comm_ctx *c) {
     comm_exchange *x = layer_xcalloc(1, sizeof(*x));
+    x->ctx = c;
     x->comm = comm_mpi(c);
     x->rank = comm_rank(c);
     x->P = comm_size(c);
@@ -156,7 +169,7 @@ static MPI_Datatype row_type_of(comm_exchange *x, int W) {
     return r->t;
 }
 
-/* Shared first half of fetch and push: groups the caller's keys by owner (stable, so each
+/* The first half of a fetch: groups the caller's keys by owner (stable, so each
  * owner sees them in the caller's order), agrees on counts with every peer and sends the keys.
  * Afterwards skeys/slot hold the grouped keys, rkeys the keys of every source in source order,
  * and the counts and offsets describe both sides. Returns the number of keys received. */
@@ -197,7 +210,7 @@ static int route_keys(comm_exchange *x, const int64_t *keys, const int *owner, i
     for (int p = 0; p < P; p++) {
         x->rcount[p] = x->rhdr[HDR_INTS * p + 0];
         LAYER_ASSERT(x->rhdr[HDR_INTS * p + 2] == op &&
-                     "exchange: ranks called fetch and push out of step");
+                     "exchange: ranks called a fetch and another exchange out of step");
         LAYER_ASSERT(x->rhdr[HDR_INTS * p + 1] == W && "exchange: ranks passed different W");
     }
     int64_t m = comm_exchange_offsets(x->rcount, P, x->rdispl);
@@ -238,90 +251,269 @@ void comm_exchange_fetch(comm_exchange *x, const int64_t *keys, const int *owner
             memcpy(rows + (size_t)i * w, x->rbuf + (size_t)x->slot[i] * w, w * sizeof(float));
 }
 
-void comm_exchange_push(comm_exchange *x, const int64_t *keys, const int *owner,
-                        const float *grads, int n, int W, comm_exchange_accumulate_fn accumulate,
-                        void *ctx) {
-    LAYER_ASSERT(n == 0 || grads);
-    int m = route_keys(x, keys, owner, n, W, OP_PUSH);
-    size_t w = (size_t)W;
-    const float *out = grads; /* grouped by owner already: sent from where they are */
-    if (!x->grouped || !grads) {
-        grow((void **)&x->sbuf, &x->sbuf_cap, (size_t)n * w, sizeof(float));
-        for (int i = 0; i < n; i++)
-            memcpy(x->sbuf + (size_t)x->slot[i] * w, grads + (size_t)i * w, w * sizeof(float));
-        out = x->sbuf;
-    }
-
-    grow((void **)&x->rbuf, &x->rbuf_cap, (size_t)m * w, sizeof(float));
-    MPI_Datatype row = row_type_of(x, W);
-    double t0 = MPI_Wtime();
-    MPI_CHECK(x->comm, MPI_Alltoallv(out, x->scount, x->sdispl, row, x->rbuf, x->rcount,
-                                     x->rdispl, row, x->comm));
-    x->seconds += MPI_Wtime() - t0;
-    x->bytes += (int64_t)sizeof(float) * W * (n - x->scount[x->rank]);
-
-    for (int src = 0; src < x->P; src++)
-        if (x->rcount[src] > 0)
-            accumulate(ctx, src, x->rkeys + x->rdispl[src], x->rbuf + (size_t)x->rdispl[src] * w,
-                       x->rcount[src]);
-}
-
 /* ---- words ---- */
+
+/* A handle that reads in place owns one shared object: a control page, then WORDS_MAX bytes
+ * of words, sparse: pages are set aside (posix_fallocate) as the exchanges grow, so a full
+ * /dev/shm shows as a fall back to MPI, not as a fault. Before a rank writes its words for
+ * an exchange it says, in its control page, that it is done with every exchange started so
+ * far, and waits until every peer has said the same: nobody still reads the words it is
+ * about to overwrite. The all-to-all of counts that follows the packing tells the peers the
+ * words are there. (A second buffer would spare the wait but double the memory: an owner's
+ * replies and the gradients it is sent each take one.) */
+#define WORDS_MAX ((size_t)512 << 20)
+#define WORDS_CTL ((size_t)4096)
+enum { WORDS_NEW = 0, WORDS_SHM = 1, WORDS_MPI = 2 }; /* a handle's state, a sender's mode */
+enum { WHDR = HDR_INTS }; /* header per peer: count, mode, offset in the sender's words */
 
 struct comm_words {
     comm_exchange *x;
     MPI_Request req;
-    int active;
-    int *scount, *sdispl, *rcount, *rdispl; /* (P) in words */
+    int active, id, state;
+    uint64_t seq;                           /* exchanges started on the handle */
+    uint64_t released;                      /* seq when this rank last waited for its peers */
+    int *scount, *sdispl, *rcount, *rdispl; /* (P) in words; rdispl into rbuf (MPI) */
+    int *mscount, *mrcount;                 /* (P) the words that go through MPI */
+    int *shdr, *rhdr;                       /* (P, WHDR) */
+    const uint32_t **from;                  /* (P) each rank's words of the last exchange */
     uint32_t *rbuf;
     size_t rbuf_cap;
+    int fd;              /* own object, kept open to set space aside */
+    char *base;          /* own object, read-write */
+    const char **peer;   /* (P) every rank's object, read-only (own: base) */
+    size_t have;         /* bytes of words set aside */
+    size_t *seen;        /* (2P) the span of each peer's object the last exchange read */
+    size_t limit;        /* most bytes of one exchange in the object (comm_words_limit) */
 };
+
+/* The control page's word: the exchanges (by count) its rank is done reading. */
+static uint64_t *words_done(const char *obj) { return (uint64_t *)(uintptr_t)obj; }
+
+static void words_name(char *name, size_t n, uint64_t token, int rank, int id) {
+    snprintf(name, n, "/memtrain.%016llx.%d.x%d", (unsigned long long)token, rank, id);
+}
+
+int comm_exchange_share_node(comm_exchange *x, int on) {
+    unsigned char *same = layer_xcalloc((size_t)x->P, 1);
+    int one = x->P > 1 && comm_node_ranks(x->ctx, same, &x->token);
+    free(same);
+    x->shm = on && one;
+    return x->shm;
+}
+
+static void words_unmap(comm_words *w) {
+    int P = w->x->P;
+    size_t span = WORDS_CTL + WORDS_MAX;
+    for (int p = 0; w->peer && p < P; p++)
+        if (w->peer[p] && w->peer[p] != w->base) munmap((void *)w->peer[p], span);
+    if (w->base) munmap(w->base, span);
+    if (w->fd >= 0) close(w->fd);
+    free(w->peer);
+    free(w->seen);
+    w->seen = NULL;
+    w->peer = NULL;
+    w->base = NULL;
+    w->fd = -1;
+}
+
+/* Collective, at a handle's first start: every rank makes its object, maps the others' and
+ * lets its name go once all have mapped it. Any failure anywhere: the handle uses MPI. */
+static void words_setup(comm_words *w) {
+    comm_exchange *x = w->x;
+    int P = x->P;
+    size_t span = WORDS_CTL + WORDS_MAX;
+    char name[96];
+    words_name(name, sizeof name, x->token, x->rank, w->id);
+    w->fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    int bad = w->fd < 0, gone = 0;
+    if (!bad && ftruncate(w->fd, (off_t)span) != 0) bad = 1;
+    if (!bad && posix_fallocate(w->fd, 0, (off_t)WORDS_CTL) != 0) bad = 1;
+    if (!bad) {
+        void *a = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_SHARED, w->fd, 0);
+        if (a == MAP_FAILED) bad = 1;
+        else w->base = a;
+    }
+    MPI_CHECK(x->comm, MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, x->comm));
+    w->peer = layer_xcalloc((size_t)P, sizeof(*w->peer));
+    w->seen = layer_xcalloc(2 * (size_t)P, sizeof(size_t));
+    w->peer[x->rank] = w->base;
+    for (int p = 0; p < P && !bad && !gone; p++) {
+        if (p == x->rank) continue;
+        char pn[96];
+        words_name(pn, sizeof pn, x->token, p, w->id);
+        int fd = shm_open(pn, O_RDONLY, 0);
+        void *a = fd < 0 ? MAP_FAILED : mmap(NULL, span, PROT_READ, MAP_SHARED, fd, 0);
+        if (fd >= 0) close(fd);
+        if (a == MAP_FAILED) gone = 1;
+        else w->peer[p] = a;
+    }
+    MPI_CHECK(x->comm, MPI_Allreduce(MPI_IN_PLACE, &gone, 1, MPI_INT, MPI_MAX, x->comm));
+    if (w->fd >= 0) (void)shm_unlink(name);
+    w->state = bad || gone ? WORDS_MPI : WORDS_SHM;
+    if (w->state == WORDS_MPI) words_unmap(w);
+}
+
+/* This rank is done with the words of every exchange started so far; returns once every
+ * peer is too (once per exchange). The wait lets MPI progress exchanges in flight on other
+ * handles, whose peers may need this rank's part before they get here. */
+static void words_release(comm_words *w, int timed) {
+    if (w->state != WORDS_SHM || w->released == w->seq) return;
+    w->released = w->seq;
+    /* With one peer, a rank reads the same span of its object every time. With several, its
+     * span in each moves with the others' counts, and the pages it has mapped (which its RSS
+     * counts, though they are the senders') would add up to their whole objects: it lets go
+     * of the last exchange's spans (the next read maps them again, a fault per 64 KiB). */
+    for (int p = 0; w->x->P > 2 && p < w->x->P; p++) {
+        size_t pg = 4096, at = w->seen[2 * p] / pg * pg, end = w->seen[2 * p + 1];
+        if (p != w->x->rank && end > at)
+            (void)madvise((void *)(uintptr_t)(w->peer[p] + at), end - at, MADV_DONTNEED);
+        w->seen[2 * p] = w->seen[2 * p + 1] = 0;
+    }
+    __atomic_store_n(words_done(w->base), w->seq, __ATOMIC_RELEASE);
+    comm_exchange *x = w->x;
+    double t0 = MPI_Wtime(); /* part of the exchange: in its seconds, unless the caller times */
+    for (int p = 0; p < x->P; p++) {
+        while (__atomic_load_n(words_done(w->peer[p]), __ATOMIC_ACQUIRE) < w->seq) {
+            int flag;
+            MPI_CHECK(x->comm, MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, x->comm, &flag,
+                                          MPI_STATUS_IGNORE));
+            sched_yield();
+        }
+    }
+    if (!timed) x->seconds += MPI_Wtime() - t0;
+}
+
+/* The handle's words with room for `bytes`, free to write, or NULL. */
+static char *words_space(comm_words *w, size_t bytes, int timed) {
+    if (w->state != WORDS_SHM || bytes > w->limit) return NULL;
+    if (bytes > w->have) {
+        size_t want = bytes + bytes / 2, mb = (size_t)2 << 20;
+        want = (want + mb - 1) / mb * mb;
+        if (want > WORDS_MAX) want = WORDS_MAX;
+        if (posix_fallocate(w->fd, (off_t)WORDS_CTL, (off_t)want) != 0) return NULL;
+        w->have = want;
+    }
+    words_release(w, timed);
+    return w->base + WORDS_CTL;
+}
 
 comm_words *comm_words_create(comm_exchange *x) {
     comm_words *w = layer_xcalloc(1, sizeof(*w));
     size_t P = (size_t)x->P;
     w->x = x;
     w->req = MPI_REQUEST_NULL;
+    w->id = x->handles++;
+    w->limit = WORDS_MAX;
+    w->fd = -1;
+    w->state = WORDS_NEW; /* comm_exchange_share_node may come later: the first start decides */
     w->scount = layer_xcalloc(P, sizeof(int));
     w->sdispl = layer_xcalloc(P, sizeof(int));
     w->rcount = layer_xcalloc(P, sizeof(int));
     w->rdispl = layer_xcalloc(P, sizeof(int));
+    w->mscount = layer_xcalloc(P, sizeof(int));
+    w->mrcount = layer_xcalloc(P, sizeof(int));
+    w->shdr = layer_xcalloc(P * WHDR, sizeof(int));
+    w->rhdr = layer_xcalloc(P * WHDR, sizeof(int));
+    w->from = layer_xcalloc(P, sizeof(*w->from));
     return w;
 }
 
 void comm_words_free(comm_words *w) {
     if (!w) return;
-    if (w->active) comm_words_wait(w, NULL, NULL);
+    if (w->active) comm_words_wait(w, NULL);
+    words_unmap(w);
     free(w->scount);
     free(w->sdispl);
     free(w->rcount);
     free(w->rdispl);
+    free(w->mscount);
+    free(w->mrcount);
+    free(w->shdr);
+    free(w->rhdr);
+    free(w->from);
     release(w->rbuf, w->rbuf_cap, sizeof(uint32_t));
     free(w);
 }
 
+void comm_words_limit(comm_words *w, size_t bytes) {
+    w->limit = bytes < WORDS_MAX ? bytes : WORDS_MAX;
+}
+
+uint32_t *comm_words_buffer(comm_words *w, size_t n) {
+    if (w->state == WORDS_NEW) return NULL; /* set up at the first start, which is collective */
+    return (uint32_t *)words_space(w, n * sizeof(uint32_t), 0);
+}
+
 void comm_words_start(comm_words *w, const void *send, const int64_t *scount) {
     comm_exchange *x = w->x;
-    int P = x->P;
+    int P = x->P, me = x->rank;
     LAYER_ASSERT(!w->active && "comm_words: an exchange is already in flight");
     x->calls++;
     for (int p = 0; p < P; p++) {
         LAYER_ASSERT(comm_exchange_check_count(scount[p]) && "comm_words: count exceeds MPI's int");
         w->scount[p] = (int)scount[p];
     }
-    LAYER_ASSERT(comm_exchange_offsets(w->scount, P, w->sdispl) >= 0);
+    int64_t total = comm_exchange_offsets(w->scount, P, w->sdispl);
+    LAYER_ASSERT(total >= 0);
     double t0 = MPI_Wtime();
-    MPI_CHECK(x->comm, MPI_Alltoall(w->scount, 1, MPI_INT, w->rcount, 1, MPI_INT, x->comm));
-    int64_t m = comm_exchange_offsets(w->rcount, P, w->rdispl);
-    LAYER_ASSERT(m >= 0 && "comm_words: words received exceed MPI's int counts");
-    grow((void **)&w->rbuf, &w->rbuf_cap, (size_t)m, sizeof(uint32_t));
-    MPI_CHECK(x->comm, MPI_Ialltoallv(send, w->scount, w->sdispl, MPI_UINT32_T, w->rbuf,
-                                      w->rcount, w->rdispl, MPI_UINT32_T, x->comm, &w->req));
+    if (w->state == WORDS_NEW) {
+        if (x->shm) words_setup(w);
+        else w->state = WORDS_MPI;
+    }
+    /* in place: the words are in the handle's object (packed there, anywhere within what
+       comm_words_buffer handed out) or copied to its start */
+    int mode = WORDS_MPI;
+    size_t bytes = (size_t)total * sizeof(uint32_t), at = 0;
+    const char *own = w->state == WORDS_SHM ? w->base + WORDS_CTL : NULL, *src = send;
+    if (own && src >= own && src + bytes <= own + w->have) {
+        at = (size_t)(src - own);
+        words_release(w, 1);
+        mode = WORDS_SHM;
+    } else if (words_space(w, bytes, 1)) {
+        if (bytes) memcpy(w->base + WORDS_CTL, send, bytes);
+        mode = WORDS_SHM;
+    } else {
+        words_release(w, 1); /* the peers' words of the last exchange are let go all the same */
+    }
+    w->seq++;
+    for (int p = 0; p < P; p++) {
+        w->shdr[WHDR * p + 0] = w->scount[p];
+        w->shdr[WHDR * p + 1] = mode;
+        w->shdr[WHDR * p + 2] = (int)(at / sizeof(uint32_t)) + w->sdispl[p];
+    }
+    MPI_CHECK(x->comm, MPI_Alltoall(w->shdr, WHDR, MPI_INT, w->rhdr, WHDR, MPI_INT, x->comm));
+    /* every rank hears every sender's mode, so all agree whether MPI moves anything */
+    int mpi = 0;
+    for (int q = 0; q < P; q++) {
+        w->rcount[q] = w->rhdr[WHDR * q + 0];
+        mpi |= w->rhdr[WHDR * q + 1] == WORDS_MPI;
+        w->mrcount[q] = w->rhdr[WHDR * q + 1] == WORDS_MPI ? w->rcount[q] : 0;
+        w->mscount[q] = mode == WORDS_MPI ? w->scount[q] : 0;
+    }
+    if (mpi) {
+        int64_t m = comm_exchange_offsets(w->mrcount, P, w->rdispl);
+        LAYER_ASSERT(m >= 0 && "comm_words: words received exceed MPI's int counts");
+        grow((void **)&w->rbuf, &w->rbuf_cap, (size_t)m, sizeof(uint32_t));
+        MPI_CHECK(x->comm, MPI_Ialltoallv(send, w->mscount, w->sdispl, MPI_UINT32_T, w->rbuf,
+                                          w->mrcount, w->rdispl, MPI_UINT32_T, x->comm,
+                                          &w->req));
+        w->active = 1;
+    } else {
+        /* the counts' all-to-all is the peers' word that their halves are written */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    for (int q = 0; q < P; q++) {
+        int shm = w->rhdr[WHDR * q + 1] == WORDS_SHM;
+        w->from[q] = shm ? (const uint32_t *)(w->peer[q] + WORDS_CTL) + w->rhdr[WHDR * q + 2]
+                         : w->rbuf + w->rdispl[q];
+        if (shm && w->rcount[q]) {
+            w->seen[2 * q] = (size_t)((const char *)w->from[q] - w->peer[q]);
+            w->seen[2 * q + 1] = w->seen[2 * q] + (size_t)w->rcount[q] * sizeof(uint32_t);
+        }
+    }
     x->seconds += MPI_Wtime() - t0;
-    x->bytes += (int64_t)sizeof(int) * (P - 1) +
-                (int64_t)sizeof(uint32_t) * ((int64_t)w->sdispl[P - 1] + w->scount[P - 1] -
-                                             w->scount[x->rank]);
-    w->active = 1;
+    x->bytes += (int64_t)COMM_EXCHANGE_HEADER_BYTES * (P - 1) +
+                (int64_t)sizeof(uint32_t) * (total - w->scount[me]);
 }
 
 int comm_words_test(comm_words *w) {
@@ -330,10 +522,11 @@ int comm_words_test(comm_words *w) {
     double t0 = MPI_Wtime();
     MPI_CHECK(w->x->comm, MPI_Test(&w->req, &done, MPI_STATUS_IGNORE));
     w->x->seconds += MPI_Wtime() - t0;
+    if (done) w->active = 0;
     return done;
 }
 
-const uint32_t *comm_words_wait(comm_words *w, const int **rcount, const int **rdispl) {
+void comm_words_wait(comm_words *w, const int **rcount) {
     if (w->active) {
         double t0 = MPI_Wtime();
         MPI_CHECK(w->x->comm, MPI_Wait(&w->req, MPI_STATUS_IGNORE));
@@ -341,6 +534,6 @@ const uint32_t *comm_words_wait(comm_words *w, const int **rcount, const int **r
         w->active = 0;
     }
     if (rcount) *rcount = w->rcount;
-    if (rdispl) *rdispl = w->rdispl;
-    return w->rbuf;
 }
+
+const uint32_t *comm_words_from(const comm_words *w, int p) { return w->from[p]; }

@@ -1,4 +1,4 @@
-/* Table-parallel row exchange: fetch rows of hashed keys from their owner ranks, push row gradients back. */
+/* Table-parallel exchanges: rows of hashed keys fetched from their owner ranks, and personalised all-to-alls of words (lookups, partial sums, gradient pushes), read in place on a node. */
 #ifndef MEMTRAIN_COMM_EXCHANGE_H
 #define MEMTRAIN_COMM_EXCHANGE_H
 
@@ -12,14 +12,13 @@
  *
  *   comm_exchange *x = comm_exchange_create(c);
  *   comm_exchange_fetch(x, keys, owner, n, W, rows, serve_rows, store);    // forward
- *   comm_exchange_push(x, keys, owner, grads, n, W, add_grads, store);     // backward
  *   comm_exchange_free(x);                                                 // before comm_finalize
  *
- * Both exchanges are collective over the context's communicator: every rank calls them in the
- * same order with the same W, also a rank with n = 0. Each one is an MPI_Alltoall of a small
- * header per peer (key count, W, which exchange) and two MPI_Alltoallv (keys, then rows).
- * A rank that finds a mismatched W or exchange kind in a header aborts the job, since the
- * ranks have lost step with each other. */
+ * A fetch is collective over the context's communicator: every rank calls it in the same
+ * order with the same W, also a rank with n = 0. It is an MPI_Alltoall of a small header per
+ * peer (key count, W, which exchange) and two MPI_Alltoallv (keys, then rows). A rank that
+ * finds a mismatched W or exchange kind in a header aborts the job, since the ranks have lost
+ * step with each other. Gradients go back to the owners as words (comm_words, below). */
 typedef struct comm_exchange comm_exchange;
 
 /* Bytes of the header every call sends to each other rank (three ints). */
@@ -39,11 +38,6 @@ void comm_exchange_trim(comm_exchange *x, size_t keep);
  * increasing source rank, each source's keys in the order that source listed them. */
 typedef void (*comm_exchange_serve_fn)(void *ctx, const int64_t *keys, int m, float *out);
 
-/* Owner-side callback of a push: add the gradient rows g (m, W) of keys (m), sent by rank src,
- * into this rank's store. */
-typedef void (*comm_exchange_accumulate_fn)(void *ctx, int src, const int64_t *keys,
-                                            const float *g, int m);
-
 /* Forward lookup. keys (n) are this rank's keys, each once (duplicates are fetched twice);
  * owner (n) their owner ranks in [0, P). On return rows (n, W) holds the data of key i in
  * row i. serve is called at most once per call, and not at all when no rank asks this rank
@@ -52,40 +46,56 @@ typedef void (*comm_exchange_accumulate_fn)(void *ctx, int src, const int64_t *k
 void comm_exchange_fetch(comm_exchange *x, const int64_t *keys, const int *owner, int n, int W,
                          float *rows, comm_exchange_serve_fn serve, void *ctx);
 
-/* Backward push. Sends grads (n, W), row i being the gradient of keys[i], to the owners
- * (owner (n) as for fetch); the caller has already summed its own contributions per key.
- * On the owner, accumulate is called once per source rank that sent it at least one key, in
- * increasing source rank, with that source's keys in the order the source listed them, so
- * the owner adds contributions in a fixed order and the result is the same on every run.
- * Failure behaviour as for fetch. */
-void comm_exchange_push(comm_exchange *x, const int64_t *keys, const int *owner,
-                        const float *grads, int n, int W, comm_exchange_accumulate_fn accumulate,
-                        void *ctx);
-
 /* ---- personalised all-to-all of 4-byte words, blocking or overlapped ----
  *
  *   comm_words *w = comm_words_create(x);
- *   comm_words_start(w, send, scount);          // scount (P): words for each rank, in order
- *   ... compute ...                               // the payload moves meanwhile
- *   const int *rc, *rd;
- *   const uint32_t *in = comm_words_wait(w, &rc, &rd);   // rank p's words: in + rd[p], rc[p]
+ *   uint32_t *buf = comm_words_buffer(w, nwords);   // NULL: pack where the caller likes
+ *   ... pack rank 0's words, then rank 1's, ... into buf ...
+ *   comm_words_start(w, buf, scount);               // scount (P): words for each rank, in order
+ *   ... compute ...                                  // the payload moves meanwhile
+ *   const int *rc;
+ *   comm_words_wait(w, &rc);
+ *   const uint32_t *in = comm_words_from(w, p);     // rank p's rc[p] words
  *   comm_words_free(w);
  *
  * Collective over the exchange's communicator: every rank starts and waits the same
- * exchanges in the same order. The counts are agreed with a blocking MPI_Alltoall, the
- * words move with MPI_Ialltoallv; the send buffer must stay unchanged until the wait. Bytes
- * sent to other ranks (counts header included), seconds spent in the calls and calls count
- * into the exchange's counters. A handle holds one exchange at a time. */
+ * exchanges in the same order. The counts are agreed with a blocking MPI_Alltoall. The words
+ * move with MPI_Ialltoallv, or, where the exchange reads in place (comm_exchange_share_node,
+ * every rank on one node), not at all: each rank's send buffer is a shared-memory object its
+ * peers map read-only, and comm_words_from points into the sender's. The send buffer must
+ * stay unchanged until the wait; the received words are valid until this rank's next start
+ * on the handle or its free. Bytes sent to other ranks (counts header included), seconds
+ * spent in the calls and calls count into the exchange's counters. A handle holds one
+ * exchange at a time. */
 typedef struct comm_words comm_words;
 
 comm_words *comm_words_create(comm_exchange *x);
 void comm_words_free(comm_words *w); /* NULL is fine; waits for an exchange in flight */
+/* Where to pack the next start's n words so that they are read in place: a half of the
+ * handle's shared object (the two halves take turns, so a peer may still read the last
+ * exchange's words while the next are packed). NULL when the handle does not read in place
+ * or n does not fit; start then copies or sends the words from wherever they are. Valid from
+ * after the previous start on the handle until the next one. */
+uint32_t *comm_words_buffer(comm_words *w, size_t n);
 void comm_words_start(comm_words *w, const void *send, const int64_t *scount);
+/* Bounds the bytes of one exchange this rank packs in the handle's shared object (at most
+ * and by default half of it, 512 MiB); a larger exchange goes through MPI. */
+void comm_words_limit(comm_words *w, size_t bytes);
 /* Lets MPI move the payload along; returns 1 when it has arrived (comm_words_wait then
  * returns at once). */
 int comm_words_test(comm_words *w);
-/* The received words, rank after rank; valid until the next start or free. */
-const uint32_t *comm_words_wait(comm_words *w, const int **rcount, const int **rdispl);
+/* Waits for the words; *rcount (P), if not NULL, gets how many came from each rank. */
+void comm_words_wait(comm_words *w, const int **rcount);
+/* Rank p's words of the last exchange (after its wait), valid until the next start or free. */
+const uint32_t *comm_words_from(const comm_words *w, int p);
+
+/* Lets the comm_words handles of x read in place what the other ranks of the node send:
+ * on, when every rank of x is on one node and each can map the others' shared-memory
+ * objects (/dev/shm); else, or off, every exchange goes through MPI. Handles set themselves
+ * up at their first start; a rank that cannot (no /dev/shm, no space) makes all fall back to
+ * MPI for that handle, and an exchange too large for a half goes through MPI alone.
+ * Collective. Returns whether handles will try. */
+int comm_exchange_share_node(comm_exchange *x, int on);
 
 /* Counters since create or the last reset: bytes this rank sent to other ranks (headers, keys
  * at 8 bytes, rows at 4W bytes; data a rank keeps for itself is not counted), wall seconds

@@ -13,7 +13,8 @@ mean over the log windows after the first). The model, per hashed group g and ra
              partial sums n W 4 B per shard owned elsewhere; the output gradient n W 4 B
              to each other owner; the score gradients n K (P-1)/P 4 B back
   replicate  one ring all-reduce of the group's gradient sums, 2 (P-1)/P R W 8 B
-  + 12 B (row exchanges) or 4 B (owner exchanges) of counts to every peer per exchange
+  + 12 B of counts (a row exchange's count, width and kind; a words exchange's count, mode
+    and offset) to every peer per exchange
 
   U_g = 2^b_g (1 - (1 - 2^-b_g)^m_g), m_g the rows a rank hashes per table per step (U_g,b
   per block), W_g = nout x OC floats per key, K_g tables of 2^b_g rows. The planner picks,

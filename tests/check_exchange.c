@@ -1,11 +1,13 @@
-/* Table-parallel row exchange: fetched rows, pushed gradient sums, callback order, byte counters, count limits. */
+/* Table-parallel exchanges: fetched rows, callback order, byte counters, count limits; words read in place or through MPI. */
 // mpirun-np: 1 2 3 4
+#define _DEFAULT_SOURCE /* usleep */
 #include <check.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "comm/comm.h"
 #include "tests/testutil.h"
@@ -13,8 +15,7 @@
 #include "layers/common.h"
 
 /* Every rank can rebuild every other rank's key list from the seed, so each owner knows in
- * closed form which keys it must be asked for, by whom, in which order, and what the pushed
- * gradients must sum to. Values are small dyadic numbers: exact in float, so comparisons are
+ * closed form which keys it must be asked for, by whom and in which order. Values are small dyadic numbers: exact in float, so comparisons are
  * exact and any misplaced row or missing term shows. Checks inside the exchange only count
  * mismatches; the counts are summed over ranks before asserting, so every rank fails or passes
  * together and none is left waiting in a collective. */
@@ -45,11 +46,6 @@ static int owner_not0(int64_t key, int P) {
 static float row_value(int64_t key, int j) {
     return (float)(mix64((uint64_t)key ^ 0xabcdefull) % 65536) + (float)j / 64.0f;
 }
-/* Gradient rank src sends for a key. */
-static float grad_value(int64_t key, int src, int j) {
-    uint64_t h = mix64((uint64_t)key * 31u + (uint64_t)src * 7919u + 17u);
-    return (float)((int)(h % 2048) - 1024) + (float)j / 8.0f;
-}
 
 /* Everyone's key lists, and this rank's view as an owner. */
 typedef struct world {
@@ -63,9 +59,7 @@ typedef struct world {
     int nexpect;
     float *table;            /* (POOL, W) this rank's rows; rows it does not own are NaN */
     /* callback bookkeeping */
-    int64_t bad, serve_calls, acc_calls;
-    int last_src;
-    float *acc;              /* (POOL, W) pushed sums */
+    int64_t bad, serve_calls;
 } world;
 
 /* empty_last: the highest rank asks for nothing (with P = 1 that is every rank). */
@@ -111,12 +105,10 @@ static world *world_create(uint64_t seed, int W, owner_fn owner, int empty_last)
         w->expect_n[src] = w->nexpect - w->expect_off[src];
     }
     w->table = layer_xmalloc((size_t)POOL * W * sizeof(float));
-    w->acc = layer_xcalloc((size_t)POOL * W, sizeof(float));
     for (int idx = 0; idx < POOL; idx++)
         for (int j = 0; j < W; j++)
             w->table[idx * W + j] =
                 owner(make_key(idx), P) == w->rank ? row_value(make_key(idx), j) : NAN;
-    w->last_src = -1;
     return w;
 }
 
@@ -132,7 +124,6 @@ static void world_free(world *w) {
     free(w->expect_n);
     free(w->expect_off);
     free(w->table);
-    free(w->acc);
     free(w);
 }
 
@@ -154,25 +145,6 @@ static void serve_rows(void *ctx, const int64_t *keys, int m, float *out) {
     }
 }
 
-static void add_grads(void *ctx, int src, const int64_t *keys, const float *g, int m) {
-    world *w = ctx;
-    w->acc_calls++;
-    if (src <= w->last_src || src < 0 || src >= w->P) w->bad++;
-    w->last_src = src;
-    if (src < 0 || src >= w->P || m != w->expect_n[src]) {
-        w->bad++;
-        return;
-    }
-    for (int i = 0; i < m; i++) {
-        if (keys[i] != w->expect[w->expect_off[src] + i]) w->bad++;
-        int idx = key_idx(keys[i]);
-        if (idx < 0 || idx >= POOL) {
-            w->bad++;
-            continue;
-        }
-        for (int j = 0; j < w->W; j++) w->acc[idx * w->W + j] += g[(size_t)i * w->W + j];
-    }
-}
 
 /* Sum over ranks, so every rank asserts on the same number. */
 static int64_t all_sum(int64_t v) {
@@ -197,35 +169,6 @@ static int64_t fetch_and_check(comm_exchange *x, world *w) {
     return bad;
 }
 
-/* Pushes grad_value for this rank's keys and counts owner sums that differ from the sum over
- * the ranks that listed the key, and callback calls beyond one per sending source. */
-static int64_t push_and_check(comm_exchange *x, world *w) {
-    int me = w->rank, n = w->n[me], W = w->W;
-    float *g = layer_xmalloc((size_t)(n ? n : 1) * W * sizeof(float));
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < W; j++) g[(size_t)i * W + j] = grad_value(w->keys[me][i], me, j);
-    memset(w->acc, 0, (size_t)POOL * W * sizeof(float));
-    w->acc_calls = 0;
-    w->last_src = -1;
-    comm_exchange_push(x, w->keys[me], w->own[me], g, n, W, add_grads, w);
-    free(g);
-
-    int64_t bad = w->bad, senders = 0;
-    for (int src = 0; src < w->P; src++) senders += w->expect_n[src] > 0;
-    if (w->acc_calls != senders) bad++;
-    for (int idx = 0; idx < POOL; idx++) {
-        int64_t key = make_key(idx);
-        for (int j = 0; j < W; j++) {
-            float want = 0.0f;
-            if (w->owner(key, w->P) == me)
-                for (int src = 0; src < w->P; src++)
-                    for (int i = 0; i < w->n[src]; i++)
-                        if (w->keys[src][i] == key) want += grad_value(key, src, j);
-            if (w->acc[idx * W + j] != want) bad++;
-        }
-    }
-    return bad;
-}
 
 /* How many keys are listed by more than one rank (the shared-key case must be exercised). */
 static int shared_keys(const world *w) {
@@ -256,20 +199,6 @@ START_TEST(test_fetch_rows) {
 }
 END_TEST
 
-START_TEST(test_push_sums) {
-    comm_exchange *x = comm_exchange_create(g_comm);
-    const int Ws[] = {2, 37, 1};
-    for (int empty_last = 0; empty_last < 2; empty_last++)
-        for (size_t k = 0; k < sizeof(Ws) / sizeof(Ws[0]); k++) {
-            world *w = world_create(23 + k, Ws[k], owner_hash, empty_last);
-            int64_t bad = all_sum(push_and_check(x, w));
-            ck_assert_msg(bad == 0, "W=%d empty_last=%d: %lld wrong sums or callbacks", Ws[k],
-                          empty_last, (long long)bad);
-            world_free(w);
-        }
-    comm_exchange_free(x);
-}
-END_TEST
 
 START_TEST(test_rank_owning_nothing) {
     comm_exchange *x = comm_exchange_create(g_comm);
@@ -277,15 +206,11 @@ START_TEST(test_rank_owning_nothing) {
     int64_t bad = all_sum(fetch_and_check(x, w));
     ck_assert_msg(bad == 0, "fetch: %lld wrong rows or requests", (long long)bad);
     int64_t served0 = all_sum(w->rank == 0 ? w->serve_calls : 0);
-    bad = all_sum(push_and_check(x, w));
-    ck_assert_msg(bad == 0, "push: %lld wrong sums or callbacks", (long long)bad);
-    int64_t acc0 = all_sum(w->rank == 0 ? w->acc_calls : 0);
     int P = w->P;
     world_free(w);
     comm_exchange_free(x);
     /* rank 0 still asks for rows (it has keys) but is never asked */
     ck_assert_int_eq(served0, P == 1 ? 1 : 0);
-    ck_assert_int_eq(acc0, P == 1 ? 1 : 0);
 }
 END_TEST
 
@@ -299,7 +224,6 @@ START_TEST(test_byte_counters) {
     for (int i = 0; i < w->n[me]; i++) remote_keys += w->own[me][i] != me;
     int64_t hdr = (int64_t)COMM_EXCHANGE_HEADER_BYTES * (P - 1);
     int64_t want_fetch = hdr + 8 * remote_keys + 4 * W * remote_served;
-    int64_t want_push = hdr + (8 + 4 * W) * remote_keys;
 
     int64_t bytes = -1, calls = -1;
     double secs = -1.0;
@@ -309,7 +233,7 @@ START_TEST(test_byte_counters) {
     int64_t bad = fetch_and_check(x, w);
     int64_t b_fetch;
     comm_exchange_stats(x, &b_fetch, NULL, &calls);
-    bad += push_and_check(x, w);
+    bad += fetch_and_check(x, w); /* a second call adds as much */
     comm_exchange_stats(x, &bytes, &secs, NULL);
     int64_t c_total;
     comm_exchange_stats(x, NULL, NULL, &c_total);
@@ -318,7 +242,7 @@ START_TEST(test_byte_counters) {
     double s_reset;
     comm_exchange_stats(x, &b_reset, &s_reset, &c_reset);
     int64_t wrong = all_sum(bad) + all_sum(b_fetch != want_fetch) +
-                    all_sum(bytes != want_fetch + want_push);
+                    all_sum(bytes != 2 * want_fetch);
     /* with more than one rank some rank must really send rows and keys */
     int64_t total_sent = all_sum(bytes);
     world_free(w);
@@ -326,7 +250,7 @@ START_TEST(test_byte_counters) {
 
     ck_assert_msg(wrong == 0, "rank %d: fetch bytes %lld (want %lld), total %lld (want %lld)", me,
                   (long long)b_fetch, (long long)want_fetch, (long long)bytes,
-                  (long long)(want_fetch + want_push));
+                  (long long)(2 * want_fetch));
     if (P > 1) ck_assert_int_gt(total_sent, 2 * hdr * P);
     ck_assert_int_eq(calls, 1);
     ck_assert_int_eq(c_total, 2);
@@ -363,14 +287,110 @@ START_TEST(test_count_limits) {
 }
 END_TEST
 
+/* ---- words ---- */
+
+static uint32_t word_value(int src, int dst, int e, int i) {
+    return (uint32_t)mix64(((uint64_t)src << 48) ^ ((uint64_t)dst << 32) ^ ((uint64_t)e << 24) ^
+                           (uint64_t)i);
+}
+
+static int64_t word_count(int src, int dst, int e) {
+    return (int64_t)((src * 7 + dst * 3 + e) % 5) * 3000 + (e % 3 == 0 ? 0 : 1);
+}
+
+/* Whether p lies in a mapping of one of memtrain's shared objects. */
+static int in_shared_object(const void *p) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return 0;
+    char line[512];
+    int found = 0;
+    uintptr_t a = (uintptr_t)p;
+    while (!found && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && a >= lo && a < hi)
+            found = strstr(line, "/memtrain.") != NULL;
+    }
+    fclose(f);
+    return found;
+}
+
+/* Eight exchanges on one handle, odd ones packed in comm_words_buffer, even ones from a
+ * buffer of the caller's (copied, or sent by MPI). Rank 0 reads each exchange's words only
+ * after a pause, while the others go on to pack the next exchange where rank 0 reads: unless
+ * they wait for it, their packing overwrites what it is about to read. `limit` (bytes, 0:
+ * none) makes rank 1's exchanges above it go through MPI while the others' are read in
+ * place. Returns this rank's mismatches; *inplace counts words from other ranks read in
+ * shared objects. */
+static int64_t words_round(int share, size_t limit, int64_t *inplace, int64_t *bytes) {
+    int me = comm_rank(g_comm), P = comm_size(g_comm);
+    comm_exchange *x = comm_exchange_create(g_comm);
+    int on = comm_exchange_share_node(x, share);
+    comm_words *w = comm_words_create(x);
+    if (limit && me == 1) comm_words_limit(w, limit);
+    int64_t bad = 0, *cnt = layer_xcalloc((size_t)P, sizeof(int64_t)), want_bytes = 0;
+    *inplace = 0;
+    for (int e = 0; e < 8; e++) {
+        size_t total = 0;
+        for (int p = 0; p < P; p++) total += (size_t)(cnt[p] = word_count(me, p, e));
+        uint32_t *buf = e % 2 ? comm_words_buffer(w, total) : NULL, *mine = NULL;
+        if (e % 2 && on && e > 1 && (!limit || me != 1 || total * 4 <= limit))
+            bad += buf == NULL; /* a handle that reads in place hands out its object */
+        if (!buf) buf = mine = layer_xmalloc(total * sizeof(uint32_t) + 4);
+        for (int p = 0, o = 0; p < P; p++)
+            for (int i = 0; i < cnt[p]; i++) buf[o++] = word_value(me, p, e, i);
+        comm_words_start(w, buf, cnt);
+        const int *rc;
+        comm_words_wait(w, &rc);
+        free(mine); /* the wait has returned: the words are out or in the shared half */
+        if (me == 0) usleep(20000);
+        for (int p = 0; p < P; p++) {
+            bad += rc[p] != word_count(p, me, e);
+            const uint32_t *in = comm_words_from(w, p);
+            for (int i = 0; i < rc[p]; i++) bad += in[i] != word_value(p, me, e, i);
+            if (p != me && rc[p] && in_shared_object(in)) *inplace += rc[p];
+        }
+        want_bytes += (int64_t)COMM_EXCHANGE_HEADER_BYTES * (P - 1) + 4 * ((int64_t)total - cnt[me]);
+    }
+    comm_exchange_stats(x, bytes, NULL, NULL);
+    bad += *bytes != want_bytes;
+    comm_words_free(w);
+    comm_exchange_free(x);
+    free(cnt);
+    return bad;
+}
+
+START_TEST(test_words_in_place) {
+    int P = comm_size(g_comm);
+    int64_t inplace, bytes;
+    /* through MPI */
+    int64_t bad = all_sum(words_round(0, 0, &inplace, &bytes));
+    ck_assert_msg(bad == 0, "words through MPI: %lld mismatches", (long long)bad);
+    ck_assert_int_eq(all_sum(inplace), 0);
+    /* read in place: every rank of these tests is on one node */
+    bad = all_sum(words_round(1, 0, &inplace, &bytes));
+    ck_assert_msg(bad == 0, "words read in place: %lld mismatches", (long long)bad);
+    int64_t got = all_sum(inplace), from_others = 0;
+    for (int e = 0; e < 8; e++)
+        for (int s = 0; s < P; s++)
+            for (int d = 0; d < P; d++) from_others += s != d ? word_count(s, d, e) : 0;
+    ck_assert_int_eq(got, from_others); /* every word from another rank, in place */
+    if (P < 2) return;
+    /* mixed: rank 1's larger exchanges go through MPI, the rest are read in place */
+    bad = all_sum(words_round(1, 4 * 4000, &inplace, &bytes));
+    ck_assert_msg(bad == 0, "words, mixed: %lld mismatches", (long long)bad);
+    got = all_sum(inplace);
+    ck_assert(got > 0 && got < from_others);
+}
+END_TEST
+
 static Suite *exchange_suite(void) {
     Suite *s = suite_create("exchange");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_fetch_rows);
-    tcase_add_test(tc, test_push_sums);
     tcase_add_test(tc, test_rank_owning_nothing);
     tcase_add_test(tc, test_byte_counters);
     tcase_add_test(tc, test_count_limits);
+    tcase_add_test(tc, test_words_in_place);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -31,12 +31,13 @@ START_TEST(test_bytes_by_hand) {
     trainer_plan_choose(&r, &g, &c);
     double u = trainer_plan_distinct(2, 200); /* a rank's 2 streams x 100 rows: ~4 */
     double ub = trainer_plan_distinct(2, 200); /* one block = the rank's streams here */
-    /* fetch: half the keys remote; each 8 B key + 96 B row in, the same pushed per block */
-    double fetch = 0.5 * 4 * u * (8 + 96) + 1 * 0.5 * 4 * ub * (8 + 96) + 12 + 4; /* + counts */
+    /* fetch: half the keys remote; each 8 B key + 96 B row in, the same pushed per block;
+       12 B of counts for the fetch and for the push */
+    double fetch = 0.5 * 4 * u * (8 + 96) + 1 * 0.5 * 4 * ub * (8 + 96) + 12 + 12;
     ck_assert_double_eq_tol(c.bytes[TRAINER_STRATEGY_FETCH], fetch, 1e-9 * fetch);
     /* owner: a block of 200 tokens, one shard (K = 4 < 16), owned by one rank:
        fwd 200*4*0.5*8 + 200*96*1*0.5; bwd 200*4*0.5*8 + 200*96*(1*0.5) + 200*4*0.5*4 */
-    double n = 200, owner = 4 * 4 + n * 4 * 0.5 * 8 + n * 96 * 0.5 + n * 4 * 0.5 * 8 + n * 96 * 0.5 +
+    double n = 200, owner = 4 * 12 + n * 4 * 0.5 * 8 + n * 96 * 0.5 + n * 4 * 0.5 * 8 + n * 96 * 0.5 +
                             n * 4 * 0.5 * 4;
     ck_assert_double_eq_tol(c.bytes[TRAINER_STRATEGY_OWNER], owner, 1e-9 * owner);
     /* replicate: a ring all-reduce of 16 rows x 24 doubles and 16 double marks, 2 (P-1)/P

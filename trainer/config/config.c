@@ -164,6 +164,9 @@ static const key_def keys[] = {
     BOOL_KEY(share_rows, "on", 0, applies_hash,
              "ranks of one node read the table rows of each other's shards in place, from "
              "shared memory, rather than fetch them (same results)"),
+    BOOL_KEY(share_exchange, "on", 0, applies_hash,
+             "ranks of one node read the lookups, partials and gradients they exchange in place, "
+             "from shared memory, rather than copy them through MPI (same results)"),
     FLT_KEY(net_gbps, "100", 0, 0, NOHI | KF_LO_OPEN, applies_hash,
             "network bandwidth per rank the table planner assumes, Gb/s"),
     FLT_KEY(net_latency_us, "20", 0, 0, NOHI, applies_hash,

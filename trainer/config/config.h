@@ -128,6 +128,7 @@ typedef struct trainer_config {
     float row_cache_mb;
     trainer_row_format row_format;
     bool share_rows; /* the ranks of a node read each other's rows in place */
+    bool share_exchange; /* ... and each other's exchanged words */
     float net_gbps, net_latency_us;
     /* optimizer and schedule */
     float lr;

@@ -44,5 +44,6 @@ void trainer_spec_from_config(trainer_model_spec *spec, const trainer_config *cf
         .fast = cfg->deterministic == TRAINER_DET_FAST,
         .replay = cfg->bptt == TRAINER_BPTT_MRBP,
         .share_rows = cfg->share_rows,
+        .share_exchange = cfg->share_exchange,
     };
 }

@@ -111,12 +111,11 @@ static void choose(const trainer_plan_run *r, const trainer_plan_group *g, train
             c->allowed[s] = s != TRAINER_STRATEGY_OWNER || r->batched;
         }
     }
-    /* every exchange begins with counts to every peer: 12 bytes (row exchanges) or 4 (the
-       owners' all-to-alls); an all-reduce has none */
-    /* (a batched block's gradient push is an owners'-style all-to-all: 4 bytes) */
-    c->bytes[TRAINER_STRATEGY_FETCH] +=
-        (c->messages[TRAINER_STRATEGY_FETCH] * 12 - (r->batched ? nbr * 8 : 0)) * (P - 1);
-    c->bytes[TRAINER_STRATEGY_OWNER] += c->messages[TRAINER_STRATEGY_OWNER] * 4 * (P - 1);
+    /* every exchange begins with a header to every peer, 12 bytes (the row exchanges' count,
+       width and kind; the owners' and batched pushes' count, mode and offset); an
+       all-reduce has none */
+    c->bytes[TRAINER_STRATEGY_FETCH] += c->messages[TRAINER_STRATEGY_FETCH] * 12 * (P - 1);
+    c->bytes[TRAINER_STRATEGY_OWNER] += c->messages[TRAINER_STRATEGY_OWNER] * 12 * (P - 1);
     for (int s = 0; s < TRAINER_STRATEGY_COUNT; s++)
         c->seconds[s] = c->messages[s] * r->latency + c->bytes[s] / r->bandwidth;
 

@@ -42,6 +42,8 @@ typedef struct trainer_plan_run {
     int replay;            /* bptt = mrbp: a memory pass runs the groups that write the memory
                               (encoder, writer) once more per segment, before the recompute */
     int share_rows;        /* share_rows: a node's ranks read fetched groups' rows in place */
+    int share_exchange;    /* share_exchange: ... and the words of their owner exchanges and
+                              batched pushes (comm_exchange_share_node) */
     int node_ranks;        /* ranks per node (0: all P on one node) */
 } trainer_plan_run;
 

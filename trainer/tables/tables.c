@@ -94,6 +94,7 @@ trainer_tables *trainer_tables_create(comm_ctx *comm) {
     t->P = comm_size(comm);
     t->x = comm_exchange_create(comm);
     t->words = comm_words_create(t->x);
+    t->pushes = comm_words_create(t->x);
     t->scratch = trainer_arena_create((size_t)1 << 20);
     return t;
 }
@@ -119,6 +120,7 @@ void trainer_tables_free(trainer_tables *t) {
         free(s->fetched);
     }
     comm_words_free(t->words);
+    comm_words_free(t->pushes);
     trainer_arena_free(t->scratch);
     comm_exchange_free(t->x);
     free(t->gs);
@@ -383,6 +385,7 @@ void trainer_tables_alloc(trainer_tables *t, uint64_t seed) {
         }
     }
     tables_share_rows(t);
+    if (t->P > 1) comm_exchange_share_node(t->x, t->run.share_exchange);
     for (int i = 0; i < t->n; i++) {
         group_state *s = &t->gs[i];
         int rows = 1 << s->g.tau, OC = s->g.OC;

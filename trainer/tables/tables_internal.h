@@ -66,6 +66,7 @@ struct trainer_tables {
     comm_ctx *comm;
     comm_exchange *x;
     comm_words *words;       /* owner-side lookups */
+    comm_words *pushes;      /* gradient pushes at block ends, one group after another */
     trainer_arena *scratch;  /* an owner-side call's buffers, reset when it returns */
     int n, cap, allocated, me, P;
     int blocks;              /* blocks of streams a step sums over (memory accounting) */

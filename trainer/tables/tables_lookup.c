@@ -302,7 +302,9 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     size_t words = 0;
     for (int p = 0; p < P; p++)
         if (p != me) words += (size_t)N * 2 * chunks_of(s, p, list);
-    uint32_t *send = (uint32_t *)trainer_arena_ints(x, words + 1), *w = send;
+    uint32_t *send = comm_words_buffer(t->words, words); /* in place where it can be */
+    if (!send) send = (uint32_t *)trainer_arena_ints(x, words + 1);
+    uint32_t *w = send;
     for (int p = 0; p < P; p++) {
         int nk = p == me ? 0 : chunks_of(s, p, list);
         cnt[p] = (int64_t)N * 2 * nk;
@@ -311,8 +313,8 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     comm_words_start(t->words, send, cnt);
     int *nown = layer_xcalloc((size_t)P, sizeof(int)); /* shards of the group each rank owns */
     for (int sh = 0; sh < s->S; sh++) nown[s->owner[sh]]++;
-    const int *rc, *rd;
-    const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
+    const int *rc;
+    comm_words_wait(t->words, &rc);
     /* as an owner: every source's lookups, unpacked before the replies reuse the receive
        buffer */
     int mine = chunks_of(s, me, list);
@@ -324,7 +326,7 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
         Ns[p] = rc[p] / (2 * mine);
         prid[p] = trainer_arena_ints(x, (size_t)Ns[p] * mine);
         psc[p] = trainer_arena_floats(x, (size_t)Ns[p] * mine);
-        unpack_lookups(in + rd[p], Ns[p], mine, prid[p], psc[p]);
+        unpack_lookups(comm_words_from(t->words, p), Ns[p], mine, prid[p], psc[p]);
     }
     /* one range of destinations per exchange (owner_rounds); this rank's own tokens join the
        first round's call */
@@ -340,12 +342,14 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
         if ((size_t)src * ld > round_words) round_words = (size_t)src * ld;
         if (src + (r == 0 && mine ? N : 0) > most) most = src + (r == 0 && mine ? N : 0);
     }
-    float *area = trainer_arena_floats(x, round_words + (size_t)N * ld + 1);
+    /* the replies are computed where the requesters read them, where they can be */
+    float *area = (float *)comm_words_buffer(t->words, round_words + (size_t)N * ld);
+    int inplace = area != NULL;
+    if (!area) area = trainer_arena_floats(x, round_words + (size_t)N * ld + 1);
     float *mypart = area + round_words; /* this rank's own partials, kept through the rounds */
     int32_t *srid = trainer_arena_ints(x, (size_t)most * LAYER_HASH_SHARD + 1);
     float *ssc = trainer_arena_floats(x, (size_t)most * LAYER_HASH_SHARD + 1);
-    const float *got = NULL;
-    int *gd = layer_xcalloc((size_t)P, sizeof(int)); /* where each owner's partials for me begin */
+    const float **got = layer_xcalloc((size_t)P, sizeof(float *)); /* each owner's partials */
     for (int r = 0; r < rounds; r++) {
         size_t rw = 0;
         int ntok = 0;
@@ -356,6 +360,11 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
         }
         int withme = mine && r == 0;
         float *base = mypart - rw; /* the round's replies end where this rank's partials begin */
+        /* a later round's replies overwrite the last round's, once every rank has read them */
+        if (r > 0 && inplace) {
+            float *again = (float *)comm_words_buffer(t->words, round_words + (size_t)N * ld);
+            LAYER_ASSERT(again == area);
+        }
         if (withme) ntok += N;
         for (int q = 0, i = 0; ntok && q < mine; i++) { /* shard by shard: consecutive chunks */
             int sh = list[q] / LAYER_HASH_SHARD, kn = 0;
@@ -373,11 +382,16 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
             q += kn;
         }
         comm_words_start(t->words, (const uint32_t *)base, cnt);
-        const uint32_t *in_r = comm_words_wait(t->words, &rc, &rd);
-        if (round[me] == r) { /* this rank's partials arrive in its round; the later rounds
-                                 receive nothing here, so the buffer stays */
-            got = (const float *)in_r;
-            memcpy(gd, rd, (size_t)P * sizeof(int));
+        comm_words_wait(t->words, &rc);
+        /* this rank's partials arrive in its round; received words last only until the
+           handle's next start, so before a later round they are copied out */
+        for (int p = 0; round[me] == r && p < P; p++) {
+            got[p] = (const float *)comm_words_from(t->words, p);
+            if (r + 1 < rounds && rc[p]) {
+                float *keep = trainer_arena_floats(x, (size_t)rc[p]);
+                memcpy(keep, got[p], (size_t)rc[p] * sizeof(float));
+                got[p] = keep;
+            }
         }
     }
     free(Ns);
@@ -392,7 +406,7 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     for (int sh = 0; sh < s->S; sh++) {
         int p = s->owner[sh];
         pld[sh] = (size_t)nown[p] * nout * OC;
-        part[sh] = (p == me ? mypart : got + gd[p]) + (size_t)seen[p]++ * nout * OC;
+        part[sh] = (p == me ? mypart : got[p]) + (size_t)seen[p]++ * nout * OC;
     }
     for (int n = 0; n < N; n++)
         for (int j = 0; j < nout; j++) {
@@ -412,7 +426,7 @@ static void owner_forward(trainer_tables *t, int g, const int32_t *rowid, const 
     free(pld);
     free(seen);
     free(nown);
-    free(gd);
+    free(got);
     free(list);
     free(cnt);
     trainer_arena_reset(x);
@@ -442,7 +456,9 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
         int nk = p == me ? 0 : chunks_of(s, p, list);
         if (nk) words += (size_t)N * (2 * nk + W);
     }
-    uint32_t *send = (uint32_t *)trainer_arena_ints(x, words + 1), *w = send;
+    uint32_t *send = comm_words_buffer(t->words, words); /* in place where it can be */
+    if (!send) send = (uint32_t *)trainer_arena_ints(x, words + 1);
+    uint32_t *w = send;
     int64_t *full = layer_xcalloc((size_t)P, sizeof(int64_t));
     for (int p = 0; p < P; p++) {
         int nk = p == me ? 0 : chunks_of(s, p, list);
@@ -476,12 +492,12 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
        order of the calls per source (its own, then the sources in rank order) and of fetch;
        bitwise, a call and a contribution per source, in source order. The score gradients
        are gathered for one reply. */
-    const int *rc, *rd;
+    const int *rc;
     int64_t *rcnt = layer_xcalloc((size_t)P, sizeof(int64_t));
     size_t rcap = 0, rlen = 0;
     uint32_t *reply = NULL;
     for (int r = 0; r < rounds; r++) {
-        const uint32_t *in = comm_words_wait(t->words, &rc, &rd);
+        comm_words_wait(t->words, &rc);
         int withme = merge && r == 0, ntok = withme ? N : 0, nparts = withme;
         for (int p = 0; mine && p < P; p++)
             if (rc[p]) ntok += rc[p] / (2 * mine + W), nparts++;
@@ -501,8 +517,8 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
             for (int p = 0; p < P; p++) {
                 if (!rc[p]) continue;
                 int Ns = rc[p] / (2 * mine + W);
-                const uint32_t *g0 = unpack_lookups(in + rd[p], Ns, mine, mrid + off * mine,
-                                                    msc + off * mine);
+                const uint32_t *g0 = unpack_lookups(comm_words_from(t->words, p), Ns, mine,
+                                                    mrid + off * mine, msc + off * mine);
                 for (int j = 0; j < nout; j++)
                     dy[(size_t)j * nparts + i] = (const float *)g0 + (size_t)j * Ns * OC;
                 ndy[i++] = Ns;
@@ -549,12 +565,12 @@ static void owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
     for (int p = 0; p < P; p++) cnt[p] = rcnt[p];
     free(rcnt);
     comm_words_start(t->words, reply ? reply : (uint32_t *)send, cnt);
-    const uint32_t *got = comm_words_wait(t->words, &rc, &rd);
+    comm_words_wait(t->words, &rc);
     if (gs) { /* the owners' score gradients into their chunks' columns */
         for (int p = 0; p < P; p++) {
             int nk = chunks_of(s, p, list);
             if (!nk) continue;
-            const float *src = p == me ? gsl : (const float *)got + rd[p];
+            const float *src = p == me ? gsl : (const float *)comm_words_from(t->words, p);
             for (int n = 0; n < N; n++)
                 for (int q = 0; q < nk; q++)
                     gs[(size_t)n * K + list[q]] += src[(size_t)n * nk + q];
@@ -585,11 +601,13 @@ static void push_start(trainer_tables *t, int g) {
         if (!tables_holds(t, s, k)) cnt[s->owner[k / LAYER_HASH_SHARD]] += 2 + W, nremote++;
     }
     size_t need = (size_t)nremote * (2 + W) + 1;
-    if (need > s->push_cap) { /* MPI reads it from the other ranks: huge pages (layer_xmap) */
+    uint32_t *buf = comm_words_buffer(s->push, need); /* where the owners read it in place */
+    if (!buf && need > s->push_cap) { /* MPI reads it from the other ranks: huge pages */
         layer_unmap(s->push_buf, s->push_cap * sizeof(uint32_t));
         s->push_cap = need + need / 2;
         s->push_buf = layer_xmap(s->push_cap * sizeof(uint32_t));
     }
+    if (!buf) buf = s->push_buf;
     size_t *pos = layer_xcalloc((size_t)P, sizeof(size_t));
     for (int p = 1; p < P; p++) pos[p] = pos[p - 1] + (size_t)cnt[p - 1];
     /* keys in increasing order within each owner (the block list, sorted), own keys kept */
@@ -602,7 +620,7 @@ static void push_start(trainer_tables *t, int g) {
             s->blk[kept++] = key;
             continue;
         }
-        uint32_t *w = s->push_buf + pos[s->owner[k / LAYER_HASH_SHARD]];
+        uint32_t *w = buf + pos[s->owner[k / LAYER_HASH_SHARD]];
         int64_t gk = ((int64_t)g << 32) | key;
         memcpy(w, &gk, 8);
         for (int j = 0; j < nout; j++) {
@@ -614,24 +632,30 @@ static void push_start(trainer_tables *t, int g) {
         s->state[key] &= (uint8_t)~ST_BLOCK;
     }
     s->nblk = kept;
-    comm_words_start(s->push, s->push_buf, cnt);
+    comm_words_start(s->push, buf, cnt);
     free(pos);
     free(cnt);
 }
 
-static void push_finish(trainer_tables *t, int g) {
+/* Waits for a push of group g's rows on w and adds them, source after source in rank order,
+ * each source's keys in the order it listed them. */
+static void take_pushes(trainer_tables *t, comm_words *w, int g) {
     group_state *s = &t->gs[g];
-    int W = s->g.nout * s->g.OC;
-    const int *rc, *rd;
-    const uint32_t *in = comm_words_wait(s->push, &rc, &rd);
-    for (int p = 0; p < t->P; p++)
-        for (int i = 0; i < rc[p]; i += 2 + W) {
+    int per = 2 + s->g.nout * s->g.OC;
+    const int *rc;
+    comm_words_wait(w, &rc);
+    for (int p = 0; p < t->P; p++) {
+        const uint32_t *in = comm_words_from(w, p);
+        for (int i = 0; i < rc[p]; i += per) {
             int64_t gk;
-            memcpy(&gk, in + rd[p] + i, 8);
+            memcpy(&gk, in + i, 8);
             LAYER_ASSERT((int)(gk >> 32) == g && "gradient push: ranks out of step");
-            push_accumulate(t, p, &gk, (const float *)in + rd[p] + i + 2, 1);
+            push_accumulate(t, p, &gk, (const float *)in + i + 2, 1);
         }
+    }
 }
+
+static void push_finish(trainer_tables *t, int g) { take_pushes(t, t->gs[g].push, g); }
 
 /* Gives every gradient push in flight a chance to move (MPI_Test): Open MPI progresses a
  * non-blocking all-to-all only inside MPI calls, so without this a push started by one
@@ -747,12 +771,24 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
         enum { KEEP = -1, FOLD_FIRST = -2, FOLD = -3 };
         int32_t *slot = s->fetched + s->nfetched; /* scratch past the fetched list: (n) */
         int moved = 0;
+        /* the push's payload, as push_start's: per remote key its 2 words, then its W
+           floats, grouped by owner, in increasing key order within an owner */
+        int64_t *cnt = layer_xcalloc((size_t)t->P, sizeof(int64_t));
+        for (int q = 0; q < n; q++) {
+            int k = s->blk[q] >> tau;
+            if (!tables_holds(t, s, k)) cnt[s->owner[k / LAYER_HASH_SHARD]]++, nremote++;
+        }
+        int *pos = layer_xcalloc((size_t)t->P + 1, sizeof(int));
+        for (int p = 0; p < t->P; p++) pos[p + 1] = pos[p] + (int)cnt[p];
+        size_t per = 2 + (size_t)W;
+        uint32_t *buf = comm_words_buffer(t->pushes, (size_t)nremote * per);
+        if (!buf) buf = (uint32_t *)tables_scratch(t, (size_t)nremote * per + 1);
         for (int q = 0; q < n; q++) {
             int key = s->blk[q], k = key >> tau, held = tables_holds(t, s, k);
             if (!held) {
-                slot[q] = nremote;
-                t->keys[nremote] = ((int64_t)g << 32) | key;
-                t->owners[nremote++] = s->owner[k / LAYER_HASH_SHARD];
+                slot[q] = pos[s->owner[k / LAYER_HASH_SHARD]]++;
+                int64_t gk = ((int64_t)g << 32) | key;
+                memcpy(buf + (size_t)slot[q] * per, &gk, 8);
             } else if (keep_owned || t->fast) { /* fast: every block adds into drows */
                 slot[q] = KEEP;
             } else {
@@ -762,7 +798,7 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
             s->state[key] = (uint8_t)((s->state[key] & ~ST_BLOCK) | (held ? ST_TOUCHED : 0) |
                                       (slot[q] == FOLD || slot[q] == FOLD_FIRST ? ST_ACC : 0));
         }
-        float *buf = tables_scratch(t, (size_t)nremote * W + 1);
+        free(pos);
         for (int j = 0; moved && j < nout; j++)
             for (int o = 0; o < OC; o += TILE) {
                 int w = OC - o < TILE ? OC - o : TILE;
@@ -772,7 +808,7 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
                     if (slot[q] == KEEP) continue;
                     size_t off = (size_t)s->blk[q] * TILE;
                     if (slot[q] >= 0)
-                        memcpy(buf + (size_t)slot[q] * W + (size_t)j * OC + o, dt + off,
+                        memcpy(buf + (size_t)slot[q] * per + 2 + (size_t)j * OC + o, dt + off,
                                (size_t)w * sizeof(float));
                     else
                         tables_acc_slice(at + off, dt + off, TILE, slot[q] == FOLD_FIRST);
@@ -780,10 +816,14 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
                 }
             }
         s->nblk = 0;
-        if (!pushed)
-            comm_exchange_push(t->x, t->keys, t->owners, buf, nremote, W, push_accumulate, t);
-        else
+        if (!pushed) { /* the owners add each source's rows in source order, then key order */
+            for (int p = 0; p < t->P; p++) cnt[p] *= (int64_t)per;
+            comm_words_start(t->pushes, buf, cnt);
+            take_pushes(t, t->pushes, g);
+        } else {
             LAYER_ASSERT(nremote == 0);
+        }
+        free(cnt);
         /* rows over the budget go with the block that fetched them */
         if (transient(t, s)) {
             tables_release(t, s, RELEASE_ROWS | RELEASE_GRADS);
