@@ -91,6 +91,7 @@ static void fill(trainer_rollout *r, int first_stream, int step) {
 
 typedef struct run_result {
     double loss[STEPS];
+    double norm[STEPS]; /* the gradient norm of each step */
     trainer_model *model;
 } run_result;
 
@@ -115,6 +116,7 @@ static void train_steps(comm_ctx *comm, const dist_case *dc, run_result *res, in
         trainer_step_info si;
         LAYER_ASSERT(trainer_step(res->model, r, &sched, M, comm, &cfg, s, &si, err, sizeof(err)) == 0);
         res->loss[s] = si.loss_sum / si.tokens;
+        res->norm[s] = si.grad_norm;
     }
     free(M);
     trainer_rollout_free(r);
@@ -297,7 +299,8 @@ END_TEST
 
 /* Under fast the strategies still agree bit for bit at the same P: an owner's one backward
  * call over every source's tokens adds each source's row sums on their own, as the owner
- * adds the rows fetching ranks push (CASES[3] and [4]: the decoder, fetched and owner-side). */
+ * adds the rows fetching ranks push (CASES[3] and [4]: the decoder, fetched and owner-side),
+ * and so do the gradient norms (the clipping depends on them). */
 START_TEST(test_fast_strategies_agree) {
     dist_case fetch = CASES[3], owner = CASES[4];
     fetch.fast = owner.fast = 1;
@@ -305,6 +308,7 @@ START_TEST(test_fast_strategies_agree) {
     train(world, &fetch, &a);
     train(world, &owner, &b);
     int64_t bad = memcmp(a.loss, b.loss, sizeof(a.loss)) != 0;
+    bad += memcmp(a.norm, b.norm, sizeof(a.norm)) != 0;
     trainer_params *pa = trainer_model_params(a.model), *pb = trainer_model_params(b.model);
     bad += memcmp(pa->data, pb->data, pa->total * sizeof(float)) != 0;
     int table_diff = 0;
