@@ -498,10 +498,9 @@ void comm_words_start(comm_words *w, const void *send, const int64_t *scount) {
                                           w->mrcount, w->rdispl, MPI_UINT32_T, x->comm,
                                           &w->req));
         w->active = 1;
-    } else {
-        /* the counts' all-to-all is the peers' word that their halves are written */
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
     }
+    /* the counts' all-to-all is the peers' word that their words are written */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     for (int q = 0; q < P; q++) {
         int shm = w->rhdr[WHDR * q + 1] == WORDS_SHM;
         w->from[q] = shm ? (const uint32_t *)(w->peer[q] + WORDS_CTL) + w->rhdr[WHDR * q + 2]

@@ -63,37 +63,39 @@ void comm_exchange_fetch(comm_exchange *x, const int64_t *keys, const int *owner
  * move with MPI_Ialltoallv, or, where the exchange reads in place (comm_exchange_share_node,
  * every rank on one node), not at all: each rank's send buffer is a shared-memory object its
  * peers map read-only, and comm_words_from points into the sender's. The send buffer must
- * stay unchanged until the wait; the received words are valid until this rank's next start
- * on the handle or its free. Bytes sent to other ranks (counts header included), seconds
+ * stay unchanged until the wait; the received words are valid until this rank's next
+ * comm_words_buffer or start on the handle, or its free. Bytes sent to other ranks (counts header included), seconds
  * spent in the calls and calls count into the exchange's counters. A handle holds one
  * exchange at a time. */
 typedef struct comm_words comm_words;
 
 comm_words *comm_words_create(comm_exchange *x);
 void comm_words_free(comm_words *w); /* NULL is fine; waits for an exchange in flight */
-/* Where to pack the next start's n words so that they are read in place: a half of the
- * handle's shared object (the two halves take turns, so a peer may still read the last
- * exchange's words while the next are packed). NULL when the handle does not read in place
- * or n does not fit; start then copies or sends the words from wherever they are. Valid from
- * after the previous start on the handle until the next one. */
+/* Where to pack the next start's n words so that they are read in place: the handle's
+ * shared object, once every peer is done with the words this rank sent last (the call
+ * waits for that, and tells the peers this rank is done with theirs, so the words it
+ * received are no longer valid). NULL when the handle does not read in place or n does not
+ * fit; start then copies or sends the words from wherever they are. Valid until the start
+ * after it; to write there again after that start, ask again. */
 uint32_t *comm_words_buffer(comm_words *w, size_t n);
 void comm_words_start(comm_words *w, const void *send, const int64_t *scount);
 /* Bounds the bytes of one exchange this rank packs in the handle's shared object (at most
- * and by default half of it, 512 MiB); a larger exchange goes through MPI. */
+ * and by default its size, 512 MiB); a larger exchange goes through MPI. */
 void comm_words_limit(comm_words *w, size_t bytes);
 /* Lets MPI move the payload along; returns 1 when it has arrived (comm_words_wait then
  * returns at once). */
 int comm_words_test(comm_words *w);
 /* Waits for the words; *rcount (P), if not NULL, gets how many came from each rank. */
 void comm_words_wait(comm_words *w, const int **rcount);
-/* Rank p's words of the last exchange (after its wait), valid until the next start or free. */
+/* Rank p's words of the last exchange (after its wait), valid until the next
+ * comm_words_buffer, start or free on the handle. */
 const uint32_t *comm_words_from(const comm_words *w, int p);
 
 /* Lets the comm_words handles of x read in place what the other ranks of the node send:
  * on, when every rank of x is on one node and each can map the others' shared-memory
  * objects (/dev/shm); else, or off, every exchange goes through MPI. Handles set themselves
  * up at their first start; a rank that cannot (no /dev/shm, no space) makes all fall back to
- * MPI for that handle, and an exchange too large for a half goes through MPI alone.
+ * MPI for that handle, and an exchange too large for the object goes through MPI alone.
  * Collective. Returns whether handles will try. */
 int comm_exchange_share_node(comm_exchange *x, int on);
 

@@ -341,7 +341,7 @@ static int64_t words_round(int share, size_t limit, int64_t *inplace, int64_t *b
         comm_words_start(w, buf, cnt);
         const int *rc;
         comm_words_wait(w, &rc);
-        free(mine); /* the wait has returned: the words are out or in the shared half */
+        free(mine); /* the wait has returned: the words are out or in the shared object */
         if (me == 0) usleep(20000);
         for (int p = 0; p < P; p++) {
             bad += rc[p] != word_count(p, me, e);
