@@ -84,7 +84,7 @@ static void choose(const trainer_plan_run *r, const trainer_plan_group *g, train
     c->bytes[TRAINER_STRATEGY_OWNER] = nbr * (fwd + bwd);
     /* the forward's partials and the backward's output gradients go in rounds of ranks, so
        that an owner holds about S shards' worth of one rank's tokens (owner_rounds in
-       tables_lookup.c, here with the shards dealt evenly) */
+       tables_owner.c, here with the shards dealt evenly) */
     double most = ceil(S / P), step = ceil(S / most), lookers = S > 1 ? P : P - 1;
     double rounds = fmax(1.0, ceil(lookers / step));
     c->messages[TRAINER_STRATEGY_OWNER] = nbr * (2 + 2 * rounds);

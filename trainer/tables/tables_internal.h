@@ -1,4 +1,4 @@
-/* What trainer/tables/tables.c (the store, ownership, optimizer) and trainer/tables/tables_lookup.c (lookups and gradient flows of each strategy) share. */
+/* What the table store's files share: tables.c (the store, ownership, plan, chunks), tables_optim.c (norm and Adam passes), tables_lookup.c (lookups and gradient flows of fetch and replicate, pushes), tables_owner.c (the owner strategy), tables_share.c (rows shared on a node). */
 #ifndef MEMTRAIN_TRAINER_TABLES_INTERNAL_H
 #define MEMTRAIN_TRAINER_TABLES_INTERNAL_H
 
@@ -96,6 +96,11 @@ static inline uint16_t tables_to_bf16(float x) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
+/* The f32 master rows of output j: the rows themselves unless they are read rounded. */
+static inline float *tables_master(const group_state *s, int j) {
+    return s->master[j] ? s->master[j] : s->rows[j];
+}
+
 static inline float tables_from_bf16(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float x;
@@ -157,5 +162,20 @@ void tables_trim(trainer_tables *t);
 enum { RELEASE_ROWS = 1, RELEASE_GRADS = 2 };
 /* Releases the pages of group s's rows of other ranks' shards (what: RELEASE_*). */
 void tables_release(const trainer_tables *t, group_state *s, int what);
+
+/* db[j] += the sum of output j's gradients dout[j] (N,OC), as layer_hash_backward sums it. */
+void tables_bias_backward(const group_state *s, const int32_t *rowid, const float *sc, int N,
+                          int K, const float *const *dout, float *const *db);
+/* Backward over chunk subset rowid/sc (N,K) into drows, gs, db (tables_lookup.c). */
+void tables_local_backward(const group_state *s, const int32_t *rowid, const float *sc, int N,
+                           int K, const float *const *dout, float *gs, float *const *db,
+                           double *sq);
+/* The owner strategy at P > 1 (tables_owner.c): a forward call's outputs out[j] (N,OC) = b +
+ * the shards' partial sums, whichever rank computed them; the backward's row gradients
+ * formed by the owners, the score gradients gs and the bias gradients db back here. */
+void tables_owner_forward(trainer_tables *t, int g, const int32_t *rowid, const float *sc, int N,
+                          float *const *out, const float *const *b);
+void tables_owner_backward(trainer_tables *t, int g, const trainer_tables_act *a,
+                           const float *const *dout, float *gs, float *const *db);
 
 #endif
