@@ -49,6 +49,7 @@ struct comm_exchange {
     row_type *types;
     int ntypes, types_cap;
     int64_t bytes, calls;
+    int64_t inplace; /* of bytes: words the peers read in place (comm_words) */
     double seconds;
 };
 
@@ -113,8 +114,11 @@ void comm_exchange_stats(const comm_exchange *x, int64_t *bytes_sent, double *se
     if (calls) *calls = x->calls;
 }
 
+int64_t comm_exchange_inplace_bytes(const comm_exchange *x) { return x->inplace; }
+
 void comm_exchange_reset_stats(comm_exchange *x) {
     x->bytes = 0;
+    x->inplace = 0;
     x->seconds = 0.0;
     x->calls = 0;
 }
@@ -513,6 +517,7 @@ void comm_words_start(comm_words *w, const void *send, const int64_t *scount) {
     x->seconds += MPI_Wtime() - t0;
     x->bytes += (int64_t)COMM_EXCHANGE_HEADER_BYTES * (P - 1) +
                 (int64_t)sizeof(uint32_t) * (total - w->scount[me]);
+    if (mode == WORDS_SHM) x->inplace += (int64_t)sizeof(uint32_t) * (total - w->scount[me]);
 }
 
 int comm_words_test(comm_words *w) {

@@ -106,6 +106,9 @@ int comm_exchange_share_node(comm_exchange *x, int on);
 void comm_exchange_stats(const comm_exchange *x, int64_t *bytes_sent, double *seconds,
                          int64_t *calls);
 void comm_exchange_reset_stats(comm_exchange *x);
+/* Of the bytes sent since create or the last reset: the words this rank's peers read in
+ * place from its shared memory (comm_words on one node), not copied. */
+int64_t comm_exchange_inplace_bytes(const comm_exchange *x);
 /* Adds an exchange made outside this module (an all-reduce of table gradients) to the
  * counters: bytes sent to other ranks, seconds, one call. */
 void comm_exchange_count(comm_exchange *x, int64_t bytes, double seconds);

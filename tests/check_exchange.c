@@ -353,6 +353,12 @@ static int64_t words_round(int share, size_t limit, int64_t *inplace, int64_t *b
     }
     comm_exchange_stats(x, bytes, NULL, NULL);
     bad += *bytes != want_bytes;
+    /* the counter of bytes read in place: none through MPI, all the words read in place */
+    int64_t payload = want_bytes - 8 * (int64_t)COMM_EXCHANGE_HEADER_BYTES * (P - 1);
+    int64_t ib = comm_exchange_inplace_bytes(x);
+    if (!on) bad += ib != 0;
+    else if (!limit) bad += ib != payload;
+    else bad += ib < 0 || ib > payload;
     comm_words_free(w);
     comm_exchange_free(x);
     free(cnt);

@@ -5,7 +5,8 @@
 # and 3 ranks, a hashed decoder under `owner` and under `fetch` (its pushes leave when a
 # group's backward ends) and a hashed Memformer (`fetch`, its pushes at the block end) must
 # give bitwise the checkpoint they give with share_exchange = off and move the same bytes;
-# and the runs leave nothing in /dev/shm. (tests/check_exchange.c checks the words
+# with it every step's log says what share of the bytes its peers read in place, without it
+# none does; and the runs leave nothing in /dev/shm. (tests/check_exchange.c checks the words
 # themselves, that nobody overwrites words a peer has yet to read, and a rank whose large
 # exchanges go through MPI while the others' are read in place.)
 # shellcheck source=tests/lib.sh
@@ -32,6 +33,13 @@ for strategy in decoder-owner decoder-fetch memformer; do
       mt "$np" train "${ARGS[@]}" ${model[$strategy]} --streams=$((2 * np)) --steps=4 \
         --ckpt_every=4 --share_exchange=$share --run_dir="$TMP/$strategy-$np-$share"
       [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "$strategy np=$np share_exchange=$share: exited $status"; }
+      steps=$(grep -c '^step' "$TMP/out") inplace=$(grep '^step' "$TMP/out" | grep -cE 'MiB \([1-9][0-9]*% read in place\)' || true)
+      [ "$steps" -gt 0 ] || fail "$strategy np=$np share_exchange=$share: no step lines"
+      if [ "$share" = on ]; then
+        [ "$inplace" = "$steps" ] || fail "$strategy np=$np: $inplace of $steps steps read words in place: $(grep '^step' "$TMP/out" | head -1)"
+      else
+        [ "$inplace" = 0 ] || fail "$strategy np=$np share_exchange=off: words read in place"
+      fi
     done
     d="$TMP/$strategy-$np"
     [ "$(digest "$d-on/ckpt/ckpt-00000004.h5")" = "$(digest "$d-off/ckpt/ckpt-00000004.h5")" ] ||

@@ -94,6 +94,7 @@ int trainer_step(trainer_model *m, trainer_rollout *ro, trainer_schedule *sched,
     if (rc == 0 && ++sched->steps == TRAINER_REPLAN_AFTER) trainer_tables_replan(tables);
     trainer_tables_get_stats(tables, &st1);
     info->bytes_sent = st1.bytes_sent - st0.bytes_sent;
+    info->bytes_in_place = st1.bytes_in_place - st0.bytes_in_place;
     info->lookups = st1.lookups - st0.lookups;
     info->misses = st1.misses - st0.misses;
     return rc;

@@ -19,6 +19,7 @@ typedef struct trainer_step_info {
     float lr;
     trainer_timers time;  /* compute, alltoall, allreduce, optimizer of this step */
     int64_t bytes_sent;   /* this rank, row exchanges */
+    int64_t bytes_in_place; /* of them, read in place by the node's other ranks */
     int64_t lookups, misses;
 } trainer_step_info;
 

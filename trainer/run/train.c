@@ -222,7 +222,7 @@ typedef struct log_window {
     int steps;
     double loss, tokens;
     trainer_timers time;
-    double bytes, lookups, misses;
+    double bytes, lookups, misses, in_place;
 } log_window;
 
 static void window_add(log_window *w, const trainer_step_info *si) {
@@ -233,6 +233,7 @@ static void window_add(log_window *w, const trainer_step_info *si) {
     w->bytes += (double)si->bytes_sent;
     w->lookups += (double)si->lookups;
     w->misses += (double)si->misses;
+    w->in_place += (double)si->bytes_in_place;
 }
 
 /* The metrics columns: the step's figures, then ms_<timer> per step for every trainer_timer,
@@ -254,8 +255,8 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
                      double val_ppl, int64_t val_tokens, double eta_s, double elapsed) {
     double started = 0.0;
     for (int b = 0; b < r->B; b++) started += (double)r->streams[b].io.doc_count;
-    double avg[4] = {w->bytes, w->lookups, w->misses, started};
-    comm_sum_doubles(r->comm, avg, 4);
+    double avg[5] = {w->bytes, w->lookups, w->misses, started, w->in_place};
+    comm_sum_doubles(r->comm, avg, 5);
     double passes = io_stream_passes((int64_t)avg[3], r->train);
     if (comm_rank(r->comm) != 0 || w->steps == 0) return;
     const trainer_config *cfg = r->cfg;
@@ -282,7 +283,11 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
                                    trainer_timer_name(a), w->time.sec[a] * k,
                                    trainer_timer_name(b), w->time.sec[b] * k);
     if (avg[1] > 0) {
-        snprintf(part, sizeof part, " | sent %.1f MiB, fetched %.1f%%", bytes / 1048576,
+        /* with the share read in place on the node (share_exchange), when there is one */
+        char inplace[48] = "";
+        if (avg[4] > 0)
+            snprintf(inplace, sizeof inplace, " (%.0f%% read in place)", 100 * avg[4] / avg[0]);
+        snprintf(part, sizeof part, " | sent %.1f MiB%s, fetched %.1f%%", bytes / 1048576, inplace,
                  100 * (1 - hit));
         used += (size_t)snprintf(line + used, used < sizeof line ? sizeof line - used : 0, "%s", part);
     }

@@ -660,6 +660,7 @@ void trainer_tables_get_stats(const trainer_tables *t, trainer_tables_stats *st)
     st->misses = t->misses;
     st->key_digest = t->digest;
     comm_exchange_stats(t->x, &st->bytes_sent, &st->exchange_seconds, &st->exchanges);
+    st->bytes_in_place = comm_exchange_inplace_bytes(t->x);
 }
 
 void trainer_tables_reset_stats(trainer_tables *t) {

@@ -51,6 +51,7 @@ typedef struct trainer_table_group {
 typedef struct trainer_tables_stats {
     int64_t lookups, misses;  /* (token, chunk) lookups and the remote rows they fetched */
     int64_t bytes_sent;       /* by this rank in row exchanges */
+    int64_t bytes_in_place;   /* of them, read by the node's other ranks in place */
     double exchange_seconds;  /* in the all-to-alls */
     int64_t exchanges;
     uint64_t key_digest;      /* hash of every (group, key) looked up, in order: two runs that
