@@ -252,9 +252,10 @@ static double moment_drift(trainer_model *a, trainer_model *ref) {
 /* deterministic = fast: float sums whose order depends on the rank count, so a run on P ranks
  * agrees with one rank to rounding only; the same P gives the same bits run to run.
  * - One step from the same start looks every token up in the same buckets at any P, so only
- *   the order of the sums differs: the loss within 1e-6 relative, and the step's gradients
- *   (the first moments of the dense parameters and of every table unit) within 1e-5 of their
- *   scale.
+ *   the order of the sums differs: the loss within 1e-6 relative, the step's gradients (the
+ *   first moments of the dense parameters and of every table unit) within 1e-5 of their
+ *   scale, and the gradient norm (the owners' kernels keep their rows' share as they write
+ *   them, tables_norm_kept) within 1e-6 relative.
  * - Over 20 steps the rounding can move a lookup across a bucket's boundary (the hashed
  *   projections are not continuous), after which the runs part by a small jump: the losses
  *   stay within 1e-3 relative of one rank's and the dense parameters within 2e-3 of their
@@ -276,7 +277,8 @@ START_TEST(test_fast_close_to_one_rank) {
     bad += memcmp(pa->data, pb->data, pa->total * sizeof(float)) != 0;
     double l1 = fabs(a1.loss[0] - ref1.loss[0]) / fabs(ref1.loss[0]);
     double m1 = moment_drift(a1.model, ref1.model);
-    bad += (l1 > 1e-6) + (m1 > 1e-5);
+    double n1 = fabs(a1.norm[0] - ref1.norm[0]) / ref1.norm[0];
+    bad += (l1 > 1e-6) + (m1 > 1e-5) + !(n1 <= 1e-6);
     double lw = 0, scale = 0;
     for (int s = 0; s < STEPS; s++) lw = fmax(lw, fabs(a.loss[s] - ref.loss[s]) / fabs(ref.loss[s]));
     for (size_t i = 0; i < pr->total; i++) scale = fmax(scale, fabs(pr->data[i]));
@@ -284,9 +286,9 @@ START_TEST(test_fast_close_to_one_rank) {
     bad += (lw > 1e-3) + (pw > 2e-3);
     bad += !(a.loss[STEPS - 1] < 0.9 * a.loss[0]) + !(ref.loss[STEPS - 1] < 0.9 * ref.loss[0]);
     if (comm_rank(world) == 0)
-        fprintf(stderr, "P=%d %s, fast: against one rank: first step loss %.3g, gradients %.3g; "
-                "%d steps loss %.3g, dense %.3g relative\n", comm_size(world), dc.name, l1, m1,
-                STEPS, lw, pw);
+        fprintf(stderr, "P=%d %s, fast: against one rank: first step loss %.3g, gradients %.3g, "
+                "norm %.3g; %d steps loss %.3g, dense %.3g relative\n", comm_size(world), dc.name,
+                l1, m1, n1, STEPS, lw, pw);
     trainer_model_free(a.model);
     trainer_model_free(b.model);
     trainer_model_free(ref.model);
@@ -299,8 +301,11 @@ END_TEST
 
 /* Under fast the strategies still agree bit for bit at the same P: an owner's one backward
  * call over every source's tokens adds each source's row sums on their own, as the owner
- * adds the rows fetching ranks push (CASES[3] and [4]: the decoder, fetched and owner-side),
- * and so do the gradient norms (the clipping depends on them). */
+ * adds the rows fetching ranks push (CASES[3] and [4]: the decoder, fetched and owner-side).
+ * The gradient norms agree to 1e-12 relative, not to the bit: the owners' kernels keep the
+ * sums of squares in double as they write (tables_norm_kept), where fetching ranks' owners
+ * sum the finished rows; the clipping's float scale does not see the difference here, and
+ * the parameters are the same bits. */
 START_TEST(test_fast_strategies_agree) {
     dist_case fetch = CASES[3], owner = CASES[4];
     fetch.fast = owner.fast = 1;
@@ -308,9 +313,14 @@ START_TEST(test_fast_strategies_agree) {
     train(world, &fetch, &a);
     train(world, &owner, &b);
     int64_t bad = memcmp(a.loss, b.loss, sizeof(a.loss)) != 0;
-    bad += memcmp(a.norm, b.norm, sizeof(a.norm)) != 0;
+    double nw = 0;
+    for (int s = 0; s < STEPS; s++) nw = fmax(nw, fabs(a.norm[s] - b.norm[s]) / a.norm[s]);
+    bad += !(nw <= 1e-12);
     trainer_params *pa = trainer_model_params(a.model), *pb = trainer_model_params(b.model);
     bad += memcmp(pa->data, pb->data, pa->total * sizeof(float)) != 0;
+    if (comm_rank(world) == 0)
+        fprintf(stderr, "P=%d decoder, fast, fetched against owner-side: norms %.3g relative\n",
+                comm_size(world), nw);
     int table_diff = 0;
     each_unit(a.model, b.model, count_differing, &table_diff);
     bad += table_diff;

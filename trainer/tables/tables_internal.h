@@ -55,7 +55,7 @@ typedef struct group_state {
     int push_active;
     uint32_t *push_buf;      /* its payload: per key 2 words of key, then nout*OC floats */
     size_t push_cap;
-    double sq;               /* one rank under fast: the sum of squares of the step's
+    double sq;               /* under tables_norm_kept: the sum of squares of the step's
                                 gradients in drows, summed by the kernels as they write them */
     int64_t seen;            /* distinct remote keys looked up this step */
     double seen_avg;         /* their running mean over steps (the planner's measure) */
@@ -108,9 +108,16 @@ static inline float tables_from_bf16(uint16_t h) {
     return x;
 }
 
-/* One rank under fast: the backward kernels are the only writers of the table gradients,
- * so they keep each group's sum of squares (group_state.sq) and the norm needs no pass. */
-static inline int tables_norm_kept(const trainer_tables *t) { return t->fast && t->P == 1; }
+/* Under fast, whether group s keeps its gradients' sum of squares (group_state.sq) as the
+ * backward kernels write them (new^2 - old^2 of every entry, in double), so the norm needs
+ * no pass over them: where the kernels are the rows' only writers, at one rank and, at
+ * P > 1, under the owner strategy (an owner's calls form all its rows' gradients). Rows
+ * fetched and pushed to their owner are added there, and a replicated group's all-reduce
+ * replaces them: those keep the pass (keeping the sum through a push's add cost the
+ * Memformer's take of the pushes twice what the pass saved). */
+static inline int tables_norm_kept(const trainer_tables *t, const group_state *s) {
+    return t->fast && (t->P == 1 || s->strategy == TRAINER_STRATEGY_OWNER);
+}
 
 /* Whether this rank stores chunk k's rows and moments (its owner, or every rank when the
  * group is replicated). */

@@ -316,9 +316,9 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
     }
     if (transient(t, s)) resolve(t, g, a->rowid, a->N); /* the rows again, for this call */
     /* one rank under fast: this is the only writer of the gradients (they sum in drows), so
-       it sums their squares as it writes them (trainer_tables_grad_sumsq) */
+       it sums their squares as it writes them (tables_norm_kept) */
     tables_local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db,
-                   tables_norm_kept(t) ? &s->sq : NULL);
+                          tables_norm_kept(t, s) ? &s->sq : NULL);
     if (transient(t, s)) {
         tables_release(t, s, RELEASE_ROWS);
         tables_trim(t);

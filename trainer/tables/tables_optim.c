@@ -129,23 +129,27 @@ static double shard_sumsq(const group_state *s, int sh) {
 }
 
 double trainer_tables_grad_sumsq(trainer_tables *t) {
-    if (tables_norm_kept(t)) { /* summed as the gradients were written: no pass over them */
-        double sq = 0.0;
-        for (int g = 0; g < t->n; g++) sq += t->gs[g].sq;
-        return sq;
-    }
+    /* per shard this rank owns of a group that is not kept, its pass; then, after the shards,
+       one slot per rank: the kept groups' sums, in group order (at P = 1 the whole norm) */
     size_t nsh = 0;
     for (int g = 0; g < t->n; g++) nsh += (size_t)t->gs[g].S;
-    double *part = layer_xcalloc(nsh + 1, sizeof(double));
+    double *part = layer_xcalloc(nsh + (size_t)t->P, sizeof(double));
     size_t i = 0;
-    for (int g = 0; g < t->n; g++)
-        for (int sh = 0; sh < t->gs[g].S; sh++, i++)
-            if (t->gs[g].owner[sh] == t->me) part[i] = shard_sumsq(&t->gs[g], sh);
-    if (t->P > 1) comm_sum_doubles(t->comm, part, nsh); /* x + 0 is exact: any order */
+    for (int g = 0; g < t->n; g++) {
+        group_state *s = &t->gs[g];
+        if (tables_norm_kept(t, s)) {
+            part[nsh + (size_t)t->me] += s->sq;
+            i += (size_t)s->S;
+            continue;
+        }
+        for (int sh = 0; sh < s->S; sh++, i++)
+            if (s->owner[sh] == t->me) part[i] = shard_sumsq(s, sh);
+    }
+    if (t->P > 1) comm_sum_doubles(t->comm, part, nsh + (size_t)t->P); /* x + 0 is exact */
     double sq = 0.0;
-    for (i = 0; i < nsh; i++) sq += part[i];
+    for (i = 0; i < nsh + (size_t)t->P; i++) sq += part[i];
     free(part);
-    return sq;
+    return sq > 0.0 ? sq : 0.0; /* kept sums cancel remote rows up to rounding */
 }
 
 static void forget_fetched(trainer_tables *t) {

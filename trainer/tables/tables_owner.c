@@ -333,8 +333,9 @@ void tables_owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
             }
             const float *const *rows = (const float *const *)s->rows;
             if (merge) {
-                layer_hash_backward_parts(nout, s->drows, mgs, NULL, dy, ndy, nparts, mrid, msc,
-                                          rows, ntok, mine, s->R, OC);
+                layer_hash_backward_parts(nout, s->drows, mgs,
+                                          tables_norm_kept(t, s) ? &s->sq : NULL, dy, ndy,
+                                          nparts, mrid, msc, rows, ntok, mine, s->R, OC);
                 mark_contribution(t, s, mrid, (size_t)ntok * mine);
             } else {
                 for (int q = 0, t0 = 0; q < nparts; t0 += ndy[q++]) {
