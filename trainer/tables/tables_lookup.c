@@ -9,8 +9,6 @@
 #include "layers/common.h"
 #include "trainer/tables/tables_internal.h"
 
-static void push_accumulate(void *ctx, int src, const int64_t *keys, const float *gr, int m);
-
 /* ---- helpers ---- */
 
 void tables_fold_marked(group_state *s, int lo, int hi) {
@@ -198,22 +196,94 @@ void tables_local_backward(const group_state *s, const int32_t *rowid, const flo
 
 /* ---- gradient pushes overlapped with the rest of the backward ---- */
 
+/* A gradient push's payload to one owner, for m keys of group g: the m keys (2 words each,
+ * group << 32 | key, in increasing key order), then per output j and tile o the m keys'
+ * slices of that tile (w = min(TILE, OC - o) floats each), one after another: m * (2 + W)
+ * words. Tile by tile, the sender reads its gradient store and the owner adds into its own
+ * in the order the stores lie, and each writes the payload in sequence. */
+static float *push_slices(uint32_t *seg, int m, int j, int o, int OC) {
+    return (float *)seg + 2 * (size_t)m + (size_t)m * ((size_t)j * OC + o);
+}
+
+/* first[p] = the keys before owner p's segment, from the keys per owner cnt (P + 1 entries:
+ * first[P] is them all). */
+static void push_segments(const int64_t *cnt, int P, int *first) {
+    first[0] = 0;
+    for (int p = 0; p < P; p++) first[p + 1] = first[p] + (int)cnt[p];
+}
+
+/* Packs the remote keys of s->blk (slot[q] >= 0: the key's index in the payload, its owner's
+ * segment's first + its place there) into buf, zeroing their gradients; with acc, the others
+ * (slot FOLD or FOLD_FIRST) are folded into the double sums and zeroed too. */
+enum { SLOT_KEEP = -1, SLOT_FOLD_FIRST = -2, SLOT_FOLD = -3 };
+/* keys: the gradient slices fetched ahead by the packing and the owner's add (a tile's rows
+   of a chunk span 2^tau x 128 bytes, eight pages at tau = 8, and the hardware prefetcher
+   starts again at every page) */
+#define PACK_AHEAD 32
+static void push_pack(group_state *s, int g, uint32_t *buf, const int32_t *slot, int n,
+                      const int *first) {
+    int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau;
+    for (int q = 0; q < n; q++) {
+        if (slot[q] < 0) continue;
+        int p = s->owner[(s->blk[q] >> tau) / LAYER_HASH_SHARD];
+        int64_t gk = ((int64_t)g << 32) | s->blk[q];
+        memcpy(buf + (size_t)first[p] * (2 + W) + 2 * (size_t)(slot[q] - first[p]), &gk, 8);
+    }
+    for (int j = 0; j < nout; j++)
+        for (int o = 0; o < OC; o += TILE) {
+            int w = OC - o < TILE ? OC - o : TILE;
+            float *dt = s->drows[j] + layer_hash_store_at(s->R, 0, o);
+            double *at = s->acc[j]; /* the fold's double sums (bitwise only) */
+            for (int q = 0; q < n; q++) {
+                if (slot[q] == SLOT_KEEP) continue;
+                if (q + PACK_AHEAD < n) {
+                    const float *ahead = dt + (size_t)s->blk[q + PACK_AHEAD] * TILE;
+                    __builtin_prefetch(ahead, 1, 0);
+                    __builtin_prefetch(ahead + 16, 1, 0);
+                }
+                size_t off = (size_t)s->blk[q] * TILE;
+                if (slot[q] >= 0) {
+                    int p = s->owner[(s->blk[q] >> tau) / LAYER_HASH_SHARD];
+                    int m = first[p + 1] - first[p];
+                    float *to = push_slices(buf + (size_t)first[p] * (2 + W), m, j, o, OC);
+                    memcpy(to + (size_t)(slot[q] - first[p]) * w, dt + off, (size_t)w * sizeof(float));
+                } else {
+                    tables_acc_slice(at + layer_hash_store_at(s->R, 0, o) + off, dt + off, TILE,
+                                     slot[q] == SLOT_FOLD_FIRST);
+                }
+                memset(dt + off, 0, TILE * sizeof(float));
+            }
+        }
+}
+
 /* When a block runs each projection's backward once, a fetched group's row gradients are
  * complete as soon as its backward returns: they leave for their owners at once (the counts
  * in a blocking all-to-all, the payload in a non-blocking one) while the layers below
- * compute; the block end waits for them.
- * Payload per remote key: the key (2 words) and its gradient row (nout*OC floats), grouped
- * by owner. */
+ * compute; the block end waits for them. */
 static void push_start(trainer_tables *t, int g) {
     group_state *s = &t->gs[g];
-    int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau, P = t->P;
+    int W = s->g.nout * s->g.OC, tau = s->g.tau, P = t->P;
     if (!s->push) s->push = comm_words_create(t->x);
     int64_t *cnt = layer_xcalloc((size_t)P, sizeof(int64_t));
-    int nremote = 0;
-    for (int q = 0; q < s->nblk; q++) {
+    int *first = layer_xcalloc((size_t)P + 1, sizeof(int));
+    /* keys in increasing order; the remote ones numbered per owner for the payload, the own
+       ones kept in the block list */
+    int n = 0, nremote = 0;
+    for (int r = 0; r < s->R; r++)
+        if (s->state[r] & ST_BLOCK) s->blk[n++] = r;
+    int32_t *slot = s->fetched + s->nfetched; /* scratch past the fetched list: (n) */
+    for (int q = 0; q < n; q++) {
         int k = s->blk[q] >> tau;
-        if (!tables_holds(t, s, k)) cnt[s->owner[k / LAYER_HASH_SHARD]] += 2 + W, nremote++;
+        if (!tables_holds(t, s, k)) cnt[s->owner[k / LAYER_HASH_SHARD]]++, nremote++;
     }
+    push_segments(cnt, P, first);
+    int *pos = layer_xmalloc((size_t)P * sizeof(int));
+    memcpy(pos, first, (size_t)P * sizeof(int));
+    for (int q = 0; q < n; q++) {
+        int k = s->blk[q] >> tau;
+        slot[q] = tables_holds(t, s, k) ? SLOT_KEEP : pos[s->owner[k / LAYER_HASH_SHARD]]++;
+    }
+    free(pos);
     size_t need = (size_t)nremote * (2 + W) + 1;
     uint32_t *buf = comm_words_buffer(s->push, need); /* where the owners read it in place */
     if (!buf && need > s->push_cap) { /* MPI reads it from the other ranks: huge pages */
@@ -222,51 +292,66 @@ static void push_start(trainer_tables *t, int g) {
         s->push_buf = layer_xmap(s->push_cap * sizeof(uint32_t));
     }
     if (!buf) buf = s->push_buf;
-    size_t *pos = layer_xcalloc((size_t)P, sizeof(size_t));
-    for (int p = 1; p < P; p++) pos[p] = pos[p - 1] + (size_t)cnt[p - 1];
-    /* keys in increasing order within each owner (the block list, sorted), own keys kept */
-    int n = 0, kept = 0;
-    for (int r = 0; r < s->R; r++)
-        if (s->state[r] & ST_BLOCK) s->blk[n++] = r;
+    push_pack(s, g, buf, slot, n, first);
+    int kept = 0;
     for (int q = 0; q < n; q++) {
-        int key = s->blk[q], k = key >> tau;
-        if (tables_holds(t, s, k)) {
-            s->blk[kept++] = key;
-            continue;
-        }
-        uint32_t *w = buf + pos[s->owner[k / LAYER_HASH_SHARD]];
-        int64_t gk = ((int64_t)g << 32) | key;
-        memcpy(w, &gk, 8);
-        for (int j = 0; j < nout; j++) {
-            layer_hash_store_get((float *)w + 2 + (size_t)j * OC, s->drows[j], s->R, OC, key);
-            for (int o = 0; o < OC; o += TILE)
-                memset(s->drows[j] + layer_hash_store_at(s->R, key, o), 0, TILE * sizeof(float));
-        }
-        pos[s->owner[k / LAYER_HASH_SHARD]] += 2 + W;
-        s->state[key] &= (uint8_t)~ST_BLOCK;
+        if (slot[q] == SLOT_KEEP) s->blk[kept++] = s->blk[q];
+        else s->state[s->blk[q]] &= (uint8_t)~ST_BLOCK;
     }
     s->nblk = kept;
+    for (int p = 0; p < P; p++) cnt[p] *= 2 + W;
     comm_words_start(s->push, buf, cnt);
-    free(pos);
+    free(first);
     free(cnt);
 }
 
-/* Waits for a push of group g's rows on w and adds them, source after source in rank order,
- * each source's keys in the order it listed them. */
+/* Adds one source's payload segment of m keys (push_slices) into the owner's gradients:
+ * bitwise into the double sums (whose order does not matter); fast into drows, so in the
+ * order the sources are taken (rank order). */
+static void push_add(trainer_tables *t, group_state *s, int g, const uint32_t *seg, int m) {
+    int nout = s->g.nout, OC = s->g.OC;
+    int32_t *keys = s->fetched + s->nfetched; /* scratch past the fetched list: (m) */
+    for (int i = 0; i < m; i++) {
+        int64_t gk;
+        memcpy(&gk, seg + 2 * (size_t)i, 8);
+        LAYER_ASSERT((int)(gk >> 32) == g && "gradient push: ranks out of step");
+        keys[i] = (int32_t)(gk & 0xffffffff);
+        LAYER_ASSERT(s->owner[(keys[i] >> s->g.tau) / LAYER_HASH_SHARD] == t->me);
+    }
+    for (int j = 0; j < nout; j++)
+        for (int o = 0; o < OC; o += TILE) {
+            int w = OC - o < TILE ? OC - o : TILE;
+            const float *in = push_slices((uint32_t *)(uintptr_t)seg, m, j, o, OC);
+            if (t->fast) {
+                float *dt = s->drows[j] + layer_hash_store_at(s->R, 0, o);
+                for (int i = 0; i < m; i++) {
+                    if (i + PACK_AHEAD < m) {
+                        const float *ahead = dt + (size_t)keys[i + PACK_AHEAD] * TILE;
+                        __builtin_prefetch(ahead, 1, 0);
+                        __builtin_prefetch(ahead + 16, 1, 0);
+                    }
+                    float *d = dt + (size_t)keys[i] * TILE;
+                    for (int c = 0; c < w; c++) d[c] += in[(size_t)i * w + c];
+                }
+            } else {
+                double *at = s->acc[j] + layer_hash_store_at(s->R, 0, o);
+                for (int i = 0; i < m; i++)
+                    tables_acc_slice(at + (size_t)keys[i] * TILE, in + (size_t)i * w, w,
+                                     !(s->state[keys[i]] & ST_ACC));
+            }
+        }
+    uint8_t mark = t->fast ? ST_TOUCHED : ST_TOUCHED | ST_ACC;
+    for (int i = 0; i < m; i++) s->state[keys[i]] |= mark;
+}
+
+/* Waits for a push of group g's rows on w and adds them, source after source in rank order. */
 static void take_pushes(trainer_tables *t, comm_words *w, int g) {
     group_state *s = &t->gs[g];
     int per = 2 + s->g.nout * s->g.OC;
     const int *rc;
     comm_words_wait(w, &rc);
-    for (int p = 0; p < t->P; p++) {
-        const uint32_t *in = comm_words_from(w, p);
-        for (int i = 0; i < rc[p]; i += per) {
-            int64_t gk;
-            memcpy(&gk, in + i, 8);
-            LAYER_ASSERT((int)(gk >> 32) == g && "gradient push: ranks out of step");
-            push_accumulate(t, p, &gk, (const float *)in + i + 2, 1);
-        }
-    }
+    for (int p = 0; p < t->P; p++)
+        if (rc[p]) push_add(t, s, g, comm_words_from(w, p), rc[p] / per);
 }
 
 static void push_finish(trainer_tables *t, int g) { take_pushes(t, t->gs[g].push, g); }
@@ -336,36 +421,6 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
 
 /* ---- block ends ---- */
 
-static void push_accumulate(void *ctx, int src, const int64_t *keys, const float *gr, int m) {
-    /* bitwise: sums in double of float terms, so the order does not change them; fast: float
-       sums in drows, in the order the exchange hands the sources over (rank order) */
-    (void)src;
-    trainer_tables *t = ctx;
-    for (int i = 0; i < m; i++) {
-        group_state *s = &t->gs[keys[i] >> 32];
-        int key = (int)(keys[i] & 0xffffffff), OC = s->g.OC;
-        LAYER_ASSERT(s->owner[(key >> s->g.tau) / LAYER_HASH_SHARD] == t->me);
-        const float *g = gr + (size_t)i * s->g.nout * OC;
-        if (t->fast) {
-            for (int j = 0; j < s->g.nout; j++)
-                for (int o = 0; o < OC; o += TILE) {
-                    float *d = s->drows[j] + layer_hash_store_at(s->R, key, o);
-                    const float *gj = g + (size_t)j * OC + o;
-                    int w = OC - o < TILE ? OC - o : TILE;
-                    for (int c = 0; c < w; c++) d[c] += gj[c];
-                }
-            s->state[key] |= ST_TOUCHED;
-            continue;
-        }
-        int first = !(s->state[key] & ST_ACC);
-        for (int j = 0; j < s->g.nout; j++)
-            for (int o = 0; o < OC; o += TILE)
-                tables_acc_slice(s->acc[j] + layer_hash_store_at(s->R, key, o),
-                                 g + (size_t)j * OC + o, OC - o < TILE ? OC - o : TILE, first);
-        s->state[key] |= ST_TOUCHED | ST_ACC;
-    }
-}
-
 void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
     for (int g = 0; g < t->n; g++) {
         group_state *s = &t->gs[g];
@@ -375,60 +430,42 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
             push_finish(t, g);
             s->push_active = 0;
         }
-        int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau, nremote = 0;
+        int W = s->g.nout * s->g.OC, tau = s->g.tau, nremote = 0;
         /* the block's keys in increasing order (so every tile streams in sequence); per key
            what happens to its gradient: the remote ones are numbered for the push */
         int n = 0;
         for (int r = 0; r < s->R; r++)
             if (s->state[r] & ST_BLOCK) s->blk[n++] = r;
         LAYER_ASSERT(n == s->nblk);
-        enum { KEEP = -1, FOLD_FIRST = -2, FOLD = -3 };
         int32_t *slot = s->fetched + s->nfetched; /* scratch past the fetched list: (n) */
         int moved = 0;
-        /* the push's payload, as push_start's: per remote key its 2 words, then its W
-           floats, grouped by owner, in increasing key order within an owner */
         int64_t *cnt = layer_xcalloc((size_t)t->P, sizeof(int64_t));
         for (int q = 0; q < n; q++) {
             int k = s->blk[q] >> tau;
             if (!tables_holds(t, s, k)) cnt[s->owner[k / LAYER_HASH_SHARD]]++, nremote++;
         }
-        int *pos = layer_xcalloc((size_t)t->P + 1, sizeof(int));
-        for (int p = 0; p < t->P; p++) pos[p + 1] = pos[p] + (int)cnt[p];
+        int *first = layer_xcalloc((size_t)t->P + 1, sizeof(int));
+        push_segments(cnt, t->P, first);
+        int *pos = layer_xmalloc((size_t)t->P * sizeof(int));
+        memcpy(pos, first, (size_t)t->P * sizeof(int));
+        for (int q = 0; q < n; q++) {
+            int key = s->blk[q], k = key >> tau, held = tables_holds(t, s, k);
+            if (!held)
+                slot[q] = pos[s->owner[k / LAYER_HASH_SHARD]]++;
+            else if (keep_owned || t->fast) /* fast: every block adds into drows */
+                slot[q] = SLOT_KEEP;
+            else
+                slot[q] = (s->state[key] & ST_ACC) ? SLOT_FOLD : SLOT_FOLD_FIRST;
+            moved += slot[q] != SLOT_KEEP;
+            s->state[key] = (uint8_t)((s->state[key] & ~ST_BLOCK) | (held ? ST_TOUCHED : 0) |
+                                      (slot[q] <= SLOT_FOLD_FIRST ? ST_ACC : 0));
+        }
+        free(pos);
         size_t per = 2 + (size_t)W;
         uint32_t *buf = comm_words_buffer(t->pushes, (size_t)nremote * per);
         if (!buf) buf = (uint32_t *)tables_scratch(t, (size_t)nremote * per + 1);
-        for (int q = 0; q < n; q++) {
-            int key = s->blk[q], k = key >> tau, held = tables_holds(t, s, k);
-            if (!held) {
-                slot[q] = pos[s->owner[k / LAYER_HASH_SHARD]]++;
-                int64_t gk = ((int64_t)g << 32) | key;
-                memcpy(buf + (size_t)slot[q] * per, &gk, 8);
-            } else if (keep_owned || t->fast) { /* fast: every block adds into drows */
-                slot[q] = KEEP;
-            } else {
-                slot[q] = (s->state[key] & ST_ACC) ? FOLD : FOLD_FIRST;
-            }
-            moved += slot[q] != KEEP;
-            s->state[key] = (uint8_t)((s->state[key] & ~ST_BLOCK) | (held ? ST_TOUCHED : 0) |
-                                      (slot[q] == FOLD || slot[q] == FOLD_FIRST ? ST_ACC : 0));
-        }
-        free(pos);
-        for (int j = 0; moved && j < nout; j++)
-            for (int o = 0; o < OC; o += TILE) {
-                int w = OC - o < TILE ? OC - o : TILE;
-                float *dt = s->drows[j] + layer_hash_store_at(s->R, 0, o);
-                double *at = s->acc[j] + layer_hash_store_at(s->R, 0, o);
-                for (int q = 0; q < n; q++) {
-                    if (slot[q] == KEEP) continue;
-                    size_t off = (size_t)s->blk[q] * TILE;
-                    if (slot[q] >= 0)
-                        memcpy(buf + (size_t)slot[q] * per + 2 + (size_t)j * OC + o, dt + off,
-                               (size_t)w * sizeof(float));
-                    else
-                        tables_acc_slice(at + off, dt + off, TILE, slot[q] == FOLD_FIRST);
-                    memset(dt + off, 0, TILE * sizeof(float));
-                }
-            }
+        if (moved) push_pack(s, g, buf, slot, n, first);
+        free(first);
         s->nblk = 0;
         if (!pushed) { /* the owners add each source's rows in source order, then key order */
             for (int p = 0; p < t->P; p++) cnt[p] *= (int64_t)per;
