@@ -254,8 +254,8 @@ static double moment_drift(trainer_model *a, trainer_model *ref) {
  * - One step from the same start looks every token up in the same buckets at any P, so only
  *   the order of the sums differs: the loss within 1e-6 relative, the step's gradients (the
  *   first moments of the dense parameters and of every table unit) within 1e-5 of their
- *   scale, and the gradient norm (the owners' kernels keep their rows' share as they write
- *   them, tables_norm_kept) within 1e-6 relative.
+ *   scale, and the gradient norm (the kernels, the pushes' packing and the owners' adds keep
+ *   the squares' sum as they write, tables_norm_kept) within 1e-6 relative.
  * - Over 20 steps the rounding can move a lookup across a bucket's boundary (the hashed
  *   projections are not continuous), after which the runs part by a small jump: the losses
  *   stay within 1e-3 relative of one rank's and the dense parameters within 2e-3 of their
@@ -302,9 +302,10 @@ END_TEST
 /* Under fast the strategies still agree bit for bit at the same P: an owner's one backward
  * call over every source's tokens adds each source's row sums on their own, as the owner
  * adds the rows fetching ranks push (CASES[3] and [4]: the decoder, fetched and owner-side).
- * The gradient norms agree to 1e-12 relative, not to the bit: the owners' kernels keep the
- * sums of squares in double as they write (tables_norm_kept), where fetching ranks' owners
- * sum the finished rows; the clipping's float scale does not see the difference here, and
+ * The gradient norms agree to 1e-12 relative, not to the bit: the sums of squares are kept in
+ * double as the rows are written (tables_norm_kept), by the owners' kernels in one and by the
+ * fetching ranks' kernels, their pushes and the owners' adds in the other, in different
+ * orders; the clipping's float scale does not see the difference here, and
  * the parameters are the same bits. */
 START_TEST(test_fast_strategies_agree) {
     dist_case fetch = CASES[3], owner = CASES[4];

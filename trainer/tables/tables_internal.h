@@ -110,13 +110,13 @@ static inline float tables_from_bf16(uint16_t h) {
 
 /* Under fast, whether group s keeps its gradients' sum of squares (group_state.sq) as the
  * backward kernels write them (new^2 - old^2 of every entry, in double), so the norm needs
- * no pass over them: where the kernels are the rows' only writers, at one rank and, at
- * P > 1, under the owner strategy (an owner's calls form all its rows' gradients). Rows
- * fetched and pushed to their owner are added there, and a replicated group's all-reduce
- * replaces them: those keep the pass (keeping the sum through a push's add cost the
- * Memformer's take of the pushes twice what the pass saved). */
+ * no pass over them. At one rank the kernels are the rows' only writers; at P > 1 a
+ * fetching rank's push packing subtracts the squares of the slices it sends (push_pack) and
+ * the owner's add keeps new^2 - old^2 of what it adds (push_add), so the ranks' sums add up
+ * to the squares' sum of the owners' finished rows. A replicated group's all-reduce
+ * replaces its gradients: it keeps the pass. */
 static inline int tables_norm_kept(const trainer_tables *t, const group_state *s) {
-    return t->fast && (t->P == 1 || s->strategy == TRAINER_STRATEGY_OWNER);
+    return t->fast && !(t->P > 1 && s->strategy == TRAINER_STRATEGY_REPLICATE);
 }
 
 /* Whether this rank stores chunk k's rows and moments (its owner, or every rank when the

@@ -214,14 +214,17 @@ static void push_segments(const int64_t *cnt, int P, int *first) {
 
 /* Packs the remote keys of s->blk (slot[q] >= 0: the key's index in the payload, its owner's
  * segment's first + its place there) into buf, zeroing their gradients; with acc, the others
- * (slot FOLD or FOLD_FIRST) are folded into the double sums and zeroed too. */
+ * (slot FOLD or FOLD_FIRST) are folded into the double sums and zeroed too. With sq (the
+ * group keeps its squares' sum, tables_norm_kept), the squares of the slices that leave are
+ * taken from *sq: the owner's add counts them. */
 enum { SLOT_KEEP = -1, SLOT_FOLD_FIRST = -2, SLOT_FOLD = -3 };
 /* keys: the gradient slices fetched ahead by the packing and the owner's add (a tile's rows
    of a chunk span 2^tau x 128 bytes, eight pages at tau = 8, and the hardware prefetcher
    starts again at every page) */
 #define PACK_AHEAD 32
 static void push_pack(group_state *s, int g, uint32_t *buf, const int32_t *slot, int n,
-                      const int *first) {
+                      const int *first, double *sq) {
+    _Alignas(64) double l[8] = {0}; /* with sq: the squares of the slices that leave */
     int nout = s->g.nout, OC = s->g.OC, W = nout * OC, tau = s->g.tau;
     for (int q = 0; q < n; q++) {
         if (slot[q] < 0) continue;
@@ -247,6 +250,14 @@ static void push_pack(group_state *s, int g, uint32_t *buf, const int32_t *slot,
                     int m = first[p + 1] - first[p];
                     float *to = push_slices(buf + (size_t)first[p] * (2 + W), m, j, o, OC);
                     memcpy(to + (size_t)(slot[q] - first[p]) * w, dt + off, (size_t)w * sizeof(float));
+                    if (sq) {
+                        const float *d = dt + off;
+                        if (w == TILE)
+                            for (int c = 0; c < TILE; c += 8)
+                                for (int i = 0; i < 8; i++) l[i] += (double)d[c + i] * d[c + i];
+                        else
+                            for (int c = 0; c < w; c++) l[c & 7] += (double)d[c] * d[c];
+                    }
                 } else {
                     tables_acc_slice(at + layer_hash_store_at(s->R, 0, o) + off, dt + off, TILE,
                                      slot[q] == SLOT_FOLD_FIRST);
@@ -254,6 +265,7 @@ static void push_pack(group_state *s, int g, uint32_t *buf, const int32_t *slot,
                 memset(dt + off, 0, TILE * sizeof(float));
             }
         }
+    if (sq) *sq -= ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
 /* When a block runs each projection's backward once, a fetched group's row gradients are
@@ -292,7 +304,7 @@ static void push_start(trainer_tables *t, int g) {
         s->push_buf = layer_xmap(s->push_cap * sizeof(uint32_t));
     }
     if (!buf) buf = s->push_buf;
-    push_pack(s, g, buf, slot, n, first);
+    push_pack(s, g, buf, slot, n, first, tables_norm_kept(t, s) ? &s->sq : NULL);
     int kept = 0;
     for (int q = 0; q < n; q++) {
         if (slot[q] == SLOT_KEEP) s->blk[kept++] = s->blk[q];
@@ -309,7 +321,8 @@ static void push_start(trainer_tables *t, int g) {
  * bitwise into the double sums (whose order does not matter); fast into drows, so in the
  * order the sources are taken (rank order). */
 static void push_add(trainer_tables *t, group_state *s, int g, const uint32_t *seg, int m) {
-    int nout = s->g.nout, OC = s->g.OC;
+    int nout = s->g.nout, OC = s->g.OC, kept = tables_norm_kept(t, s);
+    _Alignas(64) double l[8] = {0}; /* kept: new^2 - old^2 of what is added */
     int32_t *keys = s->fetched + s->nfetched; /* scratch past the fetched list: (m) */
     for (int i = 0; i < m; i++) {
         int64_t gk;
@@ -331,7 +344,22 @@ static void push_add(trainer_tables *t, group_state *s, int g, const uint32_t *s
                         __builtin_prefetch(ahead + 16, 1, 0);
                     }
                     float *d = dt + (size_t)keys[i] * TILE;
-                    for (int c = 0; c < w; c++) d[c] += in[(size_t)i * w + c];
+                    const float *x = in + (size_t)i * w;
+                    if (!kept)
+                        for (int c = 0; c < w; c++) d[c] += x[c];
+                    else if (w == TILE)
+                        for (int c = 0; c < TILE; c += 8)
+                            for (int v = 0; v < 8; v++) {
+                                float a = d[c + v], b = a + x[c + v];
+                                l[v] += (double)b * b - (double)a * a;
+                                d[c + v] = b;
+                            }
+                    else
+                        for (int c = 0; c < w; c++) {
+                            float a = d[c], b = a + x[c];
+                            l[c & 7] += (double)b * b - (double)a * a;
+                            d[c] = b;
+                        }
                 }
             } else {
                 double *at = s->acc[j] + layer_hash_store_at(s->R, 0, o);
@@ -342,6 +370,7 @@ static void push_add(trainer_tables *t, group_state *s, int g, const uint32_t *s
         }
     uint8_t mark = t->fast ? ST_TOUCHED : ST_TOUCHED | ST_ACC;
     for (int i = 0; i < m; i++) s->state[keys[i]] |= mark;
+    if (kept) s->sq += ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
 /* Waits for a push of group g's rows on w and adds them, source after source in rank order. */
@@ -464,7 +493,7 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
         size_t per = 2 + (size_t)W;
         uint32_t *buf = comm_words_buffer(t->pushes, (size_t)nremote * per);
         if (!buf) buf = (uint32_t *)tables_scratch(t, (size_t)nremote * per + 1);
-        if (moved) push_pack(s, g, buf, slot, n, first);
+        if (moved) push_pack(s, g, buf, slot, n, first, tables_norm_kept(t, s) ? &s->sq : NULL);
         free(first);
         s->nblk = 0;
         if (!pushed) { /* the owners add each source's rows in source order, then key order */
