@@ -429,8 +429,8 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
         return;
     }
     if (transient(t, s)) resolve(t, g, a->rowid, a->N); /* the rows again, for this call */
-    /* one rank under fast: this is the only writer of the gradients (they sum in drows), so
-       it sums their squares as it writes them (tables_norm_kept) */
+    /* under fast it sums the squares of what it writes (tables_norm_kept; what leaves in a
+       push is taken out again when it is packed) */
     tables_local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db,
                           tables_norm_kept(t, s) ? &s->sq : NULL);
     if (transient(t, s)) {
