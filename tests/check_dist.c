@@ -305,8 +305,8 @@ END_TEST
  * The gradient norms agree to 1e-12 relative, not to the bit: the sums of squares are kept in
  * double as the rows are written (tables_norm_kept), by the owners' kernels in one and by the
  * fetching ranks' kernels, their pushes and the owners' adds in the other, in different
- * orders; the clipping's float scale does not see the difference here, and
- * the parameters are the same bits. */
+ * orders; the clipping's float scale does not see the difference here, and the parameters
+ * are the same bits. */
 START_TEST(test_fast_strategies_agree) {
     dist_case fetch = CASES[3], owner = CASES[4];
     fetch.fast = owner.fast = 1;
