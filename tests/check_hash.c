@@ -482,16 +482,20 @@ END_TEST
  * whole cache lines. */
 /* An owner's backward over the tokens of several sources whose output gradients lie in
  * different buffers (layer_hash_backward_parts) is bitwise the calls over each source's
- * tokens one after another: for one projection and for Q/K/V, with a part of no tokens
- * among them (tau 4 over 301 tokens: every row is hit by several parts); the sum of squares
- * it keeps while writing is what the squares of the rows' gradients grew by. */
+ * tokens one after another: for one projection and for Q/K/V, in four parts with one of no
+ * tokens among them (tau 4 over 301 tokens: every row is hit by several parts) and in two,
+ * as an owner's call at P = 2 (rows hit by the first part only, the second only and both; and
+ * an empty first part); the sum of squares it keeps while writing is what the squares of the
+ * rows' gradients grew by. */
 START_TEST(test_backward_parts) {
     layer_rng r;
     tu_seed(&r, "backward_parts");
     const int shapes[][4] = {{301, 16, 8, 64}, {301, 5, 4, 45}, {40, 7, 6, 33}};
-    for (int c = 0; c < 3; c++) {
-        int N = shapes[c][0], K = shapes[c][1], TAU = shapes[c][2], OC = shapes[c][3], R = K << TAU;
+    for (int c = 0; c < 9; c++) {
+        int N = shapes[c % 3][0], K = shapes[c % 3][1], TAU = shapes[c % 3][2];
+        int OC = shapes[c % 3][3], R = K << TAU, np = c < 3 ? 4 : 2;
         int ndy[4] = {N / 3, 0, N / 2, N - N / 3 - N / 2};
+        if (c >= 3) ndy[0] = c < 6 ? N / 3 : 0, ndy[1] = N - ndy[0];
         size_t nk = (size_t)N * K, ny = (size_t)N * OC, nr = layer_hash_store_floats(R, OC);
         int32_t *rowid = malloc(nk * sizeof(int32_t));
         for (size_t e = 0; e < nk; e++)
@@ -506,7 +510,7 @@ START_TEST(test_backward_parts) {
             dr2[j] = malloc(nr * sizeof(float));
             memcpy(dr2[j], dr1[j], nr * sizeof(float));
             /* each part in a buffer of its own, as the sources' gradients arrive */
-            for (int i = 0, n = 0; i < 4; n += ndy[i++]) {
+            for (int i = 0, n = 0; i < np; n += ndy[i++]) {
                 float *q = malloc((size_t)(ndy[i] + 1) * OC * sizeof(float));
                 memcpy(q, dy[j] + (size_t)n * OC, (size_t)ndy[i] * OC * sizeof(float));
                 parts[j * 4 + i] = q;
@@ -515,7 +519,7 @@ START_TEST(test_backward_parts) {
         float *gs1 = tu_randn(&r, nk, 1.0f), *gs2 = malloc(nk * sizeof(float));
         memcpy(gs2, gs1, nk * sizeof(float));
         for (int nout = 1; nout <= 3; nout += 2) {
-            for (int i = 0, n = 0; i < 4; n += ndy[i++]) {
+            for (int i = 0, n = 0; i < np; n += ndy[i++]) {
                 size_t e = (size_t)n * K;
                 if (!ndy[i]) continue;
                 if (nout == 1)
@@ -529,7 +533,10 @@ START_TEST(test_backward_parts) {
             double before = 0.0, after = 0.0, sq = 0.0;
             for (int j = 0; j < nout; j++)
                 for (size_t i = 0; i < nr; i++) before += (double)dr2[j][i] * dr2[j][i];
-            layer_hash_backward_parts(nout, dr2, gs2, &sq, parts, ndy, 4, rowid, sc,
+            const float *pp[12]; /* (nout, np) */
+            for (int j = 0; j < nout; j++)
+                for (int i = 0; i < np; i++) pp[j * np + i] = parts[j * 4 + i];
+            layer_hash_backward_parts(nout, dr2, gs2, &sq, pp, ndy, np, rowid, sc,
                                       (const float *const *)rows, N, K, R, OC);
             for (int j = 0; j < nout; j++) {
                 ck_assert_msg(memcmp(dr1[j], dr2[j], nr * sizeof(float)) == 0,
@@ -545,7 +552,7 @@ START_TEST(test_backward_parts) {
         }
         for (int j = 0; j < 3; j++) {
             free(rows[j]), free(dy[j]), free(dr1[j]), free(dr2[j]);
-            for (int i = 0; i < 4; i++) free((void *)parts[j * 4 + i]);
+            for (int i = 0; i < np; i++) free((void *)parts[j * 4 + i]);
         }
         free(rowid), free(sc), free(gs1), free(gs2);
     }
