@@ -119,6 +119,12 @@ static inline int tables_norm_kept(const trainer_tables *t, const group_state *s
     return t->fast && !(t->P > 1 && s->strategy == TRAINER_STRATEGY_REPLICATE);
 }
 
+/* Where a writer of group s's gradients adds the squares it changes: &s->sq where the group
+ * keeps them (tables_norm_kept), else NULL. */
+static inline double *tables_kept_sq(const trainer_tables *t, group_state *s) {
+    return tables_norm_kept(t, s) ? &s->sq : NULL;
+}
+
 /* Whether this rank stores chunk k's rows and moments (its owner, or every rank when the
  * group is replicated). */
 static inline int tables_holds(const trainer_tables *t, const group_state *s, int k) {

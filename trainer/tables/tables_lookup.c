@@ -222,6 +222,11 @@ enum { SLOT_KEEP = -1, SLOT_FOLD_FIRST = -2, SLOT_FOLD = -3 };
    of a chunk span 2^tau x 128 bytes, eight pages at tau = 8, and the hardware prefetcher
    starts again at every page) */
 #define PACK_AHEAD 32
+
+/* The sum of eight double lanes, in a fixed tree. */
+static double lanes_sum(const double *l) {
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
 static void push_pack(group_state *s, int g, uint32_t *buf, const int32_t *slot, int n,
                       const int *first, double *sq) {
     _Alignas(64) double l[8] = {0}; /* with sq: the squares of the slices that leave */
@@ -265,7 +270,7 @@ static void push_pack(group_state *s, int g, uint32_t *buf, const int32_t *slot,
                 memset(dt + off, 0, TILE * sizeof(float));
             }
         }
-    if (sq) *sq -= ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    if (sq) *sq -= lanes_sum(l);
 }
 
 /* When a block runs each projection's backward once, a fetched group's row gradients are
@@ -304,7 +309,7 @@ static void push_start(trainer_tables *t, int g) {
         s->push_buf = layer_xmap(s->push_cap * sizeof(uint32_t));
     }
     if (!buf) buf = s->push_buf;
-    push_pack(s, g, buf, slot, n, first, tables_norm_kept(t, s) ? &s->sq : NULL);
+    push_pack(s, g, buf, slot, n, first, tables_kept_sq(t, s));
     int kept = 0;
     for (int q = 0; q < n; q++) {
         if (slot[q] == SLOT_KEEP) s->blk[kept++] = s->blk[q];
@@ -321,8 +326,9 @@ static void push_start(trainer_tables *t, int g) {
  * bitwise into the double sums (whose order does not matter); fast into drows, so in the
  * order the sources are taken (rank order). */
 static void push_add(trainer_tables *t, group_state *s, int g, const uint32_t *seg, int m) {
-    int nout = s->g.nout, OC = s->g.OC, kept = tables_norm_kept(t, s);
-    _Alignas(64) double l[8] = {0}; /* kept: new^2 - old^2 of what is added */
+    int nout = s->g.nout, OC = s->g.OC;
+    double *sq = tables_kept_sq(t, s);
+    _Alignas(64) double l[8] = {0}; /* with sq: new^2 - old^2 of what is added */
     int32_t *keys = s->fetched + s->nfetched; /* scratch past the fetched list: (m) */
     for (int i = 0; i < m; i++) {
         int64_t gk;
@@ -345,7 +351,7 @@ static void push_add(trainer_tables *t, group_state *s, int g, const uint32_t *s
                     }
                     float *d = dt + (size_t)keys[i] * TILE;
                     const float *x = in + (size_t)i * w;
-                    if (!kept)
+                    if (!sq)
                         for (int c = 0; c < w; c++) d[c] += x[c];
                     else if (w == TILE)
                         for (int c = 0; c < TILE; c += 8)
@@ -370,7 +376,7 @@ static void push_add(trainer_tables *t, group_state *s, int g, const uint32_t *s
         }
     uint8_t mark = t->fast ? ST_TOUCHED : ST_TOUCHED | ST_ACC;
     for (int i = 0; i < m; i++) s->state[keys[i]] |= mark;
-    if (kept) s->sq += ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    if (sq) *sq += lanes_sum(l);
 }
 
 /* Waits for a push of group g's rows on w and adds them, source after source in rank order. */
@@ -431,8 +437,7 @@ void trainer_tables_backward(trainer_tables *t, int g, const trainer_tables_act 
     if (transient(t, s)) resolve(t, g, a->rowid, a->N); /* the rows again, for this call */
     /* under fast it sums the squares of what it writes (tables_norm_kept; what leaves in a
        push is taken out again when it is packed) */
-    tables_local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db,
-                          tables_norm_kept(t, s) ? &s->sq : NULL);
+    tables_local_backward(s, a->rowid, a->s, a->N, s->g.K, dout, gs, db, tables_kept_sq(t, s));
     if (transient(t, s)) {
         tables_release(t, s, RELEASE_ROWS);
         tables_trim(t);
@@ -493,7 +498,7 @@ void trainer_tables_block_end(trainer_tables *t, int keep_owned) {
         size_t per = 2 + (size_t)W;
         uint32_t *buf = comm_words_buffer(t->pushes, (size_t)nremote * per);
         if (!buf) buf = (uint32_t *)tables_scratch(t, (size_t)nremote * per + 1);
-        if (moved) push_pack(s, g, buf, slot, n, first, tables_norm_kept(t, s) ? &s->sq : NULL);
+        if (moved) push_pack(s, g, buf, slot, n, first, tables_kept_sq(t, s));
         free(first);
         s->nblk = 0;
         if (!pushed) { /* the owners add each source's rows in source order, then key order */

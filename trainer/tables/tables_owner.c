@@ -333,8 +333,7 @@ void tables_owner_backward(trainer_tables *t, int g, const trainer_tables_act *a
             }
             const float *const *rows = (const float *const *)s->rows;
             if (merge) {
-                layer_hash_backward_parts(nout, s->drows, mgs,
-                                          tables_norm_kept(t, s) ? &s->sq : NULL, dy, ndy,
+                layer_hash_backward_parts(nout, s->drows, mgs, tables_kept_sq(t, s), dy, ndy,
                                           nparts, mrid, msc, rows, ntok, mine, s->R, OC);
                 mark_contribution(t, s, mrid, (size_t)ntok * mine);
             } else {
