@@ -194,12 +194,23 @@ START_TEST(test_matches_one_rank) {
 }
 END_TEST
 
+static double moment_drift(trainer_model *a, trainer_model *ref);
+
 /* One rank, the same streams computed one at a time and all as one block: not bitwise the
  * same, since inside a block the sums over its tokens (dense weight gradients in one GEMM,
  * a row's gradient over its hits, bias sums) run in another order than stream by stream;
- * every such sum is exact to float rounding, so the runs agree to rounding that training
- * amplifies only slowly. The bound: 20 steps keep the losses within 1e-6 relative, and
- * the parameters within 2e-4 of their scale (measured: about 1e-8 and 1e-5). */
+ * every such sum is exact to float rounding.
+ * - One step from the same start: the loss within 1e-6 relative and the step's gradients
+ *   (the first moments) within 1e-5 of their scale (measured: at most 3e-16 and 3e-7).
+ * - Over 20 steps the rounding is amplified slowly (memformer: losses 4e-9, parameters
+ *   8e-6 of their scale), until it moves a lookup across a bucket's boundary: the hashed
+ *   projections are not continuous, and the runs then part by a small jump. Whether and
+ *   when that happens depends on the BLAS kernels' rounding. With OpenBLAS's Haswell kernels
+ *   the decoder's runs did not part in 20 steps; with its SkylakeX kernels their losses
+ *   agree to 3e-9 for 7 steps, jump to 4e-7 at the 8th and reach 9e-5, the parameters 2e-4
+ *   of their scale. So the bound over 20 steps is that of deterministic = fast against one
+ *   rank, the same kind of difference: losses within 1e-3 relative, parameters within 2e-3
+ *   of their scale, and both runs learn. */
 START_TEST(test_blocks_match_streams) {
     const dist_case *dc = &CASES[_i];
     /* bf16 rows round the masters' last bits away in steps of a bf16 ulp: the orders of sums
@@ -209,9 +220,13 @@ START_TEST(test_blocks_match_streams) {
     dist_case one = *dc, all = *dc;
     one.block = 1;
     all.block = dc->streams;
-    run_result a, b;
+    run_result a, b, a1, b1;
     train(self, &one, &a);
     train(self, &all, &b);
+    train_steps(self, &one, &a1, 1);
+    train_steps(self, &all, &b1, 1);
+    double l1 = fabs(a1.loss[0] - b1.loss[0]) / fabs(a1.loss[0]);
+    double m1 = moment_drift(b1.model, a1.model);
     double lw = 0;
     for (int s = 0; s < STEPS; s++) lw = fmax(lw, fabs(a.loss[s] - b.loss[s]) / fabs(a.loss[s]));
     trainer_params *pa = trainer_model_params(a.model), *pb = trainer_model_params(b.model);
@@ -219,12 +234,17 @@ START_TEST(test_blocks_match_streams) {
     for (size_t i = 0; i < pa->total; i++) scale = fmax(scale, fabs(pa->data[i]));
     double pw = tu_max_relerr(pb->data, pa->data, pa->total, scale);
     if (comm_rank(world) == 0)
-        fprintf(stderr, "%s: blocks of 1 vs of %d streams: loss %.3g, dense %.3g relative\n",
-                dc->name, dc->streams, lw, pw);
+        fprintf(stderr, "%s: blocks of 1 vs of %d streams: first step loss %.3g, gradients "
+                "%.3g; %d steps loss %.3g, dense %.3g relative\n", dc->name, dc->streams, l1, m1,
+                STEPS, lw, pw);
+    int64_t bad = (l1 > 1e-6) + (m1 > 1e-5) + (lw > 1e-3) + (pw > 2e-3);
+    bad += lw == 0 && pw == 0; /* and not by accident equal */
+    bad += !(a.loss[STEPS - 1] < 0.9 * a.loss[0]) + !(b.loss[STEPS - 1] < 0.9 * b.loss[0]);
     trainer_model_free(a.model);
     trainer_model_free(b.model);
+    trainer_model_free(a1.model);
+    trainer_model_free(b1.model);
     comm_finalize(self);
-    int64_t bad = (lw > 1e-6) + (pw > 2e-4) + (lw == 0 && pw == 0); /* and not by accident equal */
     ck_assert_int_eq(all_ranks(bad), 0);
 }
 END_TEST
