@@ -105,6 +105,13 @@ void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy
                              const int32_t *rowid, const float *s, const float *rows, int N,
                              int K, int R, int OC);
 
+/* Whether the forward prefetches the rows of its next region as it sweeps the current one:
+ * AUTO (the default) times the first calls of each shape both ways and keeps the faster,
+ * per thread; OFF and ON fix it (tests and benchmarks). The results are the same bits
+ * either way. */
+enum { LAYER_HASH_PREFETCH_OFF = 0, LAYER_HASH_PREFETCH_ON = 1, LAYER_HASH_PREFETCH_AUTO = -1 };
+void layer_hash_set_prefetch(int mode);
+
 /* The fast kernels keep their scratch buffers (MiB at training shapes) per thread
  * between calls; this releases the calling thread's. Safe to call at any time. */
 void layer_hash_workspace_free(void);

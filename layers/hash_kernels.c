@@ -1,6 +1,7 @@
 /* Cache-blocked forward and backward of the hashed projection, and the shared-hash Q/K/V variant. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "layers/hash.h"
 
@@ -256,7 +257,7 @@ HK_INLINE void hk_fwd_sweep(float *y, float *yp, float *yr, const float *tile, c
 }
 
 static void hk_fwd(float *y, int ldy, const int32_t *rowid, const float *s, const float *rows,
-                   const float *b, int N, int K, int R, int OC) {
+                   const float *b, int N, int K, int R, int OC, int prefetch) {
     const int ncb = (OC + HK_T - 1) / HK_T, cap = HK_FWD_REGION / (HK_T * (int)sizeof(float));
     hk_groups gr;
     hk_groups_build(&gr, rowid, N, K, R, cap);
@@ -281,7 +282,7 @@ static void hk_fwd(float *y, int ldy, const int32_t *rowid, const float *s, cons
             int nc = g + 1 < gr.n ? c : c + 1, ng = g + 1 < gr.n ? g + 1 : 0;
             const char *pf = NULL;
             size_t pfl = 0;
-            if (nc < ncb && gr.hi[ng] - gr.lo[ng] + 1 <= cap) {
+            if (prefetch && nc < ncb && gr.hi[ng] - gr.lo[ng] + 1 <= cap) {
                 pf = (const char *)(rows + ((size_t)nc * R + (size_t)gr.lo[ng]) * HK_T);
                 pfl = (size_t)(gr.hi[ng] - gr.lo[ng] + 1) * HK_T * sizeof(float) / 64;
             }
@@ -510,7 +511,8 @@ static void hk_db(float *db, const float *dy, int N, int OC) {
 #else /* portable fallback: plain loops on the same schedule */
 
 static void hk_fwd(float *y, int ldy, const int32_t *rowid, const float *s, const float *rows,
-                   const float *b, int N, int K, int R, int OC) {
+                   const float *b, int N, int K, int R, int OC, int prefetch) {
+    (void)prefetch; /* nothing is prefetched here */
     for (int c0 = 0; c0 < OC; c0 += HK_T) {
         int w = OC - c0 < HK_T ? OC - c0 : HK_T;
         const float *tile = rows + (size_t)(c0 / HK_T) * R * HK_T;
@@ -586,11 +588,73 @@ static void hk_db(float *db, const float *dy, int N, int OC) {
 
 #endif
 
+/* Whether the forward prefetches the next region. The stream is meant to arrive under the
+ * current region's sweep, and where the sweep is long (2,048 tokens) it does. Where it is
+ * short (a Memformer call of 512 tokens) the stream takes longer than the sweep, and what
+ * then goes faster depends on the host. On the AMD EPYC the kernels were tuned on, the
+ * prefetches paid. On an Intel Xeon whose memory answers in 140 ns they held the sweep at
+ * each prefetch (their misses fill the core's few miss buffers); without them the hardware
+ * prefetchers and the sweep's own misses took the stream, and the hashed Memformer's step
+ * ran 16-20% faster. The choice changes no result, only time. So per shape (N, K, R, OC),
+ * the first 2 x HK_TUNE_REPS calls run with and without the prefetches in the pattern ABBA
+ * ABBA ...; the calls after run without them only if those calls took at least a tenth
+ * less time in all (the decoder's calls at P = 2 differ by a few percent either way from run
+ * to run). Calls of one shape come in patterns (a projection's rows just read by another
+ * call, or not), and ABBA gives each way the same share of the calls at even and at odd
+ * places. */
+#define HK_TUNE_REPS 8
+#define HK_TUNE_GAIN 0.9
+#define HK_TUNE_SHAPES 64
+typedef struct hk_tune {
+    int N, K, R, OC, calls, prefetch;
+    double took[2]; /* the calls' time without [0] and with [1] the prefetches */
+} hk_tune;
+static _Thread_local hk_tune hk_tunes[HK_TUNE_SHAPES];
+static _Thread_local int hk_ntunes;
+static int hk_prefetch_mode = LAYER_HASH_PREFETCH_AUTO;
+
+void layer_hash_set_prefetch(int mode) {
+    LAYER_ASSERT(mode == LAYER_HASH_PREFETCH_AUTO || mode == LAYER_HASH_PREFETCH_OFF ||
+                 mode == LAYER_HASH_PREFETCH_ON);
+    hk_prefetch_mode = mode;
+}
+
+static double hk_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void hk_fwd_tuned(float *y, int ldy, const int32_t *rowid, const float *s,
+                         const float *rows, const float *b, int N, int K, int R, int OC) {
+    if (hk_prefetch_mode != LAYER_HASH_PREFETCH_AUTO) {
+        hk_fwd(y, ldy, rowid, s, rows, b, N, K, R, OC, hk_prefetch_mode);
+        return;
+    }
+    hk_tune *u = NULL;
+    for (int i = 0; i < hk_ntunes && !u; i++)
+        if (hk_tunes[i].N == N && hk_tunes[i].K == K && hk_tunes[i].R == R && hk_tunes[i].OC == OC)
+            u = &hk_tunes[i];
+    if (!u && hk_ntunes < HK_TUNE_SHAPES) {
+        u = &hk_tunes[hk_ntunes++];
+        *u = (hk_tune){.N = N, .K = K, .R = R, .OC = OC, .prefetch = 1};
+    }
+    if (!u || u->calls >= 2 * HK_TUNE_REPS) { /* decided (past the table's room: prefetch) */
+        hk_fwd(y, ldy, rowid, s, rows, b, N, K, R, OC, u ? u->prefetch : 1);
+        return;
+    }
+    int with = (u->calls + 1) / 2 % 2 == 0; /* A B B A A B B A ... */
+    double t0 = hk_now();
+    hk_fwd(y, ldy, rowid, s, rows, b, N, K, R, OC, with);
+    u->took[with] += hk_now() - t0;
+    if (++u->calls == 2 * HK_TUNE_REPS) u->prefetch = !(u->took[0] < HK_TUNE_GAIN * u->took[1]);
+}
+
 /* y (N,OC); rowid, s (N,K); rows a store of R rows; b (OC) or NULL. */
 void layer_hash_forward(float *y, const int32_t *rowid, const float *s, const float *rows,
                         const float *b, int N, int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
-    hk_fwd(y, OC, rowid, s, rows, b, N, K, R, OC);
+    hk_fwd_tuned(y, OC, rowid, s, rows, b, N, K, R, OC);
 }
 
 /* The same with token n's outputs at y + n*ldy. */
@@ -598,7 +662,7 @@ void layer_hash_forward_ld(float *y, int ldy, const int32_t *rowid, const float 
                            const float *rows, const float *b, int N, int K, int R, int OC) {
     hk_check(rowid, N, K, R, OC);
     LAYER_ASSERT(ldy >= OC);
-    hk_fwd(y, ldy, rowid, s, rows, b, N, K, R, OC);
+    hk_fwd_tuned(y, ldy, rowid, s, rows, b, N, K, R, OC);
 }
 
 /* drows, gs (N,K), db (OC) += gradients (each may be NULL); dy (N,OC); stores of R rows. */

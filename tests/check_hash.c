@@ -341,6 +341,17 @@ static void compare_fast_ref(layer_rng *r, int N, int K, int R, int OC, int loca
     layer_hash_forward(y1, rowid, s, rows, b, N, K, R, OC);
     layer_hash_forward_ref(y2, rowid, s, rows, b, N, K, R, OC);
     double ef = tu_max_relerr(y1, y2, ny, 1.0);
+    /* With the next region's prefetches and without them, the same bits as the default
+       (whichever of the two its tuning is on) */
+    for (int mode = LAYER_HASH_PREFETCH_OFF; mode <= LAYER_HASH_PREFETCH_ON; mode++) {
+        float *y3 = tu_randn(r, ny, 1.0f);
+        layer_hash_set_prefetch(mode);
+        layer_hash_forward(y3, rowid, s, rows, b, N, K, R, OC);
+        layer_hash_set_prefetch(LAYER_HASH_PREFETCH_AUTO);
+        ck_assert_msg(memcmp(y3, y1, ny * sizeof(float)) == 0,
+                      "N=%d K=%d OC=%d: the forward with prefetch %d differs", N, K, OC, mode);
+        free(y3);
+    }
     layer_hash_forward(y1, rowid, s, rows, NULL, N, K, R, OC);
     layer_hash_forward_ref(y2, rowid, s, rows, NULL, N, K, R, OC);
     double ef0 = tu_max_relerr(y1, y2, ny, 1.0);
