@@ -57,8 +57,10 @@ export MEMTRAIN_FASHION_MNIST_DIR=$TMP/fmnist
 
 SMALL=(--config jobs/configs/memformer.conf --d_model=32 --seg_len=28 --streams=6 --stream_block=2 --horizon=2
        --warmup=2 --log_every=1 --eval_every=0 --keep_ckpts=0)
-# a model whose checkpoint takes a good part of a second to write: signals can land inside
-BIG=(--config jobs/configs/memformer.conf --d_model=128 --seg_len=16 --streams=2 --stream_block=1 --horizon=1
+# a model whose checkpoint takes a good part of a second to write: signals can land inside;
+# its steps take long enough (2 x 4 segments of 32 tokens) that a signal sent at step 1-5
+# finds it training (at 16-token segments and horizon 1 a host ran all 20 steps in 0.3 s)
+BIG=(--config jobs/configs/memformer.conf --d_model=128 --seg_len=32 --streams=2 --stream_block=1 --horizon=4
      --warmup=1 --log_every=1 --eval_every=0 --keep_ckpts=2)
 
 losses() { awk -F, 'NR > 1 {print $1, $2}' "$1/metrics.csv"; }
