@@ -105,10 +105,11 @@ void layer_hash_backward_ref(float *drows, float *gs, float *db, const float *dy
                              const int32_t *rowid, const float *s, const float *rows, int N,
                              int K, int R, int OC);
 
-/* Whether the forward prefetches the rows of its next region as it sweeps the current one:
- * AUTO (the default) times the first calls of each shape both ways and keeps the faster,
- * per thread; OFF and ON fix it (tests and benchmarks). The results are the same bits
- * either way. */
+/* Whether the forward prefetches the rows of its next region as it sweeps the current one,
+ * for the whole process: AUTO (the default) times the first calls of each shape both ways,
+ * per thread, and drops the prefetches for that shape where the calls without them took at
+ * least a tenth less time (hash_kernels.c, hk_fwd_tuned); OFF and ON fix it. The results
+ * are the same bits either way. */
 enum { LAYER_HASH_PREFETCH_OFF = 0, LAYER_HASH_PREFETCH_ON = 1, LAYER_HASH_PREFETCH_AUTO = -1 };
 void layer_hash_set_prefetch(int mode);
 
