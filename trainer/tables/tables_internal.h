@@ -108,6 +108,19 @@ static inline float tables_from_bf16(uint16_t h) {
     return x;
 }
 
+/* sum[l] += g[c + l]^2 for every eighth entry of a slice (TILE): eight independent double
+ * sums, added in an order fixed by the layout. A gradient slice's padding columns hold zero,
+ * so a whole slice adds what its columns do. */
+static inline void tables_sumsq_slice(double *restrict sum, const float *restrict g) {
+    for (int c = 0; c < TILE; c += 8)
+        for (int l = 0; l < 8; l++) sum[l] += (double)g[c + l] * g[c + l];
+}
+
+/* The sum of eight double lanes, in a fixed tree. */
+static inline double tables_lanes_sum(const double *l) {
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
 /* Under fast, whether group s keeps its gradients' sum of squares (group_state.sq) as the
  * backward kernels write them (new^2 - old^2 of every entry, in double), so the norm needs
  * no pass over them. At one rank the kernels are the rows' only writers; at P > 1 a

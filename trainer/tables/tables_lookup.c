@@ -223,10 +223,6 @@ enum { SLOT_KEEP = -1, SLOT_FOLD_FIRST = -2, SLOT_FOLD = -3 };
    starts again at every page) */
 #define PACK_AHEAD 32
 
-/* The sum of eight double lanes, in a fixed tree. */
-static double lanes_sum(const double *l) {
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
 static void push_pack(group_state *s, int g, uint32_t *buf, const int32_t *slot, int n,
                       const int *first, double *sq) {
     _Alignas(64) double l[8] = {0}; /* with sq: the squares of the slices that leave */
@@ -255,14 +251,7 @@ static void push_pack(group_state *s, int g, uint32_t *buf, const int32_t *slot,
                     int m = first[p + 1] - first[p];
                     float *to = push_slices(buf + (size_t)first[p] * (2 + W), m, j, o, OC);
                     memcpy(to + (size_t)(slot[q] - first[p]) * w, dt + off, (size_t)w * sizeof(float));
-                    if (sq) {
-                        const float *d = dt + off;
-                        if (w == TILE)
-                            for (int c = 0; c < TILE; c += 8)
-                                for (int i = 0; i < 8; i++) l[i] += (double)d[c + i] * d[c + i];
-                        else
-                            for (int c = 0; c < w; c++) l[c & 7] += (double)d[c] * d[c];
-                    }
+                    if (sq) tables_sumsq_slice(l, dt + off);
                 } else {
                     tables_acc_slice(at + layer_hash_store_at(s->R, 0, o) + off, dt + off, TILE,
                                      slot[q] == SLOT_FOLD_FIRST);
@@ -270,7 +259,7 @@ static void push_pack(group_state *s, int g, uint32_t *buf, const int32_t *slot,
                 memset(dt + off, 0, TILE * sizeof(float));
             }
         }
-    if (sq) *sq -= lanes_sum(l);
+    if (sq) *sq -= tables_lanes_sum(l);
 }
 
 /* When a block runs each projection's backward once, a fetched group's row gradients are
@@ -376,7 +365,7 @@ static void push_add(trainer_tables *t, group_state *s, int g, const uint32_t *s
         }
     uint8_t mark = t->fast ? ST_TOUCHED : ST_TOUCHED | ST_ACC;
     for (int i = 0; i < m; i++) s->state[keys[i]] |= mark;
-    if (sq) *sq += lanes_sum(l);
+    if (sq) *sq += tables_lanes_sum(l);
 }
 
 /* Waits for a push of group g's rows on w and adds them, source after source in rank order. */

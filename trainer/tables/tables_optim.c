@@ -97,15 +97,8 @@ static inline void grad_slice(float *restrict out, const double *restrict a,
     for (int c = 0; c < TILE; c++) out[c] = (float)(a[c] + (double)d[c]);
 }
 
-/* sum[l] += g[c + l]^2 for every eighth entry: eight independent double sums (one vector),
- * added in an order fixed by the layout. */
-static inline void sumsq_slice(double *restrict sum, const float *restrict g) {
-    for (int c = 0; c < TILE; c += 8)
-        for (int l = 0; l < 8; l++) sum[l] += (double)g[c + l] * g[c + l];
-}
-
 /* Sum of squares of one owned shard's touched gradient slices, in the layout's order: ctx
- * is the eight sums of sumsq_slice. */
+ * is the eight sums of tables_sumsq_slice. */
 static inline void sumsq_one(void *ctx, const group_state *s, size_t off, int has_acc) {
     double *restrict sum = ctx;
     _Alignas(64) float gbuf[TILE];
@@ -116,7 +109,7 @@ static inline void sumsq_one(void *ctx, const group_state *s, size_t off, int ha
             grad_slice(gbuf, s->acc[j] + off, gp);
             gp = gbuf;
         }
-        sumsq_slice(sum, gp);
+        tables_sumsq_slice(sum, gp);
     }
 }
 
@@ -125,7 +118,7 @@ static double shard_sumsq(const group_state *s, int sh) {
     int k0 = sh * LAYER_HASH_SHARD, k1 = k0 + LAYER_HASH_SHARD;
     if (k1 > s->g.K) k1 = s->g.K;
     each_touched_slice(s, k0, k1, sumsq_one, sum, PASS_GRAD, PASS_GRAD_AHEAD);
-    return ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
+    return tables_lanes_sum(sum);
 }
 
 double trainer_tables_grad_sumsq(trainer_tables *t) {
