@@ -499,13 +499,22 @@ static void hk_bwd(float *drows, float *gs, float *db, double *sq, const hk_dy *
         for (size_t h = 0; h < nh; h++) gs[st->ent[h]] += gsh[h];
 }
 
+/* db (OC) += sum_n dy[n], each column's additions in the order of n. Token after token, so
+ * dy streams in sequence (a column block at a time read it one line per 4 KiB page at
+ * OC = 1024), into sums that stay in L1. */
 static void hk_db(float *db, const float *dy, int N, int OC) {
-    for (int o = 0; o < OC; o += 16) {
-        __mmask16 m = (__mmask16)hk_lanes(o, OC);
-        __m512 a = _mm512_maskz_loadu_ps(m, db + o);
-        for (int n = 0; n < N; n++) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, dy + (size_t)n * OC + o));
-        _mm512_mask_storeu_ps(db + o, m, a);
+    const int nv = (OC + 15) / 16;
+    float *a = hk_ws(HK_WS_DB, (size_t)nv * 16 * sizeof(float));
+    memset(a, 0, (size_t)nv * 16 * sizeof(float));
+    memcpy(a, db, (size_t)OC * sizeof(float));
+    for (int n = 0; n < N; n++) {
+        const float *dn = dy + (size_t)n * OC;
+        for (int j = 0; j < nv; j++) {
+            __m512 v = _mm512_maskz_loadu_ps((__mmask16)hk_lanes(16 * j, OC), dn + 16 * j);
+            _mm512_store_ps(a + 16 * j, _mm512_add_ps(_mm512_load_ps(a + 16 * j), v));
+        }
     }
+    memcpy(db, a, (size_t)OC * sizeof(float));
 }
 
 #else /* portable fallback: plain loops on the same schedule */

@@ -385,7 +385,14 @@ static void compare_fast_ref(layer_rng *r, int N, int K, int R, int OC, int loca
     memcpy(dr2, dr1, nr * sizeof(float));
     memcpy(gs2, gs1, nk * sizeof(float));
     memcpy(db2, db1, OC * sizeof(float));
+    float *db0 = malloc(OC * sizeof(float)); /* the bias gradient alone, by its own path */
+    memcpy(db0, db1, OC * sizeof(float));
+    layer_hash_backward(NULL, NULL, db0, dy, rowid, s, rows, N, K, R, OC);
     layer_hash_backward(dr1, gs1, db1, dy, rowid, s, rows, N, K, R, OC);
+    /* the trainer sums a bias gradient by either path: they must agree bit for bit */
+    ck_assert_msg(memcmp(db0, db1, OC * sizeof(float)) == 0,
+                  "N=%d OC=%d: the bias gradient alone differs from the full backward's", N, OC);
+    free(db0);
     layer_hash_backward_ref(dr2, gs2, db2, dy, rowid, s, rows, N, K, R, OC);
     double er = tu_max_relerr(dr1, dr2, nr, 1.0), eg = tu_max_relerr(gs1, gs2, nk, 1.0);
     double eb = tu_max_relerr(db1, db2, OC, 1.0);
