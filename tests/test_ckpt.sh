@@ -61,11 +61,18 @@ with h5py.File(path, "r") as f:
 with open(path, "r+b") as f:
     f.seek(off); b = f.read(1); f.seek(off); f.write(bytes([b[0] ^ 0x40]))
 PY
+damaged=$(sha256sum <"$d/ckpt/ckpt-00000012.h5")
 mt 2 --resume "$d" --steps=12
 grep -q "tables/dec0.ffn.ml2/out0/data slice 0 fails its checksum" "$TMP/out" || { cat "$TMP/out"; fail "flipped byte not detected"; }
 grep -q "falling back to an older checkpoint" "$TMP/out" || fail "no fallback message"
 grep -q "resumed from $d/ckpt/ckpt-00000006.h5" "$TMP/out" || fail "did not fall back to step 6"
 pass "flipped byte detected by name, fell back to step 6"
+# the skipped file is kept, set aside, and the run's own step 12 is a file of its own
+grep -q "ckpt-00000012.h5: set aside as $d/ckpt/ckpt-00000012.h5.skipped" "$TMP/out" \
+  || { cat "$TMP/out"; fail "skipped file not said to be set aside"; }
+[ "$(sha256sum <"$d/ckpt/ckpt-00000012.h5.skipped")" = "$damaged" ] || fail "skipped file changed"
+[ "$(sha256sum <"$d/ckpt/ckpt-00000012.h5")" != "$damaged" ] || fail "no new step 12 written"
+pass "the skipped file kept as .skipped, the run's step 12 written beside it"
 cp "$TMP/A2/ckpt/ckpt-00000012.h5" "$d/ckpt/"
 truncate -s $(( $(stat -c %s "$d/ckpt/ckpt-00000012.h5") / 2 )) "$d/ckpt/ckpt-00000012.h5"
 echo ckpt-00000012.h5 >"$d/ckpt/LATEST"

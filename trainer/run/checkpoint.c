@@ -1,6 +1,7 @@
 /* Mapping of a run's state onto checkpoint arrays (names documented in the README), save, load, resume with fallback. */
 #include "trainer/run/checkpoint.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -432,13 +433,46 @@ int trainer_ckpt_load(comm_ctx *c, const char *path, trainer_model *m, trainer_s
     return rc;
 }
 
+/* Renames the skipped checkpoint paths[0..nskip) to "<name>.skipped" (".skipped.2", ... when
+ * taken) on rank 0, each said so: the run goes on from an older step and would otherwise write
+ * its own checkpoint of that step over the file (another run's, a newer memtrain's, or a
+ * damaged one kept for a look). Returns 0, or -1 with a message on every rank. */
+static int set_aside(comm_ctx *c, char (*paths)[IO_CKPT_PATH_MAX], int nskip, char *err,
+                     size_t n) {
+    int64_t rc = 0;
+    if (comm_rank(c) == 0)
+        for (int i = 0; i < nskip && !rc; i++) {
+            char to[IO_CKPT_PATH_MAX + 32], line[2 * IO_CKPT_PATH_MAX + 200];
+            int k = 1;
+            do {
+                if (k == 1) snprintf(to, sizeof to, "%s.skipped", paths[i]);
+                else snprintf(to, sizeof to, "%s.skipped.%d", paths[i], k);
+            } while (access(to, F_OK) == 0 && ++k < 1000);
+            if (k >= 1000 || rename(paths[i], to) != 0) {
+                snprintf(err, n, "%s: cannot set the skipped checkpoint aside (%s), and this run "
+                         "would write over it; move it out of the ckpt directory", paths[i],
+                         k >= 1000 ? "too many .skipped files" : strerror(errno));
+                rc = -1;
+            } else {
+                snprintf(line, sizeof line, "%s: set aside as %s, out of the way of this run's "
+                         "own checkpoints", paths[i], to);
+                comm_warn0(c, line);
+            }
+        }
+    comm_broadcast(c, &rc, sizeof rc, 0);
+    if (rc) comm_broadcast(c, err, n, 0);
+    return (int)rc;
+}
+
 int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
                         const trainer_config *cfg, trainer_model *m, trainer_stream_state *st,
-                        int64_t *step, char *path, size_t pathlen, char *err, size_t n) {
+                        int aside, int64_t *step, char *path, size_t pathlen, char *err,
+                        size_t n) {
     char (*paths)[IO_CKPT_PATH_MAX] = layer_xmalloc(MAX_CKPTS * IO_CKPT_PATH_MAX);
     int count = candidates(c, run_dir, paths), rc = -1;
     member *mb = layer_xmalloc(sizeof *mb);
     snprintf(err, n, "no checkpoint in %s/ckpt to resume from", run_dir);
+    int chosen = 0; /* the files before it were skipped */
     for (int i = 0; i < count; i++) {
         io_ckpt *ck = io_ckpt_open(c, paths[i], err, n);
         rc = ck ? read_member(ck, run_id, cfg, mb, err, n) : -1;
@@ -450,6 +484,7 @@ int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
         io_ckpt_close(ck);
         if (rc == 0) {
             snprintf(path, pathlen, "%s", paths[i]);
+            chosen = i;
             break;
         }
         char line[1100];
@@ -457,6 +492,7 @@ int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
                  i + 1 < count ? "falling back to an older checkpoint" : "no older checkpoint left");
         comm_warn0(c, line);
     }
+    if (rc == 0 && aside) rc = set_aside(c, paths, chosen, err, n);
     if (rc == 0 && comm_rank(c) == 0) {
         /* LATEST only hints: the newest checkpoint that loads decides, and a LATEST naming an
            older one (restored from a backup, left by hand) is said so */

@@ -88,10 +88,13 @@ int trainer_ckpt_load(comm_ctx *c, const char *path, trainer_model *m, trainer_s
 /* Finds and loads the newest valid checkpoint of run_dir/ckpt that belongs to the run of
  * run_id and has cfg's shape: a file that fails (truncated, corrupt, foreign, another run's,
  * named for another step) is reported on rank 0 ("memtrain: <why>; falling back to an older
- * checkpoint") and the next older one is tried. Returns 0 with its path and step, or -1 with
- * a message when none loads. */
+ * checkpoint") and the next older one is tried. With aside (a run that goes on from the file
+ * found), the skipped files are renamed to "<name>.skipped" first, so that the run's own
+ * checkpoints of their steps never replace them. Returns 0 with its path and step, or -1 with
+ * a message when none loads (or a skipped file could not be set aside). */
 int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
                         const trainer_config *cfg, trainer_model *m, trainer_stream_state *st,
-                        int64_t *step, char *path, size_t pathlen, char *err, size_t n);
+                        int aside, int64_t *step, char *path, size_t pathlen, char *err,
+                        size_t n);
 
 #endif

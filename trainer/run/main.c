@@ -383,7 +383,7 @@ static int nothing_to_do(cli *c, comm_ctx *comm) {
         trainer_model_spec spec;
         trainer_spec_from_config(&spec, &c->cfg);
         trainer_model *m = trainer_model_create(&spec, comm);
-        failed = trainer_ckpt_resume(comm, c->resume, have ? id : NULL, &c->cfg, m, NULL, &at,
+        failed = trainer_ckpt_resume(comm, c->resume, have ? id : NULL, &c->cfg, m, NULL, 0, &at,
                                      c->path, sizeof(c->path), err, sizeof(err)) != 0;
         trainer_model_free(m);
         if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);

@@ -452,14 +452,27 @@ static void metrics_lost(run *r, int64_t step, const char *what) {
     comm_exit_error(r->comm, err);
 }
 
-/* Restores the newest valid checkpoint of resume_dir; returns the steps it had done. */
+/* Whether directories a and b are one (rank 0 looks; every rank gets the answer). */
+static int same_dir(comm_ctx *comm, const char *a, const char *b) {
+    int64_t same = 0;
+    struct stat sa, sb;
+    if (comm_rank(comm) == 0)
+        same = stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+               sa.st_ino == sb.st_ino;
+    comm_broadcast(comm, &same, sizeof same, 0);
+    return (int)same;
+}
+
+/* Restores the newest valid checkpoint of resume_dir; returns the steps it had done. Files
+ * skipped on the way are set aside when the run writes its checkpoints into that directory. */
 static int64_t resume_run(run *r, const char *resume_dir) {
     char err[512], path[1100];
     int64_t step = 0;
     double t = comm_time();
     trainer_stream_state st = stream_state_alloc(r);
+    int aside = same_dir(r->comm, resume_dir, r->cfg->run_dir);
     int rc = trainer_ckpt_resume(r->comm, resume_dir, trainer_rundir_id(r->rd), r->cfg, r->model,
-                                 &st, &step, path, sizeof(path), err, sizeof(err));
+                                 &st, aside, &step, path, sizeof(path), err, sizeof(err));
     if (rc == 0) streams_import(r, &st);
     stream_state_release(&st);
     if (rc != 0) comm_exit_error(r->comm, err);
