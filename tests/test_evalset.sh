@@ -57,4 +57,15 @@ d = open('$TMP/docs.txt', 'rb').read().split(b'\f')[:-1]
 print(sum(len(x) for x in d[9::10]))")
 grep -q "the first 4 documents whole ($all tokens)" "$TMP/out" || { cat "$TMP/out"; fail "eval_docs = 0"; }
 pass "eval_docs = 0 scores all $all tokens of the 4 validation documents"
+# lanes past the documents score nothing: far more streams than documents give the same figure
+# (and run as long as the documents take, not the streams)
+mt 2 eval --ckpt "$ck" --eval_docs=3 --streams=1000000
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "eval with 1000000 streams"; }
+grep -o "validation perplexity .* tokens)" "$TMP/out" | cmp - "$TMP/e1" \
+  || fail "eval with 1000000 streams differs: $(cat "$TMP/out")"
+pass "eval with 1,000,000 streams for 3 documents gives the same figure"
+# inspect reads every array first: a missing one is named, not listed from the config
+cp "$ck" "$TMP/bad.h5"
+/usr/bin/python3 -c "import h5py, sys; f = h5py.File(sys.argv[1], 'r+'); del f['dense/wte/data']" "$TMP/bad.h5"
+expect_error 2 "bad.h5: dataset dense/wte/data damaged or missing" inspect --ckpt "$TMP/bad.h5"
 echo "test_evalset: all passed"

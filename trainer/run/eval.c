@@ -24,11 +24,14 @@ trainer_model *trainer_model_from_checkpoint(comm_ctx *comm, const trainer_confi
 int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
     io_dataset *val = trainer_load_split(comm, cfg, IO_SPLIT_VAL);
     long long ndocs = trainer_preflight_eval(comm, cfg, val);
+    /* the memory estimate and the model's plan for the lanes the documents fill */
+    trainer_config ec = *cfg;
+    ec.streams = trainer_eval_lanes(cfg, trainer_eval_docs(cfg, val));
     int64_t step = 0;
-    trainer_model *m = trainer_model_from_checkpoint(comm, cfg, path, TRAINER_USE_EVAL, 0, &step);
+    trainer_model *m = trainer_model_from_checkpoint(comm, &ec, path, TRAINER_USE_EVAL, 0, &step);
     double t = comm_time();
     int64_t tokens = 0;
-    double ppl = trainer_validation_ppl(comm, cfg, m, val, &tokens);
+    double ppl = trainer_validation_ppl(comm, &ec, m, val, &tokens);
     if (comm_rank(comm) == 0) {
         char shown[2200];
         printf("%s (step %lld): validation perplexity %.6f on %s, the first %lld documents whole "

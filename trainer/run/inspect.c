@@ -8,6 +8,7 @@
 #include "io/ckpt.h"
 #include "layers/common.h"
 #include "trainer/model/model.h"
+#include "trainer/run/checkpoint.h"
 
 int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const char *path) {
     char err[512], name[256];
@@ -15,9 +16,13 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, cfg);
     trainer_model *m = trainer_model_create(&spec, comm);
+    int64_t step = 0, zero = 0;
+    /* every array read and checked first (dims, checksums), as eval would: the listing below
+       is of the arrays the model has, so it stands for the file only once they all load */
+    if (trainer_ckpt_load(comm, path, m, NULL, &step, err, sizeof(err)) != 0)
+        comm_exit_error(comm, err);
     io_ckpt *ck = io_ckpt_open(comm, path, err, sizeof(err));
     if (!ck) comm_exit_error(comm, err);
-    int64_t step = 0, zero = 0;
     if (io_ckpt_get_attr_i64(ck, "step", &step, err, sizeof(err)) != 0) comm_exit_error(comm, err);
     char *run_id = NULL;
     if (io_ckpt_get_attr_str(ck, "run_id", &run_id, err, sizeof(err)) != 0)

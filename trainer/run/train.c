@@ -108,8 +108,23 @@ int64_t trainer_eval_docs(const trainer_config *cfg, const io_dataset *val) {
     return cfg->eval_docs > 0 && cfg->eval_docs < val->ndocs ? cfg->eval_docs : val->ndocs;
 }
 
-/* The documents are dealt to cfg->streams lanes (lane j scores documents j, j + streams, ...
- * of the first trainer_eval_docs), the lanes cut into blocks of stream_block as in training
+/* stream_block as set, or with auto the block bitwise runs use: the same on every rank count */
+static int eval_block(const trainer_config *cfg) {
+    trainer_config fixed = *cfg;
+    fixed.deterministic = TRAINER_DET_BITWISE;
+    int blk = trainer_config_stream_block(&fixed, 1);
+    return blk < cfg->streams ? blk : cfg->streams;
+}
+
+int trainer_eval_lanes(const trainer_config *cfg, int64_t ndocs) {
+    int S = cfg->streams, blk = eval_block(cfg);
+    if (ndocs >= S) return S;
+    int64_t need = (ndocs + blk - 1) / blk * blk;
+    return (int)(need > blk ? need : blk);
+}
+
+/* The documents are dealt to trainer_eval_lanes lanes (lane j scores documents j, j + lanes,
+ * ... of the first trainer_eval_docs), the lanes cut into blocks of stream_block as in training
  * and the blocks dealt over the ranks. A block is computed as one batch whatever the rank
  * count, so a lane's figures are too (a batch of other rows could round differently); every
  * rank makes the same calls (a rank out of blocks computes an idle one), since each lookup of
@@ -119,15 +134,12 @@ int64_t trainer_eval_docs(const trainer_config *cfg, const io_dataset *val) {
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
                               const io_dataset *val, int64_t *tokens) {
     int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = cfg->vocab;
-    int S = cfg->streams, V = cfg->vocab;
-    /* stream_block as set, or with auto the block bitwise runs use: the same on every rank count */
-    trainer_config fixed = *cfg;
-    fixed.deterministic = TRAINER_DET_BITWISE;
-    int blk = trainer_config_stream_block(&fixed, 1);
-    if (blk > S) blk = S;
+    int S, V = cfg->vocab;
+    int blk = eval_block(cfg);
+    int64_t ndocs = trainer_eval_docs(cfg, val);
+    S = trainer_eval_lanes(cfg, ndocs);
     trainer_schedule sc = trainer_schedule_make(S, blk, P, rank);
     int passes = sc.passes, nb = sc.nmine, first = sc.first_stream, B = sc.nstreams_mine;
-    int64_t ndocs = trainer_eval_docs(cfg, val);
     stream_state *vs = layer_xcalloc(B + 1, sizeof(stream_state));
     stream_states_init(vs, B, first, S, L);
     int64_t *quota = layer_xcalloc(B + 1, sizeof(int64_t));

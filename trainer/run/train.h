@@ -18,6 +18,12 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
  * them when eval_docs is 0 or larger than the split. */
 int64_t trainer_eval_docs(const trainer_config *cfg, const io_dataset *val);
 
+/* The lanes an evaluation of ndocs documents deals them to: cfg->streams, or with more streams
+ * than documents, the lanes up to the first block boundary past the last document. Lane j
+ * then scores document j alone either way, in blocks of the same size, so the figure is the
+ * same, and time and memory follow the documents, not the streams asked for. */
+int trainer_eval_lanes(const trainer_config *cfg, int64_t ndocs);
+
 /* Validation perplexity of model over the first trainer_eval_docs documents of val, each
  * scored whole and from its start in the model's own way (segments of seg_len, the Memformer
  * carrying its memory from one to the next): the same tokens for every architecture,
