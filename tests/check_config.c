@@ -398,7 +398,7 @@ START_TEST(test_validate) {
     expect_invalid(&c, "lr = -1: expected a number > 0");
     trainer_config_defaults(&c);
     c.streams = 0;
-    expect_invalid(&c, "streams = 0: expected a positive integer");
+    expect_invalid(&c, "streams = 0: expected an integer in 1..1048576");
     trainer_config_defaults(&c);
     c.horizon = 0;
     expect_invalid(&c, "horizon = 0: expected a positive integer");
@@ -579,7 +579,10 @@ START_TEST(test_stream_block_auto) {
     c.streams = 3;
     ck_assert_int_eq(trainer_config_stream_block(&c, 2), 3);
     ck_assert_int_eq(trainer_config_set(&c, "stream_block", "6", err, sizeof err), 0);
+    ck_assert_int_eq(trainer_config_stream_block(&c, 2), 3); /* past streams: one block of all */
+    c.streams = 8;
     ck_assert_int_eq(trainer_config_stream_block(&c, 2), 6);
+    c.streams = 3;
     ck_assert_int_eq(trainer_config_set(&c, "stream_block", "auto", err, sizeof err), 0);
     ck_assert_int_eq(c.stream_block, TRAINER_STREAM_BLOCK_AUTO);
     char text[8192];
@@ -587,7 +590,7 @@ START_TEST(test_stream_block_auto) {
     ck_assert_ptr_nonnull(strstr(text, "stream_block = auto\n"));
     ck_assert_ptr_nonnull(strstr(text, "deterministic = bitwise\n"));
     ck_assert_int_ne(trainer_config_set(&c, "stream_block", "0", err, sizeof err), 0);
-    ck_assert_str_eq(err, "stream_block = 0: expected a positive integer or auto");
+    ck_assert_str_eq(err, "stream_block = 0: expected an integer in 1..1048576 or auto");
     ck_assert_int_ne(trainer_config_set(&c, "deterministic", "exact", err, sizeof err), 0);
     ck_assert_str_eq(err, "deterministic = exact: expected one of bitwise|fast");
 }

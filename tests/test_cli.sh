@@ -39,6 +39,37 @@ SLURM_NTASKS=4 "$BIN/memtrain" --steps=1 --warmup=1 >"$TMP/out" 2>&1 || status=$
 [ "$status" -ne 0 ] && grep -q "SLURM_NTASKS=4" "$TMP/out" || { cat "$TMP/out"; fail "singleton trap not caught"; }
 pass "singleton trap: $(cat "$TMP/out")"
 
+# ranges that keep a stray digit from the memory estimate, flags of other commands, two
+# commands, and a negative number given as a flag's next argument
+S=(--data=brown --steps=2 --warmup=1 --d_model=32 --n_heads=2 --n_layers=1 --seg_len=8
+   --streams=2 --horizon=1 --arch=decoder --eval_every=0 --log_every=1)
+for np in 1 2; do
+  expect_error "$np" "n_layers = 10000000: expected an integer in 1..1024" --n_layers=10000000
+  expect_error "$np" "streams = 2147483647: expected an integer in 1..1048576" --streams=2147483647
+  expect_error "$np" "--ckpt is not an option of train (it belongs to: eval sample inspect)" \
+    --ckpt "$TMP/none.h5"
+  expect_error "$np" "two commands, 'eval' and 'sample': give one" eval sample --ckpt "$TMP/none.h5"
+  expect_error "$np" "--per-rank-streams = 3x: expected an integer in 1..1048576" plan --ranks 1 \
+    --per-rank-streams 3x
+done
+# a stream_block past streams is one block of them all
+mt 1 "${S[@]}" --stream_block=1048576 --run_dir="$TMP/blk"
+[ "$status" -eq 0 ] && grep -q "2 streams in blocks of 2 " "$TMP/out" || { cat "$TMP/out"; fail "stream_block past streams"; }
+pass "stream_block past streams: one block of them all"
+expect_error 2 "--top-k = -1: expected an integer in 0..65536" sample \
+  --ckpt "$TMP/blk/ckpt/ckpt-00000002.h5" --top-k -1
+# a run_dir whose earlier run logged steps but left no checkpoint is refused, files untouched
+rm -rf "$TMP/blk/ckpt"
+sum=$(cat "$TMP/blk/metrics.csv" "$TMP/blk/config.conf" | sha256sum)
+expect_error 2 "holds an earlier run's figures ($TMP/blk/metrics.csv) but no checkpoint" \
+  "${S[@]}" --run_dir="$TMP/blk"
+[ "$(cat "$TMP/blk/metrics.csv" "$TMP/blk/config.conf" | sha256sum)" = "$sum" ] \
+  || fail "the earlier run's files changed"
+# --help once per job, not once per rank
+mpirun --oversubscribe -np 2 "$BIN/memtrain" --help >"$TMP/help2"
+[ "$(wc -l <"$TMP/help2")" -eq "$("$BIN/memtrain" --help | wc -l)" ] || fail "--help printed per rank"
+pass "--help printed once under mpirun -np 2"
+
 # --help lists every key with its default
 "$BIN/memtrain" --help >"$TMP/help"
 for key in arch proj d_model tau expand_bits score horizon bptt streams lr warmup min_lr \

@@ -94,8 +94,14 @@ int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
     char msg[512];
     for (int i = 1; i < argc && rc == 0; i++) {
         char *a = argv[i];
-        if (rest_is_theirs || is_caller_flag(a, caller_flags)) {
+        if (rest_is_theirs) {
             theirs[ntheirs++] = a;
+        } else if (is_caller_flag(a, caller_flags)) {
+            theirs[ntheirs++] = a;
+            /* "--top-k -1": a negative number after a flag is its value, never an option */
+            const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+            if (!strchr(a, '=') && v && v[0] == '-' && ((v[1] >= '0' && v[1] <= '9') || v[1] == '.'))
+                theirs[ntheirs++] = argv[++i];
         } else if (strcmp(a, "--") == 0) {
             ours[nours++] = a;
             rest_is_theirs = true;

@@ -110,10 +110,12 @@ static const key_def keys[] = {
              "dense GEMM projections, or MemoryFormer hash-addressed lookup tables"),
     INT_KEY(d_model, "128", 1, 0, S | NOHI, NULL, "model width"),
     INT_KEY(n_heads, "4", 1, 0, S | NOHI, NULL, "attention heads; d_model must be a multiple"),
-    INT_KEY(n_layers, "2", 1, 0, S | NOHI, applies_decoder, "transformer blocks (arch = decoder)"),
-    INT_KEY(enc_layers, "1", 1, 0, S | NOHI, applies_memformer,
+    INT_KEY(n_layers, "2", 1, TRAINER_MAX_LAYERS, S, applies_decoder,
+            "transformer blocks (arch = decoder)"),
+    INT_KEY(enc_layers, "1", 1, TRAINER_MAX_LAYERS, S, applies_memformer,
             "Memformer encoder layers; the last one writes the memory"),
-    INT_KEY(dec_layers, "2", 1, 0, S | NOHI, applies_memformer, "Memformer decoder layers"),
+    INT_KEY(dec_layers, "2", 1, TRAINER_MAX_LAYERS, S, applies_memformer,
+            "Memformer decoder layers"),
     INT_KEY(seg_len, "64", 2, 0, S | NOHI, NULL, "tokens per segment"),
     INT_KEY(vocab, "256", 2, 65536, S, NULL,
             "vocabulary: 256 for bytes and pixels, up to 65536 for uint16 token files"),
@@ -144,9 +146,9 @@ static const key_def keys[] = {
     ENUM_KEY(bptt, "mrbp", bptt_words, 0, NULL,
              "memory replay back-propagation (one step's activations kept) or full BPTT (all "
              "kept); same gradients"),
-    INT_KEY(streams, "8", 1, 0, S | NOHI, NULL,
+    INT_KEY(streams, "8", 1, TRAINER_MAX_STREAMS, S, NULL,
             "sequences in flight over all ranks, each with its own memory and data cursor"),
-    INT_KEY(stream_block, "auto", 1, 0, NOHI | KF_AUTO, NULL,
+    INT_KEY(stream_block, "auto", 1, TRAINER_MAX_STREAMS, KF_AUTO, NULL,
             "streams computed together as one batch; ranks own whole blocks. auto: streams/ranks "
             "(at most 16) under deterministic = fast, 4 under bitwise"),
     ENUM_KEY(deterministic, "fast", det_words, 0, NULL,
@@ -310,7 +312,8 @@ static void describe_expected(const key_def *d, char *buf, size_t n) {
             else if (lo == 0) snprintf(buf, n, "a non-negative integer");
             else snprintf(buf, n, "an integer >= %" PRId64, lo);
         } else {
-            snprintf(buf, n, "an integer in %" PRId64 "..%" PRId64, lo, hi);
+            snprintf(buf, n, "an integer in %" PRId64 "..%" PRId64 "%s", lo, hi,
+                     (d->flags & KF_AUTO) ? " or auto" : "");
         }
         break;
     }
@@ -634,8 +637,10 @@ int trainer_config_rope_dim(const trainer_config *c) {
 }
 
 int trainer_config_stream_block(const trainer_config *c, int P) {
-    if (c->stream_block != TRAINER_STREAM_BLOCK_AUTO) return c->stream_block;
     int S = c->streams > 0 ? c->streams : 1;
+    /* a block past the streams is one block of them all: the same batch */
+    if (c->stream_block != TRAINER_STREAM_BLOCK_AUTO)
+        return c->stream_block < S ? c->stream_block : S;
     if (c->deterministic == TRAINER_DET_BITWISE)
         return S < TRAINER_STREAM_BLOCK_BITWISE ? S : TRAINER_STREAM_BLOCK_BITWISE;
     if (P < 1) P = 1;

@@ -95,6 +95,11 @@ typedef enum trainer_determinism {
 #define TRAINER_STREAM_BLOCK_CAP 16
 /* What auto resolves to under deterministic = bitwise, on every rank count. */
 #define TRAINER_STREAM_BLOCK_BITWISE 4
+/* The largest layer counts and stream counts a config may set: far past any model this
+ * trains, and small enough that a typo is refused by its range before the memory estimate
+ * (which builds the model's description, per layer) or int arithmetic on them runs away. */
+#define TRAINER_MAX_LAYERS 1024
+#define TRAINER_MAX_STREAMS (1 << 20)
 
 typedef struct trainer_config {
     /* model */
@@ -247,7 +252,8 @@ void trainer_config_suggest(const char *name, const char *const *flags, char *ou
  * deterministic = fast is ceil(streams / P) (one block per rank), or streams / P when that
  * leaves a rank without a block, split into equal blocks of at most TRAINER_STREAM_BLOCK_CAP;
  * auto under bitwise is min(streams, TRAINER_STREAM_BLOCK_BITWISE) whatever P is, so runs on
- * different rank counts cut the same blocks. */
+ * different rank counts cut the same blocks. A stream_block set past streams gives streams
+ * (one block of them all). */
 int trainer_config_stream_block(const trainer_config *c, int P);
 /* Blocks of `block` streams that `streams` streams make (the last may be shorter): the one
  * count the schedule, the planner, the store and the memory estimate use. In 64 bits, since

@@ -1,4 +1,5 @@
 /* memtrain command line: train (from scratch or --resume), eval and sample from checkpoints. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,12 +136,24 @@ typedef struct cli {
     char changed[400];               /* settings a resume changes: printed when it trains */
     char out_path[1200];             /* sample's default output */
     int ranks[64], nranks;           /* plan --ranks */
+    int per_rank;                    /* plan --per-rank-streams, 0 when not given */
 } cli;
 
-/* --help anywhere: the help of the command it follows. Returns 1 when it printed. */
+/* --help anywhere: the help of the command it follows, once per job (it comes before MPI
+ * starts, so under a launcher only the process its environment names rank 0 prints). Returns
+ * 1 when it was asked for. */
 static int print_help(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            static const char *const rank_vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK",
+                                                    "PMI_RANK", "SLURM_PROCID", NULL};
+            for (int v = 0; rank_vars[v]; v++) {
+                const char *r = getenv(rank_vars[v]);
+                if (r && *r) {
+                    if (strcmp(r, "0") != 0) return 1;
+                    break;
+                }
+            }
             const char *cmd = command_word(argc, argv);
             if (strcmp(cmd, "train") == 0 && i > 1 && strcmp(argv[1], "train") == 0) {
                 usage_command(stdout, cmd);
@@ -172,6 +185,38 @@ static int srun_without_pmi(void) {
     return 1;
 }
 
+/* Each of our flags belongs to some commands: given to another, it would be ignored (a
+ * --ckpt without eval trains a new run), so it is refused, naming the commands that take it. */
+static int check_command_flags(const cli *c, const char *cmd, char *err, size_t n) {
+    static const struct {
+        const char *flag, *cmds;
+    } own[] = {{"--resume", "train"},
+               {"--ckpt", "eval sample inspect"},
+               {"--out", "sample"},          {"--prompt", "sample"},
+               {"--count", "sample"},        {"--length", "sample"},
+               {"--temperature", "sample"},  {"--top-k", "sample"},
+               {"--top-p", "sample"},        {"--scale", "sample"},
+               {"--ranks", "plan"},          {"--per-rank-streams", "plan"},
+               {"--csv", "plan"}};
+    for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) {
+        if (!flag_value(c->argc, c->argv, own[k].flag)) continue;
+        const char *p = own[k].cmds;
+        size_t len = strlen(cmd);
+        int ok = 0;
+        while (*p && !ok) {
+            size_t w = strcspn(p, " ");
+            ok = w == len && strncmp(p, cmd, len) == 0;
+            p += w + (p[w] == ' ');
+        }
+        if (!ok) {
+            snprintf(err, n, "%s is not an option of %s (it belongs to: %s)", own[k].flag,
+                     cmd, own[k].cmds);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The flags the config parser leaves to us, found before it reorders argv; a flag last on
  * the line, or given as --flag=, has no value: never a silent default. */
 static int read_flags(cli *c, char *err, size_t n) {
@@ -194,7 +239,23 @@ static int read_flags(cli *c, char *err, size_t n) {
                      names[i]);
             return -1;
         }
-    return 0;
+    /* one command word (a flag's value is not one), and only that command's flags; before
+       anything opens the files the flags name */
+    const char *cmd = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "--", 2) == 0) {
+            if (!strchr(argv[i], '=') && strcmp(argv[i], "--csv") != 0) i++; /* its value */
+            continue;
+        }
+        const char *w = command_word(2, (char *[]){argv[0], argv[i]});
+        if (strcmp(w, argv[i]) != 0) continue;
+        if (cmd) {
+            snprintf(err, n, "two commands, '%s' and '%s': give one", cmd, argv[i]);
+            return -1;
+        }
+        cmd = w;
+    }
+    return check_command_flags(c, cmd ? cmd : "train", err, n);
 }
 
 /* The base configuration (defaults, or what the checkpoint was trained with), then the
@@ -265,9 +326,28 @@ static int read_ranks(cli *c, char *err, size_t n) {
         c->ranks[c->nranks++] = (int)v;
         p = *end ? end + 1 : end;
     }
-    if (c->nranks > 0) return 0;
-    snprintf(err, n, "memtrain plan needs --ranks P[,P...] (positive rank counts)");
-    return -1;
+    if (c->nranks <= 0) {
+        snprintf(err, n, "memtrain plan needs --ranks P[,P...] (positive rank counts)");
+        return -1;
+    }
+    const char *pr = flag_value(c->argc, c->argv, "--per-rank-streams");
+    c->per_rank = 0;
+    if (!pr) return 0;
+    int maxp = 1;
+    for (int i = 0; i < c->nranks; i++) maxp = c->ranks[i] > maxp ? c->ranks[i] : maxp;
+    char *end;
+    errno = 0;
+    long v = strtol(pr, &end, 10);
+    /* streams = N x P must stay within the streams key's range */
+    if (end == pr || *end || errno || v < 1 || v > TRAINER_MAX_STREAMS / maxp) {
+        char shown[80];
+        snprintf(err, n, "--per-rank-streams = %s: expected an integer in 1..%d (streams = N x P "
+                 "at most %d)", comm_escape(shown, sizeof shown, pr), TRAINER_MAX_STREAMS / maxp,
+                 TRAINER_MAX_STREAMS);
+        return -1;
+    }
+    c->per_rank = (int)v;
+    return 0;
 }
 
 /* eval, sample and inspect read the stored arrays: they need --ckpt, and the shape must stay
@@ -402,10 +482,9 @@ static int nothing_to_do(cli *c, comm_ctx *comm) {
 
 static int run_command(cli *c, comm_ctx *comm) {
     if (strcmp(c->cmd, "plan") == 0) {
-        const char *pr = flag_value(c->argc, c->argv, "--per-rank-streams");
         int csv = 0;
         for (int i = 1; i < c->argc; i++) csv |= strcmp(c->argv[i], "--csv") == 0;
-        return trainer_plan_report(comm, &c->cfg, c->ranks, c->nranks, pr ? atoi(pr) : 0, csv);
+        return trainer_plan_report(comm, &c->cfg, c->ranks, c->nranks, c->per_rank, csv);
     }
     if (strcmp(c->cmd, "eval") == 0) return trainer_eval_checkpoint(comm, &c->cfg, c->ckpt);
     if (strcmp(c->cmd, "inspect") == 0) return trainer_inspect_checkpoint(comm, &c->cfg, c->ckpt);

@@ -48,6 +48,20 @@ static int holds_checkpoints(const char *dir, char *newest, size_t n) {
     return count > 0;
 }
 
+/* Rank 0: whether the metrics file at path holds a logged row past its header line. */
+static int holds_figures(const char *path) {
+    char why[300];
+    FILE *f = io_fopen_regular(path, "r", why, sizeof why);
+    if (!f) return 0;
+    int lines = 0, ch, last = '\n';
+    while (lines < 2 && (ch = getc(f)) != EOF) {
+        if (ch == '\n') lines++;
+        last = ch;
+    }
+    fclose(f);
+    return lines >= 2 || (lines == 1 && last != '\n');
+}
+
 trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
                                     const char *resume_dir, const char *csv_header) {
     trainer_rundir *rd = layer_xcalloc(1, sizeof *rd);
@@ -114,6 +128,16 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
     if (me0 && (!resume_dir || elsewhere) && holds_checkpoints(ckdir, newest, sizeof newest)) {
         snprintf(err, sizeof err, "run_dir %s holds checkpoints already (%s): "
                  "continue that run with --resume %s, or choose another run_dir", dir, newest, dir);
+        failed = 1;
+    }
+    agree_or_exit(c, failed, err);
+    /* an earlier run that logged steps but left no checkpoint (killed before its first): a
+       new run would append its figures to that run's and write its config over the other's */
+    snprintf(path, sizeof path, "%s/metrics.csv", dir);
+    if (me0 && (!resume_dir || elsewhere) && holds_figures(path)) {
+        snprintf(err, sizeof err, "run_dir %.300s holds an earlier run's figures (%.400s) but no "
+                 "checkpoint to resume: choose another run_dir, or move that run's files away",
+                 dir, path);
         failed = 1;
     }
     agree_or_exit(c, failed, err);
