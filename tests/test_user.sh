@@ -97,6 +97,9 @@ assert not np.allclose(a[t][()], b[t][()], atol=1e-9)
 PY
 expect_error 2 "init_from = $ck: the model's shape differs: d_model (32 -> 64)" train "${TINY[@]}" \
   --init_from="$ck" --d_model=64 --run_dir="$TMP/ft2"
+# refused before the run directory is made, and on a resume (which goes on from its own)
+[ ! -e "$TMP/ft2" ] || fail "a refused init_from left $TMP/ft2 behind"
+expect_error 2 "init_from starts a new run" --resume "$TMP/ft" --init_from="$TMP/ft/ckpt/ckpt-00000001.h5"
 pass "init_from starts from a checkpoint's weights with fresh optimizer state; a shape change is named"
 
 # ---- ckpt_minutes: checkpoints by time ----

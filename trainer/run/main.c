@@ -427,8 +427,30 @@ static int check_resume(cli *c, comm_ctx *comm, char *err, size_t n) {
                  c->stored.shuffle ? "shuffled" : "in file order", (long long)c->stored.data_seed);
         return -1;
     }
+    if (strcmp(c->stored.init_from, c->cfg.init_from) != 0) {
+        /* only a new run starts from other weights: a resumed one goes on from its own */
+        snprintf(err, n, "cannot resume %.200s with init_from = %.150s: init_from starts a new "
+                 "run (give it a new run_dir); a resumed run goes on from its own checkpoint",
+                 c->path, c->cfg.init_from);
+        return -1;
+    }
     if (comm_rank(comm) == 0)
         trainer_config_diff_other(&c->stored, &c->cfg, c->changed, sizeof(c->changed));
+    return 0;
+}
+
+/* A new run from init_from: the file opens as a checkpoint of the run's shape, checked before
+ * the run directory is made (its arrays are read, and checked, when the model is built). */
+static int check_init_from(cli *c, comm_ctx *comm, char *err, size_t n) {
+    trainer_config theirs;
+    char diff[400];
+    trainer_config_defaults(&theirs);
+    if (trainer_ckpt_read_config(comm, c->cfg.init_from, &theirs, err, n) != 0) return -1;
+    if (trainer_config_diff_shape(&theirs, &c->cfg, diff, sizeof(diff)) > 0) {
+        snprintf(err, n, "init_from = %.150s: the model's shape differs: %.300s",
+                 c->cfg.init_from, diff);
+        return -1;
+    }
     return 0;
 }
 
@@ -516,6 +538,8 @@ int main(int argc, char **argv) {
         rc = check_ckpt_command(&c, err, sizeof(err));
     if (rc == 0 && strcmp(c.cmd, "sample") == 0) rc = check_sample(&c, err, sizeof(err));
     if (rc == 0 && c.resume) rc = check_resume(&c, comm, err, sizeof(err));
+    if (rc == 0 && train && !c.resume && strcmp(c.cfg.init_from, "none") != 0)
+        rc = check_init_from(&c, comm, err, sizeof(err));
     if (rc == 0) rc = check_one_job(comm, err, sizeof(err));
     if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
     if (c.resume && train && nothing_to_do(&c, comm)) {
