@@ -18,6 +18,8 @@ pass "d_model % tau refused: $(grep memtrain: "$TMP/out")"
 printf 'arch = memformer\n# comment\nd_model = 64\nlr = fast\n' >"$TMP/bad.conf"
 expect_error 2 "$TMP/bad.conf:4" --config "$TMP/bad.conf"
 expect_error 1 "cannot open" --config "$TMP/missing.conf"
+printf 'lr = 0.5\0garbage\n' >"$TMP/nul.conf" # never read as lr = 0.5 with the rest dropped
+expect_error 2 "$TMP/nul.conf:1: a NUL byte in the line" --config "$TMP/nul.conf"
 
 # data files: missing, truncated, malformed
 expect_error 2 "/nonexistent/tokens.bin" --data=u8:/nonexistent/tokens.bin --steps=1 --warmup=1

@@ -477,8 +477,15 @@ static int load_stream(trainer_config *c, FILE *f, const char *path, int stored,
     size_t cap = 0;
     int lineno = 0, rc = 0;
     char msg[512];
-    while (getline(&line, &cap, f) >= 0) {
+    ssize_t got;
+    while ((got = getline(&line, &cap, f)) >= 0) {
         lineno++;
+        /* a NUL byte would end the line's text early, and what follows it would be lost */
+        if (memchr(line, '\0', (size_t)got)) {
+            rc = config_fail(err, n, "%s:%d: a NUL byte in the line (not a text file?)", path,
+                             lineno);
+            break;
+        }
         /* a UTF-8 byte-order mark, as some Windows editors write at the start of a file */
         if (lineno == 1 && strncmp(line, "\xef\xbb\xbf", 3) == 0)
             memmove(line, line + 3, strlen(line + 3) + 1);
