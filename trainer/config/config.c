@@ -342,6 +342,10 @@ static int bad_value(const key_def *d, const char *value, char *err, size_t n) {
     char want[160];
     describe_expected(d, want, sizeof want);
     if (value[0] == '\0') return config_fail(err, n, "%s has no value: expected %s", d->name, want);
+    size_t len = strlen(value);
+    if (len > 80) /* its start, so the message keeps room for what was expected */
+        return config_fail(err, n, "%s = %.60s... (%zu characters): expected %s", d->name, value,
+                           len, want);
     return config_fail(err, n, "%s = %s: expected %s", d->name, value, want);
 }
 
