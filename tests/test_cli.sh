@@ -60,6 +60,8 @@ mt 1 "${S[@]}" --stream_block=1048576 --run_dir="$TMP/blk"
 pass "stream_block past streams: one block of them all"
 expect_error 2 "--top-k = -1: expected an integer in 0..65536" sample \
   --ckpt "$TMP/blk/ckpt/ckpt-00000002.h5" --top-k -1
+expect_error 3 "has streams = 2, which a resume keeps: resume it on at most 2 ranks" \
+  --resume "$TMP/blk" --steps=3
 # a run_dir whose earlier run logged steps but left no checkpoint is refused, files untouched
 rm -rf "$TMP/blk/ckpt"
 sum=$(cat "$TMP/blk/metrics.csv" "$TMP/blk/config.conf" | sha256sum)

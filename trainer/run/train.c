@@ -592,6 +592,11 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     char err[512];
     trainer_config eff = *cfg;
     eff.stream_block = trainer_config_stream_block(cfg, P);
+    if (resume_dir && eff.streams < P) { /* streams is fixed on a resume */
+        snprintf(err, sizeof(err), "the run in %.400s has streams = %d, which a resume keeps: "
+                 "resume it on at most %d ranks", resume_dir, eff.streams, eff.streams);
+        comm_exit_error(comm, err);
+    }
     if (trainer_schedule_check(eff.streams, eff.stream_block, P, err, sizeof(err)) != 0)
         comm_exit_error(comm, err);
     r->sched = trainer_schedule_make(eff.streams, eff.stream_block, P, rank);
