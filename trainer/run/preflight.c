@@ -48,18 +48,20 @@ static int holds_checkpoints(const char *dir, char *newest, size_t n) {
     return count > 0;
 }
 
-/* Rank 0: whether the metrics file at path holds a logged row past its header line. */
+/* Rank 0: whether the metrics file at path holds a logged row (a line past the header that
+ * starts with its step number). */
 static int holds_figures(const char *path) {
     char why[300];
     FILE *f = io_fopen_regular(path, "r", why, sizeof why);
     if (!f) return 0;
-    int lines = 0, ch, last = '\n';
-    while (lines < 2 && (ch = getc(f)) != EOF) {
-        if (ch == '\n') lines++;
-        last = ch;
+    int line = 0, start = 1, found = 0, ch;
+    while (!found && (ch = getc(f)) != EOF) {
+        found = start && line > 0 && ch >= '0' && ch <= '9';
+        start = ch == '\n';
+        line += start;
     }
     fclose(f);
-    return lines >= 2 || (lines == 1 && last != '\n');
+    return found;
 }
 
 trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
