@@ -69,6 +69,23 @@ expect_error 2 "holds an earlier run's figures ($TMP/blk/metrics.csv) but no che
   "${S[@]}" --run_dir="$TMP/blk"
 [ "$(cat "$TMP/blk/metrics.csv" "$TMP/blk/config.conf" | sha256sum)" = "$sum" ] \
   || fail "the earlier run's files changed"
+# a sitting's stop_after is its own: not carried into a resume, and refused once passed
+mt 1 "${S[@]}" --steps=6 --stop_after=4 --run_dir="$TMP/sa"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "stop_after run"; }
+mt 2 --resume "$TMP/sa" --steps=3
+[ "$status" -eq 0 ] && grep -q "^memtrain: nothing to do: the run is at step 4 of 3" "$TMP/out" \
+  || { cat "$TMP/out"; fail "a lowered --steps after a stop_after sitting"; }
+expect_error 2 "stop_after = 2: the run is at step 4 already" --resume "$TMP/sa" --stop_after=2
+# eval names the set it scored
+printf 'one doc here\n\n\nanother doc\n' >"$TMP/v.txt"
+mt 2 eval --ckpt "$TMP/sa/ckpt/ckpt-00000004.h5" --val_data=text:"$TMP/v.txt"
+grep -q "on text:$TMP/v.txt (val_data), the first 2 documents" "$TMP/out" || { cat "$TMP/out"; fail "eval's set"; }
+# plan checks every rank count before it prints a row
+status=0
+"$BIN/memtrain" plan "${S[@]}" --ranks 1,5 --csv >"$TMP/plan.csv" 2>"$TMP/out" || status=$?
+[ "$status" -eq 2 ] && [ ! -s "$TMP/plan.csv" ] || fail "plan printed a cut table"
+pass "stop_after per sitting, eval names val_data, plan refuses before printing"
+
 # --help once per job, not once per rank
 mpirun --oversubscribe -np 2 "$BIN/memtrain" --help >"$TMP/help2"
 [ "$(wc -l <"$TMP/help2")" -eq "$("$BIN/memtrain" --help | wc -l)" ] || fail "--help printed per rank"

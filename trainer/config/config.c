@@ -188,7 +188,7 @@ static const key_def keys[] = {
     I64_KEY(steps, "200", 1, 0, "optimizer steps (rollouts) of the whole run"),
     I64_KEY(stop_after, "0", 0, 0,
             "end this sitting with a checkpoint after this step, the schedule still spanning "
-            "steps (0, or a step already done: run to steps)"),
+            "steps (0: run to steps; a resume starts from 0, and refuses a step already done)"),
     I64_KEY(seed, "1", 0, 0, "seed of parameter and table initialisation (and of sampling)"),
     /* data, evaluation, files */
     STR_KEY(data, "fashion-mnist", S,

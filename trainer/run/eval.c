@@ -2,6 +2,7 @@
 #include "trainer/run/eval.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "io/data.h"
 #include "trainer/run/checkpoint.h"
@@ -34,10 +35,14 @@ int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const cha
     double ppl = trainer_validation_ppl(comm, &ec, m, val, &tokens);
     if (comm_rank(comm) == 0) {
         char shown[2200];
+        /* the set scored: the data's own split, or val_data when it names another file */
+        char set[600], shown_set[2400];
+        if (strcmp(cfg->val_data, "split") == 0) snprintf(set, sizeof set, "%s", cfg->data);
+        else snprintf(set, sizeof set, "%s (val_data)", cfg->val_data);
         printf("%s (step %lld): validation perplexity %.6f on %s, the first %lld documents whole "
                "(%lld tokens) (%.1f s)\n",
-               comm_escape(shown, sizeof(shown), path), (long long)step, ppl, cfg->data, ndocs,
-               (long long)tokens, comm_time() - t);
+               comm_escape(shown, sizeof(shown), path), (long long)step, ppl,
+               comm_escape(shown_set, sizeof(shown_set), set), ndocs, (long long)tokens, comm_time() - t);
         fflush(stdout);
     }
     trainer_model_free(m);

@@ -273,6 +273,9 @@ static int read_config(cli *c, comm_ctx *comm, char *err, size_t n) {
         if (rc != 0) return -1;
         /* a resumed run goes on writing where it was found, unless told otherwise */
         if (c->resume) snprintf(c->cfg.run_dir, sizeof(c->cfg.run_dir), "%s", c->resume);
+        /* stop_after ends one sitting: the next one runs to steps unless given its own (a
+           stored 8 would otherwise refuse a resume with --steps=6) */
+        c->cfg.stop_after = 0;
     }
     c->stored = c->cfg;
     int first = c->argc;
@@ -327,7 +330,8 @@ static int read_ranks(cli *c, char *err, size_t n) {
         p = *end ? end + 1 : end;
     }
     if (c->nranks <= 0) {
-        snprintf(err, n, "memtrain plan needs --ranks P[,P...] (positive rank counts)");
+        snprintf(err, n, "memtrain plan needs --ranks P[,P...] (up to 64 rank counts, each "
+                 "1..1048576)");
         return -1;
     }
     const char *pr = flag_value(c->argc, c->argv, "--per-rank-streams");
@@ -475,6 +479,13 @@ static int nothing_to_do(cli *c, comm_ctx *comm) {
     int failed = !ck || io_ckpt_get_attr_i64(ck, "step", &at, err, sizeof(err)) != 0;
     io_ckpt_close(ck);
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
+    if (c->cfg.stop_after > 0 && c->cfg.stop_after <= at) {
+        /* nothing could stop this sitting there: it would train on to steps unasked */
+        snprintf(err, sizeof(err), "stop_after = %lld: the run is at step %lld already; give a "
+                 "later step, or leave stop_after out to train to steps (%lld)",
+                 (long long)c->cfg.stop_after, (long long)at, (long long)c->cfg.steps);
+        comm_exit_error(comm, err);
+    }
     int64_t end = c->cfg.stop_after > at ? c->cfg.stop_after : c->cfg.steps;
     if (at >= end) {
         /* the newest checkpoint may not load (corrupt): the step is the one that does */

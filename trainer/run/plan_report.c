@@ -65,6 +65,15 @@ int trainer_plan_report(comm_ctx *comm, const trainer_config *cfg, const int *ra
     trainer_spec_from_config(&spec, cfg);
     spec.define_only = 1;
     trainer_model *m = trainer_model_create(&spec, NULL);
+    for (int i = 0; i < nranks; i++) { /* every rank count first: no table cut short */
+        int blk = trainer_config_stream_block(cfg, ranks[i] > 0 ? ranks[i] : 1);
+        if (ranks[i] < 1 || (per_rank <= 0 && trainer_nblocks(cfg->streams, blk) < ranks[i])) {
+            fprintf(stderr, "memtrain plan: %d ranks need at least %d blocks of streams; give "
+                            "--per-rank-streams or more streams\n", ranks[i], ranks[i]);
+            trainer_model_free(m);
+            return 2;
+        }
+    }
     if (csv)
         printf("P,streams,stream_block,tokens_per_rank,bytes_per_rank,exchanges,comm_seconds,"
                "state_mib_per_rank,held_beyond_mib,fetch_groups,owner_groups,replicate_groups,"
@@ -78,13 +87,6 @@ int trainer_plan_report(comm_ctx *comm, const trainer_config *cfg, const int *ra
                cfg->row_cache_mb, "P", "streams", "block", "tokens", "MiB sent", "exchanges",
                "comm ms", "state MiB", "+held MiB", "total MiB", "groups fetch/owner/replicate");
     for (int i = 0; i < nranks; i++) {
-        int blk = trainer_config_stream_block(cfg, ranks[i] > 0 ? ranks[i] : 1);
-        if (ranks[i] < 1 || (per_rank <= 0 && trainer_nblocks(cfg->streams, blk) < ranks[i])) {
-            fprintf(stderr, "memtrain plan: %d ranks need at least %d blocks of streams; give "
-                            "--per-rank-streams or more streams\n", ranks[i], ranks[i]);
-            trainer_model_free(m);
-            return 2;
-        }
         plan_figures f = figures(cfg, m, ranks[i], per_rank);
         if (csv)
             printf("%d,%d,%d,%.0f,%.0f,%.0f,%.6f,%.1f,%.1f,%d,%d,%d,%.1f\n", f.P, f.streams,
