@@ -769,19 +769,28 @@ def main(argv):
                      "such as eval_docs and data_dir can change" % key)
         overrides[key] = m.group(2)
     torch.set_num_threads(1)
-    text, step, sd = read_checkpoint(args.ckpt)
+
+    def refuse(msg):  # one line, before anything is written
+        print("to_torch: %s" % msg, file=sys.stderr)
+        sys.exit(2)
+
+    try:
+        text, step, sd = read_checkpoint(args.ckpt)
+    except OSError as e:  # missing, unreadable, not HDF5
+        refuse("%s: %s" % (args.ckpt, e.strerror or e))
+    cfg = parse_config(text)
+    cfg.update(overrides)  # what data is read and how much; never the model
+
+    if args.eval and cfg.get("val_data", "split") != "split":
+        refuse("val_data = %s: --eval reads the data's own validation split only"
+               % cfg["val_data"])
+    if args.grad and cfg.get("shuffle", "off") == "on":
+        refuse("--grad follows the stream cursors in file order: train the run with "
+               "--shuffle=off")
     if not args.no_save:
         out = args.out or re.sub(r"\.h5$", "", args.ckpt) + ".pt"
         for w in save_outputs(out, text, sd):
             print("wrote %s" % w)
-    cfg = parse_config(text)
-    cfg.update(overrides)  # what data is read and how much; never the model
-    if args.eval and cfg.get("val_data", "split") != "split":
-        ap.error("val_data = %s: --eval reads the data's own validation split only"
-                 % cfg["val_data"])
-    if args.grad and cfg.get("shuffle", "off") == "on":
-        ap.error("--grad follows the stream cursors in file order: train the run with "
-                 "--shuffle=off")
     if args.eval:
         model = MemtrainModel.from_config(text)
         model.load_state_dict(sd)
