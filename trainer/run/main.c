@@ -112,12 +112,18 @@ static const char *flag_value(int argc, char **argv, const char *flag) {
     return NULL;
 }
 
+/* The command s names (train, eval, sample, inspect, plan), or NULL. */
+static const char *command_of(const char *s) {
+    static const char *const words[] = {"train", "eval", "sample", "inspect", "plan", NULL};
+    for (int k = 0; words[k]; k++)
+        if (strcmp(s, words[k]) == 0) return words[k];
+    return NULL;
+}
+
 /* The command word of argv (the first of train, eval, ...), "train" when none. */
 static const char *command_word(int argc, char **argv) {
-    static const char *const words[] = {"train", "eval", "sample", "inspect", "plan", NULL};
     for (int i = 1; i < argc; i++)
-        for (int k = 0; words[k]; k++)
-            if (strcmp(argv[i], words[k]) == 0) return words[k];
+        if (command_of(argv[i])) return command_of(argv[i]);
     return "train";
 }
 
@@ -247,8 +253,8 @@ static int read_flags(cli *c, char *err, size_t n) {
             if (!strchr(argv[i], '=') && strcmp(argv[i], "--csv") != 0) i++; /* its value */
             continue;
         }
-        const char *w = command_word(2, (char *[]){argv[0], argv[i]});
-        if (strcmp(w, argv[i]) != 0) continue;
+        const char *w = command_of(argv[i]);
+        if (!w) continue;
         if (cmd) {
             snprintf(err, n, "two commands, '%s' and '%s': give one", cmd, argv[i]);
             return -1;
@@ -300,9 +306,7 @@ static int read_config(cli *c, comm_ctx *comm, char *err, size_t n) {
     c->cmd = "train";
     for (int i = first; i < argc && rc == 0; i++) {
         if (left[i]) continue;
-        if (strcmp(argv[i], "train") == 0 || strcmp(argv[i], "eval") == 0 ||
-            strcmp(argv[i], "sample") == 0 || strcmp(argv[i], "inspect") == 0 ||
-            strcmp(argv[i], "plan") == 0) {
+        if (command_of(argv[i])) {
             c->cmd = argv[i];
         } else {
             snprintf(err, n,
