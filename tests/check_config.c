@@ -154,7 +154,11 @@ START_TEST(test_set_errors) {
     expect_set_error("d_model", "0", "d_model = 0: expected a positive integer");
     expect_set_error("d_model", "12x", "d_model = 12x: expected a positive integer");
     expect_set_error("d_model", "1.5", "d_model = 1.5: expected a positive integer");
-    expect_set_error("d_model", "99999999999", "d_model = 99999999999: expected a positive integer");
+    expect_set_error("d_model", "99999999999", "d_model = 99999999999: too large (at most 2147483647)");
+    expect_set_error("seed", "99999999999999999999",
+                     "seed = 99999999999999999999: too large (at most 9223372036854775807)");
+    expect_set_error("seed", "-99999999999999999999",
+                     "seed = -99999999999999999999: expected a non-negative integer");
     expect_set_error("d_model", "  ", "d_model has no value: expected a positive integer");
     expect_set_error("warmup", "-1", "warmup = -1: expected a non-negative integer");
     expect_set_error("seg_len", "1", "seg_len = 1: expected an integer >= 2");

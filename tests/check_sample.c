@@ -60,6 +60,9 @@ START_TEST(test_options) {
         ck_assert_int_eq(trainer_sample_options_read(&o, "sample", &b, err, sizeof err), -1);
         ck_assert_msg(strstr(err, bad[i][1]) && strstr(err, "expected"), "%s", err);
     }
+    trainer_sample_args u = {.top_p = "1e-320"}; /* in (0, 1] as written, zero as a float */
+    ck_assert_int_eq(trainer_sample_options_read(&o, "sample", &u, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "--top-p = 1e-320: too small for a float"), "%s", err);
     trainer_sample_args c = {.top_k = "3"};
     ck_assert_int_eq(trainer_sample_options_read(&o, "train", &c, err, sizeof err), -1);
     ck_assert_msg(strstr(err, "--top-k is an option of memtrain sample"), "%s", err);

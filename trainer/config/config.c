@@ -392,6 +392,11 @@ static int set_key(trainer_config *c, const key_def *d, const char *value, char 
         char *end;
         errno = 0;
         long long v = strtoll(value, &end, 10);
+        if (end != value && *end == '\0' && v > 0 && (errno == ERANGE || v > hi) &&
+            (d->flags & KF_NO_HI))
+            /* a number past the type's limit: the limit named, since the range names none */
+            return config_fail(err, n, "%s = %.60s: too large (at most %" PRId64 ")", d->name,
+                               value, hi);
         if (end == value || *end != '\0' || errno == ERANGE || v < lo || v > hi)
             return bad_value(d, value, err, n);
         if (d->type == KEY_INT) {
