@@ -243,8 +243,11 @@ if len(mc) > 1:
               "slowest, %s, ended at perplexity %.3f." % (budget, slow, target), "",
               "| arm | val ppl at %.0f s | seconds to reach %.3f |" % (budget, target),
               "|---|---:|---:|"]
+    def shown(v, fmt, missing):  # an arm whose curve never got there says so, not nan
+        return missing if v != v else fmt % v
     for a in mc:
-        lines.append("| %s | %.3f | %.0f |" % (a, at_time(mc[a], budget), first_reach(mc[a], target)))
+        lines.append("| %s | %s | %s |" % (a, shown(at_time(mc[a], budget), "%.3f", "-"),
+                                           shown(first_reach(mc[a], target), "%.0f", "not reached")))
 open(out + "/summary.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 # per arm, at each evaluated step every seed has reached: the seeds' mean and range
