@@ -5,6 +5,7 @@
 
 #include "tests/testutil.h"
 #include "trainer/run/sample.h"
+#include "trainer/run/sample_grid.h"
 
 START_TEST(test_argmax) {
     const float l[5] = {0.5f, 2.0f, -1.0f, 2.0f, 1.9f};
@@ -69,12 +70,32 @@ START_TEST(test_options) {
 }
 END_TEST
 
+/* A caption wider than a narrow grid goes on more lines, part by part, never clipped: the
+ * image grows by whole lines, and every caption pixel lands inside it. */
+START_TEST(test_grid_caption) {
+    int32_t tok[28 * 28] = {0};
+    int w1, h1, w2, h2;
+    uint8_t *a = trainer_grid_render(tok, 1, 28, 4, "STEP 1", &w1, &h1);
+    uint8_t *b = trainer_grid_render(tok, 1, 28, 4, "STEP 1500  T=1  TOP-K=0  TOP-P=1", &w2, &h2);
+    ck_assert_int_eq(w1, w2);
+    ck_assert_int_eq(h2 - h1, 2 * 12); /* two more lines: 5 font pixels of 2, and a gap of 2 */
+    /* the last line's text is drawn: white pixels below the first line's band */
+    int lit = 0;
+    for (int y = 16; y < 16 + 24; y++)
+        for (int x = 0; x < w2; x++) lit += b[(size_t)y * w2 + x] == 255;
+    ck_assert_int_gt(lit, 0);
+    free(a);
+    free(b);
+}
+END_TEST
+
 static Suite *sample_suite(void) {
     Suite *s = suite_create("sample");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_argmax);
     tcase_add_test(tc, test_distribution);
     tcase_add_test(tc, test_options);
+    tcase_add_test(tc, test_grid_caption);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -49,11 +49,35 @@ uint8_t *trainer_grid_render(const int32_t *tok, int B, int side, int scale, con
     int cols = (int)ceil(sqrt((double)B)), rows = (B + cols - 1) / cols;
     int px = scale >= 3 ? scale / 3 : 1;            /* font pixel */
     int label = 5 * px + 2 * px, pad = 2 * scale;   /* number strip above each image */
-    int cell = side * scale, head = 5 * 2 * px + 4 * px;
-    int W = cols * (cell + pad) + pad, H = head + rows * (label + cell + pad) + pad;
+    int cell = side * scale, W = cols * (cell + pad) + pad;
+    /* The caption: its parts (split at double spaces) on as few lines as fit the width, at
+     * twice the font pixel, or at the font pixel when a part would not fit even alone. */
+    char lines[8][160];
+    int nl = 0, cpx = 2 * px;
+    for (int pass = 0; pass < 2; pass++, cpx = px) {
+        int fit = (W - 2 * pad) / (4 * cpx), widest = 0;
+        nl = 0;
+        lines[0][0] = '\0';
+        for (const char *p = caption; *p && nl < 8;) {
+            size_t len = strcspn(p, " ");
+            while (p[len] == ' ' && p[len + 1] && p[len + 1] != ' ') /* a single space: one part */
+                len += 1 + strcspn(p + len + 1, " ");
+            size_t used = strlen(lines[nl]);
+            if (used && (int)(used + 2 + len) > fit && nl + 1 < 8) lines[++nl][0] = '\0', used = 0;
+            snprintf(lines[nl] + used, sizeof lines[0] - used, "%s%.*s", used ? "  " : "",
+                     (int)len, p);
+            widest = (int)len > widest ? (int)len : widest;
+            p += len;
+            while (*p == ' ') p++;
+        }
+        nl++;
+        if (widest <= fit || cpx == px) break;
+    }
+    int lh = 5 * cpx + 2 * px, head = 2 * px + nl * lh; /* one line: as it always was */
+    int H = head + rows * (label + cell + pad) + pad;
     uint8_t *pix = layer_xmalloc((size_t)W * H);
     memset(pix, 96, (size_t)W * H);
-    text(pix, W, H, pad, 2 * px, 2 * px, caption, 255);
+    for (int i = 0; i < nl; i++) text(pix, W, H, pad, 2 * px + i * lh, cpx, lines[i], 255);
     for (int b = 0; b < B; b++) {
         int x0 = pad + (b % cols) * (cell + pad);
         int y0 = head + (b / cols) * (label + cell + pad) + label;
