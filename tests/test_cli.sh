@@ -54,6 +54,9 @@ for np in 1 2; do
   expect_error "$np" "--per-rank-streams = 3x: expected an integer in 1..1048576" plan --ranks 1 \
     --per-rank-streams 3x
 done
+# a value too long to show keeps the reason in the message
+expect_error 1 "(5005 characters): expected a non-empty value of at most 255 characters" \
+  --data=text:"$(head -c 5000 /dev/zero | tr '\0' a)"
 # a stream_block past streams is one block of them all
 mt 1 "${S[@]}" --stream_block=1048576 --run_dir="$TMP/blk"
 [ "$status" -eq 0 ] && grep -q "2 streams in blocks of 2 " "$TMP/out" || { cat "$TMP/out"; fail "stream_block past streams"; }

@@ -138,3 +138,16 @@ for patch in (no_writes, no_forgetting_bias):
     assert rel > 1e-5, patch.__name__
 EOF
 pass "state_dict names and shapes; the module loads it strictly; the memory matters beyond the tolerance"
+
+# refusals: one line, exit 2, nothing written
+status=0
+/usr/bin/python3 "$TOOL" "$TMP/missing.h5" >"$TMP/r.out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && grep -q "^to_torch: $TMP/missing.h5: " "$TMP/r.out" \
+  || { cat "$TMP/r.out"; fail "a missing checkpoint: not one line and exit 2"; }
+last=$(ls "$TMP"/*/ckpt/ckpt-*.h5 | tail -1)
+cp "$last" "$TMP/v.h5"
+status=0
+/usr/bin/python3 "$TOOL" "$TMP/v.h5" --eval --val_data=text:/dev/null >"$TMP/r.out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && [ ! -e "$TMP/v.pt" ] \
+  || { cat "$TMP/r.out"; fail "--eval with val_data: not one line before any write"; }
+pass "to_torch refuses in one line (exit 2) before it writes anything"

@@ -122,6 +122,10 @@ sb "$TMP/own.conf" "${JOB[@]}" --run_dir="$TMP/given" --steps=4
 [ "$status" -eq 0 ] && grep -q "resuming $TMP/given" "$TMP/out" && grep -q "resumed from $TMP/given/ckpt/ckpt-00000002.h5" "$TMP/out" \
   || { cat "$TMP/out"; fail "sbatch: resume of the given run_dir"; }
 ! grep -q "^-----" "$TMP/out" || { cat "$TMP/out"; fail "sbatch: Open MPI's block"; }
+# a config spelling the key run-dir, as memtrain accepts it
+sed -e "s|^run_dir = .*|run-dir = $TMP/dashed|" jobs/configs/memformer.conf >"$TMP/dash.conf"
+sb "$TMP/dash.conf" "${JOB[@]}"
+[ "$status" -eq 0 ] && grep -q "starting $TMP/dashed from" "$TMP/out" || { cat "$TMP/out"; fail "sbatch: run-dir"; }
 pass "train.sbatch starts and resumes the run_dir memtrain uses (--run_dir=, else the config's)"
 
 # ---- jobs/pretokenize.py: text to uint16 tokens that train ----
