@@ -27,7 +27,7 @@ int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const cha
     long long ndocs = trainer_preflight_eval(comm, cfg, val);
     /* the memory estimate and the model's plan for the lanes the documents fill */
     trainer_config ec = *cfg;
-    ec.streams = trainer_eval_lanes(cfg, trainer_eval_docs(cfg, val));
+    ec.streams = trainer_eval_lanes(cfg, ndocs);
     int64_t step = 0;
     trainer_model *m = trainer_model_from_checkpoint(comm, &ec, path, TRAINER_USE_EVAL, 0, &step);
     double t = comm_time();

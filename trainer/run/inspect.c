@@ -23,7 +23,6 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
         comm_exit_error(comm, err);
     io_ckpt *ck = io_ckpt_open(comm, path, err, sizeof(err));
     if (!ck) comm_exit_error(comm, err);
-    if (io_ckpt_get_attr_i64(ck, "step", &step, err, sizeof(err)) != 0) comm_exit_error(comm, err);
     char *run_id = NULL;
     if (io_ckpt_get_attr_str(ck, "run_id", &run_id, err, sizeof(err)) != 0)
         run_id = NULL; /* a version 1 file has none */

@@ -112,6 +112,12 @@ static const char *flag_value(int argc, char **argv, const char *flag) {
     return NULL;
 }
 
+/* Whether argument a is a flag whose value is the next argument ("--ckpt F"; --csv is a
+ * switch, "--k=v" holds its own). */
+static int flag_takes_next(const char *a) {
+    return strncmp(a, "--", 2) == 0 && !strchr(a, '=') && strcmp(a, "--csv") != 0;
+}
+
 /* The command s names (train, eval, sample, inspect, plan), or NULL. */
 static const char *command_of(const char *s) {
     static const char *const words[] = {"train", "eval", "sample", "inspect", "plan", NULL};
@@ -250,7 +256,7 @@ static int read_flags(cli *c, char *err, size_t n) {
     const char *cmd = NULL;
     for (int i = 1; i < argc; i++) {
         if (strncmp(argv[i], "--", 2) == 0) {
-            if (!strchr(argv[i], '=') && strcmp(argv[i], "--csv") != 0) i++; /* its value */
+            i += flag_takes_next(argv[i]); /* and its value */
             continue;
         }
         const char *w = command_of(argv[i]);
@@ -293,9 +299,7 @@ static int read_config(cli *c, comm_ctx *comm, char *err, size_t n) {
     char **argv = c->argv;
     int *left = layer_xcalloc((size_t)argc + 1, sizeof(int));
     for (int i = first; i < argc; i++) {
-        if (strcmp(argv[i], "--csv") == 0) {
-            left[i] = 1;
-        } else if (strncmp(argv[i], "--", 2) == 0 && strchr(argv[i], '=') == NULL) {
+        if (flag_takes_next(argv[i])) {
             left[i] = left[i + 1 < argc ? i + 1 : i] = 1; /* flag and its value */
             i++;
         } else if (strncmp(argv[i], "--", 2) == 0) {

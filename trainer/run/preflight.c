@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -13,12 +14,14 @@
 #include "io/files.h"
 #include "layers/common.h"
 #include "trainer/run/checkpoint.h"
+#include "trainer/run/train.h"
 
 struct trainer_rundir {
     int lock_fd; /* -1 when the file system has no locks */
     FILE *csv;   /* rank 0 */
     char csv_path[1200];
     char id[TRAINER_RUN_ID_LEN + 1];
+    int resume_in_place; /* a resume whose run_dir is the directory it resumes */
 };
 
 enum { MSG = 1024 };
@@ -126,7 +129,15 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
 
     /* the run id */
     char newest[IO_CKPT_PATH_MAX] = "";
-    int elsewhere = resume_dir && strcmp(resume_dir, dir) != 0;
+    /* one directory by its identity, not its spelling ("runs/a" and "runs/a/") */
+    int64_t elsewhere = 0;
+    if (me0 && resume_dir) {
+        struct stat sa, sb;
+        elsewhere = !(stat(resume_dir, &sa) == 0 && stat(dir, &sb) == 0 &&
+                      sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino);
+    }
+    comm_broadcast(c, &elsewhere, sizeof elsewhere, 0);
+    rd->resume_in_place = resume_dir && !elsewhere;
     if (me0 && (!resume_dir || elsewhere) && holds_checkpoints(ckdir, newest, sizeof newest)) {
         snprintf(err, sizeof err, "run_dir %s holds checkpoints already (%s): "
                  "continue that run with --resume %s, or choose another run_dir", dir, newest, dir);
@@ -177,6 +188,8 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
 }
 
 const char *trainer_rundir_id(const trainer_rundir *rd) { return rd->id; }
+
+int trainer_rundir_resume_in_place(const trainer_rundir *rd) { return rd->resume_in_place; }
 
 FILE *trainer_rundir_metrics(trainer_rundir *rd) { return rd->csv; }
 
@@ -320,5 +333,5 @@ long long trainer_preflight_eval(comm_ctx *c, const trainer_config *cfg, const i
     if (cfg->eval_docs > val->ndocs)
         comm_print0(c, "eval: eval_docs = %d is more than the validation split's %lld documents: "
                     "each evaluation scores all of them\n", cfg->eval_docs, (long long)val->ndocs);
-    return cfg->eval_docs > 0 && cfg->eval_docs < val->ndocs ? cfg->eval_docs : val->ndocs;
+    return trainer_eval_docs(cfg, val);
 }

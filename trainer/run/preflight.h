@@ -36,6 +36,10 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
 /* The run id (TRAINER_RUN_ID_LEN hex digits), owned by rd. */
 const char *trainer_rundir_id(const trainer_rundir *rd);
 
+/* Whether the run resumes the directory it writes into (the same directory, however spelled):
+ * then its own checkpoints could land on the files a resume skipped. */
+int trainer_rundir_resume_in_place(const trainer_rundir *rd);
+
 /* Rank 0's metrics file (NULL on the other ranks), owned by rd. */
 FILE *trainer_rundir_metrics(trainer_rundir *rd);
 

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "io/data.h"
 #include "layers/common.h"
@@ -134,10 +133,9 @@ int trainer_eval_lanes(const trainer_config *cfg, int64_t ndocs) {
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
                               const io_dataset *val, int64_t *tokens) {
     int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = cfg->vocab;
-    int S, V = cfg->vocab;
-    int blk = eval_block(cfg);
+    int V = cfg->vocab, blk = eval_block(cfg);
     int64_t ndocs = trainer_eval_docs(cfg, val);
-    S = trainer_eval_lanes(cfg, ndocs);
+    int S = trainer_eval_lanes(cfg, ndocs);
     trainer_schedule sc = trainer_schedule_make(S, blk, P, rank);
     int passes = sc.passes, nb = sc.nmine, first = sc.first_stream, B = sc.nstreams_mine;
     stream_state *vs = layer_xcalloc(B + 1, sizeof(stream_state));
@@ -464,17 +462,6 @@ static void metrics_lost(run *r, int64_t step, const char *what) {
     comm_exit_error(r->comm, err);
 }
 
-/* Whether directories a and b are one (rank 0 looks; every rank gets the answer). */
-static int same_dir(comm_ctx *comm, const char *a, const char *b) {
-    int64_t same = 0;
-    struct stat sa, sb;
-    if (comm_rank(comm) == 0)
-        same = stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-               sa.st_ino == sb.st_ino;
-    comm_broadcast(comm, &same, sizeof same, 0);
-    return (int)same;
-}
-
 /* Restores the newest valid checkpoint of resume_dir; returns the steps it had done. Files
  * skipped on the way are set aside when the run writes its checkpoints into that directory. */
 static int64_t resume_run(run *r, const char *resume_dir) {
@@ -482,9 +469,8 @@ static int64_t resume_run(run *r, const char *resume_dir) {
     int64_t step = 0;
     double t = comm_time();
     trainer_stream_state st = stream_state_alloc(r);
-    int aside = same_dir(r->comm, resume_dir, r->cfg->run_dir);
     int rc = trainer_ckpt_resume(r->comm, resume_dir, trainer_rundir_id(r->rd), r->cfg, r->model,
-                                 &st, aside, &step, path, sizeof(path), err, sizeof(err));
+                                 &st, trainer_rundir_resume_in_place(r->rd), &step, path, sizeof(path), err, sizeof(err));
     if (rc == 0) streams_import(r, &st);
     stream_state_release(&st);
     if (rc != 0) comm_exit_error(r->comm, err);
