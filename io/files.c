@@ -36,6 +36,7 @@ int io_open_regular(const char *path, int flags, mode_t mode, char *err, size_t 
         if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
             return not_regular(path, st.st_mode, err, n);
         if (err && n) snprintf(err, n, "%s: cannot open (%s)", path, strerror(e));
+        errno = e; /* the caller may tell EEXIST (O_EXCL) from other reasons */
         return -1;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -52,9 +53,10 @@ FILE *io_fopen_regular(const char *path, const char *fmode, char *err, size_t n)
     int flags = O_RDONLY;
     if (fmode[0] == 'w') flags = O_WRONLY | O_CREAT | O_TRUNC;
     if (fmode[0] == 'a') flags = O_WRONLY | O_CREAT | O_APPEND;
+    if (fmode[0] == 'x') flags = O_WRONLY | O_CREAT | O_EXCL;
     int fd = io_open_regular(path, flags, 0666, err, n);
     if (fd < 0) return NULL;
-    FILE *f = fdopen(fd, fmode);
+    FILE *f = fdopen(fd, fmode[0] == 'x' ? "wb" : fmode);
     if (!f) {
         if (err && n) snprintf(err, n, "%s: cannot open (%s)", path, strerror(errno));
         close(fd);

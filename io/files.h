@@ -17,10 +17,12 @@
  * of the opened descriptor then decides (no window between check and use), and O_NONBLOCK is
  * cleared again. Returns the descriptor, or -1 with one line in err (n > 0):
  *   "<path>: not a regular file (a FIFO)"       also: a directory, a character device, ...
- *   "<path>: cannot open (No such file or directory)"   the reason from errno */
+ *   "<path>: cannot open (No such file or directory)"   the reason, also left in errno */
 int io_open_regular(const char *path, int flags, mode_t mode, char *err, size_t n);
 
-/* The same as a stdio stream; fmode is "r", "rb", "w", "wb" or "a". Returns NULL with err set. */
+/* The same as a stdio stream; fmode is "r", "rb", "w", "wb", "a", or "x": a new file, written
+ * in binary, that must not exist yet (O_EXCL: a file that appears meanwhile is never
+ * truncated). Returns NULL with err set, and errno EEXIST when an "x" file exists. */
 FILE *io_fopen_regular(const char *path, const char *fmode, char *err, size_t n);
 
 /* For files a library opens by name itself (HDF5): checks, as io_open_regular does, that path

@@ -48,10 +48,12 @@ int io_png_write_gray(const char *path, const uint8_t *pix, int w, int h, char *
         snprintf(err, n, "%s: compression failed", path);
         return -1;
     }
-    FILE *f = io_fopen_regular(path, "wb", err, n);
+    FILE *f = io_fopen_regular(path, "x", err, n);
     if (!f) {
+        int exists = errno == EEXIST;
         free(z);
-        return -1;
+        if (exists) snprintf(err, n, "%s exists", path);
+        return exists ? 1 : -1;
     }
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     uint8_t ihdr[13];

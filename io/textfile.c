@@ -65,6 +65,12 @@ int io_data_load_text(io_dataset **out, const char *path, io_split split, char *
         free(p);
         return io_data_fail(err, errlen, "%s: empty file", path);
     }
+    size_t ink = 0; /* a byte that is not white space */
+    while (ink < n && (is_blank(p[ink]) || p[ink] == '\n' || p[ink] == '\f' || p[ink] == '\v')) ink++;
+    if (ink == n) {
+        free(p);
+        return io_data_fail(err, errlen, "%s: empty: only whitespace and separators", path);
+    }
     io_data_builder b;
     io_data_builder_init(&b);
     if (!split_text(&b, p, n)) {

@@ -1,8 +1,11 @@
 /* The sampler's draw: temperature 0 and top-k 1 give the argmax, top-k and top-p cut the tail, draws follow the probabilities. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "io/png.h"
 #include "tests/testutil.h"
 #include "trainer/run/sample.h"
 #include "trainer/run/sample_grid.h"
@@ -89,6 +92,32 @@ START_TEST(test_grid_caption) {
 }
 END_TEST
 
+/* A grid is written to a new file only: an existing one is left as it was. */
+START_TEST(test_png_never_overwrites) {
+    char path[] = "/tmp/memtrain-png-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "keep", 4), 4);
+    close(fd);
+    uint8_t pix[4] = {0, 64, 128, 255};
+    char err[256];
+    ck_assert_int_eq(io_png_write_gray(path, pix, 2, 2, err, sizeof err), 1);
+    ck_assert_ptr_nonnull(strstr(err, "exists"));
+    char got[8] = "";
+    FILE *f = fopen(path, "rb");
+    ck_assert_int_eq((int)fread(got, 1, sizeof got, f), 4);
+    fclose(f);
+    ck_assert_int_eq(memcmp(got, "keep", 4), 0);
+    unlink(path);
+    ck_assert_int_eq(io_png_write_gray(path, pix, 2, 2, err, sizeof err), 0);
+    f = fopen(path, "rb");
+    ck_assert_int_eq((int)fread(got, 1, 8, f), 8);
+    fclose(f);
+    ck_assert_int_eq(memcmp(got, "\x89PNG", 4), 0);
+    unlink(path);
+}
+END_TEST
+
 static Suite *sample_suite(void) {
     Suite *s = suite_create("sample");
     TCase *tc = tcase_create("core");
@@ -96,6 +125,7 @@ static Suite *sample_suite(void) {
     tcase_add_test(tc, test_distribution);
     tcase_add_test(tc, test_options);
     tcase_add_test(tc, test_grid_caption);
+    tcase_add_test(tc, test_png_never_overwrites);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -89,6 +89,68 @@ status=0
 [ "$status" -eq 2 ] && [ ! -s "$TMP/plan.csv" ] || fail "plan printed a cut table"
 pass "stop_after per sitting, eval names val_data, plan refuses before printing"
 
+# switches that take no value, and nothing after '--', are refused rather than ignored (a
+# --help=yes trained the default model)
+expect_error 1 "--help takes no value" --help=yes
+expect_error 2 "--csv takes no value" plan --ranks 2 --csv=yes
+expect_error 2 "unexpected argument '--'" "${S[@]}" --run_dir="$TMP/dd" -- --steps=5
+[ ! -e "$TMP/dd" ] || fail "a refused command line made its run_dir"
+expect_error 1 "--ranks = 2,,4: expected rank counts" plan --ranks 2,,4
+expect_error 1 "--ranks = 2,: expected rank counts" plan --ranks 2,
+expect_error 1 "--prompt has no value: write --prompt TEXT" sample --ckpt "$TMP/sa/ckpt/ckpt-00000004.h5" --prompt
+# a flag given twice takes its last value, as config keys do
+mt 1 sample --ckpt "$TMP/sa/ckpt/ckpt-00000004.h5" --prompt "ab" --length 30 --length 5
+[ "$status" -eq 0 ] && [ "$(sed -n 2p "$TMP/out" | wc -c)" -eq 8 ]   || { cat "$TMP/out"; fail "--length given twice: the last one"; }
+pass "switch values, '--', strict --ranks, a missing --prompt, the last of a repeated flag"
+
+# a data spec names its key; a file of blank lines is empty; a resume failure is one line
+expect_error 1 "val_data: unknown dataset 'train'" "${S[@]}" --val_data=train
+printf '\n\n\n\n\n' >"$TMP/blank.txt"
+for v in split text:"$TMP/v.txt"; do
+  expect_error 1 "blank.txt: empty: only whitespace and separators" "${S[@]}" \
+    --data=text:"$TMP/blank.txt" --val_data="$v" --run_dir="$TMP/bl"
+done
+[ ! -e "$TMP/bl" ] || fail "a data error left a run_dir behind"
+printf 'one doc here\n\n\nanother doc\n\n\na third\n\n\nand a fourth one\n' >"$TMP/d4.txt"
+mt 1 "${S[@]}" --data=text:"$TMP/d4.txt" --val_data=text:"$TMP/v.txt" --run_dir="$TMP/shr"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "train on d4.txt"; }
+printf 'a\n\n\nb\n' >"$TMP/d4.txt" # shorter than the checkpoint's cursors
+expect_error 1 "lies outside the data" --resume "$TMP/shr" --steps=4
+[ "$(grep -c "lies outside the data" "$TMP/out")" -eq 1 ] || fail "the resume failure said twice"
+# init_from: a new run may read other data with other streams (the model's shape stays)
+mt 2 "${S[@]}" --data=text:"$TMP/v.txt" --streams=4 --run_dir="$TMP/if" \
+  --init_from="$TMP/sa/ckpt/ckpt-00000004.h5"
+[ "$status" -eq 0 ] && grep -q "^initialised from" "$TMP/out" \
+  || { cat "$TMP/out"; fail "init_from with other data"; }
+# eval's help names its key
+"$BIN/memtrain" eval --help | grep -q -- "--eval_docs=N" || fail "eval --help"
+pass "val_data named, blank files empty, one resume line, init_from on other data"
+
+# every rank must be started alike: other arguments, another config file, other data
+printf 'arch = decoder\nd_model = 32\nn_heads = 2\nn_layers = 1\nseg_len = 8\nstreams = 2\nhorizon = 1\nwarmup = 1\nsteps = 2\neval_every = 0\ndata = text:d.txt\n' >"$TMP/c.conf"
+mkdir -p "$TMP/n1" "$TMP/n2"
+sed 's/d_model = 32/d_model = 64/' "$TMP/c.conf" >"$TMP/n2/c.conf"
+cp "$TMP/c.conf" "$TMP/n1/c.conf"
+cp "$TMP/d4.txt" "$TMP/n1/d.txt"; cp "$TMP/d4.txt" "$TMP/n2/d.txt"
+mpmd() { # ARGS0 -- ARGS1: rank 0 in n1, rank 1 in n2
+  local a=() ; while [ "$1" != "--" ]; do a+=("$1"); shift; done; shift
+  status=0
+  mpirun --oversubscribe -np 1 -wdir "$TMP/n1" "$BIN/memtrain" "${a[@]}" : \
+    -np 1 -wdir "$TMP/n2" "$BIN/memtrain" "$@" >"$TMP/out" 2>&1 || status=$?
+  [ "$status" -eq 2 ] && [ "$(grep -c '^memtrain: rank 1 ' "$TMP/out")" -eq 1 ] \
+    || { cat "$TMP/out"; fail "ranks started unlike"; }
+  ! grep -qi "signal\|internal check\|MPI_ERR" "$TMP/out" || { cat "$TMP/out"; fail "a crash"; }
+  pass "$(grep '^memtrain: rank 1 ' "$TMP/out")"
+}
+mpmd --config c.conf --run_dir=r --steps=2 -- --config c.conf --run_dir=r --steps=3
+grep -q "other arguments than rank 0: '--steps=3' where rank 0 has '--steps=2'" "$TMP/out" || fail "arguments"
+mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
+grep -q "other settings than rank 0: 'd_model = 64' where rank 0 has 'd_model = 32'" "$TMP/out" || fail "settings"
+cp "$TMP/c.conf" "$TMP/n2/c.conf"; printf 'x\n\n\ny\n\n\nzz\n\n\nw\n' >"$TMP/n2/d.txt"
+mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
+grep -q "read other data than rank 0 for text:d.txt: 3 documents, 7 tokens (rank 0: 1, 2)" "$TMP/out" || fail "data"
+[ ! -e "$TMP/n1/r" ] || fail "ranks started unlike made a run_dir"
+
 # --help once per job, not once per rank
 mpirun --oversubscribe -np 2 "$BIN/memtrain" --help >"$TMP/help2"
 [ "$(wc -l <"$TMP/help2")" -eq "$("$BIN/memtrain" --help | wc -l)" ] || fail "--help printed per rank"

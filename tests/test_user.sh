@@ -44,6 +44,18 @@ mkdir -p "$TMP/elsewhere"
 mt 2 sample --ckpt "$ck" --count=1 --scale=1 --top_k 5 --seed 3
 [ -s "$d/samples-2.png" ] || { cat "$TMP/out"; fail "a second default output is not numbered"; }
 expect_error 2 "--out $d/samples.png exists: choose another file or remove it" sample --ckpt "$ck" --out "$d/samples.png"
+# a directory that is not there is refused before the drawing starts
+expect_error 2 "--out $TMP/nodir/x.png: its directory $TMP/nodir does not exist" sample --ckpt "$ck" --out "$TMP/nodir/x.png"
+# two samplers at once with the default output: each grid gets its own number
+for t in 0.5 1; do
+  mpirun --oversubscribe -np 1 "$BIN/memtrain" sample --ckpt "$ck" --count=1 --scale=1 \
+    --temperature $t >"$TMP/par$t" 2>&1 &
+done
+wait
+[ -s "$d/samples-3.png" ] && [ -s "$d/samples-4.png" ] && [ ! -e "$d/samples-5.png" ] \
+  || { cat "$TMP/par0.5" "$TMP/par1"; fail "two samplers at once: a grid lost"; }
+[ "$(cat "$TMP/par0.5" "$TMP/par1" | grep -o 'samples-[34].png' | sort -u | wc -l)" -eq 2 ] \
+  || fail "two samplers named the same grid"
 pass "sample: image options only, an existing --out refused, default output beside the run, numbered"
 
 # a text run from a one-document file: refused without a validation file, trained with one

@@ -198,16 +198,22 @@ void trainer_footprint_describe(const trainer_footprint *f, char *buf, size_t n)
     double parts[8] = {f->total, f->tables, f->caches, f->activations, f->dense, f->buffers,
                        f->data, f->base};
     for (int i = 0; i < 8; i++) trainer_footprint_bytes(parts[i], t[i], sizeof t[i]);
+    char load[64] = "", peak[32];
+    if (f->data_load > f->data) { /* reading holds more than it keeps: the peak counts it */
+        trainer_footprint_bytes(f->data_load, peak, sizeof peak);
+        snprintf(load, sizeof load, " (%s while loading)", peak);
+    }
     snprintf(buf, n, "about %s per rank: tables and Adam state %s, fetched rows and exchange "
              "buffers %s, activations "
-             "%s, dense parameters %s, buffers %s, data %s, libraries %s",
-             t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+             "%s, dense parameters %s, buffers %s, data %s%s, libraries %s",
+             t[0], t[1], t[2], t[3], t[4], t[5], t[6], load, t[7]);
 }
 
 void trainer_footprint_drivers(const trainer_config *cfg, const trainer_footprint *f, char *buf,
                                size_t n) {
     const char *names[6] = {"tables and their Adam state", "fetched rows and exchange buffers", "activations",
-                            "dense parameters", "rollout and replay buffers", "the data"};
+                            "dense parameters", "rollout and replay buffers",
+                            f->data_load > f->data ? "the data while loading" : "the data"};
     double parts[6] = {f->tables, f->caches, f->activations, f->dense, f->buffers,
                        f->data_load > f->data ? f->data_load : f->data};
     int big = 0;

@@ -487,9 +487,14 @@ int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
             chosen = i;
             break;
         }
+        if (i + 1 == count) { /* the caller says it: once */
+            size_t len = strlen(err);
+            if (count > 1 && len + 1 < n)
+                snprintf(err + len, n - len, "; no older checkpoint left");
+            break;
+        }
         char line[1100];
-        snprintf(line, sizeof line, "%s; %s", err,
-                 i + 1 < count ? "falling back to an older checkpoint" : "no older checkpoint left");
+        snprintf(line, sizeof line, "%s; falling back to an older checkpoint", err);
         comm_warn0(c, line);
     }
     if (rc == 0 && aside) rc = set_aside(c, paths, chosen, err, n);

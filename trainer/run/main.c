@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "comm/comm.h"
 #include "io/ckpt.h"
@@ -49,8 +50,8 @@ static void usage_command(FILE *f, const char *cmd) {
                 "usage: mpirun -np P memtrain eval --ckpt FILE [--key=value ...]\n\n"
                 "Prints the validation perplexity of a checkpoint, with the configuration stored in it.\n"
                 "  --ckpt FILE            the checkpoint (required)\n"
-                "  --eval_segments=N      segments per stream (default: the checkpoint's; 0: every\n"
-                "                         validation document)\n"
+                "  --eval_docs=N          the first N validation documents, whole (default: the\n"
+                "                         checkpoint's; 0: every validation document)\n"
                 "  --data=SPEC, --val_data=SPEC, --streams=N   evaluate on other data or streams\n"
                 "Keys that change the model's shape (d_model, ...) are refused.\n");
     else if (strcmp(cmd, "sample") == 0)
@@ -100,22 +101,26 @@ static void usage_command(FILE *f, const char *cmd) {
                 "Options take --key=value or --key value, with '-' or '_'.\n\n");
 }
 
+static const char no_value[] = ""; /* what a flag last on the line holds */
+
 /* Value of a caller flag given as `--flag VALUE` or `--flag=VALUE` in argv[1..argc), '-' and
- * '_' alike. */
+ * '_' alike; the last when given twice; no_value when it is last with nothing after it. */
 static const char *flag_value(int argc, char **argv, const char *flag) {
     size_t n = strlen(flag);
-    for (int i = 1; i < argc; i++) {
+    const char *v = NULL;
+    for (int i = 1; i < argc; i++) { /* the last one, as for config keys */
         if (!trainer_config_flag_matches(argv[i], flag)) continue;
-        if (argv[i][n] == '=') return argv[i] + n + 1;
-        return i + 1 < argc ? argv[i + 1] : ""; /* "": no value */
+        if (argv[i][n] == '=') v = argv[i] + n + 1;
+        else v = i + 1 < argc ? argv[++i] : no_value;
     }
-    return NULL;
+    return v;
 }
 
 /* Whether argument a is a flag whose value is the next argument ("--ckpt F"; --csv is a
  * switch, "--k=v" holds its own). */
 static int flag_takes_next(const char *a) {
-    return strncmp(a, "--", 2) == 0 && !strchr(a, '=') && strcmp(a, "--csv") != 0;
+    return strncmp(a, "--", 2) == 0 && a[2] && !strchr(a, '=') && strcmp(a, "--csv") != 0 &&
+           strcmp(a, "--help") != 0;
 }
 
 /* The command s names (train, eval, sample, inspect, plan), or NULL. */
@@ -146,7 +151,7 @@ typedef struct cli {
     trainer_config stored;           /* the checkpoint's, before the overrides */
     char path[1100];                 /* the checkpoint a resume starts from */
     char changed[400];               /* settings a resume changes: printed when it trains */
-    char out_path[1200];             /* sample's default output */
+    char out_dir[1100];              /* where sample's grid goes by default */
     int ranks[64], nranks;           /* plan --ranks */
     int per_rank;                    /* plan --per-rank-streams, 0 when not given */
 } cli;
@@ -243,10 +248,10 @@ static int read_flags(cli *c, char *err, size_t n) {
         .temperature = flag_value(argc, argv, "--temperature"),
         .top_k = flag_value(argc, argv, "--top-k"), .top_p = flag_value(argc, argv, "--top-p"),
         .scale = flag_value(argc, argv, "--scale")};
-    const char *given[3] = {c->resume, c->ckpt, c->so.out};
-    const char *names[3] = {"--resume RUN_DIR", "--ckpt FILE", "--out FILE"};
-    for (int i = 0; i < 3; i++)
-        if (given[i] && !given[i][0]) {
+    const char *given[4] = {c->resume, c->ckpt, c->so.out, c->so.prompt};
+    const char *names[4] = {"--resume RUN_DIR", "--ckpt FILE", "--out FILE", "--prompt TEXT"};
+    for (int i = 0; i < 4; i++) /* an empty prompt (--prompt= or "") starts from nothing */
+        if (given[i] && (given[i] == no_value || (i < 3 && !given[i][0]))) {
             snprintf(err, n, "%.*s has no value: write %s", (int)strcspn(names[i], " "), names[i],
                      names[i]);
             return -1;
@@ -255,6 +260,11 @@ static int read_flags(cli *c, char *err, size_t n) {
        anything opens the files the flags name */
     const char *cmd = NULL;
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) { /* what follows would be left unread */
+            snprintf(err, n, "unexpected argument '--': memtrain takes a command word and "
+                     "--key=value options, and nothing after '--' (see memtrain --help)");
+            return -1;
+        }
         if (strncmp(argv[i], "--", 2) == 0) {
             i += flag_takes_next(argv[i]); /* and its value */
             continue;
@@ -302,13 +312,20 @@ static int read_config(cli *c, comm_ctx *comm, char *err, size_t n) {
         if (flag_takes_next(argv[i])) {
             left[i] = left[i + 1 < argc ? i + 1 : i] = 1; /* flag and its value */
             i++;
-        } else if (strncmp(argv[i], "--", 2) == 0) {
+        } else if (strncmp(argv[i], "--", 2) == 0 && argv[i][2]) { /* "--" is refused below */
             left[i] = 1;
         }
     }
     int rc = 0;
     c->cmd = "train";
     for (int i = first; i < argc && rc == 0; i++) {
+        if ((trainer_config_flag_matches(argv[i], "--csv") ||
+             trainer_config_flag_matches(argv[i], "--help")) && strchr(argv[i], '=')) {
+            snprintf(err, n, "%.*s takes no value (it is a switch: write %.*s)",
+                     (int)strcspn(argv[i], "="), argv[i], (int)strcspn(argv[i], "="), argv[i]);
+            rc = -1;
+            break;
+        }
         if (left[i]) continue;
         if (command_of(argv[i])) {
             c->cmd = argv[i];
@@ -327,19 +344,25 @@ static int read_config(cli *c, comm_ctx *comm, char *err, size_t n) {
 static int read_ranks(cli *c, char *err, size_t n) {
     const char *list = flag_value(c->argc, c->argv, "--ranks");
     c->nranks = 0;
-    for (const char *p = list; p && *p && c->nranks < 64;) {
+    int bad = !list || !*list;
+    for (const char *p = list; !bad && *p;) { /* digits, one comma between counts */
         char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 1 || v > 1 << 20 || (*end && *end != ',')) {
-            c->nranks = -1;
-            break;
-        }
+        errno = 0;
+        long v = *p >= '0' && *p <= '9' ? strtol(p, &end, 10) : 0;
+        bad = v < 1 || v > 1 << 20 || errno || (*end && *end != ',') || c->nranks == 64;
+        if (bad) break;
         c->ranks[c->nranks++] = (int)v;
-        p = *end ? end + 1 : end;
+        p = end + (*end == ',');
+        bad = *end == ',' && !*p;
     }
-    if (c->nranks <= 0) {
-        snprintf(err, n, "memtrain plan needs --ranks P[,P...] (up to 64 rank counts, each "
-                 "1..1048576)");
+    if (bad) {
+        char shown[80];
+        if (list && *list)
+            snprintf(err, n, "--ranks = %s: expected rank counts P[,P...] (up to 64, each "
+                     "1..1048576)", comm_escape(shown, sizeof shown, list));
+        else
+            snprintf(err, n, "plan needs --ranks P[,P...] (up to 64 rank counts, each "
+                     "1..1048576)");
         return -1;
     }
     const char *pr = flag_value(c->argc, c->argv, "--per-rank-streams");
@@ -401,26 +424,43 @@ static int check_sample(cli *c, char *err, size_t n) {
     }
     if (!image) return 0;
     if (so->out) {
-        if (stat(so->out, &sb) != 0) return 0;
-        snprintf(err, n, "--out %.300s exists: choose another file or remove it", so->out);
-        return -1;
+        if (stat(so->out, &sb) == 0) {
+            snprintf(err, n, "--out %.300s exists: choose another file or remove it", so->out);
+            return -1;
+        }
+        /* its directory is checked now, not after minutes of drawing */
+        char dir[1100];
+        snprintf(dir, sizeof(dir), "%s", so->out);
+        char *slash = strrchr(dir, '/');
+        if (!slash) snprintf(dir, sizeof(dir), ".");
+        else if (slash == dir) dir[1] = '\0';
+        else *slash = '\0';
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0) {
+            snprintf(err, n, "--out %.200s: its directory %.200s %s", so->out, dir,
+                     stat(dir, &sb) != 0 ? "does not exist"
+                     : !S_ISDIR(sb.st_mode) ? "is not a directory" : "is not writable");
+            return -1;
+        }
+        return 0;
     }
-    char dir[1100];
-    snprintf(dir, sizeof(dir), "%s", c->ckpt);
+    char *dir = c->out_dir;
+    snprintf(dir, sizeof(c->out_dir), "%s", c->ckpt);
     char *slash = strrchr(dir, '/');
-    if (!slash) snprintf(dir, sizeof(dir), "..");       /* ckpt-N.h5 */
-    else if (slash == dir) snprintf(dir, sizeof(dir), "/");
+    if (!slash) snprintf(dir, sizeof(c->out_dir), "..");       /* ckpt-N.h5 */
+    else if (slash == dir) snprintf(dir, sizeof(c->out_dir), "/");
     else {
         *slash = '\0';                                    /* runs/a/ckpt */
         slash = strrchr(dir, '/');
-        if (!slash) snprintf(dir, sizeof(dir), ".");    /* ckpt */
+        if (!slash) snprintf(dir, sizeof(c->out_dir), ".");    /* ckpt */
         else if (slash == dir) dir[1] = '\0';
         else *slash = '\0';                               /* runs/a */
     }
-    snprintf(c->out_path, sizeof(c->out_path), "%s/samples.png", dir);
-    for (int k = 2; stat(c->out_path, &sb) == 0 && k < 100000; k++)
-        snprintf(c->out_path, sizeof(c->out_path), "%s/samples-%d.png", dir, k);
-    so->out = c->out_path;
+    if (access(dir, W_OK | X_OK) != 0) {
+        snprintf(err, n, "the grid's default place %.300s is not writable: give --out FILE.png",
+                 dir);
+        return -1;
+    }
+    so->out_dir = dir; /* samples.png there, or samples-N.png past those that exist */
     return 0;
 }
 
@@ -448,21 +488,6 @@ static int check_resume(cli *c, comm_ctx *comm, char *err, size_t n) {
     }
     if (comm_rank(comm) == 0)
         trainer_config_diff_other(&c->stored, &c->cfg, c->changed, sizeof(c->changed));
-    return 0;
-}
-
-/* A new run from init_from: the file opens as a checkpoint of the run's shape, checked before
- * the run directory is made (its arrays are read, and checked, when the model is built). */
-static int check_init_from(cli *c, comm_ctx *comm, char *err, size_t n) {
-    trainer_config theirs;
-    char diff[400];
-    trainer_config_defaults(&theirs);
-    if (trainer_ckpt_read_config(comm, c->cfg.init_from, &theirs, err, n) != 0) return -1;
-    if (trainer_config_diff_shape(&theirs, &c->cfg, diff, sizeof(diff)) > 0) {
-        snprintf(err, n, "init_from = %.150s: the model's shape differs: %.300s",
-                 c->cfg.init_from, diff);
-        return -1;
-    }
     return 0;
 }
 
@@ -521,6 +546,60 @@ static int nothing_to_do(cli *c, comm_ctx *comm) {
     return 1;
 }
 
+/* Whether this rank's text (lines) is rank 0's; where it is not, err names the first line that
+ * differs. Every rank must see the same command line and config file: a rank started with
+ * other ones (a node-local copy, an MPMD launch) would build another model and crash or hang
+ * in the first exchange. Collective. */
+static int same_as_rank0(comm_ctx *comm, const char *what, const char *text, char *err,
+                         size_t n) {
+    int64_t len = (int64_t)strlen(text) + 1;
+    comm_broadcast(comm, &len, sizeof len, 0);
+    char *r0 = layer_xmalloc((size_t)len);
+    if (comm_rank(comm) == 0) memcpy(r0, text, (size_t)len);
+    comm_broadcast(comm, r0, (size_t)len, 0);
+    int rc = 0;
+    if (strcmp(r0, text) != 0) {
+        const char *a = text, *b = r0;
+        for (;;) {
+            size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+            if (la != lb || memcmp(a, b, la) != 0 || !a[la] || !b[lb]) {
+                snprintf(err, n, "rank %d was started with other %s than rank 0: '%.*s' where "
+                         "rank 0 has '%.*s' (every rank must see the same command line, config "
+                         "file and data)", comm_rank(comm), what, (int)(la < 120 ? la : 120), a,
+                         (int)(lb < 120 ? lb : 120), b);
+                break;
+            }
+            a += la + 1;
+            b += lb + 1;
+        }
+        rc = -1;
+    }
+    free(r0);
+    return rc;
+}
+
+static int same_arguments(comm_ctx *comm, int argc, char **argv, char *err, size_t n) {
+    size_t len = 1;
+    for (int i = 1; i < argc; i++) len += strlen(argv[i]) + 1;
+    char *text = layer_xcalloc(len, 1);
+    for (int i = 1; i < argc; i++) {
+        strcat(text, argv[i]);
+        if (i + 1 < argc) strcat(text, "\n");
+    }
+    int rc = same_as_rank0(comm, "arguments", text, err, n);
+    free(text);
+    return rc;
+}
+
+static int same_config(comm_ctx *comm, const cli *c, char *err, size_t n) {
+    size_t len = trainer_config_to_text(&c->cfg, NULL, 0) + 1;
+    char *text = layer_xmalloc(len);
+    trainer_config_to_text(&c->cfg, text, len);
+    int rc = same_as_rank0(comm, "settings", text, err, n);
+    free(text);
+    return rc;
+}
+
 static int run_command(cli *c, comm_ctx *comm) {
     if (strcmp(c->cmd, "plan") == 0) {
         int csv = 0;
@@ -548,8 +627,13 @@ int main(int argc, char **argv) {
     c.argc = argc;
     c.argv = argv;
     char err[512] = "";
-    int train = 0, rc = read_flags(&c, err, sizeof(err));
+    int train = 0, rc = same_arguments(comm, argc, argv, err, sizeof(err));
+    if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
+    rc = read_flags(&c, err, sizeof(err));
     if (rc == 0) rc = read_config(&c, comm, err, sizeof(err));
+    /* the same line may still read other files on other ranks */
+    if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
+    rc = same_config(comm, &c, err, sizeof(err));
     if (rc == 0) train = strcmp(c.cmd, "train") == 0;
     if (rc == 0 && strcmp(c.cmd, "plan") == 0) rc = read_ranks(&c, err, sizeof(err));
     if (rc == 0) rc = trainer_sample_options_read(&c.so, c.cmd, &c.sa, err, sizeof(err));
@@ -558,7 +642,7 @@ int main(int argc, char **argv) {
     if (rc == 0 && strcmp(c.cmd, "sample") == 0) rc = check_sample(&c, err, sizeof(err));
     if (rc == 0 && c.resume) rc = check_resume(&c, comm, err, sizeof(err));
     if (rc == 0 && train && !c.resume && strcmp(c.cfg.init_from, "none") != 0)
-        rc = check_init_from(&c, comm, err, sizeof(err));
+        rc = trainer_init_from_check(comm, &c.cfg, err, sizeof(err));
     if (rc == 0) rc = check_one_job(comm, err, sizeof(err));
     if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
     if (c.resume && train && nothing_to_do(&c, comm)) {

@@ -185,10 +185,24 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
                  opt->temperature, opt->top_k, opt->top_p);
         uint8_t *pix = trainer_grid_render(tok, B, side, opt->scale, caption, &W, &H);
         char out[1200];
-        if (opt->out) snprintf(out, sizeof(out), "%s", opt->out);
-        else snprintf(out, sizeof(out), "%s/samples.png", cfg->run_dir);
         if (comm_rank(comm) == 0) {
-            fail = io_png_write_gray(out, pix, W, H, err, sizeof(err)) != 0;
+            /* created only now, exclusively: another sampler's grid, or a file that
+               appeared meanwhile, is never overwritten */
+            int rc = 1;
+            if (opt->out) {
+                snprintf(out, sizeof(out), "%s", opt->out);
+                rc = io_png_write_gray(out, pix, W, H, err, sizeof(err));
+                if (rc == 1)
+                    snprintf(err, sizeof(err), "--out %.300s appeared while sampling: not "
+                             "overwritten, and the grid is not written", opt->out);
+            } else {
+                const char *dir = opt->out_dir ? opt->out_dir : cfg->run_dir;
+                snprintf(out, sizeof(out), "%s/samples.png", dir);
+                for (int k = 2; (rc = io_png_write_gray(out, pix, W, H, err, sizeof(err))) == 1 &&
+                                k < 100000; k++)
+                    snprintf(out, sizeof(out), "%s/samples-%d.png", dir, k);
+            }
+            fail = rc != 0;
             char shown[2200], shown_out[2400];
             if (!fail)
                 printf("%s (step %lld): %d samples written to %s\n",

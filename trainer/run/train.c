@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "io/data.h"
 #include "layers/common.h"
@@ -46,6 +47,7 @@ typedef struct run {
     float *M; /* (B, S*C) carried memory */
     FILE *csv;
     FILE *log; /* rank 0: run_dir/train.log, a copy of what the run prints */
+    char dir[2200]; /* run_dir as printed (comm_escape) */
     trainer_rundir *rd;
 } run;
 
@@ -323,6 +325,29 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
     }
 }
 
+/* Whether this rank read the data rank 0 read: the same documents, tokens and values (a CRC
+ * of them). The same spec can name other files on other ranks (node-local copies, another
+ * working directory, MEMTRAIN_FASHION_MNIST_DIR set on some), and the streams would then read
+ * other documents per rank, or past a rank's own. Collective; err says how they differ. */
+static int same_data(comm_ctx *comm, const io_dataset *d, const char *spec, char *err,
+                     size_t n) {
+    uLong crc = crc32_z(0L, (const Bytef *)d->doc_off, (size_t)(d->ndocs + 1) * sizeof(int64_t));
+    crc = crc32_z(crc, (const Bytef *)d->tok, (size_t)d->doc_off[d->ndocs] * sizeof(uint16_t));
+    int64_t mine[4] = {d->ndocs, d->doc_off[d->ndocs], d->vocab, (int64_t)crc};
+    int64_t first[4];
+    memcpy(first, mine, sizeof first);
+    comm_broadcast(comm, first, sizeof first, 0);
+    if (memcmp(first, mine, sizeof mine) == 0) return 1;
+    char shown[200];
+    snprintf(err, n, "rank %d read other data than rank 0 for %s: %lld documents, %lld tokens "
+             "(rank 0: %lld, %lld)%s; every rank must read the same files (data_dir, the working "
+             "directory and MEMTRAIN_FASHION_MNIST_DIR alike)", comm_rank(comm),
+             comm_escape(shown, sizeof shown, spec), (long long)mine[0], (long long)mine[1],
+             (long long)first[0], (long long)first[1],
+             mine[0] == first[0] && mine[1] == first[1] ? ", other values" : "");
+    return 0;
+}
+
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split) {
     char err[512] = "";
     io_dataset *d = NULL;
@@ -333,13 +358,21 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
                                  sizeof(err)) != 0;
     if (failed && split == IO_SPLIT_VAL && !own && strstr(err, "validation split is empty")) {
         size_t len = strlen(err);
-        snprintf(err + len, sizeof(err) - len, "; give a validation file with val_data=text:FILE");
+        const char *kind = strncmp(spec, "u16:", 4) == 0 ? "u16" : strncmp(spec, "u8:", 3) == 0 ? "u8" : "text";
+        snprintf(err + len, sizeof(err) - len, "; give a validation file with val_data=%s:FILE", kind);
+    }
+    if (failed && strncmp(err, "unknown dataset", 15) == 0) { /* name the key */
+        char why[512];
+        snprintf(why, sizeof(why), "%s", err);
+        snprintf(err, sizeof(err), "%s: %.490s", own ? "val_data" : "data", why);
     }
     if (!failed && d->vocab > cfg->vocab) {
         snprintf(err, sizeof(err), "vocab = %d is smaller than the %d token values of %s: set vocab = %d",
                  cfg->vocab, d->vocab, spec, d->vocab);
         failed = 1;
     }
+    if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
+    failed = comm_size(comm) > 1 && !same_data(comm, d, spec, err, sizeof(err));
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
     return d;
 }
@@ -435,7 +468,7 @@ static int write_checkpoint(run *r, int64_t step, char *err, size_t n) {
                                err, n);
     stream_state_release(&st);
     if (rc == 0)
-        say(r, "checkpoint: %s/ckpt/ckpt-%08lld.h5 written in %.2f s\n", r->cfg->run_dir,
+        say(r, "checkpoint: %s/ckpt/ckpt-%08lld.h5 written in %.2f s\n", r->dir,
             (long long)step, comm_time() - t);
     return rc;
 }
@@ -480,21 +513,28 @@ static int64_t resume_run(run *r, const char *resume_dir) {
     return step;
 }
 
-/* A new run starts from the weights and tables of cfg->init_from, with fresh optimizer state
- * (moments zero, the schedule from step 0), data cursors and memory. The checkpoint's model
- * must have the run's shape. */
-static void init_from_checkpoint(run *r) {
-    const trainer_config *cfg = r->cfg;
-    char err[512], diff[400];
+int trainer_init_from_check(comm_ctx *comm, const trainer_config *cfg, char *err, size_t n) {
+    char diff[400];
     trainer_config theirs;
     trainer_config_defaults(&theirs);
-    if (trainer_ckpt_read_config(r->comm, cfg->init_from, &theirs, err, sizeof(err)) != 0)
-        comm_exit_error(r->comm, err);
+    if (trainer_ckpt_read_config(comm, cfg->init_from, &theirs, err, n) != 0) return -1;
+    /* fresh streams: other data (within the vocab) and another stream count are fine */
+    memcpy(theirs.data, cfg->data, sizeof(theirs.data));
+    theirs.streams = cfg->streams;
     if (trainer_config_diff_shape(&theirs, cfg, diff, sizeof(diff)) > 0) {
-        snprintf(err, sizeof(err), "init_from = %.150s: the model's shape differs: %.300s",
-                 cfg->init_from, diff);
-        comm_exit_error(r->comm, err);
+        snprintf(err, n, "init_from = %.150s: the model's shape differs: %.300s", cfg->init_from,
+                 diff);
+        return -1;
     }
+    return 0;
+}
+
+/* A new run starts from the weights and tables of cfg->init_from, with fresh optimizer state
+ * (moments zero, the schedule from step 0), data cursors and memory. */
+static void init_from_checkpoint(run *r) {
+    const trainer_config *cfg = r->cfg;
+    char err[512];
+    if (trainer_init_from_check(r->comm, cfg, err, sizeof(err)) != 0) comm_exit_error(r->comm, err);
     int64_t step = 0;
     if (trainer_ckpt_load(r->comm, cfg->init_from, r->model, NULL, &step, err, sizeof(err)) != 0)
         comm_exit_error(r->comm, err);
@@ -574,6 +614,7 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     memset(r, 0, sizeof(*r));
     r->comm = comm;
     r->cfg = cfg;
+    comm_escape(r->dir, sizeof(r->dir), cfg->run_dir);
     int P = comm_size(comm), rank = comm_rank(comm);
     char err[512];
     trainer_config eff = *cfg;
@@ -587,14 +628,15 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
         comm_exit_error(comm, err);
     r->sched = trainer_schedule_make(eff.streams, eff.stream_block, P, rank);
     trainer_preflight_memory(comm, &eff, TRAINER_USE_TRAIN, 0, 1);
+    /* data that cannot be read leaves no run directory behind */
+    load_data(r);
+    if (cfg->eval_every > 0) trainer_preflight_eval(comm, cfg, r->val);
     char header[512];
     csv_header(header, sizeof(header));
     r->rd = trainer_rundir_open(comm, cfg, resume_dir, header);
     r->csv = trainer_rundir_metrics(r->rd);
     if (rank == 0) write_run_files(r);
     install_signal_handlers();
-    load_data(r);
-    if (cfg->eval_every > 0) trainer_preflight_eval(comm, cfg, r->val);
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, &eff);
     r->model = trainer_model_create(&spec, comm);
@@ -719,10 +761,10 @@ static void end_sitting(run *r, sitting *z, int resumed) {
     if (z->done > z->first_step || !resumed) save_checkpoint(r, z->done);
     if (!z->interrupted && z->done < cfg->steps)
         say(r, "memtrain: stopped after step %lld of %lld (stop_after); continue with --resume %s\n",
-            (long long)z->done, (long long)cfg->steps, cfg->run_dir);
+            (long long)z->done, (long long)cfg->steps, r->dir);
     if (z->interrupted)
         say(r, "memtrain: stopped by a signal after step %lld; resume with --resume %s\n",
-            (long long)z->done, cfg->run_dir);
+            (long long)z->done, r->dir);
     double took = comm_time() - z->start;
     long long toks = (long long)(z->done - z->first_step) * trainer_tokens_per_step(cfg);
     char val[48] = "";
@@ -730,7 +772,7 @@ static void end_sitting(run *r, sitting *z, int resumed) {
     say(r, "summary: steps %lld-%lld of %lld in %.1f s, %lld tokens (%.0f tok/s), train ppl "
         "%.3f%s; checkpoint %s/ckpt/ckpt-%08lld.h5\n", (long long)z->first_step + 1,
         (long long)z->done, (long long)cfg->steps, took, toks, toks / (took > 0 ? took : 1e-9),
-        exp(z->last_loss), val, cfg->run_dir, (long long)z->done);
+        exp(z->last_loss), val, r->dir, (long long)z->done);
 }
 
 int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir) {

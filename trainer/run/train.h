@@ -14,6 +14,13 @@ long long trainer_tokens_per_step(const trainer_config *cfg);
  * cfg->vocab, end the job with one message from all ranks. */
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split);
 
+/* Whether cfg->init_from is a checkpoint a new run of cfg can start from: its model has cfg's
+ * shape (other data within the vocab, and another stream count, are fine: the streams start
+ * fresh). Collective. Returns 0, or -1 with "init_from = FILE: the model's shape differs:
+ * d_model (64 -> 32)" or the file's own problem in err. Checked before the run directory is
+ * made, and again when the run loads it. */
+int trainer_init_from_check(comm_ctx *comm, const trainer_config *cfg, char *err, size_t n);
+
 /* The validation documents an evaluation scores: the first cfg->eval_docs of val, or all of
  * them when eval_docs is 0 or larger than the split. */
 int64_t trainer_eval_docs(const trainer_config *cfg, const io_dataset *val);
