@@ -146,11 +146,20 @@ static entry *scan(const char *dir, int want_tmp, int *count) {
 void io_ckpt_prune(const char *dir, int keep, int64_t current) {
     char path[IO_CKPT_PATH_MAX + 256];
     int count;
+    char mine[128], theirs[128];
     entry *e = scan(dir, 0, &count);
-    for (int i = keep; keep > 0 && i < count; i++) {
-        if (e[i].step == current) continue;
+    int ours = 0, known = 0;
+    for (int i = 0; keep > 0 && i < count; i++) /* the run of step `current` */
+        if (e[i].step == current) {
+            snprintf(path, sizeof path, "%s/%s", dir, e[i].name);
+            known = io_ckpt_file_run_id(path, mine, sizeof mine) == 0;
+        }
+    for (int i = 0; known && i < count; i++) { /* newest first */
         snprintf(path, sizeof path, "%s/%s", dir, e[i].name);
-        unlink(path);
+        if (e[i].step != current &&
+            (io_ckpt_file_run_id(path, theirs, sizeof theirs) != 0 || strcmp(theirs, mine) != 0))
+            continue;
+        if (++ours > keep && e[i].step != current) unlink(path);
     }
     free(e);
     e = scan(dir, 1, &count);

@@ -217,6 +217,25 @@ static int precheck(const char *path, char *err, size_t n) {
     return rc;
 }
 
+int io_ckpt_file_run_id(const char *path, char *out, size_t cap) {
+    out[0] = '\0';
+    char why[256];
+    if (io_check_regular(path, why, sizeof why) != 0) return -1;
+    hid_t f;
+    H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
+    H5E_END_TRY;
+    if (f < 0) return -1;
+    char *id = NULL;
+    int rc = attr_str(f, path, "run_id", &id, why, sizeof why) == 0 && id[0] ? 0 : -1;
+    if (rc == 0) snprintf(out, cap, "%s", id);
+    free(id);
+    herr_t closed;
+    H5E_BEGIN_TRY { closed = H5Fclose(f); }
+    H5E_END_TRY;
+    if (closed < 0) io_ckpt_note_unclosed();
+    return rc;
+}
+
 io_ckpt *io_ckpt_open(comm_ctx *c, const char *path, char *err, size_t n) {
     LAYER_ASSERT(c && path);
     io_ckpt *ck = layer_xcalloc(1, sizeof(*ck));

@@ -724,20 +724,31 @@ def compare_gradients(model, cfg, ckpt, ckpt_next):
 # ---------------------------------------------------------------------------------------------
 
 
-def save_outputs(out, text, sd):
-    torch.save(sd, out)
+def output_paths(out):
+    """The files save_outputs writes for --out: the state_dict, the config beside it, and
+    safetensors when the package is there."""
     base = out[:-3] if out.endswith(".pt") else out
-    with open(base + ".conf", "w") as f:
-        f.write(text)
-    written = [out, base + ".conf"]
+    paths = [out, base + ".conf"]
     try:
-        from safetensors.torch import save_file
+        import safetensors.torch  # noqa: F401
+        paths.append(base + ".safetensors")
     except ImportError:
-        return written
-    save_file({k: v.contiguous() for k, v in sd.items()}, base + ".safetensors",
-              metadata={"memtrain_config": text})
-    written.append(base + ".safetensors")
-    return written
+        pass
+    return paths
+
+
+def save_outputs(paths, text, sd):
+    """Writes each file new ("x": one that appeared meanwhile is never replaced)."""
+    with open(paths[0], "xb") as f:
+        torch.save(sd, f)
+    with open(paths[1], "x") as f:
+        f.write(text)
+    if len(paths) > 2:
+        from safetensors.torch import save
+        with open(paths[2], "xb") as f:
+            f.write(save({k: v.contiguous() for k, v in sd.items()},
+                         metadata={"memtrain_config": text}))
+    return paths
 
 
 # keys the checkpoint fixes (memtrain's shape keys, which eval cannot change either)
@@ -788,9 +799,15 @@ def main(argv):
         refuse("--grad follows the stream cursors in file order: train the run with "
                "--shuffle=off")
     if not args.no_save:
-        out = args.out or re.sub(r"\.h5$", "", args.ckpt) + ".pt"
-        for w in save_outputs(out, text, sd):
-            print("wrote %s" % w)
+        paths = output_paths(args.out or re.sub(r"\.h5$", "", args.ckpt) + ".pt")
+        for p in paths:  # never over a file, be it a checkpoint or a config
+            if os.path.lexists(p):
+                refuse("%s exists: choose another --out or remove it" % p)
+        try:
+            for w in save_outputs(paths, text, sd):
+                print("wrote %s" % w)
+        except OSError as e:
+            refuse("%s: %s" % (e.filename, e.strerror or e))
     if args.eval:
         model = MemtrainModel.from_config(text)
         model.load_state_dict(sd)

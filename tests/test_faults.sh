@@ -193,14 +193,15 @@ if mkdir -p "$TMP/mnt0" && mount -t tmpfs -o size=64k tmpfs "$TMP/mnt0" 2>/dev/n
   pass "$FILLS disks filled by a program writing on during a checkpoint: exits$ends, no hang, no .tmp left"
 
   # metrics.csv that cannot be written: the run checkpoints and ends with one line naming it.
-  # Its own file system of two pages (the lock's and its own; the checkpoints on another),
+  # Its own file system of three pages (the lock's, config.conf's and its own; the checkpoints
+  # on another; train.log finds no room and is written as far as it goes),
   # the file holding its header and padding up to a few rows short of its page
   pad_metrics() {
     mkdir -p "$1"
     local h; h=$(head -n 1 "$TMP/refS/metrics.csv")
     { echo "$h"; printf '#%.0s' $(seq $(( 3800 - ${#h} - 2 ))); echo; } >"$1/metrics.csv"
   }
-  m=$TMP/metricsfull; mkdir -p "$m"; mount -t tmpfs -o size=8k tmpfs "$m"; mounts+=("$m")
+  m=$TMP/metricsfull; mkdir -p "$m"; mount -t tmpfs -o size=12k tmpfs "$m"; mounts+=("$m")
   pad_metrics "$m/run"
   mkdir -p "$m/run/ckpt"; mount -t tmpfs -o size=64m tmpfs "$m/run/ckpt"; mounts=("$m/run/ckpt" "${mounts[@]}")
   mt 2 "${SMALL[@]}" --steps=60 --ckpt_every=0 --run_dir="$m/run"
@@ -212,7 +213,7 @@ if mkdir -p "$TMP/mnt0" && mount -t tmpfs -o size=64k tmpfs "$TMP/mnt0" 2>/dev/n
   pass "metrics.csv on a full disk: exit 2 at step $k, 'metrics.csv: cannot write (No space left on device) after step $k: stopped after writing checkpoint ...'"
   # everything on one small file system: the checkpoint cannot be written either, and the
   # one line says both
-  m=$TMP/allfull; mkdir -p "$m"; mount -t tmpfs -o size=12k tmpfs "$m"; mounts+=("$m")
+  m=$TMP/allfull; mkdir -p "$m"; mount -t tmpfs -o size=16k tmpfs "$m"; mounts+=("$m")
   pad_metrics "$m/run"
   mt 2 "${SMALL[@]}" --steps=60 --ckpt_every=0 --run_dir="$m/run"
   [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "metrics.csv and checkpoint on a full disk: exit $status, expected 2"; }
@@ -341,7 +342,24 @@ expect_error 0 "/fifo: not a regular file (a FIFO)" eval --ckpt "$TMP/fifo"
 d=$TMP/fifockpt; fresh "$d" 6; mkfifo "$d/ckpt/ckpt-00000012.h5"; rm -f "$d/ckpt/LATEST"; mkfifo "$d/ckpt/LATEST"
 resume_exact "$d" "$TMP/refS" 18 "a FIFO as the newest checkpoint" 6
 one_error "ckpt-00000012.h5: not a regular file \(a FIFO\); falling back" "FIFO checkpoint"
-pass "FIFOs as data, config, Fashion-MNIST file, checkpoint and LATEST: refused by name, nothing blocks"
+# as the run's log: refused by name at the start, nothing blocks
+d=$TMP/fifolog; fresh "$d" 6; mkfifo "$d/train.log"
+expect_error 2 "$d/train.log: not a regular file (a FIFO)" --resume "$d" --steps=8
+pass "FIFOs as data, config, Fashion-MNIST file, checkpoint, LATEST and train.log: refused by name, nothing blocks"
+# keep_ckpts prunes this run's own checkpoints only: another run's file and a damaged one
+# under older names stay
+mt 1 "${SMALL[@]}" --steps=2 --ckpt_every=1 --seed=9 --run_dir="$TMP/seed9"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "the other run"; }
+d=$TMP/prune; fresh "$d" 6
+cp "$TMP/seed9/ckpt/ckpt-00000002.h5" "$d/ckpt/"
+head -c 3000 "$TMP/refS/ckpt/ckpt-00000006.h5" >"$d/ckpt/ckpt-00000001.h5"
+sum=$(cat "$d/ckpt/ckpt-00000002.h5" "$d/ckpt/ckpt-00000001.h5" | sha256sum)
+mt 1 --resume "$d" --steps=12 --ckpt_every=2 --keep_ckpts=2
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "prune: resume"; }
+[ "$(cd "$d/ckpt" && echo ckpt-*.h5)" = "ckpt-00000001.h5 ckpt-00000002.h5 ckpt-00000010.h5 ckpt-00000012.h5" ] \
+  && [ "$(cat "$d/ckpt/ckpt-00000002.h5" "$d/ckpt/ckpt-00000001.h5" | sha256sum)" = "$sum" ] \
+  || { ls "$d/ckpt"; fail "keep_ckpts pruned another run's or a damaged file"; }
+pass "keep_ckpts = 2 kept this run's newest two and left another run's and a damaged file alone"
 # a directory under the newest checkpoint's name: no checkpoint could be renamed onto it, so
 # the run is refused at its start, naming it
 d=$TMP/dirckpt; fresh "$d" 6; mkdir "$d/ckpt/ckpt-00000012.h5"

@@ -150,4 +150,15 @@ status=0
 /usr/bin/python3 "$TOOL" "$TMP/v.h5" --eval --val_data=text:/dev/null >"$TMP/r.out" 2>&1 || status=$?
 [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && [ ! -e "$TMP/v.pt" ] \
   || { cat "$TMP/r.out"; fail "--eval with val_data: not one line before any write"; }
-pass "to_torch refuses in one line (exit 2) before it writes anything"
+# an --out that is a file already, or whose .conf is, is refused and left as it was
+cp "$last" "$TMP/keep.h5"
+printf 'mine\n' >"$TMP/w.conf"
+for o in "$TMP/keep.h5" "$TMP/w.pt"; do
+  sum=$(cat "$TMP/keep.h5" "$TMP/w.conf" | sha256sum)
+  status=0
+  /usr/bin/python3 "$TOOL" "$TMP/v.h5" --out "$o" >"$TMP/r.out" 2>&1 || status=$?
+  [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && grep -q "exists: choose another --out" "$TMP/r.out" \
+    && [ "$(cat "$TMP/keep.h5" "$TMP/w.conf" | sha256sum)" = "$sum" ] && [ ! -e "$TMP/w.pt" ] \
+    || { cat "$TMP/r.out"; fail "--out $o: an existing file not refused"; }
+done
+pass "to_torch refuses in one line (exit 2) before it writes anything, and never over a file"

@@ -11,6 +11,7 @@
 #include <zlib.h>
 
 #include "io/data.h"
+#include "io/files.h"
 #include "layers/common.h"
 #include "layers/layers.h"
 #include "trainer/base/optim.h"
@@ -556,21 +557,22 @@ static void init_from_checkpoint(run *r) {
 
 /* A copy of what rank 0 prints (run_dir/train.log), and the configuration the sitting resolved
  * (run_dir/config.conf, which --config reads back). Rank 0 only. */
-static void write_run_files(run *r) {
+static int write_run_files(run *r, char *err, size_t n) {
     const trainer_config *cfg = r->cfg;
     char path[TRAINER_CONFIG_STR + 32];
     snprintf(path, sizeof(path), "%s/train.log", cfg->run_dir);
-    r->log = fopen(path, "a");
-    snprintf(path, sizeof(path), "%s/config.conf", cfg->run_dir);
-    FILE *f = fopen(path, "w");
-    if (!f) return;
+    /* never a FIFO or a device in their place (an open could block forever) */
+    r->log = io_fopen_regular(path, "a", err, n);
+    if (!r->log) return -1;
+    static const char head[] =
+        "# the configuration of this run's latest sitting (memtrain --config reads it)\n";
     size_t len = trainer_config_to_text(cfg, NULL, 0);
-    char *text = layer_xmalloc(len + 1);
-    trainer_config_to_text(cfg, text, len + 1);
-    fputs("# the configuration of this run's latest sitting (memtrain --config reads it)\n", f);
-    fputs(text, f);
+    char *text = layer_xmalloc(sizeof head + len + 1);
+    memcpy(text, head, sizeof head);
+    trainer_config_to_text(cfg, text + sizeof head - 1, len + 1);
+    int rc = io_write_atomic(cfg->run_dir, "config.conf", text, err, n);
     free(text);
-    fclose(f);
+    return rc;
 }
 
 /* Rank 0's account of the run at its start: ranks and blocks, data and its order, what
@@ -635,7 +637,8 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     csv_header(header, sizeof(header));
     r->rd = trainer_rundir_open(comm, cfg, resume_dir, header);
     r->csv = trainer_rundir_metrics(r->rd);
-    if (rank == 0) write_run_files(r);
+    int failed = rank == 0 && write_run_files(r, err, sizeof(err)) != 0;
+    if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
     install_signal_handlers();
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, &eff);
