@@ -2,6 +2,7 @@
 #include "comm/comm.h"
 #include "comm/comm_internal.h"
 
+#include <fcntl.h>
 #include <mpi.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,6 +23,10 @@ struct comm_ctx {
 static volatile int unclean = 0;
 
 void comm_mark_unclean(void) { unclean = 1; }
+
+static volatile int quiet_finalize = 0;
+
+void comm_quiet_finalize(void) { quiet_finalize = 1; }
 
 /* Whether any rank of c is unclean. Collective. */
 static int any_unclean(comm_ctx *c) {
@@ -69,6 +74,14 @@ void comm_finalize(comm_ctx *c) {
         for (;;) MPI_Barrier(c->comm);
     }
     MPI_Comm_free(&c->comm);
+    if (quiet_finalize) {
+        fflush(stderr);
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) {
+            dup2(fd, STDERR_FILENO);
+            close(fd);
+        }
+    }
     if (c->started_mpi) MPI_Finalize();
     free(c);
 }

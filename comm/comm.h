@@ -46,6 +46,12 @@ void comm_warn0(const comm_ctx *c, const char *msg);
  * releasing it would crash (HDF5 after a file close failed on a full disk): comm_exit_error
  * and comm_finalize then end the job with MPI_Abort rather than finalize. Process-wide. */
 void comm_mark_unclean(void);
+/* Records that a library may print its own trouble while MPI finalises or the process exits
+ * (HDF5 after reading a damaged file: "HDF5: infinite loop closing library" and a line of
+ * interface names, on every rank). The run has said what was wrong in its own line by then,
+ * or recovered (a resume that fell back to an older checkpoint), so comm_finalize sends
+ * stderr to /dev/null from there on. Process-wide. */
+void comm_quiet_finalize(void);
 /* Number of ranks of c on this node (that share its memory). Collective. */
 int comm_node_size(comm_ctx *c);
 /* The ranks of c on this node: same (size of c) gets 1 for each of them (this rank too), 0

@@ -58,6 +58,12 @@ static int attr_open(hid_t loc, const char *path, const char *name, hid_t *attr,
     return rc;
 }
 
+/* A checkpoint that failed to read may leave HDF5 unable to close cleanly at exit. */
+static int damaged(void) {
+    comm_quiet_finalize();
+    return -1;
+}
+
 static void attr_close(hid_t attr, hid_t type) {
     H5E_BEGIN_TRY {
         H5Tclose(type);
@@ -248,6 +254,7 @@ io_ckpt *io_ckpt_open(comm_ctx *c, const char *path, char *err, size_t n) {
     }
     if (!failed && comm_rank(c) == 0) failed = precheck(path, err, n) != 0;
     if (comm_any_failed(c, failed, err, n)) {
+        damaged();
         free(ck);
         return NULL;
     }
@@ -436,7 +443,7 @@ int io_ckpt_read(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int
     if (comm_any_failed(ck->c, failed, err, n)) {
         if (ds >= 0) close_dataset(ds);
         free(crc);
-        return -1;
+        return damaged();
     }
 
     if (d0 > 0 && per > 0) {
@@ -480,14 +487,14 @@ int io_ckpt_read(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int
     }
     close_dataset(ds);
     free(crc);
-    return comm_any_failed(ck->c, failed, err, n) ? -1 : 0;
+    return comm_any_failed(ck->c, failed, err, n) ? damaged() : 0;
 }
 
 int io_ckpt_get_attr_i64(io_ckpt *ck, const char *name, int64_t *out, char *err, size_t n) {
     LAYER_ASSERT(ck && ck->file >= 0 && name && out);
     int64_t v = 0;
     int failed = attr_i64(ck->file, ck->path, name, &v, err, n) != 0;
-    if (comm_any_failed(ck->c, failed, err, n)) return -1;
+    if (comm_any_failed(ck->c, failed, err, n)) return damaged();
     *out = v;
     return 0;
 }
@@ -498,7 +505,7 @@ int io_ckpt_get_attr_str(io_ckpt *ck, const char *name, char **out, char *err, s
     if (comm_any_failed(ck->c, failed, err, n)) {
         free(*out);
         *out = NULL;
-        return -1;
+        return damaged();
     }
     return 0;
 }
