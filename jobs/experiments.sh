@@ -125,7 +125,7 @@ for row in "${arms[@]}"; do
   read -r arm args <<<"$row"
   for seed in $SEEDS; do
     run=$out/$arm-s$seed
-    if [ -s "$run/ckpt/LATEST" ]; then
+    if ls "$run"/ckpt/ckpt-*.h5 >/dev/null 2>&1; then
       done_steps=$(tail -n 1 "$run/metrics.csv" | cut -d, -f1)
       if [ "${done_steps:-0}" -ge "$UNTIL" ]; then
         echo "== $arm seed $seed: done ($done_steps steps)"

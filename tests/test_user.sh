@@ -138,7 +138,16 @@ sb "$TMP/own.conf" "${JOB[@]}" --run_dir="$TMP/given" --steps=4
 sed -e "s|^run_dir = .*|run-dir = $TMP/dashed|" jobs/configs/memformer.conf >"$TMP/dash.conf"
 sb "$TMP/dash.conf" "${JOB[@]}"
 [ "$status" -eq 0 ] && grep -q "starting $TMP/dashed from" "$TMP/out" || { cat "$TMP/out"; fail "sbatch: run-dir"; }
-pass "train.sbatch starts and resumes the run_dir memtrain uses (--run_dir=, else the config's)"
+# checkpoints without LATEST (a kill between a checkpoint's rename and LATEST's write): resumed
+rm "$TMP/given/ckpt/LATEST"
+sb "$TMP/own.conf" "${JOB[@]}" --run_dir="$TMP/given" --steps=6
+[ "$status" -eq 0 ] && grep -q "resumed from $TMP/given/ckpt/ckpt-00000004.h5" "$TMP/out" \
+  || { cat "$TMP/out"; fail "sbatch: checkpoints without LATEST"; }
+# a config that starts with a byte-order mark still names the run_dir
+{ printf '\xef\xbb\xbfrun_dir = %s\n' "$TMP/bom"; grep -v '^run_dir' jobs/configs/memformer.conf; } >"$TMP/bom.conf"
+sb "$TMP/bom.conf" "${JOB[@]}"
+[ "$status" -eq 0 ] && grep -q "starting $TMP/bom from" "$TMP/out" || { cat "$TMP/out"; fail "sbatch: a BOM"; }
+pass "train.sbatch starts and resumes the run_dir memtrain uses (--run_dir=, else the config's; without LATEST; after a BOM)"
 
 # ---- jobs/pretokenize.py: text to uint16 tokens that train ----
 /usr/bin/python3 jobs/pretokenize.py "$TMP/one.txt" --out "$TMP/tok.u16" --vocab 300 >"$TMP/out" 2>&1 \
