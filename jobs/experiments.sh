@@ -110,6 +110,9 @@ case $set_name in
   *) echo "experiments: unknown set '$set_name' (main-fmnist, main-brown, memory, hash, wall, tiny)" >&2
      exit 2 ;;
 esac
+for v in STEPS UNTIL NP; do
+  [[ ${!v:-1} =~ ^[0-9]+$ ]] || { echo "experiments: $v=${!v}: expected a whole number" >&2; exit 2; }
+done
 STEPS=${STEPS:-$steps}
 SEEDS=${SEEDS:-$seeds}
 UNTIL=${UNTIL:-$STEPS}
@@ -142,7 +145,7 @@ for row in "${arms[@]}"; do
            --steps="$STEPS" --stop_after="$stop" --run_dir="$run")
     fi
     # each rank's peak memory (KiB) from /usr/bin/time, one line per rank and sitting
-    if ! mpirun --oversubscribe -np "$NP" /usr/bin/time -a -o "$run/peak_kib" -f %M \
+    if ! mpirun -q --oversubscribe -np "$NP" /usr/bin/time -a -o "$run/peak_kib" -f %M \
         "$BIN/memtrain" "${cmd[@]}" >>"$run/log.txt" 2>&1; then
       tail -n 20 "$run/log.txt" >&2
       echo "experiments: $arm seed $seed failed (log: $run/log.txt)" >&2

@@ -308,6 +308,11 @@ status() {
 case $cmd in
   start)
     dir=$(abs_dir "$dir")
+    # slurm.conf cannot quote paths: its values end at white space
+    case $dir in *[[:space:]]*)
+      echo "local-slurm: $dir holds white space, which slurm.conf paths cannot: choose another directory" >&2
+      exit 1 ;;
+    esac
     start
     ;;
   stop | status | env)

@@ -18,6 +18,7 @@ them with the merges file.
 import argparse
 import collections
 import json
+import os
 import re
 import sys
 from array import array
@@ -96,10 +97,28 @@ def main():
     args = ap.parse_args()
     if not 256 <= args.vocab <= 65536:
         sys.exit("pretokenize: --vocab = %d: expected 256..65536" % args.vocab)
-    data = b"".join(open(p, "rb").read() for p in args.inputs)
+    # every input and the output's place checked before anything is written
+    out_dir = os.path.dirname(args.out) or "."
+    if os.path.isdir(args.out):
+        sys.exit("pretokenize: --out %s is a directory: give a file name" % args.out)
+    if not os.path.isdir(out_dir):
+        sys.exit("pretokenize: --out %s: its directory %s does not exist" % (args.out, out_dir))
+    try:
+        data = b"".join(open(p, "rb").read() for p in args.inputs)
+    except OSError as e:
+        sys.exit("pretokenize: %s: %s" % (e.filename, e.strerror))
     words = WORD.findall(data)
     if args.merges:
-        merges = [tuple(p) for p in json.load(open(args.merges))]
+        try:
+            merges = [tuple(p) for p in json.load(open(args.merges))]
+            if not all(len(p) == 2 and all(isinstance(t, int) and 0 <= t < 65536 for t in p)
+                       for p in merges) or len(merges) > 65536 - 256:
+                raise ValueError("not a list of token pairs")
+        except OSError as e:
+            sys.exit("pretokenize: --merges %s: %s" % (args.merges, e.strerror))
+        except (ValueError, TypeError) as e:
+            sys.exit("pretokenize: --merges %s: not a merges file of this tool (%s)"
+                     % (args.merges, str(e).splitlines()[0][:80]))
     else:
         merges = learn(collections.Counter(words), args.vocab - 256)
         with open(args.out + ".merges.json", "w") as f:

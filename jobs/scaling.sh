@@ -33,6 +33,9 @@ set -euo pipefail
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$TOP"
 OUT=${1:-runs/scaling}
+for v in STEPS MAXP PER_RANK STRONG_STREAMS LOG_EVERY REPEATS CORES; do
+  [[ ${!v:-1} =~ ^[0-9]+$ ]] || { echo "scaling.sh: $v=${!v}: expected a whole number" >&2; exit 1; }
+done
 STEPS=${STEPS:-40}
 MAXP=${MAXP:-8}
 PER_RANK=${PER_RANK:-4}
@@ -105,7 +108,7 @@ done <"$ROWS"
 /usr/bin/python3 - "$ROWS" "$OUT/scaling.csv" "$CORES" <<'PY'
 import csv, glob, re, shutil, sys
 rows_file, out_path, cores = sys.argv[1], sys.argv[2], int(sys.argv[3])
-runs = [l.split() for l in open(rows_file) if l.strip()]
+runs = [l.rstrip("\n").split(" ", 3) for l in open(rows_file) if l.strip()]  # paths keep spaces
 
 def windows(path):
     w = list(csv.DictReader(open(path)))

@@ -17,7 +17,7 @@ cd "$TOP" || exit 1
 export BUILD=${BUILD:-build}
 
 # ---- the sweep script ----
-out=$TMP/scaling
+out="$TMP/scaling out" # a path with a space, as users have
 MAXP=2 STEPS=6 REPEATS=1 jobs/scaling.sh "$out" >"$TMP/sweep.log" 2>&1 \
   || { cat "$TMP/sweep.log"; fail "jobs/scaling.sh exited non-zero"; }
 grep -q 'oversubscribed' "$TMP/sweep.log" || fail "sweep output does not explain oversubscribed runs"

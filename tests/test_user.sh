@@ -166,4 +166,14 @@ PY
 mt 1 train "${TINY[@]}" --data=u16:"$TMP/tok.u16":300 --vocab=300 --val_data=u16:"$TMP/val.u16":300 \
   --steps=2 --eval_every=2 --run_dir="$TMP/u16"
 [ "$status" -eq 0 ] && grep -q "val ppl" "$TMP/out" || { cat "$TMP/out"; fail "training on pretokenized text"; }
-pass "jobs/pretokenize.py: byte-pair tokens that decode to the text and train"
+# its refusals: one line, nothing written
+printf 'garbage' >"$TMP/bad.json"
+for a in "$TMP/missing.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP" \
+         "$TMP/one.txt --out $TMP/nodir/m.u16" "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/bad.json"; do
+  status=0
+  # shellcheck disable=SC2086  # the words of $a are the arguments
+  /usr/bin/python3 jobs/pretokenize.py $a >"$TMP/out" 2>&1 || status=$?
+  [ "$status" -ne 0 ] && [ "$(wc -l <"$TMP/out")" -eq 1 ] && grep -q "^pretokenize: " "$TMP/out" \
+    && [ ! -e "$TMP/m.u16" ] && [ ! -e "$TMP.merges.json" ] || { cat "$TMP/out"; fail "pretokenize $a"; }
+done
+pass "jobs/pretokenize.py: byte-pair tokens that decode to the text and train; bad input refused in one line"

@@ -395,8 +395,17 @@ int trainer_ckpt_peek_config(comm_ctx *c, const char *run_dir, trainer_config *c
     } else {
         char why[600];
         snprintf(why, sizeof why, "%s", err);
-        snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s", run_dir,
-                 count ? ": " : "", why);
+        /* --resume runs/a/ckpt or --resume runs/a/ckpt/ckpt-N.h5: the run directory is meant */
+        size_t len = strlen(run_dir);
+        while (len > 1 && run_dir[len - 1] == '/') len--;
+        const char *base = run_dir + len;
+        while (base > run_dir && base[-1] != '/') base--;
+        int inner = (run_dir + len - base == 4 && strncmp(base, "ckpt", 4) == 0) ||
+                    (len > 3 && strncmp(run_dir + len - 3, ".h5", 3) == 0);
+        snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s%s", run_dir,
+                 count ? ": " : "", count ? why : "",
+                 !count && inner ? " (--resume takes the run directory, the one holding ckpt/)"
+                                 : "");
     }
     free(mb);
     free(paths);

@@ -1,5 +1,8 @@
 /* memtrain command line: train (from scratch or --resume), eval and sample from checkpoints. */
+/* realpath(3) is XSI */
+#define _XOPEN_SOURCE 700
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -443,17 +446,18 @@ static int check_sample(cli *c, char *err, size_t n) {
         }
         return 0;
     }
-    char *dir = c->out_dir;
-    snprintf(dir, sizeof(c->out_dir), "%s", c->ckpt);
-    char *slash = strrchr(dir, '/');
-    if (!slash) snprintf(dir, sizeof(c->out_dir), "..");       /* ckpt-N.h5 */
-    else if (slash == dir) snprintf(dir, sizeof(c->out_dir), "/");
-    else {
-        *slash = '\0';                                    /* runs/a/ckpt */
-        slash = strrchr(dir, '/');
-        if (!slash) snprintf(dir, sizeof(c->out_dir), ".");    /* ckpt */
-        else if (slash == dir) dir[1] = '\0';
-        else *slash = '\0';                               /* runs/a */
+    /* the run directory two levels above the checkpoint's real path, however it was named
+       (ckpt-N.h5 from inside ckpt/, ./ckpt-N.h5, a symbolic link) */
+    char *dir = c->out_dir, real[PATH_MAX];
+    if (!realpath(c->ckpt, real) || strlen(real) >= sizeof(c->out_dir)) {
+        snprintf(err, n, "--ckpt %.300s: cannot resolve its path: give --out FILE.png", c->ckpt);
+        return -1;
+    }
+    snprintf(dir, sizeof(c->out_dir), "%s", real);
+    for (int up = 0; up < 2; up++) {
+        char *slash = strrchr(dir, '/');
+        if (slash == dir) dir[1] = '\0'; /* at the root */
+        else if (slash) *slash = '\0';
     }
     if (access(dir, W_OK | X_OK) != 0) {
         snprintf(err, n, "the grid's default place %.300s is not writable: give --out FILE.png",

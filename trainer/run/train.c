@@ -368,8 +368,9 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
         snprintf(err, sizeof(err), "%s: %.490s", own ? "val_data" : "data", why);
     }
     if (!failed && d->vocab > cfg->vocab) {
-        snprintf(err, sizeof(err), "vocab = %d is smaller than the %d token values of %s: set vocab = %d",
-                 cfg->vocab, d->vocab, spec, d->vocab);
+        snprintf(err, sizeof(err), "vocab = %d is smaller than the %d token values of %s: set "
+                 "vocab = %d (for a new run: a checkpoint's model keeps its vocab)", cfg->vocab,
+                 d->vocab, spec, d->vocab);
         failed = 1;
     }
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
