@@ -152,12 +152,12 @@ void io_ckpt_prune(const char *dir, int keep, int64_t current) {
     for (int i = 0; keep > 0 && i < count; i++) /* the run of step `current` */
         if (e[i].step == current) {
             snprintf(path, sizeof path, "%s/%s", dir, e[i].name);
-            known = io_ckpt_file_run_id(path, mine, sizeof mine) == 0;
+            known = io_ckpt_file_run_id(path, mine, sizeof mine) >= 0;
         }
     for (int i = 0; known && i < count; i++) { /* newest first */
         snprintf(path, sizeof path, "%s/%s", dir, e[i].name);
         if (e[i].step != current &&
-            (io_ckpt_file_run_id(path, theirs, sizeof theirs) != 0 || strcmp(theirs, mine) != 0))
+            (io_ckpt_file_run_id(path, theirs, sizeof theirs) < 0 || strcmp(theirs, mine) != 0))
             continue;
         if (++ours > keep && e[i].step != current) unlink(path);
     }

@@ -82,15 +82,16 @@ int io_ckpt_file_name(char *out, const char *dir, int64_t step, const char *suff
 int io_ckpt_publish(const char *dir, const char *tmp, const char *final, char *err, size_t n);
 
 /* Deletes the complete checkpoints in dir of the run that wrote the one of step `current`
- * (its run_id) but its newest `keep` by step (keep 0 keeps all), never the one of step
- * `current`; and every ckpt-*.h5.tmp of a step below `current`. A file of another run, or
- * one whose run id cannot be read (damaged, foreign), is left alone and not counted: the
- * name alone never decides. Failures are ignored: a leftover file costs disk space, not
+ * (the same run_id, or none like it) but its newest `keep` by step (keep 0 keeps all), never
+ * the one of step `current`; and every ckpt-*.h5.tmp of a step below `current`. A file of
+ * another run, or one that does not open (damaged, not HDF5), is left alone and not counted:
+ * the name alone never decides. Failures are ignored: a leftover file costs disk space, not
  * correctness. Serial (rank 0). */
 void io_ckpt_prune(const char *dir, int keep, int64_t current);
 
 /* The run_id attribute of the checkpoint file at path, read through HDF5's serial driver,
- * into out (cap bytes). Returns 0, or -1 when the file does not open or holds none. */
+ * into out (cap bytes). Returns 0; 1 when the file opens but holds none (out is ""); -1 when
+ * it does not open as HDF5. */
 int io_ckpt_file_run_id(const char *path, char *out, size_t cap);
 
 #endif

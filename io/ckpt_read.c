@@ -232,7 +232,7 @@ int io_ckpt_file_run_id(const char *path, char *out, size_t cap) {
     H5E_END_TRY;
     if (f < 0) return -1;
     char *id = NULL;
-    int rc = attr_str(f, path, "run_id", &id, why, sizeof why) == 0 && id[0] ? 0 : -1;
+    int rc = attr_str(f, path, "run_id", &id, why, sizeof why) == 0 && id[0] ? 0 : 1;
     if (rc == 0) snprintf(out, cap, "%s", id);
     free(id);
     herr_t closed;

@@ -144,6 +144,8 @@ mpmd() { # ARGS0 -- ARGS1: rank 0 in n1, rank 1 in n2
 }
 mpmd --config c.conf --run_dir=r --steps=2 -- --config c.conf --run_dir=r --steps=3
 grep -q "other arguments than rank 0: '--steps=3' where rank 0 has '--steps=2'" "$TMP/out" || fail "arguments"
+mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r --steps=3
+grep -q "other arguments than rank 0: '--steps=3' where rank 0 has '(nothing)'" "$TMP/out" || fail "an argument more"
 mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
 grep -q "other settings than rank 0: 'd_model = 64' where rank 0 has 'd_model = 32'" "$TMP/out" || fail "settings"
 cp "$TMP/c.conf" "$TMP/n2/c.conf"; printf 'x\n\n\ny\n\n\nzz\n\n\nw\n' >"$TMP/n2/d.txt"

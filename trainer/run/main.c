@@ -564,18 +564,23 @@ static int same_as_rank0(comm_ctx *comm, const char *what, const char *text, cha
     int rc = 0;
     if (strcmp(r0, text) != 0) {
         const char *a = text, *b = r0;
-        for (;;) {
-            size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
-            if (la != lb || memcmp(a, b, la) != 0 || !a[la] || !b[lb]) {
-                snprintf(err, n, "rank %d was started with other %s than rank 0: '%.*s' where "
-                         "rank 0 has '%.*s' (every rank must see the same command line, config "
-                         "file and data)", comm_rank(comm), what, (int)(la < 120 ? la : 120), a,
-                         (int)(lb < 120 ? lb : 120), b);
-                break;
-            }
+        size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+        while (la == lb && memcmp(a, b, la) == 0 && a[la] && b[lb]) { /* the same line */
             a += la + 1;
             b += lb + 1;
+            la = strcspn(a, "\n");
+            lb = strcspn(b, "\n");
         }
+        if (la == lb && memcmp(a, b, la) == 0) { /* one ended there: the other's next line */
+            if (a[la]) a += la + 1, b = "(nothing)";
+            else b += lb + 1, a = "(nothing)";
+            la = strcspn(a, "\n");
+            lb = strcspn(b, "\n");
+        }
+        snprintf(err, n, "rank %d was started with other %s than rank 0: '%.*s' where rank 0 "
+                 "has '%.*s' (every rank must see the same command line, config file and data)",
+                 comm_rank(comm), what, (int)(la < 120 ? la : 120), a, (int)(lb < 120 ? lb : 120),
+                 b);
         rc = -1;
     }
     free(r0);
