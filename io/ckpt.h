@@ -112,9 +112,10 @@ void io_ckpt_set_attr_str(io_ckpt *ck, const char *name, const char *value);
  * (fallocate, where the file system can) so that the metadata HDF5 still holds can be written
  * on every rank or on none ("<path>.tmp: no room for 15.2 MiB (No space left on device)");
  * flushes and closes the file, and (rank 0) fsyncs it, renames it to "<dir>/ckpt-<step>.h5",
- * fsyncs the directory, points LATEST at it, then deletes all complete checkpoints but the
- * newest `keep` by step (keep 0 keeps all; the file just committed is never deleted) and the
- * .tmp files of older steps. Frees ck in every case. Returns 0, or -1 on every rank with one
+ * fsyncs the directory, points LATEST at it, then deletes the complete checkpoints of the same
+ * run_id as the file just committed (or none, like it) but the newest `keep` by step (keep 0
+ * keeps all; the file just committed is never deleted; another run's or an unreadable file is
+ * left alone) and the .tmp files of older steps. Frees ck in every case. Returns 0, or -1 on every rank with one
  * message when the checkpoint could not be made durable (the .tmp is then removed and the
  * previous checkpoints are untouched; a failure while pruning old files is not an error). A
  * file HDF5 could not close leaves the process unable to finalize MPI (comm_mark_unclean):

@@ -230,10 +230,14 @@ int io_ckpt_file_run_id(const char *path, char *out, size_t cap) {
     hid_t f;
     H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
     H5E_END_TRY;
-    if (f < 0) return -1;
+    if (f < 0) {
+        comm_quiet_finalize();
+        return -1;
+    }
     char *id = NULL;
     int rc = attr_str(f, path, "run_id", &id, why, sizeof why) == 0 && id[0] ? 0 : 1;
     if (rc == 0) snprintf(out, cap, "%s", id);
+    else comm_quiet_finalize(); /* a damaged file may leave HDF5 noisy at exit */
     free(id);
     herr_t closed;
     H5E_BEGIN_TRY { closed = H5Fclose(f); }

@@ -23,6 +23,7 @@ static const char *kind_of(mode_t m) {
 
 static int not_regular(const char *path, mode_t m, char *err, size_t n) {
     if (err && n) snprintf(err, n, "%s: not a regular file (%s)", path, kind_of(m));
+    errno = EEXIST; /* something is there: an O_EXCL caller moves on as for a file */
     return -1;
 }
 

@@ -738,16 +738,26 @@ def output_paths(out):
 
 
 def save_outputs(paths, text, sd):
-    """Writes each file new ("x": one that appeared meanwhile is never replaced)."""
-    with open(paths[0], "xb") as f:
-        torch.save(sd, f)
-    with open(paths[1], "x") as f:
-        f.write(text)
-    if len(paths) > 2:
-        from safetensors.torch import save
-        with open(paths[2], "xb") as f:
-            f.write(save({k: v.contiguous() for k, v in sd.items()},
-                         metadata={"memtrain_config": text}))
+    """Writes each file new ("x": one that appeared meanwhile is never replaced). On a failure
+    the files this call made are removed again, and the error goes on."""
+    made = []
+    try:
+        with open(paths[0], "xb") as f:
+            made.append(paths[0])
+            torch.save(sd, f)
+        with open(paths[1], "x") as f:
+            made.append(paths[1])
+            f.write(text)
+        if len(paths) > 2:
+            from safetensors.torch import save
+            with open(paths[2], "xb") as f:
+                made.append(paths[2])
+                f.write(save({k: v.contiguous() for k, v in sd.items()},
+                             metadata={"memtrain_config": text}))
+    except BaseException:
+        for p in made:
+            os.remove(p)
+        raise
     return paths
 
 
@@ -808,6 +818,8 @@ def main(argv):
                 print("wrote %s" % w)
         except OSError as e:
             refuse("%s: %s" % (e.filename, e.strerror or e))
+        except RuntimeError as e:  # torch.save's own write errors (a full disk)
+            refuse("%s: %s" % (paths[0], str(e).splitlines()[0]))
     if args.eval:
         model = MemtrainModel.from_config(text)
         model.load_state_dict(sd)

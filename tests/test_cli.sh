@@ -100,7 +100,8 @@ expect_error 1 "--ranks = 2,: expected rank counts" plan --ranks 2,
 expect_error 1 "--prompt has no value: write --prompt TEXT" sample --ckpt "$TMP/sa/ckpt/ckpt-00000004.h5" --prompt
 # a flag given twice takes its last value, as config keys do
 mt 1 sample --ckpt "$TMP/sa/ckpt/ckpt-00000004.h5" --prompt "ab" --length 30 --length 5
-[ "$status" -eq 0 ] && [ "$(sed -n 2p "$TMP/out" | wc -c)" -eq 8 ]   || { cat "$TMP/out"; fail "--length given twice: the last one"; }
+[ "$status" -eq 0 ] && [ "$(tail -n +2 "$TMP/out" | wc -c)" -eq 8 ] \
+  || { cat "$TMP/out"; fail "--length given twice: the last one"; }
 pass "switch values, '--', strict --ranks, a missing --prompt, the last of a repeated flag"
 
 # a data spec names its key; a file of blank lines is empty; a resume failure is one line
@@ -148,7 +149,11 @@ mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r --steps=3
 grep -q "other arguments than rank 0: '--steps=3' where rank 0 has '(nothing)'" "$TMP/out" || fail "an argument more"
 mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
 grep -q "other settings than rank 0: 'd_model = 64' where rank 0 has 'd_model = 32'" "$TMP/out" || fail "settings"
-cp "$TMP/c.conf" "$TMP/n2/c.conf"; printf 'x\n\n\ny\n\n\nzz\n\n\nw\n' >"$TMP/n2/d.txt"
+# the same with init_from, whose check is collective: refused, not hung
+for f in n1 n2; do echo "init_from = $TMP/sa/ckpt/ckpt-00000004.h5" >>"$TMP/$f/c.conf"; done
+mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
+grep -q "other settings than rank 0: 'd_model = 64' where rank 0 has 'd_model = 32'" "$TMP/out" || fail "settings"
+cp "$TMP/c.conf" "$TMP/n1/c.conf"; cp "$TMP/c.conf" "$TMP/n2/c.conf"; printf 'x\n\n\ny\n\n\nzz\n\n\nw\n' >"$TMP/n2/d.txt"
 mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
 grep -q "read other data than rank 0 for text:d.txt: 3 documents, 7 tokens (rank 0: 1, 2)" "$TMP/out" || fail "data"
 [ ! -e "$TMP/n1/r" ] || fail "ranks started unlike made a run_dir"

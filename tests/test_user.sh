@@ -56,6 +56,10 @@ wait
   || { cat "$TMP/par0.5" "$TMP/par1"; fail "two samplers at once: a grid lost"; }
 [ "$(cat "$TMP/par0.5" "$TMP/par1" | grep -o 'samples-[34].png' | sort -u | wc -l)" -eq 2 ] \
   || fail "two samplers named the same grid"
+# a directory under the next name is passed over like a file
+mkdir "$d/samples-5.png"
+mt 1 sample --ckpt "$ck" --count=1 --scale=1
+[ "$status" -eq 0 ] && [ -s "$d/samples-6.png" ] || { cat "$TMP/out"; fail "a directory named samples-5.png"; }
 pass "sample: image options only, an existing --out refused, default output beside the run, numbered"
 
 # a text run from a one-document file: refused without a validation file, trained with one

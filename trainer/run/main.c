@@ -427,6 +427,11 @@ static int check_sample(cli *c, char *err, size_t n) {
     }
     if (!image) return 0;
     if (so->out) {
+        if (strlen(so->out) >= 1100) {
+            snprintf(err, n, "--out %.200s...: a path of %zu bytes, longer than the 1099 this "
+                     "takes", so->out, strlen(so->out));
+            return -1;
+        }
         if (stat(so->out, &sb) == 0) {
             snprintf(err, n, "--out %.300s exists: choose another file or remove it", so->out);
             return -1;
@@ -643,6 +648,8 @@ int main(int argc, char **argv) {
     /* the same line may still read other files on other ranks */
     if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
     rc = same_config(comm, &c, err, sizeof(err));
+    /* agreed before the checks below, some of which are collective (init_from, --resume) */
+    if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
     if (rc == 0) train = strcmp(c.cmd, "train") == 0;
     if (rc == 0 && strcmp(c.cmd, "plan") == 0) rc = read_ranks(&c, err, sizeof(err));
     if (rc == 0) rc = trainer_sample_options_read(&c.so, c.cmd, &c.sa, err, sizeof(err));

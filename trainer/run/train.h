@@ -10,8 +10,9 @@
 /* Tokens one optimizer step trains on over all ranks: streams x horizon x seg_len. */
 long long trainer_tokens_per_step(const trainer_config *cfg);
 
-/* Loads one split of cfg's data on every rank; a missing or malformed file, or tokens beyond
- * cfg->vocab, end the job with one message from all ranks. */
+/* Loads one split of cfg's data on every rank; a missing or malformed file, tokens beyond
+ * cfg->vocab, or a rank that read other data than rank 0 (compared by document and token
+ * counts and a CRC of the tokens) end the job with one message from all ranks. Collective. */
 io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_split split);
 
 /* Whether cfg->init_from is a checkpoint a new run of cfg can start from: its model has cfg's
