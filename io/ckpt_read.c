@@ -257,6 +257,14 @@ io_ckpt *io_ckpt_open(comm_ctx *c, const char *path, char *err, size_t n) {
         failed = 1;
     }
     if (!failed && comm_rank(c) == 0) failed = precheck(path, err, n) != 0;
+    if (!failed && comm_rank(c) != 0 && io_check_regular(path, err, n) != 0) {
+        /* the open below is collective: a rank that cannot see the file (another working
+           directory, a node-local copy elsewhere) would leave the others waiting in it */
+        size_t len = strlen(err);
+        snprintf(err + len, n - len, " on rank %d, which rank 0 opens: every rank must see the "
+                 "file", comm_rank(c));
+        failed = 1;
+    }
     if (comm_any_failed(c, failed, err, n)) {
         damaged();
         free(ck);

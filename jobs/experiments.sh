@@ -111,7 +111,7 @@ case $set_name in
      exit 2 ;;
 esac
 for v in STEPS UNTIL NP; do
-  [[ ${!v:-1} =~ ^(0|[1-9][0-9]*)$ ]] || { echo "experiments: $v=${!v}: expected a whole number" >&2; exit 2; }
+  [[ ${!v:-1} =~ ^(0|[1-9][0-9]{0,8})$ ]] || { echo "experiments: $v=${!v}: expected a whole number" >&2; exit 2; }
 done
 STEPS=${STEPS:-$steps}
 SEEDS=${SEEDS:-$seeds}

@@ -103,6 +103,11 @@ def main():
         sys.exit("pretokenize: --out %s is a directory: give a file name" % args.out)
     if not os.path.isdir(out_dir):
         sys.exit("pretokenize: --out %s: its directory %s does not exist" % (args.out, out_dir))
+    # never over a file: an input, the merges, another run's tokens
+    writes = [args.out] + ([] if args.merges else [args.out + ".merges.json"])
+    for w in writes:
+        if os.path.lexists(w):
+            sys.exit("pretokenize: %s exists: choose another --out or remove it" % w)
     try:
         data = b"".join(open(p, "rb").read() for p in args.inputs)
     except OSError as e:
@@ -121,7 +126,7 @@ def main():
                      % (args.merges, str(e).splitlines()[0][:80]))
     else:
         merges = learn(collections.Counter(words), args.vocab - 256)
-        with open(args.out + ".merges.json", "w") as f:
+        with open(args.out + ".merges.json", "x") as f:
             json.dump(merges, f)
     vocab = 256 + len(merges)
     encode = encoder(merges)
@@ -130,7 +135,7 @@ def main():
         toks.extend(encode(w))
     if sys.byteorder != "little":
         toks.byteswap()
-    with open(args.out, "wb") as f:
+    with open(args.out, "xb") as f:
         toks.tofile(f)
     print("pretokenize: %d bytes -> %d tokens (vocab %d) in %s; train with --data=u16:%s:%d "
           "--vocab=%d" % (len(data), len(toks), vocab, args.out, args.out, vocab, vocab))

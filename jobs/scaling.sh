@@ -34,7 +34,7 @@ TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$TOP"
 OUT=${1:-runs/scaling}
 for v in STEPS MAXP PER_RANK STRONG_STREAMS LOG_EVERY REPEATS CORES; do
-  [[ ${!v:-1} =~ ^(0|[1-9][0-9]*)$ ]] || { echo "scaling.sh: $v=${!v}: expected a whole number" >&2; exit 1; }
+  [[ ${!v:-1} =~ ^(0|[1-9][0-9]{0,8})$ ]] || { echo "scaling.sh: $v=${!v}: expected a whole number" >&2; exit 1; }
 done
 STEPS=${STEPS:-40}
 MAXP=${MAXP:-8}

@@ -98,6 +98,9 @@ expect_error 2 "unexpected argument '--'" "${S[@]}" --run_dir="$TMP/dd" -- --ste
 expect_error 1 "--ranks = 2,,4: expected rank counts" plan --ranks 2,,4
 expect_error 1 "--ranks = 2,: expected rank counts" plan --ranks 2,
 expect_error 1 "--prompt has no value: write --prompt TEXT" sample --ckpt "$TMP/sa/ckpt/ckpt-00000004.h5" --prompt
+# an option after a flag is never its value (it was read both as the prompt and as --seed)
+expect_error 1 "--prompt has no value" sample --ckpt "$TMP/sa/ckpt/ckpt-00000004.h5" --prompt --seed 5
+expect_error 1 "--ckpt has no value" sample --ckpt --prompt hi
 # a flag given twice takes its last value, as config keys do
 mt 1 sample --ckpt "$TMP/sa/ckpt/ckpt-00000004.h5" --prompt "ab" --length 30 --length 5
 [ "$status" -eq 0 ] && [ "$(tail -n +2 "$TMP/out" | wc -c)" -eq 8 ] \
@@ -157,6 +160,18 @@ cp "$TMP/c.conf" "$TMP/n1/c.conf"; cp "$TMP/c.conf" "$TMP/n2/c.conf"; printf 'x\
 mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
 grep -q "read other data than rank 0 for text:d.txt: 3 documents, 7 tokens (rank 0: 1, 2)" "$TMP/out" || fail "data"
 [ ! -e "$TMP/n1/r" ] || fail "ranks started unlike made a run_dir"
+# --help on one rank only; a checkpoint that one rank cannot see (it hung in the collective open)
+mpmd --config c.conf -- --help
+grep -q "other arguments than rank 0: '--help' where rank 0 has '--config'" "$TMP/out" || fail "--help on one rank"
+cp "$TMP/n2/d.txt" "$TMP/n1/d.txt"
+mpirun --oversubscribe -np 2 -wdir "$TMP/n1" "$BIN/memtrain" --config c.conf --run_dir=r >"$TMP/out" 2>&1 \
+  || { cat "$TMP/out"; fail "a run in n1"; }
+status=0
+mpirun --oversubscribe -np 1 -wdir "$TMP/n1" "$BIN/memtrain" eval --ckpt r/ckpt/ckpt-00000002.h5 : \
+  -np 1 -wdir "$TMP/n2" "$BIN/memtrain" eval --ckpt r/ckpt/ckpt-00000002.h5 >"$TMP/out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && grep -q "^memtrain: r/ckpt/ckpt-00000002.h5: cannot open (No such file or directory) on rank 1, which rank 0 opens" "$TMP/out" \
+  || { cat "$TMP/out"; fail "a checkpoint rank 1 cannot see"; }
+pass "--help on one rank, a checkpoint one rank cannot see: one line, no hang"
 
 # --help once per job, not once per rank
 mpirun --oversubscribe -np 2 "$BIN/memtrain" --help >"$TMP/help2"

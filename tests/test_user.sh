@@ -56,6 +56,10 @@ wait
   || { cat "$TMP/par0.5" "$TMP/par1"; fail "two samplers at once: a grid lost"; }
 [ "$(cat "$TMP/par0.5" "$TMP/par1" | grep -o 'samples-[34].png' | sort -u | wc -l)" -eq 2 ] \
   || fail "two samplers named the same grid"
+# a dangling symbolic link as --out is a file that exists: refused before the drawing
+ln -s "$TMP/nowhere.png" "$TMP/dangling.png"
+expect_error 2 "--out $TMP/dangling.png exists" sample --ckpt "$ck" --out "$TMP/dangling.png"
+[ ! -e "$TMP/nowhere.png" ] || fail "written through a dangling link"
 # a directory under the next name is passed over like a file
 mkdir "$d/samples-5.png"
 mt 1 sample --ckpt "$ck" --count=1 --scale=1
@@ -172,7 +176,8 @@ mt 1 train "${TINY[@]}" --data=u16:"$TMP/tok.u16":300 --vocab=300 --val_data=u16
 [ "$status" -eq 0 ] && grep -q "val ppl" "$TMP/out" || { cat "$TMP/out"; fail "training on pretokenized text"; }
 # its refusals: one line, nothing written
 printf 'garbage' >"$TMP/bad.json"
-for a in "$TMP/missing.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP" \
+sum=$(sha256sum <"$TMP/one.txt")
+for a in "$TMP/missing.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP" "$TMP/one.txt --out $TMP/one.txt" \
          "$TMP/one.txt --out $TMP/nodir/m.u16" "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/bad.json"; do
   status=0
   # shellcheck disable=SC2086  # the words of $a are the arguments
@@ -180,4 +185,5 @@ for a in "$TMP/missing.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP" \
   [ "$status" -ne 0 ] && [ "$(wc -l <"$TMP/out")" -eq 1 ] && grep -q "^pretokenize: " "$TMP/out" \
     && [ ! -e "$TMP/m.u16" ] && [ ! -e "$TMP.merges.json" ] || { cat "$TMP/out"; fail "pretokenize $a"; }
 done
+[ "$(sha256sum <"$TMP/one.txt")" = "$sum" ] || fail "pretokenize wrote over its input"
 pass "jobs/pretokenize.py: byte-pair tokens that decode to the text and train; bad input refused in one line"

@@ -104,17 +104,18 @@ static void usage_command(FILE *f, const char *cmd) {
                 "Options take --key=value or --key value, with '-' or '_'.\n\n");
 }
 
-static const char no_value[] = ""; /* what a flag last on the line holds */
+static const char no_value[] = ""; /* what a flag without a value holds */
 
 /* Value of a caller flag given as `--flag VALUE` or `--flag=VALUE` in argv[1..argc), '-' and
- * '_' alike; the last when given twice; no_value when it is last with nothing after it. */
+ * '_' alike; the last when given twice; no_value when nothing follows it, or another option
+ * does (`--prompt --seed 5`: a text that starts with -- is written --prompt=--seed). */
 static const char *flag_value(int argc, char **argv, const char *flag) {
     size_t n = strlen(flag);
     const char *v = NULL;
     for (int i = 1; i < argc; i++) { /* the last one, as for config keys */
         if (!trainer_config_flag_matches(argv[i], flag)) continue;
         if (argv[i][n] == '=') v = argv[i] + n + 1;
-        else v = i + 1 < argc ? argv[++i] : no_value;
+        else v = i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 ? argv[++i] : no_value;
     }
     return v;
 }
@@ -159,21 +160,12 @@ typedef struct cli {
     int per_rank;                    /* plan --per-rank-streams, 0 when not given */
 } cli;
 
-/* --help anywhere: the help of the command it follows, once per job (it comes before MPI
- * starts, so under a launcher only the process its environment names rank 0 prints). Returns
- * 1 when it was asked for. */
-static int print_help(int argc, char **argv) {
+/* --help anywhere: the help of the command it follows, once per job (rank 0 prints; every rank
+ * was started with it, as the arguments agree). Returns 1 when it was asked for. */
+static int print_help(int argc, char **argv, int rank) {
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            static const char *const rank_vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK",
-                                                    "PMI_RANK", "SLURM_PROCID", NULL};
-            for (int v = 0; rank_vars[v]; v++) {
-                const char *r = getenv(rank_vars[v]);
-                if (r && *r) {
-                    if (strcmp(r, "0") != 0) return 1;
-                    break;
-                }
-            }
+            if (rank != 0) return 1;
             const char *cmd = command_word(argc, argv);
             if (strcmp(cmd, "train") == 0 && i > 1 && strcmp(argv[1], "train") == 0) {
                 usage_command(stdout, cmd);
@@ -255,6 +247,11 @@ static int read_flags(cli *c, char *err, size_t n) {
     const char *names[4] = {"--resume RUN_DIR", "--ckpt FILE", "--out FILE", "--prompt TEXT"};
     for (int i = 0; i < 4; i++) /* an empty prompt (--prompt= or "") starts from nothing */
         if (given[i] && (given[i] == no_value || (i < 3 && !given[i][0]))) {
+            if (given[i] == no_value && i == 3) {
+                snprintf(err, n, "--prompt has no value: write --prompt TEXT (or --prompt=TEXT "
+                         "for a text that starts with --)");
+                return -1;
+            }
             snprintf(err, n, "%.*s has no value: write %s", (int)strcspn(names[i], " "), names[i],
                      names[i]);
             return -1;
@@ -432,7 +429,7 @@ static int check_sample(cli *c, char *err, size_t n) {
                      "takes", so->out, strlen(so->out));
             return -1;
         }
-        if (stat(so->out, &sb) == 0) {
+        if (lstat(so->out, &sb) == 0) { /* a dangling symbolic link too: never followed */
             snprintf(err, n, "--out %.300s exists: choose another file or remove it", so->out);
             return -1;
         }
@@ -582,10 +579,17 @@ static int same_as_rank0(comm_ctx *comm, const char *what, const char *text, cha
             la = strcspn(a, "\n");
             lb = strcspn(b, "\n");
         }
-        snprintf(err, n, "rank %d was started with other %s than rank 0: '%.*s' where rank 0 "
-                 "has '%.*s' (every rank must see the same command line, config file and data)",
-                 comm_rank(comm), what, (int)(la < 120 ? la : 120), a, (int)(lb < 120 ? lb : 120),
-                 b);
+        /* long lines are shown from a little before where they part */
+        size_t d = 0;
+        while (d < la && d < lb && a[d] == b[d]) d++;
+        size_t from = d > 60 ? d - 40 : 0;
+        const char *cut = from ? "..." : "";
+        la -= from < la ? from : la;
+        lb -= from < lb ? from : lb;
+        snprintf(err, n, "rank %d was started with other %s than rank 0: '%s%.*s' where rank 0 "
+                 "has '%s%.*s' (every rank must see the same command line, config file and data)",
+                 comm_rank(comm), what, cut, (int)(la < 120 ? la : 120), a + from, cut,
+                 (int)(lb < 120 ? lb : 120), b + from);
         rc = -1;
     }
     free(r0);
@@ -633,7 +637,6 @@ static int run_command(cli *c, comm_ctx *comm) {
  * runs on all of them. */
 int main(int argc, char **argv) {
     trainer_blas_choose(argv); /* may re-execute this program: before anything starts */
-    if (print_help(argc, argv)) return 0;
     if (srun_without_pmi()) return 2;
     trainer_watchdog_start(); /* before MPI: it reads the launcher's environment */
     comm_ctx *comm = comm_init(&argc, &argv);
@@ -643,6 +646,11 @@ int main(int argc, char **argv) {
     char err[512] = "";
     int train = 0, rc = same_arguments(comm, argc, argv, err, sizeof(err));
     if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
+    if (print_help(argc, argv, comm_rank(comm))) {
+        fflush(stdout);
+        comm_finalize(comm);
+        return 0;
+    }
     rc = read_flags(&c, err, sizeof(err));
     if (rc == 0) rc = read_config(&c, comm, err, sizeof(err));
     /* the same line may still read other files on other ranks */
