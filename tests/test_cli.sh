@@ -171,7 +171,14 @@ mpirun --oversubscribe -np 1 -wdir "$TMP/n1" "$BIN/memtrain" eval --ckpt r/ckpt/
   -np 1 -wdir "$TMP/n2" "$BIN/memtrain" eval --ckpt r/ckpt/ckpt-00000002.h5 >"$TMP/out" 2>&1 || status=$?
 [ "$status" -eq 2 ] && grep -q "^memtrain: r/ckpt/ckpt-00000002.h5: cannot open (No such file or directory) on rank 1, which rank 0 opens" "$TMP/out" \
   || { cat "$TMP/out"; fail "a checkpoint rank 1 cannot see"; }
-pass "--help on one rank, a checkpoint one rank cannot see: one line, no hang"
+# a relative run_dir from other working directories: two directories, refused at the start
+# (the first checkpoint, written collectively, hung)
+status=0
+mpirun --oversubscribe -np 1 -wdir "$TMP/n1" "$BIN/memtrain" --config c.conf --run_dir=r3 : \
+  -np 1 -wdir "$TMP/n2" "$BIN/memtrain" --config c.conf --run_dir=r3 >"$TMP/out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && grep -q "^memtrain: run_dir r3 cannot be used: rank 1 does not see r3/ckpt/RUN_ID as rank 0 wrote it" "$TMP/out" \
+  && ! grep -q "^step " "$TMP/out" || { cat "$TMP/out"; fail "a run_dir one rank does not share"; }
+pass "--help on one rank, a checkpoint one rank cannot see, a run_dir not shared: one line, no hang"
 
 # --help once per job, not once per rank
 mpirun --oversubscribe -np 2 "$BIN/memtrain" --help >"$TMP/help2"

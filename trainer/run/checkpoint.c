@@ -251,6 +251,26 @@ int trainer_run_id_write(comm_ctx *c, const char *run_dir, const char *id, char 
         snprintf(line, sizeof line, "%s\n", id);
         failed = io_mkdirs(dir, err, n) != 0 || io_write_atomic(dir, "RUN_ID", line, err, n) != 0;
     }
+    if (comm_any_failed(c, failed, err, n)) return -1;
+    /* Every rank must see the file rank 0 wrote: the checkpoints are written collectively
+       into this directory, and a rank with a directory of its own (another working directory
+       for a relative run_dir, node-local scratch) would leave the others waiting in the first
+       one. A shared file system may show a new file late: a rank looks for up to 10 s. */
+    if (comm_rank(c) != 0) {
+        char seen[TRAINER_RUN_ID_LEN + 1] = "";
+        for (int tries = 0; tries < 100; tries++) {
+            if (trainer_run_id_read(run_dir, seen) == 0 && strcmp(seen, id) == 0) break;
+            struct timespec pause = {0, 100000000};
+            nanosleep(&pause, NULL);
+        }
+        if (strcmp(seen, id) != 0) {
+            snprintf(err, n, "rank %d does not see %.300s/ckpt/RUN_ID as rank 0 wrote it: run_dir "
+                     "must be one directory that every rank shares (a shared file system; a "
+                     "relative run_dir resolved from the same working directory)", comm_rank(c),
+                     run_dir);
+            failed = 1;
+        }
+    }
     return comm_any_failed(c, failed, err, n) ? -1 : 0;
 }
 
