@@ -120,6 +120,12 @@ expect_error 2 "init_from = $ck: the model's shape differs: d_model (32 -> 64)" 
 # refused before the run directory is made, and on a resume (which goes on from its own)
 [ ! -e "$TMP/ft2" ] || fail "a refused init_from left $TMP/ft2 behind"
 expect_error 2 "init_from starts a new run" --resume "$TMP/ft" --init_from="$TMP/ft/ckpt/ckpt-00000001.h5"
+# a file that is no checkpoint, and a missing validation file, are named by their keys
+expect_error 2 "init_from: $TMP: not a regular file (a directory)" train "${TINY[@]}" \
+  --init_from="$TMP" --run_dir="$TMP/ft3"
+expect_error 2 "val_data: $TMP/none.txt: cannot open (No such file or directory)" train "${TINY[@]}" \
+  --val_data=text:"$TMP/none.txt" --run_dir="$TMP/ft3"
+[ ! -e "$TMP/ft3" ] || fail "a refused init_from or val_data left $TMP/ft3 behind"
 pass "init_from starts from a checkpoint's weights with fresh optimizer state; a shape change is named"
 
 # ---- ckpt_minutes: checkpoints by time ----

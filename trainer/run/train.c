@@ -362,7 +362,7 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
         const char *kind = strncmp(spec, "u16:", 4) == 0 ? "u16" : strncmp(spec, "u8:", 3) == 0 ? "u8" : "text";
         snprintf(err + len, sizeof(err) - len, "; give a validation file with val_data=%s:FILE", kind);
     }
-    if (failed && strncmp(err, "unknown dataset", 15) == 0) { /* name the key */
+    if (failed && (own || strncmp(err, "unknown dataset", 15) == 0)) { /* name the key */
         char why[512];
         snprintf(why, sizeof(why), "%s", err);
         snprintf(err, sizeof(err), "%s: %.490s", own ? "val_data" : "data", why);
@@ -519,7 +519,12 @@ int trainer_init_from_check(comm_ctx *comm, const trainer_config *cfg, char *err
     char diff[400];
     trainer_config theirs;
     trainer_config_defaults(&theirs);
-    if (trainer_ckpt_read_config(comm, cfg->init_from, &theirs, err, n) != 0) return -1;
+    if (trainer_ckpt_read_config(comm, cfg->init_from, &theirs, err, n) != 0) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, n, "init_from: %.500s", why);
+        return -1;
+    }
     /* fresh streams: other data (within the vocab) and another stream count are fine */
     memcpy(theirs.data, cfg->data, sizeof(theirs.data));
     theirs.streams = cfg->streams;
