@@ -206,43 +206,46 @@ static int check_identity(hid_t f, const char *path, char *err, size_t n) {
 /* Rank 0's look at the file through HDF5's serial driver, before every rank opens it: a
  * foreign or damaged file is then refused with one message and no collective open that could
  * fail on some ranks only. */
-static int precheck(const char *path, char *err, size_t n) {
+/* This process's own look at a file through HDF5's serial driver: a regular file that opens
+ * read-only, or -1 with err set. */
+static hid_t serial_open(const char *path, char *err, size_t n) {
     if (io_check_regular(path, err, n) != 0) return -1;
     hid_t f;
     H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
     H5E_END_TRY;
-    if (f < 0) {
-        snprintf(err, n, "%s: not an HDF5 file or truncated", path);
-        return -1;
-    }
-    int rc = check_identity(f, path, err, n);
+    if (f < 0) snprintf(err, n, "%s: not an HDF5 file or truncated", path);
+    return f;
+}
+
+static void serial_close(hid_t f) {
     herr_t closed;
     H5E_BEGIN_TRY { closed = H5Fclose(f); }
     H5E_END_TRY;
     if (closed < 0) io_ckpt_note_unclosed();
+}
+
+static int precheck(const char *path, char *err, size_t n) {
+    hid_t f = serial_open(path, err, n);
+    if (f < 0) return -1;
+    int rc = check_identity(f, path, err, n);
+    serial_close(f);
     return rc;
 }
 
 int io_ckpt_file_run_id(const char *path, char *out, size_t cap) {
     out[0] = '\0';
     char why[256];
-    if (io_check_regular(path, why, sizeof why) != 0) return -1;
-    hid_t f;
-    H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
-    H5E_END_TRY;
+    hid_t f = serial_open(path, why, sizeof why);
     if (f < 0) {
-        comm_quiet_finalize();
+        comm_quiet_finalize(); /* a damaged file may leave HDF5 noisy at exit */
         return -1;
     }
     char *id = NULL;
     int rc = attr_str(f, path, "run_id", &id, why, sizeof why) == 0 && id[0] ? 0 : 1;
     if (rc == 0) snprintf(out, cap, "%s", id);
-    else comm_quiet_finalize(); /* a damaged file may leave HDF5 noisy at exit */
+    else comm_quiet_finalize();
     free(id);
-    herr_t closed;
-    H5E_BEGIN_TRY { closed = H5Fclose(f); }
-    H5E_END_TRY;
-    if (closed < 0) io_ckpt_note_unclosed();
+    serial_close(f);
     return rc;
 }
 

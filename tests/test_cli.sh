@@ -159,6 +159,10 @@ grep -q "other settings than rank 0: 'd_model = 64' where rank 0 has 'd_model = 
 cp "$TMP/c.conf" "$TMP/n1/c.conf"; cp "$TMP/c.conf" "$TMP/n2/c.conf"; printf 'x\n\n\ny\n\n\nzz\n\n\nw\n' >"$TMP/n2/d.txt"
 mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
 grep -q "read other data than rank 0 for text:d.txt: 3 documents, 7 tokens (rank 0: 1, 2)" "$TMP/out" || fail "data"
+# the same counts, other bytes: told by the CRC
+printf 'q\n\n\nz\n' >"$TMP/n2/d.txt"
+mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
+grep -q "read other data than rank 0 for text:d.txt: 1 documents, 2 tokens (rank 0: 1, 2), other values" "$TMP/out" || fail "data by CRC"
 [ ! -e "$TMP/n1/r" ] || fail "ranks started unlike made a run_dir"
 # --help on one rank only; a checkpoint that one rank cannot see (it hung in the collective open)
 mpmd --config c.conf -- --help

@@ -404,6 +404,14 @@ static int check_ckpt_command(cli *c, char *err, size_t n) {
     return 0;
 }
 
+/* Drops the last component of path in place: "a/b" -> "a", "b" -> ".", "/b" -> "/". */
+static void cut_last(char *path) {
+    char *slash = strrchr(path, '/');
+    if (!slash) strcpy(path, ".");
+    else if (slash == path) path[1] = '\0';
+    else *slash = '\0';
+}
+
 /* sample: options of the other kind of data are refused, not ignored; an image grid never
  * overwrites a file, and by default lands beside the checkpoint's run
  * (CKPT/../../samples.png, numbered when it exists). */
@@ -436,13 +444,11 @@ static int check_sample(cli *c, char *err, size_t n) {
         /* its directory is checked now, not after minutes of drawing */
         char dir[1100];
         snprintf(dir, sizeof(dir), "%s", so->out);
-        char *slash = strrchr(dir, '/');
-        if (!slash) snprintf(dir, sizeof(dir), ".");
-        else if (slash == dir) dir[1] = '\0';
-        else *slash = '\0';
-        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0) {
+        cut_last(dir);
+        int there = stat(dir, &sb) == 0;
+        if (!there || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0) {
             snprintf(err, n, "--out %.200s: its directory %.200s %s", so->out, dir,
-                     stat(dir, &sb) != 0 ? "does not exist"
+                     !there ? "does not exist"
                      : !S_ISDIR(sb.st_mode) ? "is not a directory" : "is not writable");
             return -1;
         }
@@ -456,11 +462,8 @@ static int check_sample(cli *c, char *err, size_t n) {
         return -1;
     }
     snprintf(dir, sizeof(c->out_dir), "%s", real);
-    for (int up = 0; up < 2; up++) {
-        char *slash = strrchr(dir, '/');
-        if (slash == dir) dir[1] = '\0'; /* at the root */
-        else if (slash) *slash = '\0';
-    }
+    cut_last(dir); /* runs/a/ckpt */
+    cut_last(dir); /* runs/a */
     if (access(dir, W_OK | X_OK) != 0) {
         snprintf(err, n, "the grid's default place %.300s is not writable: give --out FILE.png",
                  dir);

@@ -7,8 +7,8 @@
 
 typedef struct trainer_sample_options {
     const char *out;    /* PNG path for images, a new file (never overwritten); or NULL: */
-    const char *out_dir; /* samples.png in out_dir, or the first samples-N.png (N = 2, 3, ...)
-                            that does not exist when it is written */
+    const char *out_dir; /* samples.png in out_dir (cfg->run_dir when NULL too), or the first
+                            samples-N.png (N = 2, 3, ...) that does not exist when written */
     const char *prompt; /* text prompt (text data), may be NULL */
     int count;          /* images to generate, 1..TRAINER_SAMPLE_MAX_COUNT */
     int length;         /* bytes of text to generate, 1..TRAINER_SAMPLE_MAX_LENGTH */
