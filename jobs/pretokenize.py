@@ -87,8 +87,15 @@ def encoder(merges):
     return encode
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its refusals in one line, like memtrain's own."""
+
+    def error(self, message):
+        sys.exit("pretokenize: %s (see --help)" % message)
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("inputs", nargs="+", help="text files, concatenated in this order")
     ap.add_argument("--out", required=True, help="the uint16 token file to write")
     ap.add_argument("--vocab", type=int, default=256,
@@ -113,6 +120,9 @@ def main():
     except OSError as e:
         sys.exit("pretokenize: %s: %s" % (e.filename, e.strerror))
     words = WORD.findall(data)
+    if not data.strip():
+        sys.exit("pretokenize: %s: no text to tokenize (%d bytes, white space at most)"
+                 % (" ".join(args.inputs), len(data)))
     if args.merges:
         try:
             merges = [tuple(p) for p in json.load(open(args.merges))]

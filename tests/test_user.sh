@@ -182,14 +182,16 @@ mt 1 train "${TINY[@]}" --data=u16:"$TMP/tok.u16":300 --vocab=300 --val_data=u16
 [ "$status" -eq 0 ] && grep -q "val ppl" "$TMP/out" || { cat "$TMP/out"; fail "training on pretokenized text"; }
 # its refusals: one line, nothing written
 printf 'garbage' >"$TMP/bad.json"
+printf ' \n\n\t' >"$TMP/blank.txt"
 sum=$(sha256sum <"$TMP/one.txt")
 for a in "$TMP/missing.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP" "$TMP/one.txt --out $TMP/one.txt" \
-         "$TMP/one.txt --out $TMP/nodir/m.u16" "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/bad.json"; do
+         "$TMP/one.txt --out $TMP/nodir/m.u16" "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/bad.json" \
+         "$TMP/blank.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP/m.u16 --vocab abc" "--out $TMP/m.u16"; do
   status=0
   # shellcheck disable=SC2086  # the words of $a are the arguments
   /usr/bin/python3 jobs/pretokenize.py $a >"$TMP/out" 2>&1 || status=$?
   [ "$status" -ne 0 ] && [ "$(wc -l <"$TMP/out")" -eq 1 ] && grep -q "^pretokenize: " "$TMP/out" \
-    && [ ! -e "$TMP/m.u16" ] && [ ! -e "$TMP.merges.json" ] || { cat "$TMP/out"; fail "pretokenize $a"; }
+    && [ ! -e "$TMP/m.u16" ] && [ ! -e "$TMP/m.u16.merges.json" ] || { cat "$TMP/out"; fail "pretokenize $a"; }
 done
 [ "$(sha256sum <"$TMP/one.txt")" = "$sum" ] || fail "pretokenize wrote over its input"
 pass "jobs/pretokenize.py: byte-pair tokens that decode to the text and train; bad input refused in one line"
