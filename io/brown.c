@@ -61,7 +61,9 @@ int io_data_load_brown(io_dataset **out, io_split split, const char *data_dir, c
     unsigned char *list;
     size_t listlen;
     if (io_data_read_file(path, &list, &listlen, why, sizeof why) != 0)
-        return io_data_fail(err, errlen, "%s (the Brown corpus is not fetched; %s)", why,
+        return io_data_fail(err, errlen, "%s (no Brown corpus under data_dir = %s%s: %s, or set "
+                            "data_dir to where it was fetched)", why, data_dir,
+                            data_dir[0] == '/' ? "" : ", relative to the working directory",
                             BROWN_HINT);
 
     io_data_builder b;

@@ -407,7 +407,7 @@ done
 # stream counts: the most the range allows (no overflowed block count), fewer than the ranks
 mt 2 "${SMALL[@]}" --steps=2 --streams=1048576 --run_dir="$TMP/huge"
 [ "$status" -eq 2 ] && ! grep -qE -- '-[0-9]+ blocks?' "$TMP/out" || { cat "$TMP/out"; fail "streams = 1048576"; }
-one_error "14680064 tokens at once x vocab = 256 .*: too large" "streams = 1048576"
+one_error "streams = 1048576 over 2 ranks x seg_len = 28 x vocab = 256 \(the logits of the tokens a rank evaluates at once\) = .*: too large" "streams = 1048576"
 expect_error 3 "streams = 2 is fewer than the 3 ranks: every rank needs a stream; set streams >= 3 or run on at most 2 ranks" \
   "${SMALL[@]}" --steps=2 --streams=2 --run_dir="$TMP/few"
 # a config starting with a UTF-8 byte-order mark: skipped, the key named as written

@@ -38,7 +38,8 @@ ck=$d/ckpt/ckpt-00000004.h5
 expect_error 2 "--prompt does not apply to a checkpoint of image data" sample --ckpt "$ck" --prompt hi
 expect_error 2 "--length does not apply to a checkpoint of image data" sample --ckpt "$ck" --length=5
 mkdir -p "$TMP/elsewhere"
-(cd "$TMP/elsewhere" && mpirun --oversubscribe -np 2 "$BIN/memtrain" sample --ckpt ../a/ckpt/ckpt-00000004.h5 \
+# sampling reads the checkpoint alone: no data needed where it runs
+(cd "$TMP/elsewhere" && MEMTRAIN_FASHION_MNIST_DIR=/nonexistent mpirun --oversubscribe -np 2 "$BIN/memtrain" sample --ckpt ../a/ckpt/ckpt-00000004.h5 \
    --count 1 --scale 1 >"$TMP/out" 2>&1) || { cat "$TMP/out"; fail "sample from another directory"; }
 [ -s "$d/samples.png" ] || { cat "$TMP/out"; fail "default output not beside the run"; }
 mt 2 sample --ckpt "$ck" --count=1 --scale=1 --top_k 5 --seed 3
@@ -81,7 +82,9 @@ for o in "--count 2" "--scale=2" "--out $TMP/x.png"; do
   # shellcheck disable=SC2086
   expect_error 1 "${o%%[ =]*} does not apply to a checkpoint of text data" sample --ckpt "$tck" $o
 done
+mv "$TMP/one.txt" "$TMP/one.moved" # the text it trained on is not needed to sample
 mt 1 sample --ckpt "$tck" --prompt "one" --length 10 --top-p=0.9
+mv "$TMP/one.moved" "$TMP/one.txt"
 [ "$status" -eq 0 ] && grep -q "prompt 'one'" "$TMP/out" || { cat "$TMP/out"; fail "text sample"; }
 pass "a one-document text file trains with val_data; text sampling refuses image options"
 
@@ -120,12 +123,16 @@ expect_error 2 "init_from = $ck: the model's shape differs: d_model (32 -> 64)" 
 # refused before the run directory is made, and on a resume (which goes on from its own)
 [ ! -e "$TMP/ft2" ] || fail "a refused init_from left $TMP/ft2 behind"
 expect_error 2 "init_from starts a new run" --resume "$TMP/ft" --init_from="$TMP/ft/ckpt/ckpt-00000001.h5"
-# a file that is no checkpoint, and a missing validation file, are named by their keys
+# a file that is no checkpoint, and missing data, are named by their keys
 expect_error 2 "init_from: $TMP: not a regular file (a directory)" train "${TINY[@]}" \
   --init_from="$TMP" --run_dir="$TMP/ft3"
 expect_error 2 "val_data: $TMP/none.txt: cannot open (No such file or directory)" train "${TINY[@]}" \
   --val_data=text:"$TMP/none.txt" --run_dir="$TMP/ft3"
-[ ! -e "$TMP/ft3" ] || fail "a refused init_from or val_data left $TMP/ft3 behind"
+expect_error 2 "data: $TMP/none.txt: cannot open (No such file or directory)" train "${TINY[@]}" \
+  --data=text:"$TMP/none.txt" --run_dir="$TMP/ft3"
+expect_error 2 "data: $TMP/nodata/brown/cats.txt: cannot open (No such file or directory) (no Brown corpus under data_dir = $TMP/nodata: run 'make data', or set data_dir to where it was fetched)" \
+  train "${TINY[@]}" --data=brown --data_dir="$TMP/nodata" --run_dir="$TMP/ft3"
+[ ! -e "$TMP/ft3" ] || fail "a refused init_from, data or val_data left $TMP/ft3 behind"
 pass "init_from starts from a checkpoint's weights with fresh optimizer state; a shape change is named"
 
 # ---- ckpt_minutes: checkpoints by time ----

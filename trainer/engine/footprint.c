@@ -172,6 +172,10 @@ void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footpr
 
 void trainer_footprint_data(const trainer_config *cfg, int P, trainer_footprint_use use,
                             double *resident, double *loading) {
+    if (use == TRAINER_USE_SAMPLE) { /* sampling reads the checkpoint only */
+        *resident = *loading = 0.0;
+        return;
+    }
     io_size_hint h;
     io_dataset_size_hint(cfg->data, cfg->data_dir, &h);
     *resident = h.resident;
@@ -284,18 +288,22 @@ int trainer_footprint_check_ranges(const trainer_config *cfg, int P, int batch, 
     shape s = shape_of(cfg, P);
     double Bmax = ceil((double)cfg->streams / (P > 0 ? P : 1));
     double B = batch > Bmax ? batch : Bmax;
-    char what[300];
+    char what[300], toks[160];
+    const char *at_once = batch > Bmax ? "tokens sampled at once" : "tokens a rank evaluates at once";
     if (batch > Bmax)
-        snprintf(what, sizeof what, "--count = %d x seg_len = %d (tokens sampled at once)", batch,
-                 cfg->seg_len);
+        snprintf(toks, sizeof toks, "--count = %d x seg_len = %d", batch, cfg->seg_len);
     else
-        snprintf(what, sizeof what, "streams = %d over %d rank%s x seg_len = %d (tokens a rank "
-                 "evaluates at once)", cfg->streams, P, P > 1 ? "s" : "", cfg->seg_len);
+        snprintf(toks, sizeof toks, "streams = %d over %d rank%s x seg_len = %d", cfg->streams, P,
+                 P > 1 ? "s" : "", cfg->seg_len);
+    snprintf(what, sizeof what, "%s (%s)", toks, at_once);
     if (product_ok(B, s.L, what, err, n)) return -1;
-    double wide = s.V > 4 * s.C ? s.V : 4 * s.C;
-    snprintf(what, sizeof what, "%.0f tokens at once x %s = %.0f (logits or FFN activations)", B * s.L,
-             s.V > 4 * s.C ? "vocab" : "4 d_model", wide);
-    if (product_ok(B * s.L, wide, what, err, n)) return -1;
+    if (s.V > 4 * s.C)
+        snprintf(what, sizeof what, "%s x vocab = %d (the logits of the %s)", toks, cfg->vocab,
+                 at_once);
+    else
+        snprintf(what, sizeof what, "%s x 4 x d_model = %d (the FFN activations of the %s)", toks,
+                 cfg->d_model, at_once);
+    if (product_ok(B * s.L, s.V > 4 * s.C ? s.V : 4 * s.C, what, err, n)) return -1;
     snprintf(what, sizeof what, "n_heads = %d x seg_len = %d squared (one attention matrix)",
              cfg->n_heads, cfg->seg_len);
     if (product_ok(s.NH * s.L, s.L, what, err, n)) return -1;

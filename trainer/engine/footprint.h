@@ -54,7 +54,8 @@ void trainer_footprint_estimate(const trainer_config *cfg, int P, trainer_footpr
 
 /* The data's bytes for trainer_footprint_estimate from io_dataset_size_hint: in training a
  * rank keeps only its streams' classes of the training split (io_dataset_keep_streams; the
- * busiest rank's share), elsewhere both splits whole. */
+ * busiest rank's share), in evaluation both splits whole, and sampling none (it reads only
+ * the checkpoint). */
 void trainer_footprint_data(const trainer_config *cfg, int P, trainer_footprint_use use,
                             double *resident, double *loading);
 

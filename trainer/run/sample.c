@@ -14,7 +14,6 @@
 #include "trainer/run/eval.h"
 #include "trainer/run/preflight.h"
 #include "trainer/run/sample_grid.h"
-#include "trainer/run/train.h"
 
 typedef struct ranked {
     double p;
@@ -170,7 +169,6 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
     char err[512];
     int side = io_dataset_image_side(cfg->data), image = side > 0;
     trainer_preflight_memory(comm, cfg, TRAINER_USE_SAMPLE, image ? opt->count : 1, 0);
-    io_dataset *train = trainer_load_split(comm, cfg, IO_SPLIT_TRAIN);
     int64_t step = 0;
     trainer_model *m = trainer_model_from_checkpoint(comm, cfg, path, TRAINER_USE_SAMPLE, image ? opt->count : 1, &step);
     layer_rng rng;
@@ -230,7 +228,6 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
     fflush(stdout);
     if (comm_any_failed(comm, fail, err, sizeof(err))) comm_exit_error(comm, err);
     trainer_model_free(m);
-    io_dataset_free(train);
     return 0;
 }
 

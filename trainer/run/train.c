@@ -362,7 +362,7 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
         const char *kind = strncmp(spec, "u16:", 4) == 0 ? "u16" : strncmp(spec, "u8:", 3) == 0 ? "u8" : "text";
         snprintf(err + len, sizeof(err) - len, "; give a validation file with val_data=%s:FILE", kind);
     }
-    if (failed && (own || strncmp(err, "unknown dataset", 15) == 0)) { /* name the key */
+    if (failed) { /* name the key */
         char why[512];
         snprintf(why, sizeof(why), "%s", err);
         snprintf(err, sizeof(err), "%s: %.490s", own ? "val_data" : "data", why);
@@ -499,7 +499,7 @@ static void metrics_lost(run *r, int64_t step, const char *what) {
 
 /* Restores the newest valid checkpoint of resume_dir; returns the steps it had done. Files
  * skipped on the way are set aside when the run writes its checkpoints into that directory. */
-static int64_t resume_run(run *r, const char *resume_dir) {
+static int64_t resume_run(run *r, const char *resume_dir, const char *changed) {
     char err[512], path[1100];
     int64_t step = 0;
     double t = comm_time();
@@ -512,6 +512,7 @@ static int64_t resume_run(run *r, const char *resume_dir) {
     char shown[2200];
     say(r, "resumed from %s at step %lld (read in %.2f s)\n",
         comm_escape(shown, sizeof(shown), path), (long long)step, comm_time() - t);
+    if (changed && changed[0]) say(r, "resume: changed settings: %s\n", changed);
     return step;
 }
 
@@ -784,13 +785,14 @@ static void end_sitting(run *r, sitting *z, int resumed) {
         exp(z->last_loss), val, r->dir, (long long)z->done);
 }
 
-int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir) {
+int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir,
+                  const char *changed) {
     run R;
     run *r = &R;
     run_open(r, comm, cfg, resume_dir);
     sitting z;
     memset(&z, 0, sizeof(z));
-    z.first_step = resume_dir ? resume_run(r, resume_dir) : 0;
+    z.first_step = resume_dir ? resume_run(r, resume_dir, changed) : 0;
     if (!resume_dir && strcmp(cfg->init_from, "none") != 0) init_from_checkpoint(r);
     keep_data(r);
     z.start = z.last_ckpt = comm_time();
