@@ -44,7 +44,9 @@ resume_from 3 2
 d=$TMP/B2to2
 expect_error 2 "d_model (32 -> 64)" --resume "$d" --d_model=64
 mt 2 --resume "$d" --steps=14 --log_every=7
-grep -q "changed settings: steps (12 -> 14)" "$TMP/out" || { cat "$TMP/out"; fail "harmless change not logged"; }
+grep -q "^resume: changed settings: steps (12 -> 14), log_every (1 -> 7)$" "$TMP/out" || { cat "$TMP/out"; fail "harmless change not logged"; }
+grep -A1 "^resumed from " "$d/train.log" | tail -n 1 | grep -q "^resume: changed settings: steps (12 -> 14), log_every (1 -> 7)$" \
+  || { cat "$d/train.log"; fail "train.log lacks the changed settings after its resume line"; }
 pass "harmless changes are logged"
 
 # fallback: flip one byte inside a table dataset of the newest file, then truncate it
@@ -133,6 +135,14 @@ with h5py.File(path, "r") as f:
     assert f["streams/cursor"].shape == (6, 2)
     ds = f[t]
     assert all(zlib.crc32(ds[i].tobytes()) == ds.attrs["crc32"][i] for i in range(ds.shape[0]))
+    # every array of the file is listed with its shape (Adam's m and v go beside each data)
+    unlisted = []
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] not in ("m", "v"):
+            if "%s (%s)" % (name, ", ".join(map(str, obj.shape))) not in printed:
+                unlisted.append(name)
+    f.visititems(visit)
+    assert not unlisted, ("inspect does not list", unlisted)
 print("h5py matches", t, "and streams/memory")
 PY
 h5dump -H "$f" >"$TMP/h5dump.txt"

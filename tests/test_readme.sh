@@ -66,3 +66,15 @@ while IFS= read -r cmd; do
   n=$((n + 1))
 done <"$TMP/commands"
 pass "$n README commands ran as written (shortened), as root, with the block's own mpirun settings"
+
+# the README's h5py example, on the shortened run's last checkpoint
+/usr/bin/python3 - "$TOP/README.md" >"$TMP/example.py" <<'PY'
+import sys
+text = open(sys.argv[1]).read()
+code = [b.split("```", 1)[0] for b in text.split("```python\n")[1:] if "import h5py" in b]
+assert len(code) == 1, "the h5py example was not found"
+print(code[0].replace("ckpt-00004000.h5", "ckpt-00000008.h5"))
+PY
+(cd "$work" && /usr/bin/python3 "$TMP/example.py") >"$TMP/out" 2>&1 \
+  || { cat "$TMP/example.py" "$TMP/out"; fail "the README's h5py example"; }
+pass "the README's h5py example reads a table row and checks its CRC"

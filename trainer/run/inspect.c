@@ -26,6 +26,7 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
     char *run_id = NULL;
     if (io_ckpt_get_attr_str(ck, "run_id", &run_id, err, sizeof(err)) != 0)
         run_id = NULL; /* a version 1 file has none */
+    int has_order = io_ckpt_has(ck, "streams/order"); /* on every rank: older files lack it */
     char shown[2200];
     trainer_params *p = trainer_model_params(m);
     trainer_tables *tb = trainer_model_tables(m);
@@ -59,6 +60,7 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
         size_t ms0 = trainer_model_memory_size(m);
         printf("  streams/cursor (%d, 2), streams/prev_segment (%d, %d), streams/last_token (%d, 1)",
                cfg->streams, cfg->streams, cfg->seg_len, cfg->streams);
+        if (has_order) printf(", streams/order (1)");
         if (ms0) printf(", streams/memory (%d, %zu)", cfg->streams, ms0);
         printf("\n");
     }

@@ -56,6 +56,7 @@ static void usage_command(FILE *f, const char *cmd) {
                 "  --eval_docs=N          the first N validation documents, whole (default: the\n"
                 "                         checkpoint's; 0: every validation document)\n"
                 "  --data=SPEC, --val_data=SPEC, --streams=N   evaluate on other data or streams\n"
+                "  --data_dir=DIR         the directory make data fetched into (default: data)\n"
                 "Keys that change the model's shape (d_model, ...) are refused.\n");
     else if (strcmp(cmd, "sample") == 0)
         fprintf(f,
@@ -154,7 +155,7 @@ typedef struct cli {
     trainer_config cfg;              /* the configuration the command runs with */
     trainer_config stored;           /* the checkpoint's, before the overrides */
     char path[1100];                 /* the checkpoint a resume starts from */
-    char changed[400];               /* settings a resume changes: printed when it trains */
+    char changed[400];               /* settings a resume changes: logged when it trains */
     char out_dir[1100];              /* where sample's grid goes by default */
     int ranks[64], nranks;           /* plan --ranks */
     int per_rank;                    /* plan --per-rank-streams, 0 when not given */
@@ -631,8 +632,7 @@ static int run_command(cli *c, comm_ctx *comm) {
     if (strcmp(c->cmd, "inspect") == 0) return trainer_inspect_checkpoint(comm, &c->cfg, c->ckpt);
     if (strcmp(c->cmd, "sample") == 0)
         return trainer_sample_checkpoint(comm, &c->cfg, c->ckpt, &c->so);
-    if (c->changed[0]) printf("resume: changed settings: %s\n", c->changed);
-    return trainer_train(comm, &c->cfg, c->resume);
+    return trainer_train(comm, &c->cfg, c->resume, c->changed);
 }
 
 /* Reads the command line in phases, each of which may find a mistake; the ranks agree on the

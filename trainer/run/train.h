@@ -46,10 +46,12 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
 
 /* Trains as the config says, on every rank of comm together, from scratch or, when resume_dir
  * is not NULL, from the newest valid checkpoint in resume_dir/ckpt (the caller has checked
- * the configs agree). Writes a checkpoint every ckpt_every steps and at the end. SIGUSR1 or
+ * the configs agree; `changed`, when not NULL or empty, names the settings the resume changes
+ * and is logged after the resume line). Writes a checkpoint every ckpt_every steps and at the end. SIGUSR1 or
  * SIGTERM stop the run at the next step boundary with a checkpoint. Returns 0 when the run
  * finished, TRAINER_EXIT_INTERRUPTED when a signal stopped it; user errors (bad data, NaN loss)
  * end the job through comm_exit_error on all ranks. */
-int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir);
+int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_dir,
+                  const char *changed);
 
 #endif
