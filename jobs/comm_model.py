@@ -78,7 +78,10 @@ def main():
                     "beside what runs measured.",
         epilog="Other --key=value arguments override memtrain config keys.")
     ap.add_argument("--config", help="memtrain config file (key = value lines)")
-    ap.add_argument("--bin", default="build/bin/memtrain", help="the memtrain binary")
+    # the build beside this script, whatever the working directory
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--bin", default=os.path.join(here, "build", "bin", "memtrain"),
+                    help="the memtrain binary (default: the repository's build/bin/memtrain)")
     ap.add_argument("--ranks", default="1,2", help="comma-separated rank counts P")
     ap.add_argument("--per-rank-streams", type=int, default=0,
                     help="weak scaling: streams = this * P and stream_block = this")

@@ -147,8 +147,10 @@ def main():
         toks.byteswap()
     with open(args.out, "xb") as f:
         toks.tofile(f)
-    print("pretokenize: %d bytes -> %d tokens (vocab %d) in %s; train with --data=u16:%s:%d "
-          "--vocab=%d" % (len(data), len(toks), vocab, args.out, args.out, vocab, vocab))
+    # with another file's merges this is usually that run's validation text
+    use = "score with --val_data" if args.merges else "train with --data"
+    print("pretokenize: %d bytes -> %d tokens (vocab %d) in %s; %s=u16:%s:%d --vocab=%d"
+          % (len(data), len(toks), vocab, args.out, use, args.out, vocab, vocab))
 
 
 if __name__ == "__main__":

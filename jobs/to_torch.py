@@ -768,7 +768,12 @@ SHAPE_KEYS = set("""arch proj d_model n_heads n_layers enc_layers dec_layers seg
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Other --key=value arguments override the checkpoint's config for --eval and "
+               "--grad, as for memtrain eval: --eval_docs=N (the first N validation documents), "
+               "--data_dir=DIR (where make data fetched). Keys of the model's "
+               "shape and streams are refused.")
     ap.add_argument("ckpt", help="a memtrain checkpoint (run_dir/ckpt/ckpt-<step>.h5)")
     ap.add_argument("--out", help="state_dict file to write (default: beside the checkpoint, .pt)")
     ap.add_argument("--eval", action="store_true",
