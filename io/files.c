@@ -53,7 +53,7 @@ int io_open_regular(const char *path, int flags, mode_t mode, char *err, size_t 
 FILE *io_fopen_regular(const char *path, const char *fmode, char *err, size_t n) {
     int flags = O_RDONLY;
     if (fmode[0] == 'w') flags = O_WRONLY | O_CREAT | O_TRUNC;
-    if (fmode[0] == 'a') flags = O_WRONLY | O_CREAT | O_APPEND;
+    if (fmode[0] == 'a') flags = (fmode[1] == '+' ? O_RDWR : O_WRONLY) | O_CREAT | O_APPEND;
     if (fmode[0] == 'x') flags = O_WRONLY | O_CREAT | O_EXCL;
     int fd = io_open_regular(path, flags, 0666, err, n);
     if (fd < 0) return NULL;

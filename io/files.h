@@ -20,7 +20,7 @@
  *   "<path>: cannot open (No such file or directory)"   the reason, also left in errno */
 int io_open_regular(const char *path, int flags, mode_t mode, char *err, size_t n);
 
-/* The same as a stdio stream; fmode is "r", "rb", "w", "wb", "a", or "x": a new file, written
+/* The same as a stdio stream; fmode is "r", "rb", "w", "wb", "a", "a+", or "x": a new file, written
  * in binary, that must not exist yet (O_EXCL: a file that appears meanwhile is never
  * truncated). Returns NULL with err set, and errno EEXIST when an "x" file exists. */
 FILE *io_fopen_regular(const char *path, const char *fmode, char *err, size_t n);

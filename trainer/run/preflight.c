@@ -51,6 +51,30 @@ static int holds_checkpoints(const char *dir, char *newest, size_t n) {
     return count > 0;
 }
 
+/* A last row without its newline is what a write that failed (a full disk) leaves: cut
+ * back to the end of the last whole line, so the next row starts a line of its own. Returns
+ * the bytes removed, or -1 with errno. */
+static long drop_cut_row(int fd) {
+    off_t size = lseek(fd, 0, SEEK_END), end = size;
+    if (size < 0) return -1;
+    char buf[4096];
+    while (end > 0) { /* the last newline, read backwards a block at a time */
+        off_t from = end > (off_t)sizeof buf ? end - (off_t)sizeof buf : 0;
+        ssize_t got = pread(fd, buf, (size_t)(end - from), from);
+        if (got != (ssize_t)(end - from)) return -1;
+        off_t i = end - from;
+        while (i > 0 && buf[i - 1] != '\n') i--;
+        if (i > 0) {
+            end = from + i;
+            break;
+        }
+        end = from;
+    }
+    if (end == size) return 0;
+    if (ftruncate(fd, end) != 0) return -1;
+    return (long)(size - end);
+}
+
 /* Rank 0: whether the metrics file at path holds a logged row (a line past the header that
  * starts with its step number). */
 static int holds_figures(const char *path) {
@@ -121,8 +145,10 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
     /* a directory under a checkpoint's name: no checkpoint could be renamed onto it, so the
        run would fail at that step; refused now, before any training */
     if (me0 && io_ckpt_find_dir(ckdir, path, sizeof path)) {
-        snprintf(err, sizeof err, "run_dir %.300s cannot be used: %.600s is a directory, where a "
-                 "checkpoint file belongs: move it out of the way", dir, path);
+        const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        snprintf(err, sizeof err, "run_dir %.300s cannot be used: %.600s is a directory, where %s "
+                 "belongs: move it out of the way", dir, path,
+                 strncmp(base, "LATEST", 6) == 0 ? "the newest checkpoint's name" : "a checkpoint file");
         failed = 1;
     }
     agree_or_exit(c, failed, err);
@@ -171,7 +197,17 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
     if (me0) {
         snprintf(path, sizeof path, "%s/metrics.csv", dir);
         snprintf(rd->csv_path, sizeof rd->csv_path, "%s", path);
-        rd->csv = io_fopen_regular(path, "a", why, sizeof why);
+        rd->csv = io_fopen_regular(path, "a+", why, sizeof why);
+        long cut = rd->csv ? drop_cut_row(fileno(rd->csv)) : 0;
+        if (cut < 0) {
+            snprintf(why, sizeof why, "%.900s: cannot remove a cut-off last row (%s)", path,
+                     strerror(errno));
+            fclose(rd->csv);
+            rd->csv = NULL;
+        } else if (cut > 0) {
+            printf("run_dir: removed the cut-off last row of %s (%ld bytes, from a write that "
+                   "failed)\n", path, cut);
+        }
         /* the header once: glibc reports position 0 for an append stream until it is moved */
         if (rd->csv && fseek(rd->csv, 0, SEEK_END) == 0 && ftell(rd->csv) == 0 &&
             (fprintf(rd->csv, "%s\n", csv_header) < 0 || fflush(rd->csv) != 0))
