@@ -180,8 +180,9 @@ int io_ckpt_name_step(const char *path, int64_t *step);
  * and gets the same answer; otherwise call it on rank 0 and broadcast. */
 int io_ckpt_list(const char *dir, char (*paths)[IO_CKPT_PATH_MAX], int max);
 
-/* 1 with its path in out when an entry of dir named like a checkpoint or its .tmp is a
- * directory (a checkpoint could never be renamed onto it), else 0 (out = ""). Local. */
+/* 1 with its path in out when an entry of dir named like a checkpoint or its .tmp, or
+ * LATEST or LATEST.tmp, is a directory (no file could be renamed onto it), else 0
+ * (out = ""). Local. */
 int io_ckpt_find_dir(const char *dir, char *out, size_t n);
 
 /* The checkpoint file name ("ckpt-00000012.h5") dir/LATEST holds, into out. Local. Returns 0,

@@ -60,7 +60,10 @@ int io_ckpt_publish(const char *dir, const char *tmp, const char *final, char *e
     snprintf(latest_tmp, sizeof latest_tmp, "%s/LATEST.tmp", dir);
     char line[IO_CKPT_PATH_MAX];
     int len = snprintf(line, sizeof line, "%s\n", base_name(final));
-    int fd = open(latest_tmp, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+    /* a stale one is this writer's own leftover; anything else there (a FIFO would block
+       the open) is replaced, or refused when it cannot be */
+    unlink(latest_tmp);
+    int fd = open(latest_tmp, O_WRONLY | O_CREAT | O_EXCL, 0666);
     if (fd < 0) {
         snprintf(err, n, "%s: cannot create (%s)", latest_tmp, strerror(errno));
         return -1;
@@ -180,7 +183,9 @@ int io_ckpt_find_dir(const char *dir, char *out, size_t n) {
     while (!found && (de = readdir(d)) != NULL) {
         int64_t step;
         int tmp;
-        if (parse_name(de->d_name, &step, &tmp) != 0) continue;
+        if (parse_name(de->d_name, &step, &tmp) != 0 && strcmp(de->d_name, "LATEST") != 0 &&
+            strcmp(de->d_name, "LATEST.tmp") != 0)
+            continue;
         char path[IO_CKPT_PATH_MAX + 256];
         struct stat sb;
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
