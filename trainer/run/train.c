@@ -623,6 +623,9 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     memset(r, 0, sizeof(*r));
     r->comm = comm;
     r->cfg = cfg;
+    /* from the start: a stop signal while the data or the checkpoint loads is kept for the
+       first step boundary, not the default death without a checkpoint or status 75 */
+    install_signal_handlers();
     comm_escape(r->dir, sizeof(r->dir), cfg->run_dir);
     int P = comm_size(comm), rank = comm_rank(comm);
     char err[512];
@@ -646,7 +649,6 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     r->csv = trainer_rundir_metrics(r->rd);
     int failed = rank == 0 && write_run_files(r, err, sizeof(err)) != 0;
     if (comm_any_failed(comm, failed, err, sizeof(err))) comm_exit_error(comm, err);
-    install_signal_handlers();
     trainer_model_spec spec;
     trainer_spec_from_config(&spec, &eff);
     r->model = trainer_model_create(&spec, comm);
