@@ -490,6 +490,17 @@ int io_ckpt_read(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int
                      ck->path, name, (long long)p->uniq[u]);
             failed = 1;
         }
+        /* a NaN or an infinity under a good checksum was written so (by hand, or a diverged
+           run): refused here rather than blamed on lr steps later */
+        for (int u = 0; !failed && t == IO_F32 && u < p->nuniq; u++) {
+            const uint32_t *w = (const uint32_t *)(buf + (size_t)u * sbytes);
+            uint32_t bad = 0;
+            for (int64_t e = 0; e < per; e++) bad |= (w[e] & 0x7f800000u) == 0x7f800000u;
+            if (!bad) continue;
+            snprintf(err, n, "%s: dataset %s slice %lld holds a NaN or infinite value (written "
+                     "by a run that diverged, or edited)", ck->path, name, (long long)p->uniq[u]);
+            failed = 1;
+        }
         if (!p->in_order && !failed) {
             char *o = out;
             for (int j = 0, u = -1; j < p->n; j++) {

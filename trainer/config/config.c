@@ -412,6 +412,9 @@ static int set_key(trainer_config *c, const key_def *d, const char *value, char 
         char *end;
         errno = 0;
         float v = strtof(value, &end);
+        if (end != value && *end == '\0' && errno == ERANGE) /* the range is not what failed */
+            return config_fail(err, n, "%s = %.60s: too %s for a float", d->name, value,
+                               fabsf(v) < 1.0f ? "small" : "large");
         if (end == value || *end != '\0' || errno == ERANGE || !float_in_range(d, v))
             return bad_value(d, value, err, n);
         memcpy(field(c, d), &v, sizeof v);

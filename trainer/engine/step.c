@@ -25,10 +25,10 @@ static void dense_step(trainer_params *p, const trainer_config *cfg, float lr, i
 static int not_finite(char *err, size_t n, const char *what, double v, int64_t step,
                       const trainer_config *cfg) {
     if (cfg->grad_clip > 0)
-        snprintf(err, n, "%s is %s at step %lld; lower lr (now %g) or grad_clip (now %g)", what,
+        snprintf(err, n, "%s is %s at step %lld; lower lr (set to %g) or grad_clip (set to %g)", what,
                  isnan(v) ? "NaN" : "infinite", (long long)step + 1, cfg->lr, cfg->grad_clip);
     else
-        snprintf(err, n, "%s is %s at step %lld; lower lr (now %g) or set grad_clip", what,
+        snprintf(err, n, "%s is %s at step %lld; lower lr (set to %g) or set grad_clip", what,
                  isnan(v) ? "NaN" : "infinite", (long long)step + 1, cfg->lr);
     return -1;
 }

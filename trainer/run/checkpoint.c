@@ -42,7 +42,9 @@ static int check_streams(const trainer_stream_state *st, int vocab, const char *
         io_stream pos = {.stream = s, .nstreams = st->nstreams, .doc_count = st->cursor[2 * b],
                          .pos = st->cursor[2 * b + 1], .shuffle = st->shuffle,
                          .by_class = st->by_class, .seed = st->data_seed};
-        int ok = pos.doc_count >= 0 && pos.pos >= 0 && (!st->data || io_stream_valid(&pos, st->data));
+        /* 2^48 documents a stream: beyond any run, and far from overflowing what counts them */
+        int ok = pos.doc_count >= 0 && pos.doc_count <= ((int64_t)1 << 48) && pos.pos >= 0 &&
+                 (!st->data || io_stream_valid(&pos, st->data));
         if (!ok) {
             snprintf(err, n, "%s: streams/cursor of stream %d (%lld, %lld) lies outside the data "
                      "(damaged, or a checkpoint of other data)", path, s,
@@ -450,6 +452,10 @@ int trainer_ckpt_load(comm_ctx *c, const char *path, trainer_model *m, trainer_s
     if (!ck) return -1;
     xfer x = {ck, 0, err, n};
     int rc = io_ckpt_get_attr_i64(ck, "step", step, err, n);
+    if (!rc && *step < 0) {
+        snprintf(err, n, "%s: holds step %lld, which is invalid", path, (long long)*step);
+        rc = -1;
+    }
     int64_t named;
     /* as on resume: a file named for another step was renamed or copied over */
     if (!rc && io_ckpt_name_step(path, &named) == 0 && named != *step) {
@@ -503,6 +509,17 @@ int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
     snprintf(err, n, "no checkpoint in %s/ckpt to resume from", run_dir);
     int chosen = 0; /* the files before it were skipped */
     for (int i = 0; i < count; i++) {
+        /* a file this user may not read is no damage: setting it aside would throw away the
+           steps it holds, so the run stops and says so */
+        int64_t denied = 0;
+        if (comm_rank(c) == 0) denied = access(paths[i], R_OK) != 0 && (errno == EACCES || errno == EPERM);
+        comm_broadcast(c, &denied, sizeof denied, 0);
+        if (denied) {
+            snprintf(err, n, "%s: cannot read (%s): fix its permissions to resume from it, or move "
+                     "it away to resume from an older checkpoint", paths[i], strerror(EACCES));
+            rc = -1;
+            break;
+        }
         io_ckpt *ck = io_ckpt_open(c, paths[i], err, n);
         rc = ck ? read_member(ck, run_id, cfg, mb, err, n) : -1;
         if (rc == 0) {
