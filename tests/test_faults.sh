@@ -224,6 +224,24 @@ else
   echo "SKIP: full-disk cases need to mount a tmpfs (root); not run"
 fi
 
+# the cut-off row a failed write leaves: the next sitting removes it before its own rows
+d=$TMP/cutrow
+mt 2 "${SMALL[@]}" --steps=4 --ckpt_every=0 --run_dir="$d"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "cut row: first sitting exited $status"; }
+cp "$d/metrics.csv" "$TMP/cutrow.csv"
+printf '434,3.4974663174027638,24.' >>"$d/metrics.csv"
+mt 2 --resume "$d" --steps=6
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "cut row: resume exited $status"; }
+grep -q "^run_dir: removed the cut-off last row of $d/metrics.csv (26 bytes, from a write that failed)$" "$TMP/out" \
+  || { cat "$TMP/out"; fail "cut row: no line saying it was removed"; }
+head -c "$(stat -c %s "$TMP/cutrow.csv")" "$d/metrics.csv" | cmp -s - "$TMP/cutrow.csv" \
+  || fail "cut row: the whole rows before it changed"
+awk -F, 'NR == 1 {n = NF} NF != n {bad = 1} END {exit bad}' "$d/metrics.csv" \
+  || { cat "$d/metrics.csv"; fail "cut row: a row of another width"; }
+[ "$(awk -F, 'NR > 1 {print $1}' "$d/metrics.csv" | tr '\n' ' ')" = "1 2 3 4 5 6 " ] \
+  || { cat "$d/metrics.csv"; fail "cut row: steps 1-6 not each one row"; }
+pass "a cut-off last row of metrics.csv is removed by the next sitting, which starts its rows on a line of their own"
+
 echo "($SECONDS s)"
 # ---- 2. rewritten, damaged, foreign and other runs' checkpoints ----
 # h5py rewrites string attributes with its own type (variable-length UTF-8): same text
@@ -241,6 +259,58 @@ mt 2 eval --ckpt "$d/ckpt/ckpt-00000012.h5" --eval_docs=2
 no_crash "eval of a rewritten checkpoint"
 resume_exact "$d" "$TMP/refS" 18 "attributes rewritten by h5py" 12
 pass "attributes rewritten by h5py: read as they are, resumed from step 12 bit for bit"
+
+# values no run writes, under good checksums: a NaN weight, a cursor past any run, a negative
+# step; eval refuses each in one line, a resume falls back past the file
+edit() { # FILE DATASET SLICE PYTHON-EXPR: sets the slice's first value, and its crc32 again
+  /usr/bin/python3 - "$@" <<'PY'
+import h5py, sys, zlib, numpy as np
+path, name, i, expr = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+with h5py.File(path, "r+") as f:
+    if name == "@step":
+        f.attrs["step"] = np.int64(eval(expr))
+        sys.exit(0)
+    ds = f[name]
+    row = ds[i]
+    row.flat[0] = eval(expr)
+    ds[i] = row
+    crc = ds.attrs["crc32"]
+    crc[i] = zlib.crc32(ds[i].tobytes())
+    ds.attrs["crc32"] = crc
+PY
+}
+for e in "dense/wte/data 0 float('nan'):holds a NaN or infinite value" \
+         "streams/cursor 1 2**62:streams/cursor of stream 1 (4611686018427387904, " \
+         "@step 0 -5:holds step -5, which is invalid"; do
+  want=${e#*:}; e=${e%%:*}
+  d=$TMP/values; fresh "$d" 6 12
+  # shellcheck disable=SC2086  # the words of $e are the arguments
+  edit "$d/ckpt/ckpt-00000012.h5" $e || fail "editing $e"
+  if [ "${e%% *}" != streams/cursor ]; then # eval reads no cursors
+    expect_error 2 "$want" eval --ckpt "$d/ckpt/ckpt-00000012.h5" --eval_docs=2
+  fi
+  resume_exact "$d" "$TMP/refS" 18 "${e%% *} edited" 6
+  one_error "ckpt-00000012.h5: .*$(sed 's/[()*]/\\&/g' <<<"$want").*falling back" "${e%% *} edited"
+done
+pass "a NaN weight, a cursor past any run and a negative step refused; resumes fell back to step 6"
+
+# a newest checkpoint this user may not read is no damage: refused, not set aside (root reads
+# everything, so the run is nobody's; skipped where nobody cannot reach the build)
+if [ "$(id -u)" -eq 0 ] && runuser -u nobody -- test -x "$BIN/memtrain" 2>/dev/null \
+   && runuser -u nobody -- test -r "$TOP/jobs/configs/memformer.conf" 2>/dev/null; then
+  chmod o+x "$TMP"; d=$TMP/nobody; mkdir -m 777 "$d"
+  asnobody() { runuser -u nobody -- env HOME="$d" mpirun -q --oversubscribe -np 2 "$BIN/memtrain" "$@" >"$TMP/out" 2>&1; }
+  status=0; asnobody "${SMALL[@]}" --steps=8 --ckpt_every=4 --run_dir="$d/r" || status=$?
+  [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "a run as nobody exited $status"; }
+  chmod 000 "$d/r/ckpt/ckpt-00000008.h5"
+  status=0; asnobody --resume "$d/r" --steps=12 || status=$?
+  one_error "$d/r/ckpt/ckpt-00000008.h5: cannot read \(Permission denied\): fix its permissions to resume from it, or move it away to resume from an older checkpoint$" "unreadable checkpoint"
+  [ "$status" -eq 2 ] && [ -e "$d/r/ckpt/ckpt-00000008.h5" ] && ! ls "$d/r/ckpt/"*.skipped* >/dev/null 2>&1 \
+    || { cat "$TMP/out"; ls -l "$d/r/ckpt"; fail "unreadable checkpoint: exit $status, or set aside"; }
+  pass "a newest checkpoint its user may not read: refused in one line, left in place"
+else
+  echo "SKIP: the unreadable checkpoint case needs root and a build user nobody can run"
+fi
 
 # an unrelated HDF5 file with a magic attribute, under the newest name
 d=$TMP/foreign; fresh "$d" 6
@@ -384,6 +454,16 @@ d=$TMP/dirckpt; fresh "$d" 6; mkdir "$d/ckpt/ckpt-00000012.h5"
 expect_error 2 "run_dir $d cannot be used: $d/ckpt/ckpt-00000012.h5 is a directory, where a checkpoint file belongs: move it out of the way" \
   --resume "$d" --steps=14 --ckpt_every=3
 ! grep -q "^step " "$TMP/out" || fail "trained before refusing the directory"
+# the same for LATEST; a FIFO at LATEST.tmp is replaced, not opened (which would block)
+rmdir "$d/ckpt/ckpt-00000012.h5"; rm -f "$d/ckpt/LATEST"; mkdir "$d/ckpt/LATEST"
+expect_error 2 "run_dir $d cannot be used: $d/ckpt/LATEST is a directory, where the newest checkpoint's name belongs: move it out of the way" \
+  --resume "$d" --steps=14 --ckpt_every=3
+! grep -q "^step " "$TMP/out" || fail "trained before refusing LATEST as a directory"
+rmdir "$d/ckpt/LATEST"; mkfifo "$d/ckpt/LATEST.tmp"
+mt 2 --resume "$d" --steps=8 --ckpt_every=0
+[ "$status" -eq 0 ] && [ "$(cat "$d/ckpt/LATEST")" = ckpt-00000008.h5 ] && [ ! -e "$d/ckpt/LATEST.tmp" ] \
+  || { cat "$TMP/out"; ls -l "$d/ckpt"; fail "a FIFO at LATEST.tmp"; }
+pass "directories at a checkpoint's name and at LATEST refused at the start; a FIFO at LATEST.tmp replaced"
 
 echo "($SECONDS s)"
 # ---- 4. sizes no machine holds ----
@@ -413,6 +493,9 @@ expect_error 3 "streams = 2 is fewer than the 3 ranks: every rank needs a stream
 # a config starting with a UTF-8 byte-order mark: skipped, the key named as written
 printf '\xef\xbb\xbfstepz = 3\n' >"$TMP/bom.conf"
 expect_error 0 "bom.conf:1: unknown config key 'stepz' (see memtrain --help)" --config "$TMP/bom.conf"
+# a float past float's range is named so, not as out of the key's range
+expect_error 0 "lr = 1e400: too large for a float" --lr=1e400
+expect_error 0 "ckpt_minutes = 1e-60: too small for a float" --ckpt_minutes=1e-60
 f=$TMP/refS/ckpt/ckpt-00000018.h5
 expect_error 0 "--count = 2000000000: expected an integer in 1..65536" sample --ckpt "$f" --count 2000000000
 expect_error 2 "memory: this run needs about" sample --ckpt "$f" --count 65536 --out "$TMP/s.png"
@@ -527,6 +610,24 @@ no_crash "TERM to the Slurm script"
 [ -e "$d/ckpt/LATEST" ] || fail "TERM to the Slurm script: no checkpoint"
 how=$(grep -o 'mpirun exited [0-9]* after the ranks wrote' "$TMP/out" || echo "mpirun had exited 75 itself")
 pass "TERM twice to the Slurm script, mpirun killed after the ranks' checkpoint: exit 75 ($(cat "$d/ckpt/LATEST"); $how)"
+
+# TERM to the ranks while they load the data (the memory line comes just before): kept for the
+# first step boundary, which checkpoints and ends with 75
+d=$TMP/sigload; rm -rf "$d"
+setsid mpirun --oversubscribe -np 2 "$BIN/memtrain" "${SMALL[@]}" --steps=20 --ckpt_every=0 \
+  --run_dir="$d" >"$TMP/sig.out" 2>&1 &
+pid=$!
+for _ in $(seq 3000); do grep -q "^memory:" "$TMP/sig.out" 2>/dev/null && break; sleep 0.01; done
+victims=$(ranks_of "$d")
+[ -n "$victims" ] || { cat "$TMP/sig.out"; fail "TERM while loading: no ranks found"; }
+# shellcheck disable=SC2086
+kill -TERM $victims
+status=0; wait "$pid" || status=$?
+cp "$TMP/sig.out" "$TMP/out"
+no_crash "TERM while loading"
+[ "$status" -eq 75 ] && grep -q "stopped by a signal after step 1;" "$TMP/out" && [ -e "$d/ckpt/ckpt-00000001.h5" ] \
+  || { cat "$TMP/out"; fail "TERM while loading the data: exit $status, expected 75 after step 1 with its checkpoint"; }
+pass "TERM to the ranks while they load the data: stopped after step 1 with a checkpoint, exit 75"
 
 echo "($SECONDS s)"
 # ---- 7. the run lock, and a killed launcher with a resume racing it ----
