@@ -312,6 +312,8 @@ int io_stream_valid(const io_stream *st, const io_dataset *d) {
     if (!d || d->ndocs < 1 || st->nstreams < 1 || st->stream < 0 || st->stream >= st->nstreams)
         return 0;
     if (st->doc_count < 0 || st->pos < 0) return 0;
+    /* past any run, and past what the order's arithmetic (documents x streams) holds */
+    if (st->doc_count > INT64_MAX / st->nstreams) return 0;
     if (st->pos == 0) return 1;
     if (st->doc_count < 1) return 0;
     int64_t doc = stream_doc(st, d, 0);

@@ -771,7 +771,7 @@ def main(argv):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog="Other --key=value arguments override the checkpoint's config for --eval and "
-               "--grad, as for memtrain eval: --eval_docs=N (the first N validation documents), "
+               "--grad, like memtrain eval's: --eval_docs=N (the first N validation documents), "
                "--data_dir=DIR (where make data fetched). Keys of the model's "
                "shape and streams are refused.")
     ap.add_argument("ckpt", help="a memtrain checkpoint (run_dir/ckpt/ckpt-<step>.h5)")

@@ -611,23 +611,32 @@ no_crash "TERM to the Slurm script"
 how=$(grep -o 'mpirun exited [0-9]* after the ranks wrote' "$TMP/out" || echo "mpirun had exited 75 itself")
 pass "TERM twice to the Slurm script, mpirun killed after the ranks' checkpoint: exit 75 ($(cat "$d/ckpt/LATEST"); $how)"
 
-# TERM to the ranks while they load the data (the memory line comes just before): kept for the
-# first step boundary, which checkpoints and ends with 75
+# TERM to the ranks while they load the data: no step, nothing written, status 75. The data is
+# 400 MB of tokens, so that the load is under way (a rank past 150 MB resident) when it comes
+head -c 400M /dev/zero >"$TMP/big.u16"
 d=$TMP/sigload; rm -rf "$d"
-setsid mpirun --oversubscribe -np 2 "$BIN/memtrain" "${SMALL[@]}" --steps=20 --ckpt_every=0 \
-  --run_dir="$d" >"$TMP/sig.out" 2>&1 &
+setsid mpirun --oversubscribe -np 2 "$BIN/memtrain" "${SMALL[@]}" --data=u16:"$TMP/big.u16":256 \
+  --steps=20 --ckpt_every=0 --run_dir="$d" >"$TMP/sig.out" 2>&1 &
 pid=$!
-for _ in $(seq 3000); do grep -q "^memory:" "$TMP/sig.out" 2>/dev/null && break; sleep 0.01; done
+loading=0
+for _ in $(seq 3000); do
+  for v in $(ranks_of "$d"); do
+    [ "$(awk '/^VmRSS/ {print $2}' "/proc/$v/status" 2>/dev/null || echo 0)" -gt 150000 ] && loading=1
+  done
+  [ "$loading" -eq 1 ] && break; sleep 0.005
+done
 victims=$(ranks_of "$d")
-[ -n "$victims" ] || { cat "$TMP/sig.out"; fail "TERM while loading: no ranks found"; }
+[ "$loading" -eq 1 ] && [ -n "$victims" ] || { cat "$TMP/sig.out"; fail "TERM while loading: no rank seen loading"; }
 # shellcheck disable=SC2086
 kill -TERM $victims
 status=0; wait "$pid" || status=$?
+rm -f "$TMP/big.u16"
 cp "$TMP/sig.out" "$TMP/out"
 no_crash "TERM while loading"
-[ "$status" -eq 75 ] && grep -q "stopped by a signal after step 1;" "$TMP/out" && [ -e "$d/ckpt/ckpt-00000001.h5" ] \
-  || { cat "$TMP/out"; fail "TERM while loading the data: exit $status, expected 75 after step 1 with its checkpoint"; }
-pass "TERM to the ranks while they load the data: stopped after step 1 with a checkpoint, exit 75"
+[ "$status" -eq 75 ] && [ ! -e "$d" ] \
+  && grep -q "^memtrain: stopped by a signal while loading the data, before the first step: nothing was written$" "$TMP/out" \
+  || { cat "$TMP/out"; ls -R "$d" 2>&1 | head; fail "TERM while loading the data: exit $status, expected 75 and no run directory"; }
+pass "TERM to the ranks while they load the data: stopped before the first step, nothing written, exit 75"
 
 echo "($SECONDS s)"
 # ---- 7. the run lock, and a killed launcher with a resume racing it ----

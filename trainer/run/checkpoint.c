@@ -42,9 +42,7 @@ static int check_streams(const trainer_stream_state *st, int vocab, const char *
         io_stream pos = {.stream = s, .nstreams = st->nstreams, .doc_count = st->cursor[2 * b],
                          .pos = st->cursor[2 * b + 1], .shuffle = st->shuffle,
                          .by_class = st->by_class, .seed = st->data_seed};
-        /* 2^48 documents a stream: beyond any run, and far from overflowing what counts them */
-        int ok = pos.doc_count >= 0 && pos.doc_count <= ((int64_t)1 << 48) && pos.pos >= 0 &&
-                 (!st->data || io_stream_valid(&pos, st->data));
+        int ok = pos.doc_count >= 0 && pos.pos >= 0 && (!st->data || io_stream_valid(&pos, st->data));
         if (!ok) {
             snprintf(err, n, "%s: streams/cursor of stream %d (%lld, %lld) lies outside the data "
                      "(damaged, or a checkpoint of other data)", path, s,
@@ -301,6 +299,22 @@ typedef struct member {
     trainer_config cfg;                   /* its stored config */
 } member;
 
+/* The step a checkpoint holds against its name: a negative one is damage, and a file named
+ * for another step was renamed or copied over. Returns 0, or -1 with the message. */
+static int check_step(const char *path, int64_t step, char *err, size_t n) {
+    int64_t named;
+    if (step < 0) {
+        snprintf(err, n, "%s: holds step %lld, which is invalid", path, (long long)step);
+        return -1;
+    }
+    if (io_ckpt_name_step(path, &named) == 0 && named != step) {
+        snprintf(err, n, "%s: its name says step %lld but it holds step %lld (renamed or copied "
+                 "over?)", path, (long long)named, (long long)step);
+        return -1;
+    }
+    return 0;
+}
+
 /* Reads who the open checkpoint ck belongs to and checks it: the step in its file name is the
  * step it holds, its run id is run_id (unless either is unknown: NULL or "", or a version 1
  * file), its config is valid and, with ref, has ref's shape. Collective: every rank gets the
@@ -308,20 +322,12 @@ typedef struct member {
 static int read_member(io_ckpt *ck, const char *run_id, const trainer_config *ref, member *mb,
                        char *err, size_t n) {
     const char *path = io_ckpt_path(ck);
-    int64_t version = 0, named;
+    int64_t version = 0;
     mb->run_id[0] = '\0';
     if (io_ckpt_get_attr_i64(ck, "step", &mb->step, err, n) != 0 ||
         io_ckpt_get_attr_i64(ck, "format_version", &version, err, n) != 0)
         return -1;
-    if (mb->step < 0) {
-        snprintf(err, n, "%s: holds step %lld, which is invalid", path, (long long)mb->step);
-        return -1;
-    }
-    if (io_ckpt_name_step(path, &named) == 0 && named != mb->step) {
-        snprintf(err, n, "%s: its name says step %lld but it holds step %lld (renamed or copied "
-                 "over?)", path, (long long)named, (long long)mb->step);
-        return -1;
-    }
+    if (check_step(path, mb->step, err, n) != 0) return -1;
     if (version >= 2) {
         char *id = NULL;
         if (io_ckpt_get_attr_str(ck, "run_id", &id, err, n) != 0) return -1;
@@ -357,10 +363,27 @@ static int read_member(io_ckpt *ck, const char *run_id, const trainer_config *re
 
 /* The newest candidate of run_dir that belongs to run_id (NULL: any run) and holds a valid
  * config: its index, its member record; or -1 with the newest refusal's reason in err. */
+/* 1, with the message, when this user may not read the checkpoint at path (rank 0 decides):
+ * that is no damage, and setting the file aside would throw away the steps it holds, so a
+ * resume stops there. Collective. */
+static int unreadable(comm_ctx *c, const char *path, char *err, size_t n) {
+    int64_t e = 0;
+    if (comm_rank(c) == 0 && access(path, R_OK) != 0 && (errno == EACCES || errno == EPERM))
+        e = errno;
+    comm_broadcast(c, &e, sizeof e, 0);
+    if (e)
+        snprintf(err, n, "%s: cannot read (%s): fix its permissions to resume from it, or move "
+                 "it away to resume from an older checkpoint", path, strerror((int)e));
+    return e != 0;
+}
+
+/* The first of paths that reads as a member of run_id's run (any run when NULL): its index,
+ * or -1 with the first failure's message, or -2 when it is one this user may not read. */
 static int first_member(comm_ctx *c, char (*paths)[IO_CKPT_PATH_MAX], int count,
                         const char *run_id, member *mb, char *err, size_t n) {
     char why[1024] = "";
     for (int i = 0; i < count; i++) {
+        if (unreadable(c, paths[i], err, n)) return -2;
         io_ckpt *ck = io_ckpt_open(c, paths[i], err, n);
         int rc = ck ? read_member(ck, run_id, NULL, mb, err, n) : -1;
         io_ckpt_close(ck);
@@ -383,7 +406,9 @@ int trainer_run_id_for_resume(comm_ctx *c, const char *run_dir, char *id, char *
     member *mb = layer_xmalloc(sizeof *mb);
     int i = first_member(c, paths, count, NULL, mb, err, n);
     int rc = 0;
-    if (i < 0) {
+    if (i == -2) {
+        rc = -1;
+    } else if (i < 0) {
         char why[600];
         snprintf(why, sizeof why, "%s", err);
         snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s", run_dir,
@@ -414,7 +439,7 @@ int trainer_ckpt_peek_config(comm_ctx *c, const char *run_dir, trainer_config *c
         *cfg = mb->cfg;
         snprintf(path, pathlen, "%s", paths[i]);
         rc = 0;
-    } else {
+    } else if (i == -1) {
         char why[600];
         snprintf(why, sizeof why, "%s", err);
         /* --resume runs/a/ckpt or --resume runs/a/ckpt/ckpt-N.h5: the run directory is meant */
@@ -452,17 +477,7 @@ int trainer_ckpt_load(comm_ctx *c, const char *path, trainer_model *m, trainer_s
     if (!ck) return -1;
     xfer x = {ck, 0, err, n};
     int rc = io_ckpt_get_attr_i64(ck, "step", step, err, n);
-    if (!rc && *step < 0) {
-        snprintf(err, n, "%s: holds step %lld, which is invalid", path, (long long)*step);
-        rc = -1;
-    }
-    int64_t named;
-    /* as on resume: a file named for another step was renamed or copied over */
-    if (!rc && io_ckpt_name_step(path, &named) == 0 && named != *step) {
-        snprintf(err, n, "%s: its name says step %lld but it holds step %lld (renamed or copied "
-                 "over?)", path, (long long)named, (long long)*step);
-        rc = -1;
-    }
+    if (!rc) rc = check_step(path, *step, err, n); /* as on resume */
     if (!rc) rc = transfer(&x, c, m, st);
     io_ckpt_close(ck);
     return rc;
@@ -509,14 +524,7 @@ int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
     snprintf(err, n, "no checkpoint in %s/ckpt to resume from", run_dir);
     int chosen = 0; /* the files before it were skipped */
     for (int i = 0; i < count; i++) {
-        /* a file this user may not read is no damage: setting it aside would throw away the
-           steps it holds, so the run stops and says so */
-        int64_t denied = 0;
-        if (comm_rank(c) == 0) denied = access(paths[i], R_OK) != 0 && (errno == EACCES || errno == EPERM);
-        comm_broadcast(c, &denied, sizeof denied, 0);
-        if (denied) {
-            snprintf(err, n, "%s: cannot read (%s): fix its permissions to resume from it, or move "
-                     "it away to resume from an older checkpoint", paths[i], strerror(EACCES));
+        if (unreadable(c, paths[i], err, n)) {
             rc = -1;
             break;
         }

@@ -61,7 +61,10 @@ static long drop_cut_row(int fd) {
     while (end > 0) { /* the last newline, read backwards a block at a time */
         off_t from = end > (off_t)sizeof buf ? end - (off_t)sizeof buf : 0;
         ssize_t got = pread(fd, buf, (size_t)(end - from), from);
-        if (got != (ssize_t)(end - from)) return -1;
+        if (got != (ssize_t)(end - from)) {
+            if (got >= 0) errno = EIO; /* a short read: the file changed under us */
+            return -1;
+        }
         off_t i = end - from;
         while (i > 0 && buf[i - 1] != '\n') i--;
         if (i > 0) {
@@ -207,6 +210,7 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
         } else if (cut > 0) {
             printf("run_dir: removed the cut-off last row of %s (%ld bytes, from a write that "
                    "failed)\n", path, cut);
+            fflush(stdout);
         }
         /* the header once: glibc reports position 0 for an append stream until it is moved */
         if (rd->csv && fseek(rd->csv, 0, SEEK_END) == 0 && ftell(rd->csv) == 0 &&

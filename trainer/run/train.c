@@ -420,6 +420,14 @@ static void install_signal_handlers(void) {
     sigaction(SIGINT, &sa, NULL);
 }
 
+/* Whether a stop signal reached any rank before the first step (while the data or the
+ * checkpoint loaded): the ranks agree, and then stop with nothing new to save. Collective. */
+static int stopped_before_start(comm_ctx *comm) {
+    int64_t sig = stop_signal;
+    comm_sum_i64(comm, &sig, 1);
+    return sig != 0;
+}
+
 /* The streams' state in the flat form of a checkpoint, and back. */
 static void streams_export(const run *r, trainer_stream_state *st) {
     for (int b = 0; b < r->B; b++) {
@@ -643,6 +651,16 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     /* data that cannot be read leaves no run directory behind */
     load_data(r);
     if (cfg->eval_every > 0) trainer_preflight_eval(comm, cfg, r->val);
+    if (stopped_before_start(comm)) { /* before the run directory is touched */
+        char from[2200] = "";
+        if (resume_dir) comm_escape(from, sizeof(from), resume_dir);
+        comm_print0(comm, "memtrain: stopped by a signal while loading the data, before the "
+                    "first step: nothing was written%s%s\n", resume_dir ? "; resume with --resume " : "",
+                    from);
+        fflush(stdout);
+        comm_finalize(comm);
+        exit(TRAINER_EXIT_INTERRUPTED);
+    }
     char header[512];
     csv_header(header, sizeof(header));
     r->rd = trainer_rundir_open(comm, cfg, resume_dir, header);
@@ -795,6 +813,14 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
     sitting z;
     memset(&z, 0, sizeof(z));
     z.first_step = resume_dir ? resume_run(r, resume_dir, changed) : 0;
+    if (resume_dir && stopped_before_start(comm)) { /* the checkpoint holds all there is */
+        char from[2200];
+        say(r, "memtrain: stopped by a signal while reading the checkpoint, before step %lld: "
+            "nothing new to save; resume with --resume %s\n", (long long)z.first_step + 1,
+            comm_escape(from, sizeof(from), resume_dir));
+        run_close(r);
+        return TRAINER_EXIT_INTERRUPTED;
+    }
     if (!resume_dir && strcmp(cfg->init_from, "none") != 0) init_from_checkpoint(r);
     keep_data(r);
     z.start = z.last_ckpt = comm_time();

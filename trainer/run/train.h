@@ -46,7 +46,7 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
 
 /* Trains as the config says, on every rank of comm together, from scratch or, when resume_dir
  * is not NULL, from the newest valid checkpoint in resume_dir/ckpt (the caller has checked
- * the configs agree; `changed`, when not NULL or empty, names the settings the resume changes
+ * the configs agree; `changed`, when neither NULL nor empty, names the settings the resume changes
  * and is logged after the resume line). Writes a checkpoint every ckpt_every steps and at the end. SIGUSR1 or
  * SIGTERM stop the run at the next step boundary with a checkpoint. Returns 0 when the run
  * finished, TRAINER_EXIT_INTERRUPTED when a signal stopped it; user errors (bad data, NaN loss)
