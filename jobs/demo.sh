@@ -20,6 +20,12 @@ if [ -e "$RUN_DIR" ] && [ ! -e "$RUN_DIR/.made-by-demo" ]; then
        "directory (make demo RUN_DIR=runs/demo2)" >&2
   exit 2
 fi
+# one demo at a time on a directory, for the whole script (training, then sampling): a
+# second would remove the first one's files under it
+mkdir -p "$(dirname "$RUN_DIR")"
+exec 9>>"$(dirname "$RUN_DIR")/.$(basename "$RUN_DIR").demo-lock"
+flock -n 9 || { echo "demo: $RUN_DIR is in use by another make demo: wait for it, or give another" \
+                      "directory (make demo RUN_DIR=runs/demo2)" >&2; exit 2; }
 rm -rf "$RUN_DIR"
 mkdir -p "$RUN_DIR"
 touch "$RUN_DIR/.made-by-demo"

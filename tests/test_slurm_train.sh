@@ -62,4 +62,28 @@ pgrep -f "$MEMTRAIN.*--run_dir=$RUN_DIR" >/dev/null && fail "ranks left running"
 mpirun --oversubscribe -np 2 "$MEMTRAIN" eval --ckpt "$RUN_DIR/ckpt/$(cat "$RUN_DIR/ckpt/LATEST")" \
   --eval_docs=4 >"$dir/eval.log" 2>&1 || { cat "$dir/eval.log"; fail "last checkpoint does not load"; }
 echo "ok: rank killed -> job $state (exit $code) after $((SECONDS - t0)) s; $(grep -o 'validation perplexity [0-9.]*' "$dir/eval.log") from the last checkpoint"
+# 3. scancel --batch --signal=TERM stops a job for good: a checkpoint, status 75, no requeue
+#    (only the time limit's USR1 requeues), though the job may be requeued
+export RUN_DIR=$dir/stop
+job=$(sbatch --parsable -n 2 --requeue -o "$dir/stop.out" jobs/train.sbatch jobs/configs/memformer.conf \
+  "${CONF[@]}" --steps=100000)
+wait_state "$job" 60 RUNNING >/dev/null
+for _ in $(seq 600); do [ -s "$RUN_DIR/metrics.csv" ] && [ "$(wc -l <"$RUN_DIR/metrics.csv")" -ge 3 ] && break; sleep 0.1; done
+scancel --batch --signal=TERM "$job"
+state=$(wait_state "$job" 120 "COMPLETED|FAILED|CANCELLED|TIMEOUT")
+grep -q "checkpoint written; resubmit to continue" "$dir/stop.out" || { cat "$dir/stop.out"; fail "TERM: no stop line"; }
+! grep -q "job requeued" "$dir/stop.out" || fail "TERM requeued the job"
+[ "$(job_field "$job" Restarts)" = 0 ] && [ "$(job_field "$job" ExitCode)" = "75:0" ] \
+  || fail "TERM: Restarts=$(job_field "$job" Restarts) ExitCode=$(job_field "$job" ExitCode), state $state"
+[ -e "$RUN_DIR/ckpt/LATEST" ] || fail "TERM: no checkpoint"
+echo "ok: scancel --batch --signal=TERM: checkpoint, exit 75, not requeued"
+
+# 4. mpirun -np 1 inside a 2-task allocation (the first point of a scaling sweep) runs
+printf '#!/usr/bin/env bash\nmpirun -q -np 1 "%s" --config jobs/configs/memformer.conf %s --steps=6 --run_dir="%s"\n' \
+  "$MEMTRAIN" "${CONF[*]}" "$dir/one" >"$dir/one.sbatch"
+job=$(sbatch --parsable -n 2 -o "$dir/one.out" "$dir/one.sbatch")
+state=$(wait_state "$job" 120 "COMPLETED|FAILED|CANCELLED|TIMEOUT")
+[ "$state" = COMPLETED ] && grep -q "^summary: steps 1-6 of 6" "$dir/one.out" \
+  || { cat "$dir/one.out"; fail "mpirun -np 1 in a 2-task allocation: $state"; }
+echo "ok: mpirun -np 1 in a 2-task allocation trains"
 echo "test_slurm_train: all passed"

@@ -88,6 +88,17 @@ mv "$TMP/one.moved" "$TMP/one.txt"
 [ "$status" -eq 0 ] && grep -q "prompt 'one'" "$TMP/out" || { cat "$TMP/out"; fail "text sample"; }
 pass "a one-document text file trains with val_data; text sampling refuses image options"
 
+# ---- make demo: a second one on a directory in use is refused and removes nothing ----
+mkdir -p "$TMP/dm/demo"; touch "$TMP/dm/demo/.made-by-demo" "$TMP/dm/demo/keep"
+( flock 9; sleep 20 ) 9>>"$TMP/dm/.demo.demo-lock" &   # a demo at work there
+holder=$!
+sleep 0.5
+status=0; RUN_DIR=$TMP/dm/demo bash jobs/demo.sh >"$TMP/out" 2>&1 || status=$?
+kill "$holder"; wait "$holder" 2>/dev/null || true
+[ "$status" -eq 2 ] && grep -q "^demo: $TMP/dm/demo is in use by another make demo" "$TMP/out" \
+  && [ -e "$TMP/dm/demo/keep" ] || { cat "$TMP/out"; fail "a second make demo on a directory in use"; }
+pass "make demo on a directory another demo is using: refused in one line, nothing removed"
+
 # ---- the command line ----
 mt 0 eval --help
 grep -q -- "--ckpt FILE" "$TMP/out" && ! grep -q "^  arch" "$TMP/out" || { cat "$TMP/out"; fail "eval --help"; }

@@ -501,10 +501,15 @@ static int check_resume(cli *c, comm_ctx *comm, char *err, size_t n) {
     return 0;
 }
 
-/* `srun memtrain` without MPI support starts N unrelated one-process jobs. */
+/* Whether a launcher started this process as a rank (mpirun sets these, also for -np 1),
+ * read before MPI starts: a singleton's own initialisation may set some of them. */
+static int launched_as_rank;
+
+/* `srun memtrain` without MPI support, or a plain `memtrain` in an allocation, starts
+ * unrelated one-process jobs; `mpirun -np 1` inside one (a sweep's first point) is meant. */
 static int check_one_job(comm_ctx *comm, char *err, size_t n) {
     const char *ntasks = getenv("SLURM_NTASKS");
-    if (!ntasks || atoi(ntasks) <= 1 || comm_size(comm) != 1) return 0;
+    if (!ntasks || atoi(ntasks) <= 1 || comm_size(comm) != 1 || launched_as_rank) return 0;
     snprintf(err, n,
              "started as a single MPI process but Slurm allocated SLURM_NTASKS=%s tasks: launch "
              "with 'mpirun memtrain ...' inside the allocation (or 'srun --mpi=pmix memtrain ...')",
@@ -642,6 +647,7 @@ int main(int argc, char **argv) {
     trainer_blas_choose(argv); /* may re-execute this program: before anything starts */
     if (srun_without_pmi()) return 2;
     trainer_watchdog_start(); /* before MPI: it reads the launcher's environment */
+    launched_as_rank = getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMIX_RANK") != NULL;
     comm_ctx *comm = comm_init(&argc, &argv);
     static cli c;
     c.argc = argc;
