@@ -116,6 +116,10 @@ done
 STEPS=${STEPS:-$steps}
 SEEDS=${SEEDS:-$seeds}
 UNTIL=${UNTIL:-$STEPS}
+if [ "$UNTIL" -eq 0 ]; then # memtrain's stop_after = 0 means no stop: not what 0 asks
+  echo "experiments: UNTIL=0: expected a step from 1 to STEPS=$STEPS" >&2
+  exit 2
+fi
 if [ "$UNTIL" -gt "$STEPS" ]; then
   echo "experiments: UNTIL=$UNTIL is past STEPS=$STEPS" >&2
   exit 2

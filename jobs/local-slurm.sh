@@ -179,10 +179,12 @@ start() {
     echo "local-slurm: already running in $dir (stop it first)" >&2
     exit 1
   fi
-  if ! [[ ${LOCAL_SLURM_CPUS:-1} =~ ^[1-9][0-9]*$ ]]; then
-    echo "local-slurm: LOCAL_SLURM_CPUS='$LOCAL_SLURM_CPUS' is not a positive integer" >&2
-    exit 2
-  fi
+  for v in LOCAL_SLURM_CPUS LOCAL_SLURM_TIMEOUT LOCAL_SLURM_CRED_EXPIRE; do
+    if ! [[ ${!v:-1} =~ ^[1-9][0-9]{0,8}$ ]]; then
+      echo "local-slurm: $v='${!v}' is not a positive integer" >&2
+      exit 2
+    fi
+  done
   # munged refuses key/socket directories that others can write to; the socket directory stays
   # searchable so that other users may submit jobs too.
   install -d -m 0700 "$dir/state" "$dir/spool" "$dir/run" "$dir/log"

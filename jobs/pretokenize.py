@@ -115,6 +115,9 @@ def main():
     for w in writes:
         if os.path.lexists(w):
             sys.exit("pretokenize: %s exists: choose another --out or remove it" % w)
+    for p in args.inputs:  # a FIFO or a device would block or never end
+        if os.path.exists(p) and not os.path.isfile(p):
+            sys.exit("pretokenize: %s: not a regular file" % p)
     try:
         data = b"".join(open(p, "rb").read() for p in args.inputs)
     except OSError as e:

@@ -803,9 +803,14 @@ def main(argv):
     try:
         text, step, sd = read_checkpoint(args.ckpt)
     except OSError as e:  # missing, unreadable, not HDF5
-        refuse("%s: %s" % (args.ckpt, e.strerror or e))
+        refuse("%s: %s" % (args.ckpt, e.strerror or str(e).splitlines()[0]))
+    except ValueError as e:  # HDF5, but not a memtrain checkpoint
+        refuse(str(e).splitlines()[0])
     cfg = parse_config(text)
     cfg.update(overrides)  # what data is read and how much; never the model
+    if "eval_docs" in overrides and not re.fullmatch(r"(0|[1-9][0-9]{0,9})", overrides["eval_docs"]):
+        refuse("eval_docs = %s: expected an integer >= 0 (0: every validation document)"
+               % overrides["eval_docs"])
 
     if args.eval and cfg.get("val_data", "split") != "split":
         refuse("val_data = %s: --eval reads the data's own validation split only"

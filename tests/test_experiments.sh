@@ -14,6 +14,15 @@ source "$(dirname "$0")/lib.sh"
 cd "$TOP" || exit 1
 export BUILD=${BUILD:-build}
 
+# refusals of its settings: one line, exit 2, nothing made
+for bad in "STEPS=abc" "UNTIL=0" "UNTIL=7 STEPS=6" "NP=08"; do
+  status=0
+  env $bad jobs/experiments.sh tiny "$TMP/refused" >"$TMP/r.log" 2>&1 || status=$?
+  [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.log")" -eq 1 ] && grep -q "^experiments: " "$TMP/r.log" \
+    && [ ! -e "$TMP/refused" ] || { cat "$TMP/r.log"; fail "experiments.sh with $bad: exit $status"; }
+done
+pass "experiments.sh refuses non-numeric, zero and past-the-end settings in one line"
+
 out=$TMP/exp
 STEPS=6 UNTIL=4 jobs/experiments.sh tiny "$out" >"$TMP/s1.log" 2>&1 \
   || { cat "$TMP/s1.log"; fail "first sitting exited non-zero"; }

@@ -144,6 +144,11 @@ status=0
 /usr/bin/python3 "$TOOL" "$TMP/missing.h5" >"$TMP/r.out" 2>&1 || status=$?
 [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && grep -q "^to_torch: $TMP/missing.h5: " "$TMP/r.out" \
   || { cat "$TMP/r.out"; fail "a missing checkpoint: not one line and exit 2"; }
+/usr/bin/python3 -c "import h5py, sys; h5py.File(sys.argv[1], 'w')['x'] = [1]" "$TMP/other.h5"
+status=0
+/usr/bin/python3 "$TOOL" "$TMP/other.h5" --no-save --eval >"$TMP/r.out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(cat "$TMP/r.out")" = "to_torch: $TMP/other.h5: not a memtrain checkpoint" ] \
+  || { cat "$TMP/r.out"; fail "an HDF5 file that is no checkpoint: not one line and exit 2"; }
 last=$(ls "$TMP"/*/ckpt/ckpt-*.h5 | tail -1)
 cp "$last" "$TMP/v.h5"
 status=0
