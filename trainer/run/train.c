@@ -631,8 +631,8 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     memset(r, 0, sizeof(*r));
     r->comm = comm;
     r->cfg = cfg;
-    /* from the start: a stop signal while the data or the checkpoint loads is kept for the
-       first step boundary, not the default death without a checkpoint or status 75 */
+    /* from the start: a stop signal while the data or the checkpoint loads ends the run before
+       its first step (stopped_before_start) with status 75, not the default death */
     install_signal_handlers();
     comm_escape(r->dir, sizeof(r->dir), cfg->run_dir);
     int P = comm_size(comm), rank = comm_rank(comm);
