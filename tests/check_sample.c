@@ -67,6 +67,9 @@ START_TEST(test_options) {
     trainer_sample_args u = {.top_p = "1e-320"}; /* in (0, 1] as written, zero as a float */
     ck_assert_int_eq(trainer_sample_options_read(&o, "sample", &u, err, sizeof err), -1);
     ck_assert_msg(strstr(err, "--top-p = 1e-320: too small for a float"), "%s", err);
+    trainer_sample_args w = {.temperature = "1e400"}; /* past float's range, not the option's */
+    ck_assert_int_eq(trainer_sample_options_read(&o, "sample", &w, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "--temperature = 1e400: too large for a float"), "%s", err);
     trainer_sample_args c = {.top_k = "3"};
     ck_assert_int_eq(trainer_sample_options_read(&o, "train", &c, err, sizeof err), -1);
     ck_assert_msg(strstr(err, "--top-k is an option of memtrain sample"), "%s", err);

@@ -413,8 +413,8 @@ static int set_key(trainer_config *c, const key_def *d, const char *value, char 
         errno = 0;
         float v = strtof(value, &end);
         if (end != value && *end == '\0' && errno == ERANGE) /* the range is not what failed */
-            return config_fail(err, n, "%s = %.60s: too %s for a float", d->name, value,
-                               fabsf(v) < 1.0f ? "small" : "large");
+            return config_fail(err, n, "%s = %.60s: %s", d->name, value,
+                               trainer_float_range_problem(v));
         if (end == value || *end != '\0' || errno == ERANGE || !float_in_range(d, v))
             return bad_value(d, value, err, n);
         memcpy(field(c, d), &v, sizeof v);
@@ -647,6 +647,10 @@ static int check_key(const trainer_config *c, const key_def *d, char *err, size_
     }
     }
     return 0;
+}
+
+const char *trainer_float_range_problem(float v) {
+    return fabsf(v) < 1.0f ? "too small for a float" : "too large for a float";
 }
 
 int trainer_config_rope_dim(const trainer_config *c) {

@@ -239,6 +239,11 @@ int trainer_config_diff_other(const trainer_config *a, const trainer_config *b, 
  * to be an even whole number >= 2 when pos = rope; 0 when pos = learned. */
 int trainer_config_rope_dim(const trainer_config *c);
 
+/* What is wrong with a number strtof read whole but set ERANGE for (v: what it returned):
+ * "too small for a float" (underflow) or "too large for a float". Used wherever a float is
+ * read from text, so a range error is never reported as the key's own range. */
+const char *trainer_float_range_problem(float v);
+
 /* Whether arg is flag (e.g. "--top-k") or flag followed by '=', reading '-' and '_' as one
  * after the first two characters as well ("--top_k=5" matches "--top-k"). */
 bool trainer_config_flag_matches(const char *arg, const char *flag);

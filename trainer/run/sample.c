@@ -146,9 +146,9 @@ int trainer_sample_options_read(trainer_sample_options *o, const char *cmd,
         int bad = end == t || *end || errno == ERANGE || !(v >= opt[i].lo) || !(v <= opt[i].hi) ||
                   (opt[i].lo_open && v == opt[i].lo);
         if (bad) {
-            if (t[0] && errno == ERANGE && fabs(v) < 1.0) /* underflow: in range as written */
-                snprintf(err, n, "%s = %s: too small for a float (expected %s)", opt[i].name, t,
-                         range);
+            if (t[0] && !opt[i].integer && end != t && !*end && errno == ERANGE)
+                snprintf(err, n, "%s = %s: %s (expected %s)", opt[i].name, t,
+                         trainer_float_range_problem((float)v), range);
             else if (t[0]) snprintf(err, n, "%s = %s: expected %s", opt[i].name, t, range);
             else snprintf(err, n, "%s has no value: expected %s", opt[i].name, range);
             return -1;
