@@ -29,9 +29,21 @@ flock -n 9 || { echo "demo: $RUN_DIR is in use by another make demo: wait for it
 rm -rf "$RUN_DIR"
 mkdir -p "$RUN_DIR"
 touch "$RUN_DIR/.made-by-demo"
-mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" train --config jobs/configs/demo.conf \
-  --run_dir="$RUN_DIR" "$@"
+# shellcheck source=jobs/lib/ranks.sh
+. jobs/lib/ranks.sh
+# a stop signal (TERM, INT, HUP) reaches the ranks: training checkpoints and ends
+stopped() {
+  echo "demo: stopped by $ranks_stopped_by$1" >&2
+  exit "$ranks_stop_status"
+}
+status=0
+run_ranks demo mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" train \
+  --config jobs/configs/demo.conf --run_dir="$RUN_DIR" "$@" || status=$?
+[ -z "$ranks_stopped_by" ] || stopped " while training (its checkpoint is in $RUN_DIR/ckpt)"
+[ "$status" -eq 0 ] || exit "$status"
 last=$RUN_DIR/ckpt/$(cat "$RUN_DIR/ckpt/LATEST")
-mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" sample --ckpt "$last" --count 16 \
-  --temperature 1 --top-p 1 --seed=1 --out "$RUN_DIR/samples.png"
+run_ranks demo mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" sample --ckpt "$last" \
+  --count 16 --temperature 1 --top-p 1 --seed=1 --out "$RUN_DIR/samples.png" || status=$?
+[ -z "$ranks_stopped_by" ] || stopped " while sampling"
+[ "$status" -eq 0 ] || exit "$status"
 echo "demo: metrics in $RUN_DIR/metrics.csv, checkpoint $last, samples $RUN_DIR/samples.png"

@@ -126,12 +126,28 @@ if [ "$UNTIL" -gt "$STEPS" ]; then
 fi
 stop=$UNTIL
 [ "$UNTIL" -eq "$STEPS" ] && stop=0
+# an output directory holds one set: its runs are found again by arm name and seed, and the
+# arms of main-fmnist and main-brown (or wall) share names
+if [ -f "$out/set" ] && [ "$(cat "$out/set")" != "$set_name" ]; then
+  echo "experiments: $out holds the runs of set '$(cat "$out/set")', not '$set_name': give another OUT_DIR" >&2
+  exit 2
+fi
 mkdir -p "$out"
+echo "$set_name" >"$out/set"
+# shellcheck source=jobs/lib/ranks.sh
+. jobs/lib/ranks.sh
 
 for row in "${arms[@]}"; do
   read -r arm args <<<"$row"
   for seed in $SEEDS; do
     run=$out/$arm-s$seed
+    # the arm's settings as this script gives them, kept in the run: a run started with
+    # others (an edited arm, a directory copied in) is not taken as this arm's
+    if [ -f "$run/arm" ] && [ "$(cat "$run/arm")" != "$args" ]; then
+      echo "experiments: $run was started with other settings ($(cat "$run/arm")), not this" \
+           "arm's ($args): move it away, or give another OUT_DIR" >&2
+      exit 2
+    fi
     if ls "$run"/ckpt/ckpt-*.h5 >/dev/null 2>&1; then
       done_steps=$(tail -n 1 "$run/metrics.csv" | cut -d, -f1)
       if [ "${done_steps:-0}" -ge "$UNTIL" ]; then
@@ -139,18 +155,34 @@ for row in "${arms[@]}"; do
         continue
       fi
       echo "== $arm seed $seed: continuing from step $done_steps to $UNTIL of $STEPS"
+      [ -f "$run/arm" ] || printf '%s\n' "$args" >"$run/arm" # a run from before arm files
       cmd=(--resume "$run" --steps="$STEPS" --stop_after="$stop")
     else
       echo "== $arm seed $seed: steps 1 to $UNTIL of $STEPS"
       mkdir -p "$run"
+      printf '%s\n' "$args" >"$run/arm"
       # shellcheck disable=SC2206 # args is a list of options
       cmd=(--config jobs/configs/experiment-base.conf --ckpt_every=500 $args --seed="$seed"
            --data_seed="$seed"
            --steps="$STEPS" --stop_after="$stop" --run_dir="$run")
     fi
-    # each rank's peak memory (KiB) from /usr/bin/time, one line per rank and sitting
-    if ! mpirun -q --oversubscribe -np "$NP" /usr/bin/time -a -o "$run/peak_kib" -f %M \
-        "$BIN/memtrain" "${cmd[@]}" >>"$run/log.txt" 2>&1; then
+    # each rank's peak memory (KiB) from /usr/bin/time, one line per rank and sitting; time
+    # ignores USR1 (mpirun passes a stop to each rank's process group), memtrain handles it
+    status=0
+    run_ranks experiments mpirun -q --oversubscribe -np "$NP" \
+      sh -c 'trap "" USR1; exec /usr/bin/time -a -o "$0" -f %M "$@"' "$run/peak_kib" \
+      "$BIN/memtrain" "${cmd[@]}" >>"$run/log.txt" 2>&1 || status=$?
+    if [ -n "$ranks_stopped_by" ]; then
+      grep -E '^(step|checkpoint:) ' "$run/log.txt" | tail -n 2 | sed 's/^/   /'
+      if [ "$status" -eq 75 ]; then
+        echo "experiments: stopped by $ranks_stopped_by: $arm seed $seed wrote a checkpoint;" \
+             "run the same command again to continue" >&2
+        exit 75
+      fi
+      echo "experiments: stopped by $ranks_stopped_by (log: $run/log.txt)" >&2
+      exit "$ranks_stop_status"
+    fi
+    if [ "$status" -ne 0 ]; then
       tail -n 20 "$run/log.txt" >&2
       echo "experiments: $arm seed $seed failed (log: $run/log.txt)" >&2
       exit 1

@@ -58,6 +58,11 @@ die() { echo "scaling.sh: $*" >&2; exit 1; }
 [ "$STEPS" -ge $(( 2 * LOG_EVERY )) ] || die "STEPS ($STEPS) must hold two log windows of $LOG_EVERY steps (one is warm-up)"
 [ "$STRONG_STREAMS" -ge "$MAXP" ] || die "STRONG_STREAMS ($STRONG_STREAMS) must be at least MAXP ($MAXP)"
 mkdir -p "$OUT"
+# one sweep at a time in OUT: a second would remove the first one's runs under it
+exec 9>>"$OUT/.lock"
+flock -n 9 || die "$OUT is in use by another scaling.sh: wait for it, or give another OUT_DIR"
+# shellcheck source=jobs/lib/ranks.sh
+. jobs/lib/ranks.sh
 ROWS=$OUT/runs.tmp
 : >"$ROWS"
 
@@ -71,11 +76,17 @@ run() {
   [ "$p" -gt "$CORES" ] && note=" (oversubscribed: $p ranks on $CORES cores)"
   echo "== $mode P=$p streams=$streams repeat $rep$note"
   cut -d' ' -f1 /proc/loadavg >"$dir/load1"
+  local status=0
   # shellcheck disable=SC2086 # MPIRUN_ARGS is a list of options
-  if ! mpirun --oversubscribe $MPIRUN_ARGS -np "$p" "$BIN" train --config "$CONF" \
+  run_ranks scaling.sh mpirun --oversubscribe $MPIRUN_ARGS -np "$p" "$BIN" train --config "$CONF" \
       --streams="$streams" --stream_block=$(( streams / p )) --steps="$STEPS" \
       --warmup="$WARMUP" --log_every="$LOG_EVERY" \
-      --eval_every=0 --ckpt_every=0 --run_dir="$dir" </dev/null >"$dir/log.txt" 2>&1; then
+      --eval_every=0 --ckpt_every=0 --run_dir="$dir" </dev/null >"$dir/log.txt" 2>&1 || status=$?
+  if [ -n "$ranks_stopped_by" ]; then
+    echo "scaling.sh: stopped by $ranks_stopped_by during the $mode run at P=$p" >&2
+    exit "$ranks_stop_status"
+  fi
+  if [ "$status" -ne 0 ]; then
     cat "$dir/log.txt" >&2
     die "$mode run on $p ranks failed (log: $dir/log.txt)"
   fi
@@ -89,6 +100,8 @@ if [ "$PLOT_ONLY" = 1 ]; then
     [ -f "$d/r1/metrics.csv" ] || die "PLOT_ONLY: no $d/r1/metrics.csv (run the sweep first)"
   done <"$ROWS"
 else
+  # a new sweep: the runs of an earlier one (other repeats, settings or rank counts) go
+  rm -rf "$OUT"/weak-p* "$OUT"/strong-p*
   for rep in $(seq 1 "$REPEATS"); do
     while read -r mode p streams _; do
       if [ "$rep" -gt 1 ] && [ "$p" -gt "$CORES" ]; then continue; fi

@@ -90,3 +90,38 @@ a=$(awk -F, '$1 == 5 || $1 == 6 {print $1, $2}' "$out/a-s1/metrics.csv" | sort -
 b=$(awk -F, '$1 == 5 || $1 == 6 {print $1, $2}' "$TMP/straight/metrics.csv")
 [ -n "$a" ] && [ "$a" = "$b" ] || fail "continued losses differ: '$a' vs '$b'"
 pass "continued run matches the uninterrupted one at steps 5 and 6"
+
+# an output directory holds one set, and a run its own arm's settings: refused in one line
+for case in "hash $out" "tiny $out edited"; do
+  read -r set dir edited <<<"$case"
+  [ -z "$edited" ] || { cp "$out/a-s1/arm" "$TMP/arm"; echo "--d_model=32" >"$out/a-s1/arm"; }
+  status=0
+  STEPS=6 jobs/experiments.sh "$set" "$dir" >"$TMP/r.log" 2>&1 || status=$?
+  [ -z "$edited" ] || cp "$TMP/arm" "$out/a-s1/arm"
+  [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.log")" -eq 1 ] && grep -q "^experiments: $out" "$TMP/r.log" \
+    || { cat "$TMP/r.log"; fail "experiments.sh $case: exit $status"; }
+done
+[ "$(cat "$out/set")" = tiny ] || fail "the refused set changed $out/set"
+pass "another set's directory and a run started with other settings are refused"
+
+# TERM to the script stops its ranks with a checkpoint (75), and the next sitting goes on
+long=$TMP/long
+STEPS=100000 jobs/experiments.sh tiny "$long" >"$TMP/t.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do
+  grep -q '^step ' "$long/a-s1/log.txt" 2>/dev/null && break
+  sleep 0.1
+done
+kill -TERM "$pid"
+status=0
+wait "$pid" || status=$?
+[ "$status" -eq 75 ] && grep -q 'experiments: stopped by TERM: a seed 1 wrote a checkpoint' "$TMP/t.log" \
+  || { cat "$TMP/t.log"; fail "TERM to experiments.sh: exit $status"; }
+! pgrep -f "memtrain .*$long" >/dev/null || fail "ranks still running after experiments.sh stopped"
+at=$(sed 's/^ckpt-0*\([0-9]*\)\.h5$/\1/' "$long/a-s1/ckpt/LATEST")
+[ "$at" -gt 0 ] || fail "no checkpoint after the stop"
+STEPS=100000 UNTIL=$((at + 2)) jobs/experiments.sh tiny "$long" >"$TMP/t2.log" 2>&1 \
+  || { cat "$TMP/t2.log"; fail "the sitting after TERM failed"; }
+grep -q "a seed 1: continuing from step $at to $((at + 2))" "$TMP/t2.log" \
+  || { cat "$TMP/t2.log"; fail "the sitting after TERM did not continue from step $at"; }
+pass "TERM checkpoints the running arm (step $at), leaves no rank running, and the next sitting continues"

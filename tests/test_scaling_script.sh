@@ -18,8 +18,12 @@ export BUILD=${BUILD:-build}
 
 # ---- the sweep script ----
 out="$TMP/scaling out" # a path with a space, as users have
+# an earlier sweep's runs (a third repeat, P = 3) must not be mixed into this one's
+mkdir -p "$out/weak-p1/r3" "$out/strong-p3/r1"
+echo "not a metrics file" >"$out/weak-p1/r3/metrics.csv"
 MAXP=2 STEPS=6 REPEATS=1 jobs/scaling.sh "$out" >"$TMP/sweep.log" 2>&1 \
   || { cat "$TMP/sweep.log"; fail "jobs/scaling.sh exited non-zero"; }
+[ ! -e "$out/weak-p1/r3" ] && [ ! -e "$out/strong-p3" ] || fail "an earlier sweep's runs were kept"
 grep -q 'oversubscribed' "$TMP/sweep.log" || fail "sweep output does not explain oversubscribed runs"
 /usr/bin/python3 - "$out/scaling.csv" <<'PY' || fail "scaling.csv is not as expected"
 import csv, sys
@@ -53,6 +57,30 @@ for f in tokens_per_s efficiency bytes a2a_share; do
 done
 grep -q '^| 2 |' "$out/comm_model.md" || fail "comm_model.md has no P = 2 row"
 pass "scaling.sh: CSV rows and columns, PNG plots, comm_model.md"
+
+# a second sweep on the same OUT_DIR is refused in one line while the first holds it
+status=0
+( exec 9>>"$out/.lock"; flock -n 9
+  MAXP=1 STEPS=2 REPEATS=1 jobs/scaling.sh "$out" 9>&- >"$TMP/second.log" 2>&1 ) || status=$?
+[ "$status" -eq 1 ] && [ "$(wc -l <"$TMP/second.log")" -eq 1 ] \
+  && grep -q "is in use by another scaling.sh" "$TMP/second.log" && [ -d "$out/weak-p2/r1" ] \
+  || { cat "$TMP/second.log"; fail "a second sweep on one OUT_DIR: exit $status"; }
+pass "a second sweep on a busy OUT_DIR is refused and removes nothing"
+
+# TERM to the script stops its ranks: none is left running
+STEPS=100000 MAXP=1 REPEATS=1 LOG_EVERY=1 jobs/scaling.sh "$TMP/stopped" >"$TMP/stop.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do
+  grep -q '^step ' "$TMP/stopped/weak-p1/r1/log.txt" 2>/dev/null && break
+  sleep 0.1
+done
+kill -TERM "$pid"
+status=0
+wait "$pid" || status=$?
+[ "$status" -eq 143 ] && grep -q 'scaling.sh: stopped by TERM during the weak run at P=1' "$TMP/stop.log" \
+  || { cat "$TMP/stop.log"; fail "TERM to scaling.sh: exit $status"; }
+! pgrep -f "memtrain .*$TMP/stopped" >/dev/null || fail "ranks still running after scaling.sh stopped"
+pass "TERM to scaling.sh stops its ranks (exit 143)"
 
 # ---- the model by hand ----
 # decoder, 1 layer, d_model 8, tau 2, expand_bits 0: K = 4 tables of 4 rows per group;
