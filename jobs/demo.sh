@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 BIN=${BUILD:-build}/bin
 NP=${NP:-2}
 RUN_DIR=${RUN_DIR:-runs/demo}
+[[ $NP =~ ^[1-9][0-9]{0,3}$ ]] || { echo "demo: NP=$NP: expected a number of ranks from 1" >&2; exit 2; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 export OMPI_MCA_btl_base_warn_component_unused=0
 # the directory is made anew, but only one an earlier make demo made: a run of demo.conf

@@ -77,6 +77,20 @@ grep -q "checkpoint written; resubmit to continue" "$dir/stop.out" || { cat "$di
   || fail "TERM: Restarts=$(job_field "$job" Restarts) ExitCode=$(job_field "$job" ExitCode), state $state"
 [ -e "$RUN_DIR/ckpt/LATEST" ] || fail "TERM: no checkpoint"
 echo "ok: scancel --batch --signal=TERM: checkpoint, exit 75, not requeued"
+# the resubmitted job applies its CONFIG over the checkpoint's settings (the job script, run
+# by hand here: the same path as under Slurm): another model is refused in one line with the
+# run left as it was, another lr is listed as changed
+before=$(ls "$RUN_DIR/ckpt")
+status=0
+bash jobs/train.sbatch jobs/configs/demo.conf >"$dir/other.out" 2>&1 || status=$?
+[ "$status" -ne 0 ] && [ "$(grep -c '^memtrain: cannot resume .*the model.s shape would change: arch (memformer -> decoder)' "$dir/other.out")" -eq 1 ] \
+  && [ "$(ls "$RUN_DIR/ckpt")" = "$before" ] || { cat "$dir/other.out"; fail "a job with another CONFIG resumed the run"; }
+at=$(sed 's/^ckpt-0*\([0-9]*\)\.h5$/\1/' "$RUN_DIR/ckpt/LATEST")
+bash jobs/train.sbatch jobs/configs/memformer.conf "${CONF[@]}" --steps=100000 --stop_after=$((at + 1)) \
+  --lr=0.002 >"$dir/lr.out" 2>&1 || { cat "$dir/lr.out"; fail "resubmitted job with another lr"; }
+grep -q '^resume: changed settings: .*lr (0.003 -> 0.002)' "$dir/lr.out" \
+  || { cat "$dir/lr.out"; fail "the resumed job did not list lr as changed"; }
+echo "ok: a resubmitted job resumes with its CONFIG's settings: another model refused, another lr listed"
 
 # 4. mpirun -np 1 inside a 2-task allocation (the first point of a scaling sweep) runs
 printf '#!/usr/bin/env bash\nmpirun -q -np 1 "%s" --config jobs/configs/memformer.conf %s --steps=6 --run_dir="%s"\n' \

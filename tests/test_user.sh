@@ -99,6 +99,11 @@ kill "$holder"; wait "$holder" 2>/dev/null || true
   && [ -e "$TMP/dm/demo/keep" ] || { cat "$TMP/out"; fail "a second make demo on a directory in use"; }
 pass "make demo on a directory another demo is using: refused in one line, nothing removed"
 
+status=0; NP=two RUN_DIR=$TMP/dm/np bash jobs/demo.sh >"$TMP/out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(cat "$TMP/out")" = "demo: NP=two: expected a number of ranks from 1" ] \
+  && [ ! -e "$TMP/dm/np" ] || { cat "$TMP/out"; fail "make demo NP=two: exit $status"; }
+pass "make demo NP=two: refused in one line"
+
 # ---- make demo stopped by TERM: its ranks checkpoint and end, none is left running ----
 RUN_DIR=$TMP/dm/stop bash jobs/demo.sh --d_model=16 --steps=100000 --log_every=1 --eval_every=0 \
   >"$TMP/demo.log" 2>&1 &
