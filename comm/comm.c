@@ -179,10 +179,43 @@ char *comm_escape(char *dst, size_t n, const char *src) {
     return dst;
 }
 
+/* Rank 0's transcript (a run's train.log): once set, what comm_print0 and the error lines
+ * print is also written there, starting with what was printed before it was set (held, up to
+ * TRANSCRIPT_HOLD bytes: the memory estimate and the plan come before the run directory is
+ * opened). One per process, like the flags above. */
+enum { TRANSCRIPT_HOLD = 1 << 16 };
+static FILE *transcript;
+static char *held;
+static size_t held_len;
+
+static void transcribe(const char *text, size_t len) {
+    if (transcript) {
+        fwrite(text, 1, len, transcript);
+        fflush(transcript);
+        return;
+    }
+    if (held_len + len > TRANSCRIPT_HOLD) return; /* a command that never opens one */
+    if (!held && !(held = malloc(TRANSCRIPT_HOLD))) return;
+    memcpy(held + held_len, text, len);
+    held_len += len;
+}
+
+void comm_transcript(const comm_ctx *c, FILE *log) {
+    if (c->rank != 0) return;
+    transcript = log;
+    if (log && held_len) transcribe(held, held_len);
+    free(held);
+    held = NULL;
+    held_len = 0;
+}
+
 static void print_line(const char *prefix, const char *msg) {
-    char line[2048];
-    fprintf(stderr, "memtrain: %s%s\n", prefix, comm_escape(line, sizeof line, msg));
+    char line[2048], out[2200];
+    int n = snprintf(out, sizeof out, "memtrain: %s%s\n", prefix,
+                     comm_escape(line, sizeof line, msg));
+    fputs(out, stderr);
     fflush(stderr);
+    transcribe(out, n < (int)sizeof out ? (size_t)n : sizeof out - 1);
 }
 
 void comm_warn0(const comm_ctx *c, const char *msg) {
@@ -232,12 +265,32 @@ void comm_exit_error(comm_ctx *c, const char *msg) {
     exit(2);
 }
 
-void comm_print0(const comm_ctx *c, const char *fmt, ...) {
+void comm_vprint0(const comm_ctx *c, const char *fmt, va_list ap) {
     if (c->rank != 0) return;
+    char small[1024], *text = small;
+    va_list again;
+    va_copy(again, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    if (n < 0) {
+        va_end(again);
+        return;
+    }
+    if ((size_t)n >= sizeof small) {
+        text = malloc((size_t)n + 1);
+        if (text) vsnprintf(text, (size_t)n + 1, fmt, again);
+    }
+    va_end(again);
+    if (!text) return;
+    fputs(text, stdout);
+    fflush(stdout);
+    transcribe(text, (size_t)n);
+    if (text != small) free(text);
+}
+
+void comm_print0(const comm_ctx *c, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    comm_vprint0(c, fmt, ap);
     va_end(ap);
-    fflush(stdout);
 }
 MPI_Comm comm_mpi(const comm_ctx *c) { return c->comm; }

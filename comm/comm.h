@@ -2,8 +2,10 @@
 #ifndef MEMTRAIN_COMM_H
 #define MEMTRAIN_COMM_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* A process group. Every function takes it explicitly; nothing below uses MPI_COMM_WORLD
  * except comm_init, which duplicates it. */
@@ -66,7 +68,13 @@ int comm_node_ranks(comm_ctx *c, unsigned char *same, uint64_t *token);
  * wherever a message holding user values (paths, config values, attributes read from files)
  * is printed. */
 char *comm_escape(char *dst, size_t n, const char *src);
-/* Rank-0-only printf (other ranks print nothing). */
+/* Rank-0-only printf (other ranks print nothing), also written to the transcript. */
 void comm_print0(const comm_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void comm_vprint0(const comm_ctx *c, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+/* From now on rank 0's comm_print0 output and its one-line errors and warnings are also written
+ * to log (a run's train.log), starting with what they printed since the process started; NULL
+ * stops that (before log is closed). Other ranks: nothing. */
+void comm_transcript(const comm_ctx *c, FILE *log);
 
 #endif

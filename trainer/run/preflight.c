@@ -208,9 +208,8 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
             fclose(rd->csv);
             rd->csv = NULL;
         } else if (cut > 0) {
-            printf("run_dir: removed the cut-off last row of %s (%ld bytes, from a write that "
-                   "failed)\n", path, cut);
-            fflush(stdout);
+            comm_print0(c, "run_dir: removed the cut-off last row of %s (%ld bytes, from a write "
+                        "that failed)\n", path, cut);
         }
         /* the header once: glibc reports position 0 for an append stream until it is moved */
         if (rd->csv && fseek(rd->csv, 0, SEEK_END) == 0 && ftell(rd->csv) == 0 &&
@@ -357,8 +356,7 @@ void trainer_preflight_memory(comm_ctx *c, const trainer_config *cfg, trainer_fo
     if (announce && comm_rank(c) == 0) {
         char line[600];
         trainer_footprint_describe(&f, line, sizeof line);
-        printf("memory: %s; %s available per rank (%s)\n", line, have, what);
-        fflush(stdout);
+        comm_print0(c, "memory: %s; %s available per rank (%s)\n", line, have, what);
     }
     if (f.total > avail) {
         trainer_footprint_drivers(cfg, &f, drivers, sizeof drivers);

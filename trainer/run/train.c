@@ -54,18 +54,10 @@ typedef struct run {
 
 /* Rank 0 prints a line to stdout and appends it to run_dir/train.log. */
 static void say(const run *r, const char *fmt, ...) {
-    if (comm_rank(r->comm) != 0) return;
     va_list ap;
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    comm_vprint0(r->comm, fmt, ap); /* and train.log, the transcript once it is open */
     va_end(ap);
-    fflush(stdout);
-    if (r->log) {
-        va_start(ap, fmt);
-        vfprintf(r->log, fmt, ap);
-        va_end(ap);
-        fflush(r->log);
-    }
 }
 
 static void stream_states_init(stream_state *s, int B, int first, int nglobal, int L) {
@@ -579,6 +571,7 @@ static int write_run_files(run *r, char *err, size_t n) {
     /* never a FIFO or a device in their place (an open could block forever) */
     r->log = io_fopen_regular(path, "a", err, n);
     if (!r->log) return -1;
+    comm_transcript(r->comm, r->log); /* with what was printed before: memory, tables, plan */
     static const char head[] =
         "# the configuration of this run's latest sitting (memtrain --config reads it)\n";
     size_t len = trainer_config_to_text(cfg, NULL, 0);
@@ -694,6 +687,7 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
 }
 
 static void run_close(run *r) {
+    comm_transcript(r->comm, NULL);
     if (r->log) fclose(r->log);
     trainer_rundir_close(r->rd);
     stream_states_free(r->streams, r->B);

@@ -568,32 +568,35 @@ void trainer_tables_print_plan(trainer_tables *t) {
             total += mine[P + r];
             if (mine[P + r] > mx) mx = mine[P + r];
         }
-        printf("tables: %d groups, %.1f MiB with Adam state over %d rank%s (imbalance %.3f):", t->n,
-               total / 1048576.0, P, P > 1 ? "s" : "", total > 0 ? mx / (total / P) : 1.0);
+        comm_print0(t->comm, "tables: %d groups, %.1f MiB with Adam state over %d rank%s "
+                    "(imbalance %.3f):", t->n, total / 1048576.0, P, P > 1 ? "s" : "",
+                    total > 0 ? mx / (total / P) : 1.0);
         for (int r = 0; r < P; r++)
-            printf(" r%d %d shards %.1f MiB%s", r, (int)mine[r], mine[P + r] / 1048576.0,
-                   r + 1 < P ? "," : "\n");
+            comm_print0(t->comm, " r%d %d shards %.1f MiB%s", r, (int)mine[r],
+                        mine[P + r] / 1048576.0, r + 1 < P ? "," : "\n");
         if (t->planned && P > 1) {
             double bytes = 0, msgs = 0;
-            printf("table plan (predicted per rank and step; row budget %.0f MiB):\n",
-                   t->run.budget / 1048576.0);
+            comm_print0(t->comm, "table plan (predicted per rank and step; row budget %.0f MiB):\n",
+                        t->run.budget / 1048576.0);
             for (int i = 0; i < t->n; i++) {
                 const group_state *s = &t->gs[i];
                 const trainer_plan_cost *c = &s->cost;
                 char alt[3][24];
                 for (int k = 0; k < TRAINER_STRATEGY_COUNT; k++)
                     snprintf(alt[k], sizeof(alt[k]), c->allowed[k] ? "%.0f" : "-", c->bytes[k] / 1024);
-                printf("  %-20s %-9s %-22s %9.1f KiB %4.0f exchanges (fetch %s, owner %s, "
-                       "replicate %s KiB)%s\n",
-                       s->g.name, trainer_strategy_name(s->strategy), c->why,
-                       c->bytes[s->strategy] / 1024, c->messages[s->strategy], alt[0], alt[1],
-                       alt[2], s->strategy == TRAINER_STRATEGY_FETCH && !s->keep ? ", rows per block" : "");
+                comm_print0(t->comm, "  %-20s %-9s %-22s %9.1f KiB %4.0f exchanges (fetch %s, "
+                            "owner %s, replicate %s KiB)%s\n",
+                            s->g.name, trainer_strategy_name(s->strategy), c->why,
+                            c->bytes[s->strategy] / 1024, c->messages[s->strategy], alt[0],
+                            alt[1], alt[2],
+                            s->strategy == TRAINER_STRATEGY_FETCH && !s->keep ? ", rows per block"
+                                                                              : "");
                 bytes += c->bytes[s->strategy];
                 msgs += c->messages[s->strategy];
             }
-            printf("  total %.1f KiB and %.0f exchanges per rank and step\n", bytes / 1024, msgs);
+            comm_print0(t->comm, "  total %.1f KiB and %.0f exchanges per rank and step\n",
+                        bytes / 1024, msgs);
         }
-        fflush(stdout);
     }
     free(mine);
 }
