@@ -225,8 +225,11 @@ static void keep_metadata_until_commit(hid_t fapl) {
  * space in sequence to raw data and metadata alike, and a checkpoint's metadata (an object
  * header and a crc32 attribute per array, groups, root attributes) takes well under 4 KiB per
  * array plus its crc32s. (H5Fget_eoa and H5Fget_filesize do not work with the MPI-IO driver.) */
+static int64_t allocated(int64_t raw_bytes, int64_t narrays, int64_t nslices) {
+    return raw_bytes + 4096 * (narrays + 16) + 4 * nslices + (256 << 10);
+}
 static int64_t allocated_bytes(const io_ckpt *ck) {
-    return ck->raw_bytes + 4096 * (ck->narrays + 16) + 4 * ck->nslices + (256 << 10);
+    return allocated(ck->raw_bytes, ck->narrays, ck->nslices);
 }
 
 /* Collective. Makes sure the file's first `bytes` are reserved (rank 0, fallocate), the
@@ -246,6 +249,19 @@ static int reserve(io_ckpt *ck, int64_t bytes, char *err, size_t n) {
 }
 
 static void discard(io_ckpt *ck);
+
+void io_ckpt_size_add(io_ckpt_size *s, io_dtype t, int ndims, const int64_t *dims) {
+    int64_t per = 1;
+    for (int d = 1; d < ndims; d++) per *= dims[d];
+    s->raw_bytes += dims[0] * per * (int64_t)io_dtype_size(t);
+    s->narrays++;
+    s->nslices += dims[0];
+}
+
+int io_ckpt_reserve(io_ckpt *ck, const io_ckpt_size *s, char *err, size_t n) {
+    LAYER_ASSERT(ck && ck->writing && s);
+    return reserve(ck, allocated(s->raw_bytes, s->narrays, s->nslices), err, n);
+}
 
 io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, size_t n) {
     LAYER_ASSERT(c && dir && step >= 0);

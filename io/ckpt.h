@@ -42,7 +42,8 @@
  *                              read
  *     step            int64    the training step the file holds
  *     ...                      any attribute the caller sets (memtrain adds "config", the full
- *                              run config text, and "run_id", the run it belongs to)
+ *                              run config text, "config_crc32", its io_crc32, and "run_id",
+ *                              the run it belongs to)
  *   <name>                     one dataset per array, named by the caller; a '/' in the name
  *                              makes groups ("tables/dec0.self.qkv/out1/data").
  *                              Contiguous, little-endian float32 / int64 / int32, dims
@@ -85,6 +86,17 @@ io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, s
  * is retained from `data`. */
 int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int64_t *dims,
                   int nslices, const int64_t *slices, const void *data, char *err, size_t n);
+
+/* Collective, before the writes: reserves at once the room of the arrays the caller is about
+ * to write (the same list on every rank), so that a disk without room for the whole file says
+ * so first, with the whole file's size ("<path>: no room for 8.2 MiB ..."), rather than the
+ * room reached when it ran out. A file system that cannot reserve is no error. Returns 0, or
+ * -1 with that message on every rank; the caller should then io_ckpt_abort. */
+typedef struct io_ckpt_size {
+    int64_t raw_bytes, narrays, nslices;
+} io_ckpt_size;
+void io_ckpt_size_add(io_ckpt_size *s, io_dtype t, int ndims, const int64_t *dims);
+int io_ckpt_reserve(io_ckpt *ck, const io_ckpt_size *s, char *err, size_t n);
 
 /* Bytes a rank stages per collective write: an array is written in rounds of at most this
  * much of each rank's slices (one slice, where a slice is larger). */
@@ -158,8 +170,15 @@ int io_ckpt_read(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int
 int io_ckpt_get_attr_i64(io_ckpt *ck, const char *name, int64_t *out, char *err, size_t n);
 int io_ckpt_get_attr_str(io_ckpt *ck, const char *name, char **out, char *err, size_t n);
 
+/* zlib's crc32 of len bytes (any length): the slices' checksum, and the one a caller may keep
+ * for an attribute of its own (memtrain's config_crc32). */
+uint32_t io_crc32(const void *p, size_t len);
+
 /* Collective. 1 if the checkpoint holds a dataset `name`, else 0; the same on every rank. */
 int io_ckpt_has(io_ckpt *ck, const char *name);
+/* Collective. 1 if the root group has an attribute `name` (of any type), else 0; the same on
+ * every rank. */
+int io_ckpt_has_attr(io_ckpt *ck, const char *name);
 
 /* Collective. Closes a handle from io_ckpt_open; NULL is fine (on every rank). */
 void io_ckpt_close(io_ckpt *ck);

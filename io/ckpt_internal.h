@@ -43,9 +43,6 @@ hid_t io_ckpt_fapl(comm_ctx *c);
 /* Transfer property for collective raw-data I/O; the caller H5Pclose()s it. */
 hid_t io_ckpt_dxpl(void);
 
-/* zlib crc32 of len bytes (any length). */
-uint32_t io_crc32(const void *p, size_t len);
-
 /* A slice list sorted by slice (ties by list position), with the distinct slices. */
 typedef struct io_slice_plan {
     int64_t *slice;  /* (n) the list's slices in ascending order */

@@ -536,6 +536,16 @@ int io_ckpt_get_attr_str(io_ckpt *ck, const char *name, char **out, char *err, s
     return 0;
 }
 
+int io_ckpt_has_attr(io_ckpt *ck, const char *name) {
+    LAYER_ASSERT(ck && ck->file >= 0 && name);
+    htri_t has;
+    H5E_BEGIN_TRY { has = H5Aexists(ck->file, name); }
+    H5E_END_TRY;
+    int64_t found = has > 0;
+    comm_sum_i64(ck->c, &found, 1);
+    return found == comm_size(ck->c);
+}
+
 int io_ckpt_has(io_ckpt *ck, const char *name) {
     LAYER_ASSERT(ck && ck->file >= 0 && name);
     hid_t ds = open_dataset(ck->file, name);

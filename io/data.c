@@ -10,6 +10,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <zlib.h>
 #include <unistd.h>
 
 #include "io/data_internal.h"
@@ -93,6 +94,9 @@ int io_dataset_load(io_dataset **out, const char *spec, io_split split, const ch
         nm += slen;
     }
     memcpy(nm, sname, strlen(sname) + 1);
+    uLong crc = crc32_z(0L, (const Bytef *)d->doc_off, (size_t)(d->ndocs + 1) * sizeof(int64_t));
+    d->crc = (uint32_t)crc32_z(crc, (const Bytef *)d->tok,
+                               (size_t)d->doc_off[d->ndocs] * sizeof(uint16_t));
     *out = d;
     return 0;
 }

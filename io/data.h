@@ -51,6 +51,8 @@ typedef struct io_dataset {
     int64_t ndocs;     /* >= 1 after a successful load; no document is empty */
     int64_t *doc_off;  /* (ndocs+1) */
     uint16_t *tok;     /* (doc_off[ndocs]); document d is tok[doc_off[d] .. doc_off[d+1]) */
+    uint32_t crc;      /* zlib crc32 of doc_off and tok as loaded (before any io_dataset_keep_*):
+                          which documents these are, to tell a changed file from the same one */
 } io_dataset;
 
 /* IO_SPLIT_ALL: every document (a separate validation file); fashion-mnist reads its t10k file. */

@@ -156,4 +156,21 @@ mt 2 sample --ckpt "$f" --count 4 --scale 2 --out "$TMP/s.png"
 /usr/bin/python3 -c "import sys; d=open('$TMP/s.png','rb').read(); sys.exit(0 if d[:8]==b'\x89PNG\r\n\x1a\n' and int.from_bytes(d[16:20],'big')==124 else 1)" \
   || { cat "$TMP/out"; fail "sample PNG"; }
 pass "eval prints a perplexity; sample writes a 2x2 PNG grid"
+
+# a resume over training data that changed since the checkpoint: refused in one line, the
+# checkpoints left as they were (the cursors count places in the old documents)
+for i in $(seq 40); do printf 'document %d, long enough for a few segments of sixteen bytes.\n\n' "$i"; done >"$TMP/mut.txt"
+D=(--config jobs/configs/memformer.conf --d_model=32 --seg_len=16 --warmup=1 --eval_every=0
+   --data=text:"$TMP/mut.txt" --val_data=text:"$TMP/mut.txt" --streams=4)
+mt 2 "${D[@]}" --steps=6 --stop_after=2 --ckpt_every=1 --run_dir="$TMP/mut"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "the run over mut.txt"; }
+printf 'one more document\n\n' >>"$TMP/mut.txt"
+before=$(ls "$TMP/mut/ckpt")
+expect_error 2 "the training data changed since it was written" --resume "$TMP/mut"
+[ "$(ls "$TMP/mut/ckpt")" = "$before" ] || fail "a resume over changed data set checkpoints aside"
+! grep -q "falling back" "$TMP/out" || fail "changed data was taken for a damaged checkpoint"
+head -c -19 "$TMP/mut.txt" >"$TMP/mut.back" && mv "$TMP/mut.back" "$TMP/mut.txt"
+mt 2 --resume "$TMP/mut" --stop_after=3
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "the resume over the restored data"; }
+pass "a resume over changed training data refused, nothing set aside; over the restored data it goes on"
 echo "test_ckpt: all passed"

@@ -129,6 +129,10 @@ if mkdir -p "$TMP/mnt0" && mount -t tmpfs -o size=64k tmpfs "$TMP/mnt0" 2>/dev/n
     one_error '(disk full|No space left|no room)' "disk full (${kb} KiB)"
     ! ls "$m/run/ckpt/"*.tmp >/dev/null 2>&1 || fail "disk full (${kb} KiB): a .tmp was left"
     msg=$(grep -E '^memtrain: .*(disk full|No space|no room)' "$TMP/out" | sed "s|$m/run/ckpt/||" | cut -c1-100)
+    # the room the whole file needs, reserved at once: not the part reached when it ran out
+    need=$(sed -n 's/.*no room for \([0-9.]*\) MiB.*/\1/p' <<<"$msg")
+    awk -v a="$need" -v b="$ckpt_kb" 'BEGIN { exit !(a * 1024 >= b) }' \
+      || fail "disk full (${kb} KiB): '$msg' names less than the checkpoint's $ckpt_kb KiB"
     # the last good checkpoint is intact: it resumes bit for bit, elsewhere
     last=$(cat "$m/run/ckpt/LATEST")
     d=$TMP/afterfull$trial; rm -rf "$d"; mkdir -p "$d/ckpt"; cp "$m/run/ckpt/$last" "$d/ckpt/"
@@ -193,15 +197,16 @@ if mkdir -p "$TMP/mnt0" && mount -t tmpfs -o size=64k tmpfs "$TMP/mnt0" 2>/dev/n
   pass "$FILLS disks filled by a program writing on during a checkpoint: exits$ends, no hang, no .tmp left"
 
   # metrics.csv that cannot be written: the run checkpoints and ends with one line naming it.
-  # Its own file system of three pages (the lock's, config.conf's and its own; the checkpoints
-  # on another; train.log finds no room and is written as far as it goes),
+  # Its own file system of five pages (the lock's, config.conf's, its own, train.log's, which
+  # starts with what rank 0 printed before the run directory opened, and one to spare; the
+  # checkpoints on another; train.log finds no room in time and is written as far as it goes),
   # the file holding its header and padding up to a few rows short of its page
   pad_metrics() {
     mkdir -p "$1"
     local h; h=$(head -n 1 "$TMP/refS/metrics.csv")
     { echo "$h"; printf '#%.0s' $(seq $(( 3800 - ${#h} - 2 ))); echo; } >"$1/metrics.csv"
   }
-  m=$TMP/metricsfull; mkdir -p "$m"; mount -t tmpfs -o size=12k tmpfs "$m"; mounts+=("$m")
+  m=$TMP/metricsfull; mkdir -p "$m"; mount -t tmpfs -o size=20k tmpfs "$m"; mounts+=("$m")
   pad_metrics "$m/run"
   mkdir -p "$m/run/ckpt"; mount -t tmpfs -o size=64m tmpfs "$m/run/ckpt"; mounts=("$m/run/ckpt" "${mounts[@]}")
   mt 2 "${SMALL[@]}" --steps=60 --ckpt_every=0 --run_dir="$m/run"
@@ -213,7 +218,7 @@ if mkdir -p "$TMP/mnt0" && mount -t tmpfs -o size=64k tmpfs "$TMP/mnt0" 2>/dev/n
   pass "metrics.csv on a full disk: exit 2 at step $k, 'metrics.csv: cannot write (No space left on device) after step $k: stopped after writing checkpoint ...'"
   # everything on one small file system: the checkpoint cannot be written either, and the
   # one line says both
-  m=$TMP/allfull; mkdir -p "$m"; mount -t tmpfs -o size=16k tmpfs "$m"; mounts+=("$m")
+  m=$TMP/allfull; mkdir -p "$m"; mount -t tmpfs -o size=24k tmpfs "$m"; mounts+=("$m")
   pad_metrics "$m/run"
   mt 2 "${SMALL[@]}" --steps=60 --ckpt_every=0 --run_dir="$m/run"
   [ "$status" -eq 2 ] || { cat "$TMP/out"; fail "metrics.csv and checkpoint on a full disk: exit $status, expected 2"; }
@@ -270,6 +275,11 @@ with h5py.File(path, "r+") as f:
     if name == "@step":
         f.attrs["step"] = np.int64(eval(expr))
         sys.exit(0)
+    if name == "@config": # one line replaced: OLD/NEW, "_=_" for " = " (one shell word)
+        old, new = expr.replace("_=_", " = ").split("/")
+        assert old in f.attrs["config"]
+        f.attrs["config"] = f.attrs["config"].replace(old, new)
+        sys.exit(0)
     ds = f[name]
     row = ds[i]
     row.flat[0] = eval(expr)
@@ -281,7 +291,8 @@ PY
 }
 for e in "dense/wte/data 0 float('nan'):holds a NaN or infinite value" \
          "streams/cursor 1 2**62:streams/cursor of stream 1 (4611686018427387904, " \
-         "@step 0 -5:holds step -5, which is invalid"; do
+         "@step 0 -5:holds step -5, which is invalid" \
+         "@config 0 d_model_=_32/d_model_=_64:attribute config fails its checksum (config_crc32)"; do
   want=${e#*:}; e=${e%%:*}
   d=$TMP/values; fresh "$d" 6 12
   # shellcheck disable=SC2086  # the words of $e are the arguments
@@ -292,7 +303,7 @@ for e in "dense/wte/data 0 float('nan'):holds a NaN or infinite value" \
   resume_exact "$d" "$TMP/refS" 18 "${e%% *} edited" 6
   one_error "ckpt-00000012.h5: .*$(sed 's/[()*]/\\&/g' <<<"$want").*falling back" "${e%% *} edited"
 done
-pass "a NaN weight, a cursor past any run and a negative step refused; resumes fell back to step 6"
+pass "a NaN weight, a cursor past any run, a negative step and an edited config refused; resumes fell back to step 6"
 
 # a newest checkpoint this user may not read is no damage: refused, not set aside (root reads
 # everything, so the run is nobody's; skipped where nobody cannot reach the build)
@@ -492,7 +503,7 @@ expect_error 3 "streams = 2 is fewer than the 3 ranks: every rank needs a stream
   "${SMALL[@]}" --steps=2 --streams=2 --run_dir="$TMP/few"
 # a config starting with a UTF-8 byte-order mark: skipped, the key named as written
 printf '\xef\xbb\xbfstepz = 3\n' >"$TMP/bom.conf"
-expect_error 0 "bom.conf:1: unknown config key 'stepz' (see memtrain --help)" --config "$TMP/bom.conf"
+expect_error 0 "bom.conf:1: unknown config key 'stepz' (did you mean steps? see memtrain --help)" --config "$TMP/bom.conf"
 # a float past float's range is named so, not as out of the key's range
 expect_error 0 "lr = 1e400: too large for a float" --lr=1e400
 expect_error 0 "ckpt_minutes = 1e-60: too small for a float" --ckpt_minutes=1e-60
@@ -577,6 +588,22 @@ for second in TERM "INT TERM"; do
   resume_exact "$d" "$TMP/refB" 20 "after USR1 then $second"
   pass "USR1 then $second to the ranks during the checkpoint write: exit 75, resumed at step $resumed_at bit for bit"
 done
+# HUP to one rank, between log lines: a stop like the others (75, a checkpoint), and the steps
+# since the last log line get their line and metrics row (the summary's train ppl was nan)
+d=$TMP/hup
+setsid mpirun --oversubscribe -np 2 "$BIN/memtrain" "${SMALL[@]}" --steps=100000 --log_every=100000 \
+  --ckpt_every=0 --run_dir="$d" >"$TMP/out" 2>&1 &
+pid=$!
+for _ in $(seq 600); do [ -n "$(ranks_of "$d")" ] && grep -q '^model:' "$TMP/out" && break; sleep 0.05; done
+sleep 1
+kill -HUP "$(ranks_of "$d" | tail -n 1)"
+status=0; wait "$pid" || status=$?
+at=$(sed -n 's/^memtrain: stopped by a signal after step \([0-9]*\);.*/\1/p' "$TMP/out")
+[ "$status" -eq 75 ] && [ -n "$at" ] && [ "$(tail -n 1 "$d/metrics.csv" | cut -d, -f1)" = "$at" ] \
+  && grep -q "^step $at/100000 " "$TMP/out" && grep -q "^summary: steps 1-$at of .*train ppl [0-9]" "$TMP/out" \
+  || { cat "$TMP/out" "$d/metrics.csv"; fail "HUP to one rank: exit $status"; }
+pass "HUP to one rank: exit 75, step $at logged and in metrics.csv, the summary's train ppl a number"
+
 # mpirun itself, signalled: it ends the job and exits 1 whatever the ranks return (see README,
 # "Signals and exit status"); the ranks finish a checkpoint they write and are gone within
 # seconds, and the newest complete checkpoint resumes bit for bit

@@ -24,10 +24,15 @@ typedef struct xfer {
     int writing;
     char *err;
     size_t n;
+    io_ckpt_size *sizing; /* writing: only add each array's size here */
 } xfer;
 
 static int move(xfer *x, const char *name, io_dtype t, int ndims, const int64_t *dims,
                 int nslices, const int64_t *slices, void *data) {
+    if (x->sizing) {
+        io_ckpt_size_add(x->sizing, t, ndims, dims);
+        return 0;
+    }
     if (x->writing)
         return io_ckpt_write(x->ck, name, t, ndims, dims, nslices, slices, data, x->err, x->n);
     return io_ckpt_read(x->ck, name, t, ndims, dims, nslices, slices, data, x->err, x->n);
@@ -77,7 +82,9 @@ static void fill_unit(void *ctx, int i, void *dst) {
     trainer_tables_unit_get(f->tb, f->g, (int)f->chunks[i], f->out, to[0], to[1], to[2], NULL);
 }
 
-/* Everything but the attributes, in one fixed order for both directions. */
+/* Every array, and the attributes of the training data the cursors count in, in one fixed
+ * order for both directions. Returns 0; -1 with the message in x->err (damage: an older
+ * checkpoint may do); -2 when the training data are not the checkpoint's (none will). */
 static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state *st) {
     char name[256];
     int me0 = comm_rank(c) == 0;
@@ -117,6 +124,10 @@ static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state
             for (int a = 0; a < 3; a++) {
                 snprintf(name, sizeof(name), "tables/%s/out%d/%s", grp->name, j, what[a]);
                 unit_fill f = {tb, g, j, a, mine};
+                if (x->sizing) {
+                    io_ckpt_size_add(x->sizing, IO_F32, 3, dims);
+                    continue;
+                }
                 int rc = x->writing ? io_ckpt_write_fill(x->ck, name, IO_F32, 3, dims, nk, mine,
                                                          fill_unit, &f, x->err, x->n)
                                     : io_ckpt_read(x->ck, name, IO_F32, 3, dims, nk, mine, buf,
@@ -158,6 +169,28 @@ static int transfer(xfer *x, comm_ctx *c, trainer_model *m, trainer_stream_state
         rc = -1;
     }
     if (!x->writing) st->by_class = order == 2;
+    /* which documents the cursors count in: a resume over changed data is refused (train.c) */
+    if (!rc && x->writing && !x->sizing && st->data) {
+        io_ckpt_set_attr_i64(x->ck, "data_docs", st->data->ndocs);
+        io_ckpt_set_attr_i64(x->ck, "data_crc32", st->data->crc);
+    } else if (!rc && !x->writing) {
+        st->data_docs = st->data_crc = -1;
+        if (io_ckpt_has_attr(x->ck, "data_docs") && io_ckpt_has_attr(x->ck, "data_crc32") &&
+            (io_ckpt_get_attr_i64(x->ck, "data_docs", &st->data_docs, x->err, x->n) != 0 ||
+             io_ckpt_get_attr_i64(x->ck, "data_crc32", &st->data_crc, x->err, x->n) != 0))
+            rc = -1;
+        /* no damage: every older checkpoint counts in the same documents */
+        if (!rc && st->data && st->data_docs >= 0 &&
+            (st->data_docs != st->data->ndocs || st->data_crc != (int64_t)st->data->crc)) {
+            snprintf(x->err, x->n, "cannot resume from %s: the training data changed since it "
+                     "was written (%lld documents, crc32 %08llx then; %s now holds %lld, crc32 "
+                     "%08llx), and its streams' cursors count places in the old documents: "
+                     "restore the data the run trained on, or start a new run",
+                     io_ckpt_path(x->ck), (long long)st->data_docs, (long long)st->data_crc,
+                     st->data->name, (long long)st->data->ndocs, (long long)st->data->crc);
+            rc = -2;
+        }
+    }
     if (!rc) rc = move(x, "streams/cursor", IO_I64, 2, d_cur, st->B, ids, st->cursor);
     if (!rc) rc = move(x, "streams/prev_segment", IO_I32, 2, d_prev, st->B, ids, st->prev);
     if (!rc) rc = move(x, "streams/last_token", IO_I32, 2, d_last, st->B, ids, st->last);
@@ -190,8 +223,13 @@ int trainer_ckpt_save(comm_ctx *c, const trainer_config *cfg, const char *run_id
         trainer_watchdog_hold(0);
         return -1;
     }
-    xfer x = {ck, 1, err, n};
-    if (transfer(&x, c, m, (trainer_stream_state *)st) != 0) {
+    /* the whole file's room first: a full disk is named with the file's size */
+    io_ckpt_size size = {0, 0, 0};
+    xfer x = {ck, 1, err, n, &size};
+    transfer(&x, c, m, (trainer_stream_state *)st);
+    x.sizing = NULL;
+    if (io_ckpt_reserve(ck, &size, err, n) != 0 ||
+        transfer(&x, c, m, (trainer_stream_state *)st) != 0) {
         io_ckpt_abort(ck);
         trainer_watchdog_hold(0);
         return -1;
@@ -200,6 +238,7 @@ int trainer_ckpt_save(comm_ctx *c, const trainer_config *cfg, const char *run_id
     char *text = layer_xmalloc(len + 1);
     trainer_config_to_text(cfg, text, len + 1);
     io_ckpt_set_attr_str(ck, "config", text);
+    io_ckpt_set_attr_i64(ck, "config_crc32", io_crc32(text, strlen(text)));
     free(text);
     /* no dropout or sampling in training: the data order and the seed are the whole of the
        run's randomness, and both are in the config and the stream cursors */
@@ -293,6 +332,27 @@ int trainer_run_id_create(comm_ctx *c, const char *run_dir, char *id, char *err,
 }
 
 /* What tells the run of a checkpoint. */
+/* The checkpoint's config text, checked against its config_crc32 where it has one (files
+ * written before it was added have none): the file's model is built from this text, so an
+ * edited one would make every older checkpoint look like another model's. Returns 0 with a
+ * fresh *text, or -1 with the message. Collective. */
+static int config_text(io_ckpt *ck, char **text, char *err, size_t n) {
+    if (io_ckpt_get_attr_str(ck, "config", text, err, n) != 0) return -1;
+    if (!io_ckpt_has_attr(ck, "config_crc32")) return 0;
+    int64_t want = 0;
+    int rc = io_ckpt_get_attr_i64(ck, "config_crc32", &want, err, n);
+    if (rc == 0 && want != (int64_t)io_crc32(*text, strlen(*text))) {
+        snprintf(err, n, "%s: attribute config fails its checksum (config_crc32): edited or "
+                 "damaged", io_ckpt_path(ck));
+        rc = -1;
+    }
+    if (rc != 0) {
+        free(*text);
+        *text = NULL;
+    }
+    return rc;
+}
+
 typedef struct member {
     int64_t step;                         /* the step it holds */
     char run_id[TRAINER_RUN_ID_LEN + 1];  /* "" in a version 1 file */
@@ -343,7 +403,7 @@ static int read_member(io_ckpt *ck, const char *run_id, const trainer_config *re
         }
     }
     char *text = NULL;
-    if (io_ckpt_get_attr_str(ck, "config", &text, err, n) != 0) return -1;
+    if (config_text(ck, &text, err, n) != 0) return -1;
     trainer_config_defaults(&mb->cfg);
     char why[512];
     int rc = trainer_config_load_text(&mb->cfg, text, path, err, n);
@@ -464,7 +524,7 @@ int trainer_ckpt_read_config(comm_ctx *c, const char *path, trainer_config *cfg,
     io_ckpt *ck = io_ckpt_open(c, path, err, n);
     if (!ck) return -1;
     char *text = NULL;
-    int rc = io_ckpt_get_attr_str(ck, "config", &text, err, n);
+    int rc = config_text(ck, &text, err, n);
     if (rc == 0) rc = trainer_config_load_text(cfg, text, path, err, n);
     free(text);
     io_ckpt_close(ck);
@@ -475,7 +535,7 @@ int trainer_ckpt_load(comm_ctx *c, const char *path, trainer_model *m, trainer_s
                       int64_t *step, char *err, size_t n) {
     io_ckpt *ck = io_ckpt_open(c, path, err, n);
     if (!ck) return -1;
-    xfer x = {ck, 0, err, n};
+    xfer x = {ck, 0, err, n, NULL};
     int rc = io_ckpt_get_attr_i64(ck, "step", step, err, n);
     if (!rc) rc = check_step(path, *step, err, n); /* as on resume */
     if (!rc) rc = transfer(&x, c, m, st);
@@ -531,7 +591,7 @@ int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
         io_ckpt *ck = io_ckpt_open(c, paths[i], err, n);
         rc = ck ? read_member(ck, run_id, cfg, mb, err, n) : -1;
         if (rc == 0) {
-            xfer x = {ck, 0, err, n};
+            xfer x = {ck, 0, err, n, NULL};
             rc = transfer(&x, c, m, st);
             *step = mb->step;
         }
@@ -541,6 +601,7 @@ int trainer_ckpt_resume(comm_ctx *c, const char *run_dir, const char *run_id,
             chosen = i;
             break;
         }
+        if (rc == -2) break; /* the data changed: no older checkpoint does better */
         if (i + 1 == count) { /* the caller says it: once */
             size_t len = strlen(err);
             if (count > 1 && len + 1 < n)

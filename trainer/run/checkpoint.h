@@ -25,6 +25,9 @@ typedef struct trainer_stream_state {
     int by_class;           /* shuffled by class (streams/order 2), or over all documents (1,
                                and checkpoints without streams/order) */
     uint64_t data_seed;
+    /* read from a checkpoint: the training data its cursors count in (documents, and the
+       io_dataset crc); -1 where the file does not say (written before they were kept) */
+    int64_t data_docs, data_crc;
 } trainer_stream_state;
 
 /* ---- which run a checkpoint belongs to ----

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #include "io/data.h"
 #include "io/files.h"
@@ -324,9 +323,7 @@ static void log_line(run *r, log_window *w, int64_t step, const trainer_step_inf
  * other documents per rank, or past a rank's own. Collective; err says how they differ. */
 static int same_data(comm_ctx *comm, const io_dataset *d, const char *spec, char *err,
                      size_t n) {
-    uLong crc = crc32_z(0L, (const Bytef *)d->doc_off, (size_t)(d->ndocs + 1) * sizeof(int64_t));
-    crc = crc32_z(crc, (const Bytef *)d->tok, (size_t)d->doc_off[d->ndocs] * sizeof(uint16_t));
-    int64_t mine[4] = {d->ndocs, d->doc_off[d->ndocs], d->vocab, (int64_t)crc};
+    int64_t mine[4] = {d->ndocs, d->doc_off[d->ndocs], d->vocab, (int64_t)d->crc};
     int64_t first[4];
     memcpy(first, mine, sizeof first);
     comm_broadcast(comm, first, sizeof first, 0);
@@ -397,7 +394,7 @@ static void keep_data(run *r) {
             "order before stream classes), so every rank keeps the whole training split\n");
 }
 
-/* Set by SIGUSR1/SIGTERM/SIGINT; the ranks agree on it at the next step boundary. */
+/* Set by SIGUSR1/SIGTERM/SIGINT/SIGHUP; the ranks agree on it at the next step boundary. */
 static volatile sig_atomic_t stop_signal = 0;
 
 static void on_signal(int sig) { stop_signal = sig; }
@@ -410,6 +407,10 @@ static void install_signal_handlers(void) {
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    /* a hangup too (a closed terminal, a launcher's HUP), unless it is ignored: a run started
+       under nohup goes on */
+    struct sigaction was;
+    if (sigaction(SIGHUP, NULL, &was) == 0 && was.sa_handler != SIG_IGN) sigaction(SIGHUP, &sa, NULL);
 }
 
 /* Whether a stop signal reached any rank before the first step (while the data or the
@@ -572,8 +573,7 @@ static int write_run_files(run *r, char *err, size_t n) {
     r->log = io_fopen_regular(path, "a", err, n);
     if (!r->log) return -1;
     comm_transcript(r->comm, r->log); /* with what was printed before: memory, tables, plan */
-    static const char head[] =
-        "# the configuration of this run's latest sitting (memtrain --config reads it)\n";
+    static const char head[] = TRAINER_RUN_CONFIG_HEAD " (memtrain --config reads it)\n";
     size_t len = trainer_config_to_text(cfg, NULL, 0);
     char *text = layer_xmalloc(sizeof head + len + 1);
     memcpy(text, head, sizeof head);
@@ -703,8 +703,21 @@ typedef struct sitting {
     int64_t first_step, done, stop;
     double start, last_ckpt, last_loss, last_val;
     log_window w;
+    trainer_step_info last; /* the last step's figures (lr, gradient norm) */
     int interrupted;
 } sitting;
+
+/* The log line and metrics row of the window so far (if it has steps), ending at step
+ * z->done. Collective. */
+static void log_window_now(run *r, sitting *z, double val_ppl, int64_t val_tokens) {
+    if (z->w.steps == 0) return;
+    /* the time left: this sitting's pace over the steps it still has to do */
+    double elapsed = comm_time() - z->start;
+    z->last_loss = z->w.tokens > 0 ? z->w.loss / z->w.tokens : z->last_loss;
+    log_line(r, &z->w, z->done - 1, &z->last, val_ppl, val_tokens,
+             elapsed / (double)(z->done - z->first_step) * (double)(z->stop - z->done), elapsed);
+    memset(&z->w, 0, sizeof(z->w));
+}
 
 /* The step boundary. A signal reaches the ranks at different moments, rank 0's clock decides
  * a timed checkpoint, the launcher may be gone, a metrics row may not have been written: the
@@ -746,11 +759,11 @@ static int train_step(run *r, sitting *z, int64_t step, char *err, size_t n) {
     trainer_timer_start(&z->w.time, TRAINER_TIMER_DATA);
     fill_rollout(r);
     trainer_timer_stop(&z->w.time, TRAINER_TIMER_DATA);
-    trainer_step_info si;
-    if (trainer_step(r->model, r->rollout, &r->sched, r->M, r->comm, cfg, step, &si, err, n) != 0)
+    if (trainer_step(r->model, r->rollout, &r->sched, r->M, r->comm, cfg, step, &z->last, err,
+                     n) != 0)
         return -1;
     z->done = step + 1;
-    window_add(&z->w, &si);
+    window_add(&z->w, &z->last);
     int last = z->done == z->stop;
     double val_ppl = NAN;
     int64_t val_tokens = 0;
@@ -760,15 +773,8 @@ static int train_step(run *r, sitting *z, int64_t step, char *err, size_t n) {
         trainer_timer_stop(&z->w.time, TRAINER_TIMER_EVAL);
     }
     if (!isnan(val_ppl)) z->last_val = val_ppl;
-    if ((cfg->log_every > 0 && z->done % cfg->log_every == 0) || last || !isnan(val_ppl)) {
-        /* the time left: this sitting's pace over the steps it still has to do */
-        double elapsed = comm_time() - z->start;
-        z->last_loss = z->w.tokens > 0 ? z->w.loss / z->w.tokens : z->last_loss;
-        log_line(r, &z->w, step, &si, val_ppl, val_tokens,
-                 elapsed / (double)(z->done - z->first_step) * (double)(z->stop - z->done),
-                 elapsed);
-        memset(&z->w, 0, sizeof(z->w));
-    }
+    if ((cfg->log_every > 0 && z->done % cfg->log_every == 0) || last || !isnan(val_ppl))
+        log_window_now(r, z, val_ppl, val_tokens);
     return 0;
 }
 
@@ -828,6 +834,7 @@ int trainer_train(comm_ctx *comm, const trainer_config *cfg, const char *resume_
         fail = train_step(r, &z, step, err, sizeof(err)) != 0;
         if (!fail && step_boundary(r, &z, z.done == z.stop)) {
             z.interrupted = 1;
+            log_window_now(r, &z, NAN, 0); /* the steps since the last line, as at the end */
             break;
         }
     }
