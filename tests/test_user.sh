@@ -87,6 +87,36 @@ mt 1 sample --ckpt "$tck" --prompt "one" --length 10 --top-p=0.9
 mv "$TMP/one.moved" "$TMP/one.txt"
 [ "$status" -eq 0 ] && grep -q "prompt 'one'" "$TMP/out" || { cat "$TMP/out"; fail "text sample"; }
 pass "a one-document text file trains with val_data; text sampling refuses image options"
+mt 1 sample --ckpt "$tck" --prompt -h --length 3
+[ "$status" -eq 0 ] && grep -q "prompt '-h'" "$TMP/out" || { cat "$TMP/out"; fail "--prompt -h: not a prompt"; }
+pass "--prompt -h is the prompt '-h', not a call for help"
+
+# ---- what a run keeps in its directory, and what it will not take over ----
+# a metrics.csv or config.conf memtrain did not write: refused, left as it was
+mkdir -p "$TMP/own"
+printf 'name,value\nfoo,1\nbar,2' >"$TMP/own/metrics.csv"
+expect_error 1 "$TMP/own/metrics.csv was not written by memtrain (it starts 'name,value')" \
+  train "${TINY[@]}" --steps=2 --run_dir="$TMP/own"
+[ "$(cat "$TMP/own/metrics.csv")" = "$(printf 'name,value\nfoo,1\nbar,2')" ] || fail "a foreign metrics.csv was changed"
+rm "$TMP/own/metrics.csv"
+printf '# my notes\nsteps = 2\n' >"$TMP/own/config.conf"
+expect_error 1 "$TMP/own/config.conf was not written by memtrain (it starts '# my notes')" \
+  train --config "$TMP/own/config.conf" "${TINY[@]:2}" --run_dir="$TMP/own"
+grep -q '^# my notes$' "$TMP/own/config.conf" || fail "a foreign config.conf was replaced"
+# a key's value that is the next option: refused, no directory named after it
+expect_error 1 "--run_dir has no value (the next word, '--steps=2', is an option)" \
+  train "${TINY[@]}" --run_dir --steps=2
+[ ! -e ./--steps=2 ] || fail "a directory named --steps=2 was made"
+# inspect shows what is stored: overrides refused; a cut-short option gets its full name
+expect_error 1 "inspect prints the checkpoint as it is stored: it takes no --key=value (given: lr (" \
+  inspect --ckpt "$ck" --lr=5
+expect_error 1 "unknown option '--temp' (did you mean --temperature?" sample --ckpt "$ck" --temp 0.5
+# a checkpoint kept outside its run's ckpt/: the grid goes beside it
+mkdir -p "$TMP/kept"; cp "$ck" "$TMP/kept/c.h5"
+mt 1 sample --ckpt "$TMP/kept/c.h5" --count=1 --scale=1
+[ "$status" -eq 0 ] && [ -s "$TMP/kept/samples.png" ] && [ ! -e "$TMP/samples.png" ] \
+  || { cat "$TMP/out"; fail "sample of a checkpoint kept outside ckpt/: grid not beside it"; }
+pass "foreign metrics.csv and config.conf refused and kept; a value that is an option refused; inspect takes no overrides; --temp suggests --temperature; a grid beside a kept checkpoint"
 
 # ---- make demo: a second one on a directory in use is refused and removes nothing ----
 mkdir -p "$TMP/dm/demo"; touch "$TMP/dm/demo/.made-by-demo" "$TMP/dm/demo/keep"

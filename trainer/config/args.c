@@ -51,6 +51,17 @@ void trainer_config_suggest(const char *name, const char *const *flags, char *ou
     int best = 99;
     if (n > 0) out[0] = '\0';
     size_t len = strlen(name);
+    /* a word cut short (--temp): the one key or flag it starts, before any near spelling */
+    int starts = 0;
+    for (int k = 0; len >= 3 && config_key_name(k); k++)
+        if (strncmp(config_key_name(k), name, len) == 0 && starts++ == 0)
+            snprintf(out, n, "--%s", config_key_name(k));
+    for (int i = 0; len >= 3 && flags && flags[i]; i++)
+        if (strncmp(flags[i], "--", 2) == 0 && strncmp(flags[i] + 2, name, len) == 0 &&
+            starts++ == 0)
+            snprintf(out, n, "%s", flags[i]);
+    if (starts == 1) return;
+    if (n > 0) out[0] = '\0';
     int limit = len <= 3 ? 1 : 2;
     for (int k = 0; config_key_name(k); k++) {
         int dist = edit_distance(name, config_key_name(k));
@@ -98,9 +109,12 @@ int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
             theirs[ntheirs++] = a;
         } else if (is_caller_flag(a, caller_flags)) {
             theirs[ntheirs++] = a;
-            /* "--top-k -1": a negative number after a flag is its value, never an option */
+            /* "--top-k -1", "--prompt -h": a word with one '-' after a flag that takes a
+               value is that value, never an option (a switch takes none) */
             const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-            if (!strchr(a, '=') && v && v[0] == '-' && ((v[1] >= '0' && v[1] <= '9') || v[1] == '.'))
+            int is_switch = trainer_config_flag_matches(a, "--csv") ||
+                            trainer_config_flag_matches(a, "--help");
+            if (!strchr(a, '=') && !is_switch && v && v[0] == '-' && v[1] != '-')
                 theirs[ntheirs++] = argv[++i];
         } else if (strcmp(a, "--") == 0) {
             ours[nours++] = a;
@@ -110,7 +124,7 @@ int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
             ours[nours++] = a;
             if (a[8] == '=') {
                 p = a + 9;
-            } else if (i + 1 < argc) {
+            } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
                 p = argv[++i];
                 ours[nours++] = argv[i];
             } else {
@@ -134,6 +148,10 @@ int trainer_config_parse_args(trainer_config *c, int argc, char **argv,
                 ours[nours++] = a;
                 values[noverrides] = eq + 1;
                 overrides[noverrides++] = a;
+            } else if (known && i + 1 < argc && strncmp(argv[i + 1], "--", 2) == 0) {
+                /* "--run_dir --steps=2": the next word is an option, not this key's value */
+                rc = config_fail(err, n, "%s has no value (the next word, '%s', is an option): "
+                                 "write %s VALUE or %s=VALUE", a, argv[i + 1], a, a);
             } else if (known && i + 1 < argc) { /* --key value */
                 ours[nours++] = a;
                 values[noverrides] = argv[i + 1];

@@ -524,8 +524,11 @@ static int load_stream(trainer_config *c, FILE *f, const char *path, int stored,
             break;
         }
         if (k < 0) {
-            rc = config_fail(err, n, "%s:%d: unknown config key '%s' (see memtrain --help)", path, lineno,
-                      key);
+            char near[80];
+            trainer_config_suggest(key, NULL, near, sizeof near);
+            rc = config_fail(err, n, "%s:%d: unknown config key '%s' (%s%s%ssee memtrain --help)",
+                             path, lineno, key, near[0] ? "did you mean " : "",
+                             near[0] ? near + 2 : "", near[0] ? "? " : "");
             break;
         }
         if (seen[k]) {

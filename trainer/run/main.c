@@ -165,7 +165,9 @@ typedef struct cli {
  * was started with it, as the arguments agree). Returns 1 when it was asked for. */
 static int print_help(int argc, char **argv, int rank) {
     for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        if (strcmp(argv[i], "--help") == 0 ||
+            /* "--prompt -h": the value of the flag before it */
+            (strcmp(argv[i], "-h") == 0 && !(i > 1 && flag_takes_next(argv[i - 1])))) {
             if (rank != 0) return 1;
             const char *cmd = command_word(argc, argv);
             if (strcmp(cmd, "train") == 0 && i > 1 && strcmp(argv[1], "train") == 0) {
@@ -402,6 +404,14 @@ static int check_ckpt_command(cli *c, char *err, size_t n) {
                  c->ckpt, diff);
         return -1;
     }
+    /* inspect prints the configuration as stored: an override would be shown as if it were */
+    if (strcmp(c->cmd, "inspect") == 0 &&
+        (trainer_config_diff_shape(&c->stored, &c->cfg, diff, sizeof(diff)) > 0 ||
+         trainer_config_diff_other(&c->stored, &c->cfg, diff, sizeof(diff)) > 0)) {
+        snprintf(err, n, "inspect prints the checkpoint as it is stored: it takes no --key=value "
+                 "(given: %.300s)", diff);
+        return -1;
+    }
     return 0;
 }
 
@@ -415,7 +425,8 @@ static void cut_last(char *path) {
 
 /* sample: options of the other kind of data are refused, not ignored; an image grid never
  * overwrites a file, and by default lands beside the checkpoint's run
- * (CKPT/../../samples.png, numbered when it exists). */
+ * (run_dir/samples.png for run_dir/ckpt/CKPT, numbered when it exists; beside a checkpoint
+ * kept outside a ckpt/ directory). */
 static int check_sample(cli *c, char *err, size_t n) {
     int image = strcmp(c->cfg.data, "fashion-mnist") == 0;
     trainer_sample_options *so = &c->so;
@@ -464,7 +475,9 @@ static int check_sample(cli *c, char *err, size_t n) {
     }
     snprintf(dir, sizeof(c->out_dir), "%s", real);
     cut_last(dir); /* runs/a/ckpt */
-    cut_last(dir); /* runs/a */
+    /* runs/a; a checkpoint kept elsewhere (copied out of its run) gets it beside itself */
+    const char *last = strrchr(dir, '/');
+    if (last && strcmp(last, "/ckpt") == 0) cut_last(dir);
     if (access(dir, W_OK | X_OK) != 0) {
         snprintf(err, n, "the grid's default place %.300s is not writable: give --out FILE.png",
                  dir);

@@ -94,6 +94,21 @@ static int holds_figures(const char *path) {
     return found;
 }
 
+/* Rank 0: whether path holds a file whose first line does not start with `ours` (a file of
+ * the user's, or another program's, where memtrain keeps its own): its first line, escaped,
+ * in first. A missing or empty file is memtrain's to write. */
+static int foreign(const char *path, const char *ours, char *first, size_t n) {
+    char why[300], line[128] = "";
+    FILE *f = io_fopen_regular(path, "r", why, sizeof why);
+    if (!f) return 0; /* missing; anything else is refused where the file is opened */
+    int got = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    if (!got || strncmp(line, ours, strlen(ours)) == 0) return 0;
+    line[strcspn(line, "\r\n")] = '\0';
+    comm_escape(first, n, line);
+    return 1;
+}
+
 trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
                                     const char *resume_dir, const char *csv_header) {
     trainer_rundir *rd = layer_xcalloc(1, sizeof *rd);
@@ -181,6 +196,23 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
                  "checkpoint to resume: choose another run_dir, or move that run's files away",
                  dir, path);
         failed = 1;
+    }
+    agree_or_exit(c, failed, err);
+    /* files memtrain keeps in a run directory, but holding another's: the figures would go
+       under a foreign header (and a cut-off last line be removed), the config be replaced */
+    static const struct {
+        const char *name, *ours, *what;
+    } kept[] = {{"metrics.csv", "step,train_loss,", "its figures"},
+                {"config.conf", TRAINER_RUN_CONFIG_HEAD, "the configuration of its latest sitting"}};
+    for (size_t i = 0; i < sizeof kept / sizeof kept[0] && me0 && !failed; i++) {
+        char first[160];
+        snprintf(path, sizeof path, "%s/%s", dir, kept[i].name);
+        if (foreign(path, kept[i].ours, first, sizeof first)) {
+            snprintf(err, sizeof err, "run_dir %.300s cannot be used: %.400s was not written by "
+                     "memtrain (it starts '%s'), and a run keeps %s there: move it away, or "
+                     "choose another run_dir", dir, path, first, kept[i].what);
+            failed = 1;
+        }
     }
     agree_or_exit(c, failed, err);
     if (!resume_dir) {

@@ -28,8 +28,12 @@ typedef struct trainer_rundir trainer_rundir;
  *    checkpoints already (another run's: resume it, or choose another run_dir); the
  *    directory's for a resume (trainer_run_id_for_resume on resume_dir); written to
  *    run_dir/ckpt/RUN_ID either way (proving the checkpoint directory writable);
+ *  - refuses a metrics.csv or config.conf that memtrain did not write (its first line not
+ *    memtrain's header), which the run would append to or replace;
  *  - opens run_dir/metrics.csv for appending on rank 0, writing csv_header when it is new.
  * Returns the holding, to release with trainer_rundir_close. */
+/* The first line of run_dir/config.conf, by which the run knows the file for its own. */
+#define TRAINER_RUN_CONFIG_HEAD "# the configuration of this run's latest sitting"
 trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
                                     const char *resume_dir, const char *csv_header);
 
