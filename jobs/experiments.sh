@@ -115,6 +115,8 @@ for v in STEPS UNTIL NP; do
 done
 STEPS=${STEPS:-$steps}
 SEEDS=${SEEDS:-$seeds}
+[[ $SEEDS =~ ^[[:space:]]*[0-9]{1,9}([[:space:]]+[0-9]{1,9})*[[:space:]]*$ ]] \
+  || { echo "experiments: SEEDS=$SEEDS: expected whole numbers separated by spaces" >&2; exit 2; }
 UNTIL=${UNTIL:-$STEPS}
 if [ "$UNTIL" -eq 0 ]; then # memtrain's stop_after = 0 means no stop: not what 0 asks
   echo "experiments: UNTIL=0: expected a step from 1 to STEPS=$STEPS" >&2

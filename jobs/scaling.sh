@@ -53,8 +53,9 @@ export OMPI_MCA_btl_base_warn_component_unused=0
 
 die() { echo "scaling.sh: $*" >&2; exit 1; }
 [ -x "$BIN" ] || die "no $BIN: build it first (make all)"
-[ "$MAXP" -ge 1 ] || die "MAXP must be at least 1"
-[ "$REPEATS" -ge 1 ] || die "REPEATS must be at least 1"
+for v in MAXP REPEATS PER_RANK LOG_EVERY; do
+  [ "${!v}" -ge 1 ] || die "$v must be at least 1"
+done
 [ "$STEPS" -ge $(( 2 * LOG_EVERY )) ] || die "STEPS ($STEPS) must hold two log windows of $LOG_EVERY steps (one is warm-up)"
 [ "$STRONG_STREAMS" -ge "$MAXP" ] || die "STRONG_STREAMS ($STRONG_STREAMS) must be at least MAXP ($MAXP)"
 mkdir -p "$OUT"

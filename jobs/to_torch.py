@@ -33,7 +33,9 @@ import gzip
 import math
 import os
 import re
+import stat
 import sys
+import zlib
 from collections import OrderedDict
 
 import h5py
@@ -412,14 +414,55 @@ def flat_from_memtrain(name):
     return None
 
 
+class Damaged(Exception):
+    """A checkpoint that is not as memtrain wrote it; the message is one line."""
+
+
+def _attr(f, path, name):
+    if name not in f.attrs:
+        raise Damaged("%s: attribute %s missing (damaged)" % (path, name))
+    return f.attrs[name]
+
+
+def _checked(ds, path):
+    """The dataset's values, every dim-0 slice checked against its crc32 as memtrain does."""
+    crc = ds.attrs.get("crc32")
+    a = ds[()]
+    if crc is None or np.shape(crc) != (a.shape[0],):
+        raise Damaged("%s: dataset %s has no crc32 of its %d slices (damaged)"
+                      % (path, ds.name.lstrip("/"), a.shape[0]))
+    for i in range(a.shape[0]):
+        if zlib.crc32(a[i].tobytes()) != int(crc[i]):
+            raise Damaged("%s: dataset %s slice %d fails its checksum (corrupt file)"
+                          % (path, ds.name.lstrip("/"), i))
+    if a.dtype != np.float32 or not np.isfinite(a).all():
+        raise Damaged("%s: dataset %s %s" % (path, ds.name.lstrip("/"),
+                      "is not float32" if a.dtype != np.float32
+                      else "holds a NaN or infinite value (damaged)"))
+    return a
+
+
 def read_checkpoint(path):
-    """(config text, step, state_dict of torch tensors in their real shapes)."""
+    """(config text, step, state_dict of torch tensors in their real shapes). Refuses, with a
+    one-line Damaged, what memtrain would: a failed checksum, a missing attribute, a config
+    that does not describe the arrays, a newer format."""
     with h5py.File(path, "r") as f:
         if _attr_str(f.attrs.get("magic", b"")) != "memtrain-checkpoint":
             raise ValueError("%s: not a memtrain checkpoint" % path)
-        text = _attr_str(f.attrs["config"])
-        step = int(f.attrs["step"])
-        model = MemtrainModel.from_config(text)
+        version = int(_attr(f, path, "format_version"))
+        if version not in (1, 2):
+            raise Damaged("%s: format_version %d: not one this converter reads (1 or 2)"
+                          % (path, version))
+        text = _attr_str(_attr(f, path, "config"))
+        if "config_crc32" in f.attrs and zlib.crc32(text.encode()) != int(f.attrs["config_crc32"]):
+            raise Damaged("%s: attribute config fails its checksum (config_crc32): edited or "
+                          "damaged" % path)
+        step = int(_attr(f, path, "step"))
+        try:
+            model = MemtrainModel.from_config(text)
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise Damaged("%s: its config does not build a model (%s)"
+                          % (path, str(e).splitlines()[0] if str(e) else type(e).__name__))
         want = model.state_dict()
         sd = OrderedDict()
         for g in ("dense", "tables"):
@@ -433,12 +476,19 @@ def read_checkpoint(path):
                 for name, ds in items:
                     flat = flat_from_memtrain(name)
                     if flat is None or flat not in want:
-                        raise KeyError("%s: tensor %s has no place in the model" % (path, name))
-                    a = np.asarray(ds[()], dtype=np.float32)
-                    sd[flat] = torch.from_numpy(a.reshape(tuple(want[flat].shape)).copy())
+                        raise Damaged("%s: tensor %s has no place in the model its config "
+                                      "describes" % (path, name))
+                    a = _checked(ds, path)
+                    shape = tuple(want[flat].shape)
+                    if a.size != int(np.prod(shape)):
+                        raise Damaged("%s: %s holds %d values where the model its config "
+                                      "describes has %s: the config does not match the arrays"
+                                      % (path, ds.name.lstrip("/"), a.size, "x".join(map(str, shape))))
+                    sd[flat] = torch.from_numpy(a.reshape(shape).copy())
         missing = [k for k in want if k not in sd]
         if missing:
-            raise KeyError("%s: no tensor for %s" % (path, ", ".join(missing[:5])))
+            raise Damaged("%s: no tensor for %s (damaged, or not this config's model)"
+                          % (path, ", ".join(missing[:5])))
     return text, step, OrderedDict((k, sd[k]) for k in want)
 
 
@@ -801,11 +851,19 @@ def main(argv):
         sys.exit(2)
 
     try:
+        mode = os.stat(args.ckpt).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would block the open
+            refuse("%s: not a regular file (%s)" % (args.ckpt, "a directory" if stat.S_ISDIR(mode)
+                                                    else "a FIFO" if stat.S_ISFIFO(mode)
+                                                    else "a device or socket"))
         text, step, sd = read_checkpoint(args.ckpt)
     except OSError as e:  # missing, unreadable, not HDF5
         refuse("%s: %s" % (args.ckpt, e.strerror or str(e).splitlines()[0]))
-    except ValueError as e:  # HDF5, but not a memtrain checkpoint
+    except (ValueError, Damaged) as e:  # HDF5, but not a memtrain checkpoint, or damaged
         refuse(str(e).splitlines()[0])
+    except (KeyError, RuntimeError, TypeError) as e:  # h5py on a damaged layout (links, groups)
+        refuse("%s: cannot be read as a checkpoint (%s)"
+               % (args.ckpt, str(e).strip("'\"").splitlines()[0] or type(e).__name__))
     cfg = parse_config(text)
     cfg.update(overrides)  # what data is read and how much; never the model
     if "eval_docs" in overrides and not re.fullmatch(r"(0|[1-9][0-9]{0,9})", overrides["eval_docs"]):

@@ -15,7 +15,7 @@ cd "$TOP" || exit 1
 export BUILD=${BUILD:-build}
 
 # refusals of its settings: one line, exit 2, nothing made
-for bad in "STEPS=abc" "UNTIL=0" "UNTIL=7 STEPS=6" "NP=08"; do
+for bad in "STEPS=abc" "UNTIL=0" "UNTIL=7 STEPS=6" "NP=08" "SEEDS=x" "SEEDS=1,2"; do
   status=0
   env $bad jobs/experiments.sh tiny "$TMP/refused" >"$TMP/r.log" 2>&1 || status=$?
   [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.log")" -eq 1 ] && grep -q "^experiments: " "$TMP/r.log" \

@@ -17,6 +17,14 @@ cd "$TOP" || exit 1
 export BUILD=${BUILD:-build}
 
 # ---- the sweep script ----
+# settings it cannot run: one line, before any run
+for bad in LOG_EVERY=0 PER_RANK=0 MAXP=0 STEPS=x; do
+  status=0
+  env "$bad" jobs/scaling.sh "$TMP/refused" >"$TMP/r.log" 2>&1 || status=$?
+  [ "$status" -eq 1 ] && [ "$(wc -l <"$TMP/r.log")" -eq 1 ] && grep -q '^scaling.sh: ' "$TMP/r.log" \
+    && [ ! -e "$TMP/refused" ] || { cat "$TMP/r.log"; fail "scaling.sh with $bad: exit $status"; }
+done
+pass "scaling.sh refuses zero and non-numeric settings in one line"
 out="$TMP/scaling out" # a path with a space, as users have
 # an earlier sweep's runs (a third repeat, P = 3) must not be mixed into this one's
 mkdir -p "$out/weak-p1/r3" "$out/strong-p3/r1"

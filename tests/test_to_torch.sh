@@ -167,3 +167,45 @@ for o in "$TMP/keep.h5" "$TMP/w.pt"; do
     || { cat "$TMP/r.out"; fail "--out $o: an existing file not refused"; }
 done
 pass "to_torch refuses in one line (exit 2) before it writes anything, and never over a file"
+
+# a damaged or edited checkpoint is refused as memtrain refuses it, in one line, nothing written
+mkfifo "$TMP/fifo.h5"
+status=0
+timeout 60 /usr/bin/python3 "$TOOL" "$TMP/fifo.h5" >"$TMP/r.out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(cat "$TMP/r.out")" = "to_torch: $TMP/fifo.h5: not a regular file (a FIFO)" ] \
+  || { cat "$TMP/r.out"; fail "a FIFO as the checkpoint: exit $status"; }
+for e in "step:attribute step missing" "flip:dense/wte/data slice 0 fails its checksum" \
+         "nan:dense/wte/data holds a NaN or infinite value" "nodense:no tensor for wte.weight" \
+         "loop:cannot be read as a checkpoint" "config:attribute config fails its checksum" \
+         "version:format_version 3"; do
+  what=${e%%:*} want=${e#*:}
+  cp "$last" "$TMP/d-$what.h5"
+  /usr/bin/python3 - "$TMP/d-$what.h5" "$what" <<'EOF' || fail "editing $what"
+import h5py, sys, zlib, numpy as np
+path, what = sys.argv[1:]
+with h5py.File(path, "r+") as f:
+    ds = f["dense/wte/data"]
+    if what == "step":
+        del f.attrs["step"]
+    elif what in ("flip", "nan"):  # nan: under a checksum made anew
+        row = ds[0]
+        row[5] = row[5] + 1 if what == "flip" else np.nan
+        ds[0] = row
+        if what == "nan":
+            crc = ds.attrs["crc32"]; crc[0] = zlib.crc32(ds[0].tobytes()); ds.attrs["crc32"] = crc
+    elif what == "nodense":
+        del f["dense"]
+    elif what == "loop":
+        del f["dense/wte/data"]
+        f["dense/wte/data"] = h5py.SoftLink("/dense/wte/data")
+    elif what == "config":
+        f.attrs["config"] = f.attrs["config"].replace("d_model = ", "d_model = 1")
+    elif what == "version":
+        f.attrs["format_version"] = np.int64(3)
+EOF
+  status=0
+  /usr/bin/python3 "$TOOL" "$TMP/d-$what.h5" >"$TMP/r.out" 2>&1 || status=$?
+  [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && grep -qF "$want" "$TMP/r.out" \
+    && [ ! -e "$TMP/d-$what.pt" ] || { cat "$TMP/r.out"; fail "a checkpoint with $what: exit $status"; }
+done
+pass "a FIFO, a missing attribute, a failed checksum, a NaN, a missing group, a link loop, an edited config, a newer format: one line each"
