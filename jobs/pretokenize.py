@@ -98,10 +98,15 @@ def main():
     ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("inputs", nargs="+", help="text files, concatenated in this order")
     ap.add_argument("--out", required=True, help="the uint16 token file to write")
-    ap.add_argument("--vocab", type=int, default=256,
+    ap.add_argument("--vocab", type=int, default=None,
                     help="256 (bytes) to 65536: bytes plus vocab - 256 learned merges (default 256)")
     ap.add_argument("--merges", help="encode with the merges of this JSON file instead of learning")
     args = ap.parse_args()
+    if args.merges and args.vocab is not None:  # the merges file sets the vocabulary
+        sys.exit("pretokenize: --vocab with --merges: the vocabulary is the merges file's "
+                 "(256 + its merges); leave --vocab out")
+    if args.vocab is None:
+        args.vocab = 256
     if not 256 <= args.vocab <= 65536:
         sys.exit("pretokenize: --vocab = %d: expected 256..65536" % args.vocab)
     # every input and the output's place checked before anything is written
@@ -139,8 +144,6 @@ def main():
                      % (args.merges, str(e).splitlines()[0][:80]))
     else:
         merges = learn(collections.Counter(words), args.vocab - 256)
-        with open(args.out + ".merges.json", "x") as f:
-            json.dump(merges, f)
     vocab = 256 + len(merges)
     encode = encoder(merges)
     toks = array("H")
@@ -148,8 +151,29 @@ def main():
         toks.extend(encode(w))
     if sys.byteorder != "little":
         toks.byteswap()
-    with open(args.out, "xb") as f:
-        toks.tofile(f)
+    # each file whole or not at all: written under a temporary name, then linked into place
+    # (never over a file that appeared meanwhile); a failed write (a full disk) leaves nothing
+    files = [(args.out, lambda f: toks.tofile(f))]
+    if not args.merges:
+        files.append((args.out + ".merges.json", lambda f: f.write(json.dumps(merges).encode())))
+    done, path = [], args.out
+    try:
+        for path, write in files:
+            tmp = "%s.%d.tmp" % (path, os.getpid())
+            try:
+                with open(tmp, "xb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, path)
+                done.append(path)
+            finally:
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+    except OSError as e:
+        for path in done:
+            os.unlink(path)
+        sys.exit("pretokenize: %s: cannot write (%s): nothing written" % (path, e.strerror or e))
     # with another file's merges this is usually that run's validation text
     use = "score with --val_data" if args.merges else "train with --data"
     print("pretokenize: %d bytes -> %d tokens (vocab %d) in %s; %s=u16:%s:%d --vocab=%d"

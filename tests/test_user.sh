@@ -91,6 +91,15 @@ mt 1 sample --ckpt "$tck" --prompt -h --length 3
 [ "$status" -eq 0 ] && grep -q "prompt '-h'" "$TMP/out" || { cat "$TMP/out"; fail "--prompt -h: not a prompt"; }
 pass "--prompt -h is the prompt '-h', not a call for help"
 
+# ---- keys of no use to the model are named, and the memory refusal names what drives it ----
+mt 1 train "${TINY[@]}" --arch=decoder --steps=1 --mem_slots=3 --run_dir="$TMP/unused"
+grep -q "^model: set but of no use to this model .*change nothing: .*mem_slots" "$TMP/out" \
+  || { cat "$TMP/out"; fail "mem_slots on a decoder: not named as unused"; }
+! grep -q "of no use" "$d/train.log" || fail "a Memformer run named keys of no use"
+expect_error 1 "driven by stream_block = 2 x horizon = 1000000 segments at once" \
+  train "${TINY[@]}" --arch=decoder --horizon=1000000 --run_dir="$TMP/huge"
+pass "keys of no use to the model named; a decoder's memory refusal names horizon"
+
 # ---- what a run keeps in its directory, and what it will not take over ----
 # a metrics.csv or config.conf memtrain did not write: refused, left as it was
 mkdir -p "$TMP/own"
@@ -254,7 +263,9 @@ printf ' \n\n\t' >"$TMP/blank.txt"
 sum=$(sha256sum <"$TMP/one.txt")
 for a in "$TMP/missing.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP" "$TMP/one.txt --out $TMP/one.txt" \
          "$TMP/one.txt --out $TMP/nodir/m.u16" "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/bad.json" \
-         "$TMP/blank.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP/m.u16 --vocab abc" "--out $TMP/m.u16"; do
+         "$TMP/blank.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP/m.u16 --vocab abc" "--out $TMP/m.u16" \
+         "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/tok.u16.merges.json --vocab 300" \
+         "$TMP/one.txt --out /proc/m.u16"; do
   status=0
   # shellcheck disable=SC2086  # the words of $a are the arguments
   /usr/bin/python3 jobs/pretokenize.py $a >"$TMP/out" 2>&1 || status=$?
@@ -262,4 +273,14 @@ for a in "$TMP/missing.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP" "$TMP/one
     && [ ! -e "$TMP/m.u16" ] && [ ! -e "$TMP/m.u16.merges.json" ] || { cat "$TMP/out"; fail "pretokenize $a"; }
 done
 [ "$(sha256sum <"$TMP/one.txt")" = "$sum" ] || fail "pretokenize wrote over its input"
+# a disk without room for the tokens: one line, and no part of a file left (root mounts one)
+if mkdir -p "$TMP/full" && mount -t tmpfs -o size=8k tmpfs "$TMP/full" 2>/dev/null; then
+  status=0
+  /usr/bin/python3 jobs/pretokenize.py "$TMP/one.txt" "$TMP/one.txt" "$TMP/one.txt" "$TMP/one.txt" \
+    --out "$TMP/full/m.u16" >"$TMP/out" 2>&1 || status=$?
+  left=$(ls -A "$TMP/full")
+  umount "$TMP/full"
+  [ "$status" -ne 0 ] && [ "$(cat "$TMP/out")" = "pretokenize: $TMP/full/m.u16: cannot write (No space left on device): nothing written" ] \
+    && [ -z "$left" ] || { cat "$TMP/out"; echo "left: $left"; fail "pretokenize on a full disk"; }
+fi
 pass "jobs/pretokenize.py: byte-pair tokens that decode to the text and train; bad input refused in one line"

@@ -808,3 +808,20 @@ int trainer_config_diff_other(const trainer_config *a, const trainer_config *b, 
                               size_t n) {
     return diff_keys(a, b, false, keys_out, n);
 }
+
+int trainer_config_unused(const trainer_config *c, char *keys_out, size_t n) {
+    trainer_config d;
+    trainer_config_defaults(&d);
+    int count = 0;
+    size_t used = 0;
+    if (n > 0) keys_out[0] = '\0';
+    for (int k = 0; k < NKEYS; k++) {
+        const key_def *kd = &keys[k];
+        if (key_applies(kd, c) || same_value(c, &d, kd)) continue;
+        count++;
+        if (used + 1 >= n) continue;
+        int len = snprintf(keys_out + used, n - used, "%s%s", count > 1 ? ", " : "", kd->name);
+        used = used + (size_t)len < n ? used + (size_t)len : n - 1;
+    }
+    return count;
+}

@@ -230,6 +230,10 @@ size_t trainer_config_to_text(const trainer_config *c, char *buf, size_t n);
 int trainer_config_diff_shape(const trainer_config *a, const trainer_config *b, char *keys,
                               size_t n);
 
+/* Keys set away from their defaults that do not apply to c (mem_slots with arch = decoder,
+ * tau with proj = dense, ...): counted, and listed in keys as "mem_slots, tau". */
+int trainer_config_unused(const trainer_config *c, char *keys, size_t n);
+
 /* The complement of trainer_config_diff_shape: differing keys that may change on resume
  * (non-shape keys, and shape keys that do not apply to a or b), in the same format. */
 int trainer_config_diff_other(const trainer_config *a, const trainer_config *b, char *keys,

@@ -250,6 +250,12 @@ void trainer_footprint_drivers(const trainer_config *cfg, const trainer_footprin
             snprintf(keys, sizeof keys, "streams = %d (a rank evaluates its %d at once), seg_len = "
                      "%d, n_heads = %d, d_model = %d, vocab = %d", cfg->streams, f->batch,
                      cfg->seg_len, cfg->n_heads, cfg->d_model, cfg->vocab);
+        else if (cfg->arch != TRAINER_ARCH_MEMFORMER || !cfg->memory)
+            /* a decoder (or memory off) runs a block's segments as one batch */
+            snprintf(keys, sizeof keys, "stream_block = %d x horizon = %d segments at once (no "
+                     "memory carries them one by one), seg_len = %d, n_heads = %d, d_model = %d, "
+                     "vocab = %d", cfg->stream_block, cfg->horizon, cfg->seg_len, cfg->n_heads,
+                     cfg->d_model, cfg->vocab);
         else if (cfg->bptt == TRAINER_BPTT_FULL)
             snprintf(keys, sizeof keys, "bptt = full, horizon = %d, seg_len = %d, n_heads = %d, "
                      "d_model = %d (bptt = mrbp keeps one segment)", cfg->horizon, cfg->seg_len,

@@ -613,6 +613,10 @@ static void print_start(run *r, const trainer_config *eff, const trainer_model_s
         spec->memformer ? "memformer" : "decoder", spec->hash ? "hash" : "dense", spec->C,
         trainer_model_params(r->model)->total, trainer_tables_numel(trainer_model_tables(r->model)),
         2e-6 * trainer_model_flops_per_token(r->model));
+    char unused[300];
+    if (trainer_config_unused(cfg, unused, sizeof unused) > 0)
+        say(r, "model: set but of no use to this model (its arch, proj, pos or memory leave "
+            "them out), so they change nothing: %s\n", unused);
 }
 
 /* Everything a run holds, from its checks to its first step: the schedule (stream_block =
