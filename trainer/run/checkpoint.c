@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -507,8 +508,10 @@ int trainer_ckpt_peek_config(comm_ctx *c, const char *run_dir, trainer_config *c
         while (len > 1 && run_dir[len - 1] == '/') len--;
         const char *base = run_dir + len;
         while (base > run_dir && base[-1] != '/') base--;
+        struct stat sb;
         int inner = (run_dir + len - base == 4 && strncmp(base, "ckpt", 4) == 0) ||
-                    (len > 3 && strncmp(run_dir + len - 3, ".h5", 3) == 0);
+                    (len > 3 && strncmp(run_dir + len - 3, ".h5", 3) == 0) ||
+                    (stat(run_dir, &sb) == 0 && !S_ISDIR(sb.st_mode)); /* a file */
         snprintf(err, n, "no checkpoint to resume from in %s/ckpt%s%s%s", run_dir,
                  count ? ": " : "", count ? why : "",
                  !count && inner ? " (--resume takes the run directory, the one holding ckpt/)"

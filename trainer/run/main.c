@@ -428,6 +428,13 @@ static void cut_last(char *path) {
  * (run_dir/samples.png for run_dir/ckpt/CKPT, numbered when it exists; beside a checkpoint
  * kept outside a ckpt/ directory). */
 static int check_sample(cli *c, char *err, size_t n) {
+    /* what it draws (an image grid, or text) is what the model learned */
+    if (strcmp(c->cfg.data, c->stored.data) != 0) {
+        char stored[300];
+        snprintf(err, n, "sample draws what the model was trained on (data = %s): --data does "
+                 "not apply", comm_escape(stored, sizeof stored, c->stored.data));
+        return -1;
+    }
     int image = strcmp(c->cfg.data, "fashion-mnist") == 0;
     trainer_sample_options *so = &c->so;
     const trainer_sample_args *sa = &c->sa;
