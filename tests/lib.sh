@@ -18,6 +18,19 @@ mt() {
   mpirun --oversubscribe -np "$np" "$BIN/memtrain" "$@" >"$TMP/out" 2>&1 || status=$?
 }
 
+# term_when_training PID LOG: once LOG shows a step line (at most 30 s on), TERM to PID (a job
+# script in the background), then waits for it: its status in $status
+term_when_training() {
+  local pid=$1 log=$2
+  for _ in $(seq 1 300); do
+    grep -q '^step' "$log" 2>/dev/null && break
+    sleep 0.1
+  done
+  kill -TERM "$pid"
+  status=0
+  wait "$pid" || status=$?
+}
+
 # expect_error NP MESSAGE ARGS...: memtrain must fail with MESSAGE on one line, printed once
 expect_error() {
   local np=$1 msg=$2; shift 2

@@ -107,14 +107,7 @@ pass "another set's directory and a run started with other settings are refused"
 # TERM to the script stops its ranks with a checkpoint (75), and the next sitting goes on
 long=$TMP/long
 STEPS=100000 jobs/experiments.sh tiny "$long" >"$TMP/t.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do
-  grep -q '^step ' "$long/a-s1/log.txt" 2>/dev/null && break
-  sleep 0.1
-done
-kill -TERM "$pid"
-status=0
-wait "$pid" || status=$?
+term_when_training $! "$long/a-s1/log.txt"
 [ "$status" -eq 75 ] && grep -q 'experiments: stopped by TERM: a seed 1 wrote a checkpoint' "$TMP/t.log" \
   || { cat "$TMP/t.log"; fail "TERM to experiments.sh: exit $status"; }
 ! pgrep -f "memtrain .*$long" >/dev/null || fail "ranks still running after experiments.sh stopped"

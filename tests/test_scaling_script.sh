@@ -77,14 +77,7 @@ pass "a second sweep on a busy OUT_DIR is refused and removes nothing"
 
 # TERM to the script stops its ranks: none is left running
 STEPS=100000 MAXP=1 REPEATS=1 LOG_EVERY=1 jobs/scaling.sh "$TMP/stopped" >"$TMP/stop.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do
-  grep -q '^step ' "$TMP/stopped/weak-p1/r1/log.txt" 2>/dev/null && break
-  sleep 0.1
-done
-kill -TERM "$pid"
-status=0
-wait "$pid" || status=$?
+term_when_training $! "$TMP/stopped/weak-p1/r1/log.txt"
 [ "$status" -eq 143 ] && grep -q 'scaling.sh: stopped by TERM during the weak run at P=1' "$TMP/stop.log" \
   || { cat "$TMP/stop.log"; fail "TERM to scaling.sh: exit $status"; }
 ! pgrep -f "memtrain .*$TMP/stopped" >/dev/null || fail "ranks still running after scaling.sh stopped"

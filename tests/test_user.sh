@@ -149,13 +149,7 @@ pass "make demo NP=two: refused in one line"
 # ---- make demo stopped by TERM: its ranks checkpoint and end, none is left running ----
 RUN_DIR=$TMP/dm/stop bash jobs/demo.sh --d_model=16 --steps=100000 --log_every=1 --eval_every=0 \
   >"$TMP/demo.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do
-  grep -q '^step' "$TMP/dm/stop/train.log" 2>/dev/null && break
-  sleep 0.1
-done
-kill -TERM "$pid"
-status=0; wait "$pid" || status=$?
+term_when_training $! "$TMP/dm/stop/train.log"
 [ "$status" -eq 143 ] && grep -q "^demo: stopped by TERM while training" "$TMP/demo.log" \
   && ls "$TMP/dm/stop/ckpt/"ckpt-*.h5 >/dev/null || { cat "$TMP/demo.log"; fail "TERM to make demo: exit $status"; }
 ! pgrep -f "memtrain .*$TMP/dm/stop" >/dev/null || fail "ranks still running after make demo stopped"
