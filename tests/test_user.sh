@@ -120,6 +120,10 @@ expect_error 1 "--run_dir has no value (the next word, '--steps=2', is an option
 expect_error 1 "inspect prints the checkpoint as it is stored: it takes no --key=value (given: lr (" \
   inspect --ckpt "$ck" --lr=5
 expect_error 1 "unknown option '--temp' (did you mean --temperature?" sample --ckpt "$ck" --temp 0.5
+expect_error 1 "eval uses the checkpoint's model as it is: --lr is a key of training" \
+  eval --ckpt "$ck" --lr=5
+expect_error 1 "sample uses the checkpoint's model as it is: --steps is a key of training" \
+  sample --ckpt "$ck" --steps=9
 expect_error 1 "sample draws what the model was trained on (data = text:" sample --ckpt "$tck" \
   --data=fashion-mnist
 expect_error 1 "(--resume takes the run directory, the one holding ckpt/)" --resume "$d/ckpt/LATEST"

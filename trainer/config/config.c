@@ -809,6 +809,12 @@ int trainer_config_diff_other(const trainer_config *a, const trainer_config *b, 
     return diff_keys(a, b, false, keys_out, n);
 }
 
+int trainer_config_differs(const trainer_config *a, const trainer_config *b, const char *key) {
+    int k = find_key(key);
+    LAYER_ASSERT(k >= 0);
+    return !same_value(a, b, &keys[k]);
+}
+
 int trainer_config_unused(const trainer_config *c, char *keys_out, size_t n) {
     trainer_config d;
     trainer_config_defaults(&d);

@@ -230,6 +230,9 @@ size_t trainer_config_to_text(const trainer_config *c, char *buf, size_t n);
 int trainer_config_diff_shape(const trainer_config *a, const trainer_config *b, char *keys,
                               size_t n);
 
+/* Whether a and b hold different values of key (a name trainer_config_has_key knows). */
+int trainer_config_differs(const trainer_config *a, const trainer_config *b, const char *key);
+
 /* Keys set away from their defaults that do not apply to c (mem_slots with arch = decoder,
  * tau with proj = dense, ...): counted, and listed in keys as "mem_slots, tau". */
 int trainer_config_unused(const trainer_config *c, char *keys, size_t n);
