@@ -157,7 +157,8 @@ static const key_def keys[] = {
     /* table parallelism */
     ENUM_KEY(table_strategy, "auto", strategy_words, 0, applies_hash,
              "how table groups are served across ranks: the planner's choice per group, or one "
-             "for all (fetch rows, owner-side lookup, replicate); all give the same result"),
+             "for all (fetch rows, owner-side lookup, replicate); the same result (replicate under "
+             "fast on 3+ ranks: to float rounding)"),
     FLT_KEY(row_cache_mb, "256", 0, 0, NOHI | KF_LO_OPEN, applies_hash,
             "MiB of fetched table rows a rank may hold; groups beyond it fetch for each call"),
     ENUM_KEY(row_format, "f32", rowfmt_words, S, applies_hash,
