@@ -196,4 +196,8 @@ for key in arch proj d_model tau expand_bits score horizon bptt streams lr warmu
   grep -qE "^  $key\*? " "$TMP/help" || fail "--help does not list $key"
 done
 pass "--help lists the keys"
+
+# too few blocks for the ranks: the refusal says what stream_block = auto came to
+expect_error 3 "streams = 6 in blocks of stream_block = 4 make 2 blocks for 3 ranks: every rank needs a block; set stream_block <= 2 or use more streams (stream_block = auto is 4 under deterministic = bitwise)" \
+  "${S[@]}" --streams=6 --deterministic=bitwise --run_dir="$TMP/blocks"
 echo "test_cli: all passed"

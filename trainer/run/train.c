@@ -641,8 +641,14 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
                  "resume it on at most %d ranks", resume_dir, eff.streams, eff.streams);
         comm_exit_error(comm, err);
     }
-    if (trainer_schedule_check(eff.streams, eff.stream_block, P, err, sizeof(err)) != 0)
+    if (trainer_schedule_check(eff.streams, eff.stream_block, P, err, sizeof(err)) != 0) {
+        size_t len = strlen(err);
+        if (cfg->stream_block == TRAINER_STREAM_BLOCK_AUTO && len < sizeof(err))
+            snprintf(err + len, sizeof(err) - len, " (stream_block = auto is %d under "
+                     "deterministic = %s)", eff.stream_block,
+                     cfg->deterministic == TRAINER_DET_BITWISE ? "bitwise" : "fast");
         comm_exit_error(comm, err);
+    }
     r->sched = trainer_schedule_make(eff.streams, eff.stream_block, P, rank);
     trainer_preflight_memory(comm, &eff, TRAINER_USE_TRAIN, 0, 1);
     /* data that cannot be read leaves no run directory behind */
