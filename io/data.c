@@ -235,8 +235,8 @@ void io_dataset_describe(const io_dataset *d, char *buf, size_t n) {
         snprintf(buf, n, "(no dataset)");
         return;
     }
-    snprintf(buf, n, "%s: %" PRId64 " documents, %" PRId64 " tokens, vocab %d", d->name,
-             d->ndocs, d->doc_off[d->ndocs], d->vocab);
+    snprintf(buf, n, "%s: %" PRId64 " document%s, %" PRId64 " tokens, vocab %d", d->name,
+             d->ndocs, d->ndocs == 1 ? "" : "s", d->doc_off[d->ndocs], d->vocab);
 }
 
 void io_stream_init(io_stream *st, int64_t stream, int64_t nstreams) {

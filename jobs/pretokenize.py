@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Pre-tokenises text into the little-endian uint16 token files memtrain reads (data = u16:PATH:V).
 
     python3 jobs/pretokenize.py train.txt --out runs/tok/train.u16 --vocab 1024

@@ -38,11 +38,15 @@ import sys
 import zlib
 from collections import OrderedDict
 
-import h5py
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+try:
+    import h5py
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError as e:  # one line, not a traceback
+    sys.exit("to_torch: %s: needs h5py, numpy and torch (Debian: python3-h5py python3-torch, "
+             "which make torch-deps installs), run with /usr/bin/python3" % e)
 
 # ---------------------------------------------------------------------------------------------
 # config
@@ -818,7 +822,12 @@ SHAPE_KEYS = set("""arch proj d_model n_heads n_layers enc_layers dec_layers seg
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(
+    class Parser(argparse.ArgumentParser):  # its refusals in one line, like memtrain's
+        def error(self, message):
+            print("to_torch: %s (see --help)" % message, file=sys.stderr)
+            sys.exit(2)
+
+    ap = Parser(
         description=__doc__.split("\n")[0],
         epilog="Other --key=value arguments override the checkpoint's config for --eval and "
                "--grad, like memtrain eval's: --eval_docs=N (the first N validation documents), "

@@ -168,6 +168,11 @@ for o in "$TMP/keep.h5" "$TMP/w.pt"; do
 done
 pass "to_torch refuses in one line (exit 2) before it writes anything, and never over a file"
 
+status=0
+/usr/bin/python3 "$TOOL" "$TMP/v.h5" --d_model=64 >"$TMP/r.out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && grep -q "^to_torch: --d_model: " "$TMP/r.out" \
+  || { cat "$TMP/r.out"; fail "a shape key: not one line and exit 2"; }
+
 # a damaged or edited checkpoint is refused as memtrain refuses it, in one line, nothing written
 mkfifo "$TMP/fifo.h5"
 status=0

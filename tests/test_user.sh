@@ -76,7 +76,7 @@ expect_error 1 "validation split is empty (1 document; validation takes every 10
 mt 1 train "${TINY[@]}" --data=text:"$TMP/one.txt" --val_data=text:"$TMP/val.txt" --steps=2 \
   --eval_every=2 --run_dir="$TMP/t"
 [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "one-document text with val_data exited $status"; }
-grep -q "val text:$TMP/val.txt: 1 documents" "$TMP/out" || { cat "$TMP/out"; fail "val_data not read whole"; }
+grep -q "val text:$TMP/val.txt: 1 document, " "$TMP/out" || { cat "$TMP/out"; fail "val_data not read whole"; }
 tck=$TMP/t/ckpt/ckpt-00000002.h5
 for o in "--count 2" "--scale=2" "--out $TMP/x.png"; do
   # shellcheck disable=SC2086

@@ -203,9 +203,9 @@ int trainer_sample_checkpoint(comm_ctx *comm, const trainer_config *cfg, const c
             fail = rc != 0;
             char shown[2200], shown_out[2400];
             if (!fail)
-                printf("%s (step %lld): %d samples written to %s\n",
+                printf("%s (step %lld): %d sample%s written to %s\n",
                        comm_escape(shown, sizeof(shown), path), (long long)step, B,
-                       comm_escape(shown_out, sizeof(shown_out), out));
+                       B == 1 ? "" : "s", comm_escape(shown_out, sizeof(shown_out), out));
         }
         free(pix);
         free(tok);
