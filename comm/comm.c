@@ -187,6 +187,7 @@ enum { TRANSCRIPT_HOLD = 1 << 16 };
 static FILE *transcript;
 static char *held;
 static size_t held_len;
+static int held_full; /* past the hold: nothing more is held, so the log has no gaps */
 
 static void transcribe(const char *text, size_t len) {
     if (transcript) {
@@ -194,8 +195,11 @@ static void transcribe(const char *text, size_t len) {
         fflush(transcript);
         return;
     }
-    if (held_len + len > TRANSCRIPT_HOLD) return; /* a command that never opens one */
-    if (!held && !(held = malloc(TRANSCRIPT_HOLD))) return;
+    if (held_full) return;
+    if (held_len + len > TRANSCRIPT_HOLD || (!held && !(held = malloc(TRANSCRIPT_HOLD)))) {
+        held_full = 1; /* a command that never opens one */
+        return;
+    }
     memcpy(held + held_len, text, len);
     held_len += len;
 }
@@ -278,9 +282,9 @@ void comm_vprint0(const comm_ctx *c, const char *fmt, va_list ap) {
     if ((size_t)n >= sizeof small) {
         text = malloc((size_t)n + 1);
         if (text) vsnprintf(text, (size_t)n + 1, fmt, again);
+        else text = small, n = (int)sizeof small - 1; /* cut short rather than lost */
     }
     va_end(again);
-    if (!text) return;
     fputs(text, stdout);
     fflush(stdout);
     transcribe(text, (size_t)n);

@@ -40,7 +40,12 @@ stopped() {
 status=0
 run_ranks demo mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" train \
   --config jobs/configs/demo.conf --run_dir="$RUN_DIR" "$@" || status=$?
-[ -z "$ranks_stopped_by" ] || stopped " while training (its checkpoint is in $RUN_DIR/ckpt)"
+if [ -n "$ranks_stopped_by" ]; then
+  if [ "$status" -eq 75 ] && [ -e "$RUN_DIR/ckpt/LATEST" ]; then
+    stopped " while training (its checkpoint is in $RUN_DIR/ckpt)"
+  fi
+  stopped " while training"
+fi
 [ "$status" -eq 0 ] || exit "$status"
 last=$RUN_DIR/ckpt/$(cat "$RUN_DIR/ckpt/LATEST")
 run_ranks demo mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" sample --ckpt "$last" \

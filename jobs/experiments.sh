@@ -115,7 +115,7 @@ for v in STEPS UNTIL NP; do
 done
 STEPS=${STEPS:-$steps}
 SEEDS=${SEEDS:-$seeds}
-[[ $SEEDS =~ ^[[:space:]]*[0-9]{1,9}([[:space:]]+[0-9]{1,9})*[[:space:]]*$ ]] \
+[[ $SEEDS =~ ^[[:space:]]*(0|[1-9][0-9]{0,8})([[:space:]]+(0|[1-9][0-9]{0,8}))*[[:space:]]*$ ]] \
   || { echo "experiments: SEEDS=$SEEDS: expected whole numbers separated by spaces" >&2; exit 2; }
 UNTIL=${UNTIL:-$STEPS}
 if [ "$UNTIL" -eq 0 ]; then # memtrain's stop_after = 0 means no stop: not what 0 asks
@@ -175,10 +175,17 @@ for row in "${arms[@]}"; do
       sh -c 'trap "" USR1; exec /usr/bin/time -a -o "$0" -f %M "$@"' "$run/peak_kib" \
       "$BIN/memtrain" "${cmd[@]}" >>"$run/log.txt" 2>&1 || status=$?
     if [ -n "$ranks_stopped_by" ]; then
-      grep -E '^(step|checkpoint:) ' "$run/log.txt" | tail -n 2 | sed 's/^/   /'
+      { grep -E '^(step|checkpoint:) ' "$run/log.txt" || true; } | tail -n 2 | sed 's/^/   /'
       if [ "$status" -eq 75 ]; then
-        echo "experiments: stopped by $ranks_stopped_by: $arm seed $seed wrote a checkpoint;" \
-             "run the same command again to continue" >&2
+        # this sitting's stop line: the log holds the earlier sittings' too
+        if { grep '^memtrain: stopped by a signal' "$run/log.txt" || true; } | tail -n 1 |
+            grep -q 'after step'; then
+          what="wrote a checkpoint"
+        else
+          what="stopped before its first step, with nothing written"
+        fi
+        echo "experiments: stopped by $ranks_stopped_by: $arm seed $seed $what; run the same" \
+             "command again to continue" >&2
         exit 75
       fi
       echo "experiments: stopped by $ranks_stopped_by (log: $run/log.txt)" >&2

@@ -171,8 +171,11 @@ def main():
                 if os.path.lexists(tmp):
                     os.unlink(tmp)
     except OSError as e:
-        for path in done:
-            os.unlink(path)
+        for written in done:  # path stays the one that failed
+            try:
+                os.unlink(written)
+            except OSError:
+                pass
         sys.exit("pretokenize: %s: cannot write (%s): nothing written" % (path, e.strerror or e))
     # with another file's merges this is usually that run's validation text
     use = "score with --val_data" if args.merges else "train with --data"

@@ -121,6 +121,13 @@ mt 1 "${S[@]}" --data=text:"$TMP/d4.txt" --val_data=text:"$TMP/v.txt" --run_dir=
 printf 'a\n\n\nb\n' >"$TMP/d4.txt" # shorter than the checkpoint's cursors
 expect_error 1 "the training data changed since it was written" --resume "$TMP/shr" --steps=4
 [ "$(grep -c "the training data changed" "$TMP/out")" -eq 1 ] || fail "the resume failure said twice"
+# a checkpoint from before data_docs was kept: its cursors are still checked against the data
+/usr/bin/python3 -c '
+import glob, h5py, sys
+for p in glob.glob(sys.argv[1] + "/ckpt/ckpt-*.h5"):
+    with h5py.File(p, "r+") as f:
+        del f.attrs["data_docs"], f.attrs["data_crc32"]' "$TMP/shr"
+expect_error 1 "lies outside the data" --resume "$TMP/shr" --steps=4
 # init_from: a new run may read other data with other streams (the model's shape stays)
 mt 2 "${S[@]}" --data=text:"$TMP/v.txt" --streams=4 --run_dir="$TMP/if" \
   --init_from="$TMP/sa/ckpt/ckpt-00000004.h5"

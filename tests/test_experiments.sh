@@ -118,3 +118,18 @@ STEPS=100000 UNTIL=$((at + 2)) jobs/experiments.sh tiny "$long" >"$TMP/t2.log" 2
 grep -q "a seed 1: continuing from step $at to $((at + 2))" "$TMP/t2.log" \
   || { cat "$TMP/t2.log"; fail "the sitting after TERM did not continue from step $at"; }
 pass "TERM checkpoints the running arm (step $at), leaves no rank running, and the next sitting continues"
+
+# TERM as mpirun starts (before its ranks exist, or listen: time ignores USR1): the
+# stop still reaches them, before the first step, with nothing written
+early=$TMP/early
+STEPS=100000 jobs/experiments.sh tiny "$early" >"$TMP/e.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do pgrep -f "mpirun .*$early" >/dev/null && break; sleep 0.01; done
+kill -TERM "$pid"
+status=0
+timeout 120 tail --pid="$pid" -f /dev/null || fail "experiments.sh did not stop within 120 s of an early TERM"
+wait "$pid" || status=$?
+[ "$status" -eq 75 ] && grep -qE "experiments: stopped by TERM: a seed 1 (stopped before its first step|wrote a checkpoint)" "$TMP/e.log" \
+  || { cat "$TMP/e.log"; fail "an early TERM to experiments.sh: exit $status"; }
+! pgrep -f "memtrain .*$early" >/dev/null || fail "ranks still running after an early TERM"
+pass "an early TERM stops the ranks too: $(grep -o 'seed 1 [a-z ]*step[a-z ,]*\|seed 1 wrote a checkpoint' "$TMP/e.log")"

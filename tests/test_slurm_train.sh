@@ -71,7 +71,7 @@ wait_state "$job" 60 RUNNING >/dev/null
 for _ in $(seq 600); do [ -s "$RUN_DIR/metrics.csv" ] && [ "$(wc -l <"$RUN_DIR/metrics.csv")" -ge 3 ] && break; sleep 0.1; done
 scancel --batch --signal=TERM "$job"
 state=$(wait_state "$job" 120 "COMPLETED|FAILED|CANCELLED|TIMEOUT")
-grep -q "checkpoint written; resubmit to continue" "$dir/stop.out" || { cat "$dir/stop.out"; fail "TERM: no stop line"; }
+grep -q "checkpoint written; resubmit with the same arguments to continue" "$dir/stop.out" || { cat "$dir/stop.out"; fail "TERM: no stop line"; }
 ! grep -q "job requeued" "$dir/stop.out" || fail "TERM requeued the job"
 [ "$(job_field "$job" Restarts)" = 0 ] && [ "$(job_field "$job" ExitCode)" = "75:0" ] \
   || fail "TERM: Restarts=$(job_field "$job" Restarts) ExitCode=$(job_field "$job" ExitCode), state $state"

@@ -19,6 +19,8 @@ grep -q "^summary: steps 1-4 of 4 in .* val ppl [0-9.]*; checkpoint $d/ckpt/ckpt
 grep -q "tokens per stream: 784 tokens per step$" "$TMP/out" || { cat "$TMP/out"; fail "tokens per step"; }
 for f in train.log config.conf; do [ -s "$d/$f" ] || fail "no run_dir/$f"; done
 grep -q "^summary: " "$d/train.log" || fail "train.log lacks the summary"
+# train.log is what rank 0 printed, from the memory line through the plan to the summary
+cmp "$TMP/out" "$d/train.log" || { diff "$TMP/out" "$d/train.log" | head; fail "train.log is not what the run printed"; }
 grep -q "^d_model = 32$" "$d/config.conf" || fail "config.conf lacks d_model = 32"
 head -n 1 "$d/metrics.csv" | grep -q ",elapsed_s,tokens,val_loss$" || fail "metrics.csv columns"
 tail -n 1 "$d/metrics.csv" | awk -F, '{exit !($(NF-1) == 3136 && $NF > 0 && $(NF-2) > 0)}' \
@@ -120,9 +122,9 @@ expect_error 1 "--run_dir has no value (the next word, '--steps=2', is an option
 expect_error 1 "inspect prints the checkpoint as it is stored: it takes no --key=value (given: lr (" \
   inspect --ckpt "$ck" --lr=5
 expect_error 1 "unknown option '--temp' (did you mean --temperature?" sample --ckpt "$ck" --temp 0.5
-expect_error 1 "eval uses the checkpoint's model as it is: --lr is a key of training" \
+expect_error 1 "eval uses the checkpoint's model as it is: lr, set here other than the checkpoint's, is a key of training" \
   eval --ckpt "$ck" --lr=5
-expect_error 1 "sample uses the checkpoint's model as it is: --steps is a key of training" \
+expect_error 1 "sample uses the checkpoint's model as it is: steps, set here other than the checkpoint's, is a key of training" \
   sample --ckpt "$ck" --steps=9
 expect_error 1 "sample draws what the model was trained on (data = text:" sample --ckpt "$tck" \
   --data=fashion-mnist
@@ -158,6 +160,19 @@ term_when_training $! "$TMP/dm/stop/train.log"
   && ls "$TMP/dm/stop/ckpt/"ckpt-*.h5 >/dev/null || { cat "$TMP/demo.log"; fail "TERM to make demo: exit $status"; }
 ! pgrep -f "memtrain .*$TMP/dm/stop" >/dev/null || fail "ranks still running after make demo stopped"
 pass "TERM to make demo: the ranks checkpoint and stop with it (exit 143)"
+# Ctrl-C: INT to the whole process group, mpirun's too if it were in it (it would end the job).
+# A script started with & here would ignore INT (bash's rule for jobs without job control), so
+# perl restores its default first, as a terminal's foreground job has it
+RUN_DIR=$TMP/dm/int setsid perl -e '$SIG{INT} = "DEFAULT"; exec @ARGV' bash jobs/demo.sh \
+  --d_model=16 --steps=100000 --log_every=1 --eval_every=0 >"$TMP/demo.log" 2>&1 </dev/null &
+pid=$!
+for _ in $(seq 1 300); do grep -q '^step' "$TMP/dm/int/train.log" 2>/dev/null && break; sleep 0.1; done
+kill -INT -- "-$pid"
+status=0; wait "$pid" || status=$?
+[ "$status" -eq 130 ] && grep -q "^demo: stopped by INT while training (its checkpoint is in" "$TMP/demo.log" \
+  || { cat "$TMP/demo.log"; fail "INT to make demo's process group: exit $status"; }
+! pgrep -f "memtrain .*$TMP/dm/int" >/dev/null || fail "ranks still running after Ctrl-C to make demo"
+pass "Ctrl-C to make demo: the ranks checkpoint and stop (exit 130)"
 
 # ---- the command line ----
 mt 0 eval --help

@@ -54,11 +54,12 @@ void trainer_config_suggest(const char *name, const char *const *flags, char *ou
     /* a word cut short (--temp): the one key or flag it starts, before any near spelling */
     int starts = 0;
     for (int k = 0; len >= 3 && config_key_name(k); k++)
-        if (strncmp(config_key_name(k), name, len) == 0 && starts++ == 0)
+        if (strlen(config_key_name(k)) >= len && same_spelling(config_key_name(k), name, len) &&
+            starts++ == 0)
             snprintf(out, n, "--%s", config_key_name(k));
     for (int i = 0; len >= 3 && flags && flags[i]; i++)
-        if (strncmp(flags[i], "--", 2) == 0 && strncmp(flags[i] + 2, name, len) == 0 &&
-            starts++ == 0)
+        if (strncmp(flags[i], "--", 2) == 0 && strlen(flags[i] + 2) >= len &&
+            same_spelling(flags[i] + 2, name, len) && starts++ == 0)
             snprintf(out, n, "%s", flags[i]);
     if (starts == 1) return;
     if (n > 0) out[0] = '\0';

@@ -57,7 +57,8 @@ static void usage_command(FILE *f, const char *cmd) {
                 "                         checkpoint's; 0: every validation document)\n"
                 "  --data=SPEC, --val_data=SPEC, --streams=N   evaluate on other data or streams\n"
                 "  --data_dir=DIR         the directory make data fetched into (default: data)\n"
-                "Keys that change the model's shape (d_model, ...) are refused.\n");
+                "Keys that change the model's shape (d_model, ...) and keys of training (lr, steps,\n"
+                "...) are refused.\n");
     else if (strcmp(cmd, "sample") == 0)
         fprintf(f,
                 "usage: mpirun -np P memtrain sample --ckpt FILE [options]\n\n"
@@ -70,20 +71,21 @@ static void usage_command(FILE *f, const char *cmd) {
                 "images (data = fashion-mnist):\n"
                 "  --count N              images, 1..65536 (default 16)\n"
                 "  --scale S              screen pixels per image pixel, 1..32 (default 4)\n"
-                "  --out FILE.png         the grid (default: samples.png beside the checkpoint's run,\n"
-                "                         that is CKPT/../../samples.png, numbered samples-2.png, ...\n"
-                "                         when it exists; an existing --out is refused)\n"
+                "  --out FILE.png         the grid (default: samples.png in the checkpoint's run\n"
+                "                         directory, RUN_DIR for RUN_DIR/ckpt/CKPT, else beside CKPT;\n"
+                "                         numbered samples-2.png, ... when it exists; an existing --out\n"
+                "                         is refused)\n"
                 "text (every other data):\n"
                 "  --prompt TEXT          the start of the text (default 'The ')\n"
                 "  --length N             bytes to generate, 1..10000000 (default 400)\n"
-                "Options of the other kind of data are refused. Every option takes --opt VALUE or\n"
-                "--opt=VALUE, with '-' or '_'.\n");
+                "Options of the other kind of data, --data, and keys of training are refused. Every\n"
+                "option takes --opt VALUE or --opt=VALUE, with '-' or '_'.\n");
     else if (strcmp(cmd, "inspect") == 0)
         fprintf(f,
                 "usage: memtrain inspect --ckpt FILE\n\n"
                 "Prints a checkpoint's run id, step, configuration, every stored array with its shape,\n"
                 "the parameter counts (dense and table), and a few stored values to compare with other\n"
-                "readers (h5py).\n");
+                "readers (h5py). It prints the file as stored: --key=value overrides are refused.\n");
     else if (strcmp(cmd, "plan") == 0)
         fprintf(f,
                 "usage: memtrain plan --ranks P[,P...] [--per-rank-streams N] [--csv] [--config FILE]\n"
@@ -415,8 +417,9 @@ static int check_ckpt_command(cli *c, char *err, size_t n) {
     for (int k = 0; training[k] && strcmp(c->cmd, "inspect") != 0; k++)
         if (!(sample && strcmp(training[k], "seed") == 0) &&
             trainer_config_differs(&c->stored, &c->cfg, training[k])) {
-            snprintf(err, n, "%s uses the checkpoint's model as it is: --%s is a key of training "
-                     "and would change nothing", c->cmd, training[k]);
+            snprintf(err, n, "%s uses the checkpoint's model as it is: %s, set here other than "
+                     "the checkpoint's, is a key of training and would change nothing", c->cmd,
+                     training[k]);
             return -1;
         }
     /* inspect prints the configuration as stored: an override would be shown as if it were */
@@ -680,6 +683,7 @@ static int run_command(cli *c, comm_ctx *comm) {
  * runs on all of them. */
 int main(int argc, char **argv) {
     trainer_blas_choose(argv); /* may re-execute this program: before anything starts */
+    if (strcmp(command_word(argc, argv), "train") == 0) trainer_catch_stop_signals();
     if (srun_without_pmi()) return 2;
     trainer_watchdog_start(); /* before MPI: it reads the launcher's environment */
     launched_as_rank = getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMIX_RANK") != NULL;

@@ -399,7 +399,7 @@ static volatile sig_atomic_t stop_signal = 0;
 
 static void on_signal(int sig) { stop_signal = sig; }
 
-static void install_signal_handlers(void) {
+void trainer_catch_stop_signals(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
@@ -615,7 +615,7 @@ static void print_start(run *r, const trainer_config *eff, const trainer_model_s
         2e-6 * trainer_model_flops_per_token(r->model));
     char unused[300];
     if (trainer_config_unused(cfg, unused, sizeof unused) > 0)
-        say(r, "model: set but of no use to this model (its arch, proj, pos or memory leave "
+        say(r, "model: set but of no use to this model (its arch, proj, pos, score or memory leave "
             "them out), so they change nothing: %s\n", unused);
 }
 
@@ -630,7 +630,7 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     r->cfg = cfg;
     /* from the start: a stop signal while the data or the checkpoint loads ends the run before
        its first step (stopped_before_start) with status 75, not the default death */
-    install_signal_handlers();
+    trainer_catch_stop_signals(); /* again: main did, for train, before MPI started */
     comm_escape(r->dir, sizeof(r->dir), cfg->run_dir);
     int P = comm_size(comm), rank = comm_rank(comm);
     char err[512];
@@ -643,7 +643,7 @@ static void run_open(run *r, comm_ctx *comm, const trainer_config *cfg, const ch
     }
     if (trainer_schedule_check(eff.streams, eff.stream_block, P, err, sizeof(err)) != 0) {
         size_t len = strlen(err);
-        if (cfg->stream_block == TRAINER_STREAM_BLOCK_AUTO && len < sizeof(err))
+        if (cfg->stream_block == TRAINER_STREAM_BLOCK_AUTO)
             snprintf(err + len, sizeof(err) - len, " (stream_block = auto is %d under "
                      "deterministic = %s)", eff.stream_block,
                      cfg->deterministic == TRAINER_DET_BITWISE ? "bitwise" : "fast");

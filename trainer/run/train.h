@@ -40,6 +40,12 @@ int trainer_eval_lanes(const trainer_config *cfg, int64_t ndocs);
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
                               const io_dataset *val, int64_t *tokens);
 
+/* From now on SIGUSR1, SIGTERM, SIGINT and SIGHUP (unless ignored) ask the training run to
+ * stop at its next step boundary (or before its first step, with nothing written). main calls
+ * it first thing for train, so that a signal while MPI starts is not lost (nor taken with a
+ * launcher's wrapper's ignore rule); the run calls it again. */
+void trainer_catch_stop_signals(void);
+
 /* Exit status of a run stopped by SIGUSR1/SIGTERM after writing its checkpoint (EX_TEMPFAIL:
  * try again later, e.g. requeue the job and resume). */
 #define TRAINER_EXIT_INTERRUPTED 75
