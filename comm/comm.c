@@ -281,8 +281,12 @@ void comm_vprint0(const comm_ctx *c, const char *fmt, va_list ap) {
     }
     if ((size_t)n >= sizeof small) {
         text = malloc((size_t)n + 1);
-        if (text) vsnprintf(text, (size_t)n + 1, fmt, again);
-        else text = small, n = (int)sizeof small - 1; /* cut short rather than lost */
+        if (text) {
+            vsnprintf(text, (size_t)n + 1, fmt, again);
+        } else { /* cut short rather than lost */
+            text = small;
+            n = (int)sizeof small - 1;
+        }
     }
     va_end(again);
     fputs(text, stdout);

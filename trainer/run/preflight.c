@@ -204,8 +204,9 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
        under a foreign header (and a cut-off last line be removed), the config be replaced */
     static const struct {
         const char *name, *ours, *what;
-    } kept[] = {{"metrics.csv", "step,train_loss,", "its figures"},
-                {"config.conf", TRAINER_RUN_CONFIG_HEAD, "the configuration of its latest sitting"}};
+    } kept[] = {
+        {"metrics.csv", "step,train_loss,", "its figures"},
+        {"config.conf", TRAINER_RUN_CONFIG_HEAD, "the configuration of its latest sitting"}};
     for (size_t i = 0; i < sizeof kept / sizeof kept[0] && me0 && !failed; i++) {
         char first[160];
         snprintf(path, sizeof path, "%s/%s", dir, kept[i].name);

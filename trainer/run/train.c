@@ -407,10 +407,11 @@ void trainer_catch_stop_signals(void) {
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    /* a hangup too (a closed terminal, a launcher's HUP), unless it is ignored: a run started
-       under nohup goes on */
+    /* a hangup too (a closed terminal, a launcher's HUP), unless it is ignored: `nohup
+       memtrain` goes on (under `nohup mpirun` the ranks never get the hangup) */
     struct sigaction was;
-    if (sigaction(SIGHUP, NULL, &was) == 0 && was.sa_handler != SIG_IGN) sigaction(SIGHUP, &sa, NULL);
+    if (sigaction(SIGHUP, NULL, &was) == 0 && was.sa_handler != SIG_IGN)
+        sigaction(SIGHUP, &sa, NULL);
 }
 
 /* Whether a stop signal reached any rank before the first step (while the data or the
