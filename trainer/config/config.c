@@ -30,6 +30,8 @@ enum {
     KF_HI_OPEN = 1u << 2, /* value < hi rather than <= hi */
     KF_NO_HI = 1u << 3,   /* no upper bound beyond the field type's */
     KF_AUTO = 1u << 4,    /* KEY_INT: the word auto stands for 0 */
+    KF_TRAIN = 1u << 5,   /* of training only: eval and sample, which use the model as
+                             stored, refuse it set other than the checkpoint's */
 };
 
 typedef bool (*key_applies_fn)(const trainer_config *c);
@@ -100,6 +102,7 @@ static_assert(sizeof(trainer_arch) == sizeof(int) && sizeof(trainer_proj) == siz
 
 #define S KF_SHAPE
 #define NOHI KF_NO_HI
+#define T KF_TRAIN
 
 /* Every key of the configuration, in the order of --help and of the canonical text. */
 static const key_def keys[] = {
@@ -141,9 +144,9 @@ static const key_def keys[] = {
     FLT_KEY(rope_frac, "0.5", 0, 1, S | KF_LO_OPEN, applies_rope,
             "fraction of each head's dims that rotate (must give an even count)"),
     /* rollout */
-    INT_KEY(horizon, "4", 1, 0, NOHI, NULL,
+    INT_KEY(horizon, "4", 1, 0, NOHI | T, NULL,
             "segments per rollout; one optimizer step per rollout (MRBP time horizon)"),
-    ENUM_KEY(bptt, "mrbp", bptt_words, 0, NULL,
+    ENUM_KEY(bptt, "mrbp", bptt_words, T, NULL,
              "memory replay back-propagation (one step's activations kept) or full BPTT (all "
              "kept); same gradients"),
     INT_KEY(streams, "8", 1, TRAINER_MAX_STREAMS, S, NULL,
@@ -175,45 +178,47 @@ static const key_def keys[] = {
     FLT_KEY(net_latency_us, "20", 0, 0, NOHI, applies_hash,
             "time per exchange the table planner assumes, microseconds"),
     /* optimizer and schedule */
-    FLT_KEY(lr, "0.001", 0, 0, NOHI | KF_LO_OPEN, NULL, "peak learning rate, reached after warmup"),
-    INT_KEY(warmup, "50", 0, 0, NOHI, NULL, "steps of linear learning-rate warmup"),
-    FLT_KEY(min_lr, "0.0001", 0, 0, NOHI, NULL, "learning rate at the end of the cosine decay"),
-    FLT_KEY(weight_decay, "0.01", 0, 0, NOHI, NULL,
+    FLT_KEY(lr, "0.001", 0, 0, NOHI | KF_LO_OPEN | T, NULL,
+            "peak learning rate, reached after warmup"),
+    INT_KEY(warmup, "50", 0, 0, NOHI | T, NULL, "steps of linear learning-rate warmup"),
+    FLT_KEY(min_lr, "0.0001", 0, 0, NOHI | T, NULL, "learning rate at the end of the cosine decay"),
+    FLT_KEY(weight_decay, "0.01", 0, 0, NOHI | T, NULL,
             "decoupled AdamW weight decay of dense matrices (none on table rows)"),
-    FLT_KEY(grad_clip, "1", 0, 0, NOHI, NULL, "global gradient-norm limit (0: no clipping)"),
-    FLT_KEY(beta1, "0.9", 0, 1, KF_HI_OPEN, NULL, "Adam first-moment decay"),
-    FLT_KEY(beta2, "0.95", 0, 1, KF_HI_OPEN, NULL, "Adam second-moment decay"),
-    FLT_KEY(adam_eps, "1e-08", 0, 0, NOHI | KF_LO_OPEN, NULL, "Adam denominator epsilon"),
-    FLT_KEY(table_lr_scale, "1", 0, 0, NOHI, NULL,
+    FLT_KEY(grad_clip, "1", 0, 0, NOHI | T, NULL, "global gradient-norm limit (0: no clipping)"),
+    FLT_KEY(beta1, "0.9", 0, 1, KF_HI_OPEN | T, NULL, "Adam first-moment decay"),
+    FLT_KEY(beta2, "0.95", 0, 1, KF_HI_OPEN | T, NULL, "Adam second-moment decay"),
+    FLT_KEY(adam_eps, "1e-08", 0, 0, NOHI | KF_LO_OPEN | T, NULL, "Adam denominator epsilon"),
+    FLT_KEY(table_lr_scale, "1", 0, 0, NOHI | T, NULL,
             "learning-rate multiplier for hash-table rows (0 freezes them)"),
-    I64_KEY(steps, "200", 1, 0, "optimizer steps (rollouts) of the whole run"),
-    I64_KEY(stop_after, "0", 0, 0,
+    I64_KEY(steps, "200", 1, T, "optimizer steps (rollouts) of the whole run"),
+    I64_KEY(stop_after, "0", 0, T,
             "end this sitting with a checkpoint after this step, the schedule still spanning "
             "steps (0: run to steps; a resume starts from 0, and refuses a step already done)"),
-    I64_KEY(seed, "1", 0, 0, "seed of parameter and table initialisation (and of sampling)"),
+    I64_KEY(seed, "1", 0, T, "seed of parameter and table initialisation (and of sampling)"),
     /* data, evaluation, files */
     STR_KEY(data, "fashion-mnist", S,
             "training data: fashion-mnist, brown, text:PATH, u8:PATH or u16:PATH[:VOCAB]"),
     STR_KEY(data_dir, "data", 0, "directory of the downloaded datasets"),
-    BOOL_KEY(shuffle, "on", 0, NULL,
+    BOOL_KEY(shuffle, "on", T, NULL,
              "training documents in a seeded order drawn afresh for every pass over the data "
              "(off: file order)"),
-    I64_KEY(data_seed, "1", 0, 0, "seed of the shuffled document order"),
+    I64_KEY(data_seed, "1", 0, T, "seed of the shuffled document order"),
     STR_KEY(val_data, "split", 0,
             "validation data: split (every 10th document of data, fashion-mnist's t10k file), "
             "or a spec as for data (text:PATH, ...) read whole"),
-    INT_KEY(eval_every, "50", 0, 0, NOHI, NULL, "steps between validation passes (0: never)"),
+    INT_KEY(eval_every, "50", 0, 0, NOHI | T, NULL, "steps between validation passes (0: never)"),
     INT_KEY(eval_docs, "64", 0, 0, NOHI, NULL,
             "validation documents scored in each pass: the first eval_docs of the split, whole, "
             "the same for every model (0: all)"),
-    INT_KEY(log_every, "10", 1, 0, NOHI, NULL, "steps between training-metric lines"),
-    STR_KEY(run_dir, "runs/default", 0, "directory of metrics, logs and checkpoints"),
-    INT_KEY(ckpt_every, "100", 0, 0, NOHI, NULL, "steps between checkpoints (0: only at the end)"),
-    FLT_KEY(ckpt_minutes, "0", 0, 0, NOHI, NULL,
+    INT_KEY(log_every, "10", 1, 0, NOHI | T, NULL, "steps between training-metric lines"),
+    STR_KEY(run_dir, "runs/default", T, "directory of metrics, logs and checkpoints"),
+    INT_KEY(ckpt_every, "100", 0, 0, NOHI | T, NULL,
+            "steps between checkpoints (0: only at the end)"),
+    FLT_KEY(ckpt_minutes, "0", 0, 0, NOHI | T, NULL,
             "also checkpoint when this many minutes have passed since the last one (0: never)"),
-    INT_KEY(keep_ckpts, "3", 0, 0, NOHI, NULL,
+    INT_KEY(keep_ckpts, "3", 0, 0, NOHI | T, NULL,
             "newest checkpoints kept, older ones deleted (0: keep all)"),
-    STR_KEY(init_from, "none", 0,
+    STR_KEY(init_from, "none", T,
             "a new run starts from this checkpoint's weights and tables, with fresh optimizer "
             "state, data cursors and memory (none: from the seed)"),
 };
@@ -221,6 +226,7 @@ static const key_def keys[] = {
 
 #undef S
 #undef NOHI
+#undef T
 
 /* Writes a formatted message into err (if any room); always returns -1 so callers can
  * `return config_fail(...)`. */
@@ -810,10 +816,13 @@ int trainer_config_diff_other(const trainer_config *a, const trainer_config *b, 
     return diff_keys(a, b, false, keys_out, n);
 }
 
-int trainer_config_differs(const trainer_config *a, const trainer_config *b, const char *key) {
-    int k = find_key(key);
-    LAYER_ASSERT(k >= 0);
-    return !same_value(a, b, &keys[k]);
+const char *trainer_config_training_differs(const trainer_config *a, const trainer_config *b,
+                                           const char *except) {
+    for (int k = 0; k < NKEYS; k++)
+        if ((keys[k].flags & KF_TRAIN) && !(except && strcmp(keys[k].name, except) == 0) &&
+            !same_value(a, b, &keys[k]))
+            return keys[k].name;
+    return NULL;
 }
 
 int trainer_config_unused(const trainer_config *c, char *keys_out, size_t n) {

@@ -230,8 +230,11 @@ size_t trainer_config_to_text(const trainer_config *c, char *buf, size_t n);
 int trainer_config_diff_shape(const trainer_config *a, const trainer_config *b, char *keys,
                               size_t n);
 
-/* Whether a and b hold different values of key (a name trainer_config_has_key knows). */
-int trainer_config_differs(const trainer_config *a, const trainer_config *b, const char *key);
+/* The first key of training only (the optimizer, the schedule, the rollout, the run's files:
+ * what eval and sample, using the model as stored, have no use for) whose value differs
+ * between a and b, except the key named except (if not NULL); NULL if none does. */
+const char *trainer_config_training_differs(const trainer_config *a, const trainer_config *b,
+                                           const char *except);
 
 /* Keys set away from their defaults that do not apply to c (mem_slots with arch = decoder,
  * tau with proj = dense, ...): counted, and listed in keys as "mem_slots, tau". */

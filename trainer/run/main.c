@@ -408,20 +408,14 @@ static int check_ckpt_command(cli *c, char *err, size_t n) {
     }
     /* eval and sample use the model as stored: keys of training would change nothing (seed
        is sample's draw) */
-    static const char *const training[] = {
-        "horizon", "bptt", "lr", "warmup", "min_lr", "weight_decay", "grad_clip", "beta1",
-        "beta2", "adam_eps", "table_lr_scale", "steps", "stop_after", "seed", "shuffle",
-        "data_seed", "eval_every", "log_every", "run_dir", "ckpt_every", "ckpt_minutes",
-        "keep_ckpts", "init_from", NULL};
     int sample = strcmp(c->cmd, "sample") == 0;
-    for (int k = 0; training[k] && strcmp(c->cmd, "inspect") != 0; k++)
-        if (!(sample && strcmp(training[k], "seed") == 0) &&
-            trainer_config_differs(&c->stored, &c->cfg, training[k])) {
-            snprintf(err, n, "%s uses the checkpoint's model as it is: %s, set here other than "
-                     "the checkpoint's, is a key of training and would change nothing", c->cmd,
-                     training[k]);
-            return -1;
-        }
+    const char *training = strcmp(c->cmd, "inspect") == 0 ? NULL
+        : trainer_config_training_differs(&c->stored, &c->cfg, sample ? "seed" : NULL);
+    if (training) {
+        snprintf(err, n, "%s uses the checkpoint's model as it is: %s, set here other than the "
+                 "checkpoint's, is a key of training and would change nothing", c->cmd, training);
+        return -1;
+    }
     /* inspect prints the configuration as stored: an override would be shown as if it were */
     if (strcmp(c->cmd, "inspect") == 0 &&
         (trainer_config_diff_shape(&c->stored, &c->cfg, diff, sizeof(diff)) > 0 ||
