@@ -7,6 +7,8 @@
 # colder draws leave more images nearly black (the background is likely enough at the top of
 # an image that a garment often never starts).
 set -euo pipefail
+# a relative RUN_DIR is read from where the script starts (make demo: the repository)
+[ -z "${RUN_DIR:-}" ] || [[ $RUN_DIR == /* ]] || RUN_DIR=$PWD/$RUN_DIR
 cd "$(dirname "$0")/.."
 BIN=${BUILD:-build}/bin
 NP=${NP:-2}

@@ -37,7 +37,8 @@
 # (256 images on Fashion-MNIST, 16 texts on Brown), scored whole by each model in its own way,
 # whatever its seg_len, streams or rank count; val_tokens says how many tokens that was.
 #
-# OUT_DIR (default runs/exp-SET) gets a run directory per arm and seed, and
+# OUT_DIR (default runs/exp-SET in the repository; a relative one is read from the directory the
+# script is started in) gets a run directory per arm and seed, and
 #   evals.csv     one row per evaluation: set, arm, seed, step, tokens, wall_s (training and
 #                 evaluation time, summed over sittings), flops (training FLOPs: 3 x the
 #                 forward's per token, times tokens; 2 per multiply-add, and a hashed
@@ -52,9 +53,11 @@
 #                 same validation tokens
 #   val_ppl_vs_{step,flops,wall}.png   each arm's mean over seeds, the seeds' range shaded
 set -euo pipefail
-cd "$(dirname "$0")/.."
 set_name=${1:?usage: jobs/experiments.sh main-fmnist|main-brown|memory|hash|wall|tiny [OUT_DIR]}
-out=${2:-runs/exp-$set_name}
+out=${2:-} # a relative OUT_DIR is read from where the script starts
+[ -z "$out" ] || [[ $out == /* ]] || out=$PWD/$out
+cd "$(dirname "$0")/.."
+out=${out:-runs/exp-$set_name}
 NP=${NP:-2}
 BIN=${BUILD:-build}/bin
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1

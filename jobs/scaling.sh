@@ -11,7 +11,8 @@
 # busy neighbour stalls every rank that waits for the slowed one at the next exchange (load1 in
 # the CSV is the load average when the kept repeat started). Oversubscribed runs go once: their
 # times show overheads anyway, and byte counts are the same in every repeat.
-# Writes to OUT_DIR (default runs/scaling):
+# Writes to OUT_DIR (default runs/scaling in the repository; a relative OUT_DIR is read from the
+# directory the script is started in):
 #   scaling.csv         one row per run: throughput, efficiency, bytes sent per rank per step
 #                       (measured, and predicted by memtrain plan via jobs/comm_model.py), the
 #                       strategies, all-to-all share of
@@ -31,8 +32,9 @@
 # A few minutes with the defaults.
 set -euo pipefail
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${1:-$TOP/runs/scaling} # a relative OUT_DIR is read from where the script starts
+[[ $OUT == /* ]] || OUT=$PWD/$OUT
 cd "$TOP"
-OUT=${1:-runs/scaling}
 for v in STEPS MAXP PER_RANK STRONG_STREAMS LOG_EVERY REPEATS CORES; do
   [[ ${!v:-1} =~ ^(0|[1-9][0-9]{0,8})$ ]] || { echo "scaling.sh: $v=${!v}: expected a whole number" >&2; exit 1; }
 done
@@ -79,7 +81,7 @@ run() {
   cut -d' ' -f1 /proc/loadavg >"$dir/load1"
   local status=0
   # shellcheck disable=SC2086 # MPIRUN_ARGS is a list of options
-  run_ranks scaling.sh mpirun --oversubscribe $MPIRUN_ARGS -np "$p" "$BIN" train --config "$CONF" \
+  run_ranks scaling.sh mpirun -q --oversubscribe $MPIRUN_ARGS -np "$p" "$BIN" train --config "$CONF" \
       --streams="$streams" --stream_block=$(( streams / p )) --steps="$STEPS" \
       --warmup="$WARMUP" --log_every="$LOG_EVERY" \
       --eval_every=0 --ckpt_every=0 --run_dir="$dir" </dev/null >"$dir/log.txt" 2>&1 || status=$?

@@ -23,8 +23,8 @@ for bad in "STEPS=abc" "UNTIL=0" "UNTIL=7 STEPS=6" "NP=08" "SEEDS=x" "SEEDS=1,2"
 done
 pass "experiments.sh refuses non-numeric, zero and past-the-end settings in one line"
 
-out=$TMP/exp
-STEPS=6 UNTIL=4 jobs/experiments.sh tiny "$out" >"$TMP/s1.log" 2>&1 \
+out=$TMP/exp # the first sitting names it relative to where it starts, the others whole
+(cd "$TMP" && STEPS=6 UNTIL=4 "$TOP/jobs/experiments.sh" tiny exp) >"$TMP/s1.log" 2>&1 \
   || { cat "$TMP/s1.log"; fail "first sitting exited non-zero"; }
 STEPS=6 jobs/experiments.sh tiny "$out" >"$TMP/s2.log" 2>&1 \
   || { cat "$TMP/s2.log"; fail "second sitting exited non-zero"; }

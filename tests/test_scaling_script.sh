@@ -29,7 +29,8 @@ out="$TMP/scaling out" # a path with a space, as users have
 # an earlier sweep's runs (a third repeat, P = 3) must not be mixed into this one's
 mkdir -p "$out/weak-p1/r3" "$out/strong-p3/r1"
 echo "not a metrics file" >"$out/weak-p1/r3/metrics.csv"
-MAXP=2 STEPS=6 REPEATS=1 jobs/scaling.sh "$out" >"$TMP/sweep.log" 2>&1 \
+# named relative to where the script starts
+(cd "$TMP" && MAXP=2 STEPS=6 REPEATS=1 "$TOP/jobs/scaling.sh" "scaling out") >"$TMP/sweep.log" 2>&1 \
   || { cat "$TMP/sweep.log"; fail "jobs/scaling.sh exited non-zero"; }
 [ ! -e "$out/weak-p1/r3" ] && [ ! -e "$out/strong-p3" ] || fail "an earlier sweep's runs were kept"
 grep -q 'oversubscribed' "$TMP/sweep.log" || fail "sweep output does not explain oversubscribed runs"
@@ -99,6 +100,13 @@ pred() { # P -> predicted bytes
 [ "$(pred 2)" = 3016 ] || fail "comm_model.py predicts $(pred 2) bytes for the tiny decoder at P=2, hand count 3016"
 [ "$(pred 1)" = 0 ] || fail "comm_model.py predicts $(pred 1) bytes at P=1, expected 0"
 pass "comm_model.py: hand-counted 3016 bytes at P=2, 0 at P=1"
+status=0
+jobs/comm_model.py --bin "$BIN/memtrain" "${tiny[@]}" --streams=1 --ranks 1 --metrics README.md \
+  >"$TMP/r.log" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(cat "$TMP/r.log")" = \
+  "comm_model: README.md is not a memtrain metrics.csv (no bytes_sent_per_rank column)" ] \
+  || { cat "$TMP/r.log"; fail "comm_model.py --metrics of another file: exit $status"; }
+pass "comm_model.py refuses a --metrics file that is no metrics.csv in one line"
 
 # the real counter: at most the saturated count, and at least 90% of it (nearly every bucket hit)
 mpirun --oversubscribe -np 2 "$BIN/memtrain" "${tiny[@]}" --streams=2 --steps=2 --warmup=1 \
