@@ -34,16 +34,27 @@ int io_data_read_file(const char *path, unsigned char **buf, size_t *len, char *
         fclose(f);
         return io_data_fail(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
     }
-    size_t n = (size_t)sb.st_size;
-    unsigned char *p = layer_xmalloc(n);
-    size_t got = fread(p, 1, n, f);
+    /* read to the end: files of /proc and the like report a size of 0 */
+    size_t n = (size_t)sb.st_size, cap = n + 1 > 4096 ? n + 1 : 4096, got = 0;
+    unsigned char *p = layer_xmalloc(cap);
+    for (;;) {
+        got += fread(p + got, 1, cap - got, f);
+        if (got < cap || ferror(f)) break;
+        cap *= 2;
+        p = layer_xrealloc(p, cap);
+    }
     int bad = ferror(f);
     fclose(f);
-    if (bad || got != n) {
+    if (bad) {
         free(p);
-        return io_data_fail(err, errlen, "%s: read error: expected %zu bytes, read %zu", path, n,
-                            got);
+        return io_data_fail(err, errlen, "%s: read error after %zu bytes", path, got);
     }
+    if (n > 0 && got != n) {
+        free(p);
+        return io_data_fail(err, errlen, "%s: changed size while being read (%zu bytes, then "
+                            "%zu): read it once it is written", path, n, got);
+    }
+    n = got;
     *buf = p;
     *len = n;
     return 0;

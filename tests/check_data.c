@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include "io/data.h"
+#include "io/data_internal.h"
 #include "tests/testutil.h"
 
 #define MNIST_SYSTEM_DIR "/usr/share/datasets/fashion-mnist"
@@ -374,6 +375,21 @@ START_TEST(test_text_fixed_cut) {
     io_dataset_free(tr);
     io_dataset_free(va);
     remove_tree(dir);
+}
+END_TEST
+
+/* Files whose size stat reports as 0 (/proc) are read to their end, across the buffer's
+ * growth: /proc/self/maps of this process runs past 4 KiB with the libraries mapped. */
+START_TEST(test_read_unsized_file) {
+    unsigned char *p;
+    size_t n;
+    ck_assert_int_eq(io_data_read_file("/proc/self/maps", &p, &n, err, sizeof err), 0);
+    ck_assert_msg(n > 4096, "read %zu bytes", n);
+    ck_assert_msg(memchr(p, '\n', n) != NULL && p[n - 1] == '\n', "not the maps text");
+    free(p);
+    ck_assert_int_eq(io_data_read_file("/proc/self/status", &p, &n, err, sizeof err), 0);
+    ck_assert_msg(n > 5 && memcmp(p, "Name:", 5) == 0, "not the status text");
+    free(p);
 }
 END_TEST
 
@@ -833,6 +849,7 @@ static Suite *data_suite(void) {
     tcase_add_test(tc, test_brown_errors);
     tcase_add_test(tc, test_text_separators);
     tcase_add_test(tc, test_text_fixed_cut);
+    tcase_add_test(tc, test_read_unsized_file);
     tcase_add_test(tc, test_u8);
     tcase_add_test(tc, test_u16);
     tcase_add_test(tc, test_spec_errors);

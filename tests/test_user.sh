@@ -141,7 +141,8 @@ mkdir -p "$TMP/dm/demo"; touch "$TMP/dm/demo/.made-by-demo" "$TMP/dm/demo/keep"
 ( flock 9; sleep 20 ) 9>>"$TMP/dm/.demo.demo-lock" &   # a demo at work there
 holder=$!
 sleep 0.5
-status=0; RUN_DIR=$TMP/dm/demo bash jobs/demo.sh >"$TMP/out" 2>&1 || status=$?
+# (RUN_DIR relative to where the script starts)
+status=0; (cd "$TMP/dm" && RUN_DIR=demo bash "$TOP/jobs/demo.sh") >"$TMP/out" 2>&1 || status=$?
 kill "$holder"; wait "$holder" 2>/dev/null || true
 [ "$status" -eq 2 ] && grep -q "^demo: $TMP/dm/demo is in use by another make demo" "$TMP/out" \
   && [ -e "$TMP/dm/demo/keep" ] || { cat "$TMP/out"; fail "a second make demo on a directory in use"; }
@@ -216,6 +217,8 @@ expect_error 2 "val_data: $TMP/none.txt: cannot open (No such file or directory)
   --val_data=text:"$TMP/none.txt" --run_dir="$TMP/ft3"
 expect_error 2 "data: $TMP/none.txt: cannot open (No such file or directory)" train "${TINY[@]}" \
   --data=text:"$TMP/none.txt" --run_dir="$TMP/ft3"
+expect_error 2 "data: none.txt: cannot open (No such file or directory); a relative path, read from the working directory $TOP" \
+  train "${TINY[@]}" --data=text:none.txt --run_dir="$TMP/ft3"
 expect_error 2 "data: $TMP/nodata/brown/cats.txt: cannot open (No such file or directory) (no Brown corpus under data_dir = $TMP/nodata: run 'make data', or set data_dir to where it was fetched)" \
   train "${TINY[@]}" --data=brown --data_dir="$TMP/nodata" --run_dir="$TMP/ft3"
 [ ! -e "$TMP/ft3" ] || fail "a refused init_from, data or val_data left $TMP/ft3 behind"

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "io/data.h"
 #include "io/files.h"
@@ -351,10 +352,15 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
         const char *kind = strncmp(spec, "u16:", 4) == 0 ? "u16" : strncmp(spec, "u8:", 3) == 0 ? "u8" : "text";
         snprintf(err + len, sizeof(err) - len, "; give a validation file with val_data=%s:FILE", kind);
     }
-    if (failed) { /* name the key */
-        char why[512];
+    if (failed) { /* name the key, and where a relative file was looked for */
+        char why[512], cwd[256];
         snprintf(why, sizeof(why), "%s", err);
-        snprintf(err, sizeof(err), "%s: %.490s", own ? "val_data" : "data", why);
+        const char *colon = strchr(spec, ':');
+        int relative = colon && colon[1] != '/' && colon[1] != '\0' &&
+                       strstr(why, "No such file or directory") && getcwd(cwd, sizeof cwd);
+        snprintf(err, sizeof(err), "%s: %.*s%s%.*s", own ? "val_data" : "data",
+                 relative ? 200 : 490, why, relative ? "; a relative path, read from the working "
+                 "directory " : "", relative ? 200 : 0, relative ? cwd : "");
     }
     if (!failed && d->vocab > cfg->vocab) {
         snprintf(err, sizeof(err), "vocab = %d is smaller than the %d token values of %s: set "
