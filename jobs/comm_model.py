@@ -63,13 +63,22 @@ def plan(binary, config, extra, ranks, per_rank):
 def measured(path, skip):
     """Mean bytes_sent_per_rank over the log windows after the first `skip`."""
     try:
-        rows = list(csv.DictReader(open(path, encoding="utf-8")))
+        with open(path, encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "bytes_sent_per_rank" not in (reader.fieldnames or []):
+                die("%s is not a memtrain metrics.csv (no bytes_sent_per_rank column)" % path)
+            rows = list(reader)
     except OSError as e:
         die("cannot read %s: %s" % (path, e.strerror))
+    except (UnicodeDecodeError, csv.Error) as e:
+        die("%s is not a memtrain metrics.csv (%s)" % (path, e))
     if not rows:
         die("%s has no log lines" % path)
     rows = rows[skip:] if len(rows) > skip else rows[-1:]
-    return sum(float(r["bytes_sent_per_rank"]) for r in rows) / len(rows)
+    try:
+        return sum(float(r["bytes_sent_per_rank"]) for r in rows) / len(rows)
+    except (TypeError, ValueError):
+        die("%s: a bytes_sent_per_rank that is not a number" % path)
 
 
 def main():

@@ -843,6 +843,10 @@ def main(argv):
                     "step memtrain took to NEXT_CKPT (the checkpoint one step later, from a run "
                     "with grad_clip = 0)")
     args, rest = ap.parse_known_args(argv)
+    if args.no_save and not (args.eval or args.grad):
+        ap.error("--no-save leaves nothing to do without --eval or --grad")
+    if args.no_save and args.out:
+        ap.error("--no-save writes nothing: --out does not apply")
     overrides = {}
     for r in rest:
         m = re.match(r"^--([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", r)

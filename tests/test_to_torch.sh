@@ -168,6 +168,15 @@ for o in "$TMP/keep.h5" "$TMP/w.pt"; do
 done
 pass "to_torch refuses in one line (exit 2) before it writes anything, and never over a file"
 
+# --no-save that leaves nothing to do, or with an --out it would not write
+for args in "--no-save" "--no-save --eval --out=$TMP/n.pt"; do
+  status=0
+  # shellcheck disable=SC2086 # args is a list of options
+  /usr/bin/python3 "$TOOL" "$TMP/v.h5" $args >"$TMP/r.out" 2>&1 || status=$?
+  [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && grep -q "^to_torch: --no-save " "$TMP/r.out" \
+    && [ ! -e "$TMP/v.pt" ] && [ ! -e "$TMP/n.pt" ] || { cat "$TMP/r.out"; fail "to_torch $args: not refused"; }
+done
+
 status=0
 /usr/bin/python3 "$TOOL" "$TMP/v.h5" --d_model=64 >"$TMP/r.out" 2>&1 || status=$?
 [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && grep -q "^to_torch: --d_model: " "$TMP/r.out" \
