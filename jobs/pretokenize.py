@@ -120,9 +120,13 @@ def main():
     for w in writes:
         if os.path.lexists(w):
             sys.exit("pretokenize: %s exists: choose another --out or remove it" % w)
-    for p in args.inputs:  # a FIFO or a device would block or never end
-        if os.path.exists(p) and not os.path.isfile(p):
+    for p in args.inputs + ([args.merges] if args.merges else []):  # a FIFO or a device
+        if os.path.exists(p) and not os.path.isfile(p):           # would block or never end
             sys.exit("pretokenize: %s: not a regular file" % p)
+    # 65,280 merges of two 5-digit tokens take about 1 MiB of JSON
+    if args.merges and os.path.isfile(args.merges) and os.path.getsize(args.merges) > 4 << 20:
+        sys.exit("pretokenize: --merges %s: not a merges file of this tool (%d bytes; a whole "
+                 "vocabulary's merges take about 1 MiB)" % (args.merges, os.path.getsize(args.merges)))
     try:
         data = b"".join(open(p, "rb").read() for p in args.inputs)
     except OSError as e:
@@ -133,12 +137,17 @@ def main():
                  % (" ".join(args.inputs), len(data)))
     if args.merges:
         try:
-            merges = [tuple(p) for p in json.load(open(args.merges))]
-            if not all(len(p) == 2 and all(isinstance(t, int) and 0 <= t < 65536 for t in p)
-                       for p in merges) or len(merges) > 65536 - 256:
-                raise ValueError("not a list of token pairs")
+            with open(args.merges) as f:
+                merges = [tuple(p) for p in json.load(f)]
+            # merge i makes token 256 + i from two tokens made before it
+            if not all(len(p) == 2 and all(type(t) is int and 0 <= t < 256 + i for t in p)
+                       for i, p in enumerate(merges)) or len(merges) > 65536 - 256:
+                raise ValueError("not a list of token pairs, each of tokens made before it")
         except OSError as e:
             sys.exit("pretokenize: --merges %s: %s" % (args.merges, e.strerror))
+        except RecursionError:
+            sys.exit("pretokenize: --merges %s: not a merges file of this tool (nested too "
+                     "deeply)" % args.merges)
         except (ValueError, TypeError) as e:
             sys.exit("pretokenize: --merges %s: not a merges file of this tool (%s)"
                      % (args.merges, str(e).splitlines()[0][:80]))
@@ -179,8 +188,12 @@ def main():
         sys.exit("pretokenize: %s: cannot write (%s): nothing written" % (path, e.strerror or e))
     # with another file's merges this is usually that run's validation text
     use = "score with --val_data" if args.merges else "train with --data"
-    print("pretokenize: %d bytes -> %d tokens (vocab %d) in %s; %s=u16:%s:%d --vocab=%d"
-          % (len(data), len(toks), vocab, args.out, use, args.out, vocab, vocab))
+    try:
+        print("pretokenize: %d bytes -> %d tokens (vocab %d) in %s; %s=u16:%s:%d --vocab=%d"
+              % (len(data), len(toks), vocab, args.out, use, args.out, vocab, vocab), flush=True)
+    except OSError as e:  # the files are written; only this line was lost
+        sys.stdout = None  # nothing more to flush at exit
+        sys.exit("pretokenize: standard output: %s (%s is written)" % (e.strerror or e, args.out))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def parse_config(text):
     """memtrain's canonical `key = value` text -> dict of strings."""
     cfg = {}
     for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
+        # a comment starts with '#' at the start of a line or after white space, as memtrain
+        # reads it: a '#' inside a value (a path such as notes#1.txt) is the value's
+        line = re.split(r"(?:^|(?<=[ \t]))#", line, maxsplit=1)[0].strip()
         if not line:
             continue
         k, _, v = line.partition("=")
@@ -388,7 +390,19 @@ class MemtrainModel(nn.Module):
 
 
 def _attr_str(v):
+    if isinstance(v, np.ndarray) and v.size == 1:  # a one-element array, as memtrain reads it
+        v = v.reshape(-1)[0]
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _attr_int(f, path, name):
+    """An integer attribute, as memtrain reads it: a stored integer, not a float or a string."""
+    v = _attr(f, path, name)
+    if isinstance(v, np.ndarray) and v.size == 1:
+        v = v.reshape(-1)[0]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise Damaged("%s: attribute %s is not an integer (damaged)" % (path, name))
+    return int(v)
 
 
 def flat_from_memtrain(name):
@@ -431,6 +445,9 @@ def _attr(f, path, name):
 def _checked(ds, path):
     """The dataset's values, every dim-0 slice checked against its crc32 as memtrain does."""
     crc = ds.attrs.get("crc32")
+    if ds.dtype != np.float32:  # memtrain reads float32 arrays only
+        raise Damaged("%s: dataset %s has type %s, expected float32"
+                      % (path, ds.name.lstrip("/"), ds.dtype))
     a = ds[()]
     if crc is None or np.shape(crc) != (a.shape[0],):
         raise Damaged("%s: dataset %s has no crc32 of its %d slices (damaged)"
@@ -453,7 +470,7 @@ def read_checkpoint(path):
     with h5py.File(path, "r") as f:
         if _attr_str(f.attrs.get("magic", b"")) != "memtrain-checkpoint":
             raise ValueError("%s: not a memtrain checkpoint" % path)
-        version = int(_attr(f, path, "format_version"))
+        version = _attr_int(f, path, "format_version")
         if version not in (1, 2):
             raise Damaged("%s: format_version %d: not one this converter reads (1 or 2)"
                           % (path, version))
@@ -461,7 +478,9 @@ def read_checkpoint(path):
         if "config_crc32" in f.attrs and zlib.crc32(text.encode()) != int(f.attrs["config_crc32"]):
             raise Damaged("%s: attribute config fails its checksum (config_crc32): edited or "
                           "damaged" % path)
-        step = int(_attr(f, path, "step"))
+        step = _attr_int(f, path, "step")
+        if step < 0:
+            raise Damaged("%s: attribute step is %d, not a step (damaged)" % (path, step))
         try:
             model = MemtrainModel.from_config(text)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
@@ -897,8 +916,8 @@ def main(argv):
         try:
             for w in save_outputs(paths, text, sd):
                 print("wrote %s" % w)
-        except OSError as e:
-            refuse("%s: %s" % (e.filename, e.strerror or e))
+        except OSError as e:  # a file, or the standard output the names go to
+            refuse("%s: %s" % (e.filename or "standard output", e.strerror or e))
         except RuntimeError as e:  # torch.save's own write errors (a full disk)
             refuse("%s: %s" % (paths[0], str(e).splitlines()[0]))
     if args.eval:

@@ -115,6 +115,10 @@ for k, shape in {"dec.0.self.o.weight": (32, 32), "dec.1.ffn.fc1.weight": (128, 
                  "dec.1.ffn.fc2.bias": (32,)}.items():
     assert tuple(sd[k].shape) == shape, (k, tuple(sd[k].shape), shape)
 print("state_dict names and shapes as documented")
+# comments as memtrain reads them: '#' at a line's start or after white space; one inside a
+# value (a data path) belongs to it
+cfg = tt.parse_config("# a run\ndata = text:/d/notes#1.txt # mine\nlr = 0.01\t#x\nseed = 3#4\n")
+assert cfg == {"data": "text:/d/notes#1.txt", "lr": "0.01", "seed": "3#4"}, cfg
 
 # the agreement is worth something only if the memory's details move the loss beyond 1e-5
 ckpt = tmp + "/memformer-hash/ckpt/ckpt-00000030.h5"
@@ -191,7 +195,8 @@ timeout 60 /usr/bin/python3 "$TOOL" "$TMP/fifo.h5" >"$TMP/r.out" 2>&1 || status=
 for e in "step:attribute step missing" "flip:dense/wte/data slice 0 fails its checksum" \
          "nan:dense/wte/data holds a NaN or infinite value" "nodense:no tensor for wte.weight" \
          "loop:cannot be read as a checkpoint" "config:attribute config fails its checksum" \
-         "version:format_version 3"; do
+         "version:format_version 3" "stepstr:attribute step is not an integer" \
+         "stepfloat:attribute step is not an integer" "f64:dense/wte/data has type float64, expected float32"; do
   what=${e%%:*} want=${e#*:}
   cp "$last" "$TMP/d-$what.h5"
   /usr/bin/python3 - "$TMP/d-$what.h5" "$what" <<'EOF' || fail "editing $what"
@@ -216,10 +221,19 @@ with h5py.File(path, "r+") as f:
         f.attrs["config"] = f.attrs["config"].replace("d_model = ", "d_model = 1")
     elif what == "version":
         f.attrs["format_version"] = np.int64(3)
+    elif what == "stepstr":  # as memtrain refuses them: an integer stored as text or a float
+        f.attrs["step"] = str(int(f.attrs["step"]))
+    elif what == "stepfloat":
+        f.attrs["step"] = float(f.attrs["step"])
+    elif what == "f64":  # the same values, their checksums made anew, in another type
+        a, crc = ds[()].astype(np.float64), ds.attrs["crc32"]
+        del f["dense/wte/data"]
+        d = f.create_dataset("dense/wte/data", data=a)
+        d.attrs["crc32"] = np.array([zlib.crc32(r.tobytes()) for r in a], dtype=crc.dtype)
 EOF
   status=0
   /usr/bin/python3 "$TOOL" "$TMP/d-$what.h5" >"$TMP/r.out" 2>&1 || status=$?
   [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.out")" -eq 1 ] && grep -qF "$want" "$TMP/r.out" \
     && [ ! -e "$TMP/d-$what.pt" ] || { cat "$TMP/r.out"; fail "a checkpoint with $what: exit $status"; }
 done
-pass "a FIFO, a missing attribute, a failed checksum, a NaN, a missing group, a link loop, an edited config, a newer format: one line each"
+pass "a FIFO, a missing attribute, a failed checksum, a NaN, a missing group, a link loop, an edited config, a newer format, a step not an integer, float64 arrays: one line each"
