@@ -42,6 +42,12 @@ BENCH_SRC := $(wildcard tests/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(BIN)/%)
 TESTUTIL_OBJ := $(BUILD)/tests/testutil.o
 MAIN := $(BIN)/memtrain
+# The source's identity, compiled into memtrain so that ranks started from different builds
+# are refused in one line rather than parting in their first collectives: the commit, and a
+# digest of the changes not committed ("unknown" outside a git clone).
+SOURCE_ID := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell \
+    git diff --quiet HEAD -- 2>/dev/null || git diff HEAD -- 2>/dev/null | cksum | cut -d' ' -f1 \
+    | sed 's/^/+/')
 
 # Debian packages the build, the tests, the data and the job scripts need (plus npm, for
 # the Brown corpus, unless a Node.js installation already provides it).
@@ -79,6 +85,14 @@ $(LIB): $(LIB_OBJ)
 $(BIN)/%: $(BUILD)/tests/%.o $(TESTUTIL_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# rewritten only when the identity changes, so that main.o is rebuilt then and only then
+$(BUILD)/source-id: FORCE
+	@mkdir -p $(dir $@); echo '$(SOURCE_ID)' | cmp -s - $@ || echo '$(SOURCE_ID)' >$@
+$(BUILD)/trainer/run/main.o: $(BUILD)/source-id
+$(BUILD)/trainer/run/main.o: CFLAGS += -DMEMTRAIN_SOURCE_ID='"$(SOURCE_ID)"'
+.PHONY: FORCE
+FORCE:
 
 $(MAIN): $(BUILD)/trainer/run/main.o $(LIB)
 	@mkdir -p $(dir $@)

@@ -2,6 +2,7 @@
 #include "comm/comm.h"
 #include "comm/comm_internal.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <mpi.h>
 #include <stdarg.h>
@@ -37,6 +38,10 @@ static int any_unclean(comm_ctx *c) {
 
 static void print_line(const char *prefix, const char *msg);
 
+/* An allocation that fails on one rank ends the job: the others would wait for it in their
+ * next collective for ever. */
+static void abort_job(void) { MPI_Abort(MPI_COMM_WORLD, 2); }
+
 comm_ctx *comm_init(int *argc, char ***argv) {
     comm_ctx *c = layer_xcalloc(1, sizeof(*c));
     int inited = 0;
@@ -45,6 +50,7 @@ comm_ctx *comm_init(int *argc, char ***argv) {
         MPI_Init(argc, argv);
         c->started_mpi = 1;
     }
+    layer_on_out_of_memory(abort_job);
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_CHECK(MPI_COMM_WORLD, MPI_Comm_dup(MPI_COMM_WORLD, &c->comm));
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
@@ -269,6 +275,16 @@ void comm_exit_error(comm_ctx *c, const char *msg) {
     exit(2);
 }
 
+/* The reason the first of rank 0's prints failed to reach its standard output, 0 if none. */
+static int stdout_errno;
+
+int comm_stdout_errno(void) {
+    errno = 0;
+    if (fflush(stdout) != 0 && !stdout_errno) stdout_errno = errno ? errno : EIO;
+    if (ferror(stdout) && !stdout_errno) stdout_errno = EIO;
+    return stdout_errno;
+}
+
 void comm_vprint0(const comm_ctx *c, const char *fmt, va_list ap) {
     if (c->rank != 0) return;
     char small[1024], *text = small;
@@ -289,8 +305,9 @@ void comm_vprint0(const comm_ctx *c, const char *fmt, va_list ap) {
         }
     }
     va_end(again);
-    fputs(text, stdout);
-    fflush(stdout);
+    errno = 0;
+    if ((fputs(text, stdout) < 0 || fflush(stdout) != 0) && !stdout_errno)
+        stdout_errno = errno ? errno : EIO;
     transcribe(text, (size_t)n);
     if (text != small) free(text);
 }

@@ -70,6 +70,11 @@ int comm_node_ranks(comm_ctx *c, unsigned char *same, uint64_t *token);
 char *comm_escape(char *dst, size_t n, const char *src);
 /* Rank-0-only printf (other ranks print nothing), also written to the transcript. */
 void comm_print0(const comm_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* 0 when everything this process printed to its standard output (by comm_print0 or stdio)
+ * reached it, else the reason the first failed write failed (an errno value; EIO when stdio
+ * kept none). Flushes the standard output first. */
+int comm_stdout_errno(void);
 void comm_vprint0(const comm_ctx *c, const char *fmt, va_list ap)
     __attribute__((format(printf, 2, 0)));
 /* From now on rank 0's comm_print0 output and its one-line errors and warnings are also written

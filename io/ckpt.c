@@ -264,6 +264,11 @@ int io_ckpt_reserve(io_ckpt *ck, const io_ckpt_size *s, char *err, size_t n) {
 }
 
 io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, size_t n) {
+    return io_ckpt_create_sized(c, dir, step, NULL, err, n);
+}
+
+io_ckpt *io_ckpt_create_sized(comm_ctx *c, const char *dir, int64_t step, const io_ckpt_size *s,
+                              char *err, size_t n) {
     LAYER_ASSERT(c && dir && step >= 0);
     io_ckpt *ck = layer_xcalloc(1, sizeof(*ck));
     ck->c = c;
@@ -299,8 +304,12 @@ io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, s
         free(ck);
         return NULL;
     }
-    /* the room of the superblock and the root group, before anything is written */
-    if (reserve(ck, allocated_bytes(ck), err, n) != 0) {
+    /* the room of the superblock and the root group, or of the whole file when the caller
+       knows it, before anything is written */
+    int64_t room = allocated_bytes(ck);
+    if (s && allocated(s->raw_bytes, s->narrays, s->nslices) > room)
+        room = allocated(s->raw_bytes, s->narrays, s->nslices);
+    if (reserve(ck, room, err, n) != 0) {
         discard(ck);
         return NULL;
     }

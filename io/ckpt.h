@@ -98,6 +98,12 @@ typedef struct io_ckpt_size {
 void io_ckpt_size_add(io_ckpt_size *s, io_dtype t, int ndims, const int64_t *dims);
 int io_ckpt_reserve(io_ckpt *ck, const io_ckpt_size *s, char *err, size_t n);
 
+/* io_ckpt_create that reserves the room of the arrays counted in s (io_ckpt_size_add) as it
+ * creates the file: a disk without room for the file is named with the file's size, even when
+ * it has no room for the file's first blocks either. */
+io_ckpt *io_ckpt_create_sized(comm_ctx *c, const char *dir, int64_t step, const io_ckpt_size *s,
+                              char *err, size_t n);
+
 /* Bytes a rank stages per collective write: an array is written in rounds of at most this
  * much of each rank's slices (one slice, where a slice is larger). */
 #define IO_CKPT_STAGE_BYTES ((size_t)4 << 20)

@@ -208,12 +208,35 @@ static int check_identity(hid_t f, const char *path, char *err, size_t n) {
  * fail on some ranks only. */
 /* This process's own look at a file through HDF5's serial driver: a regular file that opens
  * read-only, or -1 with err set. */
+static herr_t find_in_stack(unsigned k, const H5E_error2_t *e, void *data) {
+    (void)k;
+    const char **want = data;
+    if (*want && e->desc && strstr(e->desc, *want)) *want = NULL;
+    return 0;
+}
+
+/* Whether HDF5's error stack, left by a failed call, holds a message containing text. */
+static int stack_says(const char *text) {
+    const char *want = text;
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, find_in_stack, &want);
+    return want == NULL;
+}
+
 static hid_t serial_open(const char *path, char *err, size_t n) {
     if (io_check_regular(path, err, n) != 0) return -1;
     hid_t f;
     H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
     H5E_END_TRY;
-    if (f < 0) snprintf(err, n, "%s: not an HDF5 file or truncated", path);
+    if (f >= 0) return f;
+    /* a file another program writes, or one a writer left marked open, is no damage */
+    if (io_file_write_locked(path))
+        snprintf(err, n, "%s: open for writing in another program (which holds HDF5's lock on "
+                 "it): close it there first", path);
+    else if (stack_says("already open for write"))
+        snprintf(err, n, "%s: marked open for writing by a program that did not close it: "
+                 "clear the mark with h5clear -s", path);
+    else
+        snprintf(err, n, "%s: not an HDF5 file or truncated", path);
     return f;
 }
 

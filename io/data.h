@@ -53,6 +53,9 @@ typedef struct io_dataset {
     uint16_t *tok;     /* (doc_off[ndocs]); document d is tok[doc_off[d] .. doc_off[d+1]) */
     uint32_t crc;      /* zlib crc32 of doc_off and tok as loaded (before any io_dataset_keep_*):
                           which documents these are, to tell a changed file from the same one */
+    uint32_t source_crc; /* text and token files, brown: the same crc32 over every document read,
+                            before the split kept its share (the two splits of one reading
+                            agree); 0 for fashion-mnist */
 } io_dataset;
 
 /* IO_SPLIT_ALL: every document (a separate validation file); fashion-mnist reads its t10k file. */

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "io/data_internal.h"
 #include "io/files.h"
@@ -132,6 +133,9 @@ static int is_val_doc(int64_t doc, int64_t ndocs) {
 
 int io_data_keep_split(io_dataset *d, io_split split, const char *what, char *err,
                        size_t errlen) {
+    uLong crc = crc32_z(0L, (const Bytef *)d->doc_off, (size_t)(d->ndocs + 1) * sizeof(int64_t));
+    d->source_crc = (uint32_t)crc32_z(crc, (const Bytef *)d->tok,
+                                      (size_t)d->doc_off[d->ndocs] * sizeof(uint16_t));
     if (split == IO_SPLIT_ALL) return 0;
     int want_val = split == IO_SPLIT_VAL;
     int64_t kept = 0, ntok = 0;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -69,6 +70,27 @@ int io_check_regular(const char *path, char *err, size_t n) {
     int fd = io_open_regular(path, O_RDONLY, 0, err, n);
     if (fd < 0) return -1;
     close(fd);
+    return 0;
+}
+
+int io_file_write_locked(const char *path) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int locked = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    close(fd); /* lets go of the shared lock, if it was taken */
+    return locked;
+}
+
+int io_probe_create(const char *dir, char *err, size_t n) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/.memtrain-probe-%ld", dir, (long)getpid());
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        if (err && n) snprintf(err, n, "cannot create a file there (%s)", strerror(errno));
+        return -1;
+    }
+    close(fd);
+    unlink(path);
     return 0;
 }
 
@@ -217,6 +239,19 @@ int io_lock_exclusive(const char *path, const char *holder, char *err, size_t n)
         who[r > 0 ? r : 0] = '\0';
         who[strcspn(who, "\n")] = '\0';
         snprintf(err, n, "%s: held by %s", path, who[0] ? who : "another process");
+        close(fd);
+        return -1;
+    }
+    /* a file of that name that no holder wrote (its first words differ) is someone's: left */
+    char was[256];
+    ssize_t got = pread(fd, was, sizeof was - 1, 0);
+    was[got > 0 ? got : 0] = '\0';
+    const char *sp = strchr(holder, ' ');
+    size_t words = sp && strchr(sp + 1, ' ') ? (size_t)(strchr(sp + 1, ' ') - holder) + 1 : 0;
+    if (got > 0 && words && strncmp(was, holder, words) != 0) {
+        was[strcspn(was, "\n")] = '\0';
+        snprintf(err, n, "%s: not a lock file of this program (it holds '%.60s'): move it away",
+                 path, was);
         close(fd);
         return -1;
     }

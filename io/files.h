@@ -31,6 +31,15 @@ FILE *io_fopen_regular(const char *path, const char *fmode, char *err, size_t n)
  * remaining risk, a window of microseconds. */
 int io_check_regular(const char *path, char *err, size_t n);
 
+/* 1 when another process holds an exclusive lock on the file at path (HDF5 takes one, with
+ * flock, on a file it opens for writing: h5py's mode 'a', HDFView), else 0. */
+int io_file_write_locked(const char *path);
+
+/* Whether this process may create a file in directory dir (a name of its own there, made and
+ * removed at once: access() says yes where a file system refuses, as /sys does to root).
+ * 0, or -1 with err "cannot create a file there (reason)". */
+int io_probe_create(const char *dir, char *err, size_t n);
+
 /* Makes dir and its missing parents. Returns 0, or -1 with "<dir>: cannot create (reason)"
  * (a prefix that is a plain file: "... (Not a directory)"). */
 int io_mkdirs(const char *dir, char *err, size_t n);
@@ -61,7 +70,10 @@ long long io_free_bytes(const char *path);
  * io_lock_exclusive: takes an exclusive lock without waiting and writes `holder` (one line
  * naming this process) into the file. Returns the descriptor, or -1 with err set: when another
  * process holds a lock, "<path>: held by <what the holder wrote>"; when the file system has
- * no locks (ENOLCK, EOPNOTSUPP), -2 with the reason, so a caller may go on without one.
+ * no locks (ENOLCK, EOPNOTSUPP), -2 with the reason, so a caller may go on without one. A
+ * file there already whose first two words are not the holder's ("memtrain pid") is no lock
+ * file of this program: refused, "<path>: not a lock file of this program (it holds '...')",
+ * and left as it is.
  * io_lock_share: turns the exclusive lock of fd into a shared one (atomically) or, with
  * fd < 0, opens path and takes a shared lock. Returns the descriptor or -1 (-2 as above). */
 int io_lock_exclusive(const char *path, const char *holder, char *err, size_t n);

@@ -13,8 +13,15 @@ void layer_fail(const char *file, int line, const char *what) {
     abort();
 }
 
+static void (*oom_end)(void);
+
+void layer_on_out_of_memory(void (*end)(void)) { oom_end = end; }
+
 static void out_of_memory(size_t n, const char *file, int line) {
-    fprintf(stderr, "memtrain: out of memory allocating %zu bytes at %s:%d\n", n, file, line);
+    fprintf(stderr, "memtrain: out of memory allocating %zu bytes at %s:%d (the machine's memory, "
+            "a memory cgroup or the address-space limit, ulimit -v, is used up)\n", n, file, line);
+    fflush(stderr);
+    if (oom_end) oom_end();
     abort();
 }
 
@@ -61,11 +68,7 @@ void layer_unmap(void *p, size_t n) {
 
 void *layer_xcalloc_at(size_t n, size_t size, const char *file, int line) {
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) {
-        fprintf(stderr, "memtrain: out of memory allocating %zu x %zu bytes at %s:%d\n", n, size,
-                file, line);
-        abort();
-    }
+    if (!p) out_of_memory(n * size, file, line); /* n * size fits: calloc checks it */
     return p;
 }
 

@@ -34,6 +34,11 @@ void *layer_xcalloc_at(size_t n, size_t size, const char *file, int line);
 void *layer_xrealloc_at(void *p, size_t n, const char *file, int line);
 void *layer_xaligned_at(size_t n, const char *file, int line);
 
+/* What an allocation failure does after its message: abort() unless a launcher's layer set
+ * another end (comm ends the whole MPI job with status 2, rather than leaving the other ranks
+ * waiting in a collective and a core dump's report behind). */
+void layer_on_out_of_memory(void (*end)(void));
+
 /* Large buffers reused for the whole run (activation arenas, exchange buffers): a mapping of
  * their own, zero pages until written, released with layer_unmap(p, n) and the same n. From
  * LAYER_HUGE_PAGE bytes on, the mapping starts on a huge-page boundary and spans whole huge

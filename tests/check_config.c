@@ -179,10 +179,21 @@ START_TEST(test_set_errors) {
     expect_set_error("arch", "Decoder", "arch = Decoder: expected one of decoder|memformer");
     expect_set_error("bptt", "tbptt", "bptt = tbptt: expected one of mrbp|full");
     expect_set_error("memory", "maybe", "memory = maybe: expected one of off|on");
-    expect_set_error("run_dir", "", "run_dir has no value: expected a non-empty value of at most "
-                                    "255 characters on one line");
-    expect_set_error("run_dir", "a\nb", "run_dir = a\nb: expected a non-empty value of at most "
-                                        "255 characters on one line");
+#define STR_EXPECTED                                                                           \
+    "a non-empty value of at most 255 characters on one line, with no '#' at its start or "      \
+    "after a space (config files read one there as a comment)"
+    expect_set_error("run_dir", "", "run_dir has no value: expected " STR_EXPECTED);
+    expect_set_error("run_dir", "a\nb", "run_dir = a\nb: expected " STR_EXPECTED);
+    /* a value a config file would cut at its comment; '#' elsewhere is the value's */
+    expect_set_error("data", "text:/d/notes #1.txt",
+                     "data = text:/d/notes #1.txt: expected " STR_EXPECTED);
+    {
+        trainer_config hc;
+        char herr[256];
+        trainer_config_defaults(&hc);
+        ck_assert_int_eq(trainer_config_set(&hc, "data", "text:/d/notes#1.txt", herr, sizeof herr), 0);
+        ck_assert_str_eq(hc.data, "text:/d/notes#1.txt");
+    }
 }
 END_TEST
 
@@ -414,8 +425,7 @@ START_TEST(test_validate) {
     expect_invalid(&c, "arch = 5: expected one of decoder|memformer");
     trainer_config_defaults(&c);
     c.run_dir[0] = '\0';
-    expect_invalid(&c, "run_dir has no value: expected a non-empty value of at most 255 "
-                       "characters on one line");
+    expect_invalid(&c, "run_dir has no value: expected " STR_EXPECTED);
 }
 END_TEST
 

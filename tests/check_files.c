@@ -143,7 +143,34 @@ START_TEST(test_lock_between_processes) {
     int status;
     ck_assert_int_eq(waitpid(child, &status, 0), child);
     ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    int fd = io_lock_exclusive(path, "parent", err, sizeof err);
+    /* the child's line is a holder's: written over by the next holder */
+    int fd = io_lock_exclusive(path, "memtrain pid parent on host test", err, sizeof err);
+    ck_assert_msg(fd >= 0, "%s", err);
+    close(fd);
+}
+END_TEST
+
+/* A file under the lock's name that no holder wrote is someone's: refused, and left as it was. */
+START_TEST(test_lock_foreign_file) {
+    char path[128], err[512], back[64] = "";
+    snprintf(path, sizeof path, "%s/LOCK", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("my notes\nsecond line\n", f);
+    fclose(f);
+    ck_assert_int_eq(io_lock_exclusive(path, "memtrain pid 1 on host test", err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "/LOCK: not a lock file of this program (it holds 'my notes'): "
+                             "move it away") != NULL, "%s", err);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t got = fread(back, 1, sizeof back - 1, f);
+    fclose(f);
+    back[got] = '\0';
+    ck_assert_str_eq(back, "my notes\nsecond line\n");
+    /* an empty file (a lock made and never written) is taken */
+    f = fopen(path, "w");
+    fclose(f);
+    int fd = io_lock_exclusive(path, "memtrain pid 1 on host test", err, sizeof err);
     ck_assert_msg(fd >= 0, "%s", err);
     close(fd);
 }
@@ -158,6 +185,7 @@ static Suite *files_suite(void) {
     tcase_add_test(tc, test_not_regular);
     tcase_add_test(tc, test_small_files);
     tcase_add_test(tc, test_lock_between_processes);
+    tcase_add_test(tc, test_lock_foreign_file);
     suite_add_tcase(s, tc);
     return s;
 }

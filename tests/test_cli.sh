@@ -171,6 +171,27 @@ printf 'q\n\n\nz\n' >"$TMP/n2/d.txt"
 mpmd --config c.conf --run_dir=r -- --config c.conf --run_dir=r
 grep -q "read other data than rank 0 for text:d.txt: 1 documents, 2 tokens (rank 0: 1, 2), other values" "$TMP/out" || fail "data by CRC"
 [ ! -e "$TMP/n1/r" ] || fail "ranks started unlike made a run_dir"
+# ranks of two builds (another commit on another node): refused by the first agreement; they
+# hung where their collectives parted. The other build is this one with its source id changed.
+cp "$BIN/memtrain" "$TMP/other-memtrain"
+perl -pi -e 's/memtrain source \K(.)/$1 eq "X" ? "Y" : "X"/e' "$TMP/other-memtrain"
+source_id() { # the id memtrain's binary $1 carries ("memtrain source ID")
+  local s
+  s=$(grep -a -o -m1 'memtrain source [0-9A-Za-z+]*' "$1") || true
+  s=${s%%$'\n'*}
+  echo "${s#memtrain source }"
+}
+ours=$(source_id "$BIN/memtrain")
+theirs=$(source_id "$TMP/other-memtrain")
+[ -n "$ours" ] && [ "$ours" != "$theirs" ] || fail "the copy's source id was not changed ($ours, $theirs)"
+status=0
+timeout 60 mpirun -q --oversubscribe -np 1 -wdir "$TMP/n1" "$BIN/memtrain" --config c.conf --run_dir=r : \
+  -np 1 -wdir "$TMP/n1" "$TMP/other-memtrain" --config c.conf --run_dir=r >"$TMP/out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(grep -c '^memtrain: ' "$TMP/out")" -eq 1 ] \
+  && grep -qF "memtrain: rank 1 was started with other memtrain build than rank 0: 'memtrain source $theirs' where rank 0 has 'memtrain source $ours' (every rank must run memtrain built from the same source)" "$TMP/out" \
+  || { cat "$TMP/out"; fail "ranks of two builds: exit $status"; }
+[ ! -e "$TMP/n1/r" ] || fail "ranks of two builds made a run_dir"
+pass "ranks of two builds: refused in one line"
 # --help on one rank only; a checkpoint that one rank cannot see (it hung in the collective open)
 mpmd --config c.conf -- --help
 grep -q "other arguments than rank 0: '--help' where rank 0 has '--config'" "$TMP/out" || fail "--help on one rank"
@@ -207,4 +228,10 @@ pass "--help lists the keys"
 # too few blocks for the ranks: the refusal says what stream_block = auto came to
 expect_error 3 "streams = 6 in blocks of stream_block = 4 make 2 blocks for 3 ranks: every rank needs a block; set stream_block <= 2 or use more streams (stream_block = auto is 4 under deterministic = bitwise)" \
   "${S[@]}" --streams=6 --deterministic=bitwise --run_dir="$TMP/blocks"
+# the largest block that serves the ranks: 7 streams on 4 ranks take blocks of 2 (4 blocks),
+# not only of 7 / 4 = 1
+expect_error 4 "streams = 7 in blocks of stream_block = 3 make 3 blocks for 4 ranks: every rank needs a block; set stream_block <= 2 or use more streams" \
+  "${S[@]}" --streams=7 --stream_block=3 --run_dir="$TMP/blocks"
+mt 4 "${S[@]}" --streams=7 --stream_block=2 --steps=1 --warmup=0 --run_dir="$TMP/blocks2"
+[ "$status" -eq 0 ] || { cat "$TMP/out"; fail "7 streams in blocks of 2 on 4 ranks: exit $status"; }
 echo "test_cli: all passed"

@@ -139,6 +139,16 @@ if mkdir -p "$TMP/mnt0" && mount -t tmpfs -o size=64k tmpfs "$TMP/mnt0" 2>/dev/n
     resume_exact "$d" "$TMP/refS" 18 "after a full disk (${kb} KiB)" "$(( 10#${last:5:8} ))"
     pass "disk of ${kb} KiB: exit 2, '$msg...'; $last resumes bit for bit"
   done
+  # a disk with room for the run's small files but not for a checkpoint's first blocks: the
+  # message still names the whole file's size (it named the 0.3 MiB of those blocks)
+  m=$TMP/full0; mkdir -p "$m"; mount -t tmpfs -o size=300k tmpfs "$m"; mounts+=("$m")
+  mt 2 "${SMALL[@]}" --steps=6 --ckpt_every=6 --run_dir="$m/run"
+  no_crash "disk of 300 KiB"
+  msg=$(grep -E '^memtrain: .*no room' "$TMP/out" | sed "s|$m/run/ckpt/||" | cut -c1-100)
+  need=$(sed -n 's/.*no room for \([0-9.]*\) MiB.*/\1/p' <<<"$msg")
+  [ "$status" -eq 2 ] && [ -n "$need" ] && awk -v a="$need" -v b="$ckpt_kb" 'BEGIN { exit !(a * 1024 >= b) }' \
+    || { cat "$TMP/out"; fail "disk of 300 KiB: exit $status, '$msg' does not name the checkpoint's $ckpt_kb KiB"; }
+  pass "disk of 300 KiB: exit 2, '$msg...'"
   # a disk that something else fills after the first checkpoint: no room even to close the
   # second file (the job then ends through MPI_Abort, after the one line)
   FILL=("${SMALL[@]}" --horizon=8 --steps=18 --ckpt_every=6)
@@ -322,6 +332,28 @@ if [ "$(id -u)" -eq 0 ] && runuser -u nobody -- test -x "$BIN/memtrain" 2>/dev/n
 else
   echo "SKIP: the unreadable checkpoint case needs root and a build user nobody can run"
 fi
+
+# a newest checkpoint another program holds open for writing (h5py's mode 'a', as a user adding
+# a note does) is no damage either: refused while it is held, left in place, resumed from after
+d=$TMP/held; fresh "$d" 6 12
+/usr/bin/python3 - "$d/ckpt/ckpt-00000012.h5" "$TMP/held.ready" <<'PY' &
+import h5py, sys, time
+f = h5py.File(sys.argv[1], "a")
+f.attrs["note"] = "looked at"
+open(sys.argv[2], "w").close()
+time.sleep(600)
+PY
+holder=$!
+for _ in $(seq 100); do [ -e "$TMP/held.ready" ] && break; sleep 0.1; done
+expect_error 2 "ckpt-00000012.h5: open for writing in another program (which holds HDF5's lock on it): close it there first" \
+  eval --ckpt "$d/ckpt/ckpt-00000012.h5" --eval_docs=2
+mt 2 --resume "$d" --steps=18 --ckpt_every=0
+one_error "ckpt-00000012.h5: open for writing in another program \(which holds HDF5's lock on it\): close it there to resume from it, or move it away to resume from an older checkpoint$" "held checkpoint"
+[ "$status" -eq 2 ] && [ -e "$d/ckpt/ckpt-00000012.h5" ] && ! ls "$d/ckpt/"*.skipped* >/dev/null 2>&1 \
+  || { cat "$TMP/out"; ls -l "$d/ckpt"; fail "held checkpoint: exit $status, or set aside"; }
+kill "$holder"; wait "$holder" 2>/dev/null || true
+resume_exact "$d" "$TMP/refS" 18 "a checkpoint once held open, with an attribute added" 12
+pass "a newest checkpoint another program holds open for writing: refused in one line, left in place, resumed from once closed"
 
 # an unrelated HDF5 file with a magic attribute, under the newest name
 d=$TMP/foreign; fresh "$d" 6
@@ -588,21 +620,24 @@ for second in TERM "INT TERM"; do
   resume_exact "$d" "$TMP/refB" 20 "after USR1 then $second"
   pass "USR1 then $second to the ranks during the checkpoint write: exit 75, resumed at step $resumed_at bit for bit"
 done
-# HUP to one rank, between log lines: a stop like the others (75, a checkpoint), and the steps
-# since the last log line get their line and metrics row (the summary's train ppl was nan)
-d=$TMP/hup
-setsid mpirun --oversubscribe -np 2 "$BIN/memtrain" "${SMALL[@]}" --steps=100000 --log_every=100000 \
-  --ckpt_every=0 --run_dir="$d" >"$TMP/out" 2>&1 &
-pid=$!
-for _ in $(seq 600); do [ -n "$(ranks_of "$d")" ] && grep -q '^model:' "$TMP/out" && break; sleep 0.05; done
-sleep 1
-kill -HUP "$(ranks_of "$d" | tail -n 1)"
-status=0; wait "$pid" || status=$?
-at=$(sed -n 's/^memtrain: stopped by a signal after step \([0-9]*\);.*/\1/p' "$TMP/out")
-[ "$status" -eq 75 ] && [ -n "$at" ] && [ "$(tail -n 1 "$d/metrics.csv" | cut -d, -f1)" = "$at" ] \
-  && grep -q "^step $at/100000 " "$TMP/out" && grep -q "^summary: steps 1-$at of .*train ppl [0-9]" "$TMP/out" \
-  || { cat "$TMP/out" "$d/metrics.csv"; fail "HUP to one rank: exit $status"; }
-pass "HUP to one rank: exit 75, step $at logged and in metrics.csv, the summary's train ppl a number"
+# HUP to one rank, and USR2 to mpirun (which forwards it), between log lines: a stop like the
+# others (75, a checkpoint), and the steps since the last log line get their line and metrics
+# row (the summary's train ppl was nan); USR2 used to end every rank at once, with no word
+for sig in HUP USR2; do
+  d=$TMP/stop-$sig
+  setsid mpirun --oversubscribe -np 2 "$BIN/memtrain" "${SMALL[@]}" --steps=100000 --log_every=100000 \
+    --ckpt_every=0 --run_dir="$d" >"$TMP/out" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do [ -n "$(ranks_of "$d")" ] && grep -q '^model:' "$TMP/out" && break; sleep 0.05; done
+  sleep 1
+  if [ "$sig" = HUP ]; then kill -HUP "$(ranks_of "$d" | tail -n 1)"; else kill -USR2 "$pid"; fi
+  status=0; wait "$pid" || status=$?
+  at=$(sed -n 's/^memtrain: stopped by a signal after step \([0-9]*\);.*/\1/p' "$TMP/out")
+  [ "$status" -eq 75 ] && [ -n "$at" ] && [ "$(tail -n 1 "$d/metrics.csv" | cut -d, -f1)" = "$at" ] \
+    && grep -q "^step $at/100000 " "$TMP/out" && grep -q "^summary: steps 1-$at of .*train ppl [0-9]" "$TMP/out" \
+    && [ -e "$d/ckpt/ckpt-$(printf %08d "$at").h5" ] || { cat "$TMP/out" "$d/metrics.csv"; fail "$sig: exit $status"; }
+done
+pass "HUP to one rank, USR2 to mpirun: exit 75, a checkpoint, the step logged and in metrics.csv, the summary's train ppl a number"
 
 # mpirun itself, signalled: it ends the job and exits 1 whatever the ranks return (see README,
 # "Signals and exit status"); the ranks finish a checkpoint they write and are gone within
@@ -725,4 +760,61 @@ ck1=$(find "$d/ckpt" -name 'ckpt-*.h5' | wc -l); row1=$(tail -n 1 "$d/metrics.cs
 [ "$ck1" -le $(( ck0 + 1 )) ] && [ "$row1" -le $(( row0 + 1 )) ] \
   || fail "launcher killed at step $row0 with $ck0 checkpoints: the ranks went on to step $row1 and $ck1 checkpoints"
 pass "launcher killed at step $row0: the ranks stopped at step $row1 with $ck1 checkpoints (had $ck0)"
+
+# ---- a stop signal during validation ----
+# the pass over all 10,000 validation images of the whole dataset (not this test's small copy)
+# takes this model about 40 s here; a stop ends it at its next segment, and the checkpoint of
+# the step follows at once (it waited for the pass)
+d=$TMP/evalstop
+MEMTRAIN_FASHION_MNIST_DIR=/usr/share/datasets/fashion-mnist \
+  mpirun -q --oversubscribe -np 2 "$BIN/memtrain" "${SMALL[@]}" --steps=50 --eval_every=3 --eval_docs=0 \
+  --run_dir="$d" >"$TMP/out" 2>&1 &
+pid=$!
+for _ in $(seq 600); do grep -q '^step 2/' "$TMP/out" 2>/dev/null && break; sleep 0.05; done
+sleep 1
+kill -USR1 "$pid"
+status=0; timeout 15 tail --pid="$pid" -f /dev/null || fail "a stop during validation waited 15 s or more for the pass"
+wait "$pid" || status=$?
+[ "$status" -eq 75 ] && grep -q '^memtrain: stopped by a signal after step 3;' "$TMP/out" \
+  && [ -e "$d/ckpt/ckpt-00000003.h5" ] && ! grep -q '^step 3/.*val ppl' "$TMP/out" \
+  || { cat "$TMP/out"; fail "a stop during validation: exit $status"; }
+pass "a stop signal during a validation pass: the pass ends at its next segment, exit 75, the step's checkpoint"
+
+# ---- a run directory removed while the run goes on ----
+# the run stops at the next step with one line and writes nothing more: a checkpoint would
+# have made the directory anew, and a second run on the path would have shared it
+d=$TMP/removed
+# (no checkpoint while it runs: one being written as the directory goes fails on its own, with
+# a line of its own)
+mpirun -q --oversubscribe -np 2 "$BIN/memtrain" "${SMALL[@]}" --steps=100000 --ckpt_every=0 --log_every=1 \
+  --run_dir="$d" >"$TMP/out" 2>&1 &
+pid=$!
+for _ in $(seq 600); do grep -q '^step 2/' "$TMP/out" 2>/dev/null && break; sleep 0.05; done
+rm -rf "$d"
+status=0; timeout 60 tail --pid="$pid" -f /dev/null || fail "the run went on 60 s after its run_dir was removed"
+wait "$pid" || status=$?
+one_error "run_dir $d was removed or moved while the run went on \(its LOCK file is not there\): stopping after step [0-9]+, writing nothing more$" "run_dir removed"
+[ "$status" -eq 2 ] && [ ! -e "$d" ] || { cat "$TMP/out"; ls -R "$d" 2>&1 | head; fail "run_dir removed: exit $status, or the directory made anew"; }
+pass "a run_dir removed while the run goes on: one line, exit 2, nothing written after"
+
+# ---- an address-space limit (ulimit -v) on one rank ----
+# too small for the run: the memory check counts what is mapped already and refuses in one
+# line; a little more: the run may pass the check and then fail to map its stores, which ends
+# the job with one line and status 2 (it hung in OpenBLAS's allocator, or aborted with a core
+# dump's report). Either way: one memtrain line, status 2, no rank left.
+printf '#!/bin/bash\nulimit -v "$LIMKB"\nexec "$@"\n' >"$TMP/limited.sh"; chmod +x "$TMP/limited.sh"
+for kb in 450000 700000; do
+  d=$TMP/aslimit-$kb; rm -rf "$d"
+  status=0
+  timeout 120 mpirun -q --oversubscribe -np 1 "$BIN/memtrain" "${SMALL[@]}" --d_model=128 --steps=3 --run_dir="$d" \
+    : -np 1 -x LIMKB=$kb "$TMP/limited.sh" "$BIN/memtrain" "${SMALL[@]}" --d_model=128 --steps=3 --run_dir="$d" \
+    >"$TMP/out" 2>&1 || status=$?
+  n=$(grep -cE "^memtrain: (memory: this run needs about .* \(the address-space limit, ulimit -v, of .* mapped before the run's own memory\)|out of memory allocating .*ulimit -v, is used up\))" "$TMP/out" || true)
+  ! grep -qE 'internal check failed|Segmentation fault|signal 11|signal 6|HDF5-DIAG|^HDF5:' "$TMP/out" \
+    || { cat "$TMP/out"; fail "ulimit -v $kb on one rank: crashed or aborted"; }
+  [ "$status" -eq 2 ] && [ "$n" -eq 1 ] && [ -z "$(ranks_of "$d")" ] \
+    || { cat "$TMP/out"; fail "ulimit -v $kb on one rank: exit $status, $n lines"; }
+  [ "$kb" -ne 450000 ] || grep -q 'address-space limit' "$TMP/out" || fail "ulimit -v $kb: not refused by the memory check"
+done
+pass "an address-space limit on one rank: refused by the memory check, or one out-of-memory line; status 2 either way"
 echo "test_faults: all passed (seed $seed)"

@@ -49,6 +49,10 @@ mt 2 sample --ckpt "$ck" --count=1 --scale=1 --top_k 5 --seed 3
 expect_error 2 "--out $d/samples.png exists: choose another file or remove it" sample --ckpt "$ck" --out "$d/samples.png"
 # a directory that is not there is refused before the drawing starts
 expect_error 2 "--out $TMP/nodir/x.png: its directory $TMP/nodir does not exist" sample --ckpt "$ck" --out "$TMP/nodir/x.png"
+# and one where access() says yes but no file can be made (/sys, even for root), on 2 ranks
+# that each try it at once
+[ -d /sys/kernel ] && expect_error 2 "--out /sys/kernel/x.png: its directory /sys/kernel: cannot create a file there (" \
+  sample --ckpt "$ck" --out /sys/kernel/x.png
 # two samplers at once with the default output: each grid gets its own number
 for t in 0.5 1; do
   mpirun --oversubscribe -np 1 "$BIN/memtrain" sample --ckpt "$ck" --count=1 --scale=1 \
@@ -224,6 +228,20 @@ expect_error 2 "data: $TMP/nodata/brown/cats.txt: cannot open (No such file or d
 [ ! -e "$TMP/ft3" ] || fail "a refused init_from, data or val_data left $TMP/ft3 behind"
 pass "init_from starts from a checkpoint's weights with fresh optimizer state; a shape change is named"
 
+# ---- output that cannot be written: an error, not exit 0 with the output lost ----
+for args in "inspect --ckpt $ck" "eval --ckpt $ck --eval_docs=2" "--help"; do
+  status=0
+  # shellcheck disable=SC2086  # the words of $args are the arguments
+  "$BIN/memtrain" $args >/dev/full 2>"$TMP/out" || status=$?
+  [ "$status" -eq 2 ] && [ "$(cat "$TMP/out")" = "memtrain: standard output: cannot write (No space left on device): the output above is incomplete" ] \
+    || { cat "$TMP/out"; fail "memtrain $args >/dev/full: exit $status"; }
+done
+status=0
+/usr/bin/python3 jobs/pretokenize.py "$TMP/one.txt" --out "$TMP/full-out.u16" >/dev/full 2>"$TMP/out" || status=$?
+[ "$status" -eq 1 ] && [ "$(cat "$TMP/out")" = "pretokenize: standard output: No space left on device ($TMP/full-out.u16 is written)" ] \
+  || { cat "$TMP/out"; fail "pretokenize >/dev/full: exit $status"; }
+pass "memtrain's commands and pretokenize.py on a standard output that cannot be written: one line, non-zero"
+
 # ---- ckpt_minutes: checkpoints by time ----
 mt 1 train "${TINY[@]}" --steps=20 --ckpt_minutes=0.0005 --keep_ckpts=0 --run_dir="$TMP/timed"
 [ "$status" -eq 0 ] || { cat "$TMP/out"; fail "ckpt_minutes run exited $status"; }
@@ -278,17 +296,26 @@ mt 1 train "${TINY[@]}" --data=u16:"$TMP/tok.u16":300 --vocab=300 --val_data=u16
 [ "$status" -eq 0 ] && grep -q "val ppl" "$TMP/out" || { cat "$TMP/out"; fail "training on pretokenized text"; }
 # its refusals: one line, nothing written
 printf 'garbage' >"$TMP/bad.json"
+# merges files that are FIFOs, nested past Python's recursion, of booleans, or of tokens not
+# yet made; each was a hang, a traceback or accepted
+mkfifo "$TMP/merges.fifo"
+/usr/bin/python3 -c 'print("[" * 200000 + "]" * 200000)' >"$TMP/deep.json"
+printf '[[true, false]]' >"$TMP/bool.json"
+printf '[[104, 101], [65535, 65535]]' >"$TMP/later.json"
 printf ' \n\n\t' >"$TMP/blank.txt"
 sum=$(sha256sum <"$TMP/one.txt")
 for a in "$TMP/missing.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP" "$TMP/one.txt --out $TMP/one.txt" \
          "$TMP/one.txt --out $TMP/nodir/m.u16" "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/bad.json" \
          "$TMP/blank.txt --out $TMP/m.u16" "$TMP/one.txt --out $TMP/m.u16 --vocab abc" "--out $TMP/m.u16" \
          "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/tok.u16.merges.json --vocab 300" \
-         "$TMP/one.txt --out /proc/m.u16"; do
+         "$TMP/one.txt --out /proc/m.u16" "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/merges.fifo" \
+         "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/deep.json" \
+         "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/bool.json" \
+         "$TMP/one.txt --out $TMP/m.u16 --merges $TMP/later.json"; do
   status=0
   # shellcheck disable=SC2086  # the words of $a are the arguments
-  /usr/bin/python3 jobs/pretokenize.py $a >"$TMP/out" 2>&1 || status=$?
-  [ "$status" -ne 0 ] && [ "$(wc -l <"$TMP/out")" -eq 1 ] && grep -q "^pretokenize: " "$TMP/out" \
+  timeout 60 /usr/bin/python3 jobs/pretokenize.py $a >"$TMP/out" 2>&1 || status=$?
+  [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && [ "$(wc -l <"$TMP/out")" -eq 1 ] && grep -q "^pretokenize: " "$TMP/out" \
     && [ ! -e "$TMP/m.u16" ] && [ ! -e "$TMP/m.u16.merges.json" ] || { cat "$TMP/out"; fail "pretokenize $a"; }
 done
 [ "$(sha256sum <"$TMP/one.txt")" = "$sum" ] || fail "pretokenize wrote over its input"

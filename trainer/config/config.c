@@ -339,14 +339,15 @@ static void describe_expected(const key_def *d, char *buf, size_t n) {
         break;
     }
     case KEY_STR:
-        snprintf(buf, n, "a non-empty value of at most %d characters on one line",
+        snprintf(buf, n, "a non-empty value of at most %d characters on one line, with no '#' "
+                 "at its start or after a space (config files read one there as a comment)",
                  TRAINER_CONFIG_STR - 1);
         break;
     }
 }
 
 static int bad_value(const key_def *d, const char *value, char *err, size_t n) {
-    char want[160];
+    char want[256];
     describe_expected(d, want, sizeof want);
     if (value[0] == '\0') return config_fail(err, n, "%s has no value: expected %s", d->name, want);
     size_t len = strlen(value);

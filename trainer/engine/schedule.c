@@ -19,7 +19,9 @@ int trainer_schedule_check(int streams, int block, int P, char *err, size_t n) {
         snprintf(err, n,
                  "streams = %d in blocks of stream_block = %d make %lld block%s for %d ranks: "
                  "every rank needs a block; set stream_block <= %d or use more streams",
-                 streams, block, (long long)nblocks, nblocks == 1 ? "" : "s", P, streams / P);
+                 streams, block, (long long)nblocks, nblocks == 1 ? "" : "s", P,
+                 /* the largest block that still cuts P blocks: ceil(streams / b) >= P */
+                 (streams - 1) / (P - 1));
     return -1;
 }
 

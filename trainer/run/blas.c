@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "layers/common.h"
+
 /* Set beside OPENBLAS_CORETYPE when memtrain chose it, so the re-executed process can say so. */
 #define CHOSEN_ENV "MEMTRAIN_BLAS_CHOSEN"
 
@@ -50,4 +52,13 @@ void trainer_blas_describe(char *out, int cap) {
                  core ? core : "?", set);
     else
         snprintf(out, (size_t)cap, "OpenBLAS %.*s, %s kernels", n, ver, core ? core : "?");
+}
+
+void trainer_blas_warm(void) {
+    /* large enough for the library's blocked path, which maps its work buffer */
+    enum { N = 192 };
+    float *a = layer_xcalloc((size_t)3 * N * N, sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0f, a, N, a + N * N, N,
+                0.0f, a + 2 * N * N, N);
+    free(a);
 }

@@ -18,4 +18,9 @@ void trainer_blas_choose(char **argv);
  * and would run its generic Prescott ones; set OPENBLAS_CORETYPE to choose)". */
 void trainer_blas_describe(char *out, int cap);
 
+/* One small product through OpenBLAS, so that it maps its work buffer (128 MiB of address
+ * space) now, while there is room, rather than in the first step: under an address-space
+ * limit a later mapping that fails makes the library retry for ever instead of failing. */
+void trainer_blas_warm(void);
+
 #endif

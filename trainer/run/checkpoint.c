@@ -219,18 +219,19 @@ int trainer_ckpt_save(comm_ctx *c, const trainer_config *cfg, const char *run_id
     comm_sum_i64(c, &gone, 1);
     if (gone) trainer_watchdog_exit();
     trainer_watchdog_hold(1);
-    io_ckpt *ck = io_ckpt_create(c, dir, step, err, n);
+    /* the whole file's room first: a full disk is named with the file's size (the sizing
+       pass writes nothing and needs no file) */
+    io_ckpt_size size = {0, 0, 0};
+    xfer x = {NULL, 1, err, n, &size};
+    transfer(&x, c, m, (trainer_stream_state *)st);
+    io_ckpt *ck = io_ckpt_create_sized(c, dir, step, &size, err, n);
     if (!ck) {
         trainer_watchdog_hold(0);
         return -1;
     }
-    /* the whole file's room first: a full disk is named with the file's size */
-    io_ckpt_size size = {0, 0, 0};
-    xfer x = {ck, 1, err, n, &size};
-    transfer(&x, c, m, (trainer_stream_state *)st);
+    x.ck = ck;
     x.sizing = NULL;
-    if (io_ckpt_reserve(ck, &size, err, n) != 0 ||
-        transfer(&x, c, m, (trainer_stream_state *)st) != 0) {
+    if (transfer(&x, c, m, (trainer_stream_state *)st) != 0) {
         io_ckpt_abort(ck);
         trainer_watchdog_hold(0);
         return -1;
@@ -424,15 +425,21 @@ static int read_member(io_ckpt *ck, const char *run_id, const trainer_config *re
 
 /* The newest candidate of run_dir that belongs to run_id (NULL: any run) and holds a valid
  * config: its index, its member record; or -1 with the newest refusal's reason in err. */
-/* 1, with the message, when this user may not read the checkpoint at path (rank 0 decides):
- * that is no damage, and setting the file aside would throw away the steps it holds, so a
+/* 1, with the message, when this user may not read the checkpoint at path, or another program
+ * holds it open for writing (rank 0 decides): that is no damage, and setting the file aside would throw away the steps it holds, so a
  * resume stops there. Collective. */
 static int unreadable(comm_ctx *c, const char *path, char *err, size_t n) {
     int64_t e = 0;
     if (comm_rank(c) == 0 && access(path, R_OK) != 0 && (errno == EACCES || errno == EPERM))
         e = errno;
+    else if (comm_rank(c) == 0 && io_file_write_locked(path))
+        e = EWOULDBLOCK;
     comm_broadcast(c, &e, sizeof e, 0);
-    if (e)
+    if (e == EWOULDBLOCK)
+        snprintf(err, n, "%s: open for writing in another program (which holds HDF5's lock on "
+                 "it): close it there to resume from it, or move it away to resume from an "
+                 "older checkpoint", path);
+    else if (e)
         snprintf(err, n, "%s: cannot read (%s): fix its permissions to resume from it, or move "
                  "it away to resume from an older checkpoint", path, strerror((int)e));
     return e != 0;

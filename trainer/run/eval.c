@@ -43,7 +43,6 @@ int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const cha
                "(%lld tokens) (%.1f s)\n",
                comm_escape(shown, sizeof(shown), path), (long long)step, ppl,
                comm_escape(shown_set, sizeof(shown_set), set), ndocs, (long long)tokens, comm_time() - t);
-        fflush(stdout);
     }
     trainer_model_free(m);
     io_dataset_free(val);

@@ -84,7 +84,6 @@ int trainer_inspect_checkpoint(comm_ctx *comm, const trainer_config *cfg, const 
         comm_print0(comm, "streams/memory[0][0:4] = %.9g %.9g %.9g %.9g\n", mem[0], mem[1], mem[2], mem[3]);
         free(mem);
     }
-    fflush(stdout);
     io_ckpt_close(ck);
     trainer_model_free(m);
     return 0;

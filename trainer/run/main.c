@@ -11,6 +11,7 @@
 
 #include "comm/comm.h"
 #include "io/ckpt.h"
+#include "io/files.h"
 #include "layers/common.h"
 #include "trainer/run/blas.h"
 #include "trainer/run/checkpoint.h"
@@ -477,10 +478,15 @@ static int check_sample(cli *c, char *err, size_t n) {
         snprintf(dir, sizeof(dir), "%s", so->out);
         cut_last(dir);
         int there = stat(dir, &sb) == 0;
+        char why[200];
         if (!there || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0) {
             snprintf(err, n, "--out %.200s: its directory %.200s %s", so->out, dir,
                      !there ? "does not exist"
                      : !S_ISDIR(sb.st_mode) ? "is not a directory" : "is not writable");
+            return -1;
+        }
+        if (io_probe_create(dir, why, sizeof why) != 0) {
+            snprintf(err, n, "--out %.150s: its directory %.150s: %.150s", so->out, dir, why);
             return -1;
         }
         return 0;
@@ -497,7 +503,7 @@ static int check_sample(cli *c, char *err, size_t n) {
     /* runs/a; a checkpoint kept elsewhere (copied out of its run) gets it beside itself */
     const char *last = strrchr(dir, '/');
     if (last && strcmp(last, "/ckpt") == 0) cut_last(dir);
-    if (access(dir, W_OK | X_OK) != 0) {
+    if (access(dir, W_OK | X_OK) != 0 || io_probe_create(dir, NULL, 0) != 0) {
         snprintf(err, n, "the grid's default place %.300s is not writable: give --out FILE.png",
                  dir);
         return -1;
@@ -597,6 +603,13 @@ static int nothing_to_do(cli *c, comm_ctx *comm) {
  * differs. Every rank must see the same command line and config file: a rank started with
  * other ones (a node-local copy, an MPMD launch) would build another model and crash or hang
  * in the first exchange. Collective. */
+#ifndef MEMTRAIN_SOURCE_ID
+#define MEMTRAIN_SOURCE_ID "unknown"
+#endif
+/* The source this program was built from (the Makefile's SOURCE_ID: the commit, and a digest
+ * of changes not committed). */
+static const char source_id[] = "memtrain source " MEMTRAIN_SOURCE_ID;
+
 static int same_as_rank0(comm_ctx *comm, const char *what, const char *text, char *err,
                          size_t n) {
     int64_t len = (int64_t)strlen(text) + 1;
@@ -627,10 +640,13 @@ static int same_as_rank0(comm_ctx *comm, const char *what, const char *text, cha
         const char *cut = from ? "..." : "";
         la -= from < la ? from : la;
         lb -= from < lb ? from : lb;
+        int build = strcmp(what, "memtrain build") == 0;
         snprintf(err, n, "rank %d was started with other %s than rank 0: '%s%.*s' where rank 0 "
-                 "has '%s%.*s' (every rank must see the same command line, config file and data)",
+                 "has '%s%.*s' (every rank must %s)",
                  comm_rank(comm), what, cut, (int)(la < 120 ? la : 120), a + from, cut,
-                 (int)(lb < 120 ? lb : 120), b + from);
+                 (int)(lb < 120 ? lb : 120), b + from,
+                 build ? "run memtrain built from the same source"
+                       : "see the same command line, config file and data");
         rc = -1;
     }
     free(r0);
@@ -672,12 +688,27 @@ static int run_command(cli *c, comm_ctx *comm) {
     return trainer_train(comm, &c->cfg, c->resume, c->changed);
 }
 
+/* Whether what this command printed reached its standard output (a full disk or /dev/full
+ * behind it loses the output of eval, inspect, plan or sample, which is the command's product);
+ * 1 with err set when it did not. Under mpirun the ranks write to the launcher, which writes
+ * the file: its failures are its own. Collective. */
+static int output_lost(comm_ctx *comm, char *err, size_t n) {
+    int e = comm_rank(comm) == 0 ? comm_stdout_errno() : 0;
+    if (e)
+        snprintf(err, n, "standard output: cannot write (%s): the output above is incomplete",
+                 strerror(e));
+    return comm_any_failed(comm, e != 0, err, n);
+}
+
 /* Reads the command line in phases, each of which may find a mistake; the ranks agree on the
  * first one (every rank parsed the same line, but no rank may run alone), then the command
  * runs on all of them. */
 int main(int argc, char **argv) {
     trainer_blas_choose(argv); /* may re-execute this program: before anything starts */
-    if (strcmp(command_word(argc, argv), "train") == 0) trainer_catch_stop_signals();
+    const char *word = command_word(argc, argv);
+    if (strcmp(word, "train") == 0) trainer_catch_stop_signals();
+    if (strcmp(word, "train") == 0 || strcmp(word, "eval") == 0 || strcmp(word, "sample") == 0)
+        trainer_blas_warm();
     if (srun_without_pmi()) return 2;
     trainer_watchdog_start(); /* before MPI: it reads the launcher's environment */
     launched_as_rank = getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMIX_RANK") != NULL;
@@ -686,10 +717,13 @@ int main(int argc, char **argv) {
     c.argc = argc;
     c.argv = argv;
     char err[512] = "";
-    int train = 0, rc = same_arguments(comm, argc, argv, err, sizeof(err));
+    /* ranks of different builds would part in their first collectives and wait for ever */
+    int train = 0, rc = same_as_rank0(comm, "memtrain build", source_id, err, sizeof(err));
+    if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
+    rc = same_arguments(comm, argc, argv, err, sizeof(err));
     if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
     if (print_help(argc, argv, comm_rank(comm))) {
-        fflush(stdout);
+        if (output_lost(comm, err, sizeof(err))) comm_exit_error(comm, err);
         comm_finalize(comm);
         return 0;
     }
@@ -716,6 +750,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     rc = run_command(&c, comm);
+    /* training keeps what it prints in train.log too, and its files are its product */
+    if (!train && output_lost(comm, err, sizeof(err))) comm_exit_error(comm, err);
     comm_finalize(comm);
     return rc;
 }

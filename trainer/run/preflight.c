@@ -18,6 +18,7 @@
 
 struct trainer_rundir {
     int lock_fd; /* -1 when the file system has no locks */
+    char lock_path[1200];
     FILE *csv;   /* rank 0 */
     char csv_path[1200];
     char id[TRAINER_RUN_ID_LEN + 1];
@@ -111,6 +112,13 @@ static int foreign(const char *path, const char *ours, char *first, size_t n) {
     return 1;
 }
 
+int trainer_rundir_gone(const trainer_rundir *rd) {
+    struct stat held, named;
+    if (!rd || rd->lock_fd < 0 || fstat(rd->lock_fd, &held) != 0) return 0;
+    return stat(rd->lock_path, &named) != 0 || named.st_dev != held.st_dev ||
+           named.st_ino != held.st_ino;
+}
+
 trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
                                     const char *resume_dir, const char *csv_header) {
     trainer_rundir *rd = layer_xcalloc(1, sizeof *rd);
@@ -129,6 +137,7 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
 
     /* the lock: rank 0 takes it alone, then every rank holds it shared for the run's life */
     snprintf(path, sizeof path, "%s/LOCK", dir);
+    snprintf(rd->lock_path, sizeof rd->lock_path, "%s", path);
     int nolock = 0;
     if (me0) {
         char holder[400];
@@ -247,9 +256,11 @@ trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,
                         "that failed)\n", path, cut);
         }
         /* the header once: glibc reports position 0 for an append stream until it is moved */
+        errno = 0;
         if (rd->csv && fseek(rd->csv, 0, SEEK_END) == 0 && ftell(rd->csv) == 0 &&
             (fprintf(rd->csv, "%s\n", csv_header) < 0 || fflush(rd->csv) != 0))
-            snprintf(why, sizeof why, "%.900s: cannot write", path);
+            snprintf(why, sizeof why, "%.900s: cannot write (%s)", path,
+                     strerror(errno ? errno : EIO));
         else if (rd->csv && !ferror(rd->csv))
             why[0] = '\0';
         if (why[0]) {
@@ -304,14 +315,16 @@ void trainer_rundir_close(trainer_rundir *rd) {
 /* ---- memory ---- */
 
 /* The number after `key` in /proc/meminfo, in bytes, or -1. */
-static double meminfo(const char *key) {
+static double meminfo_of(const char *file, const char *key) {
     char buf[8192], why[64];
-    if (io_read_small("/proc/meminfo", buf, sizeof buf, why, sizeof why) <= 0) return -1;
+    if (io_read_small(file, buf, sizeof buf, why, sizeof why) <= 0) return -1;
     const char *p = strstr(buf, key);
     if (!p) return -1;
     double kb = strtod(p + strlen(key), NULL);
     return kb > 0 ? kb * 1024.0 : -1;
 }
+
+static double meminfo(const char *key) { return meminfo_of("/proc/meminfo", key); }
 
 /* A number read from a small file ("max" and unreadable: -1). */
 static double number_in(const char *path) {
@@ -367,10 +380,20 @@ static double available_per_rank(comm_ctx *c, char *what, size_t n) {
     trainer_footprint_bytes(avail, total, sizeof total);
     double per = avail / node;
     snprintf(what, n, "%s %s over %d rank%s on this node", src, total, node, node > 1 ? "s" : "");
+    /* an address-space limit (ulimit -v) counts what is mapped already: the libraries, MPI's
+       shared segments and OpenBLAS's buffer (made at the start), which the estimate does not */
     struct rlimit rl;
-    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (double)rl.rlim_cur < per) {
-        per = (double)rl.rlim_cur;
-        snprintf(what, n, "RLIMIT_AS of this process");
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        double mapped = meminfo_of("/proc/self/status", "VmSize:");
+        double left = (double)rl.rlim_cur - (mapped > 0 ? mapped : 0);
+        if (left < per) {
+            char lim[32], used[32];
+            trainer_footprint_bytes((double)rl.rlim_cur, lim, sizeof lim);
+            trainer_footprint_bytes(mapped > 0 ? mapped : 0, used, sizeof used);
+            per = left > 0 ? left : 0;
+            snprintf(what, n, "the address-space limit, ulimit -v, of %s, %s of it mapped before "
+                     "the run's own memory", lim, used);
+        }
     }
     return per;
 }

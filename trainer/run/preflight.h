@@ -60,6 +60,11 @@ int trainer_rundir_metrics_close(trainer_rundir *rd, char *err, size_t n);
 /* Closes the metrics file and releases the lock. NULL is fine. Not collective. */
 void trainer_rundir_close(trainer_rundir *rd);
 
+/* 1 when the run directory is no longer the one this run locked: removed or moved away while
+ * the run went on (its LOCK file is gone from run_dir, or is another file); 0 otherwise, also
+ * on a file system without locks. Not collective. */
+int trainer_rundir_gone(const trainer_rundir *rd);
+
 /* Collective, before the model or data are allocated: checks that the products of cfg fit the
  * engine's ints (trainer_footprint_check_ranges) and that the footprint of `use` fits the
  * memory of each rank: MemAvailable (or the free pages), less when a cgroup or RLIMIT_AS

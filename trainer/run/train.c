@@ -117,6 +117,10 @@ int trainer_eval_lanes(const trainer_config *cfg, int64_t ndocs) {
     return (int)(need > blk ? need : blk);
 }
 
+/* Set by SIGUSR1/SIGUSR2/SIGTERM/SIGINT/SIGHUP; the ranks agree on it at the next step boundary
+ * (and in a validation pass, at its next segment). */
+static volatile sig_atomic_t stop_signal = 0;
+
 /* The documents are dealt to trainer_eval_lanes lanes (lane j scores documents j, j + lanes,
  * ... of the first trainer_eval_docs), the lanes cut into blocks of stream_block as in training
  * and the blocks dealt over the ranks. A block is computed as one batch whatever the rank
@@ -124,7 +128,8 @@ int trainer_eval_lanes(const trainer_config *cfg, int64_t ndocs) {
  * rank makes the same calls (a rank out of blocks computes an idle one), since each lookup of
  * a hashed projection is an exchange. A document starts from fresh memory and its own first
  * token; its loss is summed per lane in double, and the lanes' sums in lane order, so every
- * rank count gives the same figure. */
+ * rank count gives the same figure. A stop signal on any rank (train catches them) ends the
+ * pass where it is: NaN and no tokens. */
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
                               const io_dataset *val, int64_t *tokens) {
     int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = cfg->vocab;
@@ -145,6 +150,7 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
     double *lane = layer_xcalloc(2 * (size_t)S, sizeof(double)); /* loss, then count, per lane */
     /* this rank's blocks, then an idle block for the passes it has none */
     trainer_segments **sg = layer_xcalloc((size_t)passes, sizeof(trainer_segments *));
+    int stopped = 0;
     for (int k = 0; k < passes; k++) {
         int n = k < nb ? (k * blk + blk < B ? blk : B - k * blk) : blk;
         sg[k] = k < nb || k == nb ? trainer_segments_create(model, n) : sg[nb];
@@ -169,7 +175,11 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
             }
             active += !done[b];
         }
-        if (!trainer_schedule_any_active(comm, active > 0)) break;
+        /* a stop signal (train catches them) ends the pass: the checkpoint waits for it */
+        int64_t go[2] = {active > 0, stop_signal != 0};
+        comm_sum_i64(comm, go, 2);
+        if (go[1]) stopped = 1;
+        if (go[0] == 0 || stopped) break;
         for (int k = 0; k < passes; k++) {
             trainer_segments *g = sg[k];
             if (k >= nb) /* idle: every lane padding */
@@ -198,12 +208,12 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
     /* each lane's figures are on one rank and zero elsewhere: the sum over ranks is exact */
     comm_sum_doubles(comm, lane, 2 * S);
     double loss = 0.0, count = 0.0;
-    for (int j = 0; j < S; j++) {
+    for (int j = 0; j < S && !stopped; j++) {
         loss += lane[j];
         count += lane[S + j];
     }
     /* every token of the documents is a target once, whatever the segment length */
-    LAYER_ASSERT(count == (double)(val->doc_off[ndocs] - val->doc_off[0]));
+    LAYER_ASSERT(stopped || count == (double)(val->doc_off[ndocs] - val->doc_off[0]));
     if (tokens) *tokens = (int64_t)count;
     trainer_tables_clear_cache(trainer_model_tables(model));
     for (int k = 0; k <= nb && k < passes; k++) trainer_segments_free(sg[k]);
@@ -377,6 +387,18 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
 static void load_data(run *r) {
     r->train = trainer_load_split(r->comm, r->cfg, IO_SPLIT_TRAIN);
     r->val = trainer_load_split(r->comm, r->cfg, IO_SPLIT_VAL);
+    /* the two splits of one file are two readings of it: a file still being written would
+       give splits of different contents (Fashion-MNIST's validation images are a file of
+       their own) */
+    const char *spec = r->cfg->data;
+    if (strcmp(r->cfg->val_data, "split") == 0 && io_dataset_image_side(spec) == 0 &&
+        r->train->source_crc != r->val->source_crc) {
+        char err[512], shown[300];
+        snprintf(err, sizeof err, "data: %s changed while it was read (its training and "
+                 "validation splits came from different contents): read it once it is written",
+                 comm_escape(shown, sizeof shown, spec));
+        comm_exit_error(r->comm, err); /* every rank read both: each knows */
+    }
 }
 
 /* Once the streams' order is known (a resume may bring the older one): read in file order or
@@ -400,8 +422,6 @@ static void keep_data(run *r) {
             "order before stream classes), so every rank keeps the whole training split\n");
 }
 
-/* Set by SIGUSR1/SIGTERM/SIGINT/SIGHUP; the ranks agree on it at the next step boundary. */
-static volatile sig_atomic_t stop_signal = 0;
 
 static void on_signal(int sig) { stop_signal = sig; }
 
@@ -411,6 +431,7 @@ void trainer_catch_stop_signals(void) {
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL); /* mpirun forwards it too; its default ends a process */
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     /* a hangup too (a closed terminal, a launcher's HUP), unless it is ignored: `nohup
@@ -737,20 +758,28 @@ static void log_window_now(run *r, sitting *z, double val_ppl, int64_t val_token
 }
 
 /* The step boundary. A signal reaches the ranks at different moments, rank 0's clock decides
- * a timed checkpoint, the launcher may be gone, a metrics row may not have been written: the
- * ranks agree on all four. Without a launcher no new step or checkpoint starts
+ * a timed checkpoint, the launcher may be gone, a metrics row may not have been written, the
+ * run directory may have been removed: the ranks agree on all five. Without a launcher no new step or checkpoint starts
  * (trainer/run/watchdog.h); a lost metrics row ends the run after a checkpoint. Returns 1
  * when a signal stops the sitting here. Collective. */
 static int step_boundary(run *r, sitting *z, int last) {
     const trainer_config *cfg = r->cfg;
     char what[512] = "";
     int lost = trainer_rundir_metrics_flush(r->rd, what, sizeof(what)) != 0;
-    int64_t sig[4] = {stop_signal,
+    int64_t sig[5] = {stop_signal,
                       comm_rank(r->comm) == 0 && cfg->ckpt_minutes > 0 &&
                           comm_time() - z->last_ckpt >= 60.0 * cfg->ckpt_minutes,
-                      trainer_watchdog_orphaned(), lost};
-    comm_sum_i64(r->comm, sig, 4);
+                      trainer_watchdog_orphaned(), lost,
+                      comm_rank(r->comm) == 0 && trainer_rundir_gone(r->rd)};
+    comm_sum_i64(r->comm, sig, 5);
     if (sig[2]) trainer_watchdog_exit();
+    if (sig[4]) { /* its files went with it: a checkpoint now would make a new directory */
+        char dir[400];
+        snprintf(what, sizeof(what), "run_dir %s was removed or moved while the run went on (its "
+                 "LOCK file is not there): stopping after step %lld, writing nothing more",
+                 comm_escape(dir, sizeof dir, cfg->run_dir), (long long)z->done);
+        comm_exit_error(r->comm, what);
+    }
     if (sig[3]) {
         comm_any_failed(r->comm, lost, what, sizeof(what));
         metrics_lost(r, z->done, what);
