@@ -43,11 +43,13 @@ BENCH_BIN := $(BENCH_SRC:tests/%.c=$(BIN)/%)
 TESTUTIL_OBJ := $(BUILD)/tests/testutil.o
 MAIN := $(BIN)/memtrain
 # The source's identity, compiled into memtrain so that ranks started from different builds
-# are refused in one line rather than parting in their first collectives: the commit, and a
-# digest of the changes not committed ("unknown" outside a git clone).
+# are refused in one line rather than parting in their first collectives: the commit, a digest
+# of the C sources and the Makefile where they differ from it (changed or new files), and the
+# target ARCH ("unknown" outside a git clone).
 SOURCE_ID := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell \
-    git diff --quiet HEAD -- 2>/dev/null || git diff HEAD -- 2>/dev/null | cksum | cut -d' ' -f1 \
-    | sed 's/^/+/')
+    git rev-parse --git-dir >/dev/null 2>&1 && git ls-files -m -o --exclude-standard -- \
+    '*.c' '*.h' Makefile | sort | xargs -r cat | cksum | awk '$$2 > 0 { print "+" $$1 }') \
+    $(ARCH)
 
 # Debian packages the build, the tests, the data and the job scripts need (plus npm, for
 # the Brown corpus, unless a Node.js installation already provides it).
@@ -76,7 +78,7 @@ deps:
 
 $(BUILD)/%.o: %.c $(wildcard */*.h */*/*.h) | deps
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CFLAGS) $(SOURCE_DEF) -c -o $@ $<
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
@@ -90,7 +92,7 @@ $(BIN)/%: $(BUILD)/tests/%.o $(TESTUTIL_OBJ) $(LIB)
 $(BUILD)/source-id: FORCE
 	@mkdir -p $(dir $@); echo '$(SOURCE_ID)' | cmp -s - $@ || echo '$(SOURCE_ID)' >$@
 $(BUILD)/trainer/run/main.o: $(BUILD)/source-id
-$(BUILD)/trainer/run/main.o: CFLAGS += -DMEMTRAIN_SOURCE_ID='"$(SOURCE_ID)"'
+$(BUILD)/trainer/run/main.o: SOURCE_DEF = -DMEMTRAIN_SOURCE_ID='"$(SOURCE_ID)"'
 .PHONY: FORCE
 FORCE:
 

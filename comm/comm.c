@@ -71,6 +71,7 @@ comm_ctx *comm_self(const comm_ctx *parent) {
 
 void comm_finalize(comm_ctx *c) {
     if (!c) return;
+    layer_on_out_of_memory(NULL); /* MPI_Abort is no way out once MPI is finalized */
     if (c->started_mpi && any_unclean(c)) {
         if (c->rank == 0)
             print_line("", "a library could not release a file (see above): ending without MPI "

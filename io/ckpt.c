@@ -258,11 +258,6 @@ void io_ckpt_size_add(io_ckpt_size *s, io_dtype t, int ndims, const int64_t *dim
     s->nslices += dims[0];
 }
 
-int io_ckpt_reserve(io_ckpt *ck, const io_ckpt_size *s, char *err, size_t n) {
-    LAYER_ASSERT(ck && ck->writing && s);
-    return reserve(ck, allocated(s->raw_bytes, s->narrays, s->nslices), err, n);
-}
-
 io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, size_t n) {
     return io_ckpt_create_sized(c, dir, step, NULL, err, n);
 }

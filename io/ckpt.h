@@ -87,20 +87,18 @@ io_ckpt *io_ckpt_create(comm_ctx *c, const char *dir, int64_t step, char *err, s
 int io_ckpt_write(io_ckpt *ck, const char *name, io_dtype t, int ndims, const int64_t *dims,
                   int nslices, const int64_t *slices, const void *data, char *err, size_t n);
 
-/* Collective, before the writes: reserves at once the room of the arrays the caller is about
- * to write (the same list on every rank), so that a disk without room for the whole file says
- * so first, with the whole file's size ("<path>: no room for 8.2 MiB ..."), rather than the
- * room reached when it ran out. A file system that cannot reserve is no error. Returns 0, or
- * -1 with that message on every rank; the caller should then io_ckpt_abort. */
+/* The room of the arrays a caller is about to write (the same list on every rank), counted
+ * with io_ckpt_size_add before the file exists, so that io_ckpt_create_sized reserves it at
+ * once: a disk without room for the whole file says so first, with the whole file's size
+ * ("<path>: no room for 8.2 MiB ..."), rather than the room reached when it ran out. */
 typedef struct io_ckpt_size {
     int64_t raw_bytes, narrays, nslices;
 } io_ckpt_size;
 void io_ckpt_size_add(io_ckpt_size *s, io_dtype t, int ndims, const int64_t *dims);
-int io_ckpt_reserve(io_ckpt *ck, const io_ckpt_size *s, char *err, size_t n);
 
 /* io_ckpt_create that reserves the room of the arrays counted in s (io_ckpt_size_add) as it
- * creates the file: a disk without room for the file is named with the file's size, even when
- * it has no room for the file's first blocks either. */
+ * creates the file (a file system that cannot reserve is no error): a disk without room for
+ * the file is named with the file's size, even when it has no room for its first blocks. */
 io_ckpt *io_ckpt_create_sized(comm_ctx *c, const char *dir, int64_t step, const io_ckpt_size *s,
                               char *err, size_t n);
 

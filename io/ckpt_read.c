@@ -233,8 +233,8 @@ static hid_t serial_open(const char *path, char *err, size_t n) {
         snprintf(err, n, "%s: open for writing in another program (which holds HDF5's lock on "
                  "it): close it there first", path);
     else if (stack_says("already open for write"))
-        snprintf(err, n, "%s: marked open for writing by a program that did not close it: "
-                 "clear the mark with h5clear -s", path);
+        snprintf(err, n, "%s: marked open for writing by a program that did not close it: once "
+                 "no program has it open, clear the mark with h5clear -s", path);
     else
         snprintf(err, n, "%s: not an HDF5 file or truncated", path);
     return f;

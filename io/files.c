@@ -83,8 +83,9 @@ int io_file_write_locked(const char *path) {
 
 int io_probe_create(const char *dir, char *err, size_t n) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/.memtrain-probe-%ld", dir, (long)getpid());
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    /* a name of its own: ranks on other nodes may share the directory and the pid */
+    snprintf(path, sizeof path, "%s/.memtrain-probe-XXXXXX", dir);
+    int fd = mkstemp(path);
     if (fd < 0) {
         if (err && n) snprintf(err, n, "cannot create a file there (%s)", strerror(errno));
         return -1;

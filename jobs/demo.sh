@@ -18,9 +18,18 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_TH
 export OMPI_MCA_btl_base_warn_component_unused=0
 # the directory is made anew, but only one an earlier make demo made: a run of demo.conf
 # started by hand or by jobs/train.sbatch (its run_dir is runs/demo too) is left alone
+newest() { ls "$RUN_DIR"/ckpt/ckpt-*.h5 2>/dev/null | tail -n 1 | xargs -r basename; }
 if [ -e "$RUN_DIR" ] && [ ! -e "$RUN_DIR/.made-by-demo" ]; then
   echo "demo: $RUN_DIR holds a run make demo did not start: move it away, or give another" \
        "directory (make demo RUN_DIR=runs/demo2)" >&2
+  exit 2
+fi
+# nor one an earlier demo started and a resume by hand took further: the marker names the
+# newest checkpoint the demo left
+if [ -s "$RUN_DIR/.made-by-demo" ] && [ "$(newest)" != "$(cat "$RUN_DIR/.made-by-demo")" ]; then
+  echo "demo: $RUN_DIR was taken further than make demo left it ($(newest), after" \
+       "$(cat "$RUN_DIR/.made-by-demo")): move it away, or give another directory" \
+       "(make demo RUN_DIR=runs/demo2)" >&2
   exit 2
 fi
 # one demo at a time on a directory, for the whole script (training, then sampling): a
@@ -41,7 +50,8 @@ stopped() {
 }
 status=0
 run_ranks demo mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" train \
-  --config jobs/configs/demo.conf --run_dir="$RUN_DIR" "$@" || status=$?
+  --config jobs/configs/demo.conf --run_dir="$RUN_DIR" "$@" 9>&- || status=$?
+newest >"$RUN_DIR/.made-by-demo"
 if [ -n "$ranks_stopped_by" ]; then
   if [ "$status" -eq 75 ] && [ -e "$RUN_DIR/ckpt/LATEST" ]; then
     stopped " while training (its checkpoint is in $RUN_DIR/ckpt)"
@@ -51,7 +61,7 @@ fi
 [ "$status" -eq 0 ] || exit "$status"
 last=$RUN_DIR/ckpt/$(cat "$RUN_DIR/ckpt/LATEST")
 run_ranks demo mpirun -q --oversubscribe -np "$NP" "$BIN/memtrain" sample --ckpt "$last" \
-  --count 16 --temperature 1 --top-p 1 --seed=1 --out "$RUN_DIR/samples.png" || status=$?
+  --count 16 --temperature 1 --top-p 1 --seed=1 --out "$RUN_DIR/samples.png" 9>&- || status=$?
 [ -z "$ranks_stopped_by" ] || stopped " while sampling"
 [ "$status" -eq 0 ] || exit "$status"
 echo "demo: metrics in $RUN_DIR/metrics.csv, checkpoint $last, samples $RUN_DIR/samples.png"

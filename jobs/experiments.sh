@@ -120,6 +120,10 @@ STEPS=${STEPS:-$steps}
 SEEDS=${SEEDS:-$seeds}
 [[ $SEEDS =~ ^[[:space:]]*(0|[1-9][0-9]{0,8})([[:space:]]+(0|[1-9][0-9]{0,8}))*[[:space:]]*$ ]] \
   || { echo "experiments: SEEDS=$SEEDS: expected whole numbers separated by spaces" >&2; exit 2; }
+if [ "$NP" -eq 0 ]; then # mpirun -np 0 takes every slot it finds
+  echo "experiments: NP=0: expected a number of ranks from 1" >&2
+  exit 2
+fi
 UNTIL=${UNTIL:-$STEPS}
 if [ "$UNTIL" -eq 0 ]; then # memtrain's stop_after = 0 means no stop: not what 0 asks
   echo "experiments: UNTIL=0: expected a step from 1 to STEPS=$STEPS" >&2
@@ -138,6 +142,11 @@ if [ -f "$out/set" ] && [ "$(cat "$out/set")" != "$set_name" ]; then
   exit 2
 fi
 mkdir -p "$out"
+# one driver at a time in OUT_DIR: a second would fail on the first's runs, and append to
+# their logs (the lock's descriptor is closed for the ranks and their helpers, which could
+# outlive the script by a moment and keep the next sitting out)
+exec {lockfd}>>"$out/.lock"
+flock -n "$lockfd" || { echo "experiments: $out is in use by another experiments.sh: wait for it, or give another OUT_DIR" >&2; exit 2; }
 echo "$set_name" >"$out/set"
 # shellcheck source=jobs/lib/ranks.sh
 . jobs/lib/ranks.sh
@@ -176,7 +185,7 @@ for row in "${arms[@]}"; do
     status=0
     run_ranks experiments mpirun -q --oversubscribe -np "$NP" \
       sh -c 'trap "" USR1; exec /usr/bin/time -a -o "$0" -f %M "$@"' "$run/peak_kib" \
-      "$BIN/memtrain" "${cmd[@]}" >>"$run/log.txt" 2>&1 || status=$?
+      "$BIN/memtrain" "${cmd[@]}" >>"$run/log.txt" 2>&1 {lockfd}>&- || status=$?
     if [ -n "$ranks_stopped_by" ]; then
       { grep -E '^(step|checkpoint:) ' "$run/log.txt" || true; } | tail -n 2 | sed 's/^/   /'
       if [ "$status" -eq 75 ]; then

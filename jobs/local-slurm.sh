@@ -108,10 +108,12 @@ print_logs() {
 }
 
 write_conf() { # ctld_port
-  local port=$1 node cpus mem overrides=""
+  local port=$1 node cores cpus mem overrides=""
   node=$(hostname -s)
-  cpus=${LOCAL_SLURM_CPUS:-$(nproc)}
-  if [ "$cpus" -gt "$(nproc)" ]; then
+  # (GNU nproc counts OMP_NUM_THREADS, which jobs set to 1: the cores without it)
+  cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+  cpus=${LOCAL_SLURM_CPUS:-$cores}
+  if [ "$cpus" -gt "$cores" ]; then
     # Otherwise slurmd reports fewer CPUs than configured and the node is drained.
     overrides="SlurmdParameters=config_overrides"
   fi

@@ -32,8 +32,9 @@
 # A few minutes with the defaults.
 set -euo pipefail
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT=${1:-$TOP/runs/scaling} # a relative OUT_DIR is read from where the script starts
+OUT=${1:-$TOP/runs/scaling} # a relative OUT_DIR or CONF is read from where the script starts
 [[ $OUT == /* ]] || OUT=$PWD/$OUT
+[ -z "${CONF:-}" ] || [[ $CONF == /* ]] || CONF=$PWD/$CONF
 cd "$TOP"
 for v in STEPS MAXP PER_RANK STRONG_STREAMS LOG_EVERY REPEATS CORES; do
   [[ ${!v:-1} =~ ^(0|[1-9][0-9]{0,8})$ ]] || { echo "scaling.sh: $v=${!v}: expected a whole number" >&2; exit 1; }
@@ -45,7 +46,9 @@ STRONG_STREAMS=${STRONG_STREAMS:-8}
 LOG_EVERY=${LOG_EVERY:-$(( STEPS / 4 > 0 ? STEPS / 4 : 1 ))}
 REPEATS=${REPEATS:-2}
 PLOT_ONLY=${PLOT_ONLY:-0}
-CORES=${CORES:-$(nproc)}
+# anything but 0 or 1 would start a new sweep, which removes the last one's runs
+[[ $PLOT_ONLY =~ ^[01]$ ]] || { echo "scaling.sh: PLOT_ONLY=$PLOT_ONLY: expected 0 or 1" >&2; exit 1; }
+CORES=${CORES:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)} # nproc counts OMP_NUM_THREADS
 MPIRUN_ARGS=${MPIRUN_ARGS:---bind-to none}
 BIN=$TOP/${BUILD:-build}/bin/memtrain
 CONF=${CONF:-jobs/configs/memformer.conf}
@@ -84,7 +87,7 @@ run() {
   run_ranks scaling.sh mpirun -q --oversubscribe $MPIRUN_ARGS -np "$p" "$BIN" train --config "$CONF" \
       --streams="$streams" --stream_block=$(( streams / p )) --steps="$STEPS" \
       --warmup="$WARMUP" --log_every="$LOG_EVERY" \
-      --eval_every=0 --ckpt_every=0 --run_dir="$dir" </dev/null >"$dir/log.txt" 2>&1 || status=$?
+      --eval_every=0 --ckpt_every=0 --run_dir="$dir" </dev/null >"$dir/log.txt" 2>&1 9>&- || status=$?
   if [ -n "$ranks_stopped_by" ]; then
     echo "scaling.sh: stopped by $ranks_stopped_by during the $mode run at P=$p" >&2
     exit "$ranks_stop_status"

@@ -17,12 +17,16 @@ static void (*oom_end)(void);
 
 void layer_on_out_of_memory(void (*end)(void)) { oom_end = end; }
 
-static void out_of_memory(size_t n, const char *file, int line) {
-    fprintf(stderr, "memtrain: out of memory allocating %zu bytes at %s:%d (the machine's memory, "
-            "a memory cgroup or the address-space limit, ulimit -v, is used up)\n", n, file, line);
+static _Noreturn void end_out_of_memory(void) {
     fflush(stderr);
     if (oom_end) oom_end();
     abort();
+}
+
+static _Noreturn void out_of_memory(size_t n, const char *file, int line) {
+    fprintf(stderr, "memtrain: out of memory allocating %zu bytes at %s:%d (the machine's memory, "
+            "a memory cgroup or the address-space limit, ulimit -v, is used up)\n", n, file, line);
+    end_out_of_memory();
 }
 
 void *layer_xmalloc_at(size_t n, const char *file, int line) {
@@ -68,7 +72,13 @@ void layer_unmap(void *p, size_t n) {
 
 void *layer_xcalloc_at(size_t n, size_t size, const char *file, int line) {
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) out_of_memory(n * size, file, line); /* n * size fits: calloc checks it */
+    if (!p) {
+        size_t bytes;
+        if (!__builtin_mul_overflow(n, size, &bytes)) out_of_memory(bytes, file, line);
+        fprintf(stderr, "memtrain: an allocation of %zu x %zu bytes at %s:%d: more than the address "
+                "space\n", n, size, file, line);
+        end_out_of_memory();
+    }
     return p;
 }
 

@@ -181,7 +181,7 @@ START_TEST(test_set_errors) {
     expect_set_error("memory", "maybe", "memory = maybe: expected one of off|on");
 #define STR_EXPECTED                                                                           \
     "a non-empty value of at most 255 characters on one line, with no '#' at its start or "      \
-    "after a space (config files read one there as a comment)"
+    "after a space or tab (config files read one there as a comment)"
     expect_set_error("run_dir", "", "run_dir has no value: expected " STR_EXPECTED);
     expect_set_error("run_dir", "a\nb", "run_dir = a\nb: expected " STR_EXPECTED);
     /* a value a config file would cut at its comment; '#' elsewhere is the value's */

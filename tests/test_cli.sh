@@ -40,6 +40,11 @@ status=0
 SLURM_NTASKS=4 "$BIN/memtrain" --steps=1 --warmup=1 >"$TMP/out" 2>&1 || status=$?
 [ "$status" -ne 0 ] && grep -q "SLURM_NTASKS=4" "$TMP/out" || { cat "$TMP/out"; fail "singleton trap not caught"; }
 pass "singleton trap: $(cat "$TMP/out")"
+# plan computes nothing in parallel: one process inside an allocation is right (scaling.sbatch's
+# comm_model.py runs it so, and failed there at the end of every sweep)
+SLURM_NTASKS=4 "$BIN/memtrain" plan --config jobs/configs/demo.conf --ranks 2 --csv >"$TMP/out" 2>&1 \
+  && grep -q '^2,' "$TMP/out" || { cat "$TMP/out"; fail "plan inside an allocation of 4 tasks"; }
+pass "plan runs as one process inside an allocation"
 
 # ranges that keep a stray digit from the memory estimate, flags of other commands, two
 # commands, and a negative number given as a flag's next argument
@@ -177,7 +182,7 @@ cp "$BIN/memtrain" "$TMP/other-memtrain"
 perl -pi -e 's/memtrain source \K(.)/$1 eq "X" ? "Y" : "X"/e' "$TMP/other-memtrain"
 source_id() { # the id memtrain's binary $1 carries ("memtrain source ID")
   local s
-  s=$(grep -a -o -m1 'memtrain source [0-9A-Za-z+]*' "$1") || true
+  s=$(grep -a -o -m1 'memtrain source [^[:cntrl:]]*' "$1") || true
   s=${s%%$'\n'*}
   echo "${s#memtrain source }"
 }

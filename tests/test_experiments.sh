@@ -15,13 +15,20 @@ cd "$TOP" || exit 1
 export BUILD=${BUILD:-build}
 
 # refusals of its settings: one line, exit 2, nothing made
-for bad in "STEPS=abc" "UNTIL=0" "UNTIL=7 STEPS=6" "NP=08" "SEEDS=x" "SEEDS=1,2"; do
+for bad in "STEPS=abc" "UNTIL=0" "UNTIL=7 STEPS=6" "NP=08" "NP=0" "SEEDS=x" "SEEDS=1,2"; do
   status=0
   env $bad jobs/experiments.sh tiny "$TMP/refused" >"$TMP/r.log" 2>&1 || status=$?
   [ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/r.log")" -eq 1 ] && grep -q "^experiments: " "$TMP/r.log" \
     && [ ! -e "$TMP/refused" ] || { cat "$TMP/r.log"; fail "experiments.sh with $bad: exit $status"; }
 done
 pass "experiments.sh refuses non-numeric, zero and past-the-end settings in one line"
+# one driver at a time in an output directory
+mkdir -p "$TMP/held"
+status=0
+flock "$TMP/held/.lock" jobs/experiments.sh tiny "$TMP/held" >"$TMP/r.log" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(cat "$TMP/r.log")" = "experiments: $TMP/held is in use by another experiments.sh: wait for it, or give another OUT_DIR" ] \
+  || { cat "$TMP/r.log"; fail "a second experiments.sh on one OUT_DIR: exit $status"; }
+pass "a second experiments.sh on an OUT_DIR in use: refused in one line"
 
 out=$TMP/exp # the first sitting names it relative to where it starts, the others whole
 (cd "$TMP" && STEPS=6 UNTIL=4 "$TOP/jobs/experiments.sh" tiny exp) >"$TMP/s1.log" 2>&1 \
@@ -119,17 +126,18 @@ grep -q "a seed 1: continuing from step $at to $((at + 2))" "$TMP/t2.log" \
   || { cat "$TMP/t2.log"; fail "the sitting after TERM did not continue from step $at"; }
 pass "TERM checkpoints the running arm (step $at), leaves no rank running, and the next sitting continues"
 
-# TERM as mpirun starts (before its ranks exist, or listen: time ignores USR1): the
-# stop still reaches them, before the first step, with nothing written
+# USR1 (Slurm's time-limit warning, --signal=B:USR1@N) as mpirun starts (before its ranks
+# exist, or listen: time ignores USR1): the stop still reaches them, before the first step,
+# with nothing written (USR1 used to end the script and leave the ranks running)
 early=$TMP/early
 STEPS=100000 jobs/experiments.sh tiny "$early" >"$TMP/e.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do pgrep -f "mpirun .*$early" >/dev/null && break; sleep 0.01; done
-kill -TERM "$pid"
+kill -USR1 "$pid"
 status=0
 timeout 120 tail --pid="$pid" -f /dev/null || fail "experiments.sh did not stop within 120 s of an early TERM"
 wait "$pid" || status=$?
-[ "$status" -eq 75 ] && grep -qE "experiments: stopped by TERM: a seed 1 (stopped before its first step|wrote a checkpoint)" "$TMP/e.log" \
-  || { cat "$TMP/e.log"; fail "an early TERM to experiments.sh: exit $status"; }
-! pgrep -f "memtrain .*$early" >/dev/null || fail "ranks still running after an early TERM"
-pass "an early TERM stops the ranks too: $(grep -o 'seed 1 [a-z ]*step[a-z ,]*\|seed 1 wrote a checkpoint' "$TMP/e.log")"
+[ "$status" -eq 75 ] && grep -qE "experiments: stopped by USR1: a seed 1 (stopped before its first step|wrote a checkpoint)" "$TMP/e.log" \
+  || { cat "$TMP/e.log"; fail "an early USR1 to experiments.sh: exit $status"; }
+! pgrep -f "memtrain .*$early" >/dev/null || fail "ranks still running after an early USR1"
+pass "an early USR1 stops the ranks too: $(grep -o 'seed 1 [a-z ]*step[a-z ,]*\|seed 1 wrote a checkpoint' "$TMP/e.log")"

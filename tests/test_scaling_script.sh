@@ -18,7 +18,7 @@ export BUILD=${BUILD:-build}
 
 # ---- the sweep script ----
 # settings it cannot run: one line, before any run
-for bad in LOG_EVERY=0 PER_RANK=0 MAXP=0 STEPS=x; do
+for bad in LOG_EVERY=0 PER_RANK=0 MAXP=0 STEPS=x PLOT_ONLY=yes; do
   status=0
   env "$bad" jobs/scaling.sh "$TMP/refused" >"$TMP/r.log" 2>&1 || status=$?
   [ "$status" -eq 1 ] && [ "$(wc -l <"$TMP/r.log")" -eq 1 ] && grep -q '^scaling.sh: ' "$TMP/r.log" \

@@ -51,7 +51,7 @@ expect_error 2 "--out $d/samples.png exists: choose another file or remove it" s
 expect_error 2 "--out $TMP/nodir/x.png: its directory $TMP/nodir does not exist" sample --ckpt "$ck" --out "$TMP/nodir/x.png"
 # and one where access() says yes but no file can be made (/sys, even for root), on 2 ranks
 # that each try it at once
-[ -d /sys/kernel ] && expect_error 2 "--out /sys/kernel/x.png: its directory /sys/kernel: cannot create a file there (" \
+[ -w /sys/kernel ] && expect_error 2 "--out /sys/kernel/x.png: its directory /sys/kernel: cannot create a file there (" \
   sample --ckpt "$ck" --out /sys/kernel/x.png
 # two samplers at once with the default output: each grid gets its own number
 for t in 0.5 1; do
@@ -157,6 +157,16 @@ status=0; NP=two RUN_DIR=$TMP/dm/np bash jobs/demo.sh >"$TMP/out" 2>&1 || status
   && [ ! -e "$TMP/dm/np" ] || { cat "$TMP/out"; fail "make demo NP=two: exit $status"; }
 pass "make demo NP=two: refused in one line"
 
+# a demo's run that a resume by hand took past the checkpoint the demo left is no longer the
+# demo's to remove (the marker names that checkpoint)
+d=$TMP/dm/further; mkdir -p "$d/ckpt"
+touch "$d/ckpt/ckpt-00000004.h5" "$d/ckpt/ckpt-00000006.h5"; echo ckpt-00000004.h5 >"$d/.made-by-demo"
+status=0; RUN_DIR=$d bash jobs/demo.sh >"$TMP/out" 2>&1 || status=$?
+[ "$status" -eq 2 ] && [ "$(wc -l <"$TMP/out")" -eq 1 ] \
+  && grep -q "^demo: $d was taken further than make demo left it (ckpt-00000006.h5, after ckpt-00000004.h5)" "$TMP/out" \
+  && [ -e "$d/ckpt/ckpt-00000006.h5" ] || { cat "$TMP/out"; fail "make demo over a run taken further: exit $status"; }
+pass "make demo over its run taken further by hand: refused in one line, nothing removed"
+
 # ---- make demo stopped by TERM: its ranks checkpoint and end, none is left running ----
 RUN_DIR=$TMP/dm/stop bash jobs/demo.sh --d_model=16 --steps=100000 --log_every=1 --eval_every=0 \
   >"$TMP/demo.log" 2>&1 &
@@ -233,7 +243,7 @@ for args in "inspect --ckpt $ck" "eval --ckpt $ck --eval_docs=2" "--help"; do
   status=0
   # shellcheck disable=SC2086  # the words of $args are the arguments
   "$BIN/memtrain" $args >/dev/full 2>"$TMP/out" || status=$?
-  [ "$status" -eq 2 ] && [ "$(cat "$TMP/out")" = "memtrain: standard output: cannot write (No space left on device): the output above is incomplete" ] \
+  [ "$status" -eq 2 ] && [ "$(cat "$TMP/out")" = "memtrain: standard output: cannot write (No space left on device): the command's output is incomplete" ] \
     || { cat "$TMP/out"; fail "memtrain $args >/dev/full: exit $status"; }
 done
 status=0

@@ -5,7 +5,8 @@
 #
 # mpirun runs in a session of its own, so Ctrl-C or a closed terminal reaches the script
 # alone (mpirun itself would end the job on INT, TERM or HUP, SIGKILLing the ranks a second
-# later). TERM, INT or HUP to the script is passed to mpirun as USR1, which mpirun forwards to
+# later). TERM, INT, HUP, USR1 or USR2 to the script (USR1: Slurm's --signal=B:USR1@N warning)
+# is passed to mpirun as USR1, which mpirun forwards to
 # every rank (to each rank's process group: a wrapper such as /usr/bin/time must ignore USR1,
 # see experiments.sh). A training run agrees on it at the next step boundary, writes a
 # checkpoint and exits with status 75 (or, before its first step, exits 75 with nothing
@@ -25,6 +26,8 @@ run_ranks() {
   trap '_ranks_stop TERM' TERM
   trap '_ranks_stop INT' INT
   trap '_ranks_stop HUP' HUP
+  trap '_ranks_stop USR1' USR1
+  trap '_ranks_stop USR2' USR2
   setsid "$@" &
   _ranks_pid=$!
   # a signal that came while it was being started
@@ -39,7 +42,7 @@ run_ranks() {
     wait "$_ranks_pid" 2>/dev/null && status=0 || { s=$?; [ "$s" -eq 127 ] || status=$s; }
     break
   done
-  trap - TERM INT HUP
+  trap - TERM INT HUP USR1 USR2
   [ -z "$_ranks_again" ] || kill "$_ranks_again" 2>/dev/null || true
   _ranks_again=
   return "$status"

@@ -340,7 +340,7 @@ static void describe_expected(const key_def *d, char *buf, size_t n) {
     }
     case KEY_STR:
         snprintf(buf, n, "a non-empty value of at most %d characters on one line, with no '#' "
-                 "at its start or after a space (config files read one there as a comment)",
+                 "at its start or after a space or tab (config files read one there as a comment)",
                  TRAINER_CONFIG_STR - 1);
         break;
     }

@@ -63,8 +63,3 @@ void trainer_schedule_train(const trainer_schedule *s, trainer_rollout *r, train
     }
 }
 
-int trainer_schedule_any_active(comm_ctx *c, int active) {
-    int64_t a = active != 0;
-    comm_sum_i64(c, &a, 1);
-    return a > 0;
-}

@@ -63,9 +63,5 @@ void trainer_schedule_attach(const trainer_schedule *s, trainer_model *m);
 void trainer_schedule_train(const trainer_schedule *s, trainer_rollout *r, trainer_model *m,
                             float *M, float grad_scale, double *block_loss);
 
-/* Evaluation and sampling run segment by segment over all of a rank's streams as one batch;
- * a rank whose streams are all done keeps making empty calls until every rank is done. This
- * is the agreement: 1 while any rank still has work. Collective. */
-int trainer_schedule_any_active(comm_ctx *c, int active);
 
 #endif

@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include "io/files.h"
 #include "layers/common.h"
 
 /* Set beside OPENBLAS_CORETYPE when memtrain chose it, so the re-executed process can say so. */
@@ -54,11 +56,33 @@ void trainer_blas_describe(char *out, int cap) {
         snprintf(out, (size_t)cap, "OpenBLAS %.*s, %s kernels", n, ver, core ? core : "?");
 }
 
-void trainer_blas_warm(void) {
+/* Bytes the address-space limit leaves beside what is mapped, or -1 when there is no limit. */
+static double address_space_left(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return -1;
+    char buf[4096], why[64];
+    double mapped = 0;
+    if (io_read_small("/proc/self/status", buf, sizeof buf, why, sizeof why) > 0) {
+        const char *p = strstr(buf, "VmSize:");
+        if (p) mapped = strtod(p + 7, NULL) * 1024.0;
+    }
+    return (double)rl.rlim_cur - mapped;
+}
+
+int trainer_blas_warm(char *err, size_t n) {
+    /* the work buffer (128 MiB on x86-64) and a little more for the product's operands */
+    double left = address_space_left();
+    if (left >= 0 && left < 160.0 * 1048576.0) {
+        snprintf(err, n, "memory: the address-space limit (ulimit -v) leaves %.1f MiB beside what "
+                 "is mapped at the start, less than OpenBLAS's 128 MiB work buffer: raise it",
+                 left / 1048576.0);
+        return -1;
+    }
     /* large enough for the library's blocked path, which maps its work buffer */
     enum { N = 192 };
     float *a = layer_xcalloc((size_t)3 * N * N, sizeof(float));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0f, a, N, a + N * N, N,
                 0.0f, a + 2 * N * N, N);
     free(a);
+    return 0;
 }

@@ -2,6 +2,8 @@
 #ifndef MEMTRAIN_TRAINER_BLAS_H
 #define MEMTRAIN_TRAINER_BLAS_H
 
+#include <stddef.h>
+
 /* OpenBLAS picks its kernels from the CPU's model number when the library loads. A release
  * that does not know the model (Debian 12's 0.3.21 on Intel's Emerald Rapids, family 6 model
  * 207) falls back to its generic Prescott (SSE3) kernels, which ran the d_model 256 dense
@@ -20,7 +22,8 @@ void trainer_blas_describe(char *out, int cap);
 
 /* One small product through OpenBLAS, so that it maps its work buffer (128 MiB of address
  * space) now, while there is room, rather than in the first step: under an address-space
- * limit a later mapping that fails makes the library retry for ever instead of failing. */
-void trainer_blas_warm(void);
+ * limit a mapping that fails makes the library retry for ever instead of failing. Returns 0,
+ * or -1 with err set (and nothing called) when the limit leaves no room for the buffer. */
+int trainer_blas_warm(char *err, size_t n);
 
 #endif

@@ -32,7 +32,7 @@ int trainer_eval_checkpoint(comm_ctx *comm, const trainer_config *cfg, const cha
     trainer_model *m = trainer_model_from_checkpoint(comm, &ec, path, TRAINER_USE_EVAL, 0, &step);
     double t = comm_time();
     int64_t tokens = 0;
-    double ppl = trainer_validation_ppl(comm, &ec, m, val, &tokens);
+    double ppl = trainer_validation_ppl(comm, &ec, m, val, &tokens, 0);
     if (comm_rank(comm) == 0) {
         char shown[2200];
         /* the set scored: the data's own split, or val_data when it names another file */

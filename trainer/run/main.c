@@ -695,7 +695,7 @@ static int run_command(cli *c, comm_ctx *comm) {
 static int output_lost(comm_ctx *comm, char *err, size_t n) {
     int e = comm_rank(comm) == 0 ? comm_stdout_errno() : 0;
     if (e)
-        snprintf(err, n, "standard output: cannot write (%s): the output above is incomplete",
+        snprintf(err, n, "standard output: cannot write (%s): the command's output is incomplete",
                  strerror(e));
     return comm_any_failed(comm, e != 0, err, n);
 }
@@ -707,8 +707,12 @@ int main(int argc, char **argv) {
     trainer_blas_choose(argv); /* may re-execute this program: before anything starts */
     const char *word = command_word(argc, argv);
     if (strcmp(word, "train") == 0) trainer_catch_stop_signals();
-    if (strcmp(word, "train") == 0 || strcmp(word, "eval") == 0 || strcmp(word, "sample") == 0)
-        trainer_blas_warm();
+    char early[300];
+    if ((strcmp(word, "train") == 0 || strcmp(word, "eval") == 0 || strcmp(word, "sample") == 0) &&
+        trainer_blas_warm(early, sizeof early) != 0) { /* before MPI: this rank's own line */
+        fprintf(stderr, "memtrain: %s\n", early);
+        return 2;
+    }
     if (srun_without_pmi()) return 2;
     trainer_watchdog_start(); /* before MPI: it reads the launcher's environment */
     launched_as_rank = getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMIX_RANK") != NULL;
@@ -743,7 +747,10 @@ int main(int argc, char **argv) {
     if (rc == 0 && c.resume) rc = check_resume(&c, comm, err, sizeof(err));
     if (rc == 0 && train && !c.resume && strcmp(c.cfg.init_from, "none") != 0)
         rc = trainer_init_from_check(comm, &c.cfg, err, sizeof(err));
-    if (rc == 0) rc = check_one_job(comm, err, sizeof(err));
+    /* plan and inspect compute nothing in parallel: one process is right inside an allocation
+       (jobs/scaling.sbatch's comm_model.py runs plan there) */
+    if (rc == 0 && strcmp(c.cmd, "plan") != 0 && strcmp(c.cmd, "inspect") != 0)
+        rc = check_one_job(comm, err, sizeof(err));
     if (comm_any_failed(comm, rc != 0, err, sizeof(err))) comm_exit_error(comm, err);
     if (c.resume && train && nothing_to_do(&c, comm)) {
         comm_finalize(comm);

@@ -115,8 +115,9 @@ static int foreign(const char *path, const char *ours, char *first, size_t n) {
 int trainer_rundir_gone(const trainer_rundir *rd) {
     struct stat held, named;
     if (!rd || rd->lock_fd < 0 || fstat(rd->lock_fd, &held) != 0) return 0;
-    return stat(rd->lock_path, &named) != 0 || named.st_dev != held.st_dev ||
-           named.st_ino != held.st_ino;
+    if (stat(rd->lock_path, &named) != 0) /* not there; other failures (EACCES, EIO) tell nothing */
+        return errno == ENOENT || errno == ENOTDIR;
+    return named.st_dev != held.st_dev || named.st_ino != held.st_ino;
 }
 
 trainer_rundir *trainer_rundir_open(comm_ctx *c, const trainer_config *cfg,

@@ -62,7 +62,8 @@ void trainer_rundir_close(trainer_rundir *rd);
 
 /* 1 when the run directory is no longer the one this run locked: removed or moved away while
  * the run went on (its LOCK file is gone from run_dir, or is another file); 0 otherwise, also
- * on a file system without locks. Not collective. */
+ * on a file system without locks and when the name cannot be looked up for another reason (a
+ * permission, an I/O error). Not collective. */
 int trainer_rundir_gone(const trainer_rundir *rd);
 
 /* Collective, before the model or data are allocated: checks that the products of cfg fit the

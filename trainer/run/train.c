@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -128,10 +129,9 @@ static volatile sig_atomic_t stop_signal = 0;
  * rank makes the same calls (a rank out of blocks computes an idle one), since each lookup of
  * a hashed projection is an exchange. A document starts from fresh memory and its own first
  * token; its loss is summed per lane in double, and the lanes' sums in lane order, so every
- * rank count gives the same figure. A stop signal on any rank (train catches them) ends the
- * pass where it is: NaN and no tokens. */
+ * rank count gives the same figure. */
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
-                              const io_dataset *val, int64_t *tokens) {
+                              const io_dataset *val, int64_t *tokens, int may_stop) {
     int P = comm_size(comm), rank = comm_rank(comm), L = cfg->seg_len, bos = cfg->vocab;
     int V = cfg->vocab, blk = eval_block(cfg);
     int64_t ndocs = trainer_eval_docs(cfg, val);
@@ -176,7 +176,7 @@ double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer
             active += !done[b];
         }
         /* a stop signal (train catches them) ends the pass: the checkpoint waits for it */
-        int64_t go[2] = {active > 0, stop_signal != 0};
+        int64_t go[2] = {active > 0, may_stop && stop_signal != 0};
         comm_sum_i64(comm, go, 2);
         if (go[1]) stopped = 1;
         if (go[0] == 0 || stopped) break;
@@ -363,7 +363,7 @@ io_dataset *trainer_load_split(comm_ctx *comm, const trainer_config *cfg, io_spl
         snprintf(err + len, sizeof(err) - len, "; give a validation file with val_data=%s:FILE", kind);
     }
     if (failed) { /* name the key, and where a relative file was looked for */
-        char why[512], cwd[256];
+        char why[512], cwd[PATH_MAX];
         snprintf(why, sizeof(why), "%s", err);
         const char *colon = strchr(spec, ':');
         int relative = colon && colon[1] != '/' && colon[1] != '\0' &&
@@ -391,14 +391,15 @@ static void load_data(run *r) {
        give splits of different contents (Fashion-MNIST's validation images are a file of
        their own) */
     const char *spec = r->cfg->data;
-    if (strcmp(r->cfg->val_data, "split") == 0 && io_dataset_image_side(spec) == 0 &&
-        r->train->source_crc != r->val->source_crc) {
-        char err[512], shown[300];
+    char err[512], shown[300];
+    int changed = strcmp(r->cfg->val_data, "split") == 0 && io_dataset_image_side(spec) == 0 &&
+                  r->train->source_crc != r->val->source_crc;
+    if (changed)
         snprintf(err, sizeof err, "data: %s changed while it was read (its training and "
                  "validation splits came from different contents): read it once it is written",
                  comm_escape(shown, sizeof shown, spec));
-        comm_exit_error(r->comm, err); /* every rank read both: each knows */
-    }
+    /* a rank knows its own two readings only */
+    if (comm_any_failed(r->comm, changed, err, sizeof err)) comm_exit_error(r->comm, err);
 }
 
 /* Once the streams' order is known (a resume may bring the older one): read in file order or
@@ -764,7 +765,7 @@ static void log_window_now(run *r, sitting *z, double val_ppl, int64_t val_token
  * when a signal stops the sitting here. Collective. */
 static int step_boundary(run *r, sitting *z, int last) {
     const trainer_config *cfg = r->cfg;
-    char what[512] = "";
+    char what[1024] = "";
     int lost = trainer_rundir_metrics_flush(r->rd, what, sizeof(what)) != 0;
     int64_t sig[5] = {stop_signal,
                       comm_rank(r->comm) == 0 && cfg->ckpt_minutes > 0 &&
@@ -815,7 +816,8 @@ static int train_step(run *r, sitting *z, int64_t step, char *err, size_t n) {
     int64_t val_tokens = 0;
     if (cfg->eval_every > 0 && (z->done % cfg->eval_every == 0 || last)) {
         trainer_timer_start(&z->w.time, TRAINER_TIMER_EVAL);
-        val_ppl = trainer_validation_ppl(r->comm, cfg, r->model, r->val, &val_tokens);
+        /* a stop ends the pass, but not the last step's: the run ends there anyway */
+        val_ppl = trainer_validation_ppl(r->comm, cfg, r->model, r->val, &val_tokens, !last);
         trainer_timer_stop(&z->w.time, TRAINER_TIMER_EVAL);
     }
     if (!isnan(val_ppl)) z->last_val = val_ppl;

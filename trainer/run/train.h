@@ -36,9 +36,10 @@ int trainer_eval_lanes(const trainer_config *cfg, int64_t ndocs);
  * scored whole and from its start in the model's own way (segments of seg_len, the Memformer
  * carrying its memory from one to the next): the same tokens for every architecture,
  * seg_len, streams, stream_block and rank count, and the same figure on any rank count.
- * *tokens (if not NULL) receives the tokens scored. Collective. */
+ * *tokens (if not NULL) receives the tokens scored. With may_stop, a stop signal on any rank
+ * (train catches them) ends the pass where it is: NaN and no tokens. Collective. */
 double trainer_validation_ppl(comm_ctx *comm, const trainer_config *cfg, trainer_model *model,
-                              const io_dataset *val, int64_t *tokens);
+                              const io_dataset *val, int64_t *tokens, int may_stop);
 
 /* From now on SIGUSR1, SIGTERM, SIGINT and SIGHUP (unless ignored) ask the training run to
  * stop at its next step boundary (or before its first step, with nothing written). main calls
