@@ -43,7 +43,7 @@ mkdir -p "$RUN_DIR"
 touch "$RUN_DIR/.made-by-demo"
 # shellcheck source=jobs/lib/ranks.sh
 . jobs/lib/ranks.sh
-# a stop signal (TERM, INT, HUP) reaches the ranks: training checkpoints and ends
+# a stop signal (TERM, INT, HUP, USR1, USR2) reaches the ranks: training checkpoints and ends
 stopped() {
   echo "demo: stopped by $ranks_stopped_by$1" >&2
   exit "$ranks_stop_status"
